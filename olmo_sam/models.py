@@ -1,4 +1,4 @@
-"""Model presets: the paper's controlled-experiment sizes, OLMo-2-1B, and a CPU-sized ``tiny``.
+"""Model presets: the paper's controlled-experiment sizes, OLMo-2-1B, and CPU-sized ``tiny`` and ``micro``.
 
 The 20M/60M/150M shapes are [SAM-PT] Table 4 (:data:`olmo_sam.paper.PRETRAIN_SHAPES`): OLMo-2
 blocks (reordered norm, QK-norm, SwiGLU, RoPE theta 500k), no dropout, the dolma2 tokenizer's
@@ -21,8 +21,14 @@ __all__ = ["SIZES", "model_config", "ParamCounts", "param_counts", "dolma2_token
 
 #: CPU-sized model for demos and tests: head_dim 64 (vLLM's CPU backend rejects 16).
 TINY = dict(d_model=128, n_layers=2, n_heads=2)
+#: Micro model for the overtrained regime on CPU (hundreds of tokens per parameter in minutes):
+#: one layer, one head of width 64; its vocabulary comes from the data like ``tiny``'s.
+MICRO = dict(d_model=64, n_layers=1, n_heads=1)
 
-SIZES = ("tiny", "20M", "60M", "150M", "1B")
+#: Presets whose vocabulary is the size of the tokenizer trained for them (CPU demos and tests).
+CPU_SIZES = {"tiny": TINY, "micro": MICRO}
+
+SIZES = ("tiny", "micro", "20M", "60M", "150M", "1B")
 
 
 def dolma2_tokenizer() -> TokenizerConfig:
@@ -54,12 +60,12 @@ def model_config(size: str, vocab_size: Optional[int] = None) -> TransformerConf
     :param vocab_size: embedding rows; defaults to dolma2's padded 100352 for the paper sizes and
         is required for ``tiny`` (the size of the tokenizer trained for it).
     """
-    if size == "tiny":
+    if size in CPU_SIZES:
         if vocab_size is None:
             raise OLMoConfigurationError(
-                "the 'tiny' model needs 'vocab_size' (the size of its tokenizer)"
+                f"the {size!r} model needs 'vocab_size' (the size of its tokenizer)"
             )
-        return _olmo2_like(vocab_size=vocab_size, **TINY)
+        return _olmo2_like(vocab_size=vocab_size, **CPU_SIZES[size])
     vocab = vocab_size if vocab_size is not None else paper.DOLMA2_EMBEDDING_SIZE
     if size in paper.PRETRAIN_SHAPES:
         s = paper.PRETRAIN_SHAPES[size]
