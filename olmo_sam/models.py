@@ -22,8 +22,14 @@ __all__ = ["SIZES", "model_config", "ParamCounts", "param_counts", "dolma2_token
 #: CPU-sized model for demos and tests: head_dim 64 (vLLM's CPU backend rejects 16).
 TINY = dict(d_model=128, n_layers=2, n_heads=2)
 #: Micro model for the overtrained regime on CPU (hundreds of tokens per parameter in minutes):
-#: one layer, one head of width 64; its vocabulary comes from the data like ``tiny``'s.
-MICRO = dict(d_model=64, n_layers=1, n_heads=1)
+#: one layer, one head of width 32, a SwiGLU of width 128 (4 x d_model; OLMo-core's default
+#: rounding to a multiple of 256 would double it); its vocabulary comes from the data like
+#: ``tiny``'s. With the demo's 384-row embedding: 41,120 parameters (28,832 non-embedding). Sized
+#: by measurement (docs/cpu-reproduction.md): ~80k tokens per CPU-second with AdamW at batch
+#: 64 x 128 on one core, against ~60k for d_model 64 (115k parameters), so 100 tokens per
+#: parameter takes under a minute of CPU. (vLLM's CPU backend rejects head widths below 64:
+#: context-free sampling needs ``tiny``.)
+MICRO = dict(d_model=32, n_layers=1, n_heads=1, hidden_size_multiple_of=128)
 
 #: Presets whose vocabulary is the size of the tokenizer trained for them (CPU demos and tests).
 CPU_SIZES = {"tiny": TINY, "micro": MICRO}
@@ -58,7 +64,7 @@ def model_config(size: str, vocab_size: Optional[int] = None) -> TransformerConf
 
     :param size: one of :data:`SIZES`.
     :param vocab_size: embedding rows; defaults to dolma2's padded 100352 for the paper sizes and
-        is required for ``tiny`` (the size of the tokenizer trained for it).
+        is required for ``tiny`` and ``micro`` (the size of the tokenizer trained for them).
     """
     if size in CPU_SIZES:
         if vocab_size is None:

@@ -2,8 +2,10 @@
 
 * Model sizes 20M / 60M / 150M exactly as Table 4 (:data:`olmo_sam.paper.PRETRAIN_SHAPES`; 8/8/12
   layers, 8/8/12 heads, d_model 256/528/768, SwiGLU, context 1024, no dropout, dolma2 vocabulary
-  100278 in a 100352-row embedding), plus ``tiny`` for CPU.
-* Token budgets of Table 5 (``--tokens 192B`` or ``--tokens-per-param 3200``).
+  100278 in a 100352-row embedding), plus ``tiny`` and ``micro`` for CPU.
+* Token budgets of Table 5 (``--tokens 192B`` or ``--tokens-per-param 3200``). Tokens per
+  parameter count the paper sizes' nominal parameters (Table 6's key) and the CPU sizes' total
+  parameters, embeddings included (:func:`budget_params`).
 * Peak LR from Table 6, chosen by tokens per (nominal) parameter, unless ``--lr`` is given.
 * AdamW with betas (0.9, 0.95), weight decay 0.1, batch 256 sequences, warmup 1000/2000/3000
   steps (Table 4), gradient clipping 1.0 (the public reference code).
@@ -27,11 +29,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import click
 from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.optim import AdamWConfig, OptimConfig
+from olmo_core.nn.transformer import TransformerConfig
 from olmo_core.optim.scheduler import Scheduler
 from olmo_core.script_utils import ExperimentConfig
 
 from .. import paper
-from ..models import dolma2_tokenizer, model_config
+from ..models import CPU_SIZES, dolma2_tokenizer, model_config, param_counts
 from ..optim import WSO, CosineAlpha, LinearAlpha, SAMConfig, WSDAlpha
 from ..train import SAMSwitchCallback, build_experiment
 from .common import (
@@ -50,11 +53,11 @@ from .common import (
 
 __all__ = ["PretrainSpec", "build_pretrain", "table6_lr", "SWEEPS", "sweep_members", "main"]
 
-SIZES = ("tiny", *paper.PRETRAIN_SHAPES)
+SIZES = (*CPU_SIZES, *paper.PRETRAIN_SHAPES)
 OPTIMIZERS = ("adamw", "sam", "sam-anneal")
 SCHEDULES = ("cosine", "wsd", "wso", "linear")
 
-#: CPU defaults for the ``tiny`` size (project choices, not paper numbers).
+#: CPU defaults for the ``tiny``/``micro`` sizes (project choices, not paper numbers).
 TINY_SEQ_LEN = 128
 TINY_BATCH = 16
 TINY_WARMUP_FRACTION = 0.1
@@ -134,8 +137,22 @@ def _optim(spec: PretrainSpec, lr: float) -> OptimConfig:
     raise OLMoConfigurationError(f"unknown optimizer {spec.optimizer!r}; choose one of {list(OPTIMIZERS)}")
 
 
-def resolve_budget(spec: PretrainSpec, tokens_per_step: int) -> Tuple[Optional[int], Optional[int]]:
-    """(max_tokens, max_steps): exactly one is set."""
+def budget_params(size: str, model: TransformerConfig) -> int:
+    """The parameter count a tokens-per-parameter budget multiplies: the nominal size for the
+    paper sizes (Table 6's key, [SAM-PT] App C.1) and the total count, embeddings included, for
+    the CPU sizes (whose vocabulary comes from their data)."""
+    if size in paper.PRETRAIN_NOMINAL_PARAMS:
+        return paper.PRETRAIN_NOMINAL_PARAMS[size]
+    if size in CPU_SIZES:
+        return param_counts(model).total
+    raise OLMoConfigurationError(f"--tokens-per-param is defined for {sorted([*CPU_SIZES, *paper.PRETRAIN_NOMINAL_PARAMS])}, not {size!r}")
+
+
+def resolve_budget(
+    spec: PretrainSpec, tokens_per_step: int, model: Optional[TransformerConfig] = None
+) -> Tuple[Optional[int], Optional[int]]:
+    """(max_tokens, max_steps): exactly one is set. A tokens-per-parameter budget becomes whole
+    steps' worth of tokens (:func:`budget_params` x ratio, rounded up to a step)."""
     given = [n for n in ("tokens", "tokens_per_param", "steps") if getattr(spec, n) is not None]
     if len(given) != 1:
         raise OLMoConfigurationError(
@@ -146,13 +163,37 @@ def resolve_budget(spec: PretrainSpec, tokens_per_step: int) -> Tuple[Optional[i
             raise OLMoConfigurationError(f"--steps must be >= 1, got {spec.steps}")
         return None, spec.steps
     if spec.tokens_per_param is not None:
-        if spec.size not in paper.PRETRAIN_NOMINAL_PARAMS:
-            raise OLMoConfigurationError(f"--tokens-per-param needs a paper size, not {spec.size!r}")
-        return round(spec.tokens_per_param * paper.PRETRAIN_NOMINAL_PARAMS[spec.size]), None
+        if spec.tokens_per_param <= 0:
+            raise OLMoConfigurationError(f"--tokens-per-param must be > 0, got {spec.tokens_per_param}")
+        if spec.size in paper.PRETRAIN_NOMINAL_PARAMS:
+            return round(spec.tokens_per_param * paper.PRETRAIN_NOMINAL_PARAMS[spec.size]), None
+        if model is None:
+            raise OLMoConfigurationError(f"--tokens-per-param needs the model of size {spec.size!r}")
+        tokens = spec.tokens_per_param * budget_params(spec.size, model)
+        return math.ceil(tokens / tokens_per_step) * tokens_per_step, None
     assert spec.tokens is not None
     if spec.tokens < tokens_per_step:
         raise OLMoConfigurationError(f"--tokens {spec.tokens} is less than one step ({tokens_per_step} tokens)")
     return spec.tokens, None
+
+
+def _budget_record(spec: PretrainSpec, model: TransformerConfig, max_tokens: Optional[int], max_steps: Optional[int],
+                   tokens_per_step: int) -> Dict[str, Any]:
+    """Tokens and parameters of the run, and tokens per parameter counted both ways (total and
+    non-embedding parameters) next to the recipes' own count (:func:`budget_params`)."""
+    counts = param_counts(model)
+    tokens = max_tokens if max_tokens is not None else max_steps * tokens_per_step  # type: ignore[operator]
+    rec: Dict[str, Any] = {
+        "tokens": int(tokens),
+        "steps": max_steps if max_steps is not None else math.ceil(tokens / tokens_per_step),
+        "params_total": counts.total,
+        "params_non_embedding": counts.non_embedding,
+        "tpp_total": tokens / counts.total,
+        "tpp_non_embedding": tokens / counts.non_embedding,
+    }
+    if spec.size in paper.PRETRAIN_NOMINAL_PARAMS or spec.size in CPU_SIZES:
+        rec["budget_tpp"] = tokens / budget_params(spec.size, model)
+    return rec
 
 
 def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[ExperimentConfig, Dict[str, Any]]:
@@ -169,16 +210,16 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
     tokenizer = spec.tokenizer or (dolma2_tokenizer() if paper_size else None)
     if tokenizer is None:
         raise OLMoConfigurationError(
-            "the 'tiny' model takes its vocabulary from the data: give a prepared dataset "
+            f"the {spec.size!r} model takes its vocabulary from the data: give a prepared dataset "
             "directory with --data (or --tokenizer DIR)"
         )
     model = model_config(spec.size, vocab_size=tokenizer.padded_vocab_size())
-    max_tokens, max_steps = resolve_budget(spec, batch * seq_len)
-    resolved: Dict[str, Any] = {}
+    max_tokens, max_steps = resolve_budget(spec, batch * seq_len, model)
+    resolved: Dict[str, Any] = _budget_record(spec, model, max_tokens, max_steps, batch * seq_len)
     lr = spec.lr
     if lr is None:
         if not paper_size:
-            raise OLMoConfigurationError("the 'tiny' size has no Table 6 entry: give the peak LR with --lr")
+            raise OLMoConfigurationError(f"the {spec.size!r} size has no Table 6 entry: give the peak LR with --lr")
         if max_tokens is None:
             raise OLMoConfigurationError("with --steps the Table 6 LR cannot be looked up: give --lr")
         lr, tpp = table6_lr(spec.size, max_tokens)
@@ -309,7 +350,7 @@ def sweep_members(name: str, spec: PretrainSpec, explicit: Dict[str, Any]) -> Li
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--size", type=click.Choice(SIZES), default=None, help="Model size (Table 4) or 'tiny' for CPU.")
+@click.option("--size", type=click.Choice(SIZES), default=None, help="Model size (Table 4) or tiny/micro for CPU.")
 @click.option("--tokens", type=str, default=None, help="Token budget, e.g. 192B (Table 5).")
 @click.option("--tokens-per-param", type=float, default=None, help="Budget as tokens per nominal parameter.")
 @click.option("--steps", type=int, default=None, help="Budget in steps (CPU runs).")
@@ -379,7 +420,7 @@ def main(size, tokens, tokens_per_param, steps, lr, optimizer, schedule, alpha, 
             warmup=warmup,
             train_paths=ds.train,
             val_paths=ds.val,
-            tokenizer=tokenizer if (tokenizer is not None and (size == "tiny" or tokenizer_name is not None)) else None,
+            tokenizer=tokenizer if (tokenizer is not None and (size in CPU_SIZES or tokenizer_name is not None)) else None,
             save_folder=save_folder or "runs/pretrain",
             dp=resolve_dp(dp, "ddp"),
             param_dtype=param_dtype,

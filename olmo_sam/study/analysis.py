@@ -323,7 +323,8 @@ def analyse_study(ctx: JobContext) -> Dict[str, Any]:
     units = list(ctx.job.params["units"])
     out = ctx.out / "analysis"
     out.mkdir(parents=True, exist_ok=True)
-    summary: Dict[str, Any] = {"study": ctx.study.name, "units": units, "reference_unit": units[0] if units else None}
+    summary: Dict[str, Any] = {"study": ctx.study.name, "units": units, "reference_unit": units[0] if units else None,
+                               "quick": ctx.study.quick, "bases": {u: ctx.plan.unit_meta(u) for u in units}}  # fmt: skip
     for name, fn in (
         ("pretraining", _pretraining),
         ("quantize", _quantize),

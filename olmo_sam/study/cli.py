@@ -74,7 +74,8 @@ def start_study(
     plan.out.mkdir(parents=True, exist_ok=True)
     save_study(plan)
     Manifest(plan.out).start(spec.plain(), {"study_seed": spec.seed})
-    run_jobs(plan, selected, kind=kind, parallel=parallel, nproc_per_node=nproc, slurm=spec.executor.slurm)
+    run_jobs(plan, selected, kind=kind, parallel=parallel, nproc_per_node=nproc, slurm=spec.executor.slurm,
+             reuse_processes=spec.executor.reuse_processes)  # fmt: skip
     return plan
 
 

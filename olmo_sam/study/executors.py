@@ -1,7 +1,10 @@
 """Executors: where study jobs run. No scheduler of our own beyond dependency order.
 
 * ``local``: subprocesses on this machine, ``jobs`` at a time (each training process uses one
-  CPU thread by default, so ``jobs`` = cores is right on CPU).
+  CPU thread by default, so ``jobs`` = cores is right on CPU). With ``reuse_processes: true``
+  the jobs run in ``jobs`` long-lived worker processes instead, one after another, so the
+  ~5 CPU-seconds of importing torch and OLMo-core are paid once per worker rather than once per
+  job (many small jobs: the CPU demo).
 * ``torchrun``: as local, but training jobs (pretraining, fine-tuning sweeps) are launched with
   ``torchrun --nproc-per-node N``; one job at a time by default (it uses every GPU).
 * ``slurm``: job arrays through submitit, one array per wave of ready jobs; submitit's ``local``
@@ -19,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from .manifest import Manifest
 from .plan import Job, Plan
@@ -53,7 +56,7 @@ def _env() -> Dict[str, str]:
 @dataclass
 class _Running:
     job: Job
-    proc: subprocess.Popen
+    proc: Any  # subprocess.Popen or _PoolRun
     log: Path
     started: float
 
@@ -74,6 +77,7 @@ def run_jobs(
     nproc_per_node: int = 1,
     slurm: Optional[dict] = None,
     progress: bool = True,
+    reuse_processes: bool = False,
 ) -> Dict[str, float]:
     """Run ``jobs`` (skipping finished ones) in dependency order; returns seconds per job."""
     out = plan.out
@@ -88,10 +92,92 @@ def run_jobs(
         return _run_submitit(plan, pending, manifest, slurm or {}, nproc_per_node)
     if kind not in ("local", "torchrun"):
         raise StudyError(f"unknown executor {kind!r}; choose local, torchrun or slurm")
-    return _run_subprocesses(plan, pending, manifest, kind, parallel, nproc_per_node, progress)
+    pool = _WorkerPool(out, parallel) if reuse_processes and kind == "local" else None
+    try:
+        return _run_subprocesses(plan, pending, manifest, kind, parallel, nproc_per_node, progress, pool)
+    finally:
+        if pool is not None:
+            pool.close()
 
 
-def _run_subprocesses(plan, pending, manifest, kind, parallel, nproc_per_node, progress) -> Dict[str, float]:
+class _WorkerPool:
+    """``parallel`` spawned worker processes that each import the stack once and then run study
+    jobs one after another (:func:`_pool_job`); a job's output goes to its ``log.txt``. Workers
+    die with this process (``PR_SET_PDEATHSIG``)."""
+
+    def __init__(self, out: Path, parallel: int):
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        self.out = out
+        self.executor = cf.ProcessPoolExecutor(max_workers=parallel, mp_context=mp.get_context("spawn"),
+                                               initializer=_pool_init, initargs=(_env(),))  # fmt: skip
+
+    def launch(self, job: Job, log: Path) -> "_PoolRun":
+        return _PoolRun(self.executor.submit(_pool_job, str(self.out), job.id, str(log)))
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _PoolRun:
+    """A job running in a pool worker, polled like a ``subprocess.Popen``."""
+
+    def __init__(self, future):
+        self.future = future
+
+    def poll(self) -> Optional[int]:
+        if not self.future.done():
+            return None
+        try:
+            return int(self.future.result())
+        except BaseException:  # noqa: BLE001 - a crashed worker (BrokenProcessPool) fails its job
+            return 1
+
+
+def _pool_init(env: Dict[str, str]) -> None:  # pragma: no cover - runs in the worker
+    os.environ.update({k: v for k, v in env.items() if k in ("OMP_NUM_THREADS", "PYTHONPATH")})
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    import olmo_sam.study.jobs  # noqa: F401  (the stack, imported once per worker)
+
+
+def _pool_job(out: str, job_id: str, log: str) -> int:  # pragma: no cover - runs in the worker
+    """One study job in this worker, its output appended to ``log``; 0 on success."""
+    import traceback
+
+    from .runner import run_job
+
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    saved = [os.dup(1), os.dup(2)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    try:
+        run_job(out, job_id)
+        return 0
+    except BaseException:  # noqa: BLE001 - reported through the log and the exit code
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in saved + [fd]:
+            os.close(f)
+
+
+def _run_subprocesses(plan, pending, manifest, kind, parallel, nproc_per_node, progress, pool=None) -> Dict[str, float]:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -131,10 +217,13 @@ def _run_subprocesses(plan, pending, manifest, kind, parallel, nproc_per_node, p
                 log = jdir / "log.txt"
                 cmd = job_command(ready, out, kind, nproc_per_node)
                 with open(log, "w") as f:
-                    f.write("$ " + " ".join(cmd) + "\n")
-                logf = open(log, "a")
-                proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
-                logf.close()
+                    f.write(("# in a reused worker process: " if pool else "$ ") + " ".join(cmd) + "\n")
+                if pool is not None:
+                    proc = pool.launch(ready, log)
+                else:
+                    logf = open(log, "a")
+                    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+                    logf.close()
                 running.append(_Running(ready, proc, log, time.time()))
                 manifest.record(ready.id, "running", started=time.time())
                 bar.update(task, description=", ".join(r.job.id for r in running))

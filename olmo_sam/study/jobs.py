@@ -32,9 +32,11 @@ def job_data(ctx: JobContext) -> Dict[str, Any]:
 
     d = ctx.study.data
     if d.demo is not None:
+        from ..data.corpus import DEMO_CORPUS
         from ..data.demo_data import prepare_demo_data
 
         dd = prepare_demo_data(ctx.out / "data", **d.demo)
+        books = d.demo.get("books")
         return {
             "train": [str(p) for p in dd.train_paths],
             "val": [str(p) for p in dd.val_paths],
@@ -44,6 +46,11 @@ def job_data(ctx: JobContext) -> Dict[str, Any]:
             "train_tokens": dd.train_tokens,
             "val_tokens": dd.val_tokens,
             "source": "demo corpus",
+            "description": (
+                f"the registry-fetched demo corpus ({DEMO_CORPUS.spec}, "
+                f"{len(books) if books else 'all'} books), byte-level BPE of {dd.vocab_size} tokens, "
+                f"{dd.train_tokens:,} training tokens"
+            ),
         }
     train = list(d.train)
     if d.mix:
@@ -55,14 +62,27 @@ def job_data(ctx: JobContext) -> Dict[str, Any]:
         raise StudyError(f"data: token files not found: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     tok = load_tokenizer(d.tokenizer)
     cfg = tokenizer_config(tok, identifier=str(d.tokenizer))
+    train_tokens = _local_token_count(train, cfg.vocab_size)
     return {
         "train": train,
         "val": list(d.val),
         "tokenizer_dir": None if d.tokenizer == "dolma2" else str(d.tokenizer),
         "tokenizer": cfg.as_config_dict(),
         "vocab_size": cfg.vocab_size,
+        "train_tokens": train_tokens,
         "source": "token files",
+        "description": f"{len(train)} token file(s)" + (f", {train_tokens:,} training tokens" if train_tokens else ""),
     }
+
+
+def _local_token_count(paths, vocab_size: int):
+    """Tokens in local token files (file size / token width); None if any file is remote."""
+    from ..evals.lm_loss import token_dtype_for_vocab
+
+    if any("://" in str(p) for p in paths):
+        return None
+    width = token_dtype_for_vocab(vocab_size).itemsize
+    return sum(Path(p).stat().st_size for p in paths) // width
 
 
 def _tokenizer_config(data: Dict[str, Any]):
@@ -95,7 +115,6 @@ def job_pretrain(ctx: JobContext) -> Dict[str, Any]:
     if isinstance(settings.get("tokens"), str):
         settings["tokens"] = parse_tokens(settings["tokens"])
     _spec_fields(PretrainSpec, settings, f"arm {ctx.job.params['arm']}")
-    settings.setdefault("seed", 12536 + int(ctx.job.params.get("seed", 0)))
     spec = PretrainSpec(
         **settings,
         train_paths=list(data["train"]),
@@ -121,6 +140,34 @@ def job_pretrain(ctx: JobContext) -> Dict[str, Any]:
         "resolved": resolved,
         "optimizer": settings.get("optimizer"),
         "schedule": settings.get("schedule"),
+        **base_metadata(ctx.job.params, resolved, data),
+    }
+
+
+#: the fields of :func:`base_metadata`
+BASE_FIELDS = ("arm", "seed", "budget_tpp", "tokens", "steps", "params_total", "params_non_embedding", "tpp_total",
+               "tpp_non_embedding", "data_epochs", "data_source")  # fmt: skip
+
+
+def base_metadata(params: Dict[str, Any], resolved: Dict[str, Any], data: Dict[str, Any]) -> Dict[str, Any]:
+    """What a pretrained base is, for the analysis and the fine-tuning records (which name the
+    base by its unit): arm, pretraining seed, budget in tokens per parameter (the recipes' count,
+    :func:`olmo_sam.recipes.pretrain.budget_params`), tokens, parameters (total and
+    non-embedding), tokens per parameter both ways, epochs over the training data and its source."""
+    tokens = resolved.get("tokens")
+    train_tokens = data.get("train_tokens")
+    return {
+        "arm": params.get("arm"),
+        "seed": params.get("seed"),
+        "budget_tpp": params["budget_tpp"] if params.get("budget_tpp") is not None else resolved.get("budget_tpp"),
+        "tokens": tokens,
+        "steps": resolved.get("steps"),
+        "params_total": resolved.get("params_total"),
+        "params_non_embedding": resolved.get("params_non_embedding"),
+        "tpp_total": resolved.get("tpp_total"),
+        "tpp_non_embedding": resolved.get("tpp_non_embedding"),
+        "data_epochs": tokens / train_tokens if tokens and train_tokens else None,
+        "data_source": data.get("description") or data.get("source"),
     }
 
 
@@ -246,7 +293,8 @@ def job_ft_sweep(ctx: JobContext) -> Dict[str, Any]:
         failed += [f"{rid}: {why} ({log})" for rid, log, why in res.failed]
     if failed:
         raise StudyError(f"{ctx.job.id}: {len(failed)} fine-tuning run(s) failed:\n" + "\n".join(failed))
-    return {"results": str(ctx.dir / "results.jsonl"), "runs": total}
+    base_meta = {k: v for k, v in ctx.dep(f"pretrain/{unit}").items() if k in BASE_FIELDS}
+    return {"results": str(ctx.dir / "results.jsonl"), "runs": total, "base_label": unit, "base_meta": base_meta}
 
 
 # -- context-free data, benchmarks --------------------------------------------------------------

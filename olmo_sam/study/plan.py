@@ -1,8 +1,9 @@
 """Turn a study into jobs: ids, stages, dependencies, parameters, and where results go.
 
-A *unit* is one pretrained checkpoint: an arm at one token budget (``adamw``, or
-``adamw@24B`` when an arm has several budgets). Every later stage has one job per unit (and per
-fine-tuning dataset). A job is finished when its ``done.json`` exists; it holds the job's result,
+A *unit* is one pretrained checkpoint: an arm at one budget and pretraining seed (``adamw``;
+``adamw@24B`` when an arm has several token budgets; ``adamw@100tpp-s1`` with budgets in tokens
+per parameter and several seeds: :func:`expand_units`). Every later stage has one job per unit
+(and per fine-tuning dataset). A job is finished when its ``done.json`` exists; it holds the job's result,
 which dependent jobs read.
 """
 
@@ -15,9 +16,21 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..output import atomic_write_text
-from .spec import MIX_METHODS, STAGES, StudyError, StudySpec, check_stage_names
+from .spec import (
+    MIX_METHODS,
+    PRETRAIN_BUDGETS_TPP,
+    PRETRAIN_SEEDS,
+    STAGES,
+    StudyError,
+    StudySpec,
+    check_stage_names,
+)
 
-__all__ = ["Job", "Plan", "build_plan", "unit_name"]
+__all__ = ["Job", "Plan", "Unit", "build_plan", "expand_units", "unit_name", "INIT_SEED", "DATA_SEED"]
+
+#: init / data-order seeds of pretraining seed 0 (the recipes' defaults); seed s adds s to both
+INIT_SEED = 12536
+DATA_SEED = 34521
 
 SUMMARY_STAGES = ("analysis", "report")
 
@@ -86,6 +99,22 @@ class Plan:
                     )
         return keep
 
+    def unit_meta(self, unit: str) -> Dict[str, Any]:
+        """What a pretrained base is: ``arm``, ``seed``, ``budget_tpp`` (planned), and once its
+        pretraining job has finished the measured ``tokens``, ``params_total``,
+        ``params_non_embedding``, tokens per parameter both ways, ``data_epochs`` and
+        ``data_source`` (:func:`olmo_sam.study.jobs.job_pretrain`). Fine-tuning records name
+        their base by this unit name (``base_label``)."""
+        job = self.by_id().get(f"pretrain/{unit}")
+        meta: Dict[str, Any] = {"unit": unit}
+        if job is None:  # not a stage of this plan (e.g. ``stages: [analysis, report]``)
+            return meta
+        meta.update({k: job.params.get(k) for k in UNIT_FIELDS})
+        if job.is_done(self.out):
+            res = job.result(self.out)
+            meta.update({k: res[k] for k in BASE_RESULT_FIELDS if k in res})
+        return meta
+
     def stage_summary(self) -> Dict[str, Dict[str, int]]:
         out: Dict[str, Dict[str, int]] = {}
         for j in self.jobs:
@@ -96,8 +125,68 @@ class Plan:
         return out
 
 
-def unit_name(arm: str, budget: Optional[Any], n_budgets: int) -> str:
-    return arm if budget is None or n_budgets == 1 else f"{arm}@{budget}"
+def unit_name(arm: str, budget: Optional[Any], n_budgets: int, seed: Optional[int] = None, n_seeds: int = 1,
+              tpp: bool = False) -> str:  # fmt: skip
+    name = arm if budget is None or n_budgets == 1 else f"{arm}@{budget:g}tpp" if tpp else f"{arm}@{budget}"
+    return name if seed is None or n_seeds == 1 else f"{name}-s{seed}"
+
+
+#: planned fields of a pretrained base (job params of ``pretrain/{unit}``)
+UNIT_FIELDS = ("arm", "seed", "budget", "budget_tpp")
+#: measured fields of a pretrained base (its pretraining result)
+BASE_RESULT_FIELDS = ("tokens", "params_total", "params_non_embedding", "tpp_total", "tpp_non_embedding",
+                      "budget_tpp", "data_epochs", "data_source", "steps")  # fmt: skip
+
+
+@dataclass
+class Unit:
+    """One pretrained base: an arm at one budget and pretraining seed."""
+
+    name: str
+    arm: str
+    recipe: str
+    #: the recipe's settings (study defaults, then the arm's, then budget and seeds)
+    settings: Dict[str, Any]
+    seed: int
+    budget: Optional[Any] = None
+    budget_tpp: Optional[float] = None
+
+
+def expand_units(study: StudySpec) -> List[Unit]:
+    """Every arm x budget x pretraining seed, in the study file's arm order, then budget, then
+    seed (pretraining arms only). Seed ``s`` initialises the model with ``INIT_SEED + s`` and orders the data with
+    ``DATA_SEED + s``; a tokens-per-parameter budget becomes the recipe's ``tokens_per_param``."""
+    units: List[Unit] = []
+    for arm in study.arms:
+        # pretrain.seeds expands pretraining arms; mid-training keeps Table 1's seed
+        seeds = study.pretrain_seeds() if arm.recipe == "pretrain" else [study.seed]
+        defaults = {k: v for k, v in (study.pretrain if arm.recipe == "pretrain" else study.midtrain).items()
+                    if k not in (PRETRAIN_SEEDS, PRETRAIN_BUDGETS_TPP)}  # fmt: skip
+        tpps = study.arm_budgets_tpp(arm)
+        budgets = study.arm_budgets(arm) if tpps == [None] else [None]
+        for b in budgets:
+            for tpp in tpps:
+                for seed in seeds:
+                    settings = {**defaults, **arm.settings}
+                    if b is not None:
+                        settings["tokens"] = b
+                    if tpp is not None:
+                        settings["tokens_per_param"] = tpp
+                    if b is not None or tpp is not None:
+                        for k in ("steps", "tokens", "tokens_per_param"):
+                            if k != ("tokens" if b is not None else "tokens_per_param"):
+                                settings.pop(k, None)
+                    if arm.recipe == "pretrain":
+                        settings.setdefault("seed", INIT_SEED + seed)
+                        settings.setdefault("data_seed", DATA_SEED + seed)
+                    n_b, key = (len(tpps), tpp) if tpp is not None else (len(budgets), b)
+                    name = unit_name(arm.name, key, n_b, seed, len(seeds), tpp=tpp is not None)
+                    units.append(Unit(name, arm.name, arm.recipe, settings, seed, b, tpp))
+    names = [u.name for u in units]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise StudyError(f"arms: the bases {dup} would share a name; give the arms distinct names")
+    return units
 
 
 def _ft_runs(study: StudySpec) -> int:
@@ -129,30 +218,24 @@ def build_plan(study: StudySpec) -> Plan:
 
     add(Job("data", "data", "data", params={"data": asdict(study.data)}))
     units: List[str] = []
-    for arm in study.arms:
-        budgets = study.arm_budgets(arm)
-        for b in budgets:
-            u = unit_name(arm.name, b, len(budgets))
-            units.append(u)
-            defaults = study.pretrain if arm.recipe == "pretrain" else study.midtrain
-            settings = {**defaults, **arm.settings}
-            if b is not None:
-                settings["tokens"] = b
-                settings.pop("steps", None)
-                settings.pop("tokens_per_param", None)
-            add(Job(f"pretrain/{u}", "pretrain", arm.recipe, params={"arm": arm.name, "unit": u,
-                    "settings": settings, "seed": study.seed}, deps=["data"], distributed=True))  # fmt: skip
-            add(Job(f"export/{u}", "export", "export", params={"unit": u}, deps=[f"pretrain/{u}", "data"]))
-            add(Job(f"pt_eval/{u}", "pt_eval", "pt_eval", params={"unit": u, "options": study.pt_eval},
-                    deps=[f"pretrain/{u}", "data"]))  # fmt: skip
-            for probe in ("quantize", "noise", "hessian"):
-                opts = getattr(study.probes, probe)
-                if opts is not None and probe != "hessian" and "max_sequences" in study.pt_eval:
-                    # one validation subset for every PT loss of the study unless a probe says otherwise
-                    opts = {"max_sequences": study.pt_eval["max_sequences"], **opts}
-                if opts is not None:
-                    add(Job(f"{probe}/{u}", probe, probe, params={"unit": u, "options": opts},
-                            deps=[f"pretrain/{u}", "data"]))  # fmt: skip
+    for unit in expand_units(study):
+        u = unit.name
+        units.append(u)
+        add(Job(f"pretrain/{u}", "pretrain", unit.recipe,
+                params={"arm": unit.arm, "unit": u, "settings": unit.settings, "seed": unit.seed,
+                        "budget": unit.budget, "budget_tpp": unit.budget_tpp},
+                deps=["data"], distributed=True))  # fmt: skip
+        add(Job(f"export/{u}", "export", "export", params={"unit": u}, deps=[f"pretrain/{u}", "data"]))
+        add(Job(f"pt_eval/{u}", "pt_eval", "pt_eval", params={"unit": u, "options": study.pt_eval},
+                deps=[f"pretrain/{u}", "data"]))  # fmt: skip
+        for probe in ("quantize", "noise", "hessian"):
+            opts = getattr(study.probes, probe)
+            if opts is not None and probe != "hessian" and "max_sequences" in study.pt_eval:
+                # one validation subset for every PT loss of the study unless a probe says otherwise
+                opts = {"max_sequences": study.pt_eval["max_sequences"], **opts}
+            if opts is not None:
+                add(Job(f"{probe}/{u}", probe, probe, params={"unit": u, "options": opts},
+                        deps=[f"pretrain/{u}", "data"]))  # fmt: skip
 
     if study.finetune is not None:
         ft = study.finetune

@@ -6,15 +6,20 @@ Hessian probes -> fine-tuning sweeps per dataset -> analysis -> report, plus con
 and benchmarks when configured. Every field is checked when the file is read: unknown keys,
 unknown stages, arms without an optimizer, datasets without an id are errors before any compute.
 
-Example (the CPU demo, ``olmo_sam/study/demo.yaml``)::
+Example (a CPU study in the overtrained regime, cf. ``olmo_sam/study/files/demo.yaml``)::
 
     name: demo
-    data: {demo: {vocab_size: 2048}}
-    pretrain: {size: tiny, steps: 300, lr: 3e-3}
+    data: {demo: {vocab_size: 384}}
+    pretrain: {size: micro, lr: 3e-3, seeds: [0, 1, 2], budgets_tpp: [10, 100]}
     arms:
       - {name: adamw, optimizer: adamw, schedule: cosine}
-      - {name: sam-anneal, optimizer: sam-anneal, schedule: wsd, decay_fraction: 0.1}
-    finetune: {datasets: [code, music], lrs: [3e-4, 1e-3, 3e-3], common: {max_steps: 30}}
+      - {name: sam, optimizer: sam, schedule: cosine, rho: 0.01}
+    finetune: {datasets: [demo-code], lrs: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2], common: {max_steps: 30}}
+
+Seeds and budgets: ``pretrain.seeds`` (pretraining seeds: init and data order) and
+``pretrain.budgets_tpp`` (tokens per parameter, counted as the recipes count them:
+:func:`olmo_sam.recipes.pretrain.budget_params`) expand every arm into one pretrained base per
+budget x seed; an arm may give its own ``budgets_tpp`` (or token ``budgets``).
 """
 
 from __future__ import annotations
@@ -99,6 +104,44 @@ class DataSpec:
 
 
 ARM_RECIPES = ("pretrain", "midtrain")
+#: keys of the ``pretrain:`` section that expand the arms instead of configuring the recipe
+PRETRAIN_SEEDS = "seeds"
+PRETRAIN_BUDGETS_TPP = "budgets_tpp"
+
+
+def _positive_list(values: Any, where: str) -> List[float]:
+    if not isinstance(values, list) or not values:
+        raise StudyError(f"{where}: expected a non-empty list of numbers, got {values!r}")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise StudyError(f"{where}: every entry must be a positive number, got {v!r}")
+        out.append(v)
+    if len(set(out)) != len(out):
+        raise StudyError(f"{where}: duplicate entries in {values!r}")
+    return out
+
+
+def _check_pretrain_grid(pretrain: Dict[str, Any], budgets: Optional[List[Any]]) -> None:
+    """``pretrain.seeds`` (distinct integers) and ``pretrain.budgets_tpp`` (positive numbers),
+    which replace the recipe's own ``seed``/``data_seed`` and budget fields."""
+    seeds = pretrain.get(PRETRAIN_SEEDS)
+    if seeds is not None:
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+            raise StudyError(f"pretrain.seeds: expected a non-empty list of integers, got {seeds!r}")
+        if len(set(seeds)) != len(seeds):
+            raise StudyError(f"pretrain.seeds: duplicate seeds in {seeds!r}")
+        clash = sorted({"seed", "data_seed"} & set(pretrain))
+        if clash:
+            raise StudyError(f"pretrain: {clash} conflict with 'seeds' (each seed sets init and data order); drop them")
+    tpp = pretrain.get(PRETRAIN_BUDGETS_TPP)
+    if tpp is not None:
+        _positive_list(tpp, "pretrain.budgets_tpp")
+        if budgets:
+            raise StudyError("give the study's 'budgets' (tokens) or 'pretrain.budgets_tpp', not both")
+        clash = sorted({"steps", "tokens", "tokens_per_param"} & set(pretrain))
+        if clash:
+            raise StudyError(f"pretrain: {clash} conflict with 'budgets_tpp' (which sets each run's budget); drop them")
 #: fine-tuning methods trained on a context-free (cfs) or contextual (cs) synthetic mix
 MIX_METHODS = ("cfs", "cs")
 
@@ -113,6 +156,8 @@ class ArmSpec:
     recipe: str = "pretrain"
     #: token budgets (e.g. [12B, 24B]) -- one run each; default: the study's budgets or one run
     budgets: Optional[List[Any]] = None
+    #: budgets in tokens per parameter (e.g. [10, 100]); default: ``pretrain.budgets_tpp``
+    budgets_tpp: Optional[List[float]] = None
     settings: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -127,11 +172,18 @@ class ArmSpec:
         if recipe not in ARM_RECIPES:
             raise StudyError(f"{where} ({name}): recipe must be one of {ARM_RECIPES}, got {recipe!r}")
         budgets = d.pop("budgets", None)
+        budgets_tpp = d.pop("budgets_tpp", None)
+        if budgets is not None and budgets_tpp is not None:
+            raise StudyError(f"{where} ({name}): give 'budgets' (tokens) or 'budgets_tpp' (tokens per parameter), not both")
+        if budgets_tpp is not None:
+            budgets_tpp = _positive_list(budgets_tpp, f"{where} ({name}).budgets_tpp")
+        if "seeds" in d:
+            raise StudyError(f"{where} ({name}): 'seeds' is a study-wide setting; set it under 'pretrain:'")
         if "optimizer" not in d:
             raise StudyError(
                 f"{where} ({name}): the arm has no 'optimizer' (adamw, sam or sam-anneal)"
             )
-        return cls(name=name, recipe=recipe, budgets=budgets, settings=d)
+        return cls(name=name, recipe=recipe, budgets=budgets, budgets_tpp=budgets_tpp, settings=d)
 
 
 @dataclass
@@ -173,6 +225,8 @@ class ExecutorSpec:
     kind: str = "local"
     jobs: int = 2
     nproc_per_node: int = 1
+    #: local: run the jobs in ``jobs`` long-lived worker processes (imports paid once per worker)
+    reuse_processes: bool = False
     #: submitit parameters for slurm (partition, gpus_per_node, timeout_min, ...)
     slurm: Dict[str, Any] = field(default_factory=dict)
 
@@ -200,6 +254,9 @@ class StudySpec:
     stages: Optional[List[str]] = None
     #: free-form notes carried into the report
     notes: Optional[str] = None
+    #: a smoke-test sized study (e.g. ``olmo-sam demo --quick``): its report says its numbers are
+    #: not evidence
+    quick: bool = False
     #: where the file came from (not a key of the file)
     source: Optional[str] = None
 
@@ -230,9 +287,29 @@ class StudySpec:
         budgets = arm.budgets if arm.budgets is not None else self.budgets
         return list(budgets) if budgets else [None]
 
+    def arm_budgets_tpp(self, arm: ArmSpec) -> List[Optional[float]]:
+        """The arm's budgets in tokens per parameter, or ``[None]`` when it has token budgets
+        (``budgets``) or none (the recipe's own ``steps``/``tokens`` then apply)."""
+        if arm.budgets_tpp is not None:
+            return list(arm.budgets_tpp)
+        if arm.budgets is not None or arm.recipe != "pretrain":
+            return [None]
+        grid = self.pretrain.get(PRETRAIN_BUDGETS_TPP)
+        return list(grid) if grid else [None]
+
+    def pretrain_seeds(self) -> List[int]:
+        """Pretraining seeds (init and data order) of every base: ``pretrain.seeds``, else the
+        study's ``seed``."""
+        seeds = self.pretrain.get(PRETRAIN_SEEDS)
+        return [int(x) for x in seeds] if seeds else [self.seed]
+
     def plain(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["arms"] = [{"name": a.name, "recipe": a.recipe, "budgets": a.budgets, **a.settings} for a in self.arms]
+        d["arms"] = [
+            {"name": a.name, "recipe": a.recipe, "budgets": a.budgets,
+             **({"budgets_tpp": a.budgets_tpp} if a.budgets_tpp is not None else {}), **a.settings}
+            for a in self.arms
+        ]  # fmt: skip
         d.pop("source", None)
         return d
 
@@ -255,6 +332,7 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     spec.pretrain = dict(d.get("pretrain") or {})
     spec.midtrain = dict(d.get("midtrain") or {})
     spec.budgets = d.get("budgets")
+    _check_pretrain_grid(spec.pretrain, spec.budgets)
     arms = d.get("arms") or []
     if not isinstance(arms, list):
         raise StudyError("arms: expected a list of arms")
@@ -292,6 +370,17 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
         check_stage_names(stages, "stages")
         spec.stages = list(stages)
     spec.notes = d.get("notes")
+    quick = d.get("quick", False)
+    if not isinstance(quick, bool):
+        raise StudyError(f"quick: expected true or false, got {quick!r}")
+    spec.quick = quick
+    for arm in spec.arms:
+        if PRETRAIN_SEEDS in spec.pretrain and {"seed", "data_seed"} & set(arm.settings):
+            raise StudyError(f"arms ({arm.name}): 'seed'/'data_seed' conflict with pretrain.seeds; drop them")
+        if arm.budgets_tpp is not None and arm.recipe != "pretrain":
+            raise StudyError(f"arms ({arm.name}): 'budgets_tpp' applies to pretrain arms only")
+        if arm.budgets_tpp is not None and {"steps", "tokens", "tokens_per_param"} & set(arm.settings):
+            raise StudyError(f"arms ({arm.name}): 'budgets_tpp' sets the budget; drop steps/tokens/tokens_per_param")
     return spec
 
 
