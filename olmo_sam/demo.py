@@ -1,10 +1,12 @@
 """``olmo-sam demo``: the CPU demo study (README command 1).
 
-Tiny OLMo-2-style models (AdamW cosine, SAM, the AdamW->SAM annealing switch, WSO) pretrained on
-the registry-fetched English corpus, probed (4/8-bit quantization, Gaussian noise, Hutchinson
-sharpness), fine-tuned over a short LR grid on two demo domains (code, music), analysed and
-reported. Resumable: run it again to continue where it stopped. The study files are
-``olmo_sam/study/files/demo.yaml`` and ``demo-quick.yaml``.
+Micro OLMo-2-style models (41k parameters; AdamW cosine and SAM) pretrained on the
+registry-fetched English corpus at 10 and 100 tokens per parameter with three pretraining seeds
+each, probed (4/8-bit quantization, Gaussian noise, Hutchinson sharpness), fine-tuned over a
+six-LR grid on the demo code domain, analysed and reported. Resumable: run it again to continue
+where it stopped. The study files are ``olmo_sam/study/files/demo.yaml`` and ``demo-quick.yaml``
+(``quick: true``: its report says that its numbers are not evidence); the longer CPU study is
+``recipes/studies/cpu-overtraining.yaml`` (docs/cpu-reproduction.md).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def demo_study_path(quick: bool = False) -> Path:
 @click.option("--rerun", is_flag=True, help="Start over instead of resuming.")
 @click.option("--dry-run", is_flag=True, help="Show the planned jobs only.")
 def demo(quick, out, jobs, rerun, dry_run):
-    """Pretrain, probe, fine-tune and report four tiny arms on CPU (about 10 min on 2 cores; --quick: under 2)."""
+    """Pretrain (2 arms x 2 budgets x 3 seeds), probe, fine-tune and report micro models on CPU
+    (under 15 min on 2 idle cores; --quick: a few minutes, not evidence)."""
     from olmo_core.exceptions import OLMoConfigurationError
 
     from .study.cli import start_study

@@ -55,7 +55,17 @@ def test_report_has_every_section_with_numbers(demo_run):
     # findings are statements about this run's numbers, one per comparison that was measured
     assert summary["findings"] and all(("adamw" in f) for f in summary["findings"])
     pre = {r["unit"]: r for r in summary["pretraining"]["rows"]}
-    assert pre["sam-anneal"]["sam_steps"] > 0 and pre["adamw"]["sam_steps"] == 0
+    bases = summary["bases"]
+    # the quick study's grid: adamw and sam x 2 budgets x 2 seeds, each base with its metadata
+    assert {(b["arm"], b["budget_tpp"], b["seed"]) for b in bases.values()} == {
+        (a, t, s) for a in ("adamw", "sam") for t in (4, 16) for s in (0, 1)
+    }
+    for unit, b in bases.items():
+        assert b["tokens"] == b["steps"] * 32 * 64  # whole steps of the quick batch (32 x 64)
+        assert b["tpp_non_embedding"] > b["tpp_total"] >= b["budget_tpp"]
+        assert b["data_epochs"] > 0 and "demo corpus" in b["data_source"]
+        assert (pre[unit]["sam_steps"] > 0) == (b["arm"] == "sam")
+    assert summary["quick"] is True
 
 
 def test_demo_finetuning_really_forgets(demo_run):
@@ -63,8 +73,9 @@ def test_demo_finetuning_really_forgets(demo_run):
     from olmo_sam.analysis.records import FTRecord
 
     recs = [FTRecord.from_dict(json.loads(line)) for line in (out / "analysis" / "finetune_results.jsonl").open()]
-    assert {r.dataset for r in recs} == {"demo-code", "demo-music"}
-    assert {r.base_label for r in recs} == {"adamw", "sam-anneal"}
+    summary = json.loads((out / "analysis" / "summary.json").read_text())
+    assert {r.dataset for r in recs} == {"demo-code"}
+    assert {r.base_label for r in recs} == set(summary["bases"])  # every base fine-tuned
     # at the largest LR every base forgets: its PT loss rises above the base model's
     top = max(r.lr for r in recs)
     assert all(r.l_pt > r.base_l_pt for r in recs if r.lr == top)

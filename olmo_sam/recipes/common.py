@@ -63,6 +63,7 @@ class RunSpec:
     dp: Optional[str] = None
     param_dtype: Optional[str] = None
     microbatch: Optional[int] = None
+    #: in-loop evaluation every N steps (and at the end); 0 = none (pretraining)
     eval_interval: Optional[int] = None
     checkpoint_interval: Optional[int] = None
     stop_at_step: Optional[int] = None
@@ -414,7 +415,7 @@ def common_options(f):
         click.option("--param-dtype", type=click.Choice(["float32", "bfloat16"]), default=None,
                      help="FSDP mixed-precision parameter dtype."),
         click.option("--microbatch", type=int, default=None, help="Sequences per rank per micro-batch."),
-        click.option("--eval-interval", type=int, default=None, help="Steps between in-loop validation-loss evaluations."),
+        click.option("--eval-interval", type=int, default=None, help="Steps between in-loop validation-loss evaluations (pretraining: 0 = none)."),
         click.option("--checkpoint-interval", type=int, default=None, help="Steps between checkpoints."),
         click.option("--stop-at-step", type=int, default=None,
                      help="Stop (with a checkpoint) at this step; the schedule still spans the whole run."),

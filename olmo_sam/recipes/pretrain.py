@@ -252,7 +252,9 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
         model=model,
         tokenizer=tokenizer,
         train_paths=list(spec.train_paths),
-        val_paths=list(spec.val_paths) or None,
+        # eval_interval 0: no in-loop evaluation (a study's pt_eval stage measures L_PT; building the
+        # evaluator's dataset costs seconds per run, which dominates micro runs)
+        val_paths=(list(spec.val_paths) or None) if spec.eval_interval != 0 else None,
         save_folder=spec.save_folder,
         optim=_optim(spec, lr),
         sequence_length=seq_len,

@@ -62,8 +62,8 @@ class Job:
             raise StudyError(f"job {self.id} has not finished (no {p})")
         return json.loads(p.read_text())["result"]
 
-    def mark_done(self, out: Path, result: Dict[str, Any], seconds: float) -> None:
-        payload = {"job": asdict(self), "result": result, "seconds": seconds}
+    def mark_done(self, out: Path, result: Dict[str, Any], seconds: float, cpu_seconds: Optional[float] = None) -> None:
+        payload = {"job": asdict(self), "result": result, "seconds": seconds, "cpu_seconds": cpu_seconds}
         atomic_write_text(self.done_path(out), json.dumps(payload, indent=2, default=str) + "\n")
 
 

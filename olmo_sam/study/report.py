@@ -60,6 +60,31 @@ def _img(path: str) -> str:
     return f'<img alt="{html.escape(Path(path).stem)}" src="data:image/png;base64,{data}"/>'
 
 
+def regime_lines(s: Dict[str, Any]) -> List[str]:
+    """The quick-version warning and the regime of the bases (parameters, tokens per parameter
+    both ways, seeds, data source and epochs), from the summary's ``quick`` and ``bases``."""
+    out: List[str] = []
+    if s.get("quick"):
+        out.append("QUICK VERSION: a smoke test sized to finish in minutes. Its numbers are not evidence "
+                   "for or against any claim; run the full study for results.")  # fmt: skip
+    bases = [b for b in (s.get("bases") or {}).values() if b.get("params_total")]
+    if bases:
+        params = sorted({(b["params_total"], b["params_non_embedding"]) for b in bases})
+        budgets = sorted({(b.get("budget_tpp"), round(b["tpp_non_embedding"])) for b in bases if b.get("budget_tpp")})
+        seeds = sorted({b.get("seed") for b in bases if b.get("seed") is not None})
+        epochs = [b["data_epochs"] for b in bases if b.get("data_epochs")]
+        out.append(
+            "Regime: " + "; ".join(f"{t:,} parameters ({n:,} non-embedding)" for t, n in params)
+            + (f"; pretraining budgets {', '.join(f'{t:g}' for t, _ in budgets)} tokens per parameter "
+               f"({', '.join(f'{n:,}' for _, n in budgets)} per non-embedding parameter)" if budgets else "")
+            + (f"; pretraining seeds {seeds}" if seeds else "")
+            + (f"; data: {bases[0].get('data_source')}" if bases[0].get("data_source") else "")
+            + (f", {min(epochs):.2g}-{max(epochs):.2g} epochs" if epochs else "")
+            + "."
+        )  # fmt: skip
+    return out
+
+
 def write_report(out_dir: str | Path, analysis: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     out = Path(out_dir)
     summary_path = Path(analysis["summary"]) if analysis else out / "analysis" / "summary.json"
@@ -81,6 +106,9 @@ def write_report(out_dir: str | Path, analysis: Optional[Dict[str, Any]] = None)
         "th{background:#f3f3f3}img{max-width:100%}pre{background:#f7f7f7;padding:.5em;overflow:auto;font-size:12px}</style>",
         f"</head><body><h1>{html.escape(title)}</h1>",
     ]
+    for line in regime_lines(s):
+        md += [line, ""]
+        h.append(f"<p>{html.escape(line)}</p>")
     units = s.get("units", [])
     md += [f"Arms (units): {', '.join(units)}. Reference for comparisons: **{s.get('reference_unit')}**.", ""]
     h.append(f"<p>Arms (units): {html.escape(', '.join(units))}. Reference for comparisons: <b>{html.escape(str(s.get('reference_unit')))}</b>.</p>")

@@ -79,12 +79,21 @@ def run_job(out_dir: str | Path, job_id: str) -> Dict[str, Any]:
     job = index[job_id]
     deps = {d: index[d].result(plan.out) for d in job.deps}
     fn = JOB_KINDS[job.kind]
-    t0 = time.time()
+    t0, c0 = time.time(), _cpu_seconds()
     result = fn(JobContext(job, plan, deps))
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
-        job.mark_done(plan.out, result, time.time() - t0)
+        job.mark_done(plan.out, result, time.time() - t0, cpu_seconds=_cpu_seconds() - c0)
     return result
+
+
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished children: a job's cost on a
+    shared machine, where wall time also measures the other tenants."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main(argv=None) -> int:
