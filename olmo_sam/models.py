@@ -28,7 +28,8 @@ TINY = dict(d_model=128, n_layers=2, n_heads=2)
 #: by measurement (docs/cpu-reproduction.md): ~80k tokens per CPU-second with AdamW at batch
 #: 64 x 128 on one core, against ~60k for d_model 64 (115k parameters), so 100 tokens per
 #: parameter takes under a minute of CPU. (vLLM's CPU backend rejects head widths below 64:
-#: context-free sampling needs ``tiny``.)
+#: context-free sampling needs ``tiny``. bitsandbytes 0.50.2's CPU 4-bit kernel is wrong for
+#: weight rows that are not whole blocks: quantize ``micro`` with NF4 block size 32.)
 MICRO = dict(d_model=32, n_layers=1, n_heads=1, hidden_size_multiple_of=128)
 
 #: Presets whose vocabulary is the size of the tokenizer trained for them (CPU demos and tests).

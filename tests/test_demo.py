@@ -61,7 +61,7 @@ def test_report_has_every_section_with_numbers(demo_run):
         (a, t, s) for a in ("adamw", "sam") for t in (4, 16) for s in (0, 1)
     }
     for unit, b in bases.items():
-        assert b["tokens"] == b["steps"] * 32 * 64  # whole steps of the quick batch (32 x 64)
+        assert b["tokens"] == b["steps"] * 64 * 128  # whole steps of the quick batch (64 x 128)
         assert b["tpp_non_embedding"] > b["tpp_total"] >= b["budget_tpp"]
         assert b["data_epochs"] > 0 and "demo corpus" in b["data_source"]
         assert (pre[unit]["sam_steps"] > 0) == (b["arm"] == "sam")
