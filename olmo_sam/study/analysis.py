@@ -276,7 +276,8 @@ def _quantize(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
         values = {r["unit"]: r["degradation"] for r in rows if r["quant"] == q and r["degradation"] is not None}
         findings += bases.compare(values, section="quantize", quantity="quant_degradation", setting=str(q),
                                   context=f"{q} quantization")  # fmt: skip
-        panels.append(Panel(title=f"{q}", ylabel="PT-loss increase over full precision (nats)",
+        one = " (one seed: no interval)" if bases.max_seeds < 2 else ""
+        panels.append(Panel(title=f"{q}{one}", ylabel="PT-loss increase over full precision (nats)",
                             xlabel="pretraining budget", groups=[bases.budget_label(k) for k in bases.budgets],
                             series=bases.bars(values), zero_line=True))  # fmt: skip
     figs = {}
@@ -358,7 +359,9 @@ def _hessian(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
                  and b.unit in conv]  # fmt: skip
         k = sum(conv[u] for u in units)
         f["power_iteration_converged"] = f"{k} of {len(units)}"
-        if k < len(units):
+        if k == 0:
+            f["text"] += f" Power iteration converged for none of the {len(units)} checkpoints: lambda_max is a lower estimate."
+        elif k < len(units):
             f["text"] += f" Power iteration converged for only {k} of {len(units)} checkpoints: lambda_max is a lower estimate."
         else:
             f["text"] += f" Power iteration converged for all {k} checkpoints."
