@@ -34,6 +34,9 @@ def test_summary_findings_have_the_schema(study):
     assert s["interval"]["method"] == "t" and s["interval"]["confidence"] == 0.95
     assert s["seeds_per_arm_and_budget"] == 3
     assert sorted(b["budget_tpp"] for b in s["budgets"]) == [10.0, 100.0]
+    assert len(s["bases"]) == 12 and all({"arm", "seed", "budget_tpp", "budget_tpp_non_embedding", "tokens",
+                                          "params_total", "params_non_embedding"} <= set(b) for b in s["bases"].values())  # fmt: skip
+    assert s["bases"]["sam@100tpp-s2"]["seed"] == 2 and s["bases"]["sam@100tpp-s2"]["arm"] == "sam"
     quantities = {f["quantity"] for f in s["findings"]}
     assert quantities == {"l_pt", "matched_forgetting", "quant_degradation", "noise_increase", "trace", "lambda_max"}
     for f in s["findings"]:
@@ -104,8 +107,9 @@ def test_base_metadata_falls_back_to_the_job_and_the_study_seed():
     assert (b.arm, b.seed, b.budget_tpp, b.budget_tpp_non_embedding) == ("adamw", 7, 10.0, 25.0)
     b = base_metadata("sam@1B", {}, {}, study_seed=3)
     assert (b.arm, b.seed, b.budget_tpp) == ("sam", 3, None)
-    b = base_metadata("x", {"arm": "wso", "seed": 2, "budget_tpp": 800.0}, {"arm": "ignored", "seed": 0}, 0)
-    assert (b.arm, b.seed, b.budget_tpp) == ("wso", 2, 800.0)
+    b = base_metadata("x", {"arm": "wso", "seed": 2, "budget_tpp": 800.0, "tpp_non_embedding": 1500.0},
+                      {"arm": "ignored", "seed": 0}, 0)  # fmt: skip
+    assert (b.arm, b.seed, b.budget_tpp, b.budget_tpp_non_embedding) == ("wso", 2, 800.0, 1500.0)
 
 
 def test_one_seed_study_findings_claim_nothing(tmp_path):

@@ -89,6 +89,10 @@ def _from_checkpoint(checkpoint: Optional[str]) -> Dict[str, Any]:
         return {}
 
 
+#: fields of a pretraining record copied into ``summary["bases"]`` as they are
+RECORD_FIELDS = ("steps", "tpp_total", "tpp_non_embedding", "data_epochs", "data_source")
+
+
 def base_metadata(unit: str, record: Dict[str, Any], params: Dict[str, Any], study_seed: int) -> Base:
     """The :class:`Base` of one unit from its pretraining record (``done.json`` result), falling
     back to the job's parameters and the checkpoint (see the module docstring)."""
@@ -101,7 +105,7 @@ def base_metadata(unit: str, record: Dict[str, Any], params: Dict[str, Any], stu
     tpp = meta.get("budget_tpp")
     if tpp is None and tokens and total:
         tpp = tokens / total
-    tpp_ne = meta.get("budget_tpp_non_embedding")
+    tpp_ne = meta.get("budget_tpp_non_embedding", meta.get("tpp_non_embedding"))
     if tpp_ne is None and tokens and non_emb:
         tpp_ne = tokens / non_emb
     seed = meta.get("seed", params.get("seed", study_seed))
@@ -548,20 +552,23 @@ def analyse_study(ctx: JobContext) -> Dict[str, Any]:
     out = ctx.out / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     spec = interval_spec(ctx.study)
-    metas = []
+    metas, records = [], {}
     for u in units:
         job = ctx.plan.by_id().get(f"pretrain/{u}")
         rec = _result(ctx, f"pretrain/{u}")
         if rec is not None:
             metas.append(base_metadata(u, rec, job.params if job else {}, ctx.study.seed))
+            records[u] = {k: v for k, v in rec.items() if k in RECORD_FIELDS}
     bases = _Bases(metas, spec)
     summary: Dict[str, Any] = {
         "study": ctx.study.name,
+        "quick": bool(getattr(ctx.study, "quick", False)),
         "units": units,
         "arms": bases.arms,
         "reference_arm": bases.reference,
         "interval": spec.to_dict(),
-        "bases": [asdict(b) for b in metas],
+        # unit -> what the pretraining record says about the base, completed by base_metadata
+        "bases": {b.unit: {**records[b.unit], **asdict(b)} for b in metas},
         "budgets": [bases.budget(k) for k in bases.budgets],
         "seeds_per_arm_and_budget": bases.max_seeds,
     }
