@@ -118,6 +118,9 @@ def test_relative_needs_a_denominator_three_standard_errors_from_zero():
     se = statistics.stdev(tiny_ref.values()) / math.sqrt(3)
     assert statistics.fmean(tiny_ref.values()) < 3 * se
     assert relative(tiny) is None
+    # a reference that "improved" under the perturbation (negative degradation): no percentage
+    negative = compare_seeds({0: -0.002, 1: -0.003, 2: -0.0025}, {0: -0.001, 1: -0.0011, 2: -0.0012})
+    assert negative.reference_mean < -3 * negative.reference_se and relative(negative) is None
 
 
 def test_mean_interval_t_by_hand():

@@ -197,8 +197,13 @@ def plot_bands(
                 ax.errorbar([q[0]], [q[1]], yerr=[[q[1] - q[2]], [q[3] - q[1]]], color=color[name], capsize=3)
         if p.zero_line:
             ax.axhline(0.0, color="k", lw=0.6)
-        if p.xlog:
+        if p.xlog:  # ticks at the measured x values (e.g. the budgets), written plainly
+            from matplotlib.ticker import NullFormatter
+
             ax.set_xscale("log")
+            xs = sorted({q[0] for pts in p.series.values() for q in pts if q is not None})
+            ax.set_xticks(xs, [f"{x:g}" for x in xs])
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(p.title, fontsize=10)
         ax.set_xlabel(p.xlabel)
         ax.set_ylabel(p.ylabel)

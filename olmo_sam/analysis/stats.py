@@ -35,8 +35,8 @@ their own randomness varies with the base's seed, so the seed-to-seed spread alr
 
 Percentages ("5% less forgetting") are the difference and its interval divided by the reference
 arm's mean (:func:`relative`); the denominator's own uncertainty is not propagated, so a
-percentage is only given when that mean is at least :data:`MIN_DENOMINATOR_SE` standard errors
-away from zero -- a percentage of a denominator that is mostly noise says nothing.
+percentage is only given when that mean is positive and at least :data:`MIN_DENOMINATOR_SE`
+standard errors above zero -- a percentage of a denominator that is mostly noise says nothing.
 """
 
 from __future__ import annotations
@@ -249,13 +249,14 @@ def compare_seeds(
 
 
 def relative(diff: Difference) -> Optional[Tuple[float, Optional[float], Optional[float]]]:
-    """The difference and its interval in percent of the reference arm's mean, or ``None`` when
-    that mean is not at least :data:`MIN_DENOMINATOR_SE` standard errors away from zero (which
-    includes one seed: no standard error, no check, no percentage)."""
+    """The difference and its interval in percent of the reference arm's mean, or ``None`` unless
+    that mean is positive (a degradation or forgetting that happened) and at least
+    :data:`MIN_DENOMINATOR_SE` standard errors above zero (one seed: no standard error, no check,
+    no percentage)."""
     m, se = diff.reference_mean, diff.reference_se
-    if se is None or not math.isfinite(m) or m == 0.0 or abs(m) < MIN_DENOMINATOR_SE * se:
+    if se is None or not math.isfinite(m) or m <= 0.0 or m < MIN_DENOMINATOR_SE * se:
         return None
-    scale = 100.0 / abs(m)
+    scale = 100.0 / m
     if not diff.has_interval:
         return diff.estimate * scale, None, None
     return diff.estimate * scale, diff.ci_low * scale, diff.ci_high * scale  # type: ignore[operator]
