@@ -194,20 +194,14 @@ def run_midtrain(
 
 
 def as_load_path(path: str) -> str:
-    """A trainer ``load_path`` for ``path``: a full trainer checkpoint as it is; for a model-only
-    checkpoint (what ``olmo-sam import-hf`` writes: a step directory without ``train/``), its
-    ``model_and_optim`` directory, which is how OLMo-core loads bare weights."""
-    from ..checkpoints import resolve_checkpoint
+    """``--load-path`` as the trainer's ``load_path``
+    (:func:`olmo_sam.checkpoints.trainer_load_path`), with a missing checkpoint as a config error."""
+    from ..checkpoints import trainer_load_path
 
-    if is_url(path):
-        return path
     try:
-        step = resolve_checkpoint(path)
+        return trainer_load_path(path)
     except FileNotFoundError as e:
         raise OLMoConfigurationError(f"--load-path: {e}") from None
-    if (step / "train").is_dir():
-        return str(step)
-    return str(step / "model_and_optim")
 
 
 def _import_on_rank0(hf_source: str, revision: Optional[str], dest: Path, tokenizer: Optional[str]) -> Path:
