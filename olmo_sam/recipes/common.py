@@ -7,7 +7,9 @@ train with :func:`olmo_sam.train.run_experiment`; nothing here trains.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
 import json
 import math
 import os
@@ -41,6 +43,7 @@ __all__ = [
     "run_summary",
     "print_dry_run",
     "world_size",
+    "assumed_world_size",
     "resolve_dp",
     "launch",
     "GPU_PEAK_TFLOPS",
@@ -369,8 +372,28 @@ def print_dry_run(cfg: ExperimentConfig, summary: Dict[str, Any], *, as_json: bo
 # ---------------------------------------------------------------------------------------------
 
 
+#: set by ``--world-size`` for a dry run outside torchrun (see :func:`assumed_world_size`)
+_ASSUMED_WORLD_SIZE: Optional[int] = None
+
+
 def world_size() -> int:
+    """Processes of this launch: torchrun's ``WORLD_SIZE``, or the ``--world-size`` a dry run
+    assumes."""
+    if _ASSUMED_WORLD_SIZE is not None:
+        return _ASSUMED_WORLD_SIZE
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@contextlib.contextmanager
+def assumed_world_size(n: Optional[int]):
+    """Resolve configs as if launched with ``n`` processes (``None``: as launched)."""
+    global _ASSUMED_WORLD_SIZE
+    previous = _ASSUMED_WORLD_SIZE
+    _ASSUMED_WORLD_SIZE = n
+    try:
+        yield
+    finally:
+        _ASSUMED_WORLD_SIZE = previous
 
 
 def resolve_dp(flag: str, default_multi: str) -> Optional[str]:
@@ -385,7 +408,8 @@ def resolve_dp(flag: str, default_multi: str) -> Optional[str]:
         return None
     if n == 1:
         raise OLMoConfigurationError(
-            f"--dp {flag} needs several processes: launch with torchrun --nproc-per-node N"
+            f"--dp {flag} needs several processes: launch with torchrun --nproc-per-node N "
+            "(or preview the config with --dry-run --world-size N)"
         )
     return flag
 
@@ -404,16 +428,22 @@ def launch(cfg: ExperimentConfig):
 
 
 def common_options(f):
-    """Flags every recipe has."""
+    """Flags every recipe has. ``--save-folder`` and ``--microbatch`` are hidden aliases of
+    ``--out`` and ``--micro-batch-size``; ``--world-size`` makes a dry run resolve the config for
+    that many processes without torchrun."""
     options = [
         click.option("--dry-run", is_flag=True, help="Print the resolved config and estimates; train nothing."),
         click.option("--json", "as_json", is_flag=True, help="With --dry-run: print JSON instead of YAML."),
-        click.option("--save-folder", type=str, default=None, help="Run directory (re-using it resumes)."),
+        click.option("--world-size", "assume_world", type=click.IntRange(min=1), default=None,
+                     help="With --dry-run: resolve the config for this many processes (no torchrun needed)."),
+        click.option("--out", "save_folder", type=str, default=None, help="Run directory (re-using it resumes)."),
+        click.option("--save-folder", "save_folder_alias", type=str, default=None, hidden=True),
         click.option("--dp", type=click.Choice(["auto", "none", "ddp", "fsdp", "hsdp"]), default="auto",
                      show_default=True, help="Data parallelism under torchrun."),
         click.option("--param-dtype", type=click.Choice(["float32", "bfloat16"]), default=None,
                      help="FSDP mixed-precision parameter dtype."),
-        click.option("--microbatch", type=int, default=None, help="Sequences per rank per micro-batch."),
+        click.option("--micro-batch-size", "microbatch", type=int, default=None, help="Sequences per rank per micro-batch."),
+        click.option("--microbatch", "microbatch_alias", type=int, default=None, hidden=True),
         click.option("--eval-interval", type=int, default=None, help="Steps between in-loop validation-loss evaluations."),
         click.option("--checkpoint-interval", type=int, default=None, help="Steps between checkpoints."),
         click.option("--stop-at-step", type=int, default=None,
@@ -424,6 +454,26 @@ def common_options(f):
                      help="Assumed model-FLOPs utilisation for the GPU-hour estimate."),
         click.argument("overrides", nargs=-1),
     ]  # fmt: skip
+
+    @functools.wraps(f)
+    def run(*args, assume_world, save_folder_alias, microbatch_alias, **kwargs):
+        for name, alias, value in (("save_folder", "--save-folder", save_folder_alias),
+                                   ("microbatch", "--microbatch", microbatch_alias)):  # fmt: skip
+            if value is not None:
+                if kwargs[name] is not None and kwargs[name] != value:
+                    new = "--out" if name == "save_folder" else "--micro-batch-size"
+                    raise click.UsageError(f"{alias} is the old name of {new}; give one of them")
+                kwargs[name] = value
+        if assume_world is not None and not kwargs["dry_run"]:
+            launched = int(os.environ.get("WORLD_SIZE", "1"))
+            if assume_world != launched:
+                raise click.UsageError(
+                    f"--world-size {assume_world} without --dry-run: training uses the processes it "
+                    f"is launched with ({launched}); launch with torchrun --nproc-per-node N instead"
+                )
+        with assumed_world_size(assume_world):
+            return f(*args, **kwargs)
+
     for opt in reversed(options):
-        f = opt(f)
-    return f
+        run = opt(run)
+    return run

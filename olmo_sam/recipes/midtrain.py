@@ -230,7 +230,7 @@ def _import_on_rank0(hf_source: str, revision: Optional[str], dest: Path, tokeni
     return step
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("midtrain", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True,
               help="adamw: the OLMo baseline; sam: Table 1's SAM run.")  # fmt: skip
 @click.option("--size", type=click.Choice(["1B", "tiny"]), default="1B", show_default=True, help="'tiny' runs the recipe on CPU.")
@@ -260,7 +260,7 @@ def main(optimizer, size, tokens, steps, lr, rho, seq_len, batch_size, data, mix
 
     try:
         if save_folder is None and not dry_run:
-            raise click.UsageError("--save-folder is required (re-using it resumes the run)")
+            raise click.UsageError("--out is required (re-using it resumes the run)")
         if not data and not dry_run:
             raise click.UsageError(
                 "--data-mix is required: a mix file of Dolmino token files (e.g. OLMo-core's "
@@ -313,3 +313,7 @@ def main(optimizer, size, tokens, steps, lr, rho, seq_len, batch_size, data, mix
                      tokenizer=tokenizer_name)  # fmt: skip
     except OLMoConfigurationError as e:
         raise click.ClickException(str(e)) from e
+
+
+if __name__ == "__main__":  # python -m / torchrun -m olmo_sam.recipes.midtrain
+    main()
