@@ -1,6 +1,7 @@
 """The README's "Bring your own checkpoint" walk-through, command by command, on a tiny Hugging Face
-OLMo-2 model: import-hf -> data with that tokenizer -> sweep --base ... --pt-val ... -> WiSE-FT
--> a sweep from the WiSE-FT output -> forgetting compare -> probes.
+OLMo-2 model (a local directory instead of the hub id, the offline demo-code task instead of
+GSM8K, a short LR grid and few steps): import-hf -> data with that tokenizer -> sweep --base ...
+--pt-val ... -> WiSE-FT -> a sweep from the WiSE-FT output -> forgetting compare -> probes.
 
 Model-only checkpoints (import-hf and WiSE-FT outputs: ``step0/`` without trainer state) must be
 fine-tuned *from their weights*: with a learning rate of 1e-9 the kept fine-tuned weights equal
@@ -68,8 +69,7 @@ def test_bring_your_own_checkpoint_walkthrough(tiny_hf_model, tmp_path):
     text.write_text("\n\n".join(f.read_text(encoding="utf-8", errors="replace")[:3000] for f in stdlib))
     olmo_sam("data", "tokenize", w / "pt", "--tokenizer", tok, "--input", text, "--text-docs", "paragraphs",
              "--val-fraction", "0.3")  # fmt: skip
-    pt_val = sorted(str(p) for p in (w / "pt").glob("val-*.npy"))
-    assert pt_val
+    pt_val = [str(w / "pt" / "val-00000.npy")]
     olmo_sam("finetune", "prepare", "demo-code", "--tokenizer", tok, "--out", w / "task",
              "--max-train-tokens", "20000", "--max-documents", "60")  # fmt: skip
     # 3. a sweep from the imported model
@@ -94,7 +94,9 @@ def test_bring_your_own_checkpoint_walkthrough(tiny_hf_model, tmp_path):
     assert max_weight_diff(w / "wise", w / "base") > 1e-4  # a different base from the imported one
 
     # 5. learning-forgetting comparison of the two bases
-    out = olmo_sam("forgetting", "compare", w / "sweep" / "results.jsonl", "--reference", "base", "--json")
+    out = olmo_sam("forgetting", "compare", w / "sweep" / "results.jsonl", "--reference", "base", "--json",
+                   "--out", w / "report")  # fmt: skip
+    assert any(p.suffix == ".png" for p in (w / "report").iterdir())
     curves = {c["label"]: c for c in json.loads(out)["datasets"]["demo-code"]["curves"]}
     assert set(curves) == {"base", "wise"}
     assert curves["wise"]["base"] == str(resolve_checkpoint(w / "wise"))

@@ -92,7 +92,8 @@ class FTConfig:
     """One fine-tuning run. ``None`` fields are filled from the base checkpoint or the paper by
     :meth:`resolved`."""
 
-    #: base checkpoint (step directory, or run directory = its latest step)
+    #: base checkpoint (step directory, or run directory = its latest step; a trainer checkpoint or a
+    #: model-only one such as an import-hf or WiSE-FT output)
     base: str
     #: prepared dataset directory (:mod:`olmo_sam.finetune.data`)
     data: str
