@@ -99,7 +99,9 @@ def test_fsdp_dry_run_for_a_stated_world_size():
     r = _dry(["pretrain", "--size", "60M", "--tokens-per-param", "200", "--dp", "fsdp", "--world-size", "8",
               "--dry-run", "--json"])  # fmt: skip
     assert r.exit_code == 0, r.output
-    cfg = json.loads(r.stdout)["config"]
+    out = json.loads(r.stdout)
+    cfg = out["config"]
+    assert (out["summary"]["world_size"], out["summary"]["data_parallel"]) == (8, "fsdp")
     assert cfg["train_module"]["dp_config"]["name"] == "fsdp"
     assert cfg["train_module"]["rank_microbatch_size"] == 16 * 1024  # min(256 / 8, 16) sequences of 1024
     r = _dry(["midtrain", "--dry-run", "--json", "--dp", "fsdp", "--world-size", "64"])

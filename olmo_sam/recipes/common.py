@@ -323,6 +323,9 @@ def run_summary(
     return {
         "params": {"total": counts.total, "embedding": counts.embedding, "non_embedding": counts.non_embedding},
         "sequence_length": seq_len,
+        "world_size": world_size(),
+        "data_parallel": tm.dp_config.name if tm.dp_config is not None else None,
+        "rank_micro_batch_sequences": tm.rank_microbatch_size // seq_len,
         "batch_sequences": tokens_per_step // seq_len,
         "tokens_per_step": tokens_per_step,
         "steps": steps,
@@ -351,6 +354,10 @@ def print_dry_run(cfg: ExperimentConfig, summary: Dict[str, Any], *, as_json: bo
     click.echo(
         f"tokens: {summary['tokens']:,d} ({format_tokens(summary['tokens'])}) = {summary['steps']:,d} steps x "
         f"{summary['tokens_per_step']:,d} tokens ({summary['batch_sequences']} x {summary['sequence_length']})"
+    )
+    click.echo(
+        f"processes: {summary['world_size']} (data parallel: {summary['data_parallel'] or 'none'}); "
+        f"micro-batch {summary['rank_micro_batch_sequences']} sequences per rank"
     )
     click.echo(f"warmup: {summary['warmup_steps']:,d} steps")
     if "start" in lr:
