@@ -185,6 +185,8 @@ def run_midtrain(
                 "mid-training needs a start: give load_path (an OLMo-core checkpoint) or init_from_hf"
             )
         cfg.load_path = default_start(save)
+    elif cfg.load_path != default_start(save):
+        cfg.load_path = as_load_path(cfg.load_path)  # a model-only start (e.g. a study arm's) too
     validate_experiment(cfg)
     setup_environment()
     if init_from_hf is not None and cfg.load_path == default_start(save):
