@@ -172,9 +172,17 @@ seed_all(0)
 seq, batch = 64, 8
 tok = TokenizerConfig(vocab_size=256, eos_token_id=0, pad_token_id=1)
 optim = OptimConfig.from_dict({"type": "sam", "rho": 0.05, "base": {"type": "adamw", "lr": 3e-3}})
-tm = SAMTrainModuleConfig(rank_microbatch_size=batch * seq, max_sequence_length=seq, optim=optim,
-                          scheduler=WSDAlpha(warmup=1, decay_fraction=0.5), max_grad_norm=1.0).build(
-    TransformerConfig.olmo2_1M(vocab_size=256).build(init_device="cpu"))
+tm_cfg = SAMTrainModuleConfig(rank_microbatch_size=batch * seq, max_sequence_length=seq, optim=optim,
+                              scheduler=WSDAlpha(warmup=1, decay_fraction=0.5), max_grad_norm=1.0)
+has_eval_only = "eval_only" in inspect.signature(TransformerTrainModule.__init__).parameters
+if not has_eval_only:  # asking for what this tree cannot do is an error, not silently dropped
+    from olmo_core.exceptions import OLMoConfigurationError
+    try:
+        tm_cfg.build(TransformerConfig.olmo2_1M(vocab_size=256).build(init_device="cpu"), eval_only=True)
+        raise AssertionError("eval_only=True was accepted by a tree without it")
+    except OLMoConfigurationError as e:
+        assert "eval_only" in str(e), e
+tm = tm_cfg.build(TransformerConfig.olmo2_1M(vocab_size=256).build(init_device="cpu"))
 start = {n: p.detach().clone() for n, p in tm.model.named_parameters()}
 ds = NumpyFSLDatasetConfig(paths=[train_path], sequence_length=seq, tokenizer=tok, work_dir=save + "/_work").build()
 dl = NumpyDataLoaderConfig(global_batch_size=batch * seq, seed=0, num_workers=0).build(
@@ -185,8 +193,7 @@ trainer.fit()
 assert not any(m == "olmo_sam" or m.startswith("olmo_sam.") for m in sys.modules), "used the plugin"
 moved = max((p.detach() - start[n]).abs().max().item() for n, p in tm.model.named_parameters())
 finite = all(torch.isfinite(p).all().item() for p in tm.model.parameters())
-print("RESULT", tm.sam_ascents, trainer.global_step, moved > 0 and finite,
-      "eval_only" in inspect.signature(TransformerTrainModule.__init__).parameters)
+print("RESULT", tm.sam_ascents, trainer.global_step, moved > 0 and finite, has_eval_only)
 """
 
 
