@@ -11,6 +11,7 @@ come from the wheel.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -41,7 +42,9 @@ def fresh_venv(tmp_path_factory):
         shutil.copy(REPO / name, src / name)
     shutil.copytree(REPO / "olmo_sam", src / "olmo_sam", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     dist = tmp / "dist"
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+    # this environment's setuptools when it has one (fast, offline); else pip's isolated build
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q",
                            str(src), "-w", str(dist)], capture_output=True, text=True, env=_clean_env())  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     (wheel,) = dist.glob("olmo_sam-*.whl")
