@@ -1,0 +1,1 @@
+def run_cost(sec, work): pass

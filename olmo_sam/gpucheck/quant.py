@@ -1,0 +1,1 @@
+def run_bnb(sec, work): pass
