@@ -61,6 +61,7 @@ def _sam_step_vs_reference(sec: Section, work: Path, train: Path, adaptive: bool
         max_steps=4,
         max_grad_norm=clip,
     )
+    reset_world_mesh()
     trainer = build_trainer(cfg)
     tm = trainer.train_module
     device = next(tm.model.parameters()).device

@@ -15,7 +15,7 @@ import copy
 import math
 from pathlib import Path
 
-from .common import Section, write_markov_corpus
+from .common import Section, reset_world_mesh, write_markov_corpus
 
 __all__ = ["run_bnb", "SPECS"]
 
@@ -51,6 +51,7 @@ def _train_small_model(sec: Section, work: Path, train: Path):
         max_grad_norm=1.0,
     )
     cfg.trainer.callbacks["checkpointer"].enabled = False
+    reset_world_mesh()  # a dry run shares its process with the FSDP sections
     trainer = run_experiment(cfg)
     model = trainer.train_module.model.eval()
     sec.record("model", {"preset": "tiny", "train_steps": steps,
