@@ -29,6 +29,10 @@ def _sizes(sec: Section) -> tuple[int, int]:
     return (30, 8) if sec.mode.dry_run else (200, 32)
 
 
+def _preset(sec: Section) -> str:
+    return "micro" if sec.mode.dry_run else "tiny"
+
+
 def _train_small_model(sec: Section, work: Path, train: Path):
     from olmo_core.data import TokenizerConfig
     from olmo_core.optim import AdamWConfig
@@ -39,7 +43,7 @@ def _train_small_model(sec: Section, work: Path, train: Path):
 
     steps, batch = _sizes(sec)
     cfg = build_experiment(
-        model=model_config("tiny", vocab_size=VOCAB),
+        model=model_config(_preset(sec), vocab_size=VOCAB),
         tokenizer=TokenizerConfig(vocab_size=VOCAB, eos_token_id=0, pad_token_id=1, bos_token_id=0),
         train_paths=[str(train)],
         save_folder=str(work / "train"),
@@ -54,7 +58,7 @@ def _train_small_model(sec: Section, work: Path, train: Path):
     reset_world_mesh()  # a dry run shares its process with the FSDP sections
     trainer = run_experiment(cfg)
     model = trainer.train_module.model.eval()
-    sec.record("model", {"preset": "tiny", "train_steps": steps,
+    sec.record("model", {"preset": _preset(sec), "train_steps": steps,
                          "params": sum(p.numel() for p in model.parameters())})  # fmt: skip
     return model
 

@@ -21,9 +21,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from ..output import read_json
 from .common import Section
 from .report import JSON_NAME, MD_NAME, write_report
-from .worker import SECTIONS
+from .worker import IMPORTS_PREFIX, SECTIONS
 
 __all__ = ["main", "run_check", "GPU_BUDGETS", "DRY_RUN_BUDGETS", "GPU_GROUPS"]
 
@@ -72,7 +73,7 @@ def run_check(out: str | Path, *, dry_run: bool, budget: float, sections: Sequen
               command: str = "") -> Dict[str, object]:  # fmt: skip
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (out / JSON_NAME, out / MD_NAME, *(out / "sections").glob("*.json")):
+    for stale in (out / JSON_NAME, out / MD_NAME, *(out / "sections").glob("*.json")):  # a previous run's
         stale.unlink(missing_ok=True)
     t_start = time.time()
     deadline = t_start + budget - REPORT_MARGIN_S
@@ -101,6 +102,9 @@ def run_check(out: str | Path, *, dry_run: bool, budget: float, sections: Sequen
                 data["status"] = "timeout" if ended["timed_out"] else "crashed"
                 data["errors"].append({"what": name, "error": why, "traceback": _log_tail(log)})
             results[name] = data
+    imported = set()
+    for f in (out / "sections").glob(f"{IMPORTS_PREFIX}*.json"):
+        imported |= set(read_json(f) or [])
     ok = all(results.get(n, {}).get("status") == "ok" for n in sections)
     report = {
         "dry_run": dry_run,
@@ -112,6 +116,7 @@ def run_check(out: str | Path, *, dry_run: bool, budget: float, sections: Sequen
         "budgets": {n: budgets[n] for n in sections},
         "workers": workers,
         "sections": {n: results[n] for n in sections if n in results},
+        "imported_distributions": sorted(imported),
     }
     write_report(out, report)
     return report

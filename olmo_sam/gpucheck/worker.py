@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 from typing import Callable, Dict
 
+from ..output import write_json
 from .common import Mode, Section, peak_bf16_flops
 
-__all__ = ["SECTIONS", "main"]
+__all__ = ["SECTIONS", "IMPORTS_PREFIX", "main", "imported_distributions"]
 
 
 def run_environment(sec: Section, work: Path) -> None:
@@ -92,7 +93,21 @@ def main(argv=None) -> int:
         sec = Section(name, args.out, deadline, mode)
         sec.part(name, lambda: funcs[name](sec, Path(args.out) / "work" / name))
         sec.finish()
+    write_json(Path(args.out) / "sections" / f"{IMPORTS_PREFIX}{os.getpid()}.json", imported_distributions())
     return 0
+
+
+#: file name prefix of the lists of imported distributions (one per worker)
+IMPORTS_PREFIX = "_imports-"
+
+
+def imported_distributions() -> list:
+    """The installed distributions this process imported from (what the wheels must provide)."""
+    import importlib.metadata as md
+
+    top = {m.split(".")[0] for m in list(sys.modules)}
+    owners = md.packages_distributions()
+    return sorted({d for m in top for d in owners.get(m, [])})
 
 
 if __name__ == "__main__":
