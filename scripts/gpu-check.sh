@@ -10,7 +10,8 @@
 # `bash scripts/gpu-wheels.sh` (default folder gpu-wheels) are installed, if their distribution is
 # missing, with `pip install --no-index --no-deps --target DIR/.wheels-site` (torch is never
 # touched); olmo-sam itself runs from this checkout. PYTHON=... picks the interpreter.
-# Exit status 0 when every section is ok, 1 otherwise, 2 for bad arguments, 3 if install failed.
+# Exit status 0 when every section is ok, 1 otherwise, 2 for bad arguments, 3 if OLMo-core cannot
+# be installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$PWD"
@@ -68,8 +69,19 @@ PYEOF
 )
   if [ "${#MISSING[@]}" -gt 0 ]; then
     echo "gpu-check.sh: installing ${#MISSING[@]} wheels from $WHEELS into $SITE (--no-deps, --no-index)"
-    "$PY" -m pip install --quiet --no-index --no-deps --upgrade --target "$SITE" "${MISSING[@]}" \
-      || { echo "gpu-check.sh: installing the wheels failed" >&2; exit 3; }
+    if ! "$PY" -m pip install --quiet --no-index --no-deps --upgrade --target "$SITE" "${MISSING[@]}"; then
+      # one at a time: what installs is used, what does not shows up as a failed section
+      echo "gpu-check.sh: installing all wheels at once failed; trying one by one" >&2
+      FAILED=0
+      for w in "${MISSING[@]}"; do
+        "$PY" -m pip install --quiet --no-index --no-deps --upgrade --target "$SITE" "$w" \
+          || { echo "gpu-check.sh: could not install $w" >&2; FAILED=1; }
+      done
+      if [ "$FAILED" = 1 ] && ! "$PY" -c "import olmo_core" 2>/dev/null; then
+        echo "gpu-check.sh: ai2-olmo-core does not import; nothing can run" >&2
+        exit 3
+      fi
+    fi
   fi
 elif [ "$DRY" = 0 ]; then
   echo "gpu-check.sh: no wheels in '$WHEELS' (make them with: bash scripts/gpu-wheels.sh); using what $PY has" >&2

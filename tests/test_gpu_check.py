@@ -27,11 +27,35 @@ def _env():
     return {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
 
 
+def _probe_wheel(folder: Path) -> Path:
+    """A minimal valid pure-Python wheel of a distribution nobody has installed."""
+    name = "gpucheck_probe_pkg"
+    whl = folder / f"{name}-1.0-py3-none-any.whl"
+    info = f"{name}-1.0.dist-info"
+    files = {
+        f"{name}/__init__.py": "VALUE = 42\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(f"{n},,\n" for n in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(whl, "w") as z:
+        for n, text in files.items():
+            z.writestr(n, text)
+        z.writestr(f"{info}/RECORD", record)
+    return whl
+
+
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
-    proc = subprocess.run(["bash", "scripts/gpu-check.sh", "--cpu-dry-run", "--out", str(out)], cwd=REPO,
-                          env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    wheel_dir = tmp_path_factory.mktemp("wheels")
+    _probe_wheel(wheel_dir)
+    (wheel_dir / "olmo_sam-0.1.0-py3-none-any.whl").write_bytes(b"not a zip: never installed, the checkout runs")
+    (wheel_dir / "numpy-1.0-py3-none-any.whl").write_bytes(b"not a zip: numpy is installed already")
+    # about 30 s on an idle 2-core machine; the budget leaves room for a loaded CI machine
+    cmd = ["bash", "scripts/gpu-check.sh", "--cpu-dry-run", "--out", str(out), "--budget", "400", "--wheels", str(wheel_dir)]
+    proc = subprocess.run(cmd, cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=450)  # fmt: skip
     return out, proc
 
 
@@ -103,6 +127,7 @@ def test_killed_worker_still_gives_a_report(tmp_path):
     # a 6 s deadline: the worker is killed during its start-up or in the cost section (which
     # needs more than that); either way the report says so
     report = runner.run_check(tmp_path, dry_run=True, budget=runner.REPORT_MARGIN_S + 6, sections=["cost"])
+    assert report["budgets"] == {"cost": round(runner.DRY_RUN_BUDGETS["cost"] * 11 / 120, 1)}  # scaled
     assert report["ok"] is False
     assert report["workers"][0]["timed_out"] is True and report["workers"][0]["wall_s"] < 15
     sec = report["sections"]["cost"]
@@ -167,3 +192,12 @@ def test_slim_wheel_drops_files_and_record_lines(tmp_path):
         rec = z.read("pkg-1.0.dist-info/RECORD").decode()
     assert names == {"pkg/__init__.py", "pkg/libpkg_cuda128.so", "pkg-1.0.dist-info/RECORD"}
     assert "cuda118" not in rec and "pkg/libpkg_cuda128.so" in rec
+
+
+def test_missing_wheels_are_installed_beside_not_over_the_environment(dry_run):
+    out, proc = dry_run
+    assert "installing 1 wheels" in proc.stdout  # the probe; not numpy (installed), not olmo-sam (the checkout)
+    assert (out / ".wheels-site" / "gpucheck_probe_pkg" / "__init__.py").read_text() == "VALUE = 42\n"
+    assert not (out / ".wheels-site" / "numpy").exists()
+    env = json.loads((out / "gpu-check.json").read_text())["sections"]["environment"]["results"]["environment"]
+    assert env["olmo_sam_from"] == str(REPO / "olmo_sam")

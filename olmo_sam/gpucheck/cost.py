@@ -144,18 +144,20 @@ def _free() -> None:
 
 
 def _steps(work: Path, data: Path, model_cfg, vocab: int, sz: CostSizes, micro: int, optim, batches):
-    """(timed step seconds, peak bytes, micro-batch used) of one optimizer; halves the micro-batch
-    on CUDA out-of-memory."""
+    """(timed step seconds, peak bytes, micro-batch used, bytes allocated before) of one optimizer;
+    halves the micro-batch on CUDA out-of-memory. ``before`` should be about 0: a previous
+    trainer still alive would inflate the peak."""
     import torch
 
     while True:
         _free()
+        before = torch.cuda.memory_allocated() if torch.cuda.is_available() else None
         trainer = None
         try:
             trainer = _trainer(work, data, model_cfg, vocab, sz, micro, optim)
             times = [_timed_step(trainer, ids) for ids in batches][sz.warmup :]
             peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
-            return times, peak, micro
+            return times, peak, micro, before
         except torch.cuda.OutOfMemoryError:
             if micro == 1:
                 raise
@@ -189,7 +191,8 @@ def _preset(sec: Section, work: Path, size: str, sz: CostSizes, peak_flops: Opti
     }  # fmt: skip
     micro = sz.micro
     for name, optim in (("adamw", _base_optim()), ("sam", SAMConfig(base=_base_optim()))):
-        times, peak, micro = _steps(work / size / name, data, model_cfg, vocab, sz, micro, optim, batches)
+        times, peak, micro, before = _steps(work / size / name, data, model_cfg, vocab, sz, micro, optim, batches)
+        res[f"{name}_allocated_before_gib"] = before / 2**30 if before is not None else None
         step = statistics.median(times)
         res[f"{name}_step_s"] = step
         res[f"{name}_tokens_per_s"] = sz.batch * sz.seq / step

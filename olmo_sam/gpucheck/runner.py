@@ -26,12 +26,14 @@ from .common import Section
 from .report import JSON_NAME, MD_NAME, write_report
 from .worker import IMPORTS_PREFIX, SECTIONS
 
-__all__ = ["main", "run_check", "GPU_BUDGETS", "DRY_RUN_BUDGETS", "GPU_GROUPS"]
+__all__ = ["main", "run_check", "GPU_BUDGETS", "DRY_RUN_BUDGETS", "DEFAULT_BUDGET_S", "GPU_GROUPS"]
 
 #: seconds per section on the GPU (sum 450 of the 480 s total: the rest is start-up and report)
 GPU_BUDGETS = {"environment": 15, "sam_cuda": 60, "fsdp_bf16": 60, "bnb": 75, "cost": 240}
 #: caps on the CPU dry run (it needs about 30 s on an idle 2-core machine)
 DRY_RUN_BUDGETS = {"environment": 10, "sam_cuda": 30, "fsdp_bf16": 30, "bnb": 40, "cost": 50}
+#: default global budgets; ``--budget`` scales every section's budget by budget / default
+DEFAULT_BUDGET_S = {"gpu": 480.0, "dry_run": 120.0}
 #: worker processes on the GPU: the environment probe shares the first one
 GPU_GROUPS = (("environment", "sam_cuda"), ("fsdp_bf16",), ("bnb",), ("cost",))
 #: a worker's start-up (imports, CUDA context) on top of its sections' budgets
@@ -77,7 +79,9 @@ def run_check(out: str | Path, *, dry_run: bool, budget: float, sections: Sequen
         stale.unlink(missing_ok=True)
     t_start = time.time()
     deadline = t_start + budget - REPORT_MARGIN_S
-    budgets = DRY_RUN_BUDGETS if dry_run else GPU_BUDGETS
+    base = DRY_RUN_BUDGETS if dry_run else GPU_BUDGETS
+    scale = budget / DEFAULT_BUDGET_S["dry_run" if dry_run else "gpu"]
+    budgets = {n: round(b * scale, 1) for n, b in base.items()}
     groups = [tuple(sections)] if dry_run else [tuple(n for n in g if n in sections) for g in GPU_GROUPS]
     groups = [g for g in groups if g]
     results: Dict[str, Dict[str, object]] = {}
@@ -126,7 +130,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m olmo_sam.gpucheck", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output folder (gpu-check.json, gpu-check.md)")
     p.add_argument("--cpu-dry-run", action="store_true", help="tiny sizes on CPU; GPU-only parts skipped")
-    p.add_argument("--budget", type=float, default=None, help="global time limit in seconds (GPU 480, dry run 120)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="global time limit in seconds (GPU 480, dry run 120); section budgets scale with it")  # fmt: skip
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     args = p.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -138,7 +143,7 @@ def main(argv=None) -> int:
 
         if not torch.cuda.is_available():
             p.error("no CUDA device: run on the GPU machine, or pass --cpu-dry-run")
-    budget = args.budget if args.budget is not None else (120.0 if args.cpu_dry_run else 480.0)
+    budget = args.budget if args.budget is not None else DEFAULT_BUDGET_S["dry_run" if args.cpu_dry_run else "gpu"]
     if budget <= REPORT_MARGIN_S + 5:
         p.error(f"--budget {budget:g} is too small: give more than {REPORT_MARGIN_S + 5:g} seconds")
     report = run_check(args.out, dry_run=args.cpu_dry_run, budget=budget, sections=sections,
