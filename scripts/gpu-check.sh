@@ -8,8 +8,9 @@
 #
 # Results: DIR/gpu-check.json and DIR/gpu-check.md (default DIR: gpu-check-out). Wheels from
 # `bash scripts/gpu-wheels.sh` (default folder gpu-wheels) are installed, if their distribution is
-# missing, with `pip install --no-index --no-deps --target DIR/.wheels-site` (torch is never
-# touched); olmo-sam itself runs from this checkout. PYTHON=... picks the interpreter.
+# missing, with `pip install --no-index --no-deps --target .gpu-check-site` (torch is never
+# touched; GPU_CHECK_SITE=... moves it); olmo-sam itself runs from this checkout. PYTHON=... picks
+# the interpreter.
 # Exit status 0 when every section is ok, 1 otherwise, 2 for bad arguments, 3 if OLMo-core cannot
 # be installed.
 set -euo pipefail
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
       esac
       shift 2 ;;
     --cpu-dry-run) DRY=1; PASS+=(--cpu-dry-run); shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "gpu-check.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -47,7 +48,7 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if [ "$DRY" = 1 ]; then export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"; fi
-SITE="$OUT/.wheels-site"
+SITE="${GPU_CHECK_SITE:-$REPO/.gpu-check-site}"  # not under OUT: that comes back from a device
 export PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 
 if compgen -G "$WHEELS/*.whl" >/dev/null; then

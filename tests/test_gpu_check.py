@@ -54,13 +54,14 @@ def dry_run(tmp_path_factory):
     (wheel_dir / "numpy-1.0-py3-none-any.whl").write_bytes(b"not a zip: numpy is installed already")
     # about 30 s on an idle 2-core machine; the budget leaves room for a loaded CI machine
     cmd = ["bash", "scripts/gpu-check.sh", "--cpu-dry-run", "--out", str(out), "--budget", "400", "--wheels", str(wheel_dir)]
-    proc = subprocess.run(cmd, cwd=REPO,
-                          env=_env(), capture_output=True, text=True, timeout=450)  # fmt: skip
-    return out, proc
+    site = tmp_path_factory.mktemp("site")
+    proc = subprocess.run(cmd, cwd=REPO, env={**_env(), "GPU_CHECK_SITE": str(site)}, capture_output=True, text=True,
+                          timeout=450)  # fmt: skip
+    return out, proc, site
 
 
 def test_dry_run_passes_every_section(dry_run):
-    out, proc = dry_run
+    out, proc, site = dry_run
     report = json.loads((out / "gpu-check.json").read_text())
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
     assert report["dry_run"] is True and report["ok"] is True
@@ -70,6 +71,8 @@ def test_dry_run_passes_every_section(dry_run):
         assert sec["status"] == "ok", (name, sec["errors"])
         assert all(c["passed"] for c in sec["checks"]), (name, sec["checks"])
     assert report["elapsed_s"] < report["budget_s"]
+    # the output folder holds results only (scratch token files and trainer dirs went elsewhere)
+    assert sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) < 2 * 2**20
 
     # SAM and ASAM steps of the real train module agree with the independent reference
     for label in ("sam", "asam"):
@@ -95,7 +98,7 @@ def test_dry_run_passes_every_section(dry_run):
 
 
 def test_markdown_matches_json(dry_run):
-    out, _ = dry_run
+    out, _, _ = dry_run
     report = json.loads((out / "gpu-check.json").read_text())
     md = (out / "gpu-check.md").read_text()
     assert md.startswith("# GPU check: CPU dry run")
@@ -112,7 +115,7 @@ def test_markdown_matches_json(dry_run):
 
 def test_dry_run_imports_are_covered_by_the_wheels(dry_run):
     """Every distribution the check imports is on the device already or in the wheel plan."""
-    out, _ = dry_run
+    out, _, _ = dry_run
     imported = set(json.loads((out / "gpu-check.json").read_text())["imported_distributions"])
     from packaging.utils import canonicalize_name
 
@@ -134,6 +137,16 @@ def test_killed_worker_still_gives_a_report(tmp_path):
     assert sec["status"] in ("not run", "timeout")
     assert any(s in sec["errors"][-1]["error"] for s in ("before this section started", "killed at its time limit"))
     assert "## Errors" in (tmp_path / "gpu-check.md").read_text()
+
+
+def test_peak_flops_by_device_name():
+    from olmo_sam.gpucheck.common import peak_bf16_flops
+
+    assert peak_bf16_flops("NVIDIA H200")[0] == 989e12
+    assert peak_bf16_flops("NVIDIA H100 80GB HBM3")[0] == 989e12
+    assert peak_bf16_flops("NVIDIA H100 PCIe")[0] == 756e12
+    peak, why = peak_bf16_flops("NVIDIA A100-SXM4-80GB")
+    assert peak is None and "MFU not computed" in why
 
 
 def test_bad_arguments():
@@ -195,9 +208,9 @@ def test_slim_wheel_drops_files_and_record_lines(tmp_path):
 
 
 def test_missing_wheels_are_installed_beside_not_over_the_environment(dry_run):
-    out, proc = dry_run
+    out, proc, site = dry_run
     assert "installing 1 wheels" in proc.stdout  # the probe; not numpy (installed), not olmo-sam (the checkout)
-    assert (out / ".wheels-site" / "gpucheck_probe_pkg" / "__init__.py").read_text() == "VALUE = 42\n"
-    assert not (out / ".wheels-site" / "numpy").exists()
+    assert (site / "gpucheck_probe_pkg" / "__init__.py").read_text() == "VALUE = 42\n"
+    assert not (site / "numpy").exists()
     env = json.loads((out / "gpu-check.json").read_text())["sections"]["environment"]["results"]["environment"]
     assert env["olmo_sam_from"] == str(REPO / "olmo_sam")

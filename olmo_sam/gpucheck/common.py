@@ -27,7 +27,7 @@ __all__ = [
 
 #: Dense bf16 peak of the GPUs this check targets (NVIDIA data sheets, SXM boards; sparse figures
 #: are twice these). H200 has the H100's compute; the PCIe H100 is lower.
-PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12}
+PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12}
 
 
 def peak_bf16_flops(device_name: str) -> tuple[Optional[float], str]:

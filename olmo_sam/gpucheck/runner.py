@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from ..output import read_json
 from .common import Section
@@ -42,11 +44,12 @@ STARTUP_S = 30.0
 REPORT_MARGIN_S = 5.0
 
 
-def _run_group(out: Path, group: Sequence[str], budgets: Dict[str, float], deadline: float, dry_run: bool,
-               log: Path) -> Dict[str, object]:  # fmt: skip
+def _run_group(out: Path, work: Path, group: Sequence[str], budgets: Dict[str, float], deadline: float,
+               dry_run: bool, log: Path) -> Dict[str, object]:  # fmt: skip
     """One worker for ``group``; returns how it ended (``rc``, ``timed_out``, ``wall_s``)."""
     limit = min(sum(budgets[n] for n in group) + STARTUP_S, deadline - time.time())
-    cmd = [sys.executable, "-m", "olmo_sam.gpucheck.worker", "--out", str(out), "--deadline", str(deadline)]
+    cmd = [sys.executable, "-m", "olmo_sam.gpucheck.worker", "--out", str(out), "--work", str(work),
+           "--deadline", str(deadline)]  # fmt: skip
     cmd += ["--cpu-dry-run"] if dry_run else []
     for name in group:
         cmd += ["--section", f"{name}={budgets[name]}"]
@@ -72,8 +75,21 @@ def _log_tail(log: Path, n: int = 20) -> List[str]:
 
 
 def run_check(out: str | Path, *, dry_run: bool, budget: float, sections: Sequence[str] = SECTIONS,
-              command: str = "") -> Dict[str, object]:  # fmt: skip
+              command: str = "", work: Optional[str | Path] = None) -> Dict[str, object]:  # fmt: skip
+    """Run ``sections``; results in ``out``. Scratch files (token files, trainer work dirs: tens
+    of MB) go to ``work``, by default a temporary folder removed at the end, so that ``out`` stays
+    small enough to bring back from a device machine."""
     out = Path(out)
+    scratch = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="olmo-sam-gpu-check-"))
+    try:
+        return _run_check(out, scratch, dry_run=dry_run, budget=budget, sections=sections, command=command)
+    finally:
+        if work is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_check(out: Path, work: Path, *, dry_run: bool, budget: float, sections: Sequence[str],
+               command: str) -> Dict[str, object]:  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     for stale in (out / JSON_NAME, out / MD_NAME, *(out / "sections").glob("*.json")):  # a previous run's
         stale.unlink(missing_ok=True)
@@ -93,7 +109,7 @@ def run_check(out: str | Path, *, dry_run: bool, budget: float, sections: Sequen
                 results[name] = {"section": name, "status": "not run", "checks": [], "skipped": [],
                                  "errors": [{"what": name, "error": "global deadline reached before it started"}]}  # fmt: skip
             continue
-        ended = _run_group(out, group, budgets, deadline, dry_run, log)
+        ended = _run_group(out, work, group, budgets, deadline, dry_run, log)
         workers.append({"sections": list(group), "log": str(log.relative_to(out)), **ended})
         for name in group:
             data = Section.load(out, name)
@@ -132,6 +148,7 @@ def main(argv=None) -> int:
     p.add_argument("--cpu-dry-run", action="store_true", help="tiny sizes on CPU; GPU-only parts skipped")
     p.add_argument("--budget", type=float, default=None,
                    help="global time limit in seconds (GPU 480, dry run 120); section budgets scale with it")  # fmt: skip
+    p.add_argument("--work", default=None, help="scratch folder to keep (default: a temporary one, removed)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     args = p.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -146,7 +163,7 @@ def main(argv=None) -> int:
     budget = args.budget if args.budget is not None else DEFAULT_BUDGET_S["dry_run" if args.cpu_dry_run else "gpu"]
     if budget <= REPORT_MARGIN_S + 5:
         p.error(f"--budget {budget:g} is too small: give more than {REPORT_MARGIN_S + 5:g} seconds")
-    report = run_check(args.out, dry_run=args.cpu_dry_run, budget=budget, sections=sections,
+    report = run_check(args.out, dry_run=args.cpu_dry_run, budget=budget, sections=sections, work=args.work,
                        command=" ".join(["python -m olmo_sam.gpucheck", *(argv if argv is not None else sys.argv[1:])]))  # fmt: skip
     print(Path(args.out) / MD_NAME)
     print(f"GPU check {'ok' if report['ok'] else 'NOT ok'} in {report['elapsed_s']} s: {Path(args.out) / JSON_NAME}")

@@ -76,6 +76,7 @@ SECTIONS = ("environment", "sam_cuda", "fsdp_bf16", "bnb", "cost")
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m olmo_sam.gpucheck.worker")
     p.add_argument("--out", required=True)
+    p.add_argument("--work", required=True, help="scratch folder (token files, trainer work dirs)")
     p.add_argument("--cpu-dry-run", action="store_true")
     p.add_argument("--deadline", type=float, required=True, help="global deadline (time.time())")
     p.add_argument("--section", action="append", default=[], metavar="NAME=SECONDS")
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
             return 2
         deadline = min(time.time() + float(seconds), args.deadline)
         sec = Section(name, args.out, deadline, mode)
-        sec.part(name, lambda: funcs[name](sec, Path(args.out) / "work" / name))
+        sec.part(name, lambda: funcs[name](sec, Path(args.work) / name))
         sec.finish()
     write_json(Path(args.out) / "sections" / f"{IMPORTS_PREFIX}{os.getpid()}.json", imported_distributions())
     return 0
