@@ -93,8 +93,9 @@ def test_dry_run_passes_every_section(dry_run):
     assert micro["flops_per_token"] > 6 * (micro["params"] - 256 * 64)  # 6N (no embedding) + attention
     assert micro["switch_sam_steps"] == 2 and micro["switch_run_ratio"] > 0
     assert micro["adamw_peak_gib"] is None and "adamw_mfu" not in micro
-    skipped = {s["what"] for s in secs["cost"]["skipped"]}
-    assert skipped == {"MFU", "peak memory"}
+    skipped = {name: {s["what"] for s in sec["skipped"]} for name, sec in secs.items()}
+    assert skipped == {"environment": set(), "sam_cuda": {"CUDA"}, "fsdp_bf16": {"NCCL"},
+                       "bnb": {"CUDA kernels"}, "cost": {"MFU", "peak memory"}}  # fmt: skip
 
 
 def test_markdown_matches_json(dry_run):

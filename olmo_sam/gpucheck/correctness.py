@@ -98,7 +98,9 @@ def _sam_step_vs_reference(sec: Section, work: Path, train: Path, adaptive: bool
 def run_sam_cuda(sec: Section, work: Path) -> None:
     import torch
 
-    if not sec.mode.dry_run:
+    if sec.mode.dry_run:
+        sec.skip("CUDA", "CPU dry run: the train module runs on CPU against the same reference")
+    else:
         # float32 means float32: no TF32 matmuls in the comparison with the CPU computation
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
@@ -163,4 +165,6 @@ def _fsdp_run(sec: Section, work: Path) -> None:
 
 
 def run_fsdp_bf16(sec: Section, work: Path) -> None:
+    if sec.mode.dry_run:
+        sec.skip("NCCL", "CPU dry run: the one-rank process group uses gloo; 'micro' model, 10 steps")
     sec.part("fsdp bf16 SAM run", lambda: _fsdp_run(sec, work), need_s=5)

@@ -128,6 +128,8 @@ def run_bnb(sec: Section, work: Path) -> None:
     from ..evals.lm_loss import lm_loss
 
     sec.record("bitsandbytes", bitsandbytes.__version__)
+    if sec.mode.dry_run:
+        sec.skip("CUDA kernels", "CPU dry run: bitsandbytes' CPU kernels quantize and run the model")
     train, val = write_markov_corpus(work / "data", VOCAB, n_train=_sizes(sec)[0] * _sizes(sec)[1] * 65 + 1_000, n_val=8_192)
     model = sec.part("train a small model", lambda: _train_small_model(sec, work, train), need_s=10)
     if model is None:
