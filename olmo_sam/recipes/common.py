@@ -435,14 +435,11 @@ def launch(cfg: ExperimentConfig):
 
 
 def common_options(f):
-    """Flags every recipe has. ``--save-folder`` and ``--microbatch`` are hidden aliases of
-    ``--out`` and ``--micro-batch-size``; ``--world-size`` makes a dry run resolve the config for
-    that many processes without torchrun."""
+    """Flags every recipe has. ``--world-size`` makes a dry run resolve the config for that many
+    processes without torchrun (:func:`assumed_world_size`)."""
     options = [
         click.option("--dry-run", is_flag=True, help="Print the resolved config and estimates; train nothing."),
         click.option("--json", "as_json", is_flag=True, help="With --dry-run: print JSON instead of YAML."),
-        click.option("--world-size", "assume_world", type=click.IntRange(min=1), default=None,
-                     help="With --dry-run: resolve the config for this many processes (no torchrun needed)."),
         click.option("--out", "save_folder", type=str, default=None, help="Run directory (re-using it resumes)."),
         click.option("--save-folder", "save_folder_alias", type=str, default=None, hidden=True),
         click.option("--dp", type=click.Choice(["auto", "none", "ddp", "fsdp", "hsdp"]), default="auto",
@@ -459,18 +456,14 @@ def common_options(f):
                      help="Assumed accelerator peak (dense bf16) for the GPU-hour estimate."),
         click.option("--mfu", type=float, default=GPU_MFU, show_default=True,
                      help="Assumed model-FLOPs utilisation for the GPU-hour estimate."),
+        click.option("--world-size", "assume_world", type=click.IntRange(min=1), default=None,
+                     help="With --dry-run: resolve the config for this many processes (no torchrun needed)."),
         click.argument("overrides", nargs=-1),
     ]  # fmt: skip
 
     @functools.wraps(f)
-    def run(*args, assume_world, save_folder_alias, microbatch_alias, **kwargs):
-        for name, alias, value in (("save_folder", "--save-folder", save_folder_alias),
-                                   ("microbatch", "--microbatch", microbatch_alias)):  # fmt: skip
-            if value is not None:
-                if kwargs[name] is not None and kwargs[name] != value:
-                    new = "--out" if name == "save_folder" else "--micro-batch-size"
-                    raise click.UsageError(f"{alias} is the old name of {new}; give one of them")
-                kwargs[name] = value
+    def run(*args, assume_world, **kwargs):
+        _old_flag_names(kwargs)
         if assume_world is not None and not kwargs["dry_run"]:
             launched = int(os.environ.get("WORLD_SIZE", "1"))
             if assume_world != launched:
@@ -484,3 +477,15 @@ def common_options(f):
     for opt in reversed(options):
         run = opt(run)
     return run
+
+
+def _old_flag_names(kwargs: Dict[str, Any]) -> None:
+    """``--save-folder`` / ``--microbatch`` (hidden) -> ``--out`` / ``--micro-batch-size``, in place.
+    (The project-wide alias mechanism supersedes this where it is available.)"""
+    for name, old, new in (("save_folder", "--save-folder", "--out"), ("microbatch", "--microbatch", "--micro-batch-size")):
+        value = kwargs.pop(f"{name}_alias", None)
+        if value is None:
+            continue
+        if kwargs[name] is not None and kwargs[name] != value:
+            raise click.UsageError(f"{old} is the old name of {new}; give one of them")
+        kwargs[name] = value

@@ -262,7 +262,7 @@ def main(optimizer, size, tokens, steps, lr, rho, seq_len, batch_size, data, mix
 
     try:
         if save_folder is None and not dry_run:
-            raise click.UsageError("--out is required (re-using it resumes the run)")
+            raise click.UsageError("--out is required: the run directory (re-using it resumes the run)")
         if not data and not dry_run:
             raise click.UsageError(
                 "--data-mix is required: a mix file of Dolmino token files (e.g. OLMo-core's "

@@ -348,7 +348,7 @@ def main(size, tokens, tokens_per_param, steps, lr, optimizer, schedule, alpha, 
         if size is None and not (sweep and "size" in SWEEPS[sweep].fixed):
             raise click.UsageError("--size is required")
         if save_folder is None and not dry_run:
-            raise click.UsageError("--out is required (re-using it resumes the run)")
+            raise click.UsageError("--out is required: the run directory (re-using it resumes the run)")
         if not data and not dry_run:
             raise click.UsageError("--data is required: token files, a prepared dataset dir or a mix file")
         if tokenizer_name is not None:
