@@ -13,7 +13,6 @@ checks) and prints a one-line deprecation note on stderr; ``--help`` shows only 
 from __future__ import annotations
 
 import copy
-import functools
 from typing import Any, Callable, Sequence
 
 import click
@@ -124,18 +123,16 @@ def old_positional(metavar: str) -> Callable:
 
 def old_command_name(group: click.Group, old: str, command: click.Command) -> click.Command:
     """Register ``command`` in ``group`` also under its former name ``old``, hidden, with a note."""
+
+    class OldName(type(command)):  # type: ignore[misc]
+        def parse_args(self, ctx, args):
+            parent = ctx.parent.command_path if ctx.parent is not None else group.name
+            deprecation_note(f"'{parent} {old}'", f"'{parent} {command.name}'")
+            return super().parse_args(ctx, args)
+
     alias = copy.copy(command)
+    alias.__class__ = OldName
     alias.name = old
     alias.hidden = True
-    callback = command.callback
-
-    @functools.wraps(callback)
-    def noted(*args, **kwargs):
-        ctx = click.get_current_context()
-        parent = ctx.parent.command_path if ctx.parent is not None else group.name
-        deprecation_note(f"'{parent} {old}'", f"'{parent} {command.name}'")
-        return callback(*args, **kwargs)
-
-    alias.callback = noted
     group.add_command(alias, old)
     return alias

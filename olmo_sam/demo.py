@@ -28,7 +28,8 @@ def demo_study_path(quick: bool = False) -> Path:
 @click.option("--quick", is_flag=True, help="The few-minute version CI runs.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory.")
 @click.option("--jobs", type=int, default=None, help="Jobs at a time (default 2).")
-@click.option("--rerun", is_flag=True, help="Start over instead of resuming.")
+@click.option("--rerun", is_flag=True,
+              help="Run every job again, replacing its results (as 'study run --rerun'); default: resume.")
 @click.option("--dry-run", is_flag=True, help="Show the planned jobs only.")
 def demo(quick, out, jobs, rerun, dry_run):
     """Pretrain, probe, fine-tune and report four tiny arms on CPU (about 10 min on 2 cores; --quick: under 2)."""

@@ -136,7 +136,7 @@ def test_midtrain_recipe_starts_from_converted_hf_model(bpe_run, demo_data_small
     save = tmp_path / "mid"
     args = ["--size", "tiny", "--optimizer", "sam", "--steps", "2", "--batch-size", "4", "--seq-len", str(SEQ),
             "--data-mix", str(demo_data_small.root / "tokens"), "--eval-interval", "1000", "--lr", "0"]  # fmt: skip
-    r = CliRunner().invoke(midtrain_main, [*args, "--init-from-hf", str(hf), "--save-folder", str(save)])
+    r = CliRunner().invoke(midtrain_main, [*args, "--init-from-hf", str(hf), "--out", str(save)])
     assert r.exit_code == 0, r.output
     start, _ = load_transformer(save / "init")
     end, _ = load_transformer(save)
@@ -148,5 +148,5 @@ def test_midtrain_recipe_starts_from_converted_hf_model(bpe_run, demo_data_small
     metrics = read_metrics(save)
     assert metrics[2]["sam/ascent"] == 1.0 and "eval/lm/pt-val/CE loss" in metrics[2]
     # a start checkpoint of another model is refused before training
-    r = CliRunner().invoke(midtrain_main, [*args, "--load-path", str(tiny_checkpoint), "--save-folder", str(tmp_path / "bad")])
+    r = CliRunner().invoke(midtrain_main, [*args, "--load-path", str(tiny_checkpoint), "--out", str(tmp_path / "bad")])
     assert r.exit_code != 0 and "holds a different model" in r.output

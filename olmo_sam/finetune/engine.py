@@ -82,6 +82,9 @@ _METHOD_OPTIONS: Dict[str, Dict[str, Any]] = {
     "lora": {"lora_rank": paper.LORA_RANK, "lora_alpha": None, "lora_dropout": 0.0},
     "replay": {"replay_ratio": paper.REPLAY_DEFAULT_RATIO, "replay_data": None},
 }
+#: the command line's names (docs/cli.md, --micro-batch-size, --seq-len) -> FTConfig fields; a
+#: study file's ``finetune.common`` may use either spelling (the field names keep run ids stable)
+KEY_SPELLINGS = {"micro_batch_size": "microbatch_size", "seq_len": "sequence_length"}
 #: fields that do not change any number of a run (left out of its id)
 _NOT_IN_ID = ("base_label", "wise_alphas", "checkpoint_interval")
 
@@ -149,6 +152,12 @@ class FTConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "FTConfig":
+        d = dict(d)
+        for flag_name, field_name in KEY_SPELLINGS.items():
+            if flag_name in d:
+                if field_name in d:
+                    raise OLMoConfigurationError(f"give '{flag_name}' or '{field_name}', not both")
+                d[field_name] = d.pop(flag_name)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

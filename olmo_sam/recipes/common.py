@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import math
 import os
 import re
@@ -25,6 +26,7 @@ from olmo_core.script_utils import ExperimentConfig
 from olmo_core.train import Duration
 from olmo_core.train.common import DurationUnit
 
+from ..cli_options import option
 from ..models import param_counts
 from ..optim.sam import SAMConfig
 from ..optim.schedules import decay_start
@@ -62,12 +64,31 @@ class RunSpec:
     save_folder: str = "runs/run"
     dp: Optional[str] = None
     param_dtype: Optional[str] = None
-    microbatch: Optional[int] = None
+    #: sequences per rank per forward/backward (flag --micro-batch-size)
+    micro_batch_size: Optional[int] = None
     eval_interval: Optional[int] = None
     checkpoint_interval: Optional[int] = None
     stop_at_step: Optional[int] = None
     #: local data paths must exist (off for dry runs)
     check_paths: bool = True
+
+
+log = logging.getLogger(__name__)
+
+#: recipe setting keys renamed to the command line's vocabulary (docs/cli.md): old -> new
+RENAMED_SETTINGS = {"microbatch": "micro_batch_size"}
+
+
+def rename_old_settings(settings: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """``settings`` with old key spellings (:data:`RENAMED_SETTINGS`) replaced, each with a note."""
+    out = dict(settings)
+    for old, new in RENAMED_SETTINGS.items():
+        if old in out:
+            if new in out:
+                raise OLMoConfigurationError(f"{where}: '{old}' is the old spelling of '{new}'; give '{new}' only")
+            log.warning(f"{where}: '{old}' is deprecated and will be removed in the next release; use '{new}'")
+            out[new] = out.pop(old)
+    return out
 
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
@@ -408,12 +429,14 @@ def common_options(f):
     options = [
         click.option("--dry-run", is_flag=True, help="Print the resolved config and estimates; train nothing."),
         click.option("--json", "as_json", is_flag=True, help="With --dry-run: print JSON instead of YAML."),
-        click.option("--save-folder", type=str, default=None, help="Run directory (re-using it resumes)."),
+        option("--out", "save_folder", old=("--save-folder",), type=str, default=None,
+               help="Run directory (re-using it resumes)."),
         click.option("--dp", type=click.Choice(["auto", "none", "ddp", "fsdp", "hsdp"]), default="auto",
                      show_default=True, help="Data parallelism under torchrun."),
         click.option("--param-dtype", type=click.Choice(["float32", "bfloat16"]), default=None,
                      help="FSDP mixed-precision parameter dtype."),
-        click.option("--microbatch", type=int, default=None, help="Sequences per rank per micro-batch."),
+        option("--micro-batch-size", "microbatch", old=("--microbatch",), type=int, default=None,
+               help="Sequences per rank per micro-batch."),
         click.option("--eval-interval", type=int, default=None, help="Steps between in-loop validation-loss evaluations."),
         click.option("--checkpoint-interval", type=int, default=None, help="Steps between checkpoints."),
         click.option("--stop-at-step", type=int, default=None,
@@ -422,7 +445,7 @@ def common_options(f):
                      help="Assumed accelerator peak (dense bf16) for the GPU-hour estimate."),
         click.option("--mfu", type=float, default=GPU_MFU, show_default=True,
                      help="Assumed model-FLOPs utilisation for the GPU-hour estimate."),
-        click.argument("overrides", nargs=-1),
+        click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]..."),
     ]  # fmt: skip
     for opt in reversed(options):
         f = opt(f)

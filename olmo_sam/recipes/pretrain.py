@@ -206,7 +206,7 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
     world = world_size()
     if batch % world:
         raise OLMoConfigurationError(f"batch size {batch} is not divisible by the {world} processes")
-    microbatch = spec.microbatch or min(batch // world, DEFAULT_MICROBATCH if paper_size else batch)
+    microbatch = spec.micro_batch_size or min(batch // world, DEFAULT_MICROBATCH if paper_size else batch)
     cfg = build_experiment(
         model=model,
         tokenizer=tokenizer,
@@ -348,7 +348,7 @@ def main(size, tokens, tokens_per_param, steps, lr, optimizer, schedule, alpha, 
         if size is None and not (sweep and "size" in SWEEPS[sweep].fixed):
             raise click.UsageError("--size is required")
         if save_folder is None and not dry_run:
-            raise click.UsageError("--save-folder is required (re-using it resumes the run)")
+            raise click.UsageError("--out is required: the run directory (re-using it resumes the run)")
         if not data and not dry_run:
             raise click.UsageError("--data is required: token files, a prepared dataset dir or a mix file")
         if tokenizer_name is not None:
@@ -383,7 +383,7 @@ def main(size, tokens, tokens_per_param, steps, lr, optimizer, schedule, alpha, 
             save_folder=save_folder or "runs/pretrain",
             dp=resolve_dp(dp, "ddp"),
             param_dtype=param_dtype,
-            microbatch=microbatch,
+            micro_batch_size=microbatch,
             eval_interval=eval_interval,
             checkpoint_interval=checkpoint_interval,
             stop_at_step=stop_at_step,
@@ -447,4 +447,4 @@ def _print_sweep(name: str, built, as_json: bool, gpu_peak_tflops: float, mfu: f
             f"{r['summary']['lr']['peak']:.0e} | {format_tokens(r['summary']['tokens'])} | "
             f"{r['summary']['steps']:,d} | {r['summary']['gpu_hours']:,.1f} |"
         )
-    click.echo("run one member per job: --sweep NAME --member MEMBER (save folder: --save-folder/MEMBER)")
+    click.echo("run one member per job: --sweep NAME --member MEMBER (run directory: --out/MEMBER)")

@@ -80,7 +80,14 @@ def start_study(
 
 @click.group()
 def study():
-    """Run the paper's chain of stages from one study file (resumable)."""
+    """Run the paper's chain of stages from one study file (resumable).
+
+    \b
+    Example:
+      olmo-sam study run recipes/studies/paper-60m.yaml --dry-run
+      olmo-sam study run recipes/studies/paper-60m.yaml --stages quantize,noise --rerun
+      olmo-sam study status runs/paper-60m
+    """
 
 
 @study.command("run")
@@ -89,8 +96,12 @@ def study():
 @click.option("--stages", multiple=True, help=f"Only these stages (comma-separated): {', '.join(STAGES)}.")
 @click.option("--exclude", multiple=True, help="Skip these stages.")
 @click.option("--dry-run", is_flag=True, help="Print the planned jobs and their commands; run nothing.")
-@click.option("--rerun", is_flag=True, help="Run the selected jobs (and everything after them) again.")
-@click.option("--executor", type=click.Choice(["local", "torchrun", "slurm"]), default=None)
+@click.option("--rerun", is_flag=True,
+              help="Run the selected jobs (--stages/--exclude; default all) and everything after them again, "
+                   "replacing their results; without it finished jobs are skipped.")
+@click.option("--executor", type=click.Choice(["local", "torchrun", "slurm"]), default=None,
+              help="How jobs start: local subprocesses, torchrun launches, or Slurm (submitit) "
+                   "[default: the file's executor.kind].")
 @click.option("--jobs", type=int, default=None, help="Jobs at a time (local executor).")
 @click.option("--nproc-per-node", type=int, default=None, help="torchrun processes per training job.")
 def run_command(study_file, out, stages, exclude, dry_run, rerun, executor, jobs, nproc_per_node):

@@ -77,6 +77,11 @@ def _tokenizer_config(data: Dict[str, Any]):
 def _spec_fields(cls, settings: Dict[str, Any], where: str) -> Dict[str, Any]:
     import dataclasses
 
+    from ..recipes.common import rename_old_settings
+
+    renamed = rename_old_settings(settings, where)
+    settings.clear()
+    settings.update(renamed)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(settings) - names)
     if unknown:
