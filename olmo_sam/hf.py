@@ -26,7 +26,7 @@ from olmo_core.data import TokenizerConfig
 from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.nn.transformer import Transformer, TransformerConfig
 
-from .atomic import atomic_dir
+from .output import atomic_dir
 from .cli_options import old_positional, option
 
 __all__ = ["export_hf", "import_hf", "logit_diff", "export_hf_command", "import_hf_command", "REPORT_FILE"]

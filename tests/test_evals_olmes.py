@@ -17,7 +17,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 
 from olmo_sam.cli import main
 from olmo_sam.evals import olmes as o
-from olmo_sam.evals.records import read_records
+from olmo_sam.evals.results import read_records
 
 
 def by_alias(tasks, pattern):

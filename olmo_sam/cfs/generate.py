@@ -38,7 +38,7 @@ from tqdm import tqdm
 from .. import paper
 from ..data.fetch import sha256_of
 from . import worker
-from .prompts import resolve_prompt
+from .prompts import resolve_prompt, task_prompts
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +264,6 @@ def contextual_job(
     the previous document's EOS, which for OLMo tokenizers is also BOS. The first
     ``num_samples`` documents are answered (default: all of them).
     """
-    from .mix import task_prompts
-
     tok = tokenizer if tokenizer is not None else load_tokenizer(model_dir)
     start = resolve_prompt(tok, token_id=prompt_token_id, text=prompt)
     prompts = task_prompts(task_dir)

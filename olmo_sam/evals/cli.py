@@ -139,7 +139,7 @@ def offline_command(model_dir, tasks, limit, quant, batch_size, max_gen_toks, de
 
 def _parse_results_spec(spec: str):
     """``[LABEL=]PATH``."""
-    from .records import read_records
+    from .results import read_records
 
     if not Path(spec).exists() and "=" in spec:
         label, path = spec.split("=", 1)

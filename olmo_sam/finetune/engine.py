@@ -59,7 +59,8 @@ from ..optim import CosineAlpha
 from ..train import build_experiment, read_metrics, run_experiment
 from .baselines import build_replay_mix, wise_ft
 from .data import FTDataMeta, read_meta, split_paths
-from .fileutil import cached_file, file_lock, json_digest, write_json_atomic
+from ..locks import cached_file, file_lock
+from ..output import json_digest, write_json
 from .lora import LoRASettings, LoRATrainModuleConfig, load_merged_lora
 from .penalty import WeightPenaltyCallback, diagonal_fisher, save_tensors
 
@@ -366,7 +367,7 @@ def base_pt_loss(cfg: FTConfig, vocab_size: int, cache_dir: Path) -> float:
             model, cfg.pt_val or [], seq_len=int(cfg.sequence_length or 0), vocab_size=vocab_size,
             batch_size=cfg.eval_batch_size, max_sequences=cfg.pt_val_max_sequences,
         )  # fmt: skip
-        write_json_atomic(path, dict(loss=res.loss, tokens=res.tokens, base=cfg.base, pt_val=cfg.pt_val))
+        write_json(path, dict(loss=res.loss, tokens=res.tokens, base=cfg.base, pt_val=cfg.pt_val), keep_nan=True, sort_keys=True)
 
     path = cached_file(cache_dir / "base_pt_loss" / f"{key}.json", compute)
     return float(json.loads(path.read_text())["loss"])
@@ -488,7 +489,7 @@ def _prepare_dir(out: Path, spec: Dict[str, Any]) -> Optional[List[FTRecord]]:
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
     elif rec_path.exists():
         rec_path.unlink()
-    write_json_atomic(spec_path, spec)
+    write_json(spec_path, spec, keep_nan=True, sort_keys=True)
     return None
 
 
@@ -531,7 +532,7 @@ def run_finetune(
         if not rank0:
             return []
         records = _evaluate(plan, final, cache, time.monotonic() - t0)
-        write_json_atomic(out / "records.json", [asdict(r) for r in records])
+        write_json(out / "records.json", [asdict(r) for r in records], keep_nan=True, sort_keys=True)
         if not keep_checkpoint:
             for step in train_folder.glob("step*"):
                 shutil.rmtree(step, ignore_errors=True)

@@ -37,7 +37,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 from .. import paper
 from ..analysis.records import FTRecord, ResultStore
 from .engine import METHODS, FTConfig, run_finetune
-from .fileutil import write_json_atomic
+from ..output import write_json
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +340,7 @@ def run_sweep(
         run_dir.mkdir(parents=True, exist_ok=True)
         if launcher == "torchrun":
             spec_path = run_dir / "worker.json"
-            write_json_atomic(spec_path, dict(config=cfg.to_dict(), out=str(run_dir), cache_dir=str(cache), keep_checkpoint=keep_checkpoints))
+            write_json(spec_path, dict(config=cfg.to_dict(), out=str(run_dir), cache_dir=str(cache), keep_checkpoint=keep_checkpoints), keep_nan=True, sort_keys=True)
             cmd = worker_command(spec_path, launcher, nproc_per_node)
             return executor.submit(_subprocess_task, cmd, run_dir / "worker.log", env)  # type: ignore[union-attr]
         if executor is not None:

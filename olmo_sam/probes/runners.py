@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .. import paper
 from ..evals.lm_loss import lm_loss
-from ..output import read_json
+from ..output import read_json, write_json
 from .common import (
     ModelRef,
     check_val_paths,
@@ -37,7 +37,6 @@ from .common import (
     load_full_precision,
     model_ref,
     model_refs,
-    write_json_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -77,7 +76,7 @@ class _Results:
 
     def save(self) -> None:
         if self.out is not None:
-            write_json_atomic(self.out, self.data)
+            write_json(self.out, self.data)
 
 
 def _plain(obj):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..output import save_figure, write_json, write_table
-from .runner import JobContext
+from .context import JobContext
 
 __all__ = ["analyse_study"]
 

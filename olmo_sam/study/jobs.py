@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict
 
 from ..output import atomic_write_text, json_text
-from .runner import JobContext
+from .context import JobContext
 from .spec import StudyError
 
 __all__ = ["JOB_KINDS"]
