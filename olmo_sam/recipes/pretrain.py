@@ -308,7 +308,7 @@ def sweep_members(name: str, spec: PretrainSpec, explicit: Dict[str, Any]) -> Li
 # ---------------------------------------------------------------------------------------------
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("pretrain", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--size", type=click.Choice(SIZES), default=None, help="Model size (Table 4) or 'tiny' for CPU.")
 @click.option("--tokens", type=str, default=None, help="Token budget, e.g. 192B (Table 5).")
 @click.option("--tokens-per-param", type=float, default=None, help="Budget as tokens per nominal parameter.")
@@ -448,3 +448,7 @@ def _print_sweep(name: str, built, as_json: bool, gpu_peak_tflops: float, mfu: f
             f"{r['summary']['steps']:,d} | {r['summary']['gpu_hours']:,.1f} |"
         )
     click.echo("run one member per job: --sweep NAME --member MEMBER (run directory: --out/MEMBER)")
+
+
+if __name__ == "__main__":  # python -m / torchrun -m olmo_sam.recipes.pretrain
+    main()
