@@ -137,6 +137,16 @@ def _watch(cfg, ctx: JobContext) -> None:
     cfg.trainer.callbacks["study_progress"] = ProgressFileCallback(path=str(ctx.dir / PROGRESS_FILE))
 
 
+def _finished(trainer, ctx: JobContext) -> None:
+    """A trainer stopped early (SIGINT/SIGTERM: OLMo-core saves a checkpoint and returns) is not
+    a finished job: fail, so the study records it unfinished and a re-run resumes it."""
+    if trainer.is_canceled:
+        raise StudyError(
+            f"{ctx.job.id}: training stopped at step {trainer.global_step} of {trainer.max_steps} (canceled); "
+            "run the study again to resume from the last checkpoint"
+        )
+
+
 def job_pretrain(ctx: JobContext) -> Dict[str, Any]:
     from ..checkpoints import resolve_checkpoint
     from ..train import read_metrics, run_experiment
@@ -144,7 +154,7 @@ def job_pretrain(ctx: JobContext) -> Dict[str, Any]:
     spec = run_spec(ctx.job, _data(ctx), str(ctx.dir / "run"))
     cfg, resolved = build_run(ctx.job, spec)
     _watch(cfg, ctx)
-    run_experiment(cfg)
+    _finished(run_experiment(cfg), ctx)
     metrics = read_metrics(ctx.dir / "run")
     curve = [
         {"step": s, "train_loss": m.get("train/CE loss"), "lr": m.get("optim/LR (group 0)"), "sam_active": m.get("sam/active")}
@@ -179,7 +189,7 @@ def job_midtrain(ctx: JobContext) -> Dict[str, Any]:
     for key in MIDTRAIN_LOAD_KEYS:
         if settings.get(key) is not None:
             kwargs[key] = settings[key]
-    run_midtrain(cfg, **kwargs)
+    _finished(run_midtrain(cfg, **kwargs), ctx)
     return {"checkpoint": str(resolve_checkpoint(ctx.dir / "run")), "save_folder": str(ctx.dir / "run")}
 
 

@@ -7,7 +7,8 @@ reads it for the running jobs. :class:`StudyProgress` shows the study:
 * on a terminal: one rich line -- jobs done/total, failed count, the running jobs with their own
   progress and an ETA -- whose counter stays on screen at 80 columns (the job list is cut first);
 * otherwise (Slurm logs, ``nohup``, a pipe): one plain, timestamped line per event (job started,
-  its progress every ~10%, finished, failed, interrupted).
+  its progress at the first report, every 10% and at least every minute, finished, failed,
+  interrupted).
 """
 
 from __future__ import annotations
@@ -95,8 +96,11 @@ class StudyProgress:
     """The study's progress display (see module docstring). ``plain=None``: plain lines unless
     ``stream`` is a terminal."""
 
+    #: plain mode: a running job's progress line at least this often (and at every 10%)
+    PLAIN_EVERY_S = 60.0
+
     def __init__(self, total: int, *, stream: Optional[TextIO] = None, plain: Optional[bool] = None,
-                 enabled: bool = True, width: Optional[int] = None):  # fmt: skip
+                 enabled: bool = True, width: Optional[int] = None, force_terminal: Optional[bool] = None):  # fmt: skip
         self.stream = stream or sys.stdout
         self.total, self.done, self.failed = total, 0, 0
         self.enabled = enabled and total > 0
@@ -105,7 +109,9 @@ class StudyProgress:
         self._bar = None
         self._task = None
         self._width = width
+        self._force_terminal = force_terminal
         self._reported: Dict[str, int] = {}  # job -> last progress decile printed (plain mode)
+        self._printed: Dict[str, float] = {}  # job -> when its progress was last printed
         self._running: Dict[str, float] = {}
         self._last_line = 0.0
 
@@ -131,7 +137,7 @@ class StudyProgress:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
             from rich.table import Column
 
-            console = Console(file=self.stream, width=self._width)
+            console = Console(file=self.stream, width=self._width, force_terminal=self._force_terminal)
             self._bar = Progress(
                 TextColumn("[bold]study[/]"),
                 BarColumn(bar_width=12),
@@ -153,7 +159,8 @@ class StudyProgress:
 
     def started(self, job_id: str) -> None:
         self._running[job_id] = time.time()
-        self._reported[job_id] = 0
+        self._reported[job_id] = -1
+        self._printed[job_id] = 0.0
         if self.plain:
             self.line(f"start  {job_id}  ({self._counter()})")
         self._refresh({})
@@ -181,9 +188,13 @@ class StudyProgress:
             for j, p in info.items():
                 if not p or not p.get("total"):
                     continue
+                # the first report, then every 10% or every PLAIN_EVERY_S seconds
                 decile = int(10 * p["done"] / p["total"])
-                if decile > self._reported.get(j, 0) and p["done"] < p["total"]:
+                last = self._reported.get(j, -1)
+                due = time.time() - self._printed.get(j, 0.0) >= self.PLAIN_EVERY_S
+                if p["done"] < p["total"] and (decile > last or due):
                     self._reported[j] = decile
+                    self._printed[j] = time.time()
                     self.line(f"       {j}: {self._job_text(j, p)}")
         self._refresh(info)
 
