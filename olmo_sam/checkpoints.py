@@ -128,9 +128,11 @@ def load_transformer(
     model = info.model_config.build(init_device="cpu")
     # init_weights also fills non-persistent buffers (RoPE caches) that checkpoints do not hold
     model.init_weights(max_seq_len=info.sequence_length, device=torch.device("cpu"))
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+
     try:
         load_model_and_optim_state(str(step_dir / "model_and_optim"), model)
-    except Exception as e:  # noqa: BLE001 - torch.distributed.checkpoint raises many kinds
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - torch.distributed.checkpoint raises many kinds
         raise unreadable_checkpoint(step_dir / "model_and_optim", e) from None
     model = model.to(device=device)
     if dtype is not None:

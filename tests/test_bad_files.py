@@ -26,7 +26,7 @@ def _run_all(cases, cwd):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT, *["|".join(map(str, c)) for c in cases]],
                           capture_output=True, text=True, env=env, cwd=cwd, timeout=900)  # fmt: skip
-    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[:6000]
     blocks = proc.stderr.split("EXIT ")
     codes = [b.split("\n", 1)[0] for b in blocks[1:]]
     assert len(codes) == len(cases) and all(c in ("1", "2") for c in codes), proc.stderr[-4000:]
