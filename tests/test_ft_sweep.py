@@ -189,6 +189,18 @@ def test_bad_input(tiny_checkpoint, tiny_corpus, task, tmp_path):
     spec = SweepSpec(bases=[str(tiny_checkpoint)], datasets=[str(task)], lrs=[1e-3], common=common)
     with pytest.raises(OLMoConfigurationError, match="needs data parallelism"):
         run_sweep(spec, tmp_path / "t", launcher="torchrun", nproc_per_node=2)
+    # options the local launcher would ignore, and no workers at all, are errors
+    main = __import__("olmo_sam.cli", fromlist=["main"]).main
+    base_args = ["sweep", "--base", str(tiny_checkpoint), "--data", str(task), "--lrs", "1e-3", "--out", str(tmp_path / "s")]
+    for extra, message in [
+        (["--nproc-per-node", "2"], "--nproc-per-node 2: the local launcher runs each run in one process and would "
+                                    "ignore it; add --launcher torchrun"),
+        (["--dp", "ddp"], "--dp ddp (dp): data parallelism needs several processes"),
+        (["--jobs", "0"], "Invalid value for '--jobs': 0 is not in the range x>=1"),
+        (["--jobs", "-1"], "Invalid value for '--jobs': -1 is not in the range x>=1"),
+    ]:  # fmt: skip
+        res = CliRunner().invoke(main, base_args + extra)
+        assert res.exit_code == 2 and message in " ".join(res.output.split()), res.output
 
 
 def test_step_rule_one_epoch_or_budget(tiny_checkpoint, tiny_corpus, task, tmp_path):

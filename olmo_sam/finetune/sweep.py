@@ -315,6 +315,16 @@ def run_sweep(
             f"torchrun with {nproc_per_node} processes per run needs data parallelism: set dp "
             "to 'ddp' or 'fsdp' (--dp)"
         )
+    if launcher == "local" and nproc_per_node != 1:
+        raise OLMoConfigurationError(
+            f"--nproc-per-node {nproc_per_node}: the local launcher runs each run in one process and would ignore "
+            "it; add --launcher torchrun"
+        )
+    if launcher == "local" and spec.common.get("dp") and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        raise OLMoConfigurationError(
+            f"--dp {spec.common['dp']} (dp): data parallelism needs several processes, and the local launcher runs "
+            "each run in one; add --launcher torchrun --nproc-per-node N (or drop --dp)"
+        )
     worker_command("x", launcher, nproc_per_node)  # validates the launcher
     out = Path(out_dir).resolve()
     configs = expand(spec)

@@ -13,6 +13,7 @@ record timings in the manifest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -199,6 +200,23 @@ def _run_subprocesses(plan, pending, manifest, kind, parallel, nproc_per_node, p
     return seconds
 
 
+@contextlib.contextmanager
+def _planning_package_env():
+    """This process's environment, for the duration, as :func:`_env` gives subprocesses."""
+    keys = ("PYTHONPATH", "PYTHONSAFEPATH")
+    saved = {k: os.environ.get(k) for k in keys}
+    env = _env()
+    os.environ.update({k: env[k] for k in keys})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _submitit_entry(out: str, job_id: str) -> None:  # pragma: no cover - runs on the cluster
     from .runner import run_job
 
@@ -231,7 +249,7 @@ def _run_submitit(plan, pending, manifest, slurm: dict, nproc_per_node: int) -> 
         if not wave:
             raise StudyError(f"jobs {[j.id for j in todo]} wait on dependencies that will never finish")
         t0 = time.time()
-        with executor.batch():
+        with _planning_package_env(), executor.batch():  # the tasks inherit this environment
             handles = [executor.submit(_submitit_entry, str(out), j.id) for j in wave]
         for j in wave:
             manifest.record(j.id, "submitted", started=t0)
