@@ -259,14 +259,20 @@ def job_ft_data(ctx: JobContext) -> Dict[str, Any]:
     return {"dir": str(ds.root), "name": ds.name, "splits": ds.meta.splits}
 
 
-def ft_sweeps(job: Job, *, base: str, ft_dir: str, pt_val: List[str], mixes: Dict[str, str]):
+def ft_sweeps(job: Job, *, base: str, ft_dir: str, pt_val: List[str], mixes: Dict[str, str],
+              paths: Optional[Dict[str, str]] = None):  # fmt: skip
     """The fine-tuning sweeps of one ``ft_sweep`` job (the main methods, then one per cfs/cs mix);
-    the plan step builds them too, with stand-in paths, and expands them without files."""
+    the plan step builds them too, with stand-in paths, and expands them without files. The
+    shared options are checked by name and type (``paths``: their places in the study file)."""
+    from ..finetune.engine import FTConfig
     from ..finetune.sweep import LR_GRIDS, MIX_METHODS, SweepSpec, mix_sweeps
+    from .fields import typed_settings
 
     p = job.params
     lrs = [float(x) for x in (p["lrs"] if p["lrs"] is not None else LR_GRIDS[p["preset"]])]
-    common = {"pt_val": list(pt_val), **(p.get("common") or {})}
+    given = dict(p.get("common") or {})
+    symbolic = {k: given.pop(k) for k in ("token_budget",) if given.get(k) == "table3"}  # resolved per dataset
+    common = {"pt_val": list(pt_val), **typed_settings(FTConfig, given, "finetune.common", paths), **symbolic}
     methods = list(p["methods"])
     grids = dict(p.get("grids") or {})
     main = SweepSpec(bases=[base], datasets=[ft_dir], lrs=lrs, methods=[m for m in methods if m not in MIX_METHODS],

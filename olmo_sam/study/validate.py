@@ -203,7 +203,6 @@ def _validate_ft_data(study: StudySpec, job: Job) -> None:
 
 def _validate_ft_sweep(study: StudySpec, job: Job) -> None:
     from ..finetune.sweep import MIX_METHODS, SWEEP_METHODS, SweepSpec, expand
-    from .fields import typed_settings
 
     ft = study.finetune
     assert ft is not None
@@ -223,17 +222,15 @@ def _validate_ft_sweep(study: StudySpec, job: Job) -> None:
     paths = {k: (f"finetune.per_dataset.{ds}.{k}" if k in own else f"finetune.common.{k}") for k in job.params["common"]}
     if "pt_val_max_sequences" in paths and "pt_val_max_sequences" not in ft.common and "pt_val_max_sequences" not in own:
         paths["pt_val_max_sequences"] = "pt_eval.max_sequences"
-    from ..finetune.engine import FTConfig
-
-    typed = typed_settings(FTConfig, dict(job.params["common"]), "finetune.common", paths)
-    del typed  # the sweep reads the values as given; this only refuses wrong types early
     mixes = {m: _PLACEHOLDER_FT for m in MIX_METHODS}
     try:
         from .jobs import ft_sweeps
 
         for spec in ft_sweeps(job, base=_PLACEHOLDER_BASE, ft_dir=_PLACEHOLDER_FT, pt_val=[_PLACEHOLDER_TOKENS],
-                              mixes=mixes):  # fmt: skip
+                              mixes=mixes, paths=paths):  # fmt: skip
             expand(spec, resolve=False)
+    except StudyError:
+        raise
     except (OLMoConfigurationError, TypeError, ValueError) as e:
         msg = str(e).strip()
         key = _field_in(msg, list(paths))
