@@ -42,7 +42,7 @@ def start_study(
     Every job's configuration is built before anything runs (:func:`.validate.validate_plan`);
     the output directory is locked while the study runs; a study file changed under finished
     jobs is refused (:mod:`.state`). ``resume_command`` is printed on Ctrl-C."""
-    from .executors import Interrupted, JobFailed, job_code, job_command, run_jobs
+    from .executors import Interrupted, job_code, job_command, run_jobs
     from .manifest import Manifest
     from .plan import build_plan
     from .runner import save_study
