@@ -283,10 +283,11 @@ def _choices(values: Sequence[str], allowed: Sequence[str], what: str) -> tuple:
 @option("--wise-alphas", "wise_alphas", old=("--wise-alpha",), multiple=True,
         help=f"WiSE-FT weights of the fine-tuned model, comma-separated or repeated [default: {paper.WISE_FT_ALPHA:g}]")
 @click.option("--out", required=True, type=click.Path(), help="sweep directory (results.jsonl, runs/, cache/)")
-@click.option("--jobs", type=int, help="parallel local workers [default: min(2, CPUs)]")
+@click.option("--jobs", type=click.IntRange(min=1), help="parallel local workers [default: min(2, CPUs)]")
 @option("--executor", "launcher", old=("--launcher",), type=click.Choice(["local", "torchrun"]), default="local",
         show_default=True, help="how runs start: local worker processes, or torchrun per run")
-@click.option("--nproc-per-node", type=int, default=1, show_default=True, help="torchrun processes per run")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torchrun processes per run (--executor torchrun)")  # fmt: skip
 @click.option("--keep-checkpoints", is_flag=True, help="keep each run's fine-tuned checkpoint (WiSE-FT, benchmarks)")
 @click.option("--dry-run", is_flag=True, help="list the runs and what is done, run nothing")
 @click.option("--no-progress", is_flag=True, help="no progress bar")

@@ -153,14 +153,20 @@ class FTConfig:
     #: WiSE-FT interpolation weights evaluated after training (0 = base, 1 = fine-tuned)
     wise_alphas: Tuple[float, ...] = ()
 
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "FTConfig":
+    @staticmethod
+    def field_names(d: Dict[str, Any]) -> Dict[str, Any]:
+        """``d`` with the command line's key names (:data:`KEY_SPELLINGS`) as FTConfig field names."""
         d = dict(d)
         for flag_name, field_name in KEY_SPELLINGS.items():
             if flag_name in d:
                 if field_name in d:
                     raise OLMoConfigurationError(f"give '{flag_name}' or '{field_name}', not both")
                 d[field_name] = d.pop(flag_name)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "FTConfig":
+        d = cls.field_names(d)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -179,10 +185,9 @@ class FTConfig:
 
     # -- validation and defaults ---------------------------------------------------------------
 
-    def resolved(self, strict: bool = True) -> "FTConfig":
-        """Validated copy with paths absolute and defaults filled from the checkpoint / paper.
-
-        :param strict: reject options of other methods (else clear them, as sweeps do)."""
+    def check(self, strict: bool = True) -> Dict[str, Any]:
+        """The checks that need no files (the study's plan step runs them before any compute);
+        returns the method's own options with paper defaults (see :meth:`_method_options`)."""
         if self.method not in METHODS:
             raise OLMoConfigurationError(
                 f"unknown method {self.method!r}; choose one of {list(METHODS)} (WiSE-FT: set wise_alphas)"
@@ -202,7 +207,13 @@ class FTConfig:
         for a in self.wise_alphas:
             if not (0.0 <= a <= 1.0):
                 raise OLMoConfigurationError(f"wise_alphas must lie in [0, 1], got {a}")
-        values = self._method_options(strict)
+        return self._method_options(strict)
+
+    def resolved(self, strict: bool = True) -> "FTConfig":
+        """Validated copy with paths absolute and defaults filled from the checkpoint / paper.
+
+        :param strict: reject options of other methods (else clear them, as sweeps do)."""
+        values = self.check(strict)
         try:
             base = resolve_checkpoint(self.base)
         except FileNotFoundError as e:
