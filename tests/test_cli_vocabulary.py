@@ -155,6 +155,11 @@ def test_yaml_keys_follow_the_flags():
     new = FTConfig.from_dict({"base": "b", "data": "d", "lr": 1e-3, "micro_batch_size": 2, "seq_len": 64})
     old = FTConfig.from_dict({"base": "b", "data": "d", "lr": 1e-3, "microbatch_size": 2, "sequence_length": 64})
     assert new == old and new.microbatch_size == 2 and new.sequence_length == 64
+    # the study's typed check of finetune.common takes the flags' names too
+    from olmo_sam.study.fields import typed_settings
+
+    typed = typed_settings(FTConfig, FTConfig.field_names({"micro_batch_size": 2, "seq_len": 64}), "finetune.common")
+    assert typed == {"microbatch_size": 2, "sequence_length": 64}
     assert rename_old_settings({"microbatch": 4, "lr": 1.0}, "arm a") == {"micro_batch_size": 4, "lr": 1.0}
     with pytest.raises(OLMoConfigurationError, match="arm a: 'microbatch' is the old spelling of 'micro_batch_size'"):
         rename_old_settings({"microbatch": 4, "micro_batch_size": 4}, "arm a")
