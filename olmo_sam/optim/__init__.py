@@ -7,6 +7,7 @@ from .schedules import (
     LinearAlpha,
     Midtrain,
     WSDAlpha,
+    check_fits,
     decay_start,
     has_decay_phase,
 )
@@ -23,4 +24,5 @@ __all__ = [
     "Midtrain",
     "decay_start",
     "has_decay_phase",
+    "check_fits",
 ]

@@ -40,6 +40,7 @@ from torch.distributed.checkpoint.metadata import Metadata
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..optim.sam import SAM, SAMConfig, SAMScope
+from ..optim.schedules import check_fits
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,15 @@ class SAMTransformerTrainModule(TransformerTrainModule):
             self.dp_config.name if self.dp_config is not None else None,
             other_parallelism=self.tp_enabled or self.cp_enabled or self.ep_enabled,
         )
+
+    def pre_train(self):
+        super().pre_train()
+        # a warmup (+ decay) longer than the run fails here, before the first step
+        sched = self.scheduler
+        if sched is not None:
+            t_max = self.trainer.max_tokens if str(sched.units) == "tokens" else self.trainer.max_steps
+            if t_max is not None:
+                check_fits(sched, int(t_max))
 
     # -- the SAM step --------------------------------------------------------------------------
 
