@@ -72,10 +72,10 @@ def run(vllm_python, tiny_hf_model, tmp_path_factory):  # vllm_python first: ski
         "probe": context_free_job(model, root / "probe.jsonl", 3, PROBE, tokenizer=tok, logprobs=-1),
         "cs": contextual_job(model, root / "cs.jsonl", task, None, SamplingSettings(0.6, 0.95, 8, 0), tokenizer=tok),
     }
-    results = run_generation(model, list(jobs.values()), engine="vllm", vllm_python=python, dtype="float32",
-                             enforce_eager=True)
+    # dtype left at its default ("auto": the checkpoint's float32 on CPU)
+    results = run_generation(model, list(jobs.values()), engine="vllm", vllm_python=python, enforce_eager=True)
     hf_job = context_free_job(model, root / "hf_first.jsonl", N_FIRST, SamplingSettings(max_tokens=1, seed=7), tokenizer=tok)
-    run_generation(model, [hf_job], engine="hf", dtype="float32", hf_batch_size=500)
+    run_generation(model, [hf_job], engine="hf", hf_batch_size=500)
     print(f"\nvLLM engine start: {results[0].engine_start_seconds:.1f} s")
     return {"model": model, "tok": tok, "task": task, "root": root,
             "results": dict(zip(jobs, results)), "jobs": jobs,
