@@ -166,7 +166,7 @@ def test_4bit_proof_is_the_exact_reference(base, spec):
 
 
 def test_blocksize_the_cpu_forward_cannot_run_is_refused(base):
-    model, _, _ = base  # tiny: every linear layer's input width is a multiple of 128, not 256
+    model, _, _ = base  # tiny: input widths 128 and 512, so 256 splits the 128-wide rows too
     for bs in (2048, 4096, 256):
         with pytest.raises(OLMoConfigurationError, match=rf"'blocksize'={bs}: .*input width.*use blocksize 32 or 64 or 128"):
             quantize_transformer(copy.deepcopy(model), parse_quant_spec(f"nf4:blocksize={bs}"))
