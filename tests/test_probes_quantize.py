@@ -276,3 +276,18 @@ def test_quantize_probe_resumes(tiny_checkpoint, tiny_hf_model, tiny_corpus, tmp
     assert again["records"] == first["records"]
     with pytest.raises(AssertionError, match="recomputed"):  # other settings: measured afresh
         runners.quantize_probe([tiny_checkpoint], [tiny_corpus.val], **{**kw, "labels": ["olmo"], "max_sequences": 4})
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_bfloat16_weights_are_proved_to_their_own_rounding(double_quant):
+    """A bfloat16 model dequantizes to bfloat16: the exact comparison allows that rounding and
+    still catches one code moved to its neighbour."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.Linear(64, 128)).to(torch.bfloat16)
+    originals = {n: m.weight.detach().float() for n, m in net.named_modules() if isinstance(m, torch.nn.Linear)}
+    report = quantize_transformer(net, QuantConfig(double_quant=double_quant, compute_dtype="bfloat16"))
+    assert report.mismatched_4bit_weights == 0
+    assert net[0].weight.quant_state.dtype == torch.bfloat16
+    packed = net[1].weight.data
+    packed[:1].copy_(packed[:1] ^ 0x01)
+    assert inspect_quantization(net, originals=originals).modules["1"]["mismatches"] == 1

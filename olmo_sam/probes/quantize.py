@@ -656,7 +656,7 @@ def _4bit_mismatches(deq: torch.Tensor, orig: torch.Tensor, qs) -> Tuple[int, fl
     are not the reference value, worst relative error of the stored block scales)``.
 
     A weight matches when it equals the nearest code value times its block's stored scale (to
-    float32 rounding), or the other of two code values it lies midway between (``_TIE``). The
+    float32 rounding, or the rounding of the weight's own dtype, e.g. bfloat16), or the other of two code values it lies midway between (``_TIE``). The
     stored scales must be the block absmax exactly, or with double quantization its 8-bit
     rounding: within the widest gap of the 8-bit code times the scale-block's maximum."""
     code, near, second, tie, own = _reference_4bit_codes(orig, qs.quant_type, qs.blocksize)
@@ -676,9 +676,11 @@ def _4bit_mismatches(deq: torch.Tensor, orig: torch.Tensor, qs) -> Tuple[int, fl
         scale_err = 0.0 if torch.equal(scale, own) else float(((scale - own).abs() / own.clamp_min(1e-30)).max())
     got = torch.cat([deq.reshape(-1).to("cpu", torch.float32), deq.new_zeros((-n) % qs.blocksize, dtype=torch.float32, device="cpu")])
     got = got.view_as(near)
-    tol = scale.abs() * 1e-6 + 1e-30
-    ok = (got - code[near] * scale).abs() <= tol
-    ok |= tie & ((got - code[second] * scale).abs() <= tol)
+    # float32 products to the last bits; a half-precision weight (qs.dtype) rounds to its own ulp
+    eps = torch.finfo(deq.dtype).eps if deq.dtype.is_floating_point else 0.0
+    want, alt = code[near] * scale, code[second] * scale
+    ok = (got - want).abs() <= scale.abs() * 1e-6 + want.abs() * eps + 1e-30
+    ok |= tie & ((got - alt).abs() <= scale.abs() * 1e-6 + alt.abs() * eps + 1e-30)
     return int((~ok).reshape(-1)[:n].sum()), scale_err
 
 
