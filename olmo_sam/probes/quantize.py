@@ -653,12 +653,15 @@ def _stored_4bit_scales(qs) -> torch.Tensor:
 
 def _4bit_mismatches(deq: torch.Tensor, orig: torch.Tensor, qs) -> Tuple[int, float]:
     """Compare a dequantized 4-bit weight with the exact reference: ``(number of weights that
-    are not the reference value, worst relative error of the stored block scales)``.
+    are not the reference value, error of the stored block scales)`` (the scale error is
+    relative to the block absmax, or with double quantization in units of its bound; above 1
+    the scales are wrong).
 
     A weight matches when it equals the nearest code value times its block's stored scale (to
-    float32 rounding, or the rounding of the weight's own dtype, e.g. bfloat16), or the other of two code values it lies midway between (``_TIE``). The
-    stored scales must be the block absmax exactly, or with double quantization its 8-bit
-    rounding: within the widest gap of the 8-bit code times the scale-block's maximum."""
+    float32 rounding, or the rounding of the weight's own dtype, e.g. bfloat16), or the other of
+    two code values it lies midway between (``_TIE``). The stored scales must be the block absmax
+    exactly, or with double quantization its 8-bit rounding: within the widest gap of the 8-bit
+    code times the scale-block's maximum."""
     code, near, second, tie, own = _reference_4bit_codes(orig, qs.quant_type, qs.blocksize)
     n = orig.numel()
     scale = _stored_4bit_scales(qs).view(-1, 1)
