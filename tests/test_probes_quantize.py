@@ -291,3 +291,6 @@ def test_bfloat16_weights_are_proved_to_their_own_rounding(double_quant):
     packed = net[1].weight.data
     packed[:1].copy_(packed[:1] ^ 0x01)
     assert inspect_quantization(net, originals=originals).modules["1"]["mismatches"] == 1
+    if not double_quant:  # a wrong block scale is caught even though codes x scale are consistent
+        net[0].weight.quant_state.absmax[0] *= 1.01
+        assert inspect_quantization(net, originals=originals).modules["0"]["scale_error"] > 1

@@ -653,9 +653,8 @@ def _stored_4bit_scales(qs) -> torch.Tensor:
 
 def _4bit_mismatches(deq: torch.Tensor, orig: torch.Tensor, qs) -> Tuple[int, float]:
     """Compare a dequantized 4-bit weight with the exact reference: ``(number of weights that
-    are not the reference value, error of the stored block scales)`` (the scale error is
-    relative to the block absmax, or with double quantization in units of its bound; above 1
-    the scales are wrong).
+    are not the reference value, error of the stored block scales in units of their bound)``
+    (above 1 the scales are wrong).
 
     A weight matches when it equals the nearest code value times its block's stored scale (to
     float32 rounding, or the rounding of the weight's own dtype, e.g. bfloat16), or the other of
@@ -676,7 +675,8 @@ def _4bit_mismatches(deq: torch.Tensor, orig: torch.Tensor, qs) -> Tuple[int, fl
         bound = gap2 * per[: own.numel()].view(-1, 1) * (1 + 1e-6) + 1e-12
         scale_err = float(((scale - own).abs() / bound).max())  # <= 1: rounded to 8 bits
     else:
-        scale_err = 0.0 if torch.equal(scale, own) else float(((scale - own).abs() / own.clamp_min(1e-30)).max())
+        # the absmax itself: equal up to float32 rounding
+        scale_err = float(((scale - own).abs() / (own.abs() * 1e-6 + 1e-30)).max())
     got = torch.cat([deq.reshape(-1).to("cpu", torch.float32), deq.new_zeros((-n) % qs.blocksize, dtype=torch.float32, device="cpu")])
     got = got.view_as(near)
     # float32 products to the last bits; a half-precision weight (qs.dtype) rounds to its own ulp
