@@ -129,8 +129,8 @@ class SAMSwitchCallback(Callback, Config):
             if start is None:
                 raise OLMoConfigurationError(
                     f"SAMSwitchCallback: the scheduler {type(scheduler).__name__} has no decay "
-                    "phase (e.g. WSO), so there is nothing to switch at; set 'start_step', "
-                    "'start_fraction' or 'start_tokens'"
+                    "phase (WSO, or alpha_f = 1), so there is nothing to switch at; set "
+                    "'start_step', 'start_fraction' or 'start_tokens'"
                 )
             what = f"the decay start of {type(scheduler).__name__} ({start} {scheduler.units})"
         if not (1 <= step <= max_steps):
