@@ -88,9 +88,9 @@ LOOKSAM_ALPHA = 0.7
 #: The train module config that runs the SAM step, and its YAML line.
 SAM_TRAIN_MODULE = "olmo_sam.train.train_module.SAMTrainModuleConfig"
 NOT_DRIVEN_HELP = (
-    "use olmo_sam.train.SAMTrainModuleConfig as the train module (same fields as OLMo-core's "
-    "TransformerTrainModuleConfig); in YAML put '_CLASS_: "
-    f"{SAM_TRAIN_MODULE}' under 'train_module'"
+    f"use SAMTrainModuleConfig ({SAM_TRAIN_MODULE}) as the train module (same fields as "
+    "OLMo-core's TransformerTrainModuleConfig); in YAML put "
+    f"'_CLASS_: {SAM_TRAIN_MODULE}' under 'train_module'"
 )
 #: Keys a SAM config reads from a parameter group (set through the base's group_overrides).
 GROUP_KEYS = ("rho", "adaptive")
