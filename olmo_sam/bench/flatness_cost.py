@@ -419,7 +419,10 @@ def verdict(report: Dict[str, Any]) -> str:
     hits = [r["variant"] for r in rows if r["meets_target"]]
     by_means = [r["variant"] for r in rows if r["meets_target_by_means"]]
     target = f">= {TARGET_GAIN_KEPT:.0%} of SAM's tr(H) reduction at <= {TARGET_COST_RATIO}x AdamW's cost"
-    if hits:
+    if not red["lo"] > 0:
+        lines.append(f"Target ({target}) cannot be judged: SAM's own tr(H) reduction is not "
+                     "established at this size/number of seeds (more seeds or tokens)")  # fmt: skip
+    elif hits:
         lines.append(f"Target ({target}) met with 95% confidence by: {', '.join(hits)}")
     elif by_means:
         lines.append(f"Target ({target}) met by the means of {', '.join(by_means)}, but not with "
