@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +32,9 @@ def test_every_benchmark_is_a_bench_subcommand_and_a_launcher():
         launcher = ROOT / "benchmarks" / f"{name.replace('-', '_')}.py"
         code = [ln for ln in launcher.read_text().splitlines() if ln.strip()]
         assert len(code) <= 3 and "olmo_sam.bench." in launcher.read_text(), launcher
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))  # this checkout's olmo_sam
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hessian_probe.py"), "--help"],
-                       capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+                       capture_output=True, text=True, cwd=ROOT, env=env)  # fmt: skip
     assert r.returncode == 0 and "--probes" in r.stdout
     assert "--probes" in CliRunner().invoke(bench, ["hessian-probe", "--help"]).output
 
