@@ -26,7 +26,8 @@ variant)::
   exactly right after it: the same gradients at the same points and the same updates, while
   checkpoints, in-loop evaluation and the final weights hold ``w`` -- the paper's end-of-training
   weights -- at every step boundary. (Memory: one parameter copy, as for SAM.) On the first step
-  ``m = 0`` and there is no perturbation.
+  ``m = 0`` and there is no perturbation. ``BaseStep`` is the base optimizer's own update
+  unchanged (torch's AdamW applies its decoupled weight decay before the moment step).
 
 LookSAM, ``variant: looksam`` (Liu, Mai, Chen, Hsieh & You, "Towards Efficient and Scalable
 Sharpness-Aware Minimization", CVPR 2022, Algorithm 2): every ``interval``-th step is a full SAM
