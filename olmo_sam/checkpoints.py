@@ -33,6 +33,7 @@ __all__ = [
     "load_transformer",
     "save_transformer",
     "latest_step_dir",
+    "trainer_load_path",
 ]
 
 _STEP_RE = re.compile(r"^step(\d+)$")
@@ -63,6 +64,28 @@ def resolve_checkpoint(path: str | Path) -> Path:
             "directory containing one"
         )
     return step
+
+
+def trainer_load_path(path: str | Path) -> str:
+    """The trainer's ``load_path`` for a base checkpoint ``path`` (any form
+    :func:`resolve_checkpoint` accepts; URLs pass through unchanged).
+
+    A full trainer checkpoint (a step directory with ``train/``) is returned as its step
+    directory. A model-only checkpoint -- what ``olmo-sam import-hf``, the WiSE-FT baseline and
+    :func:`save_transformer` write: ``stepN/`` with ``model_and_optim/`` and ``config.json`` but no
+    trainer state -- becomes its ``model_and_optim`` directory, the form in which OLMo-core's
+    ``Trainer.load_checkpoint`` loads bare weights (given the step directory it looks for
+    trainer checkpoints inside it and fails with "No checkpoints found"). The fine-tuner, the
+    sweep and the mid-training recipe all start through this function.
+    """
+    from olmo_core.io import is_url
+
+    if is_url(str(path)):
+        return str(path)
+    step = resolve_checkpoint(path)
+    if (step / "train").is_dir():
+        return str(step)
+    return str(step / "model_and_optim")
 
 
 def load_checkpoint_config(path: str | Path) -> Dict[str, Any]:

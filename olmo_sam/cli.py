@@ -11,6 +11,8 @@ import click
 # owns its own options.
 COMMANDS = {
     "demo": "olmo_sam.demo:demo",
+    "pretrain": "olmo_sam.recipes.pretrain:main",
+    "midtrain": "olmo_sam.recipes.midtrain:main",
     "bench": "olmo_sam.bench:bench",
     "data": "olmo_sam.data.cli:data",
     "export-hf": "olmo_sam.hf:export_hf_command",

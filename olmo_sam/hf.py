@@ -28,7 +28,7 @@ from olmo_core.nn.transformer import Transformer, TransformerConfig
 
 from .atomic import atomic_dir
 
-__all__ = ["export_hf", "import_hf", "logit_diff", "export_hf_command", "import_hf_command", "REPORT_FILE"]
+__all__ = ["export_hf", "import_hf", "write_compatible_files", "logit_diff", "export_hf_command", "import_hf_command", "REPORT_FILE"]
 
 #: written into every exported/imported directory: source, tokenizer, logit check
 REPORT_FILE = "olmo-sam-conversion.json"
@@ -46,6 +46,44 @@ def logit_diff(olmo: Transformer, hf_model, vocab_size: int, seq_len: int = _CHE
         b = hf_model(input_ids=ids).logits.float()
     n = min(a.shape[-1], b.shape[-1])
     return float((a[..., :n] - b[..., :n]).abs().max())
+
+
+#: the tokenizer class written into exports: transformers 4.x and 5.x both know it (5.x writes
+#: its own ``TokenizersBackend``, which 4.x cannot load)
+EXPORT_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+
+
+def write_compatible_files(hf_dir: Path) -> None:
+    """Rewrite an export's ``config.json`` / ``tokenizer_config.json`` (as transformers 5.x saved
+    them) so that transformers 4.x reads the same model and tokenizer.
+
+    5.x keeps the RoPE base only inside ``rope_parameters``; 4.x ignores that key and silently
+    falls back to ``rope_theta = 10000`` (a different model: OLMo-2 uses 500000), so the
+    top-level ``rope_theta`` is written as well. Only plain RoPE is exported (OLMo-2 has no
+    scaling); a scaled one is refused rather than written in a form one version misreads. The
+    tokenizer class becomes ``PreTrainedTokenizerFast``, which both versions load from
+    ``tokenizer.json``.
+    """
+    cfg_path = hf_dir / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    rope = cfg.get("rope_parameters") or {}
+    theta = cfg.get("rope_theta", rope.get("rope_theta"))
+    if theta is None:
+        raise OLMoConfigurationError(f"{cfg_path} records no RoPE base (rope_theta)")
+    if rope.get("rope_type", "default") != "default" or cfg.get("rope_scaling"):
+        raise OLMoConfigurationError(
+            f"{cfg_path}: RoPE type {rope.get('rope_type')!r} / scaling {cfg.get('rope_scaling')!r} is not "
+            "exported (plain RoPE only, as OLMo-2 uses)"
+        )
+    cfg["rope_theta"] = theta
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    tok_path = hf_dir / "tokenizer_config.json"
+    if tok_path.exists():
+        tok = json.loads(tok_path.read_text())
+        tok["tokenizer_class"] = EXPORT_TOKENIZER_CLASS
+        for key in ("is_local", "local_files_only"):  # where 5.x loaded it from, not the tokenizer's
+            tok.pop(key, None)
+        tok_path.write_text(json.dumps(tok, indent=2, sort_keys=True) + "\n")
 
 
 def _resolve_tokenizer(explicit: Optional[str], step_dir: Path, tok_cfg: Optional[TokenizerConfig]):
@@ -145,6 +183,7 @@ def export_hf(
         if hf_tok is not None:
             hf_tok.model_max_length = int(max_pos)
             hf_tok.save_pretrained(tmp)
+        write_compatible_files(tmp)
         report: Dict[str, Any] = {
             "direction": "olmo-core -> hf",
             "source": str(info.path),

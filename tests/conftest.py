@@ -38,25 +38,9 @@ class TinyCorpus:
 
 def markov_tokens(n: int, seed: int, vocab: int = VOCAB, doc_len: int = 64) -> np.ndarray:
     """Documents from a fixed random Markov chain: each token has 4 likely successors."""
-    rng = np.random.default_rng(1234)  # the chain itself is fixed; `seed` varies the sample
-    trans = np.full((vocab, vocab), 1e-4)
-    for s in range(vocab):
-        trans[s, rng.choice(np.arange(2, vocab), size=4, replace=False)] += rng.dirichlet(np.ones(4))
-    trans /= trans.sum(axis=1, keepdims=True)
-    cum = np.cumsum(trans, axis=1)
-    rs = np.random.default_rng(seed)
-    out = np.empty(n, dtype=np.uint16)
-    state = 2
-    u = rs.random(n)
-    for i in range(n):
-        if i % doc_len == 0:
-            out[i] = EOS
-            state = int(rs.integers(2, vocab))
-            continue
-        state = int(np.searchsorted(cum[state], u[i]))
-        state = min(max(state, 2), vocab - 1)
-        out[i] = state
-    return out
+    from olmo_sam.data.synthetic import markov_tokens as _markov
+
+    return _markov(n, seed, vocab=vocab, doc_len=doc_len, eos=EOS)
 
 
 def write_corpus(root: Path, n_train: int = 120_000, n_val: int = 8_192) -> TinyCorpus:

@@ -166,6 +166,7 @@ def test_nf4_model_args_become_a_real_nf4_bitsandbytes_config():
         ({"quantization_config": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf5"}}, "hf", "nf4"),
         ({"custom_kwargs": {"quantization": "bitsandbytes"}}, "hf", "vLLM backend"),
         ({"custom_kwargs": {"quantisation": "bitsandbytes"}}, "vllm", "did you mean 'quantization'"),
+        ({"custom_kwargs": {"max_model_len": 4096}}, "vllm", "set OLMES's max length instead: --model-arg max_length=4096"),
         ({"model_path": "/x"}, "hf", "MODEL_DIR"),
     ],
 )  # fmt: skip

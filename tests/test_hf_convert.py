@@ -147,6 +147,15 @@ def test_midtrain_recipe_starts_from_converted_hf_model(bpe_run, demo_data_small
     assert all(torch.equal(orig[k], s[k]) for k in orig)
     metrics = read_metrics(save)
     assert metrics[2]["sam/ascent"] == 1.0 and "eval/lm/pt-val/CE loss" in metrics[2]
+    # the Python API (what a study arm's load_path uses) starts from a model-only import directory
+    from olmo_sam.recipes.midtrain import MidtrainSpec, build_midtrain, run_midtrain
+
+    spec = MidtrainSpec(size="tiny", optimizer="adamw", steps=1, tokens=None, lr=0.0, batch_size=4, seq_len=SEQ,
+                        train_paths=[str(p) for p in demo_data_small.train_paths], tokenizer=demo_data_small.tokenizer,
+                        load_path=str(save / "init"), save_folder=str(tmp_path / "api"), eval_interval=1000)  # fmt: skip
+    run_midtrain(build_midtrain(spec), init_from_hf=None)
+    api = load_transformer(tmp_path / "api")[0].state_dict()
+    assert all(torch.equal(api[k], s[k]) for k in s)
     # a start checkpoint of another model is refused before training
     r = CliRunner().invoke(midtrain_main, [*args, "--load-path", str(tiny_checkpoint), "--save-folder", str(tmp_path / "bad")])
     assert r.exit_code != 0 and "holds a different model" in r.output

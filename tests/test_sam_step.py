@@ -1,13 +1,12 @@
-"""One SAM step of the real train module against an independent computation in this file.
+"""One SAM step of the real train module against an independent computation.
 
-The reference below is written from the paper's equations ([SAM-PT] App A.1.1-A.1.2; Foret et al.
-2021 Eq. 2; Kwon et al. 2021 for ASAM) with torch.func and a hand-written AdamW; it shares no code
-with olmo_sam.optim.
+The reference (:func:`olmo_sam.gpucheck.reference.reference_steps`, also used by the GPU check) is
+written from the paper's equations ([SAM-PT] App A.1.1-A.1.2; Foret et al. 2021 Eq. 2; Kwon et al.
+2021 for ASAM) with torch.func and a hand-written AdamW; it shares no code with olmo_sam.optim.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
@@ -15,55 +14,9 @@ import torch
 import torch.nn.functional as F
 from helpers import adamw, losses, tiny_experiment, token_batch
 
+from olmo_sam.gpucheck.reference import reference_steps
 from olmo_sam.optim import SAM, SAMConfig
 from olmo_sam.train import build_trainer, run_experiment
-
-
-def _ce(model, params, ids):
-    logits = torch.func.functional_call(model, params, (ids,))
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
-
-
-def reference_steps(model, batches, *, lr, betas, wd, eps_adam, rho, adaptive, clip):
-    """Independent SAM+AdamW on a copy of `model`; returns final params and per-step losses."""
-    model = copy.deepcopy(model).eval()
-    names = [n for n, p in model.named_parameters()]
-    w = {n: p.detach().clone().double() for n, p in model.named_parameters()}
-    m = {n: torch.zeros_like(v) for n, v in w.items()}
-    v = {n: torch.zeros_like(x) for n, x in w.items()}
-    b1, b2 = betas
-    out_losses, pert_losses = [], []
-
-    def grads_at(params64, ids):
-        params = {n: params64[n].float().requires_grad_(True) for n in names}
-        loss = _ce(model, params, ids)
-        g = torch.autograd.grad(loss, [params[n] for n in names])
-        return float(loss), {n: gi.double() for n, gi in zip(names, g)}
-
-    for t, ids in enumerate(batches, start=1):
-        loss, g = grads_at(w, ids)
-        out_losses.append(loss)
-        if rho > 0:
-            if adaptive:
-                norm = math.sqrt(sum(float(((w[n].abs() * g[n]) ** 2).sum()) for n in names))
-                e = {n: rho * w[n] ** 2 * g[n] / (norm + 1e-12) for n in names}
-            else:
-                norm = math.sqrt(sum(float((g[n] ** 2).sum()) for n in names))
-                e = {n: rho * g[n] / (norm + 1e-12) for n in names}
-            ploss, g = grads_at({n: w[n] + e[n] for n in names}, ids)
-            pert_losses.append(ploss)
-        if clip is not None:
-            total = math.sqrt(sum(float((g[n] ** 2).sum()) for n in names))
-            coef = min(1.0, clip / (total + 1e-6))
-            g = {n: g[n] * coef for n in names}
-        for n in names:
-            w[n] = w[n] * (1 - lr * wd)
-            m[n] = b1 * m[n] + (1 - b1) * g[n]
-            v[n] = b2 * v[n] + (1 - b2) * g[n] ** 2
-            mhat = m[n] / (1 - b1**t)
-            vhat = v[n] / (1 - b2**t)
-            w[n] = w[n] - lr * mhat / (vhat.sqrt() + eps_adam)
-    return w, out_losses, pert_losses
 
 
 @pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "asam"])

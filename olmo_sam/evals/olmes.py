@@ -160,7 +160,7 @@ _FLAG_OWNED = {"model": "MODEL_DIR", "model_path": "MODEL_DIR", "model_type": "-
 #: vLLM engine arguments we let through ``custom_kwargs`` (``VLLM_Verbose`` merges them into
 #: ``vllm.LLM(...)``); anything else cannot be checked without vLLM, so it is refused.
 VLLM_CUSTOM_KWARGS = frozenset(
-    {"quantization", "load_format", "max_model_len", "tensor_parallel_size", "seed", "dtype",
+    {"quantization", "load_format", "tensor_parallel_size", "seed", "dtype",
      "swap_space", "kv_cache_dtype", "max_num_seqs"}
 )  # fmt: skip
 _BNB_QUANT_TYPES = ("nf4", "fp4")
@@ -268,6 +268,14 @@ def validate_model_args(args: Mapping[str, Any], model_type: str) -> Dict[str, A
             if not isinstance(value, dict):
                 raise OLMoConfigurationError("model arg custom_kwargs must be a JSON object")
             for k in value:
+                if k == "max_model_len":
+                    # OLMES always passes max_length to lm-eval's vLLM wrapper, which asserts that
+                    # only one of max_length / max_model_len is given: the job would die at load.
+                    raise OLMoConfigurationError(
+                        "custom_kwargs.max_model_len conflicts with OLMES's own max_length (lm-eval's "
+                        "vLLM wrapper accepts only one of them); set OLMES's max length instead: "
+                        f"--model-arg max_length={value[k]}"
+                    )
                 if k not in VLLM_CUSTOM_KWARGS:
                     raise OLMoConfigurationError(
                         f"custom_kwargs.{k} is not a vLLM engine arg olmo-sam knows"

@@ -167,7 +167,7 @@ def prepare_command(name, tokenizer, out, seed, val_fraction, max_val_documents,
 
 
 @finetune.command("run")
-@click.option("--base", required=True, help="base checkpoint (OLMo-core step or run directory)")
+@click.option("--base", required=True, help="base checkpoint: OLMo-core run or step directory, trainer or model-only (import-hf, wise-ft output)")
 @click.option("--base-label", help="short name of the base in tables and plots [default: its run directory]")
 @click.option("--data", required=True, help="prepared dataset directory ('olmo-sam finetune prepare')")
 @click.option("--lr", required=True, type=float)

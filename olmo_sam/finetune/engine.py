@@ -53,6 +53,7 @@ from ..checkpoints import (
     latest_step_dir,
     load_transformer,
     resolve_checkpoint,
+    trainer_load_path,
 )
 from ..evals.lm_loss import lm_loss, token_dtype_for_vocab
 from ..optim import CosineAlpha
@@ -91,7 +92,8 @@ class FTConfig:
     """One fine-tuning run. ``None`` fields are filled from the base checkpoint or the paper by
     :meth:`resolved`."""
 
-    #: base checkpoint (step directory, or run directory = its latest step)
+    #: base checkpoint (step directory, or run directory = its latest step; a trainer checkpoint or a
+    #: model-only one such as an import-hf or WiSE-FT output)
     base: str
     #: prepared dataset directory (:mod:`olmo_sam.finetune.data`)
     data: str
@@ -405,7 +407,8 @@ def _lora_settings(cfg: FTConfig) -> LoRASettings:
 
 
 def build_ft_experiment(plan: FTPlan, train_folder: Path, cache_dir: Path):
-    """The OLMo-core experiment config of a run (the base weights enter through ``load_path``)."""
+    """The OLMo-core experiment config of a run (the base weights enter through ``load_path``,
+    resolved by :func:`~olmo_sam.checkpoints.trainer_load_path`: trainer or model-only checkpoint)."""
     cfg = plan.cfg
     assert plan.info.tokenizer is not None
     data = Path(cfg.data)
@@ -437,7 +440,7 @@ def build_ft_experiment(plan: FTPlan, train_folder: Path, cache_dir: Path):
         callbacks=callbacks,
         seed=cfg.seed,
         data_seed=cfg.data_seed,
-        load_path=cfg.base,
+        load_path=trainer_load_path(cfg.base),
         dp=cfg.dp,
         checkpoint_interval=cfg.checkpoint_interval,
     )

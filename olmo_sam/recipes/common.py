@@ -7,7 +7,9 @@ train with :func:`olmo_sam.train.run_experiment`; nothing here trains.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
 import json
 import math
 import os
@@ -41,6 +43,7 @@ __all__ = [
     "run_summary",
     "print_dry_run",
     "world_size",
+    "assumed_world_size",
     "resolve_dp",
     "launch",
     "GPU_PEAK_TFLOPS",
@@ -320,6 +323,9 @@ def run_summary(
     return {
         "params": {"total": counts.total, "embedding": counts.embedding, "non_embedding": counts.non_embedding},
         "sequence_length": seq_len,
+        "world_size": world_size(),
+        "data_parallel": tm.dp_config.name if tm.dp_config is not None else None,
+        "rank_micro_batch_sequences": tm.rank_microbatch_size // seq_len,
         "batch_sequences": tokens_per_step // seq_len,
         "tokens_per_step": tokens_per_step,
         "steps": steps,
@@ -349,6 +355,10 @@ def print_dry_run(cfg: ExperimentConfig, summary: Dict[str, Any], *, as_json: bo
         f"tokens: {summary['tokens']:,d} ({format_tokens(summary['tokens'])}) = {summary['steps']:,d} steps x "
         f"{summary['tokens_per_step']:,d} tokens ({summary['batch_sequences']} x {summary['sequence_length']})"
     )
+    click.echo(
+        f"processes: {summary['world_size']} (data parallel: {summary['data_parallel'] or 'none'}); "
+        f"micro-batch {summary['rank_micro_batch_sequences']} sequences per rank"
+    )
     click.echo(f"warmup: {summary['warmup_steps']:,d} steps")
     if "start" in lr:
         ds = lr["decay_start_step"]
@@ -369,8 +379,28 @@ def print_dry_run(cfg: ExperimentConfig, summary: Dict[str, Any], *, as_json: bo
 # ---------------------------------------------------------------------------------------------
 
 
+#: set by ``--world-size`` for a dry run outside torchrun (see :func:`assumed_world_size`)
+_ASSUMED_WORLD_SIZE: Optional[int] = None
+
+
 def world_size() -> int:
+    """Processes of this launch: torchrun's ``WORLD_SIZE``, or the ``--world-size`` a dry run
+    assumes."""
+    if _ASSUMED_WORLD_SIZE is not None:
+        return _ASSUMED_WORLD_SIZE
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@contextlib.contextmanager
+def assumed_world_size(n: Optional[int]):
+    """Resolve configs as if launched with ``n`` processes (``None``: as launched)."""
+    global _ASSUMED_WORLD_SIZE
+    previous = _ASSUMED_WORLD_SIZE
+    _ASSUMED_WORLD_SIZE = n
+    try:
+        yield
+    finally:
+        _ASSUMED_WORLD_SIZE = previous
 
 
 def resolve_dp(flag: str, default_multi: str) -> Optional[str]:
@@ -385,7 +415,8 @@ def resolve_dp(flag: str, default_multi: str) -> Optional[str]:
         return None
     if n == 1:
         raise OLMoConfigurationError(
-            f"--dp {flag} needs several processes: launch with torchrun --nproc-per-node N"
+            f"--dp {flag} needs several processes: launch with torchrun --nproc-per-node N "
+            "(or preview the config with --dry-run --world-size N)"
         )
     return flag
 
@@ -404,16 +435,19 @@ def launch(cfg: ExperimentConfig):
 
 
 def common_options(f):
-    """Flags every recipe has."""
+    """Flags every recipe has. ``--world-size`` makes a dry run resolve the config for that many
+    processes without torchrun (:func:`assumed_world_size`)."""
     options = [
         click.option("--dry-run", is_flag=True, help="Print the resolved config and estimates; train nothing."),
         click.option("--json", "as_json", is_flag=True, help="With --dry-run: print JSON instead of YAML."),
-        click.option("--save-folder", type=str, default=None, help="Run directory (re-using it resumes)."),
+        click.option("--out", "save_folder", type=str, default=None, help="Run directory (re-using it resumes)."),
+        click.option("--save-folder", "save_folder_alias", type=str, default=None, hidden=True),
         click.option("--dp", type=click.Choice(["auto", "none", "ddp", "fsdp", "hsdp"]), default="auto",
                      show_default=True, help="Data parallelism under torchrun."),
         click.option("--param-dtype", type=click.Choice(["float32", "bfloat16"]), default=None,
                      help="FSDP mixed-precision parameter dtype."),
-        click.option("--microbatch", type=int, default=None, help="Sequences per rank per micro-batch."),
+        click.option("--micro-batch-size", "microbatch", type=int, default=None, help="Sequences per rank per micro-batch."),
+        click.option("--microbatch", "microbatch_alias", type=int, default=None, hidden=True),
         click.option("--eval-interval", type=int, default=None, help="Steps between in-loop validation-loss evaluations."),
         click.option("--checkpoint-interval", type=int, default=None, help="Steps between checkpoints."),
         click.option("--stop-at-step", type=int, default=None,
@@ -422,8 +456,36 @@ def common_options(f):
                      help="Assumed accelerator peak (dense bf16) for the GPU-hour estimate."),
         click.option("--mfu", type=float, default=GPU_MFU, show_default=True,
                      help="Assumed model-FLOPs utilisation for the GPU-hour estimate."),
+        click.option("--world-size", "assume_world", type=click.IntRange(min=1), default=None,
+                     help="With --dry-run: resolve the config for this many processes (no torchrun needed)."),
         click.argument("overrides", nargs=-1),
     ]  # fmt: skip
+
+    @functools.wraps(f)
+    def run(*args, assume_world, **kwargs):
+        _old_flag_names(kwargs)
+        if assume_world is not None and not kwargs["dry_run"]:
+            launched = int(os.environ.get("WORLD_SIZE", "1"))
+            if assume_world != launched:
+                raise click.UsageError(
+                    f"--world-size {assume_world} without --dry-run: training uses the processes it "
+                    f"is launched with ({launched}); launch with torchrun --nproc-per-node N instead"
+                )
+        with assumed_world_size(assume_world):
+            return f(*args, **kwargs)
+
     for opt in reversed(options):
-        f = opt(f)
-    return f
+        run = opt(run)
+    return run
+
+
+def _old_flag_names(kwargs: Dict[str, Any]) -> None:
+    """``--save-folder`` / ``--microbatch`` (hidden) -> ``--out`` / ``--micro-batch-size``, in place.
+    (The project-wide alias mechanism supersedes this where it is available.)"""
+    for name, old, new in (("save_folder", "--save-folder", "--out"), ("microbatch", "--microbatch", "--micro-batch-size")):
+        value = kwargs.pop(f"{name}_alias", None)
+        if value is None:
+            continue
+        if kwargs[name] is not None and kwargs[name] != value:
+            raise click.UsageError(f"{old} is the old name of {new}; give one of them")
+        kwargs[name] = value

@@ -185,6 +185,8 @@ def run_midtrain(
                 "mid-training needs a start: give load_path (an OLMo-core checkpoint) or init_from_hf"
             )
         cfg.load_path = default_start(save)
+    elif cfg.load_path != default_start(save):
+        cfg.load_path = as_load_path(cfg.load_path)  # a model-only start (e.g. a study arm's) too
     validate_experiment(cfg)
     setup_environment()
     if init_from_hf is not None and cfg.load_path == default_start(save):
@@ -194,20 +196,14 @@ def run_midtrain(
 
 
 def as_load_path(path: str) -> str:
-    """A trainer ``load_path`` for ``path``: a full trainer checkpoint as it is; for a model-only
-    checkpoint (what ``olmo-sam import-hf`` writes: a step directory without ``train/``), its
-    ``model_and_optim`` directory, which is how OLMo-core loads bare weights."""
-    from ..checkpoints import resolve_checkpoint
+    """``--load-path`` as the trainer's ``load_path``
+    (:func:`olmo_sam.checkpoints.trainer_load_path`), with a missing checkpoint as a config error."""
+    from ..checkpoints import trainer_load_path
 
-    if is_url(path):
-        return path
     try:
-        step = resolve_checkpoint(path)
+        return trainer_load_path(path)
     except FileNotFoundError as e:
         raise OLMoConfigurationError(f"--load-path: {e}") from None
-    if (step / "train").is_dir():
-        return str(step)
-    return str(step / "model_and_optim")
 
 
 def _import_on_rank0(hf_source: str, revision: Optional[str], dest: Path, tokenizer: Optional[str]) -> Path:
@@ -236,7 +232,7 @@ def _import_on_rank0(hf_source: str, revision: Optional[str], dest: Path, tokeni
     return step
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("midtrain", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True,
               help="adamw: the OLMo baseline; sam: Table 1's SAM run.")  # fmt: skip
 @click.option("--size", type=click.Choice(["1B", "tiny"]), default="1B", show_default=True, help="'tiny' runs the recipe on CPU.")
@@ -266,7 +262,7 @@ def main(optimizer, size, tokens, steps, lr, rho, seq_len, batch_size, data, mix
 
     try:
         if save_folder is None and not dry_run:
-            raise click.UsageError("--save-folder is required (re-using it resumes the run)")
+            raise click.UsageError("--out is required: the run directory (re-using it resumes the run)")
         if not data and not dry_run:
             raise click.UsageError(
                 "--data-mix is required: a mix file of Dolmino token files (e.g. OLMo-core's "
@@ -319,3 +315,7 @@ def main(optimizer, size, tokens, steps, lr, rho, seq_len, batch_size, data, mix
                      tokenizer=tokenizer_name)  # fmt: skip
     except OLMoConfigurationError as e:
         raise click.ClickException(str(e)) from e
+
+
+if __name__ == "__main__":  # python -m / torchrun -m olmo_sam.recipes.midtrain
+    main()

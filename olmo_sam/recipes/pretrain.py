@@ -308,7 +308,7 @@ def sweep_members(name: str, spec: PretrainSpec, explicit: Dict[str, Any]) -> Li
 # ---------------------------------------------------------------------------------------------
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("pretrain", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--size", type=click.Choice(SIZES), default=None, help="Model size (Table 4) or 'tiny' for CPU.")
 @click.option("--tokens", type=str, default=None, help="Token budget, e.g. 192B (Table 5).")
 @click.option("--tokens-per-param", type=float, default=None, help="Budget as tokens per nominal parameter.")
@@ -348,7 +348,7 @@ def main(size, tokens, tokens_per_param, steps, lr, optimizer, schedule, alpha, 
         if size is None and not (sweep and "size" in SWEEPS[sweep].fixed):
             raise click.UsageError("--size is required")
         if save_folder is None and not dry_run:
-            raise click.UsageError("--save-folder is required (re-using it resumes the run)")
+            raise click.UsageError("--out is required: the run directory (re-using it resumes the run)")
         if not data and not dry_run:
             raise click.UsageError("--data is required: token files, a prepared dataset dir or a mix file")
         if tokenizer_name is not None:
@@ -447,4 +447,8 @@ def _print_sweep(name: str, built, as_json: bool, gpu_peak_tflops: float, mfu: f
             f"{r['summary']['lr']['peak']:.0e} | {format_tokens(r['summary']['tokens'])} | "
             f"{r['summary']['steps']:,d} | {r['summary']['gpu_hours']:,.1f} |"
         )
-    click.echo("run one member per job: --sweep NAME --member MEMBER (save folder: --save-folder/MEMBER)")
+    click.echo("run one member per job: --sweep NAME --member MEMBER (run directory: --out/MEMBER)")
+
+
+if __name__ == "__main__":  # python -m / torchrun -m olmo_sam.recipes.pretrain
+    main()

@@ -1,0 +1,101 @@
+"""The GPU check's two result files: ``gpu-check.json`` (everything) and ``gpu-check.md`` (tables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List
+
+from ..output import atomic_write_text, markdown_table, write_json
+
+__all__ = ["write_report", "markdown_report", "JSON_NAME", "MD_NAME", "COST_COLUMNS", "QUANT_COLUMNS"]
+
+JSON_NAME = "gpu-check.json"
+MD_NAME = "gpu-check.md"
+
+COST_COLUMNS = [
+    "preset", "params", "micro_batch", "adamw_step_s", "sam_step_s", "sam_step_ratio",
+    "adamw_tokens_per_s", "sam_tokens_per_s", "adamw_mfu", "sam_mfu_useful", "sam_mfu_hardware",
+    "adamw_peak_gib", "sam_peak_gib", "sam_peak_memory_ratio", "sam_extra_param_copies",
+    "switch_run_ratio", "switch_sam_steps",
+]  # fmt: skip
+QUANT_COLUMNS = ["spec", "device", "base_loss", "quantized_loss", "loss_increase", "compression", "max_error_ratio"]
+
+
+def _rows_cost(cost: Dict[str, Any]) -> List[Dict[str, Any]]:
+    results = cost.get("results", {})
+    presets = results.get("settings", {}).get("presets", [])
+    return [{"preset": p, **results[p]} for p in presets if p in results]
+
+
+def _rows_quant(bnb: Dict[str, Any]) -> List[Dict[str, Any]]:
+    from .quant import SPECS
+
+    results = bnb.get("results", {})
+    return [{"spec": s, **results[s]} for s in SPECS if s in results]
+
+
+def markdown_report(report: Dict[str, Any]) -> str:
+    sections: Dict[str, Dict[str, Any]] = report["sections"]
+    env = sections.get("environment", {}).get("results", {}).get("environment", {})
+    mode = "CPU dry run (tiny sizes; GPU-only parts skipped)" if report["dry_run"] else "GPU run"
+    lines = [
+        f"# GPU check: {mode}",
+        "",
+        f"- started {report['started_utc']}, {report['elapsed_s']:.0f} s of a {report['budget_s']:.0f} s budget",
+        f"- command: `{report['command']}`",
+        f"- device: {env.get('device_name', '?')}; torch {env.get('torch', '?')} (CUDA {env.get('torch_cuda')}), "
+        f"ai2-olmo-core {env.get('ai2-olmo-core')}, bitsandbytes {env.get('bitsandbytes')}",
+        f"- MFU peak: {sections.get('cost', {}).get('results', {}).get('settings', {}).get('peak_flops_source', 'n/a')}",
+        f"- overall: **{'all sections ok' if report['ok'] else 'NOT all ok (see below)'}**",
+        "",
+        "## Sections",
+        "",
+        markdown_table(["section", "status", "elapsed_s", "budget_s"],
+                       [{"section": n, "status": s.get("status"), "elapsed_s": s.get("elapsed_s"),
+                         "budget_s": report["budgets"].get(n)} for n, s in sections.items()]),  # fmt: skip
+        "## Checks",
+        "",
+        markdown_table(["section", "check", "passed", "detail"],
+                       [{"section": n, **c} for n, s in sections.items() for c in s.get("checks", [])]),  # fmt: skip
+    ]
+    cost_rows = _rows_cost(sections.get("cost", {}))
+    if cost_rows:
+        st = sections["cost"]["results"]["settings"]
+        lines += [
+            "## Cost: SAM vs AdamW",
+            "",
+            f"Sequence length {st['seq']}, {st['batch']} sequences per step, {st['dp']}, "
+            f"{st['param_dtype']} parameters; median of {st['timed']} timed steps after {st['warmup']} warm-up; "
+            f"switch run: {st['run_steps']} steps, WSD decay fraction {st['decay_fraction']}, first steps left out. "
+            "MFU: OLMo-core's FLOPs per token x tokens/s / peak; 'useful' counts one pass per SAM step, "
+            "'hardware' both. Memory: peak `torch.cuda.max_memory_allocated` (GiB); extra copies in "
+            "units of one float32 parameter copy.",
+            "",
+            markdown_table(COST_COLUMNS, cost_rows),
+        ]
+    quant_rows = _rows_quant(sections.get("bnb", {}))
+    if quant_rows:
+        lines += [
+            "## bitsandbytes: PT-loss degradation of a small trained model",
+            "",
+            "max_error_ratio: worst |dequantized - original| / rounding bound over all quantized weights (<= 1).",
+            "",
+            markdown_table(QUANT_COLUMNS, quant_rows),
+        ]
+    fsdp = sections.get("fsdp_bf16", {}).get("results", {}).get("fsdp_bf16")
+    if fsdp:
+        losses = ", ".join(f"{x:.3f}" for x in fsdp["losses"])
+        lines += ["## FSDP bf16 SAM run", "", f"{fsdp['steps']} steps, {fsdp['backend']}, param_dtype "
+                  f"{fsdp['param_dtype']}; CE loss per step: {losses}", ""]  # fmt: skip
+    skipped = [(n, s) for n, sec in sections.items() for s in sec.get("skipped", [])]
+    if skipped:
+        lines += ["## Skipped", ""] + [f"- {n}: {s['what']}: {s['why']}" for n, s in skipped] + [""]
+    errors = [(n, e) for n, sec in sections.items() for e in sec.get("errors", [])]
+    if errors:
+        lines += ["## Errors", ""] + [f"- {n}: {e['what']}: `{e['error'][:300]}`" for n, e in errors] + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(out: str | Path, report: Dict[str, Any]) -> List[Path]:
+    out = Path(out)
+    return [write_json(out / JSON_NAME, report), atomic_write_text(out / MD_NAME, markdown_report(report))]
