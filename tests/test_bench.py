@@ -20,7 +20,6 @@ from olmo_sam.bench.flatness_cost import (
     bench_gain_kept_interval,
     bench_seed_interval,
     flatness_cost,
-    markov_tokens,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,20 +55,6 @@ def test_gain_kept_is_paired_by_seed():
     assert g["mean"] == pytest.approx(0.5) and g["lo"] == pytest.approx(0.5) and g["hi"] == pytest.approx(0.5)
     assert bench_gain_kept_interval(a, a, s)["mean"] == 0.0
     assert bench_gain_kept_interval(a, s, s)["mean"] == 1.0
-
-
-def test_markov_data_is_learnable_structure():
-    x = markov_tokens(128 * 150, 64, 1, doc_len=128)
-    assert x.dtype == np.uint16 and len(x) == 128 * 150 and x.max() < 64
-    assert (x.reshape(-1, 128)[:, 0] == 0).all() and (x.reshape(-1, 128)[:, 1:] >= 2).all()
-    # each token has (about) 4 successors: the bigram entropy is far below ln 64
-    pairs = x.reshape(-1, 128)[:, 1:]
-    succ = {}
-    for a, b in zip(pairs[:, :-1].ravel(), pairs[:, 1:].ravel()):
-        succ.setdefault(int(a), []).append(int(b))
-    top4 = np.mean([sum(sorted(np.bincount(v), reverse=True)[:4]) / len(v) for v in succ.values()])
-    assert top4 > 0.9
-    assert np.array_equal(markov_tokens(1000, 64, 1), markov_tokens(1000, 64, 1))
 
 
 def test_flatness_cost_smoke(tmp_path):

@@ -35,8 +35,9 @@ ratios (:func:`bench_seed_interval`), a paired bootstrap over seeds for the gain
 ``--out``. Finished runs are kept under ``--out/runs`` and reused by a re-run with the same
 settings, so an interrupted benchmark resumes.
 
-The data are synthetic: a fixed random sparse Markov chain over ``--vocab`` tokens (four likely
-successors per token, so the loss can fall well below ``ln V``). A small vocabulary keeps the
+The data are synthetic: the project's fixed random sparse Markov chain
+(:func:`olmo_sam.data.synthetic.markov_tokens`) over ``--vocab`` tokens (four likely successors per
+token, so the loss can fall well below ``ln V``). A small vocabulary keeps the
 micro model at tens of thousands of parameters, which is what makes >= 100 tokens per parameter
 for 6 variants x 3 seeds fit in 45 minutes on 2 CPU cores; the demo's BPE corpus (2048 tokens)
 would put 260k parameters in the embeddings alone.
@@ -58,6 +59,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import click
 import numpy as np
 
+from ..data.synthetic import markov_tokens
 from ..output import atomic_write, atomic_write_text, markdown_table, read_json, write_json
 
 __all__ = [
@@ -67,7 +69,6 @@ __all__ = [
     "flatness_cost_command",
     "bench_seed_interval",
     "bench_gain_kept_interval",
-    "markov_tokens",
 ]
 
 VARIANTS = ("adamw", "sam", "sam-anneal", "sam-interval", "msam", "looksam")
@@ -132,28 +133,6 @@ class FlatnessCostSettings:
 # -------------------------------------------------------------------------------------------------
 # Data and model
 # -------------------------------------------------------------------------------------------------
-
-
-def markov_tokens(n: int, vocab: int, sample_seed: int, doc_len: int = 256) -> np.ndarray:
-    """``n`` tokens of documents from one fixed random Markov chain over ``vocab`` ids (id 0 is
-    EOS, 1 is padding): every id has 4 likely successors. Vectorised over documents."""
-    chain = np.random.default_rng(1234)  # the chain is fixed; sample_seed varies the sample
-    trans = np.full((vocab, vocab), 1e-3)
-    trans[:, :2] = 0.0
-    for s in range(vocab):
-        trans[s, chain.choice(np.arange(2, vocab), size=4, replace=False)] += chain.dirichlet(np.ones(4))
-    cum = np.cumsum(trans / trans.sum(axis=1, keepdims=True), axis=1)
-    rng = np.random.default_rng(sample_seed)
-    n_docs = -(-n // doc_len)
-    out = np.empty((n_docs, doc_len), dtype=np.uint16)
-    out[:, 0] = 0
-    state = rng.integers(2, vocab, size=n_docs)
-    out[:, 1] = state
-    for t in range(2, doc_len):
-        u = rng.random(n_docs)
-        state = np.minimum((cum[state] < u[:, None]).sum(axis=1), vocab - 1)
-        out[:, t] = state
-    return out.reshape(-1)[:n]
 
 
 def _model(settings: FlatnessCostSettings):
@@ -482,12 +461,12 @@ def flatness_cost(settings: FlatnessCostSettings, out: Path, *, jobs: int = 1,
     p = plan(settings)
     data = out / "data" / f"markov-v{settings.vocab}-{p['tokens'] + settings.seq_len + 1}.npy"
     if not data.exists():
-        atomic_write(data, lambda tmp: markov_tokens(p["tokens"] + settings.seq_len + 1,
-                                                     settings.vocab, 1).tofile(tmp))  # fmt: skip
+        tokens = markov_tokens(p["tokens"] + settings.seq_len + 1, 1, vocab=settings.vocab, doc_len=256)
+        atomic_write(data, tokens.tofile)
     hbatch = out / "data" / f"hessian-v{settings.vocab}-{settings.hessian_sequences}x{settings.seq_len}.npy"
     if not hbatch.exists():
         n = settings.hessian_sequences * (settings.seq_len + 1)
-        held = markov_tokens(n, settings.vocab, 2).reshape(settings.hessian_sequences, -1)
+        held = markov_tokens(n, 2, vocab=settings.vocab, doc_len=256).reshape(settings.hessian_sequences, -1)
 
         def save(tmp):
             with open(tmp, "wb") as f:
