@@ -50,7 +50,10 @@ def demo(quick, out, jobs, rerun, dry_run):
     summary = plan.out / "analysis" / "summary.json"
     if summary.exists():
         click.echo("\nFindings (measured in this run):")
-        for f in json.loads(summary.read_text()).get("findings", []):
-            click.echo(f"  - {f}")
+        s = json.loads(summary.read_text())
+        if s.get("interval"):
+            click.echo(f"  ({s['interval']['description']})")
+        for f in s.get("findings", []):
+            click.echo(f"  - {f['text'] if isinstance(f, dict) else f}")
     click.echo(f"\nreport: {report.resolve()}")
     click.echo(f"markdown: {(plan.out / 'report' / 'report.md').resolve()}")
