@@ -29,8 +29,8 @@ Per variant it reports
 * the **fraction of SAM's flatness gain kept** ``(trH_adamw - trH_v) / (trH_adamw - trH_sam)``,
 
 each as a mean over seeds with a 95% interval: Student-t over seeds for means and per-seed cost
-ratios (:func:`bench_seed_interval`), a paired bootstrap over seeds for the gain kept
-(:func:`bench_gain_kept_interval`). It prints a table and writes ``flatness_cost.json`` (atomic),
+ratios (:func:`bench_seed_interval`, from :mod:`olmo_sam.analysis.stats`), a paired bootstrap over
+seeds for the gain kept (:func:`bench_gain_kept_interval`). It prints a table and writes ``flatness_cost.json`` (atomic),
 ``flatness_cost.md`` and ``flatness_cost.png`` (cost ratio vs gain kept with error bars) to
 ``--out``. Finished runs are kept under ``--out/runs`` and reused by a re-run with the same
 settings, so an interrupted benchmark resumes.
@@ -276,26 +276,21 @@ def _job(args) -> Dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------------------------
-# Intervals over seeds (bench-local; to be unified with the study reports' interval module)
+# Intervals over seeds (means: the project's interval module; the gain kept: a paired bootstrap)
 # -------------------------------------------------------------------------------------------------
 
 
-def bench_seed_interval(values: Sequence[float], level: float = 0.95) -> Dict[str, float]:
-    """Mean over seeds and its two-sided Student-t interval (``n - 1`` degrees of freedom).
+def bench_seed_interval(values: Sequence[float]) -> Dict[str, float]:
+    """Mean over seeds with its 95% Student-t interval: :func:`olmo_sam.analysis.stats.mean_interval`
+    (the project's one interval module), as a dict; non-finite values are left out."""
+    from ..analysis.stats import mean_interval
 
-    Bench-local helper, named so that it can be replaced by the study reports' interval module.
-    """
-    from scipy import stats
-
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    n = len(x)
-    if n == 0:
+    x = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not x:
         return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
-    mean = float(x.mean())
-    if n < 2:
-        return {"mean": mean, "lo": float("nan"), "hi": float("nan"), "n": n}
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
-    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n}
+    mean, lo, hi = mean_interval(x)
+    nan = float("nan")
+    return {"mean": mean, "lo": nan if lo is None else lo, "hi": nan if hi is None else hi, "n": len(x)}
 
 
 def bench_gain_kept_interval(
@@ -305,8 +300,8 @@ def bench_gain_kept_interval(
     """``(mean A - mean V) / (mean A - mean S)`` with a percentile bootstrap over seeds, paired:
     each resample draws seed indices with replacement and uses the same seeds for all three.
     Resamples where SAM's gain ``mean A - mean S`` is 0 are undefined and counted, not used.
-
-    Bench-local helper, named so that it can be replaced by the study reports' interval module.
+    (A ratio of means, which :mod:`olmo_sam.analysis.stats` does not cover; note its warning that
+    a percentile bootstrap over 3 seeds is narrower than the t interval.)
     """
     a, v, s = (np.asarray(x, dtype=float) for x in (adamw, variant, sam))
     n = len(a)
