@@ -258,7 +258,10 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     spec.pretrain = dict(d.get("pretrain") or {})
     spec.midtrain = dict(d.get("midtrain") or {})
     spec.budgets = d.get("budgets")
-    arms = d.get("arms") or []
+    arms = d.get("arms")
+    if not arms:
+        raise StudyError("arms: the study has no arms; add at least one, e.g. "
+                         "arms: [{name: adamw, optimizer: adamw, schedule: cosine}]")  # fmt: skip
     if not isinstance(arms, list):
         raise StudyError("arms: expected a list of arms")
     spec.arms = [ArmSpec.parse(a, f"arms[{i}]") for i, a in enumerate(arms)]
