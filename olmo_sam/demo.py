@@ -10,7 +10,6 @@ reported. Resumable: run it again to continue where it stopped. The study files 
 from __future__ import annotations
 
 import json
-import sys
 from importlib import resources
 from pathlib import Path
 
@@ -27,30 +26,29 @@ def demo_study_path(quick: bool = False) -> Path:
 @click.command()
 @click.option("--quick", is_flag=True, help="The few-minute version CI runs.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory.")
-@click.option("--jobs", type=int, default=None, help="Jobs at a time (default 2).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Jobs at a time (default 2), >= 1.")
 @click.option("--rerun", is_flag=True, help="Start over instead of resuming.")
 @click.option("--dry-run", is_flag=True, help="Show the planned jobs only.")
 def demo(quick, out, jobs, rerun, dry_run):
     """Pretrain, probe, fine-tune and report four tiny arms on CPU (about 10 min on 2 cores; --quick: under 2)."""
-    from olmo_core.exceptions import OLMoConfigurationError
+    from .study.cli import run_study_command, start_study
 
-    from .study.cli import start_study
-    from .study.executors import JobFailed
-
-    try:
-        plan = start_study(demo_study_path(quick), out=out, jobs=jobs, rerun=rerun, dry_run=dry_run)
-    except OLMoConfigurationError as e:
-        raise click.UsageError(str(e)) from None
-    except JobFailed as e:
-        click.echo(str(e), err=True)
-        sys.exit(1)
+    resume = "olmo-sam demo" + (" --quick" if quick else "") + (f" --out {out}" if out else "")
+    plan = run_study_command(
+        lambda: start_study(demo_study_path(quick), out=out, jobs=jobs, rerun=rerun, dry_run=dry_run,
+                            resume_command=resume),
+        resume,
+    )  # fmt: skip
     if dry_run:
         return
     report = plan.out / "report" / "report.html"
     summary = plan.out / "analysis" / "summary.json"
     if summary.exists():
         click.echo("\nFindings (measured in this run):")
-        for f in json.loads(summary.read_text()).get("findings", []):
-            click.echo(f"  - {f}")
+        s = json.loads(summary.read_text())
+        if s.get("interval"):
+            click.echo(f"  ({s['interval']['description']})")
+        for f in s.get("findings", []):
+            click.echo(f"  - {f['text'] if isinstance(f, dict) else f}")
     click.echo(f"\nreport: {report.resolve()}")
     click.echo(f"markdown: {(plan.out / 'report' / 'report.md').resolve()}")

@@ -321,7 +321,16 @@ def import_hf(
     model = tcfg.build(init_device="cpu")
     model.init_weights(max_seq_len=seq_len, device=torch.device("cpu"))
     state = model.state_dict()
-    load_hf_model(source, state, revision=revision or "main", num_embeddings=tcfg.vocab_size)
+    try:
+        load_hf_model(source, state, revision=revision or "main", num_embeddings=tcfg.vocab_size)
+    except Exception as e:  # noqa: BLE001 - safetensors / torch raise several kinds for a bad file
+        if not Path(source).exists():
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise OLMoConfigurationError(
+            f"{source}: the model weights could not be read ({type(e).__name__}: {first}); a *.safetensors file "
+            "is truncated or corrupt: download or copy it again"
+        ) from None
     model.load_state_dict(state)
     model.eval()
     report: Dict[str, Any] = {

@@ -53,7 +53,13 @@ def test_report_has_every_section_with_numbers(demo_run):
     html = (out / "report" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 5  # self-contained: figures inlined
     # findings are statements about this run's numbers, one per comparison that was measured
-    assert summary["findings"] and all(("adamw" in f) for f in summary["findings"])
+    assert summary["findings"] and all("adamw" in f["text"] and f["reference"] == "adamw" for f in summary["findings"])
+    for f in summary["findings"]:  # every finding carries its interval fields; claims need an interval
+        assert {"estimate", "ci_low", "ci_high", "n_seeds", "significant", "budget_tpp"} <= set(f)
+        assert not f["significant"] or (f["ci_low"] > 0 or f["ci_high"] < 0)
+        if not f["significant"]:
+            assert "no difference resolved at this scale" in f["text"]
+    assert summary["interval"]["description"] in (out / "report" / "report.md").read_text()
     pre = {r["unit"]: r for r in summary["pretraining"]["rows"]}
     assert pre["sam-anneal"]["sam_steps"] > 0 and pre["adamw"]["sam_steps"] == 0
 

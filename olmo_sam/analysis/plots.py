@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..output import save_figure
 from .forgetting import Curve, MatchedPTView, MatchedSet
 
-__all__ = ["plot_frontiers", "plot_matched_pt"]
+__all__ = ["plot_frontiers", "plot_matched_pt", "Panel", "plot_bands", "plot_bars"]
+
+#: one point of a line with its band: (x, mean, low, high); low/high None: no band at that point
+BandPoint = Tuple[float, float, Optional[float], Optional[float]]
 
 _MARKERS = "osD^v<>ph*"
 
 
-def _figure(n_panels: int, panel_w: float = 3.6, panel_h: float = 3.2):
+def _figure(n_panels: int, panel_w: float = 3.6, panel_h: float = 3.2, ncols: Optional[int] = None):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    ncols = min(n_panels, 5)
+    ncols = min(n_panels, ncols or 5)
     nrows = math.ceil(n_panels / ncols)
     fig = Figure(figsize=(panel_w * ncols, panel_h * nrows + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
@@ -39,7 +43,7 @@ def _colors(names: Sequence[str]) -> Dict[str, object]:
     return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
 
 
-def _legend(fig, axes, extra=()) -> None:
+def _legend(fig, axes, extra=(), max_cols: int = 6) -> None:
     """One figure legend for all panels (first handle per label), plus ``extra`` proxy handles."""
     handles, labels = {}, []
     pairs = [p for ax in axes for p in zip(*ax.get_legend_handles_labels())]
@@ -49,7 +53,7 @@ def _legend(fig, axes, extra=()) -> None:
             labels.append(lab)
     if handles:
         fig.legend([handles[lab] for lab in labels], labels, loc="outside lower center",
-                   ncols=min(len(labels), 6), frameon=False)
+                   ncols=min(len(labels), max_cols), frameon=False)
 
 
 def plot_frontiers(
@@ -107,7 +111,7 @@ def plot_frontiers(
     if matched:
         extra.append(Line2D([], [], color="0.4", ls="", marker="*", ms=10, label="matched at τ"))
     _legend(fig, axes, extra)
-    return save_figure(fig, path, dpi=150)
+    return save_figure(fig, path, dpi=150, bbox_inches="tight")
 
 
 def plot_matched_pt(
@@ -139,4 +143,116 @@ def plot_matched_pt(
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     _legend(fig, axes)
-    return save_figure(fig, path, dpi=150)
+    return save_figure(fig, path, dpi=150, bbox_inches="tight")
+
+
+@dataclass
+class Panel:
+    """One panel of :func:`plot_bands` / :func:`plot_bars`.
+
+    For bands, ``series`` maps a line's name to its :data:`BandPoint` s; for bars, ``groups``
+    names the x positions and ``series`` maps a bar's name to one :data:`BandPoint` per group
+    (x ignored; ``None`` for a missing bar). ``hatched`` names (series, group index) bars drawn
+    hatched, explained by ``hatch_label`` in the legend."""
+
+    title: str
+    ylabel: str
+    xlabel: str = ""
+    series: Dict[str, List[Optional[BandPoint]]] = field(default_factory=dict)
+    groups: List[str] = field(default_factory=list)
+    xlog: bool = False
+    zero_line: bool = False
+    hatched: List[Tuple[str, int]] = field(default_factory=list)
+    hatch_label: str = ""
+
+
+def _names(panels: Sequence[Panel]) -> List[str]:
+    return list(dict.fromkeys(n for p in panels for n in p.series))
+
+
+def plot_bands(
+    panels: Sequence[Panel], path: str | Path, *, title: str, band_label: str = "", ncols: Optional[int] = None
+) -> Path:
+    """Lines with shaded interval bands, one panel per :class:`Panel` (constrained layout, so no
+    axis label is clipped). A point without a band is drawn with its marker only."""
+    if not panels:
+        raise ValueError("nothing to plot: no panel")
+    names = _names(panels)
+    color = _colors(names)
+    fig, axes = _figure(len(panels), panel_w=4.2, panel_h=3.4, ncols=ncols)
+    for ax, p in zip(axes, panels):
+        for name, pts in p.series.items():
+            pts = sorted((q for q in pts if q is not None), key=lambda q: q[0])
+            if not pts:
+                continue
+            xs = [q[0] for q in pts]
+            ax.plot(xs, [q[1] for q in pts], "-", marker=_MARKERS[names.index(name) % len(_MARKERS)], ms=4,
+                    color=color[name], label=name)  # fmt: skip
+            banded = [q for q in pts if q[2] is not None and q[3] is not None]
+            if len(banded) > 1:
+                ax.fill_between([q[0] for q in banded], [q[2] for q in banded], [q[3] for q in banded],
+                                color=color[name], alpha=0.2, linewidth=0)  # fmt: skip
+            elif banded:
+                q = banded[0]
+                ax.errorbar([q[0]], [q[1]], yerr=[[q[1] - q[2]], [q[3] - q[1]]], color=color[name], capsize=3)
+        if p.zero_line:
+            ax.axhline(0.0, color="k", lw=0.6)
+        if p.xlog:  # ticks at the measured x values (e.g. the budgets), written plainly
+            from matplotlib.ticker import NullFormatter
+
+            ax.set_xscale("log")
+            xs = sorted({q[0] for pts in p.series.values() for q in pts if q is not None})
+            ax.set_xticks(xs, [f"{x:g}" for x in xs])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(p.title, fontsize=10)
+        ax.set_xlabel(p.xlabel)
+        ax.set_ylabel(p.ylabel)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    from matplotlib.patches import Patch
+
+    extra = [Patch(color="0.6", alpha=0.4, label=band_label)] if band_label else []
+    _legend(fig, axes, extra)
+    return save_figure(fig, path, dpi=130, bbox_inches="tight")
+
+
+def plot_bars(panels: Sequence[Panel], path: str | Path, *, title: str, band_label: str = "") -> Path:
+    """Grouped bars with interval error bars, one panel per :class:`Panel`."""
+    if not panels:
+        raise ValueError("nothing to plot: no panel")
+    names = _names(panels)
+    color = _colors(names)
+    fig, axes = _figure(len(panels), panel_w=max(3.6, 1.2 + 0.9 * max(len(p.groups) for p in panels) * len(names) ** 0.5),
+                        panel_h=3.4)  # fmt: skip
+    hatch_used = False
+    for ax, p in zip(axes, panels):
+        k = max(len(p.series), 1)
+        width = 0.8 / k
+        for i, (name, pts) in enumerate(p.series.items()):
+            for j, q in enumerate(pts):
+                if q is None:
+                    continue
+                x = j - 0.4 + width * (i + 0.5)
+                hatched = (name, j) in p.hatched
+                hatch_used |= hatched
+                ax.bar([x], [q[1]], width, color=color[name], label=name, hatch="//" if hatched else None,
+                       edgecolor="0.2" if hatched else None, alpha=0.85)  # fmt: skip
+                if q[2] is not None and q[3] is not None:
+                    ax.errorbar([x], [q[1]], yerr=[[q[1] - q[2]], [q[3] - q[1]]], color="k", capsize=3, lw=1)
+        ax.set_xticks(range(len(p.groups)), p.groups, fontsize=8)
+        if p.zero_line:
+            ax.axhline(0.0, color="k", lw=0.6)
+        ax.set_title(p.title, fontsize=10)
+        ax.set_xlabel(p.xlabel)
+        ax.set_ylabel(p.ylabel)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    extra = [Line2D([], [], color="k", marker="|", ls="", ms=10, label=band_label)] if band_label else []
+    if hatch_used:
+        extra.append(Patch(facecolor="white", edgecolor="0.2", hatch="//",
+                           label=next(p.hatch_label for p in panels if p.hatched)))  # fmt: skip
+    _legend(fig, axes, extra, max_cols=3)
+    return save_figure(fig, path, dpi=130, bbox_inches="tight")

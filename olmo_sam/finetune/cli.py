@@ -249,9 +249,10 @@ def _floats(values: Sequence[str], what: str) -> List[float]:
 @click.option("--replay-ratio", "replay_ratios", multiple=True, help=f"[default: {paper.REPLAY_DEFAULT_RATIO:g}]")
 @click.option("--wise-alpha", "wise_alphas", multiple=True, help=f"[default: {paper.WISE_FT_ALPHA:g}]")
 @click.option("--out", required=True, type=click.Path(), help="sweep directory (results.jsonl, runs/, cache/)")
-@click.option("--jobs", type=int, help="parallel local workers [default: min(2, CPUs)]")
+@click.option("--jobs", type=click.IntRange(min=1), help="parallel local workers [default: min(2, CPUs)]")
 @click.option("--launcher", type=click.Choice(["local", "torchrun"]), default="local", show_default=True)
-@click.option("--nproc-per-node", type=int, default=1, show_default=True, help="torchrun processes per run")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torchrun processes per run (--launcher torchrun)")  # fmt: skip
 @click.option("--keep-checkpoints", is_flag=True)
 @click.option("--dry-run", is_flag=True, help="list the runs and what is done, run nothing")
 @click.option("--no-progress", is_flag=True)

@@ -169,10 +169,9 @@ class FTConfig:
 
     # -- validation and defaults ---------------------------------------------------------------
 
-    def resolved(self, strict: bool = True) -> "FTConfig":
-        """Validated copy with paths absolute and defaults filled from the checkpoint / paper.
-
-        :param strict: reject options of other methods (else clear them, as sweeps do)."""
+    def check(self, strict: bool = True) -> Dict[str, Any]:
+        """The checks that need no files (the study's plan step runs them before any compute);
+        returns the method's own options with paper defaults (see :meth:`_method_options`)."""
         if self.method not in METHODS:
             raise OLMoConfigurationError(
                 f"unknown method {self.method!r}; choose one of {list(METHODS)} (WiSE-FT: set wise_alphas)"
@@ -192,7 +191,13 @@ class FTConfig:
         for a in self.wise_alphas:
             if not (0.0 <= a <= 1.0):
                 raise OLMoConfigurationError(f"wise_alphas must lie in [0, 1], got {a}")
-        values = self._method_options(strict)
+        return self._method_options(strict)
+
+    def resolved(self, strict: bool = True) -> "FTConfig":
+        """Validated copy with paths absolute and defaults filled from the checkpoint / paper.
+
+        :param strict: reject options of other methods (else clear them, as sweeps do)."""
+        values = self.check(strict)
         try:
             base = resolve_checkpoint(self.base)
         except FileNotFoundError as e:

@@ -1,6 +1,6 @@
 """Optimizer wrapper (SAM) and schedules; importing this registers them with OLMo-core."""
 
-from .sam import SAM, AscentResult, SAMConfig, SAMScope
+from .sam import SAM, AscentResult, SAMConfig, SAMScope, SAMVariant
 from .schedules import (
     WSO,
     CosineAlpha,
@@ -16,6 +16,7 @@ __all__ = [
     "SAM",
     "SAMConfig",
     "SAMScope",
+    "SAMVariant",
     "AscentResult",
     "WSO",
     "WSDAlpha",

@@ -64,7 +64,7 @@ def plot_quantize(result: Dict[str, Any], path: str | Path) -> Path:
     settings = [q["name"] for q in result["settings"]["quant"]]
     base = [r for r in recs if r["quant"] == "none"]
     order = list(dict.fromkeys(r["label"] for r in recs))
-    fig, axes = plt.subplots(2, len(settings), figsize=(4.2 * len(settings), 6.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(settings), figsize=(4.2 * len(settings), 6.6), squeeze=False, layout="constrained")
     for col, name in enumerate(settings):
         ax = axes[0][col]
         q = [r for r in recs if r["quant"] == name]
@@ -93,8 +93,9 @@ def plot_quantize(result: Dict[str, Any], path: str | Path) -> Path:
 
 
 def plot_noise(result: Dict[str, Any], path: str | Path) -> Path:
-    """L_PT vs gamma, mean +- std over seeds per checkpoint ([SAM-PT] Fig 6d); with ARM@ labels
-    also the loss at the largest gamma vs tokens (Fig 8b)."""
+    """The PT-loss increase over the clean model vs gamma, mean +- std over noise draws per
+    checkpoint ([SAM-PT] Fig 6d; the increase, since 1e-4 changes are flat lines on the absolute
+    loss); with ARM@ labels also the increase at the largest gamma vs tokens (Fig 8b)."""
     plt = _plt()
     summary = result["summary"]
     labels = list(dict.fromkeys(s["label"] for s in summary))
@@ -102,22 +103,31 @@ def plot_noise(result: Dict[str, Any], path: str | Path) -> Path:
     top = [s for s in summary if s["gamma"] == gmax]
     use_tokens, arms = _series(top)
     ncols = 2 if use_tokens else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 3.8), squeeze=False, layout="constrained")
     ax = axes[0][0]
     for i, label in enumerate(labels):
         rows = sorted((s for s in summary if s["label"] == label), key=lambda s: s["gamma"])
-        ax.errorbar([s["gamma"] for s in rows], [s["mean"] for s in rows], yerr=[s["std"] for s in rows], marker="o", capsize=3, label=label, color=f"C{i % 10}")
+        inc = [s["increase"] for s in rows]
+        sd = [s["std"] or 0.0 for s in rows]
+        ax.plot([s["gamma"] for s in rows], inc, marker="o", label=label, color=f"C{i % 10}")
+        ax.fill_between([s["gamma"] for s in rows], [m - e for m, e in zip(inc, sd)], [m + e for m, e in zip(inc, sd)],
+                        color=f"C{i % 10}", alpha=0.2, linewidth=0)  # fmt: skip
+    ax.axhline(0.0, color="k", lw=0.6)
     ax.set_xlabel(r"perturbation magnitude $\gamma$")
-    ax.set_ylabel("perturbed pretraining loss")
+    ax.set_ylabel("PT-loss increase over clean")
+    ax.set_title("band: +- std over noise draws", fontsize=9)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(5))
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     if use_tokens:
         ax = axes[0][1]
         for i, (arm, rs) in enumerate(arms.items()):
-            ax.errorbar([r["tokens"] for r in rs], [r["mean"] for r in rs], yerr=[r["std"] for r in rs], marker="o", capsize=3, label=arm, color=f"C{i}")
+            ax.errorbar([r["tokens"] for r in rs], [r["increase"] for r in rs], yerr=[r["std"] for r in rs], marker="o", capsize=3, label=arm, color=f"C{i}")
         _finish_x(ax, True, [])
         ax.set_title(rf"$\gamma$ = {gmax}")
-        ax.set_ylabel("perturbed pretraining loss")
+        ax.set_ylabel("PT-loss increase over clean")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     return save_figure(fig, path)

@@ -162,6 +162,8 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
         raise OLMoConfigurationError(f"unknown size {spec.size!r}; choose one of {list(SIZES)}")
     if spec.optimizer not in OPTIMIZERS:
         raise OLMoConfigurationError(f"unknown optimizer {spec.optimizer!r}; choose one of {list(OPTIMIZERS)}")
+    if isinstance(spec.rho, bool) or not isinstance(spec.rho, (int, float)) or not spec.rho >= 0 or math.isinf(spec.rho):
+        raise OLMoConfigurationError(f"--rho must be a finite number >= 0 (the paper uses {paper.SAM_RHO}), got {spec.rho!r}")
     paper_size = spec.size in paper.PRETRAIN_SHAPES
     shape = paper.PRETRAIN_SHAPES.get(spec.size)
     seq_len = spec.seq_len or (shape.context_length if shape else TINY_SEQ_LEN)
@@ -233,7 +235,12 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
     )
     cfg = apply_overrides(cfg, overrides)
     if spec.optimizer == "sam-anneal":
-        run_summary(cfg)  # resolves the switch point now: a schedule without decay errors here
+        try:
+            run_summary(cfg)  # resolves the switch point now: a schedule without decay errors here
+        except OLMoConfigurationError as e:
+            raise OLMoConfigurationError(
+                f"--schedule {spec.schedule} with --optimizer sam-anneal: {e}"
+            ) from None
     return cfg, resolved
 
 

@@ -1,22 +1,38 @@
-"""The study's analysis stage: every measured number of every unit, gathered into tables,
-plots and plain-language findings that are computed from those numbers (never from the paper).
+"""The study's analysis stage: every measured number of every base checkpoint, gathered into
+tables, figures and findings computed from those numbers (never from the paper).
 
-Writes ``{out}/analysis/``: ``summary.json`` (everything the report shows), Markdown/CSV/JSON
-tables per section and PNG figures: pretraining loss curves, learning-forgetting frontiers
-(Fig 2), quantized and noisy PT loss per arm (Fig 8, Fig 6d), sharpness per arm (Fig 12).
+A *base* is one pretrained checkpoint (a study unit): an arm at one pretraining budget and seed.
+Its metadata -- ``arm``, ``seed`` (initialization and data order), ``budget_tpp`` (training tokens
+per total parameter), ``tokens``, ``params_total``, ``params_non_embedding`` -- comes from the
+pretraining job's record; a field that is missing falls back to the job's parameters (arm, the
+study's seed) or is computed from the checkpoint (tokens = steps x global batch tokens, parameters
+from the model config).
+
+Every comparison is an arm against the reference arm (the study's first arm) at one budget, over
+seeds, with an interval (:mod:`olmo_sam.analysis.stats`); findings are worded from the interval
+(:mod:`olmo_sam.analysis.findings`). Writes ``{out}/analysis/``: ``summary.json`` (everything the
+report shows, findings included), Markdown/CSV tables per section and PNG figures: pretraining
+loss curves, learning-forgetting frontiers (Fig 2), forgetting at matched fine-tuning loss and the
+Fig 5 view against the pretraining budget (the overtraining figure), quantization and noise
+degradation (Fig 8a, Fig 6d), sharpness (Fig 12).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from ..analysis.findings import make_finding
+from ..analysis.plots import Panel, plot_bands, plot_bars
+from ..analysis.stats import IntervalSpec, compare_seeds, mean_interval
 from ..output import save_figure, write_json, write_table
 from .runner import JobContext
+from .spec import StudyError
 
-__all__ = ["analyse_study"]
+__all__ = ["analyse_study", "Base", "base_metadata"]
 
 
 def _result(ctx: JobContext, job_id: str) -> Optional[Dict[str, Any]]:
@@ -32,25 +48,174 @@ def _load(path: Optional[str]) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def _fmt(x: Optional[float], nd: int = 4) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{nd}f}"
+# -- bases: arm, seed, budget -------------------------------------------------------------------
 
 
-def _plt():
-    import matplotlib
+@dataclass
+class Base:
+    unit: str
+    arm: str
+    seed: int
+    budget_tpp: Optional[float]
+    budget_tpp_non_embedding: Optional[float]
+    tokens: Optional[int]
+    params_total: Optional[int]
+    params_non_embedding: Optional[int]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    @property
+    def budget_key(self) -> Optional[float]:
+        return _budget_key(self.budget_tpp)
 
-    return plt
+
+def _budget_key(tpp: Optional[float]) -> Optional[float]:
+    """Bases whose budgets agree to 3 significant digits are compared with each other."""
+    return None if tpp is None else float(f"{tpp:.3g}")
+
+
+def _from_checkpoint(checkpoint: Optional[str]) -> Dict[str, Any]:
+    """tokens (steps x global batch tokens) and parameter counts read from a checkpoint's config."""
+    if not checkpoint:
+        return {}
+    try:
+        from ..checkpoints import checkpoint_info
+        from ..models import param_counts
+
+        info = checkpoint_info(checkpoint)
+        counts = param_counts(info.model_config)
+        batch_tokens = (info.config.get("data_loader") or {}).get("global_batch_size")
+        tokens = info.step * int(batch_tokens) if info.step is not None and batch_tokens else None
+        return {"tokens": tokens, "params_total": counts.total, "params_non_embedding": counts.non_embedding}
+    except (FileNotFoundError, KeyError, ValueError, TypeError):
+        return {}
+
+
+#: fields of a pretraining record copied into ``summary["bases"]`` as they are
+RECORD_FIELDS = ("steps", "tpp_total", "tpp_non_embedding", "data_epochs", "data_source")
+
+
+def base_metadata(unit: str, record: Dict[str, Any], params: Dict[str, Any], study_seed: int) -> Base:
+    """The :class:`Base` of one unit from its pretraining record (``done.json`` result), falling
+    back to the job's parameters and the checkpoint (see the module docstring)."""
+    meta = dict(record)
+    if any(meta.get(k) is None for k in ("tokens", "params_total", "params_non_embedding")):
+        for k, v in _from_checkpoint(record.get("checkpoint")).items():
+            if meta.get(k) is None:
+                meta[k] = v
+    tokens, total, non_emb = meta.get("tokens"), meta.get("params_total"), meta.get("params_non_embedding")
+    tpp = meta.get("budget_tpp")
+    if tpp is None and tokens and total:
+        tpp = tokens / total
+    tpp_ne = meta.get("budget_tpp_non_embedding", meta.get("tpp_non_embedding"))
+    if tpp_ne is None and tokens and non_emb:
+        tpp_ne = tokens / non_emb
+    seed = meta.get("seed", params.get("seed", study_seed))
+    return Base(
+        unit=unit,
+        arm=str(meta.get("arm") or params.get("arm") or unit.split("@", 1)[0]),
+        seed=int(seed),
+        budget_tpp=None if tpp is None else float(tpp),
+        budget_tpp_non_embedding=None if tpp_ne is None else float(tpp_ne),
+        tokens=None if tokens is None else int(tokens),
+        params_total=None if total is None else int(total),
+        params_non_embedding=None if non_emb is None else int(non_emb),
+    )
+
+
+class _Bases:
+    """The study's bases, their arms (the first is the reference), budgets and the comparisons."""
+
+    def __init__(self, bases: List[Base], spec: IntervalSpec):
+        self.by_unit = {b.unit: b for b in bases}
+        self.arms = list(dict.fromkeys(b.arm for b in bases))
+        self.reference = self.arms[0] if self.arms else None
+        self.budgets = sorted({b.budget_key for b in bases}, key=lambda k: (k is None, k or 0.0))
+        self.spec = spec
+        seen: Dict[Tuple, str] = {}
+        for b in bases:
+            key = (b.arm, b.budget_key, b.seed)
+            if key in seen:
+                raise StudyError(
+                    f"units '{seen[key]}' and '{b.unit}' are both arm '{b.arm}', seed {b.seed} at "
+                    f"{b.budget_tpp} tokens/param: give each base of an arm and budget its own seed"
+                )
+            seen[key] = b.unit
+
+    def cell(self, arm: str, key: Optional[float], values: Dict[str, float]) -> Dict[int, float]:
+        """seed -> value for the bases of one arm and budget that have a value."""
+        return {
+            b.seed: values[b.unit]
+            for b in self.by_unit.values()
+            if b.arm == arm and b.budget_key == key and values.get(b.unit) is not None
+            and math.isfinite(values[b.unit])
+        }  # fmt: skip
+
+    def budget(self, key: Optional[float]) -> Dict[str, Any]:
+        bs = [b for b in self.by_unit.values() if b.budget_key == key]
+        ref = [b for b in bs if b.arm == self.reference] or bs
+        b = ref[0]
+        return {"budget_tpp": b.budget_tpp, "budget_tpp_non_embedding": b.budget_tpp_non_embedding, "tokens": b.tokens}
+
+    def budget_label(self, key: Optional[float]) -> str:
+        return "budget n/a" if key is None else f"{key:g} tok/param"
+
+    @property
+    def xlog(self) -> bool:
+        return all(k is not None and k > 0 for k in self.budgets)
+
+    def x(self, key: Optional[float]) -> float:
+        return key if self.xlog else float(self.budgets.index(key))  # type: ignore[return-value]
+
+    @property
+    def max_seeds(self) -> int:
+        counts: Dict[Tuple, int] = {}
+        for b in self.by_unit.values():
+            counts[(b.arm, b.budget_key)] = counts.get((b.arm, b.budget_key), 0) + 1
+        return max(counts.values(), default=0)
+
+    def compare(self, values: Dict[str, float], **kw) -> List[Dict[str, Any]]:
+        """One finding per non-reference arm and budget with values for both arms."""
+        out: List[Dict[str, Any]] = []
+        if self.reference is None:
+            return out
+        for key in self.budgets:
+            ref = self.cell(self.reference, key, values)
+            if not ref:
+                continue
+            for arm in self.arms[1:]:
+                vals = self.cell(arm, key, values)
+                if vals:
+                    diff = compare_seeds(vals, ref, self.spec)
+                    out.append(make_finding(arm=arm, reference=self.reference, diff=diff,
+                                            budget=self.budget(key), **kw))  # fmt: skip
+        return out
+
+    def band(self, arm: str, key: Optional[float], values: Dict[str, float], x: Optional[float] = None):
+        """(x, mean, low, high) over the seeds of one arm and budget, or None without values."""
+        vals = list(self.cell(arm, key, values).values())
+        if not vals:
+            return None
+        m, lo, hi = mean_interval(vals, self.spec)
+        return (self.x(key) if x is None else x, m, lo, hi)
+
+    def bars(self, values: Dict[str, float]) -> Dict[str, List[Any]]:
+        return {arm: [self.band(arm, k, values) for k in self.budgets] for arm in self.arms}
+
+    def band_label(self) -> str:
+        if self.max_seeds < 2:
+            return ""
+        return f"{100 * self.spec.confidence:g}% interval of the mean over seeds ({self.spec.method})"
+
+    def row(self, unit: str) -> Dict[str, Any]:
+        b = self.by_unit.get(unit)
+        return {} if b is None else {"arm": b.arm, "seed": b.seed, "budget_tpp": b.budget_tpp}
 
 
 # -- sections -----------------------------------------------------------------------------------
 
 
-def _pretraining(ctx, units, out: Path) -> Dict[str, Any]:
+def _pretraining(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
     rows, curves = [], {}
-    for u in units:
+    for u, b in bases.by_unit.items():
         pre = _result(ctx, f"pretrain/{u}")
         ev = _result(ctx, f"pt_eval/{u}")
         if pre is None:
@@ -58,7 +223,10 @@ def _pretraining(ctx, units, out: Path) -> Dict[str, Any]:
         curve = _load(pre.get("curve")) or {}
         curves[u] = curve.get("train", [])
         rows.append({
-            "unit": u, "optimizer": pre.get("optimizer"), "schedule": pre.get("schedule"),
+            "unit": u, "arm": b.arm, "seed": b.seed, "budget_tpp": b.budget_tpp,
+            "budget_tpp_non_embedding": b.budget_tpp_non_embedding, "tokens": b.tokens,
+            "params_total": b.params_total, "params_non_embedding": b.params_non_embedding,
+            "optimizer": pre.get("optimizer"), "schedule": pre.get("schedule"),
             "final_train_loss": pre.get("final_train_loss"), "l_pt": ev and ev.get("l_pt"),
             "sam_steps": sum(1 for p in curves[u] if p.get("sam_active")),
             "steps": len(curves[u]),
@@ -66,111 +234,175 @@ def _pretraining(ctx, units, out: Path) -> Dict[str, Any]:
     if not rows:
         return {}
     write_table(out, "pretraining", list(rows[0]), rows)
+    values = {r["unit"]: r["l_pt"] for r in rows if r["l_pt"] is not None}
+    findings = bases.compare(values, section="pretraining", quantity="l_pt", context="Base model")
     figs = {}
-    if curves:
-        plt = _plt()
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if any(curves.values()):
+        from ..analysis.plots import _colors, _figure
+
+        color = _colors(bases.arms)
+        fig, (ax1, ax2) = _figure(2, panel_w=5.0, panel_h=3.4)
+        seen = set()
         for u, pts in curves.items():
+            b = bases.by_unit[u]
             steps = [p["step"] for p in pts]
-            ax1.plot(steps, [p["train_loss"] for p in pts], label=u, lw=1)
-            ax2.plot(steps, [p["lr"] for p in pts], label=u, lw=1)
-        ax1.set(xlabel="step", ylabel="train CE loss", title="Pretraining loss")
+            label = None if b.arm in seen else b.arm
+            seen.add(b.arm)
+            ax1.plot(steps, [p["train_loss"] for p in pts], lw=0.8, alpha=0.8, color=color[b.arm], label=label)
+            ax2.plot(steps, [p["lr"] for p in pts], lw=0.8, alpha=0.8, color=color[b.arm])
+        ax1.set(xlabel="step", ylabel="train CE loss", title="Pretraining loss (every seed and budget)")
         ax2.set(xlabel="step", ylabel="learning rate", title="Schedules")
         ax1.legend(fontsize=7)
-        figs["loss_curves"] = str(save_figure(fig, out / "pretraining_curves.png", dpi=110))
-        plt.close(fig)
-    return {"rows": rows, "figures": figs}
+        figs["loss_curves"] = str(save_figure(fig, out / "pretraining_curves.png", dpi=110, bbox_inches="tight"))
+    return {"rows": rows, "figures": figs, "findings": findings}
 
 
-def _probe_payloads(ctx, units, stage: str):
-    for u in units:
+def _probe_payloads(ctx, bases: _Bases, stage: str):
+    for u in bases.by_unit:
         res = _result(ctx, f"{stage}/{u}")
         if res is not None:
             yield u, _load(res.get("file")) or {}
 
 
-def _quantize(ctx, units, out: Path) -> Dict[str, Any]:
+def _quantize(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
     rows = []
-    for u, payload in _probe_payloads(ctx, units, "quantize"):
+    for u, payload in _probe_payloads(ctx, bases, "quantize"):
         for rec in payload.get("records", []):
-            rows.append({"unit": u, "quant": rec.get("quant"), "loss": rec.get("loss"),
+            rows.append({"unit": u, **bases.row(u), "quant": rec.get("quant"), "loss": rec.get("loss"),
                          "degradation": rec.get("degradation"),
                          "quantized_modules": (rec.get("proof") or {}).get("n_quantized")})  # fmt: skip
     if not rows:
         return {}
     write_table(out, "quantize", list(rows[0]), rows)
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.4))
     settings = sorted({r["quant"] for r in rows if r["quant"] not in (None, "none")}, key=str)
-    width = 0.8 / max(len(settings), 1)
-    for i, q in enumerate(settings):
-        vals = {r["unit"]: r["degradation"] for r in rows if r["quant"] == q}
-        ax.bar([j + i * width for j in range(len(units))], [vals.get(u) or 0 for u in units], width, label=str(q))
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(units))], units, rotation=20, fontsize=8)
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set(ylabel="PT loss increase", title="Quantization degradation (cf. Fig 8a)")
-    ax.legend(fontsize=7)
-    fig_path = save_figure(fig, out / "quantize.png", dpi=110)
-    plt.close(fig)
-    return {"rows": rows, "figures": {"quantize": str(fig_path)}}
+    findings, panels = [], []
+    for q in settings:
+        values = {r["unit"]: r["degradation"] for r in rows if r["quant"] == q and r["degradation"] is not None}
+        findings += bases.compare(values, section="quantize", quantity="quant_degradation", setting=str(q),
+                                  context=f"{q} quantization")  # fmt: skip
+        one = " (one seed: no interval)" if bases.max_seeds < 2 else ""
+        panels.append(Panel(title=f"{q}{one}", ylabel="PT-loss increase over full precision (nats)",
+                            xlabel="pretraining budget", groups=[bases.budget_label(k) for k in bases.budgets],
+                            series=bases.bars(values), zero_line=True))  # fmt: skip
+    figs = {}
+    if panels:
+        figs["quantize"] = str(plot_bars(panels, out / "quantize.png", band_label=bases.band_label(),
+                                         title="Quantization degradation (cf. [SAM-PT] Fig 8a)"))  # fmt: skip
+    return {"rows": rows, "figures": figs, "findings": findings}
 
 
-def _noise(ctx, units, out: Path) -> Dict[str, Any]:
+def _noise(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
     rows = []
-    for u, payload in _probe_payloads(ctx, units, "noise"):
+    for u, payload in _probe_payloads(ctx, bases, "noise"):
         for srow in payload.get("summary", []):
-            rows.append({"unit": u, "gamma": srow.get("gamma"), "mean_loss": srow.get("mean"),
-                         "std": srow.get("std"), "seeds": srow.get("n_seeds"), "increase": srow.get("increase")})  # fmt: skip
+            rows.append({"unit": u, **bases.row(u), "gamma": srow.get("gamma"), "mean_loss": srow.get("mean"),
+                         "std": srow.get("std"), "noise_draws": srow.get("n_seeds"),
+                         "increase": srow.get("increase")})  # fmt: skip
     if not rows:
         return {}
     write_table(out, "noise", list(rows[0]), rows)
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for u in units:
-        pts = sorted((r for r in rows if r["unit"] == u), key=lambda r: r["gamma"] or 0)
-        if pts:
-            ax.errorbar([p["gamma"] for p in pts], [p["mean_loss"] for p in pts],
-                        yerr=[p["std"] or 0 for p in pts], label=u, capsize=2, marker="o", ms=3)  # fmt: skip
-    ax.set(xlabel="gamma (relative noise, Eq. 7)", ylabel="perturbed PT loss", title="Gaussian weight noise (cf. Fig 6d)")
-    ax.legend(fontsize=7)
-    fig_path = save_figure(fig, out / "noise.png", dpi=110)
-    plt.close(fig)
-    return {"rows": rows, "figures": {"noise": str(fig_path)}}
+    gammas = sorted({r["gamma"] for r in rows if r["gamma"]})
+    findings: List[Dict[str, Any]] = []
+    if gammas:
+        gmax = gammas[-1]
+        values = {r["unit"]: r["increase"] for r in rows if r["gamma"] == gmax and r["increase"] is not None}
+        findings = bases.compare(values, section="noise", quantity="noise_increase", setting=f"gamma={gmax:g}",
+                                 context=f"Gaussian weight noise at gamma={gmax:g}")  # fmt: skip
+    multi = bases.max_seeds >= 2
+    panels = []
+    for key in bases.budgets:
+        series: Dict[str, List[Any]] = {}
+        for arm in bases.arms:
+            pts = []
+            for g in gammas:
+                at = {r["unit"]: r for r in rows if r["gamma"] == g and r["increase"] is not None}
+                if multi:
+                    pts.append(bases.band(arm, key, {u: r["increase"] for u, r in at.items()}, x=g))
+                else:  # one seed: the band is the spread over noise draws
+                    for u, r in at.items():
+                        b = bases.by_unit[u]
+                        if b.arm == arm and b.budget_key == key:
+                            sd = r.get("std") or 0.0
+                            pts.append((g, r["increase"], r["increase"] - sd, r["increase"] + sd))
+            pts = [p for p in pts if p is not None]
+            if pts:
+                series[arm] = [(0.0, 0.0, 0.0, 0.0)] + pts
+        if series:
+            panels.append(Panel(title=bases.budget_label(key), xlabel="gamma (relative noise, [SAM-PT] Eq. 7)",
+                                ylabel="PT-loss increase over clean (nats)", series=series, zero_line=True))  # fmt: skip
+    figs = {}
+    if panels:
+        label = bases.band_label() if multi else "one seed: +- std over noise draws"
+        figs["noise"] = str(plot_bands(panels, out / "noise.png", band_label=label,
+                                       title="Gaussian weight noise (cf. [SAM-PT] Fig 6d)"))  # fmt: skip
+    return {"rows": rows, "figures": figs, "findings": findings}
 
 
-def _hessian(ctx, units, out: Path) -> Dict[str, Any]:
+def _hessian(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
     rows = []
-    for u, payload in _probe_payloads(ctx, units, "hessian"):
+    for u, payload in _probe_payloads(ctx, bases, "hessian"):
         for rec in payload.get("records", []):
             tr = rec.get("trace") or {}
             ev = rec.get("top_eigenvalue") or {}
-            rows.append({"unit": u, "trace": tr.get("trace"), "trace_stderr": tr.get("stderr"),
+            rows.append({"unit": u, **bases.row(u), "trace": tr.get("trace"), "trace_stderr": tr.get("stderr"),
                          "probes": tr.get("n_probes"), "lambda_max": ev.get("value"),
+                         "lambda_max_converged": ev.get("converged"), "power_iters": ev.get("iterations"),
+                         "power_residual": ev.get("residual"),
                          "edge_of_stability_2_over_lr": rec.get("edge_of_stability"),
                          "batch_loss": rec.get("batch_loss")})  # fmt: skip
     if not rows:
         return {}
     write_table(out, "hessian", list(rows[0]), rows)
-    plt = _plt()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.4))
-    xs = range(len(rows))
-    ax1.bar(xs, [r["trace"] or 0 for r in rows], yerr=[r["trace_stderr"] or 0 for r in rows], capsize=3)
-    ax1.set_xticks(xs, [r["unit"] for r in rows], rotation=20, fontsize=8)
-    ax1.set(ylabel="tr(H) (Hutchinson)", title="Trace of the Hessian (cf. Fig 12)")
-    ax2.bar(xs, [r["lambda_max"] or 0 for r in rows])
-    ax2.set_xticks(xs, [r["unit"] for r in rows], rotation=20, fontsize=8)
-    ax2.set(ylabel="lambda_max (power iteration)", title="Top eigenvalue")
-    fig.tight_layout()
-    fig_path = save_figure(fig, out / "hessian.png", dpi=110)
-    plt.close(fig)
-    return {"rows": rows, "figures": {"hessian": str(fig_path)}}
+    traces = {r["unit"]: r["trace"] for r in rows if r["trace"] is not None}
+    lams = {r["unit"]: r["lambda_max"] for r in rows if r["lambda_max"] is not None}
+    conv = {r["unit"]: bool(r["lambda_max_converged"]) for r in rows if r["lambda_max"] is not None}
+    findings = bases.compare(traces, section="hessian", quantity="trace", context="Sharpness")
+    for f in bases.compare(lams, section="hessian", quantity="lambda_max", context="Top Hessian eigenvalue"):
+        key = _budget_key(f["budget_tpp"])
+        units = [b.unit for b in bases.by_unit.values() if b.arm in f["arms"] and b.budget_key == key
+                 and b.unit in conv]  # fmt: skip
+        k = sum(conv[u] for u in units)
+        f["power_iteration_converged"] = f"{k} of {len(units)}"
+        if k == 0:
+            f["text"] += f" Power iteration converged for none of the {len(units)} checkpoints: lambda_max is a lower estimate."
+        elif k < len(units):
+            f["text"] += f" Power iteration converged for only {k} of {len(units)} checkpoints: lambda_max is a lower estimate."
+        else:
+            f["text"] += f" Power iteration converged for all {k} checkpoints."
+        findings.append(f)
+    multi = bases.max_seeds >= 2
+    groups = [bases.budget_label(k) for k in bases.budgets]
+    if multi:
+        tr_series = bases.bars(traces)
+    else:  # one seed: the Hutchinson standard error
+        se = {r["unit"]: r["trace_stderr"] or 0.0 for r in rows}
+        tr_series = {}
+        for arm in bases.arms:
+            pts = []
+            for k in bases.budgets:
+                cell = [u for u, b in bases.by_unit.items() if b.arm == arm and b.budget_key == k and u in traces]
+                pts.append(None if not cell else (0, traces[cell[0]], traces[cell[0]] - se[cell[0]],
+                                                  traces[cell[0]] + se[cell[0]]))  # fmt: skip
+            tr_series[arm] = pts
+    hatched = [(b.arm, bases.budgets.index(b.budget_key)) for u, b in bases.by_unit.items()
+               if u in conv and not conv[u]]  # fmt: skip
+    panels = [
+        Panel(title="Trace of the Hessian", ylabel="tr(H) (Hutchinson)", xlabel="pretraining budget",
+              groups=groups, series=tr_series),
+        Panel(title="Top eigenvalue", ylabel="lambda_max (power iteration)", xlabel="pretraining budget",
+              groups=groups, series=bases.bars(lams), hatched=hatched,
+              hatch_label="power iteration not converged"),
+    ]  # fmt: skip
+    label = bases.band_label() if multi else "one seed: tr(H) +- Hutchinson standard error"
+    fig = plot_bars(panels, out / "hessian.png", band_label=label, title="Sharpness (cf. [SAM-PT] Fig 12)")
+    return {"rows": rows, "figures": {"hessian": str(fig)}, "findings": findings}
 
 
-def _finetune(ctx, units, out: Path) -> Dict[str, Any]:
-    from ..analysis.forgetting import AnalysisError, compare, group_curves
+def _finetune(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
+    from ..analysis.forgetting import AnalysisError, group_curves, match_at_tau
     from ..analysis.plots import plot_frontiers
     from ..analysis.records import ResultStore
-    from ..analysis.report import compare_report, frontier_report
+    from ..analysis.report import frontier_report
 
     records = []
     for job in ctx.plan.jobs:
@@ -183,33 +415,86 @@ def _finetune(ctx, units, out: Path) -> Dict[str, Any]:
     curves = group_curves(records)
     frontier = frontier_report(curves)
     frontier.write(out)
-    figs = {"frontiers": str(plot_frontiers(curves, out / "frontiers.png"))}
+    figs = {"frontiers": str(plot_frontiers(curves, out / "frontiers.png",
+                                            title="Learning-forgetting frontiers: every fine-tuning run"))}  # fmt: skip
     section: Dict[str, Any] = {"runs": len(records), "frontier_rows": frontier.rows, "figures": figs}
-    comparisons = {}
-    notes = []
-    reference = units[0] if units else None
-    for ds, cs in curves.items():
+    notes: List[str] = []
+    matched, rows, findings = {}, [], []
+    methods = sorted({c.key.method or "" for cs in curves.values() for c in cs})
+    for (ds, method), cs in {(d, m): [c for c in cs if (c.key.method or "") == m]
+                             for d, cs in curves.items() for m in methods}.items():  # fmt: skip
+        if len(methods) > 1:
+            ds = f"{ds}/{method}"
         if len(cs) < 2:
-            notes.append(f"{ds}: only one base checkpoint; no matched comparison")
+            if cs:
+                notes.append(f"{ds}: only one base checkpoint; no matched comparison")
             continue
-        ref = next((c.label for c in cs if c.label == reference), None)
         try:
-            comparisons[ds] = compare(cs, reference=ref)
+            m = match_at_tau(cs)  # tau = max_i L_min(i) over every base of the dataset (Eq. 10)
         except AnalysisError as e:
             notes.append(f"{ds}: {e}")
-    if comparisons:
-        rep = compare_report(comparisons, curves)
-        rep.write(out)
-        section["matched_rows"] = rep.rows
-        section["reference"] = reference
-        figs["frontiers_matched"] = str(
-            plot_frontiers(curves, out / "frontiers_matched.png", matched={d: c.matched for d, c in comparisons.items()})
-        )
+            continue
+        matched[ds] = m
+        forgetting = {r.curve.base_label: r.forgetting for r in m.rows}
+        for r in m.rows:
+            u = r.curve.base_label
+            b = bases.by_unit.get(u)
+            ref_u = next((v for v, c in bases.by_unit.items() if b and c.arm == bases.reference
+                          and c.seed == b.seed and c.budget_key == b.budget_key), None)  # fmt: skip
+            ref_f = forgetting.get(ref_u) if ref_u else None
+            rows.append({
+                "dataset": ds, "tau": m.tau, "unit": u, **bases.row(u), "base_l_pt": r.curve.base_l_pt,
+                "l_min": r.l_min, "l_ft": r.retained.l_ft, "l_pt": r.retained.l_pt, "forgetting": r.forgetting,
+                "less_forgetting_pct": (100.0 * (1 - r.forgetting / ref_f)) if ref_f and ref_f > 0 and u != ref_u else None,
+                "lr": ";".join(f"{lr:g}" for p in r.retained.points for lr in p.lrs),
+            })  # fmt: skip
+        findings += bases.compare(forgetting, section="finetune", quantity="matched_forgetting", dataset=ds,
+                                  context=f"Fine-tuning on {ds} (matched L_FT <= tau = {m.tau:.4g})",
+                                  extra={"tau": m.tau})  # fmt: skip
+    if matched:
+        write_table(out, "matched", list(rows[0]), rows)
+        section["matched_rows"] = rows
+        section["reference"] = bases.reference
+        figs["frontiers_matched"] = str(plot_frontiers(
+            curves, out / "frontiers_matched.png", matched=matched,
+            title="Learning-forgetting frontiers matched at tau ([SAM-PT] App C.4): stars are the matched points"))  # fmt: skip
+        figs["overtraining"] = str(_overtraining_figure(bases, rows, findings, out))
     section["notes"] = notes
+    section["findings"] = findings
     return section
 
 
-def _benchmarks(ctx, units, out: Path) -> Dict[str, Any]:
+def _overtraining_figure(bases: _Bases, rows, findings, out: Path) -> Path:
+    """Per dataset: forgetting at matched L_FT, the Fig 5 view (minimum L_PT with L_FT <= tau) and
+    the paired difference from the reference arm, each against the pretraining budget; one line per
+    arm with its interval band over seeds (the CPU analogue of [SAM-PT] Fig 5 / Fig 3a)."""
+    panels = []
+    xlabel = "pretraining tokens per parameter" if bases.xlog else "pretraining budget (index)"
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        rs = [r for r in rows if r["dataset"] == ds]
+        tau = rs[0]["tau"]
+        forg = {r["unit"]: r["forgetting"] for r in rs}
+        lpt = {r["unit"]: r["l_pt"] for r in rs}
+        for title, vals, ylabel in (
+            (f"{ds}: forgetting at L_FT <= {tau:.3g}", forg, "PT-loss increase (nats)"),
+            (f"{ds}: min L_PT with L_FT <= {tau:.3g} (Fig 5)", lpt, "PT loss after fine-tuning"),
+        ):
+            series = {arm: [bases.band(arm, k, vals) for k in bases.budgets] for arm in bases.arms}
+            panels.append(Panel(title=title, xlabel=xlabel, ylabel=ylabel, series=series, xlog=bases.xlog))
+        diff = {}
+        for f in findings:
+            if f["dataset"] == ds:
+                key = _budget_key(f["budget_tpp"])
+                diff.setdefault(f["arm"], []).append((bases.x(key), f["estimate"], f["ci_low"], f["ci_high"]))
+        if diff:
+            panels.append(Panel(title=f"{ds}: forgetting minus {bases.reference}'s (paired)", xlabel=xlabel,
+                                ylabel="difference (nats)", series=diff, xlog=bases.xlog, zero_line=True))  # fmt: skip
+    ncols = 3 if any("minus" in p.title for p in panels) else 2
+    return plot_bands(panels, out / "overtraining.png", ncols=ncols, band_label=bases.band_label(),
+                      title="Forgetting at matched fine-tuning loss against the pretraining budget")  # fmt: skip
+
+
+def _benchmarks(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
     """Per-task scores, and per model and precision the suite average with its drop from the base
     model's full-precision average (the [SAM-PT] Table 2/8 view of forgetting)."""
     rows = []
@@ -243,100 +528,57 @@ def _benchmarks(ctx, units, out: Path) -> Dict[str, Any]:
     return {"rows": rows, "averages": averages}
 
 
-# -- findings -----------------------------------------------------------------------------------
+#: (summary key, section function) in the order of the findings
+SECTIONS: Tuple[Tuple[str, Callable], ...] = (
+    ("pretraining", _pretraining),
+    ("finetune", _finetune),
+    ("quantize", _quantize),
+    ("noise", _noise),
+    ("hessian", _hessian),
+    ("benchmarks", _benchmarks),
+)
 
 
-def _findings(s: Dict[str, Any], units: List[str]) -> List[str]:
-    """Plain statements computed from the measured numbers (signs decide the wording)."""
-    out: List[str] = []
-    ref = units[0] if units else None
-    pre = {r["unit"]: r for r in s.get("pretraining", {}).get("rows", [])}
-    if ref in pre and pre[ref].get("l_pt") is not None:
-        for u in units[1:]:
-            if u in pre and pre[u].get("l_pt") is not None:
-                d = pre[u]["l_pt"] - pre[ref]["l_pt"]
-                out.append(
-                    f"Base model: {u} reaches a pretraining validation loss of {_fmt(pre[u]['l_pt'])}, "
-                    f"{'lower' if d < 0 else 'higher'} than {ref} ({_fmt(pre[ref]['l_pt'])}) by {abs(d):.4f}."
-                )
-    ft_ref = s.get("finetune", {}).get("reference")
-    tally: Dict[str, List[int]] = {}
-    for row in s.get("finetune", {}).get("matched_rows", []):
-        pct = row.get("less_forgetting_pct")
-        if row.get("curve") != ft_ref and pct is not None:
-            tally.setdefault(row["curve"], [0, 0])[0 if pct > 0 else 1] += 1
-    for arm, (less, more) in tally.items():
-        out.append(
-            f"Overall, at matched fine-tuning loss {arm} forgot less than {ft_ref} on {less} of "
-            f"{less + more} dataset(s) and more on {more}."
-        )
-    ref_forgetting = {
-        row["dataset"]: row.get("forgetting")
-        for row in s.get("finetune", {}).get("matched_rows", [])
-        if row.get("curve") == ft_ref
-    }
-    for row in s.get("finetune", {}).get("matched_rows", []):
-        pct = row.get("less_forgetting_pct")
-        if row.get("curve") == ft_ref or pct is None:
-            continue
-        out.append(
-            f"Fine-tuning on {row['dataset']}: at matched fine-tuning loss (tau = {_fmt(row.get('tau'))}), "
-            f"{row['curve']} {'forgets less' if pct > 0 else 'forgets more'} than {ft_ref}: "
-            f"{abs(pct):.1f}% {'less' if pct > 0 else 'more'} pretraining-loss increase "
-            f"({_fmt(row.get('forgetting'))} vs {_fmt(ref_forgetting.get(row['dataset']))})."
-        )
-    q = s.get("quantize", {}).get("rows", [])
-    for setting in sorted({r.get("quant") for r in q if r.get("quant") not in (None, "none")}, key=str):
-        vals = {r["unit"]: r.get("degradation") for r in q if r.get("quant") == setting and r.get("degradation") is not None}
-        if ref in vals:
-            for u in units[1:]:
-                if u in vals and vals[ref] > 0:
-                    frac = 100 * (1 - vals[u] / vals[ref])
-                    out.append(
-                        f"{setting} quantization: {u} loses {_fmt(vals[u])} PT loss vs {_fmt(vals[ref])} for {ref} "
-                        f"({abs(frac):.0f}% {'less' if frac > 0 else 'more'} degradation)."
-                    )
-    noise = s.get("noise", {}).get("rows", [])
-    if noise:
-        gmax = max(r["gamma"] for r in noise)
-        inc = {r["unit"]: r["increase"] for r in noise if r["gamma"] == gmax and r["increase"] is not None}
-        if ref in inc:
-            for u in units[1:]:
-                if u in inc:
-                    out.append(
-                        f"Gaussian noise at gamma={gmax:g}: PT loss rises by {_fmt(inc[u])} for {u} vs "
-                        f"{_fmt(inc[ref])} for {ref}."
-                    )
-    hess = {r["unit"]: r for r in s.get("hessian", {}).get("rows", [])}
-    if ref in hess and hess[ref].get("trace") is not None:
-        for u in units[1:]:
-            if u in hess and hess[u].get("trace") is not None:
-                t0, t1 = hess[ref]["trace"], hess[u]["trace"]
-                out.append(
-                    f"Sharpness: tr(H) of {u} is {t1:.4g} (+-{hess[u]['trace_stderr'] or 0:.2g}) vs {t0:.4g} "
-                    f"(+-{hess[ref]['trace_stderr'] or 0:.2g}) for {ref} ({'flatter' if t1 < t0 else 'sharper'})."
-                )
-    return out
+def interval_spec(study) -> IntervalSpec:
+    """The study's ``analysis:`` options as an :class:`IntervalSpec` (default: 95% t-intervals)."""
+    from .spec import ANALYSIS_KEYS
+
+    opts = dict(getattr(study, "analysis", None) or {})
+    return IntervalSpec(**{ANALYSIS_KEYS[k]: v for k, v in opts.items()})
 
 
 def analyse_study(ctx: JobContext) -> Dict[str, Any]:
     units = list(ctx.job.params["units"])
     out = ctx.out / "analysis"
     out.mkdir(parents=True, exist_ok=True)
-    summary: Dict[str, Any] = {"study": ctx.study.name, "units": units, "reference_unit": units[0] if units else None}
-    for name, fn in (
-        ("pretraining", _pretraining),
-        ("quantize", _quantize),
-        ("noise", _noise),
-        ("hessian", _hessian),
-        ("finetune", _finetune),
-        ("benchmarks", _benchmarks),
-    ):
-        section = fn(ctx, units, out)
+    spec = interval_spec(ctx.study)
+    metas, records = [], {}
+    for u in units:
+        job = ctx.plan.by_id().get(f"pretrain/{u}")
+        rec = _result(ctx, f"pretrain/{u}")
+        if rec is not None:
+            metas.append(base_metadata(u, rec, job.params if job else {}, ctx.study.seed))
+            records[u] = {k: v for k, v in rec.items() if k in RECORD_FIELDS}
+    bases = _Bases(metas, spec)
+    summary: Dict[str, Any] = {
+        "study": ctx.study.name,
+        "quick": bool(getattr(ctx.study, "quick", False)),
+        "units": units,
+        "arms": bases.arms,
+        "reference_arm": bases.reference,
+        "interval": spec.to_dict(),
+        # unit -> what the pretraining record says about the base, completed by base_metadata
+        "bases": {b.unit: {**records[b.unit], **asdict(b)} for b in metas},
+        "budgets": [bases.budget(k) for k in bases.budgets],
+        "seeds_per_arm_and_budget": bases.max_seeds,
+    }
+    findings: List[Dict[str, Any]] = []
+    for name, fn in SECTIONS:
+        section = fn(ctx, bases, out)
         if section:
+            findings += section.pop("findings", [])
             summary[name] = section
-    summary["findings"] = _findings(summary, units)
+    summary["findings"] = findings
     write_json(out / "summary.json", summary)
-    return {"summary": str(out / "summary.json"), "dir": str(out), "sections": [k for k in summary if k not in ("study", "units")]}
-
-
+    return {"summary": str(out / "summary.json"), "dir": str(out),
+            "sections": [k for k, _ in SECTIONS if k in summary]}  # fmt: skip

@@ -1,11 +1,19 @@
 """``olmo-sam report OUTDIR``: a self-contained HTML (figures inlined) and a Markdown report of a
-study, from its analysis summary, manifest and configs."""
+study, both rendered from its analysis summary (``analysis/summary.json``), manifest and configs.
+
+The report states how the intervals were computed, the pretraining budgets in tokens per total
+and per non-embedding parameter and the seeds; every finding is a record of ``summary.json``
+(arms, quantity, estimate, ``ci_low``/``ci_high``, ``n_seeds``, ``significant``, budget) and its
+sentence. Every table has a caption that defines its columns. ``report.md`` links the figures
+relative to itself.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -32,6 +40,87 @@ _TABLES = {
     "benchmarks": ["averages", "rows"],
 }
 
+#: (section, table) -> what one row is
+_TABLE_ROWS = {
+    ("pretraining", "rows"): "one row per base checkpoint (arm, budget, seed)",
+    ("finetune", "matched_rows"): "one row per base checkpoint and dataset, at the matched fine-tuning loss ([SAM-PT] App C.4)",
+    ("finetune", "frontier_rows"): "one row per Pareto-frontier point of a base checkpoint's fine-tuning runs ([SAM-PT] Eq. 8)",
+    ("quantize", "rows"): "one row per base checkpoint and quantization setting",
+    ("noise", "rows"): "one row per base checkpoint and noise magnitude",
+    ("hessian", "rows"): "one row per base checkpoint",
+    ("benchmarks", "averages"): "one row per model and precision",
+    ("benchmarks", "rows"): "one row per model, precision and task",
+    ("findings", "rows"): "one row per finding: an arm against the reference arm at one budget",
+}
+
+#: column -> definition (every column a report table can show)
+COLUMNS = {
+    "unit": "the study unit (one pretrained base checkpoint)",
+    "arm": "optimizer/schedule arm from the study file",
+    "seed": "pretraining seed (initialization and data order)",
+    "budget_tpp": "pretraining tokens per total parameter",
+    "budget_tpp_non_embedding": "pretraining tokens per non-embedding parameter",
+    "tokens": "pretraining tokens",
+    "params_total": "parameters, total",
+    "params_non_embedding": "parameters without the embedding matrix",
+    "optimizer": "pretraining optimizer",
+    "schedule": "learning-rate schedule",
+    "final_train_loss": "training CE loss at the last step",
+    "l_pt": "pretraining validation loss (nats; in matched rows: of the fine-tuned weights at the matched point)",
+    "sam_steps": "steps with the SAM ascent active",
+    "steps": "logged training steps",
+    "dataset": "fine-tuning dataset",
+    "tau": "matched fine-tuning loss threshold tau = max_i L_min(i) over the dataset's bases ([SAM-PT] Eq. 10)",
+    "curve": "base checkpoint (and method) of a tradeoff set",
+    "method": "fine-tuning method",
+    "base_l_pt": "the base model's own pretraining validation loss L_PT(theta_PT)",
+    "l_min": "smallest fine-tuning validation loss of the base's runs, L_min ([SAM-PT] Eq. 9)",
+    "l_ft": "fine-tuning validation loss L_FT of the reported run",
+    "forgetting": "PT-loss increase L_PT(theta_FT) - L_PT(theta_PT) (nats)",
+    "less_forgetting_pct": "100 x (1 - forgetting / forgetting of the reference arm's base of the same seed and budget)",
+    "lr": "fine-tuning learning rate(s) of the reported point",
+    "quant": "quantization setting",
+    "loss": "pretraining validation loss of the quantized model",
+    "degradation": "PT-loss increase from quantization over full precision (nats)",
+    "quantized_modules": "linear layers replaced by quantized ones",
+    "gamma": "relative noise magnitude ([SAM-PT] Eq. 7)",
+    "mean_loss": "mean PT loss over noise draws",
+    "std": "standard deviation of the PT loss over noise draws",
+    "noise_draws": "noise draws per magnitude",
+    "increase": "mean PT-loss increase over the clean model (nats)",
+    "trace": "Hessian trace tr(H), Hutchinson estimate",
+    "trace_stderr": "standard error of the Hutchinson estimate",
+    "probes": "Hutchinson probes",
+    "lambda_max": "top Hessian eigenvalue (power iteration)",
+    "lambda_max_converged": "whether power iteration met its tolerance (otherwise lambda_max is a lower estimate)",
+    "power_iters": "power-iteration steps taken",
+    "power_residual": "||H v - lambda v|| / |lambda| at the last iterate",
+    "edge_of_stability_2_over_lr": "2 / peak LR, the edge of stability",
+    "batch_loss": "loss on the probe batch",
+    "model": "evaluated model",
+    "precision": "bf16 or quantized",
+    "average": "mean benchmark score",
+    "drop_from_base": "base model's bf16 average minus this average",
+    "task": "benchmark task",
+    "score": "task score",
+    "metric": "task metric",
+    "instances": "evaluated instances",
+    "base": "base checkpoint",
+    "quantity": "compared quantity (lower is better for each)",
+    "where": "dataset or setting",
+    "reference": "reference arm",
+    "estimate": "mean(arm) - mean(reference) over seeds (paired by seed when they share seeds)",
+    "ci_low": "lower end of the interval of the estimate",
+    "ci_high": "upper end of the interval of the estimate",
+    "n_seeds": "seeds in the comparison (pairs when paired)",
+    "paired": "whether the interval is over per-seed differences",
+    "significant": "whether the interval excludes zero",
+    "percent": "estimate in % of the reference's mean (only when that mean is >= 3 standard errors from 0)",
+}
+
+_FINDING_COLUMNS = ["quantity", "where", "arm", "reference", "budget_tpp", "budget_tpp_non_embedding",
+                    "estimate", "ci_low", "ci_high", "n_seeds", "paired", "significant", "percent"]  # fmt: skip
+
 
 def _cols(rows: Sequence[Dict[str, Any]]) -> List[str]:
     cols: List[str] = []
@@ -53,6 +142,23 @@ def _html_table(rows: Sequence[Dict[str, Any]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _caption(section: str, table: str, cols: Sequence[str]) -> str:
+    what = _TABLE_ROWS.get((section, table), "")
+    defs = "; ".join(f"{c}: {COLUMNS[c]}" for c in cols if c in COLUMNS)
+    return f"{what[:1].upper()}{what[1:]}. Columns: {defs}." if what else f"Columns: {defs}."
+
+
+def _finding_rows(findings: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    rows = []
+    for f in findings:
+        row = {c: f.get(c) for c in _FINDING_COLUMNS}
+        row["where"] = f.get("dataset") or f.get("setting") or ""
+        row["paired"] = "yes" if f.get("paired") else "no"
+        row["significant"] = "yes" if f.get("significant") else "no"
+        rows.append(row)
+    return rows
 
 
 def _img(path: str) -> str:
@@ -81,13 +187,34 @@ def write_report(out_dir: str | Path, analysis: Optional[Dict[str, Any]] = None)
         "th{background:#f3f3f3}img{max-width:100%}pre{background:#f7f7f7;padding:.5em;overflow:auto;font-size:12px}</style>",
         f"</head><body><h1>{html.escape(title)}</h1>",
     ]
-    units = s.get("units", [])
-    md += [f"Arms (units): {', '.join(units)}. Reference for comparisons: **{s.get('reference_unit')}**.", ""]
-    h.append(f"<p>Arms (units): {html.escape(', '.join(units))}. Reference for comparisons: <b>{html.escape(str(s.get('reference_unit')))}</b>.</p>")
+    arms = s.get("arms") or s.get("units", [])
+    ref = s.get("reference_arm") or s.get("reference_unit")
+    intro = [f"Arms: {', '.join(arms)}. Reference arm for comparisons: {ref}."]
+    budgets = [b for b in s.get("budgets", []) if b.get("budget_tpp") is not None]
+    if budgets:
+        intro.append("Pretraining budgets: " + "; ".join(
+            f"{b['budget_tpp']:.3g} tokens per parameter ({b['budget_tpp_non_embedding']:.3g} per non-embedding "
+            f"parameter, {b['tokens']:,} tokens)" if b.get("budget_tpp_non_embedding") and b.get("tokens")
+            else f"{b['budget_tpp']:.3g} tokens per parameter" for b in budgets) + ".")  # fmt: skip
+    if s.get("seeds_per_arm_and_budget") is not None:
+        intro.append(f"Pretraining seeds per arm and budget: {s['seeds_per_arm_and_budget']}.")
+    if s.get("interval"):
+        intro.append(f"Intervals: {s['interval']['description']}. A finding says 'less', 'more', 'flatter' "
+                     "or 'lower' only when its interval excludes zero.")  # fmt: skip
+    for line in intro:
+        md += [line, ""]
+        h.append(f"<p>{html.escape(line)}</p>")
 
-    findings = s.get("findings") or ["No comparative numbers were produced."]
+    records = [f for f in s.get("findings") or [] if isinstance(f, dict)]
+    findings = [f["text"] if isinstance(f, dict) else str(f) for f in s.get("findings") or []]
+    findings = findings or ["No comparative numbers were produced."]
     md += ["## Findings (computed from this study's measurements)", ""] + [f"- {f}" for f in findings] + [""]
     h.append("<h2>Findings (computed from this study's measurements)</h2><ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in findings) + "</ul>")
+    if records:
+        rows = _finding_rows(records)
+        cap = _caption("findings", "rows", _FINDING_COLUMNS)
+        md += [markdown_table(_FINDING_COLUMNS, rows), "", f"*{cap}*", ""]
+        h.append(f"<p><i>{html.escape(cap)}</i></p>" + _html_table(rows))
 
     present = []
     for key, name in REPORT_SECTIONS:
@@ -103,11 +230,14 @@ def write_report(out_dir: str | Path, analysis: Optional[Dict[str, Any]] = None)
         for tkey in _TABLES.get(key, []):
             rows = sec.get(tkey)
             if rows:
-                md += [markdown_table(_cols(rows), rows), ""]
-                h.append(_html_table(rows))
+                cols = _cols(rows)
+                cap = _caption(key, tkey, cols)
+                md += [markdown_table(cols, rows), "", f"*{cap}*", ""]
+                h.append(f"<p><i>{html.escape(cap)}</i></p>" + _html_table(rows))
         for fig in (sec.get("figures") or {}).values():
             if fig and Path(fig).exists():
-                md += [f"![{Path(fig).stem}]({Path(fig).resolve()})", ""]
+                rel = Path(os.path.relpath(Path(fig).resolve(), rdir.resolve())).as_posix()
+                md += [f"![{Path(fig).stem}]({rel})", ""]
                 h.append(_img(fig))
     cfg_text = json.dumps(study, indent=2)
     env = manifest.get("environment", {})

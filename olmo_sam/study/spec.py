@@ -196,6 +196,9 @@ class StudySpec:
     cfs: Optional[Dict[str, Any]] = None
     benchmarks: BenchmarksSpec = field(default_factory=BenchmarksSpec)
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
+    #: how the analysis compares arms over seeds: ``interval`` (t | bootstrap), ``confidence``
+    #: (0.95), ``n_boot`` and ``seed`` of the bootstrap (olmo_sam.analysis.stats.IntervalSpec)
+    analysis: Dict[str, Any] = field(default_factory=dict)
     #: only these stages (default: every configured one)
     stages: Optional[List[str]] = None
     #: free-form notes carried into the report
@@ -255,7 +258,10 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     spec.pretrain = dict(d.get("pretrain") or {})
     spec.midtrain = dict(d.get("midtrain") or {})
     spec.budgets = d.get("budgets")
-    arms = d.get("arms") or []
+    arms = d.get("arms")
+    if not arms:
+        raise StudyError("arms: the study has no arms; add at least one, e.g. "
+                         "arms: [{name: adamw, optimizer: adamw, schedule: cosine}]")  # fmt: skip
     if not isinstance(arms, list):
         raise StudyError("arms: expected a list of arms")
     spec.arms = [ArmSpec.parse(a, f"arms[{i}]") for i, a in enumerate(arms)]
@@ -287,12 +293,27 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     spec.executor = _strict(ExecutorSpec, d.get("executor"), "executor")
     if spec.executor.kind not in ("local", "torchrun", "slurm"):
         raise StudyError(f"executor.kind must be local, torchrun or slurm, got {spec.executor.kind!r}")
+    spec.analysis = dict(d.get("analysis") or {})
+    _check_analysis(spec.analysis)
     stages = d.get("stages")
     if stages is not None:
         check_stage_names(stages, "stages")
         spec.stages = list(stages)
     spec.notes = d.get("notes")
     return spec
+
+
+#: ``analysis:`` key -> IntervalSpec field
+ANALYSIS_KEYS = {"interval": "method", "confidence": "confidence", "n_boot": "n_boot", "seed": "seed"}
+
+
+def _check_analysis(opts: Dict[str, Any]) -> None:
+    bad = sorted(set(opts) - set(ANALYSIS_KEYS))
+    if bad:
+        raise StudyError(f"analysis: unknown key(s) {bad}; allowed: {sorted(ANALYSIS_KEYS)}")
+    from ..analysis.stats import IntervalSpec
+
+    IntervalSpec(**{ANALYSIS_KEYS[k]: v for k, v in opts.items()})  # raises with the field named
 
 
 def check_stage_names(names: Sequence[str], where: str) -> None:

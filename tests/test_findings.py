@@ -1,0 +1,56 @@
+"""Finding sentences: a comparative word only when the interval excludes zero."""
+
+from __future__ import annotations
+
+import re
+
+from olmo_sam.analysis.findings import make_finding
+from olmo_sam.analysis.stats import compare_seeds
+
+REF = {0: 0.955, 1: 1.149, 2: 1.050}
+BUDGET = {"budget_tpp": 100.0, "budget_tpp_non_embedding": 127.2, "tokens": 11_500_000}
+COMPARATIVE = re.compile(r"\b(less|more|flatter|sharper|lower|higher|better|worse)\b")
+
+
+def _forgetting(arm):
+    return make_finding(section="finetune", quantity="matched_forgetting", arm="sam", reference="adamw",
+                        diff=compare_seeds(arm, REF), budget=BUDGET, dataset="demo-code",
+                        context="Fine-tuning on demo-code")  # fmt: skip
+
+
+def test_large_difference_is_worded_with_its_interval_and_percentage():
+    f = _forgetting({s: v - 0.055 + e for (s, v), e in zip(REF.items(), (0.001, -0.001, 0.0))})
+    assert f["significant"] and f["ci_high"] < 0
+    t = f["text"]
+    assert "sam forgets less than adamw" in t and "95% CI" in t and "3 seeds, paired" in t
+    assert "100 tokens/param (127 per non-embedding param)" in t
+    m = re.search(r"([\d.]+)% less forgetting \(95% CI ([\d.]+)% to ([\d.]+)%\)", t)
+    assert m and float(m.group(2)) <= float(m.group(1)) <= float(m.group(3))
+    assert abs(float(m.group(1)) - 100 * 0.055 / (sum(REF.values()) / 3)) < 0.05
+
+
+def test_zero_difference_is_not_worded_as_a_difference():
+    f = _forgetting({0: 0.965, 1: 1.139, 2: 1.050})
+    assert not f["significant"] and f["ci_low"] < 0 < f["ci_high"]
+    t = f["text"]
+    assert "no difference resolved at this scale between sam and adamw (95% CI " in t
+    assert not COMPARATIVE.search(t), t
+    assert "relative difference" in t  # the percentage is still given, without a direction
+
+
+def test_one_seed_gets_no_interval_and_no_claim():
+    f = make_finding(section="hessian", quantity="trace", arm="sam", reference="adamw",
+                     diff=compare_seeds({0: 345.2}, {0: 346.3}), context="Sharpness")  # fmt: skip
+    assert f["ci_low"] is None and not f["significant"] and f["n_seeds"] == 1
+    assert "no difference resolved at this scale" in f["text"] and "no 95% CI" in f["text"]
+    assert not COMPARATIVE.search(f["text"]) and "%" not in f["text"].replace("95% CI", "")
+
+
+def test_flatter_only_when_resolved_and_tiny_denominators_get_no_percentage():
+    sharp = make_finding(section="hessian", quantity="trace", arm="sam", reference="adamw",
+                         diff=compare_seeds({0: 300.0, 1: 320.0, 2: 290.0}, {0: 340.0, 1: 361.0, 2: 331.0}))  # fmt: skip
+    assert sharp["significant"] and "sam is flatter than adamw" in sharp["text"]
+    ref = {0: 0.0001, 1: 0.0003, 2: 0.00005}
+    q = make_finding(section="quantize", quantity="quant_degradation", arm="sam", reference="adamw",
+                     diff=compare_seeds({s: v + 0.0002 for s, v in ref.items()}, ref), setting="nf4")  # fmt: skip
+    assert q["percent"] is None and "%" not in q["text"].replace("95% CI", "")

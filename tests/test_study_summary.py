@@ -1,0 +1,134 @@
+"""The analysis stage and report on a synthetic multi-seed, multi-budget study (no training):
+``summary.json``'s finding records, their wording, the overtraining figure and the report."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import study_synth
+from olmo_sam.analysis.findings import FINDING_FIELDS
+from olmo_sam.study.analysis import analyse_study, base_metadata
+from olmo_sam.study.report import write_report
+from olmo_sam.study.spec import StudyError, parse_study
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "study"
+    res = analyse_study(study_synth.build(out))
+    rep = write_report(out, res)
+    return out, json.loads(Path(res["summary"]).read_text()), rep
+
+
+def _by(summary, quantity):
+    return {f["budget_tpp"]: f for f in summary["findings"] if f["quantity"] == quantity}
+
+
+def test_summary_findings_have_the_schema(study):
+    _, s, _ = study
+    assert s["arms"] == ["adamw", "sam"] and s["reference_arm"] == "adamw"
+    assert s["interval"]["method"] == "t" and s["interval"]["confidence"] == 0.95
+    assert s["seeds_per_arm_and_budget"] == 3
+    assert sorted(b["budget_tpp"] for b in s["budgets"]) == [10.0, 100.0]
+    assert len(s["bases"]) == 12 and all({"arm", "seed", "budget_tpp", "budget_tpp_non_embedding", "tokens",
+                                          "params_total", "params_non_embedding"} <= set(b) for b in s["bases"].values())  # fmt: skip
+    assert s["bases"]["sam@100tpp-s2"]["seed"] == 2 and s["bases"]["sam@100tpp-s2"]["arm"] == "sam"
+    quantities = {f["quantity"] for f in s["findings"]}
+    assert quantities == {"l_pt", "matched_forgetting", "quant_degradation", "noise_increase", "trace", "lambda_max"}
+    for f in s["findings"]:
+        assert set(FINDING_FIELDS) <= set(f), f["id"]
+        assert f["arms"] == ["sam", "adamw"] and f["n_seeds"] == 3 and f["paired"]
+        assert f["budget_tpp"] in (10.0, 100.0)
+        assert f["budget_tpp_non_embedding"] == pytest.approx(f["budget_tpp"] * 40_000 / 15_000)
+        assert f["ci_low"] <= f["estimate"] <= f["ci_high"]
+        assert f["significant"] == (f["ci_low"] > 0 or f["ci_high"] < 0)
+        if f["significant"]:
+            assert "no difference resolved" not in f["text"]
+        else:
+            assert "no difference resolved at this scale" in f["text"]
+    assert len({f["id"] for f in s["findings"]}) == len(s["findings"])
+
+
+def test_findings_recover_the_constructed_differences(study):
+    _, s, _ = study
+    for tpp in (10.0, 100.0):
+        lpt = _by(s, "l_pt")[tpp]
+        assert lpt["significant"] and lpt["estimate"] == pytest.approx(0.04)
+        assert "sam reaches a higher (worse) loss than adamw" in lpt["text"]
+        fg = _by(s, "matched_forgetting")[tpp]
+        assert fg["significant"] and fg["percent"] == pytest.approx(-20.0, abs=1e-6)  # sensitivity 0.8x
+        assert "sam forgets less than adamw" in fg["text"] and "% less forgetting" in fg["text"]
+        assert _by(s, "noise_increase")[tpp]["percent"] == pytest.approx(-30.0, abs=1e-6)
+        for q in ("quant_degradation", "trace"):  # constructed with no difference
+            f = _by(s, q)[tpp]
+            assert not f["significant"] and f["estimate"] == pytest.approx(0.0, abs=1e-9)
+    assert "converged for only 5 of 6" in _by(s, "lambda_max")[100.0]["text"]
+    assert "converged for all 6" in _by(s, "lambda_max")[10.0]["text"]
+
+
+def test_matched_rows_and_overtraining_figure(study):
+    out, s, _ = study
+    rows = s["finetune"]["matched_rows"]
+    assert len(rows) == 12 and len({r["tau"] for r in rows}) == 1  # one tau over every base (Eq. 10)
+    by = {(r["arm"], r["budget_tpp"], r["seed"]): r for r in rows}
+    for (arm, tpp, seed), r in by.items():
+        if arm == "sam":
+            assert r["less_forgetting_pct"] == pytest.approx(20.0, abs=1e-6)
+        else:
+            assert r["less_forgetting_pct"] is None
+    figs = s["finetune"]["figures"]
+    assert set(figs) == {"frontiers", "frontiers_matched", "overtraining"}
+    assert all(Path(p).stat().st_size > 10_000 for p in figs.values())
+
+
+def test_report_renders_the_summary(study):
+    out, s, rep = study
+    md = (out / "report" / "report.md").read_text()
+    assert s["interval"]["description"] in md
+    assert "10 tokens per parameter (26.7 per non-embedding parameter" in md
+    for f in s["findings"]:
+        assert f["text"] in md
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md)
+    assert len(links) >= 7 and all(not Path(p).is_absolute() for p in links)
+    assert all((out / "report" / p).exists() for p in links)
+    assert md.count("Columns: ") >= 7 and "less_forgetting_pct: 100 x (1 - forgetting" in md
+    assert "lambda_max_converged" in md
+    html = (out / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(links)
+
+
+def test_base_metadata_falls_back_to_the_job_and_the_study_seed():
+    b = base_metadata("adamw", {"tokens": 1000, "params_total": 100, "params_non_embedding": 40},
+                      {"arm": "adamw", "seed": 7}, study_seed=0)  # fmt: skip
+    assert (b.arm, b.seed, b.budget_tpp, b.budget_tpp_non_embedding) == ("adamw", 7, 10.0, 25.0)
+    b = base_metadata("sam@1B", {}, {}, study_seed=3)
+    assert (b.arm, b.seed, b.budget_tpp) == ("sam", 3, None)
+    b = base_metadata("x", {"arm": "wso", "seed": 2, "budget_tpp": 800.0, "tpp_non_embedding": 1500.0},
+                      {"arm": "ignored", "seed": 0}, 0)  # fmt: skip
+    assert (b.arm, b.seed, b.budget_tpp, b.budget_tpp_non_embedding) == ("wso", 2, 800.0, 1500.0)
+
+
+def test_one_seed_study_findings_claim_nothing(tmp_path):
+    """Today's single-seed studies: findings without intervals, no comparative words."""
+    ctx = study_synth.build(tmp_path / "one", with_budget_fields=False)
+    # keep one seed per arm: drop every unit but seed 0 at 10 tokens/param
+    keep = [u for u in ctx.job.params["units"] if u.endswith("@10tpp-s0")]
+    ctx.job.params["units"] = keep
+    s = json.loads(Path(analyse_study(ctx)["summary"]).read_text())
+    assert s["findings"] and s["seeds_per_arm_and_budget"] == 1
+    for f in s["findings"]:
+        assert f["ci_low"] is None and not f["significant"] and f["n_seeds"] == 1
+        assert "no difference resolved at this scale" in f["text"]
+
+
+def test_analysis_options_are_checked():
+    base = {"name": "x", "data": {"demo": {}}, "arms": [{"name": "a", "optimizer": "adamw"}]}  # a study needs arms
+    assert parse_study({**base, "analysis": {"interval": "bootstrap", "n_boot": 500}}).analysis["interval"] == "bootstrap"
+    with pytest.raises(StudyError, match="analysis: unknown key"):
+        parse_study({**base, "analysis": {"method": "t"}})
+    with pytest.raises(Exception, match="unknown interval method"):
+        parse_study({**base, "analysis": {"interval": "z"}})
