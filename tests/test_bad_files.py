@@ -58,8 +58,8 @@ def test_bad_files_are_one_line_errors(tiny_checkpoint, tiny_corpus, tiny_hf_mod
                                      "stages": ["data"]}))  # fmt: skip
 
     def perturb(model, val):
-        return ["probe", "perturb", model, "--val", val, "--gamma", "0.01", "--seed", "0", "--max-sequences", "2",
-                "--out-dir", tmp_path / "probe-out"]  # fmt: skip
+        return ["probe", "noise", model, "--val", val, "--gammas", "0.01", "--seeds", "0", "--max-sequences", "2",
+                "--out", tmp_path / "probe-out"]  # fmt: skip
 
     msgs = _run_all(
         [
@@ -67,7 +67,7 @@ def test_bad_files_are_one_line_errors(tiny_checkpoint, tiny_corpus, tiny_hf_mod
             perturb(tiny_checkpoint, empty),
             perturb(tiny_checkpoint, odd),
             perturb(tiny_checkpoint, wide),
-            ["import-hf", hf, tmp_path / "imported", "--no-validate"],
+            ["import-hf", hf, "--out", tmp_path / "imported", "--no-validate"],
             ["study", "run", study, "--out", tmp_path / "a-file" / "out"],
         ],
         cwd=tmp_path,

