@@ -1,10 +1,3 @@
-"""SAM overhead benchmark (also: `olmo-sam bench sam-overhead`).
-
-    python benchmarks/sam_overhead.py [--json]
-    torchrun --nproc-per-node 2 benchmarks/sam_overhead.py --dp fsdp
-"""
-
-from olmo_sam.bench import sam_overhead_command
-
-if __name__ == "__main__":
-    sam_overhead_command()
+"""`olmo-sam bench sam-overhead` (also under torchrun: `torchrun --nproc-per-node 2 benchmarks/sam_overhead.py --dp fsdp`)."""
+from olmo_sam.bench.sam_overhead import sam_overhead_command
+if __name__ == "__main__": sam_overhead_command()

@@ -11,6 +11,21 @@ annealing switch (:class:`olmo_sam.train.SAMSwitchCallback`) importable for conf
 Import it before decoding a config that uses them.
 """
 
+import logging as _logging
+
+
+class _AtDebugLevel(_logging.Filter):
+    """Re-level a record to DEBUG: shown only where debug logging is on."""
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        record.levelno, record.levelname = _logging.DEBUG, "DEBUG"
+        return True
+
+
+# OLMo-core warns "transformer_engine unavailable" at import on every machine without TE (all CPU
+# machines); olmo-sam never uses TE attention, so that line is debug information, not a warning.
+_logging.getLogger("olmo_core.nn.attention.te_attn_api").addFilter(_AtDebugLevel())
+
 from . import optim as optim  # noqa: F401  (registers 'sam' and the schedules)
 from . import train as train  # noqa: F401
 

@@ -133,6 +133,15 @@ def checkpoint_info(path: str | Path) -> CheckpointInfo:
     return _info(step_dir, load_checkpoint_config(step_dir))
 
 
+def unreadable_checkpoint(path: Path, error: BaseException) -> OLMoConfigurationError:
+    """One line for a checkpoint whose files cannot be read (a truncated ``.distcp``, say)."""
+    first = (str(error).strip().splitlines() or [""])[0][:200]
+    return OLMoConfigurationError(
+        f"{path}: the checkpoint could not be read ({type(error).__name__}: {first}); a file is truncated or "
+        "corrupt (an interrupted save or copy?): copy it again, or use an earlier step directory"
+    )
+
+
 def load_transformer(
     path: str | Path, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None
 ) -> tuple[Transformer, CheckpointInfo]:
@@ -142,7 +151,12 @@ def load_transformer(
     model = info.model_config.build(init_device="cpu")
     # init_weights also fills non-persistent buffers (RoPE caches) that checkpoints do not hold
     model.init_weights(max_seq_len=info.sequence_length, device=torch.device("cpu"))
-    load_model_and_optim_state(str(step_dir / "model_and_optim"), model)
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+
+    try:
+        load_model_and_optim_state(str(step_dir / "model_and_optim"), model)
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - torch.distributed.checkpoint raises many kinds
+        raise unreadable_checkpoint(step_dir / "model_and_optim", e) from None
     model = model.to(device=device)
     if dtype is not None:
         model = model.to(dtype=dtype)

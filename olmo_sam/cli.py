@@ -59,7 +59,16 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="olmo-sam")
 def main():
-    """Sharpness-aware pretraining for OLMo-core, and the forgetting measurements around it."""
+    """Sharpness-aware pretraining for OLMo-core, and the forgetting measurements around it.
+
+    One name per concept across commands and study files (--out, --batch-size,
+    --micro-batch-size, --seq-len, --executor, ...): see docs/cli.md.
+
+    \b
+    Example:
+      olmo-sam demo --quick --out runs/demo-quick
+      olmo-sam study run recipes/studies/paper-60m.yaml --dry-run
+    """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 

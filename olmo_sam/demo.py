@@ -12,7 +12,6 @@ where it stopped. The study files are ``olmo_sam/study/files/demo.yaml`` and ``d
 from __future__ import annotations
 
 import json
-import sys
 from importlib import resources
 from pathlib import Path
 
@@ -29,24 +28,21 @@ def demo_study_path(quick: bool = False) -> Path:
 @click.command()
 @click.option("--quick", is_flag=True, help="The few-minute version CI runs.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory.")
-@click.option("--jobs", type=int, default=None, help="Jobs at a time (default 2).")
-@click.option("--rerun", is_flag=True, help="Start over instead of resuming.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Jobs at a time (default 2), >= 1.")
+@click.option("--rerun", is_flag=True,
+              help="Run every job again, replacing its results (as 'study run --rerun'); default: resume.")
 @click.option("--dry-run", is_flag=True, help="Show the planned jobs only.")
 def demo(quick, out, jobs, rerun, dry_run):
     """Pretrain (2 arms x 2 budgets x 3 seeds), probe, fine-tune and report micro models on CPU
-    (under 15 min on 2 idle cores; --quick: a few minutes, not evidence)."""
-    from olmo_core.exceptions import OLMoConfigurationError
+    (about 10 min on 2 idle cores; --quick: a few minutes, not evidence)."""
+    from .study.cli import run_study_command, start_study
 
-    from .study.cli import start_study
-    from .study.executors import JobFailed
-
-    try:
-        plan = start_study(demo_study_path(quick), out=out, jobs=jobs, rerun=rerun, dry_run=dry_run)
-    except OLMoConfigurationError as e:
-        raise click.UsageError(str(e)) from None
-    except JobFailed as e:
-        click.echo(str(e), err=True)
-        sys.exit(1)
+    resume = "olmo-sam demo" + (" --quick" if quick else "") + (f" --out {out}" if out else "")
+    plan = run_study_command(
+        lambda: start_study(demo_study_path(quick), out=out, jobs=jobs, rerun=rerun, dry_run=dry_run,
+                            resume_command=resume),
+        resume,
+    )  # fmt: skip
     if dry_run:
         return
     report = plan.out / "report" / "report.html"

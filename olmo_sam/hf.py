@@ -26,7 +26,8 @@ from olmo_core.data import TokenizerConfig
 from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.nn.transformer import Transformer, TransformerConfig
 
-from .atomic import atomic_dir
+from .output import atomic_dir
+from .cli_options import old_positional, option
 
 __all__ = ["export_hf", "import_hf", "write_compatible_files", "logit_diff", "export_hf_command", "import_hf_command", "REPORT_FILE"]
 
@@ -321,7 +322,16 @@ def import_hf(
     model = tcfg.build(init_device="cpu")
     model.init_weights(max_seq_len=seq_len, device=torch.device("cpu"))
     state = model.state_dict()
-    load_hf_model(source, state, revision=revision or "main", num_embeddings=tcfg.vocab_size)
+    try:
+        load_hf_model(source, state, revision=revision or "main", num_embeddings=tcfg.vocab_size)
+    except Exception as e:  # noqa: BLE001 - safetensors / torch raise several kinds for a bad file
+        if not Path(source).exists():
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise OLMoConfigurationError(
+            f"{source}: the model weights could not be read ({type(e).__name__}: {first}); a *.safetensors file "
+            "is truncated or corrupt: download or copy it again"
+        ) from None
     model.load_state_dict(state)
     model.eval()
     report: Dict[str, Any] = {
@@ -357,16 +367,17 @@ def import_hf(
 
 @click.command("export-hf")
 @click.argument("checkpoint", type=click.Path(exists=True))
-@click.argument("out_dir", type=click.Path())
+@old_positional("OUT_DIR")
+@option("--out", "out_dir", required=True, type=click.Path(), help="Hugging Face model directory to write.")
 @click.option("--tokenizer", default=None, help="Tokenizer dir / id [default: the checkpoint's].")
 @click.option("--no-tokenizer", is_flag=True, help="Export without a tokenizer (ids from the training config).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None, help="Weight dtype [default: as trained].")
 @click.option("--max-position-embeddings", type=int, default=None, help="[default: the training context length]")
 @click.option("--no-validate", is_flag=True, help="Skip the logit comparison.")
-@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 def export_hf_command(checkpoint, out_dir, tokenizer, no_tokenizer, dtype, max_position_embeddings, no_validate, overwrite):
     """Export an OLMo-core CHECKPOINT (step or run dir, sharded or not) to a Hugging Face
-    Olmo2ForCausalLM directory OUT_DIR."""
+    Olmo2ForCausalLM directory (--out)."""
     try:
         report = export_hf(checkpoint, out_dir, tokenizer=tokenizer, include_tokenizer=not no_tokenizer,
                            dtype=dtype, max_position_embeddings=max_position_embeddings,
@@ -378,14 +389,15 @@ def export_hf_command(checkpoint, out_dir, tokenizer, no_tokenizer, dtype, max_p
 
 @click.command("import-hf")
 @click.argument("source")
-@click.argument("out_dir", type=click.Path())
+@old_positional("OUT_DIR")
+@option("--out", "out_dir", required=True, type=click.Path(), help="OLMo-core checkpoint directory to write.")
 @click.option("--revision", default=None, help="Hub revision (e.g. stage1-step1907359-tokens4001B).")
 @click.option("--tokenizer", default=None, help="Tokenizer dir / id [default: SOURCE's].")
 @click.option("--no-validate", is_flag=True, help="Skip the logit comparison.")
-@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 def import_hf_command(source, out_dir, revision, tokenizer, no_validate, overwrite):
     """Import a Hugging Face OLMo-2 model SOURCE (hub id or dir) as an OLMo-core checkpoint in
-    OUT_DIR (step0/ for load_path, tokenizer/)."""
+    --out (step0/ for load_path, tokenizer/)."""
     try:
         report = import_hf(source, out_dir, revision=revision, tokenizer=tokenizer,
                            validate=not no_validate, overwrite=overwrite)  # fmt: skip

@@ -1,24 +1,34 @@
-"""Atomic result files: text/JSON, Markdown + CSV tables, matplotlib figures.
+"""The project's one home for atomic output: files (text/JSON, Markdown + CSV tables, matplotlib
+figures) and whole directories.
 
-Every file is written to a temporary sibling and moved into place with :func:`os.replace`, so a
-reader (or a killed writer) never sees a half-written table or plot. Nothing here is specific to
-forgetting; other result producers (evals, probes) can use it too.
+Every file is written to a temporary sibling and moved into place with :func:`os.replace`, and a
+directory is built beside its destination and renamed into place (:func:`atomic_dir`), so a
+reader (or a killed writer) never sees a half-written table, plot or dataset. Inter-process locks
+live in :mod:`olmo_sam.locks`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import json
 import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Sequence
+
+from olmo_core.exceptions import OLMoConfigurationError
 
 __all__ = [
     "atomic_write",
     "atomic_write_text",
+    "atomic_dir",
     "json_text",
+    "json_digest",
     "write_json",
     "read_json",
     "markdown_table",
@@ -48,6 +58,29 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+@contextlib.contextmanager
+def atomic_dir(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside ``out``; when the block succeeds it replaces ``out``
+    (which must not exist unless ``overwrite``), when it fails it is removed. Readers never see a
+    half-written ``out``."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OLMoConfigurationError(f"{out} already exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        yield tmp
+        if out.exists():
+            if not overwrite:
+                raise OLMoConfigurationError(f"{out} appeared while it was being written")
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _json_safe(obj: Any) -> Any:
     """Non-finite floats become ``None`` (strict JSON has no NaN/Infinity)."""
     if isinstance(obj, float):
@@ -61,13 +94,23 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def json_text(payload: Any) -> str:
-    """Strict JSON (non-finite floats as ``null``), indented, with a trailing newline."""
-    return json.dumps(_json_safe(payload), indent=2, allow_nan=False) + "\n"
+def json_text(payload: Any, *, keep_nan: bool = False, sort_keys: bool = False) -> str:
+    """JSON, indented, with a trailing newline. Strict by default (non-finite floats as ``null``);
+    ``keep_nan`` writes them as ``NaN``/``Infinity`` (Python's reader takes them back: a diverged
+    run's loss stays NaN)."""
+    if keep_nan:
+        return json.dumps(payload, indent=2, sort_keys=sort_keys) + "\n"
+    return json.dumps(_json_safe(payload), indent=2, allow_nan=False, sort_keys=sort_keys) + "\n"
 
 
-def write_json(path: str | Path, payload: Any) -> Path:
-    return atomic_write_text(path, json_text(payload))
+def write_json(path: str | Path, payload: Any, *, keep_nan: bool = False, sort_keys: bool = False) -> Path:
+    """:func:`json_text` of ``payload``, written atomically."""
+    return atomic_write_text(path, json_text(payload, keep_nan=keep_nan, sort_keys=sort_keys))
+
+
+def json_digest(obj: Any, length: int = 16) -> str:
+    """A short SHA-256 of ``obj``'s canonical JSON (cache keys, run ids)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]
 
 
 def read_json(path: str | Path) -> Any:

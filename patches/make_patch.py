@@ -29,15 +29,27 @@ OLMO_CORE_VERSION = "3.0.0"
 #: plugin module -> (file in olmo_core/sam/, import rewrites)
 FILES = {
     "olmo_sam/paper.py": ("paper.py", []),
-    "olmo_sam/optim/sam.py": ("sam.py", [("from .. import paper", "from . import paper")]),
+    "olmo_sam/optim/sam.py": (
+        "sam.py",
+        [
+            ("from .. import paper", "from . import paper"),
+            (
+                'SAM_TRAIN_MODULE = "olmo_sam.train.train_module.SAMTrainModuleConfig"',
+                'SAM_TRAIN_MODULE = "olmo_core.sam.train_module.SAMTrainModuleConfig"',
+            ),
+        ],
+    ),
     "olmo_sam/optim/schedules.py": ("schedules.py", [("from .. import paper", "from . import paper")]),
     "olmo_sam/train/train_module.py": (
         "train_module.py",
-        [("from ..optim.sam import", "from .sam import")],
+        [("from ..optim.sam import", "from .sam import"), ("from ..optim.schedules import", "from .schedules import")],
     ),
     "olmo_sam/train/callbacks.py": (
         "callbacks.py",
-        [("from ..optim.schedules import", "from .schedules import")],
+        [
+            ("from ..optim.sam import", "from .sam import"),
+            ("from ..optim.schedules import", "from .schedules import"),
+        ],
     ),
 }
 

@@ -23,7 +23,7 @@ from typing import Any, Dict, List
 from olmo_sam.analysis.records import FTRecord, ResultStore
 from olmo_sam.output import write_json
 from olmo_sam.study.plan import Job, Plan
-from olmo_sam.study.runner import JobContext
+from olmo_sam.study.context import JobContext
 from olmo_sam.study.spec import parse_study
 
 ARMS = ("adamw", "sam")

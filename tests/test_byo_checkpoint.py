@@ -61,13 +61,13 @@ def test_trainer_load_path_of_each_checkpoint_form(tiny_checkpoint, tiny_hf_mode
 def test_bring_your_own_checkpoint_walkthrough(tiny_hf_model, tmp_path):
     w = tmp_path
     # 1. the Hugging Face model as an OLMo-core checkpoint (step0/ + tokenizer/)
-    olmo_sam("import-hf", tiny_hf_model, w / "base")
+    olmo_sam("import-hf", tiny_hf_model, "--out", w / "base")
     tok = w / "base" / "tokenizer"
     # 2. data with that tokenizer: a pretraining validation set and a fine-tuning task
     text = w / "pt.txt"
     stdlib = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[60:90]  # not the tokenizer's files
     text.write_text("\n\n".join(f.read_text(encoding="utf-8", errors="replace")[:3000] for f in stdlib))
-    olmo_sam("data", "tokenize", w / "pt", "--tokenizer", tok, "--input", text, "--text-docs", "paragraphs",
+    olmo_sam("data", "tokenize", "--out", w / "pt", "--tokenizer", tok, "--input", text, "--text-docs", "paragraphs",
              "--val-fraction", "0.3")  # fmt: skip
     pt_val = [str(w / "pt" / "val-00000.npy")]
     olmo_sam("finetune", "prepare", "demo-code", "--tokenizer", tok, "--out", w / "task",
@@ -103,9 +103,9 @@ def test_bring_your_own_checkpoint_walkthrough(tiny_hf_model, tmp_path):
     assert curves["wise"]["base_l_pt"] == pytest.approx(wise[TINY_LR].base_l_pt)
 
     # 6. probes of the same checkpoints
-    olmo_sam("probe", "perturb", w / "base", w / "wise", "--val", pt_val[0], "--gamma", "0.01", "--seed", "0",
-             "--max-sequences", "4", "--out-dir", w / "probes")  # fmt: skip
-    assert (w / "probes" / "perturb.json").exists()
+    olmo_sam("probe", "noise", w / "base", w / "wise", "--val", pt_val[0], "--gammas", "0.01", "--seeds", "0",
+             "--max-sequences", "4", "--out", w / "probes")  # fmt: skip
+    assert (w / "probes" / "noise.json").exists()
 
 
 @pytest.fixture(autouse=True)

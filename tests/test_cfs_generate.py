@@ -81,7 +81,7 @@ def test_model_without_bos_or_eos(tiny_hf_model, tmp_path):
     neither = no_special_model(tiny_hf_model, tmp_path / "neither", keep_eos=False)
     with pytest.raises(OLMoConfigurationError, match="neither a BOS nor an EOS.*--prompt-token-id"):
         context_free_job(neither, tmp_path / "x.jsonl", 4)
-    r = CliRunner().invoke(main, ["cfs", "generate", str(neither), str(tmp_path / "x.jsonl"), "-n", "4", "--engine", "hf"])
+    r = CliRunner().invoke(main, ["cfs", "generate", str(neither), "--out", str(tmp_path / "x.jsonl"), "-n", "4", "--engine", "hf"])
     assert r.exit_code == 2 and "neither a BOS nor an EOS" in r.output
     # an explicit start token makes it usable
     job = context_free_job(neither, tmp_path / "x.jsonl", 2, prompt_token_id=0)
@@ -114,7 +114,7 @@ def test_missing_vllm_environment(tiny_hf_model, tmp_path, monkeypatch):
     with pytest.raises(OLMoConfigurationError, match=f"{VLLM_PYTHON_ENV}=.*no executable Python"):
         resolve_vllm_python()
     monkeypatch.delenv(VLLM_PYTHON_ENV)
-    r = CliRunner().invoke(main, ["cfs", "generate", str(tiny_hf_model), str(tmp_path / "o.jsonl"), "-n", "2"])
+    r = CliRunner().invoke(main, ["cfs", "generate", str(tiny_hf_model), "--out", str(tmp_path / "o.jsonl"), "-n", "2"])
     assert r.exit_code == 2 and "setup-vllm.sh" in r.output
     assert not (tmp_path / "o.jsonl").exists()
     # --engine auto falls back to transformers only when no environment is configured at all
@@ -221,13 +221,13 @@ def test_hf_contextual_left_padding(peaked, tmp_path):
 def test_generate_cli_hf(tiny_hf_model, tmp_path):
     task = make_task_dir(tmp_path / "task", n_docs=20)
     out = tmp_path / "cfs.jsonl"
-    args = ["cfs", "generate", str(tiny_hf_model), str(out), "-n", "50%", "--task-dir", str(task),
+    args = ["cfs", "generate", str(tiny_hf_model), "--out", str(out), "-n", "50%", "--task-dir", str(task),
             "--engine", "hf", "--max-tokens", "6", "--seed", "2"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     recs = [json.loads(l) for l in open(out)]
     assert len(recs) == 10 and "10 samples" in r.output
-    r = CliRunner().invoke(main, ["cfs", "generate", str(tiny_hf_model), str(tmp_path / "cs.jsonl"), "-n", "5",
+    r = CliRunner().invoke(main, ["cfs", "generate", str(tiny_hf_model), "--out", str(tmp_path / "cs.jsonl"), "-n", "5",
                                   "--contextual", "--engine", "hf", "--max-tokens", "4"])
     assert r.exit_code == 2 and "--task-dir" in r.output
 

@@ -266,11 +266,11 @@ def test_mix_cli(task, samples, tmp_path):
     from olmo_sam.cli import main
 
     r = CliRunner().invoke(
-        main, ["cfs", "mix", str(task), str(samples), str(tmp_path / "mix"), "--ratio", "0.5",
-               "--epochs", "2", "--seq-len", "16", "--global-batch-size", "4"]
+        main, ["cfs", "mix", str(task), str(samples), "--out", str(tmp_path / "mix"), "--ratio", "0.5",
+               "--epochs", "2", "--seq-len", "16", "--batch-size", "4"]
     )
     assert r.exit_code == 0, r.output
     assert "train for 1 epoch" in r.output
     assert read_meta(tmp_path / "mix").source["ratio"] == 0.5
-    r = CliRunner().invoke(main, ["cfs", "mix", str(task), str(samples), str(tmp_path / "m2"), "--ratio", "0"])
+    r = CliRunner().invoke(main, ["cfs", "mix", str(task), str(samples), "--out", str(tmp_path / "m2"), "--ratio", "0"])
     assert r.exit_code == 2 and "ratio must be > 0" in r.output

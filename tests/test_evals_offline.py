@@ -166,7 +166,7 @@ def test_bad_offline_requests(tiny_hf_model, tmp_path):
 
 def test_cli_offline(tiny_hf_model, tmp_path):
     res = CliRunner().invoke(
-        main, ["eval", "offline", str(tiny_hf_model), "--task", "winogrande", "--limit", "2", "--output-dir", str(tmp_path)]
+        main, ["eval", "offline", str(tiny_hf_model), "--task", "winogrande", "--limit", "2", "--out", str(tmp_path)]
     )
     assert res.exit_code == 0, res.output
     assert "| winogrande |" in res.output and "missing offline: agi_eval_english" in res.output

@@ -17,7 +17,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 
 from olmo_sam.cli import main
 from olmo_sam.evals import olmes as o
-from olmo_sam.evals.records import read_records
+from olmo_sam.evals.results import read_records
 
 
 def by_alias(tasks, pattern):
@@ -231,11 +231,11 @@ def test_cli_runs_olmes_and_writes_records(tmp_path, monkeypatch):
     model.mkdir()
     out = tmp_path / "olmes-out"
     runner = CliRunner()
-    printed = runner.invoke(main, ["eval", "olmes", str(model), "--olmes", str(exe), "--quant", "nf4", "--print", "--output-dir", str(out)])
+    printed = runner.invoke(main, ["eval", "olmes", str(model), "--olmes", str(exe), "--quant", "nf4", "--print", "--out", str(out)])
     assert printed.exit_code == 0, printed.output
     assert "bnb_4bit_quant_type" in printed.output and not out.exists()
     monkeypatch.setenv(o.OLMES_ENV_VAR, str(exe))
-    res = runner.invoke(main, ["eval", "olmes", str(model), "--quant", "nf4", "--limit", "5", "--output-dir", str(out)])
+    res = runner.invoke(main, ["eval", "olmes", str(model), "--quant", "nf4", "--limit", "5", "--out", str(out)])
     assert res.exit_code == 0, res.output
     argv = json.loads((out / "argv.json").read_text())
     assert argv[argv.index("--limit") + 1] == "5"

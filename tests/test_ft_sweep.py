@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -188,6 +189,18 @@ def test_bad_input(tiny_checkpoint, tiny_corpus, task, tmp_path):
     spec = SweepSpec(bases=[str(tiny_checkpoint)], datasets=[str(task)], lrs=[1e-3], common=common)
     with pytest.raises(OLMoConfigurationError, match="needs data parallelism"):
         run_sweep(spec, tmp_path / "t", launcher="torchrun", nproc_per_node=2)
+    # options the local launcher would ignore, and no workers at all, are errors
+    main = __import__("olmo_sam.cli", fromlist=["main"]).main
+    base_args = ["sweep", "--base", str(tiny_checkpoint), "--data", str(task), "--lrs", "1e-3", "--out", str(tmp_path / "s")]
+    for extra, message in [
+        (["--nproc-per-node", "2"], "--nproc-per-node 2: the local launcher runs each run in one process and would "
+                                    "ignore it; add --executor torchrun"),
+        (["--dp", "ddp"], "--dp ddp (dp): data parallelism needs several processes"),
+        (["--jobs", "0"], "Invalid value for '--jobs': 0 is not in the range x>=1"),
+        (["--jobs", "-1"], "Invalid value for '--jobs': -1 is not in the range x>=1"),
+    ]:  # fmt: skip
+        res = CliRunner().invoke(main, base_args + extra)
+        assert res.exit_code == 2 and message in " ".join(res.output.split()), res.output
 
 
 def test_step_rule_one_epoch_or_budget(tiny_checkpoint, tiny_corpus, task, tmp_path):
@@ -205,3 +218,30 @@ def test_step_rule_one_epoch_or_budget(tiny_checkpoint, tiny_corpus, task, tmp_p
     # labels do not change the run id; the recipe does
     labelled = FTConfig(base=str(tiny_checkpoint), data=str(task), lr=1e-3, token_budget=None, base_label="x", **common)
     assert labelled.resolved().run_id == cfg.run_id
+
+
+def test_torn_last_result_line_warns_and_the_run_is_redone(reference_sweep, tmp_path, caplog):
+    """A results.jsonl whose last line was cut off mid-write: reading it warns with the count and
+    the line, and the sweep runs that run again (its run directory is gone too), ending with the
+    same records as before."""
+    import logging
+
+    spec, ref_out, ref = reference_sweep
+    out = tmp_path / "sweep"
+    shutil.copytree(ref_out, out)
+    lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
+    last = json.loads(lines[-1])
+    (out / "results.jsonl").write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    victim = next(c for c in expand(spec) if last["run_id"] in c.expected_run_ids())
+    shutil.rmtree(out / "runs" / victim.run_id)
+    with caplog.at_level(logging.WARNING, logger="olmo_sam.analysis.records"):
+        assert last["run_id"] not in ResultStore(out / "results.jsonl").done_ids()
+    warning = " ".join(r.getMessage() for r in caplog.records)
+    assert f"skipped 1 unreadable line(s) (first: line {len(lines)}:" in warning and "redoes them" in warning
+
+    again = run_sweep(spec, out, jobs=1, progress=False)
+    assert (again.ran, again.failed) == (1, [])
+    recs = {r.run_id: r for r in ResultStore(out / "results.jsonl").records()}
+    assert set(recs) == {r.run_id for r in ref.records}
+    assert recs[last["run_id"]].l_ft == pytest.approx(last["l_ft"], rel=1e-6)
+    assert recs[last["run_id"]].l_pt == pytest.approx(last["l_pt"], rel=1e-6)

@@ -136,7 +136,7 @@ def test_midtrain_recipe_starts_from_converted_hf_model(bpe_run, demo_data_small
     save = tmp_path / "mid"
     args = ["--size", "tiny", "--optimizer", "sam", "--steps", "2", "--batch-size", "4", "--seq-len", str(SEQ),
             "--data-mix", str(demo_data_small.root / "tokens"), "--eval-interval", "1000", "--lr", "0"]  # fmt: skip
-    r = CliRunner().invoke(midtrain_main, [*args, "--init-from-hf", str(hf), "--save-folder", str(save)])
+    r = CliRunner().invoke(midtrain_main, [*args, "--init-from-hf", str(hf), "--out", str(save)])
     assert r.exit_code == 0, r.output
     start, _ = load_transformer(save / "init")
     end, _ = load_transformer(save)
@@ -157,5 +157,5 @@ def test_midtrain_recipe_starts_from_converted_hf_model(bpe_run, demo_data_small
     api = load_transformer(tmp_path / "api")[0].state_dict()
     assert all(torch.equal(api[k], s[k]) for k in s)
     # a start checkpoint of another model is refused before training
-    r = CliRunner().invoke(midtrain_main, [*args, "--load-path", str(tiny_checkpoint), "--save-folder", str(tmp_path / "bad")])
+    r = CliRunner().invoke(midtrain_main, [*args, "--load-path", str(tiny_checkpoint), "--out", str(tmp_path / "bad")])
     assert r.exit_code != 0 and "holds a different model" in r.output

@@ -61,10 +61,7 @@ def _cache_root() -> Path:
 @pytest.fixture(scope="session")
 def transformers4() -> Path:
     """``pip install --target`` directory of transformers 4.57 (installed on first use, cached)."""
-    try:  # the lock's module before and after the one-output-module change (cli-structure)
-        from olmo_sam.locks import file_lock
-    except ImportError:
-        from olmo_sam.finetune.fileutil import file_lock
+    from olmo_sam.locks import file_lock
 
     name = "-".join(p.replace("==", "-") for p in TRANSFORMERS_4)
     target = _cache_root() / "hf-compat" / name

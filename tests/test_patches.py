@@ -93,10 +93,7 @@ def earlier_fork(tmp_path_factory):
     under ``$OLMO_SAM_CACHE/olmo-core-sdists``), patched."""
     import tarfile
 
-    try:  # the lock's module before and after the one-output-module change (cli-structure)
-        from olmo_sam.locks import file_lock
-    except ImportError:
-        from olmo_sam.finetune.fileutil import file_lock
+    from olmo_sam.locks import file_lock
 
     cache = Path(os.environ.get("OLMO_SAM_CACHE", Path.home() / ".cache" / "olmo-sam")) / "olmo-core-sdists"
     with file_lock(cache / f"{EARLIER_RELEASE}.lock", what="(OLMo-core sdist download)"):

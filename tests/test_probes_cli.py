@@ -1,4 +1,4 @@
-"""``olmo-sam probe quantize|perturb|hessian`` end to end on the tiny checkpoint."""
+"""``olmo-sam probe quantize|noise|hessian`` end to end on the tiny checkpoint."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def _run(args):
 
 
 def test_probe_commands_write_json_and_plots(tiny_checkpoint, tiny_corpus, tmp_path):
-    common = ["--val", str(tiny_corpus.val), "--max-sequences", "8", "--out-dir", str(tmp_path)]
+    common = ["--val", str(tiny_corpus.val), "--max-sequences", "8", "--out", str(tmp_path)]
     res = _run(["quantize", str(tiny_checkpoint), "--label", "adamw@40", "--quant", "nf4", "--quant", "int8", *common])
     assert res.exit_code == 0, res.output
     q = json.loads((tmp_path / "quantize.json").read_text())
@@ -24,17 +24,17 @@ def test_probe_commands_write_json_and_plots(tiny_checkpoint, tiny_corpus, tmp_p
     assert q["records"][1]["proof"]["counts"]["Linear4bit"] == 14
     assert "degradation" in res.output
 
-    res = _run(["perturb", str(tiny_checkpoint), "--gamma", "0.02", "--seed", "0", "--seed", "1", "--exclude", "embeddings.*", *common])
+    res = _run(["noise", str(tiny_checkpoint), "--gammas", "0.02", "--seeds", "0,1", "--exclude", "embeddings.*", *common])
     assert res.exit_code == 0, res.output
-    p = json.loads((tmp_path / "perturb.json").read_text())
+    p = json.loads((tmp_path / "noise.json").read_text())
     assert "embeddings.weight" not in p["records"][0]["perturbed"]
     assert {s["gamma"] for s in p["summary"]} == {0.0, 0.02}
 
-    res = _run(["hessian", str(tiny_checkpoint), "--sequences", "2", "--probes", "3", "--power-iters", "2", *common])
+    res = _run(["hessian", str(tiny_checkpoint), "--n-sequences", "2", "--probes", "3", "--power-iters", "2", *common])
     assert res.exit_code == 0, res.output
     h = json.loads((tmp_path / "hessian.json").read_text())
     assert h["records"][0]["trace"]["n_probes"] == 3
-    for name in ("quantize", "perturb", "hessian"):
+    for name in ("quantize", "noise", "hessian"):
         png = tmp_path / f"{name}.png"
         assert png.read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporaries
@@ -45,12 +45,15 @@ def test_probe_commands_write_json_and_plots(tiny_checkpoint, tiny_corpus, tmp_p
     [
         (["quantize", "--quant", "nf4:load_in_4_bit=true"], "did you mean 'load_in_4bit'"),
         (["quantize", "--quant", "int4"], "unknown quantization preset 'int4'"),
-        (["perturb", "--exclude", "embedding.*"], "match no parameter"),
+        (["quantize", "--quant", "nf4:quantize_lm_head=flase"], "'quantize_lm_head' takes true or false, got 'flase'"),
+        (["quantize", "--quant", "int8:int8_threshold=abc"], "'int8_threshold' takes a number, got 'abc'"),
+        (["quantize", "--quant", "nf4:blocksize=2048"], "'blocksize'=2048: bitsandbytes' CPU 4-bit kernels"),
+        (["noise", "--exclude", "embedding.*"], "match no parameter"),
         (["quantize", "--label", "a", "--label", "b"], "2 label(s) for 1 checkpoint"),
     ],
 )
 def test_probe_usage_errors(tiny_checkpoint, tiny_corpus, tmp_path, args, message):
     cmd, *rest = args
-    res = CliRunner().invoke(main, ["probe", cmd, str(tiny_checkpoint), "--val", str(tiny_corpus.val), "--out-dir", str(tmp_path), *rest])
+    res = CliRunner().invoke(main, ["probe", cmd, str(tiny_checkpoint), "--val", str(tiny_corpus.val), "--out", str(tmp_path), *rest])
     assert res.exit_code == 2, res.output
     assert message in res.output

@@ -130,15 +130,63 @@ def test_verification_fails_loudly(base):
     with pytest.raises(QuantizationError, match="double_quant"):
         report.verify(QuantConfig(bits=4, double_quant=True))
 
-    # a corrupted packed weight (as a broken kernel would produce) breaks the rounding bound
+    # a corrupted packed weight (as a broken kernel would produce) differs from the exact
+    # reference dequantizer, even where one 4-bit code moves to its neighbour (within the old
+    # "half the widest NF4 gap" bound)
     originals = {n: model.get_submodule(n).weight.detach().clone() for n, m in q.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    assert report.mismatched_4bit_weights == 0
     packed = q.blocks["1"].feed_forward.w2.weight.data
-    packed.copy_(packed ^ 0x88)
+    packed[:3].copy_(packed[:3] ^ 0x01)  # low nibble only: code i -> i^1, a neighbouring NF4 level
     bad = inspect_quantization(q, originals=originals)
-    assert bad.modules["blocks.1.feed_forward.w2"]["error_ratio"] > 1.5
-    assert bad.modules["blocks.0.feed_forward.w2"]["error_ratio"] <= 1.0 + 1e-3
-    with pytest.raises(QuantizationError, match="rounding error bound"):
+    assert bad.modules["blocks.1.feed_forward.w2"]["mismatches"] == 3
+    assert bad.modules["blocks.0.feed_forward.w2"]["mismatches"] == 0
+    with pytest.raises(QuantizationError, match="3 dequantized nf4 weights differ from the exact reference"):
         bad.verify(QuantConfig(bits=4))
+
+
+@pytest.mark.parametrize("spec", ["nf4", "nf4-dq", "fp4", "nf4:blocksize=32", "nf4:blocksize=128"])
+def test_4bit_proof_is_the_exact_reference(base, spec):
+    """Every weight equals the plain-torch reference (nearest code x stored block scale)."""
+    from olmo_sam.probes.quantize import reference_4bit_dequant
+
+    model, _, _ = base
+    q = copy.deepcopy(model)
+    cfg = parse_quant_spec(spec)
+    report = quantize_transformer(q, cfg)
+    assert report.mismatched_4bit_weights == 0
+    mod = q.blocks["0"].attention.w_q
+    w = model.blocks["0"].attention.w_q.weight.detach()
+    deq = bnb.functional.dequantize_4bit(mod.weight.data, mod.weight.quant_state)
+    if not cfg.double_quant:
+        same = deq == reference_4bit_dequant(w, cfg.quant_type, cfg.blocksize)
+        assert same.float().mean() > 0.999  # all but near-midpoint ties, bit for bit
+    if cfg.quant_type == "nf4" and not cfg.double_quant:
+        # and the reference is QLoRA's NF4, with the levels written out in this file
+        assert ((deq - _nf4_round_trip(w, cfg.blocksize)).abs() > 1e-7).float().mean() < 1e-3
+
+
+def test_blocksize_the_cpu_forward_cannot_run_is_refused(base):
+    model, _, _ = base  # tiny: input widths 128 and 512, so 256 splits the 128-wide rows too
+    for bs in (2048, 4096, 256):
+        with pytest.raises(OLMoConfigurationError, match=rf"'blocksize'={bs}: .*input width.*use blocksize 32 or 64 or 128"):
+            quantize_transformer(copy.deepcopy(model), parse_quant_spec(f"nf4:blocksize={bs}"))
+
+
+def test_forward_check_refuses_what_crashes_in_the_forward():
+    """The forward check itself: a layer the pre-check would not see (96 inputs, blocksize 64)
+    passes quantization but crashes bitsandbytes' CPU inference kernel, and is refused by name."""
+    if not bnb.functional.has_avx512bf16():
+        pytest.skip("the crash is in bitsandbytes' AVX-512 BF16 CPU kernel")
+    from olmo_sam.probes.quantize import _check_4bit_forward
+
+    net = torch.nn.Sequential(torch.nn.Linear(96, 64, bias=False))
+    q = bnb.nn.Linear4bit(96, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4", device="meta")
+    q.weight = bnb.nn.Params4bit(net[0].weight.detach().clone(), requires_grad=False, quant_type="nf4", blocksize=64, module=q)
+    net[0] = q.to("cpu")
+    with pytest.raises(OLMoConfigurationError, match=r"'blocksize'=64 .*cannot run the 4-bit forward of 0 \(96->64\)"):
+        _check_4bit_forward(net, ["0"], QuantConfig())
+    ok = torch.nn.Sequential(torch.nn.Linear(128, 64, bias=True))
+    quantize_transformer(ok, QuantConfig())  # runs and matches x @ dequant(W)^T: no error
 
 
 def test_option_errors():
@@ -158,6 +206,23 @@ def test_option_errors():
         parse_quant_spec("int8:load_in_4bit=true")
     with pytest.raises(OLMoConfigurationError, match="'blocksize'=128: transformers"):
         QuantConfig(blocksize=128).to_transformers()
+    # typed values: a misspelled boolean is not truthy, a non-number names its option
+    with pytest.raises(OLMoConfigurationError, match="'quantize_lm_head' takes true or false, got 'flase'"):
+        parse_quant_spec("nf4:quantize_lm_head=flase")
+    with pytest.raises(OLMoConfigurationError, match="'double_quant' takes true or false, got 'yes'"):
+        parse_quant_spec("nf4:double_quant=yes")
+    with pytest.raises(OLMoConfigurationError, match="'int8_threshold' takes a number, got 'abc'"):
+        parse_quant_spec("int8:int8_threshold=abc")
+    with pytest.raises(OLMoConfigurationError, match="'blocksize' takes an integer, got '12.5'"):
+        parse_quant_spec("nf4:blocksize=12.5")
+    with pytest.raises(OLMoConfigurationError, match="'load_in_4bit' takes true or false"):
+        parse_quant_spec("load_in_4bit=1")
+    with pytest.raises(OLMoConfigurationError, match="'quantize_lm_head' takes true or false, got 'true'"):
+        QuantConfig.from_dict({"quantize_lm_head": "true"})  # a YAML string is not a boolean
+    with pytest.raises(OLMoConfigurationError, match="'int8_threshold' takes a number"):
+        QuantConfig.from_dict({"bits": 8, "int8_threshold": "abc"})
+    assert parse_quant_spec("nf4:quantize_lm_head=FALSE").quantize_lm_head is False
+    assert parse_quant_spec("int8:int8_threshold=4").int8_threshold == 4.0
     # transformers' own names are accepted with their meaning
     cfg = QuantConfig.from_dict({"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True})
     assert cfg == QuantConfig(bits=4, quant_type="nf4", double_quant=True)
@@ -211,3 +276,21 @@ def test_quantize_probe_resumes(tiny_checkpoint, tiny_hf_model, tiny_corpus, tmp
     assert again["records"] == first["records"]
     with pytest.raises(AssertionError, match="recomputed"):  # other settings: measured afresh
         runners.quantize_probe([tiny_checkpoint], [tiny_corpus.val], **{**kw, "labels": ["olmo"], "max_sequences": 4})
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_bfloat16_weights_are_proved_to_their_own_rounding(double_quant):
+    """A bfloat16 model dequantizes to bfloat16: the exact comparison allows that rounding and
+    still catches one code moved to its neighbour."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.Linear(64, 128)).to(torch.bfloat16)
+    originals = {n: m.weight.detach().float() for n, m in net.named_modules() if isinstance(m, torch.nn.Linear)}
+    report = quantize_transformer(net, QuantConfig(double_quant=double_quant, compute_dtype="bfloat16"))
+    assert report.mismatched_4bit_weights == 0
+    assert net[0].weight.quant_state.dtype == torch.bfloat16
+    packed = net[1].weight.data
+    packed[:1].copy_(packed[:1] ^ 0x01)
+    assert inspect_quantization(net, originals=originals).modules["1"]["mismatches"] == 1
+    if not double_quant:  # a wrong block scale is caught even though codes x scale are consistent
+        net[0].weight.quant_state.absmax[0] *= 1.01
+        assert inspect_quantization(net, originals=originals).modules["0"]["scale_error"] > 1

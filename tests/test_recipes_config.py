@@ -180,7 +180,7 @@ def test_sweep_presets():
         sweep_members("lr-tuning", base, {"lr": 1e-3})
     out = _dry(pretrain_main, ["--sweep", "lr-tuning", "--size", "20M", "--tokens", "4B"])
     assert [m["summary"]["lr"]["peak"] for m in out["members"]] == list(paper.LR_TUNING_GRID)
-    r = CliRunner().invoke(pretrain_main, ["--sweep", "peak-lr", "--data", "x.npy", "--save-folder", "r"])
+    r = CliRunner().invoke(pretrain_main, ["--sweep", "peak-lr", "--data", "x.npy", "--out", "r"])
     assert r.exit_code != 0 and "launch one per job with --member" in r.output
 
 
@@ -211,12 +211,12 @@ def test_budget_off_table_works_with_explicit_lr():
 
 
 def test_missing_data_errors_before_compute(tmp_path):
-    r = CliRunner().invoke(pretrain_main, ["--size", "20M", "--tokens", "4B", "--save-folder", str(tmp_path)])
+    r = CliRunner().invoke(pretrain_main, ["--size", "20M", "--tokens", "4B", "--out", str(tmp_path)])
     assert r.exit_code != 0 and "--data is required" in r.output
-    r = CliRunner().invoke(pretrain_main, ["--size", "20M", "--tokens", "4B", "--save-folder", str(tmp_path / "r"), "--data", str(tmp_path / "nope.npy")])
+    r = CliRunner().invoke(pretrain_main, ["--size", "20M", "--tokens", "4B", "--out", str(tmp_path / "r"), "--data", str(tmp_path / "nope.npy")])
     assert r.exit_code != 0 and "not found" in r.output
     assert not (tmp_path / "r").exists()
-    r = CliRunner().invoke(midtrain_main, ["--save-folder", str(tmp_path / "m")])
+    r = CliRunner().invoke(midtrain_main, ["--out", str(tmp_path / "m")])
     assert r.exit_code != 0 and "--data-mix is required" in r.output
 
 
@@ -227,7 +227,7 @@ def test_data_model_tokenizer_mismatch_errors_before_compute(tmp_path, demo_data
     cfg, _ = build_pretrain(PretrainSpec(size="20M", tokens=int(4e9), train_paths=[str(p) for p in demo_data_small.train_paths], save_folder=str(tmp_path / "r")))
     with pytest.raises(OLMoConfigurationError, match="was tokenized with .*vocab_size=512.*vocab_size=100278"):
         validate_experiment(cfg)
-    r = CliRunner().invoke(pretrain_main, ["--size", "20M", "--tokens", "4B", "--data", str(demo_data_small.root / "tokens"), "--save-folder", str(tmp_path / "r2")])
+    r = CliRunner().invoke(pretrain_main, ["--size", "20M", "--tokens", "4B", "--data", str(demo_data_small.root / "tokens"), "--out", str(tmp_path / "r2")])
     assert r.exit_code != 0 and "re-tokenize" in r.output
     assert not (tmp_path / "r2" / "metrics.jsonl").exists()
 

@@ -40,11 +40,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, demo_data_small):
     root = tmp_path_factory.mktemp("torchrun")
-    common = ["--size", "tiny", "--steps", str(STEPS), "--lr", "3e-3", "--batch-size", "4", "--microbatch", "1",
+    common = ["--size", "tiny", "--steps", str(STEPS), "--lr", "3e-3", "--batch-size", "4", "--micro-batch-size", "1",
               "--seq-len", str(SEQ), "--data", str(demo_data_small.root / "tokens"), "--eval-interval", str(STEPS)]  # fmt: skip
     argv = []
     for name, extra in RUNS.items():
-        argv += ["pretrain", *common, *extra, "--save-folder", str(root / name), "--next"]
+        argv += ["pretrain", *common, *extra, "--out", str(root / name), "--next"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
            str(WORKER), *argv[:-1]]  # fmt: skip

@@ -17,6 +17,7 @@ from olmo_core.optim.scheduler import (
 import olmo_sam  # noqa: F401
 from olmo_sam.optim import (
     WSO,
+    check_fits,
     CosineAlpha,
     LinearAlpha,
     Midtrain,
@@ -42,9 +43,16 @@ def test_wsd_alpha(alpha):
         else:  # linear from PEAK at t = T-20 to alpha*PEAK at t = T
             want = alpha * PEAK + (PEAK - alpha * PEAK) * (T - t) / 20
         assert s.get_lr(PEAK, t, T) == pytest.approx(want, rel=1e-12, abs=1e-15), t
-    assert decay_start(s, T) == 80
+    # alpha_f = 1 never decays: like WSO there is no decay phase to switch SAM on at
+    assert decay_start(s, T) == (None if alpha == 1.0 else 80)
     assert s.get_lr(PEAK, 80, T) == PEAK
     assert s.get_lr(PEAK, 81, T) < PEAK or alpha == 1.0
+
+
+def test_wsd_alpha_one_is_wso():
+    s, wso = WSDAlpha(warmup=W, decay_fraction=0.2, alpha_f=1.0), WSO(warmup=W)
+    assert [s.get_lr(PEAK, t, T) for t in range(T + 1)] == [wso.get_lr(PEAK, t, T) for t in range(T + 1)]
+    assert decay_start(s, T) is None and decay_start(wso, T) is None
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.1])
@@ -111,3 +119,63 @@ def test_decay_start_of_olmo_core_builtins():
 def test_bad_schedule_parameters_name_the_field(build, field):
     with pytest.raises(OLMoConfigurationError, match=field):
         build()
+
+
+_BUILDERS = {
+    "wso": lambda **kw: WSO(**kw),
+    "wsd_alpha": lambda **kw: WSDAlpha(decay_fraction=0.1, **kw),
+    "linear_alpha": lambda **kw: LinearAlpha(**kw),
+    "cosine_alpha": lambda **kw: CosineAlpha(**kw),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_BUILDERS))
+def test_negative_warmup_is_refused_naming_the_field(name):
+    with pytest.raises(OLMoConfigurationError, match=r"'warmup'.*>= 0, got -5; use 0 for no warmup"):
+        _BUILDERS[name](warmup=-5)
+
+
+@pytest.mark.parametrize("name", sorted(_BUILDERS))
+def test_warmup_longer_than_the_run_is_refused(name):
+    s = _BUILDERS[name](warmup=T + 1)
+    with pytest.raises(OLMoConfigurationError, match=r"'warmup' = 101 steps is longer than the run .*shorten 'warmup'"):
+        check_fits(s, T)
+    with pytest.raises(OLMoConfigurationError, match="'warmup'"):
+        decay_start(s, T)  # what the switch and the recipes' dry runs ask first
+    check_fits(_BUILDERS[name](warmup=T // 2), T)  # fits: no error
+
+
+def test_wsd_warmup_plus_decay_longer_than_the_run_is_refused():
+    with pytest.raises(OLMoConfigurationError, match=r"'warmup' \+ 'decay' = 60 \+ 50 steps is longer than the run"):
+        check_fits(WSDAlpha(warmup=60, decay=50, decay_fraction=None), T)
+    with pytest.raises(OLMoConfigurationError, match=r"'warmup' \+ 'decay' = 80 \+ 30"):
+        check_fits(WSDAlpha(warmup=80, decay_fraction=0.3), T)
+    with pytest.raises(OLMoConfigurationError, match=r"'warmup' \+ 'decay'"):
+        check_fits(WSD(warmup=60, decay=50, decay_fraction=None), T)  # OLMo-core's own WSD too
+    with pytest.raises(OLMoConfigurationError, match=r"'warmup_fraction' \+ 'decay_fraction'.*sum <= 1"):
+        WSDAlpha(warmup_fraction=0.6, decay_fraction=0.5)
+    check_fits(WSDAlpha(warmup=50, decay=50, decay_fraction=None), T)  # exactly the run: no stable phase, allowed
+    check_fits(WSDAlpha(warmup=60, decay=50, decay_fraction=None, alpha_f=1.0), T)  # never decays: decay length moot
+
+
+def test_builtin_and_token_schedules_are_checked_too():
+    with pytest.raises(OLMoConfigurationError, match=r"'warmup' .*>= 0, got -1"):
+        check_fits(CosWithWarmup(warmup=-1), T)
+    tok = WSO(warmup=5000, units="tokens")
+    with pytest.raises(OLMoConfigurationError, match=r"5,000 tokens is longer than the run \(4,096 tokens\)"):
+        check_fits(tok, 4096)
+    with pytest.raises(OLMoConfigurationError, match=r"longer than 't_max' = 50"):
+        check_fits(LinearAlpha(warmup=60, t_max=50), T)
+
+
+def test_a_too_long_warmup_fails_before_the_first_step(tmp_path, tiny_corpus):
+    from helpers import adamw, tiny_experiment
+
+    from olmo_sam.train import build_trainer
+
+    trainer = build_trainer(
+        tiny_experiment(tiny_corpus, tmp_path / "run", adamw(), max_steps=3, scheduler=WSO(warmup=5))
+    )
+    with pytest.raises(OLMoConfigurationError, match=r"'warmup' = 5 steps is longer than the run \(3 steps\)"):
+        trainer.fit()
+    assert trainer.global_step == 0

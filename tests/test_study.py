@@ -46,7 +46,7 @@ def test_dry_run_cli_runs_nothing(tmp_path):
     out = tmp_path / "dry"
     proc = subprocess.run(
         [sys.executable, "-m", "olmo_sam.cli", "study", "run", str(ROOT / "recipes/studies/olmo2-1b.yaml"),
-         "--dry-run", "--out", str(out)],
+         "--dry-run", "--allow-missing-data", "--out", str(out)],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 STUDY = {
     "name": "executors",
     "data": {"demo": {"vocab_size": 512, "books": ["carroll-alice"]}},
-    "pretrain": {"size": "tiny", "steps": 6, "lr": 3e-3, "batch_size": 4, "seq_len": 64, "warmup": 1, "microbatch": 2},
+    "pretrain": {"size": "tiny", "steps": 6, "lr": 3e-3, "batch_size": 4, "seq_len": 64, "warmup": 1, "micro_batch_size": 2},
     "arms": [{"name": "sam", "optimizer": "sam", "schedule": "cosine"}],
     "pt_eval": {"max_sequences": 8},
     "stages": ["data", "pretrain", "pt_eval"],

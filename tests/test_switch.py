@@ -75,6 +75,12 @@ def test_explicit_switch_points(tmp_path, tiny_corpus, switch, expected):
         (SAMSwitchCallback(start_step=20), None, "outside the run"),
         (SAMSwitchCallback(start_tokens=10**9), None, "outside the run"),
         (SAMSwitchCallback(), WSO(warmup=2), "no decay"),
+        # alpha_f = 1 never decays: an explicit start is needed, and the message says how
+        (
+            SAMSwitchCallback(),
+            WSDAlpha(warmup=2, decay_fraction=0.25, alpha_f=1.0),
+            "WSDAlpha has no decay phase.*set 'start_step', 'start_fraction' or 'start_tokens'",
+        ),
     ],
 )
 def test_bad_switch_points_fail_before_training(tmp_path, tiny_corpus, switch, scheduler, match):

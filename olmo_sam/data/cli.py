@@ -9,6 +9,8 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import click
 from olmo_core.exceptions import OLMoConfigurationError
 
+from ..cli_options import old_positional, option
+
 __all__ = ["data"]
 
 
@@ -67,7 +69,12 @@ def _documents(inputs, hf_dataset, hf_config, hf_split, hf_revision, hf_data_fil
 
 @click.group()
 def data():
-    """Prepare pretraining data: demo corpus, tokenizers, OLMo-core token files."""
+    """Prepare pretraining data: demo corpus, tokenizers, OLMo-core token files.
+
+    \b
+    Example:
+      olmo-sam data tokenize --input corpus/ --tokenizer dolma2 --out data/tokens
+    """
 
 
 @data.command("fetch-corpus")
@@ -84,11 +91,12 @@ def fetch_corpus():
 
 
 @data.command("demo")
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@old_positional("OUT_DIR")
+@option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory for the tokenizer/ and the train/validation token files.")
 @click.option("--vocab-size", type=int, default=None, help="BPE size (default: the demo's).")
 @click.option("--book", "books", multiple=True, help="Only these books of the corpus (repeatable).")
 def demo_cmd(out_dir: Path, vocab_size: Optional[int], books):
-    """Prepare the CPU demo's tokenizer and train/validation token files in OUT_DIR."""
+    """Prepare the CPU demo's tokenizer and train/validation token files in --out."""
     from .demo_data import DEMO_VOCAB_SIZE, prepare_demo_data
 
     try:
@@ -101,7 +109,8 @@ def demo_cmd(out_dir: Path, vocab_size: Optional[int], books):
 
 
 @data.command("train-tokenizer")
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@old_positional("OUT_DIR")
+@option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Tokenizer directory to write.")
 @click.option("--vocab-size", type=int, required=True, help="Vocabulary size, special tokens included.")
 @click.option("--max-documents", type=int, default=None, help="Train on at most this many documents.")
 @_source_options
@@ -123,19 +132,20 @@ def train_tokenizer_cmd(out_dir: Path, vocab_size: int, max_documents: Optional[
 
 
 @data.command("tokenize")
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@old_positional("OUT_DIR")
+@option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory for the token files (train-*.npy, val-*.npy, meta.json, tokenizer/).")
 @click.option("--tokenizer", "tokenizer_name", default="dolma2", show_default=True,
               help="'dolma2', a Hugging Face tokenizer id, or a local tokenizer directory.")  # fmt: skip
 @click.option("--val-fraction", type=float, default=None, help="Fraction of documents held out [default: 0.02].")
 @click.option("--seed", type=int, default=None, help="Split seed [default: 0].")
 @click.option("--max-documents", type=int, default=None, help="Stop after this many documents.")
 @click.option("--shard-tokens", type=int, default=None, help="Tokens per output file [default: 2^30].")
-@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @_source_options
 def tokenize_cmd(out_dir: Path, tokenizer_name: str, val_fraction, seed, max_documents, shard_tokens,
                  overwrite: bool, **src):  # fmt: skip
     """Tokenize text into OLMo-core token files (EOS after each document) with a by-document
-    train/validation split, in OUT_DIR (train-*.npy, val-*.npy, meta.json, tokenizer/)."""
+    train/validation split, in --out (train-*.npy, val-*.npy, meta.json, tokenizer/)."""
     from .tokenize import (
         DEFAULT_SHARD_TOKENS,
         DEFAULT_SPLIT_SEED,

@@ -18,7 +18,7 @@ import numpy as np
 from olmo_core.exceptions import OLMoConfigurationError
 from tqdm import tqdm
 
-from ..atomic import atomic_dir
+from ..output import atomic_dir
 from .tokenizer import tokenizer_config, tokenizer_fingerprint
 from .tokens import TokenDataMeta, TokenFileWriter, write_meta
 

@@ -23,7 +23,7 @@ from olmo_core.data import TokenizerConfig
 from olmo_core.data.tokenizer import TokenizerName
 from olmo_core.exceptions import OLMoConfigurationError
 
-from ..atomic import atomic_dir
+from ..output import atomic_dir
 from .assets import DOLMA2_WHEEL
 from .fetch import cache_root, fetch
 

@@ -25,7 +25,7 @@ from olmo_core.data import TokenizerConfig
 from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.io import is_url
 
-from ..evals.lm_loss import token_dtype_for_vocab
+from ..evals.lm_loss import looks_like_wider_ids, token_dtype_for_vocab
 from ..output import atomic_write_text
 
 __all__ = [
@@ -212,6 +212,12 @@ def check_token_files(paths: Sequence[str | Path], tokenizer: TokenizerConfig, w
         if n >= CHECK_HEAD_FILES:
             continue
         head = np.memmap(p, dtype=dtype, mode="r")[:CHECK_HEAD_TOKENS]
+        if meta is None and dtype == np.uint16 and looks_like_wider_ids(head):
+            raise OLMoConfigurationError(
+                f"{what} file {p} holds uint32 ids (every second uint16 is 0) but a vocabulary of "
+                f"{tokenizer.vocab_size} is read as uint16: re-write it as uint16, or keep the meta.json of "
+                "its prepared dataset next to it"
+            )
         top = int(head.max())
         if top >= tokenizer.vocab_size:
             raise OLMoConfigurationError(

@@ -10,6 +10,7 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
+from ..cli_options import option
 
 __all__ = ["eval_group"]
 
@@ -36,14 +37,22 @@ def _records_table(records) -> str:
 
 @click.group("eval")
 def eval_group():
-    """Benchmarks of the OLMo-2 pretraining suite and forgetting tables ([SAM-PT] App B.1.2)."""
+    """Benchmarks of the OLMo-2 pretraining suite and forgetting tables ([SAM-PT] App B.1.2).
+
+    \b
+    Example:
+      olmo-sam eval offline runs/demo/export/sam --limit 20 --out evals/sam
+      olmo-sam eval compare adamw=evals/adamw/results.json sam=evals/sam/results.json
+    """
 
 
 @eval_group.command("olmes")
 @click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--suite", default="olmo2-pretrain", show_default=True, type=click.Choice(["olmo2-pretrain"]))
+@click.option("--suite", default="olmo2-pretrain", show_default=True, type=click.Choice(["olmo2-pretrain"]),
+              help="Task suite: the OLMo-2 pretraining benchmarks of [SAM-PT] App B.1.2.")
 @click.option("--task", "tasks", multiple=True, help="Run only these paper tasks (default: all ten).")
-@click.option("--model-type", default="hf", show_default=True, type=click.Choice(["hf", "vllm"]))
+@click.option("--model-type", default="hf", show_default=True, type=click.Choice(["hf", "vllm"]),
+              help="OLMES model backend.")
 @click.option("--quant", default="none", show_default=True, type=click.Choice(["none", "nf4", "fp4", "int8"]),
               help="bitsandbytes loading; nf4 is the paper's 4-bit setting.")  # fmt: skip
 @click.option("--model-arg", "model_arg", multiple=True, metavar="KEY=VALUE",
@@ -51,8 +60,8 @@ def eval_group():
 @click.option("--limit", type=float, default=None, help="Instances (or fraction) per task, for quick runs.")
 @click.option("--batch-size", default=None, help="OLMES batch size (an int or 'auto').")
 @click.option("--gpus", type=int, default=None, help="Number of GPUs for OLMES.")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="OLMES output directory [default: MODEL_DIR/olmes].")  # fmt: skip
+@option("--out", "output_dir", old=("--output-dir",), type=click.Path(file_okay=False, path_type=Path), default=None,
+        help="OLMES output directory [default: MODEL_DIR/olmes].")  # fmt: skip
 @click.option("--olmes", "olmes_path", default=None, metavar="PATH",
               help="OLMES 'olmes' executable, its python, or its venv dir [env: OLMO_SAM_OLMES].")  # fmt: skip
 @click.option("--label", default=None, help="Model label in the results [default: MODEL_DIR name].")
@@ -106,12 +115,12 @@ def olmes_command(model_dir, suite, tasks, model_type, quant, model_arg, limit, 
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Documents per task, for quick runs.")
 @click.option("--quant", default="none", show_default=True, type=click.Choice(["none", "nf4", "fp4", "int8"]),
               help="bitsandbytes loading through transformers (nf4 = the paper's 4-bit).")  # fmt: skip
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Sequences per forward pass.")
 @click.option("--max-gen-toks", type=click.IntRange(min=1), default=None,
               help="Cap generated tokens (for small-context models).")  # fmt: skip
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Results + resume cache [default: MODEL_DIR/offline-eval[-QUANT]].")  # fmt: skip
+@click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, ...).")
+@option("--out", "output_dir", old=("--output-dir",), type=click.Path(file_okay=False, path_type=Path), default=None,
+        help="Results + resume cache [default: MODEL_DIR/offline-eval[-QUANT]].")  # fmt: skip
 @click.option("--label", default=None, help="Model label in the results [default: MODEL_DIR name].")
 @_usage_errors
 def offline_command(model_dir, tasks, limit, quant, batch_size, max_gen_toks, device, output_dir, label):
@@ -130,7 +139,7 @@ def offline_command(model_dir, tasks, limit, quant, batch_size, max_gen_toks, de
 
 def _parse_results_spec(spec: str):
     """``[LABEL=]PATH``."""
-    from .records import read_records
+    from .results import read_records
 
     if not Path(spec).exists() and "=" in spec:
         label, path = spec.split("=", 1)

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from olmo_core.exceptions import OLMoConfigurationError
 
-__all__ = ["LossResult", "token_dtype_for_vocab", "iter_windows", "lm_loss", "logits_of"]
+__all__ = ["LossResult", "token_dtype_for_vocab", "check_eval_token_files", "looks_like_wider_ids", "iter_windows",
+           "lm_loss", "logits_of"]
 
 
 @dataclass
@@ -44,6 +45,59 @@ def token_dtype_for_vocab(vocab_size: int) -> np.dtype:
     (OLMo-core alone would infer uint8 for <= 256 ids; :func:`olmo_sam.train.build_experiment`
     passes this dtype to its datasets explicitly.)"""
     return np.dtype(np.uint16) if vocab_size - 1 <= np.iinfo(np.uint16).max else np.dtype(np.uint32)
+
+
+#: uint16 values read from a file's head to recognise token ids of another dtype
+_HEAD = 1 << 16
+
+
+def looks_like_wider_ids(head: np.ndarray) -> bool:
+    """True when uint16 values are really little-endian uint32 ids (every second one, the high
+    half, is 0 while the low halves are not all 0): a uint32 file read as uint16."""
+    head = np.asarray(head)[: len(head) // 2 * 2]
+    if head.dtype != np.uint16 or len(head) < 64:
+        return False
+    return bool((head[1::2] == 0).all() and (head[0::2] != 0).any())
+
+
+def check_eval_token_files(paths: Sequence[str | Path], dtype: np.dtype, vocab_size: Optional[int],
+                           what: str = "validation") -> None:  # fmt: skip
+    """One clear error per unreadable evaluation token file: missing, empty, not a whole number of
+    ``dtype`` ids, ids beyond the vocabulary, or ids of a wider dtype (a loose uint32 file read as
+    uint16). Remote paths are left alone."""
+    from olmo_core.io import is_url
+
+    fix = "give token files written by 'olmo-sam data tokenize' for this model's tokenizer"
+    for raw in paths:
+        if is_url(str(raw)):
+            continue
+        p = Path(raw)
+        if not p.is_file():
+            raise OLMoConfigurationError(f"{what} token file not found: {p}; fix the path")
+        size = p.stat().st_size
+        if size == 0:
+            raise OLMoConfigurationError(f"{what} token file {p} is empty: no tokens to evaluate; {fix}")
+        name = np.dtype(dtype).name
+        vocab = f" (vocab_size {vocab_size})" if vocab_size else ""
+        if size % np.dtype(dtype).itemsize:
+            raise OLMoConfigurationError(
+                f"{what} token file {p} has {size} bytes, not a whole number of {name} ids: it holds another dtype "
+                f"than the model's vocabulary{vocab} is read as; {fix}"
+            )
+        head = np.memmap(p, dtype=dtype, mode="r")[:_HEAD]
+        if np.dtype(dtype) == np.uint16 and looks_like_wider_ids(head):
+            raise OLMoConfigurationError(
+                f"{what} token file {p} holds uint32 ids (every second uint16 is 0) but the model's vocabulary{vocab} "
+                "is read as uint16; re-write it as uint16 (or keep the meta.json of its prepared dataset next to it) "
+                f"-- {fix}"
+            )
+        if vocab_size is not None:
+            top = int(head.max())
+            if top >= vocab_size:
+                raise OLMoConfigurationError(
+                    f"{what} token file {p} contains id {top} >= the model's vocab_size {vocab_size}: another dtype "
+                    f"or tokenizer wrote it (read as {name}); {fix}"
+                )
 
 
 def iter_windows(
@@ -99,6 +153,7 @@ def lm_loss(
         if vocab_size is None:
             raise OLMoConfigurationError("lm_loss: give 'dtype' or 'vocab_size' of the token files")
         dtype = token_dtype_for_vocab(vocab_size)
+    check_eval_token_files(paths, dtype, vocab_size)
     if device is None:
         try:
             device = next(model.parameters()).device  # type: ignore[union-attr]

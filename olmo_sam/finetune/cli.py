@@ -10,6 +10,7 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
+from ..cli_options import option
 
 LR_HELP = "learning rates: a preset (table7 = [SAM-PT] Table 7, table3 = Table 3, table10 = EWC Table 10) or a comma-separated list"
 
@@ -48,32 +49,33 @@ def recipe_options(fn):
     """Options shared by ``finetune run`` and ``sweep`` (FTConfig fields; unset = default)."""
     opts = [
         click.option("--batch-size", type=int, help=f"sequences per step [default: {paper.FT_BATCH_SIZE}]"),
-        click.option("--microbatch-size", type=int, help="sequences per forward/backward (memory)"),
-        click.option("--seq-len", "sequence_length", type=int, help="[default: the base checkpoint's]"),
+        option("--micro-batch-size", "microbatch_size", old=("--microbatch-size",), type=int,
+               help="sequences per forward/backward (memory); must divide --batch-size"),
+        click.option("--seq-len", "sequence_length", type=int, help="tokens per training sequence [default: the base checkpoint's]"),
         click.option(
             "--token-budget", callback=lambda c, p, v: _budget(v),
             help="tokens per run, capped at one epoch: a number, 'epoch' (no cap), 'table7' (10M) or "
             "'table3' (per dataset: MetaMath 80M, others 50M) [default: table7]",
         ),
         click.option("--max-steps", type=int, help="explicit number of steps (overrides the epoch/budget rule)"),
-        click.option("--warmup-fraction", type=float),
+        click.option("--warmup-fraction", type=float, help=f"LR warmup as a fraction of the steps [default: {paper.FT_WARMUP_FRACTION:g}]"),
         click.option("--final-lr-fraction", type=float, help="cosine floor as a fraction of the peak [default: 0]"),
-        click.option("--weight-decay", type=float),
-        click.option("--max-grad-norm", type=float),
-        click.option("--seed", type=int),
-        click.option("--data-seed", type=int),
+        click.option("--weight-decay", type=float, help=f"AdamW weight decay [default: {paper.FT_WEIGHT_DECAY:g}]"),
+        click.option("--max-grad-norm", type=float, help=f"gradient clipping norm [default: {paper.FT_MAX_GRAD_NORM}]"),
+        click.option("--seed", type=int, help="model seed (LoRA init, dropout) [default: 0]"),
+        click.option("--data-seed", type=int, help="seed of the training-data order [default: 34521]"),
         click.option("--dp", type=click.Choice(["ddp", "fsdp", "hsdp"]), help="data parallelism under torchrun"),
         click.option("--checkpoint-interval", type=int, help="also checkpoint every N steps (resumable long runs)"),
         click.option("--pt-val", multiple=True, help="pretraining validation token file(s) [default: the base run's]"),
-        click.option("--pt-val-max-sequences", type=int),
-        click.option("--ft-val-max-sequences", type=int),
-        click.option("--eval-batch-size", type=int),
+        click.option("--pt-val-max-sequences", type=int, help="evaluate L_PT on at most this many sequences [default: all]"),
+        click.option("--ft-val-max-sequences", type=int, help="evaluate L_FT on at most this many sequences [default: all]"),
+        click.option("--eval-batch-size", type=int, help="sequences per evaluation batch [default: 8]"),
         click.option("--fisher-batches", type=int, help=f"EWC Fisher batches [default: {paper.EWC_FISHER_BATCHES}]"),
-        click.option("--fisher-batch-size", type=int),
+        click.option("--fisher-batch-size", type=int, help="EWC: sequences per Fisher batch [default: --batch-size]"),
         click.option("--fisher-data", multiple=True, help="EWC: pretraining token files [default: the base run's]"),
         click.option("--replay-data", multiple=True, help="replay: pretraining token files [default: the base run's]"),
         click.option("--lora-alpha", type=float, help="LoRA scaling numerator [default: the rank]"),
-        click.option("--lora-dropout", type=float),
+        click.option("--lora-dropout", type=float, help="LoRA dropout probability [default: 0]"),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -129,7 +131,13 @@ def _records_table(records, title: str):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def finetune():
-    """Prepare fine-tuning data and fine-tune a base checkpoint ([SAM-PT] App C.2)."""
+    """Prepare fine-tuning data and fine-tune a base checkpoint ([SAM-PT] App C.2).
+
+    \b
+    Example:
+      olmo-sam finetune prepare demo-code --tokenizer runs/demo/data/tokenizer --out ft/code
+      olmo-sam finetune run --base runs/demo/pretrain/sam --data ft/code --lr 1e-3 --out ft/runs/sam
+    """
 
 
 @finetune.command("datasets")
@@ -147,8 +155,8 @@ def datasets_command():
 @click.option("--tokenizer", required=True, type=click.Path(exists=True), help="Hugging Face tokenizer directory (or tokenizer.json)")
 @click.option("--out", type=click.Path(), help="output directory [default: a keyed directory in the cache]")
 @click.option("--seed", type=int, default=0, show_default=True, help="split seed")
-@click.option("--val-fraction", type=float, default=0.05, show_default=True)
-@click.option("--max-val-documents", type=int, default=2000, show_default=True)
+@click.option("--val-fraction", type=float, default=0.05, show_default=True, help="fraction of documents held out for L_FT")
+@click.option("--max-val-documents", type=int, default=2000, show_default=True, help="cap on held-out documents")
 @click.option("--max-train-tokens", type=int, help="stop reading once the train split holds this many tokens")
 @click.option("--max-documents", type=int, help="read at most this many rows")
 @click.option("--overwrite", is_flag=True, help="replace a differently prepared dataset in --out")
@@ -170,8 +178,9 @@ def prepare_command(name, tokenizer, out, seed, val_fraction, max_val_documents,
 @click.option("--base", required=True, help="base checkpoint: OLMo-core run or step directory, trainer or model-only (import-hf, wise-ft output)")
 @click.option("--base-label", help="short name of the base in tables and plots [default: its run directory]")
 @click.option("--data", required=True, help="prepared dataset directory ('olmo-sam finetune prepare')")
-@click.option("--lr", required=True, type=float)
-@click.option("--method", type=click.Choice(["ft", "ewc", "l2init", "lora", "replay"]), default="ft", show_default=True)
+@click.option("--lr", required=True, type=float, help="peak learning rate (cosine schedule)")
+@click.option("--method", type=click.Choice(["ft", "ewc", "l2init", "lora", "replay"]), default="ft", show_default=True,
+              help="full fine-tuning or a forgetting-mitigation baseline")
 @click.option("--ewc-lambda", type=float, help=f"[default: {paper.EWC_BEST_LAMBDA:g}]")
 @click.option("--l2-lambda", type=float, help=f"[default: {paper.L2_INIT_PENALTY:g}]")
 @click.option("--lora-rank", type=int, help=f"[default: {paper.LORA_RANK}]")
@@ -210,7 +219,7 @@ def run_command(base, base_label, data, lr, method, ewc_lambda, l2_lambda, lora_
 @click.option("--base", required=True, help="base checkpoint")
 @click.option("--ft", "ft_ckpt", required=True, help="fine-tuned checkpoint (kept with --keep-checkpoint)")
 @click.option("--alpha", required=True, type=float, help="weight of the fine-tuned model (0 = base, 1 = fine-tuned)")
-@click.option("--out", required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="checkpoint directory to write")
 @_usage_errors
 def wise_ft_command(base, ft_ckpt, alpha, out):
     """Save the WiSE-FT interpolation (1 - alpha) * base + alpha * fine-tuned as a checkpoint."""
@@ -236,25 +245,52 @@ def _floats(values: Sequence[str], what: str) -> List[float]:
     return out
 
 
+def _ints(values: Sequence[str], what: str) -> List[int]:
+    out = _floats(values, what)
+    bad = [x for x in out if not x.is_integer()]
+    if bad:
+        raise click.BadParameter(f"{what}: {bad[0]:g} is not a whole number")
+    return [int(x) for x in out]
+
+
+METHOD_CHOICES = ("ft", "ewc", "l2init", "lora", "replay", "wiseft")
+
+
+def _choices(values: Sequence[str], allowed: Sequence[str], what: str) -> tuple:
+    out = tuple(x.strip() for v in values for x in str(v).split(",") if x.strip())
+    bad = [x for x in out if x not in allowed]
+    if bad:
+        raise click.BadParameter(f"{bad[0]!r} is not one of {', '.join(allowed)}", param_hint=what)
+    return out
+
+
 @click.command("sweep", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--base", "bases", multiple=True, required=True, help="base checkpoint(s)")
 @click.option("--base-label", "base_labels", multiple=True, help="one label per --base")
 @click.option("--data", "datasets", multiple=True, required=True, help="prepared dataset directory(ies)")
 @click.option("--lrs", "lr_grid", default="table7", show_default=True, help=LR_HELP)
-@click.option("--method", "methods", multiple=True, default=("ft",), show_default=True,
-              type=click.Choice(["ft", "ewc", "l2init", "lora", "replay", "wiseft"]))  # fmt: skip
-@click.option("--ewc-lambda", "ewc_lambdas", multiple=True, help="EWC lambda(s); 'table10' = the Table 10 grid [default: 1e4]")
-@click.option("--l2-lambda", "l2_lambdas", multiple=True, help=f"[default: {paper.L2_INIT_PENALTY:g}]")
-@click.option("--lora-rank", "lora_ranks", multiple=True, type=int, help=f"[default: {paper.LORA_RANK}]")
-@click.option("--replay-ratio", "replay_ratios", multiple=True, help=f"[default: {paper.REPLAY_DEFAULT_RATIO:g}]")
-@click.option("--wise-alpha", "wise_alphas", multiple=True, help=f"[default: {paper.WISE_FT_ALPHA:g}]")
+@option("--methods", "methods", old=("--method",), multiple=True, default=("ft",), show_default=True,
+        callback=lambda c, p, v: _choices(v, METHOD_CHOICES, "--methods"),
+        help=f"fine-tuning methods, comma-separated or repeated: {', '.join(METHOD_CHOICES)}")  # fmt: skip
+@option("--ewc-lambdas", "ewc_lambdas", old=("--ewc-lambda",), multiple=True,
+        help="EWC lambdas, comma-separated or repeated; 'table10' = the Table 10 grid [default: 1e4]")
+@option("--l2-lambdas", "l2_lambdas", old=("--l2-lambda",), multiple=True,
+        help=f"L2-to-init penalties, comma-separated or repeated [default: {paper.L2_INIT_PENALTY:g}]")
+@option("--lora-ranks", "lora_ranks", old=("--lora-rank",), multiple=True,
+        help=f"LoRA ranks, comma-separated or repeated [default: {paper.LORA_RANK}]")
+@option("--replay-ratios", "replay_ratios", old=("--replay-ratio",), multiple=True,
+        help=f"replayed PT tokens per task token, comma-separated or repeated [default: {paper.REPLAY_DEFAULT_RATIO:g}]")
+@option("--wise-alphas", "wise_alphas", old=("--wise-alpha",), multiple=True,
+        help=f"WiSE-FT weights of the fine-tuned model, comma-separated or repeated [default: {paper.WISE_FT_ALPHA:g}]")
 @click.option("--out", required=True, type=click.Path(), help="sweep directory (results.jsonl, runs/, cache/)")
-@click.option("--jobs", type=int, help="parallel local workers [default: min(2, CPUs)]")
-@click.option("--launcher", type=click.Choice(["local", "torchrun"]), default="local", show_default=True)
-@click.option("--nproc-per-node", type=int, default=1, show_default=True, help="torchrun processes per run")
-@click.option("--keep-checkpoints", is_flag=True)
+@click.option("--jobs", type=click.IntRange(min=1), help="parallel local workers [default: min(2, CPUs)]")
+@option("--executor", "launcher", old=("--launcher",), type=click.Choice(["local", "torchrun"]), default="local",
+        show_default=True, help="how runs start: local worker processes, or torchrun per run")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torchrun processes per run (--executor torchrun)")  # fmt: skip
+@click.option("--keep-checkpoints", is_flag=True, help="keep each run's fine-tuned checkpoint (WiSE-FT, benchmarks)")
 @click.option("--dry-run", is_flag=True, help="list the runs and what is done, run nothing")
-@click.option("--no-progress", is_flag=True)
+@click.option("--no-progress", is_flag=True, help="no progress bar")
 @click.option("--mix", "mixes", multiple=True, metavar="METHOD=DIR",
               help="also run METHOD (cfs or cs) on a mix from 'olmo-sam cfs mix' of the single --data task, "
                    "for the task's number of steps")  # fmt: skip
@@ -269,7 +305,7 @@ def sweep(bases, base_labels, datasets, lr_grid, methods, ewc_lambdas, l2_lambda
     """
     from .sweep import SweepSpec, expand, mix_sweeps, parse_lrs, run_sweep
 
-    ewc = paper.EWC_LAMBDA_GRID if tuple(ewc_lambdas) == ("table10",) else _floats(ewc_lambdas, "--ewc-lambda")
+    ewc = paper.EWC_LAMBDA_GRID if tuple(ewc_lambdas) == ("table10",) else _floats(ewc_lambdas, "--ewc-lambdas")
     spec = SweepSpec(
         bases=list(bases),
         base_labels=list(base_labels) or None,
@@ -277,10 +313,10 @@ def sweep(bases, base_labels, datasets, lr_grid, methods, ewc_lambdas, l2_lambda
         lrs=parse_lrs(lr_grid),
         methods=list(methods),
         ewc_lambdas=ewc or (paper.EWC_BEST_LAMBDA,),
-        l2_lambdas=_floats(l2_lambdas, "--l2-lambda") or (paper.L2_INIT_PENALTY,),
-        lora_ranks=list(lora_ranks) or (paper.LORA_RANK,),
-        replay_ratios=_floats(replay_ratios, "--replay-ratio") or (paper.REPLAY_DEFAULT_RATIO,),
-        wise_alphas=_floats(wise_alphas, "--wise-alpha") or (paper.WISE_FT_ALPHA,),
+        l2_lambdas=_floats(l2_lambdas, "--l2-lambdas") or (paper.L2_INIT_PENALTY,),
+        lora_ranks=_ints(lora_ranks, "--lora-ranks") or (paper.LORA_RANK,),
+        replay_ratios=_floats(replay_ratios, "--replay-ratios") or (paper.REPLAY_DEFAULT_RATIO,),
+        wise_alphas=_floats(wise_alphas, "--wise-alphas") or (paper.WISE_FT_ALPHA,),
         common=_common(kwargs),
     )
     mix_map = {}

@@ -60,7 +60,8 @@ from ..optim import CosineAlpha
 from ..train import build_experiment, read_metrics, run_experiment
 from .baselines import build_replay_mix, wise_ft
 from .data import FTDataMeta, read_meta, split_paths
-from .fileutil import cached_file, file_lock, json_digest, write_json_atomic
+from ..locks import cached_file, file_lock
+from ..output import json_digest, write_json
 from .lora import LoRASettings, LoRATrainModuleConfig, load_merged_lora
 from .penalty import WeightPenaltyCallback, diagonal_fisher, save_tensors
 
@@ -83,6 +84,9 @@ _METHOD_OPTIONS: Dict[str, Dict[str, Any]] = {
     "lora": {"lora_rank": paper.LORA_RANK, "lora_alpha": None, "lora_dropout": 0.0},
     "replay": {"replay_ratio": paper.REPLAY_DEFAULT_RATIO, "replay_data": None},
 }
+#: the command line's names (docs/cli.md, --micro-batch-size, --seq-len) -> FTConfig fields; a
+#: study file's ``finetune.common`` may use either spelling (the field names keep run ids stable)
+KEY_SPELLINGS = {"micro_batch_size": "microbatch_size", "seq_len": "sequence_length"}
 #: fields that do not change any number of a run (left out of its id)
 _NOT_IN_ID = ("base_label", "wise_alphas", "checkpoint_interval")
 
@@ -149,8 +153,20 @@ class FTConfig:
     #: WiSE-FT interpolation weights evaluated after training (0 = base, 1 = fine-tuned)
     wise_alphas: Tuple[float, ...] = ()
 
+    @staticmethod
+    def field_names(d: Dict[str, Any]) -> Dict[str, Any]:
+        """``d`` with the command line's key names (:data:`KEY_SPELLINGS`) as FTConfig field names."""
+        d = dict(d)
+        for flag_name, field_name in KEY_SPELLINGS.items():
+            if flag_name in d:
+                if field_name in d:
+                    raise OLMoConfigurationError(f"give '{flag_name}' or '{field_name}', not both")
+                d[field_name] = d.pop(flag_name)
+        return d
+
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "FTConfig":
+        d = cls.field_names(d)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -169,10 +185,9 @@ class FTConfig:
 
     # -- validation and defaults ---------------------------------------------------------------
 
-    def resolved(self, strict: bool = True) -> "FTConfig":
-        """Validated copy with paths absolute and defaults filled from the checkpoint / paper.
-
-        :param strict: reject options of other methods (else clear them, as sweeps do)."""
+    def check(self, strict: bool = True) -> Dict[str, Any]:
+        """The checks that need no files (the study's plan step runs them before any compute);
+        returns the method's own options with paper defaults (see :meth:`_method_options`)."""
         if self.method not in METHODS:
             raise OLMoConfigurationError(
                 f"unknown method {self.method!r}; choose one of {list(METHODS)} (WiSE-FT: set wise_alphas)"
@@ -192,7 +207,13 @@ class FTConfig:
         for a in self.wise_alphas:
             if not (0.0 <= a <= 1.0):
                 raise OLMoConfigurationError(f"wise_alphas must lie in [0, 1], got {a}")
-        values = self._method_options(strict)
+        return self._method_options(strict)
+
+    def resolved(self, strict: bool = True) -> "FTConfig":
+        """Validated copy with paths absolute and defaults filled from the checkpoint / paper.
+
+        :param strict: reject options of other methods (else clear them, as sweeps do)."""
+        values = self.check(strict)
         try:
             base = resolve_checkpoint(self.base)
         except FileNotFoundError as e:
@@ -359,7 +380,7 @@ def base_pt_loss(cfg: FTConfig, vocab_size: int, cache_dir: Path) -> float:
             model, cfg.pt_val or [], seq_len=int(cfg.sequence_length or 0), vocab_size=vocab_size,
             batch_size=cfg.eval_batch_size, max_sequences=cfg.pt_val_max_sequences,
         )  # fmt: skip
-        write_json_atomic(path, dict(loss=res.loss, tokens=res.tokens, base=cfg.base, pt_val=cfg.pt_val))
+        write_json(path, dict(loss=res.loss, tokens=res.tokens, base=cfg.base, pt_val=cfg.pt_val), keep_nan=True, sort_keys=True)
 
     path = cached_file(cache_dir / "base_pt_loss" / f"{key}.json", compute)
     return float(json.loads(path.read_text())["loss"])
@@ -482,7 +503,7 @@ def _prepare_dir(out: Path, spec: Dict[str, Any]) -> Optional[List[FTRecord]]:
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
     elif rec_path.exists():
         rec_path.unlink()
-    write_json_atomic(spec_path, spec)
+    write_json(spec_path, spec, keep_nan=True, sort_keys=True)
     return None
 
 
@@ -525,7 +546,7 @@ def run_finetune(
         if not rank0:
             return []
         records = _evaluate(plan, final, cache, time.monotonic() - t0)
-        write_json_atomic(out / "records.json", [asdict(r) for r in records])
+        write_json(out / "records.json", [asdict(r) for r in records], keep_nan=True, sort_keys=True)
         if not keep_checkpoint:
             for step in train_folder.glob("step*"):
                 shutil.rmtree(step, ignore_errors=True)

@@ -30,14 +30,14 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
 from ..analysis.records import FTRecord, ResultStore
 from .engine import METHODS, FTConfig, run_finetune
-from .fileutil import write_json_atomic
+from ..output import write_json
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,11 @@ def mix_sweeps(spec: SweepSpec, mixes: Dict[str, str]) -> List[SweepSpec]:
     return out
 
 
-def expand(spec: SweepSpec) -> List[FTConfig]:
-    """Every run of the sweep, resolved and validated, without duplicates, in a fixed order."""
+def expand(spec: SweepSpec, resolve: bool = True) -> List[FTConfig]:
+    """Every run of the sweep, resolved and validated, without duplicates, in a fixed order.
+
+    :param resolve: fill defaults from the base checkpoints and datasets (which must exist);
+        ``False`` runs only the checks that need no files (a study's plan step)."""
     if not spec.lrs:
         raise OLMoConfigurationError("the LR grid is empty; give a preset (table7, table3, table10) or learning rates")
     if not spec.bases:
@@ -180,13 +183,17 @@ def expand(spec: SweepSpec) -> List[FTConfig]:
         for data in spec.datasets:
             common = dict(spec.common)
             if common.get("token_budget") == "table3":
-                common["token_budget"] = table3_budget(data)
+                common["token_budget"] = table3_budget(data) if resolve else 1
             for v in variants:
                 for lr in spec.lrs:
                     cfg = FTConfig.from_dict(
                         dict(common, base=base, base_label=label, data=data, lr=float(lr),
                              wise_alphas=wise if v["method"] == "ft" else (), **v)  # fmt: skip
-                    ).resolved(strict=False)
+                    )
+                    if not resolve:
+                        cfg.check(strict=False)
+                        continue
+                    cfg = cfg.resolved(strict=False)
                     configs.setdefault(cfg.run_id, cfg)
     return list(configs.values())
 
@@ -287,12 +294,14 @@ def run_sweep(
     nproc_per_node: int = 1,
     keep_checkpoints: bool = False,
     progress: bool = True,
+    on_progress: Optional[Callable[[int, int], None]] = None,
 ) -> SweepResult:
     """Run every pending run of ``spec`` and return what happened (module docstring).
 
     ``launcher="local"``: ``jobs`` worker processes (spawned once, each running runs one after
     another); with ``jobs=1`` the runs execute in this process. ``launcher="torchrun"``: one
-    ``torchrun --nproc-per-node`` launch per run, ``jobs`` at a time.
+    ``torchrun --nproc-per-node`` launch per run, ``jobs`` at a time. ``on_progress(done, total)``
+    is called once the pending runs are known and after each run ends (done counts earlier runs).
     """
     import concurrent.futures as cf
     import multiprocessing as mp
@@ -305,6 +314,16 @@ def run_sweep(
         raise OLMoConfigurationError(
             f"torchrun with {nproc_per_node} processes per run needs data parallelism: set dp "
             "to 'ddp' or 'fsdp' (--dp)"
+        )
+    if launcher == "local" and nproc_per_node != 1:
+        raise OLMoConfigurationError(
+            f"--nproc-per-node {nproc_per_node}: the local launcher runs each run in one process and would ignore "
+            "it; add --executor torchrun"
+        )
+    if launcher == "local" and spec.common.get("dp") and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        raise OLMoConfigurationError(
+            f"--dp {spec.common['dp']} (dp): data parallelism needs several processes, and the local launcher runs "
+            "each run in one; add --executor torchrun --nproc-per-node N (or drop --dp)"
         )
     worker_command("x", launcher, nproc_per_node)  # validates the launcher
     out = Path(out_dir).resolve()
@@ -324,6 +343,8 @@ def run_sweep(
         f"Sweep {out}: {len(configs)} runs, {result.already_done} already done, "
         f"{result.harvested} recovered from finished run directories, {len(queue)} to run"
     )
+    if on_progress is not None:
+        on_progress(len(configs) - len(queue), len(configs))
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")] if p)
@@ -340,7 +361,7 @@ def run_sweep(
         run_dir.mkdir(parents=True, exist_ok=True)
         if launcher == "torchrun":
             spec_path = run_dir / "worker.json"
-            write_json_atomic(spec_path, dict(config=cfg.to_dict(), out=str(run_dir), cache_dir=str(cache), keep_checkpoint=keep_checkpoints))
+            write_json(spec_path, dict(config=cfg.to_dict(), out=str(run_dir), cache_dir=str(cache), keep_checkpoint=keep_checkpoints), keep_nan=True, sort_keys=True)
             cmd = worker_command(spec_path, launcher, nproc_per_node)
             return executor.submit(_subprocess_task, cmd, run_dir / "worker.log", env)  # type: ignore[union-attr]
         if executor is not None:
@@ -374,6 +395,8 @@ def run_sweep(
                         result.failed.append((cfg.run_id, str(where), why))
                         log.error(f"run {cfg.run_id} failed ({why}); see {where}")
                     advance()
+                    if on_progress is not None:
+                        on_progress(len(configs) - len(queue) - len(running), len(configs))
         finally:
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)

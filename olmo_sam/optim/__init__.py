@@ -1,12 +1,13 @@
 """Optimizer wrapper (SAM) and schedules; importing this registers them with OLMo-core."""
 
-from .sam import SAM, AscentResult, SAMConfig, SAMScope
+from .sam import SAM, AscentResult, SAMConfig, SAMScope, SAMVariant
 from .schedules import (
     WSO,
     CosineAlpha,
     LinearAlpha,
     Midtrain,
     WSDAlpha,
+    check_fits,
     decay_start,
     has_decay_phase,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "SAM",
     "SAMConfig",
     "SAMScope",
+    "SAMVariant",
     "AscentResult",
     "WSO",
     "WSDAlpha",
@@ -23,4 +25,5 @@ __all__ = [
     "Midtrain",
     "decay_start",
     "has_decay_phase",
+    "check_fits",
 ]

@@ -1,6 +1,6 @@
-"""Sharpness-Aware Minimization (SAM) as an OLMo-core optimizer wrapper.
+"""Sharpness-Aware Minimization (SAM) and two cheaper variants as one OLMo-core optimizer wrapper.
 
-The math lives here and nowhere else.
+The math lives here and nowhere else (one place per equation).
 
 SAM (Foret et al., 2021, Eq. 2; seed paper [SAM-PT] Sec 2.3.1 Eq. 5 and App A.1.2)::
 
@@ -11,27 +11,56 @@ Adaptive SAM, ASAM (Kwon et al., 2021, Eq. 9), with the element-wise operator T_
 
     eps = rho * T_w^2 g / ||T_w g||_2
 
-The wrapper owns only the ascent (:meth:`SAM.perturb`) and the exact restore
-(:meth:`SAM.restore`); the two forward/backward passes belong to the train module
-(:mod:`olmo_sam.train.train_module`), which is where OLMo-core runs micro-batches and gradient
-synchronisation. ``SAM.step()`` is the base optimizer's step, so OLMo-core's clipping, LR
-scheduler and checkpointing see an ordinary optimizer whose ``state`` and ``param_groups`` are the
-base optimizer's own.
+Momentum-SAM, ``variant: msam`` (Becker, Altrock & Risse, "Momentum-SAM: Sharpness Aware
+Minimization without Computational Overhead", arXiv:2401.12033, 2024, Algorithm 1 and its AdamW
+variant)::
 
-Norm scope:
+    w~_t  = w_t - rho * m_t / ||m_t||_2   m_t = the base optimizer's momentum (AdamW: its first
+                                          moment ``exp_avg``, not bias-corrected; SGD: its buffer)
+    g_t   = grad L(w~_t)                  the only forward/backward of the step
+    w_t+1 = BaseStep(w_t, g_t)            the step is taken from the un-perturbed w_t
 
-* ``global``: one ascent direction from the all-reduced gradient. Under DDP the gradients are
-  already averaged; under FSDP2 they are ``DTensor`` shards and the norm is reduced over the mesh.
-  The only valid choice under FSDP.
+  The paper stores ``w~`` between steps and moves back by ``+rho m/||m||`` before each update and
+  once more at the end of training, so the weights it *returns* (and evaluates) are the
+  un-perturbed ``w_T``. Here the train module perturbs right before the pass and restores ``w``
+  exactly right after it: the same gradients at the same points and the same updates, while
+  checkpoints, in-loop evaluation and the final weights hold ``w`` -- the paper's end-of-training
+  weights -- at every step boundary. (Memory: one parameter copy, as for SAM.) On the first step
+  ``m = 0`` and there is no perturbation. ``BaseStep`` is the base optimizer's own update
+  unchanged (torch's AdamW applies its decoupled weight decay before the moment step).
+
+LookSAM, ``variant: looksam`` (Liu, Mai, Chen, Hsieh & You, "Towards Efficient and Scalable
+Sharpness-Aware Minimization", CVPR 2022, Algorithm 2): every ``interval``-th step is a full SAM
+step, which also keeps the component of g_sam orthogonal to g::
+
+    g_v = g_sam - (<g, g_sam> / ||g||^2) g                         (full SAM steps)
+    g_s = g + alpha * (||g|| / ||g_v||) * g_v   g = grad L(w)      (the steps in between)
+
+  so the in-between steps cost one forward/backward; ``g_v`` is state (saved in checkpoints).
+
+The wrapper owns only these perturbations, their exact restore and the LookSAM gradient edit; the
+forward/backward passes belong to the train module (:mod:`olmo_sam.train.train_module`), which
+is where OLMo-core runs micro-batches and gradient synchronisation. ``SAM.step()`` is the base
+optimizer's step, so OLMo-core's clipping, LR scheduler and checkpointing see an ordinary optimizer
+whose ``state`` and ``param_groups`` are the base optimizer's own. Stepping a SAM optimizer that
+no SAM train module drives is an error (:data:`NOT_DRIVEN_HELP`): it would silently be AdamW.
+
+Norm scope (every norm and inner product above is over the *global* tensor):
+
+* ``global``: one direction from the all-reduced gradient (or the momentum, identical on every
+  rank). Under DDP the gradients are already averaged; under FSDP2 they are ``DTensor`` shards and
+  norms/inner products are reduced over the mesh. The only valid choice under FSDP, and the only
+  one for ``msam``/``looksam``.
 * ``local``: every data-parallel rank ascends along its own (un-synchronised) gradient, as the
-  paper's public code did under DDP.
+  paper's public code did under DDP (``variant: sam`` only).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Dict, List, Optional, Type, Union
 
 import torch
 import torch.nn as nn
@@ -43,21 +72,43 @@ from torch.distributed.tensor import DTensor
 
 from .. import paper
 
-__all__ = ["SAM", "SAMConfig", "SAMScope", "AscentResult", "sam_ascent_direction"]
+__all__ = [
+    "SAM",
+    "SAMConfig",
+    "SAMScope",
+    "SAMVariant",
+    "AscentResult",
+    "sam_ascent_direction",
+    "NOT_DRIVEN_HELP",
+]
 
 #: Added to the norm before dividing, as in Foret et al.'s reference implementation.
 NORM_EPS = 1e-12
+#: LookSAM's default reuse weight alpha (Liu et al. 2022 search alpha in [0.1, 1]; ours, not tuned)
+LOOKSAM_ALPHA = 0.7
+#: The train module config that runs the SAM step, and its YAML line.
+SAM_TRAIN_MODULE = "olmo_sam.train.train_module.SAMTrainModuleConfig"
+NOT_DRIVEN_HELP = (
+    f"use SAMTrainModuleConfig ({SAM_TRAIN_MODULE}) as the train module (same fields as "
+    "OLMo-core's TransformerTrainModuleConfig); in YAML put "
+    f"'_CLASS_: {SAM_TRAIN_MODULE}' under 'train_module'"
+)
+#: Keys a SAM config reads from a parameter group (set through the base's group_overrides).
+GROUP_KEYS = ("rho", "adaptive")
+
+# Field types for values OLMo-core's decoder must hand to ``__post_init__`` unchanged when they
+# are wrong: its own type errors on a nested optimizer name only 'optim', ours name the field.
+# (Valid numbers, including numeric strings, are coerced the same way from YAML and Python.)
+Number = Union[float, Any]
+Integer = Union[int, Any]
+Flag = Union[bool, Any]
+Text = Union[str, Any]
 
 
-class SAMScope(StrEnum):
-    """Where the ascent direction's norm comes from (see module docstring)."""
-
-    global_ = "global"
-    local = "local"
-
+class _Choice(StrEnum):
     @classmethod
-    def parse(cls, value: Any, field_name: str = "scope") -> "SAMScope":
-        if isinstance(value, SAMScope):
+    def parse(cls, value: Any, field_name: str):
+        if isinstance(value, cls):
             return value
         for member in cls:
             if value == member.value:
@@ -67,8 +118,54 @@ class SAMScope(StrEnum):
         )
 
 
+class SAMScope(_Choice):
+    """Where the ascent direction's norm comes from (see module docstring)."""
+
+    global_ = "global"
+    local = "local"
+
+    @classmethod
+    def parse(cls, value: Any, field_name: str = "scope") -> "SAMScope":  # type: ignore[override]
+        return super().parse(value, field_name)
+
+
+class SAMVariant(_Choice):
+    """Which sharpness-aware update (see module docstring)."""
+
+    sam = "sam"
+    msam = "msam"
+    looksam = "looksam"
+
+    @classmethod
+    def parse(cls, value: Any, field_name: str = "variant") -> "SAMVariant":  # type: ignore[override]
+        return super().parse(value, field_name)
+
+
 def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _global_scalar(t: torch.Tensor) -> torch.Tensor:
+    """A reduction of (possibly sharded) tensors as a plain fp32 scalar of the global tensor."""
+    if isinstance(t, DTensor):
+        t = t.full_tensor()
+    return t.reshape(()).float()
+
+
+def global_norm(tensors: List[torch.Tensor]) -> torch.Tensor:
+    """||[t_1, ..., t_n]||_2 of whole (global) tensors; FSDP2 shards are reduced over the mesh."""
+    norms = [_global_scalar(torch.linalg.vector_norm(t, 2, dtype=torch.float32)) for t in tensors]
+    if not norms:
+        return torch.zeros((), dtype=torch.float32)
+    return torch.linalg.vector_norm(torch.stack(norms), 2)
+
+
+def global_dot(a: List[torch.Tensor], b: List[torch.Tensor]) -> torch.Tensor:
+    """<a, b> summed over whole (global) tensors, in fp32."""
+    terms = [_global_scalar((x.float() * y.float()).sum()) for x, y in zip(a, b)]
+    if not terms:
+        return torch.zeros((), dtype=torch.float32)
+    return torch.stack(terms).sum()
 
 
 def sam_ascent_direction(
@@ -95,6 +192,7 @@ def _grad_norm_terms(p: torch.Tensor, g: torch.Tensor, adaptive: bool) -> torch.
 class AscentResult:
     """What one ascent did; the train module logs it."""
 
+    #: the norm the ascent divided by (SAM/LookSAM: ||T_w g||; MSAM: ||m||)
     grad_norm: float
     perturbed: bool
     #: "zero" or "nonfinite" when the ascent was skipped
@@ -116,20 +214,36 @@ class SAM(torch.optim.Optimizer):
         adaptive: bool = False,
         scope: SAMScope | str = SAMScope.global_,
         interval: int = 1,
+        variant: SAMVariant | str = SAMVariant.sam,
+        looksam_alpha: float = LOOKSAM_ALPHA,
     ):
-        _validate(rho=rho, interval=interval)
+        opts = _validate_options(
+            rho=rho, adaptive=adaptive, scope=scope, interval=interval, variant=variant,
+            looksam_alpha=looksam_alpha,
+        )  # fmt: skip
         self.base_optimizer = base_optimizer
-        self.rho = float(rho)
-        self.adaptive = bool(adaptive)
-        self.scope = SAMScope.parse(scope)
-        self.interval = int(interval)
+        self.rho = opts["rho"]
+        self.adaptive = opts["adaptive"]
+        self.scope = opts["scope"]
+        self.interval = opts["interval"]
+        self.variant = opts["variant"]
+        self.looksam_alpha = opts["looksam_alpha"]
         super().__init__(base_optimizer.param_groups, dict(base_optimizer.defaults))
         self._relink()
         for group in self.param_groups:
             if "rho" in group:
-                _validate(rho=group["rho"], interval=1, field_name="group_overrides[].opts.rho")
+                group["rho"] = _number(group["rho"], "group_overrides[].opts.rho", minimum=0.0)
+            if "adaptive" in group:
+                group["adaptive"] = _flag(group["adaptive"], "group_overrides[].opts.adaptive")
         self._backup: Optional[List[torch.Tensor]] = None
         self._perturbed_locals: Optional[List[torch.Tensor]] = None
+        #: set by the SAM train module (:meth:`bind`); ``step()`` refuses to run without it
+        self.driver: Optional[str] = None
+        self._manual_ascent = False
+        #: LookSAM: the gradient at w of the current full step (pass 1), until g_v is formed
+        self._looksam_g: Optional[Dict[torch.Tensor, torch.Tensor]] = None
+        #: LookSAM: g_v of the last full SAM step, per parameter (checkpointed by the train module)
+        self.looksam_gv: Optional[Dict[torch.Tensor, torch.Tensor]] = None
 
     # -- plumbing: the wrapper *is* the base optimizer for checkpoints and schedulers ----------
 
@@ -145,18 +259,29 @@ class SAM(torch.optim.Optimizer):
         self.base_optimizer.load_state_dict(state_dict)
         self._relink()
 
+    def bind(self, driver: str) -> None:
+        """Declare that ``driver`` (the SAM train module) runs the ascents of this optimizer."""
+        self.driver = driver
+
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
         if self._backup is not None:
             raise RuntimeError(
                 "SAM.step() called while the parameters are perturbed; call restore() first"
             )
+        if self.driver is None and not self._manual_ascent:
+            raise OLMoConfigurationError(
+                f"optimizer type 'sam' (variant '{self.variant.value}') was stepped but no SAM "
+                "train module did its ascent, so this run would be plain "
+                f"{type(self.base_optimizer).__name__}: {NOT_DRIVEN_HELP}"
+            )
+        self._manual_ascent = False
         return self.base_optimizer.step(closure)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base_optimizer.zero_grad(set_to_none=set_to_none)
 
-    # -- the ascent ---------------------------------------------------------------------------
+    # -- SAM / ASAM (and LookSAM's full steps) -------------------------------------------------
 
     def _groups_with_grads(self):
         for group in self.param_groups:
@@ -177,28 +302,31 @@ class SAM(torch.optim.Optimizer):
         for group, params in self._groups_with_grads():
             adaptive = bool(group.get("adaptive", self.adaptive))
             for p in params:
-                n = _grad_norm_terms(p, p.grad, adaptive)
-                if isinstance(n, DTensor):
-                    n = n.full_tensor()
-                norms.append(n.reshape(()))
+                norms.append(_global_scalar(_grad_norm_terms(p, p.grad, adaptive)))
         if not norms:
             return torch.zeros((), dtype=torch.float32)
         return torch.linalg.vector_norm(torch.stack(norms), 2)
 
     @torch.no_grad()
     def perturb(self) -> AscentResult:
-        """w <- w + eps (in place); keeps a copy of w so that :meth:`restore` is exact.
+        """SAM/ASAM: w <- w + eps (in place); keeps a copy of w so that :meth:`restore` is exact.
 
-        A zero or non-finite norm skips the ascent and leaves the parameters untouched.
+        A zero or non-finite norm skips the ascent and leaves the parameters untouched. Under
+        ``variant='looksam'`` the gradient at w is kept for :meth:`looksam_form_gv`.
         """
         if self._backup is not None:
             raise RuntimeError("SAM.perturb() called twice without restore()")
+        self._manual_ascent = True
         norm_t = self.ascent_grad_norm()
         norm = float(norm_t)
         if not math.isfinite(norm):
             return AscentResult(norm, False, "nonfinite")
         if norm == 0.0:
             return AscentResult(norm, False, "zero")
+        if self.variant == SAMVariant.looksam:
+            self._looksam_g = {
+                p: p.grad.detach().clone() for _, ps in self._groups_with_grads() for p in ps
+            }
 
         backup: List[torch.Tensor] = []
         locals_: List[torch.Tensor] = []
@@ -238,18 +366,162 @@ class SAM(torch.optim.Optimizer):
     def is_perturbed(self) -> bool:
         return self._backup is not None
 
+    # -- MSAM ----------------------------------------------------------------------------------
 
-def _validate(*, rho: float, interval: int, field_name: str = "rho") -> None:
-    if not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho < 0:
+    def _momentum(self, p: torch.Tensor) -> Optional[torch.Tensor]:
+        state = self.base_optimizer.state.get(p, {})
+        for key in ("exp_avg", "momentum_buffer"):
+            if state.get(key) is not None:
+                return state[key]
+        return None
+
+    @torch.no_grad()
+    def perturb_momentum(self) -> AscentResult:
+        """MSAM: w <- w - rho * m / ||m|| (in place, exact restore as for :meth:`perturb`).
+
+        No momentum yet (the first step) or a zero/non-finite ||m|| leaves w untouched.
+        """
+        if self._backup is not None:
+            raise RuntimeError("SAM.perturb_momentum() called twice without restore()")
+        self._manual_ascent = True
+        pairs = [
+            (group, p, m)
+            for group in self.param_groups
+            for p in group["params"]
+            if (m := self._momentum(p)) is not None
+        ]
+        norm = float(global_norm([m for _, _, m in pairs]))
+        if not math.isfinite(norm):
+            return AscentResult(norm, False, "nonfinite")
+        if norm == 0.0:
+            return AscentResult(norm, False, "zero")
+        backup: List[torch.Tensor] = []
+        locals_: List[torch.Tensor] = []
+        for group, p, m in pairs:
+            scale = float(group.get("rho", self.rho)) / (norm + NORM_EPS)
+            p_loc = _local(p)
+            backup.append(p_loc.clone())
+            locals_.append(p_loc)
+            if scale != 0.0:
+                p_loc.copy_(p_loc.float().add_(_local(m).float(), alpha=-scale))
+        self._backup = backup
+        self._perturbed_locals = locals_
+        return AscentResult(norm, True)
+
+    # -- LookSAM -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def looksam_form_gv(self) -> None:
+        """After a full step's pass 2 (``p.grad`` = g_sam): g_v = g_sam - <g,g_sam>/||g||^2 g."""
+        g_at_w, self._looksam_g = self._looksam_g, None
+        if g_at_w is None:
+            return
+        params = [p for p in g_at_w if p.grad is not None]
+        g = [g_at_w[p] for p in params]
+        gs = [p.grad for p in params]
+        coef = float(global_dot(g, gs)) / max(float(global_norm(g)) ** 2, NORM_EPS)
+        gv = {p: (p.grad.float() - coef * g_at_w[p].float()).to(p.grad.dtype) for p in params}
+        if math.isfinite(coef) and math.isfinite(float(global_norm(list(gv.values())))):
+            self.looksam_gv = gv  # a non-finite step keeps the previous g_v
+
+    @torch.no_grad()
+    def looksam_reuse(self) -> Optional[float]:
+        """In-between step (``p.grad`` = g at w): g <- g + alpha * ||g|| / ||g_v|| * g_v.
+
+        Returns the scale applied, or ``None`` when there is nothing to reuse yet (no full step
+        so far) or a norm is zero/non-finite (the plain gradient is used).
+        """
+        if self.looksam_gv is None:
+            return None
+        params = [p for p in self.looksam_gv if p.grad is not None]
+        gnorm = float(global_norm([p.grad for p in params]))
+        gvnorm = float(global_norm([self.looksam_gv[p] for p in params]))
+        if not (math.isfinite(gnorm) and math.isfinite(gvnorm)) or gvnorm == 0.0:
+            return None
+        scale = self.looksam_alpha * gnorm / gvnorm
+        for p in params:
+            p.grad.add_(self.looksam_gv[p].to(p.grad.dtype), alpha=scale)
+        return scale
+
+
+def _number(value: Any, name: str, *, minimum: Optional[float] = None, hint: str = "") -> float:
+    """A finite real number; numeric strings ("0.05", "5e-2") are read as numbers, exactly as
+    OLMo-core's YAML decoder reads them, so YAML and Python agree."""
+    out: Any = value
+    if isinstance(value, str):
+        try:
+            out = float(value.strip())
+        except ValueError:
+            out = None
+    if isinstance(out, bool) or not isinstance(out, (int, float)) or not math.isfinite(out):
+        raise OLMoConfigurationError(f"'{name}' must be a finite number{hint}, got {value!r}")
+    if minimum is not None and out < minimum:
+        raise OLMoConfigurationError(f"'{name}' must be >= {minimum}{hint}, got {value!r}")
+    return float(out)
+
+
+def _integer(value: Any, name: str, *, minimum: int, hint: str = "") -> int:
+    """An integer (an integral float or numeric string is read as one, as OLMo-core's decoder
+    does); 2.5, True and 'abc' are errors."""
+    out: Any = value
+    if isinstance(value, str):
+        try:
+            out = float(value.strip())
+        except ValueError:
+            out = None
+    if isinstance(out, float) and out.is_integer():
+        out = int(out)
+    if isinstance(out, bool) or not isinstance(out, int) or out < minimum:
         raise OLMoConfigurationError(
-            f"'{field_name}' must be a finite number >= 0 (the paper uses {paper.SAM_RHO}), "
-            f"got {rho!r}"
+            f"'{name}' must be an integer >= {minimum}{hint}, got {value!r}"
         )
-    if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
-        raise OLMoConfigurationError(
-            f"'interval' must be an integer >= 1 (1 = SAM every step, k = one ascent every k "
-            f"steps), got {interval!r}"
-        )
+    return out
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise OLMoConfigurationError(f"'{name}' must be true or false, got {value!r}")
+    return value
+
+
+def _validate_options(
+    *, rho, adaptive, scope, interval, variant, looksam_alpha
+) -> Dict[str, Any]:
+    """Check and normalise the wrapper's options; every error names its field and the fix."""
+    out: Dict[str, Any] = {
+        "rho": _number(rho, "rho", minimum=0.0, hint=f" (the paper uses {paper.SAM_RHO})"),
+        "adaptive": _flag(adaptive, "adaptive"),
+        "scope": SAMScope.parse(scope),
+        "interval": _integer(
+            interval, "interval", minimum=1,
+            hint=" (1 = every step, k = one ascent every k steps)",
+        ),  # fmt: skip
+        "variant": SAMVariant.parse(variant),
+        "looksam_alpha": _number(looksam_alpha, "looksam_alpha", minimum=0.0),
+    }
+    if out["variant"] != SAMVariant.sam:
+        if out["scope"] != SAMScope.global_:
+            raise OLMoConfigurationError(
+                f"'scope: local' is defined for variant 'sam' only; variant "
+                f"'{out['variant'].value}' uses the global gradient/momentum: set scope: global"
+            )
+        if out["adaptive"]:
+            raise OLMoConfigurationError(
+                f"'adaptive: true' (ASAM) is defined for variant 'sam' only, not "
+                f"'{out['variant'].value}'; set adaptive: false"
+            )
+    return out
+
+
+def _base_option_names(base: OptimConfig) -> Optional[set]:
+    """The keyword options the base optimizer class accepts (group overrides may set these)."""
+    try:
+        params = inspect.signature(base.optimizer().__init__).parameters
+    except (TypeError, ValueError, NotImplementedError):
+        return None
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return {n for n in params if n not in ("self", "params")}
 
 
 @OptimConfig.register("sam")
@@ -260,6 +532,11 @@ class SAMConfig(OptimConfig):
     ``base`` is any OLMo-core optimizer config (AdamW by default); its ``lr``, ``group_overrides``
     and other fields are used as they are. Put per-group SAM settings in the base's group
     overrides, e.g. ``OptimGroupOverride(params=["embeddings.weight"], opts={"rho": 0.0})``.
+
+    ``variant`` picks SAM (two passes per SAM step), MSAM (one pass, ascent along the base's
+    momentum) or LookSAM (a full SAM step every ``interval`` steps, its ``g_v`` reused with weight
+    ``looksam_alpha`` in between); see the module docstring. Only a SAM train module
+    (:data:`SAM_TRAIN_MODULE`) runs these steps; any other one fails on its first step.
     """
 
     base: OptimConfig = field(
@@ -267,15 +544,22 @@ class SAMConfig(OptimConfig):
             lr=1e-3, betas=paper.PRETRAIN_BETAS, weight_decay=paper.PRETRAIN_WEIGHT_DECAY
         )
     )
-    rho: float = paper.SAM_RHO
-    adaptive: bool = False
-    scope: str = "global"
-    interval: int = 1
+    rho: Number = paper.SAM_RHO
+    adaptive: Flag = False
+    scope: Text = "global"
+    interval: Integer = 1
+    variant: Text = "sam"
+    looksam_alpha: Number = LOOKSAM_ALPHA
 
     def __post_init__(self, *args):
         del args
-        _validate(rho=self.rho, interval=self.interval)
-        SAMScope.parse(self.scope)
+        opts = _validate_options(
+            rho=self.rho, adaptive=self.adaptive, scope=self.scope, interval=self.interval,
+            variant=self.variant, looksam_alpha=self.looksam_alpha,
+        )  # fmt: skip
+        self.rho, self.adaptive, self.interval = opts["rho"], opts["adaptive"], opts["interval"]
+        self.looksam_alpha = opts["looksam_alpha"]
+        self.scope, self.variant = opts["scope"].value, opts["variant"].value
         if not isinstance(self.base, OptimConfig):
             raise OLMoConfigurationError(
                 f"'base' must be an OLMo-core optimizer config (e.g. type 'adamw'), got "
@@ -292,6 +576,29 @@ class SAMConfig(OptimConfig):
             raise OLMoConfigurationError(
                 "'compile' is not supported on the SAM wrapper; set 'optim.base.compile' instead"
             )
+        self._check_group_overrides()
+
+    def _check_group_overrides(self) -> None:
+        allowed = _base_option_names(self.base)
+        for i, override in enumerate(self.base.group_overrides or []):
+            opts = dict(getattr(override, "opts", None) or {})
+            where = f"base.group_overrides[{i}].opts"
+            if allowed is not None:
+                unknown = sorted(k for k in opts if k not in allowed and k not in GROUP_KEYS)
+                if unknown:
+                    raise OLMoConfigurationError(
+                        f"'{where}' has unknown key(s) {unknown}: a group override may set the "
+                        f"SAM keys {list(GROUP_KEYS)} or an option of "
+                        f"{self.base.optimizer().__name__} ({sorted(allowed)})"
+                    )
+            if "rho" in opts:
+                _number(opts["rho"], f"{where}.rho", minimum=0.0)
+            if "adaptive" in opts:
+                _flag(opts["adaptive"], f"{where}.adaptive")
+                if opts["adaptive"] and self.variant != SAMVariant.sam.value:
+                    raise OLMoConfigurationError(
+                        f"'{where}.adaptive' (ASAM) is defined for variant 'sam' only"
+                    )
 
     @property
     def lr(self) -> Any:
@@ -304,10 +611,23 @@ class SAMConfig(OptimConfig):
 
     def build(self, model: nn.Module, strict: bool = True) -> SAM:
         base = self.base.build(model, strict=strict)
+        if self.variant == SAMVariant.msam.value and not _has_momentum(base):
+            raise OLMoConfigurationError(
+                f"variant 'msam' ascends along the base optimizer's momentum, but "
+                f"{type(base).__name__} has none (use base type 'adamw', or SGD with momentum)"
+            )
         return SAM(
             base,
             rho=self.rho,
             adaptive=self.adaptive,
             scope=self.scope,
             interval=self.interval,
+            variant=self.variant,
+            looksam_alpha=self.looksam_alpha,
         )
+
+
+def _has_momentum(base: torch.optim.Optimizer) -> bool:
+    if isinstance(base, torch.optim.SGD):
+        return all(float(g.get("momentum", 0.0)) > 0 for g in base.param_groups)
+    return "betas" in base.defaults

@@ -4,7 +4,8 @@ All schedules follow the [WSO] paper's parameterisation (Sec 2.4, App B, Eqs. 4-
 *minimum-LR factor* alpha, the field ``alpha_f`` (OLMo-core's own name for it): the LR ends at
 ``alpha_f * peak``. ``alpha_f = 0`` decays to zero, ``0.1`` to 10% of the peak (the [SAM-PT]
 paper's WSD and cosine, Sec 3.3 and its public code), and ``1`` never decays
-(Warmup-Stable-Only).
+(Warmup-Stable-Only): ``wsd_alpha``, ``linear_alpha`` and ``cosine_alpha`` with ``alpha_f = 1``
+have no decay phase (:func:`decay_start` is ``None``), exactly like ``wso``.
 
 =====================  ==============================================================
 registered name        schedule
@@ -24,7 +25,9 @@ They reuse OLMo-core's implementations (``constant_with_warmup``, ``wsd``,
 ``linear_with_warmup``, ``cos_with_warmup``) wherever those compute the same thing, adding
 validation and :meth:`decay_start`, the point (in the scheduler's units) after which the LR
 falls below the peak. :func:`decay_start` answers the same question for OLMo-core's own
-schedules, so the annealing switch works with either.
+schedules, so the annealing switch works with either. A negative ``warmup`` is refused when a
+schedule is built; :func:`check_fits` refuses a warmup (plus decay) longer than the run once the
+run length is known (the train module calls it before the first step).
 
 Units follow OLMo-core: ``current`` is the 1-based step (or tokens seen) at which the optimizer
 is about to step. LR at ``current <= decay_start`` is the peak; from ``decay_start + 1`` it
@@ -58,6 +61,7 @@ __all__ = [
     "Midtrain",
     "decay_start",
     "has_decay_phase",
+    "check_fits",
 ]
 
 Number = Union[float, torch.Tensor]
@@ -79,10 +83,61 @@ def _warmup_of(s: Scheduler, t_max: int) -> int:
     return int(warmup)
 
 
+def _check_warmup(s: Scheduler) -> None:
+    """Refuse a negative ``warmup`` when the schedule is built (the run length is not known yet)."""
+    warmup = getattr(s, "warmup", None)
+    if warmup is not None and (not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0):
+        raise OLMoConfigurationError(
+            f"'warmup' ({s.units} of linear warmup) must be an integer >= 0, got {warmup!r}; "
+            "use 0 for no warmup or set 'warmup_fraction' instead"
+        )
+
+
+def _decay_of(s: Scheduler, t_max: int) -> int:
+    """Length of ``s``'s final decay phase in its units (WSD-style schedules), else 0."""
+    if not isinstance(s, WSD):
+        return 0
+    if s.decay is not None:
+        return int(s.decay)
+    return round(t_max * (s.decay_fraction or 0.0))
+
+
+def check_fits(scheduler: Scheduler, t_max: int) -> None:
+    """Refuse a schedule whose warmup (plus decay, for WSD) is longer than the run of ``t_max``.
+
+    ``t_max`` is the run length in the scheduler's units (steps, or tokens when
+    ``units='tokens'``). Called by the SAM train module before the first step and by
+    :func:`decay_start`, so recipes' dry runs catch it too.
+    """
+    _check_warmup(scheduler)
+    units = getattr(scheduler, "units", "steps")
+    own_t_max = getattr(scheduler, "t_max", None)  # linear/cosine may fix their own horizon
+    horizon = int(own_t_max) if own_t_max is not None else int(t_max)
+    where = f"'t_max' = {horizon:,d}" if own_t_max is not None else f"the run ({horizon:,d} {units})"
+    warmup = _warmup_of(scheduler, horizon)
+    if warmup > horizon:
+        raise OLMoConfigurationError(
+            f"'warmup' = {warmup:,d} {units} is longer than {where}; "
+            "shorten 'warmup' (or 'warmup_fraction') or lengthen the run"
+        )
+    decay = _decay_of(scheduler, horizon)
+    if isinstance(scheduler, WSDAlpha) and scheduler.alpha_f == 1.0:
+        decay = 0  # never decays: the decay length is moot
+    if decay and warmup + decay > horizon:
+        raise OLMoConfigurationError(
+            f"'warmup' + 'decay' = {warmup:,d} + {decay:,d} {units} is longer than {where}; "
+            "shorten 'warmup' or 'decay'/'decay_fraction', or lengthen the run"
+        )
+
+
 @Scheduler.register("wso")
 @dataclass
 class WSO(ConstantWithWarmup):
     """Warmup-Stable-Only ([WSO] Eq. 5): linear warmup, then the peak LR to the end."""
+
+    def __post_init__(self, *args):
+        super().__post_init__(*args)
+        _check_warmup(self)
 
     def decay_start(self, t_max: int) -> Optional[int]:
         del t_max
@@ -103,6 +158,7 @@ class WSDAlpha(WSD):
     def __post_init__(self, *args):
         super().__post_init__(*args)
         _check_alpha(self.alpha_f)
+        _check_warmup(self)
         if self.decay_fraction is not None and not (0.0 < self.decay_fraction <= 1.0):
             raise OLMoConfigurationError(
                 f"'decay_fraction' must be in (0, 1], got {self.decay_fraction!r} "
@@ -114,6 +170,15 @@ class WSDAlpha(WSD):
             raise OLMoConfigurationError(
                 "'decay_min_lr' is not used by 'wsd_alpha'; set 'alpha_f' (final LR = alpha_f * peak)"
             )
+        if (
+            self.warmup_fraction is not None
+            and self.decay_fraction is not None
+            and self.warmup_fraction + self.decay_fraction > 1.0
+        ):
+            raise OLMoConfigurationError(
+                f"'warmup_fraction' + 'decay_fraction' = {self.warmup_fraction} + "
+                f"{self.decay_fraction} is more than the whole run; make their sum <= 1"
+            )
 
     def _decay_len(self, t_max: int) -> int:
         if self.decay is not None:
@@ -121,8 +186,9 @@ class WSDAlpha(WSD):
         assert self.decay_fraction is not None
         return round(t_max * self.decay_fraction)
 
-    def decay_start(self, t_max: int) -> int:
-        return t_max - self._decay_len(t_max)
+    def decay_start(self, t_max: int) -> Optional[int]:
+        # alpha_f = 1: the "decay" ends where it starts, at the peak; this is WSO ([WSO] Eq. 5)
+        return None if self.alpha_f == 1.0 else t_max - self._decay_len(t_max)
 
     def get_lr(self, initial_lr: Number, current: int, t_max: int) -> Number:
         warmup = _warmup_of(self, t_max)
@@ -144,6 +210,7 @@ class LinearAlpha(LinearWithWarmup):
     def __post_init__(self, *args):
         super().__post_init__(*args)
         _check_alpha(self.alpha_f)
+        _check_warmup(self)
 
     def decay_start(self, t_max: int) -> Optional[int]:
         return None if self.alpha_f == 1.0 else _warmup_of(self, self.t_max or t_max)
@@ -157,6 +224,7 @@ class CosineAlpha(CosWithWarmup):
     def __post_init__(self, *args):
         super().__post_init__(*args)
         _check_alpha(self.alpha_f)
+        _check_warmup(self)
 
     def decay_start(self, t_max: int) -> Optional[int]:
         return None if self.alpha_f == 1.0 else _warmup_of(self, self.t_max or t_max)
@@ -194,8 +262,10 @@ def decay_start(scheduler: Scheduler, t_max: int) -> Optional[int]:
 
     Works for this module's schedules and OLMo-core's ``wsd``, ``cos_with_warmup``,
     ``linear_with_warmup``, ``constant_with_warmup`` and ``constant``. For any other schedule it
-    raises, naming the explicit alternatives.
+    raises, naming the explicit alternatives. Refuses a schedule that does not fit in ``t_max``
+    (:func:`check_fits`).
     """
+    check_fits(scheduler, t_max)
     if hasattr(scheduler, "decay_start"):
         return scheduler.decay_start(t_max)  # type: ignore[no-any-return]
     if isinstance(scheduler, (ConstantWithWarmup, ConstantScheduler)):

@@ -1,4 +1,8 @@
-"""``olmo-sam probe quantize|perturb|hessian CHECKPOINT...``: JSON + a plot per probe."""
+"""``olmo-sam probe quantize|noise|hessian CHECKPOINT...``: JSON + a plot per probe.
+
+The command names are the study file's probe stages and the flags are their keys
+(``probes: {noise: {gammas: [...], seeds: [...]}}`` = ``probe noise --gammas ... --seeds ...``).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
+from ..cli_options import old_command_name, option
 
 __all__ = ["probe"]
 
@@ -38,8 +43,8 @@ def _common(fn: Callable) -> Callable:
         click.option("--seq-len", type=int, default=None, help="Window length (default: the checkpoint's training sequence length)."),
         click.option("--batch-size", type=int, default=8, show_default=True, help="Sequences per evaluation batch."),
         click.option("--max-sequences", type=int, default=None, help="Evaluate at most this many windows."),
-        click.option("--device", default="cpu", show_default=True),
-        click.option("--out-dir", type=click.Path(file_okay=False), default="probe-results", show_default=True, help="Where <probe>.json and <probe>.png go."),
+        click.option("--device", default="cpu", show_default=True, help="Torch device to evaluate on (cpu, cuda, cuda:1, ...)."),
+        option("--out", "out_dir", old=("--out-dir",), type=click.Path(file_okay=False), default="probe-results", show_default=True, help="Where <probe>.json and <probe>.png go."),
     ]
     for opt in reversed(options):
         fn = opt(fn)
@@ -52,9 +57,31 @@ def _write(out_dir: str, name: str, result: Dict[str, Any], plot: Callable) -> N
     click.echo(f"wrote {out / (name + '.json')} and {fig}")
 
 
+def _numbers(kind):
+    """Callback: repeatable and/or comma-separated numbers (``--gammas 0.01,0.02 --gammas 0.03``)."""
+
+    def parse(ctx, param, values):
+        out = []
+        for v in values:
+            for x in str(v).split(","):
+                if x.strip():
+                    try:
+                        out.append(kind(x))
+                    except ValueError:
+                        raise click.BadParameter(f"{x!r} is not a{'n integer' if kind is int else ' number'}") from None
+        return tuple(out)
+
+    return parse
+
+
 @click.group("probe")
 def probe():
-    """Robustness and geometry probes: quantization, weight noise, Hessian sharpness."""
+    """Robustness and geometry probes: quantization, weight noise, Hessian sharpness.
+
+    \b
+    Example:
+      olmo-sam probe noise runs/demo/pretrain/sam/step400 --val data/val-000.npy --gammas 0.01,0.02 --out probes/
+    """
 
 
 @probe.command("quantize")
@@ -90,16 +117,16 @@ def quantize_cmd(checkpoints, quant, val_paths, labels, seq_len, batch_size, max
     _write(out_dir, "quantize", result, plot_quantize)
 
 
-@probe.command("perturb")
+@probe.command("noise")
 @click.argument("checkpoints", nargs=-1, required=True)
-@click.option("--gamma", "gammas", multiple=True, type=float, default=paper.NOISE_GAMMAS, show_default=True, help="Noise magnitude (repeatable; [SAM-PT] App C.3).")
-@click.option("--seed", "seeds", multiple=True, type=int, default=(0, 1, 2), show_default=True, help="Noise seed (repeatable).")
+@option("--gammas", "gammas", old=("--gamma",), multiple=True, default=[f"{g:g}" for g in paper.NOISE_GAMMAS], show_default=True, callback=_numbers(float), help="Noise magnitudes, comma-separated or repeated ([SAM-PT] App C.3).")
+@option("--seeds", "seeds", old=("--seed",), multiple=True, default=["0", "1", "2"], show_default=True, callback=_numbers(int), help="Noise seeds, comma-separated or repeated.")
 @click.option("--include", multiple=True, default=("*",), show_default=True, help="Glob of parameter names to perturb (repeatable).")
 @click.option("--exclude", multiple=True, help="Glob of parameter names to leave alone (repeatable), e.g. 'embeddings.*'.")
 @click.option("--perturb-vectors", is_flag=True, help="Also perturb 1-D parameters (norm gains, biases).")
 @_common
 @_errors
-def perturb_cmd(checkpoints, gammas, seeds, include, exclude, perturb_vectors, val_paths, labels, seq_len, batch_size, max_sequences, device, out_dir):
+def noise_cmd(checkpoints, gammas, seeds, include, exclude, perturb_vectors, val_paths, labels, seq_len, batch_size, max_sequences, device, out_dir):
     """L_PT under Gaussian weight noise W + gamma ||W|| Z/||Z|| ([SAM-PT] Eq. 7, Fig 6d)."""
     from .plots import plot_noise
     from .runners import noise_probe
@@ -108,23 +135,26 @@ def perturb_cmd(checkpoints, gammas, seeds, include, exclude, perturb_vectors, v
         list(checkpoints), list(val_paths), gammas=list(gammas), seeds=list(seeds),
         include=list(include), exclude=list(exclude), min_ndim=1 if perturb_vectors else 2,
         labels=list(labels), seq_len=seq_len, batch_size=batch_size, max_sequences=max_sequences,
-        device=device, out=Path(out_dir) / "perturb.json",
+        device=device, out=Path(out_dir) / "noise.json",
     )
     for s in result["summary"]:
         click.echo(f"{s['label']:>24s}  gamma {s['gamma']:<6g} loss {s['mean']:.4f} +- {s['std']:.4f} ({s['n_seeds']} seeds)")
-    _write(out_dir, "perturb", result, plot_noise)
+    _write(out_dir, "noise", result, plot_noise)
+
+
+old_command_name(probe, "perturb", noise_cmd)
 
 
 @probe.command("hessian")
 @click.argument("checkpoints", nargs=-1)
 @click.option("--pair", "pairs", multiple=True, nargs=2, type=click.Path(exists=True), help="BASE FINETUNED checkpoints: directional sharpness and quadratic prediction (repeatable).")
-@click.option("--sequences", "n_sequences", type=int, default=8, show_default=True, help="Validation windows in the fixed Hessian batch.")
+@option("--n-sequences", "n_sequences", old=("--sequences",), type=int, default=8, show_default=True, help="Validation windows in the fixed Hessian batch.")
 @click.option("--probes", type=int, default=paper.HUTCHINSON_PROBES, show_default=True, help="Hutchinson probes ([WSO] App H: 50).")
 @click.option("--rtol", type=float, default=None, help="Stop once the standard error is <= rtol * |trace|.")
 @click.option("--power-iters", type=int, default=100, show_default=True, help="Max power iterations for lambda_max per run (0: skip).")
-@click.option("--method", type=click.Choice(["double_backward", "finite_difference"]), default="double_backward", show_default=True)
+@click.option("--method", type=click.Choice(["double_backward", "finite_difference"]), default="double_backward", show_default=True, help="Hessian-vector products: exact double backward, or a finite difference of gradients.")
 @click.option("--fd-step", type=float, default=1e-3, show_default=True, help="Relative finite-difference step.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Hutchinson and power-iteration vectors.")
 @_common
 @_errors
 def hessian_cmd(checkpoints, pairs, n_sequences, probes, rtol, power_iters, method, fd_step, seed, val_paths, labels, seq_len, batch_size, max_sequences, device, out_dir):

@@ -12,9 +12,8 @@ import torch
 from olmo_core.exceptions import OLMoConfigurationError
 
 from ..output import save_figure as _save_figure
-from ..output import write_json
 
-__all__ = ["ModelRef", "model_refs", "load_full_precision", "write_json_atomic", "save_figure"]
+__all__ = ["ModelRef", "model_refs", "load_full_precision", "save_figure"]
 
 
 def is_hf_model_dir(path: Path) -> bool:
@@ -156,11 +155,6 @@ def check_val_paths(val_paths: Sequence[str | Path]) -> List[str]:
 # -------------------------------------------------------------------------------------------------
 # Result files
 # -------------------------------------------------------------------------------------------------
-
-
-def write_json_atomic(path: str | Path, payload: Any) -> Path:
-    """Strict JSON (non-finite -> null), written atomically (:func:`olmo_sam.output.write_json`)."""
-    return write_json(path, payload)
 
 
 def save_figure(fig, path: str | Path) -> Path:

@@ -24,13 +24,18 @@ A misspelled option must not silently evaluate the full-precision model (a known
 codebase passed ``load_in_4_bit`` and measured bf16): :meth:`QuantConfig.from_dict` rejects
 unknown keys, and :func:`inspect_quantization` counts quantized modules, storage dtypes and bytes
 so that :meth:`QuantReport.verify` fails loudly when nothing (or the wrong thing) was quantized.
-It also checks every 4-bit weight against the NF4/FP4 rounding error bound, which catches
-broken kernels (bitsandbytes 0.50.2's AVX-512 CPU dequantizer is wrong for blocksizes
-256-1024).
+Options are typed: booleans take ``true``/``false`` only, numbers must parse, each error names
+the option. The proof compares every dequantized 4-bit weight with the exact reference
+dequantizer (:func:`reference_4bit_dequant`), then runs each 4-bit layer's forward once against
+``x @ dequant(W)^T``. bitsandbytes 0.50.2's CPU kernels need each layer's input width to be a
+multiple of the blocksize (otherwise its dequantizer is wrong and its inference kernel crashes)
+and, on AVX-512 BF16 CPUs, the output width to be a multiple of 32; such settings are refused
+before quantizing, naming the blocksizes that work.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import fnmatch
 import logging
@@ -108,6 +113,22 @@ class QuantConfig:
     skip_modules: Tuple[str, ...] = ()
 
     def __post_init__(self):
+        for name in ("double_quant", "quantize_lm_head", "quantize_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise OLMoConfigurationError(
+                    f"quantization option {name!r} takes true or false, got {getattr(self, name)!r}"
+                )
+        for name in ("bits", "blocksize"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise OLMoConfigurationError(
+                    f"quantization option {name!r} takes an integer, got {v!r} (e.g. {name}=64)"
+                )
+        if isinstance(self.int8_threshold, bool) or not isinstance(self.int8_threshold, (int, float)):
+            raise OLMoConfigurationError(
+                "quantization option 'int8_threshold' takes a number (the LLM.int8 outlier "
+                f"threshold, e.g. int8_threshold=6.0), got {self.int8_threshold!r}"
+            )
         if self.bits not in (4, 8):
             raise OLMoConfigurationError(f"quantization option 'bits' must be 4 or 8, got {self.bits!r}")
         if self.quant_type not in ("nf4", "fp4"):
@@ -256,18 +277,39 @@ QUANT_PRESETS: Dict[str, QuantConfig] = {
 }
 
 
-def _parse_value(text: str) -> Any:
-    low = text.strip().lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    for conv in (int, float):
+#: the type of each option's value on the command line (``key=value``); booleans are true/false
+_BOOL_WORDS = {"true": True, "false": False}
+
+
+def _parse_value(key: str, text: str) -> Any:
+    """``text`` as the type of option ``key``: a wrong spelling is an error naming the option."""
+    types = {f.name: f.type for f in fields(QuantConfig)}
+    target = _HF_ALIASES.get(key, key)
+    kind = types.get(target, "")
+    if key in ("load_in_4bit", "load_in_8bit"):
+        kind = "bool"
+    value = text.strip()
+    if kind == "bool":
+        if value.lower() not in _BOOL_WORDS:
+            raise OLMoConfigurationError(
+                f"quantization option {key!r} takes true or false, got {value!r}"
+            )
+        return _BOOL_WORDS[value.lower()]
+    if kind == "int":
         try:
-            return conv(text)
+            return int(value)
         except ValueError:
-            pass
-    return text.strip()
+            raise OLMoConfigurationError(
+                f"quantization option {key!r} takes an integer, got {value!r} (e.g. {key}=64)"
+            ) from None
+    if kind == "float":
+        try:
+            return float(value)
+        except ValueError:
+            raise OLMoConfigurationError(
+                f"quantization option {key!r} takes a number, got {value!r} (e.g. {key}=6.0)"
+            ) from None
+    return value  # strings (quant_type, compute_dtype) are checked by QuantConfig
 
 
 def parse_quant_spec(spec: str) -> QuantConfig:
@@ -295,7 +337,7 @@ def parse_quant_spec(spec: str) -> QuantConfig:
             raise OLMoConfigurationError(f"quantization option {item!r} in {spec!r} is not key=value")
         k, v = item.split("=", 1)
         k = k.strip()
-        given[k] = tuple(v.split("|")) if k in ("skip_modules", "llm_int8_skip_modules") else _parse_value(v)
+        given[k] = tuple(v.split("|")) if k in ("skip_modules", "llm_int8_skip_modules") else _parse_value(k, v)
     return QuantConfig.from_dict({**base, **given})
 
 
@@ -419,6 +461,8 @@ def quantize_transformer(
             targets.append((name, mod))
         elif isinstance(mod, nn.Embedding) and cfg.quantize_embeddings:
             targets.append((name, mod))
+    if cfg.bits == 4 and device.type == "cpu":
+        _check_cpu_4bit_shapes(targets, cfg)
     for name, mod in targets:
         if verify:
             originals[name] = mod.weight.detach().to("cpu", torch.float32, copy=True)
@@ -430,7 +474,87 @@ def quantize_transformer(
     report = inspect_quantization(model, originals=originals if verify else None)
     if verify:
         report.verify(cfg)
+        if cfg.bits == 4:
+            _check_4bit_forward(model, [n for n, m in targets if isinstance(m, nn.Linear)], cfg)
     return report
+
+
+def _cpu_4bit_blocksizes(widths: Sequence[int]) -> List[int]:
+    return [b for b in BNB_4BIT_BLOCKSIZES if all(k % b == 0 for k in widths)]
+
+
+def _check_cpu_4bit_shapes(targets: Sequence[Tuple[str, nn.Module]], cfg: QuantConfig) -> None:
+    """Refuse, before quantizing, a 4-bit setting bitsandbytes' CPU kernels cannot run.
+
+    Found by trying bitsandbytes 0.50.2 on this machine's CPU (AVX-512 BF16): its CPU
+    dequantizer and its inference kernel treat every weight row as whole blocks, so a layer
+    whose input width is not a multiple of ``blocksize`` is dequantized wrongly (blocksizes <=
+    1024) and crashes in the forward pass (every blocksize); the inference kernel also needs the
+    output width to be a multiple of 32. GPUs have neither limit.
+    """
+    linears = [(n, m) for n, m in targets if isinstance(m, nn.Linear)]
+    widths = sorted({m.in_features for _, m in linears})
+    split = [(n, m.in_features) for n, m in linears if m.in_features % cfg.blocksize]
+    if split:
+        ok = _cpu_4bit_blocksizes(widths)
+        fix = f"use blocksize {' or '.join(map(str, ok))}" if ok else "skip those layers (skip_modules)"
+        raise OLMoConfigurationError(
+            f"quantization option 'blocksize'={cfg.blocksize}: bitsandbytes' CPU 4-bit kernels "
+            f"need every layer's input width to be a multiple of the blocksize, but "
+            f"{split[0][0]} has {split[0][1]} inputs ({len(split)} layer(s) like it); {fix}, "
+            "or quantize on a GPU"
+        )
+    from bitsandbytes.functional import has_avx512bf16
+
+    if has_avx512bf16():
+        narrow = [(n, m.out_features) for n, m in linears if m.out_features % 32]
+        if narrow:
+            raise OLMoConfigurationError(
+                f"bitsandbytes' AVX-512 BF16 CPU 4-bit kernel needs every layer's output width "
+                f"to be a multiple of 32, but {narrow[0][0]} has {narrow[0][1]} outputs; keep it in "
+                f"full precision (skip_modules={narrow[0][0]!r}"
+                + (", or quantize_lm_head=false" if any(_is_lm_head(n) for n, _ in narrow) else "")
+                + ") or quantize on a GPU"
+            )
+
+
+def _check_4bit_forward(model: nn.Module, names: Sequence[str], cfg: QuantConfig) -> None:
+    """Run each 4-bit linear layer's inference forward once (on a copy: bitsandbytes repacks the
+    weight on the first CPU inference call) and compare it with ``x @ dequant(W)^T``, so a
+    setting that passes the dequantizer proof but cannot run (or runs wrongly) fails here, with
+    the option named, rather than in the middle of an evaluation."""
+    bnb = _bnb()
+    gen = torch.Generator().manual_seed(0)
+    for name in names:
+        mod = model.get_submodule(name)
+        if not isinstance(mod, bnb.nn.Linear4bit):
+            continue
+        w = mod.weight
+        device = w.device
+        x = torch.randn(2, mod.in_features, generator=gen).to(device, cfg.torch_compute_dtype)
+        ref_w = bnb.functional.dequantize_4bit(w.data, w.quant_state).to(cfg.torch_compute_dtype)
+        probe = copy.deepcopy(mod).eval()
+        try:
+            with torch.no_grad():
+                y = probe(x).float()
+        except Exception as e:  # noqa: BLE001 - any kernel failure is a refused setting
+            raise OLMoConfigurationError(
+                f"quantization option 'blocksize'={cfg.blocksize} ({cfg.name}): bitsandbytes "
+                f"cannot run the 4-bit forward of {name} ({mod.in_features}->{mod.out_features}) "
+                f"on {device.type}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
+                "use blocksize 64 (the presets') or quantize on a GPU"
+            ) from None
+        want = torch.nn.functional.linear(x.float(), ref_w.float())
+        if mod.bias is not None:
+            want = want + mod.bias.float()
+        # the CPU inference kernel computes in bfloat16: allow its rounding
+        err = float((y - want).abs().max() / want.abs().max().clamp_min(1e-12))
+        if not err < 3e-2:
+            raise QuantizationError(
+                f"the 4-bit forward of {name} differs from x @ dequant(W)^T by {err:.3g} of its "
+                f"scale (blocksize={cfg.blocksize}); the bitsandbytes forward kernel on "
+                f"{device.type} is wrong for this setting"
+            )
 
 
 # -------------------------------------------------------------------------------------------------
@@ -477,31 +601,90 @@ def load_hf_full_precision(path: str | Path, *, device_map: str | Dict[str, Any]
 # -------------------------------------------------------------------------------------------------
 
 
-def reference_4bit_dequant(
-    w: torch.Tensor, quant_type: str, blocksize: int, absmax: Optional[torch.Tensor] = None
-) -> torch.Tensor:
-    """Round-to-nearest 4-bit blockwise quantization of ``w`` and back, in plain torch
-    (blocks of ``blocksize`` consecutive elements of the flattened tensor, scaled by their absmax,
-    mapped to the nearest code value). Independent of bitsandbytes' kernels except for the
-    16-entry code table. ``absmax`` overrides the per-block scales (double quantization)."""
+#: how close (in units of the block absmax) a weight may lie to the midpoint of two code values
+#: for either of them to count as the nearest: bitsandbytes scales by ``w * (1/absmax)``, which
+#: can differ from ``w / absmax`` in the last bit.
+_TIE = 1e-6
+
+
+def _reference_4bit_codes(
+    w: torch.Tensor, quant_type: str, blocksize: int
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest blockwise 4-bit codes of ``w`` in plain torch: ``(code table, nearest
+    index, second-nearest index, near-tie mask, block absmax)``, indices per padded block."""
     from bitsandbytes.functional import get_4bit_type
 
     code = get_4bit_type(quant_type, device="cpu").to(torch.float32)
     flat = w.detach().to("cpu", torch.float32).reshape(-1)
-    n = flat.numel()
-    pad = (-n) % blocksize
+    pad = (-flat.numel()) % blocksize
     blocks = torch.cat([flat, flat.new_zeros(pad)]).view(-1, blocksize)
-    scale = blocks.abs().amax(dim=1, keepdim=True) if absmax is None else absmax.view(-1, 1).float()
-    safe = torch.where(scale == 0, torch.ones_like(scale), scale)
-    idx = (blocks / safe).unsqueeze(-1).sub(code).abs().argmin(dim=-1)
-    return (code[idx] * scale).reshape(-1)[:n].view_as(w)
+    absmax = blocks.abs().amax(dim=1, keepdim=True)
+    safe = torch.where(absmax == 0, torch.ones_like(absmax), absmax)
+    dist = (blocks / safe).unsqueeze(-1).sub(code).abs()
+    two = dist.topk(2, dim=-1, largest=False)
+    tie = (two.values[..., 1] - two.values[..., 0]) <= _TIE
+    return code, two.indices[..., 0], two.indices[..., 1], tie, absmax
 
 
-def _code_half_gap(quant_type: str) -> float:
-    from bitsandbytes.functional import get_4bit_type
+def reference_4bit_dequant(
+    w: torch.Tensor, quant_type: str, blocksize: int, absmax: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Round-to-nearest 4-bit blockwise quantization of ``w`` and back, in plain torch
+    (blocks of ``blocksize`` consecutive elements of the flattened tensor, each mapped to the
+    nearest code value of ``w / block absmax``, then multiplied by the block's scale).
+    Independent of bitsandbytes' kernels except for the 16-entry code table. ``absmax``, if
+    given, is the scale each block is dequantized with (e.g. the 8-bit-rounded absmax of double
+    quantization); the codes are always chosen with the exact block absmax, as bitsandbytes does."""
+    code, idx, _, _, own = _reference_4bit_codes(w, quant_type, blocksize)
+    scale = own if absmax is None else absmax.reshape(-1, 1).to("cpu", torch.float32)
+    return (code[idx] * scale).reshape(-1)[: w.numel()].view_as(w)
 
-    code = get_4bit_type(quant_type, device="cpu").sort().values
-    return float((code[1:] - code[:-1]).max() / 2)
+
+def _stored_4bit_scales(qs) -> torch.Tensor:
+    """The per-block scale a 4-bit weight is dequantized with, from its quant state in plain
+    torch (double quantization: ``code2[absmax_8bit] * absmax2[block // blocksize2] + offset``)."""
+    if not qs.nested:
+        return qs.absmax.to("cpu", torch.float32).reshape(-1)
+    s2 = qs.state2
+    q = qs.absmax.to("cpu").long().reshape(-1)
+    per = s2.absmax.to("cpu", torch.float32).repeat_interleave(s2.blocksize)[: q.numel()]
+    return s2.code.to("cpu", torch.float32)[q] * per + float(qs.offset)
+
+
+def _4bit_mismatches(deq: torch.Tensor, orig: torch.Tensor, qs) -> Tuple[int, float]:
+    """Compare a dequantized 4-bit weight with the exact reference: ``(number of weights that
+    are not the reference value, error of the stored block scales in units of their bound)``
+    (above 1 the scales are wrong).
+
+    A weight matches when it equals the nearest code value times its block's stored scale (to
+    float32 rounding, or the rounding of the weight's own dtype, e.g. bfloat16), or the other of
+    two code values it lies midway between (``_TIE``). The stored scales must be the block absmax
+    exactly, or with double quantization its 8-bit rounding: within the widest gap of the 8-bit
+    code times the scale-block's maximum."""
+    code, near, second, tie, own = _reference_4bit_codes(orig, qs.quant_type, qs.blocksize)
+    n = orig.numel()
+    scale = _stored_4bit_scales(qs).view(-1, 1)
+    if scale.shape != own.shape:
+        return n, float("inf")
+    if qs.nested:
+        code2 = qs.state2.code.to("cpu", torch.float32).sort().values
+        # bitsandbytes' 8-bit blockwise rounding is not always to the nearest code value:
+        # allow one (widest) code gap
+        gap2 = float((code2[1:] - code2[:-1]).max())
+        per = qs.state2.absmax.to("cpu", torch.float32).repeat_interleave(qs.state2.blocksize)
+        bound = gap2 * per[: own.numel()].view(-1, 1) * (1 + 1e-6) + 1e-12
+        scale_err = float(((scale - own).abs() / bound).max())  # <= 1: rounded to 8 bits
+    else:
+        # the absmax itself: equal up to float32 rounding
+        scale_err = float(((scale - own).abs() / (own.abs() * 1e-6 + 1e-30)).max())
+    got = torch.cat([deq.reshape(-1).to("cpu", torch.float32), deq.new_zeros((-n) % qs.blocksize, dtype=torch.float32, device="cpu")])
+    got = got.view_as(near)
+    # float32 products to the last bits; a half-precision weight (qs.dtype) rounds to its own ulp
+    eps = torch.finfo(deq.dtype).eps if deq.dtype.is_floating_point else 0.0
+    want, alt = code[near] * scale, code[second] * scale
+    ok = (got - want).abs() <= scale.abs() * 1e-6 + want.abs() * eps + 1e-30
+    ok |= tie & ((got - alt).abs() <= scale.abs() * 1e-6 + alt.abs() * eps + 1e-30)
+    return int((~ok).reshape(-1)[:n].sum()), scale_err
 
 
 @dataclass
@@ -515,8 +698,11 @@ class QuantReport:
     full_precision_linear: List[str] = field(default_factory=list)
     quantized_bytes: int = 0
     original_bytes: int = 0
-    #: worst |dequant - original| / (block absmax * half NF4/FP4 code gap) over 4-bit modules
-    #: (<= 1 for correct rounding); None when the originals were not available
+    #: 4-bit weights whose dequantized value differs from the exact reference dequantizer
+    #: (:func:`reference_4bit_dequant`); 0 for correct kernels, None without the originals
+    mismatched_4bit_weights: Optional[int] = None
+    #: worst |dequant - original| / (absmax_row / 254 + float16 pre-rounding) over 8-bit modules
+    #: (<= 1 for correct rounding); None without the originals or 8-bit modules
     max_error_ratio: Optional[float] = None
 
     @property
@@ -537,6 +723,7 @@ class QuantReport:
             "quantized_bytes": self.quantized_bytes,
             "original_bytes": self.original_bytes,
             "compression": self.compression,
+            "mismatched_4bit_weights": self.mismatched_4bit_weights,
             "max_error_ratio": self.max_error_ratio,
         }
 
@@ -575,22 +762,24 @@ class QuantReport:
         lm_head_left = [n for n in self.full_precision_linear if _is_lm_head(n) or n.endswith("lm_head")]
         if cfg.quantize_lm_head and lm_head_left:
             raise QuantizationError(f"quantize_lm_head=True but {lm_head_left} is full precision")
-        if self.max_error_ratio is not None and self.max_error_ratio > 1.0 + 1e-3:
+        if self.mismatched_4bit_weights:
             bad_mods = sorted(
+                ((m.get("mismatches") or 0, n) for n, m in self.modules.items()), reverse=True
+            )[:3]
+            raise QuantizationError(
+                f"{self.mismatched_4bit_weights} dequantized {cfg.quant_type} weights differ from "
+                f"the exact reference dequantizer (worst modules: {bad_mods}); the bitsandbytes "
+                f"kernel for blocksize={cfg.blocksize} on this device is wrong. Use a blocksize "
+                "that divides every layer's input width (64 for the presets), or a GPU"
+            )
+        if self.max_error_ratio is not None and self.max_error_ratio > 1.0 + 1e-3:
+            bad_mods8 = sorted(
                 ((m.get("error_ratio") or 0.0, n) for n, m in self.modules.items()), reverse=True
             )[:3]
-            if cfg.bits == 8:
-                raise QuantizationError(
-                    f"dequantized int8 weights are off by up to {self.max_error_ratio:.2f}x the "
-                    f"row-wise rounding error bound (worst: {bad_mods}); the bitsandbytes int8 "
-                    "kernel on this device is wrong"
-                )
             raise QuantizationError(
-                f"dequantized {cfg.quant_type} weights are off by up to {self.max_error_ratio:.2f}x "
-                f"the rounding error bound (worst: {bad_mods}); the bitsandbytes kernel for "
-                f"blocksize={cfg.blocksize} on this device is wrong (bitsandbytes 0.50.2's AVX-512 "
-                "CPU dequantizer is inaccurate for blocksizes 256-1024). Use blocksize 64 or 128, "
-                "or a GPU"
+                f"dequantized int8 weights are off by up to {self.max_error_ratio:.2f}x the "
+                f"row-wise rounding error bound (worst: {bad_mods8}); the bitsandbytes int8 "
+                "kernel on this device is wrong"
             )
 
 
@@ -614,15 +803,17 @@ def inspect_quantization(
     and bytes (packed weights + scales) against the bytes of the weights they replace.
 
     With ``originals`` (module name -> full-precision weight), every 4-bit weight is dequantized
-    and checked against the rounding error bound ``|W~ - W| <= absmax_block * g`` (``g``: half the
-    widest gap of the code; double quantization adds the 8-bit error of the absmax), and every
-    8-bit weight against ``|W~ - W| <= absmax_row / 127 / 2``.
+    and compared with the exact reference dequantizer (:func:`reference_4bit_dequant`: nearest
+    code value times the block's stored scale; near-midpoint weights may take either neighbour),
+    and the stored scales with the block absmax (exactly, or within the 8-bit rounding of double
+    quantization); every 8-bit weight against ``|W~ - W| <= absmax_row / 127 / 2``.
     """
     bnb = _bnb()
     import bitsandbytes.functional as bF
 
     report = QuantReport()
     worst: Optional[float] = None
+    mismatched: Optional[int] = None
     for name, mod in model.named_modules():
         kind = type(mod).__name__
         if isinstance(mod, (bnb.nn.Linear4bit, bnb.nn.Embedding4bit)):
@@ -642,19 +833,18 @@ def inspect_quantization(
                 "original_bytes": int(torch.Size(qs.shape).numel()) * torch.empty((), dtype=qs.dtype).element_size(),
             }
             if originals is not None and name in originals:
-                orig = originals[name]
-                deq = bF.dequantize_4bit(w.data, qs).to("cpu", torch.float32)
-                flat = orig.reshape(-1)
-                pad = (-flat.numel()) % qs.blocksize
-                absmax = torch.cat([flat, flat.new_zeros(pad)]).view(-1, qs.blocksize).abs().amax(1)
-                bound = absmax * _code_half_gap(qs.quant_type)
-                if qs.nested:  # 8-bit dynamic quantization of absmax: a further relative error
-                    bound = bound + absmax * 0.02
-                err = (deq.reshape(-1) - flat).abs()
-                err = torch.cat([err, err.new_zeros(pad)]).view(-1, qs.blocksize).amax(1)
-                ratio = float((err / bound.clamp_min(1e-30)).max())
-                info["error_ratio"] = ratio
-                worst = ratio if worst is None else max(worst, ratio)
+                if getattr(qs, "packing_format_for_cpu", False):
+                    raise QuantizationError(
+                        f"{name}: the 4-bit weight was repacked for CPU inference (a forward pass "
+                        "ran); inspect it with the originals before the first forward"
+                    )
+                deq = bF.dequantize_4bit(w.data, qs)
+                bad, scale_err = _4bit_mismatches(deq, originals[name], qs)
+                if scale_err > 1.0:
+                    bad = max(bad, 1)
+                info["mismatches"] = bad
+                info["scale_error"] = scale_err
+                mismatched = bad if mismatched is None else mismatched + bad
         elif isinstance(mod, (bnb.nn.Linear8bitLt, bnb.nn.Embedding8bit)):
             w = mod.weight
             scb = getattr(w, "SCB", None)
@@ -691,4 +881,5 @@ def inspect_quantization(
         report.quantized_bytes += info["quantized_bytes"]
         report.original_bytes += info["original_bytes"]
     report.max_error_ratio = worst
+    report.mismatched_4bit_weights = mismatched
     return report

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .. import paper
 from ..evals.lm_loss import lm_loss
-from ..output import read_json
+from ..output import read_json, write_json
 from .common import (
     ModelRef,
     check_val_paths,
@@ -37,12 +37,11 @@ from .common import (
     load_full_precision,
     model_ref,
     model_refs,
-    write_json_atomic,
 )
 
 log = logging.getLogger(__name__)
 
-__all__ = ["quantize_probe", "noise_probe", "hessian_probe", "hutchinson_probe"]
+__all__ = ["quantize_probe", "noise_probe", "hessian_probe", "hutchinson_probe", "check_probe_options"]
 
 Checkpoints = Sequence[Union[str, Path, ModelRef]]
 
@@ -77,7 +76,7 @@ class _Results:
 
     def save(self) -> None:
         if self.out is not None:
-            write_json_atomic(self.out, self.data)
+            write_json(self.out, self.data)
 
 
 def _plain(obj):
@@ -103,6 +102,86 @@ def _loss(model, ref: ModelRef, val_paths, seq_len, batch_size, max_sequences) -
     finally:
         bnb_log.setLevel(level)
     return r.loss, r.tokens
+
+
+# -------------------------------------------------------------------------------------------------
+# Option checks (the probes call them first; the study's plan step calls them before any compute)
+# -------------------------------------------------------------------------------------------------
+
+#: arguments of the probe functions that are not options (given by the caller, not a study file)
+_NOT_OPTIONS = ("checkpoints", "val_paths", "labels", "out", "progress", "pairs")
+
+
+def _whole(name: str, value: Any, minimum: int, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise OLMoConfigurationError(f"{name}: must be a whole number >= {minimum}, got {value!r}")
+
+
+def _numbers(name: str, values: Any, *, positive: bool) -> List[float]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)) or not values:
+        raise OLMoConfigurationError(f"{name}: give a non-empty list of numbers, got {values!r}")
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or (positive and v <= 0):
+            need = "a number > 0" if positive else "a number"
+            raise OLMoConfigurationError(f"{name}[{i}]: must be {need}, got {v!r}")
+    return [float(v) for v in values]
+
+
+def check_probe_options(probe: str, options: Dict[str, Any]) -> None:
+    """Refuse unknown or bad options of ``probe`` (quantize | noise | hessian). Messages start
+    with the option's name (``quant[0]: ...``) so callers can prefix where it came from."""
+    import inspect
+
+    fns = {"quantize": quantize_probe, "noise": noise_probe, "hessian": hessian_probe}
+    if probe not in fns:
+        raise OLMoConfigurationError(f"unknown probe {probe!r}; choose one of {sorted(fns)}")
+    known = [n for n in inspect.signature(fns[probe]).parameters if n not in _NOT_OPTIONS]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise OLMoConfigurationError(f"{unknown[0]}: unknown {probe} probe option; allowed: {sorted(known)}")
+    o = options
+    for name in ("batch_size", "n_sequences", "probes", "min_ndim"):
+        if name in o:
+            _whole(name, o[name], 1 if name != "min_ndim" else 0)
+    for name in ("max_sequences", "val_max_sequences", "seq_len"):
+        if name in o:
+            _whole(name, o[name], 1, optional=True)
+    if "power_iters" in o:
+        _whole("power_iters", o["power_iters"], 0)
+    if probe == "quantize" and "quant" in o:
+        from .quantize import QuantConfig, parse_quant_spec
+
+        quant = o["quant"]
+        if isinstance(quant, (str, dict)) or not isinstance(quant, (list, tuple)) or not quant:
+            raise OLMoConfigurationError(f"quant: give a non-empty list of settings (e.g. [nf4, int8]), got {quant!r}")
+        for i, q in enumerate(quant):
+            try:
+                if isinstance(q, dict):
+                    QuantConfig.from_dict(q)
+                elif not isinstance(q, QuantConfig):
+                    parse_quant_spec(str(q))
+            except (OLMoConfigurationError, TypeError, ValueError) as e:
+                raise OLMoConfigurationError(f"quant[{i}]: {e}") from None
+    if probe == "noise":
+        if "gammas" in o:
+            _numbers("gammas", o["gammas"], positive=True)
+        if "seeds" in o:
+            seeds = o["seeds"]
+            if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (list, tuple)) or not seeds:
+                raise OLMoConfigurationError(f"seeds: give at least one seed (a list of whole numbers), got {seeds!r}")
+            for i, s in enumerate(seeds):
+                _whole(f"seeds[{i}]", s, 0)
+    if probe == "hessian":
+        from .hessian import HVP_METHODS
+
+        if "method" in o and o["method"] not in HVP_METHODS:
+            raise OLMoConfigurationError(f"method: must be one of {list(HVP_METHODS)}, got {o['method']!r}")
+        for name in ("rtol", "fd_step"):
+            v = o.get(name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+                raise OLMoConfigurationError(f"{name}: must be a number > 0, got {v!r}")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -137,6 +216,7 @@ def quantize_probe(
         quantize_transformer,
     )
 
+    check_probe_options("quantize", {"quant": list(quant), "batch_size": batch_size, "max_sequences": max_sequences})
     val_paths = check_val_paths(val_paths)
     cfgs: List[QuantConfig] = []
     for q in quant:
@@ -231,11 +311,9 @@ def noise_probe(
     sample std over seeds per (checkpoint, gamma), and gamma 0 is the unperturbed loss."""
     from .perturb import perturbed, select_weights
 
+    check_probe_options("noise", {"gammas": list(gammas), "seeds": list(seeds), "min_ndim": min_ndim,
+                                  "batch_size": batch_size, "max_sequences": max_sequences})  # fmt: skip
     val_paths = check_val_paths(val_paths)
-    if not seeds:
-        raise OLMoConfigurationError("noise probe: give at least one seed")
-    if any(g <= 0 for g in gammas) or not gammas:
-        raise OLMoConfigurationError(f"noise probe: gammas must be > 0, got {list(gammas)}")
     refs = _refs(checkpoints, labels)
     settings = {
         "val_paths": val_paths,
@@ -354,6 +432,9 @@ def hessian_probe(
         top_eigenvalue,
     )
 
+    check_probe_options("hessian", {"n_sequences": n_sequences, "probes": probes, "rtol": rtol, "method": method,
+                                    "power_iters": power_iters, "fd_step": fd_step, "batch_size": batch_size,
+                                    "val_max_sequences": val_max_sequences})  # fmt: skip
     val_paths = check_val_paths(val_paths)
     refs = _refs(checkpoints, labels) if checkpoints else []
     pair_refs = [(model_ref(a), model_ref(b)) for a, b in pairs]

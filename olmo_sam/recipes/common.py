@@ -11,6 +11,7 @@ import contextlib
 import difflib
 import functools
 import json
+import logging
 import math
 import os
 import re
@@ -27,6 +28,7 @@ from olmo_core.script_utils import ExperimentConfig
 from olmo_core.train import Duration
 from olmo_core.train.common import DurationUnit
 
+from ..cli_options import option
 from ..models import param_counts
 from ..optim.sam import SAMConfig
 from ..optim.schedules import decay_start
@@ -65,13 +67,32 @@ class RunSpec:
     save_folder: str = "runs/run"
     dp: Optional[str] = None
     param_dtype: Optional[str] = None
-    microbatch: Optional[int] = None
+    #: sequences per rank per forward/backward (flag --micro-batch-size)
+    micro_batch_size: Optional[int] = None
     #: in-loop evaluation every N steps (and at the end); 0 = none (pretraining)
     eval_interval: Optional[int] = None
     checkpoint_interval: Optional[int] = None
     stop_at_step: Optional[int] = None
     #: local data paths must exist (off for dry runs)
     check_paths: bool = True
+
+
+log = logging.getLogger(__name__)
+
+#: recipe setting keys renamed to the command line's vocabulary (docs/cli.md): old -> new
+RENAMED_SETTINGS = {"microbatch": "micro_batch_size"}
+
+
+def rename_old_settings(settings: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """``settings`` with old key spellings (:data:`RENAMED_SETTINGS`) replaced, each with a note."""
+    out = dict(settings)
+    for old, new in RENAMED_SETTINGS.items():
+        if old in out:
+            if new in out:
+                raise OLMoConfigurationError(f"{where}: '{old}' is the old spelling of '{new}'; give '{new}' only")
+            log.warning(f"{where}: '{old}' is deprecated and will be removed in the next release; use '{new}'")
+            out[new] = out.pop(old)
+    return out
 
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
@@ -441,14 +462,14 @@ def common_options(f):
     options = [
         click.option("--dry-run", is_flag=True, help="Print the resolved config and estimates; train nothing."),
         click.option("--json", "as_json", is_flag=True, help="With --dry-run: print JSON instead of YAML."),
-        click.option("--out", "save_folder", type=str, default=None, help="Run directory (re-using it resumes)."),
-        click.option("--save-folder", "save_folder_alias", type=str, default=None, hidden=True),
+        option("--out", "save_folder", old=("--save-folder",), type=str, default=None,
+               help="Run directory (re-using it resumes)."),
         click.option("--dp", type=click.Choice(["auto", "none", "ddp", "fsdp", "hsdp"]), default="auto",
                      show_default=True, help="Data parallelism under torchrun."),
         click.option("--param-dtype", type=click.Choice(["float32", "bfloat16"]), default=None,
                      help="FSDP mixed-precision parameter dtype."),
-        click.option("--micro-batch-size", "microbatch", type=int, default=None, help="Sequences per rank per micro-batch."),
-        click.option("--microbatch", "microbatch_alias", type=int, default=None, hidden=True),
+        option("--micro-batch-size", "microbatch", old=("--microbatch",), type=int, default=None,
+               help="Sequences per rank per micro-batch."),
         click.option("--eval-interval", type=int, default=None, help="Steps between in-loop validation-loss evaluations (pretraining: 0 = none)."),
         click.option("--checkpoint-interval", type=int, default=None, help="Steps between checkpoints."),
         click.option("--stop-at-step", type=int, default=None,
@@ -459,12 +480,11 @@ def common_options(f):
                      help="Assumed model-FLOPs utilisation for the GPU-hour estimate."),
         click.option("--world-size", "assume_world", type=click.IntRange(min=1), default=None,
                      help="With --dry-run: resolve the config for this many processes (no torchrun needed)."),
-        click.argument("overrides", nargs=-1),
+        click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]..."),
     ]  # fmt: skip
 
     @functools.wraps(f)
     def run(*args, assume_world, **kwargs):
-        _old_flag_names(kwargs)
         if assume_world is not None and not kwargs["dry_run"]:
             launched = int(os.environ.get("WORLD_SIZE", "1"))
             if assume_world != launched:
@@ -478,15 +498,3 @@ def common_options(f):
     for opt in reversed(options):
         run = opt(run)
     return run
-
-
-def _old_flag_names(kwargs: Dict[str, Any]) -> None:
-    """``--save-folder`` / ``--microbatch`` (hidden) -> ``--out`` / ``--micro-batch-size``, in place.
-    (The project-wide alias mechanism supersedes this where it is available.)"""
-    for name, old, new in (("save_folder", "--save-folder", "--out"), ("microbatch", "--microbatch", "--micro-batch-size")):
-        value = kwargs.pop(f"{name}_alias", None)
-        if value is None:
-            continue
-        if kwargs[name] is not None and kwargs[name] != value:
-            raise click.UsageError(f"{old} is the old name of {new}; give one of them")
-        kwargs[name] = value

@@ -113,7 +113,7 @@ def build_midtrain(spec: MidtrainSpec, overrides: Sequence[str] = ()) -> Experim
         optim=_optim(spec),
         sequence_length=spec.seq_len,
         global_batch_size=spec.batch_size,
-        rank_microbatch_size=spec.microbatch or min(spec.batch_size // world, DEFAULT_MICROBATCH),
+        rank_microbatch_size=spec.micro_batch_size or min(spec.batch_size // world, DEFAULT_MICROBATCH),
         max_steps=spec.steps,
         max_tokens=spec.tokens,
         # Table 1: no warmup, linear decay from the starting LR to alpha_f * LR = 0
@@ -298,7 +298,7 @@ def main(optimizer, size, tokens, steps, lr, rho, seq_len, batch_size, data, mix
             save_folder=save,
             dp=resolve_dp(dp, "fsdp"),
             param_dtype=param_dtype,
-            microbatch=microbatch,
+            micro_batch_size=microbatch,
             eval_interval=eval_interval,
             checkpoint_interval=checkpoint_interval,
             stop_at_step=stop_at_step,

@@ -203,6 +203,8 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
         raise OLMoConfigurationError(f"unknown size {spec.size!r}; choose one of {list(SIZES)}")
     if spec.optimizer not in OPTIMIZERS:
         raise OLMoConfigurationError(f"unknown optimizer {spec.optimizer!r}; choose one of {list(OPTIMIZERS)}")
+    if isinstance(spec.rho, bool) or not isinstance(spec.rho, (int, float)) or not spec.rho >= 0 or math.isinf(spec.rho):
+        raise OLMoConfigurationError(f"--rho must be a finite number >= 0 (the paper uses {paper.SAM_RHO}), got {spec.rho!r}")
     paper_size = spec.size in paper.PRETRAIN_SHAPES
     shape = paper.PRETRAIN_SHAPES.get(spec.size)
     seq_len = spec.seq_len or (shape.context_length if shape else TINY_SEQ_LEN)
@@ -247,7 +249,7 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
     world = world_size()
     if batch % world:
         raise OLMoConfigurationError(f"batch size {batch} is not divisible by the {world} processes")
-    microbatch = spec.microbatch or min(batch // world, DEFAULT_MICROBATCH if paper_size else batch)
+    microbatch = spec.micro_batch_size or min(batch // world, DEFAULT_MICROBATCH if paper_size else batch)
     cfg = build_experiment(
         model=model,
         tokenizer=tokenizer,
@@ -276,7 +278,12 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
     )
     cfg = apply_overrides(cfg, overrides)
     if spec.optimizer == "sam-anneal":
-        run_summary(cfg)  # resolves the switch point now: a schedule without decay errors here
+        try:
+            run_summary(cfg)  # resolves the switch point now: a schedule without decay errors here
+        except OLMoConfigurationError as e:
+            raise OLMoConfigurationError(
+                f"--schedule {spec.schedule} with --optimizer sam-anneal: {e}"
+            ) from None
     return cfg, resolved
 
 
@@ -426,7 +433,7 @@ def main(size, tokens, tokens_per_param, steps, lr, optimizer, schedule, alpha, 
             save_folder=save_folder or "runs/pretrain",
             dp=resolve_dp(dp, "ddp"),
             param_dtype=param_dtype,
-            microbatch=microbatch,
+            micro_batch_size=microbatch,
             eval_interval=eval_interval,
             checkpoint_interval=checkpoint_interval,
             stop_at_step=stop_at_step,

@@ -29,7 +29,7 @@ from ..analysis.findings import make_finding
 from ..analysis.plots import Panel, plot_bands, plot_bars
 from ..analysis.stats import IntervalSpec, compare_seeds, mean_interval
 from ..output import save_figure, write_json, write_table
-from .runner import JobContext
+from .context import JobContext
 from .spec import StudyError
 
 __all__ = ["analyse_study", "Base", "base_metadata"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -30,18 +33,31 @@ def start_study(
     jobs: Optional[int] = None,
     nproc_per_node: Optional[int] = None,
     echo=click.echo,
+    resume_command: Optional[str] = None,
+    progress=True,
+    allow_missing_data: bool = False,
 ):
-    """Plan (and unless ``dry_run``, run) a study; returns the plan."""
-    from .executors import job_command, run_jobs
+    """Plan (and unless ``dry_run``, run) a study; returns the plan.
+
+    Every job's configuration is built before anything runs (:func:`.validate.validate_plan`);
+    the output directory is locked while the study runs; a study file changed under finished
+    jobs is refused (:mod:`.state`). ``resume_command`` is printed on Ctrl-C."""
+    from .executors import Interrupted, job_code, job_command, run_jobs
     from .manifest import Manifest
     from .plan import build_plan
     from .runner import save_study
-    from .spec import StudySpec, load_study
+    from .spec import StudyError, StudySpec, load_study
+    from .state import check_unchanged, check_writable, out_dir_lock
+    from .validate import validate_executor, validate_plan
 
     spec = path_or_spec if isinstance(path_or_spec, StudySpec) else load_study(path_or_spec)
     if out:
         spec.out_dir = out
+    validate_executor(spec, kind=executor, jobs=jobs, nproc_per_node=nproc_per_node)
     plan = build_plan(spec)
+    if allow_missing_data and not dry_run:
+        raise StudyError("--allow-missing-data: only with --dry-run (a run needs its data)")
+    warnings = validate_plan(plan, missing_data_ok=allow_missing_data)
     selected = plan.select(stages or None, exclude or ())
     kind = executor or spec.executor.kind
     nproc = nproc_per_node or spec.executor.nproc_per_node
@@ -53,35 +69,102 @@ def start_study(
             s = summary[stage]
             runs = f", {s['runs']} runs" if s["runs"] != s["jobs"] else ""
             echo(f"  {stage:<11} {s['jobs']:>4} jobs{runs}  ({s['done']} done)")
+    for w in warnings:
+        echo(f"  warning: {w}")
     if dry_run:
         for j in selected:
             mark = "done" if j.is_done(plan.out) and not rerun else "todo"
             echo(f"  [{mark}] {j.id}: {' '.join(job_command(j, plan.out, kind, nproc))}")
         return plan
-    if rerun:
-        ids = {j.id for j in selected}
-        changed = True
-        while changed:  # everything downstream of a rerun job reruns too
-            changed = False
+    source = spec.source if spec.source and not spec.source.startswith("<") else "STUDY_FILE"
+    resume = resume_command or f"olmo-sam study run {source} --out {plan.out}"
+    check_writable(plan.out)
+    with out_dir_lock(plan.out, "demo" if resume.startswith("olmo-sam demo") else "study run"):
+        rerun_ids = _rerun_set(plan, selected) if rerun else set()
+        check_unchanged(plan, rerun_ids, source)
+        if rerun:
             for j in plan.jobs:
-                if j.id not in ids and any(d in ids for d in j.deps):
-                    ids.add(j.id)
-                    changed = True
-        for j in plan.jobs:
-            if j.id in ids and j.done_path(plan.out).exists():
-                j.done_path(plan.out).unlink()
-        selected = [j for j in plan.jobs if j.id in ids]
-    plan.out.mkdir(parents=True, exist_ok=True)
-    save_study(plan)
-    Manifest(plan.out).start(spec.plain(), {"study_seed": spec.seed})
-    run_jobs(plan, selected, kind=kind, parallel=parallel, nproc_per_node=nproc, slurm=spec.executor.slurm,
-             reuse_processes=spec.executor.reuse_processes)  # fmt: skip
+                if j.id in rerun_ids and j.done_path(plan.out).exists():
+                    j.done_path(plan.out).unlink()
+            selected = [j for j in plan.jobs if j.id in rerun_ids]
+        save_study(plan)
+        manifest = Manifest(plan.out)
+        manifest.start(spec.plain(), {"study_seed": spec.seed}, job_code=job_code())
+        try:
+            with _sigterm_interrupts():
+                run_jobs(plan, selected, kind=kind, parallel=parallel, nproc_per_node=nproc,
+                         slurm=spec.executor.slurm, progress=progress,
+                         reuse_processes=spec.executor.reuse_processes)  # fmt: skip
+        except (Interrupted, KeyboardInterrupt) as e:
+            jobs_then = getattr(e, "jobs", [])
+            manifest.set_state("interrupted", resume=resume, interrupted_jobs=jobs_then)
+            raise Interrupted(jobs_then) from None
+        except BaseException:
+            manifest.set_state("failed")
+            raise
+        manifest.set_state("finished")
     return plan
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (Slurm's time limit, ``kill``) stops the study like Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _rerun_set(plan, selected) -> set:
+    """The selected jobs and everything downstream of them."""
+    ids = {j.id for j in selected}
+    changed = True
+    while changed:
+        changed = False
+        for j in plan.jobs:
+            if j.id not in ids and any(d in ids for d in j.deps):
+                ids.add(j.id)
+                changed = True
+    return ids
+
+
+def run_study_command(fn, resume: str) -> None:
+    """Run ``fn`` (a start_study call) the way the commands do: configuration problems as one
+    line (exit 2), failed jobs with their log tails (exit 1), Ctrl-C with how to resume (130)."""
+    from olmo_core.exceptions import OLMoConfigurationError
+
+    from .executors import Interrupted, JobFailed
+
+    try:
+        return fn()
+    except OLMoConfigurationError as e:
+        raise click.UsageError(str(e)) from None
+    except JobFailed as e:
+        click.echo(str(e), err=True)
+        sys.exit(1)
+    except (Interrupted, KeyboardInterrupt):
+        click.echo(f"\nInterrupted; finished jobs are kept. Resume with:\n  {resume}", err=True)
+        sys.exit(130)
 
 
 @click.group()
 def study():
-    """Run the paper's chain of stages from one study file (resumable)."""
+    """Run the paper's chain of stages from one study file (resumable).
+
+    \b
+    Example:
+      olmo-sam study run recipes/studies/paper-60m.yaml --dry-run
+      olmo-sam study run recipes/studies/paper-60m.yaml --stages quantize,noise --rerun
+      olmo-sam study status runs/paper-60m
+    """
 
 
 @study.command("run")
@@ -90,24 +173,26 @@ def study():
 @click.option("--stages", multiple=True, help=f"Only these stages (comma-separated): {', '.join(STAGES)}.")
 @click.option("--exclude", multiple=True, help="Skip these stages.")
 @click.option("--dry-run", is_flag=True, help="Print the planned jobs and their commands; run nothing.")
-@click.option("--rerun", is_flag=True, help="Run the selected jobs (and everything after them) again.")
-@click.option("--executor", type=click.Choice(["local", "torchrun", "slurm"]), default=None)
-@click.option("--jobs", type=int, default=None, help="Jobs at a time (local executor).")
-@click.option("--nproc-per-node", type=int, default=None, help="torchrun processes per training job.")
-def run_command(study_file, out, stages, exclude, dry_run, rerun, executor, jobs, nproc_per_node):
+@click.option("--allow-missing-data", is_flag=True,
+              help="With --dry-run: plan even though data files are missing here (they are listed).")  # fmt: skip
+@click.option("--rerun", is_flag=True,
+              help="Run the selected jobs (--stages/--exclude; default all) and everything after them again, "
+                   "replacing their results; without it finished jobs are skipped.")
+@click.option("--executor", type=click.Choice(["local", "torchrun", "slurm"]), default=None,
+              help="How jobs start: local subprocesses, torchrun launches, or Slurm (submitit) "
+                   "[default: the file's executor.kind].")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Jobs at a time (local executor), >= 1.")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=None,
+              help="torchrun processes per training job (torchrun executor only).")  # fmt: skip
+def run_command(study_file, out, stages, exclude, dry_run, allow_missing_data, rerun, executor, jobs, nproc_per_node):
     """Run (or resume) the study in STUDY_FILE: finished jobs are skipped."""
-    from olmo_core.exceptions import OLMoConfigurationError
-
-    from .executors import JobFailed
-
-    try:
-        plan = start_study(study_file, out=out, stages=_split(stages), exclude=_split(exclude), dry_run=dry_run,
-                           rerun=rerun, executor=executor, jobs=jobs, nproc_per_node=nproc_per_node)  # fmt: skip
-    except OLMoConfigurationError as e:
-        raise click.UsageError(str(e)) from None
-    except JobFailed as e:
-        click.echo(str(e), err=True)
-        sys.exit(1)
+    resume = f"olmo-sam study run {study_file}" + (f" --out {out}" if out else "")
+    plan = run_study_command(
+        lambda: start_study(study_file, out=out, stages=_split(stages), exclude=_split(exclude), dry_run=dry_run,
+                            rerun=rerun, executor=executor, jobs=jobs, nproc_per_node=nproc_per_node,
+                            resume_command=resume, allow_missing_data=allow_missing_data),
+        resume,
+    )  # fmt: skip
     if not dry_run:
         report = plan.out / "report" / "report.html"
         if report.exists():
@@ -118,9 +203,14 @@ def run_command(study_file, out, stages, exclude, dry_run, rerun, executor, jobs
 @click.argument("out_dir", type=click.Path(file_okay=False, exists=True))
 def status_command(out_dir):
     """Which jobs of the study in OUT_DIR are finished."""
+    from olmo_core.exceptions import OLMoConfigurationError
+
     from .runner import load_plan
 
-    plan = load_plan(out_dir)
+    try:
+        plan = load_plan(out_dir)
+    except OLMoConfigurationError as e:
+        raise click.UsageError(str(e)) from None
     for j in plan.jobs:
         click.echo(f"{'done' if j.is_done(plan.out) else 'todo'}  {j.id}")
 

@@ -16,6 +16,7 @@ record timings in the manifest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from .manifest import Manifest
 from .plan import Job, Plan
 from .spec import StudyError
 
-__all__ = ["job_command", "run_jobs", "JobFailed"]
+__all__ = ["job_command", "job_code", "run_jobs", "JobFailed", "Interrupted"]
 
 
 class JobFailed(RuntimeError):
@@ -42,14 +43,22 @@ def job_command(job: Job, out: Path, kind: str = "local", nproc_per_node: int = 
     return [sys.executable, *runner]
 
 
+def job_code() -> Dict[str, str]:
+    """Where job processes import ``olmo_sam`` from: the package that planned the study (this
+    process's), never a checkout that happens to be in the current directory."""
+    import olmo_sam
+
+    return {"package_path": str(Path(olmo_sam.__file__).resolve().parents[1]), "python": sys.executable}
+
+
 def _env() -> Dict[str, str]:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    # children must import the same olmo_sam as this process
-    import olmo_sam
-
-    pkg_root = str(Path(olmo_sam.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([pkg_root, *filter(None, [env.get("PYTHONPATH")])])
+    # children import the olmo_sam that planned the study: its root first on PYTHONPATH, and
+    # PYTHONSAFEPATH keeps 'python -m' from putting the current directory (which may hold another
+    # checkout) in front of it (Python >= 3.11; torchrun's workers inherit both)
+    env["PYTHONPATH"] = os.pathsep.join([job_code()["package_path"], *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONSAFEPATH"] = "1"
     return env
 
 
@@ -76,7 +85,7 @@ def run_jobs(
     parallel: int = 1,
     nproc_per_node: int = 1,
     slurm: Optional[dict] = None,
-    progress: bool = True,
+    progress=True,
     reuse_processes: bool = False,
 ) -> Dict[str, float]:
     """Run ``jobs`` (skipping finished ones) in dependency order; returns seconds per job."""
@@ -114,7 +123,14 @@ class _WorkerPool:
                                                initializer=_pool_init, initargs=(_env(),))  # fmt: skip
 
     def launch(self, job: Job, log: Path) -> "_PoolRun":
-        return _PoolRun(self.executor.submit(_pool_job, str(self.out), job.id, str(log)))
+        return _PoolRun(self.executor.submit(_pool_job, str(self.out), job.id, str(log)), self)
+
+    def signal_workers(self, sig) -> None:
+        for proc in list(getattr(self.executor, "_processes", {}).values()):
+            try:
+                os.kill(proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -123,8 +139,12 @@ class _WorkerPool:
 class _PoolRun:
     """A job running in a pool worker, polled like a ``subprocess.Popen``."""
 
-    def __init__(self, future):
-        self.future = future
+    def __init__(self, future, pool: "_WorkerPool"):
+        self.future, self.pool = future, pool
+
+    def send_signal(self, sig) -> None:
+        """Interrupts reach the job through its worker process (the whole pool: one job each)."""
+        self.pool.signal_workers(sig)
 
     def poll(self) -> Optional[int]:
         if not self.future.done():
@@ -177,14 +197,34 @@ def _pool_job(out: str, job_id: str, log: str) -> int:  # pragma: no cover - run
             os.close(f)
 
 
+class Interrupted(KeyboardInterrupt):
+    """The study was stopped (Ctrl-C / SIGINT / SIGTERM); ``jobs`` were running."""
+
+    def __init__(self, jobs: List[str]):
+        super().__init__(f"interrupted while running {jobs}")
+        self.jobs = jobs
+
+
+def _stop(running: List["_Running"], grace: float = 20.0) -> None:
+    """Stop the running jobs: SIGINT (a training job stops at a step), then SIGTERM/SIGKILL."""
+    import signal
+
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        alive = [r for r in running if r.proc.poll() is None]
+        if not alive:
+            return
+        for r in alive:
+            try:
+                r.proc.send_signal(sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.time() + wait
+        while time.time() < deadline and any(r.proc.poll() is None for r in alive):
+            time.sleep(0.1)
+
+
 def _run_subprocesses(plan, pending, manifest, kind, parallel, nproc_per_node, progress, pool=None) -> Dict[str, float]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    from .progress import PROGRESS_FILE, StudyProgress, read_progress
 
     out = plan.out
     index = plan.by_id()
@@ -197,60 +237,84 @@ def _run_subprocesses(plan, pending, manifest, kind, parallel, nproc_per_node, p
     def deps_done(j: Job) -> bool:
         return all(index[d].is_done(out) for d in j.deps)
 
-    with Progress(
-        TextColumn("[bold]study[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        disable=not progress,
-    ) as bar:
-        task = bar.add_task("", total=len(pending))
-        while todo or running:
-            # launch what is ready
-            while not failures and len(running) < parallel:
-                ready = next((j for j in todo if deps_done(j)), None)
-                if ready is None:
+    def job_progress(job_id: str):
+        return read_progress(index[job_id].dir(out) / PROGRESS_FILE)
+
+    display = progress if isinstance(progress, StudyProgress) else StudyProgress(len(pending), enabled=bool(progress))
+    with display as bar:
+        try:
+            while todo or running:
+                # launch what is ready
+                while not failures and len(running) < parallel:
+                    ready = next((j for j in todo if deps_done(j)), None)
+                    if ready is None:
+                        break
+                    todo.remove(ready)
+                    jdir = ready.dir(out)
+                    jdir.mkdir(parents=True, exist_ok=True)
+                    (jdir / PROGRESS_FILE).unlink(missing_ok=True)
+                    log = jdir / "log.txt"
+                    cmd = job_command(ready, out, kind, nproc_per_node)
+                    with open(log, "w") as f:
+                        f.write(("# in a reused worker process: " if pool else "$ ") + " ".join(cmd) + "\n")
+                    if pool is not None:
+                        proc = pool.launch(ready, log)
+                    else:
+                        logf = open(log, "a")
+                        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+                        logf.close()
+                    running.append(_Running(ready, proc, log, time.time()))
+                    manifest.record(ready.id, "running", started=time.time())
+                    bar.started(ready.id)
+                if not running:
+                    if todo and not failures:
+                        stuck = [j.id for j in todo]
+                        raise StudyError(f"jobs {stuck} wait on dependencies that will never finish")
                     break
-                todo.remove(ready)
-                jdir = ready.dir(out)
-                jdir.mkdir(parents=True, exist_ok=True)
-                log = jdir / "log.txt"
-                cmd = job_command(ready, out, kind, nproc_per_node)
-                with open(log, "w") as f:
-                    f.write(("# in a reused worker process: " if pool else "$ ") + " ".join(cmd) + "\n")
-                if pool is not None:
-                    proc = pool.launch(ready, log)
-                else:
-                    logf = open(log, "a")
-                    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
-                    logf.close()
-                running.append(_Running(ready, proc, log, time.time()))
-                manifest.record(ready.id, "running", started=time.time())
-                bar.update(task, description=", ".join(r.job.id for r in running))
-            if not running:
-                if todo and not failures:
-                    stuck = [j.id for j in todo]
-                    raise StudyError(f"jobs {stuck} wait on dependencies that will never finish")
-                break
-            time.sleep(0.2)
-            for r in list(running):
-                rc = r.proc.poll()
-                if rc is None:
-                    continue
-                running.remove(r)
-                took = time.time() - r.started
-                if rc == 0 and r.job.is_done(out):
-                    seconds[r.job.id] = took
-                    manifest.record(r.job.id, "done", seconds=took)
-                else:
-                    failures.append(r.job.id)
-                    manifest.record(r.job.id, f"failed (exit {rc})", seconds=took)
-                bar.advance(task)
-                bar.update(task, description=", ".join(x.job.id for x in running))
+                time.sleep(0.2)
+                bar.poll(job_progress)
+                for r in list(running):
+                    rc = r.proc.poll()
+                    if rc is None:
+                        continue
+                    running.remove(r)
+                    took = time.time() - r.started
+                    if rc == 0 and r.job.is_done(out):
+                        seconds[r.job.id] = took
+                        manifest.record(r.job.id, "done", seconds=took)
+                        bar.finished(r.job.id, took, ok=True)
+                    else:
+                        failures.append(r.job.id)
+                        manifest.record(r.job.id, f"failed (exit {rc})", seconds=took)
+                        bar.finished(r.job.id, took, ok=False, why=f"exit {rc}, log {r.log}")
+        except KeyboardInterrupt:
+            ids = [r.job.id for r in running]
+            _stop(running)
+            for r in running:
+                manifest.record(r.job.id, "interrupted", seconds=time.time() - r.started)
+            bar.interrupted(ids)
+            raise Interrupted(ids) from None
     if failures:
         details = "\n\n".join(f"--- {j} ({index[j].dir(out) / 'log.txt'}):\n{_tail(index[j].dir(out) / 'log.txt')}" for j in failures)
         raise JobFailed(f"{len(failures)} job(s) failed: {failures}\n{details}")
     return seconds
+
+
+@contextlib.contextmanager
+def _planning_package_env():
+    """This process's environment, for the duration, as :func:`_env` gives subprocesses."""
+    keys = ("PYTHONPATH", "PYTHONSAFEPATH")
+    saved = {k: os.environ.get(k) for k in keys}
+    env = _env()
+    os.environ.update({k: env[k] for k in keys})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _submitit_entry(out: str, job_id: str) -> None:  # pragma: no cover - runs on the cluster
@@ -285,7 +349,7 @@ def _run_submitit(plan, pending, manifest, slurm: dict, nproc_per_node: int) -> 
         if not wave:
             raise StudyError(f"jobs {[j.id for j in todo]} wait on dependencies that will never finish")
         t0 = time.time()
-        with executor.batch():
+        with _planning_package_env(), executor.batch():  # the tasks inherit this environment
             handles = [executor.submit(_submitit_entry, str(out), j.id) for j in wave]
         for j in wave:
             manifest.record(j.id, "submitted", started=t0)

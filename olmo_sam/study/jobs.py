@@ -6,11 +6,15 @@ Each function takes a :class:`~olmo_sam.study.runner.JobContext` and returns a J
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List, Optional
+
+from olmo_core.exceptions import OLMoConfigurationError
 
 from ..output import atomic_write_text, json_text
-from .runner import JobContext
+from .context import JobContext
+from .plan import Job
 from .spec import StudyError
 
 __all__ = ["JOB_KINDS"]
@@ -94,36 +98,85 @@ def _tokenizer_config(data: Dict[str, Any]):
 # -- training -----------------------------------------------------------------------------------
 
 
-def _spec_fields(cls, settings: Dict[str, Any], where: str) -> Dict[str, Any]:
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(settings) - names)
-    if unknown:
-        raise StudyError(f"{where}: unknown setting(s) {unknown}; allowed: {sorted(names)}")
-    return settings
+#: RunSpec fields the study sets itself (from its data section and output directory)
+STUDY_SET_FIELDS = ("train_paths", "val_paths", "tokenizer", "save_folder", "check_paths")
+#: midtrain arm settings that go to run_midtrain, not to MidtrainSpec
+MIDTRAIN_LOAD_KEYS = ("init_from_hf", "hf_revision")
 
 
-def job_pretrain(ctx: JobContext) -> Dict[str, Any]:
-    from ..checkpoints import resolve_checkpoint
-    from ..recipes.common import parse_tokens
-    from ..recipes.pretrain import PretrainSpec, build_pretrain
-    from ..train import read_metrics, run_experiment
+def run_spec(job: Job, data: Dict[str, Any], save_folder: str, *, paths: Optional[Dict[str, str]] = None,
+             check_paths: bool = True):  # fmt: skip
+    """The PretrainSpec / MidtrainSpec of a pretraining job (``job.kind``), from its arm's settings
+    checked by name and type; ``paths`` names each setting's place in the study file (errors say
+    ``arms[1].rho`` rather than ``arm sam.rho``). The plan step calls this too, before any compute."""
+    from ..recipes.common import parse_tokens, rename_old_settings
+    from ..recipes.midtrain import MidtrainSpec
+    from ..recipes.pretrain import PretrainSpec
+    from .fields import typed_settings
 
-    data = _data(ctx)
-    settings = dict(ctx.job.params["settings"])
+    cls = PretrainSpec if job.kind == "pretrain" else MidtrainSpec
+    paths = paths or {}
+    where = f"arm {job.params['arm']}"
+    settings = {k: v for k, v in job.params["settings"].items() if k not in MIDTRAIN_LOAD_KEYS}
+    settings = rename_old_settings(settings, where)  # e.g. microbatch -> micro_batch_size
+    for key in STUDY_SET_FIELDS:
+        if key in settings:
+            raise StudyError(f"{paths.get(key, f'{where}.{key}')}: set by the study itself (its data section and "
+                             "output directory); remove it from the arm")  # fmt: skip
     if isinstance(settings.get("tokens"), str):
-        settings["tokens"] = parse_tokens(settings["tokens"])
-    _spec_fields(PretrainSpec, settings, f"arm {ctx.job.params['arm']}")
-    spec = PretrainSpec(
+        try:
+            settings["tokens"] = parse_tokens(settings["tokens"])
+        except OLMoConfigurationError as e:
+            raise StudyError(f"{paths.get('tokens', f'{where}.tokens')}: {e}") from None
+    settings = typed_settings(cls, settings, where, paths)
+    if cls is PretrainSpec:
+        settings.setdefault("seed", 12536 + int(job.params.get("seed", 0)))
+    return cls(
         **settings,
         train_paths=list(data["train"]),
         val_paths=list(data["val"]),
         tokenizer=_tokenizer_config(data),
-        save_folder=str(ctx.dir / "run"),
+        save_folder=save_folder,
+        check_paths=check_paths,
     )
-    cfg, resolved = build_pretrain(spec)
-    run_experiment(cfg)
+
+
+def build_run(job: Job, spec):
+    """The OLMo-core experiment config of a pretraining job (the recipe's own builder)."""
+    from ..recipes.midtrain import build_midtrain
+    from ..recipes.pretrain import build_pretrain
+
+    if job.kind == "pretrain":
+        return build_pretrain(spec)
+    return build_midtrain(spec), {}
+
+
+def _watch(cfg, ctx: JobContext) -> None:
+    """Report the trainer's steps to the study's progress display."""
+    from .progress import PROGRESS_FILE, ProgressFileCallback
+
+    cfg.trainer.callbacks["study_progress"] = ProgressFileCallback(path=str(ctx.dir / PROGRESS_FILE))
+
+
+def _finished(trainer, ctx: JobContext) -> None:
+    """A trainer stopped early (SIGINT/SIGTERM: OLMo-core saves a checkpoint and returns) is not
+    a finished job: fail, so the study records it unfinished and a re-run resumes it."""
+    if trainer.is_canceled:
+        raise StudyError(
+            f"{ctx.job.id}: training stopped at step {trainer.global_step} of {trainer.max_steps} (canceled); "
+            "run the study again to resume from the last checkpoint"
+        )
+
+
+def job_pretrain(ctx: JobContext) -> Dict[str, Any]:
+    from ..checkpoints import resolve_checkpoint
+    from ..train import read_metrics, run_experiment
+
+    data = _data(ctx)
+    spec = run_spec(ctx.job, data, str(ctx.dir / "run"))
+    cfg, resolved = build_run(ctx.job, spec)
+    _watch(cfg, ctx)
+    _finished(run_experiment(cfg), ctx)
     metrics = read_metrics(ctx.dir / "run")
     curve = [
         {"step": s, "train_loss": m.get("train/CE loss"), "lr": m.get("optim/LR (group 0)"), "sam_active": m.get("sam/active")}
@@ -138,8 +191,8 @@ def job_pretrain(ctx: JobContext) -> Dict[str, Any]:
         "final_train_loss": curve[-1]["train_loss"] if curve else None,
         "curve": str(ctx.dir / "curve.json"),
         "resolved": resolved,
-        "optimizer": settings.get("optimizer"),
-        "schedule": settings.get("schedule"),
+        "optimizer": spec.optimizer,
+        "schedule": spec.schedule,
         **base_metadata(ctx.job.params, resolved, data),
     }
 
@@ -175,30 +228,18 @@ def job_midtrain(ctx: JobContext) -> Dict[str, Any]:
     """Mid-training from a start checkpoint ([SAM-PT] App B): ``load_path`` in the arm's settings,
     or (the default) the paper's OLMo-2-0425-1B stage-1 checkpoint converted from the HF hub."""
     from ..checkpoints import resolve_checkpoint
-    from ..recipes.common import parse_tokens
-    from ..recipes.midtrain import MidtrainSpec, build_midtrain, run_midtrain
+    from ..recipes.midtrain import run_midtrain
 
     data = _data(ctx)
-    settings = dict(ctx.job.params["settings"])
-    init_from_hf = settings.pop("init_from_hf", None)
-    hf_revision = settings.pop("hf_revision", None)
-    if isinstance(settings.get("tokens"), str):
-        settings["tokens"] = parse_tokens(settings["tokens"])
-    _spec_fields(MidtrainSpec, settings, f"arm {ctx.job.params['arm']}")
-    spec = MidtrainSpec(
-        **settings,
-        train_paths=list(data["train"]),
-        val_paths=list(data["val"]),
-        tokenizer=_tokenizer_config(data),
-        save_folder=str(ctx.dir / "run"),
-    )
-    cfg = build_midtrain(spec)
+    settings = ctx.job.params["settings"]
+    spec = run_spec(ctx.job, data, str(ctx.dir / "run"))
+    cfg, _ = build_run(ctx.job, spec)
+    _watch(cfg, ctx)
     kwargs: Dict[str, Any] = {"tokenizer": data.get("tokenizer_dir")}
-    if init_from_hf is not None:
-        kwargs["init_from_hf"] = init_from_hf
-    if hf_revision is not None:
-        kwargs["hf_revision"] = hf_revision
-    run_midtrain(cfg, **kwargs)
+    for key in MIDTRAIN_LOAD_KEYS:
+        if settings.get(key) is not None:
+            kwargs[key] = settings[key]
+    _finished(run_midtrain(cfg, **kwargs), ctx)
     return {"checkpoint": str(resolve_checkpoint(ctx.dir / "run")), "save_folder": str(ctx.dir / "run")}
 
 
@@ -268,27 +309,48 @@ def job_ft_data(ctx: JobContext) -> Dict[str, Any]:
     return {"dir": str(ds.root), "name": ds.name, "splits": ds.meta.splits}
 
 
+def ft_sweeps(job: Job, *, base: str, ft_dir: str, pt_val: List[str], mixes: Dict[str, str],
+              paths: Optional[Dict[str, str]] = None):  # fmt: skip
+    """The fine-tuning sweeps of one ``ft_sweep`` job (the main methods, then one per cfs/cs mix);
+    the plan step builds them too, with stand-in paths, and expands them without files. The
+    shared options are checked by name and type (``paths``: their places in the study file)."""
+    from ..finetune.engine import FTConfig
+    from ..finetune.sweep import LR_GRIDS, MIX_METHODS, SweepSpec, mix_sweeps
+    from .fields import typed_settings
+
+    p = job.params
+    lrs = [float(x) for x in (p["lrs"] if p["lrs"] is not None else LR_GRIDS[p["preset"]])]
+    given = FTConfig.field_names(p.get("common") or {})  # micro_batch_size, seq_len: the flags' names
+    symbolic = {k: given.pop(k) for k in ("token_budget",) if given.get(k) == "table3"}  # resolved per dataset
+    common = {"pt_val": list(pt_val), **typed_settings(FTConfig, given, "finetune.common", paths), **symbolic}
+    methods = list(p["methods"])
+    grids = dict(p.get("grids") or {})
+    main = SweepSpec(bases=[base], datasets=[ft_dir], lrs=lrs, methods=[m for m in methods if m not in MIX_METHODS],
+                     base_labels=[p["unit"]], common=common, **grids)  # fmt: skip
+    return ([main] if main.methods else []) + mix_sweeps(main, {m: mixes[m] for m in methods if m in MIX_METHODS})
+
+
 def job_ft_sweep(ctx: JobContext) -> Dict[str, Any]:
     """The LR sweep of one base checkpoint on one dataset, for every method; a ``cfs`` method
     trains on the context-free mix for as many steps as the task alone ([CFS] Sec 3)."""
-    from ..finetune.sweep import LR_GRIDS, MIX_METHODS, SweepSpec, mix_sweeps, run_sweep
+    from ..finetune.sweep import MIX_METHODS, expand, run_sweep
 
     p = ctx.job.params
-    data = _data(ctx)
     unit, ds = p["unit"], p["dataset"]
-    ft_dir = ctx.dep(f"finetune/data:{ds}")["dir"]
-    lrs = [float(x) for x in (p["lrs"] if p["lrs"] is not None else LR_GRIDS[p["preset"]])]
-    common = {"pt_val": list(data["val"]), **(p.get("common") or {})}
-    methods = list(p["methods"])
-    grids = dict(p.get("grids") or {})
-    base = _unit_ckpt(ctx, unit)
-    main = SweepSpec(bases=[base], datasets=[ft_dir], lrs=lrs, methods=[m for m in methods if m not in MIX_METHODS],
-                     base_labels=[unit], common=common, **grids)  # fmt: skip
-    mixes = {m: ctx.dep(f"cfs/{unit}:{ds}:{m}")["mix_dir"] for m in methods if m in MIX_METHODS}
-    sweeps = ([main] if main.methods else []) + mix_sweeps(main, mixes)
+    mixes = {m: ctx.dep(f"cfs/{unit}:{ds}:{m}")["mix_dir"] for m in p["methods"] if m in MIX_METHODS}
+    sweeps = ft_sweeps(ctx.job, base=_unit_ckpt(ctx, unit), ft_dir=ctx.dep(f"finetune/data:{ds}")["dir"],
+                       pt_val=list(_data(ctx)["val"]), mixes=mixes)  # fmt: skip
+    from .progress import PROGRESS_FILE, write_progress
+
+    sizes = [len(expand(spec)) for spec in sweeps]
+    started = time.time()
     total, failed = 0, []
-    for spec in sweeps:
-        res = run_sweep(spec, ctx.dir, jobs=1, progress=False, keep_checkpoints=bool(p.get("keep_checkpoints")))
+    for i, spec in enumerate(sweeps):
+        before = sum(sizes[:i])
+        report = lambda done, _n, before=before: write_progress(  # noqa: E731
+            ctx.dir / PROGRESS_FILE, before + done, sum(sizes), "runs", started=started)
+        res = run_sweep(spec, ctx.dir, jobs=1, progress=False, keep_checkpoints=bool(p.get("keep_checkpoints")),
+                        on_progress=report)  # fmt: skip
         total += res.total
         failed += [f"{rid}: {why} ({log})" for rid, log, why in res.failed]
     if failed:

@@ -1,4 +1,5 @@
-"""The study manifest: config, versions, git commit, seeds and per-job timings, in one JSON file
+"""The study manifest: config, versions, git commit, where the jobs import olmo_sam from, seeds,
+per-job timings and the study's state (running, finished, failed, interrupted), in one JSON file
 under the output directory, rewritten atomically after every change."""
 
 from __future__ import annotations
@@ -63,11 +64,15 @@ class Manifest:
     def _write(self, data: Dict[str, Any]) -> None:
         atomic_write_text(self.path, json.dumps(data, indent=2, default=str) + "\n")
 
-    def start(self, study: Dict[str, Any], seeds: Dict[str, Any]) -> None:
+    def start(self, study: Dict[str, Any], seeds: Dict[str, Any], job_code: Optional[Dict[str, Any]] = None) -> None:
         data = self.read()
         data["study"] = study
         data["seeds"] = seeds
         data["environment"] = environment_info()
+        if job_code is not None:
+            data["environment"]["job_code"] = job_code
+        data["state"] = "running"
+        data.pop("resume", None)
         data.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S"))
         data.setdefault("invocations", []).append(time.strftime("%Y-%m-%dT%H:%M:%S"))
         self._write(data)
@@ -80,4 +85,13 @@ class Manifest:
             entry["seconds"] = round(seconds, 3)
         if started is not None:
             entry["started"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started))
+        self._write(data)
+
+    def set_state(self, state: str, **extra: Any) -> None:
+        """The study's state: running, finished, failed or interrupted (with how to resume)."""
+        data = self.read()
+        data["state"] = state
+        data.update(extra)
+        if state != "running":
+            data["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         self._write(data)

@@ -11,14 +11,15 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict
 
-from .plan import Job, Plan, build_plan
+from .context import JobContext
+from .jobs import JOB_KINDS
+from .plan import Plan, build_plan
 from .spec import StudyError, parse_study
 
-__all__ = ["JobContext", "load_plan", "run_job", "STUDY_FILE"]
+__all__ = ["load_plan", "run_job", "save_study", "STUDY_FILE"]
 
 STUDY_FILE = "study.json"
 
@@ -40,38 +41,7 @@ def load_plan(out_dir: str | Path) -> Plan:
     return build_plan(parse_study(json.loads(path.read_text()), str(path)))
 
 
-@dataclass
-class JobContext:
-    job: Job
-    plan: Plan
-    deps: Dict[str, Dict[str, Any]]
-
-    @property
-    def out(self) -> Path:
-        return self.plan.out
-
-    @property
-    def dir(self) -> Path:
-        d = self.job.dir(self.out)
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-
-    @property
-    def study(self):
-        return self.plan.study
-
-    def dep(self, job_id: str) -> Dict[str, Any]:
-        if job_id in self.deps:
-            return self.deps[job_id]
-        job = self.plan.by_id().get(job_id)
-        if job is None:
-            raise StudyError(f"{self.job.id}: no job {job_id} in this study")
-        return job.result(self.out)
-
-
 def run_job(out_dir: str | Path, job_id: str) -> Dict[str, Any]:
-    from .jobs import JOB_KINDS
-
     plan = load_plan(out_dir)
     index = plan.by_id()
     if job_id not in index:

@@ -336,7 +336,10 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     spec.midtrain = dict(d.get("midtrain") or {})
     spec.budgets = d.get("budgets")
     _check_pretrain_grid(spec.pretrain, spec.budgets)
-    arms = d.get("arms") or []
+    arms = d.get("arms")
+    if not arms:
+        raise StudyError("arms: the study has no arms; add at least one, e.g. "
+                         "arms: [{name: adamw, optimizer: adamw, schedule: cosine}]")  # fmt: skip
     if not isinstance(arms, list):
         raise StudyError("arms: expected a list of arms")
     spec.arms = [ArmSpec.parse(a, f"arms[{i}]") for i, a in enumerate(arms)]

@@ -22,6 +22,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.optim.scheduler import SchedulerUnits
 from olmo_core.train.callbacks import Callback
 
+from ..optim.sam import NOT_DRIVEN_HELP
 from ..optim.schedules import decay_start
 from .train_module import SAM_METRIC_NAMESPACE, SAMTransformerTrainModule
 
@@ -79,11 +80,15 @@ class SAMSwitchCallback(Callback, Config):
     @property
     def sam_train_module(self) -> SAMTransformerTrainModule:
         tm = self.trainer.train_module
-        if not isinstance(tm, SAMTransformerTrainModule) or tm.sam is None:
+        if not isinstance(tm, SAMTransformerTrainModule):
             raise OLMoConfigurationError(
-                "SAMSwitchCallback needs the SAM train module with a SAM optimizer: use "
-                "olmo_sam.train.SAMTrainModuleConfig with optim type 'sam' "
-                f"(got {type(tm).__name__} with optimizer {type(tm.optim).__name__})"
+                f"SAMSwitchCallback is attached to {type(tm).__name__}, which never runs a SAM "
+                f"step, so the switch would do nothing: {NOT_DRIVEN_HELP}, with optim type 'sam'"
+            )
+        if tm.sam is None:
+            raise OLMoConfigurationError(
+                "SAMSwitchCallback needs the SAM optimizer: set the train module's optim to "
+                f"type 'sam' (got optimizer {type(tm.optim).__name__})"
             )
         return tm
 
@@ -129,8 +134,8 @@ class SAMSwitchCallback(Callback, Config):
             if start is None:
                 raise OLMoConfigurationError(
                     f"SAMSwitchCallback: the scheduler {type(scheduler).__name__} has no decay "
-                    "phase (e.g. WSO), so there is nothing to switch at; set 'start_step', "
-                    "'start_fraction' or 'start_tokens'"
+                    "phase (WSO, or alpha_f = 1), so there is nothing to switch at; set "
+                    "'start_step', 'start_fraction' or 'start_tokens'"
                 )
             what = f"the decay start of {type(scheduler).__name__} ({start} {scheduler.units})"
         if not (1 <= step <= max_steps):

@@ -8,6 +8,8 @@ Recipes, the fine-tuner, the demo and the tests all go through here.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import os
@@ -266,6 +268,10 @@ def build_experiment(
         cancel_check_interval=10,
         hard_stop=Duration.steps(hard_stop_step) if hard_stop_step is not None else None,
     )
+    # OLMo-core draws the initial weights from the *model* config's own ``init_seed`` (the
+    # experiment's ``init_seed`` only seeds the global RNGs), so the seed must go there too or
+    # every run starts from the same weights whatever its seed.
+    model = dataclasses.replace(model, init_seed=seed)
     return ExperimentConfig(
         model=model,
         dataset=dataset,

@@ -1,17 +1,22 @@
-"""The two-pass SAM train step, as a subclass of OLMo-core's ``TransformerTrainModule``.
+"""The SAM train step (SAM, MSAM, LookSAM), as a subclass of OLMo-core's ``TransformerTrainModule``.
 
 When the optimizer is :class:`~olmo_sam.optim.SAM`, SAM is active and the step is due
-(``global_step % interval == 0``), :meth:`SAMTransformerTrainModule.train_batch` runs:
+(``global_step % interval == 0``), :meth:`SAMTransformerTrainModule.train_batch` runs, for
+``variant: sam`` (and LookSAM's full steps):
 
 1. pass 1: OLMo-core's own ``train_batch`` over all micro-batches (loss at w, recorded as the
    training loss, gradient at w; under DDP with ``scope='local'`` without gradient all-reduce),
 2. the ascent ``w <- w + eps`` (:meth:`SAM.perturb`, norm global or local),
 3. pass 2: forward/backward at ``w + eps`` over the same micro-batches (gradient synchronised as
    usual), recording the perturbed loss,
-4. the exact restore of ``w``,
+4. the exact restore of ``w`` (LookSAM: and forms ``g_v`` from the two gradients),
 
-after which the trainer calls the unchanged ``optim_step`` (clipping, scheduler, base step) on
-the pass-2 gradient. Otherwise the step is the stock one: no extra pass, no extra memory.
+for ``variant: msam``: the perturbation ``w <- w - rho m/||m||``, OLMo-core's ``train_batch``
+there (the step's only pass; its loss is the recorded training loss), and the exact restore; for
+LookSAM's steps in between full ones: OLMo-core's ``train_batch`` at w, then the reuse of ``g_v``
+on the gradient. The trainer then calls the unchanged ``optim_step`` (clipping, scheduler, base
+step). Otherwise the step is the stock one: no extra pass, no extra memory. The equations are in
+:mod:`olmo_sam.optim.sam`.
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ from torch.distributed._composable.replicate import DDP as ReplicateDDP
 from torch.distributed.checkpoint.metadata import Metadata
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..optim.sam import SAM, SAMConfig, SAMScope
+from ..optim.sam import NOT_DRIVEN_HELP, SAM, SAMConfig, SAMScope, SAMVariant
+from ..optim.schedules import check_fits
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,7 @@ __all__ = [
 
 SAM_METRIC_NAMESPACE = "sam"
 _SAM_STATE_KEY = "sam"
+_GV_KEY = "looksam_gv"
 
 
 def check_sam_parallelism(
@@ -88,6 +95,7 @@ class SAMTransformerTrainModule(TransformerTrainModule):
         self._skip_optim_step = False
         if self.sam is not None:
             self._validate_sam_setup(self.sam)
+            self.sam.bind(type(self).__name__)
 
     # -- configuration checks ------------------------------------------------------------------
 
@@ -102,6 +110,15 @@ class SAMTransformerTrainModule(TransformerTrainModule):
             other_parallelism=self.tp_enabled or self.cp_enabled or self.ep_enabled,
         )
 
+    def pre_train(self):
+        super().pre_train()
+        # a warmup (+ decay) longer than the run fails here, before the first step
+        sched = self.scheduler
+        if sched is not None:
+            t_max = self.trainer.max_tokens if str(sched.units) == "tokens" else self.trainer.max_steps
+            if t_max is not None:
+                check_fits(sched, int(t_max))
+
     # -- the SAM step --------------------------------------------------------------------------
 
     def sam_step_due(self) -> bool:
@@ -113,13 +130,19 @@ class SAMTransformerTrainModule(TransformerTrainModule):
 
     def train_batch(self, batch: Dict[str, Any], dry_run: bool = False):
         self._skip_optim_step = False
-        if dry_run or not self.sam_step_due():
+        sam = self.sam
+        if dry_run or sam is None or not self.sam_step_due():
             super().train_batch(batch, dry_run=dry_run)
-            if not dry_run and self.sam is not None:
-                self._record_sam(active=self.sam_active, ascent=False)
+            if not dry_run and sam is not None:
+                reused = None
+                if self.sam_active and sam.variant == SAMVariant.looksam:
+                    reused = sam.looksam_reuse()  # g + alpha ||g||/||g_v|| g_v, then optim_step
+                self._record_sam(active=self.sam_active, ascent=False, looksam_scale=reused)
+            return
+        if sam.variant == SAMVariant.msam:
+            self._msam_batch(sam, batch)
             return
 
-        sam = cast(SAM, self.sam)
         # OLMo-core's train_batch pops 'input_ids'/'labels' from (micro-)batches: keep a copy.
         if "labels" not in batch:
             batch["labels"] = get_labels(batch, label_ignore_index=self.label_ignore_index)
@@ -160,6 +183,8 @@ class SAMTransformerTrainModule(TransformerTrainModule):
             perturbed_loss = self._forward_backward(batch_pass2)  # pass 2 at w + eps
         finally:
             sam.restore()
+        if sam.variant == SAMVariant.looksam:
+            sam.looksam_form_gv()
         self.sam_ascents += 1
         self._record_sam(
             active=True,
@@ -167,6 +192,23 @@ class SAMTransformerTrainModule(TransformerTrainModule):
             grad_norm=result.grad_norm,
             perturbed_loss=perturbed_loss,
         )
+
+    def _msam_batch(self, sam: SAM, batch: Dict[str, Any]) -> None:
+        """MSAM: one forward/backward at w - rho m/||m||, then w is restored for the update."""
+        result = sam.perturb_momentum()
+        if result.skip_reason == "nonfinite":
+            # a non-finite momentum: nothing sensible to do but the plain step (the base
+            # optimizer's own state is already broken; clipping/skip-step options still apply)
+            self.sam_skipped_ascents += 1
+        try:
+            super().train_batch(batch, dry_run=False)
+        finally:
+            sam.restore()
+        if result.perturbed:
+            self.sam_ascents += 1
+        elif result.skip_reason == "zero":
+            self.sam_skipped_ascents += 1  # the first step: no momentum yet
+        self._record_sam(active=True, ascent=result.perturbed, grad_norm=result.grad_norm)
 
     def optim_step(self):
         if self._skip_optim_step:
@@ -245,6 +287,7 @@ class SAMTransformerTrainModule(TransformerTrainModule):
         ascent: bool,
         grad_norm: Optional[float] = None,
         perturbed_loss: Optional[torch.Tensor] = None,
+        looksam_scale: Optional[float] = None,
     ) -> None:
         ns = SAM_METRIC_NAMESPACE
         self.record_metric("active", float(active), namespace=ns)
@@ -255,6 +298,9 @@ class SAMTransformerTrainModule(TransformerTrainModule):
             self.record_metric("ascent grad norm", grad_norm, reduce, namespace=ns)
         if perturbed_loss is not None:
             self.record_metric("perturbed CE loss", perturbed_loss, ReduceType.mean, namespace=ns)
+        sam = self.sam
+        if sam is not None and sam.variant == SAMVariant.looksam and not ascent and active:
+            self.record_metric("looksam reuse", float(looksam_scale is not None), namespace=ns)
 
     def _sam_scope_local(self) -> bool:
         sam = self.sam
@@ -262,11 +308,18 @@ class SAMTransformerTrainModule(TransformerTrainModule):
 
     # -- checkpoint state: the skip/ascent counters --------------------------------------------
 
-    def _sam_state(self) -> Dict[str, torch.Tensor]:
-        return {
+    def _sam_state(self) -> Dict[str, Any]:
+        state: Dict[str, Any] = {
             "skipped_ascents": torch.tensor(self.sam_skipped_ascents, dtype=torch.int64),
             "ascents": torch.tensor(self.sam_ascents, dtype=torch.int64),
         }
+        sam = self.sam
+        if sam is not None and sam.looksam_gv is not None:
+            # LookSAM's g_v, by parameter name (DTensor shards under FSDP, like the moments)
+            state[_GV_KEY] = {
+                n: sam.looksam_gv[p] for n, p in self.model.named_parameters() if p in sam.looksam_gv
+            }
+        return state
 
     def state_dict_to_save(self, *, optim: Optional[bool] = None) -> Dict[str, Any]:
         sd = super().state_dict_to_save(optim=optim)
@@ -276,8 +329,18 @@ class SAMTransformerTrainModule(TransformerTrainModule):
 
     def state_dict_to_load(self, metadata: Metadata, *, optim: Optional[bool] = None):
         sd = super().state_dict_to_load(metadata, optim=optim)
-        if self.sam is not None and f"{_SAM_STATE_KEY}.ascents" in metadata.state_dict_metadata:
-            sd[_SAM_STATE_KEY] = self._sam_state()
+        keys = metadata.state_dict_metadata
+        if self.sam is not None and f"{_SAM_STATE_KEY}.ascents" in keys:
+            state = self._sam_state()
+            state.pop(_GV_KEY, None)
+            gv = {
+                n: torch.zeros_like(p.detach())
+                for n, p in self.model.named_parameters()
+                if f"{_SAM_STATE_KEY}.{_GV_KEY}.{n}" in keys
+            }
+            if gv:
+                state[_GV_KEY] = gv
+            sd[_SAM_STATE_KEY] = state
         return sd
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -285,6 +348,10 @@ class SAMTransformerTrainModule(TransformerTrainModule):
         if sam_state is not None:
             self.sam_skipped_ascents = int(sam_state["skipped_ascents"])
             self.sam_ascents = int(sam_state["ascents"])
+            gv = sam_state.get(_GV_KEY)
+            if gv and self.sam is not None:
+                params = dict(self.model.named_parameters())
+                self.sam.looksam_gv = {params[n]: t for n, t in gv.items()}
         super().load_state_dict(state_dict)
 
 

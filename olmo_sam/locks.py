@@ -1,21 +1,18 @@
-"""Inter-process file locks, lock-protected caches (sweep workers share one) and atomic JSON writes."""
+"""Inter-process locks: an exclusive ``flock`` on a file, and a file computed once under one
+(sweep workers share caches of base losses and Fisher tensors)."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-from ..output import atomic_write_text
+from typing import Callable, Iterator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["file_lock", "cached_file", "write_json_atomic", "json_digest"]
+__all__ = ["file_lock", "cached_file"]
 
 
 @contextlib.contextmanager
@@ -37,7 +34,7 @@ def file_lock(path: str | Path, *, what: str = "") -> Iterator[None]:
 
 def cached_file(path: str | Path, compute: Callable[[Path], None]) -> Path:
     """``path``, computing it once with ``compute(path)`` under a lock. ``compute`` must write
-    ``path`` atomically (tmp + ``os.replace``) so that a killed computation leaves nothing."""
+    ``path`` atomically (:mod:`olmo_sam.output`) so that a killed computation leaves nothing."""
     path = Path(path)
     if path.exists():
         return path
@@ -45,13 +42,3 @@ def cached_file(path: str | Path, compute: Callable[[Path], None]) -> Path:
         if not path.exists():
             compute(path)
     return path
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as JSON (NaN kept as NaN: a diverged run's loss) atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True))
-
-
-def json_digest(obj: Any, length: int = 16) -> str:
-    """A short SHA-256 of ``obj``'s canonical JSON (cache keys, run ids)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]

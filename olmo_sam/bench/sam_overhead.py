@@ -29,9 +29,9 @@ import click
 import numpy as np
 import torch
 
-from .output import atomic_write_text
+from ..output import atomic_write_text
 
-__all__ = ["bench", "sam_overhead"]
+__all__ = ["sam_overhead", "sam_overhead_command"]
 
 TARGETS = {"sam_step_ratio": 2.05, "switch_run_ratio": 1.12, "sam_extra_param_copies": 1.1}
 
@@ -47,7 +47,7 @@ def _experiment(folder, data, *, optim, d_model, n_layers, n_heads, vocab, seq, 
     from olmo_core.data import TokenizerConfig
     from olmo_core.nn.transformer import TransformerBlockType, TransformerConfig
 
-    from .train import build_experiment
+    from ..train import build_experiment
 
     model = TransformerConfig.llama_like(
         d_model=d_model, n_layers=n_layers, n_heads=n_heads, vocab_size=vocab,
@@ -140,8 +140,8 @@ def sam_overhead(
     from olmo_core.distributed.utils import get_rank, get_world_size
     from olmo_core.optim import AdamWConfig
 
-    from .optim import SAMConfig, WSDAlpha
-    from .train import SAMSwitchCallback, build_trainer, setup_environment
+    from ..optim import SAMConfig, WSDAlpha
+    from ..train import SAMSwitchCallback, build_trainer, setup_environment
 
     setup_environment()
     world = get_world_size()
@@ -234,12 +234,7 @@ def sam_overhead(
     return result
 
 
-@click.group()
-def bench():
-    """Benchmarks that print ratios measured in one run."""
-
-
-@bench.command("sam-overhead")
+@click.command("sam-overhead")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--steps", default=30, show_default=True, help="Timed steps per optimizer.")
 @click.option("--run-steps", default=60, show_default=True, help="Steps of the AdamW/switch runs.")
@@ -282,6 +277,3 @@ def sam_overhead_command(as_json, steps, run_steps, d_model, n_layers, seq, batc
     )
     click.echo(f"SAM step peak - AdamW step peak: {r['sam_vs_adamw_param_copies']:.2f} parameter copies")
 
-
-if __name__ == "__main__":
-    bench()

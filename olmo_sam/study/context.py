@@ -1,0 +1,41 @@
+"""What a study job function sees: its job, the plan, and its dependencies' results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict
+
+from .plan import Job, Plan
+from .spec import StudyError
+
+__all__ = ["JobContext"]
+
+
+@dataclass
+class JobContext:
+    job: Job
+    plan: Plan
+    deps: Dict[str, Dict[str, Any]]
+
+    @property
+    def out(self) -> Path:
+        return self.plan.out
+
+    @property
+    def dir(self) -> Path:
+        d = self.job.dir(self.out)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    @property
+    def study(self):
+        return self.plan.study
+
+    def dep(self, job_id: str) -> Dict[str, Any]:
+        if job_id in self.deps:
+            return self.deps[job_id]
+        job = self.plan.by_id().get(job_id)
+        if job is None:
+            raise StudyError(f"{self.job.id}: no job {job_id} in this study")
+        return job.result(self.out)

@@ -1,0 +1,111 @@
+"""Settings from a study file checked against the dataclass they build (names and types).
+
+YAML gives strings, numbers, lists and mappings; a recipe's dataclass declares what each field
+takes. :func:`typed_settings` refuses unknown names and values of the wrong type, naming the
+field, and reads numbers written as strings (YAML 1.1 reads ``3e-3`` as a string) for float
+fields. Used by the study jobs themselves and by the plan step, so both see the same values.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import math
+import typing
+from typing import Any, Dict, Optional, Union
+
+from .spec import StudyError
+
+__all__ = ["typed_settings", "check_value"]
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        parts = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner = " or ".join(_describe(a) for a in parts)
+        return f"{inner} (or null)" if len(parts) < len(typing.get_args(tp)) else inner
+    if origin in (list, tuple, collections.abc.Sequence) or tp in (list, tuple):
+        return "a list"
+    if origin is dict or tp is dict:
+        return "a mapping"
+    return {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def check_value(value: Any, tp: Any) -> Any:
+    """``value`` as type ``tp`` (float fields accept ints and numeric strings); raises
+    :class:`_Mismatch` when it does not fit."""
+    if tp is Any or isinstance(tp, typing.TypeVar):
+        return value
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return check_value(value, a)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if origin in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        item = args[0] if len(args) == 1 else Any
+        return type(value)(check_value(v, item) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _Mismatch
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Mismatch
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise _Mismatch
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                v = float(value)
+            except ValueError:
+                raise _Mismatch from None
+            if math.isnan(v):
+                raise _Mismatch
+            return v
+        raise _Mismatch
+    if tp is str:
+        if not isinstance(value, str):
+            raise _Mismatch
+        return value
+    return value  # config objects (tokenizer, ...) are not set from study files
+
+
+def typed_settings(cls, settings: Dict[str, Any], where: str, paths: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """``settings`` checked against the fields of dataclass ``cls``; errors name the field as
+    ``paths[name]`` (its place in the study file) or ``{where}.{name}``."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    paths = paths or {}
+    out: Dict[str, Any] = {}
+    for key, value in settings.items():
+        path = paths.get(key, f"{where}.{key}")
+        if key not in names:
+            raise StudyError(f"{path}: unknown setting; allowed: {sorted(names)}")
+        try:
+            out[key] = check_value(value, hints[key])
+        except _Mismatch:
+            raise StudyError(f"{path}: expected {_describe(hints[key])}, got {value!r}") from None
+    return out
