@@ -26,7 +26,13 @@ _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help
 
 @click.group()
 def bench():
-    """Benchmarks that print ratios measured in one run."""
+    """Benchmarks that print ratios measured in one run.
+
+    \b
+    Example:
+      olmo-sam bench sam-overhead --steps 30 --json
+      olmo-sam bench flatness-cost --seeds 3 --tokens-per-param 100
+    """
 
 
 bench.add_command(sam_overhead.sam_overhead_command, "sam-overhead")

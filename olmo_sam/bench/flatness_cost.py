@@ -60,6 +60,7 @@ import click
 import numpy as np
 
 from ..data.synthetic import markov_tokens
+from ..cli_options import option
 from ..output import atomic_write, atomic_write_text, markdown_table, read_json, write_json
 
 __all__ = [
@@ -526,14 +527,14 @@ def flatness_cost(settings: FlatnessCostSettings, out: Path, *, jobs: int = 1,
 @click.option("--tokens-per-param", default=100.0, show_default=True,
               help="Training tokens per model parameter (the overtrained regime: >= 100).")
 @click.option("--vocab", default=64, show_default=True, help="Vocabulary of the synthetic data.")
-@click.option("--seq-len", default=64, show_default=True)
-@click.option("--batch", default=32, show_default=True, help="Global batch (sequences).")
+@click.option("--seq-len", default=64, show_default=True, help="Sequence length (tokens).")
+@option("--batch-size", "batch", old=("--batch",), default=32, show_default=True, help="Global batch (sequences).")
 @click.option("--lr", default=3e-3, show_default=True, help="Peak learning rate (AdamW).")
 @click.option("--decay-fraction", default=0.1, show_default=True, help="LR decay phase (the switch point).")
 @click.option("--rho", default=0.05, show_default=True, help="SAM radius (all SAM variants).")
 @click.option("--msam-rho", type=float, default=None, help="MSAM radius (default: --rho).")
 @click.option("--interval", default=5, show_default=True, help="k of sam-interval and LookSAM.")
-@click.option("--looksam-alpha", default=0.7, show_default=True)
+@click.option("--looksam-alpha", default=0.7, show_default=True, help="LookSAM's scale of the reused component.")
 @click.option("--probes", default=30, show_default=True, help="Hutchinson probes per run.")
 @click.option("--power-iters", default=30, show_default=True, help="Power iterations for lambda_max.")
 @click.option("--variants", default=",".join(VARIANTS), show_default=True,
