@@ -95,10 +95,14 @@ class ResultStore:
                 continue
             try:
                 d = json.loads(line)
-                rec = FTRecord.from_dict(d)
-            except (json.JSONDecodeError, ValueError, TypeError):
+            except json.JSONDecodeError:
                 torn.append((lineno, line[:80]))  # cut off by a killed writer: that run is not finished
                 continue
+            try:
+                rec = FTRecord.from_dict(d)
+            except (ValueError, TypeError) as e:
+                # a whole JSON line that is not a record is the wrong file, not a torn write
+                raise ValueError(f"{self.path} line {lineno}: not a fine-tuning result record ({e})") from None
             seen.setdefault(rec.run_id, rec)
         if torn and torn != self.torn:
             log.warning(
