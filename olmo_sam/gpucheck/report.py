@@ -18,7 +18,8 @@ COST_COLUMNS = [
     "adamw_peak_gib", "sam_peak_gib", "sam_peak_memory_ratio", "sam_extra_param_copies",
     "switch_run_ratio", "switch_sam_steps",
 ]  # fmt: skip
-QUANT_COLUMNS = ["spec", "device", "base_loss", "quantized_loss", "loss_increase", "compression", "max_error_ratio"]
+QUANT_COLUMNS = ["spec", "device", "blocksize", "base_loss", "quantized_loss", "loss_increase", "compression",
+                 "max_error_ratio", "mismatched_4bit_weights"]
 
 
 def _rows_cost(cost: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -78,7 +79,8 @@ def markdown_report(report: Dict[str, Any]) -> str:
         lines += [
             "## bitsandbytes: PT-loss degradation of a small trained model",
             "",
-            "max_error_ratio: worst |dequantized - original| / rounding bound over all quantized weights (<= 1).",
+            "max_error_ratio (int8): worst |dequantized - original| / rounding bound over all quantized weights (<= 1); "
+            "mismatched_4bit_weights (NF4): dequantized weights that differ from the exact reference dequantizer (0).",
             "",
             markdown_table(QUANT_COLUMNS, quant_rows),
         ]
