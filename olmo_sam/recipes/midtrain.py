@@ -145,7 +145,8 @@ def check_init_checkpoint(cfg: ExperimentConfig) -> None:
     except FileNotFoundError as e:
         raise OLMoConfigurationError(f"starting checkpoint: {e}") from None
     want = cfg.model.as_config_dict()
-    diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
+    # the architecture must match; ``init_seed`` only draws fresh weights, which loading replaces
+    diff = sorted(k for k in set(saved) | set(want) if k != "init_seed" and saved.get(k) != want.get(k))
     if diff:
         raise OLMoConfigurationError(
             f"starting checkpoint {step} holds a different model than the recipe's (fields {diff}); "
