@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from .. import paper
 from ..analysis.records import FTRecord, ResultStore
 from .engine import METHODS, FTConfig, run_finetune
 from ..output import write_json
+from ..workers import die_with_parent, output_to
 
 log = logging.getLogger(__name__)
 
@@ -210,15 +210,6 @@ def worker_command(spec_path: str | Path, launcher: str = "local", nproc_per_nod
     raise OLMoConfigurationError(f"launcher must be 'local' or 'torchrun', got {launcher!r}")
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 @dataclass
 class SweepResult:
     total: int
@@ -251,7 +242,7 @@ def _harvest(store: ResultStore, done: set, cfg: FTConfig, run_dir: Path) -> boo
 
 
 def _pool_init() -> None:  # pragma: no cover - runs in the worker process
-    _die_with_parent()
+    die_with_parent()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
@@ -261,27 +252,14 @@ def _pool_task(config: Dict[str, Any], run_dir: str, cache_dir: str, keep: bool)
 
     from .engine import run_finetune
 
-    fd = os.open(Path(run_dir) / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    saved = [os.dup(1), os.dup(2)]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    try:
+    with output_to(Path(run_dir) / "worker.log"):
         return len(run_finetune(FTConfig.from_dict(config), run_dir, cache_dir=cache_dir, keep_checkpoint=keep))
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for f in saved + [fd]:
-            os.close(f)
 
 
 def _subprocess_task(cmd: List[str], log_path: Path, env: Dict[str, str]) -> int:
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)  # fmt: skip
+                                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)  # fmt: skip
         return proc.wait()
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..workers import die_with_parent, output_to
 from .manifest import Manifest
 from .plan import Job, Plan
 from .spec import StudyError
@@ -157,13 +158,7 @@ class _PoolRun:
 
 def _pool_init(env: Dict[str, str]) -> None:  # pragma: no cover - runs in the worker
     os.environ.update({k: v for k, v in env.items() if k in ("OMP_NUM_THREADS", "PYTHONPATH")})
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    die_with_parent()
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -176,25 +171,13 @@ def _pool_job(out: str, job_id: str, log: str) -> int:  # pragma: no cover - run
 
     from .runner import run_job
 
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    saved = [os.dup(1), os.dup(2)]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    try:
-        run_job(out, job_id)
-        return 0
-    except BaseException:  # noqa: BLE001 - reported through the log and the exit code
-        traceback.print_exc()
-        return 1
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for f in saved + [fd]:
-            os.close(f)
+    with output_to(log):
+        try:
+            run_job(out, job_id)
+            return 0
+        except BaseException:  # noqa: BLE001 - reported through the log and the exit code
+            traceback.print_exc()
+            return 1
 
 
 class Interrupted(KeyboardInterrupt):
