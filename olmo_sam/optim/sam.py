@@ -444,15 +444,21 @@ class SAM(torch.optim.Optimizer):
         return scale
 
 
+def _from_string(value: Any) -> Any:
+    """A numeric string read as a float (as OLMo-core's YAML decoder reads it), a non-numeric one
+    as ``None``; anything else unchanged."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return float(value.strip())
+    except ValueError:
+        return None
+
+
 def _number(value: Any, name: str, *, minimum: Optional[float] = None, hint: str = "") -> float:
     """A finite real number; numeric strings ("0.05", "5e-2") are read as numbers, exactly as
     OLMo-core's YAML decoder reads them, so YAML and Python agree."""
-    out: Any = value
-    if isinstance(value, str):
-        try:
-            out = float(value.strip())
-        except ValueError:
-            out = None
+    out: Any = _from_string(value)
     if isinstance(out, bool) or not isinstance(out, (int, float)) or not math.isfinite(out):
         raise OLMoConfigurationError(f"'{name}' must be a finite number{hint}, got {value!r}")
     if minimum is not None and out < minimum:
@@ -463,12 +469,7 @@ def _number(value: Any, name: str, *, minimum: Optional[float] = None, hint: str
 def _integer(value: Any, name: str, *, minimum: int, hint: str = "") -> int:
     """An integer (an integral float or numeric string is read as one, as OLMo-core's decoder
     does); 2.5, True and 'abc' are errors."""
-    out: Any = value
-    if isinstance(value, str):
-        try:
-            out = float(value.strip())
-        except ValueError:
-            out = None
+    out: Any = _from_string(value)
     if isinstance(out, float) and out.is_integer():
         out = int(out)
     if isinstance(out, bool) or not isinstance(out, int) or out < minimum:
