@@ -129,16 +129,18 @@ def test_dry_run_imports_are_covered_by_the_wheels(dry_run):
     assert not missing, f"imported by the check but neither on the device nor in the wheels: {missing}"
 
 
-def test_killed_worker_still_gives_a_report(tmp_path):
-    # a 6 s deadline: the worker is killed during its start-up or in the cost section (which
-    # needs more than that); either way the report says so
+def test_killed_worker_still_gives_a_report(tmp_path, monkeypatch):
+    # a worker that hangs (a stuck CUDA call, a deadlocked collective) is killed at the 6 s deadline
+    # and the report still says what happened; the hang is a stand-in process, so the outcome does
+    # not depend on how fast this machine runs the real cost section
+    monkeypatch.setattr(runner, "_worker_command", lambda *a, **k: [sys.executable, "-c", "import time; time.sleep(120)"])
     report = runner.run_check(tmp_path, dry_run=True, budget=runner.REPORT_MARGIN_S + 6, sections=["cost"])
     assert report["budgets"] == {"cost": round(runner.DRY_RUN_BUDGETS["cost"] * 11 / 120, 1)}  # scaled
     assert report["ok"] is False
     assert report["workers"][0]["timed_out"] is True and report["workers"][0]["wall_s"] < 15
     sec = report["sections"]["cost"]
     assert sec["status"] in ("not run", "timeout")
-    assert any(s in sec["errors"][-1]["error"] for s in ("before this section started", "killed at its time limit"))
+    assert "killed at its time limit" in sec["errors"][-1]["error"]
     assert "## Errors" in (tmp_path / "gpu-check.md").read_text()
 
 

@@ -44,15 +44,22 @@ STARTUP_S = 30.0
 REPORT_MARGIN_S = 5.0
 
 
-def _run_group(out: Path, work: Path, group: Sequence[str], budgets: Dict[str, float], deadline: float,
-               dry_run: bool, log: Path) -> Dict[str, object]:  # fmt: skip
-    """One worker for ``group``; returns how it ended (``rc``, ``timed_out``, ``wall_s``)."""
-    limit = min(sum(budgets[n] for n in group) + STARTUP_S, deadline - time.time())
+def _worker_command(out: Path, work: Path, group: Sequence[str], budgets: Dict[str, float], deadline: float,
+                    dry_run: bool) -> List[str]:  # fmt: skip
+    """The command line of the worker that runs ``group``'s sections."""
     cmd = [sys.executable, "-m", "olmo_sam.gpucheck.worker", "--out", str(out), "--work", str(work),
            "--deadline", str(deadline)]  # fmt: skip
     cmd += ["--cpu-dry-run"] if dry_run else []
     for name in group:
         cmd += ["--section", f"{name}={budgets[name]}"]
+    return cmd
+
+
+def _run_group(out: Path, work: Path, group: Sequence[str], budgets: Dict[str, float], deadline: float,
+               dry_run: bool, log: Path) -> Dict[str, object]:  # fmt: skip
+    """One worker for ``group``; returns how it ended (``rc``, ``timed_out``, ``wall_s``)."""
+    limit = min(sum(budgets[n] for n in group) + STARTUP_S, deadline - time.time())
+    cmd = _worker_command(out, work, group, budgets, deadline, dry_run)
     t0 = time.time()
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
@@ -114,8 +121,9 @@ def _run_check(out: Path, work: Path, *, dry_run: bool, budget: float, sections:
         for name in group:
             data = Section.load(out, name)
             if data is None:
+                how = f"killed at its time limit ({ended['limit_s']} s)" if ended["timed_out"] else f"ended (rc {ended['rc']})"
                 data = {"section": name, "status": "not run", "results": {}, "checks": [], "skipped": [],
-                        "errors": [{"what": name, "error": f"worker ended (rc {ended['rc']}) before this section started",
+                        "errors": [{"what": name, "error": f"worker {how} before this section started",
                                     "traceback": _log_tail(log)}]}  # fmt: skip
             elif data["status"] == "running":
                 why = "killed at its time limit" if ended["timed_out"] else f"worker crashed (rc {ended['rc']})"
