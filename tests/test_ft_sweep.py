@@ -98,6 +98,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_sweep_sigkilled_mid_run_resumes_without_loss_or_duplicates(reference_sweep, tiny_checkpoint, tiny_corpus, task, tmp_path):
     _, _, ref = reference_sweep
     out = tmp_path / "sweep"

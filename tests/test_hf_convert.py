@@ -126,6 +126,7 @@ def test_import_rejects_other_architectures(tmp_path):
         import_hf(str(d), tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_midtrain_recipe_starts_from_converted_hf_model(bpe_run, demo_data_small, tmp_path, tiny_checkpoint):
     """The 1B recipe's start path on CPU: convert the HF model on first launch, load it as the
     initial weights. With LR 0 the trained weights must equal the converted ones exactly."""

@@ -59,6 +59,7 @@ def uninterrupted(tmp_path_factory, tiny_corpus):
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "variant, kill_before",
     [("sam", 10), ("sam", 12), ("msam", 11), ("looksam", 11)],

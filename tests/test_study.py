@@ -125,14 +125,17 @@ def _env():
 
 @pytest.mark.slow
 def test_killed_study_resumes_to_the_same_results(tmp_path):
-    spec = tmp_path / "study.yaml"
+    # the uninterrupted study runs each job in its own process; the killed one in the long-lived
+    # worker processes of `reuse_processes` (as the demo does): the results must not depend on it
+    spec, reused = tmp_path / "study.yaml", tmp_path / "reused.yaml"
     spec.write_text(yaml.safe_dump(SMALL))
+    reused.write_text(yaml.safe_dump({**SMALL, "executor": {**SMALL["executor"], "reuse_processes": True}}))
     full, killed = tmp_path / "full", tmp_path / "killed"
     ok = subprocess.run(_study_cmd(spec, full), capture_output=True, text=True, env=_env())
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
 
-    # kill the whole study (executor and its job) while the second pretraining run is in progress
-    proc = subprocess.Popen(_study_cmd(spec, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    # kill the whole study (executor and its workers) while the second pretraining run is in progress
+    proc = subprocess.Popen(_study_cmd(reused, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=_env(), start_new_session=True)  # fmt: skip
     target = killed / "pretrain" / "sam-anneal" / "run" / "step4"
     deadline = time.time() + 600
@@ -145,7 +148,7 @@ def test_killed_study_resumes_to_the_same_results(tmp_path):
     assert (killed / "pretrain" / "adamw" / "done.json").exists()
     assert not (killed / "pretrain" / "sam-anneal" / "done.json").exists()
 
-    again = subprocess.run(_study_cmd(spec, killed), capture_output=True, text=True, env=_env())
+    again = subprocess.run(_study_cmd(reused, killed), capture_output=True, text=True, env=_env())
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     manifest = json.loads((killed / "manifest.json").read_text())
     assert manifest["jobs"]["pretrain/adamw"]["status"] == "skipped (done)"
