@@ -8,6 +8,7 @@ bash scripts/setup-vllm.sh
 export OLMO_SAM_VLLM_PYTHON="$PWD/.venv-vllm/bin/python"
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # two workers (one per core on the 2-core CI machine); a test file stays on one worker, so its
-# module fixtures are built once; the slowest tests are listed at the end
+# module fixtures are built once; files start longest first (tests/conftest.py sets the order,
+# which --no-loadscope-reorder keeps); the slowest tests are listed at the end
 exec .venv/bin/python -m pytest -q -p no:cacheprovider --timeout=900 -n "${OLMO_SAM_TEST_WORKERS:-2}" \
-    --dist loadfile --durations=25 "$@"
+    --dist loadfile --no-loadscope-reorder --durations=25 "$@"

