@@ -121,7 +121,10 @@ def _run_check(out: Path, work: Path, *, dry_run: bool, budget: float, sections:
         for name in group:
             data = Section.load(out, name)
             if data is None:
-                how = f"killed at its time limit ({ended['limit_s']} s)" if ended["timed_out"] else f"ended (rc {ended['rc']})"
+                if ended["timed_out"]:
+                    how = f"killed at its time limit ({ended['limit_s']} s)"
+                else:
+                    how = f"ended (rc {ended['rc']})"
                 data = {"section": name, "status": "not run", "results": {}, "checks": [], "skipped": [],
                         "errors": [{"what": name, "error": f"worker {how} before this section started",
                                     "traceback": _log_tail(log)}]}  # fmt: skip
