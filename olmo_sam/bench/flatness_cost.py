@@ -384,7 +384,7 @@ def table(report: Dict[str, Any]) -> str:
     for r in report["summary"]["rows"]:
         rows.append({
             "variant": r["variant"],
-            "passes/step": f"{r['passes_per_step']:.3g}" if "passes_per_step" in r else "n/a",
+            "passes/step": f"{r['passes_per_step']:.3g}",
             "cost ratio (CPU)": _fmt(r["cost_ratio"]),
             "cost ratio (wall)": _fmt(r["wall_ratio"]),
             "tr(H)": _fmt(r["trace"]),
