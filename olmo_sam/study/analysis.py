@@ -8,8 +8,12 @@ pretraining job's record; a field that is missing falls back to the job's parame
 study's seed) or is computed from the checkpoint (tokens = steps x global batch tokens, parameters
 from the model config).
 
-Every comparison is an arm against the reference arm (the study's first arm) at one budget, over
-seeds, with an interval (:mod:`olmo_sam.analysis.stats`); findings are worded from the interval
+The study's pre-registered hypotheses (:mod:`olmo_sam.study.hypotheses`) open ``summary.json``
+(``hypotheses``, each ``primary: true``); a finding that is one of them is reported there only.
+Every other comparison is secondary: an arm against its reference arm (the arm's ``reference``,
+by default the study's first arm) at one budget, over seeds, with an interval
+(:mod:`olmo_sam.analysis.stats`) and ``contrast``, what the two arms' settings differ in
+(optimizer, schedule, ...); findings are worded from the interval
 (:mod:`olmo_sam.analysis.findings`). Writes ``{out}/analysis/``: ``summary.json`` (everything the
 report shows, findings included), Markdown/CSV tables per section and PNG figures: pretraining
 loss curves, learning-forgetting frontiers (Fig 2), forgetting at matched fine-tuning loss and the
@@ -124,10 +128,14 @@ def base_metadata(unit: str, record: Dict[str, Any], params: Dict[str, Any], stu
 class _Bases:
     """The study's bases, their arms (the first is the reference), budgets and the comparisons."""
 
-    def __init__(self, bases: List[Base], spec: IntervalSpec):
+    def __init__(self, bases: List[Base], spec: IntervalSpec, references: Optional[Dict[str, str]] = None,
+                 contrasts: Optional[Dict[str, str]] = None):  # fmt: skip
         self.by_unit = {b.unit: b for b in bases}
         self.arms = list(dict.fromkeys(b.arm for b in bases))
         self.reference = self.arms[0] if self.arms else None
+        #: arm -> the arm it is compared with (default: the first arm), and what they differ in
+        self.references = {a: r for a, r in (references or {}).items() if a in self.arms and r in self.arms}
+        self.contrasts = dict(contrasts or {})
         self.budgets = sorted({b.budget_key for b in bases}, key=lambda k: (k is None, k or 0.0))
         self.spec = spec
         seen: Dict[Tuple, str] = {}
@@ -172,21 +180,26 @@ class _Bases:
             counts[(b.arm, b.budget_key)] = counts.get((b.arm, b.budget_key), 0) + 1
         return max(counts.values(), default=0)
 
+    def reference_of(self, arm: str) -> Optional[str]:
+        """The arm ``arm`` is compared with (None for the study's first arm without a reference)."""
+        ref = self.references.get(arm, self.reference)
+        return None if ref == arm else ref
+
     def compare(self, values: Dict[str, float], **kw) -> List[Dict[str, Any]]:
-        """One finding per non-reference arm and budget with values for both arms."""
+        """One finding per arm with a reference and budget with values for both arms."""
         out: List[Dict[str, Any]] = []
-        if self.reference is None:
-            return out
+        extra = dict(kw.pop("extra", None) or {})
         for key in self.budgets:
-            ref = self.cell(self.reference, key, values)
-            if not ref:
-                continue
-            for arm in self.arms[1:]:
+            for arm in self.arms:
+                ref_arm = self.reference_of(arm)
+                ref = self.cell(ref_arm, key, values) if ref_arm else {}
                 vals = self.cell(arm, key, values)
-                if vals:
+                if vals and ref:
                     diff = compare_seeds(vals, ref, self.spec)
-                    out.append(make_finding(arm=arm, reference=self.reference, diff=diff,
-                                            budget=self.budget(key), **kw))  # fmt: skip
+                    contrast = ({"contrast": self.contrasts[arm], "note": f"({arm} and {ref_arm} differ in: "
+                                 f"{self.contrasts[arm]}.)"} if arm in self.contrasts else {})  # fmt: skip
+                    out.append(make_finding(arm=arm, reference=ref_arm, diff=diff, budget=self.budget(key),
+                                            extra={**extra, **contrast}, **kw))  # fmt: skip
         return out
 
     def band(self, arm: str, key: Optional[float], values: Dict[str, float], x: Optional[float] = None):
@@ -439,7 +452,8 @@ def _finetune(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
         for r in m.rows:
             u = r.curve.base_label
             b = bases.by_unit.get(u)
-            ref_u = next((v for v, c in bases.by_unit.items() if b and c.arm == bases.reference
+            ref_arm = bases.reference_of(b.arm) if b else None
+            ref_u = next((v for v, c in bases.by_unit.items() if b and c.arm == ref_arm
                           and c.seed == b.seed and c.budget_key == b.budget_key), None)  # fmt: skip
             ref_f = forgetting.get(ref_u) if ref_u else None
             rows.append({
@@ -455,6 +469,7 @@ def _finetune(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
         write_table(out, "matched", list(rows[0]), rows)
         section["matched_rows"] = rows
         section["reference"] = bases.reference
+        section["references"] = {a: bases.reference_of(a) for a in bases.arms if bases.reference_of(a)}
         figs["frontiers_matched"] = str(plot_frontiers(
             curves, out / "frontiers_matched.png", matched=matched,
             title="Learning-forgetting frontiers matched at tau ([SAM-PT] App C.4): stars are the matched points"))  # fmt: skip
@@ -487,7 +502,8 @@ def _overtraining_figure(bases: _Bases, rows, findings, out: Path) -> Path:
                 key = _budget_key(f["budget_tpp"])
                 diff.setdefault(f["arm"], []).append((bases.x(key), f["estimate"], f["ci_low"], f["ci_high"]))
         if diff:
-            panels.append(Panel(title=f"{ds}: forgetting minus {bases.reference}'s (paired)", xlabel=xlabel,
+            refs = sorted({f["reference"] for f in findings if f["dataset"] == ds})
+            panels.append(Panel(title=f"{ds}: forgetting minus {'/'.join(refs)}'s (paired)", xlabel=xlabel,
                                 ylabel="difference (nats)", series=diff, xlog=bases.xlog, zero_line=True))  # fmt: skip
     ncols = 3 if any("minus" in p.title for p in panels) else 2
     return plot_bands(panels, out / "overtraining.png", ncols=ncols, band_label=bases.band_label(),
@@ -547,6 +563,94 @@ def interval_spec(study) -> IntervalSpec:
     return IntervalSpec(**{ANALYSIS_KEYS[k]: v for k, v in opts.items()})
 
 
+#: arm settings that make two arms different treatments (what a comparison's ``contrast`` names)
+CONTRAST_KEYS = ("optimizer", "schedule", "decay_fraction", "rho", "variant", "interval", "lr", "alpha",
+                 "sam_start_fraction")  # fmt: skip
+#: PretrainSpec defaults of the contrast keys an arm may leave out
+_CONTRAST_DEFAULTS = {"optimizer": "adamw", "schedule": "cosine"}
+
+
+def _arm_contrasts(study, references: Dict[str, str], first: Optional[str]) -> Dict[str, str]:
+    """arm -> the settings (:data:`CONTRAST_KEYS`) in which it differs from its reference arm; a
+    setting that does not act on an arm's optimizer/schedule (rho of AdamW, decay_fraction of a
+    cosine schedule) still counts as written -- the contrast states the file, not the physics."""
+    arms = {a.name: a for a in getattr(study, "arms", [])}
+    defaults = {k: v for k, v in (getattr(study, "pretrain", None) or {}).items() if k in CONTRAST_KEYS}
+
+    def settings(name: str) -> Dict[str, Any]:
+        own = {k: v for k, v in arms[name].settings.items() if k in CONTRAST_KEYS}
+        return {**_CONTRAST_DEFAULTS, **defaults, **own}
+
+    out = {}
+    for name in arms:
+        ref = references.get(name, first)
+        if ref is None or ref == name or ref not in arms:
+            continue
+        a, r = settings(name), settings(ref)
+        diff = [k for k in CONTRAST_KEYS if str(a.get(k)) != str(r.get(k))]
+        out[name] = ", ".join(diff) if diff else "nothing in the optimizer or schedule (seeds only)"
+    return out
+
+
+def _hypothesis_cells(bases: "_Bases", summary: Dict[str, Any]):
+    """(quantity, arm, budget in tokens/param, dataset or setting) -> {seed: value}, read from the
+    summary's per-base tables, for :func:`olmo_sam.study.hypotheses.evaluate_hypotheses`. A
+    hypothesis's budget is the study file's (planned) one: it selects the compared bases whose
+    measured budget lies within 5% of it (budgets are rounded up to whole steps)."""
+    from .hypotheses import QUANTITIES
+
+    tables: Dict[Tuple[str, Optional[str]], Dict[str, float]] = {}
+
+    def put(q: str, where: Optional[str], unit: str, v: Any) -> None:
+        if v is not None:
+            tables.setdefault((q, where), {})[unit] = float(v)
+
+    for r in (summary.get("pretraining") or {}).get("rows", []):
+        put("l_pt", None, r["unit"], r.get("l_pt"))
+    for r in (summary.get("finetune") or {}).get("matched_rows", []):
+        put("matched_forgetting", r["dataset"], r["unit"], r.get("forgetting"))
+        put("fig5_pt_loss", r["dataset"], r["unit"], r.get("l_pt"))
+    for r in (summary.get("quantize") or {}).get("rows", []):
+        put("quant_degradation", str(r.get("quant")), r["unit"], r.get("degradation"))
+    for r in (summary.get("noise") or {}).get("rows", []):
+        if r.get("gamma") is not None:
+            put("noise_increase", f"{float(r['gamma']):g}", r["unit"], r.get("increase"))
+    for r in (summary.get("hessian") or {}).get("rows", []):
+        put("trace", None, r["unit"], r.get("trace"))
+        put("lambda_max", None, r["unit"], r.get("lambda_max"))
+
+    def key_of(budget: float) -> Optional[float]:
+        keys = [k for k in bases.budgets if k is not None and k > 0]
+        best = min(keys, key=lambda k: abs(math.log(k / budget)), default=None)
+        return best if best is not None and abs(math.log(best / budget)) <= math.log(1.05) else None
+
+    def cells(quantity: str, arm: str, budget: float, where: Optional[str]) -> Dict[int, float]:
+        if QUANTITIES[quantity][0] == "setting" and quantity == "noise_increase" and where is not None:
+            where = f"{float(where):g}"
+        key = key_of(budget)
+        values = tables.get((quantity, where))
+        return {} if key is None or not values else bases.cell(arm, key, values)
+
+    return cells
+
+
+def _split_primary(findings: List[Dict[str, Any]], hypotheses) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """(secondary findings, ids of the findings that are a paired_t primary hypothesis): a primary
+    comparison is reported with its hypothesis only, outside the secondary family."""
+    primary: Dict[Tuple, str] = {}
+    for h in hypotheses:
+        if h.test == "paired_t":
+            primary[(h.quantity, h.arm, h.reference, h.dataset, h.setting)] = h
+    keep, dropped = [], []
+    for f in findings:
+        h = primary.get((f["quantity"], f["arm"], f["reference"], f.get("dataset"), f.get("setting")))
+        if h is not None and f.get("budget_tpp") and abs(math.log(f["budget_tpp"] / h.budget)) <= math.log(1.05):
+            dropped.append(f["id"])
+        else:
+            keep.append(f)
+    return keep, dropped
+
+
 def analyse_study(ctx: JobContext) -> Dict[str, Any]:
     units = list(ctx.job.params["units"])
     out = ctx.out / "analysis"
@@ -559,8 +663,12 @@ def analyse_study(ctx: JobContext) -> Dict[str, Any]:
         if rec is not None:
             metas.append(base_metadata(u, rec, job.params if job else {}, ctx.study.seed))
             records[u] = {k: v for k, v in rec.items() if k in RECORD_FIELDS}
-    bases = _Bases(metas, spec)
+    references = {a.name: a.reference for a in getattr(ctx.study, "arms", []) if a.reference}
+    first = next((a.name for a in getattr(ctx.study, "arms", [])), None)
+    bases = _Bases(metas, spec, references, _arm_contrasts(ctx.study, references, first))
+    hypotheses = list(getattr(ctx.study, "hypotheses", None) or [])
     summary: Dict[str, Any] = {
+        "hypotheses": [],
         "study": ctx.study.name,
         "quick": bool(getattr(ctx.study, "quick", False)),
         "units": units,
@@ -578,6 +686,11 @@ def analyse_study(ctx: JobContext) -> Dict[str, Any]:
         if section:
             findings += section.pop("findings", [])
             summary[name] = section
+    if hypotheses:
+        from .hypotheses import evaluate_hypotheses
+
+        summary["hypotheses"] = evaluate_hypotheses(hypotheses, _hypothesis_cells(bases, summary), spec)
+        findings, summary["primary_findings"] = _split_primary(findings, hypotheses)
     summary["findings"] = findings
     write_json(out / "summary.json", summary)
     return {"summary": str(out / "summary.json"), "dir": str(out),

@@ -33,6 +33,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 from olmo_core.exceptions import OLMoConfigurationError
 
+from .hypotheses import Hypothesis, check_references, parse_hypotheses
+
 __all__ = [
     "STAGES",
     "StudySpec",
@@ -158,6 +160,8 @@ class ArmSpec:
     budgets: Optional[List[Any]] = None
     #: budgets in tokens per parameter (e.g. [10, 100]); default: ``pretrain.budgets_tpp``
     budgets_tpp: Optional[List[float]] = None
+    #: the arm its secondary comparisons are made against (default: the study's first arm)
+    reference: Optional[str] = None
     settings: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -173,6 +177,9 @@ class ArmSpec:
             raise StudyError(f"{where} ({name}): recipe must be one of {ARM_RECIPES}, got {recipe!r}")
         budgets = d.pop("budgets", None)
         budgets_tpp = d.pop("budgets_tpp", None)
+        reference = d.pop("reference", None)
+        if reference is not None and (not isinstance(reference, str) or reference == name):
+            raise StudyError(f"{where}.reference: the name of another arm to compare {name!r} with, got {reference!r}")
         if budgets is not None and budgets_tpp is not None:
             raise StudyError(f"{where} ({name}): give 'budgets' (tokens) or 'budgets_tpp' (tokens per parameter), not both")
         if budgets_tpp is not None:
@@ -183,7 +190,7 @@ class ArmSpec:
             raise StudyError(
                 f"{where} ({name}): the arm has no 'optimizer' (adamw, sam or sam-anneal)"
             )
-        return cls(name=name, recipe=recipe, budgets=budgets, budgets_tpp=budgets_tpp, settings=d)
+        return cls(name=name, recipe=recipe, budgets=budgets, budgets_tpp=budgets_tpp, reference=reference, settings=d)
 
 
 @dataclass
@@ -255,6 +262,8 @@ class StudySpec:
     analysis: Dict[str, Any] = field(default_factory=dict)
     #: only these stages (default: every configured one)
     stages: Optional[List[str]] = None
+    #: pre-registered primary hypotheses (olmo_sam.study.hypotheses), fixed before anything runs
+    hypotheses: List[Hypothesis] = field(default_factory=list)
     #: free-form notes carried into the report
     notes: Optional[str] = None
     #: a smoke-test sized study (e.g. ``olmo-sam demo --quick``): its report says its numbers are
@@ -310,7 +319,8 @@ class StudySpec:
         d = dataclasses.asdict(self)
         d["arms"] = [
             {"name": a.name, "recipe": a.recipe, "budgets": a.budgets,
-             **({"budgets_tpp": a.budgets_tpp} if a.budgets_tpp is not None else {}), **a.settings}
+             **({"budgets_tpp": a.budgets_tpp} if a.budgets_tpp is not None else {}),
+             **({"reference": a.reference} if a.reference is not None else {}), **a.settings}
             for a in self.arms
         ]  # fmt: skip
         d.pop("source", None)
@@ -347,6 +357,9 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise StudyError(f"arms: duplicate arm name(s) {dup}")
+    for i, a in enumerate(spec.arms):
+        if a.reference is not None and a.reference not in names:
+            raise StudyError(f"arms[{i}].reference: no arm {a.reference!r} in the study; arms: {names}")
     spec.pt_eval = dict(d.get("pt_eval") or {})
     bad = sorted(set(spec.pt_eval) - {"max_sequences", "batch_size"})
     if bad:
@@ -389,6 +402,8 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
             raise StudyError(f"arms ({arm.name}): 'budgets_tpp' applies to pretrain arms only")
         if arm.budgets_tpp is not None and {"steps", "tokens", "tokens_per_param"} & set(arm.settings):
             raise StudyError(f"arms ({arm.name}): 'budgets_tpp' sets the budget; drop steps/tokens/tokens_per_param")
+    spec.hypotheses = parse_hypotheses(d.get("hypotheses"))
+    check_references(spec.hypotheses, spec)
     return spec
 
 
