@@ -337,6 +337,7 @@ def evaluate_hypotheses(hypotheses: Sequence[Hypothesis], cells: Cells, spec: "I
             "n_seeds": len(seeds), "seeds": seeds, "estimate": None, "ci_low": None, "ci_high": None,
             "p_value": None, "p_holm": ph, "mde": None, "identical": False,
             "resolved": False, "opposite": False, "n_primary": len(hypotheses),
+            "n_tested": sum(p is not None for p in p_holm),
             "method": spec.method, "confidence": float(spec.confidence),
         }  # fmt: skip
         if d is not None:
@@ -383,11 +384,12 @@ def hypothesis_text(rec: Mapping[str, Any]) -> str:
     conf = f"{100 * rec['confidence']:g}% CI"
     if rec["ci_low"] is None:
         return f"{head} Not resolved: {n} seed{'s' if n != 1 else ''} give an estimate ({_n(rec['estimate'])}) but no interval."
-    stats = (f"estimate {_n(rec['estimate'])} ({conf} {_n(rec['ci_low'])} to {_n(rec['ci_high'])}), p = "
-             f"{rec['p_value']:.3g}, Holm-adjusted over {rec['n_primary']} primary hypotheses p = {rec['p_holm']:.3g}; "
-             f"{n} seeds, paired; minimum detectable effect at 80% power {_n(rec['mde']).lstrip('+')}")  # fmt: skip
     if rec["identical"]:
-        return f"{head} Not resolved: the paired differences are identical across seeds ({stats})."
+        return (f"{head} Not resolved: the paired differences are identical across seeds (estimate "
+                f"{_n(rec['estimate'])}, {n} seeds): no test is possible.")  # fmt: skip
+    stats = (f"estimate {_n(rec['estimate'])} ({conf} {_n(rec['ci_low'])} to {_n(rec['ci_high'])}), p = "
+             f"{rec['p_value']:.3g}, Holm-adjusted over the {rec['n_tested']} tested primary hypotheses p = {rec['p_holm']:.3g}; "
+             f"{n} seeds, paired; minimum detectable effect at 80% power {_n(rec['mde']).lstrip('+')}")  # fmt: skip
     if rec["resolved"]:
         return f"{head} Resolved as expected: {stats}."
     if rec["opposite"]:

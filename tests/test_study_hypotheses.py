@@ -1,0 +1,216 @@
+"""Pre-registered hypotheses (olmo_sam/study/hypotheses.py): the ``hypotheses:`` section is checked
+with errors naming the entry, references to arms/budgets/datasets are checked at planning, the
+outcome on a synthetic study matches a hand computation (paired t, interaction, Holm), and an
+edited hypothesis on an output directory with results is refused."""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+from scipy import stats as sps
+
+import study_synth
+from olmo_sam.study.analysis import analyse_study
+from olmo_sam.study.hypotheses import holm
+from olmo_sam.study.report import write_report
+from olmo_sam.study.spec import parse_study
+
+FORGETS_LESS = {"name": "sam-forgets-less", "quantity": "matched_forgetting", "arm": "sam", "reference": "adamw",
+                "budget": 100, "dataset": "code", "direction": "less", "test": "paired_t"}  # fmt: skip
+GROWS = {"name": "benefit-grows", "quantity": "matched_forgetting", "arm": "sam", "reference": "adamw",
+         "budgets": [10, 100], "dataset": "code", "direction": "less", "test": "interaction"}  # fmt: skip
+#: sam's base loss is 0.04 above adamw's at every seed: identical paired differences
+IDENTICAL = {"name": "sam-base-higher", "quantity": "l_pt", "arm": "sam", "reference": "adamw", "budget": 10,
+             "direction": "greater", "test": "paired_t"}  # fmt: skip
+#: sam forgets less at 10 tokens/param too: registered the other way
+WRONG_WAY = {"name": "sam-forgets-more", "quantity": "matched_forgetting", "arm": "sam", "reference": "adamw",
+             "budget": 10, "dataset": "code", "direction": "greater", "test": "paired_t"}  # fmt: skip
+
+BASE = {
+    "name": "h",
+    "data": {"demo": {}},
+    "pretrain": {"size": "micro", "lr": 3e-3, "seeds": [0, 1, 2], "budgets_tpp": [10, 100]},
+    "arms": [{"name": "adamw", "optimizer": "adamw"}, {"name": "sam", "optimizer": "sam", "rho": 0.01}],
+    "probes": {"hessian": {}},
+    "finetune": {"datasets": ["demo-code"], "lrs": [1e-3, 1e-2]},
+}
+
+
+def _study(*hyps, **top):
+    d = copy.deepcopy(BASE)
+    d.update(top)
+    d["hypotheses"] = [dict(h) for h in hyps]
+    return d
+
+
+def _ok(**over):
+    h = dict(FORGETS_LESS, dataset="demo-code")
+    h.update(over)
+    return {k: v for k, v in h.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    "hyps, match",
+    [
+        ([_ok(), _ok(name="b", arm="lion")], r"hypotheses\[1\]\.arm: no arm 'lion' in the study"),
+        ([_ok(reference="adamw-wsd")], r"hypotheses\[0\]\.reference: no arm 'adamw-wsd'"),
+        ([_ok(direction="lower")], r"hypotheses\[0\]\.direction: expected one of \['less', 'greater'\]"),
+        ([_ok(test="wilcoxon")], r"hypotheses\[0\]\.test: unknown test 'wilcoxon'"),
+        ([_ok(quantity="forgetting")], r"hypotheses\[0\]\.quantity: unknown quantity 'forgetting'"),
+        ([_ok(budget=None)], r"hypotheses\[0\]\.budget: required for test paired_t"),
+        ([_ok(budget=800)], r"hypotheses\[0\]\.budget: arm 'sam' has no base at 800 tokens/param"),
+        ([_ok(test="interaction")], r"hypotheses\[0\]\.budget: an interaction compares two budgets"),
+        ([_ok(test="interaction", budget=None, budgets=[100, 10])], r"hypotheses\[0\]\.budgets: give \[shortest, longest\]"),
+        ([_ok(dataset=None)], r"hypotheses\[0\]\.dataset: quantity matched_forgetting is measured per dataset"),
+        ([_ok(dataset="demo-music")], r"hypotheses\[0\]\.dataset: 'demo-music' is not in finetune.datasets"),
+        ([_ok(quantity="trace")], r"hypotheses\[0\]\.dataset: quantity trace has no dataset; drop it"),
+        ([_ok(quantity="quant_degradation", dataset=None, setting="nf4")],
+         r"hypotheses\[0\]\.quantity: quant_degradation is measured by the 'quantize' stage"),
+        ([_ok(reference="sam")], r"hypotheses\[0\]\.reference: the same arm as 'arm'"),
+        ([_ok(), _ok()], r"hypotheses: duplicate hypothesis name\(s\) \['sam-forgets-less'\]"),
+        ([_ok(tail="one")], r"hypotheses\[0\]: unknown key\(s\) \['tail'\]"),
+        ([_ok(name=None)], r"hypotheses\[0\]\.name: required"),
+    ],
+)  # fmt: skip
+def test_bad_hypotheses_name_the_entry_and_field(hyps, match):
+    from olmo_core.exceptions import OLMoConfigurationError
+
+    with pytest.raises(OLMoConfigurationError, match=match):
+        parse_study(_study(*hyps))
+
+
+def test_hypotheses_round_trip_through_the_recorded_study():
+    spec = parse_study(_study(_ok(), _ok(name="grows", test="interaction", budget=None, budgets=[10, 100])))
+    assert [h.name for h in spec.hypotheses] == ["sam-forgets-less", "grows"]
+    assert spec.hypotheses[0].budget == 100.0 and spec.hypotheses[1].budgets == [10.0, 100.0]
+    again = parse_study(json.loads(json.dumps(spec.plain())))
+    assert again.hypotheses == spec.hypotheses
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hyp") / "study"
+    res = analyse_study(study_synth.build(out, hypotheses=[FORGETS_LESS, GROWS, IDENTICAL]))
+    rep = write_report(out, res)
+    return json.loads(Path(res["summary"]).read_text()), rep
+
+
+def _forgetting(summary):
+    return {(r["arm"], r["budget_tpp"], r["seed"]): r["forgetting"] for r in summary["finetune"]["matched_rows"]}
+
+
+def test_hypotheses_open_the_summary_and_match_a_hand_computation(synth):
+    s, _ = synth
+    assert list(s)[0] == "hypotheses"
+    h = {r["name"]: r for r in s["hypotheses"]}
+    assert list(h) == ["sam-forgets-less", "benefit-grows", "sam-base-higher"]
+    f = _forgetting(s)
+    seeds = study_synth.SEEDS
+    # paired t at 100 tokens/param, by hand (scipy's paired t-test and the t quantile)
+    d = [f[("sam", 100.0, x)] - f[("adamw", 100.0, x)] for x in seeds]
+    half = sps.t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / len(d) ** 0.5
+    r = h["sam-forgets-less"]
+    assert r["primary"] is True and r["n_seeds"] == 3 and r["seeds"] == [0, 1, 2]
+    assert r["estimate"] == pytest.approx(statistics.fmean(d), rel=1e-12)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((statistics.fmean(d) - half, statistics.fmean(d) + half), rel=1e-9)
+    assert r["p_value"] == pytest.approx(sps.ttest_rel([f[("sam", 100.0, x)] for x in seeds],
+                                                      [f[("adamw", 100.0, x)] for x in seeds]).pvalue, rel=1e-9)  # fmt: skip
+    assert r["mde"] is not None and r["mde"] > 0
+    # interaction: (sam - adamw at 100) - (sam - adamw at 10), paired by seed
+    dd = [(f[("sam", 100.0, x)] - f[("adamw", 100.0, x)]) - (f[("sam", 10.0, x)] - f[("adamw", 10.0, x)]) for x in seeds]
+    g = h["benefit-grows"]
+    assert g["test"] == "interaction" and g["budgets_tpp"] == [10.0, 100.0]
+    assert g["estimate"] == pytest.approx(statistics.fmean(dd), rel=1e-9) and g["estimate"] < 0
+    assert g["p_value"] == pytest.approx(sps.ttest_1samp(dd, 0.0).pvalue, rel=1e-9)
+    # zero variance: an estimate, no test, never resolved
+    z = h["sam-base-higher"]
+    assert z["identical"] and z["estimate"] == pytest.approx(0.04) and z["p_value"] is None
+    assert not z["resolved"] and z["outcome"] == "not resolved" and "identical across seeds" in z["text"]
+    # Holm over the two tested hypotheses, by hand: sorted p * (m - rank), running maximum
+    names = ["sam-forgets-less", "benefit-grows"]
+    ps = sorted((h[n]["p_value"], n) for n in names)
+    running, want = 0.0, {}
+    for rank, (p, n) in enumerate(ps):
+        running = max(running, min(1.0, (2 - rank) * p))
+        want[n] = running
+    for n in names:
+        assert h[n]["p_holm"] == pytest.approx(want[n], rel=1e-12)
+        rec = h[n]
+        expected_sign = rec["estimate"] < 0 if rec["direction"] == "less" else rec["estimate"] > 0
+        assert rec["resolved"] == (rec["p_holm"] < 0.05 and expected_sign)
+        assert rec["opposite"] == (rec["p_holm"] < 0.05 and not expected_sign)
+    assert h["sam-forgets-less"]["resolved"] and "Resolved as expected" in h["sam-forgets-less"]["text"]
+    assert "over the 2 tested primary hypotheses" in h["sam-forgets-less"]["text"]
+
+
+def test_a_hypothesis_resolved_the_other_way_says_so(tmp_path):
+    res = analyse_study(study_synth.build(tmp_path / "s", hypotheses=[WRONG_WAY]))
+    (w,) = json.loads(Path(res["summary"]).read_text())["hypotheses"]
+    assert w["estimate"] < 0 and w["ci_high"] < 0 and w["p_holm"] == w["p_value"] < 0.05  # one primary: no adjustment
+    assert w["opposite"] and not w["resolved"] and w["outcome"] == "opposite"
+    assert "Resolved the other way (against the hypothesis)" in w["text"]
+
+
+def test_primary_comparisons_leave_the_secondary_findings(synth):
+    s, _ = synth
+    ids = {f["id"] for f in s["findings"]}
+    assert sorted(s["primary_findings"]) == ["l_pt/sam-vs-adamw/10tpp", "matched_forgetting/code/sam-vs-adamw/100tpp"]
+    assert not ids & set(s["primary_findings"])
+    assert "l_pt/sam-vs-adamw/10tpp" not in ids and "l_pt/sam-vs-adamw/100tpp" in ids
+    assert all(f["contrast"] == "optimizer" for f in s["findings"])
+
+
+def test_report_opens_with_the_hypotheses(synth):
+    _, rep = synth
+    md = Path(rep["markdown"]).read_text()
+    first = md.index("## Pre-registered hypotheses")
+    assert first < md.index("## Findings") and first < md.index("Arms:")
+    assert "Primary hypothesis 'sam-forgets-less' (paired_t)" in md and "Holm" in md
+
+
+def test_holm_by_hand():
+    assert holm([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None][:3] + [None])  # type: ignore[operator]
+    assert holm([0.5, 0.001]) == [0.5, 0.002]
+
+
+def test_an_edited_hypothesis_is_refused_once_results_exist(tmp_path):
+    """A real data job finishes; then any change to the hypotheses is refused, --rerun or not, and
+    the recorded study is left as it was. Other edits follow the usual rule."""
+    from olmo_core.exceptions import OLMoConfigurationError
+
+    from olmo_sam.study.cli import start_study
+
+    d = _study(_ok(), data={"demo": {"vocab_size": 300, "books": ["carroll-alice"]}})
+    path, out = tmp_path / "study.yaml", tmp_path / "out"
+    path.write_text(yaml.safe_dump(d))
+    start_study(str(path), out=str(out), stages=["data"], progress=False, echo=lambda *a, **k: None)
+    assert (out / "data" / "data" / "done.json").exists()
+    recorded = (out / "study.json").read_text()
+    assert json.loads(recorded)["hypotheses"][0]["name"] == "sam-forgets-less"
+    edits = {
+        "direction": [_ok(direction="greater")],
+        "added": [_ok(), _ok(name="more", budget=10)],
+        "removed": [],
+    }
+    for what, hyps in edits.items():
+        path.write_text(yaml.safe_dump(dict(d, hypotheses=hyps)))
+        for rerun in (False, True):
+            with pytest.raises(OLMoConfigurationError, match=r"hypotheses: pre-registered when the study in .* first "
+                                                             r"ran, and results exist there; they changed: .*new output directory"):  # fmt: skip
+                start_study(str(path), out=str(out), stages=["data"], rerun=rerun, progress=False,
+                            echo=lambda *a, **k: None)  # fmt: skip
+            assert (out / "study.json").read_text() == recorded, what
+    with pytest.raises(OLMoConfigurationError, match=r"'sam-forgets-less' \(direction\)"):
+        path.write_text(yaml.safe_dump(dict(d, hypotheses=[_ok(direction="greater")])))
+        start_study(str(path), out=str(out), stages=["data"], progress=False, echo=lambda *a, **k: None)
+    # unchanged hypotheses: the finished data job is simply skipped
+    path.write_text(yaml.safe_dump(d))
+    start_study(str(path), out=str(out), stages=["data"], progress=False, echo=lambda *a, **k: None)
+    # a fresh output directory takes new hypotheses
+    path.write_text(yaml.safe_dump(dict(d, hypotheses=[_ok(direction="greater")])))
+    start_study(str(path), out=str(tmp_path / "out2"), stages=["data"], dry_run=True, echo=lambda *a, **k: None)
