@@ -48,8 +48,10 @@ def demo(quick, out, jobs, rerun, dry_run):
     report = plan.out / "report" / "report.html"
     summary = plan.out / "analysis" / "summary.json"
     if summary.exists():
-        click.echo("\nFindings (measured in this run):")
+        click.echo("\nFindings (measured in this run; the pre-registered hypothesis first):")
         s = json.loads(summary.read_text())
+        for h in s.get("hypotheses", []):
+            click.echo(f"  * {h['text']}")
         if s.get("interval"):
             click.echo(f"  ({s['interval']['description']})")
         for f in s.get("findings", []):

@@ -36,7 +36,8 @@ def test_demo_prints_where_the_report_is(demo_run):
     out, stdout = demo_run
     m = re.search(r"^report: (.+report\.html)$", stdout, re.M)
     assert m and os.path.exists(m.group(1))
-    assert "Findings (measured in this run):" in stdout
+    assert "Findings (measured in this run; the pre-registered hypothesis first):" in stdout
+    assert "  * Primary hypothesis 'sam-forgets-less' (paired_t)" in stdout
 
 
 def test_report_has_every_section_with_numbers(demo_run):
@@ -60,6 +61,12 @@ def test_report_has_every_section_with_numbers(demo_run):
         if not f["significant"]:
             assert "no difference resolved at this scale" in f["text"]
     assert summary["interval"]["description"] in (out / "report" / "report.md").read_text()
+    # the one pre-registered hypothesis opens the summary and the report
+    assert list(summary)[0] == "hypotheses"
+    (h,) = summary["hypotheses"]
+    assert h["primary"] and h["name"] == "sam-forgets-less" and h["budgets_tpp"] == [16.0] and h["n_seeds"] == 2
+    assert {"estimate", "ci_low", "ci_high", "p_value", "resolved", "mde"} <= set(h)
+    assert md.index("## Pre-registered hypotheses (primary)") < md.index("## Findings")
     pre = {r["unit"]: r for r in summary["pretraining"]["rows"]}
     bases = summary["bases"]
     # the quick study's grid: adamw and sam x 2 budgets x 2 seeds, each base with its metadata

@@ -214,3 +214,98 @@ def test_an_edited_hypothesis_is_refused_once_results_exist(tmp_path):
     # a fresh output directory takes new hypotheses
     path.write_text(yaml.safe_dump(dict(d, hypotheses=[_ok(direction="greater")])))
     start_study(str(path), out=str(tmp_path / "out2"), stages=["data"], dry_run=True, echo=lambda *a, **k: None)
+
+
+# -- arms: AdamW on the switch's schedule, per-arm references, SAM variants ----------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cpu_study_plans_adamw_wsd_and_its_primary_hypotheses(tmp_path):
+    from olmo_sam.study.plan import build_plan
+    from olmo_sam.study.spec import load_study
+    from olmo_sam.study.validate import validate_plan
+
+    study = load_study(ROOT / "recipes" / "studies" / "cpu-overtraining.yaml")
+    study.out_dir = str(tmp_path / "never")
+    plan = build_plan(study)
+    validate_plan(plan)  # every pretraining config built (adamw-wsd on WSD included)
+    arms = {a.name: a for a in study.arms}
+    assert arms["sam-anneal"].reference == "adamw-wsd" and arms["sam"].reference is None
+    wsd = [j for j in plan.jobs if j.stage == "pretrain" and j.params["arm"] == "adamw-wsd"]
+    assert len(wsd) == 2 * 6 and all(j.params["settings"]["schedule"] == "wsd" and j.params["settings"]["optimizer"] == "adamw"
+                                     and j.params["settings"]["decay_fraction"] == 0.1 for j in wsd)  # fmt: skip
+    assert {j.params["budget_tpp"] for j in wsd} == {10, 800}
+    hyps = study.hypotheses
+    assert len(hyps) == 9 and {h.test for h in hyps} == {"paired_t", "interaction"}
+    assert {(h.arm, h.reference) for h in hyps} == {("sam-anneal", "adamw-wsd"), ("sam", "adamw")}
+    assert {h.quantity for h in hyps} == {"fig5_pt_loss", "matched_forgetting"}
+    assert {h.dataset for h in hyps} == {"demo-code", "demo-music"}
+    assert all(h.budget == 800 for h in hyps if h.test == "paired_t")
+    assert not (tmp_path / "never").exists()
+
+
+def test_every_study_with_a_switch_arm_has_adamw_on_its_schedule():
+    from olmo_sam.study.spec import load_study
+
+    files = sorted((ROOT / "recipes" / "studies").glob("*.yaml")) + sorted((ROOT / "olmo_sam" / "study" / "files").glob("*.yaml"))
+    for path in files:
+        study = load_study(path)
+        for arm in study.arms:
+            if arm.settings.get("optimizer") == "sam-anneal":
+                ref = {a.name: a for a in study.arms}[arm.reference or study.arms[0].name]
+                assert ref.settings.get("optimizer") == "adamw", path
+                for key in ("schedule", "decay_fraction"):
+                    assert ref.settings.get(key) == arm.settings.get(key), (path, key)
+
+
+VARIANTS = {
+    "name": "v",
+    "data": {"demo": {}},
+    "pretrain": {"size": "micro", "lr": 3e-3, "seeds": [0, 1], "budgets_tpp": [10]},
+    "arms": [
+        {"name": "adamw", "optimizer": "adamw"},
+        {"name": "sam", "optimizer": "sam", "rho": 0.01},
+        {"name": "msam", "optimizer": "sam", "variant": "msam", "rho": 0.01, "reference": "sam"},
+        {"name": "looksam", "optimizer": "sam", "variant": "looksam", "interval": 5, "rho": 0.01},
+    ],
+}
+
+
+def test_sam_variants_are_arms(tmp_path):
+    from olmo_sam.study.jobs import build_run, run_spec
+    from olmo_sam.study.plan import build_plan
+    from olmo_sam.study.validate import _placeholder_data, validate_plan
+
+    study = parse_study(dict(VARIANTS, out_dir=str(tmp_path / "never")))
+    plan = build_plan(study)
+    validate_plan(plan)
+    got = {}
+    for j in plan.jobs:
+        if j.stage == "pretrain" and j.params["seed"] == 0:
+            cfg, _ = build_run(j, run_spec(j, _placeholder_data(study), "<out>", check_paths=False))
+            optim = cfg.train_module.optim
+            got[j.params["arm"]] = (type(optim).__name__, getattr(optim, "variant", None), getattr(optim, "interval", None))
+    assert got == {"adamw": ("AdamWConfig", None, None), "sam": ("SAMConfig", "sam", 1),
+                   "msam": ("SAMConfig", "msam", 1), "looksam": ("SAMConfig", "looksam", 5)}  # fmt: skip
+    assert study.arms[2].reference == "sam"
+
+
+@pytest.mark.parametrize(
+    "arm, match",
+    [
+        ({"name": "x", "optimizer": "adamw", "variant": "msam"}, r"arms\[4\]\.variant: variant/interval choose the SAM update"),
+        ({"name": "x", "optimizer": "sam", "variant": "lookahead"}, r"arms\[4\]\.variant: .*lookahead"),
+        ({"name": "x", "optimizer": "sam", "variant": "looksam", "interval": 0}, r"arms\[4\]\.interval: "),
+        ({"name": "x", "optimizer": "sam", "reference": "lion"}, r"arms\[4\]\.reference: no arm 'lion'"),
+        ({"name": "x", "optimizer": "sam", "reference": "x"}, r"arms\[4\]\.reference: the name of another arm"),
+    ],
+)  # fmt: skip
+def test_bad_variant_or_reference_names_the_arm_field(tmp_path, arm, match):
+    from olmo_core.exceptions import OLMoConfigurationError
+
+    from olmo_sam.study.plan import build_plan
+    from olmo_sam.study.validate import validate_plan
+
+    with pytest.raises(OLMoConfigurationError, match=match):
+        validate_plan(build_plan(parse_study(dict(VARIANTS, arms=VARIANTS["arms"] + [arm], out_dir=str(tmp_path)))))

@@ -134,13 +134,13 @@ def _alpha(spec: PretrainSpec, default: float) -> float:
 
 def _optim(spec: PretrainSpec, lr: float) -> OptimConfig:
     adamw = AdamWConfig(lr=lr, betas=paper.PRETRAIN_BETAS, weight_decay=paper.PRETRAIN_WEIGHT_DECAY)
-    if spec.optimizer == "adamw":
-        return adamw
     if spec.optimizer in ("sam", "sam-anneal"):
         return SAMConfig(base=adamw, rho=spec.rho, variant=spec.variant, interval=spec.interval)
     if spec.variant != "sam" or spec.interval != 1:
         raise OLMoConfigurationError(f"variant/interval choose the SAM update; they do not apply to --optimizer "
                                      f"{spec.optimizer} (use sam or sam-anneal)")  # fmt: skip
+    if spec.optimizer == "adamw":
+        return adamw
     raise OLMoConfigurationError(f"unknown optimizer {spec.optimizer!r}; choose one of {list(OPTIMIZERS)}")
 
 

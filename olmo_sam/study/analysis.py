@@ -592,11 +592,24 @@ def _arm_contrasts(study, references: Dict[str, str], first: Optional[str]) -> D
     return out
 
 
-def _hypothesis_cells(bases: "_Bases", summary: Dict[str, Any]):
+def _budget_key_of(bases: "_Bases", planned: Dict[float, Optional[float]]) -> Callable[[float], Optional[float]]:
+    """A study file's (planned) budget -> the compared bases' budget key: ``planned`` maps it to
+    the measured budget (rounded up to whole steps); without a plan, the measured budget within 5%."""
+
+    def key_of(budget: float) -> Optional[float]:
+        for tpp, key in planned.items():
+            if abs(tpp - budget) <= 1e-9 * budget:
+                return key
+        keys = [k for k in bases.budgets if k is not None and k > 0]
+        best = min(keys, key=lambda k: abs(math.log(k / budget)), default=None)
+        return best if best is not None and abs(math.log(best / budget)) <= math.log(1.05) else None
+
+    return key_of
+
+
+def _hypothesis_cells(bases: "_Bases", summary: Dict[str, Any], key_of: Callable[[float], Optional[float]]):
     """(quantity, arm, budget in tokens/param, dataset or setting) -> {seed: value}, read from the
-    summary's per-base tables, for :func:`olmo_sam.study.hypotheses.evaluate_hypotheses`. A
-    hypothesis's budget is the study file's (planned) one: it selects the compared bases whose
-    measured budget lies within 5% of it (budgets are rounded up to whole steps)."""
+    summary's per-base tables, for :func:`olmo_sam.study.hypotheses.evaluate_hypotheses`."""
     from .hypotheses import QUANTITIES
 
     tables: Dict[Tuple[str, Optional[str]], Dict[str, float]] = {}
@@ -619,11 +632,6 @@ def _hypothesis_cells(bases: "_Bases", summary: Dict[str, Any]):
         put("trace", None, r["unit"], r.get("trace"))
         put("lambda_max", None, r["unit"], r.get("lambda_max"))
 
-    def key_of(budget: float) -> Optional[float]:
-        keys = [k for k in bases.budgets if k is not None and k > 0]
-        best = min(keys, key=lambda k: abs(math.log(k / budget)), default=None)
-        return best if best is not None and abs(math.log(best / budget)) <= math.log(1.05) else None
-
     def cells(quantity: str, arm: str, budget: float, where: Optional[str]) -> Dict[int, float]:
         if QUANTITIES[quantity][0] == "setting" and quantity == "noise_increase" and where is not None:
             where = f"{float(where):g}"
@@ -634,17 +642,19 @@ def _hypothesis_cells(bases: "_Bases", summary: Dict[str, Any]):
     return cells
 
 
-def _split_primary(findings: List[Dict[str, Any]], hypotheses) -> Tuple[List[Dict[str, Any]], List[str]]:
+def _split_primary(findings: List[Dict[str, Any]], hypotheses, key_of: Callable[[float], Optional[float]]
+                   ) -> Tuple[List[Dict[str, Any]], List[str]]:  # fmt: skip
     """(secondary findings, ids of the findings that are a paired_t primary hypothesis): a primary
     comparison is reported with its hypothesis only, outside the secondary family."""
-    primary: Dict[Tuple, str] = {}
-    for h in hypotheses:
-        if h.test == "paired_t":
-            primary[(h.quantity, h.arm, h.reference, h.dataset, h.setting)] = h
+    def setting(h) -> Optional[str]:  # the findings' spelling of a setting
+        return f"gamma={float(h.setting):g}" if h.quantity == "noise_increase" else h.setting
+
+    primary = {(h.quantity, h.arm, h.reference, h.dataset, setting(h), key_of(h.budget))
+               for h in hypotheses if h.test == "paired_t"}  # fmt: skip
     keep, dropped = [], []
     for f in findings:
-        h = primary.get((f["quantity"], f["arm"], f["reference"], f.get("dataset"), f.get("setting")))
-        if h is not None and f.get("budget_tpp") and abs(math.log(f["budget_tpp"] / h.budget)) <= math.log(1.05):
+        key = _budget_key(f["budget_tpp"]) if f.get("budget_tpp") is not None else None
+        if (f["quantity"], f["arm"], f["reference"], f.get("dataset"), f.get("setting"), key) in primary:
             dropped.append(f["id"])
         else:
             keep.append(f)
@@ -689,8 +699,15 @@ def analyse_study(ctx: JobContext) -> Dict[str, Any]:
     if hypotheses:
         from .hypotheses import evaluate_hypotheses
 
-        summary["hypotheses"] = evaluate_hypotheses(hypotheses, _hypothesis_cells(bases, summary), spec)
-        findings, summary["primary_findings"] = _split_primary(findings, hypotheses)
+        planned = {}
+        for b in metas:  # the study file's budget of each base -> its measured budget
+            job = ctx.plan.by_id().get(f"pretrain/{b.unit}")
+            tpp = job.params.get("budget_tpp") if job else None
+            if tpp is not None:
+                planned[float(tpp)] = b.budget_key
+        key_of = _budget_key_of(bases, planned)
+        summary["hypotheses"] = evaluate_hypotheses(hypotheses, _hypothesis_cells(bases, summary, key_of), spec)
+        findings, summary["primary_findings"] = _split_primary(findings, hypotheses, key_of)
     summary["findings"] = findings
     write_json(out / "summary.json", summary)
     return {"summary": str(out / "summary.json"), "dir": str(out),
