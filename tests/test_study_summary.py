@@ -38,27 +38,31 @@ def test_summary_findings_have_the_schema(study):
                                           "params_total", "params_non_embedding"} <= set(b) for b in s["bases"].values())  # fmt: skip
     assert s["bases"]["sam@100tpp-s2"]["seed"] == 2 and s["bases"]["sam@100tpp-s2"]["arm"] == "sam"
     quantities = {f["quantity"] for f in s["findings"]}
-    assert quantities == {"l_pt", "matched_forgetting", "quant_degradation", "noise_increase", "trace", "lambda_max"}
+    assert quantities == {"l_pt", "matched_forgetting", "fig5_pt_loss", "quant_degradation", "noise_increase",
+                          "trace", "lambda_max"}  # fmt: skip
     for f in s["findings"]:
         assert set(FINDING_FIELDS) <= set(f), f["id"]
         assert f["arms"] == ["sam", "adamw"] and f["n_seeds"] == 3 and f["paired"]
         assert f["budget_tpp"] in (10.0, 100.0)
         assert f["budget_tpp_non_embedding"] == pytest.approx(f["budget_tpp"] * 40_000 / 15_000)
         assert f["ci_low"] <= f["estimate"] <= f["ci_high"]
-        assert f["significant"] == (f["ci_low"] > 0 or f["ci_high"] < 0)
-        if f["significant"]:
+        assert f["significant"] == (not f["identical"] and (f["ci_low"] > 0 or f["ci_high"] < 0))
+        assert f["resolved"] == (f["significant"] and f["q_value"] < 0.05)
+        assert f["comparisons"] == len(s["findings"])
+        assert (f["p_value"] is None and f["mde"] is None and f["q_value"] is None) == f["identical"]
+        if f["resolved"]:
             assert "no difference resolved" not in f["text"]
         else:
-            assert "no difference resolved at this scale" in f["text"]
+            assert "no difference resolved" in f["text"]
     assert len({f["id"] for f in s["findings"]}) == len(s["findings"])
 
 
 def test_findings_recover_the_constructed_differences(study):
     _, s, _ = study
     for tpp in (10.0, 100.0):
-        lpt = _by(s, "l_pt")[tpp]
-        assert lpt["significant"] and lpt["estimate"] == pytest.approx(0.04)
-        assert "sam reaches a higher (worse) loss than adamw" in lpt["text"]
+        lpt = _by(s, "l_pt")[tpp]  # constructed +0.04 on every seed: zero variance, no claim
+        assert lpt["identical"] and not lpt["significant"] and lpt["estimate"] == pytest.approx(0.04)
+        assert "identical across seeds" in lpt["text"] and "higher" not in lpt["text"]
         fg = _by(s, "matched_forgetting")[tpp]
         assert fg["significant"] and fg["percent"] == pytest.approx(-20.0, abs=1e-6)  # sensitivity 0.8x
         assert "sam forgets less than adamw" in fg["text"] and "% less forgetting" in fg["text"]

@@ -258,7 +258,8 @@ class StudySpec:
     benchmarks: BenchmarksSpec = field(default_factory=BenchmarksSpec)
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
     #: how the analysis compares arms over seeds: ``interval`` (t | bootstrap), ``confidence``
-    #: (0.95), ``n_boot`` and ``seed`` of the bootstrap (olmo_sam.analysis.stats.IntervalSpec)
+    #: (0.95), ``n_boot`` and ``seed`` of the bootstrap (olmo_sam.analysis.stats.IntervalSpec), and
+    #: ``matching`` (nearest | interpolate: how each base is read at tau)
     analysis: Dict[str, Any] = field(default_factory=dict)
     #: only these stages (default: every configured one)
     stages: Optional[List[str]] = None
@@ -411,13 +412,22 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
 ANALYSIS_KEYS = {"interval": "method", "confidence": "confidence", "n_boot": "n_boot", "seed": "seed"}
 
 
+#: ``analysis: matching`` values (olmo_sam.study.analysis.MATCHINGS): how a base is read at tau
+ANALYSIS_MATCHINGS = ("nearest", "interpolate")
+
+
 def _check_analysis(opts: Dict[str, Any]) -> None:
-    bad = sorted(set(opts) - set(ANALYSIS_KEYS))
+    bad = sorted(set(opts) - set(ANALYSIS_KEYS) - {"matching"})
     if bad:
-        raise StudyError(f"analysis: unknown key(s) {bad}; allowed: {sorted(ANALYSIS_KEYS)}")
+        raise StudyError(f"analysis: unknown key(s) {bad}; allowed: {sorted([*ANALYSIS_KEYS, 'matching'])}")
+    if opts.get("matching", "nearest") not in ANALYSIS_MATCHINGS:
+        raise StudyError(
+            f"analysis.matching: unknown {opts['matching']!r}; choose one of {list(ANALYSIS_MATCHINGS)} "
+            f"(nearest frontier run at L_FT <= tau, or log-LR interpolation between the runs bracketing tau)"
+        )
     from ..analysis.stats import IntervalSpec
 
-    IntervalSpec(**{ANALYSIS_KEYS[k]: v for k, v in opts.items()})  # raises with the field named
+    IntervalSpec(**{ANALYSIS_KEYS[k]: v for k, v in opts.items() if k in ANALYSIS_KEYS})  # raises with the field named
 
 
 def check_stage_names(names: Sequence[str], where: str) -> None:
