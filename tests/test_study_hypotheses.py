@@ -178,6 +178,7 @@ def test_holm_by_hand():
     assert holm([0.5, 0.001]) == [0.5, 0.002]
 
 
+@pytest.mark.slow
 def test_an_edited_hypothesis_is_refused_once_results_exist(tmp_path):
     """A real data job finishes; then any change to the hypotheses is refused, --rerun or not, and
     the recorded study is left as it was. Other edits follow the usual rule."""
@@ -309,3 +310,67 @@ def test_bad_variant_or_reference_names_the_arm_field(tmp_path, arm, match):
 
     with pytest.raises(OLMoConfigurationError, match=match):
         validate_plan(build_plan(parse_study(dict(VARIANTS, arms=VARIANTS["arms"] + [arm], out_dir=str(tmp_path)))))
+
+
+# -- data repetition control: an arm on a fraction of the corpus ---------------------------------
+
+
+def test_data_fraction_arm_is_planned_and_cuts_the_token_files(tmp_path):
+    import numpy as np
+
+    from olmo_sam.study.jobs import data_fraction
+    from olmo_sam.study.plan import build_plan
+
+    arms = [{"name": "adamw", "optimizer": "adamw"},
+            {"name": "adamw-quarter", "optimizer": "adamw", "data_fraction": 0.25, "budgets_tpp": [100],
+             "reference": "adamw"}]  # fmt: skip
+    plan = build_plan(parse_study(dict(VARIANTS, arms=arms, out_dir=str(tmp_path / "never"))))
+    pre = {j.params["unit"]: j.params for j in plan.jobs if j.stage == "pretrain"}
+    assert {u: p.get("data_fraction") for u, p in pre.items()} == {
+        "adamw-s0": None, "adamw-s1": None, "adamw-quarter-s0": 0.25, "adamw-quarter-s1": 0.25}
+    assert all("data_fraction" not in p for u, p in pre.items() if u.startswith("adamw-s"))  # old plans unchanged
+    # the cut: the first quarter of every training file, bytes equal to the source's head
+    src = [tmp_path / "a.npy", tmp_path / "b.npy"]
+    toks = [np.arange(1000, dtype=np.uint16) % 384, (np.arange(402, dtype=np.uint16) * 7) % 384]
+    for p, t in zip(src, toks):
+        t.tofile(p)
+    data = {"train": [str(p) for p in src], "vocab_size": 384, "train_tokens": 1402, "description": "demo corpus"}
+    cut = data_fraction(data, 0.25, tmp_path / "cut")
+    assert cut["train_tokens"] == 250 + 100 and "first 0.25" in cut["description"]
+    for p, t in zip(cut["train"], toks):
+        got = np.fromfile(p, dtype=np.uint16)
+        assert np.array_equal(got, t[: len(t) // 4])
+    assert data_fraction(data, 0.25, tmp_path / "cut") == cut  # a resumed job cuts nothing again
+
+
+@pytest.mark.parametrize("value", [0, 1.5, "half", True])
+def test_bad_data_fraction_names_the_arm(tmp_path, value):
+    from olmo_core.exceptions import OLMoConfigurationError
+
+    arms = [{"name": "adamw", "optimizer": "adamw"}, {"name": "q", "optimizer": "adamw", "data_fraction": value}]
+    with pytest.raises(OLMoConfigurationError, match=r"arms\[1\]\.data_fraction: a fraction of the training tokens"):
+        parse_study(dict(VARIANTS, arms=arms))
+
+
+@pytest.mark.slow
+def test_quarter_corpus_arm_trains_on_a_quarter(tmp_path):
+    """A real (tiny) pretraining job of a data_fraction arm: its base records a quarter of the
+    corpus and four times the epochs of the full-corpus arm at the same budget."""
+    from olmo_sam.study.cli import start_study
+
+    study = {"name": "q", "out_dir": str(tmp_path / "out"),
+             "data": {"demo": {"vocab_size": 300, "books": ["carroll-alice"]}},
+             "pretrain": {"size": "micro", "lr": 3e-3, "batch_size": 16, "seq_len": 64, "eval_interval": 0,
+                          "budgets_tpp": [1]},
+             "arms": [{"name": "adamw", "optimizer": "adamw"},
+                      {"name": "adamw-quarter", "optimizer": "adamw", "data_fraction": 0.25}],
+             "executor": {"kind": "local", "jobs": 1}, "stages": ["data", "pretrain"]}  # fmt: skip
+    path = tmp_path / "q.yaml"
+    path.write_text(yaml.safe_dump(study))
+    plan = start_study(str(path), progress=False, echo=lambda *a, **k: None)
+    full, quarter = (plan.by_id()[f"pretrain/{u}"].result(plan.out) for u in ("adamw", "adamw-quarter"))
+    data = plan.by_id()["data"].result(plan.out)
+    assert full["tokens"] == quarter["tokens"]
+    assert full["data_epochs"] == pytest.approx(full["tokens"] / data["train_tokens"])
+    assert quarter["data_epochs"] == pytest.approx(4 * full["data_epochs"], rel=0.01)
+    assert "cut to its first 0.25" in quarter["data_source"]

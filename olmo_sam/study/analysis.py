@@ -789,9 +789,9 @@ def interval_spec(study) -> IntervalSpec:
 
 #: arm settings that make two arms different treatments (what a comparison's ``contrast`` names)
 CONTRAST_KEYS = ("optimizer", "schedule", "decay_fraction", "rho", "variant", "interval", "lr", "alpha",
-                 "sam_start_fraction")  # fmt: skip
-#: PretrainSpec defaults of the contrast keys an arm may leave out
-_CONTRAST_DEFAULTS = {"optimizer": "adamw", "schedule": "cosine"}
+                 "sam_start_fraction", "data_fraction")  # fmt: skip
+#: PretrainSpec defaults of the contrast keys an arm may leave out (data_fraction: the arm's own key)
+_CONTRAST_DEFAULTS = {"optimizer": "adamw", "schedule": "cosine", "data_fraction": 1.0}
 
 
 def _arm_contrasts(study, references: Dict[str, str], first: Optional[str]) -> Dict[str, str]:
@@ -803,6 +803,8 @@ def _arm_contrasts(study, references: Dict[str, str], first: Optional[str]) -> D
 
     def settings(name: str) -> Dict[str, Any]:
         own = {k: v for k, v in arms[name].settings.items() if k in CONTRAST_KEYS}
+        if getattr(arms[name], "data_fraction", None) is not None:
+            own["data_fraction"] = float(arms[name].data_fraction)
         return {**_CONTRAST_DEFAULTS, **defaults, **own}
 
     out = {}

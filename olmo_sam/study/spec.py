@@ -162,6 +162,8 @@ class ArmSpec:
     budgets_tpp: Optional[List[float]] = None
     #: the arm its secondary comparisons are made against (default: the study's first arm)
     reference: Optional[str] = None
+    #: pretrain on this fraction of the training tokens (a data-repetition control, e.g. 0.25)
+    data_fraction: Optional[float] = None
     settings: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -178,6 +180,11 @@ class ArmSpec:
         budgets = d.pop("budgets", None)
         budgets_tpp = d.pop("budgets_tpp", None)
         reference = d.pop("reference", None)
+        data_fraction = d.pop("data_fraction", None)
+        if data_fraction is not None and (isinstance(data_fraction, bool) or not isinstance(data_fraction, (int, float))
+                                          or not 0 < data_fraction <= 1 or recipe != "pretrain"):  # fmt: skip
+            raise StudyError(f"{where}.data_fraction: a fraction of the training tokens in (0, 1] for a pretrain arm "
+                             f"(e.g. 0.25: the first quarter of every token file), got {data_fraction!r}")  # fmt: skip
         if reference is not None and (not isinstance(reference, str) or reference == name):
             raise StudyError(f"{where}.reference: the name of another arm to compare {name!r} with, got {reference!r}")
         if budgets is not None and budgets_tpp is not None:
@@ -190,7 +197,8 @@ class ArmSpec:
             raise StudyError(
                 f"{where} ({name}): the arm has no 'optimizer' (adamw, sam or sam-anneal)"
             )
-        return cls(name=name, recipe=recipe, budgets=budgets, budgets_tpp=budgets_tpp, reference=reference, settings=d)
+        return cls(name=name, recipe=recipe, budgets=budgets, budgets_tpp=budgets_tpp, reference=reference,
+                   data_fraction=None if data_fraction is None else float(data_fraction), settings=d)
 
 
 @dataclass
@@ -321,7 +329,8 @@ class StudySpec:
         d["arms"] = [
             {"name": a.name, "recipe": a.recipe, "budgets": a.budgets,
              **({"budgets_tpp": a.budgets_tpp} if a.budgets_tpp is not None else {}),
-             **({"reference": a.reference} if a.reference is not None else {}), **a.settings}
+             **({"reference": a.reference} if a.reference is not None else {}),
+             **({"data_fraction": a.data_fraction} if a.data_fraction is not None else {}), **a.settings}
             for a in self.arms
         ]  # fmt: skip
         d.pop("source", None)
