@@ -234,9 +234,14 @@ def test_cpu_study_plans_adamw_wsd_and_its_primary_hypotheses(tmp_path):
     arms = {a.name: a for a in study.arms}
     assert arms["sam-anneal"].reference == "adamw-wsd" and arms["sam"].reference is None
     wsd = [j for j in plan.jobs if j.stage == "pretrain" and j.params["arm"] == "adamw-wsd"]
-    assert len(wsd) == 2 * 6 and all(j.params["settings"]["schedule"] == "wsd" and j.params["settings"]["optimizer"] == "adamw"
+    assert len(wsd) == 2 * 5 and all(j.params["settings"]["schedule"] == "wsd" and j.params["settings"]["optimizer"] == "adamw"
                                      and j.params["settings"]["decay_fraction"] == 0.1 for j in wsd)  # fmt: skip
     assert {j.params["budget_tpp"] for j in wsd} == {10, 800}
+    # the repetition control: the switch and its reference at 800 tokens/param on a quarter of the corpus
+    quarter = [j for j in plan.jobs if j.stage == "pretrain" and j.params.get("data_fraction") == 0.25]
+    assert {j.params["arm"] for j in quarter} == {"adamw-wsd-quarter", "sam-anneal-quarter"}
+    assert len(quarter) == 2 * 5 and {j.params["budget_tpp"] for j in quarter} == {800}
+    assert arms["sam-anneal-quarter"].reference == "adamw-wsd-quarter"
     hyps = study.hypotheses
     assert len(hyps) == 9 and {h.test for h in hyps} == {"paired_t", "interaction"}
     assert {(h.arm, h.reference) for h in hyps} == {("sam-anneal", "adamw-wsd"), ("sam", "adamw")}
