@@ -162,6 +162,7 @@ def test_grid_edge_bases_are_flagged_left_out_and_q_values_counted(tmp_path):
     s = json.loads(Path(res["summary"]).read_text())
     edge = s["finetune"]["grid_edge"]["code"]
     assert {u for u, e in edge.items() if e} == {"sam@100tpp-s1", "sam@10tpp-s0", "sam@10tpp-s1", "sam@10tpp-s2"}
+    assert {u: b["grid_edge"]["code"] for u, b in s["bases"].items()} == edge
     rows = {r["unit"]: r for r in s["finetune"]["matched_rows"]}
     assert rows["sam@100tpp-s1"]["matched_lr"] == min(study_synth.LRS) and rows["sam@100tpp-s1"]["l_ft"] < rows["sam@100tpp-s1"]["tau"]
     for q in ("matched_forgetting", "fig5_pt_loss"):
