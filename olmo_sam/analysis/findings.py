@@ -138,7 +138,8 @@ def finding_text(f: Mapping[str, Any]) -> str:
     head = " at ".join(w for w in (f.get("context") or q.label, budget_text(f)) if w)
     arm, ref = f["arm"], f["reference"]
     if f.get("measurable") is False:
-        return f"{head}: {arm} vs {ref} not measurable on this grid ({f.get('unmeasurable_reason') or 'no seed left'})."
+        return (f"{head}: no difference resolved at this scale between {arm} and {ref}: not measurable on this "
+                f"grid ({f.get('unmeasurable_reason') or 'no seed left'}).")  # fmt: skip
     unit = f" {q.unit}" if q.unit else ""
     means = f"{arm} {num(f['arm_mean'])} vs {ref} {num(f['reference_mean'])}{unit}"
     conf = f"{100 * f['confidence']:g}% CI"
@@ -147,7 +148,8 @@ def finding_text(f: Mapping[str, Any]) -> str:
                 f"({_seeds(f)}: no {conf}; {means}).")  # fmt: skip
     if f.get("identical"):
         return (f"{head}: {arm} minus {ref} is {_signed(f['estimate'])}{unit} on every seed, identical across "
-                f"seeds: zero variance, no interval and no test, no difference resolved ({means}); {_seeds(f)}.")  # fmt: skip
+                f"seeds: zero variance, no interval and no test; no difference resolved at this scale ({means}); "
+                f"{_seeds(f)}.")  # fmt: skip
     ci = f"{conf} {_signed(f['ci_low'])} to {_signed(f['ci_high'])}"
     resolved = _resolved(f)
     pct = ""

@@ -59,7 +59,7 @@ def _legend(fig, axes, extra=(), max_cols: int = 6) -> None:
             labels.append(lab)
     if handles:
         longest = max(len(lab) for lab in labels)
-        fits = max(1, int(fig.get_figwidth() / (0.5 + 0.075 * longest)))
+        fits = max(1, int(fig.get_figwidth() / (0.5 + 0.065 * longest)))
         fig.legend([handles[lab] for lab in labels], labels, loc="outside lower center",
                    ncols=min(len(labels), max_cols, fits), frameon=False, fontsize=8)
 
@@ -133,7 +133,8 @@ def plot_frontiers(
 
     extra = []
     if arm_of:
-        extra += [Line2D([], [], color=hue[a], lw=2, label=f"{a} (one thin line per seed)") for a in arms]
+        extra += [Line2D([], [], color=hue[a], lw=2, label=a) for a in arms]
+        extra.append(Line2D([], [], color="0.5", lw=0.8, label="thin line: one base (seed)"))
         extra += [Line2D([], [], color="0.3", ls="", marker=_MARKERS[i % len(_MARKERS)], label=b)
                   for i, b in enumerate(budgets)]  # fmt: skip
     extra.append(Line2D([], [], color="0.4", ls=":", label="base model L_PT(θ_PT)"))

@@ -924,6 +924,10 @@ def analyse_study(ctx: JobContext) -> Dict[str, Any]:
         if section:
             findings += section.pop("findings", [])
             summary[name] = section
+    for ds, flags in (summary.get("finetune") or {}).get("grid_edge", {}).items():
+        for u, edge in flags.items():  # per base: matched at its grid's lowest LR past tau, per dataset
+            if u in summary["bases"]:
+                summary["bases"][u].setdefault("grid_edge", {})[ds] = edge
     if hypotheses:
         from .hypotheses import evaluate_hypotheses
 

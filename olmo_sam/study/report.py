@@ -116,7 +116,11 @@ COLUMNS = {
     "ci_high": "upper end of the interval of the estimate",
     "n_seeds": "seeds in the comparison (pairs when paired)",
     "paired": "whether the interval is over per-seed differences",
-    "significant": "whether the interval excludes zero",
+    "significant": "whether the interval excludes zero (never when the seeds gave identical differences)",
+    "p_value": "two-sided p-value (paired t-test; Welch's test unpaired)",
+    "q_value": "Benjamini-Hochberg adjusted p-value across all secondary findings",
+    "mde": "minimum detectable effect at 80% power from the observed SD and n (noncentral t)",
+    "resolved": "interval excludes zero and q < 0.05: only then a comparative word",
     "percent": "estimate in % of the reference's mean (only when that mean is >= 3 standard errors from 0)",
     "name": "the hypothesis's name in the study file",
     "test": "paired_t: arm minus reference at one budget; interaction: that difference at the longest budget minus at the shortest",
@@ -132,7 +136,8 @@ _HYPOTHESIS_COLUMNS = ["name", "quantity", "where", "arm", "reference", "test", 
                        "estimate", "ci_low", "ci_high", "p_value", "p_holm", "mde", "n_seeds", "outcome"]  # fmt: skip
 
 _FINDING_COLUMNS = ["quantity", "where", "arm", "reference", "budget_tpp", "budget_tpp_non_embedding",
-                    "estimate", "ci_low", "ci_high", "n_seeds", "paired", "significant", "percent"]  # fmt: skip
+                    "estimate", "ci_low", "ci_high", "n_seeds", "paired", "significant", "p_value", "q_value",
+                    "mde", "resolved", "percent"]  # fmt: skip
 
 
 def _cols(rows: Sequence[Dict[str, Any]]) -> List[str]:
@@ -170,6 +175,7 @@ def _finding_rows(findings: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         row["where"] = f.get("dataset") or f.get("setting") or ""
         row["paired"] = "yes" if f.get("paired") else "no"
         row["significant"] = "yes" if f.get("significant") else "no"
+        row["resolved"] = "yes" if f.get("resolved") else "no"
         rows.append(row)
     return rows
 
@@ -267,7 +273,12 @@ def write_report(out_dir: str | Path, analysis: Optional[Dict[str, Any]] = None)
         intro.append(f"Pretraining seeds per arm and budget: {s['seeds_per_arm_and_budget']}.")
     if s.get("interval"):
         intro.append(f"Intervals: {s['interval']['description']}. A finding says 'less', 'more', 'flatter' "
-                     "or 'lower' only when its interval excludes zero.")  # fmt: skip
+                     "or 'lower' only when its interval excludes zero and its Benjamini-Hochberg q-value is "
+                     "below 0.05.")  # fmt: skip
+    mult = s.get("multiplicity")
+    if mult:
+        intro.append(f"Secondary comparisons made: {mult['comparisons']} ({mult['tested']} with a test); "
+                     f"{mult['resolved']} resolved after the Benjamini-Hochberg correction across all of them.")  # fmt: skip
     for line in intro:
         md += [line, ""]
         h.append(f"<p>{html.escape(line)}</p>")
