@@ -126,9 +126,7 @@ COLUMNS = {
     "test": "paired_t: arm minus reference at one budget; interaction: that difference at the longest budget minus at the shortest",
     "budgets_tpp": "compared budget(s), tokens per parameter",
     "direction": "the registered sign of the estimate (less: below zero; greater: above)",
-    "p_value": "two-sided p-value of the paired t-test",
     "p_holm": "p-value Holm-adjusted across the study's primary hypotheses",
-    "mde": "minimum detectable effect at 80% power (alpha = 1 - confidence) from the observed paired SD and n",
     "outcome": "resolved (Holm-adjusted p below 1 - confidence, expected sign), opposite (same, other sign), "
                "not resolved, or not measured",
 }
