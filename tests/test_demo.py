@@ -64,8 +64,11 @@ def test_report_has_every_section_with_numbers(demo_run):
     # the one pre-registered hypothesis opens the summary and the report
     assert list(summary)[0] == "hypotheses"
     (h,) = summary["hypotheses"]
-    assert h["primary"] and h["name"] == "sam-forgets-less" and h["budgets_tpp"] == [16.0] and h["n_seeds"] == 2
+    assert h["primary"] and h["name"] == "sam-forgets-less" and h["budgets_tpp"] == [16.0]
     assert {"estimate", "ci_low", "ci_high", "p_value", "resolved", "mde"} <= set(h)
+    # two seeds, less those matched at the two-LR grid's edge (then no interval, never resolved)
+    assert sorted(h["seeds"] + h["grid_edge_seeds"]) == [0, 1] and h["n_seeds"] == len(h["seeds"])
+    assert (h["ci_low"] is None) == (h["n_seeds"] < 2) and (h["resolved"] is False or h["n_seeds"] == 2)
     assert md.index("## Pre-registered hypotheses (primary)") < md.index("## Findings")
     pre = {r["unit"]: r for r in summary["pretraining"]["rows"]}
     bases = summary["bases"]

@@ -379,3 +379,19 @@ def test_quarter_corpus_arm_trains_on_a_quarter(tmp_path):
     assert full["data_epochs"] == pytest.approx(full["tokens"] / data["train_tokens"])
     assert quarter["data_epochs"] == pytest.approx(4 * full["data_epochs"], rel=0.01)
     assert "cut to its first 0.25" in quarter["data_source"]
+
+
+def test_grid_edge_seeds_are_left_out_and_named():
+    from olmo_sam.analysis.stats import IntervalSpec
+    from olmo_sam.study.hypotheses import evaluate_hypotheses, parse_hypotheses
+
+    (h,) = parse_hypotheses([FORGETS_LESS])
+    arm, ref = {0: 1.0, 1: 1.3, 2: 0.2}, {0: 1.5, 1: 1.6, 2: 0.9}
+
+    def cells(q, a, b, where, edge=(2,)):
+        return {s: v for s, v in (arm if a == "sam" else ref).items() if s not in edge}
+
+    (r,) = evaluate_hypotheses([h], cells, IntervalSpec(), lambda *k: cells(*k, edge=()))
+    assert r["seeds"] == [0, 1] and r["grid_edge_seeds"] == [2] and r["n_seeds"] == 2
+    assert r["estimate"] == pytest.approx(((1.0 - 1.5) + (1.3 - 1.6)) / 2)
+    assert "Seed 2 left out: matched at the fine-tuning grid's lowest learning rate" in r["text"]

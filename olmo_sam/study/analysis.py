@@ -833,10 +833,12 @@ def _budget_key_of(bases: "BaseSet", planned: Dict[float, Optional[float]]) -> C
     return key_of
 
 
-def _hypothesis_cells(bases: "BaseSet", summary: Dict[str, Any], key_of: Callable[[float], Optional[float]]):
+def _hypothesis_cells(bases: "BaseSet", summary: Dict[str, Any], key_of: Callable[[float], Optional[float]],
+                      include_grid_edge: bool = False):  # fmt: skip
     """(quantity, arm, budget in tokens/param, dataset or setting) -> {seed: value}, read from the
     summary's per-base tables (the fine-tuning quantities through :func:`seed_values`: bases
-    matched at the grid's edge are left out), for :func:`olmo_sam.study.hypotheses.evaluate_hypotheses`."""
+    matched at the grid's edge are left out unless ``include_grid_edge``), for
+    :func:`olmo_sam.study.hypotheses.evaluate_hypotheses`."""
     from .hypotheses import QUANTITIES
 
     tables: Dict[Tuple[str, Optional[str]], Dict[str, float]] = {}
@@ -848,7 +850,7 @@ def _hypothesis_cells(bases: "BaseSet", summary: Dict[str, Any], key_of: Callabl
     for r in (summary.get("pretraining") or {}).get("rows", []):
         put("l_pt", None, r["unit"], r.get("l_pt"))
     matched = (summary.get("finetune") or {}).get("matched_rows", [])
-    ft = {q: seed_values(matched, q) for q in FT_QUANTITIES}  # grid-edge bases left out
+    ft = {q: seed_values(matched, q, include_grid_edge=include_grid_edge) for q in FT_QUANTITIES}
     for r in (summary.get("quantize") or {}).get("rows", []):
         put("quant_degradation", str(r.get("quant")), r["unit"], r.get("degradation"))
     for r in (summary.get("noise") or {}).get("rows", []):
@@ -938,7 +940,8 @@ def analyse_study(ctx: JobContext) -> Dict[str, Any]:
             if tpp is not None:
                 planned[float(tpp)] = b.budget_key
         key_of = _budget_key_of(bases, planned)
-        summary["hypotheses"] = evaluate_hypotheses(hypotheses, _hypothesis_cells(bases, summary, key_of), spec)
+        summary["hypotheses"] = evaluate_hypotheses(hypotheses, _hypothesis_cells(bases, summary, key_of), spec,
+                                                    _hypothesis_cells(bases, summary, key_of, include_grid_edge=True))  # fmt: skip
         findings, summary["primary_findings"] = _split_primary(findings, hypotheses, key_of)
     # one family of secondary comparisons (the primary hypotheses are not in it): BH q-values
     # across all of them, and the count

@@ -319,22 +319,26 @@ def _difference(h: Hypothesis, cells: Cells, spec: "IntervalSpec") -> tuple:
     return compare_seeds(arm, ref, spec), seeds
 
 
-def evaluate_hypotheses(hypotheses: Sequence[Hypothesis], cells: Cells, spec: "IntervalSpec") -> List[Dict[str, Any]]:
+def evaluate_hypotheses(hypotheses: Sequence[Hypothesis], cells: Cells, spec: "IntervalSpec",
+                        all_cells: Optional[Cells] = None) -> List[Dict[str, Any]]:  # fmt: skip
     """One ``summary.json`` record per hypothesis, in the study file's order (see the module
-    docstring for the tests, Holm's adjustment and ``resolved``)."""
+    docstring for the tests, Holm's adjustment and ``resolved``). ``all_cells``: the same cells
+    with the bases ``cells`` leaves out (fine-tuning bases matched at the grid's edge); the seeds
+    only they have are the record's ``grid_edge_seeds``."""
     from ..analysis.findings import QUANTITIES as LABELS
 
     alpha = 1.0 - float(spec.confidence)
     diffs = [_difference(h, cells, spec) for h in hypotheses]
+    every = [_difference(h, all_cells, spec)[1] if all_cells else seeds for h, (_, seeds) in zip(hypotheses, diffs)]
     p_holm = holm([d.p_value if d is not None else None for d, _ in diffs])
     out = []
-    for h, (d, seeds), ph in zip(hypotheses, diffs, p_holm):
+    for h, (d, seeds), ph, full in zip(hypotheses, diffs, p_holm, every):
         label = LABELS[h.quantity].label if h.quantity in LABELS else h.quantity
         rec: Dict[str, Any] = {
             "name": h.name, "primary": True, "quantity": h.quantity, "quantity_label": label, "test": h.test,
             "arm": h.arm, "reference": h.reference, "direction": h.direction,
             "budgets_tpp": h.compared_budgets, "dataset": h.dataset, "setting": h.setting,
-            "n_seeds": len(seeds), "seeds": seeds, "estimate": None, "ci_low": None, "ci_high": None,
+            "n_seeds": len(seeds), "seeds": seeds, "grid_edge_seeds": sorted(set(full) - set(seeds)), "estimate": None, "ci_low": None, "ci_high": None,
             "p_value": None, "p_holm": ph, "mde": None, "identical": False,
             "resolved": False, "opposite": False, "n_primary": len(hypotheses),
             "n_tested": sum(p is not None for p in p_holm),
@@ -379,11 +383,16 @@ def hypothesis_text(rec: Mapping[str, Any]) -> str:
     head = (f"Primary hypothesis '{rec['name']}' ({rec['test']}): {what} in {rec['quantity']}{where} {at} "
             f"is expected {'below' if rec['direction'] == 'less' else 'above'} zero.")  # fmt: skip
     n = rec["n_seeds"]
+    edge = rec.get("grid_edge_seeds") or []
+    if edge:
+        head += (f" Seed{'s' if len(edge) != 1 else ''} {', '.join(map(str, edge))} left out: matched at the "
+                 "fine-tuning grid's lowest learning rate past tau (not measurable on this grid).")  # fmt: skip
     if rec["estimate"] is None:
         return f"{head} Not measured: no seed has a value in every compared cell."
     conf = f"{100 * rec['confidence']:g}% CI"
     if rec["ci_low"] is None:
-        return f"{head} Not resolved: {n} seed{'s' if n != 1 else ''} give an estimate ({_n(rec['estimate'])}) but no interval."
+        gives = "1 seed gives" if n == 1 else f"{n} seeds give"
+        return f"{head} Not resolved: {gives} an estimate ({_n(rec['estimate'])}) but no interval."
     if rec["identical"]:
         return (f"{head} Not resolved: the paired differences are identical across seeds (estimate "
                 f"{_n(rec['estimate'])}, {n} seeds): no test is possible.")  # fmt: skip
