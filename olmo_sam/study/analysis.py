@@ -606,12 +606,9 @@ def _tau_sensitivity(bases: "BaseSet", curves: Dict[str, List[Any]], matching: s
                 units = [u for u, b in bases.by_unit.items() if b.budget_key == key and b.arm in (arm, bases.reference)]
                 if not any(c.base_label in units for c in cs):
                     continue
-                try:
-                    taus = sensitivity_taus(cs, units)
-                except Exception:  # a base without finite runs: the matched section says so
-                    continue
-                for name, tau in taus.items():
-                    rows, _, _ = matched_rows({ds: cs}, bases, matching=matching, taus={ds: tau})
+                compared = [c for c in cs if c.base_label in units]  # the other bases may not reach a lower tau
+                for name, tau in sensitivity_taus(cs, units).items():
+                    rows, _, _ = matched_rows({ds: compared}, bases, matching=matching, taus={ds: tau})
                     for quantity in FT_QUANTITIES:
                         vals = seed_values(rows, quantity)
                         a, r = vals.get((arm, key, ds)), vals.get((bases.reference, key, ds))
