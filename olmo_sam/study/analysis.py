@@ -37,7 +37,6 @@ __all__ = [
     "Base",
     "BaseSet",
     "base_metadata",
-    "MATCHINGS",
     "FT_QUANTITIES",
     "matching_rule",
     "finetune_curves",
@@ -429,11 +428,6 @@ def _hessian(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
     return {"rows": rows, "figures": {"hessian": str(fig)}, "findings": findings}
 
 
-#: ``analysis: matching:`` -- how a base's retained PT loss is read at tau: ``nearest`` (the paper's:
-#: the frontier run with the largest L_FT <= tau) or ``interpolate`` (log-LR interpolation between
-#: the two frontier runs that bracket tau; :func:`olmo_sam.analysis.forgetting.retained_pt_loss`)
-MATCHINGS = ANALYSIS_MATCHINGS
-
 #: compared fine-tuning quantities -> the matched row's field holding a base's value
 FT_QUANTITIES = {"matched_forgetting": "forgetting", "fig5_pt_loss": "l_pt"}
 
@@ -495,8 +489,8 @@ def matched_rows(
     dataset's tau (default: Eq. 10 over every base of the dataset)."""
     from ..analysis.forgetting import AnalysisError, match_at_tau
 
-    if matching not in MATCHINGS:
-        raise StudyError(f"analysis.matching: unknown {matching!r}; choose one of {list(MATCHINGS)}")
+    if matching not in ANALYSIS_MATCHINGS:
+        raise StudyError(f"analysis.matching: unknown {matching!r}; choose one of {list(ANALYSIS_MATCHINGS)}")
     rows: List[Dict[str, Any]] = []
     matched, notes = {}, []
     for ds, cs in curves.items():
