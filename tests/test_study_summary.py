@@ -187,6 +187,7 @@ def test_grid_edge_bases_are_flagged_left_out_and_q_values_counted(tmp_path):
     sens = s["finetune"]["tau_sensitivity"]
     cell = {r["tau_name"]: r["tau"] for r in sens if r["budget_tpp"] == 100.0 and r["quantity"] == "matched_forgetting"}
     assert set(cell) == {"study", "compared", "looser"} and cell["compared"] <= cell["study"] < cell["looser"]
+    assert all(r["estimate"] is not None and r["n_seeds"] == 2 for r in sens if r["budget_tpp"] == 100.0)
     assert rep
 
 
@@ -202,3 +203,16 @@ def test_interpolated_matching_is_a_study_option(tmp_path):
     with pytest.raises(StudyError, match="analysis.matching"):
         parse_study({"name": "x", "data": {"demo": {}}, "arms": [{"name": "a", "optimizer": "adamw"}],
                      "analysis": {"matching": "closest"}})  # fmt: skip
+
+
+def test_sensitivity_taus_by_hand():
+    from analysis_synth import record
+
+    from olmo_sam.analysis.forgetting import group_curves
+    from olmo_sam.study.analysis import sensitivity_taus
+
+    recs = [record(f"{b}{i}", 3.0 + i, ft, base=b) for b, fts in (("x", (1.5, 1.1)), ("y", (1.6, 1.3)))
+            for i, ft in enumerate(fts)]  # fmt: skip
+    cs = group_curves(recs)["d"]
+    assert sensitivity_taus(cs, ["x"]) == pytest.approx({"study": 1.3, "compared": 1.1, "looser": 1.5})
+    assert sensitivity_taus(cs) == pytest.approx({"study": 1.3, "compared": 1.3, "looser": 1.3 * 1.02})

@@ -41,7 +41,6 @@ __all__ = [
     "Base",
     "BaseSet",
     "base_metadata",
-    "MATCHINGS",
     "FT_QUANTITIES",
     "matching_rule",
     "finetune_curves",
@@ -450,11 +449,6 @@ def _hessian(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
     return {"rows": rows, "figures": {"hessian": str(fig)}, "findings": findings}
 
 
-#: ``analysis: matching:`` -- how a base's retained PT loss is read at tau: ``nearest`` (the paper's:
-#: the frontier run with the largest L_FT <= tau) or ``interpolate`` (log-LR interpolation between
-#: the two frontier runs that bracket tau; :func:`olmo_sam.analysis.forgetting.retained_pt_loss`)
-MATCHINGS = ANALYSIS_MATCHINGS
-
 #: compared fine-tuning quantities -> the matched row's field holding a base's value
 FT_QUANTITIES = {"matched_forgetting": "forgetting", "fig5_pt_loss": "l_pt"}
 
@@ -516,8 +510,8 @@ def matched_rows(
     dataset's tau (default: Eq. 10 over every base of the dataset)."""
     from ..analysis.forgetting import AnalysisError, match_at_tau
 
-    if matching not in MATCHINGS:
-        raise StudyError(f"analysis.matching: unknown {matching!r}; choose one of {list(MATCHINGS)}")
+    if matching not in ANALYSIS_MATCHINGS:
+        raise StudyError(f"analysis.matching: unknown {matching!r}; choose one of {list(ANALYSIS_MATCHINGS)}")
     rows: List[Dict[str, Any]] = []
     matched, notes = {}, []
     for ds, cs in curves.items():
@@ -636,12 +630,9 @@ def _tau_sensitivity(bases: "BaseSet", curves: Dict[str, List[Any]], matching: s
                 units = [u for u, b in bases.by_unit.items() if b.budget_key == key and b.arm in (arm, ref_arm)]
                 if not any(c.base_label in units for c in cs):
                     continue
-                try:
-                    taus = sensitivity_taus(cs, units)
-                except Exception:  # a base without finite runs: the matched section says so
-                    continue
-                for name, tau in taus.items():
-                    rows, _, _ = matched_rows({ds: cs}, bases, matching=matching, taus={ds: tau})
+                compared = [c for c in cs if c.base_label in units]  # the other bases may not reach a lower tau
+                for name, tau in sensitivity_taus(cs, units).items():
+                    rows, _, _ = matched_rows({ds: compared}, bases, matching=matching, taus={ds: tau})
                     for quantity in FT_QUANTITIES:
                         vals = seed_values(rows, quantity)
                         a, r = vals.get((arm, key, ds)), vals.get((ref_arm, key, ds))

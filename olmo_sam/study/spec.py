@@ -421,7 +421,9 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
 ANALYSIS_KEYS = {"interval": "method", "confidence": "confidence", "n_boot": "n_boot", "seed": "seed"}
 
 
-#: ``analysis: matching`` values (olmo_sam.study.analysis.MATCHINGS): how a base is read at tau
+#: ``analysis: matching`` -- how a base's retained PT loss is read at tau: ``nearest`` (the paper's:
+#: the frontier run with the largest L_FT <= tau) or ``interpolate`` (log-LR interpolation between
+#: the two frontier runs that bracket tau; olmo_sam.analysis.forgetting.retained_pt_loss)
 ANALYSIS_MATCHINGS = ("nearest", "interpolate")
 
 
