@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, 
 from olmo_core.exceptions import OLMoConfigurationError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..analysis.stats import Difference, IntervalSpec
+    from ..analysis.stats import IntervalSpec
 
 __all__ = [
     "QUANTITIES",
