@@ -171,3 +171,14 @@ def test_batched_sweep_sigkilled_mid_grid_resumes_without_loss_or_duplicates(tin
 def _slice_gb(base, task, corpus) -> float:
     cfg = FTConfig(base=str(base), data=str(task), lr=1e-3, batch_size=8, pt_val=[str(corpus.val)]).resolved()
     return plan_run(cfg).info.model_config.num_params * 16 / 2**30
+
+
+def test_finetune_throughput_benchmark_smoke(tmp_path):
+    from olmo_sam.bench.finetune_throughput import finetune_throughput
+
+    r = finetune_throughput(lrs=[1e-3, 3e-3], steps=3, batch=8, seq=64, work_dir=str(tmp_path))
+    for mode in ("checkpointed", "in_memory", "batched"):
+        assert r[mode]["runs"] == 2 and r[mode]["tokens"] == 2 * 3 * 8 * 64 and r[mode]["wall_s"] > 0
+    assert r["checkpointed"]["speedup_vs_checkpointed"] == 1.0
+    assert r["max_abs_l_ft_diff_batched_vs_in_memory"] < 1e-5  # the same runs, two engines
+    assert not list(tmp_path.iterdir())  # its work folder is removed
