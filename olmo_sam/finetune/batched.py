@@ -47,8 +47,8 @@ larger grid runs in chunks (:func:`grid_units`). A chunk killed mid-training res
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
-import gc
 import json
 import logging
 import math
@@ -185,9 +185,11 @@ def train_grid(plans: Sequence[FTPlan], work_folder: Path, cache: Path) -> List[
     scheduler = tm.scheduler
     if scheduler is not None:
         check_fits(scheduler, steps)
+    # the base is read once (OLMo-core's checkpoint loader runs a full garbage collection per load)
+    base, _ = load_transformer(plan.cfg.base, device=device)
     slices = []
     for p in plans:
-        model, _ = load_transformer(p.cfg.base, device=device)
+        model = copy.deepcopy(base)
         model.train()
         optim = dataclasses.replace(tm.optim, lr=p.cfg.lr).build(model)
         slices.append((model, optim, {}))
@@ -240,7 +242,6 @@ def train_grid(plans: Sequence[FTPlan], work_folder: Path, cache: Path) -> List[
         del optim
         model.eval()
         out.append(SliceResult(model, metrics))
-    gc.collect()
     return out
 
 
@@ -288,6 +289,4 @@ def run_grid(
                 records = evaluate_run(plan, res.model, cache, share, res.metrics.get(plan.steps, {}), checkpoint=kept)
                 write_json(outs[i] / "records.json", [asdict(r) for r in records], keep_nan=True, sort_keys=True)
                 results[i] = records
-            del trained
-            gc.collect()
     return [r or [] for r in results]
