@@ -85,15 +85,18 @@ def test_each_slice_equals_its_trainer_run(method, tiny_checkpoint, tiny_corpus,
     assert len({tuple(row) for row in clipped}) > 1, clipped
 
 
-def test_grid_units_chunk_by_memory_and_jobs(tiny_checkpoint, tiny_corpus, task, mix):
+def test_grid_units_chunk_by_memory_and_jobs(tiny_checkpoint, tiny_corpus, task, mix, caplog):
     lrs = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
     cfgs = [_cfg("ft", lr, tiny_checkpoint, task, mix, tiny_corpus).resolved() for lr in lrs]
     l2 = replace(_cfg("ft", 1e-3, tiny_checkpoint, task, mix, tiny_corpus), method="l2init").resolved()
+    caplog.set_level("INFO", logger="olmo_sam.finetune.batched")
     plan = plan_run(cfgs[0])
     per_slice_gb = plan.info.model_config.num_params * 16 / 2**30
     assert slices_per_chunk(plan, 2.5 * per_slice_gb) == 2
     units = grid_units(cfgs + [l2], jobs=1, memory_budget_gb=2.5 * per_slice_gb)
     assert sorted(len(u) for u in units) == [1, 1, 2, 2] and [l2] in units  # 5 LRs in chunks of 2, l2init alone
+    falls_back = [r.getMessage() for r in caplog.records if "through the OLMo-core trainer" in r.getMessage()]
+    assert falls_back == ["1 run(s) train one at a time through the OLMo-core trainer: method 'l2init' has no batched engine (it has: ft, replay)"]
     assert sorted(len(u) for u in grid_units(cfgs, jobs=2)) == [2, 3]  # two workers share one grid
     assert [len(u) for u in grid_units(cfgs, jobs=1)] == [5]
     assert sorted(c.run_id for u in units for c in u) == sorted(c.run_id for c in cfgs + [l2])
