@@ -7,6 +7,7 @@ sweep killed mid-grid resumes without losing or duplicating a record."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -185,3 +186,27 @@ def test_finetune_throughput_benchmark_smoke(tmp_path):
     assert r["checkpointed"]["speedup_vs_checkpointed"] == 1.0
     assert r["max_abs_l_ft_diff_batched_vs_in_memory"] < 1e-5  # the same runs, two engines
     assert not list(tmp_path.iterdir())  # its work folder is removed
+
+
+def test_study_file_chooses_the_engine():
+    from olmo_sam.study.plan import build_plan
+    from olmo_sam.study.spec import StudyError, parse_study
+
+    study = {
+        "name": "e", "data": {"demo": {"vocab_size": 512}}, "pretrain": {"size": "tiny", "steps": 10, "lr": 1e-3},
+        "arms": [{"name": "adamw", "optimizer": "adamw", "schedule": "cosine"}],
+        "finetune": {"datasets": ["demo-code"], "lrs": [1e-3], "methods": ["ft"], "common": {"max_steps": 4}},
+    }  # fmt: skip
+
+    def ft_jobs(engine):
+        d = copy.deepcopy(study)
+        if engine is not None:
+            d["finetune"]["engine"] = engine
+        jobs = build_plan(parse_study(d)).jobs
+        return [j for j in jobs if j.kind == "ft_sweep"]
+
+    assert all("engine" not in j.params for j in ft_jobs(None))  # the default: existing jobs unchanged
+    assert all("engine" not in j.params for j in ft_jobs("batched"))
+    assert [j.params["engine"] for j in ft_jobs("trainer")] == ["trainer"]
+    with pytest.raises(StudyError, match=r"^finetune\.engine: 'fast'; choose one of 'batched', 'trainer'$"):
+        parse_study(dict(study, finetune=dict(study["finetune"], engine="fast")))

@@ -370,7 +370,7 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
         if spec.finetune.lrs is not None and len(spec.finetune.lrs) == 0:
             raise StudyError("finetune.lrs: the LR grid is empty")
         if spec.finetune.engine not in ("batched", "trainer"):
-            raise StudyError(f"finetune.engine: {spec.finetune.engine!r} is not 'batched' or 'trainer'")
+            raise StudyError(f"finetune.engine: {spec.finetune.engine!r}; choose one of 'batched', 'trainer'")
     spec.cfs = d.get("cfs")
     spec.benchmarks = _strict(BenchmarksSpec, d.get("benchmarks"), "benchmarks")
     spec.executor = _strict(ExecutorSpec, d.get("executor"), "executor")
