@@ -95,12 +95,14 @@ def test_grid_units_chunk_by_memory_and_jobs(tiny_checkpoint, tiny_corpus, task,
     per_slice_gb = plan.info.model_config.num_params * 16 / 2**30
     assert slices_per_chunk(plan, 2.5 * per_slice_gb) == 2
     units = grid_units(cfgs + [l2], jobs=1, memory_budget_gb=2.5 * per_slice_gb)
-    assert sorted(len(u) for u in units) == [1, 1, 2, 2] and [l2] in units  # 5 LRs in chunks of 2, l2init alone
+    # 5 LRs in chunks of 2 (the last of 1), l2init alone through the trainer
+    assert sorted((e, len(u)) for e, u in units) == [("batched", 1), ("batched", 2), ("batched", 2), ("trainer", 1)]
+    assert ("trainer", [l2]) in units
     falls_back = [r.getMessage() for r in caplog.records if "through the OLMo-core trainer" in r.getMessage()]
     assert falls_back == ["1 run(s) train one at a time through the OLMo-core trainer: method 'l2init' has no batched engine (it has: ft, replay)"]
-    assert sorted(len(u) for u in grid_units(cfgs, jobs=2)) == [2, 3]  # two workers share one grid
-    assert [len(u) for u in grid_units(cfgs, jobs=1)] == [5]
-    assert sorted(c.run_id for u in units for c in u) == sorted(c.run_id for c in cfgs + [l2])
+    assert sorted(len(u) for _, u in grid_units(cfgs, jobs=2)) == [2, 3]  # two workers share one grid
+    assert [len(u) for _, u in grid_units(cfgs, jobs=1)] == [5]
+    assert sorted(c.run_id for _, u in units for c in u) == sorted(c.run_id for c in cfgs + [l2])
 
 
 def _spec(base, task, corpus, lrs):
@@ -111,7 +113,7 @@ def _spec(base, task, corpus, lrs):
 def test_batched_sweep_writes_the_trainer_sweeps_records(tiny_checkpoint, tiny_corpus, task, tmp_path):
     spec = _spec(tiny_checkpoint, task, tiny_corpus, [1e-3, 3e-3])
     a = run_sweep(spec, tmp_path / "trainer", jobs=1, progress=False, engine="trainer")
-    b = run_sweep(spec, tmp_path / "batched", jobs=1, progress=False, engine="batched")
+    b = run_sweep(spec, tmp_path / "batched", jobs=2, progress=False, engine="batched")  # two chunks in two workers
     assert (a.ran, b.ran, a.failed, b.failed) == (2, 2, [], [])
     ra = {r.run_id: asdict(r) for r in ResultStore(tmp_path / "trainer" / "results.jsonl").records()}
     rb = {r.run_id: asdict(r) for r in ResultStore(tmp_path / "batched" / "results.jsonl").records()}

@@ -56,7 +56,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from olmo_core.data.utils import get_labels, split_batch
@@ -129,11 +129,12 @@ def slices_per_chunk(plan: FTPlan, memory_budget_gb: float) -> int:
 
 def grid_units(
     cfgs: Sequence[FTConfig], *, jobs: int = 1, memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB
-) -> List[List[FTConfig]]:
-    """``cfgs`` (resolved) as units of work: batched grid chunks (several runs differing only in
-    LR, at most as many as fit the memory budget, and split so that ``jobs`` workers share a grid)
-    and single runs (one log line per reason a run trains through the trainer)."""
-    units: List[List[FTConfig]] = []
+) -> List[Tuple[str, List[FTConfig]]]:
+    """``cfgs`` (resolved) as units of work, each ``(engine, runs)``: ``batched`` grid chunks (runs
+    differing only in LR, at most as many as fit the memory budget, and split so that ``jobs``
+    workers share a grid) and ``trainer`` single runs (one log line per reason a run trains
+    through the trainer)."""
+    units: List[Tuple[str, List[FTConfig]]] = []
     grids: Dict[str, List[FTConfig]] = {}
     reasons: Dict[str, int] = {}
     for cfg in cfgs:
@@ -142,14 +143,14 @@ def grid_units(
             grids.setdefault(grid_key(cfg), []).append(cfg)
         else:
             reasons[why] = reasons.get(why, 0) + 1
-            units.append([cfg])
+            units.append(("trainer", [cfg]))
     for why, n in reasons.items():
         log.info(f"{n} run(s) train one at a time through the OLMo-core trainer: {why}")
     for grid in grids.values():
         k_mem = slices_per_chunk(plan_run(grid[0]), memory_budget_gb)
         n_chunks = max(math.ceil(len(grid) / k_mem), min(jobs, len(grid)))
         k = math.ceil(len(grid) / n_chunks)
-        units += [grid[i : i + k] for i in range(0, len(grid), k)]
+        units += [("batched", grid[i : i + k]) for i in range(0, len(grid), k)]
     return units
 
 

@@ -252,19 +252,20 @@ def _pool_init() -> None:  # pragma: no cover - runs in the worker process
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def _pool_task(configs: List[Dict[str, Any]], run_dirs: List[str], cache_dir: str, keep: bool) -> int:  # pragma: no cover
+def _pool_task(engine: str, configs: List[Dict[str, Any]], run_dirs: List[str], cache_dir: str, keep: bool) -> int:  # pragma: no cover
     """One unit (a run, or a batched grid chunk) in a pool worker, its output going to the first
     run's ``worker.log``."""
     import olmo_sam  # noqa: F401
 
     with output_to(Path(run_dirs[0]) / "worker.log"):
-        return _run_unit([FTConfig.from_dict(c) for c in configs], [Path(d) for d in run_dirs], Path(cache_dir), keep)
+        return _run_unit(engine, [FTConfig.from_dict(c) for c in configs], [Path(d) for d in run_dirs], Path(cache_dir), keep)
 
 
-def _run_unit(cfgs: List[FTConfig], run_dirs: List[Path], cache: Path, keep: bool) -> int:
-    """One run through the trainer, or several (one grid chunk) through the batched engine."""
-    if len(cfgs) == 1:
-        return len(run_finetune(cfgs[0], run_dirs[0], cache_dir=cache, keep_checkpoint=keep))
+def _run_unit(engine: str, cfgs: List[FTConfig], run_dirs: List[Path], cache: Path, keep: bool) -> int:
+    """One run through the trainer, or one grid chunk through the batched engine."""
+    if engine == "trainer":
+        (cfg,), (run_dir,) = cfgs, run_dirs
+        return len(run_finetune(cfg, run_dir, cache_dir=cache, keep_checkpoint=keep))
     return sum(len(r) for r in run_grid(cfgs, run_dirs, cache_dir=cache, keep_checkpoint=keep))
 
 
@@ -349,14 +350,14 @@ def run_sweep(
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")] if p)
     cache = out / "cache"
 
-    units = grid_units(queue, jobs=jobs, memory_budget_gb=memory_budget_gb) if engine == "batched" else [[c] for c in queue]
+    units = grid_units(queue, jobs=jobs, memory_budget_gb=memory_budget_gb) if engine == "batched" else [("trainer", [c]) for c in queue]
     executor: Optional[cf.Executor] = None
     if queue and launcher == "torchrun":
         executor = cf.ThreadPoolExecutor(max_workers=jobs)
     elif queue and jobs > 1:
         executor = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_pool_init)
 
-    def submit(unit: List[FTConfig]) -> cf.Future:
+    def submit(unit_engine: str, unit: List[FTConfig]) -> cf.Future:
         run_dirs = [out / "runs" / c.run_id for c in unit]
         for d in run_dirs:
             d.mkdir(parents=True, exist_ok=True)
@@ -367,10 +368,10 @@ def run_sweep(
             cmd = worker_command(spec_path, launcher, nproc_per_node)
             return executor.submit(_subprocess_task, cmd, run_dir / "worker.log", env)  # type: ignore[union-attr]
         if executor is not None:
-            return executor.submit(_pool_task, [c.to_dict() for c in unit], [str(d) for d in run_dirs], str(cache), keep_checkpoints)
+            return executor.submit(_pool_task, unit_engine, [c.to_dict() for c in unit], [str(d) for d in run_dirs], str(cache), keep_checkpoints)
         fut: cf.Future = cf.Future()
         try:  # jobs=1: in this process
-            fut.set_result(_run_unit(unit, run_dirs, cache, keep_checkpoints))
+            fut.set_result(_run_unit(unit_engine, unit, run_dirs, cache, keep_checkpoints))
         except Exception as e:  # noqa: BLE001 - one failed run must not stop the sweep
             (run_dir / "error.txt").write_text(traceback.format_exc())
             fut.set_exception(e)
@@ -382,8 +383,8 @@ def run_sweep(
         try:
             while units or running:
                 while units and len(running) < jobs:
-                    unit = units.pop(0)
-                    running[submit(unit)] = unit
+                    unit_engine, unit = units.pop(0)
+                    running[submit(unit_engine, unit)] = unit
                 finished, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
                 for fut in finished:
                     unit = running.pop(fut)
