@@ -1,6 +1,6 @@
 """``olmo-sam bench finetune-throughput``: a fine-tuning LR sweep three ways, measured in one run.
 
-On a ``micro`` base (briefly pretrained here on a synthetic Markov corpus) and a synthetic
+On a ``micro`` base (or ``--size``; briefly pretrained here on a synthetic Markov corpus) and a synthetic
 prompt/response task, the same sweep (default: the demo's, 6 LRs x 60 steps x 16 x 128 tokens)
 runs as
 
@@ -54,8 +54,8 @@ def _task_docs(n: int, seed: int, prompt: int = 8, response: int = 23):
         yield np.concatenate([p, r, [_EOS]]), np.concatenate([np.zeros(prompt, bool), np.ones(response + 1, bool)])
 
 
-def _setup(folder: Path, *, seq: int, train_tokens: int) -> Dict[str, Path]:
-    """A ``micro`` base (20 AdamW steps on a synthetic corpus), a task dataset of at least
+def _setup(folder: Path, *, size: str, seq: int, train_tokens: int) -> Dict[str, Path]:
+    """A ``size`` base (vocabulary 384) (20 AdamW steps on a synthetic corpus), a task dataset of at least
     ``train_tokens`` training tokens, and a pretraining validation file."""
     from olmo_core.data import TokenizerConfig
     from olmo_core.optim import AdamWConfig
@@ -71,7 +71,7 @@ def _setup(folder: Path, *, seq: int, train_tokens: int) -> Dict[str, Path]:
     markov_tokens(200_000, seed=1, vocab=_VOCAB, eos=_EOS).astype(np.uint16).tofile(pt_train)
     markov_tokens(16_384, seed=2, vocab=_VOCAB, eos=_EOS).astype(np.uint16).tofile(pt_val)
     exp = build_experiment(
-        model=model_config("micro", vocab_size=_VOCAB),
+        model=model_config(size, vocab_size=_VOCAB),
         tokenizer=TokenizerConfig(vocab_size=_VOCAB, eos_token_id=_EOS, pad_token_id=_PAD, bos_token_id=_EOS),
         train_paths=[str(pt_train)], save_folder=str(folder / "base"),
         optim=AdamWConfig(lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1), sequence_length=seq,
@@ -96,12 +96,14 @@ def _pure_training(base: Path, *, steps: int, batch: int, seq: int, lr: float) -
 
     from ..checkpoints import load_transformer
 
-    model, _ = load_transformer(base)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, _ = load_transformer(base, device=device)
     model.train()
     optim = AdamWConfig(lr=lr, betas=(0.9, 0.95), weight_decay=0.0).build(model)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(2, _VOCAB, (batch, seq), generator=gen)
-    labels = torch.cat([ids[:, 1:], torch.full((batch, 1), -100)], dim=1)
+    labels = torch.cat([ids[:, 1:], torch.full((batch, 1), -100)], dim=1).to(device)
+    ids = ids.to(device)
     n = (labels != -100).sum()
 
     def step():
@@ -113,16 +115,20 @@ def _pure_training(base: Path, *, steps: int, batch: int, seq: int, lr: float) -
         optim.zero_grad(set_to_none=True)
 
     step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     tokens = steps * batch * seq
     return {"tokens_per_s": tokens / (time.perf_counter() - t0), "tokens_per_cpu_s": tokens / (time.process_time() - c0)}
 
 
 def finetune_throughput(
     *, lrs: Sequence[float] = DEMO_LRS, steps: int = 60, batch: int = 16, seq: int = 128, jobs: int = 1,
-    work_dir: Optional[str] = None,
+    size: str = "micro", work_dir: Optional[str] = None,
 ) -> Dict[str, Any]:  # fmt: skip
     """Run the benchmark (module docstring); returns the report as a dict."""
     from ..analysis.records import ResultStore
@@ -131,14 +137,14 @@ def finetune_throughput(
 
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         folder = Path(tmp)
-        paths = _setup(folder, seq=seq, train_tokens=steps * batch * seq)
+        paths = _setup(folder, size=size, seq=seq, train_tokens=steps * batch * seq)
         spec = SweepSpec(
             bases=[str(paths["base"])], base_labels=["micro"], datasets=[str(paths["task"])], lrs=list(lrs),
             common=dict(batch_size=batch, max_steps=steps, pt_val=[str(paths["pt_val"])], pt_val_max_sequences=64,
                         ft_val_max_sequences=64),
         )  # fmt: skip
         report: Dict[str, Any] = {
-            "model": "micro", "lrs": list(lrs), "steps": steps, "batch_size": batch, "seq_len": seq, "jobs": jobs,
+            "model": size, "lrs": list(lrs), "steps": steps, "batch_size": batch, "seq_len": seq, "jobs": jobs,
             "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
         }  # fmt: skip
         l_ft: Dict[str, Dict[str, float]] = {}
@@ -175,7 +181,7 @@ def finetune_throughput(
 
 def _table(r: Dict[str, Any]) -> List[str]:
     lines = [
-        f"micro model, {len(r['lrs'])} LRs x {r['steps']} steps x {r['batch_size']} x {r['seq_len']} tokens, "
+        f"{r['model']} model, {len(r['lrs'])} LRs x {r['steps']} steps x {r['batch_size']} x {r['seq_len']} tokens, "
         f"jobs {r['jobs']}, {r['threads']} thread(s), {r['device']}",
         f"{'way':14s} {'sweep s':>9s} {'tokens/s':>10s} {'of pure':>8s} {'speed-up':>9s}   "
         f"{'CPU s':>7s} {'tok/CPU-s':>10s} {'of pure':>8s} {'speed-up':>9s}",
@@ -198,6 +204,8 @@ def _table(r: Dict[str, Any]) -> List[str]:
 @click.command("finetune-throughput")
 @click.option("--lrs", default=",".join(f"{x:g}" for x in DEMO_LRS), show_default=True,
               help="comma-separated learning rates (default: the demo's grid)")
+@click.option("--size", type=click.Choice(["micro", "tiny", "20M", "60M", "150M"]), default="micro", show_default=True,
+              help="Model preset (vocabulary 384); the GPU comparison uses 20M with 8 LRs.")
 @click.option("--steps", default=60, show_default=True, help="Steps per run.")
 @click.option("--batch-size", "batch", default=16, show_default=True, help="Sequences per step.")
 @click.option("--seq-len", "seq", default=128, show_default=True, help="Sequence length (tokens).")
@@ -205,12 +213,13 @@ def _table(r: Dict[str, Any]) -> List[str]:
 @click.option("--threads", type=int, default=None, help="CPU threads per process (default 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--out", type=click.Path(), default=None, help="Also write the JSON report here.")
-def finetune_throughput_command(lrs, steps, batch, seq, jobs, threads, as_json, out):
+def finetune_throughput_command(lrs, size, steps, batch, seq, jobs, threads, as_json, out):
     """A fine-tuning LR sweep checkpointed vs in memory vs batched, against pure training.
 
     \b
     Example:
       olmo-sam bench finetune-throughput --steps 60 --json
+      olmo-sam bench finetune-throughput --size 20M --lrs 1e-4,2e-4,5e-4,1e-3,2e-3,5e-3,1e-2,2e-2   # GPU
     """
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -221,7 +230,7 @@ def finetune_throughput_command(lrs, steps, batch, seq, jobs, threads, as_json, 
         raise click.BadParameter(f"{lrs!r}: give comma-separated numbers", param_hint="--lrs") from None
     if not grid:
         raise click.BadParameter("give at least one learning rate", param_hint="--lrs")
-    r = finetune_throughput(lrs=grid, steps=steps, batch=batch, seq=seq, jobs=jobs)
+    r = finetune_throughput(lrs=grid, steps=steps, batch=batch, seq=seq, jobs=jobs, size=size)
     if out:
         atomic_write_text(out, json.dumps(r, indent=2))
     click.echo(json.dumps(r, indent=2) if as_json else "\n".join(_table(r)))
