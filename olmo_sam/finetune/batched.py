@@ -162,6 +162,39 @@ class SliceResult:
     metrics: Dict[int, Dict[str, float]]
 
 
+#: OLMo-core's label ignore index (``TransformerTrainModule.label_ignore_index``)
+_IGNORE = -100
+
+
+def _train_step(model, optim, micro: List[Dict], n_label_tokens: torch.Tensor, tm, state) -> Dict[str, float]:
+    """One optimizer step of one slice, as ``TransformerTrainModule.train_batch`` + ``optim_step``:
+    per micro-batch the summed CE over the batch's label-token count, backward; total-norm clipping;
+    the LR from the scheduler at ``state.global_step``; AdamW; gradients cleared. Returns the
+    trainer's metrics of the step."""
+    ce = torch.zeros((), device=n_label_tokens.device)
+    for mb in micro:
+        mb = dict(mb)
+        input_ids, labels = mb.pop("input_ids"), mb.pop("labels")
+        _, loss, ce_loss, _ = model(
+            input_ids, labels=labels, ignore_index=_IGNORE, loss_reduction="sum",
+            z_loss_multiplier=tm.z_loss_multiplier, loss_div_factor=n_label_tokens, return_logits=False, **mb,
+        )  # fmt: skip
+        ce += ce_loss.detach()
+        loss.backward()
+    metrics = {"train/CE loss": float(ce)}
+    if tm.max_grad_norm is not None:
+        params = list(model.parameters())
+        norm = torch.nn.utils.get_total_norm([q.grad for q in params if q.grad is not None], error_if_nonfinite=False)
+        torch.nn.utils.clip_grads_with_norm_(params, tm.max_grad_norm, norm)
+        metrics["optim/total grad norm"] = float(norm)
+    if tm.scheduler is not None:
+        for i, group in enumerate(optim.param_groups):
+            metrics[f"optim/LR (group {i})"] = float(tm.scheduler.set_lr(group, state))
+    optim.step()
+    optim.zero_grad(set_to_none=True)
+    return metrics
+
+
 def train_grid(plans: Sequence[FTPlan], work_folder: Path, cache: Path) -> List[SliceResult]:
     """Train the slices of one grid (plans differing only in LR) together; returns each slice's
     trained model and metrics (module docstring)."""
@@ -183,9 +216,8 @@ def train_grid(plans: Sequence[FTPlan], work_folder: Path, cache: Path) -> List[
     device = _device()
     dataset = exp.dataset.build()
     data_loader = exp.data_loader.build(dataset, dp_process_group=None)
-    scheduler = tm.scheduler
-    if scheduler is not None:
-        check_fits(scheduler, steps)
+    if tm.scheduler is not None:
+        check_fits(tm.scheduler, steps)
     # the base is read once (OLMo-core's checkpoint loader runs a full garbage collection per load)
     base, _ = load_transformer(plan.cfg.base, device=device)
     slices = []
@@ -194,56 +226,28 @@ def train_grid(plans: Sequence[FTPlan], work_folder: Path, cache: Path) -> List[
         model.train()
         optim = dataclasses.replace(tm.optim, lr=p.cfg.lr).build(model)
         slices.append((model, optim, {}))
-    ignore = -100
     state = SimpleNamespace(global_step=0, max_steps=steps, global_train_tokens_seen=0, max_tokens=None)
     mb_seqs = tm.rank_microbatch_size // seq
-    from rich.progress import Progress
-
-    with Progress(transient=True, disable=not log.isEnabledFor(logging.INFO)) as bar:
-        task = bar.add_task(f"batched fine-tuning ({len(plans)} LRs)", total=steps)
-        epoch = 1
-        while state.global_step < steps:
-            data_loader.reshuffle(epoch)
-            for batch in data_loader:
-                state.global_step += 1
-                batch = move_to_device(batch, device)
-                labels = get_labels(batch, label_ignore_index=ignore)
-                batch_for_loss = (labels != ignore).sum()
-                micro = split_batch(dict(batch, labels=labels), mb_seqs)
-                for model, optim, metrics in slices:
-                    ce = torch.zeros((), device=device)
-                    for mb in micro:
-                        mb = dict(mb)
-                        input_ids, mb_labels = mb.pop("input_ids"), mb.pop("labels")
-                        _, loss, ce_loss, _ = model(
-                            input_ids, labels=mb_labels, ignore_index=ignore, loss_reduction="sum",
-                            z_loss_multiplier=tm.z_loss_multiplier, loss_div_factor=batch_for_loss,
-                            return_logits=False, **mb,
-                        )  # fmt: skip
-                        ce += ce_loss.detach()
-                        loss.backward()
-                    m = {"train/CE loss": float(ce)}
-                    if tm.max_grad_norm is not None:
-                        params = list(model.parameters())
-                        norm = torch.nn.utils.get_total_norm([q.grad for q in params if q.grad is not None], norm_type=2.0, error_if_nonfinite=False)
-                        torch.nn.utils.clip_grads_with_norm_(params, tm.max_grad_norm, norm)
-                        m["optim/total grad norm"] = float(norm)
-                    if scheduler is not None:
-                        for i, group in enumerate(optim.param_groups):
-                            m[f"optim/LR (group {i})"] = float(scheduler.set_lr(group, state))  # type: ignore[arg-type]
-                    optim.step()
-                    optim.zero_grad(set_to_none=True)
-                    metrics[state.global_step] = m
-                bar.advance(task)
-                if state.global_step >= steps:
-                    break
-            epoch += 1
-    out = []
-    for model, optim, metrics in slices:
-        del optim
-        model.eval()
-        out.append(SliceResult(model, metrics))
-    return out
+    # progress as log lines, as the trainer's (a live bar would clash with the sweep's)
+    every, t0, epoch = max(1, steps // 10), time.monotonic(), 1
+    while state.global_step < steps:
+        data_loader.reshuffle(epoch)
+        for batch in data_loader:
+            state.global_step += 1
+            batch = move_to_device(batch, device)
+            labels = get_labels(batch, label_ignore_index=_IGNORE)
+            micro = split_batch(dict(batch, labels=labels), mb_seqs)
+            n_label_tokens = (labels != _IGNORE).sum()
+            for model, optim, metrics in slices:
+                metrics[state.global_step] = _train_step(model, optim, micro, n_label_tokens, tm, state)
+            if state.global_step % every == 0 or state.global_step == steps:
+                ces = " ".join(f"{m[state.global_step]['train/CE loss']:.3f}" for _, _, m in slices)
+                log.info(f"batched fine-tuning of {len(slices)} LRs: step {state.global_step}/{steps} "
+                         f"({time.monotonic() - t0:.0f} s), train CE per LR: {ces}")  # fmt: skip
+            if state.global_step >= steps:
+                break
+        epoch += 1
+    return [SliceResult(model.eval(), metrics) for model, _, metrics in slices]
 
 
 def run_grid(
