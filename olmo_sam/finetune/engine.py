@@ -20,11 +20,14 @@ Methods (one per run): ``ft``; ``ewc`` and ``l2init`` (:mod:`.penalty`); ``lora`
 ``replay`` (:mod:`.baselines`). WiSE-FT is post-hoc: ``wise_alphas`` adds one ``wiseft`` record
 per alpha, evaluated on interpolations of the run's final weights with the base.
 
-A run directory holds ``spec.json`` (the resolved config), ``train/`` (OLMo-core's save folder,
-checkpoints removed after evaluation unless kept) and ``records.json`` (written atomically, last).
-Re-running the same config on the same directory returns the stored records, resumes an
-interrupted training from its latest checkpoint, or restarts cleanly; a directory holding a
-different config is cleared first.
+A run directory holds ``spec.json`` (the resolved config), ``train/`` (OLMo-core's save folder:
+``metrics.jsonl``, and checkpoints only when asked) and ``records.json`` (written atomically, last).
+A one-process run evaluates the trained model in memory; it saves its final checkpoint only when
+kept (``keep_checkpoint``), and intermediate ones when ``checkpoint_interval`` asks for resume
+points (DDP/FSDP and LoRA runs still evaluate from their final checkpoint). Re-running the same
+config on the same directory returns the stored records, resumes an interrupted training from its
+latest checkpoint, or restarts cleanly; a directory holding a different config is cleared first.
+Sweeps train LR grids through :mod:`.batched`, each slice equal to this trainer run.
 """
 
 from __future__ import annotations
