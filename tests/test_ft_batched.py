@@ -215,3 +215,26 @@ def test_study_file_chooses_the_engine():
     assert [j.params["engine"] for j in ft_jobs("trainer")] == ["trainer"]
     with pytest.raises(StudyError, match=r"^finetune\.engine: 'fast'; choose one of 'batched', 'trainer'$"):
         parse_study(dict(study, finetune=dict(study["finetune"], engine="fast")))
+
+
+def test_kept_checkpoints_hold_the_evaluated_weights(tiny_checkpoint, tiny_corpus, task, mix, tmp_path):
+    from olmo_sam.evals.lm_loss import lm_loss
+    from olmo_sam.finetune.batched import run_grid
+    from olmo_sam.finetune.data import split_paths
+
+    cfgs = [replace(_cfg("ft", lr, tiny_checkpoint, task, mix, tiny_corpus), max_steps=2).resolved() for lr in (1e-3, 3e-3)]
+    outs = [tmp_path / c.run_id for c in cfgs]
+    recs = run_grid(cfgs, outs, cache_dir=tmp_path / "cache", keep_checkpoint=True)
+    tokens, mask = split_paths(task, "val")
+    for cfg, out, (rec,) in zip(cfgs, outs, recs):
+        assert rec.extra["checkpoint"] == str(out / "train" / "step2")
+        model, _ = load_transformer(rec.extra["checkpoint"])
+        l_ft = lm_loss(model, [tokens], mask_paths=[mask], seq_len=64, vocab_size=256, batch_size=cfg.eval_batch_size,
+                       max_sequences=cfg.ft_val_max_sequences).loss  # fmt: skip
+        assert l_ft == pytest.approx(rec.l_ft, rel=1e-6)
+        assert json.loads((out / "records.json").read_text())[0]["run_id"] == cfg.run_id
+    # a second call finds every run's records and trains nothing
+    stamps = [(o / "records.json").stat().st_mtime_ns for o in outs] + [(o / "train" / "metrics.jsonl").stat().st_mtime_ns for o in outs]
+    again = run_grid(cfgs, outs, cache_dir=tmp_path / "cache")
+    assert [r[0].l_ft for r in again] == [r[0].l_ft for r in recs]
+    assert stamps == [(o / "records.json").stat().st_mtime_ns for o in outs] + [(o / "train" / "metrics.jsonl").stat().st_mtime_ns for o in outs]
