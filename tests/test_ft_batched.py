@@ -101,10 +101,10 @@ def test_grid_units_chunk_by_memory_and_jobs(tiny_checkpoint, tiny_corpus, task,
     assert falls_back == ["1 run(s) train one at a time through the OLMo-core trainer: method 'l2init' has no batched engine (it has: ft, replay)"]
     assert sorted(len(u) for _, u in grid_units(cfgs, jobs=2)) == [2, 3]  # two workers share one grid
     assert [len(u) for _, u in grid_units(cfgs, jobs=1)] == [5]
-    from olmo_sam.finetune.batched import DEFAULT_MEMORY_BUDGET_GB
-    from olmo_sam.finetune.cli import sweep
+    from olmo_sam.finetune.batched import DEFAULT_MEMORY_BUDGET_GB, default_memory_budget_gb
 
-    assert next(o.default for o in sweep.params if o.name == "batch_memory_gb") == DEFAULT_MEMORY_BUDGET_GB
+    assert default_memory_budget_gb() == DEFAULT_MEMORY_BUDGET_GB  # on CPU
+    assert slices_per_chunk(plan) == int(DEFAULT_MEMORY_BUDGET_GB * 2**30) // (plan.info.model_config.num_params * 16)
     assert sorted(c.run_id for _, u in units for c in u) == sorted(c.run_id for c in cfgs + [l2])
 
 

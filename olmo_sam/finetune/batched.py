@@ -76,6 +76,7 @@ __all__ = [
     "ENGINES",
     "BATCHED_METHODS",
     "DEFAULT_MEMORY_BUDGET_GB",
+    "default_memory_budget_gb",
     "batched_support",
     "grid_key",
     "slice_bytes",
@@ -90,7 +91,8 @@ __all__ = [
 #: through OLMo-core's trainer, one at a time
 ENGINES = ("batched", "trainer")
 BATCHED_METHODS = ("ft", "replay")
-#: memory for one chunk's slices (weights, gradients, AdamW moments), in GiB
+#: memory for one chunk's slices (weights, gradients, AdamW moments) on CPU, in GiB; on a GPU the
+#: default is half the device's memory (:func:`default_memory_budget_gb`)
 DEFAULT_MEMORY_BUDGET_GB = 4.0
 #: bytes per parameter of a slice: fp32 weight, gradient and AdamW's two moments
 _STATE_BYTES_PER_PARAM = 4 * 4
@@ -114,21 +116,31 @@ def grid_key(cfg: FTConfig) -> str:
     return json_digest(d, 16)
 
 
+def default_memory_budget_gb() -> float:
+    """The budget of a chunk's training state: half the GPU's memory, or 4 GiB on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory / 2**30 / 2
+    return DEFAULT_MEMORY_BUDGET_GB
+
+
 def slice_bytes(plan: FTPlan) -> int:
     """Memory of one slice's training state (weights, gradients, AdamW moments in fp32)."""
     n_params = plan.info.model_config.num_params
     return int(n_params) * _STATE_BYTES_PER_PARAM
 
 
-def slices_per_chunk(plan: FTPlan, memory_budget_gb: float) -> int:
-    """The most slices whose training state fits ``memory_budget_gb`` (at least one)."""
+def slices_per_chunk(plan: FTPlan, memory_budget_gb: Optional[float] = None) -> int:
+    """The most slices whose training state fits ``memory_budget_gb`` (default:
+    :func:`default_memory_budget_gb`; at least one)."""
+    if memory_budget_gb is None:
+        memory_budget_gb = default_memory_budget_gb()
     if not memory_budget_gb > 0:
         raise OLMoConfigurationError(f"the batched engine's memory budget must be > 0 GiB, got {memory_budget_gb}")
     return max(1, int(memory_budget_gb * 2**30) // slice_bytes(plan))
 
 
 def grid_units(
-    cfgs: Sequence[FTConfig], *, jobs: int = 1, memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB
+    cfgs: Sequence[FTConfig], *, jobs: int = 1, memory_budget_gb: Optional[float] = None
 ) -> List[Tuple[str, List[FTConfig]]]:
     """``cfgs`` (resolved) as units of work, each ``(engine, runs)``: ``batched`` grid chunks (runs
     differing only in LR, at most as many as fit the memory budget, and split so that ``jobs``

@@ -292,10 +292,9 @@ def _choices(values: Sequence[str], allowed: Sequence[str], what: str) -> tuple:
 @click.option("--engine", type=click.Choice(["batched", "trainer"]), default="batched", show_default=True,
               help="batched: train the runs of an LR grid together in one process (ft, replay, mixes; each "
                    "equal to its trainer run); trainer: every run through OLMo-core's trainer, one at a time")
-# (default: batched.DEFAULT_MEMORY_BUDGET_GB, not imported here: it would load torch for --help)
-@click.option("--batch-memory-gb", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+@click.option("--batch-memory-gb", type=click.FloatRange(min=0, min_open=True),
               help="memory for one batched chunk's training state (weights, gradients, AdamW moments); "
-                   "a larger grid runs in chunks")  # fmt: skip
+                   "a larger grid runs in chunks [default: 4 on CPU, half the GPU's memory]")  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="list the runs and what is done, run nothing")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @click.option("--mix", "mixes", multiple=True, metavar="METHOD=DIR",

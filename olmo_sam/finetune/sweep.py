@@ -40,7 +40,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
 from ..analysis.records import FTRecord, ResultStore
-from .batched import DEFAULT_MEMORY_BUDGET_GB, ENGINES, grid_units, run_grid
+from .batched import ENGINES, grid_units, run_grid
 from .engine import METHODS, FTConfig, run_finetune
 from ..output import write_json
 from ..workers import die_with_parent, output_to
@@ -287,7 +287,7 @@ def run_sweep(
     progress: bool = True,
     on_progress: Optional[Callable[[int, int], None]] = None,
     engine: str = "batched",
-    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+    memory_budget_gb: Optional[float] = None,
 ) -> SweepResult:
     """Run every pending run of ``spec`` and return what happened (module docstring).
 
@@ -296,7 +296,7 @@ def run_sweep(
     ``torchrun --nproc-per-node`` launch per run, ``jobs`` at a time. ``on_progress(done, total)``
     is called once the pending runs are known and after each run ends (done counts earlier runs).
     ``engine``: ``batched`` (LR grids trained together, chunks of at most the slices that fit
-    ``memory_budget_gb``; local launcher) or ``trainer`` (module docstring).
+    ``memory_budget_gb``, default 4 GiB on CPU and half the GPU's memory; local launcher) or ``trainer`` (module docstring).
     """
     import concurrent.futures as cf
     import multiprocessing as mp
