@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_benchmark_is_a_bench_subcommand_and_a_launcher():
-    assert set(bench.commands) == {"sam-overhead", "hessian-probe", "cfs-generation", "flatness-cost"}
+    assert set(bench.commands) == {"sam-overhead", "hessian-probe", "cfs-generation", "flatness-cost", "finetune-throughput"}
     for name in bench.commands:
         launcher = ROOT / "benchmarks" / f"{name.replace('-', '_')}.py"
         code = [ln for ln in launcher.read_text().splitlines() if ln.strip()]

@@ -107,6 +107,7 @@ def test_sweep_sigkilled_mid_run_resumes_without_loss_or_duplicates(reference_sw
         sys.executable, "-m", "olmo_sam.cli", "sweep", "--base", str(tiny_checkpoint), "--base-label", "adamw",
         "--data", str(task), "--lrs", ",".join(map(str, lrs)), "--batch-size", "8", "--pt-val", str(tiny_corpus.val),
         "--pt-val-max-sequences", "16", "--out", str(out), "--jobs", "2", "--no-progress",
+        "--engine", "trainer",  # one run per worker (the batched engine's resume: tests/test_ft_batched.py)
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     with open(tmp_path / "first.log", "wb") as log:

@@ -8,6 +8,8 @@
                    (:mod:`.cfs_generation`)
 ``flatness-cost``  how much of SAM's flatness gain each cheaper variant keeps, per unit of
                    cost (:mod:`.flatness_cost`)
+``finetune-        a fine-tuning LR sweep checkpointed vs in memory vs batched, against pure
+throughput``       training (:mod:`.finetune_throughput`)
 =================  =====================================================================
 
 ``benchmarks/*.py`` are launchers of these modules for a source checkout.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import click
 
-from . import cfs_generation, flatness_cost, hessian_probe, sam_overhead
+from . import cfs_generation, finetune_throughput, flatness_cost, hessian_probe, sam_overhead
 
 __all__ = ["bench"]
 
@@ -37,6 +39,7 @@ def bench():
 
 bench.add_command(sam_overhead.sam_overhead_command, "sam-overhead")
 bench.add_command(flatness_cost.flatness_cost_command, "flatness-cost")
+bench.add_command(finetune_throughput.finetune_throughput_command, "finetune-throughput")
 
 
 @bench.command("hessian-probe", context_settings=_PASS_THROUGH)

@@ -289,6 +289,12 @@ def _choices(values: Sequence[str], allowed: Sequence[str], what: str) -> tuple:
 @click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True,
               help="torchrun processes per run (--executor torchrun)")  # fmt: skip
 @click.option("--keep-checkpoints", is_flag=True, help="keep each run's fine-tuned checkpoint (WiSE-FT, benchmarks)")
+@click.option("--engine", type=click.Choice(["batched", "trainer"]), default="batched", show_default=True,
+              help="batched: train the runs of an LR grid together in one process (ft, replay, mixes; each "
+                   "equal to its trainer run); trainer: every run through OLMo-core's trainer, one at a time")
+@click.option("--batch-memory-gb", type=click.FloatRange(min=0, min_open=True),
+              help="memory for one batched chunk's training state (weights, gradients, AdamW moments); "
+                   "a larger grid runs in chunks [default: 4 on CPU, half the GPU's memory]")  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="list the runs and what is done, run nothing")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @click.option("--mix", "mixes", multiple=True, metavar="METHOD=DIR",
@@ -297,7 +303,8 @@ def _choices(values: Sequence[str], allowed: Sequence[str], what: str) -> tuple:
 @recipe_options
 @_usage_errors
 def sweep(bases, base_labels, datasets, lr_grid, methods, ewc_lambdas, l2_lambdas, lora_ranks, replay_ratios,
-          wise_alphas, out, jobs, launcher, nproc_per_node, keep_checkpoints, dry_run, no_progress, mixes, **kwargs):  # fmt: skip
+          wise_alphas, out, jobs, launcher, nproc_per_node, keep_checkpoints, engine, batch_memory_gb, dry_run,
+          no_progress, mixes, **kwargs):  # fmt: skip
     """Fine-tune every base on every dataset over an LR grid (and methods); resumable.
 
     Results are appended to OUT/results.jsonl (one record per finished run); re-running the
@@ -340,7 +347,8 @@ def sweep(bases, base_labels, datasets, lr_grid, methods, ewc_lambdas, l2_lambda
     _setup_logging()
     results = [
         run_sweep(sp, out, jobs=jobs, launcher=launcher, nproc_per_node=nproc_per_node,
-                  keep_checkpoints=keep_checkpoints, progress=not no_progress)  # fmt: skip
+                  keep_checkpoints=keep_checkpoints, progress=not no_progress, engine=engine,
+                  memory_budget_gb=batch_memory_gb)  # fmt: skip
         for sp in specs
     ]
     _records_table([r for res in results for r in res.records], f"sweep {out}")

@@ -20,11 +20,14 @@ Methods (one per run): ``ft``; ``ewc`` and ``l2init`` (:mod:`.penalty`); ``lora`
 ``replay`` (:mod:`.baselines`). WiSE-FT is post-hoc: ``wise_alphas`` adds one ``wiseft`` record
 per alpha, evaluated on interpolations of the run's final weights with the base.
 
-A run directory holds ``spec.json`` (the resolved config), ``train/`` (OLMo-core's save folder,
-checkpoints removed after evaluation unless kept) and ``records.json`` (written atomically, last).
-Re-running the same config on the same directory returns the stored records, resumes an
-interrupted training from its latest checkpoint, or restarts cleanly; a directory holding a
-different config is cleared first.
+A run directory holds ``spec.json`` (the resolved config), ``train/`` (OLMo-core's save folder:
+``metrics.jsonl``, and checkpoints only when asked) and ``records.json`` (written atomically, last).
+A one-process run evaluates the trained model in memory; it saves its final checkpoint only when
+kept (``keep_checkpoint``), and intermediate ones when ``checkpoint_interval`` asks for resume
+points (DDP/FSDP and LoRA runs still evaluate from their final checkpoint). Re-running the same
+config on the same directory returns the stored records, resumes an interrupted training from its
+latest checkpoint, or restarts cleanly; a directory holding a different config is cleared first.
+Sweeps train LR grids through :mod:`.batched`, each slice equal to this trainer run.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ from .penalty import WeightPenaltyCallback, diagonal_fisher, save_tensors
 
 log = logging.getLogger(__name__)
 
-__all__ = ["METHODS", "FTConfig", "FTPlan", "plan_run", "run_finetune", "base_pt_loss"]
+__all__ = ["METHODS", "FTConfig", "FTPlan", "plan_run", "run_finetune", "evaluate_run", "base_pt_loss"]
 
 #: Fine-tuning methods; WiSE-FT is post-hoc (``wise_alphas``), not a training method.
 METHODS = ("ft", "ewc", "l2init", "lora", "replay")
@@ -507,6 +510,12 @@ def _prepare_dir(out: Path, spec: Dict[str, Any]) -> Optional[List[FTRecord]]:
     return None
 
 
+def _in_memory(cfg: FTConfig) -> bool:
+    """Whether a run evaluates its trained model in memory: one process (a sharded DDP/FSDP model
+    is evaluated from its checkpoint on rank 0) and not LoRA (evaluated merged from its checkpoint)."""
+    return cfg.dp is None and cfg.method != "lora"
+
+
 def run_finetune(
     cfg: FTConfig,
     out_dir: str | Path,
@@ -515,7 +524,10 @@ def run_finetune(
     keep_checkpoint: bool = False,
 ) -> List[FTRecord]:
     """Fine-tune, evaluate and return the run's records (module docstring). Under torchrun every
-    rank calls this; rank 0 evaluates and returns the records, the others return ``[]``."""
+    rank calls this; rank 0 evaluates and returns the records, the others return ``[]``.
+
+    One-process runs evaluate the trained model in memory and write a checkpoint only when asked
+    (``keep_checkpoint``; ``checkpoint_interval`` resume points)."""
     cfg = cfg.resolved()
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -532,20 +544,33 @@ def run_finetune(
         plan = plan_run(cfg)
         train_folder = out / "train"
         final = _finished_step(train_folder, plan.steps)
+        model = None
         if final is None:
             exp = build_ft_experiment(plan, train_folder, cache)
-            run_experiment(exp)  # the trainer (and its model) is released on return
+            in_memory = _in_memory(cfg)
+            if in_memory and not keep_checkpoint and cfg.checkpoint_interval is None:
+                exp.trainer.callbacks["checkpointer"].enabled = False  # type: ignore[attr-defined]
+            trainer = run_experiment(exp)
+            model = trainer.train_module.model if in_memory else None
+            del trainer
             gc.collect()
             if is_distributed():
                 from olmo_core.train import teardown_training_environment
 
                 teardown_training_environment()
             final = _finished_step(train_folder, plan.steps)
-            if final is None:
+            if final is None and model is None:
                 raise RuntimeError(f"training of {cfg.run_id} ended without its final checkpoint in {train_folder}")
         if not rank0:
             return []
-        records = _evaluate(plan, final, cache, time.monotonic() - t0)
+        kept = str(final) if final is not None and keep_checkpoint else None
+        if model is None:
+            assert final is not None
+            model = _load_trained(cfg, final)
+        last = read_metrics(train_folder).get(plan.steps, {})
+        records = evaluate_run(plan, model, cache, time.monotonic() - t0, last, checkpoint=kept)
+        del model
+        gc.collect()
         write_json(out / "records.json", [asdict(r) for r in records], keep_nan=True, sort_keys=True)
         if not keep_checkpoint:
             for step in train_folder.glob("step*"):
@@ -553,15 +578,30 @@ def run_finetune(
         return records
 
 
+def _load_trained(cfg: FTConfig, final: Path) -> torch.nn.Module:
+    if cfg.method == "lora":
+        return load_merged_lora(cfg.base, final, _lora_settings(cfg), device=_device())
+    model, _ = load_transformer(final, device=_device())
+    return model
+
+
 @torch.no_grad()
-def _evaluate(plan: FTPlan, final: Path, cache: Path, train_time: float) -> List[FTRecord]:
+def evaluate_run(
+    plan: FTPlan,
+    model: torch.nn.Module,
+    cache: Path,
+    train_time: float,
+    last: Dict[str, float],
+    *,
+    checkpoint: Optional[str] = None,
+) -> List[FTRecord]:
+    """The run's records from its trained ``model`` (in memory): L_FT, L_PT, and one WiSE-FT
+    record per ``wise_alphas``. ``last`` holds the final step's logged metrics (``train/CE loss``,
+    the penalty); ``checkpoint`` is the kept final checkpoint, if any."""
     cfg = plan.cfg
     t0 = time.monotonic()
     device = _device()
-    if cfg.method == "lora":
-        model = load_merged_lora(cfg.base, final, _lora_settings(cfg), device=device)
-    else:
-        model, _ = load_transformer(final, device=device)
+    model.eval()
     val_tokens, val_mask = split_paths(cfg.data, "val")
     seq = int(cfg.sequence_length)  # type: ignore[arg-type]
 
@@ -574,13 +614,11 @@ def _evaluate(plan: FTPlan, final: Path, cache: Path, train_time: float) -> List
 
     base_l_pt = base_pt_loss(cfg, plan.vocab_size, cache)
     l_ft, l_pt = losses(model)
-    metrics = read_metrics(Path(final).parent)
-    last = metrics.get(plan.steps, {})
     extra = {
         "epoch_steps": plan.epoch_steps,
         "final_train_ce": last.get("train/CE loss"),
         "target_tokens_train": plan.meta.splits["train"]["target_tokens"],
-        "checkpoint": str(final),
+        "checkpoint": checkpoint,
         "penalty": last.get(f"{cfg.method}/penalty"),
     }
     hparams = cfg.to_dict()
@@ -608,6 +646,4 @@ def _evaluate(plan: FTPlan, final: Path, cache: Path, train_time: float) -> List
                     extra=dict(extra, source_run=cfg.run_id), **common,
                 )  # fmt: skip
             )
-    del model
-    gc.collect()
     return records

@@ -13,6 +13,11 @@ re-training; a run killed mid-training restarts (or resumes from its latest chec
 own directory. Records enter the store only from this process, each once, so a killed and
 re-run sweep ends complete and without duplicates.
 
+``engine="batched"`` (the default) trains the runs that differ only in their learning rate
+together, as chunks of one grid (:mod:`.batched`: each slice equal to its trainer run, the same
+run directories and records); runs of methods it does not support train one at a time through
+OLMo-core's trainer, as all runs do with ``engine="trainer"``.
+
 Runs execute in ``jobs`` worker processes (each imports the stack once and runs runs one after
 another; ``jobs=1`` runs them in the sweep's own process), or as one ``torchrun
 --nproc-per-node N`` launch per run on GPU nodes (``python -m olmo_sam.finetune.worker``).
@@ -35,6 +40,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
 from ..analysis.records import FTRecord, ResultStore
+from .batched import ENGINES, grid_units, run_grid
 from .engine import METHODS, FTConfig, run_finetune
 from ..output import write_json
 from ..workers import die_with_parent, output_to
@@ -246,14 +252,21 @@ def _pool_init() -> None:  # pragma: no cover - runs in the worker process
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def _pool_task(config: Dict[str, Any], run_dir: str, cache_dir: str, keep: bool) -> int:  # pragma: no cover
-    """One run in a pool worker, its output going to ``run_dir/worker.log``."""
+def _pool_task(engine: str, configs: List[Dict[str, Any]], run_dirs: List[str], cache_dir: str, keep: bool) -> int:  # pragma: no cover
+    """One unit (a run, or a batched grid chunk) in a pool worker, its output going to the first
+    run's ``worker.log``."""
     import olmo_sam  # noqa: F401
 
-    from .engine import run_finetune
+    with output_to(Path(run_dirs[0]) / "worker.log"):
+        return _run_unit(engine, [FTConfig.from_dict(c) for c in configs], [Path(d) for d in run_dirs], Path(cache_dir), keep)
 
-    with output_to(Path(run_dir) / "worker.log"):
-        return len(run_finetune(FTConfig.from_dict(config), run_dir, cache_dir=cache_dir, keep_checkpoint=keep))
+
+def _run_unit(engine: str, cfgs: List[FTConfig], run_dirs: List[Path], cache: Path, keep: bool) -> int:
+    """One run through the trainer, or one grid chunk through the batched engine."""
+    if engine == "trainer":
+        (cfg,), (run_dir,) = cfgs, run_dirs
+        return len(run_finetune(cfg, run_dir, cache_dir=cache, keep_checkpoint=keep))
+    return sum(len(r) for r in run_grid(cfgs, run_dirs, cache_dir=cache, keep_checkpoint=keep))
 
 
 def _subprocess_task(cmd: List[str], log_path: Path, env: Dict[str, str]) -> int:
@@ -273,6 +286,8 @@ def run_sweep(
     keep_checkpoints: bool = False,
     progress: bool = True,
     on_progress: Optional[Callable[[int, int], None]] = None,
+    engine: str = "batched",
+    memory_budget_gb: Optional[float] = None,
 ) -> SweepResult:
     """Run every pending run of ``spec`` and return what happened (module docstring).
 
@@ -280,6 +295,8 @@ def run_sweep(
     another); with ``jobs=1`` the runs execute in this process. ``launcher="torchrun"``: one
     ``torchrun --nproc-per-node`` launch per run, ``jobs`` at a time. ``on_progress(done, total)``
     is called once the pending runs are known and after each run ends (done counts earlier runs).
+    ``engine``: ``batched`` (LR grids trained together, chunks of at most the slices that fit
+    ``memory_budget_gb``, default 4 GiB on CPU and half the GPU's memory; local launcher) or ``trainer`` (module docstring).
     """
     import concurrent.futures as cf
     import multiprocessing as mp
@@ -304,6 +321,11 @@ def run_sweep(
             "each run in one; add --executor torchrun --nproc-per-node N (or drop --dp)"
         )
     worker_command("x", launcher, nproc_per_node)  # validates the launcher
+    if engine not in ENGINES:
+        raise OLMoConfigurationError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
+    if engine == "batched" and launcher == "torchrun":
+        log.info("the torchrun launcher trains every run through the OLMo-core trainer (engine 'trainer')")
+        engine = "trainer"
     out = Path(out_dir).resolve()
     configs = expand(spec)
     store = ResultStore(out / "results.jsonl")
@@ -328,53 +350,59 @@ def run_sweep(
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")] if p)
     cache = out / "cache"
 
+    units = grid_units(queue, jobs=jobs, memory_budget_gb=memory_budget_gb) if engine == "batched" else [("trainer", [c]) for c in queue]
     executor: Optional[cf.Executor] = None
     if queue and launcher == "torchrun":
         executor = cf.ThreadPoolExecutor(max_workers=jobs)
     elif queue and jobs > 1:
         executor = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_pool_init)
 
-    def submit(cfg: FTConfig) -> cf.Future:
-        run_dir = out / "runs" / cfg.run_id
-        run_dir.mkdir(parents=True, exist_ok=True)
+    def submit(unit_engine: str, unit: List[FTConfig]) -> cf.Future:
+        run_dirs = [out / "runs" / c.run_id for c in unit]
+        for d in run_dirs:
+            d.mkdir(parents=True, exist_ok=True)
+        cfg, run_dir = unit[0], run_dirs[0]
         if launcher == "torchrun":
             spec_path = run_dir / "worker.json"
             write_json(spec_path, dict(config=cfg.to_dict(), out=str(run_dir), cache_dir=str(cache), keep_checkpoint=keep_checkpoints), keep_nan=True, sort_keys=True)
             cmd = worker_command(spec_path, launcher, nproc_per_node)
             return executor.submit(_subprocess_task, cmd, run_dir / "worker.log", env)  # type: ignore[union-attr]
         if executor is not None:
-            return executor.submit(_pool_task, cfg.to_dict(), str(run_dir), str(cache), keep_checkpoints)
+            return executor.submit(_pool_task, unit_engine, [c.to_dict() for c in unit], [str(d) for d in run_dirs], str(cache), keep_checkpoints)
         fut: cf.Future = cf.Future()
         try:  # jobs=1: in this process
-            fut.set_result(len(run_finetune(cfg, run_dir, cache_dir=cache, keep_checkpoint=keep_checkpoints)))
+            fut.set_result(_run_unit(unit_engine, unit, run_dirs, cache, keep_checkpoints))
         except Exception as e:  # noqa: BLE001 - one failed run must not stop the sweep
             (run_dir / "error.txt").write_text(traceback.format_exc())
             fut.set_exception(e)
         return fut
 
-    running: Dict[cf.Future, FTConfig] = {}
+    running: Dict[cf.Future, List[FTConfig]] = {}
+    pending = len(queue)
     with _progress(progress, len(queue)) as advance:
         try:
-            while queue or running:
-                while queue and len(running) < jobs:
-                    cfg = queue.pop(0)
-                    running[submit(cfg)] = cfg
+            while units or running:
+                while units and len(running) < jobs:
+                    unit_engine, unit = units.pop(0)
+                    running[submit(unit_engine, unit)] = unit
                 finished, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
                 for fut in finished:
-                    cfg = running.pop(fut)
-                    run_dir = out / "runs" / cfg.run_id
+                    unit = running.pop(fut)
                     error = fut.exception()
                     rc = fut.result() if error is None and launcher == "torchrun" else 0
-                    if error is None and rc == 0 and _harvest(store, done, cfg, run_dir):
-                        result.ran += 1
-                    else:
-                        where = run_dir / ("error.txt" if executor is None else "worker.log")
-                        why = f"{type(error).__name__}: {error}" if error is not None else f"exit code {rc}"
-                        result.failed.append((cfg.run_id, str(where), why))
-                        log.error(f"run {cfg.run_id} failed ({why}); see {where}")
-                    advance()
-                    if on_progress is not None:
-                        on_progress(len(configs) - len(queue) - len(running), len(configs))
+                    for cfg in unit:
+                        run_dir = out / "runs" / cfg.run_id
+                        if error is None and rc == 0 and _harvest(store, done, cfg, run_dir):
+                            result.ran += 1
+                        else:
+                            where = out / "runs" / unit[0].run_id / ("error.txt" if executor is None else "worker.log")
+                            why = f"{type(error).__name__}: {error}" if error is not None else f"exit code {rc}"
+                            result.failed.append((cfg.run_id, str(where), why))
+                            log.error(f"run {cfg.run_id} failed ({why}); see {where}")
+                        pending -= 1
+                        advance()
+                        if on_progress is not None:
+                            on_progress(len(configs) - pending, len(configs))
         finally:
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)

@@ -378,7 +378,7 @@ def job_ft_sweep(ctx: JobContext) -> Dict[str, Any]:
         report = lambda done, _n, before=before: write_progress(  # noqa: E731
             ctx.dir / PROGRESS_FILE, before + done, sum(sizes), "runs", started=started)
         res = run_sweep(spec, ctx.dir, jobs=1, progress=False, keep_checkpoints=bool(p.get("keep_checkpoints")),
-                        on_progress=report)  # fmt: skip
+                        on_progress=report, engine=p.get("engine", "batched"))  # fmt: skip
         total += res.total
         failed += [f"{rid}: {why} ({log})" for rid, log, why in res.failed]
     if failed:

@@ -267,7 +267,10 @@ def build_plan(study: StudySpec) -> Plan:
                         params={"unit": u, "dataset": ds, "lrs": ft.lrs, "preset": ft.preset,
                                 "methods": ft.methods, "grids": ft.grids,
                                 "keep_checkpoints": bool(study.benchmarks.finetuned),
-                                "common": {**pt_val_default, **ft.common, **ft.per_dataset.get(ds, {})}},
+                                "common": {**pt_val_default, **ft.common, **ft.per_dataset.get(ds, {})},
+                                # (only when not the default: the jobs' parameters, and so their
+                                # state, stay those of existing studies)
+                                **({"engine": ft.engine} if ft.engine != "batched" else {})},
                         deps=deps, distributed=True, runs=runs))  # fmt: skip
     elif study.cfs is not None:
         raise StudyError("cfs: context-free data is used by fine-tuning; add a 'finetune' section")

@@ -217,6 +217,9 @@ class FinetuneSpec:
     grids: Dict[str, Any] = field(default_factory=dict)
     #: dataset preparation options (olmo_sam.finetune prepare): max documents, seq len, ...
     prepare: Dict[str, Any] = field(default_factory=dict)
+    #: batched (LR grids trained together where the method allows; olmo_sam.finetune.batched) |
+    #: trainer (every run through OLMo-core's trainer, one at a time)
+    engine: str = "batched"
 
 
 @dataclass
@@ -389,6 +392,8 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
             raise StudyError(f"finetune.per_dataset: {stray} are not in finetune.datasets")
         if spec.finetune.lrs is not None and len(spec.finetune.lrs) == 0:
             raise StudyError("finetune.lrs: the LR grid is empty")
+        if spec.finetune.engine not in ("batched", "trainer"):
+            raise StudyError(f"finetune.engine: {spec.finetune.engine!r}; choose one of 'batched', 'trainer'")
     spec.cfs = d.get("cfs")
     spec.benchmarks = _strict(BenchmarksSpec, d.get("benchmarks"), "benchmarks")
     spec.executor = _strict(ExecutorSpec, d.get("executor"), "executor")
