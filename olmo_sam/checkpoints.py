@@ -174,9 +174,3 @@ def save_transformer(
     save_model_and_optim_state(str(step_dir / "model_and_optim"), model, save_overwrite=True)
     atomic_write_text(step_dir / "config.json", json.dumps(config))
     return step_dir
-
-
-def require_tokenizer(info: CheckpointInfo) -> TokenizerConfig:
-    if info.tokenizer is None:
-        raise OLMoConfigurationError(f"{info.path}: config.json has no dataset.tokenizer")
-    return info.tokenizer

@@ -28,13 +28,6 @@ COMMANDS = {
 }
 
 
-def _unavailable(name: str, why: str) -> click.Command:
-    def fail(**_):
-        raise click.ClickException(f"'{name}' is not available in this version of olmo-sam ({why})")
-
-    return click.Command(name, callback=fail, help="(not available in this version)")
-
-
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
         return sorted(COMMANDS)
@@ -47,8 +40,6 @@ class LazyGroup(click.Group):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            if e.name and (e.name == module_name or module_name.startswith(e.name + ".")):
-                return _unavailable(cmd_name, str(e))
             raise click.ClickException(
                 f"'{cmd_name}' needs the Python package '{e.name}'; install it with "
                 f"pip install 'olmo-sam[all]'"

@@ -60,7 +60,6 @@ import click
 import numpy as np
 
 from ..data.synthetic import markov_tokens
-from ..cli_options import option
 from ..output import atomic_write, atomic_write_text, markdown_table, read_json, write_json
 
 __all__ = [
@@ -539,7 +538,7 @@ def flatness_cost(settings: FlatnessCostSettings, out: Path, *, jobs: int = 1,
               help="Training tokens per model parameter (the overtrained regime: >= 100).")
 @click.option("--vocab", default=64, show_default=True, help="Vocabulary of the synthetic data.")
 @click.option("--seq-len", default=64, show_default=True, help="Sequence length (tokens).")
-@option("--batch-size", "batch", old=("--batch",), default=32, show_default=True, help="Global batch (sequences).")
+@click.option("--batch-size", "batch", default=32, show_default=True, help="Global batch (sequences).")
 @click.option("--lr", default=3e-3, show_default=True, help="Peak learning rate (AdamW).")
 @click.option("--decay-fraction", default=0.1, show_default=True, help="LR decay phase (the switch point).")
 @click.option("--rho", default=0.05, show_default=True, help="SAM radius (all SAM variants).")

@@ -29,7 +29,6 @@ import click
 import numpy as np
 import torch
 
-from ..cli_options import option
 from ..output import atomic_write_text
 
 __all__ = ["sam_overhead", "sam_overhead_command"]
@@ -241,9 +240,9 @@ def sam_overhead(
 @click.option("--run-steps", default=60, show_default=True, help="Steps of the AdamW/switch runs.")
 @click.option("--d-model", default=256, show_default=True, help="Model width.")
 @click.option("--n-layers", default=4, show_default=True, help="Transformer blocks.")
-@option("--seq-len", "seq", old=("--seq",), default=256, show_default=True, help="Sequence length (tokens).")
-@option("--batch-size", "batch", old=("--batch",), default=8, show_default=True, help="Global batch (sequences).")
-@option("--micro-batch-size", "micro", old=("--micro",), default=4, show_default=True,
+@click.option("--seq-len", "seq", default=256, show_default=True, help="Sequence length (tokens).")
+@click.option("--batch-size", "batch", default=8, show_default=True, help="Global batch (sequences).")
+@click.option("--micro-batch-size", "micro", default=4, show_default=True,
         help="Micro-batch per rank (sequences).")
 @click.option("--dp", type=click.Choice(["ddp", "fsdp"]), default=None, help="Under torchrun.")
 @click.option("--threads", type=int, default=None, help="CPU threads per process (default 1).")

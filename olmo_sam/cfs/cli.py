@@ -9,7 +9,6 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..cli_options import old_positional, option
 
 __all__ = ["cfs"]
 
@@ -36,8 +35,7 @@ def cfs():
 
 @cfs.command()
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@old_positional("OUT")
-@option("--out", old=(), required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
         help="JSONL file of samples to write (resumable: finished shards are kept).")
 @click.option(
     "--num-samples",
@@ -139,8 +137,7 @@ def generate(
 @cfs.command()
 @click.argument("task_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("samples", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@old_positional("OUT_DIR")
-@option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
         help="Prepared fine-tuning set to write (same format as TASK_DIR).")
 @click.option("--ratio", type=float, default=paper.CFS_DEFAULT_RATIO, show_default=True,
               help="Synthetic pool as a fraction of the task set (paper: 0.1, 0.5, 1, 2).")
@@ -150,7 +147,7 @@ def generate(
 @click.option("--epochs", type=int, default=paper.CFS_FT_EPOCHS, show_default=True,
               help="Epochs of plain fine-tuning whose step count the mix keeps.")
 @click.option("--seq-len", type=int, default=paper.CFS_FT_SEQ_LEN, show_default=True, help="Tokens per training sequence.")
-@option("--batch-size", "global_batch_size", old=("--global-batch-size",), type=int, default=paper.CFS_FT_BATCH_SIZE,
+@click.option("--batch-size", "global_batch_size", type=int, default=paper.CFS_FT_BATCH_SIZE,
         show_default=True, help="Sequences per fine-tuning step (fixes the step count the mix keeps).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the mixing order.")
 def mix(task_dir, samples, out_dir, ratio, lam, method, epochs, seq_len, global_batch_size, seed):

@@ -9,7 +9,6 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import click
 from olmo_core.exceptions import OLMoConfigurationError
 
-from ..cli_options import old_positional, option
 
 __all__ = ["data"]
 
@@ -91,8 +90,7 @@ def fetch_corpus():
 
 
 @data.command("demo")
-@old_positional("OUT_DIR")
-@option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory for the tokenizer/ and the train/validation token files.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory for the tokenizer/ and the train/validation token files.")
 @click.option("--vocab-size", type=int, default=None, help="BPE size (default: the demo's).")
 @click.option("--book", "books", multiple=True, help="Only these books of the corpus (repeatable).")
 def demo_cmd(out_dir: Path, vocab_size: Optional[int], books):
@@ -109,8 +107,7 @@ def demo_cmd(out_dir: Path, vocab_size: Optional[int], books):
 
 
 @data.command("train-tokenizer")
-@old_positional("OUT_DIR")
-@option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Tokenizer directory to write.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Tokenizer directory to write.")
 @click.option("--vocab-size", type=int, required=True, help="Vocabulary size, special tokens included.")
 @click.option("--max-documents", type=int, default=None, help="Train on at most this many documents.")
 @_source_options
@@ -132,8 +129,7 @@ def train_tokenizer_cmd(out_dir: Path, vocab_size: int, max_documents: Optional[
 
 
 @data.command("tokenize")
-@old_positional("OUT_DIR")
-@option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory for the token files (train-*.npy, val-*.npy, meta.json, tokenizer/).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory for the token files (train-*.npy, val-*.npy, meta.json, tokenizer/).")
 @click.option("--tokenizer", "tokenizer_name", default="dolma2", show_default=True,
               help="'dolma2', a Hugging Face tokenizer id, or a local tokenizer directory.")  # fmt: skip
 @click.option("--val-fraction", type=float, default=None, help="Fraction of documents held out [default: 0.02].")

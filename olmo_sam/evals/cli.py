@@ -10,7 +10,6 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..cli_options import option
 
 __all__ = ["eval_group"]
 
@@ -60,7 +59,7 @@ def eval_group():
 @click.option("--limit", type=float, default=None, help="Instances (or fraction) per task, for quick runs.")
 @click.option("--batch-size", default=None, help="OLMES batch size (an int or 'auto').")
 @click.option("--gpus", type=int, default=None, help="Number of GPUs for OLMES.")
-@option("--out", "output_dir", old=("--output-dir",), type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
         help="OLMES output directory [default: MODEL_DIR/olmes].")  # fmt: skip
 @click.option("--olmes", "olmes_path", default=None, metavar="PATH",
               help="OLMES 'olmes' executable, its python, or its venv dir [env: OLMO_SAM_OLMES].")  # fmt: skip
@@ -119,7 +118,7 @@ def olmes_command(model_dir, suite, tasks, model_type, quant, model_arg, limit, 
 @click.option("--max-gen-toks", type=click.IntRange(min=1), default=None,
               help="Cap generated tokens (for small-context models).")  # fmt: skip
 @click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, ...).")
-@option("--out", "output_dir", old=("--output-dir",), type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
         help="Results + resume cache [default: MODEL_DIR/offline-eval[-QUANT]].")  # fmt: skip
 @click.option("--label", default=None, help="Model label in the results [default: MODEL_DIR name].")
 @_usage_errors

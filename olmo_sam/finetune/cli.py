@@ -10,7 +10,6 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..cli_options import option
 
 LR_HELP = "learning rates: a preset (table7 = [SAM-PT] Table 7, table3 = Table 3, table10 = EWC Table 10) or a comma-separated list"
 
@@ -49,7 +48,7 @@ def recipe_options(fn):
     """Options shared by ``finetune run`` and ``sweep`` (FTConfig fields; unset = default)."""
     opts = [
         click.option("--batch-size", type=int, help=f"sequences per step [default: {paper.FT_BATCH_SIZE}]"),
-        option("--micro-batch-size", "microbatch_size", old=("--microbatch-size",), type=int,
+        click.option("--micro-batch-size", "microbatch_size", type=int,
                help="sequences per forward/backward (memory); must divide --batch-size"),
         click.option("--seq-len", "sequence_length", type=int, help="tokens per training sequence [default: the base checkpoint's]"),
         click.option(
@@ -269,22 +268,22 @@ def _choices(values: Sequence[str], allowed: Sequence[str], what: str) -> tuple:
 @click.option("--base-label", "base_labels", multiple=True, help="one label per --base")
 @click.option("--data", "datasets", multiple=True, required=True, help="prepared dataset directory(ies)")
 @click.option("--lrs", "lr_grid", default="table7", show_default=True, help=LR_HELP)
-@option("--methods", "methods", old=("--method",), multiple=True, default=("ft",), show_default=True,
+@click.option("--methods", "methods", multiple=True, default=("ft",), show_default=True,
         callback=lambda c, p, v: _choices(v, METHOD_CHOICES, "--methods"),
         help=f"fine-tuning methods, comma-separated or repeated: {', '.join(METHOD_CHOICES)}")  # fmt: skip
-@option("--ewc-lambdas", "ewc_lambdas", old=("--ewc-lambda",), multiple=True,
+@click.option("--ewc-lambdas", "ewc_lambdas", multiple=True,
         help="EWC lambdas, comma-separated or repeated; 'table10' = the Table 10 grid [default: 1e4]")
-@option("--l2-lambdas", "l2_lambdas", old=("--l2-lambda",), multiple=True,
+@click.option("--l2-lambdas", "l2_lambdas", multiple=True,
         help=f"L2-to-init penalties, comma-separated or repeated [default: {paper.L2_INIT_PENALTY:g}]")
-@option("--lora-ranks", "lora_ranks", old=("--lora-rank",), multiple=True,
+@click.option("--lora-ranks", "lora_ranks", multiple=True,
         help=f"LoRA ranks, comma-separated or repeated [default: {paper.LORA_RANK}]")
-@option("--replay-ratios", "replay_ratios", old=("--replay-ratio",), multiple=True,
+@click.option("--replay-ratios", "replay_ratios", multiple=True,
         help=f"replayed PT tokens per task token, comma-separated or repeated [default: {paper.REPLAY_DEFAULT_RATIO:g}]")
-@option("--wise-alphas", "wise_alphas", old=("--wise-alpha",), multiple=True,
+@click.option("--wise-alphas", "wise_alphas", multiple=True,
         help=f"WiSE-FT weights of the fine-tuned model, comma-separated or repeated [default: {paper.WISE_FT_ALPHA:g}]")
 @click.option("--out", required=True, type=click.Path(), help="sweep directory (results.jsonl, runs/, cache/)")
 @click.option("--jobs", type=click.IntRange(min=1), help="parallel local workers [default: min(2, CPUs)]")
-@option("--executor", "launcher", old=("--launcher",), type=click.Choice(["local", "torchrun"]), default="local",
+@click.option("--executor", "launcher", type=click.Choice(["local", "torchrun"]), default="local",
         show_default=True, help="how runs start: local worker processes, or torchrun per run")
 @click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True,
               help="torchrun processes per run (--executor torchrun)")  # fmt: skip

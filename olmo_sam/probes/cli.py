@@ -14,7 +14,6 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..cli_options import old_command_name, option
 
 __all__ = ["probe"]
 
@@ -44,7 +43,7 @@ def _common(fn: Callable) -> Callable:
         click.option("--batch-size", type=int, default=8, show_default=True, help="Sequences per evaluation batch."),
         click.option("--max-sequences", type=int, default=None, help="Evaluate at most this many windows."),
         click.option("--device", default="cpu", show_default=True, help="Torch device to evaluate on (cpu, cuda, cuda:1, ...)."),
-        option("--out", "out_dir", old=("--out-dir",), type=click.Path(file_okay=False), default="probe-results", show_default=True, help="Where <probe>.json and <probe>.png go."),
+        click.option("--out", "out_dir", type=click.Path(file_okay=False), default="probe-results", show_default=True, help="Where <probe>.json and <probe>.png go."),
     ]
     for opt in reversed(options):
         fn = opt(fn)
@@ -119,8 +118,8 @@ def quantize_cmd(checkpoints, quant, val_paths, labels, seq_len, batch_size, max
 
 @probe.command("noise")
 @click.argument("checkpoints", nargs=-1, required=True)
-@option("--gammas", "gammas", old=("--gamma",), multiple=True, default=[f"{g:g}" for g in paper.NOISE_GAMMAS], show_default=True, callback=_numbers(float), help="Noise magnitudes, comma-separated or repeated ([SAM-PT] App C.3).")
-@option("--seeds", "seeds", old=("--seed",), multiple=True, default=["0", "1", "2"], show_default=True, callback=_numbers(int), help="Noise seeds, comma-separated or repeated.")
+@click.option("--gammas", "gammas", multiple=True, default=[f"{g:g}" for g in paper.NOISE_GAMMAS], show_default=True, callback=_numbers(float), help="Noise magnitudes, comma-separated or repeated ([SAM-PT] App C.3).")
+@click.option("--seeds", "seeds", multiple=True, default=["0", "1", "2"], show_default=True, callback=_numbers(int), help="Noise seeds, comma-separated or repeated.")
 @click.option("--include", multiple=True, default=("*",), show_default=True, help="Glob of parameter names to perturb (repeatable).")
 @click.option("--exclude", multiple=True, help="Glob of parameter names to leave alone (repeatable), e.g. 'embeddings.*'.")
 @click.option("--perturb-vectors", is_flag=True, help="Also perturb 1-D parameters (norm gains, biases).")
@@ -142,13 +141,12 @@ def noise_cmd(checkpoints, gammas, seeds, include, exclude, perturb_vectors, val
     _write(out_dir, "noise", result, plot_noise)
 
 
-old_command_name(probe, "perturb", noise_cmd)
 
 
 @probe.command("hessian")
 @click.argument("checkpoints", nargs=-1)
 @click.option("--pair", "pairs", multiple=True, nargs=2, type=click.Path(exists=True), help="BASE FINETUNED checkpoints: directional sharpness and quadratic prediction (repeatable).")
-@option("--n-sequences", "n_sequences", old=("--sequences",), type=int, default=8, show_default=True, help="Validation windows in the fixed Hessian batch.")
+@click.option("--n-sequences", "n_sequences", type=int, default=8, show_default=True, help="Validation windows in the fixed Hessian batch.")
 @click.option("--probes", type=int, default=paper.HUTCHINSON_PROBES, show_default=True, help="Hutchinson probes ([WSO] App H: 50).")
 @click.option("--rtol", type=float, default=None, help="Stop once the standard error is <= rtol * |trace|.")
 @click.option("--power-iters", type=int, default=100, show_default=True, help="Max power iterations for lambda_max per run (0: skip).")
