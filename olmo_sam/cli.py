@@ -29,6 +29,12 @@ COMMANDS = {
 
 
 class LazyGroup(click.Group):
+    def invoke(self, ctx):
+        """Configuration and file errors that reach the top are one ``Error:`` line (exit 1)."""
+        from .preflight import cli_errors
+
+        return cli_errors(super().invoke)(ctx)
+
     def list_commands(self, ctx):
         return sorted(COMMANDS)
 

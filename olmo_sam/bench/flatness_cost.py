@@ -61,6 +61,7 @@ import numpy as np
 
 from ..data.synthetic import markov_tokens
 from ..output import atomic_write, atomic_write_text, markdown_table, read_json, write_json
+from ..preflight import out_dir_callback
 
 __all__ = [
     "VARIANTS",
@@ -531,7 +532,7 @@ def flatness_cost(settings: FlatnessCostSettings, out: Path, *, jobs: int = 1,
 
 
 @click.command("flatness-cost")
-@click.option("--out", type=click.Path(file_okay=False), default="runs/flatness-cost", show_default=True,
+@click.option("--out", callback=out_dir_callback, type=click.Path(file_okay=False), default="runs/flatness-cost", show_default=True,
               help="Output folder (report, plot, per-run records; a re-run reuses finished runs).")
 @click.option("--seeds", default=3, show_default=True, help="Initialisations per variant (>= 2).")
 @click.option("--tokens-per-param", default=100.0, show_default=True,
@@ -574,7 +575,7 @@ def flatness_cost_command(out, seeds, tokens_per_param, vocab, seq_len, batch, l
     try:
         report = flatness_cost(settings, Path(out), jobs=jobs, echo=click.echo)
     except OLMoConfigurationError as e:
-        raise click.UsageError(str(e)) from None
+        raise click.ClickException(str(e)) from None
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..output import atomic_write_text
+from ..preflight import out_file_callback
 
 __all__ = ["sam_overhead", "sam_overhead_command"]
 
@@ -246,7 +247,7 @@ def sam_overhead(
         help="Micro-batch per rank (sequences).")
 @click.option("--dp", type=click.Choice(["ddp", "fsdp"]), default=None, help="Under torchrun.")
 @click.option("--threads", type=int, default=None, help="CPU threads per process (default 1).")
-@click.option("--out", type=click.Path(), default=None, help="Also write the JSON report here.")
+@click.option("--out", callback=out_file_callback, type=click.Path(dir_okay=False), default=None, help="Also write the JSON report here.")
 def sam_overhead_command(as_json, steps, run_steps, d_model, n_layers, seq, batch, micro, dp, threads, out):  # noqa: E501
     """SAM vs AdamW step time, annealing-switch run time, interval cost, extra memory."""
     if threads is not None:

@@ -9,16 +9,17 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
+from ..preflight import model_callback, out_dir_callback, out_file_callback
 
 __all__ = ["cfs"]
 
 
 def _usage(fn):
-    """Run ``fn`` turning configuration errors into click usage errors (exit code 2)."""
+    """Run ``fn``; configuration errors are one ``Error:`` line (exit code 1)."""
     try:
         return fn()
     except OLMoConfigurationError as e:
-        raise click.UsageError(str(e)) from None
+        raise click.ClickException(str(e)) from None
 
 
 @click.group()
@@ -34,8 +35,8 @@ def cfs():
 
 
 @cfs.command()
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), callback=model_callback)
+@click.option("--out", required=True, callback=out_file_callback, type=click.Path(dir_okay=False, path_type=Path),
         help="JSONL file of samples to write (resumable: finished shards are kept).")
 @click.option(
     "--num-samples",
@@ -137,7 +138,7 @@ def generate(
 @cfs.command()
 @click.argument("task_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("samples", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", required=True, callback=out_dir_callback, type=click.Path(file_okay=False, path_type=Path),
         help="Prepared fine-tuning set to write (same format as TASK_DIR).")
 @click.option("--ratio", type=float, default=paper.CFS_DEFAULT_RATIO, show_default=True,
               help="Synthetic pool as a fraction of the task set (paper: 0.1, 0.5, 1, 2).")

@@ -9,6 +9,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import click
 from olmo_core.exceptions import OLMoConfigurationError
 
+from ..preflight import out_dir_callback
 
 __all__ = ["data"]
 
@@ -90,7 +91,7 @@ def fetch_corpus():
 
 
 @data.command("demo")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory for the tokenizer/ and the train/validation token files.")
+@click.option("--out", "out_dir", required=True, callback=out_dir_callback, type=click.Path(path_type=Path), help="Directory for the tokenizer/ and the train/validation token files.")
 @click.option("--vocab-size", type=int, default=None, help="BPE size (default: the demo's).")
 @click.option("--book", "books", multiple=True, help="Only these books of the corpus (repeatable).")
 def demo_cmd(out_dir: Path, vocab_size: Optional[int], books):
@@ -107,7 +108,7 @@ def demo_cmd(out_dir: Path, vocab_size: Optional[int], books):
 
 
 @data.command("train-tokenizer")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Tokenizer directory to write.")
+@click.option("--out", "out_dir", required=True, callback=out_dir_callback, type=click.Path(path_type=Path), help="Tokenizer directory to write.")
 @click.option("--vocab-size", type=int, required=True, help="Vocabulary size, special tokens included.")
 @click.option("--max-documents", type=int, default=None, help="Train on at most this many documents.")
 @_source_options
@@ -129,7 +130,7 @@ def train_tokenizer_cmd(out_dir: Path, vocab_size: int, max_documents: Optional[
 
 
 @data.command("tokenize")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory for the token files (train-*.npy, val-*.npy, meta.json, tokenizer/).")
+@click.option("--out", "out_dir", required=True, callback=out_dir_callback, type=click.Path(path_type=Path), help="Directory for the token files (train-*.npy, val-*.npy, meta.json, tokenizer/).")
 @click.option("--tokenizer", "tokenizer_name", default="dolma2", show_default=True,
               help="'dolma2', a Hugging Face tokenizer id, or a local tokenizer directory.")  # fmt: skip
 @click.option("--val-fraction", type=float, default=None, help="Fraction of documents held out [default: 0.02].")

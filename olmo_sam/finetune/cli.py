@@ -10,19 +10,20 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
+from ..preflight import out_dir_callback
 
 LR_HELP = "learning rates: a preset (table7 = [SAM-PT] Table 7, table3 = Table 3, table10 = EWC Table 10) or a comma-separated list"
 
 
 def _usage_errors(fn):
-    """Turn configuration errors into click usage errors (a clear message, exit code 2)."""
+    """Configuration errors and missing files: one ``Error:`` line (exit code 1)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except (OLMoConfigurationError, FileNotFoundError) as e:
-            raise click.UsageError(str(e)) from None
+            raise click.ClickException(str(e)) from None
 
     return wrapper
 
@@ -152,7 +153,7 @@ def datasets_command():
 @finetune.command("prepare")
 @click.argument("name")
 @click.option("--tokenizer", required=True, type=click.Path(exists=True), help="Hugging Face tokenizer directory (or tokenizer.json)")
-@click.option("--out", type=click.Path(), help="output directory [default: a keyed directory in the cache]")
+@click.option("--out", callback=out_dir_callback, type=click.Path(), help="output directory [default: a keyed directory in the cache]")
 @click.option("--seed", type=int, default=0, show_default=True, help="split seed")
 @click.option("--val-fraction", type=float, default=0.05, show_default=True, help="fraction of documents held out for L_FT")
 @click.option("--max-val-documents", type=int, default=2000, show_default=True, help="cap on held-out documents")
@@ -185,7 +186,7 @@ def prepare_command(name, tokenizer, out, seed, val_fraction, max_val_documents,
 @click.option("--lora-rank", type=int, help=f"[default: {paper.LORA_RANK}]")
 @click.option("--replay-ratio", type=float, help=f"replayed PT tokens per task token [default: {paper.REPLAY_DEFAULT_RATIO:g}]")
 @click.option("--wise-alpha", "wise_alphas", type=float, multiple=True, help="also record WiSE-FT at these alphas")
-@click.option("--out", required=True, type=click.Path(), help="run directory")
+@click.option("--out", required=True, callback=out_dir_callback, type=click.Path(), help="run directory")
 @click.option("--cache-dir", type=click.Path(), help="[default: OUT/../_cache]")
 @click.option("--store", type=click.Path(), help="also append the records to this results.jsonl")
 @click.option("--keep-checkpoint", is_flag=True, help="keep the fine-tuned checkpoint")
@@ -218,7 +219,7 @@ def run_command(base, base_label, data, lr, method, ewc_lambda, l2_lambda, lora_
 @click.option("--base", required=True, help="base checkpoint")
 @click.option("--ft", "ft_ckpt", required=True, help="fine-tuned checkpoint (kept with --keep-checkpoint)")
 @click.option("--alpha", required=True, type=float, help="weight of the fine-tuned model (0 = base, 1 = fine-tuned)")
-@click.option("--out", required=True, type=click.Path(), help="checkpoint directory to write")
+@click.option("--out", required=True, callback=out_dir_callback, type=click.Path(), help="checkpoint directory to write")
 @_usage_errors
 def wise_ft_command(base, ft_ckpt, alpha, out):
     """Save the WiSE-FT interpolation (1 - alpha) * base + alpha * fine-tuned as a checkpoint."""
@@ -281,7 +282,7 @@ def _choices(values: Sequence[str], allowed: Sequence[str], what: str) -> tuple:
         help=f"replayed PT tokens per task token, comma-separated or repeated [default: {paper.REPLAY_DEFAULT_RATIO:g}]")
 @click.option("--wise-alphas", "wise_alphas", multiple=True,
         help=f"WiSE-FT weights of the fine-tuned model, comma-separated or repeated [default: {paper.WISE_FT_ALPHA:g}]")
-@click.option("--out", required=True, type=click.Path(), help="sweep directory (results.jsonl, runs/, cache/)")
+@click.option("--out", required=True, callback=out_dir_callback, type=click.Path(), help="sweep directory (results.jsonl, runs/, cache/)")
 @click.option("--jobs", type=click.IntRange(min=1), help="parallel local workers [default: min(2, CPUs)]")
 @click.option("--executor", "launcher", type=click.Choice(["local", "torchrun"]), default="local",
         show_default=True, help="how runs start: local worker processes, or torchrun per run")

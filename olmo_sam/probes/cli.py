@@ -14,12 +14,13 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
+from ..preflight import DEVICE, out_dir_callback
 
 __all__ = ["probe"]
 
 
 def _errors(fn: Callable) -> Callable:
-    """Configuration errors become usage errors; a failed quantization proof a plain error."""
+    """Configuration errors, missing files and a failed quantization proof: one ``Error:`` line (exit 1)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -27,9 +28,7 @@ def _errors(fn: Callable) -> Callable:
 
         try:
             return fn(*args, **kwargs)
-        except OLMoConfigurationError as e:
-            raise click.UsageError(str(e)) from e
-        except (QuantizationError, FileNotFoundError) as e:
+        except (OLMoConfigurationError, QuantizationError, FileNotFoundError) as e:
             raise click.ClickException(str(e)) from e
 
     return wrapper
@@ -42,8 +41,8 @@ def _common(fn: Callable) -> Callable:
         click.option("--seq-len", type=int, default=None, help="Window length (default: the checkpoint's training sequence length)."),
         click.option("--batch-size", type=int, default=8, show_default=True, help="Sequences per evaluation batch."),
         click.option("--max-sequences", type=int, default=None, help="Evaluate at most this many windows."),
-        click.option("--device", default="cpu", show_default=True, help="Torch device to evaluate on (cpu, cuda, cuda:1, ...)."),
-        click.option("--out", "out_dir", type=click.Path(file_okay=False), default="probe-results", show_default=True, help="Where <probe>.json and <probe>.png go."),
+        click.option("--device", type=DEVICE, default="cpu", show_default=True, help="Torch device to evaluate on (cpu, cuda, cuda:1, ...)."),
+        click.option("--out", "out_dir", callback=out_dir_callback, type=click.Path(file_okay=False), default="probe-results", show_default=True, help="Where <probe>.json and <probe>.png go."),
     ]
     for opt in reversed(options):
         fn = opt(fn)

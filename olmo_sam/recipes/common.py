@@ -31,6 +31,7 @@ from ..models import param_counts
 from ..optim.sam import SAMConfig
 from ..optim.schedules import decay_start
 from ..train.callbacks import SAMSwitchCallback
+from ..preflight import out_dir_callback
 
 __all__ = [
     "RunSpec",
@@ -442,7 +443,7 @@ def common_options(f):
     options = [
         click.option("--dry-run", is_flag=True, help="Print the resolved config and estimates; train nothing."),
         click.option("--json", "as_json", is_flag=True, help="With --dry-run: print JSON instead of YAML."),
-        click.option("--out", "save_folder", type=str, default=None,
+        click.option("--out", "save_folder", callback=out_dir_callback, type=str, default=None,
                help="Run directory (re-using it resumes)."),
         click.option("--dp", type=click.Choice(["auto", "none", "ddp", "fsdp", "hsdp"]), default="auto",
                      show_default=True, help="Data parallelism under torchrun."),
