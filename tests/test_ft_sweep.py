@@ -177,12 +177,12 @@ def test_bad_input(tiny_checkpoint, tiny_corpus, task, tmp_path):
         __import__("olmo_sam.cli", fromlist=["main"]).main,
         ["sweep", "--base", "/no/such/ckpt", "--data", str(task), "--lrs", "1e-3", "--out", str(tmp_path / "s")],
     )
-    assert res.exit_code == 2 and "checkpoint not found: /no/such/ckpt" in res.output
+    assert res.exit_code == 1 and "checkpoint not found: /no/such/ckpt" in res.output
     res = CliRunner().invoke(
         __import__("olmo_sam.cli", fromlist=["main"]).main,
         ["sweep", "--base", str(tiny_checkpoint), "--data", str(task), "--lrs", "", "--out", str(tmp_path / "s")],
     )
-    assert res.exit_code == 2 and "LR grid is empty" in res.output
+    assert res.exit_code == 1 and "LR grid is empty" in res.output
     # torchrun launches
     cmd = worker_command("/r/worker.json", "torchrun", 8)
     assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=8", "-m",

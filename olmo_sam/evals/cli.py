@@ -10,7 +10,7 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..preflight import DEVICE, model_callback, out_dir_callback
+from ..preflight import DEVICE, POSITIVE_INT, model_callback, out_dir_callback
 
 __all__ = ["eval_group"]
 
@@ -58,8 +58,8 @@ def eval_group():
 @click.option("--model-arg", "model_arg", multiple=True, metavar="KEY=VALUE",
               help="Extra OLMES model arg (VALUE as JSON); validated against OLMES's MODEL_DEFAULTS.")  # fmt: skip
 @click.option("--limit", type=float, default=None, help="Instances (or fraction) per task, for quick runs.")
-@click.option("--batch-size", default=None, help="OLMES batch size (an int or 'auto').")
-@click.option("--gpus", type=int, default=None, help="Number of GPUs for OLMES.")
+@click.option("--eval-batch-size", "batch_size", default=None, help="OLMES batch size (an int or 'auto').")
+@click.option("--gpus", type=POSITIVE_INT, default=None, help="Number of GPUs for OLMES.")
 @click.option("--out", "output_dir", callback=out_dir_callback, type=click.Path(file_okay=False, path_type=Path), default=None,
         help="OLMES output directory [default: MODEL_DIR/olmes].")  # fmt: skip
 @click.option("--olmes", "olmes_path", default=None, metavar="PATH",
@@ -115,7 +115,7 @@ def olmes_command(model_dir, suite, tasks, model_type, quant, model_arg, limit, 
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Documents per task, for quick runs.")
 @click.option("--quant", default="none", show_default=True, type=click.Choice(["none", "nf4", "fp4", "int8"]),
               help="bitsandbytes loading through transformers (nf4 = the paper's 4-bit).")  # fmt: skip
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Sequences per forward pass.")
+@click.option("--eval-batch-size", "batch_size", type=POSITIVE_INT, default=8, show_default=True, help="Sequences per forward pass.")
 @click.option("--max-gen-toks", type=click.IntRange(min=1), default=None,
               help="Cap generated tokens (for small-context models).")  # fmt: skip
 @click.option("--device", type=DEVICE, default="cpu", show_default=True, help="Torch device (cpu, cuda, cuda:1, ...).")

@@ -10,7 +10,7 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..preflight import out_dir_callback
+from ..preflight import POSITIVE_FLOAT, POSITIVE_INT, out_dir_callback
 
 LR_HELP = "learning rates: a preset (table7 = [SAM-PT] Table 7, table3 = Table 3, table10 = EWC Table 10) or a comma-separated list"
 
@@ -48,16 +48,16 @@ def _budget(value: Optional[str]):
 def recipe_options(fn):
     """Options shared by ``finetune run`` and ``sweep`` (FTConfig fields; unset = default)."""
     opts = [
-        click.option("--batch-size", type=int, help=f"sequences per step [default: {paper.FT_BATCH_SIZE}]"),
-        click.option("--micro-batch-size", "microbatch_size", type=int,
+        click.option("--batch-size", type=POSITIVE_INT, help=f"sequences per step [default: {paper.FT_BATCH_SIZE}]"),
+        click.option("--micro-batch-size", "microbatch_size", type=POSITIVE_INT,
                help="sequences per forward/backward (memory); must divide --batch-size"),
-        click.option("--seq-len", "sequence_length", type=int, help="tokens per training sequence [default: the base checkpoint's]"),
+        click.option("--seq-len", "sequence_length", type=POSITIVE_INT, help="tokens per training sequence [default: the base checkpoint's]"),
         click.option(
             "--token-budget", callback=lambda c, p, v: _budget(v),
             help="tokens per run, capped at one epoch: a number, 'epoch' (no cap), 'table7' (10M) or "
             "'table3' (per dataset: MetaMath 80M, others 50M) [default: table7]",
         ),
-        click.option("--max-steps", type=int, help="explicit number of steps (overrides the epoch/budget rule)"),
+        click.option("--max-steps", type=POSITIVE_INT, help="explicit number of steps (overrides the epoch/budget rule)"),
         click.option("--warmup-fraction", type=float, help=f"LR warmup as a fraction of the steps [default: {paper.FT_WARMUP_FRACTION:g}]"),
         click.option("--final-lr-fraction", type=float, help="cosine floor as a fraction of the peak [default: 0]"),
         click.option("--weight-decay", type=float, help=f"AdamW weight decay [default: {paper.FT_WEIGHT_DECAY:g}]"),
@@ -65,13 +65,13 @@ def recipe_options(fn):
         click.option("--seed", type=int, help="model seed (LoRA init, dropout) [default: 0]"),
         click.option("--data-seed", type=int, help="seed of the training-data order [default: 34521]"),
         click.option("--dp", type=click.Choice(["ddp", "fsdp", "hsdp"]), help="data parallelism under torchrun"),
-        click.option("--checkpoint-interval", type=int, help="also checkpoint every N steps (resumable long runs)"),
+        click.option("--checkpoint-interval", type=POSITIVE_INT, help="also checkpoint every N steps (resumable long runs)"),
         click.option("--pt-val", multiple=True, help="pretraining validation token file(s) [default: the base run's]"),
-        click.option("--pt-val-max-sequences", type=int, help="evaluate L_PT on at most this many sequences [default: all]"),
-        click.option("--ft-val-max-sequences", type=int, help="evaluate L_FT on at most this many sequences [default: all]"),
-        click.option("--eval-batch-size", type=int, help="sequences per evaluation batch [default: 8]"),
-        click.option("--fisher-batches", type=int, help=f"EWC Fisher batches [default: {paper.EWC_FISHER_BATCHES}]"),
-        click.option("--fisher-batch-size", type=int, help="EWC: sequences per Fisher batch [default: --batch-size]"),
+        click.option("--pt-val-max-sequences", type=POSITIVE_INT, help="evaluate L_PT on at most this many sequences [default: all]"),
+        click.option("--ft-val-max-sequences", type=POSITIVE_INT, help="evaluate L_FT on at most this many sequences [default: all]"),
+        click.option("--eval-batch-size", type=POSITIVE_INT, help="sequences per evaluation batch [default: 8]"),
+        click.option("--fisher-batches", type=POSITIVE_INT, help=f"EWC Fisher batches [default: {paper.EWC_FISHER_BATCHES}]"),
+        click.option("--fisher-batch-size", type=POSITIVE_INT, help="EWC: sequences per Fisher batch [default: --batch-size]"),
         click.option("--fisher-data", multiple=True, help="EWC: pretraining token files [default: the base run's]"),
         click.option("--replay-data", multiple=True, help="replay: pretraining token files [default: the base run's]"),
         click.option("--lora-alpha", type=float, help="LoRA scaling numerator [default: the rank]"),
@@ -156,9 +156,9 @@ def datasets_command():
 @click.option("--out", callback=out_dir_callback, type=click.Path(), help="output directory [default: a keyed directory in the cache]")
 @click.option("--seed", type=int, default=0, show_default=True, help="split seed")
 @click.option("--val-fraction", type=float, default=0.05, show_default=True, help="fraction of documents held out for L_FT")
-@click.option("--max-val-documents", type=int, default=2000, show_default=True, help="cap on held-out documents")
-@click.option("--max-train-tokens", type=int, help="stop reading once the train split holds this many tokens")
-@click.option("--max-documents", type=int, help="read at most this many rows")
+@click.option("--max-val-documents", type=POSITIVE_INT, default=2000, show_default=True, help="cap on held-out documents")
+@click.option("--max-train-tokens", type=POSITIVE_INT, help="stop reading once the train split holds this many tokens")
+@click.option("--max-documents", type=POSITIVE_INT, help="read at most this many rows")
 @click.option("--overwrite", is_flag=True, help="replace a differently prepared dataset in --out")
 @_usage_errors
 def prepare_command(name, tokenizer, out, seed, val_fraction, max_val_documents, max_train_tokens, max_documents, overwrite):
@@ -178,12 +178,12 @@ def prepare_command(name, tokenizer, out, seed, val_fraction, max_val_documents,
 @click.option("--base", required=True, help="base checkpoint: OLMo-core run or step directory, trainer or model-only (import-hf, wise-ft output)")
 @click.option("--base-label", help="short name of the base in tables and plots [default: its run directory]")
 @click.option("--data", required=True, help="prepared dataset directory ('olmo-sam finetune prepare')")
-@click.option("--lr", required=True, type=float, help="peak learning rate (cosine schedule)")
+@click.option("--lr", required=True, type=POSITIVE_FLOAT, help="peak learning rate (cosine schedule)")
 @click.option("--method", type=click.Choice(["ft", "ewc", "l2init", "lora", "replay"]), default="ft", show_default=True,
               help="full fine-tuning or a forgetting-mitigation baseline")
 @click.option("--ewc-lambda", type=float, help=f"[default: {paper.EWC_BEST_LAMBDA:g}]")
 @click.option("--l2-lambda", type=float, help=f"[default: {paper.L2_INIT_PENALTY:g}]")
-@click.option("--lora-rank", type=int, help=f"[default: {paper.LORA_RANK}]")
+@click.option("--lora-rank", type=POSITIVE_INT, help=f"[default: {paper.LORA_RANK}]")
 @click.option("--replay-ratio", type=float, help=f"replayed PT tokens per task token [default: {paper.REPLAY_DEFAULT_RATIO:g}]")
 @click.option("--wise-alpha", "wise_alphas", type=float, multiple=True, help="also record WiSE-FT at these alphas")
 @click.option("--out", required=True, callback=out_dir_callback, type=click.Path(), help="run directory")

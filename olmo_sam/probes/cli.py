@@ -14,7 +14,7 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..preflight import DEVICE, out_dir_callback
+from ..preflight import DEVICE, NON_NEGATIVE_INT, POSITIVE_INT, out_dir_callback
 
 __all__ = ["probe"]
 
@@ -38,9 +38,9 @@ def _common(fn: Callable) -> Callable:
     options = [
         click.option("--val", "val_paths", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False), help="Pretraining validation token file (repeatable)."),
         click.option("--label", "labels", multiple=True, help="Label per checkpoint, in order (ARM@TOKENS groups lines by ARM)."),
-        click.option("--seq-len", type=int, default=None, help="Window length (default: the checkpoint's training sequence length)."),
-        click.option("--batch-size", type=int, default=8, show_default=True, help="Sequences per evaluation batch."),
-        click.option("--max-sequences", type=int, default=None, help="Evaluate at most this many windows."),
+        click.option("--seq-len", type=POSITIVE_INT, default=None, help="Window length (default: the checkpoint's training sequence length)."),
+        click.option("--eval-batch-size", "batch_size", type=POSITIVE_INT, default=8, show_default=True, help="Sequences per evaluation batch (not the training --batch-size)."),
+        click.option("--max-sequences", type=POSITIVE_INT, default=None, help="Evaluate at most this many windows."),
         click.option("--device", type=DEVICE, default="cpu", show_default=True, help="Torch device to evaluate on (cpu, cuda, cuda:1, ...)."),
         click.option("--out", "out_dir", callback=out_dir_callback, type=click.Path(file_okay=False), default="probe-results", show_default=True, help="Where <probe>.json and <probe>.png go."),
     ]
@@ -145,10 +145,10 @@ def noise_cmd(checkpoints, gammas, seeds, include, exclude, perturb_vectors, val
 @probe.command("hessian")
 @click.argument("checkpoints", nargs=-1)
 @click.option("--pair", "pairs", multiple=True, nargs=2, type=click.Path(exists=True), help="BASE FINETUNED checkpoints: directional sharpness and quadratic prediction (repeatable).")
-@click.option("--n-sequences", "n_sequences", type=int, default=8, show_default=True, help="Validation windows in the fixed Hessian batch.")
-@click.option("--probes", type=int, default=paper.HUTCHINSON_PROBES, show_default=True, help="Hutchinson probes ([WSO] App H: 50).")
+@click.option("--n-sequences", "n_sequences", type=POSITIVE_INT, default=8, show_default=True, help="Validation windows in the fixed Hessian batch.")
+@click.option("--probes", type=POSITIVE_INT, default=paper.HUTCHINSON_PROBES, show_default=True, help="Hutchinson probes ([WSO] App H: 50).")
 @click.option("--rtol", type=float, default=None, help="Stop once the standard error is <= rtol * |trace|.")
-@click.option("--power-iters", type=int, default=100, show_default=True, help="Max power iterations for lambda_max per run (0: skip).")
+@click.option("--power-iters", type=NON_NEGATIVE_INT, default=100, show_default=True, help="Max power iterations for lambda_max per run (0: skip).")
 @click.option("--method", type=click.Choice(["double_backward", "finite_difference"]), default="double_backward", show_default=True, help="Hessian-vector products: exact double backward, or a finite difference of gradients.")
 @click.option("--fd-step", type=float, default=1e-3, show_default=True, help="Relative finite-difference step.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Hutchinson and power-iteration vectors.")

@@ -31,7 +31,7 @@ from ..models import param_counts
 from ..optim.sam import SAMConfig
 from ..optim.schedules import decay_start
 from ..train.callbacks import SAMSwitchCallback
-from ..preflight import out_dir_callback
+from ..preflight import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, out_dir_callback
 
 __all__ = [
     "RunSpec",
@@ -449,15 +449,15 @@ def common_options(f):
                      show_default=True, help="Data parallelism under torchrun."),
         click.option("--param-dtype", type=click.Choice(["float32", "bfloat16"]), default=None,
                      help="FSDP mixed-precision parameter dtype."),
-        click.option("--micro-batch-size", "microbatch", type=int, default=None,
+        click.option("--micro-batch-size", "microbatch", type=POSITIVE_INT, default=None,
                help="Sequences per rank per micro-batch."),
-        click.option("--eval-interval", type=int, default=None, help="Steps between in-loop validation-loss evaluations (pretraining: 0 = none)."),
-        click.option("--checkpoint-interval", type=int, default=None, help="Steps between checkpoints."),
-        click.option("--stop-at-step", type=int, default=None,
+        click.option("--eval-interval", type=NON_NEGATIVE_INT, default=None, help="Steps between in-loop validation-loss evaluations (pretraining: 0 = none)."),
+        click.option("--checkpoint-interval", type=POSITIVE_INT, default=None, help="Steps between checkpoints."),
+        click.option("--stop-at-step", type=POSITIVE_INT, default=None,
                      help="Stop (with a checkpoint) at this step; the schedule still spans the whole run."),
-        click.option("--gpu-peak-tflops", type=float, default=GPU_PEAK_TFLOPS, show_default=True,
+        click.option("--gpu-peak-tflops", type=POSITIVE_FLOAT, default=GPU_PEAK_TFLOPS, show_default=True,
                      help="Assumed accelerator peak (dense bf16) for the GPU-hour estimate."),
-        click.option("--mfu", type=float, default=GPU_MFU, show_default=True,
+        click.option("--mfu", type=POSITIVE_FLOAT, default=GPU_MFU, show_default=True,
                      help="Assumed model-FLOPs utilisation for the GPU-hour estimate."),
         click.option("--world-size", "assume_world", type=click.IntRange(min=1), default=None,
                      help="With --dry-run: resolve the config for this many processes (no torchrun needed)."),
