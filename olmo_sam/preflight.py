@@ -1,6 +1,7 @@
 """Checks every command runs before any work, each a one-line error naming what the user gave.
 
-* Values: :data:`POSITIVE_INT`, :data:`NON_NEGATIVE_INT`, :data:`POSITIVE_FLOAT` (click types: zero
+* Values: :data:`POSITIVE_INT`, :data:`NON_NEGATIVE_INT`, :data:`POSITIVE_FLOAT`,
+  :data:`NON_NEGATIVE_FLOAT` (click types: zero
   or a negative is an error, never a silent default; an omitted option is ``None``), and
   :data:`DEVICE` (a torch device string that exists on this machine).
 * Outputs: :func:`check_out` -- the output path (``--out``) is not a file where a directory goes
@@ -29,6 +30,7 @@ __all__ = [
     "POSITIVE_INT",
     "NON_NEGATIVE_INT",
     "POSITIVE_FLOAT",
+    "NON_NEGATIVE_FLOAT",
     "DEVICE",
     "DeviceType",
     "check_out",
@@ -45,8 +47,10 @@ __all__ = [
 POSITIVE_INT = click.IntRange(min=1)
 #: an integer >= 0 (0 has a documented meaning, e.g. "no evaluation")
 NON_NEGATIVE_INT = click.IntRange(min=0)
-#: a float > 0 (learning rates, magnitudes)
+#: a float > 0 (magnitudes, budgets)
 POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
+#: a float >= 0 (a recipe's learning rate: 0 is a frozen run, used to check weight loading)
+NON_NEGATIVE_FLOAT = click.FloatRange(min=0)
 
 
 class DeviceType(click.ParamType):

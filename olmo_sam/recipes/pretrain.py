@@ -37,7 +37,7 @@ from .. import paper
 from ..models import CPU_SIZES, dolma2_tokenizer, model_config, param_counts
 from ..optim import WSO, CosineAlpha, LinearAlpha, SAMConfig, WSDAlpha
 from ..train import SAMSwitchCallback, build_experiment
-from ..preflight import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT
+from ..preflight import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT
 from .common import (
     RunSpec,
     apply_overrides,
@@ -364,7 +364,7 @@ def sweep_members(name: str, spec: PretrainSpec, explicit: Dict[str, Any]) -> Li
 @click.option("--tokens", type=str, default=None, help="Token budget, e.g. 192B (Table 5).")
 @click.option("--tokens-per-param", type=POSITIVE_FLOAT, default=None, help="Budget as tokens per parameter (nominal for paper sizes, total for tiny/micro).")
 @click.option("--steps", type=POSITIVE_INT, default=None, help="Budget in steps (CPU runs).")
-@click.option("--lr", type=POSITIVE_FLOAT, default=None, help="Peak LR [default: Table 6 by tokens/param].")
+@click.option("--lr", type=NON_NEGATIVE_FLOAT, default=None, help="Peak LR [default: Table 6 by tokens/param].")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help="[default: adamw]")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="[default: cosine]")
 @click.option("--alpha", type=float, default=None, help="Final LR / peak [default: 0.1].")
