@@ -40,6 +40,7 @@ __all__ = [
     "read_json",
     "check_safetensors",
     "check_local_model",
+    "looks_local",
     "cli_errors",
 ]
 
@@ -190,6 +191,12 @@ def check_safetensors(directory: str | Path) -> None:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
+def looks_local(text: str) -> bool:
+    """Whether ``text`` can only be a local path, not a Hugging Face hub id (``name`` or
+    ``org/name``): it exists, starts with ``.``, ``/`` or ``~``, or has more than one ``/``."""
+    return Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or text.count("/") > 1 or not _HUB_ID.match(text)
+
+
 def check_local_model(source: str | Path, *, flag: str) -> bool:
     """True if ``source`` is a local directory (its JSON config and safetensors checked); False if
     it can only be a Hugging Face hub id. A path that looks local (``./x``, ``/x``, ``~/x``, more
@@ -201,8 +208,7 @@ def check_local_model(source: str | Path, *, flag: str) -> bool:
             read_json(p / "config.json", what="model config.json")
         check_safetensors(p)
         return True
-    looks_local = p.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1 or not _HUB_ID.match(text)
-    if looks_local:
+    if looks_local(text):
         what = "is a file, not a model directory" if p.exists() else "no such directory"
         raise OLMoConfigurationError(f"{flag} {text}: {what} (and not a Hugging Face hub id such as org/name)")
     return False
