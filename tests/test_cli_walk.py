@@ -1,7 +1,7 @@
 """Every command, walked from the click group (a new command is covered without editing this file),
 is given each bad input it can take -- a missing file, a corrupt checkpoint (config.json), a
-corrupt token-dataset meta.json, a truncated safetensors file, an output path it cannot write and
-a bad --device -- and must refuse it with a non-zero exit and one ``Error:`` line that names what
+corrupt token-dataset meta.json, a truncated safetensors file, a YAML file with a duplicated key,
+an output path it cannot write and a bad --device -- and must refuse it with a non-zero exit and one ``Error:`` line that names what
 was given, never a traceback (issue 19).
 
 Tests run as root here, which ignores file permissions, so "cannot write" is an output path whose
@@ -98,6 +98,8 @@ def inputs(tmp_path_factory, tiny_checkpoint, tiny_corpus, tiny_hf_model):
     tok_dir.mkdir()
     shutil.copy(tiny_corpus.val, tok_dir / "val-000.npy")
     (tok_dir / "meta.json").write_text('{"format": ')
+    bad_yaml = root / "duplicate-key.yaml"
+    bad_yaml.write_text("name: s\nname: t\n")
     study = root / "study.yaml"
     study.write_text(
         "name: s\ndata: {demo: {vocab_size: 512}}\n"
@@ -105,7 +107,7 @@ def inputs(tmp_path_factory, tiny_checkpoint, tiny_corpus, tiny_hf_model):
     )
     return {
         "root": root, "a_file": a_file, "a_dir": root / "a-dir", "bad_ckpt": ckpt, "hf_bad_config": hf_cfg,
-        "hf_bad_weights": hf_w, "bad_meta_dir": tok_dir, "bad_meta_file": tok_dir / "val-000.npy",
+        "hf_bad_weights": hf_w, "bad_meta_dir": tok_dir, "bad_yaml": bad_yaml,
         "fill": {"checkpoint": str(tiny_checkpoint), "hf_model": str(tiny_hf_model), "token_file": str(tiny_corpus.val),
                  "token_dir": str(tiny_corpus.val.parent), "study_file": str(study)},
     }  # fmt: skip
@@ -179,6 +181,9 @@ def _cases(inputs) -> List[Case]:
             if role == "token_dir":
                 bad = str(inputs["bad_meta_dir"])
                 cases.append(Case(name, f"corrupt meta.json as {p.name}", _args(name, cmd, inputs, {p.name: [bad] * n}), "meta.json"))
+            if role == "study_file":
+                bad = str(inputs["bad_yaml"])
+                cases.append(Case(name, f"duplicate YAML key in {p.name}", _args(name, cmd, inputs, {p.name: [bad]}), bad))
             if _is_out(p):
                 under_file = str(inputs["a_file"] / "out")
                 wrong = inputs["a_file"] if _out_kind(p) == "dir" else inputs["a_dir"]
