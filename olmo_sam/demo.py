@@ -49,10 +49,13 @@ def demo(quick, out, jobs, rerun, dry_run):
     summary = plan.out / "analysis" / "summary.json"
     if summary.exists():
         if quick:
-            click.echo("\nFindings of the quick demo (a smoke test: too small to be evidence for or against SAM):")
+            click.echo("\nFindings of the quick demo (a smoke test: too small to be evidence for or against SAM; "
+                       "the pre-registered hypothesis first):")
         else:
-            click.echo("\nFindings (measured in this run):")
+            click.echo("\nFindings (measured in this run; the pre-registered hypothesis first):")
         s = json.loads(summary.read_text())
+        for h in s.get("hypotheses", []):
+            click.echo(f"  * {h['text']}")
         if s.get("interval"):
             click.echo(f"  ({s['interval']['description']})")
         for f in s.get("findings", []):

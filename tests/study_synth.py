@@ -58,11 +58,18 @@ def _ft_records(arm: str, budget: int, seed: int, ds: str) -> List[FTRecord]:
     return out
 
 
-def build(out: Path, *, with_budget_fields: bool = True, interval: Dict[str, Any] | None = None):
-    """Write the study under ``out``; return the analysis job's context."""
+def build(out: Path, *, with_budget_fields: bool = True, interval: Dict[str, Any] | None = None,
+          hypotheses: List[Dict[str, Any]] | None = None):
+    """Write the study under ``out``; return the analysis job's context. ``hypotheses``: the study
+    file's ``hypotheses:`` (the file then also names its seeds, budgets, probes and fine-tuning)."""
+    sections: Dict[str, Any] = {}
+    if hypotheses is not None:
+        sections = {"hypotheses": hypotheses, "pretrain": {"seeds": list(SEEDS), "budgets_tpp": list(BUDGETS)},
+                    "probes": {"quantize": {"quant": ["nf4"]}, "noise": {"gammas": [0.01, 0.02]}, "hessian": {}},
+                    "finetune": {"datasets": list(DATASETS), "lrs": list(LRS)}}  # fmt: skip
     study = parse_study({"name": "synth", "out_dir": str(out), "seed": 0, "data": {"demo": {}},
                          "arms": [{"name": a, "optimizer": a} for a in ARMS],
-                         **({"analysis": interval} if interval else {})})  # fmt: skip
+                         **({"analysis": interval} if interval else {}), **sections})  # fmt: skip
     jobs: List[Job] = []
     units = []
 

@@ -265,3 +265,45 @@ def test_matched_pt_view_orders_checkpoints_per_arm():
     got = {arm: [(r.curve.base_l_pt, r.retained.l_pt) for r in rows] for arm, rows in view.arms.items()}
     assert got == {"adamw": [(3.6, 3.9), (3.5, 3.95)], "sam": [(3.62, 3.7), (3.52, 3.6)]}
     assert [r.curve.label for r in view.arms["adamw"]] == ["adamw@0", "adamw@1"]
+
+
+# ---- grid edge and log-LR interpolation (issue 20) -----------------------------------------
+
+#: one base, a 3-point LR grid: (lr, L_PT, L_FT); a higher LR learns more and forgets more
+GRID = [(1e-4, 3.2, 1.5), (3e-4, 3.4, 1.3), (1e-3, 3.7, 1.1)]
+
+
+def _grid_curve(grid=GRID):
+    recs = [record(f"g{i}", pt, ft, lr=lr) for i, (lr, pt, ft) in enumerate(grid)]
+    return group_curves(recs)["d"][0]
+
+
+def test_grid_edge_flags_a_match_at_the_lowest_lr_past_tau():
+    c = _grid_curve()
+    edge = retained_pt_loss(c, 1.6)  # even the lowest LR (L_FT 1.5) learns past tau
+    assert edge.grid_edge and edge.lr == 1e-4 and edge.l_pt == 3.2
+    inside = retained_pt_loss(c, 1.4)  # matched at 3e-4, with 1e-4 above tau: bracketed
+    assert not inside.grid_edge and inside.lr == 3e-4
+    exact = retained_pt_loss(c, 1.5)  # the lowest LR sits exactly at tau: nothing lies beyond
+    assert not exact.grid_edge
+    # interpolation cannot bracket tau beyond the grid either
+    far = retained_pt_loss(c, 1.6, interpolate=True)
+    assert far.grid_edge and not far.interpolated
+    # the flag reaches the matched rows
+    other = [record(f"h{i}", pt + 0.1, ft + 0.2, base="o", lr=lr) for i, (lr, pt, ft) in enumerate(GRID)]
+    m = match_at_tau(group_curves([*c.records, *other])["d"])  # tau = 1.3, o's best L_FT: inside both grids
+    flags = {r.curve.label: r.grid_edge for r in m.rows}
+    assert m.tau == approx(1.3) and flags == {"b": False, "o": False}
+    m2 = match_at_tau(group_curves([*c.records, *other])["d"], tau=1.65)
+    assert {r.curve.label: r.grid_edge for r in m2.rows} == {"b": True, "o": False}
+
+
+def test_log_lr_interpolation_by_hand():
+    """tau = 1.35 between the runs at 3e-4 (L_FT 1.3) and 1e-4 (L_FT 1.5): w = 0.05 / 0.2 = 0.25 of
+    the way in log LR, so L_PT = 3.4 + 0.25 (3.2 - 3.4) = 3.35 and LR = 3e-4 (1e-4 / 3e-4)^0.25."""
+    r = retained_pt_loss(_grid_curve(), 1.35, interpolate=True)
+    assert r.interpolated and not r.grid_edge and r.l_ft == 1.35
+    assert r.l_pt == approx(3.35) and r.lr == approx(3e-4 * (1 / 3) ** 0.25)
+    assert 1e-4 < r.lr < 3e-4
+    nearest = retained_pt_loss(_grid_curve(), 1.35)
+    assert nearest.l_pt == 3.4 and nearest.lr == 3e-4  # the paper's rule: the run below tau

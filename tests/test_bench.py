@@ -86,3 +86,28 @@ def test_flatness_cost_refuses_bad_options(tmp_path):
     assert r.exit_code == 1 and "--n-seeds must be >= 2" in r.output
     r = CliRunner().invoke(bench, ["flatness-cost", "--out", str(tmp_path), "--variants", "adamw,msam"])
     assert r.exit_code == 1 and "must include 'sam'" in r.output
+
+
+def test_gain_kept_refuses_the_bootstrap_below_ten_seeds_fieller_by_hand():
+    """3 seeds: Fieller's interval of mean(A - V) / mean(A - S), checked by inverting the paired
+    t-test at its bounds (at R = lo or hi the t-statistic of (A - V) - R (A - S) is exactly t_crit)."""
+    from scipy.stats import t
+
+    a, s, v = [10.0, 20.0, 30.0], [8.0, 17.5, 28.3], [9.1, 18.6, 29.0]
+    g = bench_gain_kept_interval(a, v, s)
+    assert g["method"] == "fieller" and "bootstrap refused at 3 seeds" in g["note"]
+    x, y = np.subtract(a, v), np.subtract(a, s)
+    assert g["mean"] == pytest.approx(x.mean() / y.mean())
+    crit = t.ppf(0.975, 2)
+    for r in (g["lo"], g["hi"]):
+        z = x - r * y
+        assert abs(z.mean()) / (z.std(ddof=1) / math.sqrt(3)) == pytest.approx(crit, rel=1e-9)
+    assert g["lo"] < g["mean"] < g["hi"]
+    # SAM's gain not resolved from zero: unbounded, no interval
+    u = bench_gain_kept_interval(a, v, [10.5, 19.0, 30.2])
+    assert math.isnan(u["lo"]) and "unbounded" in u["note"]
+    # from 10 seeds on, the paired bootstrap
+    rng = np.random.default_rng(0)
+    a10 = rng.normal(20, 5, 10)
+    b = bench_gain_kept_interval(a10, a10 - 1 + rng.normal(0, 0.1, 10), a10 - 2 + rng.normal(0, 0.1, 10), n_boot=500)
+    assert b["method"] == "bootstrap" and b["note"] is None and b["lo"] < 0.5 < b["hi"]

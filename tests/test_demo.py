@@ -37,6 +37,7 @@ def test_demo_prints_where_the_report_is(demo_run):
     m = re.search(r"^report: (.+report\.html)$", stdout, re.M)
     assert m and os.path.exists(m.group(1))
     assert "Findings of the quick demo (a smoke test: too small to be evidence" in stdout  # --quick says so
+    assert "  * Primary hypothesis 'sam-forgets-less' (paired_t)" in stdout
 
 
 def test_report_has_every_section_with_numbers(demo_run):
@@ -60,6 +61,15 @@ def test_report_has_every_section_with_numbers(demo_run):
         if not f["significant"]:
             assert "no difference resolved at this scale" in f["text"]
     assert summary["interval"]["description"] in (out / "report" / "report.md").read_text()
+    # the one pre-registered hypothesis opens the summary and the report
+    assert list(summary)[0] == "hypotheses"
+    (h,) = summary["hypotheses"]
+    assert h["primary"] and h["name"] == "sam-forgets-less" and h["budgets_tpp"] == [16.0]
+    assert {"estimate", "ci_low", "ci_high", "p_value", "resolved", "mde"} <= set(h)
+    # two seeds, less those matched at the two-LR grid's edge (then no interval, never resolved)
+    assert sorted(h["seeds"] + h["grid_edge_seeds"]) == [0, 1] and h["n_seeds"] == len(h["seeds"])
+    assert (h["ci_low"] is None) == (h["n_seeds"] < 2) and (h["resolved"] is False or h["n_seeds"] == 2)
+    assert md.index("## Pre-registered hypotheses (primary)") < md.index("## Findings")
     pre = {r["unit"]: r for r in summary["pretraining"]["rows"]}
     bases = summary["bases"]
     # the quick study's grid: adamw and sam x 2 budgets x 2 seeds, each base with its metadata

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from olmo_sam.analysis.findings import make_finding
 from olmo_sam.analysis.stats import compare_seeds
 
@@ -54,3 +56,63 @@ def test_flatter_only_when_resolved_and_tiny_denominators_get_no_percentage():
     q = make_finding(section="quantize", quantity="quant_degradation", arm="sam", reference="adamw",
                      diff=compare_seeds({s: v + 0.0002 for s, v in ref.items()}, ref), setting="nf4")  # fmt: skip
     assert q["percent"] is None and "%" not in q["text"].replace("95% CI", "")
+
+
+def _trace(arm, ref):
+    return make_finding(section="hessian", quantity="trace", arm="sam", reference="adamw",
+                        diff=compare_seeds(arm, ref), context="Sharpness")  # fmt: skip
+
+
+def test_q_values_across_the_secondary_findings_gate_the_comparative_words():
+    """Four findings whose intervals exclude zero before correction; BH over the six secondary ones
+    keeps only the strong one (q by hand from the p-values: the weak ones' p ~ 0.035 become
+    q ~ 0.059); the primary one is not in the family."""
+    from olmo_sam.analysis.findings import adjust_findings
+
+    ref = {0: 340.0, 1: 361.0, 2: 331.0}
+    strong = _trace({0: 300.0, 1: 320.0, 2: 290.0}, ref)  # p ~ 3e-4
+    weak = [_trace({0: 335.0, 1: 354.0 + e, 2: 327.5}, ref) for e in (0.0, 0.2, -0.2)]  # each p ~ 0.033-0.040
+    nulls = [_trace({0: 341.0, 1: 360.0, 2: 331.5}, ref), _trace({0: 339.0, 1: 362.0, 2: 331.5}, ref)]
+    primary = {**_trace({0: 335.0, 1: 354.0, 2: 327.5}, ref), "primary": True}
+    secondary = [strong, *weak, *nulls]
+    m = len(secondary)
+    assert all(f["significant"] for f in [strong, *weak]) and not any(f["significant"] for f in nulls)
+    assert all(COMPARATIVE.search(f["text"]) for f in [strong, *weak])  # unadjusted: worded
+    fam = adjust_findings([primary, *secondary])
+    assert fam["comparisons"] == m and fam["tested"] == m
+    ps = [f["p_value"] for f in secondary]
+    order = sorted(range(m), key=lambda i: ps[i])
+    q_hand = [0.0] * m
+    running = 1.0
+    for rank in range(m, 0, -1):  # step-up: q_(i) = min_{j >= i} m p_(j) / j
+        i = order[rank - 1]
+        running = min(running, m * ps[i] / rank)
+        q_hand[i] = running
+    for f, q in zip(secondary, q_hand):
+        assert f["q_value"] == pytest.approx(q) and f["comparisons"] == m
+        assert f["resolved"] == (f["significant"] and q < 0.05)
+        if f["resolved"]:
+            assert "sam is flatter than adamw" in f["text"] and "q = " in f["text"]
+        else:
+            assert not COMPARATIVE.search(f["text"]), f["text"]
+            assert "no difference resolved" in f["text"]
+    assert strong["resolved"] and all(not f["resolved"] and f["significant"] for f in weak)
+    assert all("after the correction for multiple comparisons" in f["text"] for f in weak)
+    assert fam["resolved"] == sum(f["resolved"] for f in secondary)
+    assert primary["q_value"] is None and "comparisons" not in primary  # primary: not in the family
+    assert "minimum detectable effect" in strong["text"] and strong["mde"] > 0
+
+
+def test_identical_and_unmeasurable_findings_claim_nothing():
+    from olmo_sam.analysis.findings import adjust_findings, unmeasurable_finding
+
+    f = _forgetting({s: v + 0.05 for s, v in REF.items()})  # +0.05 on every seed
+    assert f["identical"] and not f["significant"] and not f["resolved"]
+    assert "identical across seeds" in f["text"] and not COMPARATIVE.search(f["text"])
+    u = unmeasurable_finding(section="finetune", quantity="fig5_pt_loss", arm="sam", reference="adamw",
+                             reason="every seed matched at the grid's lowest learning rate", budget=BUDGET,
+                             dataset="demo-code")  # fmt: skip
+    assert "not measurable on this grid" in u["text"] and u["estimate"] is None and not u["resolved"]
+    fam = adjust_findings([f, u])
+    assert fam["comparisons"] == 2 and fam["tested"] == 0 and fam["resolved"] == 0
+    assert f["q_value"] is None and "identical across seeds" in f["text"]

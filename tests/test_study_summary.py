@@ -38,27 +38,31 @@ def test_summary_findings_have_the_schema(study):
                                           "params_total", "params_non_embedding"} <= set(b) for b in s["bases"].values())  # fmt: skip
     assert s["bases"]["sam@100tpp-s2"]["seed"] == 2 and s["bases"]["sam@100tpp-s2"]["arm"] == "sam"
     quantities = {f["quantity"] for f in s["findings"]}
-    assert quantities == {"l_pt", "matched_forgetting", "quant_degradation", "noise_increase", "trace", "lambda_max"}
+    assert quantities == {"l_pt", "matched_forgetting", "fig5_pt_loss", "quant_degradation", "noise_increase",
+                          "trace", "lambda_max"}  # fmt: skip
     for f in s["findings"]:
         assert set(FINDING_FIELDS) <= set(f), f["id"]
         assert f["arms"] == ["sam", "adamw"] and f["n_seeds"] == 3 and f["paired"]
         assert f["budget_tpp"] in (10.0, 100.0)
         assert f["budget_tpp_non_embedding"] == pytest.approx(f["budget_tpp"] * 40_000 / 15_000)
         assert f["ci_low"] <= f["estimate"] <= f["ci_high"]
-        assert f["significant"] == (f["ci_low"] > 0 or f["ci_high"] < 0)
-        if f["significant"]:
+        assert f["significant"] == (not f["identical"] and (f["ci_low"] > 0 or f["ci_high"] < 0))
+        assert f["resolved"] == (f["significant"] and f["q_value"] < 0.05)
+        assert f["comparisons"] == len(s["findings"])
+        assert (f["p_value"] is None and f["mde"] is None and f["q_value"] is None) == f["identical"]
+        if f["resolved"]:
             assert "no difference resolved" not in f["text"]
         else:
-            assert "no difference resolved at this scale" in f["text"]
+            assert "no difference resolved" in f["text"]
     assert len({f["id"] for f in s["findings"]}) == len(s["findings"])
 
 
 def test_findings_recover_the_constructed_differences(study):
     _, s, _ = study
     for tpp in (10.0, 100.0):
-        lpt = _by(s, "l_pt")[tpp]
-        assert lpt["significant"] and lpt["estimate"] == pytest.approx(0.04)
-        assert "sam reaches a higher (worse) loss than adamw" in lpt["text"]
+        lpt = _by(s, "l_pt")[tpp]  # constructed +0.04 on every seed: zero variance, no claim
+        assert lpt["identical"] and not lpt["significant"] and lpt["estimate"] == pytest.approx(0.04)
+        assert "identical across seeds" in lpt["text"] and "higher" not in lpt["text"]
         fg = _by(s, "matched_forgetting")[tpp]
         assert fg["significant"] and fg["percent"] == pytest.approx(-20.0, abs=1e-6)  # sensitivity 0.8x
         assert "sam forgets less than adamw" in fg["text"] and "% less forgetting" in fg["text"]
@@ -132,3 +136,83 @@ def test_analysis_options_are_checked():
         parse_study({**base, "analysis": {"method": "t"}})
     with pytest.raises(Exception, match="unknown interval method"):
         parse_study({**base, "analysis": {"interval": "z"}})
+
+
+def _shift_ft(out: Path, unit: str, d_ft: float) -> None:
+    """Rewrite one base's fine-tuning sweep with every L_FT lowered by ``d_ft``: its whole grid
+    learns past the study's tau, so it is matched at its lowest learning rate (the grid's edge)."""
+    from dataclasses import replace
+
+    from olmo_sam.analysis.records import ResultStore
+
+    res = out / "finetune" / f"{unit}_code" / "results.jsonl"
+    recs = [replace(r, l_ft=r.l_ft - d_ft) for r in ResultStore(res).records()]
+    res.unlink()
+    ResultStore(res).extend(recs)
+
+
+def test_grid_edge_bases_are_flagged_left_out_and_q_values_counted(tmp_path):
+    from olmo_sam.study.analysis import seed_values
+
+    ctx = study_synth.build(tmp_path / "edge")
+    _shift_ft(ctx.out, "sam@100tpp-s1", 1.5)
+    for s_ in (0, 1, 2):
+        _shift_ft(ctx.out, f"sam@10tpp-s{s_}", 1.5)
+    res = analyse_study(ctx)
+    s = json.loads(Path(res["summary"]).read_text())
+    edge = s["finetune"]["grid_edge"]["code"]
+    assert {u for u, e in edge.items() if e} == {"sam@100tpp-s1", "sam@10tpp-s0", "sam@10tpp-s1", "sam@10tpp-s2"}
+    assert {u: b["grid_edge"]["code"] for u, b in s["bases"].items()} == edge
+    rows = {r["unit"]: r for r in s["finetune"]["matched_rows"]}
+    assert rows["sam@100tpp-s1"]["matched_lr"] == min(study_synth.LRS) and rows["sam@100tpp-s1"]["l_ft"] < rows["sam@100tpp-s1"]["tau"]
+    for q in ("matched_forgetting", "fig5_pt_loss"):
+        f100 = [f for f in s["findings"] if f["quantity"] == q and f["budget_tpp"] == 100.0][0]
+        assert f100["n_seeds"] == 2 and f100["grid_edge_seeds"] == [1] and "not measurable on this grid" in f100["text"]
+        assert f"tau = {rows['sam@100tpp-s1']['tau']:.4g}" in f100["text"] and "Eq. 10" in f100["text"]
+        f10 = [f for f in s["findings"] if f["quantity"] == q and f["budget_tpp"] == 10.0][0]
+        assert not f10["measurable"] and f10["estimate"] is None and "not measurable on this grid" in f10["text"]
+        vals = seed_values(s["finetune"]["matched_rows"], q)
+        assert set(vals[("sam", 100.0, "code")]) == {0, 2} and ("sam", 10.0, "code") not in vals
+        assert set(seed_values(s["finetune"]["matched_rows"], q, include_grid_edge=True)[("sam", 100.0, "code")]) == {0, 1, 2}
+        # the Fig 5 quantity is the matched row's retained PT loss; forgetting subtracts the base's own
+        key = "l_pt" if q == "fig5_pt_loss" else "forgetting"
+        assert vals[("adamw", 100.0, "code")] == {r["seed"]: r[key] for r in rows.values() if r["arm"] == "adamw" and r["budget_tpp"] == 100.0}
+    # every finding is in one BH family, and the report says how many comparisons were made
+    m = s["multiplicity"]
+    assert m["comparisons"] == len(s["findings"]) and all(f["comparisons"] == m["comparisons"] for f in s["findings"])
+    rep = write_report(ctx.out, res)
+    md = (ctx.out / "report" / "report.md").read_text()
+    assert f"Secondary comparisons made: {m['comparisons']}" in md
+    # sensitivity: each matched comparison at three thresholds, the compared bases' tau the lowest
+    sens = s["finetune"]["tau_sensitivity"]
+    cell = {r["tau_name"]: r["tau"] for r in sens if r["budget_tpp"] == 100.0 and r["quantity"] == "matched_forgetting"}
+    assert set(cell) == {"study", "compared", "looser"} and cell["compared"] <= cell["study"] < cell["looser"]
+    assert all(r["estimate"] is not None and r["n_seeds"] == 2 for r in sens if r["budget_tpp"] == 100.0)
+    assert rep
+
+
+def test_interpolated_matching_is_a_study_option(tmp_path):
+    ctx = study_synth.build(tmp_path / "interp", interval={"matching": "interpolate"})
+    s = json.loads(Path(analyse_study(ctx)["summary"]).read_text())
+    rows = s["finetune"]["matched_rows"]
+    assert s["finetune"]["matching"] == "interpolate" and all(r["matching"] == "interpolate" for r in rows)
+    tau = rows[0]["tau"]
+    inter = [r for r in rows if r["interpolated"]]
+    assert inter and all(r["l_ft"] == pytest.approx(tau) for r in inter)
+    assert all("log-LR interpolation" in f["text"] for f in s["findings"] if f["section"] == "finetune")
+    with pytest.raises(StudyError, match="analysis.matching"):
+        parse_study({"name": "x", "data": {"demo": {}}, "arms": [{"name": "a", "optimizer": "adamw"}],
+                     "analysis": {"matching": "closest"}})  # fmt: skip
+
+
+def test_sensitivity_taus_by_hand():
+    from analysis_synth import record
+
+    from olmo_sam.analysis.forgetting import group_curves
+    from olmo_sam.study.analysis import sensitivity_taus
+
+    recs = [record(f"{b}{i}", 3.0 + i, ft, base=b) for b, fts in (("x", (1.5, 1.1)), ("y", (1.6, 1.3)))
+            for i, ft in enumerate(fts)]  # fmt: skip
+    cs = group_curves(recs)["d"]
+    assert sensitivity_taus(cs, ["x"]) == pytest.approx({"study": 1.3, "compared": 1.1, "looser": 1.5})
+    assert sensitivity_taus(cs) == pytest.approx({"study": 1.3, "compared": 1.3, "looser": 1.3 * 1.02})

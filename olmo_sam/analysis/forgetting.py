@@ -433,6 +433,14 @@ class Retained:
     #: the frontier point reported, or the two interpolated between
     points: Tuple[FrontierPoint, ...]
     interpolated: bool = False
+    #: the learning rate of the reported point (its lowest when several runs share the point);
+    #: when interpolated, the log-LR interpolation between the two bracketing runs' LRs
+    lr: Optional[float] = None
+    #: the reported run is the lowest learning rate of the curve's grid, and it overshoots tau
+    #: (L_FT < tau), or every run of the grid does: tau may lie below the grid, so the retained PT
+    #: loss is an upper bound (a lower LR might reach tau forgetting less). Not measurable on this
+    #: grid; extend it downward.
+    grid_edge: bool = False
 
 
 def retained_pt_loss(
@@ -446,13 +454,20 @@ def retained_pt_loss(
     attaining the max has no run strictly below it.
 
     ``interpolate=True`` (not the paper's definition; off by default) instead estimates L_PT at
-    L_FT = tau exactly by linear interpolation between the two frontier points that bracket tau.
-    Rationale: the paper's value is the PT loss of whichever run the LR grid happened to put
-    below tau, so with a coarse grid a checkpoint can be charged for a run that learned much more
-    than tau requires, while the checkpoint defining tau is evaluated exactly at tau. The
-    interpolated value is never above the paper's value and equals it when a frontier point sits
-    at tau or tau lies beyond the last frontier point (which is then reported). It assumes the
-    frontier is linear between measured points, so it describes no trained run.
+    L_FT = tau exactly by interpolating in log learning rate between the two frontier runs that
+    bracket tau: the weight w puts log LR where the line through the two runs' L_FT reaches tau,
+    and L_PT is taken at the same w (so the point lies on the straight frontier segment between the
+    two runs; ``lr`` is the interpolated LR). Rationale: the paper's value is the PT loss of
+    whichever run the LR grid happened to put below tau, so with a coarse grid a checkpoint can be
+    charged for a run that learned much more than tau requires, while the checkpoint defining tau is
+    evaluated exactly at tau. The interpolated value is never above the paper's value and equals it
+    when a frontier point sits at tau or tau lies beyond the last frontier point (which is then
+    reported). It assumes both losses are linear in log LR between measured runs, so it describes
+    no trained run.
+
+    ``grid_edge`` (:class:`Retained`) says when neither rule can place tau inside the grid: the
+    reported run overshoots tau and is the grid's lowest learning rate, or no run of the grid is
+    above tau at all.
     """
     if strict and interpolate:
         raise AnalysisError(
@@ -472,8 +487,13 @@ def retained_pt_loss(
         nxt = pts[k]  # first frontier point above tau
         w = (tau - best.l_ft) / (nxt.l_ft - best.l_ft)
         l_pt = best.l_pt + w * (nxt.l_pt - best.l_pt)
-        return Retained(tau, l_pt, tau, (best, nxt), interpolated=True)
-    return Retained(tau, best.l_pt, best.l_ft, (best,))
+        lo_lr, hi_lr = min(best.lrs), min(nxt.lrs)
+        lr = math.exp(math.log(lo_lr) + w * (math.log(hi_lr) - math.log(lo_lr))) if lo_lr > 0 and hi_lr > 0 else None
+        return Retained(tau, l_pt, tau, (best, nxt), interpolated=True, lr=lr)
+    grid_low = min((r.lr for r in curve.records if _finite(r)), default=None)
+    overshoot = best.l_ft < tau
+    edge = overshoot and (min(best.lrs) == grid_low or k == len(pts))
+    return Retained(tau, best.l_pt, best.l_ft, (best,), lr=min(best.lrs), grid_edge=edge)
 
 
 @dataclass(frozen=True)
@@ -486,6 +506,11 @@ class MatchedRow:
     def forgetting(self) -> float:
         """PT-loss increase L_PT(theta_FT) - L_PT(theta_PT) at the matched fine-tuning loss."""
         return self.retained.l_pt - self.curve.base_l_pt
+
+    @property
+    def grid_edge(self) -> bool:
+        """Matched at the grid's lowest learning rate past tau: an upper bound (:class:`Retained`)."""
+        return self.retained.grid_edge
 
 
 @dataclass(frozen=True)

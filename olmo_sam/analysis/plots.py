@@ -14,7 +14,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from ..output import save_figure
 from .forgetting import Curve, MatchedPTView, MatchedSet
 
-__all__ = ["plot_frontiers", "plot_matched_pt", "Panel", "plot_bands", "plot_bars"]
+__all__ = ["plot_frontiers", "plot_matched_pt", "Panel", "plot_bands", "plot_bars", "arm_colors"]
 
 #: one point of a line with its band: (x, mean, low, high); low/high None: no band at that point
 BandPoint = Tuple[float, float, Optional[float], Optional[float]]
@@ -43,17 +43,25 @@ def _colors(names: Sequence[str]) -> Dict[str, object]:
     return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
 
 
+def arm_colors(arms: Sequence[str]) -> Dict[str, object]:
+    """One hue per arm, in the arms' order (the same arm has the same colour in every figure)."""
+    return _colors(list(arms))
+
+
 def _legend(fig, axes, extra=(), max_cols: int = 6) -> None:
-    """One figure legend for all panels (first handle per label), plus ``extra`` proxy handles."""
+    """One figure legend for all panels (first handle per label), plus ``extra`` proxy handles,
+    below the panels and never wider than the figure (so the panels keep the figure's width)."""
     handles, labels = {}, []
     pairs = [p for ax in axes for p in zip(*ax.get_legend_handles_labels())]
     for h, lab in pairs + [(h, h.get_label()) for h in extra]:
-        if lab not in handles:
+        if lab and not lab.startswith("_") and lab not in handles:
             handles[lab] = h
             labels.append(lab)
     if handles:
+        longest = max(len(lab) for lab in labels)
+        fits = max(1, int(fig.get_figwidth() / (0.5 + 0.065 * longest)))
         fig.legend([handles[lab] for lab in labels], labels, loc="outside lower center",
-                   ncols=min(len(labels), max_cols), frameon=False)
+                   ncols=min(len(labels), max_cols, fits), frameon=False, fontsize=8)
 
 
 def plot_frontiers(
@@ -63,18 +71,33 @@ def plot_frontiers(
     matched: Optional[Mapping[str, MatchedSet]] = None,
     annotate_lr: bool = False,
     title: str = "Learning-forgetting frontier",
+    arm_of: Optional[Mapping[str, Tuple[str, str]]] = None,
 ) -> Path:
     """[SAM-PT] Fig 2: one panel per dataset, x = L_PT(theta_FT) (forgetting), y = L_FT(theta_FT)
     (learning). Each curve (base checkpoint/arm) shows all its runs faintly, its Pareto frontier as
     a line, and its base model's own PT loss as a dotted vertical line. With ``matched`` the
     threshold tau is a dashed horizontal line and each curve's matched point a star (App C.4).
-    ``annotate_lr`` writes each frontier run's learning rate next to it."""
+    ``annotate_lr`` writes each frontier run's learning rate next to it.
+
+    ``arm_of`` (base label -> (arm, budget)) colours by arm instead of by curve: each base (a seed)
+    is a thin line in its arm's hue, its budget is the marker, and the legend names arms and budgets
+    (not every base)."""
     datasets = list(curves)
     if not datasets:
         raise ValueError("nothing to plot: no dataset")
     labels = sorted({c.label for cs in curves.values() for c in cs})
-    color = _colors(labels)
-    fig, axes = _figure(len(datasets))
+    if arm_of:
+        arms = list(dict.fromkeys(arm_of[c.base_label][0] for cs in curves.values() for c in cs if c.base_label in arm_of))
+        budgets = list(dict.fromkeys(v[1] for v in arm_of.values()))
+        hue = _colors(arms)
+        color = {c.label: hue[arm_of[c.base_label][0]] if c.base_label in arm_of else "0.5"
+                 for cs in curves.values() for c in cs}  # fmt: skip
+        marker = {c.label: _MARKERS[budgets.index(arm_of[c.base_label][1]) % len(_MARKERS)] if c.base_label in arm_of
+                  else "x" for cs in curves.values() for c in cs}  # fmt: skip
+    else:
+        color = _colors(labels)
+        marker = {lab: "o" for lab in labels}
+    fig, axes = _figure(len(datasets), panel_w=5.0 if arm_of else 3.6, panel_h=4.0 if arm_of else 3.2)
     for ax, ds in zip(axes, datasets):
         for c in curves[ds]:
             col = color[c.label]
@@ -82,9 +105,10 @@ def plot_frontiers(
             ax.scatter([r.l_pt for r in fin], [r.l_ft for r in fin], s=10, color=col, alpha=0.3,
                        linewidths=0)
             pts = c.frontier.points
-            ax.plot([p.l_pt for p in pts], [p.l_ft for p in pts], "-o", ms=3.5, color=col,
-                    label=c.label)
-            ax.axvline(c.base_l_pt, color=col, ls=":", lw=1)
+            ax.plot([p.l_pt for p in pts], [p.l_ft for p in pts], "-", marker=marker[c.label],
+                    ms=3.5, color=col, lw=0.8 if arm_of else 1.5, alpha=0.7 if arm_of else 1.0,
+                    label=None if arm_of else c.label)  # fmt: skip
+            ax.axvline(c.base_l_pt, color=col, ls=":", lw=0.6 if arm_of else 1, alpha=0.5 if arm_of else 1.0)
             if annotate_lr:
                 for p in pts:
                     ax.annotate(",".join(f"{lr:.2g}" for lr in p.lrs), (p.l_pt, p.l_ft),
@@ -107,7 +131,13 @@ def plot_frontiers(
     fig.suptitle(title)
     from matplotlib.lines import Line2D
 
-    extra = [Line2D([], [], color="0.4", ls=":", label="base model L_PT(θ_PT)")]
+    extra = []
+    if arm_of:
+        extra += [Line2D([], [], color=hue[a], lw=2, label=a) for a in arms]
+        extra.append(Line2D([], [], color="0.5", lw=0.8, label="thin line: one base (seed)"))
+        extra += [Line2D([], [], color="0.3", ls="", marker=_MARKERS[i % len(_MARKERS)], label=b)
+                  for i, b in enumerate(budgets)]  # fmt: skip
+    extra.append(Line2D([], [], color="0.4", ls=":", label="base model L_PT(θ_PT)"))
     if matched:
         extra.append(Line2D([], [], color="0.4", ls="", marker="*", ms=10, label="matched at τ"))
     _legend(fig, axes, extra)
@@ -164,6 +194,10 @@ class Panel:
     zero_line: bool = False
     hatched: List[Tuple[str, int]] = field(default_factory=list)
     hatch_label: str = ""
+    #: bands only: per series, one thin (x, y) line per seed in the series' hue
+    seeds: Dict[str, List[List[Tuple[float, float]]]] = field(default_factory=dict)
+    #: bands only: (x, y, series) points drawn hollow (e.g. matched at the grid's edge)
+    hollow: List[Tuple[float, float, str]] = field(default_factory=list)
 
 
 def _names(panels: Sequence[Panel]) -> List[str]:
@@ -171,16 +205,27 @@ def _names(panels: Sequence[Panel]) -> List[str]:
 
 
 def plot_bands(
-    panels: Sequence[Panel], path: str | Path, *, title: str, band_label: str = "", ncols: Optional[int] = None
+    panels: Sequence[Panel], path: str | Path, *, title: str, band_label: str = "", ncols: Optional[int] = None,
+    colors: Optional[Mapping[str, object]] = None,
 ) -> Path:
     """Lines with shaded interval bands, one panel per :class:`Panel` (constrained layout, so no
-    axis label is clipped). A point without a band is drawn with its marker only."""
+    axis label is clipped). A point without a band is drawn with its marker only; a panel's
+    ``seeds`` are thin lines in the series' hue, its ``hollow`` points open markers. ``colors``
+    fixes a series' hue (e.g. :func:`arm_colors`)."""
     if not panels:
         raise ValueError("nothing to plot: no panel")
     names = _names(panels)
-    color = _colors(names)
+    color = {**_colors(names), **(colors or {})}
     fig, axes = _figure(len(panels), panel_w=4.2, panel_h=3.4, ncols=ncols)
+    hollow_used = seeds_used = False
     for ax, p in zip(axes, panels):
+        for name, lines in p.seeds.items():
+            for line in lines:
+                seeds_used = True
+                ax.plot([q[0] for q in line], [q[1] for q in line], "-", lw=0.6, alpha=0.5, color=color[name])
+        for x, y, name in p.hollow:
+            hollow_used = True
+            ax.plot([x], [y], "o", ms=6, mfc="none", mec=color.get(name, "0.3"), mew=1.0)
         for name, pts in p.series.items():
             pts = sorted((q for q in pts if q is not None), key=lambda q: q[0])
             if not pts:
@@ -211,7 +256,14 @@ def plot_bands(
     fig.suptitle(title)
     from matplotlib.patches import Patch
 
+    from matplotlib.lines import Line2D
+
     extra = [Patch(color="0.6", alpha=0.4, label=band_label)] if band_label else []
+    if seeds_used:
+        extra.append(Line2D([], [], color="0.5", lw=0.6, label="one seed"))
+    if hollow_used:
+        extra.append(Line2D([], [], color="0.3", ls="", marker="o", mfc="none",
+                            label="matched at the grid's lowest LR (left out)"))  # fmt: skip
     _legend(fig, axes, extra)
     return save_figure(fig, path, dpi=130, bbox_inches="tight")
 

@@ -130,6 +130,7 @@ def _matched_row(m: MatchedSet, row: MatchedRow) -> Dict[str, Any]:
         "l_pt": r.l_pt,
         "forgetting": row.forgetting,
         "interpolated": r.interpolated,
+        "grid_edge": r.grid_edge,
         "lr": _lrs(r.points),
         "run_ids": _run_ids(r.points),
     }
@@ -148,7 +149,7 @@ def compare_report(comparisons: Mapping[str, Comparison], curves: Mapping[str, S
     """[SAM-PT] App C.4: per dataset, tau, each checkpoint's matched PT loss and forgetting, and
     its % less forgetting than the reference."""
     columns = ["dataset", "tau", "curve", "reference", "base_l_pt", "l_min", "l_ft", "l_pt",
-               "forgetting", "less_forgetting_pct", "lr", "run_ids"]  # fmt: skip
+               "forgetting", "less_forgetting_pct", "grid_edge", "lr", "run_ids"]  # fmt: skip
     rows, datasets, notes = [], {}, _non_finite_notes(curves)
     for ds, comp in comparisons.items():
         m = comp.matched
@@ -162,7 +163,7 @@ def compare_report(comparisons: Mapping[str, Comparison], curves: Mapping[str, S
             entries.append({
                 **_curve_meta(row.curve), "l_min": row.l_min, "l_ft": row.retained.l_ft,
                 "l_pt": row.retained.l_pt, "forgetting": row.forgetting, "less_forgetting": frac,
-                "interpolated": row.retained.interpolated,
+                "interpolated": row.retained.interpolated, "grid_edge": row.grid_edge,
                 "points": [_point(p, row.curve.base_l_pt) for p in row.retained.points],
             })  # fmt: skip
         datasets[ds] = {**_matched_meta(m), "reference": comp.reference, "notes": list(comp.notes),
@@ -183,8 +184,8 @@ def compare_report(comparisons: Mapping[str, Comparison], curves: Mapping[str, S
 def matched_pt_report(views: Mapping[str, MatchedPTView], curves: Mapping[str, Sequence[Curve]]) -> Report:
     """[SAM-PT] Fig 5: per dataset and arm, each checkpoint's own PT loss against the minimum PT
     loss it retains at the fine-tuning-loss threshold."""
-    columns = ["dataset", "tau", "arm", "curve", "base_l_pt", "l_ft", "l_pt", "forgetting", "lr",
-               "run_ids"]  # fmt: skip
+    columns = ["dataset", "tau", "arm", "curve", "base_l_pt", "l_ft", "l_pt", "forgetting", "grid_edge",
+               "lr", "run_ids"]  # fmt: skip
     rows, datasets = [], {}
     for ds, v in views.items():
         arms = {}
@@ -195,7 +196,7 @@ def matched_pt_report(views: Mapping[str, MatchedPTView], curves: Mapping[str, S
                 {"curve": r.curve.label, "base": r.curve.key.base, "base_l_pt": r.curve.base_l_pt,
                  "l_min": r.l_min, "l_ft": r.retained.l_ft, "l_pt": r.retained.l_pt,
                  "forgetting": r.forgetting, "interpolated": r.retained.interpolated,
-                 "run_ids": [rid for p in r.retained.points for rid in p.run_ids]}
+                 "grid_edge": r.grid_edge, "run_ids": [rid for p in r.retained.points for rid in p.run_ids]}
                 for r in arm_rows
             ]  # fmt: skip
         datasets[ds] = {**_matched_meta(v.matched), "arms": arms}

@@ -24,8 +24,17 @@ Two interval methods (:class:`IntervalSpec`):
     share a sign -- under no true difference, 2 times in 8 (tested in ``tests/test_stats.py``).
 ``bootstrap``
     Percentile bootstrap over seeds (resampling seed pairs with replacement; ``n_boot`` resamples
-    from a fixed ``seed``, so the interval is deterministic). Use it from about 10 seeds on, or
-    for quantities far from normal.
+    from a fixed ``seed``, so the interval is deterministic), for quantities far from normal. It is
+    **refused below** :data:`MIN_BOOTSTRAP_SEEDS` **seeds**: the comparison falls back to the
+    t-interval and says so (``Difference.method`` is ``t``, ``Difference.note`` explains).
+
+Every comparison with an interval also carries a two-sided ``p_value`` (paired t-test on the
+shared seeds, Welch's test otherwise, whatever the interval method) and its minimum detectable
+effect ``mde`` at 80% power (:func:`min_detectable_effect`). Differences that are equal on every
+seed (zero variance) are ``identical``: the t-statistic is undefined, so there is no p-value, no
+minimum detectable effect and never a claim ("identical across seeds"), whatever the zero-width
+interval says. :func:`bh_qvalues` adjusts a family of p-values for multiplicity
+(Benjamini-Hochberg).
 
 Forgetting at matched fine-tuning loss ([SAM-PT] App C.4) is one number per base checkpoint once
 the threshold tau is fixed: the study's analysis fixes tau at Eq. 10's value over every base of a
@@ -44,7 +53,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import asdict, dataclass
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from olmo_core.exceptions import OLMoConfigurationError
 
@@ -54,16 +63,32 @@ __all__ = [
     "MIN_DENOMINATOR_SE",
     "IntervalSpec",
     "Difference",
+    "MIN_BOOTSTRAP_SEEDS",
+    "POWER",
     "compare_seeds",
     "mean_interval",
+    "interval_method",
     "t_quantile",
     "relative",
+    "min_detectable_effect",
+    "mde_paired",
+    "bh_qvalues",
+    "ratio_interval",
 ]
 
 METHODS = ("t", "bootstrap")
 DEFAULT_CONFIDENCE = 0.95
 #: a percentage is printed only when its denominator is at least this many standard errors from 0
 MIN_DENOMINATOR_SE = 3.0
+#: the percentile bootstrap needs at least this many seeds (pairs when paired, else the smaller
+#: arm); below it the interval is the t-interval. At 2-3 seeds the percentile interval is the range
+#: of the differences, which excludes zero 1 time in 2 (n = 2) or 4 (n = 3) under no effect.
+MIN_BOOTSTRAP_SEEDS = 10
+#: the power at which a minimum detectable effect is stated
+POWER = 0.8
+#: differences whose standard deviation is below this fraction of the values' scale are equal
+#: (float rounding of ``a_s - r_s`` is ~1e-16 of the values)
+_IDENTICAL_RTOL = 1e-12
 
 
 @dataclass(frozen=True)
@@ -97,15 +122,20 @@ class IntervalSpec:
 
     def describe(self) -> str:
         pct = f"{100 * self.confidence:g}%"
+        tests = (
+            f"; two-sided p-values from the paired t-test (Welch's test unpaired); minimum detectable "
+            f"effect at {100 * POWER:g}% power from the noncentral t"
+        )
         if self.method == "t":
             return (
                 f"{pct} Student-t interval over pretraining seeds: of the mean per-seed difference when "
-                f"the arms share seeds (paired), Welch's otherwise; one seed gives no interval"
+                f"the arms share seeds (paired), Welch's otherwise; one seed gives no interval" + tests
             )
         return (
             f"{pct} percentile bootstrap over pretraining seeds ({self.n_boot} resamples, seed "
             f"{self.seed}): seed pairs resampled together when the arms share seeds (paired), each "
-            f"arm's seeds independently otherwise; one seed gives no interval"
+            f"arm's seeds independently otherwise; refused below {MIN_BOOTSTRAP_SEEDS} seeds (Student-t "
+            f"interval instead); one seed gives no interval" + tests
         )
 
     def to_dict(self) -> Dict[str, object]:
@@ -126,8 +156,19 @@ class Difference:
     reference_mean: float
     #: standard error of the reference arm's mean over its seeds (None with one seed)
     reference_se: Optional[float]
+    #: the interval method actually used (``t`` when the bootstrap was refused, see ``note``)
     method: str
     confidence: float
+    #: two-sided p-value of "no difference": paired t-test, Welch's test unpaired (None without an
+    #: interval, or when ``identical``)
+    p_value: Optional[float] = None
+    #: minimum detectable effect at :data:`POWER` for a test at alpha = 1 - confidence, from the
+    #: observed SD and n (:func:`min_detectable_effect`; None without an interval or when identical)
+    mde: Optional[float] = None
+    #: every paired difference is equal (unpaired: each arm is constant): zero variance, no test
+    identical: bool = False
+    #: why the method differs from the one asked for (bootstrap refused below 10 seeds), else None
+    note: Optional[str] = None
 
     @property
     def has_interval(self) -> bool:
@@ -135,8 +176,9 @@ class Difference:
 
     @property
     def significant(self) -> bool:
-        """The interval excludes zero (only then may a finding use a comparative word)."""
-        return self.has_interval and (self.ci_low > 0 or self.ci_high < 0)  # type: ignore[operator]
+        """The interval excludes zero and the seeds vary (only then may a finding use a
+        comparative word); never when ``identical``."""
+        return self.has_interval and not self.identical and (self.ci_low > 0 or self.ci_high < 0)  # type: ignore[operator]
 
     def to_dict(self) -> Dict[str, object]:
         return {**asdict(self), "significant": self.significant}
@@ -168,22 +210,59 @@ def _rng(spec: IntervalSpec):
 
 
 def mean_interval(values: Sequence[float], spec: IntervalSpec = IntervalSpec()) -> Tuple[float, Optional[float], Optional[float]]:
-    """(mean, low, high) of one arm's values over seeds -- the band of one line in a figure."""
+    """(mean, low, high) of one arm's values over seeds -- the band of one line in a figure (the
+    bootstrap is refused below :data:`MIN_BOOTSTRAP_SEEDS` values: t-interval)."""
     xs = [float(v) for v in values]
     if not xs:
         raise ValueError("mean_interval needs at least one value")
     m = statistics.fmean(xs)
     if len(xs) < 2:
         return m, None, None
-    if spec.method == "t":
+    if interval_method(spec, len(xs))[0] == "t":  # the bootstrap is refused below 10 seeds
         h = t_quantile(0.5 + spec.confidence / 2, len(xs) - 1) * _se(xs)  # type: ignore[operator]
         return m, m - h, m + h
+    lo, hi = _bootstrap_paired(xs, spec)
+    return m, lo, hi
+
+
+def interval_method(spec: IntervalSpec, n: int) -> Tuple[str, Optional[str]]:
+    """(method used, note) for a comparison of ``n`` seeds: the bootstrap is refused below
+    :data:`MIN_BOOTSTRAP_SEEDS` and the t-interval used instead, with a note that says so."""
+    if spec.method == "bootstrap" and n < MIN_BOOTSTRAP_SEEDS:
+        return "t", (
+            f"Percentile bootstrap refused at {n} seeds (it needs {MIN_BOOTSTRAP_SEEDS}): Student-t interval."
+        )
+    return spec.method, None
+
+
+def _bootstrap_paired(d: Sequence[float], spec: IntervalSpec) -> Tuple[float, float]:
+    """Percentile interval of the mean of ``d`` over ``spec.n_boot`` resamples with replacement."""
     import numpy as np
 
-    x = np.asarray(xs)
-    idx = _rng(spec).integers(0, len(xs), size=(spec.n_boot, len(xs)))
-    lo, hi = _percentile_interval(x[idx].mean(axis=1), spec.confidence)
-    return m, lo, hi
+    x = np.asarray(d, dtype=float)
+    idx = _rng(spec).integers(0, len(x), size=(spec.n_boot, len(x)))
+    return _percentile_interval(x[idx].mean(axis=1), spec.confidence)
+
+
+def _bootstrap_unpaired(av: Sequence[float], rv: Sequence[float], spec: IntervalSpec) -> Tuple[float, float]:
+    import numpy as np
+
+    rng = _rng(spec)
+    xa, xr = np.asarray(av, dtype=float), np.asarray(rv, dtype=float)
+    ba = xa[rng.integers(0, len(av), size=(spec.n_boot, len(av)))].mean(axis=1)
+    br = xr[rng.integers(0, len(rv), size=(spec.n_boot, len(rv)))].mean(axis=1)
+    return _percentile_interval(ba - br, spec.confidence)
+
+
+def _p_value(est: float, se: float, df: float) -> float:
+    """Two-sided p-value of a t-statistic ``est / se`` with ``df`` degrees of freedom."""
+    from scipy.stats import t
+
+    return float(min(1.0, 2.0 * t.sf(abs(est) / se, df)))
+
+
+def _constant(xs: Sequence[float], scale: float) -> bool:
+    return len(xs) < 2 or statistics.pstdev(xs) <= _IDENTICAL_RTOL * max(1.0, scale)
 
 
 def compare_seeds(
@@ -191,7 +270,8 @@ def compare_seeds(
     reference: Mapping[int, float],
     spec: IntervalSpec = IntervalSpec(),
 ) -> Difference:
-    """``mean(arm) - mean(reference)`` with an interval over seeds (see the module docstring).
+    """``mean(arm) - mean(reference)`` with an interval, p-value and minimum detectable effect over
+    seeds (see the module docstring).
 
     ``arm`` and ``reference`` map a pretraining seed to that seed's value. Paired on the shared
     seeds when there are at least two; unpaired when each arm has at least two seeds; otherwise an
@@ -204,48 +284,52 @@ def compare_seeds(
     bad = [v for v in list(a.values()) + list(r.values()) if not math.isfinite(v)]
     if bad:
         raise ValueError(f"compare_seeds needs finite values, got {bad[:3]}")
-    conf, method = float(spec.confidence), spec.method
+    conf = float(spec.confidence)
     q = 0.5 + conf / 2
+    alpha = 1.0 - conf
+    scale = max(abs(v) for v in list(a.values()) + list(r.values()))
     shared = sorted(set(a) & set(r))
     if len(shared) >= 2:
         d = [a[s] - r[s] for s in shared]
         rs = [r[s] for s in shared]
+        n = len(d)
         est = statistics.fmean(d)
+        method, note = interval_method(spec, n)
+        common = dict(n_seeds=n, paired=True, arm_mean=statistics.fmean(a[s] for s in shared),
+                      reference_mean=statistics.fmean(rs), reference_se=_se(rs), method=method,
+                      confidence=conf, note=note)  # fmt: skip
+        if _constant(d, scale):
+            return Difference(est, est, est, identical=True, **common)
+        se = _se(d)
         if method == "t":
-            h = t_quantile(q, len(d) - 1) * _se(d)  # type: ignore[operator]
+            h = t_quantile(q, n - 1) * se  # type: ignore[operator]
             lo, hi = est - h, est + h
         else:
-            import numpy as np
-
-            x = np.asarray(d)
-            idx = _rng(spec).integers(0, len(d), size=(spec.n_boot, len(d)))
-            lo, hi = _percentile_interval(x[idx].mean(axis=1), conf)
-        return Difference(est, lo, hi, len(d), True, statistics.fmean(a[s] for s in shared),
-                          statistics.fmean(rs), _se(rs), method, conf)  # fmt: skip
+            lo, hi = _bootstrap_paired(d, spec)
+        return Difference(est, lo, hi, p_value=_p_value(est, se, n - 1),  # type: ignore[arg-type]
+                          mde=min_detectable_effect(se, n - 1, alpha), **common)  # type: ignore[arg-type]
     av, rv = list(a.values()), list(r.values())
     ma, mr = statistics.fmean(av), statistics.fmean(rv)
     est = ma - mr
     n = min(len(av), len(rv))
+    method, note = interval_method(spec, n)
+    common = dict(n_seeds=n, paired=False, arm_mean=ma, reference_mean=mr, reference_se=_se(rv),
+                  method=method, confidence=conf)  # fmt: skip
     if n < 2:
-        return Difference(est, None, None, n, False, ma, mr, _se(rv), method, conf)
+        return Difference(est, None, None, **common)
+    common["note"] = note
+    if _constant(av, scale) and _constant(rv, scale):
+        return Difference(est, est, est, identical=True, **common)
+    va, vr = statistics.variance(av) / len(av), statistics.variance(rv) / len(rv)
+    se = math.sqrt(va + vr)
+    df = (va + vr) ** 2 / (va**2 / (len(av) - 1) + vr**2 / (len(rv) - 1))  # Welch-Satterthwaite
     if method == "t":
-        va, vr = statistics.variance(av) / len(av), statistics.variance(rv) / len(rv)
-        se = math.sqrt(va + vr)
-        if se == 0.0:
-            lo = hi = est
-        else:  # Welch-Satterthwaite degrees of freedom
-            df = (va + vr) ** 2 / (va**2 / (len(av) - 1) + vr**2 / (len(rv) - 1))
-            h = t_quantile(q, df) * se
-            lo, hi = est - h, est + h
+        h = t_quantile(q, df) * se
+        lo, hi = est - h, est + h
     else:
-        import numpy as np
-
-        rng = _rng(spec)
-        xa, xr = np.asarray(av), np.asarray(rv)
-        ba = xa[rng.integers(0, len(av), size=(spec.n_boot, len(av)))].mean(axis=1)
-        br = xr[rng.integers(0, len(rv), size=(spec.n_boot, len(rv)))].mean(axis=1)
-        lo, hi = _percentile_interval(ba - br, conf)
-    return Difference(est, lo, hi, n, False, ma, mr, _se(rv), method, conf)
+        lo, hi = _bootstrap_unpaired(av, rv, spec)
+    return Difference(est, lo, hi, p_value=_p_value(est, se, df), mde=min_detectable_effect(se, df, alpha),
+                      **common)  # fmt: skip
 
 
 def relative(diff: Difference) -> Optional[Tuple[float, Optional[float], Optional[float]]]:
@@ -260,3 +344,98 @@ def relative(diff: Difference) -> Optional[Tuple[float, Optional[float], Optiona
     if not diff.has_interval:
         return diff.estimate * scale, None, None
     return diff.estimate * scale, diff.ci_low * scale, diff.ci_high * scale  # type: ignore[operator]
+
+
+def min_detectable_effect(se: float, df: float, alpha: float = 1 - DEFAULT_CONFIDENCE, power: float = POWER) -> Optional[float]:
+    """The smallest true difference that a two-sided t-test at level ``alpha`` rejects with
+    probability ``power``, for an estimate with standard error ``se`` and ``df`` degrees of freedom.
+
+    Under a true difference delta the statistic T = estimate / se follows the noncentral t with
+    ``df`` degrees of freedom and noncentrality delta / se, so the power is
+    ``P(T > t_{1-alpha/2}) + P(T < -t_{1-alpha/2})`` (Cohen 1988, *Statistical Power Analysis for
+    the Behavioral Sciences*, 2nd ed., Sec 2.5; the standard noncentral-t power of the one- and
+    two-sample t-tests). The noncentrality that gives ``power`` is found by root finding and
+    multiplied by ``se``. ``se`` is the observed one (the SD estimate is treated as the true SD,
+    as usual for a post-hoc minimum detectable effect). None when ``df <= 0`` or ``se`` is not finite.
+    """
+    from scipy.optimize import brentq
+    from scipy.stats import nct, t
+
+    if not (math.isfinite(se) and se >= 0.0 and math.isfinite(df) and df > 0):
+        return None
+    if not (0.0 < alpha < 1.0 and alpha < power < 1.0):
+        raise ValueError(f"min_detectable_effect needs 0 < alpha < power < 1, got alpha={alpha}, power={power}")
+    if se == 0.0:
+        return 0.0
+    crit = float(t.ppf(1.0 - alpha / 2.0, df))
+
+    def shortfall(nc: float) -> float:
+        lower = float(nct.cdf(-crit, df, nc))  # below alpha/2; scipy returns nan where it is ~1e-20
+        return float(nct.sf(crit, df, nc)) + (lower if math.isfinite(lower) else 0.0) - power
+
+    hi = crit + 1.0
+    while shortfall(hi) < 0.0:
+        hi *= 2.0
+    return float(brentq(shortfall, 0.0, hi, xtol=1e-10)) * se
+
+
+def mde_paired(sd: float, n: int, alpha: float = 0.05, power: float = POWER) -> Optional[float]:
+    """Minimum detectable effect of the two-sided paired t-test on ``n`` seed pairs whose
+    differences have standard deviation ``sd`` (:func:`min_detectable_effect` with se = sd/sqrt(n),
+    n - 1 degrees of freedom; noncentral t, Cohen 1988 Sec 2.5). At 3 pairs, alpha 0.05 and 80%
+    power it is about 3.3 sd; None below 2 pairs."""
+    if n < 2:
+        return None
+    return min_detectable_effect(float(sd) / math.sqrt(n), n - 1, alpha, power)
+
+
+def bh_qvalues(p_values: Sequence[Optional[float]]) -> List[Optional[float]]:
+    """Benjamini-Hochberg adjusted p-values (q-values) of one family of comparisons, in the input
+    order (Benjamini & Hochberg 1995, J. R. Stat. Soc. B 57:289, step-up procedure:
+    q_(i) = min_{j >= i} m p_(j) / j over the p-values sorted ascending, capped at 1); computed by
+    ``scipy.stats.false_discovery_control(method="bh")``. A ``None`` (a comparison without a test)
+    stays ``None`` and is not counted in m."""
+    from scipy.stats import false_discovery_control
+
+    idx = [i for i, p in enumerate(p_values) if p is not None]
+    out: List[Optional[float]] = [None] * len(p_values)
+    if not idx:
+        return out
+    ps = [float(p_values[i]) for i in idx]  # type: ignore[arg-type]
+    bad = [p for p in ps if not 0.0 <= p <= 1.0]
+    if bad:
+        raise ValueError(f"bh_qvalues needs p-values in [0, 1], got {bad[:3]}")
+    for i, q in zip(idx, false_discovery_control(ps, method="bh")):
+        out[i] = float(q)
+    return out
+
+
+def ratio_interval(
+    num: Sequence[float], den: Sequence[float], confidence: float = DEFAULT_CONFIDENCE
+) -> Tuple[float, Optional[float], Optional[float]]:
+    """``mean(num) / mean(den)`` over paired seeds with Fieller's t-based interval (Fieller 1954,
+    J. R. Stat. Soc. B 16:175): the ratios R whose ``mean(num) - R mean(den)`` a paired t-test does
+    not reject, i.e. ``A R^2 - 2 B R + C <= 0`` with ``A = ybar^2 - g s_yy``, ``B = xbar ybar - g s_xy``,
+    ``C = xbar^2 - g s_xx``, ``g = t_{n-1}^2 / n`` (sample (co)variances). Bounded only when the
+    denominator's mean is resolved from zero (``A > 0``); otherwise the bounds are None (the ratio
+    is unbounded at this confidence). The t-based counterpart of a percentile bootstrap of a ratio,
+    for fewer than :data:`MIN_BOOTSTRAP_SEEDS` seeds."""
+    import numpy as np
+
+    x, y = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError("ratio_interval needs paired values, one per seed in each sequence")
+    xm, ym = float(x.mean()), float(y.mean())
+    est = xm / ym if ym != 0 else float("nan")
+    n = len(x)
+    if n < 2:
+        return est, None, None
+    g = t_quantile(0.5 + confidence / 2, n - 1) ** 2 / n
+    cov = np.cov(x, y, ddof=1)
+    a = ym**2 - g * cov[1, 1]
+    b = xm * ym - g * cov[0, 1]
+    c = xm**2 - g * cov[0, 0]
+    if a <= 0:
+        return est, None, None
+    root = math.sqrt(max(b * b - a * c, 0.0))
+    return est, (b - root) / a, (b + root) / a

@@ -29,8 +29,9 @@ Per variant it reports
 * the **fraction of SAM's flatness gain kept** ``(trH_adamw - trH_v) / (trH_adamw - trH_sam)``,
 
 each as a mean over seeds with a 95% interval: Student-t over seeds for means and per-seed cost
-ratios (:func:`bench_seed_interval`, from :mod:`olmo_sam.analysis.stats`), a paired bootstrap over
-seeds for the gain kept (:func:`bench_gain_kept_interval`). It prints a table and writes ``flatness_cost.json`` (atomic),
+ratios (:func:`bench_seed_interval`, from :mod:`olmo_sam.analysis.stats`), for the gain kept
+(:func:`bench_gain_kept_interval`) Fieller's t-based interval below 10 seeds and a paired bootstrap
+over seeds from 10 on (the percentile bootstrap is refused below 10 seeds). It prints a table and writes ``flatness_cost.json`` (atomic),
 ``flatness_cost.md`` and ``flatness_cost.png`` (cost ratio vs gain kept with error bars) to
 ``--out``. Finished runs are kept under ``--out/runs`` and reused by a re-run with the same
 settings, so an interrupted benchmark resumes.
@@ -278,7 +279,7 @@ def _job(args) -> Dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------------------------
-# Intervals over seeds (means: the project's interval module; the gain kept: a paired bootstrap)
+# Intervals over seeds (means: the project's interval module; the gain kept: Fieller or a bootstrap)
 # -------------------------------------------------------------------------------------------------
 
 
@@ -299,15 +300,28 @@ def bench_gain_kept_interval(
     adamw: Sequence[float], variant: Sequence[float], sam: Sequence[float], *,
     n_boot: int = 4000, level: float = 0.95, seed: int = 0,
 ) -> Dict[str, float]:  # fmt: skip
-    """``(mean A - mean V) / (mean A - mean S)`` with a percentile bootstrap over seeds, paired:
-    each resample draws seed indices with replacement and uses the same seeds for all three.
-    Resamples where SAM's gain ``mean A - mean S`` is 0 are undefined and counted, not used.
-    (A ratio of means, which :mod:`olmo_sam.analysis.stats` does not cover; note its warning that
-    a percentile bootstrap over 3 seeds is narrower than the t interval.)
+    """``(mean A - mean V) / (mean A - mean S)`` with an interval over seeds, paired by seed.
+
+    Below :data:`~olmo_sam.analysis.stats.MIN_BOOTSTRAP_SEEDS` seeds the percentile bootstrap is
+    refused (at 3 seeds it is the range of the resampled ratios, far too narrow): Fieller's t-based
+    interval of the ratio of the paired means (:func:`olmo_sam.analysis.stats.ratio_interval`);
+    ``lo``/``hi`` are NaN when SAM's gain is not resolved from zero (the ratio is unbounded). From
+    10 seeds on, a percentile bootstrap: each resample draws seed indices with replacement and uses
+    the same seeds for all three; resamples where SAM's gain ``mean A - mean S`` is 0 are undefined
+    and counted, not used. ``method`` says which was used, ``note`` why.
     """
+    from ..analysis.stats import MIN_BOOTSTRAP_SEEDS, ratio_interval
+
     a, v, s = (np.asarray(x, dtype=float) for x in (adamw, variant, sam))
     n = len(a)
     point = float((a.mean() - v.mean()) / (a.mean() - s.mean())) if a.mean() != s.mean() else float("nan")
+    if n < MIN_BOOTSTRAP_SEEDS:
+        _, lo, hi = ratio_interval(a - v, a - s, level)
+        nan = float("nan")
+        return {"mean": point, "lo": nan if lo is None else lo, "hi": nan if hi is None else hi, "undefined": 0,
+                "method": "fieller",
+                "note": f"percentile bootstrap refused at {n} seeds (it needs {MIN_BOOTSTRAP_SEEDS}): Fieller's "
+                        f"t-based interval" + ("" if lo is not None else "; unbounded: SAM's gain is not resolved from 0")}  # fmt: skip
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
     num = a[idx].mean(axis=1) - v[idx].mean(axis=1)
@@ -315,9 +329,11 @@ def bench_gain_kept_interval(
     ok = den != 0
     ratios = num[ok] / den[ok]
     if len(ratios) == 0:
-        return {"mean": point, "lo": float("nan"), "hi": float("nan"), "undefined": int((~ok).sum())}
+        return {"mean": point, "lo": float("nan"), "hi": float("nan"), "undefined": int((~ok).sum()),
+                "method": "bootstrap", "note": None}  # fmt: skip
     lo, hi = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
-    return {"mean": point, "lo": float(lo), "hi": float(hi), "undefined": int((~ok).sum())}
+    return {"mean": point, "lo": float(lo), "hi": float(hi), "undefined": int((~ok).sum()), "method": "bootstrap",
+            "note": None}  # fmt: skip
 
 
 # -------------------------------------------------------------------------------------------------
@@ -403,6 +419,8 @@ def verdict(report: Dict[str, Any]) -> str:
         f"SAM's tr(H) reduction vs AdamW: {_fmt(red)} (mean over seeds, 95% t-interval)"
         + ("" if red["lo"] > 0 else " -- the interval includes 0, so 'gain kept' is ill-defined"),
     ]
+    notes = sorted({r["gain_kept"].get("note") for r in rows if r["gain_kept"].get("note")})
+    lines += [f"Gain kept: {n}" for n in notes]
     hits = [r["variant"] for r in rows if r["meets_target"]]
     by_means = [r["variant"] for r in rows if r["meets_target_by_means"]]
     target = f">= {TARGET_GAIN_KEPT:.0%} of SAM's tr(H) reduction at <= {TARGET_COST_RATIO}x AdamW's cost"

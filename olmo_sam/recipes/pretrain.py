@@ -98,6 +98,10 @@ class PretrainSpec(RunSpec):
     alpha: Optional[float] = None
     decay_fraction: float = paper.SAM_ANNEAL_DECAY_FRACTION
     rho: float = paper.SAM_RHO
+    #: the sharpness-aware update of sam / sam-anneal: sam, msam or looksam (olmo_sam.optim.sam)
+    variant: str = "sam"
+    #: LookSAM: a full SAM step every ``interval`` steps (SAMConfig.interval)
+    interval: int = 1
     sam_start_fraction: Optional[float] = None
     batch_size: Optional[int] = None
     seq_len: Optional[int] = None
@@ -131,10 +135,13 @@ def _alpha(spec: PretrainSpec, default: float) -> float:
 
 def _optim(spec: PretrainSpec, lr: float) -> OptimConfig:
     adamw = AdamWConfig(lr=lr, betas=paper.PRETRAIN_BETAS, weight_decay=paper.PRETRAIN_WEIGHT_DECAY)
+    if spec.optimizer in ("sam", "sam-anneal"):
+        return SAMConfig(base=adamw, rho=spec.rho, variant=spec.variant, interval=spec.interval)
+    if spec.variant != "sam" or spec.interval != 1:
+        raise OLMoConfigurationError(f"variant/interval choose the SAM update; they do not apply to --optimizer "
+                                     f"{spec.optimizer} (use sam or sam-anneal)")  # fmt: skip
     if spec.optimizer == "adamw":
         return adamw
-    if spec.optimizer in ("sam", "sam-anneal"):
-        return SAMConfig(base=adamw, rho=spec.rho)
     raise OLMoConfigurationError(f"unknown optimizer {spec.optimizer!r}; choose one of {list(OPTIMIZERS)}")
 
 

@@ -8,8 +8,12 @@ pretraining job's record; a field that is missing falls back to the job's parame
 study's seed) or is computed from the checkpoint (tokens = steps x global batch tokens, parameters
 from the model config).
 
-Every comparison is an arm against the reference arm (the study's first arm) at one budget, over
-seeds, with an interval (:mod:`olmo_sam.analysis.stats`); findings are worded from the interval
+The study's pre-registered hypotheses (:mod:`olmo_sam.study.hypotheses`) open ``summary.json``
+(``hypotheses``, each ``primary: true``); a finding that is one of them is reported there only.
+Every other comparison is secondary: an arm against its reference arm (the arm's ``reference``,
+by default the study's first arm) at one budget, over seeds, with an interval
+(:mod:`olmo_sam.analysis.stats`) and ``contrast``, what the two arms' settings differ in
+(optimizer, schedule, ...); findings are worded from the interval
 (:mod:`olmo_sam.analysis.findings`). Writes ``{out}/analysis/``: ``summary.json`` (everything the
 report shows, findings included), Markdown/CSV tables per section and PNG figures: pretraining
 loss curves, learning-forgetting frontiers (Fig 2), forgetting at matched fine-tuning loss and the
@@ -25,14 +29,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..analysis.findings import make_finding
+from ..analysis.findings import adjust_findings, make_finding, unmeasurable_finding
 from ..analysis.plots import Panel, plot_bands, plot_bars
-from ..analysis.stats import IntervalSpec, compare_seeds, mean_interval
+from ..analysis.stats import IntervalSpec, compare_seeds, interval_method, mean_interval
 from ..output import save_figure, write_json, write_table
 from .context import JobContext
-from .spec import StudyError
+from .spec import ANALYSIS_MATCHINGS, StudyError
 
-__all__ = ["analyse_study", "Base", "base_metadata"]
+__all__ = [
+    "analyse_study",
+    "Base",
+    "BaseSet",
+    "base_metadata",
+    "FT_QUANTITIES",
+    "matching_rule",
+    "finetune_curves",
+    "matched_rows",
+    "seed_values",
+    "sensitivity_taus",
+]
 
 
 def _result(ctx: JobContext, job_id: str) -> Optional[Dict[str, Any]]:
@@ -121,13 +136,17 @@ def base_metadata(unit: str, record: Dict[str, Any], params: Dict[str, Any], stu
     )
 
 
-class _Bases:
+class BaseSet:
     """The study's bases, their arms (the first is the reference), budgets and the comparisons."""
 
-    def __init__(self, bases: List[Base], spec: IntervalSpec):
+    def __init__(self, bases: List[Base], spec: IntervalSpec, references: Optional[Dict[str, str]] = None,
+                 contrasts: Optional[Dict[str, str]] = None):  # fmt: skip
         self.by_unit = {b.unit: b for b in bases}
         self.arms = list(dict.fromkeys(b.arm for b in bases))
         self.reference = self.arms[0] if self.arms else None
+        #: arm -> the arm it is compared with (default: the first arm), and what they differ in
+        self.references = {a: r for a, r in (references or {}).items() if a in self.arms and r in self.arms}
+        self.contrasts = dict(contrasts or {})
         self.budgets = sorted({b.budget_key for b in bases}, key=lambda k: (k is None, k or 0.0))
         self.spec = spec
         seen: Dict[Tuple, str] = {}
@@ -172,22 +191,35 @@ class _Bases:
             counts[(b.arm, b.budget_key)] = counts.get((b.arm, b.budget_key), 0) + 1
         return max(counts.values(), default=0)
 
+    def reference_of(self, arm: str) -> Optional[str]:
+        """The arm ``arm`` is compared with (None for the study's first arm without a reference)."""
+        ref = self.references.get(arm, self.reference)
+        return None if ref == arm else ref
+
     def compare(self, values: Dict[str, float], **kw) -> List[Dict[str, Any]]:
-        """One finding per non-reference arm and budget with values for both arms."""
+        """One finding per arm with a reference and budget with values for both arms."""
         out: List[Dict[str, Any]] = []
-        if self.reference is None:
-            return out
+        extra = dict(kw.pop("extra", None) or {})
         for key in self.budgets:
-            ref = self.cell(self.reference, key, values)
-            if not ref:
-                continue
-            for arm in self.arms[1:]:
+            for arm in self.arms:
+                ref_arm = self.reference_of(arm)
+                ref = self.cell(ref_arm, key, values) if ref_arm else {}
                 vals = self.cell(arm, key, values)
-                if vals:
+                if vals and ref:
                     diff = compare_seeds(vals, ref, self.spec)
-                    out.append(make_finding(arm=arm, reference=self.reference, diff=diff,
-                                            budget=self.budget(key), **kw))  # fmt: skip
+                    note = {"note": self.contrast_note(arm)} if arm in self.contrasts else {}
+                    out.append(make_finding(arm=arm, reference=ref_arm, diff=diff, budget=self.budget(key),
+                                            extra={**extra, **self.contrast(arm), **note}, **kw))  # fmt: skip
         return out
+
+    def contrast(self, arm: str) -> Dict[str, str]:
+        """``{"contrast": what arm and its reference differ in}`` (empty when unknown)."""
+        return {"contrast": self.contrasts[arm]} if arm in self.contrasts else {}
+
+    def contrast_note(self, arm: str) -> Optional[str]:
+        if arm not in self.contrasts:
+            return None
+        return f"({arm} and {self.reference_of(arm)} differ in: {self.contrasts[arm]}.)"
 
     def band(self, arm: str, key: Optional[float], values: Dict[str, float], x: Optional[float] = None):
         """(x, mean, low, high) over the seeds of one arm and budget, or None without values."""
@@ -197,13 +229,30 @@ class _Bases:
         m, lo, hi = mean_interval(vals, self.spec)
         return (self.x(key) if x is None else x, m, lo, hi)
 
+    def seed_lines(self, arm: str, values: Dict[str, float]) -> List[List[Tuple[float, float]]]:
+        """One (x, value) line per seed of ``arm`` across the budgets (the figures' thin lines)."""
+        seeds = sorted({b.seed for b in self.by_unit.values() if b.arm == arm})
+        lines = []
+        for s in seeds:
+            pts = [(self.x(k), self.cell(arm, k, values)[s]) for k in self.budgets if s in self.cell(arm, k, values)]
+            if pts:
+                lines.append(pts)
+        return lines
+
+    def colors(self) -> Dict[str, Any]:
+        """One colour per arm, the same in every figure."""
+        from ..analysis.plots import arm_colors
+
+        return arm_colors(self.arms)
+
     def bars(self, values: Dict[str, float]) -> Dict[str, List[Any]]:
         return {arm: [self.band(arm, k, values) for k in self.budgets] for arm in self.arms}
 
     def band_label(self) -> str:
         if self.max_seeds < 2:
             return ""
-        return f"{100 * self.spec.confidence:g}% interval of the mean over seeds ({self.spec.method})"
+        method, note = interval_method(self.spec, self.max_seeds)
+        return f"{100 * self.spec.confidence:g}% interval of the mean over seeds ({method}{'; bootstrap refused below 10 seeds' if note else ''})"
 
     def row(self, unit: str) -> Dict[str, Any]:
         b = self.by_unit.get(unit)
@@ -213,7 +262,7 @@ class _Bases:
 # -- sections -----------------------------------------------------------------------------------
 
 
-def _pretraining(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
+def _pretraining(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
     rows, curves = [], {}
     for u, b in bases.by_unit.items():
         pre = _result(ctx, f"pretrain/{u}")
@@ -257,14 +306,14 @@ def _pretraining(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
     return {"rows": rows, "figures": figs, "findings": findings}
 
 
-def _probe_payloads(ctx, bases: _Bases, stage: str):
+def _probe_payloads(ctx, bases: BaseSet, stage: str):
     for u in bases.by_unit:
         res = _result(ctx, f"{stage}/{u}")
         if res is not None:
             yield u, _load(res.get("file")) or {}
 
 
-def _quantize(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
+def _quantize(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
     rows = []
     for u, payload in _probe_payloads(ctx, bases, "quantize"):
         for rec in payload.get("records", []):
@@ -291,7 +340,7 @@ def _quantize(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
     return {"rows": rows, "figures": figs, "findings": findings}
 
 
-def _noise(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
+def _noise(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
     rows = []
     for u, payload in _probe_payloads(ctx, bases, "noise"):
         for srow in payload.get("summary", []):
@@ -338,7 +387,7 @@ def _noise(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
     return {"rows": rows, "figures": figs, "findings": findings}
 
 
-def _hessian(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
+def _hessian(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
     rows = []
     for u, payload in _probe_payloads(ctx, bases, "hessian"):
         for rec in payload.get("records", []):
@@ -364,11 +413,13 @@ def _hessian(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
         k = sum(conv[u] for u in units)
         f["power_iteration_converged"] = f"{k} of {len(units)}"
         if k == 0:
-            f["text"] += f" Power iteration converged for none of the {len(units)} checkpoints: lambda_max is a lower estimate."
+            conv_note = f"Power iteration converged for none of the {len(units)} checkpoints: lambda_max is a lower estimate."
         elif k < len(units):
-            f["text"] += f" Power iteration converged for only {k} of {len(units)} checkpoints: lambda_max is a lower estimate."
+            conv_note = f"Power iteration converged for only {k} of {len(units)} checkpoints: lambda_max is a lower estimate."
         else:
-            f["text"] += f" Power iteration converged for all {k} checkpoints."
+            conv_note = f"Power iteration converged for all {k} checkpoints."
+        f["note"] = " ".join(n for n in (f.get("note"), conv_note) if n)
+        f["text"] += " " + conv_note  # adjust_findings renders the text again from the note
         findings.append(f)
     multi = bases.max_seeds >= 2
     groups = [bases.budget_label(k) for k in bases.budgets]
@@ -398,65 +449,238 @@ def _hessian(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
     return {"rows": rows, "figures": {"hessian": str(fig)}, "findings": findings}
 
 
-def _finetune(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
-    from ..analysis.forgetting import AnalysisError, group_curves, match_at_tau
-    from ..analysis.plots import plot_frontiers
+#: compared fine-tuning quantities -> the matched row's field holding a base's value
+FT_QUANTITIES = {"matched_forgetting": "forgetting", "fig5_pt_loss": "l_pt"}
+
+
+def matching_rule(study) -> str:
+    """The study's ``analysis: matching`` (default ``nearest``)."""
+    return str((getattr(study, "analysis", None) or {}).get("matching", "nearest"))
+
+
+def finetune_curves(ctx: JobContext) -> Tuple[list, Dict[str, List[Any]]]:
+    """(records, curves) of every finished fine-tuning sweep of the study: the curves grouped per
+    dataset, and per ``dataset/method`` when the study fine-tunes with several methods."""
+    from ..analysis.forgetting import group_curves
     from ..analysis.records import ResultStore
-    from ..analysis.report import frontier_report
 
     records = []
     for job in ctx.plan.jobs:
         if job.kind == "ft_sweep" and job.is_done(ctx.out):
             records += ResultStore(job.result(ctx.out)["results"]).records()
     if not records:
-        return {}
-    merged = out / "finetune_results.jsonl"
-    merged.write_text("".join(r.to_json() + "\n" for r in records))
+        return [], {}
     curves = group_curves(records)
-    frontier = frontier_report(curves)
-    frontier.write(out)
-    figs = {"frontiers": str(plot_frontiers(curves, out / "frontiers.png",
-                                            title="Learning-forgetting frontiers: every fine-tuning run"))}  # fmt: skip
-    section: Dict[str, Any] = {"runs": len(records), "frontier_rows": frontier.rows, "figures": figs}
-    notes: List[str] = []
-    matched, rows, findings = {}, [], []
     methods = sorted({c.key.method or "" for cs in curves.values() for c in cs})
-    for (ds, method), cs in {(d, m): [c for c in cs if (c.key.method or "") == m]
-                             for d, cs in curves.items() for m in methods}.items():  # fmt: skip
-        if len(methods) > 1:
-            ds = f"{ds}/{method}"
+    out: Dict[str, List[Any]] = {}
+    for ds, cs in curves.items():
+        for m in methods:
+            sel = [c for c in cs if (c.key.method or "") == m]
+            if sel:
+                out[f"{ds}/{m}" if len(methods) > 1 else ds] = sel
+    return records, out
+
+
+def sensitivity_taus(curves: List[Any], units: Optional[List[str]] = None) -> Dict[str, float]:
+    """The thresholds at which a matched result is shown, by name:
+
+    * ``study``: Eq. 10 over every base of the dataset in the study (the findings' tau; it depends
+      on which bases the study holds: the weakest base sets it);
+    * ``compared``: Eq. 10 over the compared bases only (``units``: e.g. both arms at one budget) --
+      the tightest threshold every one of them reaches, at most ``study``;
+    * ``looser``: ``study + (study - compared)``, or 2% above ``study`` when the two coincide -- a
+      threshold that asks less learning, reached by every base.
+    """
+    from ..analysis.forgetting import matched_threshold
+
+    tau = matched_threshold(curves)
+    sel = [c for c in curves if units is None or c.base_label in units]
+    tau_c = matched_threshold(sel) if sel else tau
+    gap = tau - tau_c
+    return {"study": tau, "compared": tau_c, "looser": tau + (gap if gap > 0 else 0.02 * abs(tau))}
+
+
+def matched_rows(
+    curves: Dict[str, List[Any]], bases: "BaseSet", *, matching: str = "nearest",
+    taus: Optional[Dict[str, float]] = None,
+) -> Tuple[List[Dict[str, Any]], Dict[str, Any], List[str]]:
+    """(rows, matched sets, notes): one row per base and dataset with its retained PT loss at tau
+    (``l_pt``, the Fig 5 quantity), its forgetting (``forgetting``), ``grid_edge`` (matched at the
+    grid's lowest LR past tau: an upper bound), ``tau`` and how it was chosen. ``taus`` gives a
+    dataset's tau (default: Eq. 10 over every base of the dataset)."""
+    from ..analysis.forgetting import AnalysisError, match_at_tau
+
+    if matching not in ANALYSIS_MATCHINGS:
+        raise StudyError(f"analysis.matching: unknown {matching!r}; choose one of {list(ANALYSIS_MATCHINGS)}")
+    rows: List[Dict[str, Any]] = []
+    matched, notes = {}, []
+    for ds, cs in curves.items():
         if len(cs) < 2:
-            if cs:
-                notes.append(f"{ds}: only one base checkpoint; no matched comparison")
+            notes.append(f"{ds}: only one base checkpoint; no matched comparison")
             continue
-        try:
-            m = match_at_tau(cs)  # tau = max_i L_min(i) over every base of the dataset (Eq. 10)
+        tau = (taus or {}).get(ds)
+        try:  # default tau = max_i L_min(i) over every base of the dataset (Eq. 10)
+            m = match_at_tau(cs, tau, interpolate=matching == "interpolate")
         except AnalysisError as e:
             notes.append(f"{ds}: {e}")
             continue
         matched[ds] = m
         forgetting = {r.curve.base_label: r.forgetting for r in m.rows}
+        rule = ("Eq. 10: the largest best-L_FT over all " + f"{len(cs)} bases of {ds}") if tau is None else "given"
         for r in m.rows:
             u = r.curve.base_label
             b = bases.by_unit.get(u)
-            ref_u = next((v for v, c in bases.by_unit.items() if b and c.arm == bases.reference
+            ref_arm = bases.reference_of(b.arm) if b else None
+            ref_u = next((v for v, c in bases.by_unit.items() if b and c.arm == ref_arm
                           and c.seed == b.seed and c.budget_key == b.budget_key), None)  # fmt: skip
             ref_f = forgetting.get(ref_u) if ref_u else None
             rows.append({
-                "dataset": ds, "tau": m.tau, "unit": u, **bases.row(u), "base_l_pt": r.curve.base_l_pt,
-                "l_min": r.l_min, "l_ft": r.retained.l_ft, "l_pt": r.retained.l_pt, "forgetting": r.forgetting,
+                "dataset": ds, "tau": m.tau, "tau_rule": rule, "matching": matching, "unit": u, **bases.row(u),
+                "base_l_pt": r.curve.base_l_pt, "l_min": r.l_min, "l_ft": r.retained.l_ft, "l_pt": r.retained.l_pt,
+                "forgetting": r.forgetting, "grid_edge": r.grid_edge, "interpolated": r.retained.interpolated,
+                "matched_lr": r.retained.lr,
                 "less_forgetting_pct": (100.0 * (1 - r.forgetting / ref_f)) if ref_f and ref_f > 0 and u != ref_u else None,
                 "lr": ";".join(f"{lr:g}" for p in r.retained.points for lr in p.lrs),
             })  # fmt: skip
-        findings += bases.compare(forgetting, section="finetune", quantity="matched_forgetting", dataset=ds,
-                                  context=f"Fine-tuning on {ds} (matched L_FT <= tau = {m.tau:.4g})",
-                                  extra={"tau": m.tau})  # fmt: skip
+    return rows, matched, notes
+
+
+def seed_values(
+    rows: List[Dict[str, Any]], quantity: str, *, include_grid_edge: bool = False
+) -> Dict[Tuple[str, Optional[float], str], Dict[int, float]]:
+    """Per (arm, budget key, dataset): seed -> a base's value of ``quantity`` from
+    :func:`matched_rows`' rows (or ``summary["finetune"]["matched_rows"]``):
+
+    * ``matched_forgetting``: PT-loss increase at matched fine-tuning loss (App C.4);
+    * ``fig5_pt_loss``: PT loss after fine-tuning to L_FT <= tau, the minimum over the LR grid
+      (Sec 3.2 footnote 1, Fig 5).
+
+    The budget key is the budget in tokens/param to 3 significant digits (:class:`Base`). Bases
+    matched at the grid's edge (``grid_edge``: their value is an upper bound) are left out unless
+    ``include_grid_edge``. Pass two cells to :func:`olmo_sam.analysis.stats.compare_seeds`: it
+    pairs them on their shared seeds."""
+    if quantity not in FT_QUANTITIES:
+        raise StudyError(f"quantity {quantity!r}: seed_values knows {sorted(FT_QUANTITIES)}")
+    field = FT_QUANTITIES[quantity]
+    out: Dict[Tuple[str, Optional[float], str], Dict[int, float]] = {}
+    for r in rows:
+        v = r.get(field)
+        if r.get("arm") is None or v is None or not math.isfinite(v) or (r.get("grid_edge") and not include_grid_edge):
+            continue  # a fine-tuned checkpoint that is no base of the study, or no value
+        out.setdefault((r["arm"], _budget_key(r["budget_tpp"]), r["dataset"]), {})[int(r["seed"])] = float(v)
+    return out
+
+
+def _matched_findings(bases: "BaseSet", rows: List[Dict[str, Any]], ds: str) -> List[Dict[str, Any]]:
+    """Findings for both fine-tuning quantities on one dataset: per non-reference arm and budget,
+    paired by seed over the seeds where neither arm's base is at the grid's edge."""
+    rs = [r for r in rows if r["dataset"] == ds]
+    if not rs or bases.reference is None:
+        return []
+    tau, rule, matching = rs[0]["tau"], rs[0]["tau_rule"], rs[0]["matching"]
+    edge = {(r["arm"], _budget_key(r["budget_tpp"]), r["seed"]) for r in rs if r["grid_edge"]}
+    how = "nearest frontier run" if matching == "nearest" else "log-LR interpolation"
+    out: List[Dict[str, Any]] = []
+    for quantity, field in FT_QUANTITIES.items():
+        values = {r["unit"]: r[field] for r in rs}
+        what = "PT loss after fine-tuning" if quantity == "fig5_pt_loss" else "forgetting"
+        context = f"Fine-tuning on {ds}, {what} at L_FT <= tau = {tau:.4g} ({rule}; {how})"
+        extra = {"tau": tau, "tau_rule": rule, "matching": matching}
+        for key in bases.budgets:
+            for arm in bases.arms:
+                ref_arm = bases.reference_of(arm)
+                if ref_arm is None:
+                    continue
+                ref = bases.cell(ref_arm, key, values)
+                vals = bases.cell(arm, key, values)
+                if not vals or not ref:
+                    continue
+                drop = sorted({s for s in set(vals) | set(ref) if (arm, key, s) in edge or (ref_arm, key, s) in edge})
+                a = {s: v for s, v in vals.items() if s not in drop}
+                r = {s: v for s, v in ref.items() if s not in drop}
+                kw = dict(section="finetune", quantity=quantity, arm=arm, reference=ref_arm,
+                          budget=bases.budget(key), dataset=ds, context=context)  # fmt: skip
+                why = (f"seed{'s' if len(drop) != 1 else ''} {', '.join(map(str, drop))} matched at the grid's "
+                       f"lowest learning rate past tau (an upper bound)")  # fmt: skip
+                if not a or not r:
+                    out.append(unmeasurable_finding(confidence=bases.spec.confidence, reason=f"every seed left out: {why}; "
+                                                    "extend the learning-rate grid downward",
+                                                    extra={**extra, "grid_edge_seeds": drop}, **kw))  # fmt: skip
+                    continue
+                note = " ".join(n for n in (f"Left out: {why} -- not measurable on this grid." if drop else None,
+                                            bases.contrast_note(arm)) if n) or None  # fmt: skip
+                out.append(make_finding(diff=compare_seeds(a, r, bases.spec),
+                                        extra={**extra, "grid_edge_seeds": drop, "note": note,
+                                               **bases.contrast(arm)}, **kw))  # fmt: skip
+    return out
+
+
+def _tau_sensitivity(bases: "BaseSet", curves: Dict[str, List[Any]], matching: str) -> List[Dict[str, Any]]:
+    """Every matched comparison (arm vs reference at one budget, both quantities) at the three
+    thresholds of :func:`sensitivity_taus`: a table, not findings (they are the same comparisons)."""
+    out: List[Dict[str, Any]] = []
+    for ds, cs in curves.items():
+        if len(cs) < 2 or bases.reference is None:
+            continue
+        for key in bases.budgets:
+            for arm in bases.arms:
+                ref_arm = bases.reference_of(arm)
+                if ref_arm is None:
+                    continue
+                units = [u for u, b in bases.by_unit.items() if b.budget_key == key and b.arm in (arm, ref_arm)]
+                if not any(c.base_label in units for c in cs):
+                    continue
+                compared = [c for c in cs if c.base_label in units]  # the other bases may not reach a lower tau
+                for name, tau in sensitivity_taus(cs, units).items():
+                    rows, _, _ = matched_rows({ds: compared}, bases, matching=matching, taus={ds: tau})
+                    for quantity in FT_QUANTITIES:
+                        vals = seed_values(rows, quantity)
+                        a, r = vals.get((arm, key, ds)), vals.get((ref_arm, key, ds))
+                        d = compare_seeds(a, r, bases.spec) if a and r else None
+                        out.append({"dataset": ds, "quantity": quantity, "arm": arm, "reference": ref_arm,
+                                    "budget_tpp": bases.budget(key)["budget_tpp"], "tau_name": name, "tau": tau,
+                                    "estimate": d and d.estimate, "ci_low": d and d.ci_low, "ci_high": d and d.ci_high,
+                                    "p_value": d and d.p_value, "n_seeds": d.n_seeds if d else 0,
+                                    "grid_edge_bases": sum(1 for x in rows if x["grid_edge"] and x["unit"] in units)})  # fmt: skip
+    return out
+
+
+def _finetune(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
+    from ..analysis.plots import plot_frontiers
+    from ..analysis.report import frontier_report
+
+    records, curves = finetune_curves(ctx)
+    if not records:
+        return {}
+    merged = out / "finetune_results.jsonl"
+    merged.write_text("".join(r.to_json() + "\n" for r in records))
+    from ..analysis.forgetting import group_curves
+
+    by_dataset = group_curves(records)
+    frontier = frontier_report(by_dataset)
+    frontier.write(out)
+    arm_of = {u: (b.arm, bases.budget_label(b.budget_key)) for u, b in bases.by_unit.items()}
+    figs = {"frontiers": str(plot_frontiers(by_dataset, out / "frontiers.png", arm_of=arm_of,
+                                            title="Learning-forgetting frontiers: every fine-tuning run"))}  # fmt: skip
+    section: Dict[str, Any] = {"runs": len(records), "frontier_rows": frontier.rows, "figures": figs}
+    matching = matching_rule(ctx.study)
+    rows, matched, notes = matched_rows(curves, bases, matching=matching)
+    findings: List[Dict[str, Any]] = []
+    for ds in matched:
+        findings += _matched_findings(bases, rows, ds)
     if matched:
         write_table(out, "matched", list(rows[0]), rows)
         section["matched_rows"] = rows
         section["reference"] = bases.reference
+        section["references"] = {a: bases.reference_of(a) for a in bases.arms if bases.reference_of(a)}
+        section["matching"] = matching
+        section["grid_edge"] = {ds: {r["unit"]: r["grid_edge"] for r in rows if r["dataset"] == ds} for ds in matched}
+        sens = _tau_sensitivity(bases, {ds: curves[ds] for ds in matched}, matching)
+        if sens:
+            write_table(out, "tau_sensitivity", list(sens[0]), sens)
+            section["tau_sensitivity"] = sens
         figs["frontiers_matched"] = str(plot_frontiers(
-            curves, out / "frontiers_matched.png", matched=matched,
+            curves, out / "frontiers_matched.png", matched=matched, arm_of=arm_of,
             title="Learning-forgetting frontiers matched at tau ([SAM-PT] App C.4): stars are the matched points"))  # fmt: skip
         figs["overtraining"] = str(_overtraining_figure(bases, rows, findings, out))
     section["notes"] = notes
@@ -464,37 +688,44 @@ def _finetune(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
     return section
 
 
-def _overtraining_figure(bases: _Bases, rows, findings, out: Path) -> Path:
-    """Per dataset: forgetting at matched L_FT, the Fig 5 view (minimum L_PT with L_FT <= tau) and
-    the paired difference from the reference arm, each against the pretraining budget; one line per
-    arm with its interval band over seeds (the CPU analogue of [SAM-PT] Fig 5 / Fig 3a)."""
+def _overtraining_figure(bases: BaseSet, rows, findings, out: Path) -> Path:
+    """Per dataset: forgetting at matched L_FT, the Fig 5 view (minimum L_PT with L_FT <= tau), and
+    the paired difference of each from the reference arm, against the pretraining budget; one line
+    per arm with its interval band over seeds and each seed as a thin line of the arm's hue (the CPU
+    analogue of [SAM-PT] Fig 5 / Fig 3a). Bases matched at the grid's edge are drawn hollow."""
     panels = []
     xlabel = "pretraining tokens per parameter" if bases.xlog else "pretraining budget (index)"
     for ds in dict.fromkeys(r["dataset"] for r in rows):
         rs = [r for r in rows if r["dataset"] == ds]
         tau = rs[0]["tau"]
-        forg = {r["unit"]: r["forgetting"] for r in rs}
-        lpt = {r["unit"]: r["l_pt"] for r in rs}
-        for title, vals, ylabel in (
-            (f"{ds}: forgetting at L_FT <= {tau:.3g}", forg, "PT-loss increase (nats)"),
-            (f"{ds}: min L_PT with L_FT <= {tau:.3g} (Fig 5)", lpt, "PT loss after fine-tuning"),
+        edge = [(bases.x(_budget_key(r["budget_tpp"])), r) for r in rs if r["grid_edge"]]
+        for quantity, title, ylabel in (
+            ("matched_forgetting", f"{ds}: forgetting at L_FT <= {tau:.3g}", "PT-loss increase (nats)"),
+            ("fig5_pt_loss", f"{ds}: min L_PT with L_FT <= {tau:.3g} (Fig 5)", "PT loss after fine-tuning"),
         ):
+            field = FT_QUANTITIES[quantity]
+            vals = {r["unit"]: r[field] for r in rs if not r["grid_edge"]}
             series = {arm: [bases.band(arm, k, vals) for k in bases.budgets] for arm in bases.arms}
-            panels.append(Panel(title=title, xlabel=xlabel, ylabel=ylabel, series=series, xlog=bases.xlog))
-        diff = {}
-        for f in findings:
-            if f["dataset"] == ds:
-                key = _budget_key(f["budget_tpp"])
-                diff.setdefault(f["arm"], []).append((bases.x(key), f["estimate"], f["ci_low"], f["ci_high"]))
-        if diff:
-            panels.append(Panel(title=f"{ds}: forgetting minus {bases.reference}'s (paired)", xlabel=xlabel,
-                                ylabel="difference (nats)", series=diff, xlog=bases.xlog, zero_line=True))  # fmt: skip
-    ncols = 3 if any("minus" in p.title for p in panels) else 2
+            seeds = {arm: bases.seed_lines(arm, vals) for arm in bases.arms}
+            hollow = [(x, r[field], r["arm"]) for x, r in edge]
+            panels.append(Panel(title=title, xlabel=xlabel, ylabel=ylabel, series=series, xlog=bases.xlog,
+                                seeds=seeds, hollow=hollow))  # fmt: skip
+        for quantity, what in (("matched_forgetting", "forgetting"), ("fig5_pt_loss", "Fig 5 PT loss")):
+            diff: Dict[str, List[Any]] = {}
+            for f in findings:
+                if f["dataset"] == ds and f["quantity"] == quantity and f.get("measurable", True):
+                    key = _budget_key(f["budget_tpp"])
+                    diff.setdefault(f["arm"], []).append((bases.x(key), f["estimate"], f["ci_low"], f["ci_high"]))
+            if diff:
+                refs = sorted({f["reference"] for f in findings if f["dataset"] == ds and f["quantity"] == quantity})
+                panels.append(Panel(title=f"{ds}: {what} minus {'/'.join(refs)}'s (paired)", xlabel=xlabel,
+                                    ylabel="difference (nats)", series=diff, xlog=bases.xlog, zero_line=True))  # fmt: skip
+    ncols = 4 if any("minus" in p.title for p in panels) else 2
     return plot_bands(panels, out / "overtraining.png", ncols=ncols, band_label=bases.band_label(),
-                      title="Forgetting at matched fine-tuning loss against the pretraining budget")  # fmt: skip
+                      colors=bases.colors(), title="Fine-tuning at matched loss against the pretraining budget")  # fmt: skip
 
 
-def _benchmarks(ctx, bases: _Bases, out: Path) -> Dict[str, Any]:
+def _benchmarks(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
     """Per-task scores, and per model and precision the suite average with its drop from the base
     model's full-precision average (the [SAM-PT] Table 2/8 view of forgetting)."""
     rows = []
@@ -544,7 +775,111 @@ def interval_spec(study) -> IntervalSpec:
     from .spec import ANALYSIS_KEYS
 
     opts = dict(getattr(study, "analysis", None) or {})
-    return IntervalSpec(**{ANALYSIS_KEYS[k]: v for k, v in opts.items()})
+    return IntervalSpec(**{ANALYSIS_KEYS[k]: v for k, v in opts.items() if k in ANALYSIS_KEYS})
+
+
+#: arm settings that make two arms different treatments (what a comparison's ``contrast`` names)
+CONTRAST_KEYS = ("optimizer", "schedule", "decay_fraction", "rho", "variant", "interval", "lr", "alpha",
+                 "sam_start_fraction", "data_fraction")  # fmt: skip
+#: PretrainSpec defaults of the contrast keys an arm may leave out (data_fraction: the arm's own key)
+_CONTRAST_DEFAULTS = {"optimizer": "adamw", "schedule": "cosine", "data_fraction": 1.0}
+
+
+def _arm_contrasts(study, references: Dict[str, str], first: Optional[str]) -> Dict[str, str]:
+    """arm -> the settings (:data:`CONTRAST_KEYS`) in which it differs from its reference arm; a
+    setting that does not act on an arm's optimizer/schedule (rho of AdamW, decay_fraction of a
+    cosine schedule) still counts as written -- the contrast states the file, not the physics."""
+    arms = {a.name: a for a in getattr(study, "arms", [])}
+    defaults = {k: v for k, v in (getattr(study, "pretrain", None) or {}).items() if k in CONTRAST_KEYS}
+
+    def settings(name: str) -> Dict[str, Any]:
+        own = {k: v for k, v in arms[name].settings.items() if k in CONTRAST_KEYS}
+        if getattr(arms[name], "data_fraction", None) is not None:
+            own["data_fraction"] = float(arms[name].data_fraction)
+        return {**_CONTRAST_DEFAULTS, **defaults, **own}
+
+    out = {}
+    for name in arms:
+        ref = references.get(name, first)
+        if ref is None or ref == name or ref not in arms:
+            continue
+        a, r = settings(name), settings(ref)
+        diff = [k for k in CONTRAST_KEYS if str(a.get(k)) != str(r.get(k))]
+        out[name] = ", ".join(diff) if diff else "nothing in the optimizer or schedule (seeds only)"
+    return out
+
+
+def _budget_key_of(bases: "BaseSet", planned: Dict[float, Optional[float]]) -> Callable[[float], Optional[float]]:
+    """A study file's (planned) budget -> the compared bases' budget key: ``planned`` maps it to
+    the measured budget (rounded up to whole steps); without a plan, the measured budget within 5%."""
+
+    def key_of(budget: float) -> Optional[float]:
+        for tpp, key in planned.items():
+            if abs(tpp - budget) <= 1e-9 * budget:
+                return key
+        keys = [k for k in bases.budgets if k is not None and k > 0]
+        best = min(keys, key=lambda k: abs(math.log(k / budget)), default=None)
+        return best if best is not None and abs(math.log(best / budget)) <= math.log(1.05) else None
+
+    return key_of
+
+
+def _hypothesis_cells(bases: "BaseSet", summary: Dict[str, Any], key_of: Callable[[float], Optional[float]],
+                      include_grid_edge: bool = False):  # fmt: skip
+    """(quantity, arm, budget in tokens/param, dataset or setting) -> {seed: value}, read from the
+    summary's per-base tables (the fine-tuning quantities through :func:`seed_values`: bases
+    matched at the grid's edge are left out unless ``include_grid_edge``), for
+    :func:`olmo_sam.study.hypotheses.evaluate_hypotheses`."""
+    from .hypotheses import QUANTITIES
+
+    tables: Dict[Tuple[str, Optional[str]], Dict[str, float]] = {}
+
+    def put(q: str, where: Optional[str], unit: str, v: Any) -> None:
+        if v is not None:
+            tables.setdefault((q, where), {})[unit] = float(v)
+
+    for r in (summary.get("pretraining") or {}).get("rows", []):
+        put("l_pt", None, r["unit"], r.get("l_pt"))
+    matched = (summary.get("finetune") or {}).get("matched_rows", [])
+    ft = {q: seed_values(matched, q, include_grid_edge=include_grid_edge) for q in FT_QUANTITIES}
+    for r in (summary.get("quantize") or {}).get("rows", []):
+        put("quant_degradation", str(r.get("quant")), r["unit"], r.get("degradation"))
+    for r in (summary.get("noise") or {}).get("rows", []):
+        if r.get("gamma") is not None:
+            put("noise_increase", f"{float(r['gamma']):g}", r["unit"], r.get("increase"))
+    for r in (summary.get("hessian") or {}).get("rows", []):
+        put("trace", None, r["unit"], r.get("trace"))
+        put("lambda_max", None, r["unit"], r.get("lambda_max"))
+
+    def cells(quantity: str, arm: str, budget: float, where: Optional[str]) -> Dict[int, float]:
+        if QUANTITIES[quantity][0] == "setting" and quantity == "noise_increase" and where is not None:
+            where = f"{float(where):g}"
+        key = key_of(budget)
+        if quantity in ft:
+            return {} if key is None else dict(ft[quantity].get((arm, key, where), {}))
+        values = tables.get((quantity, where))
+        return {} if key is None or not values else bases.cell(arm, key, values)
+
+    return cells
+
+
+def _split_primary(findings: List[Dict[str, Any]], hypotheses, key_of: Callable[[float], Optional[float]]
+                   ) -> Tuple[List[Dict[str, Any]], List[str]]:  # fmt: skip
+    """(secondary findings, ids of the findings that are a paired_t primary hypothesis): a primary
+    comparison is reported with its hypothesis only, outside the secondary family."""
+    def setting(h) -> Optional[str]:  # the findings' spelling of a setting
+        return f"gamma={float(h.setting):g}" if h.quantity == "noise_increase" else h.setting
+
+    primary = {(h.quantity, h.arm, h.reference, h.dataset, setting(h), key_of(h.budget))
+               for h in hypotheses if h.test == "paired_t"}  # fmt: skip
+    keep, dropped = [], []
+    for f in findings:
+        key = _budget_key(f["budget_tpp"]) if f.get("budget_tpp") is not None else None
+        if (f["quantity"], f["arm"], f["reference"], f.get("dataset"), f.get("setting"), key) in primary:
+            dropped.append(f["id"])
+        else:
+            keep.append(f)
+    return keep, dropped
 
 
 def analyse_study(ctx: JobContext) -> Dict[str, Any]:
@@ -559,8 +894,12 @@ def analyse_study(ctx: JobContext) -> Dict[str, Any]:
         if rec is not None:
             metas.append(base_metadata(u, rec, job.params if job else {}, ctx.study.seed))
             records[u] = {k: v for k, v in rec.items() if k in RECORD_FIELDS}
-    bases = _Bases(metas, spec)
+    references = {a.name: a.reference for a in getattr(ctx.study, "arms", []) if a.reference}
+    first = next((a.name for a in getattr(ctx.study, "arms", [])), None)
+    bases = BaseSet(metas, spec, references, _arm_contrasts(ctx.study, references, first))
+    hypotheses = list(getattr(ctx.study, "hypotheses", None) or [])
     summary: Dict[str, Any] = {
+        "hypotheses": [],
         "study": ctx.study.name,
         "quick": bool(getattr(ctx.study, "quick", False)),
         "units": units,
@@ -578,6 +917,26 @@ def analyse_study(ctx: JobContext) -> Dict[str, Any]:
         if section:
             findings += section.pop("findings", [])
             summary[name] = section
+    for ds, flags in (summary.get("finetune") or {}).get("grid_edge", {}).items():
+        for u, edge in flags.items():  # per base: matched at its grid's lowest LR past tau, per dataset
+            if u in summary["bases"]:
+                summary["bases"][u].setdefault("grid_edge", {})[ds] = edge
+    if hypotheses:
+        from .hypotheses import evaluate_hypotheses
+
+        planned = {}
+        for b in metas:  # the study file's budget of each base -> its measured budget
+            job = ctx.plan.by_id().get(f"pretrain/{b.unit}")
+            tpp = job.params.get("budget_tpp") if job else None
+            if tpp is not None:
+                planned[float(tpp)] = b.budget_key
+        key_of = _budget_key_of(bases, planned)
+        summary["hypotheses"] = evaluate_hypotheses(hypotheses, _hypothesis_cells(bases, summary, key_of), spec,
+                                                    _hypothesis_cells(bases, summary, key_of, include_grid_edge=True))  # fmt: skip
+        findings, summary["primary_findings"] = _split_primary(findings, hypotheses, key_of)
+    # one family of secondary comparisons (the primary hypotheses are not in it): BH q-values
+    # across all of them, and the count
+    summary["multiplicity"] = adjust_findings(findings)
     summary["findings"] = findings
     write_json(out / "summary.json", summary)
     return {"summary": str(out / "summary.json"), "dir": str(out),

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from olmo_core.exceptions import OLMoConfigurationError
 
-from ..output import atomic_write_text, json_text
+from ..output import atomic_write, atomic_write_text, json_text
 from .context import JobContext
 from .plan import Job
 from .spec import StudyError
@@ -167,11 +167,39 @@ def _finished(trainer, ctx: JobContext) -> None:
         )
 
 
+def data_fraction(data: Dict[str, Any], fraction: float, out: Path) -> Dict[str, Any]:
+    """``data`` with its training token files cut to their first ``fraction`` of tokens, written
+    under ``out`` (a data-repetition control: the same budget repeats a smaller corpus more often;
+    ``train_tokens`` and the description say how much is left)."""
+    from ..evals.lm_loss import token_dtype_for_vocab
+
+    width = token_dtype_for_vocab(int(data["vocab_size"])).itemsize
+    out.mkdir(parents=True, exist_ok=True)
+    paths, kept = [], 0
+    for i, src in enumerate(data["train"]):
+        if "://" in str(src):
+            raise StudyError(f"data_fraction: remote token file {src}; the control cuts local files only")
+        n = Path(src).stat().st_size // width
+        k = max(1, int(n * fraction))
+        dst = out / f"train-{i:05d}.npy"
+        if not (dst.exists() and dst.stat().st_size == k * width):
+            with open(src, "rb") as f:
+                head = f.read(k * width)
+            atomic_write(dst, lambda tmp: tmp.write_bytes(head))
+        paths.append(str(dst))
+        kept += k
+    desc = data.get("description") or data.get("source") or "the training data"
+    return {**data, "train": paths, "train_tokens": kept,
+            "description": f"{desc}; cut to its first {fraction:g} ({kept:,} tokens) per file"}  # fmt: skip
+
+
 def job_pretrain(ctx: JobContext) -> Dict[str, Any]:
     from ..checkpoints import resolve_checkpoint
     from ..train import read_metrics, run_experiment
 
     data = _data(ctx)
+    if ctx.job.params.get("data_fraction") is not None:
+        data = data_fraction(data, float(ctx.job.params["data_fraction"]), ctx.dir / "data")
     spec = run_spec(ctx.job, data, str(ctx.dir / "run"))
     cfg, resolved = build_run(ctx.job, spec)
     _watch(cfg, ctx)

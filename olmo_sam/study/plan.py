@@ -150,6 +150,8 @@ class Unit:
     seed: int
     budget: Optional[Any] = None
     budget_tpp: Optional[float] = None
+    #: the arm's ``data_fraction`` (None: every training token)
+    data_fraction: Optional[float] = None
 
 
 def expand_units(study: StudySpec) -> List[Unit]:
@@ -181,7 +183,7 @@ def expand_units(study: StudySpec) -> List[Unit]:
                         settings.setdefault("data_seed", DATA_SEED + seed)
                     n_b, key = (len(tpps), tpp) if tpp is not None else (len(budgets), b)
                     name = unit_name(arm.name, key, n_b, seed, len(seeds), tpp=tpp is not None)
-                    units.append(Unit(name, arm.name, arm.recipe, settings, seed, b, tpp))
+                    units.append(Unit(name, arm.name, arm.recipe, settings, seed, b, tpp, arm.data_fraction))
     names = [u.name for u in units]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -223,7 +225,8 @@ def build_plan(study: StudySpec) -> Plan:
         units.append(u)
         add(Job(f"pretrain/{u}", "pretrain", unit.recipe,
                 params={"arm": unit.arm, "unit": u, "settings": unit.settings, "seed": unit.seed,
-                        "budget": unit.budget, "budget_tpp": unit.budget_tpp},
+                        "budget": unit.budget, "budget_tpp": unit.budget_tpp,
+                        **({"data_fraction": unit.data_fraction} if unit.data_fraction is not None else {})},
                 deps=["data"], distributed=True))  # fmt: skip
         add(Job(f"export/{u}", "export", "export", params={"unit": u}, deps=[f"pretrain/{u}", "data"]))
         add(Job(f"pt_eval/{u}", "pt_eval", "pt_eval", params={"unit": u, "options": study.pt_eval},

@@ -1,7 +1,8 @@
 """``olmo-sam report OUTDIR``: a self-contained HTML (figures inlined) and a Markdown report of a
 study, both rendered from its analysis summary (``analysis/summary.json``), manifest and configs.
 
-The report states how the intervals were computed, the pretraining budgets in tokens per total
+The report opens with the study's pre-registered hypotheses and their outcomes
+(:mod:`olmo_sam.study.hypotheses`), then states how the intervals were computed, the pretraining budgets in tokens per total
 and per non-embedding parameter and the seeds; every finding is a record of ``summary.json``
 (arms, quantity, estimate, ``ci_low``/``ci_high``, ``n_seeds``, ``significant``, budget) and its
 sentence. Every table has a caption that defines its columns. ``report.md`` links the figures
@@ -51,6 +52,7 @@ _TABLE_ROWS = {
     ("benchmarks", "averages"): "one row per model and precision",
     ("benchmarks", "rows"): "one row per model, precision and task",
     ("findings", "rows"): "one row per finding: an arm against the reference arm at one budget",
+    ("hypotheses", "rows"): "one row per pre-registered (primary) hypothesis, in the study file's order",
 }
 
 #: column -> definition (every column a report table can show)
@@ -114,12 +116,26 @@ COLUMNS = {
     "ci_high": "upper end of the interval of the estimate",
     "n_seeds": "seeds in the comparison (pairs when paired)",
     "paired": "whether the interval is over per-seed differences",
-    "significant": "whether the interval excludes zero",
+    "significant": "whether the interval excludes zero (never when the seeds gave identical differences)",
+    "p_value": "two-sided p-value (paired t-test; Welch's test unpaired)",
+    "q_value": "Benjamini-Hochberg adjusted p-value across all secondary findings",
+    "mde": "minimum detectable effect at 80% power from the observed SD and n (noncentral t)",
+    "resolved": "interval excludes zero and q < 0.05: only then a comparative word",
     "percent": "estimate in % of the reference's mean (only when that mean is >= 3 standard errors from 0)",
+    "name": "the hypothesis's name in the study file",
+    "test": "paired_t: arm minus reference at one budget; interaction: that difference at the longest budget minus at the shortest",
+    "budgets_tpp": "compared budget(s), tokens per parameter",
+    "direction": "the registered sign of the estimate (less: below zero; greater: above)",
+    "p_holm": "p-value Holm-adjusted across the study's primary hypotheses",
+    "outcome": "resolved (Holm-adjusted p below 1 - confidence, expected sign), opposite (same, other sign), "
+               "not resolved, or not measured",
 }
+_HYPOTHESIS_COLUMNS = ["name", "quantity", "where", "arm", "reference", "test", "budgets_tpp", "direction",
+                       "estimate", "ci_low", "ci_high", "p_value", "p_holm", "mde", "n_seeds", "outcome"]  # fmt: skip
 
 _FINDING_COLUMNS = ["quantity", "where", "arm", "reference", "budget_tpp", "budget_tpp_non_embedding",
-                    "estimate", "ci_low", "ci_high", "n_seeds", "paired", "significant", "percent"]  # fmt: skip
+                    "estimate", "ci_low", "ci_high", "n_seeds", "paired", "significant", "p_value", "q_value",
+                    "mde", "resolved", "percent"]  # fmt: skip
 
 
 def _cols(rows: Sequence[Dict[str, Any]]) -> List[str]:
@@ -157,8 +173,21 @@ def _finding_rows(findings: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         row["where"] = f.get("dataset") or f.get("setting") or ""
         row["paired"] = "yes" if f.get("paired") else "no"
         row["significant"] = "yes" if f.get("significant") else "no"
+        row["resolved"] = "yes" if f.get("resolved") else "no"
         rows.append(row)
     return rows
+
+
+def _hypothesis_lines(hyps: Sequence[Dict[str, Any]]) -> List[str]:
+    m = len(hyps)
+    conf = hyps[0].get("confidence", 0.95)
+    resolved = sum(bool(h.get("resolved")) for h in hyps)
+    return [
+        f"{m} primary hypothes{'is' if m == 1 else 'es'}, fixed in the study file before anything ran (recorded in "
+        f"study.json; an edit on this output directory is refused): {resolved} of {m} resolved as registered. "
+        f"Each is a paired t-test over pretraining seeds; the family is Holm-adjusted (family-wise error "
+        f"{1 - conf:.2g}), and it is not part of the Benjamini-Hochberg family of the secondary findings below.",
+    ] + [h["text"] for h in hyps]  # fmt: skip
 
 
 def _img(path: str) -> str:
@@ -210,9 +239,28 @@ def write_report(out_dir: str | Path, analysis: Optional[Dict[str, Any]] = None)
         "th{background:#f3f3f3}img{max-width:100%}pre{background:#f7f7f7;padding:.5em;overflow:auto;font-size:12px}</style>",
         f"</head><body><h1>{html.escape(title)}</h1>",
     ]
+    hyps = [x for x in s.get("hypotheses") or [] if isinstance(x, dict)]
+    if s.get("quick"):
+        line = regime_lines(s)[0]
+        md += [line, ""]
+        h.append(f"<p>{html.escape(line)}</p>")
+    if hyps:
+        lines = _hypothesis_lines(hyps)
+        md += ["## Pre-registered hypotheses (primary)", "", lines[0], ""] + [f"- {x}" for x in lines[1:]] + [""]
+        h.append("<h2>Pre-registered hypotheses (primary)</h2>" + f"<p>{html.escape(lines[0])}</p><ul>"
+                 + "".join(f"<li>{html.escape(x)}</li>" for x in lines[1:]) + "</ul>")  # fmt: skip
+        rows = [{**{c: x.get(c) for c in _HYPOTHESIS_COLUMNS}, "where": x.get("dataset") or x.get("setting") or ""}
+                for x in hyps]  # fmt: skip
+        cap = _caption("hypotheses", "rows", _HYPOTHESIS_COLUMNS)
+        md += [markdown_table(_HYPOTHESIS_COLUMNS, rows), "", f"*{cap}*", ""]
+        h.append(f"<p><i>{html.escape(cap)}</i></p>" + _html_table(rows))
     arms = s.get("arms") or s.get("units", [])
     ref = s.get("reference_arm") or s.get("reference_unit")
-    intro = regime_lines(s) + [f"Arms: {', '.join(arms)}. Reference arm for comparisons: {ref}."]
+    refs = (s.get("finetune") or {}).get("references") or {}
+    own = [f"{a} vs {r}" for a, r in refs.items() if r != ref]
+    intro = regime_lines(s)[1 if s.get("quick") else 0:] + [
+        f"Arms: {', '.join(arms)}. Reference arm for comparisons: {ref}"
+        + (f" (except: {', '.join(own)})" if own else "") + "."]  # fmt: skip
     budgets = [b for b in s.get("budgets", []) if b.get("budget_tpp") is not None]
     if budgets:
         intro.append("Pretraining budgets: " + "; ".join(
@@ -223,7 +271,12 @@ def write_report(out_dir: str | Path, analysis: Optional[Dict[str, Any]] = None)
         intro.append(f"Pretraining seeds per arm and budget: {s['seeds_per_arm_and_budget']}.")
     if s.get("interval"):
         intro.append(f"Intervals: {s['interval']['description']}. A finding says 'less', 'more', 'flatter' "
-                     "or 'lower' only when its interval excludes zero.")  # fmt: skip
+                     "or 'lower' only when its interval excludes zero and its Benjamini-Hochberg q-value is "
+                     "below 0.05.")  # fmt: skip
+    mult = s.get("multiplicity")
+    if mult:
+        intro.append(f"Secondary comparisons made: {mult['comparisons']} ({mult['tested']} with a test); "
+                     f"{mult['resolved']} resolved after the Benjamini-Hochberg correction across all of them.")  # fmt: skip
     for line in intro:
         md += [line, ""]
         h.append(f"<p>{html.escape(line)}</p>")

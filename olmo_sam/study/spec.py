@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from olmo_core.exceptions import OLMoConfigurationError
 
 from ..files import read_yaml
+from .hypotheses import Hypothesis, check_references, parse_hypotheses
 
 __all__ = [
     "STAGES",
@@ -159,6 +160,10 @@ class ArmSpec:
     budgets: Optional[List[Any]] = None
     #: budgets in tokens per parameter (e.g. [10, 100]); default: ``pretrain.budgets_tpp``
     budgets_tpp: Optional[List[float]] = None
+    #: the arm its secondary comparisons are made against (default: the study's first arm)
+    reference: Optional[str] = None
+    #: pretrain on this fraction of the training tokens (a data-repetition control, e.g. 0.25)
+    data_fraction: Optional[float] = None
     settings: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -174,6 +179,14 @@ class ArmSpec:
             raise StudyError(f"{where} ({name}): recipe must be one of {ARM_RECIPES}, got {recipe!r}")
         budgets = d.pop("budgets", None)
         budgets_tpp = d.pop("budgets_tpp", None)
+        reference = d.pop("reference", None)
+        data_fraction = d.pop("data_fraction", None)
+        if data_fraction is not None and (isinstance(data_fraction, bool) or not isinstance(data_fraction, (int, float))
+                                          or not 0 < data_fraction <= 1 or recipe != "pretrain"):  # fmt: skip
+            raise StudyError(f"{where}.data_fraction: a fraction of the training tokens in (0, 1] for a pretrain arm "
+                             f"(e.g. 0.25: the first quarter of every token file), got {data_fraction!r}")  # fmt: skip
+        if reference is not None and (not isinstance(reference, str) or reference == name):
+            raise StudyError(f"{where}.reference: the name of another arm to compare {name!r} with, got {reference!r}")
         if budgets is not None and budgets_tpp is not None:
             raise StudyError(f"{where} ({name}): give 'budgets' (tokens) or 'budgets_tpp' (tokens per parameter), not both")
         if budgets_tpp is not None:
@@ -184,7 +197,8 @@ class ArmSpec:
             raise StudyError(
                 f"{where} ({name}): the arm has no 'optimizer' (adamw, sam or sam-anneal)"
             )
-        return cls(name=name, recipe=recipe, budgets=budgets, budgets_tpp=budgets_tpp, settings=d)
+        return cls(name=name, recipe=recipe, budgets=budgets, budgets_tpp=budgets_tpp, reference=reference,
+                   data_fraction=None if data_fraction is None else float(data_fraction), settings=d)
 
 
 @dataclass
@@ -252,10 +266,13 @@ class StudySpec:
     benchmarks: BenchmarksSpec = field(default_factory=BenchmarksSpec)
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
     #: how the analysis compares arms over seeds: ``interval`` (t | bootstrap), ``confidence``
-    #: (0.95), ``n_boot`` and ``seed`` of the bootstrap (olmo_sam.analysis.stats.IntervalSpec)
+    #: (0.95), ``n_boot`` and ``seed`` of the bootstrap (olmo_sam.analysis.stats.IntervalSpec), and
+    #: ``matching`` (nearest | interpolate: how each base is read at tau)
     analysis: Dict[str, Any] = field(default_factory=dict)
     #: only these stages (default: every configured one)
     stages: Optional[List[str]] = None
+    #: pre-registered primary hypotheses (olmo_sam.study.hypotheses), fixed before anything runs
+    hypotheses: List[Hypothesis] = field(default_factory=list)
     #: free-form notes carried into the report
     notes: Optional[str] = None
     #: a smoke-test sized study (e.g. ``olmo-sam demo --quick``): its report says its numbers are
@@ -311,7 +328,9 @@ class StudySpec:
         d = dataclasses.asdict(self)
         d["arms"] = [
             {"name": a.name, "recipe": a.recipe, "budgets": a.budgets,
-             **({"budgets_tpp": a.budgets_tpp} if a.budgets_tpp is not None else {}), **a.settings}
+             **({"budgets_tpp": a.budgets_tpp} if a.budgets_tpp is not None else {}),
+             **({"reference": a.reference} if a.reference is not None else {}),
+             **({"data_fraction": a.data_fraction} if a.data_fraction is not None else {}), **a.settings}
             for a in self.arms
         ]  # fmt: skip
         d.pop("source", None)
@@ -348,6 +367,9 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise StudyError(f"arms: duplicate arm name(s) {dup}")
+    for i, a in enumerate(spec.arms):
+        if a.reference is not None and a.reference not in names:
+            raise StudyError(f"arms[{i}].reference: no arm {a.reference!r} in the study; arms: {names}")
     spec.pt_eval = dict(d.get("pt_eval") or {})
     bad = sorted(set(spec.pt_eval) - {"max_sequences", "batch_size"})
     if bad:
@@ -390,6 +412,8 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
             raise StudyError(f"arms ({arm.name}): 'budgets_tpp' applies to pretrain arms only")
         if arm.budgets_tpp is not None and {"steps", "tokens", "tokens_per_param"} & set(arm.settings):
             raise StudyError(f"arms ({arm.name}): 'budgets_tpp' sets the budget; drop steps/tokens/tokens_per_param")
+    spec.hypotheses = parse_hypotheses(d.get("hypotheses"))
+    check_references(spec.hypotheses, spec)
     return spec
 
 
@@ -397,13 +421,24 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
 ANALYSIS_KEYS = {"interval": "method", "confidence": "confidence", "n_boot": "n_boot", "seed": "seed"}
 
 
+#: ``analysis: matching`` -- how a base's retained PT loss is read at tau: ``nearest`` (the paper's:
+#: the frontier run with the largest L_FT <= tau) or ``interpolate`` (log-LR interpolation between
+#: the two frontier runs that bracket tau; olmo_sam.analysis.forgetting.retained_pt_loss)
+ANALYSIS_MATCHINGS = ("nearest", "interpolate")
+
+
 def _check_analysis(opts: Dict[str, Any]) -> None:
-    bad = sorted(set(opts) - set(ANALYSIS_KEYS))
+    bad = sorted(set(opts) - set(ANALYSIS_KEYS) - {"matching"})
     if bad:
-        raise StudyError(f"analysis: unknown key(s) {bad}; allowed: {sorted(ANALYSIS_KEYS)}")
+        raise StudyError(f"analysis: unknown key(s) {bad}; allowed: {sorted([*ANALYSIS_KEYS, 'matching'])}")
+    if opts.get("matching", "nearest") not in ANALYSIS_MATCHINGS:
+        raise StudyError(
+            f"analysis.matching: unknown {opts['matching']!r}; choose one of {list(ANALYSIS_MATCHINGS)} "
+            f"(nearest frontier run at L_FT <= tau, or log-LR interpolation between the runs bracketing tau)"
+        )
     from ..analysis.stats import IntervalSpec
 
-    IntervalSpec(**{ANALYSIS_KEYS[k]: v for k, v in opts.items()})  # raises with the field named
+    IntervalSpec(**{ANALYSIS_KEYS[k]: v for k, v in opts.items() if k in ANALYSIS_KEYS})  # raises with the field named
 
 
 def check_stage_names(names: Sequence[str], where: str) -> None:

@@ -5,7 +5,9 @@
   holder dies, so a lock file left by a dead process is simply taken over).
 * :func:`check_unchanged`: a study file edited after some jobs finished is refused, with the keys
   that changed and the finished jobs they affect, unless those jobs are being re-run -- the
-  recorded ``study.json`` / ``manifest.json`` never disagree with the results next to them.
+  recorded ``study.json`` / ``manifest.json`` never disagree with the results next to them. Its
+  pre-registered ``hypotheses`` are refused once any job has finished, re-run or not
+  (:func:`olmo_sam.study.hypotheses.check_registered`).
 """
 
 from __future__ import annotations
@@ -145,13 +147,20 @@ def stale_jobs(plan: Plan) -> List[str]:
 
 def check_unchanged(plan: Plan, rerun: Set[str], study_file: str = "STUDY_FILE") -> None:
     """Refuse to continue a study whose file changed under finished jobs not being re-run."""
+    from .hypotheses import check_registered
     from .runner import STUDY_FILE
 
+    recorded = plan.out / STUDY_FILE
+    if recorded.exists() and any(j.is_done(plan.out) for j in plan.jobs):
+        try:
+            registered = json.loads(recorded.read_text()).get("hypotheses")
+        except (OSError, json.JSONDecodeError):
+            registered = None
+        check_registered(registered, plan.study.hypotheses, plan.out)
     stale = [j for j in stale_jobs(plan) if j not in rerun]
     if not stale:
         return
     keys: List[str] = []
-    recorded = plan.out / STUDY_FILE
     if recorded.exists():
         try:
             old: Dict[str, Any] = json.loads(recorded.read_text())
