@@ -221,7 +221,8 @@ def _alarm(signum, frame):
     raise _StillWorking(f"still running after {CASE_SECONDS} s: the bad input was not refused up front")
 
 
-def test_every_command_refuses_bad_inputs_with_one_line(inputs, capsys):
+def test_every_command_refuses_bad_inputs_with_one_line(inputs, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a command that does not refuse writes its default --out here, not in the checkout
     cases = _cases(inputs)
     runner = CliRunner()
     bad = []
