@@ -92,7 +92,9 @@ def load_checkpoint_config(path: str | Path) -> Dict[str, Any]:
     step = resolve_checkpoint(path)
     for candidate in (step / "config.json", step.parent / "config.json"):
         if candidate.exists():
-            return json.loads(candidate.read_text())
+            from .preflight import read_json
+
+            return read_json(candidate, what="checkpoint config.json")
     raise FileNotFoundError(
         f"no config.json next to {step}; it is written by OLMo-core's ConfigSaverCallback"
     )
@@ -174,9 +176,3 @@ def save_transformer(
     save_model_and_optim_state(str(step_dir / "model_and_optim"), model, save_overwrite=True)
     atomic_write_text(step_dir / "config.json", json.dumps(config))
     return step_dir
-
-
-def require_tokenizer(info: CheckpointInfo) -> TokenizerConfig:
-    if info.tokenizer is None:
-        raise OLMoConfigurationError(f"{info.path}: config.json has no dataset.tokenizer")
-    return info.tokenizer

@@ -28,14 +28,13 @@ COMMANDS = {
 }
 
 
-def _unavailable(name: str, why: str) -> click.Command:
-    def fail(**_):
-        raise click.ClickException(f"'{name}' is not available in this version of olmo-sam ({why})")
-
-    return click.Command(name, callback=fail, help="(not available in this version)")
-
-
 class LazyGroup(click.Group):
+    def invoke(self, ctx):
+        """Configuration and file errors that reach the top are one ``Error:`` line (exit 1)."""
+        from .preflight import cli_errors
+
+        return cli_errors(super().invoke)(ctx)
+
     def list_commands(self, ctx):
         return sorted(COMMANDS)
 
@@ -47,8 +46,6 @@ class LazyGroup(click.Group):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            if e.name and (e.name == module_name or module_name.startswith(e.name + ".")):
-                return _unavailable(cmd_name, str(e))
             raise click.ClickException(
                 f"'{cmd_name}' needs the Python package '{e.name}'; install it with "
                 f"pip install 'olmo-sam[all]'"

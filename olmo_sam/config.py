@@ -14,6 +14,8 @@ import yaml
 from olmo_core.config import Config, Registrable
 from olmo_core.exceptions import OLMoConfigurationError
 
+from .files import read_yaml
+
 __all__ = ["config_to_plain", "to_yaml", "to_json", "load_config", "check_registered_types"]
 
 C = TypeVar("C", bound=Config)
@@ -104,7 +106,10 @@ def load_config(cls: Type[C], path: str | Path, overrides: list[str] | None = No
     import olmo_sam  # noqa: F401
 
     p = str(path)
-    with open(p) as f:
-        data = json.load(f) if p.endswith(".json") else yaml.safe_load(f)
+    if p.endswith(".json"):
+        with open(p) as f:
+            data = json.load(f)
+    else:
+        data = read_yaml(p)
     check_registered_types(cls, data)
     return cls.from_dict(data, overrides=overrides)

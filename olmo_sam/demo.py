@@ -26,7 +26,7 @@ def demo_study_path(quick: bool = False) -> Path:
 
 
 @click.command()
-@click.option("--quick", is_flag=True, help="The few-minute version CI runs.")
+@click.option("--quick", is_flag=True, help="The two-minute version CI runs (its numbers are not evidence).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory.")
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help="Jobs at a time (default 2), >= 1.")
 @click.option("--rerun", is_flag=True,
@@ -34,7 +34,7 @@ def demo_study_path(quick: bool = False) -> Path:
 @click.option("--dry-run", is_flag=True, help="Show the planned jobs only.")
 def demo(quick, out, jobs, rerun, dry_run):
     """Pretrain (2 arms x 2 budgets x 3 seeds), probe, fine-tune and report micro models on CPU
-    (about 10 min on 2 idle cores; --quick: a few minutes, not evidence)."""
+    (about 8 min on 2 idle cores; --quick: about 2 min, not evidence)."""
     from .study.cli import run_study_command, start_study
 
     resume = "olmo-sam demo" + (" --quick" if quick else "") + (f" --out {out}" if out else "")
@@ -48,7 +48,11 @@ def demo(quick, out, jobs, rerun, dry_run):
     report = plan.out / "report" / "report.html"
     summary = plan.out / "analysis" / "summary.json"
     if summary.exists():
-        click.echo("\nFindings (measured in this run; the pre-registered hypothesis first):")
+        if quick:
+            click.echo("\nFindings of the quick demo (a smoke test: too small to be evidence for or against SAM; "
+                       "the pre-registered hypothesis first):")
+        else:
+            click.echo("\nFindings (measured in this run; the pre-registered hypothesis first):")
         s = json.loads(summary.read_text())
         for h in s.get("hypotheses", []):
             click.echo(f"  * {h['text']}")

@@ -27,7 +27,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.nn.transformer import Transformer, TransformerConfig
 
 from .output import atomic_dir
-from .cli_options import old_positional, option
+from .preflight import POSITIVE_INT, model_callback, out_dir_callback
 
 __all__ = ["export_hf", "import_hf", "write_compatible_files", "logit_diff", "export_hf_command", "import_hf_command", "REPORT_FILE"]
 
@@ -367,12 +367,11 @@ def import_hf(
 
 @click.command("export-hf")
 @click.argument("checkpoint", type=click.Path(exists=True))
-@old_positional("OUT_DIR")
-@option("--out", "out_dir", required=True, type=click.Path(), help="Hugging Face model directory to write.")
+@click.option("--out", "out_dir", required=True, callback=out_dir_callback, type=click.Path(), help="Hugging Face model directory to write.")
 @click.option("--tokenizer", default=None, help="Tokenizer dir / id [default: the checkpoint's].")
 @click.option("--no-tokenizer", is_flag=True, help="Export without a tokenizer (ids from the training config).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None, help="Weight dtype [default: as trained].")
-@click.option("--max-position-embeddings", type=int, default=None, help="[default: the training context length]")
+@click.option("--max-position-embeddings", type=POSITIVE_INT, default=None, help="[default: the training context length]")
 @click.option("--no-validate", is_flag=True, help="Skip the logit comparison.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 def export_hf_command(checkpoint, out_dir, tokenizer, no_tokenizer, dtype, max_position_embeddings, no_validate, overwrite):
@@ -388,9 +387,8 @@ def export_hf_command(checkpoint, out_dir, tokenizer, no_tokenizer, dtype, max_p
 
 
 @click.command("import-hf")
-@click.argument("source")
-@old_positional("OUT_DIR")
-@option("--out", "out_dir", required=True, type=click.Path(), help="OLMo-core checkpoint directory to write.")
+@click.argument("source", callback=model_callback)
+@click.option("--out", "out_dir", required=True, callback=out_dir_callback, type=click.Path(), help="OLMo-core checkpoint directory to write.")
 @click.option("--revision", default=None, help="Hub revision (e.g. stage1-step1907359-tokens4001B).")
 @click.option("--tokenizer", default=None, help="Tokenizer dir / id [default: SOURCE's].")
 @click.option("--no-validate", is_flag=True, help="Skip the logit comparison.")

@@ -9,7 +9,7 @@ default (``hidden_size_multiplier=1.5``); the paper's tables do not give it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Optional
 
 from olmo_core.data import TokenizerConfig
 from olmo_core.exceptions import OLMoConfigurationError
@@ -98,9 +98,3 @@ def param_counts(cfg: TransformerConfig) -> ParamCounts:
     total = cfg.num_params
     embedding = cfg.vocab_size * cfg.d_model
     return ParamCounts(total=total, embedding=embedding, non_embedding=total - embedding)
-
-
-def count_from_module(model) -> Dict[str, int]:
-    total = sum(p.numel() for p in model.parameters())
-    emb = sum(p.numel() for n, p in model.named_parameters() if n.startswith("embeddings."))
-    return {"total": total, "embedding": emb, "non_embedding": total - emb}

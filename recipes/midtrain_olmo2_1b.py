@@ -7,14 +7,7 @@
 The builders live in :mod:`olmo_sam.recipes.midtrain`; ``--help`` lists every flag.
 """
 
-try:
-    from olmo_sam.recipes.midtrain import main
-except ImportError:  # running from a source checkout without installing
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from olmo_sam.recipes.midtrain import main
+from olmo_sam.recipes.midtrain import main
 
 if __name__ == "__main__":
     main()

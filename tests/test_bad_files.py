@@ -77,6 +77,6 @@ def test_bad_files_are_one_line_errors(tiny_checkpoint, tiny_corpus, tiny_hf_mod
     assert f"validation token file {empty} is empty" in msgs[1] and "olmo-sam data tokenize" in msgs[1]
     assert f"validation token file {odd} has 2001 bytes, not a whole number of uint16 ids" in msgs[2]
     assert f"validation token file {wide} holds uint32 ids" in msgs[3] and "re-write it as uint16" in msgs[3]
-    assert f"{hf}: the model weights could not be read" in msgs[4] and "download or copy it again" in msgs[4]
+    assert f"{hf / 'model.safetensors'}: the model weights could not be read" in msgs[4] and "download or copy it again" in msgs[4]
     assert f"{tmp_path / 'a-file' / 'out'}: the output directory is not writable" in msgs[5]
     assert "choose another with --out" in msgs[5]

@@ -82,10 +82,10 @@ def test_flatness_cost_smoke(tmp_path):
 
 
 def test_flatness_cost_refuses_bad_options(tmp_path):
-    r = CliRunner().invoke(bench, ["flatness-cost", "--out", str(tmp_path), "--seeds", "1"])
-    assert r.exit_code == 2 and "--seeds must be >= 2" in r.output
+    r = CliRunner().invoke(bench, ["flatness-cost", "--out", str(tmp_path), "--n-seeds", "1"])
+    assert r.exit_code == 1 and "--n-seeds must be >= 2" in r.output
     r = CliRunner().invoke(bench, ["flatness-cost", "--out", str(tmp_path), "--variants", "adamw,msam"])
-    assert r.exit_code == 2 and "must include 'sam'" in r.output
+    assert r.exit_code == 1 and "must include 'sam'" in r.output
 
 
 def test_gain_kept_refuses_the_bootstrap_below_ten_seeds_fieller_by_hand():

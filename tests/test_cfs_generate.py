@@ -82,7 +82,7 @@ def test_model_without_bos_or_eos(tiny_hf_model, tmp_path):
     with pytest.raises(OLMoConfigurationError, match="neither a BOS nor an EOS.*--prompt-token-id"):
         context_free_job(neither, tmp_path / "x.jsonl", 4)
     r = CliRunner().invoke(main, ["cfs", "generate", str(neither), "--out", str(tmp_path / "x.jsonl"), "-n", "4", "--engine", "hf"])
-    assert r.exit_code == 2 and "neither a BOS nor an EOS" in r.output
+    assert r.exit_code == 1 and "neither a BOS nor an EOS" in r.output
     # an explicit start token makes it usable
     job = context_free_job(neither, tmp_path / "x.jsonl", 2, prompt_token_id=0)
     assert job.prompts == [[0], [0]] and job.prompt_source == "explicit-id"
@@ -115,7 +115,7 @@ def test_missing_vllm_environment(tiny_hf_model, tmp_path, monkeypatch):
         resolve_vllm_python()
     monkeypatch.delenv(VLLM_PYTHON_ENV)
     r = CliRunner().invoke(main, ["cfs", "generate", str(tiny_hf_model), "--out", str(tmp_path / "o.jsonl"), "-n", "2"])
-    assert r.exit_code == 2 and "setup-vllm.sh" in r.output
+    assert r.exit_code == 1 and "setup-vllm.sh" in r.output
     assert not (tmp_path / "o.jsonl").exists()
     # --engine auto falls back to transformers only when no environment is configured at all
     job = context_free_job(tiny_hf_model, tmp_path / "auto.jsonl", 2, SamplingSettings(max_tokens=3))
@@ -229,7 +229,7 @@ def test_generate_cli_hf(tiny_hf_model, tmp_path):
     assert len(recs) == 10 and "10 samples" in r.output
     r = CliRunner().invoke(main, ["cfs", "generate", str(tiny_hf_model), "--out", str(tmp_path / "cs.jsonl"), "-n", "5",
                                   "--contextual", "--engine", "hf", "--max-tokens", "4"])
-    assert r.exit_code == 2 and "--task-dir" in r.output
+    assert r.exit_code == 1 and "--task-dir" in r.output
 
 
 def test_prepare_method_end_to_end(tiny_hf_model, tmp_path):

@@ -273,4 +273,4 @@ def test_mix_cli(task, samples, tmp_path):
     assert "train for 1 epoch" in r.output
     assert read_meta(tmp_path / "mix").source["ratio"] == 0.5
     r = CliRunner().invoke(main, ["cfs", "mix", str(task), str(samples), "--out", str(tmp_path / "m2"), "--ratio", "0"])
-    assert r.exit_code == 2 and "ratio must be > 0" in r.output
+    assert r.exit_code == 1 and "ratio must be > 0" in r.output

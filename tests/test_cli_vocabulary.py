@@ -1,5 +1,5 @@
-"""One vocabulary on the command line (docs/cli.md): old spellings still work as hidden aliases,
-every option has help text, every group an example, and no import-time noise."""
+"""One vocabulary on the command line (docs/cli.md): one spelling per option (no aliases), every
+option has help text, every group an example, and no import-time noise."""
 
 from __future__ import annotations
 
@@ -39,80 +39,35 @@ def _params(root, path, args):
         return dict(ctx.params)
 
 
-# (root command, sub-command path, arguments with the new names, the same with old names, old spellings)
-CASES = [
-    (main, ["probe", "noise"],
-     ["CKPT", "--val", "FILE", "--out", "OUT", "--gammas", "0.01,0.02", "--seeds", "0,1"],
-     ["CKPT", "--val", "FILE", "--out-dir", "OUT", "--gamma", "0.01", "--gamma", "0.02", "--seed", "0", "--seed", "1"],
-     ["--out-dir", "--gamma", "--seed"]),
-    (main, ["probe", "perturb"],
-     ["CKPT", "--val", "FILE", "--out", "OUT"], ["CKPT", "--val", "FILE", "--out", "OUT"], ["probe perturb"]),
-    (main, ["probe", "hessian"],
-     ["CKPT", "--val", "FILE", "--out", "OUT", "--n-sequences", "3"],
-     ["CKPT", "--val", "FILE", "--out-dir", "OUT", "--sequences", "3"], ["--out-dir", "--sequences"]),
-    (main, ["sweep"],
-     ["--base", "b", "--data", "d", "--out", "OUT", "--executor", "torchrun", "--methods", "ft,ewc",
-      "--ewc-lambdas", "10", "--lora-ranks", "4", "--micro-batch-size", "2", "--wise-alphas", "0.5"],
-     ["--base", "b", "--data", "d", "--out", "OUT", "--launcher", "torchrun", "--method", "ft", "--method", "ewc",
-      "--ewc-lambda", "10", "--lora-rank", "4", "--microbatch-size", "2", "--wise-alpha", "0.5"],
-     ["--launcher", "--method", "--ewc-lambda", "--lora-rank", "--microbatch-size", "--wise-alpha"]),
-    (main, ["finetune", "run"],
-     ["--base", "b", "--data", "d", "--lr", "1e-3", "--out", "OUT", "--micro-batch-size", "2"],
-     ["--base", "b", "--data", "d", "--lr", "1e-3", "--out", "OUT", "--microbatch-size", "2"], ["--microbatch-size"]),
-    (main, ["eval", "offline"], ["DIR", "--out", "OUT"], ["DIR", "--output-dir", "OUT"], ["--output-dir"]),
-    (main, ["eval", "olmes"], ["DIR", "--out", "OUT"], ["DIR", "--output-dir", "OUT"], ["--output-dir"]),
-    (main, ["cfs", "generate"], ["DIR", "--out", "OUT", "-n", "4"], ["DIR", "OUT", "-n", "4"], ["OUT as a positional"]),
-    (main, ["cfs", "mix"], ["DIR", "FILE", "--out", "OUT", "--batch-size", "4"],
-     ["DIR", "FILE", "OUT", "--global-batch-size", "4"], ["OUT_DIR as a positional", "--global-batch-size"]),
-    (main, ["data", "demo"], ["--out", "OUT"], ["OUT"], ["OUT_DIR as a positional"]),
-    (main, ["data", "tokenize"], ["--out", "OUT", "--demo"], ["OUT", "--demo"], ["OUT_DIR as a positional"]),
-    (main, ["data", "train-tokenizer"], ["--out", "OUT", "--vocab-size", "300"], ["OUT", "--vocab-size", "300"],
-     ["OUT_DIR as a positional"]),
-    (main, ["export-hf"], ["DIR", "--out", "OUT"], ["DIR", "OUT"], ["OUT_DIR as a positional"]),
-    (main, ["import-hf"], ["hub/id", "--out", "OUT"], ["hub/id", "OUT"], ["OUT_DIR as a positional"]),
-    (pretrain_main, [], ["--size", "tiny", "--out", "OUT", "--micro-batch-size", "2"],
-     ["--size", "tiny", "--save-folder", "OUT", "--microbatch", "2"], ["--save-folder", "--microbatch"]),
-    (midtrain_main, [], ["--out", "OUT", "--micro-batch-size", "2"], ["--save-folder", "OUT", "--microbatch", "2"],
-     ["--save-folder", "--microbatch"]),
+# (root command, sub-command path, valid arguments, a spelling that is not an option)
+REMOVED = [
+    (main, ["probe", "noise"], ["CKPT", "--val", "FILE", "--out", "OUT"], ["--out-dir", "OUT"]),
+    (main, ["probe", "noise"], ["CKPT", "--val", "FILE", "--out", "OUT"], ["--gamma", "0.01"]),
+    (main, ["probe", "hessian"], ["CKPT", "--val", "FILE", "--out", "OUT"], ["--sequences", "3"]),
+    (main, ["sweep"], ["--base", "b", "--data", "d", "--out", "OUT"], ["--launcher", "torchrun"]),
+    (main, ["sweep"], ["--base", "b", "--data", "d", "--out", "OUT"], ["--microbatch-size", "2"]),
+    (main, ["eval", "offline"], ["DIR", "--out", "OUT"], ["--output-dir", "OUT"]),
+    (main, ["cfs", "mix"], ["DIR", "FILE", "--out", "OUT"], ["--global-batch-size", "4"]),
+    (main, ["data", "demo"], ["--out", "OUT"], ["OUT"]),
+    (main, ["export-hf"], ["DIR", "--out", "OUT"], ["OUT"]),
+    (pretrain_main, [], ["--size", "tiny", "--out", "OUT"], ["--save-folder", "OUT"]),
+    (midtrain_main, [], ["--out", "OUT"], ["--microbatch", "2"]),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("root,path,new,old,notes", CASES, ids=[" ".join(c[1]) or c[0].name for c in CASES])
-def test_old_spellings_give_the_same_values(root, path, new, old, notes, paths, capsys):
-    fill = lambda args: [paths.get(a, a) for a in args]  # noqa: E731
-    want = _params(root, path if path != ["probe", "perturb"] else ["probe", "noise"], fill(new))
-    assert capsys.readouterr().err == ""  # the new names print no note
-    got = _params(root, path, fill(old))
-    assert got == want
-    err = capsys.readouterr().err
-    for note in notes:
-        assert f"{note}" in err and "deprecated" in err, err
+@pytest.mark.parametrize("root,path,args,extra", REMOVED, ids=[" ".join(c[1] + c[3][:1]) for c in REMOVED])
+def test_one_spelling_per_option(root, path, args, extra, paths):
+    """The documented spelling parses; any other is a usage error (no hidden aliases)."""
+    fill = lambda a: [paths.get(x, x) for x in a]  # noqa: E731
+    _params(root, path, fill(args))
+    with pytest.raises(click.UsageError):
+        _params(root, path, fill(args + extra))
 
 
-def test_old_and_new_spelling_together_is_an_error(paths):
-    res = CliRunner().invoke(main, ["sweep", "--base", "b", "--data", "d", "--out", "o", "--launcher", "local",
-                                    "--executor", "torchrun", "--dry-run"])  # fmt: skip
-    assert res.exit_code == 2
-    assert "--launcher is the old spelling of --executor; give --executor only" in res.output
-    res = CliRunner().invoke(main, ["data", "demo", paths["OUT"], "--out", paths["OUT"]])
-    assert res.exit_code == 2 and "give --out OUT_DIR only" in res.output
-
-
-def test_help_shows_only_the_new_names():
-    for args, hidden in [
-        (["probe", "--help"], "perturb"),
-        (["probe", "noise", "--help"], "--gamma "),
-        (["probe", "noise", "--help"], "--out-dir"),
-        (["sweep", "--help"], "--launcher"),
-        (["sweep", "--help"], "--microbatch-size"),
-        (["cfs", "mix", "--help"], "OUT_DIR"),
-        (["cfs", "mix", "--help"], "--global-batch-size"),
-        (["eval", "offline", "--help"], "--output-dir"),
-    ]:
-        res = CliRunner().invoke(main, args)
-        assert res.exit_code == 0, res.output
-        assert hidden not in res.output, (args, hidden)
-    assert "--save-folder" not in CliRunner().invoke(pretrain_main, ["--help"]).output
+def test_renamed_commands_are_gone():
+    assert "perturb" not in _command(main, ["probe"]).list_commands(click.Context(main))
+    res = CliRunner().invoke(main, ["probe", "perturb", "--help"])
+    assert res.exit_code == 2 and "No such command 'perturb'" in res.output
 
 
 def _walk(cmd: click.Command, path):
@@ -145,11 +100,8 @@ def test_every_option_has_help_and_every_group_an_example():
 
 
 def test_yaml_keys_follow_the_flags():
-    """--micro-batch-size / --seq-len are also the study file's keys; the old keys still work."""
-    from olmo_core.exceptions import OLMoConfigurationError
-
+    """--micro-batch-size / --seq-len are also the study file's keys."""
     from olmo_sam.finetune.engine import FTConfig
-    from olmo_sam.recipes.common import rename_old_settings
 
     new = FTConfig.from_dict({"base": "b", "data": "d", "lr": 1e-3, "micro_batch_size": 2, "seq_len": 64})
     old = FTConfig.from_dict({"base": "b", "data": "d", "lr": 1e-3, "microbatch_size": 2, "sequence_length": 64})
@@ -159,9 +111,6 @@ def test_yaml_keys_follow_the_flags():
 
     typed = typed_settings(FTConfig, FTConfig.field_names({"micro_batch_size": 2, "seq_len": 64}), "finetune.common")
     assert typed == {"microbatch_size": 2, "sequence_length": 64}
-    assert rename_old_settings({"microbatch": 4, "lr": 1.0}, "arm a") == {"micro_batch_size": 4, "lr": 1.0}
-    with pytest.raises(OLMoConfigurationError, match="arm a: 'microbatch' is the old spelling of 'micro_batch_size'"):
-        rename_old_settings({"microbatch": 4, "micro_batch_size": 4}, "arm a")
 
 
 def test_no_transformer_engine_line_on_help():

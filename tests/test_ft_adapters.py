@@ -224,7 +224,7 @@ def test_cli_datasets_and_prepare(tok, tmp_path):
     assert res.exit_code == 0, res.output
     assert read_meta(tmp_path / "code").splits["train"]["documents"] + read_meta(tmp_path / "code").splits["val"]["documents"] == 8
     res = runner.invoke(main, ["finetune", "prepare", "gsm9k", "--tokenizer", str(tok_dir)])
-    assert res.exit_code == 2 and "unknown fine-tuning dataset 'gsm9k'" in res.output
+    assert res.exit_code == 1 and "unknown fine-tuning dataset 'gsm9k'" in res.output
     res = runner.invoke(main, ["finetune", "run", "--base", str(tmp_path / "nope"), "--data", str(tmp_path / "code"),
                                "--lr", "1e-4", "--out", str(tmp_path / "run")])  # fmt: skip
-    assert res.exit_code == 2 and "checkpoint not found" in res.output
+    assert res.exit_code == 1 and "checkpoint not found" in res.output

@@ -178,12 +178,12 @@ def test_bad_input(tiny_checkpoint, tiny_corpus, task, tmp_path):
         __import__("olmo_sam.cli", fromlist=["main"]).main,
         ["sweep", "--base", "/no/such/ckpt", "--data", str(task), "--lrs", "1e-3", "--out", str(tmp_path / "s")],
     )
-    assert res.exit_code == 2 and "checkpoint not found: /no/such/ckpt" in res.output
+    assert res.exit_code == 1 and "checkpoint not found: /no/such/ckpt" in res.output
     res = CliRunner().invoke(
         __import__("olmo_sam.cli", fromlist=["main"]).main,
         ["sweep", "--base", str(tiny_checkpoint), "--data", str(task), "--lrs", "", "--out", str(tmp_path / "s")],
     )
-    assert res.exit_code == 2 and "LR grid is empty" in res.output
+    assert res.exit_code == 1 and "LR grid is empty" in res.output
     # torchrun launches
     cmd = worker_command("/r/worker.json", "torchrun", 8)
     assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=8", "-m",
@@ -194,15 +194,15 @@ def test_bad_input(tiny_checkpoint, tiny_corpus, task, tmp_path):
     # options the local launcher would ignore, and no workers at all, are errors
     main = __import__("olmo_sam.cli", fromlist=["main"]).main
     base_args = ["sweep", "--base", str(tiny_checkpoint), "--data", str(task), "--lrs", "1e-3", "--out", str(tmp_path / "s")]
-    for extra, message in [
+    for extra, message, code in [
         (["--nproc-per-node", "2"], "--nproc-per-node 2: the local launcher runs each run in one process and would "
-                                    "ignore it; add --executor torchrun"),
-        (["--dp", "ddp"], "--dp ddp (dp): data parallelism needs several processes"),
-        (["--jobs", "0"], "Invalid value for '--jobs': 0 is not in the range x>=1"),
-        (["--jobs", "-1"], "Invalid value for '--jobs': -1 is not in the range x>=1"),
+                                    "ignore it; add --executor torchrun", 1),
+        (["--dp", "ddp"], "--dp ddp (dp): data parallelism needs several processes", 1),
+        (["--jobs", "0"], "Invalid value for '--jobs': 0 is not in the range x>=1", 2),
+        (["--jobs", "-1"], "Invalid value for '--jobs': -1 is not in the range x>=1", 2),
     ]:  # fmt: skip
         res = CliRunner().invoke(main, base_args + extra)
-        assert res.exit_code == 2 and message in " ".join(res.output.split()), res.output
+        assert res.exit_code == code and message in " ".join(res.output.split()), res.output
 
 
 def test_step_rule_one_epoch_or_budget(tiny_checkpoint, tiny_corpus, task, tmp_path):

@@ -12,7 +12,7 @@ from olmo_core.data import TokenizerConfig
 
 from olmo_sam import paper
 from olmo_sam.demo import demo_study_path
-from olmo_sam.models import count_from_module, model_config, param_counts
+from olmo_sam.models import model_config, param_counts
 from olmo_sam.recipes.pretrain import PretrainSpec, build_pretrain
 from olmo_sam.study.jobs import BASE_FIELDS, base_metadata
 from olmo_sam.study.plan import DATA_SEED, INIT_SEED, build_plan
@@ -96,6 +96,13 @@ def test_bad_seed_and_budget_grids_fail_at_parse_time(pretrain, arm, match):
             "arms": [{"name": "a", "optimizer": "adamw", **arm}]}  # fmt: skip
     with pytest.raises(StudyError, match=match):
         build_plan(parse_study(data))
+
+
+def count_from_module(model) -> dict:
+    """Parameter counts of a built model, independent of :func:`param_counts`'s arithmetic."""
+    total = sum(p.numel() for p in model.parameters())
+    emb = sum(p.numel() for n, p in model.named_parameters() if n.startswith("embeddings."))
+    return {"total": total, "embedding": emb, "non_embedding": total - emb}
 
 
 def test_tokens_per_param_counts_total_parameters_of_the_built_model():

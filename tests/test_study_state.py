@@ -81,7 +81,7 @@ def _interrupt_checks(proc, spec, out, cwd):
 
     second = subprocess.run(_cli("study", "run", spec, "--out", out), cwd=cwd, env=_env(), capture_output=True,
                             text=True, timeout=300)  # fmt: skip
-    assert second.returncode == 2, second.stderr
+    assert second.returncode == 1, second.stderr
     assert f"is in use by another 'olmo-sam study run' (pid {proc.pid})" in second.stderr
     assert "Traceback" not in second.stderr
 
@@ -111,7 +111,7 @@ def _interrupt_checks(proc, spec, out, cwd):
     before = (out / "study.json").read_text(), (out / "manifest.json").read_text()
     again = subprocess.run(_cli("study", "run", spec, "--out", out), cwd=cwd, env=_env(), capture_output=True,
                            text=True, timeout=300)  # fmt: skip
-    assert again.returncode == 2, again.stderr
+    assert again.returncode == 1, again.stderr
     msg = " ".join(again.stderr.split())
     assert "changed: data.demo.vocab_size" in msg and "finished jobs made with the old values: data" in msg
     assert f"--out {out} --rerun --stages data" in msg and "or use a new output directory" in msg

@@ -18,6 +18,7 @@ from ..output import json_text
 from .forgetting import Curve, compare, group_curves, matched_pt_view
 from .records import FTRecord, ResultStore
 from .report import Report, compare_report, frontier_report, matched_pt_report
+from ..preflight import out_dir_callback
 
 __all__ = ["forgetting"]
 
@@ -57,7 +58,7 @@ def _selection(f):
         click.option("--pool-methods", is_flag=True, help="One tradeoff set per base, pooling all methods."),
         click.option("--split-by", multiple=True, metavar="HPARAM",
                      help="Split each set by this hparams key, e.g. ewc_lambda (repeatable)."),
-        click.option("--out", type=click.Path(file_okay=False), default=None,
+        click.option("--out", callback=out_dir_callback, type=click.Path(file_okay=False), default=None,
                      help="Write tables (.md, .csv, .json) and a plot into this folder."),
         click.option("--format", "fmt", type=click.Choice(PLOT_FORMATS), default="png", show_default=True,
                      help="Plot file format."),

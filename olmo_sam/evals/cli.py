@@ -10,7 +10,7 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..cli_options import option
+from ..preflight import DEVICE, POSITIVE_INT, model_callback, out_dir_callback
 
 __all__ = ["eval_group"]
 
@@ -20,8 +20,8 @@ def _usage_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except OLMoConfigurationError as e:
-            raise click.UsageError(str(e)) from e
+        except (OLMoConfigurationError, FileNotFoundError) as e:
+            raise click.ClickException(" ".join(str(e).split())) from None
 
     return wrapper
 
@@ -47,7 +47,7 @@ def eval_group():
 
 
 @eval_group.command("olmes")
-@click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path), callback=model_callback)
 @click.option("--suite", default="olmo2-pretrain", show_default=True, type=click.Choice(["olmo2-pretrain"]),
               help="Task suite: the OLMo-2 pretraining benchmarks of [SAM-PT] App B.1.2.")
 @click.option("--task", "tasks", multiple=True, help="Run only these paper tasks (default: all ten).")
@@ -58,9 +58,9 @@ def eval_group():
 @click.option("--model-arg", "model_arg", multiple=True, metavar="KEY=VALUE",
               help="Extra OLMES model arg (VALUE as JSON); validated against OLMES's MODEL_DEFAULTS.")  # fmt: skip
 @click.option("--limit", type=float, default=None, help="Instances (or fraction) per task, for quick runs.")
-@click.option("--batch-size", default=None, help="OLMES batch size (an int or 'auto').")
-@click.option("--gpus", type=int, default=None, help="Number of GPUs for OLMES.")
-@option("--out", "output_dir", old=("--output-dir",), type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--eval-batch-size", "batch_size", default=None, help="OLMES batch size (an int or 'auto').")
+@click.option("--gpus", type=POSITIVE_INT, default=None, help="Number of GPUs for OLMES.")
+@click.option("--out", "output_dir", callback=out_dir_callback, type=click.Path(file_okay=False, path_type=Path), default=None,
         help="OLMES output directory [default: MODEL_DIR/olmes].")  # fmt: skip
 @click.option("--olmes", "olmes_path", default=None, metavar="PATH",
               help="OLMES 'olmes' executable, its python, or its venv dir [env: OLMO_SAM_OLMES].")  # fmt: skip
@@ -110,16 +110,16 @@ def olmes_command(model_dir, suite, tasks, model_type, quant, model_arg, limit, 
 
 
 @eval_group.command("offline")
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), callback=model_callback)
 @click.option("--task", "tasks", multiple=True, help="Offline tasks to run (default: all eight).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Documents per task, for quick runs.")
 @click.option("--quant", default="none", show_default=True, type=click.Choice(["none", "nf4", "fp4", "int8"]),
               help="bitsandbytes loading through transformers (nf4 = the paper's 4-bit).")  # fmt: skip
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Sequences per forward pass.")
+@click.option("--eval-batch-size", "batch_size", type=POSITIVE_INT, default=8, show_default=True, help="Sequences per forward pass.")
 @click.option("--max-gen-toks", type=click.IntRange(min=1), default=None,
               help="Cap generated tokens (for small-context models).")  # fmt: skip
-@click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, ...).")
-@option("--out", "output_dir", old=("--output-dir",), type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="Torch device (cpu, cuda, cuda:1, ...).")
+@click.option("--out", "output_dir", callback=out_dir_callback, type=click.Path(file_okay=False, path_type=Path), default=None,
         help="Results + resume cache [default: MODEL_DIR/offline-eval[-QUANT]].")  # fmt: skip
 @click.option("--label", default=None, help="Model label in the results [default: MODEL_DIR name].")
 @_usage_errors
@@ -169,7 +169,7 @@ def _kv(values, what) -> Dict[str, str]:
               help=f"--reference {paper.BENCH_REFERENCE_AVG} (the paper's AdamW base, Sec 3.5.1).")  # fmt: skip
 @click.option("--pair", "pairs", multiple=True, metavar="BASELINE,ARM", help="Report '% less forgetting' of ARM vs BASELINE.")
 @click.option("--tasks", default=None, help="Comma-separated tasks to compare on (default: all, must match).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", "out_dir", callback=out_dir_callback, type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write compare.{md,csv,json,png} here.")  # fmt: skip
 @click.option("--paper-table8", is_flag=True, help="Use the paper's Table 8 rows as the results.")
 @_usage_errors

@@ -10,20 +10,20 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..cli_options import option
+from ..preflight import POSITIVE_FLOAT, POSITIVE_INT, out_dir_callback
 
 LR_HELP = "learning rates: a preset (table7 = [SAM-PT] Table 7, table3 = Table 3, table10 = EWC Table 10) or a comma-separated list"
 
 
 def _usage_errors(fn):
-    """Turn configuration errors into click usage errors (a clear message, exit code 2)."""
+    """Configuration errors and missing files: one ``Error:`` line (exit code 1)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except (OLMoConfigurationError, FileNotFoundError) as e:
-            raise click.UsageError(str(e)) from None
+            raise click.ClickException(str(e)) from None
 
     return wrapper
 
@@ -48,16 +48,16 @@ def _budget(value: Optional[str]):
 def recipe_options(fn):
     """Options shared by ``finetune run`` and ``sweep`` (FTConfig fields; unset = default)."""
     opts = [
-        click.option("--batch-size", type=int, help=f"sequences per step [default: {paper.FT_BATCH_SIZE}]"),
-        option("--micro-batch-size", "microbatch_size", old=("--microbatch-size",), type=int,
+        click.option("--batch-size", type=POSITIVE_INT, help=f"sequences per step [default: {paper.FT_BATCH_SIZE}]"),
+        click.option("--micro-batch-size", "microbatch_size", type=POSITIVE_INT,
                help="sequences per forward/backward (memory); must divide --batch-size"),
-        click.option("--seq-len", "sequence_length", type=int, help="tokens per training sequence [default: the base checkpoint's]"),
+        click.option("--seq-len", "sequence_length", type=POSITIVE_INT, help="tokens per training sequence [default: the base checkpoint's]"),
         click.option(
             "--token-budget", callback=lambda c, p, v: _budget(v),
             help="tokens per run, capped at one epoch: a number, 'epoch' (no cap), 'table7' (10M) or "
             "'table3' (per dataset: MetaMath 80M, others 50M) [default: table7]",
         ),
-        click.option("--max-steps", type=int, help="explicit number of steps (overrides the epoch/budget rule)"),
+        click.option("--max-steps", type=POSITIVE_INT, help="explicit number of steps (overrides the epoch/budget rule)"),
         click.option("--warmup-fraction", type=float, help=f"LR warmup as a fraction of the steps [default: {paper.FT_WARMUP_FRACTION:g}]"),
         click.option("--final-lr-fraction", type=float, help="cosine floor as a fraction of the peak [default: 0]"),
         click.option("--weight-decay", type=float, help=f"AdamW weight decay [default: {paper.FT_WEIGHT_DECAY:g}]"),
@@ -65,13 +65,13 @@ def recipe_options(fn):
         click.option("--seed", type=int, help="model seed (LoRA init, dropout) [default: 0]"),
         click.option("--data-seed", type=int, help="seed of the training-data order [default: 34521]"),
         click.option("--dp", type=click.Choice(["ddp", "fsdp", "hsdp"]), help="data parallelism under torchrun"),
-        click.option("--checkpoint-interval", type=int, help="also checkpoint every N steps (resumable long runs)"),
+        click.option("--checkpoint-interval", type=POSITIVE_INT, help="also checkpoint every N steps (resumable long runs)"),
         click.option("--pt-val", multiple=True, help="pretraining validation token file(s) [default: the base run's]"),
-        click.option("--pt-val-max-sequences", type=int, help="evaluate L_PT on at most this many sequences [default: all]"),
-        click.option("--ft-val-max-sequences", type=int, help="evaluate L_FT on at most this many sequences [default: all]"),
-        click.option("--eval-batch-size", type=int, help="sequences per evaluation batch [default: 8]"),
-        click.option("--fisher-batches", type=int, help=f"EWC Fisher batches [default: {paper.EWC_FISHER_BATCHES}]"),
-        click.option("--fisher-batch-size", type=int, help="EWC: sequences per Fisher batch [default: --batch-size]"),
+        click.option("--pt-val-max-sequences", type=POSITIVE_INT, help="evaluate L_PT on at most this many sequences [default: all]"),
+        click.option("--ft-val-max-sequences", type=POSITIVE_INT, help="evaluate L_FT on at most this many sequences [default: all]"),
+        click.option("--eval-batch-size", type=POSITIVE_INT, help="sequences per evaluation batch [default: 8]"),
+        click.option("--fisher-batches", type=POSITIVE_INT, help=f"EWC Fisher batches [default: {paper.EWC_FISHER_BATCHES}]"),
+        click.option("--fisher-batch-size", type=POSITIVE_INT, help="EWC: sequences per Fisher batch [default: --batch-size]"),
         click.option("--fisher-data", multiple=True, help="EWC: pretraining token files [default: the base run's]"),
         click.option("--replay-data", multiple=True, help="replay: pretraining token files [default: the base run's]"),
         click.option("--lora-alpha", type=float, help="LoRA scaling numerator [default: the rank]"),
@@ -153,12 +153,12 @@ def datasets_command():
 @finetune.command("prepare")
 @click.argument("name")
 @click.option("--tokenizer", required=True, type=click.Path(exists=True), help="Hugging Face tokenizer directory (or tokenizer.json)")
-@click.option("--out", type=click.Path(), help="output directory [default: a keyed directory in the cache]")
+@click.option("--out", callback=out_dir_callback, type=click.Path(), help="output directory [default: a keyed directory in the cache]")
 @click.option("--seed", type=int, default=0, show_default=True, help="split seed")
 @click.option("--val-fraction", type=float, default=0.05, show_default=True, help="fraction of documents held out for L_FT")
-@click.option("--max-val-documents", type=int, default=2000, show_default=True, help="cap on held-out documents")
-@click.option("--max-train-tokens", type=int, help="stop reading once the train split holds this many tokens")
-@click.option("--max-documents", type=int, help="read at most this many rows")
+@click.option("--max-val-documents", type=POSITIVE_INT, default=2000, show_default=True, help="cap on held-out documents")
+@click.option("--max-train-tokens", type=POSITIVE_INT, help="stop reading once the train split holds this many tokens")
+@click.option("--max-documents", type=POSITIVE_INT, help="read at most this many rows")
 @click.option("--overwrite", is_flag=True, help="replace a differently prepared dataset in --out")
 @_usage_errors
 def prepare_command(name, tokenizer, out, seed, val_fraction, max_val_documents, max_train_tokens, max_documents, overwrite):
@@ -178,15 +178,15 @@ def prepare_command(name, tokenizer, out, seed, val_fraction, max_val_documents,
 @click.option("--base", required=True, help="base checkpoint: OLMo-core run or step directory, trainer or model-only (import-hf, wise-ft output)")
 @click.option("--base-label", help="short name of the base in tables and plots [default: its run directory]")
 @click.option("--data", required=True, help="prepared dataset directory ('olmo-sam finetune prepare')")
-@click.option("--lr", required=True, type=float, help="peak learning rate (cosine schedule)")
+@click.option("--lr", required=True, type=POSITIVE_FLOAT, help="peak learning rate (cosine schedule)")
 @click.option("--method", type=click.Choice(["ft", "ewc", "l2init", "lora", "replay"]), default="ft", show_default=True,
               help="full fine-tuning or a forgetting-mitigation baseline")
 @click.option("--ewc-lambda", type=float, help=f"[default: {paper.EWC_BEST_LAMBDA:g}]")
 @click.option("--l2-lambda", type=float, help=f"[default: {paper.L2_INIT_PENALTY:g}]")
-@click.option("--lora-rank", type=int, help=f"[default: {paper.LORA_RANK}]")
+@click.option("--lora-rank", type=POSITIVE_INT, help=f"[default: {paper.LORA_RANK}]")
 @click.option("--replay-ratio", type=float, help=f"replayed PT tokens per task token [default: {paper.REPLAY_DEFAULT_RATIO:g}]")
 @click.option("--wise-alpha", "wise_alphas", type=float, multiple=True, help="also record WiSE-FT at these alphas")
-@click.option("--out", required=True, type=click.Path(), help="run directory")
+@click.option("--out", required=True, callback=out_dir_callback, type=click.Path(), help="run directory")
 @click.option("--cache-dir", type=click.Path(), help="[default: OUT/../_cache]")
 @click.option("--store", type=click.Path(), help="also append the records to this results.jsonl")
 @click.option("--keep-checkpoint", is_flag=True, help="keep the fine-tuned checkpoint")
@@ -219,7 +219,7 @@ def run_command(base, base_label, data, lr, method, ewc_lambda, l2_lambda, lora_
 @click.option("--base", required=True, help="base checkpoint")
 @click.option("--ft", "ft_ckpt", required=True, help="fine-tuned checkpoint (kept with --keep-checkpoint)")
 @click.option("--alpha", required=True, type=float, help="weight of the fine-tuned model (0 = base, 1 = fine-tuned)")
-@click.option("--out", required=True, type=click.Path(), help="checkpoint directory to write")
+@click.option("--out", required=True, callback=out_dir_callback, type=click.Path(), help="checkpoint directory to write")
 @_usage_errors
 def wise_ft_command(base, ft_ckpt, alpha, out):
     """Save the WiSE-FT interpolation (1 - alpha) * base + alpha * fine-tuned as a checkpoint."""
@@ -269,22 +269,22 @@ def _choices(values: Sequence[str], allowed: Sequence[str], what: str) -> tuple:
 @click.option("--base-label", "base_labels", multiple=True, help="one label per --base")
 @click.option("--data", "datasets", multiple=True, required=True, help="prepared dataset directory(ies)")
 @click.option("--lrs", "lr_grid", default="table7", show_default=True, help=LR_HELP)
-@option("--methods", "methods", old=("--method",), multiple=True, default=("ft",), show_default=True,
+@click.option("--methods", "methods", multiple=True, default=("ft",), show_default=True,
         callback=lambda c, p, v: _choices(v, METHOD_CHOICES, "--methods"),
         help=f"fine-tuning methods, comma-separated or repeated: {', '.join(METHOD_CHOICES)}")  # fmt: skip
-@option("--ewc-lambdas", "ewc_lambdas", old=("--ewc-lambda",), multiple=True,
+@click.option("--ewc-lambdas", "ewc_lambdas", multiple=True,
         help="EWC lambdas, comma-separated or repeated; 'table10' = the Table 10 grid [default: 1e4]")
-@option("--l2-lambdas", "l2_lambdas", old=("--l2-lambda",), multiple=True,
+@click.option("--l2-lambdas", "l2_lambdas", multiple=True,
         help=f"L2-to-init penalties, comma-separated or repeated [default: {paper.L2_INIT_PENALTY:g}]")
-@option("--lora-ranks", "lora_ranks", old=("--lora-rank",), multiple=True,
+@click.option("--lora-ranks", "lora_ranks", multiple=True,
         help=f"LoRA ranks, comma-separated or repeated [default: {paper.LORA_RANK}]")
-@option("--replay-ratios", "replay_ratios", old=("--replay-ratio",), multiple=True,
+@click.option("--replay-ratios", "replay_ratios", multiple=True,
         help=f"replayed PT tokens per task token, comma-separated or repeated [default: {paper.REPLAY_DEFAULT_RATIO:g}]")
-@option("--wise-alphas", "wise_alphas", old=("--wise-alpha",), multiple=True,
+@click.option("--wise-alphas", "wise_alphas", multiple=True,
         help=f"WiSE-FT weights of the fine-tuned model, comma-separated or repeated [default: {paper.WISE_FT_ALPHA:g}]")
-@click.option("--out", required=True, type=click.Path(), help="sweep directory (results.jsonl, runs/, cache/)")
+@click.option("--out", required=True, callback=out_dir_callback, type=click.Path(), help="sweep directory (results.jsonl, runs/, cache/)")
 @click.option("--jobs", type=click.IntRange(min=1), help="parallel local workers [default: min(2, CPUs)]")
-@option("--executor", "launcher", old=("--launcher",), type=click.Choice(["local", "torchrun"]), default="local",
+@click.option("--executor", "launcher", type=click.Choice(["local", "torchrun"]), default="local",
         show_default=True, help="how runs start: local worker processes, or torchrun per run")
 @click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True,
               help="torchrun processes per run (--executor torchrun)")  # fmt: skip

@@ -139,7 +139,13 @@ def read_meta(root: str | Path) -> FTDataMeta:
             f"{root} is not a prepared fine-tuning dataset (no meta.json); prepare one with "
             "'olmo-sam finetune prepare'"
         )
-    return FTDataMeta(**json.loads(path.read_text()))
+    from ..preflight import read_json
+
+    data = read_json(path, what="fine-tuning dataset meta.json")
+    try:
+        return FTDataMeta(**data)
+    except TypeError as e:
+        raise OLMoConfigurationError(f"{path}: not a fine-tuning dataset meta.json ({e})") from None
 
 
 def iter_documents(root: str | Path, split: str) -> Iterator[Tuple[np.ndarray, np.ndarray]]:

@@ -14,13 +14,13 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..cli_options import old_command_name, option
+from ..preflight import DEVICE, NON_NEGATIVE_INT, POSITIVE_INT, out_dir_callback
 
 __all__ = ["probe"]
 
 
 def _errors(fn: Callable) -> Callable:
-    """Configuration errors become usage errors; a failed quantization proof a plain error."""
+    """Configuration errors, missing files and a failed quantization proof: one ``Error:`` line (exit 1)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -28,9 +28,7 @@ def _errors(fn: Callable) -> Callable:
 
         try:
             return fn(*args, **kwargs)
-        except OLMoConfigurationError as e:
-            raise click.UsageError(str(e)) from e
-        except (QuantizationError, FileNotFoundError) as e:
+        except (OLMoConfigurationError, QuantizationError, FileNotFoundError) as e:
             raise click.ClickException(str(e)) from e
 
     return wrapper
@@ -40,11 +38,11 @@ def _common(fn: Callable) -> Callable:
     options = [
         click.option("--val", "val_paths", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False), help="Pretraining validation token file (repeatable)."),
         click.option("--label", "labels", multiple=True, help="Label per checkpoint, in order (ARM@TOKENS groups lines by ARM)."),
-        click.option("--seq-len", type=int, default=None, help="Window length (default: the checkpoint's training sequence length)."),
-        click.option("--batch-size", type=int, default=8, show_default=True, help="Sequences per evaluation batch."),
-        click.option("--max-sequences", type=int, default=None, help="Evaluate at most this many windows."),
-        click.option("--device", default="cpu", show_default=True, help="Torch device to evaluate on (cpu, cuda, cuda:1, ...)."),
-        option("--out", "out_dir", old=("--out-dir",), type=click.Path(file_okay=False), default="probe-results", show_default=True, help="Where <probe>.json and <probe>.png go."),
+        click.option("--seq-len", type=POSITIVE_INT, default=None, help="Window length (default: the checkpoint's training sequence length)."),
+        click.option("--eval-batch-size", "batch_size", type=POSITIVE_INT, default=8, show_default=True, help="Sequences per evaluation batch (not the training --batch-size)."),
+        click.option("--max-sequences", type=POSITIVE_INT, default=None, help="Evaluate at most this many windows."),
+        click.option("--device", type=DEVICE, default="cpu", show_default=True, help="Torch device to evaluate on (cpu, cuda, cuda:1, ...)."),
+        click.option("--out", "out_dir", callback=out_dir_callback, type=click.Path(file_okay=False), default="probe-results", show_default=True, help="Where <probe>.json and <probe>.png go."),
     ]
     for opt in reversed(options):
         fn = opt(fn)
@@ -119,8 +117,8 @@ def quantize_cmd(checkpoints, quant, val_paths, labels, seq_len, batch_size, max
 
 @probe.command("noise")
 @click.argument("checkpoints", nargs=-1, required=True)
-@option("--gammas", "gammas", old=("--gamma",), multiple=True, default=[f"{g:g}" for g in paper.NOISE_GAMMAS], show_default=True, callback=_numbers(float), help="Noise magnitudes, comma-separated or repeated ([SAM-PT] App C.3).")
-@option("--seeds", "seeds", old=("--seed",), multiple=True, default=["0", "1", "2"], show_default=True, callback=_numbers(int), help="Noise seeds, comma-separated or repeated.")
+@click.option("--gammas", "gammas", multiple=True, default=[f"{g:g}" for g in paper.NOISE_GAMMAS], show_default=True, callback=_numbers(float), help="Noise magnitudes, comma-separated or repeated ([SAM-PT] App C.3).")
+@click.option("--seeds", "seeds", multiple=True, default=["0", "1", "2"], show_default=True, callback=_numbers(int), help="Noise seeds, comma-separated or repeated.")
 @click.option("--include", multiple=True, default=("*",), show_default=True, help="Glob of parameter names to perturb (repeatable).")
 @click.option("--exclude", multiple=True, help="Glob of parameter names to leave alone (repeatable), e.g. 'embeddings.*'.")
 @click.option("--perturb-vectors", is_flag=True, help="Also perturb 1-D parameters (norm gains, biases).")
@@ -142,16 +140,15 @@ def noise_cmd(checkpoints, gammas, seeds, include, exclude, perturb_vectors, val
     _write(out_dir, "noise", result, plot_noise)
 
 
-old_command_name(probe, "perturb", noise_cmd)
 
 
 @probe.command("hessian")
 @click.argument("checkpoints", nargs=-1)
 @click.option("--pair", "pairs", multiple=True, nargs=2, type=click.Path(exists=True), help="BASE FINETUNED checkpoints: directional sharpness and quadratic prediction (repeatable).")
-@option("--n-sequences", "n_sequences", old=("--sequences",), type=int, default=8, show_default=True, help="Validation windows in the fixed Hessian batch.")
-@click.option("--probes", type=int, default=paper.HUTCHINSON_PROBES, show_default=True, help="Hutchinson probes ([WSO] App H: 50).")
+@click.option("--n-sequences", "n_sequences", type=POSITIVE_INT, default=8, show_default=True, help="Validation windows in the fixed Hessian batch.")
+@click.option("--probes", type=POSITIVE_INT, default=paper.HUTCHINSON_PROBES, show_default=True, help="Hutchinson probes ([WSO] App H: 50).")
 @click.option("--rtol", type=float, default=None, help="Stop once the standard error is <= rtol * |trace|.")
-@click.option("--power-iters", type=int, default=100, show_default=True, help="Max power iterations for lambda_max per run (0: skip).")
+@click.option("--power-iters", type=NON_NEGATIVE_INT, default=100, show_default=True, help="Max power iterations for lambda_max per run (0: skip).")
 @click.option("--method", type=click.Choice(["double_backward", "finite_difference"]), default="double_backward", show_default=True, help="Hessian-vector products: exact double backward, or a finite difference of gradients.")
 @click.option("--fd-step", type=float, default=1e-3, show_default=True, help="Relative finite-difference step.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Hutchinson and power-iteration vectors.")

@@ -3,7 +3,6 @@ settings, and atomic result files."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -12,19 +11,22 @@ import torch
 from olmo_core.exceptions import OLMoConfigurationError
 
 from ..output import save_figure as _save_figure
+from ..preflight import check_safetensors, read_json
 
 __all__ = ["ModelRef", "model_refs", "load_full_precision", "save_figure"]
 
 
 def is_hf_model_dir(path: Path) -> bool:
+    """A directory with a ``config.json`` naming a ``model_type`` and no OLMo-core weights; a
+    corrupt ``config.json`` (or ``*.safetensors`` header) is one line naming the file."""
     cfg = path / "config.json"
     if not (path.is_dir() and cfg.exists()) or (path / "model_and_optim").exists():
         return False
-    try:
-        data = json.loads(cfg.read_text())
-    except json.JSONDecodeError:
-        return False
-    return "model_type" in data
+    data = read_json(cfg, what="model config.json")
+    if isinstance(data, dict) and "model_type" in data:
+        check_safetensors(path)
+        return True
+    return False
 
 
 @dataclass
@@ -66,7 +68,7 @@ def _peak_lr(cfg: Mapping[str, Any]) -> Optional[float]:
 def model_ref(path: str | Path, label: Optional[str] = None) -> ModelRef:
     p = Path(path)
     if is_hf_model_dir(p):
-        cfg = json.loads((p / "config.json").read_text())
+        cfg = read_json(p / "config.json", what="model config.json")
         return ModelRef(
             path=p,
             label=label or p.name,

@@ -588,14 +588,6 @@ def load_hf_quantized(
     return model, report
 
 
-def load_hf_full_precision(path: str | Path, *, device_map: str | Dict[str, Any] = "cpu", dtype=torch.float32):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(path), device_map=device_map, dtype=dtype)
-    model.eval()
-    return model
-
-
 # -------------------------------------------------------------------------------------------------
 # Proof
 # -------------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ import contextlib
 import difflib
 import functools
 import json
-import logging
 import math
 import os
 import re
@@ -28,11 +27,11 @@ from olmo_core.script_utils import ExperimentConfig
 from olmo_core.train import Duration
 from olmo_core.train.common import DurationUnit
 
-from ..cli_options import option
 from ..models import param_counts
 from ..optim.sam import SAMConfig
 from ..optim.schedules import decay_start
 from ..train.callbacks import SAMSwitchCallback
+from ..preflight import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, out_dir_callback
 
 __all__ = [
     "RunSpec",
@@ -75,24 +74,6 @@ class RunSpec:
     stop_at_step: Optional[int] = None
     #: local data paths must exist (off for dry runs)
     check_paths: bool = True
-
-
-log = logging.getLogger(__name__)
-
-#: recipe setting keys renamed to the command line's vocabulary (docs/cli.md): old -> new
-RENAMED_SETTINGS = {"microbatch": "micro_batch_size"}
-
-
-def rename_old_settings(settings: Dict[str, Any], where: str) -> Dict[str, Any]:
-    """``settings`` with old key spellings (:data:`RENAMED_SETTINGS`) replaced, each with a note."""
-    out = dict(settings)
-    for old, new in RENAMED_SETTINGS.items():
-        if old in out:
-            if new in out:
-                raise OLMoConfigurationError(f"{where}: '{old}' is the old spelling of '{new}'; give '{new}' only")
-            log.warning(f"{where}: '{old}' is deprecated and will be removed in the next release; use '{new}'")
-            out[new] = out.pop(old)
-    return out
 
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
@@ -462,21 +443,21 @@ def common_options(f):
     options = [
         click.option("--dry-run", is_flag=True, help="Print the resolved config and estimates; train nothing."),
         click.option("--json", "as_json", is_flag=True, help="With --dry-run: print JSON instead of YAML."),
-        option("--out", "save_folder", old=("--save-folder",), type=str, default=None,
+        click.option("--out", "save_folder", callback=out_dir_callback, type=str, default=None,
                help="Run directory (re-using it resumes)."),
         click.option("--dp", type=click.Choice(["auto", "none", "ddp", "fsdp", "hsdp"]), default="auto",
                      show_default=True, help="Data parallelism under torchrun."),
         click.option("--param-dtype", type=click.Choice(["float32", "bfloat16"]), default=None,
                      help="FSDP mixed-precision parameter dtype."),
-        option("--micro-batch-size", "microbatch", old=("--microbatch",), type=int, default=None,
+        click.option("--micro-batch-size", "microbatch", type=POSITIVE_INT, default=None,
                help="Sequences per rank per micro-batch."),
-        click.option("--eval-interval", type=int, default=None, help="Steps between in-loop validation-loss evaluations (pretraining: 0 = none)."),
-        click.option("--checkpoint-interval", type=int, default=None, help="Steps between checkpoints."),
-        click.option("--stop-at-step", type=int, default=None,
+        click.option("--eval-interval", type=NON_NEGATIVE_INT, default=None, help="Steps between in-loop validation-loss evaluations (pretraining: 0 = none)."),
+        click.option("--checkpoint-interval", type=POSITIVE_INT, default=None, help="Steps between checkpoints."),
+        click.option("--stop-at-step", type=POSITIVE_INT, default=None,
                      help="Stop (with a checkpoint) at this step; the schedule still spans the whole run."),
-        click.option("--gpu-peak-tflops", type=float, default=GPU_PEAK_TFLOPS, show_default=True,
+        click.option("--gpu-peak-tflops", type=POSITIVE_FLOAT, default=GPU_PEAK_TFLOPS, show_default=True,
                      help="Assumed accelerator peak (dense bf16) for the GPU-hour estimate."),
-        click.option("--mfu", type=float, default=GPU_MFU, show_default=True,
+        click.option("--mfu", type=POSITIVE_FLOAT, default=GPU_MFU, show_default=True,
                      help="Assumed model-FLOPs utilisation for the GPU-hour estimate."),
         click.option("--world-size", "assume_world", type=click.IntRange(min=1), default=None,
                      help="With --dry-run: resolve the config for this many processes (no torchrun needed)."),

@@ -31,6 +31,7 @@ from .. import paper
 from ..models import dolma2_tokenizer, model_config
 from ..optim import Midtrain, SAMConfig
 from ..train import build_experiment
+from ..preflight import NON_NEGATIVE_FLOAT, POSITIVE_INT
 from .common import (
     RunSpec,
     apply_overrides,
@@ -218,7 +219,7 @@ def _import_on_rank0(hf_source: str, revision: Optional[str], dest: Path, tokeni
         revision = None  # a local directory has no revisions
     if get_rank() == 0 and latest_step_dir(dest) is None:
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-        cmd = [sys.executable, "-m", "olmo_sam.cli", "import-hf", hf_source, str(dest)]
+        cmd = [sys.executable, "-m", "olmo_sam.cli", "import-hf", hf_source, "--out", str(dest)]
         if revision:
             cmd += ["--revision", revision]
         if tokenizer:
@@ -238,11 +239,11 @@ def _import_on_rank0(hf_source: str, revision: Optional[str], dest: Path, tokeni
               help="adamw: the OLMo baseline; sam: Table 1's SAM run.")  # fmt: skip
 @click.option("--size", type=click.Choice(["1B", "tiny"]), default="1B", show_default=True, help="'tiny' runs the recipe on CPU.")
 @click.option("--tokens", type=str, default=None, help="Token budget [default: 50B, Table 1].")
-@click.option("--steps", type=int, default=None, help="Budget in steps instead (CPU runs).")
-@click.option("--lr", type=float, default=None, help=f"Starting LR [default: {T1.lr}, Table 1].")
+@click.option("--steps", type=POSITIVE_INT, default=None, help="Budget in steps instead (CPU runs).")
+@click.option("--lr", type=NON_NEGATIVE_FLOAT, default=None, help=f"Starting LR [default: {T1.lr}, Table 1].")
 @click.option("--rho", type=float, default=None, help=f"SAM radius [default: {T1.rho}].")
-@click.option("--seq-len", type=int, default=None, help=f"[default: {T1.context_length}]")
-@click.option("--batch-size", type=int, default=None, help=f"Global batch in sequences [default: {T1.batch_sequences}].")
+@click.option("--seq-len", type=POSITIVE_INT, default=None, help=f"[default: {T1.context_length}]")
+@click.option("--batch-size", type=POSITIVE_INT, default=None, help=f"Global batch in sequences [default: {T1.batch_sequences}].")
 @click.option("--data-mix", "data", multiple=True, help="Mix file of token files (Dolmino), dataset dir or token file (repeatable).")
 @click.option("--mix-include", multiple=True, help="Only mix-file lines with this label (repeatable).")
 @click.option("--data-root", default=None, help="Root for relative mix-file paths (e.g. https://olmo-data.org).")

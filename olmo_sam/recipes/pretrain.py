@@ -37,6 +37,7 @@ from .. import paper
 from ..models import CPU_SIZES, dolma2_tokenizer, model_config, param_counts
 from ..optim import WSO, CosineAlpha, LinearAlpha, SAMConfig, WSDAlpha
 from ..train import SAMSwitchCallback, build_experiment
+from ..preflight import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT
 from .common import (
     RunSpec,
     apply_overrides,
@@ -368,18 +369,18 @@ def sweep_members(name: str, spec: PretrainSpec, explicit: Dict[str, Any]) -> Li
 @click.command("pretrain", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--size", type=click.Choice(SIZES), default=None, help="Model size (Table 4) or tiny/micro for CPU.")
 @click.option("--tokens", type=str, default=None, help="Token budget, e.g. 192B (Table 5).")
-@click.option("--tokens-per-param", type=float, default=None, help="Budget as tokens per parameter (nominal for paper sizes, total for tiny/micro).")
-@click.option("--steps", type=int, default=None, help="Budget in steps (CPU runs).")
-@click.option("--lr", type=float, default=None, help="Peak LR [default: Table 6 by tokens/param].")
+@click.option("--tokens-per-param", type=POSITIVE_FLOAT, default=None, help="Budget as tokens per parameter (nominal for paper sizes, total for tiny/micro).")
+@click.option("--steps", type=POSITIVE_INT, default=None, help="Budget in steps (CPU runs).")
+@click.option("--lr", type=NON_NEGATIVE_FLOAT, default=None, help="Peak LR [default: Table 6 by tokens/param].")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help="[default: adamw]")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="[default: cosine]")
 @click.option("--alpha", type=float, default=None, help="Final LR / peak [default: 0.1].")
 @click.option("--decay-fraction", type=float, default=None, help="WSD decay length, fraction of the run [default: 0.1].")
 @click.option("--rho", type=float, default=None, help=f"SAM radius [default: {paper.SAM_RHO}].")
 @click.option("--sam-start-fraction", type=float, default=None, help="sam-anneal: switch at this fraction instead of the decay start.")
-@click.option("--batch-size", type=int, default=None, help="Global batch in sequences [default: 256; tiny 16].")
-@click.option("--seq-len", type=int, default=None, help="Context length [default: 1024; tiny 128].")
-@click.option("--warmup", type=int, default=None, help="Warmup steps [default: Table 4].")
+@click.option("--batch-size", type=POSITIVE_INT, default=None, help="Global batch in sequences [default: 256; tiny 16].")
+@click.option("--seq-len", type=POSITIVE_INT, default=None, help="Context length [default: 1024; tiny 128].")
+@click.option("--warmup", type=NON_NEGATIVE_INT, default=None, help="Warmup steps [default: Table 4].")
 @click.option("--data", "data", multiple=True, help="Token file, prepared dataset dir, or mix file (repeatable).")
 @click.option("--val", "val", multiple=True, help="Validation token file / dataset dir / mix file (repeatable).")
 @click.option("--data-root", default=None, help="Root for relative paths in mix files.")

@@ -138,7 +138,7 @@ def _rerun_set(plan, selected) -> set:
 
 def run_study_command(fn, resume: str) -> None:
     """Run ``fn`` (a start_study call) the way the commands do: configuration problems as one
-    line (exit 2), failed jobs with their log tails (exit 1), Ctrl-C with how to resume (130)."""
+    line (exit 1), failed jobs with their log tails (exit 1), Ctrl-C with how to resume (130)."""
     from olmo_core.exceptions import OLMoConfigurationError
 
     from .executors import Interrupted, JobFailed
@@ -146,7 +146,7 @@ def run_study_command(fn, resume: str) -> None:
     try:
         return fn()
     except OLMoConfigurationError as e:
-        raise click.UsageError(str(e)) from None
+        raise click.ClickException(str(e)) from None
     except JobFailed as e:
         click.echo(str(e), err=True)
         sys.exit(1)
@@ -210,7 +210,7 @@ def status_command(out_dir):
     try:
         plan = load_plan(out_dir)
     except OLMoConfigurationError as e:
-        raise click.UsageError(str(e)) from None
+        raise click.ClickException(str(e)) from None
     for j in plan.jobs:
         click.echo(f"{'done' if j.is_done(plan.out) else 'todo'}  {j.id}")
 
@@ -224,6 +224,6 @@ def report(out_dir):
     try:
         res = write_report(out_dir)
     except FileNotFoundError as e:
-        raise click.UsageError(str(e)) from None
+        raise click.ClickException(str(e)) from None
     click.echo(f"report: {Path(res['html']).resolve()}")
     click.echo(f"markdown: {Path(res['markdown']).resolve()}")

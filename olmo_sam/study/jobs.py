@@ -109,7 +109,7 @@ def run_spec(job: Job, data: Dict[str, Any], save_folder: str, *, paths: Optiona
     """The PretrainSpec / MidtrainSpec of a pretraining job (``job.kind``), from its arm's settings
     checked by name and type; ``paths`` names each setting's place in the study file (errors say
     ``arms[1].rho`` rather than ``arm sam.rho``). The plan step calls this too, before any compute."""
-    from ..recipes.common import parse_tokens, rename_old_settings
+    from ..recipes.common import parse_tokens
     from ..recipes.midtrain import MidtrainSpec
     from ..recipes.pretrain import PretrainSpec
     from .fields import typed_settings
@@ -118,7 +118,6 @@ def run_spec(job: Job, data: Dict[str, Any], save_folder: str, *, paths: Optiona
     paths = paths or {}
     where = f"arm {job.params['arm']}"
     settings = {k: v for k, v in job.params["settings"].items() if k not in MIDTRAIN_LOAD_KEYS}
-    settings = rename_old_settings(settings, where)  # e.g. microbatch -> micro_batch_size
     for key in STUDY_SET_FIELDS:
         if key in settings:
             raise StudyError(f"{paths.get(key, f'{where}.{key}')}: set by the study itself (its data section and "

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-import yaml
 from olmo_core.exceptions import OLMoConfigurationError
 
+from ..files import read_yaml
 from .hypotheses import Hypothesis, check_references, parse_hypotheses
 
 __all__ = [
@@ -457,9 +457,9 @@ def load_study(path: str | Path, overrides: Optional[Dict[str, Any]] = None) -> 
     if not p.exists():
         raise StudyError(f"study file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise StudyError(f"{p}: not valid YAML: {e}") from None
+        data = read_yaml(p)
+    except OLMoConfigurationError as e:
+        raise StudyError(str(e)) from None
     if overrides:
         data = {**(data or {}), **overrides}
     return parse_study(data, str(p))

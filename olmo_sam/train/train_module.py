@@ -22,7 +22,6 @@ step). Otherwise the step is the stock one: no extra pass, no extra memory. The 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any, Dict, Generator, Optional, cast
@@ -386,24 +385,4 @@ class SAMTrainModuleConfig(TransformerTrainModuleConfig):
         for key in ("state_dict_save_opts", "state_dict_load_opts"):
             if (opts := kwargs.pop(key, None)) is not None:
                 kwargs[key] = dist_cp_sd.StateDictOptions(**opts)
-        return SAMTransformerTrainModule(model=model, device=device, **_base_init_kwargs(kwargs, eval_only))
-
-
-def _base_init_kwargs(kwargs: Dict[str, Any], eval_only: bool) -> Dict[str, Any]:
-    """``kwargs`` checked against what this OLMo-core's ``TransformerTrainModule.__init__``
-    accepts: the fork patch vendors this file into OLMo-core trees older than the pinned 3.0.0,
-    whose train module has no ``eval_only`` (added in 3.0.0) and may lack other arguments."""
-    accepted = inspect.signature(TransformerTrainModule.__init__).parameters
-    if "eval_only" in accepted:
-        kwargs = {**kwargs, "eval_only": eval_only}
-    elif eval_only:
-        raise OLMoConfigurationError(
-            "eval_only=True needs an OLMo-core whose TransformerTrainModule accepts 'eval_only' (3.0.0+)"
-        )
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise OLMoConfigurationError(
-            f"train_module fields {unknown} are not accepted by this OLMo-core's TransformerTrainModule; "
-            "remove them from the config"
-        )
-    return kwargs
+        return SAMTransformerTrainModule(model=model, device=device, eval_only=eval_only, **kwargs)

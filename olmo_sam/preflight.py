@@ -1,0 +1,233 @@
+"""Checks every command runs before any work, each a one-line error naming what the user gave.
+
+* Values: :data:`POSITIVE_INT`, :data:`NON_NEGATIVE_INT`, :data:`POSITIVE_FLOAT`,
+  :data:`NON_NEGATIVE_FLOAT` (click types: zero
+  or a negative is an error, never a silent default; an omitted option is ``None``), and
+  :data:`DEVICE` (a torch device string that exists on this machine).
+* Outputs: :func:`check_out` -- the output path (``--out``) is not a file where a directory goes
+  (or the reverse) and can be created and written, checked before the command computes anything.
+* Inputs: :func:`read_json` (a corrupt ``config.json``/``meta.json`` is one line naming the file),
+  :func:`check_safetensors` (a truncated ``*.safetensors`` file likewise) and, for YAML,
+  :func:`olmo_sam.files.read_yaml`; :func:`check_local_model` tells a missing local directory from
+  a Hugging Face hub id.
+* Errors: :func:`cli_errors` shows configuration and file errors as ``Error: <one line>`` with exit
+  code 1 (click's usage errors, exit code 2 with "Try --help", are kept for what click parses).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import click
+from olmo_core.exceptions import OLMoConfigurationError
+
+__all__ = [
+    "POSITIVE_INT",
+    "NON_NEGATIVE_INT",
+    "POSITIVE_FLOAT",
+    "NON_NEGATIVE_FLOAT",
+    "DEVICE",
+    "DeviceType",
+    "check_out",
+    "out_dir_callback",
+    "out_file_callback",
+    "model_callback",
+    "read_json",
+    "check_safetensors",
+    "check_local_model",
+    "looks_local",
+    "cli_errors",
+]
+
+#: an integer >= 1 (sizes, counts, intervals that must happen)
+POSITIVE_INT = click.IntRange(min=1)
+#: an integer >= 0 (0 has a documented meaning, e.g. "no evaluation")
+NON_NEGATIVE_INT = click.IntRange(min=0)
+#: a float > 0 (magnitudes, budgets)
+POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
+#: a float >= 0 (a recipe's learning rate: 0 is a frozen run, used to check weight loading)
+NON_NEGATIVE_FLOAT = click.FloatRange(min=0)
+
+
+class DeviceType(click.ParamType):
+    """A torch device string (``cpu``, ``cuda``, ``cuda:1``, ``mps``) that exists on this machine;
+    the value stays the string the user typed."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        import torch
+
+        text = str(value).strip()
+        try:
+            dev = torch.device(text)
+        except (RuntimeError, TypeError, ValueError):
+            self.fail(f"{text!r} is not a torch device; write cpu, cuda, cuda:N or mps", param, ctx)
+        if dev.type == "cpu":
+            return text
+        if dev.type == "cuda":
+            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if n == 0:
+                self.fail(f"{text!r}: no CUDA GPU is visible on this machine; use cpu", param, ctx)
+            if dev.index is not None and dev.index >= n:
+                self.fail(f"{text!r}: this machine has {n} CUDA GPU(s) (cuda:0 to cuda:{n - 1})", param, ctx)
+            return text
+        if dev.type == "mps":
+            if not torch.backends.mps.is_available():
+                self.fail(f"{text!r}: MPS is not available on this machine; use cpu", param, ctx)
+            return text
+        self.fail(f"{text!r}: device type {dev.type!r} is not supported here; use cpu, cuda[:N] or mps", param, ctx)
+
+
+DEVICE = DeviceType()
+
+
+def _flag(param: Optional[click.Parameter]) -> str:
+    if param is None:
+        return "--out"
+    return param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
+
+
+def check_out(path: str | Path, *, kind: str = "dir", flag: str = "--out") -> Path:
+    """``path`` as an output the command can create and write: for ``kind='dir'`` not an existing
+    file, for ``kind='file'`` not an existing directory; its nearest existing ancestor a writable
+    directory on a writable file system. Creates nothing."""
+    p = Path(path)
+    if kind == "dir" and p.exists() and not p.is_dir():
+        raise OLMoConfigurationError(f"{flag} {p}: exists and is a file, not a directory; choose another {flag}")
+    if kind == "file" and p.is_dir():
+        raise OLMoConfigurationError(f"{flag} {p}: is a directory, expected a file path; choose another {flag}")
+    probe = p if (kind == "dir" and p.is_dir()) else p.parent
+    probe = Path(os.path.abspath(probe))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OLMoConfigurationError(f"{flag} {p}: cannot be created, {probe} is a file; choose another {flag}")
+    read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+    if read_only or not os.access(probe, os.W_OK | os.X_OK):
+        why = "is on a read-only file system" if read_only else "is not writable"
+        raise OLMoConfigurationError(f"{flag} {p}: {probe} {why}; choose another {flag} or fix its permissions")
+    return p
+
+
+def _out_callback(kind: str) -> Callable:
+    def callback(ctx, param, value):
+        if value is None:
+            return value
+        try:
+            check_out(value, kind=kind, flag=_flag(param))
+        except OLMoConfigurationError as e:
+            raise click.ClickException(str(e)) from None
+        return value
+
+    return callback
+
+
+def model_callback(ctx, param, value):
+    """click ``callback=`` for a Hugging Face model given as a local directory or a hub id
+    (:func:`check_local_model`, checked as soon as it is parsed)."""
+    if value is None:
+        return value
+    try:
+        check_local_model(value, flag=_flag(param))
+    except OLMoConfigurationError as e:
+        raise click.ClickException(str(e)) from None
+    return value
+
+
+#: click ``callback=`` for an output directory option (checked as soon as it is parsed)
+out_dir_callback = _out_callback("dir")
+#: click ``callback=`` for an output file option
+out_file_callback = _out_callback("file")
+
+
+def _first_line(error: BaseException) -> str:
+    return " ".join((str(error).strip().splitlines() or [""])[0].split())[:200]
+
+
+def read_json(path: str | Path, *, what: str = "JSON file") -> Any:
+    """The JSON in ``path``; a missing, unreadable or corrupt file is one line naming it."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise OLMoConfigurationError(f"{p}: {what} not found") from None
+    except IsADirectoryError:
+        raise OLMoConfigurationError(f"{p}: is a directory, expected a {what}") from None
+    except UnicodeDecodeError:
+        raise OLMoConfigurationError(f"{p}: the {what} is not text (corrupt?); copy or write it again") from None
+    except OSError as e:
+        raise OLMoConfigurationError(f"{p}: the {what} cannot be read ({e.strerror or e})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise OLMoConfigurationError(
+            f"{p}: the {what} is not valid JSON ({e.msg}, line {e.lineno}); it is truncated or corrupt: "
+            "copy or write it again"
+        ) from None
+
+
+def check_safetensors(directory: str | Path) -> None:
+    """Every ``*.safetensors`` file in ``directory`` has a complete header (a truncated or corrupt
+    file is one line naming it); reads no tensors."""
+    from safetensors import safe_open
+
+    for f in sorted(Path(directory).glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as handle:
+                handle.keys()
+        except Exception as e:  # noqa: BLE001 - SafetensorError and OSError alike mean an unusable file
+            raise OLMoConfigurationError(
+                f"{f}: the model weights could not be read ({type(e).__name__}: {_first_line(e)}); the "
+                "*.safetensors file is truncated or corrupt: download or copy it again"
+            ) from None
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def looks_local(text: str) -> bool:
+    """Whether ``text`` can only be a local path, not a Hugging Face hub id (``name`` or
+    ``org/name``): it exists, starts with ``.``, ``/`` or ``~``, or has more than one ``/``."""
+    return Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or text.count("/") > 1 or not _HUB_ID.match(text)
+
+
+def check_local_model(source: str | Path, *, flag: str) -> bool:
+    """True if ``source`` is a local directory (its JSON config and safetensors checked); False if
+    it can only be a Hugging Face hub id. A path that looks local (``./x``, ``/x``, ``~/x``, more
+    than one ``/``, or an existing file) and is not a directory is one line naming it."""
+    text = str(source)
+    p = Path(text).expanduser()
+    if p.is_dir():
+        if (p / "config.json").exists():
+            read_json(p / "config.json", what="model config.json")
+        check_safetensors(p)
+        return True
+    if looks_local(text):
+        what = "is a file, not a model directory" if p.exists() else "no such directory"
+        raise OLMoConfigurationError(f"{flag} {text}: {what} (and not a Hugging Face hub id such as org/name)")
+    return False
+
+
+def cli_errors(fn: Callable) -> Callable:
+    """Run a command, showing configuration and file errors as ``Error: <line>`` (exit code 1)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (OLMoConfigurationError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+            raise click.ClickException(_message(e)) from None
+
+    return wrapper
+
+
+def _message(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return " ".join(str(e).split())
