@@ -14,16 +14,20 @@ import math
 import typing
 from typing import Any, Dict, Optional, Union
 
-from .spec import StudyError
+from olmo_core.exceptions import OLMoConfigurationError
 
-__all__ = ["typed_settings", "check_value"]
+__all__ = ["StudyError", "typed_settings", "typed_fields", "check_value", "describe"]
 
 
-def _describe(tp: Any) -> str:
+class StudyError(OLMoConfigurationError):
+    """A bad study file; the message starts with the field's path in the file."""
+
+
+def describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Union:
         parts = [a for a in typing.get_args(tp) if a is not type(None)]
-        inner = " or ".join(_describe(a) for a in parts)
+        inner = " or ".join(describe(a) for a in parts)
         return f"{inner} (or null)" if len(parts) < len(typing.get_args(tp)) else inner
     if origin in (list, tuple, collections.abc.Sequence) or tp in (list, tuple):
         return "a list"
@@ -63,7 +67,8 @@ def check_value(value: Any, tp: Any) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise _Mismatch
-        return value
+        args = typing.get_args(tp)
+        return {k: check_value(v, args[1]) for k, v in value.items()} if len(args) == 2 else value
     if tp is bool:
         if not isinstance(value, bool):
             raise _Mismatch
@@ -101,11 +106,21 @@ def typed_settings(cls, settings: Dict[str, Any], where: str, paths: Optional[Di
     paths = paths or {}
     out: Dict[str, Any] = {}
     for key, value in settings.items():
-        path = paths.get(key, f"{where}.{key}")
+        path = paths.get(key, f"{where}.{key}" if where else key)
         if key not in names:
             raise StudyError(f"{path}: unknown setting; allowed: {sorted(names)}")
         try:
             out[key] = check_value(value, hints[key])
         except _Mismatch:
-            raise StudyError(f"{path}: expected {_describe(hints[key])}, got {value!r}") from None
+            raise StudyError(f"{path}: expected {describe(hints[key])}, got {value!r}") from None
     return out
+
+
+def typed_fields(cls, data: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """``data`` (a section of the study file) checked against the fields of dataclass ``cls``:
+    unknown keys and values of the wrong type are errors naming ``{where}.{key}``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise StudyError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    return typed_settings(cls, data, where)

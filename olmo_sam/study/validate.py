@@ -10,6 +10,7 @@ file (``arms[1].schedule: ...``, ``probes.quantize.quant[0]: ...``).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from pathlib import Path
@@ -40,6 +41,14 @@ def _field_in(message: str, keys: Iterable[str]) -> Optional[str]:
     return best[1] if best else None
 
 
+def _in_file_words(message: str, paths: Dict[str, str]) -> str:
+    """A builder's message in the study file's words: ``--batch-size`` becomes the place of
+    ``batch_size`` in the file (``pretrain.batch_size``)."""
+    for key, path in paths.items():
+        message = re.sub(rf"(?<![\w-])--{re.escape(key.replace('_', '-'))}(?![\w-])", path, message)
+    return re.sub(r"(?<![\w-])--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), message)
+
+
 def _is_remote(path: str) -> bool:
     return "://" in str(path)
 
@@ -67,9 +76,27 @@ def validate_data(study: StudySpec, missing_ok: bool = False) -> List[str]:
         for k in d.demo:
             if k not in known:
                 raise StudyError(f"data.demo.{k}: unknown option; allowed: {known}")
+        from ..data.tokenizer import MIN_BPE_VOCAB
+
         v = d.demo.get("vocab_size")
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 2):
-            raise StudyError(f"data.demo.vocab_size: must be a whole number >= 2, got {v!r}")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < MIN_BPE_VOCAB):
+            raise StudyError(f"data.demo.vocab_size: must be a whole number >= {MIN_BPE_VOCAB} (the byte-level "
+                             f"BPE's 256 bytes and 2 special tokens), got {v!r}")  # fmt: skip
+        books = d.demo.get("books")
+        if books is not None:
+            if not isinstance(books, list) or not books or not all(isinstance(b, str) for b in books):
+                raise StudyError(f"data.demo.books: expected a non-empty list of book names, got {books!r}")
+            known = _demo_book_names()
+            for i, b in enumerate(books):
+                if known is not None and b not in known:
+                    raise StudyError(f"data.demo.books[{i}]: unknown book {b!r}; available: {sorted(known)}")
+        for k in ("val_fraction",):
+            f = d.demo.get(k)
+            if f is not None and (isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1):
+                raise StudyError(f"data.demo.{k}: must be a number in (0, 1), got {f!r}")
+        s = d.demo.get("seed")
+        if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 0):
+            raise StudyError(f"data.demo.seed: must be a whole number >= 0, got {s!r}")
         return warnings
     for key in ("train", "val"):
         for i, path in enumerate(getattr(d, key)):
@@ -93,6 +120,18 @@ def validate_data(study: StudySpec, missing_ok: bool = False) -> List[str]:
     if d.tokenizer and d.tokenizer != "dolma2" and not Path(d.tokenizer).is_dir():
         missing(f"data.tokenizer: not 'dolma2' and not a tokenizer directory: {d.tokenizer}; fix the path")
     return warnings
+
+
+@functools.lru_cache(maxsize=1)
+def _demo_book_names() -> Optional[frozenset]:
+    """The demo corpus's book names, or ``None`` when the corpus is not downloaded yet (a dry run
+    fetches nothing; the data job then names an unknown book)."""
+    from ..data.corpus import DEMO_CORPUS, demo_books
+    from ..data.fetch import cache_root
+
+    if not (cache_root() / "registry" / DEMO_CORPUS.registry / DEMO_CORPUS.filename).exists():
+        return None
+    return frozenset(b.name for b in demo_books())
 
 
 def _placeholder_data(study: StudySpec) -> Dict[str, Any]:
@@ -159,7 +198,7 @@ def _validate_run(study: StudySpec, job: Job, data: Dict[str, Any]) -> None:
         msg = str(e).strip()
         key = _field_in(msg, settings)
         where = paths[key] if key else f"arms[{index}] ({arm.name})"
-        raise StudyError(f"{where}: {msg} (arm '{arm.name}')") from None
+        raise StudyError(f"{where}: {_in_file_words(msg, paths)} (arm '{arm.name}')") from None
 
 
 # -- probes, pretraining-loss evaluation --------------------------------------------------------
@@ -196,9 +235,14 @@ def _validate_ft_data(study: StudySpec, job: Job) -> None:
         except OLMoConfigurationError as e:
             raise StudyError(f"{where}: {e}; or give a prepared dataset directory") from None
     known = [n for n in inspect.signature(prepare_dataset).parameters if n not in ("name", "tokenizer_path", "out_dir", "overwrite")]
-    for k in job.params.get("prepare") or {}:
+    for k, v in (job.params.get("prepare") or {}).items():
         if k not in known:
             raise StudyError(f"finetune.prepare.{k}: unknown option; allowed: {known}")
+        if k == "val_fraction":
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+                raise StudyError(f"finetune.prepare.val_fraction: must be a number in (0, 1), got {v!r}")
+        elif v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "seed" else 1)):
+            raise StudyError(f"finetune.prepare.{k}: must be a whole number >= {0 if k == 'seed' else 1}, got {v!r}")
 
 
 def _validate_ft_sweep(study: StudySpec, job: Job) -> None:
@@ -209,9 +253,6 @@ def _validate_ft_sweep(study: StudySpec, job: Job) -> None:
     for i, m in enumerate(ft.methods):
         if m not in SWEEP_METHODS + MIX_METHODS:
             raise StudyError(f"finetune.methods[{i}]: unknown method {m!r}; choose from {list(SWEEP_METHODS + MIX_METHODS)}")
-    for i, lr in enumerate(ft.lrs or []):
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-            raise StudyError(f"finetune.lrs[{i}]: a learning rate must be a number > 0, got {lr!r}")
     grids = dict(job.params.get("grids") or {})
     grid_fields = {k: v for k, v in SweepSpec.__dataclass_fields__.items() if k.endswith("s") and k not in ("bases", "datasets", "lrs", "methods", "base_labels")}  # noqa: E501
     for k in grids:
@@ -234,6 +275,7 @@ def _validate_ft_sweep(study: StudySpec, job: Job) -> None:
     except (OLMoConfigurationError, TypeError, ValueError) as e:
         msg = str(e).strip()
         key = _field_in(msg, list(paths))
+        msg = _in_file_words(msg, paths)
         if key:
             raise StudyError(f"{paths[key]}: {msg}") from None
         gkey = _field_in(msg, list(grids))
