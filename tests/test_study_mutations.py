@@ -218,3 +218,111 @@ def test_random_values_at_random_places(tmp_path_factory, file_index, node_index
     if new is None:  # null means "the default": fine where the field has one, refused cleanly otherwise
         old = None
     _check(study_file, kind, path, old, new, _replace(data, path, new), tmp_path_factory.mktemp("h"), Counter())
+
+
+# -- the sections and checks the mutations of the shipped files do not reach ---------------------
+
+SMALL = {
+    "name": "small",
+    "data": {"demo": {"vocab_size": 384}},
+    "pretrain": {"size": "micro", "lr": 3e-3, "batch_size": 16, "seq_len": 64, "steps": 20, "eval_interval": 0},
+    "arms": [{"name": "adamw", "optimizer": "adamw", "schedule": "cosine"}],
+    "finetune": {"datasets": ["demo-code"], "lrs": [1e-3], "methods": ["ft", "cfs"], "common": {"max_steps": 4}},
+    "cfs": {"ratio": 0.5},
+}
+
+
+def _set(doc: Any, dotted: str, value: Any) -> Any:
+    keys = [int(k) if k.isdigit() else k for k in dotted.replace("[", ".").replace("]", "").split(".")]
+    doc = copy.deepcopy(doc)
+    node = doc
+    for k in keys[:-1]:
+        node = node.setdefault(k, {}) if isinstance(node, dict) else node[k]
+    node[keys[-1]] = value
+    return doc
+
+
+def _refusal(doc: Any, tmp: Path, text: str | None = None) -> str:
+    tmp.mkdir(parents=True, exist_ok=True)
+    f = tmp / "study.yaml"
+    f.write_text(text if text is not None else yaml.safe_dump(doc, sort_keys=False))
+    res = _runner.invoke(main, ["study", "run", str(f), "--dry-run", "--out", str(tmp / "out")])
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert res.exit_code != 0, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in res.output, res.output
+    return errors[0][len("Error: ") :]
+
+
+SECTION_CASES = [
+    # (field, value, the message starts with, and says)
+    ("cfs.ratios", 0.5, "cfs: unknown key(s) ['ratios']", "allowed"),
+    ("cfs.engine", "vlm", "cfs.engine: choose one of", "'vlm'"),
+    ("cfs.ratio", -0.5, "cfs.ratio: must be a number > 0", "-0.5"),
+    ("cfs.dtype", "fp8", "cfs.dtype: choose one of", "bfloat16"),
+    ("cfs.top_p", 1.5, "cfs.top_p must be in (0, 1]", "1.5"),
+    ("cfs", ["ratio"], "cfs: expected a mapping", "['ratio']"),
+    ("benchmarks.offline", {"tasks": ["arc_easyy"]}, "benchmarks.offline.tasks[0]: unknown task", "arc_easyy"),
+    ("benchmarks.offline", {"limit": 0}, "benchmarks.offline.limit: must be a whole number >= 1", "0"),
+    ("benchmarks.offline", {"quant": ["nf5"]}, "benchmarks.offline.quant[0]: choose one of", "nf5"),
+    ("data.demo.books", [], "data.demo.books: the list is empty", "at least one"),
+    ("data.demo.books", "austen-persuasion", "data.demo.books: expected a non-empty list of book names", "'austen-persuasion'"),
+    ("data.demo.vocab_size", 100, "data.demo.vocab_size: must be a whole number >= 258", "BPE"),
+    ("pretrain.lr", -3e-3, "pretrain.lr: pretrain.lr must be a number > 0", "-0.003"),
+    ("pretrain.eval_interval", -1, "pretrain.eval_interval: pretrain.eval_interval must be a whole number >= 0", "-1"),
+    ("pretrain.batch_size", -16, "pretrain.batch_size: pretrain.batch_size must be a whole number >= 1", "-16"),
+    ("pretrain.micro_batch_size", 6, "pretrain.batch_size: pretrain.batch_size 16 is not divisible by pretrain.micro_batch_size 6", "(arm 'adamw')"),  # noqa: E501
+    ("pretrain", {**SMALL["pretrain"], "steps": None, "tokens": 16 * 10**6, "seq_len": 10**6},
+     "pretrain.tokens: the run is only 1 step(s)", "pretrain.seq_len 1000000"),
+    ("finetune.lrs", [1e-3, 1e-3], "finetune.lrs[1]: 0.001 is given twice", "once"),
+    ("pretrain.seeds", [0, 1, 0], "pretrain.seeds[2]: 0 is given twice", "once"),
+    ("finetune.lrs[0]", -1e-3, "finetune.lrs[0]: a learning rate must be a number > 0", "-0.001"),
+    ("stages", "all", "stages: expected a list", "'all'"),
+    ("stages", ["data", "finetune", "cfs", "analysis"], "stages: the 'cfs' stage needs the 'export' stage", "add it"),
+    ("stages", ["data", "pretrain", "export", "finetune"], "stages: the 'finetune' stage needs the 'cfs' stage", "add it"),
+    ("executor.reuse_processes", "no", "executor.reuse_processes: expected true or false", "'no'"),
+    ("quick", 1, "quick: expected true or false", "1"),
+    ("name", 7, "name: expected a string", "7"),
+    ("seed", -1, "seed: a seed is a whole number >= 0", "-1"),
+]
+
+
+@pytest.mark.parametrize("field, value, start, says", SECTION_CASES, ids=[f"{c[0]}={c[1]!r}" for c in SECTION_CASES])
+def test_each_section_is_checked_at_dry_run(tmp_path, field, value, start, says):
+    msg = _refusal(_set(SMALL, field, value), tmp_path)
+    assert msg.startswith(start) and says in msg, msg
+
+
+def test_the_small_study_plans(tmp_path):
+    outcome, out = dry_run(Path("small.yaml"), SMALL, tmp_path)
+    assert outcome == "ok" and "cfs" in out, out
+
+
+def test_yaml_duplicate_keys_and_strict_booleans(tmp_path):
+    text = yaml.safe_dump(SMALL, sort_keys=False)
+    dup = text.replace("  lr: 0.003\n", "  lr: 0.003\n  lr: 0.01\n")
+    assert dup != text
+    msg = _refusal(None, tmp_path / "dup", dup)
+    assert "study.yaml, line" in msg and "duplicate key 'lr'" in msg, msg
+    # YAML 1.1's yes/no are strings to the study reader: a boolean field refuses them
+    msg = _refusal(None, tmp_path / "no", text + "quick: no\n")
+    assert msg.startswith("quick: expected true or false, got 'no'"), msg
+
+
+def test_edited_study_is_refused_at_dry_run_as_at_run(tmp_path):
+    from olmo_sam.study.plan import build_plan
+    from olmo_sam.study.runner import save_study
+    from olmo_sam.study.spec import parse_study
+
+    out = tmp_path / "out"
+    plan = build_plan(parse_study({**SMALL, "out_dir": str(out)}))
+    out.mkdir()
+    save_study(plan)
+    plan.by_id()["data"].mark_done(out, {}, 0.0)  # what the runner records when the data job finishes
+    f = tmp_path / "study.yaml"
+    f.write_text(yaml.safe_dump(_set(SMALL, "data.demo.vocab_size", 512)))
+    res = _runner.invoke(main, ["study", "run", str(f), "--dry-run", "--out", str(out)])
+    assert res.exit_code != 0 and "the study changed since the results" in res.output, res.output
+    assert "data.demo.vocab_size" in res.output and "--rerun" in res.output
+    res = _runner.invoke(main, ["study", "run", str(f), "--dry-run", "--out", str(out), "--rerun", "--stages", "data"])
+    assert res.exit_code == 0, res.output

@@ -86,7 +86,7 @@ def _check_entries(data: Any, path: str = "") -> None:
             _check_entries(v, f"{path}.{k}" if path else str(k))
     elif isinstance(data, list):
         if not data and path not in EMPTY_LIST_OK:
-            raise StudyError(f"{path}: the list is empty; give at least one entry, or omit the key for the default")
+            raise StudyError(f"{path}: the list is empty; give at least one entry (or omit the key where it has a default)")
         seen: List[Any] = []
         for i, v in enumerate(data):
             if not isinstance(v, (dict, list)) and v in seen and not isinstance(v, bool):
@@ -230,6 +230,8 @@ class FinetuneSpec:
                 raise StudyError(f"finetune.datasets[{i}]: a dataset id is missing")
         if self.lrs is None and self.preset is None:
             raise StudyError("finetune: give 'lrs' (a list) or 'preset' (table7, table3, table10)")
+        if self.lrs is not None and not self.lrs:
+            raise StudyError("finetune.lrs: the LR grid is empty; give at least one learning rate")
         if self.lrs is not None and self.preset is not None:
             raise StudyError("finetune: give 'lrs' or 'preset', not both")
         for i, lr in enumerate(self.lrs or []):
@@ -487,7 +489,6 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     unknown = sorted(set(d) - top)
     if unknown:
         raise StudyError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(top)}")
-    _check_entries(d)
     values = typed_fields(StudySpec, {k: d[k] for k in _TOP_VALUES if d.get(k) is not None}, "")
     if not values.get("name", "").strip():
         raise StudyError(f"{source}: 'name' is required (a non-empty string)")
@@ -540,6 +541,7 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
             raise StudyError(f"arms ({arm.name}): 'budgets_tpp' applies to pretrain arms only")
         if arm.budgets_tpp is not None and {"steps", "tokens", "tokens_per_param"} & set(arm.settings):
             raise StudyError(f"arms ({arm.name}): 'budgets_tpp' sets the budget; drop steps/tokens/tokens_per_param")
+    _check_entries(d)
     return spec
 
 #: ``analysis:`` key -> IntervalSpec field
