@@ -120,10 +120,17 @@ def mutations(data: Any) -> Iterator[Tuple[str, Path_, Any, Any]]:
             yield "duplicate", path, value, _replace(data, path, _DupKey(value, first, value[first]))
 
 
+#: other forms a field takes: (leaf key, category) -- a quantization setting is a preset string
+#: (``nf4:blocksize=32``) or a QuantConfig mapping (``{}``: its defaults)
+OTHER_FORMS = {("quant", "mapping")}
+
+
 def must_refuse(kind: str, path: Path_, old: Any, new: Any) -> bool:
     """Whether ``new`` at ``path`` is never a valid value (so an exit 0 is a failure)."""
-    if kind == "duplicate" or _category(new) != _category(old):
+    if kind == "duplicate":
         return True
+    if _category(new) != _category(old):
+        return (_leaf_key(path), _category(new)) not in OTHER_FORMS
     if isinstance(new, list):
         return not new or any(new.count(x) > 1 for x in new if not isinstance(x, (dict, list)))
     if _category(new) == "number":
@@ -268,14 +275,14 @@ SECTION_CASES = [
     ("data.demo.books", [], "data.demo.books: the list is empty", "at least one"),
     ("data.demo.books", "austen-persuasion", "data.demo.books: expected a non-empty list of book names", "'austen-persuasion'"),
     ("data.demo.vocab_size", 100, "data.demo.vocab_size: must be a whole number >= 258", "BPE"),
-    ("pretrain.lr", -3e-3, "pretrain.lr: pretrain.lr must be a number > 0", "-0.003"),
-    ("pretrain.eval_interval", -1, "pretrain.eval_interval: pretrain.eval_interval must be a whole number >= 0", "-1"),
-    ("pretrain.batch_size", -16, "pretrain.batch_size: pretrain.batch_size must be a whole number >= 1", "-16"),
-    ("pretrain.micro_batch_size", 6, "pretrain.batch_size: pretrain.batch_size 16 is not divisible by pretrain.micro_batch_size 6", "(arm 'adamw')"),  # noqa: E501
+    ("pretrain.lr", -3e-3, "pretrain.lr: must be a number > 0", "-0.003"),
+    ("pretrain.eval_interval", -1, "pretrain.eval_interval: must be a whole number >= 0", "-1"),
+    ("pretrain.batch_size", -16, "pretrain.batch_size: must be a whole number >= 1", "-16"),
+    ("pretrain.micro_batch_size", 6, "pretrain.batch_size: 16 is not divisible by pretrain.micro_batch_size 6", "(arm 'adamw')"),  # noqa: E501
     ("pretrain", {**SMALL["pretrain"], "steps": None, "tokens": 16 * 10**6, "seq_len": 10**6},
      "pretrain.tokens: the run is only 1 step(s)", "pretrain.seq_len 1000000"),
-    ("finetune.lrs", [1e-3, 1e-3], "finetune.lrs[1]: 0.001 is given twice", "once"),
-    ("pretrain.seeds", [0, 1, 0], "pretrain.seeds[2]: 0 is given twice", "once"),
+    ("finetune.lrs", [1e-3, 1e-3], "finetune.lrs[1]: duplicate entry 0.001 (also finetune.lrs[0])", "once"),
+    ("pretrain.seeds", [0, 1, 0], "pretrain.seeds[2]: duplicate entry 0 (also pretrain.seeds[0])", "once"),
     ("finetune.lrs[0]", -1e-3, "finetune.lrs[0]: a learning rate must be a number > 0", "-0.001"),
     ("stages", "all", "stages: expected a list", "'all'"),
     ("stages", ["data", "finetune", "cfs", "analysis"], "stages: the 'cfs' stage needs the 'export' stage", "add it"),
@@ -284,6 +291,7 @@ SECTION_CASES = [
     ("quick", 1, "quick: expected true or false", "1"),
     ("name", 7, "name: expected a string", "7"),
     ("seed", -1, "seed: a seed is a whole number >= 0", "-1"),
+    ("pretrain.seeds", [0, -1], "pretrain.seeds[1]: seeds are a list of integers >= 0", "-1"),
 ]
 
 

@@ -117,7 +117,7 @@ def test_cli_dry_run_refuses_bad_values_and_launchers(tmp_path):
     assert "Traceback" not in proc.stderr, proc.stderr
     assert [b.split("\n", 1)[0] for b in blocks[1:]] == ["2"] * len(cases), proc.stderr
     # the message is in the study file's words (its paths), not the command line's flags
-    assert "arms[1].schedule: arms[1].schedule wso with arms[1].optimizer sam-anneal" in blocks[0]
+    assert "arms[1].schedule: wso with arms[1].optimizer sam-anneal" in blocks[0]
     assert "--" not in blocks[0].split("Error:")[1].split("\n")[0], blocks[0]
     assert "'--jobs': 0 is not in the range x>=1" in blocks[1]
     assert "--nproc-per-node: the local executor runs every job in one process" in blocks[2]

@@ -89,8 +89,9 @@ def _check_entries(data: Any, path: str = "") -> None:
             raise StudyError(f"{path}: the list is empty; give at least one entry (or omit the key where it has a default)")
         seen: List[Any] = []
         for i, v in enumerate(data):
-            if not isinstance(v, (dict, list)) and v in seen and not isinstance(v, bool):
-                raise StudyError(f"{path}[{i}]: {v!r} is given twice; give each entry once")
+            if not isinstance(v, (dict, list, bool)) and v in seen:
+                first = next(j for j, x in enumerate(seen) if x == v and not isinstance(x, bool))
+                raise StudyError(f"{path}[{i}]: duplicate entry {v!r} (also {path}[{first}]); give each entry once")
             seen.append(v)
             _check_entries(v, f"{path}[{i}]")
 
@@ -133,9 +134,9 @@ def _positive_list(values: Any, where: str) -> List[float]:
     if not isinstance(values, list) or not values:
         raise StudyError(f"{where}: expected a non-empty list of numbers, got {values!r}")
     out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise StudyError(f"{where}: every entry must be a positive number, got {v!r}")
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+            raise StudyError(f"{where}[{i}]: every entry must be a positive number, got {v!r}")
         out.append(v)
     return out  # (a duplicate entry is refused for every list: _check_entries)
 
@@ -145,11 +146,11 @@ def _check_pretrain_grid(pretrain: Dict[str, Any], budgets: Optional[List[Any]])
     which replace the recipe's own ``seed``/``data_seed`` and budget fields."""
     seeds = pretrain.get(PRETRAIN_SEEDS)
     if seeds is not None:
-        if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+        if not isinstance(seeds, list) or not seeds:
             raise StudyError(f"pretrain.seeds: expected a non-empty list of integers, got {seeds!r}")
         for i, x in enumerate(seeds):
-            if x < 0:
-                raise StudyError(f"pretrain.seeds[{i}]: a seed is a whole number >= 0, got {x}")
+            if isinstance(x, bool) or not isinstance(x, int) or x < 0:
+                raise StudyError(f"pretrain.seeds[{i}]: seeds are a list of integers >= 0, got {x!r}")
         clash = sorted({"seed", "data_seed"} & set(pretrain))
         if clash:
             raise StudyError(f"pretrain: {clash} conflict with 'seeds' (each seed sets init and data order); drop them")
@@ -185,11 +186,13 @@ class ArmSpec:
             raise StudyError(f"{where}: an arm is a mapping, got {data!r}")
         d = dict(data)
         name = d.pop("name", None)
-        if not name or not isinstance(name, str):
+        if name is None:
             raise StudyError(f"{where}: every arm needs a 'name'")
+        if not isinstance(name, str) or not name.strip():
+            raise StudyError(f"{where}.name: expected a non-empty string, got {name!r}")
         recipe = d.pop("recipe", "pretrain")
         if recipe not in ARM_RECIPES:
-            raise StudyError(f"{where} ({name}): recipe must be one of {ARM_RECIPES}, got {recipe!r}")
+            raise StudyError(f"{where}.recipe: choose one of {list(ARM_RECIPES)}, got {recipe!r} (arm '{name}')")
         budgets = d.pop("budgets", None)
         budgets_tpp = d.pop("budgets_tpp", None)
         if budgets is not None and budgets_tpp is not None:
@@ -337,7 +340,7 @@ class BenchmarksSpec:
             from ..evals.olmes import SUITES
 
             suite = self.olmes.get("suite")
-            if suite is not None and suite not in SUITES:
+            if suite is not None and (not isinstance(suite, str) or suite not in SUITES):
                 raise StudyError(f"benchmarks.olmes.suite: choose one of {sorted(SUITES)}, got {suite!r}")
             _check_quants(self.olmes.get("quant"), "benchmarks.olmes.quant", QUANT_KINDS)
 

@@ -84,10 +84,12 @@ def validate_data(study: StudySpec, missing_ok: bool = False) -> List[str]:
                              f"BPE's 256 bytes and 2 special tokens), got {v!r}")  # fmt: skip
         books = d.demo.get("books")
         if books is not None:
-            if not isinstance(books, list) or not books or not all(isinstance(b, str) for b in books):
+            if not isinstance(books, list) or not books:
                 raise StudyError(f"data.demo.books: expected a non-empty list of book names, got {books!r}")
             known = _demo_book_names()
             for i, b in enumerate(books):
+                if not isinstance(b, str):
+                    raise StudyError(f"data.demo.books[{i}]: expected a book name, got {b!r}")
                 if known is not None and b not in known:
                     raise StudyError(f"data.demo.books[{i}]: unknown book {b!r}; available: {sorted(known)}")
         for k in ("val_fraction",):
@@ -198,7 +200,9 @@ def _validate_run(study: StudySpec, job: Job, data: Dict[str, Any]) -> None:
         msg = str(e).strip()
         key = _field_in(msg, settings)
         where = paths[key] if key else f"arms[{index}] ({arm.name})"
-        raise StudyError(f"{where}: {_in_file_words(msg, paths)} (arm '{arm.name}')") from None
+        msg = _in_file_words(msg, paths)
+        msg = msg[len(where) :].lstrip() if msg.startswith(f"{where} ") else msg  # "pretrain.lr: must be > 0"
+        raise StudyError(f"{where}: {msg} (arm '{arm.name}')") from None
 
 
 # -- probes, pretraining-loss evaluation --------------------------------------------------------
