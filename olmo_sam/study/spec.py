@@ -141,6 +141,21 @@ def _positive_list(values: Any, where: str) -> List[float]:
     return out  # (a duplicate entry is refused for every list: _check_entries)
 
 
+def check_token_budgets(budgets: Any, where: str) -> None:
+    """Token budgets (``[12B, 24B]``): a non-empty list of token counts."""
+    from ..recipes.common import parse_tokens
+
+    if not isinstance(budgets, list) or not budgets:
+        raise StudyError(f"{where}: expected a non-empty list of token counts (e.g. [12B, 24B]), got {budgets!r}")
+    for i, b in enumerate(budgets):
+        if isinstance(b, bool):
+            raise StudyError(f"{where}[{i}]: expected a token count (e.g. 12B), got {b!r}")
+        try:
+            parse_tokens(b)
+        except OLMoConfigurationError as e:
+            raise StudyError(f"{where}[{i}]: {e}") from None
+
+
 def _check_pretrain_grid(pretrain: Dict[str, Any], budgets: Optional[List[Any]]) -> None:
     """``pretrain.seeds`` (distinct integers) and ``pretrain.budgets_tpp`` (positive numbers),
     which replace the recipe's own ``seed``/``data_seed`` and budget fields."""
@@ -194,6 +209,8 @@ class ArmSpec:
         if recipe not in ARM_RECIPES:
             raise StudyError(f"{where}.recipe: choose one of {list(ARM_RECIPES)}, got {recipe!r} (arm '{name}')")
         budgets = d.pop("budgets", None)
+        if budgets is not None:
+            check_token_budgets(budgets, f"{where}.budgets")
         budgets_tpp = d.pop("budgets_tpp", None)
         if budgets is not None and budgets_tpp is not None:
             raise StudyError(f"{where} ({name}): give 'budgets' (tokens) or 'budgets_tpp' (tokens per parameter), not both")
@@ -502,6 +519,8 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     spec.data.validate()
     spec.pretrain = _mapping(d.get("pretrain"), "pretrain")
     spec.midtrain = _mapping(d.get("midtrain"), "midtrain")
+    if spec.budgets is not None:
+        check_token_budgets(spec.budgets, "budgets")
     _check_pretrain_grid(spec.pretrain, spec.budgets)
     arms = d.get("arms")
     if not arms:

@@ -178,8 +178,15 @@ def _setting_paths(study: StudySpec, index: int, arm: ArmSpec, settings: Dict[st
             paths[k] = f"arms[{index}].{k}"
         elif k in (study.pretrain if section == "pretrain" else study.midtrain):
             paths[k] = f"{section}.{k}"
-        elif k in ("tokens", "tokens_per_param"):
-            paths[k] = f"arms[{index}].budgets" if arm.budgets is not None else "budgets"
+        elif k in ("tokens", "tokens_per_param"):  # one entry of the budget grid
+            if k == "tokens":
+                grid, where = (arm.budgets, f"arms[{index}].budgets") if arm.budgets is not None else (study.budgets, "budgets")
+            elif arm.budgets_tpp is not None:
+                grid, where = arm.budgets_tpp, f"arms[{index}].budgets_tpp"
+            else:
+                grid, where = study.pretrain.get("budgets_tpp"), "pretrain.budgets_tpp"
+            grid = list(grid or [])
+            paths[k] = f"{where}[{grid.index(settings[k])}]" if settings[k] in grid else where
         else:
             paths[k] = f"arms[{index}].{k}"
     return paths
