@@ -334,3 +334,35 @@ def test_edited_study_is_refused_at_dry_run_as_at_run(tmp_path):
     assert "data.demo.vocab_size" in res.output and "--rerun" in res.output
     res = _runner.invoke(main, ["study", "run", str(f), "--dry-run", "--out", str(out), "--rerun", "--stages", "data"])
     assert res.exit_code == 0, res.output
+
+
+def test_unknown_demo_book_is_refused_when_the_corpus_is_here(tmp_path):
+    from olmo_sam.study.validate import _demo_book_names
+
+    if _demo_book_names() is None:
+        pytest.skip("the demo corpus is not downloaded here (a dry run fetches nothing)")
+    msg = _refusal(_set(SMALL, "data.demo.books", ["austen-persuasion", "austen-persuation"]), tmp_path)
+    assert msg.startswith("data.demo.books[1]: unknown book 'austen-persuation'; available: ["), msg
+
+
+def test_recipe_configs_are_read_by_the_same_strict_reader(tmp_path):
+    from olmo_core.exceptions import OLMoConfigurationError
+    from olmo_core.script_utils import ExperimentConfig
+
+    from olmo_sam.config import load_config
+
+    f = tmp_path / "exp.yaml"
+    f.write_text("run_name: a\nrun_name: b\n")
+    with pytest.raises(OLMoConfigurationError, match=r"exp\.yaml, line 2, column 1: not valid YAML: duplicate key 'run_name' \(first at line 1\)"):
+        load_config(ExperimentConfig, f)
+
+
+@pytest.mark.parametrize("extra, start", [
+    ({"analysis": {"seed": -1}}, "analysis.seed: the bootstrap seed is a whole number >= 0"),
+    ({"out_dir": " "}, "out_dir: give a directory"),
+    ({"benchmarks": {"finetuned": "yes"}}, "benchmarks.finetuned: expected true or false, got 'yes'"),
+    ({"benchmarks": {"offline": {"tasks": "arc"}}}, "benchmarks.offline.tasks: expected a list of strings"),
+])  # fmt: skip
+def test_top_level_values_and_small_sections(tmp_path, extra, start):
+    msg = _refusal({**SMALL, **extra}, tmp_path)
+    assert msg.startswith(start), msg

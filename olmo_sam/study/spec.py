@@ -513,6 +513,8 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     if not values.get("name", "").strip():
         raise StudyError(f"{source}: 'name' is required (a non-empty string)")
     spec = StudySpec(source=source, **values)
+    if spec.out_dir is not None and not spec.out_dir.strip():
+        raise StudyError("out_dir: give a directory, or omit the key for runs/<name>")
     if spec.seed < 0:
         raise StudyError(f"seed: a seed is a whole number >= 0, got {spec.seed}")
     spec.data = _strict(DataSpec, d.get("data"), "data")
@@ -574,6 +576,9 @@ def _check_analysis(opts: Dict[str, Any]) -> None:
     bad = sorted(set(opts) - set(ANALYSIS_KEYS))
     if bad:
         raise StudyError(f"analysis: unknown key(s) {bad}; allowed: {sorted(ANALYSIS_KEYS)}")
+    seed = opts.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise StudyError(f"analysis.seed: the bootstrap seed is a whole number >= 0, got {seed!r}")
     from ..analysis.stats import IntervalSpec
 
     IntervalSpec(**{ANALYSIS_KEYS[k]: v for k, v in opts.items()})  # raises with the field named

@@ -212,7 +212,7 @@ def _validate_run(study: StudySpec, job: Job, data: Dict[str, Any]) -> None:
         raise StudyError(f"{where}: {msg} (arm '{arm.name}')") from None
 
 
-# -- probes, pretraining-loss evaluation --------------------------------------------------------
+# -- probes ------------------------------------------------------------------------------------
 
 
 def _validate_probe(job: Job) -> None:
@@ -222,14 +222,6 @@ def _validate_probe(job: Job) -> None:
         check_probe_options(job.stage, dict(job.params.get("options") or {}))
     except OLMoConfigurationError as e:
         raise StudyError(f"probes.{job.stage}.{e}") from None
-
-
-def _validate_pt_eval(job: Job) -> None:
-    opts = job.params.get("options") or {}
-    for k in ("max_sequences", "batch_size"):
-        v = opts.get(k)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise StudyError(f"pt_eval.{k}: must be a whole number >= 1, got {v!r}")
 
 
 # -- fine-tuning --------------------------------------------------------------------------------
@@ -305,11 +297,9 @@ def validate_executor(study: StudySpec, *, kind: Optional[str] = None, jobs: Opt
     """``executor`` settings and their command-line overrides (``--jobs``, ``--nproc-per-node``)."""
     ex = study.executor
     kind = kind or ex.kind
-    for name, value, flag in (("jobs", ex.jobs, jobs), ("nproc_per_node", ex.nproc_per_node, nproc_per_node)):
+    for name, flag in (("jobs", jobs), ("nproc_per_node", nproc_per_node)):  # (the file's: ExecutorSpec.validate)
         if flag is not None and (isinstance(flag, bool) or flag < 1):
             raise StudyError(f"--{name.replace('_', '-')}: must be >= 1, got {flag}")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise StudyError(f"executor.{name}: must be a whole number >= 1, got {value!r}")
     nproc = nproc_per_node if nproc_per_node is not None else ex.nproc_per_node
     where = "--nproc-per-node" if nproc_per_node is not None else "executor.nproc_per_node"
     if nproc > 1 and kind == "local":
@@ -334,8 +324,6 @@ def validate_plan(plan: Plan, missing_data_ok: bool = False) -> List[str]:
             _validate_run(study, job, data)
         elif job.kind in ("quantize", "noise", "hessian"):
             _validate_probe(job)
-        elif job.kind == "pt_eval":
-            _validate_pt_eval(job)
         elif job.kind == "ft_data":
             _validate_ft_data(study, job)
         elif job.kind == "ft_sweep":
