@@ -518,6 +518,8 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     if spec.seed < 0:
         raise StudyError(f"seed: a seed is a whole number >= 0, got {spec.seed}")
     spec.data = _strict(DataSpec, d.get("data"), "data")
+    if spec.data.demo:  # a null option is its default
+        spec.data.demo = {k: v for k, v in spec.data.demo.items() if v is not None}
     spec.data.validate()
     spec.pretrain = _mapping(d.get("pretrain"), "pretrain")
     spec.midtrain = _mapping(d.get("midtrain"), "midtrain")
