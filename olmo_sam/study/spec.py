@@ -203,8 +203,8 @@ class ArmSpec:
         name = d.pop("name", None)
         if name is None:
             raise StudyError(f"{where}: every arm needs a 'name'")
-        if not isinstance(name, str) or not name.strip():
-            raise StudyError(f"{where}.name: expected a non-empty string, got {name!r}")
+        if not isinstance(name, str) or not name.strip() or not name.isprintable():
+            raise StudyError(f"{where}.name: expected a non-empty one-line string, got {name!r}")
         recipe = d.pop("recipe", "pretrain")
         if recipe not in ARM_RECIPES:
             raise StudyError(f"{where}.recipe: choose one of {list(ARM_RECIPES)}, got {recipe!r} (arm '{name}')")
@@ -512,6 +512,8 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     values = typed_fields(StudySpec, {k: d[k] for k in _TOP_VALUES if d.get(k) is not None}, "")
     if not values.get("name", "").strip():
         raise StudyError(f"{source}: 'name' is required (a non-empty string)")
+    if not values["name"].isprintable():
+        raise StudyError(f"name: expected a one-line string of printable characters, got {values['name']!r}")
     spec = StudySpec(source=source, **values)
     if spec.out_dir is not None and not spec.out_dir.strip():
         raise StudyError("out_dir: give a directory, or omit the key for runs/<name>")

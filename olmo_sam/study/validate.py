@@ -205,8 +205,14 @@ def _validate_run(study: StudySpec, job: Job, data: Dict[str, Any]) -> None:
         raise
     except (OLMoConfigurationError, TypeError, ValueError) as e:
         msg = str(e).strip()
+        section = "pretrain" if arm.recipe == "pretrain" else "midtrain"
+        missing = re.search(r"missing \d+ required .*argument: '(\w+)'", msg)
+        if missing:  # a recipe setting without a default
+            raise StudyError(f"{section}.{missing.group(1)}: required; set it under '{section}:' or in arms[{index}] "
+                             f"(arm '{arm.name}')") from None  # fmt: skip
         key = _field_in(msg, settings)
-        where = paths[key] if key else f"arms[{index}] ({arm.name})"
+        # a budget that is not given at all is the section's (budgets_tpp, budgets, steps or tokens)
+        where = paths[key] if key else section if "give exactly one of" in msg else f"arms[{index}] ({arm.name})"
         msg = _in_file_words(msg, paths)
         msg = msg[len(where) :].lstrip() if msg.startswith(f"{where} ") else msg  # "pretrain.lr: must be > 0"
         raise StudyError(f"{where}: {msg} (arm '{arm.name}')") from None
