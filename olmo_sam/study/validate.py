@@ -211,8 +211,11 @@ def _validate_run(study: StudySpec, job: Job, data: Dict[str, Any]) -> None:
             raise StudyError(f"{section}.{missing.group(1)}: required; set it under '{section}:' or in arms[{index}] "
                              f"(arm '{arm.name}')") from None  # fmt: skip
         key = _field_in(msg, settings)
-        # a budget that is not given at all is the section's (budgets_tpp, budgets, steps or tokens)
-        where = paths[key] if key else section if "give exactly one of" in msg else f"arms[{index}] ({arm.name})"
+        if key is None and "give exactly one of" in msg:  # no budget at all
+            grids = "budgets (tokens) or pretrain.budgets_tpp" if section == "pretrain" else "budgets (tokens)"
+            raise StudyError(f"{section}: arm '{arm.name}' has no budget; give the study's {grids}, or steps or "
+                             f"tokens under '{section}:' or in arms[{index}]") from None  # fmt: skip
+        where = paths[key] if key else f"arms[{index}] ({arm.name})"
         msg = _in_file_words(msg, paths)
         msg = msg[len(where) :].lstrip() if msg.startswith(f"{where} ") else msg  # "pretrain.lr: must be > 0"
         raise StudyError(f"{where}: {msg} (arm '{arm.name}')") from None
