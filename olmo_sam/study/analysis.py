@@ -752,7 +752,7 @@ def _benchmarks(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
     avg = {k: sum(v) / len(v) for k, v in groups.items()}
     averages = []
     for (model, base, prec), a in sorted(avg.items()):
-        ref = avg.get((base, base, "bf16"))
+        ref = avg.get((base, base, "olmes-bf16" if prec.startswith("olmes-") else "bf16"))
         averages.append({"model": model, "precision": prec, "average": a, "tasks": len(groups[(model, base, prec)]),
                          "drop_from_base": None if ref is None else ref - a})  # fmt: skip
     write_table(out, "benchmark_averages", list(averages[0]), averages)

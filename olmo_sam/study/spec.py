@@ -375,10 +375,15 @@ class BenchmarksSpec:
         if self.olmes is not None:
             from ..evals.olmes import SUITES
 
-            suite = self.olmes.get("suite")
-            if suite is not None and (not isinstance(suite, str) or suite not in SUITES):
+            o = typed_fields(_OlmesOptions, self.olmes, "benchmarks.olmes")
+            suite = o.get("suite")
+            if suite is not None and suite not in SUITES:
                 raise StudyError(f"benchmarks.olmes.suite: choose one of {sorted(SUITES)}, got {suite!r}")
-            _check_quants(self.olmes.get("quant"), "benchmarks.olmes.quant", QUANT_KINDS)
+            if o.get("model_type") not in (None, "hf", "vllm"):
+                raise StudyError(f"benchmarks.olmes.model_type: choose 'hf' or 'vllm', got {o['model_type']!r}")
+            for name in ("limit", "gpus"):
+                _at_least(o.get(name), 1, f"benchmarks.olmes.{name}")
+            _check_quants(o.get("quant"), "benchmarks.olmes.quant", QUANT_KINDS)
 
 
 @dataclass
@@ -391,6 +396,19 @@ class _OfflineOptions:
     batch_size: Optional[int] = None
     max_gen_toks: Optional[int] = None
     device: Optional[str] = None
+
+
+@dataclass
+class _OlmesOptions:
+    """``benchmarks.olmes`` (:func:`olmo_sam.evals.olmes.run_olmes_suite`)."""
+
+    suite: Optional[str] = None
+    tasks: Optional[List[str]] = None
+    quant: Optional[Union[str, List[str]]] = None
+    model_type: Optional[str] = None
+    limit: Optional[int] = None
+    batch_size: Optional[int] = None
+    gpus: Optional[int] = None
 
 
 def _check_quants(quant: Any, where: str, kinds: Sequence[str]) -> None:
