@@ -24,7 +24,7 @@ import math
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, List, Tuple
+from typing import Any, Iterator, Tuple
 
 import pytest
 import yaml

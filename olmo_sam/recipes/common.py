@@ -178,7 +178,7 @@ def read_mix_file(
         unknown = sorted(set(include) - labels_seen)
         if unknown:
             raise OLMoConfigurationError(
-                f"mix file {p} has no label(s) {unknown}; labels: {sorted(l for l in labels_seen if l)}"
+                f"mix file {p} has no label(s) {unknown}; labels: {sorted(x for x in labels_seen if x)}"
             )
     if not out:
         raise OLMoConfigurationError(f"mix file {p} lists no token files")
