@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..output import atomic_write_text
+from ..preflight import POSITIVE_INT, out_file_callback
 
 __all__ = ["finetune_throughput", "finetune_throughput_command", "TARGETS"]
 
@@ -215,13 +216,13 @@ def _table(r: Dict[str, Any]) -> List[str]:
               help="comma-separated learning rates (default: the demo's grid)")
 @click.option("--size", type=click.Choice(["micro", "tiny", "20M", "60M", "150M"]), default="micro", show_default=True,
               help="Model preset (vocabulary 384); the GPU comparison uses 20M with 8 LRs.")
-@click.option("--steps", default=60, show_default=True, help="Steps per run.")
-@click.option("--batch-size", "batch", default=16, show_default=True, help="Sequences per step.")
-@click.option("--seq-len", "seq", default=128, show_default=True, help="Sequence length (tokens).")
-@click.option("--jobs", default=1, show_default=True, help="Sweep worker processes (the same for every way).")
-@click.option("--threads", type=int, default=None, help="CPU threads per process (default 1).")
+@click.option("--steps", type=POSITIVE_INT, default=60, show_default=True, help="Steps per run.")
+@click.option("--batch-size", "batch", type=POSITIVE_INT, default=16, show_default=True, help="Sequences per step.")
+@click.option("--seq-len", "seq", type=POSITIVE_INT, default=128, show_default=True, help="Sequence length (tokens).")
+@click.option("--jobs", type=POSITIVE_INT, default=1, show_default=True, help="Sweep worker processes (the same for every way).")
+@click.option("--threads", type=POSITIVE_INT, default=None, help="CPU threads per process (default 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--out", type=click.Path(), default=None, help="Also write the JSON report here.")
+@click.option("--out", callback=out_file_callback, type=click.Path(dir_okay=False), default=None, help="Also write the JSON report here.")
 def finetune_throughput_command(lrs, size, steps, batch, seq, jobs, threads, as_json, out):
     """A fine-tuning LR sweep checkpointed vs in memory vs batched, against pure training.
 
