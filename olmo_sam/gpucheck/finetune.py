@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Dict
 
@@ -123,7 +124,7 @@ def run_finetune_batched(sec: Section, work: Path) -> None:
         return
     diff = max(abs(bat_ft[k] - seq_ft[k]) for k in common)
     by_lr = sorted(seq_ft[k] for k in common)
-    gap = min((b - a for a, b in zip(by_lr, by_lr[1:])), default=None)
+    gap = min((b - a for a, b in pairwise(by_lr)), default=None)
     sec.record("l_ft", {k: {"batched": bat_ft[k], "sequential": seq_ft[k]} for k in common})
     sec.record("max_abs_l_ft_diff", diff)
     sec.record("min_l_ft_gap_between_lrs", gap)
