@@ -123,8 +123,8 @@ def run_finetune_batched(sec: Section, work: Path) -> None:
     if not common:
         return
     diff = max(abs(bat_ft[k] - seq_ft[k]) for k in common)
-    by_lr = sorted(seq_ft[k] for k in common)
-    gap = min((b - a for a, b in pairwise(by_lr)), default=None)
+    values = sorted(seq_ft[k] for k in common)
+    gap = min((b - a for a, b in pairwise(values)), default=None)
     sec.record("l_ft", {k: {"batched": bat_ft[k], "sequential": seq_ft[k]} for k in common})
     sec.record("max_abs_l_ft_diff", diff)
     sec.record("min_l_ft_gap_between_lrs", gap)
