@@ -205,10 +205,11 @@ def test_an_edited_hypothesis_is_refused_once_results_exist(tmp_path):
     edits = {
         "direction": [_ok(direction="greater")],
         "added": [_ok(), _ok(name="more", budget=10)],
-        "removed": [],
+        "removed": None,  # the key dropped from the study file
     }
     for what, hyps in edits.items():
-        path.write_text(yaml.safe_dump(dict(d, hypotheses=hyps)))
+        edited = {k: v for k, v in d.items() if k != "hypotheses"}
+        path.write_text(yaml.safe_dump(edited if hyps is None else dict(edited, hypotheses=hyps)))
         for rerun in (False, True):
             with pytest.raises(OLMoConfigurationError, match=r"hypotheses: pre-registered when the study in .* first "
                                                              r"ran, and results exist there; they changed: .*new output directory"):  # fmt: skip

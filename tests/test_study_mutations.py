@@ -285,7 +285,7 @@ SECTION_CASES = [
     ("data.demo.books", [], "data.demo.books: the list is empty", "at least one"),
     ("data.demo.books", "austen-persuasion", "data.demo.books: expected a non-empty list of book names", "'austen-persuasion'"),
     ("data.demo.vocab_size", 100, "data.demo.vocab_size: must be a whole number >= 258", "BPE"),
-    ("pretrain.lr", -3e-3, "pretrain.lr: must be a number > 0", "-0.003"),
+    ("pretrain.lr", -3e-3, "pretrain.lr: must be a number >= 0", "-0.003"),
     ("pretrain.eval_interval", -1, "pretrain.eval_interval: must be a whole number >= 0", "-1"),
     ("pretrain.batch_size", -16, "pretrain.batch_size: must be a whole number >= 1", "-16"),
     ("pretrain.micro_batch_size", 6, "pretrain.batch_size: 16 is not divisible by pretrain.micro_batch_size 6", "(arm 'adamw')"),  # noqa: E501

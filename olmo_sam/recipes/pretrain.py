@@ -256,6 +256,10 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
             f"warmup ({warmup} steps) is not shorter than the run ({n_steps} steps): give more tokens "
             "or a shorter --warmup"
         )
+    if lr == 0 and warmup > 0:  # OLMo-core's linear warmup rises from 0 to a peak above it
+        raise OLMoConfigurationError(
+            f"--lr 0 (a frozen run) cannot have a warmup ({warmup} steps): give --warmup 0 or a peak LR > 0"
+        )
     scheduler = _scheduler(spec, warmup)
     callbacks = {}
     if spec.optimizer == "sam-anneal":

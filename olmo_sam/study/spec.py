@@ -98,7 +98,7 @@ def _check_entries(data: Any, path: str = "") -> None:
 
 
 #: lists whose default is empty (a recorded study.json writes them so): empty = omitted
-EMPTY_LIST_OK = ("data.train", "data.val", "hypotheses")
+EMPTY_LIST_OK = ("data.train", "data.val")
 
 
 @dataclass
