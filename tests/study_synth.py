@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List
 
-from olmo_sam.analysis.records import FTRecord, ResultStore
+from olmo_sam.finetune.records import FTRecord, ResultStore
 from olmo_sam.output import write_json
 from olmo_sam.study.plan import Job, Plan
 from olmo_sam.study.context import JobContext

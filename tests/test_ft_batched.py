@@ -21,7 +21,7 @@ import torch
 from conftest import REPO
 from ft_helpers import write_task
 
-from olmo_sam.analysis.records import ResultStore
+from olmo_sam.finetune.records import ResultStore
 from olmo_sam.checkpoints import load_transformer
 from olmo_sam.finetune.batched import grid_units, slices_per_chunk, train_grid
 from olmo_sam.finetune.engine import FTConfig, plan_run, run_finetune

@@ -18,7 +18,7 @@ from conftest import REPO, VOCAB
 from ft_helpers import write_task
 from olmo_core.exceptions import OLMoConfigurationError
 
-from olmo_sam.analysis.records import ResultStore
+from olmo_sam.finetune.records import ResultStore
 from olmo_sam.checkpoints import load_transformer
 from olmo_sam.evals.lm_loss import lm_loss
 from olmo_sam.finetune.data import split_paths
@@ -236,7 +236,7 @@ def test_torn_last_result_line_warns_and_the_run_is_redone(reference_sweep, tmp_
     (out / "results.jsonl").write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
     victim = next(c for c in expand(spec) if last["run_id"] in c.expected_run_ids())
     shutil.rmtree(out / "runs" / victim.run_id)
-    with caplog.at_level(logging.WARNING, logger="olmo_sam.analysis.records"):
+    with caplog.at_level(logging.WARNING, logger="olmo_sam.finetune.records"):
         assert last["run_id"] not in ResultStore(out / "results.jsonl").done_ids()
     warning = " ".join(r.getMessage() for r in caplog.records)
     assert f"skipped 1 unreadable line(s) (first: line {len(lines)}:" in warning and "redoes them" in warning

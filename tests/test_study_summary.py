@@ -143,7 +143,7 @@ def _shift_ft(out: Path, unit: str, d_ft: float) -> None:
     learns past the study's tau, so it is matched at its lowest learning rate (the grid's edge)."""
     from dataclasses import replace
 
-    from olmo_sam.analysis.records import ResultStore
+    from olmo_sam.finetune.records import ResultStore
 
     res = out / "finetune" / f"{unit}_code" / "results.jsonl"
     recs = [replace(r, l_ft=r.l_ft - d_ft) for r in ResultStore(res).records()]

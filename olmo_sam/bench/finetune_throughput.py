@@ -131,7 +131,7 @@ def finetune_throughput(
     size: str = "micro", work_dir: Optional[str] = None,
 ) -> Dict[str, Any]:  # fmt: skip
     """Run the benchmark (module docstring); returns the report as a dict."""
-    from ..analysis.records import ResultStore
+    from ..finetune.records import ResultStore
     from ..checkpoints import load_transformer
     from ..finetune.sweep import SweepSpec, run_sweep
 

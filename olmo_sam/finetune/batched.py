@@ -63,7 +63,7 @@ from olmo_core.data.utils import get_labels, split_batch
 from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.utils import move_to_device, seed_all
 
-from ..analysis.records import FTRecord
+from .records import FTRecord
 from ..checkpoints import load_checkpoint_config, load_transformer, save_transformer
 from ..locks import file_lock
 from ..optim.schedules import check_fits

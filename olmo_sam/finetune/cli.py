@@ -195,7 +195,7 @@ def prepare_command(name, tokenizer, out, seed, val_fraction, max_val_documents,
 def run_command(base, base_label, data, lr, method, ewc_lambda, l2_lambda, lora_rank, replay_ratio, wise_alphas,
                 out, cache_dir, store, keep_checkpoint, **kwargs):  # fmt: skip
     """Fine-tune one base checkpoint on one dataset at one learning rate."""
-    from ..analysis.records import ResultStore
+    from .records import ResultStore
     from .engine import FTConfig, run_finetune
     from .sweep import table3_budget
 
@@ -334,7 +334,7 @@ def sweep(bases, base_labels, datasets, lr_grid, methods, ewc_lambdas, l2_lambda
         mix_map[method] = path
     specs = [spec, *mix_sweeps(spec, mix_map)]
     if dry_run:
-        from ..analysis.records import ResultStore
+        from .records import ResultStore
 
         configs = [c for sp in specs for c in expand(sp)]
         done = ResultStore(Path(out) / "results.jsonl").done_ids()

@@ -3,7 +3,7 @@ point ([SAM-PT] App C.2).
 
 :func:`run_finetune` trains with OLMo-core's own trainer (:func:`olmo_sam.train.build_experiment`
 / :func:`~olmo_sam.train.run_experiment`, ``load_path`` = the base checkpoint) and returns one
-:class:`~olmo_sam.analysis.records.FTRecord` per result:
+:class:`~olmo_sam.finetune.records.FTRecord` per result:
 
 * L_FT: loss of the fine-tuned weights on the dataset's validation split, counting only target
   tokens (response-only for prompt/response data, every token for plain text),
@@ -49,7 +49,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.optim import AdamWConfig
 
 from .. import paper
-from ..analysis.records import FTRecord
+from .records import FTRecord
 from ..checkpoints import (
     CheckpointInfo,
     checkpoint_info,
@@ -58,7 +58,8 @@ from ..checkpoints import (
     resolve_checkpoint,
     trainer_load_path,
 )
-from ..evals.lm_loss import lm_loss, token_dtype_for_vocab
+from ..data.tokens import token_dtype_for_vocab
+from ..evals.lm_loss import lm_loss
 from ..optim import CosineAlpha
 from ..train import build_experiment, read_metrics, run_experiment
 from .baselines import build_replay_mix, wise_ft

@@ -462,7 +462,7 @@ def finetune_curves(ctx: JobContext) -> Tuple[list, Dict[str, List[Any]]]:
     """(records, curves) of every finished fine-tuning sweep of the study: the curves grouped per
     dataset, and per ``dataset/method`` when the study fine-tunes with several methods."""
     from ..analysis.forgetting import group_curves
-    from ..analysis.records import ResultStore
+    from ..finetune.records import ResultStore
 
     records = []
     for job in ctx.plan.jobs:

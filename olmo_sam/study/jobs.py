@@ -81,7 +81,7 @@ def job_data(ctx: JobContext) -> Dict[str, Any]:
 
 def _local_token_count(paths, vocab_size: int):
     """Tokens in local token files (file size / token width); None if any file is remote."""
-    from ..evals.lm_loss import token_dtype_for_vocab
+    from ..data.tokens import token_dtype_for_vocab
 
     if any("://" in str(p) for p in paths):
         return None
@@ -171,7 +171,7 @@ def data_fraction(data: Dict[str, Any], fraction: float, out: Path) -> Dict[str,
     """``data`` with its training token files cut to their first ``fraction`` of tokens, written
     under ``out`` (a data-repetition control: the same budget repeats a smaller corpus more often;
     ``train_tokens`` and the description say how much is left)."""
-    from ..evals.lm_loss import token_dtype_for_vocab
+    from ..data.tokens import token_dtype_for_vocab
 
     width = token_dtype_for_vocab(int(data["vocab_size"])).itemsize
     out.mkdir(parents=True, exist_ok=True)
@@ -445,7 +445,7 @@ def job_benchmarks(ctx: JobContext) -> Dict[str, Any]:
 def job_benchmarks_ft(ctx: JobContext) -> Dict[str, Any]:
     """The benchmark suite on the fine-tuned model of one base and dataset that learned most
     (lowest L_FT), exported to Hugging Face format first."""
-    from ..analysis.records import ResultStore
+    from ..finetune.records import ResultStore
     from ..hf import export_hf
 
     p = ctx.job.params

@@ -47,7 +47,7 @@ from olmo_core.train.callbacks import (
 from olmo_core.train.train_module import TransformerDataParallelConfig
 from olmo_core.utils import seed_all
 
-from ..evals.lm_loss import token_dtype_for_vocab
+from ..data.tokens import token_dtype_for_vocab
 from ..output import atomic_write_text
 from .train_module import SAMTrainModuleConfig
 
@@ -180,7 +180,7 @@ def build_experiment(
     rank_mbs = rank_microbatch_size or global_batch_size
     work_dir = work_dir or str(Path(save_folder) / "_work")
 
-    # Token files are uint16 up to 65536 ids, else uint32 (olmo_sam.evals.token_dtype_for_vocab);
+    # Token files are uint16 up to 65536 ids, else uint32 (olmo_sam.data.tokens.token_dtype_for_vocab);
     # say so explicitly: OLMo-core would infer uint8 for vocabularies of <= 256 ids.
     token_dtype = NumpyDatasetDType(token_dtype_for_vocab(tokenizer.vocab_size).name)
     dataset = NumpyFSLDatasetConfig(
