@@ -15,7 +15,8 @@ from olmo_sam.demo import demo_study_path
 from olmo_sam.models import model_config, param_counts
 from olmo_sam.recipes.pretrain import PretrainSpec, build_pretrain
 from olmo_sam.study.jobs import BASE_FIELDS, base_metadata
-from olmo_sam.study.plan import DATA_SEED, INIT_SEED, build_plan
+from olmo_sam.seeds import DATA_SEED, INIT_SEED
+from olmo_sam.study.plan import build_plan
 from olmo_sam.study.spec import StudyError, load_study, parse_study
 
 GRID = {

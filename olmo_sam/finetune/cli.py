@@ -11,6 +11,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
 from ..preflight import POSITIVE_FLOAT, POSITIVE_INT, out_dir_callback
+from ..seeds import DATA_SEED
 
 LR_HELP = "learning rates: a preset (table7 = [SAM-PT] Table 7, table3 = Table 3, table10 = EWC Table 10) or a comma-separated list"
 
@@ -63,7 +64,7 @@ def recipe_options(fn):
         click.option("--weight-decay", type=float, help=f"AdamW weight decay [default: {paper.FT_WEIGHT_DECAY:g}]"),
         click.option("--max-grad-norm", type=float, help=f"gradient clipping norm [default: {paper.FT_MAX_GRAD_NORM}]"),
         click.option("--seed", type=int, help="model seed (LoRA init, dropout) [default: 0]"),
-        click.option("--data-seed", type=int, help="seed of the training-data order [default: 34521]"),
+        click.option("--data-seed", type=int, help=f"seed of the training-data order [default: {DATA_SEED}]"),
         click.option("--dp", type=click.Choice(["ddp", "fsdp", "hsdp"]), help="data parallelism under torchrun"),
         click.option("--checkpoint-interval", type=POSITIVE_INT, help="also checkpoint every N steps (resumable long runs)"),
         click.option("--pt-val", multiple=True, help="pretraining validation token file(s) [default: the base run's]"),

@@ -61,6 +61,7 @@ from ..checkpoints import (
 from ..data.tokens import token_dtype_for_vocab
 from ..evals.lm_loss import lm_loss
 from ..optim import CosineAlpha
+from ..seeds import DATA_SEED
 from ..train import build_experiment, read_metrics, run_experiment
 from .baselines import build_replay_mix, wise_ft
 from .data import FTDataMeta, read_meta, split_paths
@@ -129,7 +130,7 @@ class FTConfig:
     betas: Tuple[float, float] = paper.FT_BETAS
     max_grad_norm: Optional[float] = paper.FT_MAX_GRAD_NORM
     seed: int = 0
-    data_seed: int = 34521
+    data_seed: int = DATA_SEED
     #: None (one process), "ddp", "fsdp" or "hsdp" (under torchrun)
     dp: Optional[str] = None
     checkpoint_interval: Optional[int] = None

@@ -37,6 +37,7 @@ from .. import paper
 from ..models import CPU_SIZES, dolma2_tokenizer, model_config, param_counts
 from ..optim import WSO, CosineAlpha, LinearAlpha, SAMConfig, WSDAlpha
 from ..train import SAMSwitchCallback, build_experiment
+from ..seeds import DATA_SEED, INIT_SEED
 from ..preflight import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT
 from .common import (
     RunSpec,
@@ -107,8 +108,8 @@ class PretrainSpec(RunSpec):
     seq_len: Optional[int] = None
     warmup: Optional[int] = None
     save_folder: str = "runs/pretrain"
-    seed: int = 12536
-    data_seed: int = 34521
+    seed: int = INIT_SEED
+    data_seed: int = DATA_SEED
 
 
 def _scheduler(spec: PretrainSpec, warmup: int) -> Scheduler:
@@ -445,7 +446,7 @@ def main(size, tokens, tokens_per_param, steps, lr, optimizer, schedule, alpha, 
             eval_interval=eval_interval,
             checkpoint_interval=checkpoint_interval,
             stop_at_step=stop_at_step,
-            seed=seed if seed is not None else 12536,
+            seed=seed if seed is not None else INIT_SEED,
             check_paths=not dry_run,
         )
         if sweep is None:

@@ -128,8 +128,6 @@ def run_spec(job: Job, data: Dict[str, Any], save_folder: str, *, paths: Optiona
         except OLMoConfigurationError as e:
             raise StudyError(f"{paths.get('tokens', f'{where}.tokens')}: {e}") from None
     settings = typed_settings(cls, settings, where, paths)
-    if cls is PretrainSpec:
-        settings.setdefault("seed", 12536 + int(job.params.get("seed", 0)))
     return cls(
         **settings,
         train_paths=list(data["train"]),

@@ -49,6 +49,7 @@ from olmo_core.utils import seed_all
 
 from ..data.tokens import token_dtype_for_vocab
 from ..output import atomic_write_text
+from ..seeds import DATA_SEED, INIT_SEED
 from .train_module import SAMTrainModuleConfig
 
 log = logging.getLogger(__name__)
@@ -149,8 +150,8 @@ def build_experiment(
     dp: Optional[str] = None,
     param_dtype: Optional[str] = None,
     callbacks: Optional[Dict[str, Callback]] = None,
-    seed: int = 12536,
-    data_seed: int = 34521,
+    seed: int = INIT_SEED,
+    data_seed: int = DATA_SEED,
     work_dir: Optional[str] = None,
     metrics_collect_interval: int = 1,
     load_path: Optional[str] = None,
