@@ -209,7 +209,7 @@ def test_step_rule_one_epoch_or_budget(tiny_checkpoint, tiny_corpus, task, tmp_p
     common = _common(tiny_corpus)
     tokens = 600 * 32  # write_task: 600 training documents of 32 tokens
     cfg = FTConfig(base=str(tiny_checkpoint), data=str(task), lr=1e-3, token_budget=None, **common).resolved()
-    assert cfg.sequence_length == 64  # from the checkpoint
+    assert cfg.seq_len == 64  # from the checkpoint
     assert plan_run(cfg).steps == (tokens // 64) // 8
     budget = FTConfig(base=str(tiny_checkpoint), data=str(task), lr=1e-3, token_budget=10 * 8 * 64 + 5, **common)
     assert plan_run(budget.resolved()).steps == 10

@@ -223,7 +223,7 @@ def train_grid(plans: Sequence[FTPlan], work_folder: Path, cache: Path) -> List[
     steps = plan.steps
     exp = build_ft_experiment(plan, work_folder, cache)
     tm = exp.train_module
-    seq = int(plan.cfg.sequence_length)  # type: ignore[arg-type]
+    seq = int(plan.cfg.seq_len)  # type: ignore[arg-type]
     seed_all(exp.init_seed)
     device = _device()
     dataset = exp.dataset.build()

@@ -50,9 +50,9 @@ def recipe_options(fn):
     """Options shared by ``finetune run`` and ``sweep`` (FTConfig fields; unset = default)."""
     opts = [
         click.option("--batch-size", type=POSITIVE_INT, help=f"sequences per step [default: {paper.FT_BATCH_SIZE}]"),
-        click.option("--micro-batch-size", "microbatch_size", type=POSITIVE_INT,
+        click.option("--micro-batch-size", "micro_batch_size", type=POSITIVE_INT,
                help="sequences per forward/backward (memory); must divide --batch-size"),
-        click.option("--seq-len", "sequence_length", type=POSITIVE_INT, help="tokens per training sequence [default: the base checkpoint's]"),
+        click.option("--seq-len", "seq_len", type=POSITIVE_INT, help="tokens per training sequence [default: the base checkpoint's]"),
         click.option(
             "--token-budget", callback=lambda c, p, v: _budget(v),
             help="tokens per run, capped at one epoch: a number, 'epoch' (no cap), 'table7' (10M) or "
@@ -84,7 +84,7 @@ def recipe_options(fn):
 
 
 _RECIPE_KEYS = (
-    "batch_size", "microbatch_size", "sequence_length", "token_budget", "max_steps", "warmup_fraction",
+    "batch_size", "micro_batch_size", "seq_len", "token_budget", "max_steps", "warmup_fraction",
     "final_lr_fraction", "weight_decay", "max_grad_norm", "seed", "data_seed", "dp", "checkpoint_interval",
     "pt_val", "pt_val_max_sequences", "ft_val_max_sequences", "eval_batch_size", "fisher_batches",
     "fisher_batch_size", "fisher_data", "replay_data", "lora_alpha", "lora_dropout",

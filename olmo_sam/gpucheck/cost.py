@@ -101,7 +101,7 @@ def _trainer(work: Path, data: Path, model_cfg, vocab: int, sz: CostSizes, micro
         optim=optim,
         sequence_length=sz.seq,
         global_batch_size=sz.batch,
-        rank_microbatch_size=micro,
+        micro_batch_size=micro,
         max_steps=sz.run_steps,
         max_grad_norm=1.0,
         scheduler=scheduler,

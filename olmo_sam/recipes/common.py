@@ -449,7 +449,7 @@ def common_options(f):
                      show_default=True, help="Data parallelism under torchrun."),
         click.option("--param-dtype", type=click.Choice(["float32", "bfloat16"]), default=None,
                      help="FSDP mixed-precision parameter dtype."),
-        click.option("--micro-batch-size", "microbatch", type=POSITIVE_INT, default=None,
+        click.option("--micro-batch-size", "micro_batch_size", type=POSITIVE_INT, default=None,
                help="Sequences per rank per micro-batch."),
         click.option("--eval-interval", type=NON_NEGATIVE_INT, default=None, help="Steps between in-loop validation-loss evaluations (pretraining: 0 = none)."),
         click.option("--checkpoint-interval", type=POSITIVE_INT, default=None, help="Steps between checkpoints."),

@@ -49,7 +49,7 @@ __all__ = ["MidtrainSpec", "build_midtrain", "run_midtrain", "check_init_checkpo
 T1 = paper.MIDTRAIN_1B
 OPTIMIZERS = ("adamw", "sam")
 #: per-rank micro-batch (sequences of 2048) on an 80 GB GPU under FSDP bf16 (a project choice)
-DEFAULT_MICROBATCH = 4
+DEFAULT_MICRO_BATCH_SIZE = 4
 EVAL_INTERVAL = 1000
 CHECKPOINT_INTERVAL = 1000
 INIT_DIR = "init"
@@ -114,7 +114,7 @@ def build_midtrain(spec: MidtrainSpec, overrides: Sequence[str] = ()) -> Experim
         optim=_optim(spec),
         sequence_length=spec.seq_len,
         global_batch_size=spec.batch_size,
-        rank_microbatch_size=spec.micro_batch_size or min(spec.batch_size // world, DEFAULT_MICROBATCH),
+        micro_batch_size=spec.micro_batch_size or min(spec.batch_size // world, DEFAULT_MICRO_BATCH_SIZE),
         max_steps=spec.steps,
         max_tokens=spec.tokens,
         # Table 1: no warmup, linear decay from the starting LR to alpha_f * LR = 0
@@ -255,7 +255,7 @@ def _import_on_rank0(hf_source: str, revision: Optional[str], dest: Path, tokeni
 @common_options
 def main(optimizer, size, tokens, steps, lr, rho, seq_len, batch_size, data, mix_include, data_root, val,
          tokenizer_name, load_path, init_from_hf, hf_revision, dry_run, as_json, save_folder, dp, param_dtype,
-         microbatch, eval_interval, checkpoint_interval, stop_at_step, gpu_peak_tflops, mfu, overrides):  # fmt: skip
+         micro_batch_size, eval_interval, checkpoint_interval, stop_at_step, gpu_peak_tflops, mfu, overrides):  # fmt: skip
     """OLMo-2-1B mid-training with AdamW or SAM ([SAM-PT] App B, Table 1).
 
     Extra KEY=VALUE arguments override the resolved OLMo-core config.
@@ -300,7 +300,7 @@ def main(optimizer, size, tokens, steps, lr, rho, seq_len, batch_size, data, mix
             save_folder=save,
             dp=resolve_dp(dp, "fsdp"),
             param_dtype=param_dtype,
-            micro_batch_size=microbatch,
+            micro_batch_size=micro_batch_size,
             eval_interval=eval_interval,
             checkpoint_interval=checkpoint_interval,
             stop_at_step=stop_at_step,

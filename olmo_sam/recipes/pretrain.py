@@ -66,7 +66,7 @@ TINY_WARMUP_FRACTION = 0.1
 #: in-loop evaluation / checkpoint cadence of the paper-size runs (project choices)
 EVAL_INTERVAL = 1000
 CHECKPOINT_INTERVAL = 1000
-DEFAULT_MICROBATCH = 16
+DEFAULT_MICRO_BATCH_SIZE = 16
 
 
 def table6_lr(size: str, tokens: int) -> Tuple[float, float]:
@@ -258,7 +258,7 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
     world = world_size()
     if batch % world:
         raise OLMoConfigurationError(f"batch size {batch} is not divisible by the {world} processes")
-    microbatch = spec.micro_batch_size or min(batch // world, DEFAULT_MICROBATCH if paper_size else batch)
+    micro_batch_size = spec.micro_batch_size or min(batch // world, DEFAULT_MICRO_BATCH_SIZE if paper_size else batch)
     cfg = build_experiment(
         model=model,
         tokenizer=tokenizer,
@@ -270,7 +270,7 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
         optim=_optim(spec, lr),
         sequence_length=seq_len,
         global_batch_size=batch,
-        rank_microbatch_size=microbatch,
+        micro_batch_size=micro_batch_size,
         max_steps=max_steps,
         max_tokens=max_tokens,
         scheduler=scheduler,
@@ -392,7 +392,7 @@ def sweep_members(name: str, spec: PretrainSpec, explicit: Dict[str, Any]) -> Li
 @common_options
 def main(size, tokens, tokens_per_param, steps, lr, optimizer, schedule, alpha, decay_fraction, rho,
          sam_start_fraction, batch_size, seq_len, warmup, data, val, data_root, tokenizer_name, seed,
-         sweep, member, dry_run, as_json, save_folder, dp, param_dtype, microbatch, eval_interval,
+         sweep, member, dry_run, as_json, save_folder, dp, param_dtype, micro_batch_size, eval_interval,
          checkpoint_interval, stop_at_step, gpu_peak_tflops, mfu, overrides):  # fmt: skip
     """Controlled pretraining of [SAM-PT] App C.1 (Tables 4-6) on OLMo-core.
 
@@ -442,7 +442,7 @@ def main(size, tokens, tokens_per_param, steps, lr, optimizer, schedule, alpha, 
             save_folder=save_folder or "runs/pretrain",
             dp=resolve_dp(dp, "ddp"),
             param_dtype=param_dtype,
-            micro_batch_size=microbatch,
+            micro_batch_size=micro_batch_size,
             eval_interval=eval_interval,
             checkpoint_interval=checkpoint_interval,
             stop_at_step=stop_at_step,

@@ -345,7 +345,7 @@ def ft_sweeps(job: Job, *, base: str, ft_dir: str, pt_val: List[str], mixes: Dic
 
     p = job.params
     lrs = [float(x) for x in (p["lrs"] if p["lrs"] is not None else LR_GRIDS[p["preset"]])]
-    given = FTConfig.field_names(p.get("common") or {})  # micro_batch_size, seq_len: the flags' names
+    given = dict(p.get("common") or {})
     symbolic = {k: given.pop(k) for k in ("token_budget",) if given.get(k) == "table3"}  # resolved per dataset
     common = {"pt_val": list(pt_val), **typed_settings(FTConfig, given, "finetune.common", paths), **symbolic}
     methods = list(p["methods"])

@@ -139,7 +139,7 @@ def build_experiment(
     optim: OptimConfig,
     sequence_length: int,
     global_batch_size: int,
-    rank_microbatch_size: Optional[int] = None,
+    micro_batch_size: Optional[int] = None,
     max_steps: Optional[int] = None,
     max_tokens: Optional[int] = None,
     scheduler: Optional[Scheduler] = None,
@@ -162,7 +162,9 @@ def build_experiment(
 ) -> ExperimentConfig:
     """An OLMo-core ``ExperimentConfig`` for pretraining (or fine-tuning) with SAM support.
 
-    Batch sizes are in *sequences*; OLMo-core's token-denominated fields are derived.
+    Batch sizes are in *sequences* (``micro_batch_size``: per rank per forward/backward, default
+    the whole batch); OLMo-core's token-denominated fields (``global_batch_size``,
+    ``rank_microbatch_size``) are derived here, and only here.
     ``dp`` is ``None`` (single process), ``"ddp"``, ``"fsdp"`` or ``"hsdp"``.
     Local data paths must exist unless ``check_paths=False`` (recipes' dry runs); remote ones
     (``s3://``, ``gs://``, ``https://``) are OLMo-core's to open.
@@ -178,7 +180,6 @@ def build_experiment(
         )
     if (max_steps is None) == (max_tokens is None):
         raise OLMoConfigurationError("give exactly one of 'max_steps' or 'max_tokens'")
-    rank_mbs = rank_microbatch_size or global_batch_size
     work_dir = work_dir or str(Path(save_folder) / "_work")
 
     # Token files are uint16 up to 65536 ids, else uint32 (olmo_sam.data.tokens.token_dtype_for_vocab);
@@ -219,7 +220,7 @@ def build_experiment(
         )
 
     train_module = SAMTrainModuleConfig(
-        rank_microbatch_size=rank_mbs * sequence_length,
+        rank_microbatch_size=(micro_batch_size or global_batch_size) * sequence_length,
         max_sequence_length=sequence_length,
         optim=optim,
         scheduler=scheduler,
