@@ -11,7 +11,8 @@ import pytest
 
 import study_synth
 from olmo_sam.analysis.findings import FINDING_FIELDS
-from olmo_sam.study.analysis import analyse_study, base_metadata
+from olmo_sam.study.analysis import analyse_study, base_of
+from olmo_sam.study.bases import BaseRecord
 from olmo_sam.study.report import write_report
 from olmo_sam.study.spec import StudyError, parse_study
 
@@ -105,15 +106,22 @@ def test_report_renders_the_summary(study):
     assert html.count("data:image/png;base64,") == len(links)
 
 
-def test_base_metadata_falls_back_to_the_job_and_the_study_seed():
-    b = base_metadata("adamw", {"tokens": 1000, "params_total": 100, "params_non_embedding": 40},
-                      {"arm": "adamw", "seed": 7}, study_seed=0)  # fmt: skip
-    assert (b.arm, b.seed, b.budget_tpp, b.budget_tpp_non_embedding) == ("adamw", 7, 10.0, 25.0)
-    b = base_metadata("sam@1B", {}, {}, study_seed=3)
-    assert (b.arm, b.seed, b.budget_tpp) == ("sam", 3, None)
-    b = base_metadata("x", {"arm": "wso", "seed": 2, "budget_tpp": 800.0, "tpp_non_embedding": 1500.0},
-                      {"arm": "ignored", "seed": 0}, 0)  # fmt: skip
-    assert (b.arm, b.seed, b.budget_tpp, b.budget_tpp_non_embedding) == ("wso", 2, 800.0, 1500.0)
+def test_a_base_record_is_read_as_it_was_written():
+    """One record type for a base: the writer's fields are the reader's; an incomplete result is
+    an error naming the job (no fallbacks)."""
+    run = {"tokens": 1000, "steps": 10, "params_total": 100, "params_non_embedding": 40, "tpp_total": 10.0,
+           "tpp_non_embedding": 25.0}  # fmt: skip
+    written = BaseRecord.measure({"arm": "wso", "seed": 2, "budget_tpp": 800}, run, {"train_tokens": 500})
+    result = {"checkpoint": "x", **written.to_dict()}
+    read = BaseRecord.from_result(json.loads(json.dumps(result)), "pretrain/wso")
+    assert read == written and read.data_epochs == 2.0
+    b = base_of("wso", read)
+    assert (b.arm, b.seed, b.budget_tpp, b.budget_tpp_non_embedding, b.tokens) == ("wso", 2, 800.0, 25.0, 1000)
+    # no planned or recipe budget (a mid-training run): the measured tokens per total parameter
+    assert BaseRecord.measure({"arm": "mid", "seed": 0, "budget_tpp": None}, run, {}).budget_tpp == 10.0
+    del result["tpp_non_embedding"]
+    with pytest.raises(StudyError, match=r"pretrain/wso: its result has no \['tpp_non_embedding'\]"):
+        BaseRecord.from_result(result, "pretrain/wso")
 
 
 def test_one_seed_study_findings_claim_nothing(tmp_path):
