@@ -444,7 +444,6 @@ def build_ft_experiment(plan: FTPlan, train_folder: Path, cache_dir: Path):
         model=plan.info.model_config,
         tokenizer=plan.info.tokenizer,
         train_paths=[str(tokens)],
-        label_mask_paths=[str(mask)],
         save_folder=str(train_folder),
         optim=AdamWConfig(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay),
         sequence_length=int(cfg.seq_len),  # type: ignore[arg-type]
@@ -455,11 +454,12 @@ def build_ft_experiment(plan: FTPlan, train_folder: Path, cache_dir: Path):
         max_grad_norm=cfg.max_grad_norm,
         callbacks=callbacks,
         seed=cfg.seed,
-        data_seed=cfg.data_seed,
-        load_path=trainer_load_path(cfg.base),
         dp=cfg.dp,
         checkpoint_interval=cfg.checkpoint_interval,
     )
+    exp.dataset.label_mask_paths = [str(mask)]
+    exp.data_loader.seed = cfg.data_seed
+    exp.load_path = trainer_load_path(cfg.base)
     if cfg.method == "lora":
         tm = exp.train_module
         exp.train_module = LoRATrainModuleConfig(

@@ -108,8 +108,8 @@ def _trainer(work: Path, data: Path, model_cfg, vocab: int, sz: CostSizes, micro
         dp="fsdp",
         param_dtype="bfloat16",
         callbacks=callbacks,
-        metrics_collect_interval=10**6,
     )
+    cfg.trainer.metrics_collect_interval = 10**6
     cfg.trainer.callbacks["checkpointer"].enabled = False
     cfg.trainer.callbacks.pop("config_saver", None)
     reset_world_mesh()

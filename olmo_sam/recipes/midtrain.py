@@ -26,6 +26,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.io import is_url
 from olmo_core.optim import AdamWConfig, OptimConfig, OptimGroupOverride
 from olmo_core.script_utils import ExperimentConfig
+from olmo_core.train import Duration
 
 from .. import paper
 from ..models import dolma2_tokenizer, model_config
@@ -120,17 +121,18 @@ def build_midtrain(spec: MidtrainSpec, overrides: Sequence[str] = ()) -> Experim
         # Table 1: no warmup, linear decay from the starting LR to alpha_f * LR = 0
         scheduler=Midtrain(alpha_f=T1.final_lr_fraction),
         max_grad_norm=T1.max_grad_norm,
-        z_loss_multiplier=T1.z_loss_multiplier,
         eval_interval=spec.eval_interval or EVAL_INTERVAL,
         checkpoint_interval=spec.checkpoint_interval or CHECKPOINT_INTERVAL,
         dp=spec.dp,
         param_dtype=spec.param_dtype,
         seed=T1.seed,
-        data_seed=T1.seed,
-        load_path=spec.load_path,
-        hard_stop_step=spec.stop_at_step,
         check_paths=spec.check_paths,
     )
+    cfg.train_module.z_loss_multiplier = T1.z_loss_multiplier
+    cfg.data_loader.seed = T1.seed
+    cfg.load_path = spec.load_path
+    if spec.stop_at_step is not None:
+        cfg.trainer.hard_stop = Duration.steps(spec.stop_at_step)
     return apply_overrides(cfg, overrides)
 
 

@@ -32,6 +32,7 @@ from olmo_core.optim import AdamWConfig, OptimConfig
 from olmo_core.nn.transformer import TransformerConfig
 from olmo_core.optim.scheduler import Scheduler
 from olmo_core.script_utils import ExperimentConfig
+from olmo_core.train import Duration
 
 from .. import paper
 from ..models import CPU_SIZES, dolma2_tokenizer, model_config, param_counts
@@ -281,10 +282,11 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
         param_dtype=spec.param_dtype,
         callbacks=callbacks,
         seed=spec.seed,
-        data_seed=spec.data_seed,
-        hard_stop_step=spec.stop_at_step,
         check_paths=spec.check_paths,
     )
+    cfg.data_loader.seed = spec.data_seed
+    if spec.stop_at_step is not None:
+        cfg.trainer.hard_stop = Duration.steps(spec.stop_at_step)
     cfg = apply_overrides(cfg, overrides)
     if spec.optimizer == "sam-anneal":
         try:

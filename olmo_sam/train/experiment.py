@@ -151,13 +151,6 @@ def build_experiment(
     param_dtype: Optional[str] = None,
     callbacks: Optional[Dict[str, Callback]] = None,
     seed: int = INIT_SEED,
-    data_seed: int = DATA_SEED,
-    work_dir: Optional[str] = None,
-    metrics_collect_interval: int = 1,
-    load_path: Optional[str] = None,
-    z_loss_multiplier: Optional[float] = None,
-    label_mask_paths: Optional[List[str]] = None,
-    hard_stop_step: Optional[int] = None,
     check_paths: bool = True,
 ) -> ExperimentConfig:
     """An OLMo-core ``ExperimentConfig`` for pretraining (or fine-tuning) with SAM support.
@@ -168,6 +161,13 @@ def build_experiment(
     ``dp`` is ``None`` (single process), ``"ddp"``, ``"fsdp"`` or ``"hsdp"``.
     Local data paths must exist unless ``check_paths=False`` (recipes' dry runs); remote ones
     (``s3://``, ``gs://``, ``https://``) are OLMo-core's to open.
+
+    Everything else is a field of the returned config for the caller to set, e.g.
+    ``cfg.data_loader.seed`` (data order, default :data:`olmo_sam.seeds.DATA_SEED`),
+    ``cfg.load_path`` (initial weights), ``cfg.trainer.hard_stop``,
+    ``cfg.trainer.metrics_collect_interval``, ``cfg.train_module.z_loss_multiplier``,
+    ``cfg.dataset.label_mask_paths``. Only what needs a derivation (token counts from sequences,
+    the seed in two places, the data-parallel config, the callbacks) is an argument here.
     """
     if not train_paths:
         raise OLMoConfigurationError("'train_paths' is empty: give at least one token file")
@@ -180,7 +180,7 @@ def build_experiment(
         )
     if (max_steps is None) == (max_tokens is None):
         raise OLMoConfigurationError("give exactly one of 'max_steps' or 'max_tokens'")
-    work_dir = work_dir or str(Path(save_folder) / "_work")
+    work_dir = str(Path(save_folder) / "_work")
 
     # Token files are uint16 up to 65536 ids, else uint32 (olmo_sam.data.tokens.token_dtype_for_vocab);
     # say so explicitly: OLMo-core would infer uint8 for vocabularies of <= 256 ids.
@@ -191,11 +191,10 @@ def build_experiment(
         paths=[str(p) for p in train_paths],
         sequence_length=sequence_length,
         work_dir=work_dir,
-        label_mask_paths=label_mask_paths,
     )
     data_loader = NumpyDataLoaderConfig(
         global_batch_size=global_batch_size * sequence_length,
-        seed=data_seed,
+        seed=DATA_SEED,
         num_workers=0,
         work_dir=work_dir,
     )
@@ -226,7 +225,6 @@ def build_experiment(
         scheduler=scheduler,
         max_grad_norm=max_grad_norm,
         dp_config=dp_config,
-        z_loss_multiplier=z_loss_multiplier,
     )
 
     all_callbacks: Dict[str, Callback] = {
@@ -265,10 +263,9 @@ def build_experiment(
         work_dir=work_dir,
         save_overwrite=True,
         max_duration=duration,
-        metrics_collect_interval=metrics_collect_interval,
+        metrics_collect_interval=1,
         callbacks=all_callbacks,
         cancel_check_interval=10,
-        hard_stop=Duration.steps(hard_stop_step) if hard_stop_step is not None else None,
     )
     # OLMo-core draws the initial weights from the *model* config's own ``init_seed`` (the
     # experiment's ``init_seed`` only seeds the global RNGs), so the seed must go there too or
@@ -281,7 +278,6 @@ def build_experiment(
         train_module=train_module,
         trainer=trainer,
         init_seed=seed,
-        load_path=load_path,
     )
 
 
