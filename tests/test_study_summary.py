@@ -224,3 +224,18 @@ def test_sensitivity_taus_by_hand():
     cs = group_curves(recs)["d"]
     assert sensitivity_taus(cs, ["x"]) == pytest.approx({"study": 1.3, "compared": 1.1, "looser": 1.5})
     assert sensitivity_taus(cs) == pytest.approx({"study": 1.3, "compared": 1.3, "looser": 1.3 * 1.02})
+
+
+def test_a_mid_training_base_is_measured_from_its_checkpoint(tiny_checkpoint):
+    """A mid-training job writes the same record, measured from its checkpoint: steps x global
+    batch tokens, the model's parameter counts, and (no planned budget) tokens per parameter."""
+    from olmo_sam.models import model_config, param_counts
+    from olmo_sam.study.bases import checkpoint_budget
+
+    run = checkpoint_budget(str(tiny_checkpoint))
+    counts = param_counts(model_config("tiny", vocab_size=256))
+    assert (run["steps"], run["tokens"]) == (40, 40 * 8 * 64)  # the fixture: 40 steps of 8 x 64 tokens
+    assert (run["params_total"], run["params_non_embedding"]) == (counts.total, counts.non_embedding)
+    rec = BaseRecord.measure({"arm": "mid", "seed": 42, "budget_tpp": None}, run, {"train_tokens": 40 * 8 * 64})
+    assert rec.budget_tpp == rec.tpp_total == pytest.approx(40 * 8 * 64 / counts.total)
+    assert rec.tpp_non_embedding == pytest.approx(40 * 8 * 64 / counts.non_embedding) and rec.data_epochs == 1.0
