@@ -1,3 +1,4 @@
 """`olmo-sam bench hessian-probe`: cost of one Hutchinson probe (olmo_sam/bench/hessian_probe.py)."""
 from olmo_sam.bench.hessian_probe import main
-if __name__ == "__main__": main()
+if __name__ == "__main__":
+    main()

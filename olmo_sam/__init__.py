@@ -26,7 +26,7 @@ class _AtDebugLevel(_logging.Filter):
 # machines); olmo-sam never uses TE attention, so that line is debug information, not a warning.
 _logging.getLogger("olmo_core.nn.attention.te_attn_api").addFilter(_AtDebugLevel())
 
-from . import optim as optim  # noqa: F401  (registers 'sam' and the schedules)
-from . import train as train  # noqa: F401
+from . import optim as optim  # noqa: E402, F401  (registers 'sam' and the schedules)
+from . import train as train  # noqa: E402, F401
 
 __version__ = "0.1.0"

@@ -137,7 +137,7 @@ def test_hf_engine_records_and_resume(tiny_hf_model, tok, tmp_path):
     settings = SamplingSettings(max_tokens=12, seed=3)
     job = lambda out: context_free_job(tiny_hf_model, out, 11, settings, tokenizer=tok, shard_size=4)  # noqa: E731
     (ref,) = run_generation(tiny_hf_model, [job(tmp_path / "ref.jsonl")], engine="hf", hf_batch_size=3)
-    recs = [json.loads(l) for l in open(tmp_path / "ref.jsonl")]
+    recs = [json.loads(line) for line in open(tmp_path / "ref.jsonl")]
     assert ref.samples == len(recs) == 11 and [r["index"] for r in recs] == list(range(11))
     assert not (tmp_path / "ref.jsonl.shards").exists()  # merged and cleaned up
     for r in recs:
@@ -166,7 +166,7 @@ def test_hf_engine_records_and_resume(tiny_hf_model, tok, tmp_path):
     (shards / "shard-00001.jsonl").write_text(json.dumps(recs[4]) + "\n")  # torn write: 1 of 4 lines
     (res,) = run_generation(tiny_hf_model, [job(out)], engine="hf", hf_batch_size=3)
     assert res.resumed_shards == 2
-    got = [json.loads(l) for l in open(out)]
+    got = [json.loads(line) for line in open(out)]
     assert [g["text"] for g in got] == ["REUSED"] * 4 + [r["text"] for r in recs[4:8]] + ["REUSED"] * 3
     assert [g["token_ids"] for g in got] == [r["token_ids"] for r in recs]  # shard 1 resampled identically
 
@@ -188,7 +188,7 @@ def test_hf_first_token_distribution(peaked, tmp_path):
     n = 2000
     job = context_free_job(peaked, tmp_path / "first.jsonl", n, SamplingSettings(max_tokens=1, seed=11), tokenizer=tok)
     run_generation(peaked, [job], engine="hf", hf_batch_size=500, dtype="float32")
-    obs = counts(first_tokens([json.loads(l) for l in open(tmp_path / "first.jsonl")]), len(tok))
+    obs = counts(first_tokens([json.loads(line) for line in open(tmp_path / "first.jsonl")]), len(tok))
     p = exact_distribution(peaked, [tok.bos_token_id], 1.0, 0.95)
     assert obs[p == 0].sum() == 0  # nothing outside the nucleus
     assert chi2_pvalue(obs, p) > 1e-3
@@ -208,7 +208,7 @@ def test_hf_contextual_left_padding(peaked, tmp_path):
     job = contextual_job(peaked, tmp_path / "cs.jsonl", task, None, settings, tokenizer=tok, logprobs=-1)
     assert len({len(p) for p in job.prompts}) > 1
     run_generation(peaked, [job], engine="hf", hf_batch_size=6, dtype="float32")
-    for rec, prompt in zip([json.loads(l) for l in open(tmp_path / "cs.jsonl")], job.prompts):
+    for rec, prompt in zip([json.loads(line) for line in open(tmp_path / "cs.jsonl")], job.prompts):
         assert rec["prompt_token_ids"] == prompt and rec["kind"] == "contextual"
         p = exact_distribution(peaked, prompt, 0.6, 0.95)
         lp = np.full(len(tok), -np.inf)
@@ -225,7 +225,7 @@ def test_generate_cli_hf(tiny_hf_model, tmp_path):
             "--engine", "hf", "--max-tokens", "6", "--seed", "2"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
-    recs = [json.loads(l) for l in open(out)]
+    recs = [json.loads(line) for line in open(out)]
     assert len(recs) == 10 and "10 samples" in r.output
     r = CliRunner().invoke(main, ["cfs", "generate", str(tiny_hf_model), "--out", str(tmp_path / "cs.jsonl"), "-n", "5",
                                   "--contextual", "--engine", "hf", "--max-tokens", "4"])

@@ -53,7 +53,7 @@ def keyed(docs):
 def classify(out_dir, task_dir, samples_path, pool_size):
     """Map every output document back to its source by content; returns [(kind, key, tokens, mask)]."""
     task_docs = keyed(iter_documents(task_dir, "train"))
-    recs = [json.loads(l) for l in open(samples_path)][:pool_size]
+    recs = [json.loads(line) for line in open(samples_path)][:pool_size]
     pool = {}
     for r in recs:
         gen = r["token_ids"] + ([] if r["finish_reason"] == "stop" else [EOS])
@@ -238,14 +238,14 @@ def test_bad_inputs(task, samples, tmp_path):
         build_cfs_mix(task, samples, 0.5, tmp_path / "m4", epochs=1, seq_len=4096, global_batch_size=BATCH)
     with pytest.raises(OLMoConfigurationError, match="must differ"):
         build_cfs_mix(task, samples, 0.5, task, **kw)
-    recs = [json.loads(l) for l in open(samples)]
+    recs = [json.loads(line) for line in open(samples)]
     for r in recs:
         r["eos_token_id"] = 7
     other = tmp_path / "other_eos.jsonl"
     other.write_text("".join(json.dumps(r) + "\n" for r in recs))
     with pytest.raises(OLMoConfigurationError, match="tokenizer differ"):
         build_cfs_mix(task, other, 0.5, tmp_path / "m5", **kw)
-    recs = [json.loads(l) for l in open(samples)]
+    recs = [json.loads(line) for line in open(samples)]
     recs[0]["token_ids"] = [VOCAB + 3, EOS]
     big = tmp_path / "big_ids.jsonl"
     big.write_text("".join(json.dumps(r) + "\n" for r in recs))

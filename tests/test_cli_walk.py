@@ -16,7 +16,6 @@ import shutil
 import signal
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, List
 
 import click

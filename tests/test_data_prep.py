@@ -79,8 +79,8 @@ def test_chunk_text_keeps_every_line():
     text = "\n\n".join(f"para {i}\n" + "word " * (30 + i) for i in range(50))
     chunks = list(chunk_text(text, target_chars=300))
     assert len(chunks) > 5
-    lines = [l.strip() for l in text.split("\n") if l.strip()]
-    assert [l.strip() for c in chunks for l in c.split("\n") if l.strip()] == lines
+    lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
+    assert [ln.strip() for c in chunks for ln in c.split("\n") if ln.strip()] == lines
 
 
 def test_tokenize_round_trip_split_and_meta(tmp_path, bpe):

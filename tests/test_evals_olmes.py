@@ -245,3 +245,24 @@ def test_cli_runs_olmes_and_writes_records(tmp_path, monkeypatch):
     assert {r.model for r in recs.values()} == {"sam-4bit"}
     bad = runner.invoke(main, ["eval", "olmes", str(model), "--model-arg", "load_in_4_bit=true", "--print"])
     assert bad.exit_code == 1 and "load_in_4bit" in bad.output
+
+
+def test_run_olmes_suite_runs_each_quantization(tmp_path):
+    """The study's benchmarks stage (benchmarks.olmes) runs OLMES once per quantization setting,
+    each in its own directory, and returns the records under 'olmes-<setting>'."""
+    exe = _fake_olmes(tmp_path / "venv")
+    model = tmp_path / "base"
+    model.mkdir()
+    out = o.run_olmes_suite(model, out_dir=tmp_path / "olmes", quant=["none", "nf4"], limit=5, olmes=exe,
+                            label="base", echo=lambda line: None)  # fmt: skip
+    assert sorted(out) == ["olmes-bf16", "olmes-nf4"]
+    exp = expected_suite(suite_tasks(seed=11))
+    for tag in ("bf16", "nf4"):
+        assert {r["task"]: r["score"] for r in out[f"olmes-{tag}"]} == pytest.approx(exp)
+        assert {r.task for r in read_records(tmp_path / "olmes" / tag / "results.json")} == set(exp)
+    argv = {t: json.loads((tmp_path / "olmes" / t / "argv.json").read_text()) for t in ("bf16", "nf4")}
+    assert "--model-args" not in argv["bf16"]
+    qc = json.loads(argv["nf4"][argv["nf4"].index("--model-args") + 1])["quantization_config"]
+    assert qc["bnb_4bit_quant_type"] == "nf4"
+    with pytest.raises(OLMoConfigurationError, match="not in suite"):
+        o.run_olmes_suite(model, out_dir=tmp_path / "x", tasks=["nope"], olmes=exe)

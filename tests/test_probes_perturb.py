@@ -84,8 +84,8 @@ def test_noise_probe(tiny_checkpoint, tiny_corpus, tmp_path):
     assert base[0]["loss"] == pytest.approx(lm_loss(m, [tiny_corpus.val], seq_len=64, vocab_size=256, max_sequences=8).loss, abs=1e-6)
     # an independent evaluation of one perturbed model agrees with the record
     with perturbed(m, 0.05, 2):
-        l = lm_loss(m, [tiny_corpus.val], seq_len=64, vocab_size=256, max_sequences=8).loss
-    assert [r["loss"] for r in recs if r["gamma"] == 0.05 and r["seed"] == 2][0] == pytest.approx(l, abs=1e-6)
+        loss = lm_loss(m, [tiny_corpus.val], seq_len=64, vocab_size=256, max_sequences=8).loss
+    assert [r["loss"] for r in recs if r["gamma"] == 0.05 and r["seed"] == 2][0] == pytest.approx(loss, abs=1e-6)
     for s in res["summary"]:
         if s["gamma"] == 0.0:
             continue

@@ -146,6 +146,13 @@ def test_hypotheses_open_the_summary_and_match_a_hand_computation(synth):
         assert rec["opposite"] == (rec["p_holm"] < 0.05 and not expected_sign)
     assert h["sam-forgets-less"]["resolved"] and "Resolved as expected" in h["sam-forgets-less"]["text"]
     assert "over the 2 tested primary hypotheses" in h["sam-forgets-less"]["text"]
+    # the paired fine-tuning primary is also shown at the two other thresholds; at the study's own
+    # tau it is the primary result itself
+    sens = {x["tau_name"]: x for x in r["tau_sensitivity"]}
+    assert sorted(sens) == ["compared", "looser", "study"]
+    assert sens["study"]["estimate"] == pytest.approx(r["estimate"], rel=1e-12)
+    assert sens["study"]["p_value"] == pytest.approx(r["p_value"], rel=1e-12)
+    assert "tau_sensitivity" not in g and "tau_sensitivity" not in z
 
 
 def test_a_hypothesis_resolved_the_other_way_says_so(tmp_path):

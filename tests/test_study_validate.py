@@ -48,7 +48,7 @@ BAD = [
     ("arms[0].rho", "abc", "expected a number"),
     ("arms[0].schedule", "cosin", "choose one of"),
     ("pretrain.steps", -60, ">= 1"),
-    ("arms[1].schedule", "wso", "sam-start-fraction"),
+    ("arms[1].schedule", "wso", "sam_start_fraction"),
     ("probes.quantize.quant[0]", "nf5", "presets"),
     ("probes.noise.gammas[0]", -0.013, "> 0"),
     ("probes.hessian.probes", 0, ">= 1"),
@@ -116,7 +116,9 @@ def test_cli_dry_run_refuses_bad_values_and_launchers(tmp_path):
     blocks = proc.stderr.split("EXIT ")
     assert "Traceback" not in proc.stderr, proc.stderr
     assert [b.split("\n", 1)[0] for b in blocks[1:]] == ["2"] * len(cases), proc.stderr
-    assert "arms[1].schedule: --schedule wso with --optimizer sam-anneal" in blocks[0]
+    # the message is in the study file's words (its paths), not the command line's flags
+    assert "arms[1].schedule: wso with arms[1].optimizer sam-anneal" in blocks[0]
+    assert "--" not in blocks[0].split("Error:")[1].split("\n")[0], blocks[0]
     assert "'--jobs': 0 is not in the range x>=1" in blocks[1]
     assert "--nproc-per-node: the local executor runs every job in one process" in blocks[2]
     assert "torchrun executor" in blocks[2]

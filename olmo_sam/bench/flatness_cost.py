@@ -47,6 +47,7 @@ the demo's BPE corpus (2048 tokens) would put 130k parameters in the embeddings 
 from __future__ import annotations
 
 import hashlib
+import functools
 import json
 import math
 import os
@@ -242,7 +243,7 @@ def run_one(settings: FlatnessCostSettings, variant: str, seed: int, out: Path, 
     model = to_hvp_model(tm.model, model_cfg).eval()
     batch = torch.from_numpy(np.load(hessian_batch).astype(np.int64))
     params = [q for q in model.parameters() if q.requires_grad]
-    op = HessianVectorProduct(lambda: lm_batch_loss(model, batch), params, model=model)
+    op = HessianVectorProduct(functools.partial(lm_batch_loss, model, batch), params, model=model)
     with torch.no_grad():
         held_out_loss = float(lm_batch_loss(model, batch))
     tr = hutchinson_trace(op, n_probes=settings.probes, seed=seed)

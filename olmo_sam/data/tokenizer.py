@@ -69,6 +69,10 @@ def dolma2_from_registry(cache_dir: Optional[Path] = None) -> Path:
     return out
 
 
+#: the smallest byte-level BPE vocabulary: the 256 byte tokens and the two special tokens
+MIN_BPE_VOCAB = 258
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | Path, min_frequency: int = 2):
     """Train a byte-level BPE of ``vocab_size`` tokens (special tokens included) on ``texts`` and
     save it as a Hugging Face tokenizer directory (atomically). Returns the loaded
@@ -76,10 +80,10 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | Path, min_fr
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    n_base = len(pre_tokenizers.ByteLevel.alphabet()) + 2
-    if vocab_size < n_base:
+    assert len(pre_tokenizers.ByteLevel.alphabet()) + 2 == MIN_BPE_VOCAB
+    if vocab_size < MIN_BPE_VOCAB:
         raise OLMoConfigurationError(
-            f"BPE 'vocab_size' must be at least {n_base} (256 bytes + 2 special tokens), got {vocab_size}"
+            f"BPE 'vocab_size' must be at least {MIN_BPE_VOCAB} (256 bytes + 2 special tokens), got {vocab_size}"
         )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

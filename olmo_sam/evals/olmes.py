@@ -406,6 +406,58 @@ def run_olmes(cmd: Sequence[str], olmes_exe: Path, echo=None) -> int:
         return proc.wait()
 
 
+def run_olmes_suite(
+    model: str | os.PathLike,
+    *,
+    out_dir: str | os.PathLike,
+    suite: str = "olmo2-pretrain",
+    tasks: Optional[Sequence[str]] = None,
+    quant: str | Sequence[str] | None = None,
+    model_type: str = "hf",
+    model_args: Optional[Mapping[str, Any]] = None,
+    limit: Optional[float] = None,
+    batch_size: Optional[int | str] = None,
+    gpus: Optional[int] = None,
+    olmes: Optional[str | os.PathLike] = None,
+    label: Optional[str] = None,
+    echo=None,
+) -> Dict[str, List[Dict[str, Any]]]:
+    """OLMES on ``model`` for the paper's ``suite``, once per quantization setting in ``quant``
+    (``none``: full precision), each in its own output directory under ``out_dir`` (``bf16``,
+    ``nf4``, ...) with its ``results.json``; returns ``{"olmes-<setting>": [record dicts]}``.
+    The command line's ``olmo-sam eval olmes`` and the study's benchmarks stage both run this."""
+    from dataclasses import asdict
+
+    from .records import write_records
+
+    st = get_suite(suite)
+    unknown = [t for t in tasks or () if t not in st]
+    if unknown:
+        raise OLMoConfigurationError(f"task(s) {unknown} are not in suite {suite}; choose from {list(st)}")
+    aliases = [st[t].alias for t in (tasks or st)]
+    exe = find_olmes(olmes)
+    settings = [quant] if quant is None or isinstance(quant, str) else list(quant)
+    out: Dict[str, List[Dict[str, Any]]] = {}
+    for q in settings:
+        q = q or "none"
+        args = dict(model_args or {})
+        for k, v in quant_model_args(q, model_type).items():
+            if k in args:
+                raise OLMoConfigurationError(f"quant {q} sets model arg {k}; do not also pass it")
+            args[k] = v
+        tag = "bf16" if q == "none" else q
+        run_dir = Path(out_dir) / tag
+        cmd = build_olmes_command(model, aliases, output_dir=run_dir, model_type=model_type, model_args=args,
+                                  limit=limit, batch_size=batch_size, gpus=gpus, olmes=exe)  # fmt: skip
+        rc = run_olmes(cmd, exe, echo=echo)
+        if rc != 0:
+            raise OLMoConfigurationError(f"OLMES exited with code {rc}; its output is in {run_dir}")
+        records = load_olmes_results(run_dir, model=label or Path(model).name, suite=suite)
+        write_records(run_dir / "results.json", records, meta={"command": cmd, "quant": q})
+        out[f"olmes-{tag}"] = [asdict(r) for r in records]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Parsing OLMES outputs
 # ---------------------------------------------------------------------------------------------

@@ -199,6 +199,17 @@ class FTConfig:
             raise OLMoConfigurationError(f"token_budget must be >= 1 token or None, got {self.token_budget}")
         if not (0.0 <= self.warmup_fraction < 1.0):
             raise OLMoConfigurationError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not self.weight_decay >= 0:
+            raise OLMoConfigurationError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.final_lr_fraction <= 1:
+            raise OLMoConfigurationError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
+        for name in ("sequence_length", "max_steps", "checkpoint_interval", "pt_val_max_sequences",
+                     "ft_val_max_sequences", "eval_batch_size", "fisher_batches", "fisher_batch_size", "lora_rank",
+                     "seed", "data_seed"):  # fmt: skip
+            low = 0 if name.endswith("seed") else 1
+            v = getattr(self, name)
+            if v is not None and v < low:
+                raise OLMoConfigurationError(f"{name} must be >= {low} or omitted, got {v}")
         for a in self.wise_alphas:
             if not (0.0 <= a <= 1.0):
                 raise OLMoConfigurationError(f"wise_alphas must lie in [0, 1], got {a}")

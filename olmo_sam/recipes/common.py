@@ -76,6 +76,37 @@ class RunSpec:
     check_paths: bool = True
 
 
+
+#: whole-number settings of a run and their smallest value (``None``: the recipe's default)
+RUN_COUNTS = {"batch_size": 1, "seq_len": 1, "micro_batch_size": 1, "steps": 1, "warmup": 0,
+              "eval_interval": 0, "checkpoint_interval": 1, "stop_at_step": 1}  # fmt: skip
+
+
+def check_run_numbers(spec: RunSpec) -> None:
+    """The numbers of a run: each is valid or an error naming its flag, never replaced by a
+    default (``None`` is the default). ``eval_interval`` 0 means no in-loop evaluation."""
+    for name, low in RUN_COUNTS.items():
+        v = getattr(spec, name, None)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise OLMoConfigurationError(f"--{name.replace('_', '-')} must be a whole number >= {low}, got {v!r}")
+    for name in ("lr", "tokens_per_param"):
+        v = getattr(spec, name, None)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0)):
+            raise OLMoConfigurationError(f"--{name.replace('_', '-')} must be a number > 0, got {v!r}")
+
+
+def check_micro_batch(batch: int, world: int, micro_batch_size: int) -> None:
+    """The run's batch splits into whole micro-batches on every process (else OLMo-core fails
+    when training starts)."""
+    if batch % world:
+        raise OLMoConfigurationError(f"--batch-size {batch} is not divisible by the {world} processes")
+    if (batch // world) % micro_batch_size:
+        raise OLMoConfigurationError(
+            f"--batch-size {batch} is not divisible by --micro-batch-size {micro_batch_size}"
+            + (f" x {world} processes" if world > 1 else "")
+        )
+
+
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 
 
@@ -147,7 +178,7 @@ def read_mix_file(
         unknown = sorted(set(include) - labels_seen)
         if unknown:
             raise OLMoConfigurationError(
-                f"mix file {p} has no label(s) {unknown}; labels: {sorted(l for l in labels_seen if l)}"
+                f"mix file {p} has no label(s) {unknown}; labels: {sorted(x for x in labels_seen if x)}"
             )
     if not out:
         raise OLMoConfigurationError(f"mix file {p} lists no token files")

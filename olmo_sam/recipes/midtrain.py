@@ -36,6 +36,8 @@ from ..preflight import NON_NEGATIVE_FLOAT, POSITIVE_INT
 from .common import (
     RunSpec,
     apply_overrides,
+    check_micro_batch,
+    check_run_numbers,
     common_options,
     parse_tokens,
     print_dry_run,
@@ -89,6 +91,7 @@ def _optim(spec: MidtrainSpec) -> OptimConfig:
 
 def build_midtrain(spec: MidtrainSpec, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """The OLMo-core experiment of Table 1 (with dotted ``overrides`` applied)."""
+    check_run_numbers(spec)
     if spec.size not in ("1B", "tiny"):
         raise OLMoConfigurationError(f"midtrain size must be '1B' (the paper) or 'tiny' (CPU), got {spec.size!r}")
     tokenizer = spec.tokenizer or dolma2_tokenizer()
@@ -104,8 +107,8 @@ def build_midtrain(spec: MidtrainSpec, overrides: Sequence[str] = ()) -> Experim
     if (spec.tokens is None) == (spec.steps is None):
         raise OLMoConfigurationError("give exactly one of --tokens or --steps")
     world = world_size()
-    if spec.batch_size % world:
-        raise OLMoConfigurationError(f"batch size {spec.batch_size} is not divisible by the {world} processes")
+    micro_batch_size = spec.micro_batch_size or min(spec.batch_size // world, DEFAULT_MICRO_BATCH_SIZE)
+    check_micro_batch(spec.batch_size, world, micro_batch_size)
     cfg = build_experiment(
         model=model,
         tokenizer=tokenizer,
@@ -115,7 +118,7 @@ def build_midtrain(spec: MidtrainSpec, overrides: Sequence[str] = ()) -> Experim
         optim=_optim(spec),
         sequence_length=spec.seq_len,
         global_batch_size=spec.batch_size,
-        micro_batch_size=spec.micro_batch_size or min(spec.batch_size // world, DEFAULT_MICRO_BATCH_SIZE),
+        micro_batch_size=micro_batch_size,
         max_steps=spec.steps,
         max_tokens=spec.tokens,
         # Table 1: no warmup, linear decay from the starting LR to alpha_f * LR = 0

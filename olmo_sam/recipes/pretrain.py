@@ -43,6 +43,8 @@ from ..preflight import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, PO
 from .common import (
     RunSpec,
     apply_overrides,
+    check_micro_batch,
+    check_run_numbers,
     common_options,
     format_tokens,
     launch,
@@ -209,6 +211,7 @@ def _budget_record(spec: PretrainSpec, model: TransformerConfig, max_tokens: Opt
 def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[ExperimentConfig, Dict[str, Any]]:
     """The OLMo-core experiment of ``spec`` (with dotted ``overrides`` applied) and what was
     resolved on the way (Table 6 LR lookup, tokens/param)."""
+    check_run_numbers(spec)
     if spec.size not in SIZES:
         raise OLMoConfigurationError(f"unknown size {spec.size!r}; choose one of {list(SIZES)}")
     if spec.optimizer not in OPTIMIZERS:
@@ -245,6 +248,11 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
         warmup = shape.warmup_steps
     else:
         warmup = max(1, round(TINY_WARMUP_FRACTION * n_steps))
+    if warmup >= n_steps and spec.warmup is None:
+        raise OLMoConfigurationError(
+            f"the run is only {n_steps} step(s): {format_tokens(max_tokens or n_steps * batch * seq_len)} tokens in "
+            f"batches of --batch-size {batch} x --seq-len {seq_len} tokens; give more tokens or smaller batches"
+        )
     if warmup >= n_steps:
         raise OLMoConfigurationError(
             f"warmup ({warmup} steps) is not shorter than the run ({n_steps} steps): give more tokens "
@@ -257,9 +265,8 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
     elif spec.sam_start_fraction is not None:
         raise OLMoConfigurationError("--sam-start-fraction applies to --optimizer sam-anneal only")
     world = world_size()
-    if batch % world:
-        raise OLMoConfigurationError(f"batch size {batch} is not divisible by the {world} processes")
     micro_batch_size = spec.micro_batch_size or min(batch // world, DEFAULT_MICRO_BATCH_SIZE if paper_size else batch)
+    check_micro_batch(batch, world, micro_batch_size)
     cfg = build_experiment(
         model=model,
         tokenizer=tokenizer,

@@ -721,7 +721,7 @@ def _benchmarks(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
     avg = {k: sum(v) / len(v) for k, v in groups.items()}
     averages = []
     for (model, base, prec), a in sorted(avg.items()):
-        ref = avg.get((base, base, "bf16"))
+        ref = avg.get((base, base, "olmes-bf16" if prec.startswith("olmes-") else "bf16"))
         averages.append({"model": model, "precision": prec, "average": a, "tasks": len(groups[(model, base, prec)]),
                          "drop_from_base": None if ref is None else ref - a})  # fmt: skip
     write_table(out, "benchmark_averages", list(averages[0]), averages)
@@ -791,6 +791,25 @@ def _budget_key_of(bases: "BaseSet", planned: Dict[float, Optional[float]]) -> C
         return best if best is not None and abs(math.log(best / budget)) <= math.log(1.05) else None
 
     return key_of
+
+
+def _attach_tau_sensitivity(summary: Dict[str, Any], bases: "BaseSet",
+                            key_of: Callable[[float], Optional[float]]) -> None:  # fmt: skip
+    """Each paired fine-tuning hypothesis gains ``tau_sensitivity``: its comparison at the three
+    thresholds of :func:`sensitivity_taus` (rows of the summary's ``finetune.tau_sensitivity``),
+    so a primary result is read beside the same test at a stricter and a looser tau."""
+    rows = (summary.get("finetune") or {}).get("tau_sensitivity") or []
+    for h in summary.get("hypotheses") or []:
+        if h["quantity"] not in FT_QUANTITIES or h["test"] != "paired_t":
+            continue
+        key = key_of(h["budgets_tpp"][0])
+        budget = bases.budget(key)["budget_tpp"] if key is not None else None
+        h["tau_sensitivity"] = [
+            {k: r[k] for k in ("tau_name", "tau", "estimate", "ci_low", "ci_high", "p_value", "n_seeds")}
+            for r in rows
+            if (r["dataset"], r["quantity"], r["arm"], r["reference"]) == (h["dataset"], h["quantity"], h["arm"], h["reference"])
+            and budget is not None and r["budget_tpp"] == budget
+        ]  # fmt: skip
 
 
 def _hypothesis_cells(bases: "BaseSet", summary: Dict[str, Any], key_of: Callable[[float], Optional[float]],
@@ -902,6 +921,7 @@ def analyse_study(ctx: JobContext) -> Dict[str, Any]:
         key_of = _budget_key_of(bases, planned)
         summary["hypotheses"] = evaluate_hypotheses(hypotheses, _hypothesis_cells(bases, summary, key_of), spec,
                                                     _hypothesis_cells(bases, summary, key_of, include_grid_edge=True))  # fmt: skip
+        _attach_tau_sensitivity(summary, bases, key_of)
         findings, summary["primary_findings"] = _split_primary(findings, hypotheses, key_of)
     # one family of secondary comparisons (the primary hypotheses are not in it): BH q-values
     # across all of them, and the count

@@ -409,7 +409,7 @@ def _benchmark(ctx: JobContext, hf_dir: str, label: str) -> Dict[str, Any]:
     if p.get("olmes") is not None:
         from ..evals.olmes import run_olmes_suite
 
-        out["olmes"] = run_olmes_suite(hf_dir, out_dir=ctx.dir / "olmes", **p["olmes"])
+        out.update(run_olmes_suite(hf_dir, out_dir=ctx.dir / "olmes", label=label, **p["olmes"]))
     return out
 
 

@@ -291,9 +291,17 @@ def build_plan(study: StudySpec) -> Plan:
     add(Job("analysis", "analysis", "analysis", params={"units": units}, deps=before_analysis))
     add(Job("report", "report", "report", params={"units": units}, deps=["analysis"]))
 
+    stage_of = {j.id: j.stage for j in jobs}
     jobs = [j for j in jobs if j.stage in stages]
     kept = {j.id for j in jobs}
     for j in jobs:
+        lost = [d for d in j.deps if d not in kept]
+        if lost and j.stage not in SUMMARY_STAGES:
+            # the stages fit together: every stage finds what it reads (analysis and report summarise what exists)
+            raise StudyError(
+                f"stages: the '{j.stage}' stage needs the '{stage_of[lost[0]]}' stage (job {j.id} reads {lost[0]}), "
+                f"which is not among the study's stages {sorted(stages, key=STAGES.index)}; add it"
+            )
         j.deps = [d for d in j.deps if d in kept]
     order = {s: i for i, s in enumerate(STAGES)}
     jobs.sort(key=lambda j: order[j.stage])

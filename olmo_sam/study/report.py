@@ -187,7 +187,23 @@ def _hypothesis_lines(hyps: Sequence[Dict[str, Any]]) -> List[str]:
         f"study.json; an edit on this output directory is refused): {resolved} of {m} resolved as registered. "
         f"Each is a paired t-test over pretraining seeds; the family is Holm-adjusted (family-wise error "
         f"{1 - conf:.2g}), and it is not part of the Benjamini-Hochberg family of the secondary findings below.",
-    ] + [h["text"] for h in hyps]  # fmt: skip
+    ] + [h["text"] + _sensitivity_text(h) for h in hyps]  # fmt: skip
+
+
+def _sensitivity_text(h: Dict[str, Any]) -> str:
+    """`` Sensitivity to tau: ...`` for a fine-tuning hypothesis (the same paired test at the other
+    thresholds of olmo_sam.study.analysis.sensitivity_taus), else ``""``."""
+    rows = [r for r in h.get("tau_sensitivity") or [] if r.get("tau_name") != "study"]
+    if not rows:
+        return ""
+    parts = []
+    for r in rows:
+        if r.get("ci_low") is None:
+            est = "no interval" if r.get("estimate") is None else f"{r['estimate']:+.4g}, no interval"
+        else:
+            est = f"{r['estimate']:+.4g} [{r['ci_low']:+.4g}, {r['ci_high']:+.4g}]"
+        parts.append(f"{r['tau_name']} tau {r['tau']:.4g}: {est} ({r['n_seeds']} seeds)")
+    return " Sensitivity to tau (the same test at other thresholds): " + "; ".join(parts) + "."
 
 
 def _img(path: str) -> str:

@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from olmo_core.exceptions import OLMoConfigurationError
 
 from ..files import read_yaml
+from .fields import StudyError, typed_fields
 from .hypotheses import Hypothesis, check_references, parse_hypotheses
 
 __all__ = [
@@ -61,24 +63,42 @@ STAGES = (
 )
 
 
-class StudyError(OLMoConfigurationError):
-    pass
+def _mapping(data: Any, where: str) -> Dict[str, Any]:
+    """A section of the study file: a mapping (``null`` or omitted: empty)."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise StudyError(f"{where}: expected a mapping (key: value), got {data!r}")
+    return dict(data)
 
 
 def _strict(cls, data: Any, where: str):
-    """Build dataclass ``cls`` from ``data`` refusing unknown keys (named with their path)."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise StudyError(f"{where}: expected a mapping, got {type(data).__name__}: {data!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise StudyError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
-    try:
-        return cls(**data)
-    except TypeError as e:
-        raise StudyError(f"{where}: {e}") from None
+    """Build dataclass ``cls`` from ``data``, refusing unknown keys and values of the wrong type
+    (named with their path)."""
+    return cls(**typed_fields(cls, _mapping(data, where), where))
+
+
+def _check_entries(data: Any, path: str = "") -> None:
+    """Every list of the study file names distinct, non-empty things (learning rates, seeds,
+    budgets, datasets, stages, ...): a list given empty is refused (omit the key for the
+    default), and so is an entry given twice (it would be planned twice)."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            _check_entries(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(data, list):
+        if not data and path not in EMPTY_LIST_OK:
+            raise StudyError(f"{path}: the list is empty; give at least one entry (or omit the key where it has a default)")
+        seen: List[Any] = []
+        for i, v in enumerate(data):
+            if not isinstance(v, (dict, list, bool)) and v in seen:
+                first = next(j for j, x in enumerate(seen) if x == v and not isinstance(x, bool))
+                raise StudyError(f"{path}[{i}]: duplicate entry {v!r} (also {path}[{first}]); give each entry once")
+            seen.append(v)
+            _check_entries(v, f"{path}[{i}]")
+
+
+#: lists whose default is empty (a recorded study.json writes them so): empty = omitted
+EMPTY_LIST_OK = ("data.train", "data.val")
 
 
 @dataclass
@@ -115,13 +135,26 @@ def _positive_list(values: Any, where: str) -> List[float]:
     if not isinstance(values, list) or not values:
         raise StudyError(f"{where}: expected a non-empty list of numbers, got {values!r}")
     out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise StudyError(f"{where}: every entry must be a positive number, got {v!r}")
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+            raise StudyError(f"{where}[{i}]: every entry must be a positive number, got {v!r}")
         out.append(v)
-    if len(set(out)) != len(out):
-        raise StudyError(f"{where}: duplicate entries in {values!r}")
-    return out
+    return out  # (a duplicate entry is refused for every list: _check_entries)
+
+
+def check_token_budgets(budgets: Any, where: str) -> None:
+    """Token budgets (``[12B, 24B]``): a non-empty list of token counts."""
+    from ..recipes.common import parse_tokens
+
+    if not isinstance(budgets, list) or not budgets:
+        raise StudyError(f"{where}: expected a non-empty list of token counts (e.g. [12B, 24B]), got {budgets!r}")
+    for i, b in enumerate(budgets):
+        if isinstance(b, bool):
+            raise StudyError(f"{where}[{i}]: expected a token count (e.g. 12B), got {b!r}")
+        try:
+            parse_tokens(b)
+        except OLMoConfigurationError as e:
+            raise StudyError(f"{where}[{i}]: {e}") from None
 
 
 def _check_pretrain_grid(pretrain: Dict[str, Any], budgets: Optional[List[Any]]) -> None:
@@ -129,10 +162,11 @@ def _check_pretrain_grid(pretrain: Dict[str, Any], budgets: Optional[List[Any]])
     which replace the recipe's own ``seed``/``data_seed`` and budget fields."""
     seeds = pretrain.get(PRETRAIN_SEEDS)
     if seeds is not None:
-        if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+        if not isinstance(seeds, list) or not seeds:
             raise StudyError(f"pretrain.seeds: expected a non-empty list of integers, got {seeds!r}")
-        if len(set(seeds)) != len(seeds):
-            raise StudyError(f"pretrain.seeds: duplicate seeds in {seeds!r}")
+        for i, x in enumerate(seeds):
+            if isinstance(x, bool) or not isinstance(x, int) or x < 0:
+                raise StudyError(f"pretrain.seeds[{i}]: seeds are a list of integers >= 0, got {x!r}")
         clash = sorted({"seed", "data_seed"} & set(pretrain))
         if clash:
             raise StudyError(f"pretrain: {clash} conflict with 'seeds' (each seed sets init and data order); drop them")
@@ -172,12 +206,16 @@ class ArmSpec:
             raise StudyError(f"{where}: an arm is a mapping, got {data!r}")
         d = dict(data)
         name = d.pop("name", None)
-        if not name or not isinstance(name, str):
+        if name is None:
             raise StudyError(f"{where}: every arm needs a 'name'")
+        if not isinstance(name, str) or not name.strip() or not name.isprintable():
+            raise StudyError(f"{where}.name: expected a non-empty one-line string, got {name!r}")
         recipe = d.pop("recipe", "pretrain")
         if recipe not in ARM_RECIPES:
-            raise StudyError(f"{where} ({name}): recipe must be one of {ARM_RECIPES}, got {recipe!r}")
+            raise StudyError(f"{where}.recipe: choose one of {list(ARM_RECIPES)}, got {recipe!r} (arm '{name}')")
         budgets = d.pop("budgets", None)
+        if budgets is not None:
+            check_token_budgets(budgets, f"{where}.budgets")
         budgets_tpp = d.pop("budgets_tpp", None)
         reference = d.pop("reference", None)
         data_fraction = d.pop("data_fraction", None)
@@ -221,6 +259,89 @@ class FinetuneSpec:
     #: trainer (every run through OLMo-core's trainer, one at a time)
     engine: str = "batched"
 
+    def validate(self) -> None:
+        if not self.datasets:
+            raise StudyError("finetune.datasets: give at least one dataset id (e.g. code, music, gsm8k)")
+        for i, ds in enumerate(self.datasets):
+            if not ds.strip():
+                raise StudyError(f"finetune.datasets[{i}]: a dataset id is missing")
+        if self.lrs is None and self.preset is None:
+            raise StudyError("finetune: give 'lrs' (a list) or 'preset' (table7, table3, table10)")
+        if self.lrs is not None and not self.lrs:
+            raise StudyError("finetune.lrs: the LR grid is empty; give at least one learning rate")
+        if self.lrs is not None and self.preset is not None:
+            raise StudyError("finetune: give 'lrs' or 'preset', not both")
+        for i, lr in enumerate(self.lrs or []):
+            if not (math.isfinite(lr) and lr > 0):
+                raise StudyError(f"finetune.lrs[{i}]: a learning rate must be a number > 0, got {lr!r}")
+        stray = sorted(set(self.per_dataset) - set(self.datasets))
+        if stray:
+            raise StudyError(f"finetune.per_dataset: {stray} are not in finetune.datasets")
+        if self.engine not in ("batched", "trainer"):
+            raise StudyError(f"finetune.engine: {self.engine!r}; choose one of 'batched', 'trainer'")
+
+
+@dataclass
+class CfsSpec:
+    """The ``cfs:`` section: how the context-free (``cfs``) and contextual (``cs``) mixes of the
+    fine-tuning methods are made ([CFS] Sec 2-3; :func:`olmo_sam.cfs.method.prepare_method`,
+    :func:`olmo_sam.cfs.generate.run_generation`). Omitted keys take those functions' defaults;
+    the sequence length, epochs and batch come from the base model and ``finetune.common``."""
+
+    #: the synthetic pool as a fraction of the task set
+    ratio: Optional[float] = None
+    #: the synthetic loss weight (default: ``ratio``)
+    lam: Optional[float] = None
+    num_samples: Optional[int] = None
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    max_tokens: Optional[int] = None
+    gen_seed: Optional[int] = None
+    mix_seed: Optional[int] = None
+    #: vllm | hf | auto
+    engine: Optional[str] = None
+    vllm_python: Optional[str] = None
+    #: auto | float32 | bfloat16 | float16
+    dtype: Optional[str] = None
+    enforce_eager: Optional[bool] = None
+    max_model_len: Optional[int] = None
+    gpu_memory_utilization: Optional[float] = None
+    hf_batch_size: Optional[int] = None
+
+    def validate(self) -> None:
+        from ..cfs.generate import DTYPES, ENGINES, SamplingSettings
+
+        for name in ("ratio", "lam"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise StudyError(f"cfs.{name}: must be a number > 0, got {v!r}")
+        for name in ("num_samples", "max_model_len", "hf_batch_size"):
+            _at_least(getattr(self, name), 1, f"cfs.{name}")
+        for name in ("gen_seed", "mix_seed"):
+            _at_least(getattr(self, name), 0, f"cfs.{name}")
+        if self.engine is not None and self.engine not in ENGINES:
+            raise StudyError(f"cfs.engine: choose one of {list(ENGINES)}, got {self.engine!r}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise StudyError(f"cfs.dtype: choose one of {list(DTYPES)}, got {self.dtype!r}")
+        g = self.gpu_memory_utilization
+        if g is not None and not 0 < g <= 1:
+            raise StudyError(f"cfs.gpu_memory_utilization: must be in (0, 1], got {g!r}")
+        for contextual in (False, True):
+            try:
+                SamplingSettings.for_kind(contextual, temperature=self.temperature, top_p=self.top_p,
+                                          **({"max_tokens": self.max_tokens} if self.max_tokens is not None else {}))
+            except OLMoConfigurationError as e:
+                raise StudyError(f"cfs.{e}") from None
+
+    def options(self) -> Dict[str, Any]:
+        """The keys the file gave (what the cfs jobs pass on)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def _at_least(value: Optional[int], low: int, where: str) -> None:
+    if value is not None and value < low:
+        raise StudyError(f"{where}: must be a whole number >= {low}, got {value!r}")
+
 
 @dataclass
 class ProbesSpec:
@@ -236,6 +357,69 @@ class BenchmarksSpec:
     #: also benchmark, per base and dataset, the fine-tuned model with the lowest L_FT
     finetuned: bool = False
 
+    def validate(self) -> None:
+        from ..evals.hf_load import QUANT_KINDS
+
+        if self.offline is not None:
+            from ..evals.offline import OFFLINE_MISSING, OFFLINE_TASKS
+
+            o = typed_fields(_OfflineOptions, self.offline, "benchmarks.offline")
+            for i, t in enumerate(o.get("tasks") or []):
+                if t in OFFLINE_MISSING:
+                    raise StudyError(f"benchmarks.offline.tasks[{i}]: {t!r} cannot run offline: {OFFLINE_MISSING[t]}")
+                if t not in OFFLINE_TASKS:
+                    raise StudyError(f"benchmarks.offline.tasks[{i}]: unknown task {t!r}; choose from {sorted(OFFLINE_TASKS)}")
+            for name in ("limit", "batch_size", "max_gen_toks"):
+                _at_least(o.get(name), 1, f"benchmarks.offline.{name}")
+            _check_quants(o.get("quant"), "benchmarks.offline.quant", QUANT_KINDS)
+        if self.olmes is not None:
+            from ..evals.olmes import SUITES
+
+            o = typed_fields(_OlmesOptions, self.olmes, "benchmarks.olmes")
+            suite = o.get("suite")
+            if suite is not None and suite not in SUITES:
+                raise StudyError(f"benchmarks.olmes.suite: choose one of {sorted(SUITES)}, got {suite!r}")
+            if o.get("model_type") not in (None, "hf", "vllm"):
+                raise StudyError(f"benchmarks.olmes.model_type: choose 'hf' or 'vllm', got {o['model_type']!r}")
+            for name in ("limit", "gpus"):
+                _at_least(o.get(name), 1, f"benchmarks.olmes.{name}")
+            _check_quants(o.get("quant"), "benchmarks.olmes.quant", QUANT_KINDS)
+
+
+@dataclass
+class _OfflineOptions:
+    """``benchmarks.offline`` (:func:`olmo_sam.evals.offline.run_offline_suite`)."""
+
+    tasks: Optional[List[str]] = None
+    limit: Optional[int] = None
+    quant: Optional[Union[str, List[str]]] = None
+    batch_size: Optional[int] = None
+    max_gen_toks: Optional[int] = None
+    device: Optional[str] = None
+
+
+@dataclass
+class _OlmesOptions:
+    """``benchmarks.olmes`` (:func:`olmo_sam.evals.olmes.run_olmes_suite`)."""
+
+    suite: Optional[str] = None
+    tasks: Optional[List[str]] = None
+    quant: Optional[Union[str, List[str]]] = None
+    model_type: Optional[str] = None
+    limit: Optional[int] = None
+    batch_size: Optional[int] = None
+    gpus: Optional[int] = None
+
+
+def _check_quants(quant: Any, where: str, kinds: Sequence[str]) -> None:
+    if quant is None:
+        return
+    if not isinstance(quant, (str, list)):
+        raise StudyError(f"{where}: expected a list of {list(kinds)}, got {quant!r}")
+    for i, q in enumerate([quant] if isinstance(quant, str) else quant):
+        if q not in kinds:
+            raise StudyError(f"{where}[{i}]: choose one of {list(kinds)}, got {q!r}")
+
 
 @dataclass
 class ExecutorSpec:
@@ -247,6 +431,21 @@ class ExecutorSpec:
     reuse_processes: bool = False
     #: submitit parameters for slurm (partition, gpus_per_node, timeout_min, ...)
     slurm: Dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.kind not in ("local", "torchrun", "slurm"):
+            raise StudyError(f"executor.kind: choose local, torchrun or slurm, got {self.kind!r}")
+        _at_least(self.jobs, 1, "executor.jobs")
+        _at_least(self.nproc_per_node, 1, "executor.nproc_per_node")
+        for k, v in self.slurm.items():
+            # counts and minutes (gpus_per_node, tasks_per_node, nodes, timeout_min, cpus_per_task, mem_gb, ...)
+            if k in SLURM_COUNTS and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise StudyError(f"executor.slurm.{k}: must be a whole number >= 1, got {v!r}")
+
+
+#: executor.slurm keys that are counts (submitit's AutoExecutor parameters)
+SLURM_COUNTS = ("nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "timeout_min", "mem_gb",
+                "slurm_array_parallelism")  # fmt: skip
 
 
 @dataclass
@@ -340,6 +539,10 @@ class StudySpec:
         return d
 
 
+#: top-level keys holding one value (the sections are parsed by their own dataclass)
+_TOP_VALUES = ("name", "out_dir", "seed", "budgets", "stages", "notes", "quick")
+
+
 def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     if not isinstance(data, dict):
         raise StudyError(f"{source}: a study file is a mapping, got {type(data).__name__}")
@@ -348,23 +551,31 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     unknown = sorted(set(d) - top)
     if unknown:
         raise StudyError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(top)}")
-    if not d.get("name"):
-        raise StudyError(f"{source}: 'name' is required")
-    spec = StudySpec(name=str(d["name"]), source=source)
-    spec.out_dir = d.get("out_dir")
-    spec.seed = int(d.get("seed", 0))
+    values = typed_fields(StudySpec, {k: d[k] for k in _TOP_VALUES if d.get(k) is not None}, "")
+    if not values.get("name", "").strip():
+        raise StudyError(f"{source}: 'name' is required (a non-empty string)")
+    if not values["name"].isprintable():
+        raise StudyError(f"name: expected a one-line string of printable characters, got {values['name']!r}")
+    spec = StudySpec(source=source, **values)
+    if spec.out_dir is not None and not spec.out_dir.strip():
+        raise StudyError("out_dir: give a directory, or omit the key for runs/<name>")
+    if spec.seed < 0:
+        raise StudyError(f"seed: a seed is a whole number >= 0, got {spec.seed}")
     spec.data = _strict(DataSpec, d.get("data"), "data")
+    if spec.data.demo:  # a null option is its default
+        spec.data.demo = {k: v for k, v in spec.data.demo.items() if v is not None}
     spec.data.validate()
-    spec.pretrain = dict(d.get("pretrain") or {})
-    spec.midtrain = dict(d.get("midtrain") or {})
-    spec.budgets = d.get("budgets")
+    spec.pretrain = _mapping(d.get("pretrain"), "pretrain")
+    spec.midtrain = _mapping(d.get("midtrain"), "midtrain")
+    if spec.budgets is not None:
+        check_token_budgets(spec.budgets, "budgets")
     _check_pretrain_grid(spec.pretrain, spec.budgets)
     arms = d.get("arms")
     if not arms:
         raise StudyError("arms: the study has no arms; add at least one, e.g. "
                          "arms: [{name: adamw, optimizer: adamw, schedule: cosine}]")  # fmt: skip
     if not isinstance(arms, list):
-        raise StudyError("arms: expected a list of arms")
+        raise StudyError(f"arms: expected a list of arms, got {arms!r}")
     spec.arms = [ArmSpec.parse(a, f"arms[{i}]") for i, a in enumerate(arms)]
     names = [a.name for a in spec.arms]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -373,43 +584,29 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     for i, a in enumerate(spec.arms):
         if a.reference is not None and a.reference not in names:
             raise StudyError(f"arms[{i}].reference: no arm {a.reference!r} in the study; arms: {names}")
-    spec.pt_eval = dict(d.get("pt_eval") or {})
+    spec.pt_eval = _mapping(d.get("pt_eval"), "pt_eval")
     bad = sorted(set(spec.pt_eval) - {"max_sequences", "batch_size"})
     if bad:
         raise StudyError(f"pt_eval: unknown key(s) {bad}; allowed: ['batch_size', 'max_sequences']")
+    for k, v in spec.pt_eval.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise StudyError(f"pt_eval.{k}: must be a whole number >= 1, got {v!r}")
     spec.probes = _strict(ProbesSpec, d.get("probes"), "probes")
     if d.get("finetune") is not None:
         spec.finetune = _strict(FinetuneSpec, d["finetune"], "finetune")
-        if not spec.finetune.datasets:
-            raise StudyError("finetune.datasets: give at least one dataset id (e.g. code, music, gsm8k)")
-        for i, ds in enumerate(spec.finetune.datasets):
-            if not isinstance(ds, str) or not ds.strip():
-                raise StudyError(f"finetune.datasets[{i}]: a dataset id is missing")
-        if spec.finetune.lrs is None and spec.finetune.preset is None:
-            raise StudyError("finetune: give 'lrs' (a list) or 'preset' (table7, table3, table10)")
-        stray = sorted(set(spec.finetune.per_dataset) - set(spec.finetune.datasets))
-        if stray:
-            raise StudyError(f"finetune.per_dataset: {stray} are not in finetune.datasets")
-        if spec.finetune.lrs is not None and len(spec.finetune.lrs) == 0:
-            raise StudyError("finetune.lrs: the LR grid is empty")
-        if spec.finetune.engine not in ("batched", "trainer"):
-            raise StudyError(f"finetune.engine: {spec.finetune.engine!r}; choose one of 'batched', 'trainer'")
-    spec.cfs = d.get("cfs")
+        spec.finetune.validate()
+    if d.get("cfs") is not None:
+        cfs = _strict(CfsSpec, d["cfs"], "cfs")
+        cfs.validate()
+        spec.cfs = cfs.options()
     spec.benchmarks = _strict(BenchmarksSpec, d.get("benchmarks"), "benchmarks")
+    spec.benchmarks.validate()
     spec.executor = _strict(ExecutorSpec, d.get("executor"), "executor")
-    if spec.executor.kind not in ("local", "torchrun", "slurm"):
-        raise StudyError(f"executor.kind must be local, torchrun or slurm, got {spec.executor.kind!r}")
-    spec.analysis = dict(d.get("analysis") or {})
+    spec.executor.validate()
+    spec.analysis = _mapping(d.get("analysis"), "analysis")
     _check_analysis(spec.analysis)
-    stages = d.get("stages")
-    if stages is not None:
-        check_stage_names(stages, "stages")
-        spec.stages = list(stages)
-    spec.notes = d.get("notes")
-    quick = d.get("quick", False)
-    if not isinstance(quick, bool):
-        raise StudyError(f"quick: expected true or false, got {quick!r}")
-    spec.quick = quick
+    if spec.stages is not None:
+        check_stage_names(spec.stages, "stages")
     for arm in spec.arms:
         if PRETRAIN_SEEDS in spec.pretrain and {"seed", "data_seed"} & set(arm.settings):
             raise StudyError(f"arms ({arm.name}): 'seed'/'data_seed' conflict with pretrain.seeds; drop them")
@@ -417,10 +614,10 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
             raise StudyError(f"arms ({arm.name}): 'budgets_tpp' applies to pretrain arms only")
         if arm.budgets_tpp is not None and {"steps", "tokens", "tokens_per_param"} & set(arm.settings):
             raise StudyError(f"arms ({arm.name}): 'budgets_tpp' sets the budget; drop steps/tokens/tokens_per_param")
+    _check_entries(d)
     spec.hypotheses = parse_hypotheses(d.get("hypotheses"))
     check_references(spec.hypotheses, spec)
     return spec
-
 
 #: ``analysis:`` key -> IntervalSpec field
 ANALYSIS_KEYS = {"interval": "method", "confidence": "confidence", "n_boot": "n_boot", "seed": "seed"}
@@ -441,6 +638,9 @@ def _check_analysis(opts: Dict[str, Any]) -> None:
             f"analysis.matching: unknown {opts['matching']!r}; choose one of {list(ANALYSIS_MATCHINGS)} "
             f"(nearest frontier run at L_FT <= tau, or log-LR interpolation between the runs bracketing tau)"
         )
+    seed = opts.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise StudyError(f"analysis.seed: the bootstrap seed is a whole number >= 0, got {seed!r}")
     from ..analysis.stats import IntervalSpec
 
     IntervalSpec(**{ANALYSIS_KEYS[k]: v for k, v in opts.items() if k in ANALYSIS_KEYS})  # raises with the field named

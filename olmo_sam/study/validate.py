@@ -10,6 +10,7 @@ file (``arms[1].schedule: ...``, ``probes.quantize.quant[0]: ...``).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from pathlib import Path
@@ -40,6 +41,14 @@ def _field_in(message: str, keys: Iterable[str]) -> Optional[str]:
     return best[1] if best else None
 
 
+def _in_file_words(message: str, paths: Dict[str, str]) -> str:
+    """A builder's message in the study file's words: ``--batch-size`` becomes the place of
+    ``batch_size`` in the file (``pretrain.batch_size``)."""
+    for key, path in paths.items():
+        message = re.sub(rf"(?<![\w-])--{re.escape(key.replace('_', '-'))}(?![\w-])", path, message)
+    return re.sub(r"(?<![\w-])--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), message)
+
+
 def _is_remote(path: str) -> bool:
     return "://" in str(path)
 
@@ -67,9 +76,29 @@ def validate_data(study: StudySpec, missing_ok: bool = False) -> List[str]:
         for k in d.demo:
             if k not in known:
                 raise StudyError(f"data.demo.{k}: unknown option; allowed: {known}")
+        from ..data.tokenizer import MIN_BPE_VOCAB
+
         v = d.demo.get("vocab_size")
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 2):
-            raise StudyError(f"data.demo.vocab_size: must be a whole number >= 2, got {v!r}")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < MIN_BPE_VOCAB):
+            raise StudyError(f"data.demo.vocab_size: must be a whole number >= {MIN_BPE_VOCAB} (the byte-level "
+                             f"BPE's 256 bytes and 2 special tokens), got {v!r}")  # fmt: skip
+        books = d.demo.get("books")
+        if books is not None:
+            if not isinstance(books, list) or not books:
+                raise StudyError(f"data.demo.books: expected a non-empty list of book names, got {books!r}")
+            known = _demo_book_names()
+            for i, b in enumerate(books):
+                if not isinstance(b, str):
+                    raise StudyError(f"data.demo.books[{i}]: expected a book name, got {b!r}")
+                if known is not None and b not in known:
+                    raise StudyError(f"data.demo.books[{i}]: unknown book {b!r}; available: {sorted(known)}")
+        for k in ("val_fraction",):
+            f = d.demo.get(k)
+            if f is not None and (isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1):
+                raise StudyError(f"data.demo.{k}: must be a number in (0, 1), got {f!r}")
+        s = d.demo.get("seed")
+        if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 0):
+            raise StudyError(f"data.demo.seed: must be a whole number >= 0, got {s!r}")
         return warnings
     for key in ("train", "val"):
         for i, path in enumerate(getattr(d, key)):
@@ -93,6 +122,18 @@ def validate_data(study: StudySpec, missing_ok: bool = False) -> List[str]:
     if d.tokenizer and d.tokenizer != "dolma2" and not Path(d.tokenizer).is_dir():
         missing(f"data.tokenizer: not 'dolma2' and not a tokenizer directory: {d.tokenizer}; fix the path")
     return warnings
+
+
+@functools.lru_cache(maxsize=1)
+def _demo_book_names() -> Optional[frozenset]:
+    """The demo corpus's book names, or ``None`` when the corpus is not downloaded yet (a dry run
+    fetches nothing; the data job then names an unknown book)."""
+    from ..data.corpus import DEMO_CORPUS, demo_books
+    from ..data.fetch import cache_root
+
+    if not (cache_root() / "registry" / DEMO_CORPUS.registry / DEMO_CORPUS.filename).exists():
+        return None
+    return frozenset(b.name for b in demo_books())
 
 
 def _placeholder_data(study: StudySpec) -> Dict[str, Any]:
@@ -137,8 +178,15 @@ def _setting_paths(study: StudySpec, index: int, arm: ArmSpec, settings: Dict[st
             paths[k] = f"arms[{index}].{k}"
         elif k in (study.pretrain if section == "pretrain" else study.midtrain):
             paths[k] = f"{section}.{k}"
-        elif k in ("tokens", "tokens_per_param"):
-            paths[k] = f"arms[{index}].budgets" if arm.budgets is not None else "budgets"
+        elif k in ("tokens", "tokens_per_param"):  # one entry of the budget grid
+            if k == "tokens":
+                grid, where = (arm.budgets, f"arms[{index}].budgets") if arm.budgets is not None else (study.budgets, "budgets")
+            elif arm.budgets_tpp is not None:
+                grid, where = arm.budgets_tpp, f"arms[{index}].budgets_tpp"
+            else:
+                grid, where = study.pretrain.get("budgets_tpp"), "pretrain.budgets_tpp"
+            grid = list(grid or [])
+            paths[k] = f"{where}[{grid.index(settings[k])}]" if settings[k] in grid else where
         else:
             paths[k] = f"arms[{index}].{k}"
     return paths
@@ -157,12 +205,23 @@ def _validate_run(study: StudySpec, job: Job, data: Dict[str, Any]) -> None:
         raise
     except (OLMoConfigurationError, TypeError, ValueError) as e:
         msg = str(e).strip()
+        section = "pretrain" if arm.recipe == "pretrain" else "midtrain"
+        missing = re.search(r"missing \d+ required .*argument: '(\w+)'", msg)
+        if missing:  # a recipe setting without a default
+            raise StudyError(f"{section}.{missing.group(1)}: required; set it under '{section}:' or in arms[{index}] "
+                             f"(arm '{arm.name}')") from None  # fmt: skip
         key = _field_in(msg, settings)
+        if key is None and "give exactly one of" in msg:  # no budget at all
+            grids = "budgets (tokens) or pretrain.budgets_tpp" if section == "pretrain" else "budgets (tokens)"
+            raise StudyError(f"{section}: arm '{arm.name}' has no budget; give the study's {grids}, or steps or "
+                             f"tokens under '{section}:' or in arms[{index}]") from None  # fmt: skip
         where = paths[key] if key else f"arms[{index}] ({arm.name})"
+        msg = _in_file_words(msg, paths)
+        msg = msg[len(where) :].lstrip() if msg.startswith(f"{where} ") else msg  # "pretrain.lr: must be > 0"
         raise StudyError(f"{where}: {msg} (arm '{arm.name}')") from None
 
 
-# -- probes, pretraining-loss evaluation --------------------------------------------------------
+# -- probes ------------------------------------------------------------------------------------
 
 
 def _validate_probe(job: Job) -> None:
@@ -172,14 +231,6 @@ def _validate_probe(job: Job) -> None:
         check_probe_options(job.stage, dict(job.params.get("options") or {}))
     except OLMoConfigurationError as e:
         raise StudyError(f"probes.{job.stage}.{e}") from None
-
-
-def _validate_pt_eval(job: Job) -> None:
-    opts = job.params.get("options") or {}
-    for k in ("max_sequences", "batch_size"):
-        v = opts.get(k)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise StudyError(f"pt_eval.{k}: must be a whole number >= 1, got {v!r}")
 
 
 # -- fine-tuning --------------------------------------------------------------------------------
@@ -196,9 +247,14 @@ def _validate_ft_data(study: StudySpec, job: Job) -> None:
         except OLMoConfigurationError as e:
             raise StudyError(f"{where}: {e}; or give a prepared dataset directory") from None
     known = [n for n in inspect.signature(prepare_dataset).parameters if n not in ("name", "tokenizer_path", "out_dir", "overwrite")]
-    for k in job.params.get("prepare") or {}:
+    for k, v in (job.params.get("prepare") or {}).items():
         if k not in known:
             raise StudyError(f"finetune.prepare.{k}: unknown option; allowed: {known}")
+        if k == "val_fraction":
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+                raise StudyError(f"finetune.prepare.val_fraction: must be a number in (0, 1), got {v!r}")
+        elif v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "seed" else 1)):
+            raise StudyError(f"finetune.prepare.{k}: must be a whole number >= {0 if k == 'seed' else 1}, got {v!r}")
 
 
 def _validate_ft_sweep(study: StudySpec, job: Job) -> None:
@@ -209,9 +265,6 @@ def _validate_ft_sweep(study: StudySpec, job: Job) -> None:
     for i, m in enumerate(ft.methods):
         if m not in SWEEP_METHODS + MIX_METHODS:
             raise StudyError(f"finetune.methods[{i}]: unknown method {m!r}; choose from {list(SWEEP_METHODS + MIX_METHODS)}")
-    for i, lr in enumerate(ft.lrs or []):
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-            raise StudyError(f"finetune.lrs[{i}]: a learning rate must be a number > 0, got {lr!r}")
     grids = dict(job.params.get("grids") or {})
     grid_fields = {k: v for k, v in SweepSpec.__dataclass_fields__.items() if k.endswith("s") and k not in ("bases", "datasets", "lrs", "methods", "base_labels")}  # noqa: E501
     for k in grids:
@@ -234,6 +287,7 @@ def _validate_ft_sweep(study: StudySpec, job: Job) -> None:
     except (OLMoConfigurationError, TypeError, ValueError) as e:
         msg = str(e).strip()
         key = _field_in(msg, list(paths))
+        msg = _in_file_words(msg, paths)
         if key:
             raise StudyError(f"{paths[key]}: {msg}") from None
         gkey = _field_in(msg, list(grids))
@@ -252,11 +306,9 @@ def validate_executor(study: StudySpec, *, kind: Optional[str] = None, jobs: Opt
     """``executor`` settings and their command-line overrides (``--jobs``, ``--nproc-per-node``)."""
     ex = study.executor
     kind = kind or ex.kind
-    for name, value, flag in (("jobs", ex.jobs, jobs), ("nproc_per_node", ex.nproc_per_node, nproc_per_node)):
+    for name, flag in (("jobs", jobs), ("nproc_per_node", nproc_per_node)):  # (the file's: ExecutorSpec.validate)
         if flag is not None and (isinstance(flag, bool) or flag < 1):
             raise StudyError(f"--{name.replace('_', '-')}: must be >= 1, got {flag}")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise StudyError(f"executor.{name}: must be a whole number >= 1, got {value!r}")
     nproc = nproc_per_node if nproc_per_node is not None else ex.nproc_per_node
     where = "--nproc-per-node" if nproc_per_node is not None else "executor.nproc_per_node"
     if nproc > 1 and kind == "local":
@@ -281,8 +333,6 @@ def validate_plan(plan: Plan, missing_data_ok: bool = False) -> List[str]:
             _validate_run(study, job, data)
         elif job.kind in ("quantize", "noise", "hessian"):
             _validate_probe(job)
-        elif job.kind == "pt_eval":
-            _validate_pt_eval(job)
         elif job.kind == "ft_data":
             _validate_ft_data(study, job)
         elif job.kind == "ft_sweep":

@@ -44,7 +44,7 @@ from torch.distributed._composable.replicate import DDP as ReplicateDDP
 from torch.distributed.checkpoint.metadata import Metadata
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..optim.sam import NOT_DRIVEN_HELP, SAM, SAMConfig, SAMScope, SAMVariant
+from ..optim.sam import SAM, SAMConfig, SAMScope, SAMVariant
 from ..optim.schedules import check_fits
 
 log = logging.getLogger(__name__)
