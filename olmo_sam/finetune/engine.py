@@ -203,7 +203,7 @@ class FTConfig:
             raise OLMoConfigurationError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.final_lr_fraction <= 1:
             raise OLMoConfigurationError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
-        for name in ("sequence_length", "max_steps", "checkpoint_interval", "pt_val_max_sequences",
+        for name in ("seq_len", "max_steps", "checkpoint_interval", "pt_val_max_sequences",
                      "ft_val_max_sequences", "eval_batch_size", "fisher_batches", "fisher_batch_size", "lora_rank",
                      "seed", "data_seed"):  # fmt: skip
             low = 0 if name.endswith("seed") else 1
