@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check (docs/gpu-check.md): on one NVIDIA H100/H200, offline, in about 8 minutes:
 # SAM/ASAM on CUDA vs a CPU computation, a bf16 FSDP SAM run, bitsandbytes NF4/int8 on the GPU
-# kernels, SAM's cost (step time, tokens/s, MFU, memory, annealing-switch run) for 20M/60M/150M.
+# kernels, SAM's cost (step time, tokens/s, MFU, memory, annealing-switch run) for 20M/60M/150M,
+# and fine-tuning K = 8 LRs of the 20M model as one batched grid vs one run at a time.
 #
 #   bash scripts/gpu-check.sh [--out DIR] [--wheels DIR] [--budget SECONDS] [--sections a,b]
 #   bash scripts/gpu-check.sh --cpu-dry-run --out DIR     # anywhere: tiny sizes on CPU, < 1 min
@@ -31,7 +32,7 @@ while [ $# -gt 0 ]; do
       esac
       shift 2 ;;
     --cpu-dry-run) DRY=1; PASS+=(--cpu-dry-run); shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "gpu-check.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -65,7 +65,7 @@ def _same_weights(a: Path, b: Path, atol: float):
     m2, i2 = load_transformer(b / "train")  # FSDP checkpoints are sharded: this re-assembles them
     assert i1.step == i2.step == STEPS
     for (n, p), (_, q) in zip(m1.named_parameters(), m2.named_parameters()):
-        assert torch.allclose(p, q, atol=atol, rtol=0), n
+        assert torch.allclose(p, q, atol=atol, rtol=0), (n, (p - q).abs().max().item())
 
 
 @pytest.mark.parametrize("dp", ["ddp", "fsdp"])
@@ -82,7 +82,11 @@ def test_torchrun_two_ranks_equal_one_process(setup, dp):
     for k in NUMBERS:
         assert r2[k] == pytest.approx(r1[k], abs=1e-5), k
     assert (r2["steps"], r2["tokens"], r2["hparams"]["dp"]) == (r1["steps"], r1["tokens"], dp)
-    _same_weights(single, root / dp, atol=1e-5)
+    # weights: within a tenth of one AdamW step (lr 1e-3). Two ranks sum the same micro-batch
+    # gradients in another order (the all-reduce), and AdamW's normalised update turns float32
+    # rounding in near-zero gradients into differences of ~2e-5 after 6 steps (measured with the
+    # dependencies of 2026-12-07; the losses above still agree to 1e-5)
+    _same_weights(single, root / dp, atol=1e-4)
 
 
 def test_killed_finetune_resumes_to_the_uninterrupted_run(setup):

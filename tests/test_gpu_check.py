@@ -66,7 +66,7 @@ def test_dry_run_passes_every_section(dry_run):
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
     assert report["dry_run"] is True and report["ok"] is True
     secs = report["sections"]
-    assert list(secs) == ["environment", "sam_cuda", "fsdp_bf16", "bnb", "cost"]
+    assert list(secs) == ["environment", "sam_cuda", "fsdp_bf16", "bnb", "cost", "finetune_batched"]
     for name, sec in secs.items():
         assert sec["status"] == "ok", (name, sec["errors"])
         assert all(c["passed"] for c in sec["checks"]), (name, sec["checks"])
@@ -95,9 +95,23 @@ def test_dry_run_passes_every_section(dry_run):
     assert micro["flops_per_token"] > 6 * (micro["params"] - 256 * 64)  # 6N (no embedding) + attention
     assert micro["switch_sam_steps"] == 2 and micro["switch_run_ratio"] > 0
     assert micro["adamw_peak_gib"] is None and "adamw_mfu" not in micro
+
+    # the LR grid batched vs one run at a time (the GPU's K = 8 x 20M, here 2 LRs of micro on CPU)
+    from olmo_sam.gpucheck.finetune import DRY_RUN_SIZES
+
+    ft = secs["finetune_batched"]["results"]
+    assert (ft["settings"]["size"], ft["settings"]["device"], ft["settings"]["k"]) == ("micro", "cpu", len(DRY_RUN_SIZES.lrs))
+    assert ft["batched"]["runs"] == ft["in_memory"]["runs"] == len(DRY_RUN_SIZES.lrs)
+    assert ft["batched"]["tokens"] == ft["in_memory"]["tokens"] == len(DRY_RUN_SIZES.lrs) * DRY_RUN_SIZES.steps * DRY_RUN_SIZES.batch * DRY_RUN_SIZES.seq
+    assert ft["speedup_batched_vs_sequential"] == pytest.approx(ft["in_memory"]["wall_s"] / ft["batched"]["wall_s"])
+    assert ft["pure_training"]["tokens_per_s"] > 0 and 0 < ft["batched"]["fraction_of_pure_training"]
+    # the same runs: every slice's L_FT is its sequential run's (fp32 CPU), and the LRs do differ
+    assert len(ft["l_ft"]) == len(DRY_RUN_SIZES.lrs)
+    assert ft["max_abs_l_ft_diff"] <= 1e-5 and ft["min_l_ft_gap_between_lrs"] > 1e-3
+    assert [c["passed"] for c in secs["finetune_batched"]["checks"]] == [True, True]
     skipped = {name: {s["what"] for s in sec["skipped"]} for name, sec in secs.items()}
     assert skipped == {"environment": set(), "sam_cuda": {"CUDA"}, "fsdp_bf16": {"NCCL"},
-                       "bnb": {"CUDA kernels"}, "cost": {"MFU", "peak memory"}}  # fmt: skip
+                       "bnb": {"CUDA kernels"}, "cost": {"MFU", "peak memory"}, "finetune_batched": set()}  # fmt: skip
 
 
 def test_markdown_matches_json(dry_run):
@@ -114,6 +128,11 @@ def test_markdown_matches_json(dry_run):
     nf4 = report["sections"]["bnb"]["results"]["nf4"]
     assert f"| {_cell(nf4['loss_increase'])} |" in next(ln for ln in md.splitlines() if ln.startswith("| nf4 |"))
     assert "- cost: MFU: CPU dry run" in md
+    ft = report["sections"]["finetune_batched"]["results"]
+    assert "## Fine-tuning: batched LR grid vs one run at a time" in md
+    row = next(ln for ln in md.splitlines() if ln.startswith("| sequential (in memory) |"))
+    assert f"| {_cell(ft['in_memory']['wall_s'])} |" in row
+    assert f"Speed-up batched over sequential: {ft['speedup_batched_vs_sequential']:.2f}x" in md
 
 
 def test_dry_run_imports_are_covered_by_the_wheels(dry_run):
@@ -142,6 +161,13 @@ def test_killed_worker_still_gives_a_report(tmp_path, monkeypatch):
     assert sec["status"] in ("not run", "timeout")
     assert "killed at its time limit" in sec["errors"][-1]["error"]
     assert "## Errors" in (tmp_path / "gpu-check.md").read_text()
+
+
+def test_gpu_budgets_cover_every_section_within_the_total():
+    # every section runs in exactly one GPU worker, and the budgets leave start-up and report time
+    assert [n for g in runner.GPU_GROUPS for n in g] == list(runner.SECTIONS)
+    assert set(runner.GPU_BUDGETS) == set(runner.DRY_RUN_BUDGETS) == set(runner.SECTIONS)
+    assert sum(runner.GPU_BUDGETS.values()) <= runner.DEFAULT_BUDGET_S["gpu"] - 30
 
 
 def test_peak_flops_by_device_name():

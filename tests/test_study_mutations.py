@@ -39,8 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDY_FILES = sorted([*ROOT.glob("recipes/studies/*.yaml"), *ROOT.glob("olmo_sam/study/files/*.yaml")])
 
 #: leaf keys where 0 is a documented value: seeds; ``eval_interval: 0`` (no in-loop evaluation),
-#: ``rho: 0`` (SAM without its perturbation, >= 0 by SAMConfig), ``power_iters: 0`` (skips them)
-ZERO_OK = {"seed", "seeds", "eval_interval", "rho", "power_iters"}
+#: ``rho: 0`` (SAM without its perturbation, >= 0 by SAMConfig), ``power_iters: 0`` (skips them),
+#: a pretraining ``lr: 0`` (a frozen run: the weights stay as loaded)
+ZERO_OK = {"seed", "seeds", "eval_interval", "rho", "power_iters", "lr"}
 
 Path_ = Tuple[Any, ...]
 

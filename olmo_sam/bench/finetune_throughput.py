@@ -25,22 +25,33 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import click
 import numpy as np
 import torch
 
 from ..output import atomic_write_text
+from ..preflight import POSITIVE_INT, out_file_callback
 
-__all__ = ["finetune_throughput", "finetune_throughput_command", "TARGETS"]
+__all__ = [
+    "finetune_throughput",
+    "finetune_throughput_command",
+    "TARGETS",
+    "WAYS",
+    "setup_inputs",
+    "sweep_spec",
+    "measure_way",
+    "pure_training",
+]
 
 #: the demo's fine-tuning LR grid (olmo_sam/study/files/demo.yaml)
 DEMO_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 #: issue 21's goals: sweep throughput over the checkpointed path, batched tokens/s over pure training
 TARGETS = {"speedup_vs_checkpointed": 3.0, "fraction_of_pure_training": 0.7}
 _VOCAB, _EOS, _PAD = 384, 0, 1
-_MODES = ("checkpointed", "in_memory", "batched")
+#: the ways a sweep runs (module docstring)
+WAYS = ("checkpointed", "in_memory", "batched")
 
 
 def _task_docs(n: int, seed: int, prompt: int = 8, response: int = 23):
@@ -54,7 +65,7 @@ def _task_docs(n: int, seed: int, prompt: int = 8, response: int = 23):
         yield np.concatenate([p, r, [_EOS]]), np.concatenate([np.zeros(prompt, bool), np.ones(response + 1, bool)])
 
 
-def _setup(folder: Path, *, size: str, seq: int, train_tokens: int) -> Dict[str, Path]:
+def setup_inputs(folder: Path, *, size: str, seq: int, train_tokens: int) -> Dict[str, Path]:
     """A ``size`` base (vocabulary 384) (20 AdamW steps on a synthetic corpus), a task dataset of at least
     ``train_tokens`` training tokens, and a pretraining validation file."""
     from olmo_core.data import TokenizerConfig
@@ -89,7 +100,7 @@ def _setup(folder: Path, *, size: str, seq: int, train_tokens: int) -> Dict[str,
     return {"base": resolve_checkpoint(folder / "base"), "task": task, "pt_val": pt_val}
 
 
-def _pure_training(base: Path, *, steps: int, batch: int, seq: int, lr: float) -> Dict[str, float]:
+def pure_training(base: Path, *, steps: int, batch: int, seq: int, lr: float) -> Dict[str, float]:
     """Tokens per second (of wall and of CPU time) of plain training steps of one model at the sweep's batch: forward and
     backward (summed CE over label tokens), total-norm clipping, AdamW."""
     from olmo_core.optim import AdamWConfig
@@ -126,47 +137,64 @@ def _pure_training(base: Path, *, steps: int, batch: int, seq: int, lr: float) -
     return {"tokens_per_s": tokens / (time.perf_counter() - t0), "tokens_per_cpu_s": tokens / (time.process_time() - c0)}
 
 
+def sweep_spec(paths: Dict[str, Path], *, lrs: Sequence[float], steps: int, batch: int, label: str):
+    """The benchmark's LR sweep over :func:`setup_inputs`' base and task (L_FT and L_PT on 64
+    sequences each)."""
+    from ..finetune.sweep import SweepSpec
+
+    return SweepSpec(
+        bases=[str(paths["base"])], base_labels=[label], datasets=[str(paths["task"])], lrs=list(lrs),
+        common=dict(batch_size=batch, max_steps=steps, pt_val=[str(paths["pt_val"])], pt_val_max_sequences=64,
+                    ft_val_max_sequences=64),
+    )  # fmt: skip
+
+
+def measure_way(spec, out: Path, way: str, *, jobs: int = 1) -> Tuple[Dict[str, float], Dict[str, float]]:
+    """Run ``spec`` one of the :data:`WAYS` into the fresh folder ``out``; returns its wall and CPU
+    time, runs, trained tokens and tokens per second, and each run's L_FT by run id."""
+    from ..finetune.records import ResultStore
+    from ..checkpoints import load_transformer
+    from ..finetune.sweep import run_sweep
+
+    if way not in WAYS:
+        raise ValueError(f"way {way!r}: choose from {', '.join(WAYS)}")
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = run_sweep(spec, out, jobs=jobs, progress=False, engine="batched" if way == "batched" else "trainer",
+                    keep_checkpoints=way == "checkpointed")  # fmt: skip
+    if res.failed:
+        raise RuntimeError(f"{way}: {len(res.failed)} run(s) failed: {res.failed[0]}")
+    records = ResultStore(out / "results.jsonl").records()
+    if way == "checkpointed":  # the reload before evaluation of the checkpointed path
+        for r in records:
+            load_transformer(r.extra["checkpoint"])
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    tokens = sum(r.tokens for r in records)
+    measured = {"wall_s": wall, "cpu_s": cpu, "runs": len(records), "tokens": tokens,
+                "tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / cpu}  # fmt: skip
+    return measured, {r.run_id: r.l_ft for r in records}
+
+
 def finetune_throughput(
     *, lrs: Sequence[float] = DEMO_LRS, steps: int = 60, batch: int = 16, seq: int = 128, jobs: int = 1,
     size: str = "micro", work_dir: Optional[str] = None,
 ) -> Dict[str, Any]:  # fmt: skip
     """Run the benchmark (module docstring); returns the report as a dict."""
-    from ..finetune.records import ResultStore
-    from ..checkpoints import load_transformer
-    from ..finetune.sweep import SweepSpec, run_sweep
-
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         folder = Path(tmp)
-        paths = _setup(folder, size=size, seq=seq, train_tokens=steps * batch * seq)
-        spec = SweepSpec(
-            bases=[str(paths["base"])], base_labels=["micro"], datasets=[str(paths["task"])], lrs=list(lrs),
-            common=dict(batch_size=batch, max_steps=steps, pt_val=[str(paths["pt_val"])], pt_val_max_sequences=64,
-                        ft_val_max_sequences=64),
-        )  # fmt: skip
+        paths = setup_inputs(folder, size=size, seq=seq, train_tokens=steps * batch * seq)
+        spec = sweep_spec(paths, lrs=lrs, steps=steps, batch=batch, label=size)
         report: Dict[str, Any] = {
             "model": size, "lrs": list(lrs), "steps": steps, "batch_size": batch, "seq_len": seq, "jobs": jobs,
             "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
         }  # fmt: skip
         l_ft: Dict[str, Dict[str, float]] = {}
-        for mode in _MODES:
-            out = folder / mode
-            t0, c0 = time.perf_counter(), time.process_time()
-            res = run_sweep(spec, out, jobs=jobs, progress=False, engine="batched" if mode == "batched" else "trainer",
-                            keep_checkpoints=mode == "checkpointed")  # fmt: skip
-            if res.failed:
-                raise RuntimeError(f"{mode}: {len(res.failed)} run(s) failed: {res.failed[0]}")
-            records = ResultStore(out / "results.jsonl").records()
-            if mode == "checkpointed":  # the reload before evaluation of the checkpointed path
-                for r in records:
-                    load_transformer(r.extra["checkpoint"])
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            tokens = sum(r.tokens for r in records)
-            report[mode] = {"wall_s": wall, "cpu_s": cpu, "runs": len(records), "tokens": tokens,
-                            "tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / cpu}  # fmt: skip
-            l_ft[mode] = {r.run_id: r.l_ft for r in records}
-        pure = _pure_training(paths["base"], steps=min(steps, 30), batch=batch, seq=seq, lr=min(lrs))
+        for mode in WAYS:
+            report[mode], l_ft[mode] = measure_way(spec, folder / mode, mode, jobs=jobs)
+        pure = pure_training(paths["base"], steps=min(steps, 30), batch=batch, seq=seq, lr=min(lrs))
     report["pure_training"] = pure
-    for mode in _MODES:
+    for mode in WAYS:
         m = report[mode]
         m["fraction_of_pure_training"] = m["tokens_per_s"] / pure["tokens_per_s"]
         m["speedup_vs_checkpointed"] = report["checkpointed"]["wall_s"] / m["wall_s"]
@@ -191,7 +219,7 @@ def _table(r: Dict[str, Any]) -> List[str]:
         f"{'way':14s} {'sweep s':>9s} {'tokens/s':>10s} {'of pure':>8s} {'speed-up':>9s}   "
         f"{'CPU s':>7s} {'tok/CPU-s':>10s} {'of pure':>8s} {'speed-up':>9s}",
     ]
-    for mode in _MODES:
+    for mode in WAYS:
         m = r[mode]
         cpu = (f"{m['cpu_s']:7.1f} {m['tokens_per_cpu_s']:10.0f} {m['cpu_fraction_of_pure_training']:8.0%} "
                f"{m['cpu_speedup_vs_checkpointed']:8.2f}x") if "cpu_speedup_vs_checkpointed" in m else ""  # fmt: skip
@@ -215,13 +243,13 @@ def _table(r: Dict[str, Any]) -> List[str]:
               help="comma-separated learning rates (default: the demo's grid)")
 @click.option("--size", type=click.Choice(["micro", "tiny", "20M", "60M", "150M"]), default="micro", show_default=True,
               help="Model preset (vocabulary 384); the GPU comparison uses 20M with 8 LRs.")
-@click.option("--steps", default=60, show_default=True, help="Steps per run.")
-@click.option("--batch-size", "batch", default=16, show_default=True, help="Sequences per step.")
-@click.option("--seq-len", "seq", default=128, show_default=True, help="Sequence length (tokens).")
-@click.option("--jobs", default=1, show_default=True, help="Sweep worker processes (the same for every way).")
-@click.option("--threads", type=int, default=None, help="CPU threads per process (default 1).")
+@click.option("--steps", type=POSITIVE_INT, default=60, show_default=True, help="Steps per run.")
+@click.option("--batch-size", "batch", type=POSITIVE_INT, default=16, show_default=True, help="Sequences per step.")
+@click.option("--seq-len", "seq", type=POSITIVE_INT, default=128, show_default=True, help="Sequence length (tokens).")
+@click.option("--jobs", type=POSITIVE_INT, default=1, show_default=True, help="Sweep worker processes (the same for every way).")
+@click.option("--threads", type=POSITIVE_INT, default=None, help="CPU threads per process (default 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--out", type=click.Path(), default=None, help="Also write the JSON report here.")
+@click.option("--out", callback=out_file_callback, type=click.Path(dir_okay=False), default=None, help="Also write the JSON report here.")
 def finetune_throughput_command(lrs, size, steps, batch, seq, jobs, threads, as_json, out):
     """A fine-tuning LR sweep checkpointed vs in memory vs batched, against pure training.
 

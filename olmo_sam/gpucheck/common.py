@@ -22,6 +22,7 @@ __all__ = [
     "write_markov_corpus",
     "write_random_tokens",
     "init_one_rank_group",
+    "leave_process_group",
     "reset_world_mesh",
 ]
 
@@ -169,6 +170,16 @@ def init_one_rank_group(mode: Mode) -> None:
     for var, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1")):
         os.environ.setdefault(var, value)
     prepare_training_environment(backend=mode.fsdp_backend, shared_filesystem=True)
+
+
+def leave_process_group() -> None:
+    """Back to a process without a process group (a section that needs one left it; the next runs
+    OLMo-core's trainer the way one fresh process does)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    reset_world_mesh()
 
 
 def reset_world_mesh() -> None:

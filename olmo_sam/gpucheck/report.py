@@ -7,7 +7,7 @@ from typing import Any, Dict, List
 
 from ..output import atomic_write_text, markdown_table, write_json
 
-__all__ = ["write_report", "markdown_report", "JSON_NAME", "MD_NAME", "COST_COLUMNS", "QUANT_COLUMNS"]
+__all__ = ["write_report", "markdown_report", "JSON_NAME", "MD_NAME", "COST_COLUMNS", "QUANT_COLUMNS", "FINETUNE_COLUMNS"]
 
 JSON_NAME = "gpu-check.json"
 MD_NAME = "gpu-check.md"
@@ -20,6 +20,7 @@ COST_COLUMNS = [
 ]  # fmt: skip
 QUANT_COLUMNS = ["spec", "device", "blocksize", "base_loss", "quantized_loss", "loss_increase", "compression",
                  "max_error_ratio", "mismatched_4bit_weights"]
+FINETUNE_COLUMNS = ["way", "wall_s", "runs", "tokens", "tokens_per_s", "fraction_of_pure_training"]
 
 
 def _rows_cost(cost: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -33,6 +34,37 @@ def _rows_quant(bnb: Dict[str, Any]) -> List[Dict[str, Any]]:
 
     results = bnb.get("results", {})
     return [{"spec": s, **results[s]} for s in SPECS if s in results]
+
+
+def _rows_finetune(ft: Dict[str, Any]) -> List[Dict[str, Any]]:
+    results = ft.get("results", {})
+    rows = [{"way": w, **results[w]} for w in ("batched", "in_memory") if w in results]
+    for row in rows:
+        row["way"] = {"batched": "batched", "in_memory": "sequential (in memory)"}[row["way"]]
+    return rows
+
+
+def _finetune_lines(ft: Dict[str, Any]) -> List[str]:
+    rows = _rows_finetune(ft)
+    if not rows:
+        return []
+    r = ft["results"]
+    st = r["settings"]
+    pure = r.get("pure_training", {}).get("tokens_per_s")
+    speedup, diff = r.get("speedup_batched_vs_sequential"), r.get("max_abs_l_ft_diff")
+    return [
+        "## Fine-tuning: batched LR grid vs one run at a time",
+        "",
+        f"{st['k']} LRs ({', '.join(f'{x:g}' for x in st['lrs'])}) of the {st['size']} model (vocabulary 384), "
+        f"{st['steps']} steps x {st['batch']} x {st['seq']} tokens per run, on {st['device']}; wall time per sweep "
+        "(evaluation of L_FT and L_PT included), trained tokens per second, that over pure training of one model "
+        f"at the same batch ({'n/a' if pure is None else f'{pure:.0f}'} tokens/s). "
+        f"Speed-up batched over sequential: {'n/a' if speedup is None else f'{speedup:.2f}x'}; "
+        f"max |L_FT batched - sequential| = {'n/a' if diff is None else f'{diff:.2e}'} "
+        f"(tolerance {st['l_ft_tolerance']:g}).",
+        "",
+        markdown_table(FINETUNE_COLUMNS, rows),
+    ]
 
 
 def markdown_report(report: Dict[str, Any]) -> str:
@@ -84,6 +116,7 @@ def markdown_report(report: Dict[str, Any]) -> str:
             "",
             markdown_table(QUANT_COLUMNS, quant_rows),
         ]
+    lines += _finetune_lines(sections.get("finetune_batched", {}))
     fsdp = sections.get("fsdp_bf16", {}).get("results", {}).get("fsdp_bf16")
     if fsdp:
         losses = ", ".join(f"{x:.3f}" for x in fsdp["losses"])

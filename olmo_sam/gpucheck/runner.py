@@ -31,13 +31,13 @@ from .worker import IMPORTS_PREFIX, SECTIONS
 __all__ = ["main", "run_check", "GPU_BUDGETS", "DRY_RUN_BUDGETS", "DEFAULT_BUDGET_S", "GPU_GROUPS"]
 
 #: seconds per section on the GPU (sum 450 of the 480 s total: the rest is start-up and report)
-GPU_BUDGETS = {"environment": 15, "sam_cuda": 60, "fsdp_bf16": 60, "bnb": 75, "cost": 240}
+GPU_BUDGETS = {"environment": 15, "sam_cuda": 50, "fsdp_bf16": 50, "bnb": 65, "cost": 195, "finetune_batched": 75}
 #: caps on the CPU dry run (it needs about 30 s on an idle 2-core machine)
-DRY_RUN_BUDGETS = {"environment": 10, "sam_cuda": 30, "fsdp_bf16": 30, "bnb": 40, "cost": 50}
+DRY_RUN_BUDGETS = {"environment": 10, "sam_cuda": 30, "fsdp_bf16": 30, "bnb": 40, "cost": 50, "finetune_batched": 30}
 #: default global budgets; ``--budget`` scales every section's budget by budget / default
 DEFAULT_BUDGET_S = {"gpu": 480.0, "dry_run": 120.0}
 #: worker processes on the GPU: the environment probe shares the first one
-GPU_GROUPS = (("environment", "sam_cuda"), ("fsdp_bf16",), ("bnb",), ("cost",))
+GPU_GROUPS = (("environment", "sam_cuda"), ("fsdp_bf16",), ("bnb",), ("cost",), ("finetune_batched",))
 #: a worker's start-up (imports, CUDA context) on top of its sections' budgets
 STARTUP_S = 30.0
 #: what the runner keeps back from the global deadline to write the report

@@ -58,7 +58,7 @@ def run_environment(sec: Section, work: Path) -> None:
 
 
 def _sections() -> Dict[str, Callable[[Section, Path], None]]:
-    from . import correctness, cost, quant
+    from . import correctness, cost, finetune, quant
 
     return {
         "environment": run_environment,
@@ -66,11 +66,12 @@ def _sections() -> Dict[str, Callable[[Section, Path], None]]:
         "fsdp_bf16": correctness.run_fsdp_bf16,
         "bnb": quant.run_bnb,
         "cost": cost.run_cost,
+        "finetune_batched": finetune.run_finetune_batched,
     }
 
 
 #: section names in the order they run
-SECTIONS = ("environment", "sam_cuda", "fsdp_bf16", "bnb", "cost")
+SECTIONS = ("environment", "sam_cuda", "fsdp_bf16", "bnb", "cost", "finetune_batched")
 
 
 def main(argv=None) -> int:

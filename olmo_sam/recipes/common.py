@@ -89,10 +89,12 @@ def check_run_numbers(spec: RunSpec) -> None:
         v = getattr(spec, name, None)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
             raise OLMoConfigurationError(f"--{name.replace('_', '-')} must be a whole number >= {low}, got {v!r}")
-    for name in ("lr", "tokens_per_param"):
+    # a peak LR of 0 is a frozen run (the weights stay as loaded); a negative one is an error
+    for name, low, strict in (("lr", 0.0, False), ("tokens_per_param", 0.0, True)):
         v = getattr(spec, name, None)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0)):
-            raise OLMoConfigurationError(f"--{name.replace('_', '-')} must be a number > 0, got {v!r}")
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > low if strict else v >= low)
+        if v is not None and not ok:
+            raise OLMoConfigurationError(f"--{name.replace('_', '-')} must be a number {'>' if strict else '>='} 0, got {v!r}")
 
 
 def check_micro_batch(batch: int, world: int, micro_batch_size: int) -> None:

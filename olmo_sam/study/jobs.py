@@ -403,7 +403,7 @@ def _benchmark(ctx: JobContext, hf_dir: str, label: str) -> Dict[str, Any]:
         opts = dict(p["offline"])
         quants = opts.pop("quant", [None])
         for q in quants if isinstance(quants, list) else [quants]:
-            tag = q or "bf16"
+            tag = "bf16" if q in (None, "none") else q
             recs = run_offline_suite(hf_dir, out_dir=ctx.dir / tag, model_label=f"{label}:{tag}", quant=q, **opts)
             out[tag] = [asdict(r) for r in recs]
     if p.get("olmes") is not None:

@@ -98,7 +98,7 @@ def _check_entries(data: Any, path: str = "") -> None:
 
 
 #: lists whose default is empty (a recorded study.json writes them so): empty = omitted
-EMPTY_LIST_OK = ("data.train", "data.val")
+EMPTY_LIST_OK = ("data.train", "data.val", "hypotheses")
 
 
 @dataclass
@@ -392,7 +392,8 @@ class _OfflineOptions:
 
     tasks: Optional[List[str]] = None
     limit: Optional[int] = None
-    quant: Optional[Union[str, List[str]]] = None
+    #: quantization kinds (``none`` or null: full precision)
+    quant: Optional[Union[str, List[Optional[str]]]] = None
     batch_size: Optional[int] = None
     max_gen_toks: Optional[int] = None
     device: Optional[str] = None
@@ -404,7 +405,8 @@ class _OlmesOptions:
 
     suite: Optional[str] = None
     tasks: Optional[List[str]] = None
-    quant: Optional[Union[str, List[str]]] = None
+    #: quantization kinds (``none`` or null: full precision)
+    quant: Optional[Union[str, List[Optional[str]]]] = None
     model_type: Optional[str] = None
     limit: Optional[int] = None
     batch_size: Optional[int] = None
@@ -417,7 +419,7 @@ def _check_quants(quant: Any, where: str, kinds: Sequence[str]) -> None:
     if not isinstance(quant, (str, list)):
         raise StudyError(f"{where}: expected a list of {list(kinds)}, got {quant!r}")
     for i, q in enumerate([quant] if isinstance(quant, str) else quant):
-        if q not in kinds:
+        if q is not None and q not in kinds:
             raise StudyError(f"{where}[{i}]: choose one of {list(kinds)}, got {q!r}")
 
 
