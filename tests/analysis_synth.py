@@ -15,7 +15,7 @@ import math
 import random
 from typing import Iterable, List, Sequence
 
-from olmo_sam.analysis.records import FTRecord, ResultStore
+from olmo_sam.finetune.records import FTRecord, ResultStore
 
 DATASETS = {"code": 1.2, "math": 0.9}
 #: arm -> [(checkpoint name, base PT loss, forgetting sensitivity)]

@@ -97,7 +97,7 @@ def make_task_dir(
 ) -> Path:
     """A prepared prompt/response fine-tuning set: random prompts (not targets) + responses
     (targets, closing EOS a target), ids in [2, vocab); distinct documents."""
-    from olmo_sam.evals.lm_loss import token_dtype_for_vocab
+    from olmo_sam.data.tokens import token_dtype_for_vocab
     from olmo_sam.finetune.data import FTDataMeta, write_meta, write_split
 
     rng = np.random.default_rng(seed)

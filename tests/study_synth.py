@@ -20,9 +20,10 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List
 
-from olmo_sam.analysis.records import FTRecord, ResultStore
+from olmo_sam.finetune.records import FTRecord, ResultStore
 from olmo_sam.output import write_json
 from olmo_sam.study.plan import Job, Plan
+from olmo_sam.study.bases import BaseRecord
 from olmo_sam.study.context import JobContext
 from olmo_sam.study.spec import parse_study
 
@@ -88,9 +89,11 @@ def build(out: Path, *, with_budget_fields: bool = True, interval: Dict[str, Any
                                               "sam_active": arm == "sam"} for i in range(10)]})  # fmt: skip
                 rec: Dict[str, Any] = {"checkpoint": str(out / "none" / u), "curve": str(curve), "optimizer": arm,
                                        "schedule": "cosine", "final_train_loss": 5.1}  # fmt: skip
-                if with_budget_fields:
-                    rec.update(arm=arm, seed=s, budget_tpp=tokens / PARAMS_TOTAL, tokens=tokens,
-                               params_total=PARAMS_TOTAL, params_non_embedding=PARAMS_NON_EMBEDDING)  # fmt: skip
+                run = {"tokens": tokens, "params_total": PARAMS_TOTAL, "params_non_embedding": PARAMS_NON_EMBEDDING,
+                       "tpp_total": tokens / PARAMS_TOTAL, "tpp_non_embedding": tokens / PARAMS_NON_EMBEDDING}  # fmt: skip
+                # without budget fields: a base whose size and budget are unknown (no tokens, no counts)
+                params = {"arm": arm, "seed": s, "budget_tpp": None}
+                rec.update(BaseRecord.measure(params, run if with_budget_fields else {}, {}).to_dict())
                 done(Job(f"pretrain/{u}", "pretrain", "pretrain", params={"arm": arm, "unit": u, "seed": 0}), rec)
                 done(Job(f"pt_eval/{u}", "pt_eval", "pt_eval", params={"unit": u}), {"l_pt": l_pt(arm, b, s)})
                 # quantization: no difference between arms

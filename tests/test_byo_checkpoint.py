@@ -18,7 +18,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from olmo_sam.analysis.records import ResultStore
+from olmo_sam.finetune.records import ResultStore
 from olmo_sam.checkpoints import load_transformer, resolve_checkpoint, trainer_load_path
 from olmo_sam.cli import main as cli
 

@@ -100,17 +100,32 @@ def test_every_option_has_help_and_every_group_an_example():
 
 
 def test_yaml_keys_follow_the_flags():
-    """--micro-batch-size / --seq-len are also the study file's keys."""
+    """--micro-batch-size / --seq-len are FTConfig's field names and the study file's keys (one
+    spelling: the old field names are unknown options)."""
+    from olmo_core.exceptions import OLMoConfigurationError
+
     from olmo_sam.finetune.engine import FTConfig
 
-    new = FTConfig.from_dict({"base": "b", "data": "d", "lr": 1e-3, "micro_batch_size": 2, "seq_len": 64})
-    old = FTConfig.from_dict({"base": "b", "data": "d", "lr": 1e-3, "microbatch_size": 2, "sequence_length": 64})
-    assert new == old and new.microbatch_size == 2 and new.sequence_length == 64
-    # the study's typed check of finetune.common takes the flags' names too
+    cfg = FTConfig.from_dict({"base": "b", "data": "d", "lr": 1e-3, "micro_batch_size": 2, "seq_len": 64})
+    assert cfg.micro_batch_size == 2 and cfg.seq_len == 64
+    with pytest.raises(OLMoConfigurationError, match="microbatch_size"):
+        FTConfig.from_dict({"base": "b", "data": "d", "lr": 1e-3, "microbatch_size": 2})
+    # the study's typed check of finetune.common takes the same names
     from olmo_sam.study.fields import typed_settings
 
-    typed = typed_settings(FTConfig, FTConfig.field_names({"micro_batch_size": 2, "seq_len": 64}), "finetune.common")
-    assert typed == {"microbatch_size": 2, "sequence_length": 64}
+    typed = typed_settings(FTConfig, {"micro_batch_size": 2, "seq_len": 64}, "finetune.common")
+    assert typed == {"micro_batch_size": 2, "seq_len": 64}
+
+
+def test_renamed_fine_tuning_fields_keep_run_ids():
+    """micro_batch_size / seq_len were FTConfig's microbatch_size / sequence_length: the same
+    settings keep the run ids they had before the rename (finished sweeps are not run again).
+    The ids were computed by the code before the rename."""
+    from olmo_sam.finetune.engine import FTConfig
+
+    ewc = FTConfig(base="/b/step3", data="/d", lr=1e-3, method="ewc", micro_batch_size=2, seq_len=64)
+    assert ewc.run_id == "ewc-lr0.001-887dcd56b45e"
+    assert FTConfig(base="/b/step3", data="/d", lr=3e-4, seq_len=128).run_id == "ft-lr0.0003-874fdada2523"
 
 
 def test_no_transformer_engine_line_on_help():

@@ -86,7 +86,7 @@ def test_report_has_every_section_with_numbers(demo_run):
 
 def test_demo_finetuning_really_forgets(demo_run):
     out, _ = demo_run
-    from olmo_sam.analysis.records import FTRecord
+    from olmo_sam.finetune.records import FTRecord
 
     recs = [FTRecord.from_dict(json.loads(line)) for line in (out / "analysis" / "finetune_results.jsonl").open()]
     summary = json.loads((out / "analysis" / "summary.json").read_text())

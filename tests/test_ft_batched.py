@@ -21,7 +21,7 @@ import torch
 from conftest import REPO
 from ft_helpers import write_task
 
-from olmo_sam.analysis.records import ResultStore
+from olmo_sam.finetune.records import ResultStore
 from olmo_sam.checkpoints import load_transformer
 from olmo_sam.finetune.batched import grid_units, slices_per_chunk, train_grid
 from olmo_sam.finetune.engine import FTConfig, plan_run, run_finetune
@@ -47,7 +47,7 @@ def mix(tmp_path_factory):
 
 
 def _cfg(method, lr, base, task, mix, corpus, **kw):
-    common = dict(base=str(base), lr=lr, batch_size=8, microbatch_size=4, max_steps=STEPS, warmup_fraction=0.34,
+    common = dict(base=str(base), lr=lr, batch_size=8, micro_batch_size=4, max_steps=STEPS, warmup_fraction=0.34,
                   max_grad_norm=CLIP, pt_val=[str(corpus.val)], pt_val_max_sequences=8, ft_val_max_sequences=8)  # fmt: skip
     if method == "cfs":
         return FTConfig(data=str(mix), epoch_data=str(task), record_method="cfs", **common, **kw)

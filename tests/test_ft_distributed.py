@@ -37,7 +37,7 @@ def setup(tmp_path_factory, tiny_checkpoint, tiny_corpus):
     root = tmp_path_factory.mktemp("ft_dist")
     task = write_task(root / "task", n_train=120, n_val=16)
     cfg = FTConfig(
-        base=str(tiny_checkpoint), data=str(task), lr=1e-3, batch_size=8, microbatch_size=2,
+        base=str(tiny_checkpoint), data=str(task), lr=1e-3, batch_size=8, micro_batch_size=2,
         max_steps=STEPS, pt_val=[str(tiny_corpus.val)], pt_val_max_sequences=8, checkpoint_interval=2,
     )  # fmt: skip
     single = root / "single"

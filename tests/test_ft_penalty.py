@@ -39,7 +39,7 @@ def test_diagonal_fisher_equals_direct_squared_batch_gradients(tiny_checkpoint, 
     model.train()
     seq, n_batches, batch = 16, 3, 4
     got = diagonal_fisher(model, [tiny_corpus.train], seq_len=seq, dtype=np.dtype(np.uint16), n_batches=n_batches,
-                          batch_size=batch, microbatch_size=1, seed=5, progress=False)  # fmt: skip
+                          batch_size=batch, micro_batch_size=1, seed=5, progress=False)  # fmt: skip
     windows = list(sample_windows([tiny_corpus.train], seq, np.dtype(np.uint16), n_batches * batch, seed=5))
     expect = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     for b in range(n_batches):

@@ -18,7 +18,7 @@ from conftest import REPO, VOCAB
 from ft_helpers import write_task
 from olmo_core.exceptions import OLMoConfigurationError
 
-from olmo_sam.analysis.records import ResultStore
+from olmo_sam.finetune.records import ResultStore
 from olmo_sam.checkpoints import load_transformer
 from olmo_sam.evals.lm_loss import lm_loss
 from olmo_sam.finetune.data import split_paths
@@ -209,7 +209,7 @@ def test_step_rule_one_epoch_or_budget(tiny_checkpoint, tiny_corpus, task, tmp_p
     common = _common(tiny_corpus)
     tokens = 600 * 32  # write_task: 600 training documents of 32 tokens
     cfg = FTConfig(base=str(tiny_checkpoint), data=str(task), lr=1e-3, token_budget=None, **common).resolved()
-    assert cfg.sequence_length == 64  # from the checkpoint
+    assert cfg.seq_len == 64  # from the checkpoint
     assert plan_run(cfg).steps == (tokens // 64) // 8
     budget = FTConfig(base=str(tiny_checkpoint), data=str(task), lr=1e-3, token_budget=10 * 8 * 64 + 5, **common)
     assert plan_run(budget.resolved()).steps == 10
@@ -236,7 +236,7 @@ def test_torn_last_result_line_warns_and_the_run_is_redone(reference_sweep, tmp_
     (out / "results.jsonl").write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
     victim = next(c for c in expand(spec) if last["run_id"] in c.expected_run_ids())
     shutil.rmtree(out / "runs" / victim.run_id)
-    with caplog.at_level(logging.WARNING, logger="olmo_sam.analysis.records"):
+    with caplog.at_level(logging.WARNING, logger="olmo_sam.finetune.records"):
         assert last["run_id"] not in ResultStore(out / "results.jsonl").done_ids()
     warning = " ".join(r.getMessage() for r in caplog.records)
     assert f"skipped 1 unreadable line(s) (first: line {len(lines)}:" in warning and "redoes them" in warning

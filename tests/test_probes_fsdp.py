@@ -41,7 +41,7 @@ WORKER = textwrap.dedent(
         tokenizer=TokenizerConfig(vocab_size=256, eos_token_id=0, pad_token_id=1, bos_token_id=0),
         train_paths=[train], save_folder=save,
         optim=AdamWConfig(lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1),
-        sequence_length=64, global_batch_size=8, rank_microbatch_size=4, max_steps={steps},
+        sequence_length=64, global_batch_size=8, micro_batch_size=4, max_steps={steps},
         scheduler=CosineAlpha(warmup=2), max_grad_norm=1.0, dp="fsdp",
         callbacks={{"sharpness": cb}} if monitored else None,
     )

@@ -43,7 +43,7 @@ def test_cfs_and_benchmarks_join_the_chain(tmp_path):
                           capture_output=True, text=True, env=env, timeout=1500)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
-    from olmo_sam.analysis.records import ResultStore
+    from olmo_sam.finetune.records import ResultStore
     from olmo_sam.finetune.data import read_meta
 
     recs = ResultStore(out / "finetune" / "sam-anneal_demo-music" / "results.jsonl").records()

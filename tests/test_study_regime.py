@@ -14,8 +14,9 @@ from olmo_sam import paper
 from olmo_sam.demo import demo_study_path
 from olmo_sam.models import model_config, param_counts
 from olmo_sam.recipes.pretrain import PretrainSpec, build_pretrain
-from olmo_sam.study.jobs import BASE_FIELDS, base_metadata
-from olmo_sam.study.plan import DATA_SEED, INIT_SEED, build_plan
+from olmo_sam.study.bases import BaseRecord
+from olmo_sam.seeds import DATA_SEED, INIT_SEED
+from olmo_sam.study.plan import build_plan
 from olmo_sam.study.spec import StudyError, load_study, parse_study
 
 GRID = {
@@ -135,8 +136,7 @@ def test_base_metadata_reaches_the_plan_and_analysis(tmp_path):
     resolved = {"tokens": 4_120_000, "steps": 503, "params_total": 41_120, "params_non_embedding": 28_832,
                 "tpp_total": 4_120_000 / 41_120, "tpp_non_embedding": 4_120_000 / 28_832, "budget_tpp": 100.19}  # fmt: skip
     data = {"train_tokens": 2_060_000, "description": "demo corpus"}
-    meta = base_metadata(job.params, resolved, data)
-    assert set(meta) == set(BASE_FIELDS)
+    meta = BaseRecord.measure(job.params, resolved, data).to_dict()
     assert meta["budget_tpp"] == 100  # the planned budget names the group; tpp_total is the measured one
     assert meta["data_epochs"] == pytest.approx(2.0) and meta["data_source"] == "demo corpus"
     job.mark_done(tmp_path, {"checkpoint": "x", **meta}, 1.0)

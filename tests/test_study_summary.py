@@ -11,7 +11,8 @@ import pytest
 
 import study_synth
 from olmo_sam.analysis.findings import FINDING_FIELDS
-from olmo_sam.study.analysis import analyse_study, base_metadata
+from olmo_sam.study.analysis import analyse_study, base_of
+from olmo_sam.study.bases import BaseRecord
 from olmo_sam.study.report import write_report
 from olmo_sam.study.spec import StudyError, parse_study
 
@@ -105,15 +106,22 @@ def test_report_renders_the_summary(study):
     assert html.count("data:image/png;base64,") == len(links)
 
 
-def test_base_metadata_falls_back_to_the_job_and_the_study_seed():
-    b = base_metadata("adamw", {"tokens": 1000, "params_total": 100, "params_non_embedding": 40},
-                      {"arm": "adamw", "seed": 7}, study_seed=0)  # fmt: skip
-    assert (b.arm, b.seed, b.budget_tpp, b.budget_tpp_non_embedding) == ("adamw", 7, 10.0, 25.0)
-    b = base_metadata("sam@1B", {}, {}, study_seed=3)
-    assert (b.arm, b.seed, b.budget_tpp) == ("sam", 3, None)
-    b = base_metadata("x", {"arm": "wso", "seed": 2, "budget_tpp": 800.0, "tpp_non_embedding": 1500.0},
-                      {"arm": "ignored", "seed": 0}, 0)  # fmt: skip
-    assert (b.arm, b.seed, b.budget_tpp, b.budget_tpp_non_embedding) == ("wso", 2, 800.0, 1500.0)
+def test_a_base_record_is_read_as_it_was_written():
+    """One record type for a base: the writer's fields are the reader's; an incomplete result is
+    an error naming the job (no fallbacks)."""
+    run = {"tokens": 1000, "steps": 10, "params_total": 100, "params_non_embedding": 40, "tpp_total": 10.0,
+           "tpp_non_embedding": 25.0}  # fmt: skip
+    written = BaseRecord.measure({"arm": "wso", "seed": 2, "budget_tpp": 800}, run, {"train_tokens": 500})
+    result = {"checkpoint": "x", **written.to_dict()}
+    read = BaseRecord.from_result(json.loads(json.dumps(result)), "pretrain/wso")
+    assert read == written and read.data_epochs == 2.0
+    b = base_of("wso", read)
+    assert (b.arm, b.seed, b.budget_tpp, b.budget_tpp_non_embedding, b.tokens) == ("wso", 2, 800.0, 25.0, 1000)
+    # no planned or recipe budget (a mid-training run): the measured tokens per total parameter
+    assert BaseRecord.measure({"arm": "mid", "seed": 0, "budget_tpp": None}, run, {}).budget_tpp == 10.0
+    del result["tpp_non_embedding"]
+    with pytest.raises(StudyError, match=r"pretrain/wso: its result has no \['tpp_non_embedding'\]"):
+        BaseRecord.from_result(result, "pretrain/wso")
 
 
 def test_one_seed_study_findings_claim_nothing(tmp_path):
@@ -143,7 +151,7 @@ def _shift_ft(out: Path, unit: str, d_ft: float) -> None:
     learns past the study's tau, so it is matched at its lowest learning rate (the grid's edge)."""
     from dataclasses import replace
 
-    from olmo_sam.analysis.records import ResultStore
+    from olmo_sam.finetune.records import ResultStore
 
     res = out / "finetune" / f"{unit}_code" / "results.jsonl"
     recs = [replace(r, l_ft=r.l_ft - d_ft) for r in ResultStore(res).records()]
@@ -216,3 +224,18 @@ def test_sensitivity_taus_by_hand():
     cs = group_curves(recs)["d"]
     assert sensitivity_taus(cs, ["x"]) == pytest.approx({"study": 1.3, "compared": 1.1, "looser": 1.5})
     assert sensitivity_taus(cs) == pytest.approx({"study": 1.3, "compared": 1.3, "looser": 1.3 * 1.02})
+
+
+def test_a_mid_training_base_is_measured_from_its_checkpoint(tiny_checkpoint):
+    """A mid-training job writes the same record, measured from its checkpoint: steps x global
+    batch tokens, the model's parameter counts, and (no planned budget) tokens per parameter."""
+    from olmo_sam.models import model_config, param_counts
+    from olmo_sam.study.bases import checkpoint_budget
+
+    run = checkpoint_budget(str(tiny_checkpoint))
+    counts = param_counts(model_config("tiny", vocab_size=256))
+    assert (run["steps"], run["tokens"]) == (40, 40 * 8 * 64)  # the fixture: 40 steps of 8 x 64 tokens
+    assert (run["params_total"], run["params_non_embedding"]) == (counts.total, counts.non_embedding)
+    rec = BaseRecord.measure({"arm": "mid", "seed": 42, "budget_tpp": None}, run, {"train_tokens": 40 * 8 * 64})
+    assert rec.budget_tpp == rec.tpp_total == pytest.approx(40 * 8 * 64 / counts.total)
+    assert rec.tpp_non_embedding == pytest.approx(40 * 8 * 64 / counts.non_embedding) and rec.data_epochs == 1.0

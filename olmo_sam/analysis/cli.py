@@ -1,6 +1,6 @@
 """``olmo-sam forgetting ...``: learning-forgetting frontiers and matched comparisons of a sweep.
 
-All three commands read one or more :class:`~olmo_sam.analysis.records.ResultStore` files
+All three commands read one or more :class:`~olmo_sam.finetune.records.ResultStore` files
 (``RESULTS.jsonl ...``),
 print a Markdown table (or ``--json``) and, with ``--out DIR``, write ``.md``/``.csv``/``.json``
 tables and a plot there atomically. The computations are :mod:`olmo_sam.analysis.forgetting`.
@@ -16,7 +16,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 
 from ..output import json_text
 from .forgetting import Curve, compare, group_curves, matched_pt_view
-from .records import FTRecord, ResultStore
+from ..finetune.records import FTRecord, ResultStore
 from .report import Report, compare_report, frontier_report, matched_pt_report
 from ..preflight import out_dir_callback
 

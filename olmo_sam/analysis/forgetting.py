@@ -18,7 +18,7 @@ retained PT loss at tau                       :func:`retained_pt_loss` (App C.4 
 
 Records are grouped into :class:`Curve` s, one per (dataset, base checkpoint, method), which is
 one tradeoff set T(theta_PT) of Eq. 8; :func:`group_curves` builds them from a
-:class:`~olmo_sam.analysis.records.ResultStore`. :func:`match_at_tau` evaluates every curve of a
+:class:`~olmo_sam.finetune.records.ResultStore`. :func:`match_at_tau` evaluates every curve of a
 dataset at one threshold, :func:`compare` adds "% less forgetting" against a reference curve
 (Fig 2's claims), and :func:`matched_pt_view` arranges the same numbers against the base models'
 own PT loss (Fig 5). Plots and tables live in :mod:`olmo_sam.analysis.plots` and
@@ -38,7 +38,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from olmo_core.exceptions import OLMoConfigurationError
 
-from .records import FTRecord
+from ..finetune.records import FTRecord
 
 __all__ = [
     "AnalysisError",

@@ -152,7 +152,7 @@ def sweep_spec(paths: Dict[str, Path], *, lrs: Sequence[float], steps: int, batc
 def measure_way(spec, out: Path, way: str, *, jobs: int = 1) -> Tuple[Dict[str, float], Dict[str, float]]:
     """Run ``spec`` one of the :data:`WAYS` into the fresh folder ``out``; returns its wall and CPU
     time, runs, trained tokens and tokens per second, and each run's L_FT by run id."""
-    from ..analysis.records import ResultStore
+    from ..finetune.records import ResultStore
     from ..checkpoints import load_transformer
     from ..finetune.sweep import run_sweep
 

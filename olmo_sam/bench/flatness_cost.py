@@ -230,8 +230,8 @@ def run_one(settings: FlatnessCostSettings, variant: str, seed: int, out: Path, 
         ),
         callbacks=callbacks,
         seed=1000 + seed,
-        metrics_collect_interval=max(p["steps"] // 20, 1),
     )
+    cfg.trainer.metrics_collect_interval = max(p["steps"] // 20, 1)
     trainer = build_trainer(cfg, setup=False)
     t_wall, t_cpu = time.perf_counter(), time.process_time()
     trainer.fit()

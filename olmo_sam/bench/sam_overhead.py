@@ -54,7 +54,7 @@ def _experiment(folder, data, *, optim, d_model, n_layers, n_heads, vocab, seq, 
         d_model=d_model, n_layers=n_layers, n_heads=n_heads, vocab_size=vocab,
         block_name=TransformerBlockType.reordered_norm, qk_norm=True, hidden_size_multiplier=1.5,
     )  # fmt: skip
-    return build_experiment(
+    cfg = build_experiment(
         model=model,
         tokenizer=TokenizerConfig(vocab_size=vocab, eos_token_id=0, pad_token_id=1),
         train_paths=[str(data)],
@@ -62,14 +62,15 @@ def _experiment(folder, data, *, optim, d_model, n_layers, n_heads, vocab, seq, 
         optim=optim,
         sequence_length=seq,
         global_batch_size=batch,
-        rank_microbatch_size=micro,
+        micro_batch_size=micro,
         max_steps=steps,
         max_grad_norm=1.0,
         scheduler=scheduler,
         dp=dp,
         callbacks=callbacks,
-        metrics_collect_interval=10**6,
     )
+    cfg.trainer.metrics_collect_interval = 10**6
+    return cfg
 
 
 def _one_step(trainer, ids: torch.Tensor) -> float:

@@ -8,7 +8,7 @@ A prepared dataset is a directory::
     val-00000.npy, ...
 
 which is what OLMo-core's ``NumpyFSLDatasetConfig`` reads (``paths=...``, ``dtype=...``). The dtype
-is :func:`olmo_sam.evals.lm_loss.token_dtype_for_vocab` (uint16 up to 65536 ids, else uint32), and
+is :func:`token_dtype_for_vocab` (uint16 up to 65536 ids, else uint32), and
 :func:`check_token_files` proves, before any compute, that token files match an experiment's
 tokenizer.
 """
@@ -25,10 +25,11 @@ from olmo_core.data import TokenizerConfig
 from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.io import is_url
 
-from ..evals.lm_loss import looks_like_wider_ids, token_dtype_for_vocab
 from ..output import atomic_write_text
 
 __all__ = [
+    "token_dtype_for_vocab",
+    "looks_like_wider_ids",
     "META_FILE",
     "FORMAT",
     "SPLITS",
@@ -40,6 +41,28 @@ __all__ = [
     "split_files",
     "check_token_files",
 ]
+
+
+def token_dtype_for_vocab(vocab_size: int) -> np.dtype:
+    """The token-file dtype of this project: uint16 up to 65536 ids, else uint32.
+
+    (OLMo-core alone would infer uint8 for <= 256 ids; :func:`olmo_sam.train.build_experiment`
+    passes this dtype to its datasets explicitly.)"""
+    return np.dtype(np.uint16) if vocab_size - 1 <= np.iinfo(np.uint16).max else np.dtype(np.uint32)
+
+
+#: uint16 values read from a file's head to recognise token ids of another dtype
+WIDER_IDS_HEAD = 1 << 16
+
+
+def looks_like_wider_ids(head: np.ndarray) -> bool:
+    """True when uint16 values are really little-endian uint32 ids (every second one, the high
+    half, is 0 while the low halves are not all 0): a uint32 file read as uint16."""
+    head = np.asarray(head)[: len(head) // 2 * 2]
+    if head.dtype != np.uint16 or len(head) < 64:
+        return False
+    return bool((head[1::2] == 0).all() and (head[0::2] != 0).any())
+
 
 META_FILE = "meta.json"
 FORMAT = "olmo-sam-tokens/1"

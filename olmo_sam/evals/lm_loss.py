@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from olmo_core.exceptions import OLMoConfigurationError
 
-__all__ = ["LossResult", "token_dtype_for_vocab", "check_eval_token_files", "looks_like_wider_ids", "iter_windows",
+from ..data.tokens import WIDER_IDS_HEAD, looks_like_wider_ids, token_dtype_for_vocab
+
+__all__ = ["LossResult", "check_eval_token_files", "iter_windows",
            "lm_loss", "logits_of"]
 
 
@@ -37,27 +39,6 @@ class LossResult:
     @property
     def ppl(self) -> float:
         return math.exp(self.loss)
-
-
-def token_dtype_for_vocab(vocab_size: int) -> np.dtype:
-    """The token-file dtype of this project: uint16 up to 65536 ids, else uint32.
-
-    (OLMo-core alone would infer uint8 for <= 256 ids; :func:`olmo_sam.train.build_experiment`
-    passes this dtype to its datasets explicitly.)"""
-    return np.dtype(np.uint16) if vocab_size - 1 <= np.iinfo(np.uint16).max else np.dtype(np.uint32)
-
-
-#: uint16 values read from a file's head to recognise token ids of another dtype
-_HEAD = 1 << 16
-
-
-def looks_like_wider_ids(head: np.ndarray) -> bool:
-    """True when uint16 values are really little-endian uint32 ids (every second one, the high
-    half, is 0 while the low halves are not all 0): a uint32 file read as uint16."""
-    head = np.asarray(head)[: len(head) // 2 * 2]
-    if head.dtype != np.uint16 or len(head) < 64:
-        return False
-    return bool((head[1::2] == 0).all() and (head[0::2] != 0).any())
 
 
 def check_eval_token_files(paths: Sequence[str | Path], dtype: np.dtype, vocab_size: Optional[int],
@@ -84,7 +65,7 @@ def check_eval_token_files(paths: Sequence[str | Path], dtype: np.dtype, vocab_s
                 f"{what} token file {p} has {size} bytes, not a whole number of {name} ids: it holds another dtype "
                 f"than the model's vocabulary{vocab} is read as; {fix}"
             )
-        head = np.memmap(p, dtype=dtype, mode="r")[:_HEAD]
+        head = np.memmap(p, dtype=dtype, mode="r")[:WIDER_IDS_HEAD]
         if np.dtype(dtype) == np.uint16 and looks_like_wider_ids(head):
             raise OLMoConfigurationError(
                 f"{what} token file {p} holds uint32 ids (every second uint16 is 0) but the model's vocabulary{vocab} "

@@ -23,7 +23,7 @@ import torch
 from olmo_core.exceptions import OLMoConfigurationError
 
 from ..checkpoints import load_checkpoint_config, load_transformer, save_transformer
-from ..evals.lm_loss import token_dtype_for_vocab
+from ..data.tokens import token_dtype_for_vocab
 from .data import FTDataMeta, iter_documents, read_meta, write_meta, write_split
 from ..output import json_digest
 

@@ -63,7 +63,7 @@ from olmo_core.data.utils import get_labels, split_batch
 from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.utils import move_to_device, seed_all
 
-from ..analysis.records import FTRecord
+from .records import FTRecord
 from ..checkpoints import load_checkpoint_config, load_transformer, save_transformer
 from ..locks import file_lock
 from ..optim.schedules import check_fits
@@ -223,7 +223,7 @@ def train_grid(plans: Sequence[FTPlan], work_folder: Path, cache: Path) -> List[
     steps = plan.steps
     exp = build_ft_experiment(plan, work_folder, cache)
     tm = exp.train_module
-    seq = int(plan.cfg.sequence_length)  # type: ignore[arg-type]
+    seq = int(plan.cfg.seq_len)  # type: ignore[arg-type]
     seed_all(exp.init_seed)
     device = _device()
     dataset = exp.dataset.build()

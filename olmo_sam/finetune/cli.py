@@ -11,6 +11,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
 from ..preflight import POSITIVE_FLOAT, POSITIVE_INT, out_dir_callback
+from ..seeds import DATA_SEED
 
 LR_HELP = "learning rates: a preset (table7 = [SAM-PT] Table 7, table3 = Table 3, table10 = EWC Table 10) or a comma-separated list"
 
@@ -49,9 +50,9 @@ def recipe_options(fn):
     """Options shared by ``finetune run`` and ``sweep`` (FTConfig fields; unset = default)."""
     opts = [
         click.option("--batch-size", type=POSITIVE_INT, help=f"sequences per step [default: {paper.FT_BATCH_SIZE}]"),
-        click.option("--micro-batch-size", "microbatch_size", type=POSITIVE_INT,
+        click.option("--micro-batch-size", "micro_batch_size", type=POSITIVE_INT,
                help="sequences per forward/backward (memory); must divide --batch-size"),
-        click.option("--seq-len", "sequence_length", type=POSITIVE_INT, help="tokens per training sequence [default: the base checkpoint's]"),
+        click.option("--seq-len", "seq_len", type=POSITIVE_INT, help="tokens per training sequence [default: the base checkpoint's]"),
         click.option(
             "--token-budget", callback=lambda c, p, v: _budget(v),
             help="tokens per run, capped at one epoch: a number, 'epoch' (no cap), 'table7' (10M) or "
@@ -63,7 +64,7 @@ def recipe_options(fn):
         click.option("--weight-decay", type=float, help=f"AdamW weight decay [default: {paper.FT_WEIGHT_DECAY:g}]"),
         click.option("--max-grad-norm", type=float, help=f"gradient clipping norm [default: {paper.FT_MAX_GRAD_NORM}]"),
         click.option("--seed", type=int, help="model seed (LoRA init, dropout) [default: 0]"),
-        click.option("--data-seed", type=int, help="seed of the training-data order [default: 34521]"),
+        click.option("--data-seed", type=int, help=f"seed of the training-data order [default: {DATA_SEED}]"),
         click.option("--dp", type=click.Choice(["ddp", "fsdp", "hsdp"]), help="data parallelism under torchrun"),
         click.option("--checkpoint-interval", type=POSITIVE_INT, help="also checkpoint every N steps (resumable long runs)"),
         click.option("--pt-val", multiple=True, help="pretraining validation token file(s) [default: the base run's]"),
@@ -83,7 +84,7 @@ def recipe_options(fn):
 
 
 _RECIPE_KEYS = (
-    "batch_size", "microbatch_size", "sequence_length", "token_budget", "max_steps", "warmup_fraction",
+    "batch_size", "micro_batch_size", "seq_len", "token_budget", "max_steps", "warmup_fraction",
     "final_lr_fraction", "weight_decay", "max_grad_norm", "seed", "data_seed", "dp", "checkpoint_interval",
     "pt_val", "pt_val_max_sequences", "ft_val_max_sequences", "eval_batch_size", "fisher_batches",
     "fisher_batch_size", "fisher_data", "replay_data", "lora_alpha", "lora_dropout",
@@ -195,7 +196,7 @@ def prepare_command(name, tokenizer, out, seed, val_fraction, max_val_documents,
 def run_command(base, base_label, data, lr, method, ewc_lambda, l2_lambda, lora_rank, replay_ratio, wise_alphas,
                 out, cache_dir, store, keep_checkpoint, **kwargs):  # fmt: skip
     """Fine-tune one base checkpoint on one dataset at one learning rate."""
-    from ..analysis.records import ResultStore
+    from .records import ResultStore
     from .engine import FTConfig, run_finetune
     from .sweep import table3_budget
 
@@ -334,7 +335,7 @@ def sweep(bases, base_labels, datasets, lr_grid, methods, ewc_lambdas, l2_lambda
         mix_map[method] = path
     specs = [spec, *mix_sweeps(spec, mix_map)]
     if dry_run:
-        from ..analysis.records import ResultStore
+        from .records import ResultStore
 
         configs = [c for sp in specs for c in expand(sp)]
         done = ResultStore(Path(out) / "results.jsonl").done_ids()

@@ -24,7 +24,7 @@ from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple
 import numpy as np
 from olmo_core.exceptions import OLMoConfigurationError
 
-from ..evals.lm_loss import token_dtype_for_vocab
+from ..data.tokens import token_dtype_for_vocab
 from ..output import atomic_write_text
 
 __all__ = ["FTDataMeta", "FTSplitWriter", "write_split", "read_meta", "split_paths", "iter_documents"]

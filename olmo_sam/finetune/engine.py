@@ -3,7 +3,7 @@ point ([SAM-PT] App C.2).
 
 :func:`run_finetune` trains with OLMo-core's own trainer (:func:`olmo_sam.train.build_experiment`
 / :func:`~olmo_sam.train.run_experiment`, ``load_path`` = the base checkpoint) and returns one
-:class:`~olmo_sam.analysis.records.FTRecord` per result:
+:class:`~olmo_sam.finetune.records.FTRecord` per result:
 
 * L_FT: loss of the fine-tuned weights on the dataset's validation split, counting only target
   tokens (response-only for prompt/response data, every token for plain text),
@@ -49,7 +49,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.optim import AdamWConfig
 
 from .. import paper
-from ..analysis.records import FTRecord
+from .records import FTRecord
 from ..checkpoints import (
     CheckpointInfo,
     checkpoint_info,
@@ -58,8 +58,10 @@ from ..checkpoints import (
     resolve_checkpoint,
     trainer_load_path,
 )
-from ..evals.lm_loss import lm_loss, token_dtype_for_vocab
+from ..data.tokens import token_dtype_for_vocab
+from ..evals.lm_loss import lm_loss
 from ..optim import CosineAlpha
+from ..seeds import DATA_SEED
 from ..train import build_experiment, read_metrics, run_experiment
 from .baselines import build_replay_mix, wise_ft
 from .data import FTDataMeta, read_meta, split_paths
@@ -87,9 +89,9 @@ _METHOD_OPTIONS: Dict[str, Dict[str, Any]] = {
     "lora": {"lora_rank": paper.LORA_RANK, "lora_alpha": None, "lora_dropout": 0.0},
     "replay": {"replay_ratio": paper.REPLAY_DEFAULT_RATIO, "replay_data": None},
 }
-#: the command line's names (docs/cli.md, --micro-batch-size, --seq-len) -> FTConfig fields; a
-#: study file's ``finetune.common`` may use either spelling (the field names keep run ids stable)
-KEY_SPELLINGS = {"micro_batch_size": "microbatch_size", "seq_len": "sequence_length"}
+#: run ids hash a run's settings under the names the ids were first computed with, so the
+#: renamed fields (now the flags' names, --micro-batch-size and --seq-len) keep every id
+_ID_NAMES = {"micro_batch_size": "microbatch_size", "seq_len": "sequence_length"}
 #: fields that do not change any number of a run (left out of its id)
 _NOT_IN_ID = ("base_label", "wise_alphas", "checkpoint_interval")
 
@@ -109,8 +111,10 @@ class FTConfig:
     base_label: Optional[str] = None
     # -- recipe (Table 7 / Table 3) --
     batch_size: int = paper.FT_BATCH_SIZE
-    microbatch_size: Optional[int] = None
-    sequence_length: Optional[int] = None
+    #: sequences per rank per forward/backward (default: the rank's whole batch)
+    micro_batch_size: Optional[int] = None
+    #: tokens per training sequence (default: the base checkpoint's)
+    seq_len: Optional[int] = None
     #: train for min(one epoch, token_budget) tokens; None = one epoch
     token_budget: Optional[int] = paper.FT_TOKEN_BUDGET_SMALL
     #: explicit step count, overriding the epoch/budget rule
@@ -128,7 +132,7 @@ class FTConfig:
     betas: Tuple[float, float] = paper.FT_BETAS
     max_grad_norm: Optional[float] = paper.FT_MAX_GRAD_NORM
     seed: int = 0
-    data_seed: int = 34521
+    data_seed: int = DATA_SEED
     #: None (one process), "ddp", "fsdp" or "hsdp" (under torchrun)
     dp: Optional[str] = None
     checkpoint_interval: Optional[int] = None
@@ -156,20 +160,8 @@ class FTConfig:
     #: WiSE-FT interpolation weights evaluated after training (0 = base, 1 = fine-tuned)
     wise_alphas: Tuple[float, ...] = ()
 
-    @staticmethod
-    def field_names(d: Dict[str, Any]) -> Dict[str, Any]:
-        """``d`` with the command line's key names (:data:`KEY_SPELLINGS`) as FTConfig field names."""
-        d = dict(d)
-        for flag_name, field_name in KEY_SPELLINGS.items():
-            if flag_name in d:
-                if field_name in d:
-                    raise OLMoConfigurationError(f"give '{flag_name}' or '{field_name}', not both")
-                d[field_name] = d.pop(flag_name)
-        return d
-
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "FTConfig":
-        d = cls.field_names(d)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -199,9 +191,9 @@ class FTConfig:
             raise OLMoConfigurationError(f"learning rate must be > 0, got {self.lr}")
         if self.batch_size < 1:
             raise OLMoConfigurationError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.microbatch_size is not None and (self.microbatch_size < 1 or self.batch_size % self.microbatch_size):
+        if self.micro_batch_size is not None and (self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size):
             raise OLMoConfigurationError(
-                f"microbatch_size ({self.microbatch_size}) must divide batch_size ({self.batch_size})"
+                f"micro_batch_size ({self.micro_batch_size}) must divide batch_size ({self.batch_size})"
             )
         if self.token_budget is not None and self.token_budget < 1:
             raise OLMoConfigurationError(f"token_budget must be >= 1 token or None, got {self.token_budget}")
@@ -211,7 +203,7 @@ class FTConfig:
             raise OLMoConfigurationError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.final_lr_fraction <= 1:
             raise OLMoConfigurationError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
-        for name in ("sequence_length", "max_steps", "checkpoint_interval", "pt_val_max_sequences",
+        for name in ("seq_len", "max_steps", "checkpoint_interval", "pt_val_max_sequences",
                      "ft_val_max_sequences", "eval_batch_size", "fisher_batches", "fisher_batch_size", "lora_rank",
                      "seed", "data_seed"):  # fmt: skip
             low = 0 if name.endswith("seed") else 1
@@ -238,9 +230,9 @@ class FTConfig:
         epoch_data = str(Path(self.epoch_data).resolve()) if self.epoch_data else None
         if epoch_data:
             read_meta(epoch_data)
-        seq = self.sequence_length or info.sequence_length
+        seq = self.seq_len or info.sequence_length
         if not seq:
-            raise OLMoConfigurationError(f"{base}: config.json has no dataset.sequence_length; set sequence_length")
+            raise OLMoConfigurationError(f"{base}: config.json has no dataset.sequence_length; set seq_len")
         pt_val = self.pt_val or _evaluator_paths(info)
         if not pt_val:
             raise OLMoConfigurationError(
@@ -263,7 +255,7 @@ class FTConfig:
             data=str(data),
             epoch_data=epoch_data,
             base_label=self.base_label or base.parent.name,
-            sequence_length=int(seq),
+            seq_len=int(seq),
             pt_val=abs_paths(pt_val),
             wise_alphas=tuple(float(a) for a in self.wise_alphas),
             **{**values, "fisher_data": abs_paths(fisher), "replay_data": abs_paths(replay)},
@@ -291,7 +283,7 @@ class FTConfig:
         """Deterministic id of the run: method, LR and a hash of everything that changes its
         numbers (call on a :meth:`resolved` config)."""
         # unset options are left out, so a new optional field does not change existing ids
-        key = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_ID and v is not None}
+        key = {_ID_NAMES.get(k, k): v for k, v in self.to_dict().items() if k not in _NOT_IN_ID and v is not None}
         return f"{self.method}-lr{self.lr:.3g}-{json_digest(key, 12)}"
 
     def wise_run_id(self, alpha: float) -> str:
@@ -350,7 +342,7 @@ def plan_run(cfg: FTConfig) -> FTPlan:
             f"{meta.eos_token_id}, {meta.dtype}) than the base checkpoint's (vocab {tok.vocab_size}, "
             f"EOS {tok.eos_token_id}, {want_dtype}); prepare it with the checkpoint's tokenizer"
         )
-    seq = int(cfg.sequence_length)  # type: ignore[arg-type]
+    seq = int(cfg.seq_len)  # type: ignore[arg-type]
     tokens_per_step = cfg.batch_size * seq
     epoch_meta = read_meta(cfg.epoch_data) if cfg.epoch_data else meta
     train_tokens = epoch_meta.splits["train"]["tokens"]
@@ -365,7 +357,7 @@ def plan_run(cfg: FTConfig) -> FTPlan:
         raise OLMoConfigurationError(
             f"dataset '{meta.name}' has {train_tokens:,d} training tokens: not one batch of "
             f"{cfg.batch_size} x {seq} tokens (or the token budget {cfg.token_budget} is smaller "
-            "than one batch); use more data, a smaller batch_size or sequence_length"
+            "than one batch); use more data, a smaller batch_size or seq_len"
         )
     return FTPlan(cfg, info, meta, steps, epoch_steps, tokens_per_step)
 
@@ -382,7 +374,7 @@ def base_pt_loss(cfg: FTConfig, vocab_size: int, cache_dir: Path) -> float:
             base=cfg.base,
             ckpt=_file_key([str(Path(cfg.base) / "model_and_optim" / ".metadata")]),
             pt_val=_file_key(cfg.pt_val or []),
-            seq=cfg.sequence_length,
+            seq=cfg.seq_len,
             max_seq=cfg.pt_val_max_sequences,
             vocab=vocab_size,
         )
@@ -391,7 +383,7 @@ def base_pt_loss(cfg: FTConfig, vocab_size: int, cache_dir: Path) -> float:
     def compute(path: Path) -> None:
         model, _ = load_transformer(cfg.base, device=_device())
         res = lm_loss(
-            model, cfg.pt_val or [], seq_len=int(cfg.sequence_length or 0), vocab_size=vocab_size,
+            model, cfg.pt_val or [], seq_len=int(cfg.seq_len or 0), vocab_size=vocab_size,
             batch_size=cfg.eval_batch_size, max_sequences=cfg.pt_val_max_sequences,
         )  # fmt: skip
         write_json(path, dict(loss=res.loss, tokens=res.tokens, base=cfg.base, pt_val=cfg.pt_val), keep_nan=True, sort_keys=True)
@@ -400,12 +392,12 @@ def base_pt_loss(cfg: FTConfig, vocab_size: int, cache_dir: Path) -> float:
     return float(json.loads(path.read_text())["loss"])
 
 
-def fisher_file(cfg: FTConfig, vocab_size: int, cache_dir: Path, microbatch_size: Optional[int] = None) -> Path:
+def fisher_file(cfg: FTConfig, vocab_size: int, cache_dir: Path, micro_batch_size: Optional[int] = None) -> Path:
     """Diagonal Fisher of the base on its pretraining data (cached per base and settings)."""
     fisher_data = cfg.fisher_data or []
     key = json_digest(
         dict(
-            base=cfg.base, data=_file_key(fisher_data), seq=cfg.sequence_length,
+            base=cfg.base, data=_file_key(fisher_data), seq=cfg.seq_len,
             batches=cfg.fisher_batches, batch=cfg.fisher_batch_size, seed=cfg.seed,
         )
     )  # fmt: skip
@@ -414,9 +406,9 @@ def fisher_file(cfg: FTConfig, vocab_size: int, cache_dir: Path, microbatch_size
         model, _ = load_transformer(cfg.base, device=_device())
         model.train()
         fisher = diagonal_fisher(
-            model, fisher_data, seq_len=int(cfg.sequence_length or 0), dtype=token_dtype_for_vocab(vocab_size),
+            model, fisher_data, seq_len=int(cfg.seq_len or 0), dtype=token_dtype_for_vocab(vocab_size),
             n_batches=int(cfg.fisher_batches or 0), batch_size=int(cfg.fisher_batch_size or 0),
-            microbatch_size=microbatch_size, seed=cfg.seed,
+            micro_batch_size=micro_batch_size, seed=cfg.seed,
         )  # fmt: skip
         save_tensors(fisher, path)
 
@@ -452,7 +444,7 @@ def build_ft_experiment(plan: FTPlan, train_folder: Path, cache_dir: Path):
     tokens, mask = split_paths(data, "train")
     callbacks = {}
     if cfg.method in ("ewc", "l2init"):
-        fisher = fisher_file(cfg, plan.vocab_size, cache_dir, cfg.microbatch_size) if cfg.method == "ewc" else None
+        fisher = fisher_file(cfg, plan.vocab_size, cache_dir, cfg.micro_batch_size) if cfg.method == "ewc" else None
         callbacks[cfg.method] = WeightPenaltyCallback(
             anchor_path=cfg.base,
             lam=float(cfg.ewc_lambda if cfg.method == "ewc" else cfg.l2_lambda),  # type: ignore[arg-type]
@@ -463,22 +455,22 @@ def build_ft_experiment(plan: FTPlan, train_folder: Path, cache_dir: Path):
         model=plan.info.model_config,
         tokenizer=plan.info.tokenizer,
         train_paths=[str(tokens)],
-        label_mask_paths=[str(mask)],
         save_folder=str(train_folder),
         optim=AdamWConfig(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay),
-        sequence_length=int(cfg.sequence_length),  # type: ignore[arg-type]
+        sequence_length=int(cfg.seq_len),  # type: ignore[arg-type]
         global_batch_size=cfg.batch_size,
-        rank_microbatch_size=cfg.microbatch_size or _rank_batch(cfg.batch_size),
+        micro_batch_size=cfg.micro_batch_size or _rank_batch(cfg.batch_size),
         max_steps=plan.steps,
         scheduler=CosineAlpha(warmup_fraction=cfg.warmup_fraction, alpha_f=cfg.final_lr_fraction),
         max_grad_norm=cfg.max_grad_norm,
         callbacks=callbacks,
         seed=cfg.seed,
-        data_seed=cfg.data_seed,
-        load_path=trainer_load_path(cfg.base),
         dp=cfg.dp,
         checkpoint_interval=cfg.checkpoint_interval,
     )
+    exp.dataset.label_mask_paths = [str(mask)]
+    exp.data_loader.seed = cfg.data_seed
+    exp.load_path = trainer_load_path(cfg.base)
     if cfg.method == "lora":
         tm = exp.train_module
         exp.train_module = LoRATrainModuleConfig(
@@ -614,7 +606,7 @@ def evaluate_run(
     device = _device()
     model.eval()
     val_tokens, val_mask = split_paths(cfg.data, "val")
-    seq = int(cfg.sequence_length)  # type: ignore[arg-type]
+    seq = int(cfg.seq_len)  # type: ignore[arg-type]
 
     def losses(m) -> Tuple[float, float]:
         l_ft = lm_loss(m, [val_tokens], mask_paths=[val_mask], seq_len=seq, vocab_size=plan.vocab_size,

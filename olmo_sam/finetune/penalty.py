@@ -95,7 +95,7 @@ def diagonal_fisher(
     dtype: np.dtype,
     n_batches: int,
     batch_size: int,
-    microbatch_size: Optional[int] = None,
+    micro_batch_size: Optional[int] = None,
     seed: int = 0,
     progress: bool = True,
 ) -> Dict[str, torch.Tensor]:
@@ -103,7 +103,7 @@ def diagonal_fisher(
     mean next-token loss of batch ``n`` (``batch_size`` random pretraining windows)."""
     if n_batches < 1 or batch_size < 1:
         raise OLMoConfigurationError(f"Fisher needs n_batches >= 1 and batch_size >= 1, got {n_batches}, {batch_size}")
-    mbs = microbatch_size or batch_size
+    mbs = micro_batch_size or batch_size
     device = next(model.parameters()).device
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params}

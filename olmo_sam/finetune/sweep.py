@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..analysis.records import FTRecord, ResultStore
+from .records import FTRecord, ResultStore
 from .batched import ENGINES, grid_units, run_grid
 from .engine import METHODS, FTConfig, run_finetune
 from ..output import write_json

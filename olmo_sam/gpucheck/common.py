@@ -143,8 +143,8 @@ def write_markov_corpus(folder: Path, vocab: int, n_train: int, n_val: int) -> t
 
 def write_random_tokens(path: Path, vocab: int, n_tokens: int) -> Path:
     """Uniform random token ids (costs do not depend on what the tokens are); raw uint16/uint32
-    as :func:`olmo_sam.evals.lm_loss.token_dtype_for_vocab` says for ``vocab``."""
-    from ..evals.lm_loss import token_dtype_for_vocab
+    as :func:`olmo_sam.data.tokens.token_dtype_for_vocab` says for ``vocab``."""
+    from ..data.tokens import token_dtype_for_vocab
 
     path.parent.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype_for_vocab(vocab)

@@ -57,7 +57,7 @@ def _sam_step_vs_reference(sec: Section, work: Path, train: Path, adaptive: bool
         optim=SAMConfig(base=_adamw(lr, eps=1e-4), rho=rho, adaptive=adaptive),
         sequence_length=seq,
         global_batch_size=4,
-        rank_microbatch_size=2,
+        micro_batch_size=2,
         max_steps=4,
         max_grad_norm=clip,
     )
@@ -132,7 +132,7 @@ def _fsdp_run(sec: Section, work: Path) -> None:
         optim=SAMConfig(base=_adamw(1e-2), rho=0.05),
         sequence_length=seq,
         global_batch_size=batch,
-        rank_microbatch_size=micro,
+        micro_batch_size=micro,
         max_steps=steps,
         max_grad_norm=1.0,
         dp="fsdp",

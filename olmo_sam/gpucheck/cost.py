@@ -101,15 +101,15 @@ def _trainer(work: Path, data: Path, model_cfg, vocab: int, sz: CostSizes, micro
         optim=optim,
         sequence_length=sz.seq,
         global_batch_size=sz.batch,
-        rank_microbatch_size=micro,
+        micro_batch_size=micro,
         max_steps=sz.run_steps,
         max_grad_norm=1.0,
         scheduler=scheduler,
         dp="fsdp",
         param_dtype="bfloat16",
         callbacks=callbacks,
-        metrics_collect_interval=10**6,
     )
+    cfg.trainer.metrics_collect_interval = 10**6
     cfg.trainer.callbacks["checkpointer"].enabled = False
     cfg.trainer.callbacks.pop("config_saver", None)
     reset_world_mesh()

@@ -152,7 +152,8 @@ def fixed_batch(
     paths: Sequence[str | Path], seq_len: int, vocab_size: int, n_sequences: int, device=None
 ) -> torch.Tensor:
     """The first ``n_sequences`` validation windows (``seq_len + 1`` tokens each), as a tensor."""
-    from ..evals.lm_loss import iter_windows, token_dtype_for_vocab
+    from ..data.tokens import token_dtype_for_vocab
+    from ..evals.lm_loss import iter_windows
 
     windows = list(iter_windows(paths, seq_len, token_dtype_for_vocab(vocab_size), n_sequences))
     if len(windows) < n_sequences:

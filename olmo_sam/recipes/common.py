@@ -97,14 +97,14 @@ def check_run_numbers(spec: RunSpec) -> None:
             raise OLMoConfigurationError(f"--{name.replace('_', '-')} must be a number {'>' if strict else '>='} 0, got {v!r}")
 
 
-def check_micro_batch(batch: int, world: int, micro: int) -> None:
+def check_micro_batch(batch: int, world: int, micro_batch_size: int) -> None:
     """The run's batch splits into whole micro-batches on every process (else OLMo-core fails
     when training starts)."""
     if batch % world:
         raise OLMoConfigurationError(f"--batch-size {batch} is not divisible by the {world} processes")
-    if (batch // world) % micro:
+    if (batch // world) % micro_batch_size:
         raise OLMoConfigurationError(
-            f"--batch-size {batch} is not divisible by --micro-batch-size {micro}"
+            f"--batch-size {batch} is not divisible by --micro-batch-size {micro_batch_size}"
             + (f" x {world} processes" if world > 1 else "")
         )
 
@@ -482,7 +482,7 @@ def common_options(f):
                      show_default=True, help="Data parallelism under torchrun."),
         click.option("--param-dtype", type=click.Choice(["float32", "bfloat16"]), default=None,
                      help="FSDP mixed-precision parameter dtype."),
-        click.option("--micro-batch-size", "microbatch", type=POSITIVE_INT, default=None,
+        click.option("--micro-batch-size", "micro_batch_size", type=POSITIVE_INT, default=None,
                help="Sequences per rank per micro-batch."),
         click.option("--eval-interval", type=NON_NEGATIVE_INT, default=None, help="Steps between in-loop validation-loss evaluations (pretraining: 0 = none)."),
         click.option("--checkpoint-interval", type=POSITIVE_INT, default=None, help="Steps between checkpoints."),

@@ -26,6 +26,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.io import is_url
 from olmo_core.optim import AdamWConfig, OptimConfig, OptimGroupOverride
 from olmo_core.script_utils import ExperimentConfig
+from olmo_core.train import Duration
 
 from .. import paper
 from ..models import dolma2_tokenizer, model_config
@@ -51,7 +52,7 @@ __all__ = ["MidtrainSpec", "build_midtrain", "run_midtrain", "check_init_checkpo
 T1 = paper.MIDTRAIN_1B
 OPTIMIZERS = ("adamw", "sam")
 #: per-rank micro-batch (sequences of 2048) on an 80 GB GPU under FSDP bf16 (a project choice)
-DEFAULT_MICROBATCH = 4
+DEFAULT_MICRO_BATCH_SIZE = 4
 EVAL_INTERVAL = 1000
 CHECKPOINT_INTERVAL = 1000
 INIT_DIR = "init"
@@ -106,8 +107,8 @@ def build_midtrain(spec: MidtrainSpec, overrides: Sequence[str] = ()) -> Experim
     if (spec.tokens is None) == (spec.steps is None):
         raise OLMoConfigurationError("give exactly one of --tokens or --steps")
     world = world_size()
-    micro = spec.micro_batch_size or min(spec.batch_size // world, DEFAULT_MICROBATCH)
-    check_micro_batch(spec.batch_size, world, micro)
+    micro_batch_size = spec.micro_batch_size or min(spec.batch_size // world, DEFAULT_MICRO_BATCH_SIZE)
+    check_micro_batch(spec.batch_size, world, micro_batch_size)
     cfg = build_experiment(
         model=model,
         tokenizer=tokenizer,
@@ -117,23 +118,24 @@ def build_midtrain(spec: MidtrainSpec, overrides: Sequence[str] = ()) -> Experim
         optim=_optim(spec),
         sequence_length=spec.seq_len,
         global_batch_size=spec.batch_size,
-        rank_microbatch_size=micro,
+        micro_batch_size=micro_batch_size,
         max_steps=spec.steps,
         max_tokens=spec.tokens,
         # Table 1: no warmup, linear decay from the starting LR to alpha_f * LR = 0
         scheduler=Midtrain(alpha_f=T1.final_lr_fraction),
         max_grad_norm=T1.max_grad_norm,
-        z_loss_multiplier=T1.z_loss_multiplier,
         eval_interval=spec.eval_interval or EVAL_INTERVAL,
         checkpoint_interval=spec.checkpoint_interval or CHECKPOINT_INTERVAL,
         dp=spec.dp,
         param_dtype=spec.param_dtype,
         seed=T1.seed,
-        data_seed=T1.seed,
-        load_path=spec.load_path,
-        hard_stop_step=spec.stop_at_step,
         check_paths=spec.check_paths,
     )
+    cfg.train_module.z_loss_multiplier = T1.z_loss_multiplier
+    cfg.data_loader.seed = T1.seed
+    cfg.load_path = spec.load_path
+    if spec.stop_at_step is not None:
+        cfg.trainer.hard_stop = Duration.steps(spec.stop_at_step)
     return apply_overrides(cfg, overrides)
 
 
@@ -258,7 +260,7 @@ def _import_on_rank0(hf_source: str, revision: Optional[str], dest: Path, tokeni
 @common_options
 def main(optimizer, size, tokens, steps, lr, rho, seq_len, batch_size, data, mix_include, data_root, val,
          tokenizer_name, load_path, init_from_hf, hf_revision, dry_run, as_json, save_folder, dp, param_dtype,
-         microbatch, eval_interval, checkpoint_interval, stop_at_step, gpu_peak_tflops, mfu, overrides):  # fmt: skip
+         micro_batch_size, eval_interval, checkpoint_interval, stop_at_step, gpu_peak_tflops, mfu, overrides):  # fmt: skip
     """OLMo-2-1B mid-training with AdamW or SAM ([SAM-PT] App B, Table 1).
 
     Extra KEY=VALUE arguments override the resolved OLMo-core config.
@@ -303,7 +305,7 @@ def main(optimizer, size, tokens, steps, lr, rho, seq_len, batch_size, data, mix
             save_folder=save,
             dp=resolve_dp(dp, "fsdp"),
             param_dtype=param_dtype,
-            micro_batch_size=microbatch,
+            micro_batch_size=micro_batch_size,
             eval_interval=eval_interval,
             checkpoint_interval=checkpoint_interval,
             stop_at_step=stop_at_step,

@@ -32,11 +32,13 @@ from olmo_core.optim import AdamWConfig, OptimConfig
 from olmo_core.nn.transformer import TransformerConfig
 from olmo_core.optim.scheduler import Scheduler
 from olmo_core.script_utils import ExperimentConfig
+from olmo_core.train import Duration
 
 from .. import paper
 from ..models import CPU_SIZES, dolma2_tokenizer, model_config, param_counts
 from ..optim import WSO, CosineAlpha, LinearAlpha, SAMConfig, WSDAlpha
 from ..train import SAMSwitchCallback, build_experiment
+from ..seeds import DATA_SEED, INIT_SEED
 from ..preflight import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT
 from .common import (
     RunSpec,
@@ -67,7 +69,7 @@ TINY_WARMUP_FRACTION = 0.1
 #: in-loop evaluation / checkpoint cadence of the paper-size runs (project choices)
 EVAL_INTERVAL = 1000
 CHECKPOINT_INTERVAL = 1000
-DEFAULT_MICROBATCH = 16
+DEFAULT_MICRO_BATCH_SIZE = 16
 
 
 def table6_lr(size: str, tokens: int) -> Tuple[float, float]:
@@ -109,8 +111,8 @@ class PretrainSpec(RunSpec):
     seq_len: Optional[int] = None
     warmup: Optional[int] = None
     save_folder: str = "runs/pretrain"
-    seed: int = 12536
-    data_seed: int = 34521
+    seed: int = INIT_SEED
+    data_seed: int = DATA_SEED
 
 
 def _scheduler(spec: PretrainSpec, warmup: int) -> Scheduler:
@@ -267,8 +269,8 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
     elif spec.sam_start_fraction is not None:
         raise OLMoConfigurationError("--sam-start-fraction applies to --optimizer sam-anneal only")
     world = world_size()
-    microbatch = spec.micro_batch_size or min(batch // world, DEFAULT_MICROBATCH if paper_size else batch)
-    check_micro_batch(batch, world, microbatch)
+    micro_batch_size = spec.micro_batch_size or min(batch // world, DEFAULT_MICRO_BATCH_SIZE if paper_size else batch)
+    check_micro_batch(batch, world, micro_batch_size)
     cfg = build_experiment(
         model=model,
         tokenizer=tokenizer,
@@ -280,7 +282,7 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
         optim=_optim(spec, lr),
         sequence_length=seq_len,
         global_batch_size=batch,
-        rank_microbatch_size=microbatch,
+        micro_batch_size=micro_batch_size,
         max_steps=max_steps,
         max_tokens=max_tokens,
         scheduler=scheduler,
@@ -291,10 +293,11 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
         param_dtype=spec.param_dtype,
         callbacks=callbacks,
         seed=spec.seed,
-        data_seed=spec.data_seed,
-        hard_stop_step=spec.stop_at_step,
         check_paths=spec.check_paths,
     )
+    cfg.data_loader.seed = spec.data_seed
+    if spec.stop_at_step is not None:
+        cfg.trainer.hard_stop = Duration.steps(spec.stop_at_step)
     cfg = apply_overrides(cfg, overrides)
     if spec.optimizer == "sam-anneal":
         try:
@@ -402,7 +405,7 @@ def sweep_members(name: str, spec: PretrainSpec, explicit: Dict[str, Any]) -> Li
 @common_options
 def main(size, tokens, tokens_per_param, steps, lr, optimizer, schedule, alpha, decay_fraction, rho,
          sam_start_fraction, batch_size, seq_len, warmup, data, val, data_root, tokenizer_name, seed,
-         sweep, member, dry_run, as_json, save_folder, dp, param_dtype, microbatch, eval_interval,
+         sweep, member, dry_run, as_json, save_folder, dp, param_dtype, micro_batch_size, eval_interval,
          checkpoint_interval, stop_at_step, gpu_peak_tflops, mfu, overrides):  # fmt: skip
     """Controlled pretraining of [SAM-PT] App C.1 (Tables 4-6) on OLMo-core.
 
@@ -452,11 +455,11 @@ def main(size, tokens, tokens_per_param, steps, lr, optimizer, schedule, alpha, 
             save_folder=save_folder or "runs/pretrain",
             dp=resolve_dp(dp, "ddp"),
             param_dtype=param_dtype,
-            micro_batch_size=microbatch,
+            micro_batch_size=micro_batch_size,
             eval_interval=eval_interval,
             checkpoint_interval=checkpoint_interval,
             stop_at_step=stop_at_step,
-            seed=seed if seed is not None else 12536,
+            seed=seed if seed is not None else INIT_SEED,
             check_paths=not dry_run,
         )
         if sweep is None:

@@ -3,10 +3,9 @@ tables, figures and findings computed from those numbers (never from the paper).
 
 A *base* is one pretrained checkpoint (a study unit): an arm at one pretraining budget and seed.
 Its metadata -- ``arm``, ``seed`` (initialization and data order), ``budget_tpp`` (training tokens
-per total parameter), ``tokens``, ``params_total``, ``params_non_embedding`` -- comes from the
-pretraining job's record; a field that is missing falls back to the job's parameters (arm, the
-study's seed) or is computed from the checkpoint (tokens = steps x global batch tokens, parameters
-from the model config).
+per parameter), ``tokens``, ``params_total``, ``params_non_embedding`` -- is the pretraining job's
+:class:`~olmo_sam.study.bases.BaseRecord`, read as it was written (``budget_tpp_non_embedding`` in
+``summary.json`` is its ``tpp_non_embedding``).
 
 The study's pre-registered hypotheses (:mod:`olmo_sam.study.hypotheses`) open ``summary.json``
 (``hypotheses``, each ``primary: true``); a finding that is one of them is reported there only.
@@ -33,6 +32,7 @@ from ..analysis.findings import adjust_findings, make_finding, unmeasurable_find
 from ..analysis.plots import Panel, plot_bands, plot_bars
 from ..analysis.stats import IntervalSpec, compare_seeds, interval_method, mean_interval
 from ..output import save_figure, write_json, write_table
+from .bases import BaseRecord
 from .context import JobContext
 from .spec import ANALYSIS_MATCHINGS, StudyError
 
@@ -40,7 +40,7 @@ __all__ = [
     "analyse_study",
     "Base",
     "BaseSet",
-    "base_metadata",
+    "base_of",
     "FT_QUANTITIES",
     "matching_rule",
     "finetune_curves",
@@ -87,52 +87,21 @@ def _budget_key(tpp: Optional[float]) -> Optional[float]:
     return None if tpp is None else float(f"{tpp:.3g}")
 
 
-def _from_checkpoint(checkpoint: Optional[str]) -> Dict[str, Any]:
-    """tokens (steps x global batch tokens) and parameter counts read from a checkpoint's config."""
-    if not checkpoint:
-        return {}
-    try:
-        from ..checkpoints import checkpoint_info
-        from ..models import param_counts
-
-        info = checkpoint_info(checkpoint)
-        counts = param_counts(info.model_config)
-        batch_tokens = (info.config.get("data_loader") or {}).get("global_batch_size")
-        tokens = info.step * int(batch_tokens) if info.step is not None and batch_tokens else None
-        return {"tokens": tokens, "params_total": counts.total, "params_non_embedding": counts.non_embedding}
-    except (FileNotFoundError, KeyError, ValueError, TypeError):
-        return {}
-
-
 #: fields of a pretraining record copied into ``summary["bases"]`` as they are
 RECORD_FIELDS = ("steps", "tpp_total", "tpp_non_embedding", "data_epochs", "data_source")
 
 
-def base_metadata(unit: str, record: Dict[str, Any], params: Dict[str, Any], study_seed: int) -> Base:
-    """The :class:`Base` of one unit from its pretraining record (``done.json`` result), falling
-    back to the job's parameters and the checkpoint (see the module docstring)."""
-    meta = dict(record)
-    if any(meta.get(k) is None for k in ("tokens", "params_total", "params_non_embedding")):
-        for k, v in _from_checkpoint(record.get("checkpoint")).items():
-            if meta.get(k) is None:
-                meta[k] = v
-    tokens, total, non_emb = meta.get("tokens"), meta.get("params_total"), meta.get("params_non_embedding")
-    tpp = meta.get("budget_tpp")
-    if tpp is None and tokens and total:
-        tpp = tokens / total
-    tpp_ne = meta.get("budget_tpp_non_embedding", meta.get("tpp_non_embedding"))
-    if tpp_ne is None and tokens and non_emb:
-        tpp_ne = tokens / non_emb
-    seed = meta.get("seed", params.get("seed", study_seed))
+def base_of(unit: str, record: BaseRecord) -> Base:
+    """The analysis's view of the base ``unit`` (its pretraining job's :class:`BaseRecord`)."""
     return Base(
         unit=unit,
-        arm=str(meta.get("arm") or params.get("arm") or unit.split("@", 1)[0]),
-        seed=int(seed),
-        budget_tpp=None if tpp is None else float(tpp),
-        budget_tpp_non_embedding=None if tpp_ne is None else float(tpp_ne),
-        tokens=None if tokens is None else int(tokens),
-        params_total=None if total is None else int(total),
-        params_non_embedding=None if non_emb is None else int(non_emb),
+        arm=str(record.arm),
+        seed=int(record.seed),
+        budget_tpp=None if record.budget_tpp is None else float(record.budget_tpp),
+        budget_tpp_non_embedding=None if record.tpp_non_embedding is None else float(record.tpp_non_embedding),
+        tokens=None if record.tokens is None else int(record.tokens),
+        params_total=None if record.params_total is None else int(record.params_total),
+        params_non_embedding=None if record.params_non_embedding is None else int(record.params_non_embedding),
     )
 
 
@@ -462,7 +431,7 @@ def finetune_curves(ctx: JobContext) -> Tuple[list, Dict[str, List[Any]]]:
     """(records, curves) of every finished fine-tuning sweep of the study: the curves grouped per
     dataset, and per ``dataset/method`` when the study fine-tunes with several methods."""
     from ..analysis.forgetting import group_curves
-    from ..analysis.records import ResultStore
+    from ..finetune.records import ResultStore
 
     records = []
     for job in ctx.plan.jobs:
@@ -908,11 +877,11 @@ def analyse_study(ctx: JobContext) -> Dict[str, Any]:
     spec = interval_spec(ctx.study)
     metas, records = [], {}
     for u in units:
-        job = ctx.plan.by_id().get(f"pretrain/{u}")
         rec = _result(ctx, f"pretrain/{u}")
         if rec is not None:
-            metas.append(base_metadata(u, rec, job.params if job else {}, ctx.study.seed))
-            records[u] = {k: v for k, v in rec.items() if k in RECORD_FIELDS}
+            record = BaseRecord.from_result(rec, f"pretrain/{u}")
+            metas.append(base_of(u, record))
+            records[u] = {k: getattr(record, k) for k in RECORD_FIELDS}
     references = {a.name: a.reference for a in getattr(ctx.study, "arms", []) if a.reference}
     first = next((a.name for a in getattr(ctx.study, "arms", [])), None)
     bases = BaseSet(metas, spec, references, _arm_contrasts(ctx.study, references, first))
@@ -925,7 +894,7 @@ def analyse_study(ctx: JobContext) -> Dict[str, Any]:
         "arms": bases.arms,
         "reference_arm": bases.reference,
         "interval": spec.to_dict(),
-        # unit -> what the pretraining record says about the base, completed by base_metadata
+        # unit -> what the pretraining record says about the base
         "bases": {b.unit: {**records[b.unit], **asdict(b)} for b in metas},
         "budgets": [bases.budget(k) for k in bases.budgets],
         "seeds_per_arm_and_budget": bases.max_seeds,

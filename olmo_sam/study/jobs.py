@@ -14,6 +14,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 
 from ..output import atomic_write, atomic_write_text, json_text
 from .context import JobContext
+from .bases import BaseRecord, checkpoint_budget
 from .plan import Job
 from .spec import StudyError
 
@@ -81,7 +82,7 @@ def job_data(ctx: JobContext) -> Dict[str, Any]:
 
 def _local_token_count(paths, vocab_size: int):
     """Tokens in local token files (file size / token width); None if any file is remote."""
-    from ..evals.lm_loss import token_dtype_for_vocab
+    from ..data.tokens import token_dtype_for_vocab
 
     if any("://" in str(p) for p in paths):
         return None
@@ -128,8 +129,6 @@ def run_spec(job: Job, data: Dict[str, Any], save_folder: str, *, paths: Optiona
         except OLMoConfigurationError as e:
             raise StudyError(f"{paths.get('tokens', f'{where}.tokens')}: {e}") from None
     settings = typed_settings(cls, settings, where, paths)
-    if cls is PretrainSpec:
-        settings.setdefault("seed", 12536 + int(job.params.get("seed", 0)))
     return cls(
         **settings,
         train_paths=list(data["train"]),
@@ -171,7 +170,7 @@ def data_fraction(data: Dict[str, Any], fraction: float, out: Path) -> Dict[str,
     """``data`` with its training token files cut to their first ``fraction`` of tokens, written
     under ``out`` (a data-repetition control: the same budget repeats a smaller corpus more often;
     ``train_tokens`` and the description say how much is left)."""
-    from ..evals.lm_loss import token_dtype_for_vocab
+    from ..data.tokens import token_dtype_for_vocab
 
     width = token_dtype_for_vocab(int(data["vocab_size"])).itemsize
     out.mkdir(parents=True, exist_ok=True)
@@ -220,34 +219,7 @@ def job_pretrain(ctx: JobContext) -> Dict[str, Any]:
         "resolved": resolved,
         "optimizer": spec.optimizer,
         "schedule": spec.schedule,
-        **base_metadata(ctx.job.params, resolved, data),
-    }
-
-
-#: the fields of :func:`base_metadata`
-BASE_FIELDS = ("arm", "seed", "budget_tpp", "tokens", "steps", "params_total", "params_non_embedding", "tpp_total",
-               "tpp_non_embedding", "data_epochs", "data_source")  # fmt: skip
-
-
-def base_metadata(params: Dict[str, Any], resolved: Dict[str, Any], data: Dict[str, Any]) -> Dict[str, Any]:
-    """What a pretrained base is, for the analysis and the fine-tuning records (which name the
-    base by its unit): arm, pretraining seed, budget in tokens per parameter (the recipes' count,
-    :func:`olmo_sam.recipes.pretrain.budget_params`), tokens, parameters (total and
-    non-embedding), tokens per parameter both ways, epochs over the training data and its source."""
-    tokens = resolved.get("tokens")
-    train_tokens = data.get("train_tokens")
-    return {
-        "arm": params.get("arm"),
-        "seed": params.get("seed"),
-        "budget_tpp": params["budget_tpp"] if params.get("budget_tpp") is not None else resolved.get("budget_tpp"),
-        "tokens": tokens,
-        "steps": resolved.get("steps"),
-        "params_total": resolved.get("params_total"),
-        "params_non_embedding": resolved.get("params_non_embedding"),
-        "tpp_total": resolved.get("tpp_total"),
-        "tpp_non_embedding": resolved.get("tpp_non_embedding"),
-        "data_epochs": tokens / train_tokens if tokens and train_tokens else None,
-        "data_source": data.get("description") or data.get("source"),
+        **BaseRecord.measure(ctx.job.params, resolved, data).to_dict(),
     }
 
 
@@ -267,7 +239,12 @@ def job_midtrain(ctx: JobContext) -> Dict[str, Any]:
         if settings.get(key) is not None:
             kwargs[key] = settings[key]
     _finished(run_midtrain(cfg, **kwargs), ctx)
-    return {"checkpoint": str(resolve_checkpoint(ctx.dir / "run")), "save_folder": str(ctx.dir / "run")}
+    checkpoint = str(resolve_checkpoint(ctx.dir / "run"))
+    return {
+        "checkpoint": checkpoint,
+        "save_folder": str(ctx.dir / "run"),
+        **BaseRecord.measure(ctx.job.params, checkpoint_budget(checkpoint), data).to_dict(),
+    }
 
 
 def job_export(ctx: JobContext) -> Dict[str, Any]:
@@ -347,7 +324,7 @@ def ft_sweeps(job: Job, *, base: str, ft_dir: str, pt_val: List[str], mixes: Dic
 
     p = job.params
     lrs = [float(x) for x in (p["lrs"] if p["lrs"] is not None else LR_GRIDS[p["preset"]])]
-    given = FTConfig.field_names(p.get("common") or {})  # micro_batch_size, seq_len: the flags' names
+    given = dict(p.get("common") or {})
     symbolic = {k: given.pop(k) for k in ("token_budget",) if given.get(k) == "table3"}  # resolved per dataset
     common = {"pt_val": list(pt_val), **typed_settings(FTConfig, given, "finetune.common", paths), **symbolic}
     methods = list(p["methods"])
@@ -382,7 +359,7 @@ def job_ft_sweep(ctx: JobContext) -> Dict[str, Any]:
         failed += [f"{rid}: {why} ({log})" for rid, log, why in res.failed]
     if failed:
         raise StudyError(f"{ctx.job.id}: {len(failed)} fine-tuning run(s) failed:\n" + "\n".join(failed))
-    base_meta = {k: v for k, v in ctx.dep(f"pretrain/{unit}").items() if k in BASE_FIELDS}
+    base_meta = BaseRecord.from_result(ctx.dep(f"pretrain/{unit}"), f"pretrain/{unit}").to_dict()
     return {"results": str(ctx.dir / "results.jsonl"), "runs": total, "base_label": unit, "base_meta": base_meta}
 
 
@@ -445,7 +422,7 @@ def job_benchmarks(ctx: JobContext) -> Dict[str, Any]:
 def job_benchmarks_ft(ctx: JobContext) -> Dict[str, Any]:
     """The benchmark suite on the fine-tuned model of one base and dataset that learned most
     (lowest L_FT), exported to Hugging Face format first."""
-    from ..analysis.records import ResultStore
+    from ..finetune.records import ResultStore
     from ..hf import export_hf
 
     p = ctx.job.params

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..output import atomic_write_text
+from ..seeds import DATA_SEED, INIT_SEED
 from .spec import (
     MIX_METHODS,
     PRETRAIN_BUDGETS_TPP,
@@ -26,11 +27,8 @@ from .spec import (
     check_stage_names,
 )
 
-__all__ = ["Job", "Plan", "Unit", "build_plan", "expand_units", "unit_name", "INIT_SEED", "DATA_SEED"]
+__all__ = ["Job", "Plan", "Unit", "build_plan", "expand_units", "unit_name"]
 
-#: init / data-order seeds of pretraining seed 0 (the recipes' defaults); seed s adds s to both
-INIT_SEED = 12536
-DATA_SEED = 34521
 
 SUMMARY_STAGES = ("analysis", "report")
 

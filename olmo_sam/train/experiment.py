@@ -47,8 +47,9 @@ from olmo_core.train.callbacks import (
 from olmo_core.train.train_module import TransformerDataParallelConfig
 from olmo_core.utils import seed_all
 
-from ..evals.lm_loss import token_dtype_for_vocab
+from ..data.tokens import token_dtype_for_vocab
 from ..output import atomic_write_text
+from ..seeds import DATA_SEED, INIT_SEED
 from .train_module import SAMTrainModuleConfig
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def build_experiment(
     optim: OptimConfig,
     sequence_length: int,
     global_batch_size: int,
-    rank_microbatch_size: Optional[int] = None,
+    micro_batch_size: Optional[int] = None,
     max_steps: Optional[int] = None,
     max_tokens: Optional[int] = None,
     scheduler: Optional[Scheduler] = None,
@@ -149,22 +150,24 @@ def build_experiment(
     dp: Optional[str] = None,
     param_dtype: Optional[str] = None,
     callbacks: Optional[Dict[str, Callback]] = None,
-    seed: int = 12536,
-    data_seed: int = 34521,
-    work_dir: Optional[str] = None,
-    metrics_collect_interval: int = 1,
-    load_path: Optional[str] = None,
-    z_loss_multiplier: Optional[float] = None,
-    label_mask_paths: Optional[List[str]] = None,
-    hard_stop_step: Optional[int] = None,
+    seed: int = INIT_SEED,
     check_paths: bool = True,
 ) -> ExperimentConfig:
     """An OLMo-core ``ExperimentConfig`` for pretraining (or fine-tuning) with SAM support.
 
-    Batch sizes are in *sequences*; OLMo-core's token-denominated fields are derived.
+    Batch sizes are in *sequences* (``micro_batch_size``: per rank per forward/backward, default
+    the whole batch); OLMo-core's token-denominated fields (``global_batch_size``,
+    ``rank_microbatch_size``) are derived here, and only here.
     ``dp`` is ``None`` (single process), ``"ddp"``, ``"fsdp"`` or ``"hsdp"``.
     Local data paths must exist unless ``check_paths=False`` (recipes' dry runs); remote ones
     (``s3://``, ``gs://``, ``https://``) are OLMo-core's to open.
+
+    Everything else is a field of the returned config for the caller to set, e.g.
+    ``cfg.data_loader.seed`` (data order, default :data:`olmo_sam.seeds.DATA_SEED`),
+    ``cfg.load_path`` (initial weights), ``cfg.trainer.hard_stop``,
+    ``cfg.trainer.metrics_collect_interval``, ``cfg.train_module.z_loss_multiplier``,
+    ``cfg.dataset.label_mask_paths``. Only what needs a derivation (token counts from sequences,
+    the seed in two places, the data-parallel config, the callbacks) is an argument here.
     """
     if not train_paths:
         raise OLMoConfigurationError("'train_paths' is empty: give at least one token file")
@@ -177,10 +180,9 @@ def build_experiment(
         )
     if (max_steps is None) == (max_tokens is None):
         raise OLMoConfigurationError("give exactly one of 'max_steps' or 'max_tokens'")
-    rank_mbs = rank_microbatch_size or global_batch_size
-    work_dir = work_dir or str(Path(save_folder) / "_work")
+    work_dir = str(Path(save_folder) / "_work")
 
-    # Token files are uint16 up to 65536 ids, else uint32 (olmo_sam.evals.token_dtype_for_vocab);
+    # Token files are uint16 up to 65536 ids, else uint32 (olmo_sam.data.tokens.token_dtype_for_vocab);
     # say so explicitly: OLMo-core would infer uint8 for vocabularies of <= 256 ids.
     token_dtype = NumpyDatasetDType(token_dtype_for_vocab(tokenizer.vocab_size).name)
     dataset = NumpyFSLDatasetConfig(
@@ -189,11 +191,10 @@ def build_experiment(
         paths=[str(p) for p in train_paths],
         sequence_length=sequence_length,
         work_dir=work_dir,
-        label_mask_paths=label_mask_paths,
     )
     data_loader = NumpyDataLoaderConfig(
         global_batch_size=global_batch_size * sequence_length,
-        seed=data_seed,
+        seed=DATA_SEED,
         num_workers=0,
         work_dir=work_dir,
     )
@@ -218,13 +219,12 @@ def build_experiment(
         )
 
     train_module = SAMTrainModuleConfig(
-        rank_microbatch_size=rank_mbs * sequence_length,
+        rank_microbatch_size=(micro_batch_size or global_batch_size) * sequence_length,
         max_sequence_length=sequence_length,
         optim=optim,
         scheduler=scheduler,
         max_grad_norm=max_grad_norm,
         dp_config=dp_config,
-        z_loss_multiplier=z_loss_multiplier,
     )
 
     all_callbacks: Dict[str, Callback] = {
@@ -263,10 +263,9 @@ def build_experiment(
         work_dir=work_dir,
         save_overwrite=True,
         max_duration=duration,
-        metrics_collect_interval=metrics_collect_interval,
+        metrics_collect_interval=1,
         callbacks=all_callbacks,
         cancel_check_interval=10,
-        hard_stop=Duration.steps(hard_stop_step) if hard_stop_step is not None else None,
     )
     # OLMo-core draws the initial weights from the *model* config's own ``init_seed`` (the
     # experiment's ``init_seed`` only seeds the global RNGs), so the seed must go there too or
@@ -279,7 +278,6 @@ def build_experiment(
         train_module=train_module,
         trainer=trainer,
         init_seed=seed,
-        load_path=load_path,
     )
 
 
