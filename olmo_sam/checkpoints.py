@@ -60,8 +60,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     step = latest_step_dir(p)
     if step is None:
         raise FileNotFoundError(
-            f"{p} is neither an OLMo-core step directory (with model_and_optim/) nor a run "
-            "directory containing one"
+            f"{p} is neither an OLMo-core step directory (with model_and_optim/) nor a run directory containing one"
         )
     return step
 
@@ -95,9 +94,7 @@ def load_checkpoint_config(path: str | Path) -> Dict[str, Any]:
             from .preflight import read_json
 
             return read_json(candidate, what="checkpoint config.json")
-    raise FileNotFoundError(
-        f"no config.json next to {step}; it is written by OLMo-core's ConfigSaverCallback"
-    )
+    raise FileNotFoundError(f"no config.json next to {step}; it is written by OLMo-core's ConfigSaverCallback")
 
 
 @dataclass
@@ -166,9 +163,7 @@ def load_transformer(
     return model, info
 
 
-def save_transformer(
-    model: Transformer, out_dir: str | Path, config: Dict[str, Any], *, step: int = 0
-) -> Path:
+def save_transformer(model: Transformer, out_dir: str | Path, config: Dict[str, Any], *, step: int = 0) -> Path:
     """Save ``model`` as ``{out_dir}/step{step}`` with ``config.json``, loadable by
     :func:`load_transformer` (and by OLMo-core's trainer via ``load_path``)."""
     step_dir = Path(out_dir) / f"step{step}"

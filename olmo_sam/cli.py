@@ -47,8 +47,7 @@ class LazyGroup(click.Group):
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
             raise click.ClickException(
-                f"'{cmd_name}' needs the Python package '{e.name}'; install it with "
-                f"pip install 'olmo-sam[all]'"
+                f"'{cmd_name}' needs the Python package '{e.name}'; install it with pip install 'olmo-sam[all]'"
             ) from e
         return getattr(module, attr)
 

@@ -29,8 +29,11 @@ def demo_study_path(quick: bool = False) -> Path:
 @click.option("--quick", is_flag=True, help="The two-minute version CI runs (its numbers are not evidence).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory.")
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help="Jobs at a time (default 2), >= 1.")
-@click.option("--rerun", is_flag=True,
-              help="Run every job again, replacing its results (as 'study run --rerun'); default: resume.")
+@click.option(
+    "--rerun",
+    is_flag=True,
+    help="Run every job again, replacing its results (as 'study run --rerun'); default: resume.",
+)
 @click.option("--dry-run", is_flag=True, help="Show the planned jobs only.")
 def demo(quick, out, jobs, rerun, dry_run):
     """Pretrain (2 arms x 2 budgets x 3 seeds), probe, fine-tune and report micro models on CPU
@@ -39,18 +42,21 @@ def demo(quick, out, jobs, rerun, dry_run):
 
     resume = "olmo-sam demo" + (" --quick" if quick else "") + (f" --out {out}" if out else "")
     plan = run_study_command(
-        lambda: start_study(demo_study_path(quick), out=out, jobs=jobs, rerun=rerun, dry_run=dry_run,
-                            resume_command=resume),
+        lambda: start_study(
+            demo_study_path(quick), out=out, jobs=jobs, rerun=rerun, dry_run=dry_run, resume_command=resume
+        ),
         resume,
-    )  # fmt: skip
+    )
     if dry_run:
         return
     report = plan.out / "report" / "report.html"
     summary = plan.out / "analysis" / "summary.json"
     if summary.exists():
         if quick:
-            click.echo("\nFindings of the quick demo (a smoke test: too small to be evidence for or against SAM; "
-                       "the pre-registered hypothesis first):")
+            click.echo(
+                "\nFindings of the quick demo (a smoke test: too small to be evidence for or against SAM; "
+                "the pre-registered hypothesis first):"
+            )
         else:
             click.echo("\nFindings (measured in this run; the pre-registered hypothesis first):")
         s = json.loads(summary.read_text())

@@ -41,10 +41,11 @@ class StrictLoader(yaml.SafeLoader):
                     continue
                 if first is not None:
                     raise yaml.constructor.ConstructorError(
-                        None, None,
+                        None,
+                        None,
                         f"duplicate key {key!r} (first at line {first.line + 1}); give each key once",
                         key_node.start_mark,
-                    )  # fmt: skip
+                    )
                 seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
 

@@ -29,7 +29,15 @@ from olmo_core.nn.transformer import Transformer, TransformerConfig
 from .output import atomic_dir
 from .preflight import POSITIVE_INT, model_callback, out_dir_callback
 
-__all__ = ["export_hf", "import_hf", "write_compatible_files", "logit_diff", "export_hf_command", "import_hf_command", "REPORT_FILE"]
+__all__ = [
+    "export_hf",
+    "import_hf",
+    "write_compatible_files",
+    "logit_diff",
+    "export_hf_command",
+    "import_hf_command",
+    "REPORT_FILE",
+]
 
 #: written into every exported/imported directory: source, tokenizer, logit check
 REPORT_FILE = "olmo-sam-conversion.json"
@@ -259,7 +267,10 @@ def transformer_config_from_hf(hf_config) -> TransformerConfig:
             f"only OLMo-2 models (model_type 'olmo2') are imported, got {getattr(hf_config, 'model_type', None)!r}"
         )
     want = _signature(hf_config)
-    candidates = [model_config("1B", vocab_size=want["vocab_size"]), model_config("tiny", vocab_size=want["vocab_size"])]
+    candidates = [
+        model_config("1B", vocab_size=want["vocab_size"]),
+        model_config("tiny", vocab_size=want["vocab_size"]),
+    ]
     candidates.append(
         TransformerConfig.llama_like(
             d_model=want["hidden_size"],
@@ -347,7 +358,9 @@ def import_hf(
         del hf_model
         report["max_abs_logit_diff"] = diff
         if not diff <= atol:
-            raise OLMoConfigurationError(f"imported model disagrees with {source}: max |logit diff| {diff:.3g} > {atol}")
+            raise OLMoConfigurationError(
+                f"imported model disagrees with {source}: max |logit diff| {diff:.3g} > {atol}"
+            )
     config = {
         "model": tcfg.as_config_dict(),
         "dataset": {"tokenizer": tok_cfg.as_config_dict(), "sequence_length": seq_len},
@@ -367,20 +380,40 @@ def import_hf(
 
 @click.command("export-hf")
 @click.argument("checkpoint", type=click.Path(exists=True))
-@click.option("--out", "out_dir", required=True, callback=out_dir_callback, type=click.Path(), help="Hugging Face model directory to write.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    callback=out_dir_callback,
+    type=click.Path(),
+    help="Hugging Face model directory to write.",
+)
 @click.option("--tokenizer", default=None, help="Tokenizer dir / id [default: the checkpoint's].")
 @click.option("--no-tokenizer", is_flag=True, help="Export without a tokenizer (ids from the training config).")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None, help="Weight dtype [default: as trained].")
-@click.option("--max-position-embeddings", type=POSITIVE_INT, default=None, help="[default: the training context length]")
+@click.option(
+    "--dtype", type=click.Choice(["float32", "bfloat16"]), default=None, help="Weight dtype [default: as trained]."
+)
+@click.option(
+    "--max-position-embeddings", type=POSITIVE_INT, default=None, help="[default: the training context length]"
+)
 @click.option("--no-validate", is_flag=True, help="Skip the logit comparison.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
-def export_hf_command(checkpoint, out_dir, tokenizer, no_tokenizer, dtype, max_position_embeddings, no_validate, overwrite):
+def export_hf_command(
+    checkpoint, out_dir, tokenizer, no_tokenizer, dtype, max_position_embeddings, no_validate, overwrite
+):
     """Export an OLMo-core CHECKPOINT (step or run dir, sharded or not) to a Hugging Face
     Olmo2ForCausalLM directory (--out)."""
     try:
-        report = export_hf(checkpoint, out_dir, tokenizer=tokenizer, include_tokenizer=not no_tokenizer,
-                           dtype=dtype, max_position_embeddings=max_position_embeddings,
-                           validate=not no_validate, overwrite=overwrite)  # fmt: skip
+        report = export_hf(
+            checkpoint,
+            out_dir,
+            tokenizer=tokenizer,
+            include_tokenizer=not no_tokenizer,
+            dtype=dtype,
+            max_position_embeddings=max_position_embeddings,
+            validate=not no_validate,
+            overwrite=overwrite,
+        )
     except OLMoConfigurationError as e:
         raise click.ClickException(str(e)) from e
     click.echo(json.dumps(report, indent=2))
@@ -388,7 +421,14 @@ def export_hf_command(checkpoint, out_dir, tokenizer, no_tokenizer, dtype, max_p
 
 @click.command("import-hf")
 @click.argument("source", callback=model_callback)
-@click.option("--out", "out_dir", required=True, callback=out_dir_callback, type=click.Path(), help="OLMo-core checkpoint directory to write.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    callback=out_dir_callback,
+    type=click.Path(),
+    help="OLMo-core checkpoint directory to write.",
+)
 @click.option("--revision", default=None, help="Hub revision (e.g. stage1-step1907359-tokens4001B).")
 @click.option("--tokenizer", default=None, help="Tokenizer dir / id [default: SOURCE's].")
 @click.option("--no-validate", is_flag=True, help="Skip the logit comparison.")
@@ -397,8 +437,9 @@ def import_hf_command(source, out_dir, revision, tokenizer, no_validate, overwri
     """Import a Hugging Face OLMo-2 model SOURCE (hub id or dir) as an OLMo-core checkpoint in
     --out (step0/ for load_path, tokenizer/)."""
     try:
-        report = import_hf(source, out_dir, revision=revision, tokenizer=tokenizer,
-                           validate=not no_validate, overwrite=overwrite)  # fmt: skip
+        report = import_hf(
+            source, out_dir, revision=revision, tokenizer=tokenizer, validate=not no_validate, overwrite=overwrite
+        )
     except OLMoConfigurationError as e:
         raise click.ClickException(str(e)) from e
     click.echo(json.dumps(report, indent=2))

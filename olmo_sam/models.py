@@ -69,9 +69,7 @@ def model_config(size: str, vocab_size: Optional[int] = None) -> TransformerConf
     """
     if size in CPU_SIZES:
         if vocab_size is None:
-            raise OLMoConfigurationError(
-                f"the {size!r} model needs 'vocab_size' (the size of its tokenizer)"
-            )
+            raise OLMoConfigurationError(f"the {size!r} model needs 'vocab_size' (the size of its tokenizer)")
         return _olmo2_like(vocab_size=vocab_size, **CPU_SIZES[size])
     vocab = vocab_size if vocab_size is not None else paper.DOLMA2_EMBEDDING_SIZE
     if size in paper.PRETRAIN_SHAPES:

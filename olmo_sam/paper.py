@@ -100,11 +100,50 @@ PRETRAIN_MAX_GRAD_NORM: float = 1.0
 
 #: Table 7 LR grid (43 values) for the controlled models.
 FT_LR_GRID_SMALL: Tuple[float, ...] = (
-    1e-6, 2e-6, 4e-6, 8e-6, 1e-5, 2e-5, 3e-5, 4e-5, 5e-5, 6e-5, 7e-5, 8e-5, 9e-5, 1e-4,
-    1.1e-4, 1.2e-4, 1.25e-4, 1.4e-4, 1.5e-4, 1.6e-4, 1.8e-4, 2e-4, 2.4e-4, 2.5e-4, 3e-4,
-    3.5e-4, 4e-4, 5e-4, 6e-4, 7e-4, 8e-4, 9e-4, 1e-3, 1.25e-3, 1.5e-3, 2e-3, 2.5e-3, 3e-3,
-    4e-3, 5e-3, 6e-3, 8e-3, 1e-2,
-)  # fmt: skip
+    1e-6,
+    2e-6,
+    4e-6,
+    8e-6,
+    1e-5,
+    2e-5,
+    3e-5,
+    4e-5,
+    5e-5,
+    6e-5,
+    7e-5,
+    8e-5,
+    9e-5,
+    1e-4,
+    1.1e-4,
+    1.2e-4,
+    1.25e-4,
+    1.4e-4,
+    1.5e-4,
+    1.6e-4,
+    1.8e-4,
+    2e-4,
+    2.4e-4,
+    2.5e-4,
+    3e-4,
+    3.5e-4,
+    4e-4,
+    5e-4,
+    6e-4,
+    7e-4,
+    8e-4,
+    9e-4,
+    1e-3,
+    1.25e-3,
+    1.5e-3,
+    2e-3,
+    2.5e-3,
+    3e-3,
+    4e-3,
+    5e-3,
+    6e-3,
+    8e-3,
+    1e-2,
+)
 #: Fine-tuning recipe of Table 7: AdamW, cosine, warmup 10%, batch 64 (32, 128 also tried),
 #: weight decay 0 (0.1 also tried), one epoch or 10M tokens, whichever is smaller.
 FT_WARMUP_FRACTION: float = 0.1
@@ -131,9 +170,27 @@ STARCODER_60M_192B_LESS_FORGETTING: float = 0.80
 
 #: Table 3 LR grid (20 values) for OLMo-2-1B post-training.
 FT_LR_GRID_1B: Tuple[float, ...] = (
-    2e-6, 3e-6, 4e-6, 5e-6, 6e-6, 7e-6, 8e-6, 1e-5, 2e-5, 3e-5, 4e-5, 5e-5, 6e-5, 7e-5, 8e-5,
-    9e-5, 1e-4, 1.25e-4, 1.5e-4, 2e-4,
-)  # fmt: skip
+    2e-6,
+    3e-6,
+    4e-6,
+    5e-6,
+    6e-6,
+    7e-6,
+    8e-6,
+    1e-5,
+    2e-5,
+    3e-5,
+    4e-5,
+    5e-5,
+    6e-5,
+    7e-5,
+    8e-5,
+    9e-5,
+    1e-4,
+    1.25e-4,
+    1.5e-4,
+    2e-4,
+)
 #: Table 3 token budgets: MetaMath one epoch (~80M tokens), the others 50M tokens each.
 FT_TOKEN_BUDGET_1B: Dict[str, int] = {
     "metamath": 80_000_000,
@@ -152,8 +209,19 @@ EWC_FISHER_SEQ_LEN: int = 1024
 EWC_LAMBDA_GRID: Tuple[float, ...] = (1e3, 4e3, 1e4, 4e4, 1e5)
 EWC_BEST_LAMBDA: float = 1e4
 EWC_LR_GRID: Tuple[float, ...] = (
-    1e-4, 1.5e-4, 2e-4, 2.5e-4, 3e-4, 3.5e-4, 4e-4, 5e-4, 6e-4, 7e-4, 8e-4, 1e-3,
-)  # fmt: skip
+    1e-4,
+    1.5e-4,
+    2e-4,
+    2.5e-4,
+    3e-4,
+    3.5e-4,
+    4e-4,
+    5e-4,
+    6e-4,
+    7e-4,
+    8e-4,
+    1e-3,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Perturbation probes (SAM-PT Sec 3.4, App C.3, Sec 4)

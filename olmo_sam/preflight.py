@@ -194,7 +194,12 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 def looks_local(text: str) -> bool:
     """Whether ``text`` can only be a local path, not a Hugging Face hub id (``name`` or
     ``org/name``): it exists, starts with ``.``, ``/`` or ``~``, or has more than one ``/``."""
-    return Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or text.count("/") > 1 or not _HUB_ID.match(text)
+    return (
+        Path(text).expanduser().exists()
+        or text.startswith((".", "/", "~"))
+        or text.count("/") > 1
+        or not _HUB_ID.match(text)
+    )
 
 
 def check_local_model(source: str | Path, *, flag: str) -> bool:

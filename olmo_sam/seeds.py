@@ -15,4 +15,3 @@ __all__ = ["INIT_SEED", "DATA_SEED"]
 INIT_SEED = 12536
 #: data-order seed of pretraining seed 0 (OLMo-core's training scripts' data-loader seed)
 DATA_SEED = 34521
-

@@ -63,15 +63,15 @@ Registered on import of ``olmo_core.optim``: optimizer ``sam``; schedulers ``wso
 """
 '''
 
-OPTIM_INIT_TAIL = '''    "LR_FIELD",
+OPTIM_INIT_TAIL = """    "LR_FIELD",
     "INITIAL_LR_FIELD",
 ]
-'''
-OPTIM_INIT_ADD = '''
+"""
+OPTIM_INIT_ADD = """
 # olmo-sam: register the SAM optimizer wrapper and the WSO schedule family.
 from ..sam import sam as _sam  # noqa: E402,F401
 from ..sam import schedules as _sam_schedules  # noqa: E402,F401
-'''
+"""
 
 
 def _version() -> str:

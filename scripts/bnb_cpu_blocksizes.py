@@ -28,10 +28,18 @@ def main() -> None:
             for dq in (False, True):
                 for out_f, in_f in SHAPES:
                     w = torch.randn(out_f, in_f) * 0.05
-                    q = bnb.nn.Linear4bit(in_f, out_f, bias=False, compute_dtype=torch.float32,
-                                          compress_statistics=dq, quant_type=qt, device="meta")
-                    q.weight = bnb.nn.Params4bit(w.clone(), requires_grad=False, quant_type=qt, blocksize=bs,
-                                                 compress_statistics=dq, module=q)
+                    q = bnb.nn.Linear4bit(
+                        in_f,
+                        out_f,
+                        bias=False,
+                        compute_dtype=torch.float32,
+                        compress_statistics=dq,
+                        quant_type=qt,
+                        device="meta",
+                    )
+                    q.weight = bnb.nn.Params4bit(
+                        w.clone(), requires_grad=False, quant_type=qt, blocksize=bs, compress_statistics=dq, module=q
+                    )
                     q = q.to("cpu").eval()
                     deq = F.dequantize_4bit(q.weight.data, q.weight.quant_state)
                     bad, _ = _4bit_mismatches(deq, w, q.weight.quant_state)

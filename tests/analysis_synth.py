@@ -26,10 +26,21 @@ ARMS = {
 LRS = (1e-6, 4e-6, 1e-5, 4e-5, 1e-4, 2e-4, 4e-4, 1e-3, 2e-3, 4e-3, 1e-2)
 
 
-def record(run_id, l_pt, l_ft, *, base="b", label=None, dataset="d", method="ft", lr=1e-4,
-           base_l_pt=3.0, **kw) -> FTRecord:  # fmt: skip
-    return FTRecord(run_id=run_id, base=base, base_label=base if label is None else label, dataset=dataset,
-                    method=method, lr=lr, l_ft=l_ft, l_pt=l_pt, base_l_pt=base_l_pt, **kw)  # fmt: skip
+def record(
+    run_id, l_pt, l_ft, *, base="b", label=None, dataset="d", method="ft", lr=1e-4, base_l_pt=3.0, **kw
+) -> FTRecord:
+    return FTRecord(
+        run_id=run_id,
+        base=base,
+        base_label=base if label is None else label,
+        dataset=dataset,
+        method=method,
+        lr=lr,
+        l_ft=l_ft,
+        l_pt=l_pt,
+        base_l_pt=base_l_pt,
+        **kw,
+    )
 
 
 def sweep(
@@ -47,9 +58,12 @@ def sweep(
                             f"{arm}-{name}-{ds}-{lr:g}",
                             base_pt + sens * 0.02 * math.exp(x) + noise * rng.random(),
                             ft0 + 1.5 * math.exp(-x) + noise * rng.random(),
-                            base=f"/ckpts/{arm}/{name}", label=arm, dataset=ds, lr=lr,
+                            base=f"/ckpts/{arm}/{name}",
+                            label=arm,
+                            dataset=ds,
+                            lr=lr,
                             base_l_pt=base_pt,
-                        )  # fmt: skip
+                        )
                     )
     return out
 

@@ -135,9 +135,7 @@ def demo_data_small(tmp_path_factory):
     """The demo data pipeline (registry fetch, BPE, token files) on two short books."""
     from olmo_sam.data.demo_data import prepare_demo_data
 
-    return prepare_demo_data(
-        tmp_path_factory.mktemp("demo_data"), 512, books=DEMO_TEST_BOOKS, show_progress=False
-    )
+    return prepare_demo_data(tmp_path_factory.mktemp("demo_data"), 512, books=DEMO_TEST_BOOKS, show_progress=False)
 
 
 #: the longest test files, in the order they start (the order of the measured 10 min 20 s run;

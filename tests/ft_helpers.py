@@ -31,6 +31,15 @@ def write_task(root: Path, n_train: int = 600, n_val: int = 60, name: str = "syn
         "train": write_split(root, "train", task_documents(n_train, 1), vocab_size=VOCAB, eos_token_id=EOS),
         "val": write_split(root, "val", task_documents(n_val, 2), vocab_size=VOCAB, eos_token_id=EOS),
     }
-    write_meta(root, FTDataMeta(name=name, vocab_size=VOCAB, eos_token_id=EOS, dtype="uint16", splits=splits,
-                                source={"generator": "tests/ft_helpers.py"}))  # fmt: skip
+    write_meta(
+        root,
+        FTDataMeta(
+            name=name,
+            vocab_size=VOCAB,
+            eos_token_id=EOS,
+            dtype="uint16",
+            splits=splits,
+            source={"generator": "tests/ft_helpers.py"},
+        ),
+    )
     return root

@@ -51,16 +51,38 @@ def model_config(model: str) -> dict:
 
 
 def task_metrics(
-    idx: int, task_name: str, alias: str, primary_metric: str, score: float, n: int, model: str,
+    idx: int,
+    task_name: str,
+    alias: str,
+    primary_metric: str,
+    score: float,
+    n: int,
+    model: str,
     base_task_config: Optional[dict] = None,
-) -> dict:  # fmt: skip
-    task_config = dict(base_task_config or {
-        "task_name": task_name, "task_core": task_name.split(":")[0], "limit": None, "split": "test",
-        "num_shots": 5, "fewshot_seed": 1234, "random_subsample_seed": 1234, "context_kwargs": None,
-        "generation_kwargs": None, "metric_kwargs": None, "native_id_field": "id",
-        "fewshot_source": None, "dataset_path": None, "dataset_name": None, "use_chat_format": None,
-        "version": 0, "revision": None, "compute_gold_bpb": False,
-    })  # fmt: skip
+) -> dict:
+    task_config = dict(
+        base_task_config
+        or {
+            "task_name": task_name,
+            "task_core": task_name.split(":")[0],
+            "limit": None,
+            "split": "test",
+            "num_shots": 5,
+            "fewshot_seed": 1234,
+            "random_subsample_seed": 1234,
+            "context_kwargs": None,
+            "generation_kwargs": None,
+            "metric_kwargs": None,
+            "native_id_field": "id",
+            "fewshot_source": None,
+            "dataset_path": None,
+            "dataset_name": None,
+            "use_chat_format": None,
+            "version": 0,
+            "revision": None,
+            "compute_gold_bpb": False,
+        }
+    )
     task_config.update({"task_name": task_name, "primary_metric": primary_metric})
     task_config["metadata"] = {**task_config.get("metadata", {}), "regimes": ["OLMES-v0.1"], "alias": alias}
     full_config = {
@@ -69,13 +91,19 @@ def task_metrics(
         "model_hash": _md5(model_config(model)),
         "model_config": model_config(model),
         "task_config": task_config,
-        "compute_config": {"batch_size": "16", "max_batch_size": 32, "output_dir": "out",
-                           "num_recorded_inputs": 3, "save_raw_requests": True, "recompute_metrics": False},
+        "compute_config": {
+            "batch_size": "16",
+            "max_batch_size": 32,
+            "output_dir": "out",
+            "num_recorded_inputs": 3,
+            "save_raw_requests": True,
+            "recompute_metrics": False,
+        },
         "processing_time": 1.5,
         "current_date": "2025-06-01 12:00:00 UTC",
         "num_instances": n,
         "beaker_info": {},
-    }  # fmt: skip
+    }
     metrics = full_config.copy()
     metrics["metrics"] = {primary_metric: score, "extra_metrics": {"num_tokens": 3.0}, "primary_score": score}
     metrics["task_idx"] = idx
@@ -111,19 +139,37 @@ def write_run(out: str, tasks: Sequence[dict], aggregates: Sequence[dict] = (), 
         {
             "all_primary_scores": summary,
             "tasks": [
-                {"alias": m["task_config"].get("metadata", {}).get("alias", m["task_name"]),
-                 "metrics": m["metrics"], "num_instances": m["num_instances"],
-                 "processing_time": m["processing_time"], "task_config": {}}
+                {
+                    "alias": m["task_config"].get("metadata", {}).get("alias", m["task_name"]),
+                    "metrics": m["metrics"],
+                    "num_instances": m["num_instances"],
+                    "processing_time": m["processing_time"],
+                    "task_config": {},
+                }
                 for m in metrics_all
-            ],  # fmt: skip
+            ],
             "model_config": {"model": model},
         },
     )
 
 
 AGI = ["aqua-rat", "gaokao-english", "logiqa-en", "lsat-ar", "lsat-lr", "lsat-rc", "sat-en", "sat-math"]
-MMLU_PRO = ["math", "health", "physics", "business", "biology", "chemistry", "computer science",
-            "economics", "engineering", "philosophy", "other", "history", "psychology", "law"]  # fmt: skip
+MMLU_PRO = [
+    "math",
+    "health",
+    "physics",
+    "business",
+    "biology",
+    "chemistry",
+    "computer science",
+    "economics",
+    "engineering",
+    "philosophy",
+    "other",
+    "history",
+    "psychology",
+    "law",
+]
 
 
 def suite_tasks(seed=0, model="/ckpt/sam-4bit"):
@@ -143,6 +189,3 @@ def suite_tasks(seed=0, model="/ckpt/sam-4bit"):
         task_metrics(i, name, alias, pm, rng.uniform(0.1, 0.9), rng.randint(50, 400), model)
         for i, (name, alias, pm) in enumerate(specs)
     ]
-
-
-

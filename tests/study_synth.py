@@ -22,9 +22,9 @@ from typing import Any, Dict, List
 
 from olmo_sam.finetune.records import FTRecord, ResultStore
 from olmo_sam.output import write_json
-from olmo_sam.study.plan import Job, Plan
 from olmo_sam.study.bases import BaseRecord
 from olmo_sam.study.context import JobContext
+from olmo_sam.study.plan import Job, Plan
 from olmo_sam.study.spec import parse_study
 
 ARMS = ("adamw", "sam")
@@ -53,24 +53,50 @@ def _ft_records(arm: str, budget: int, seed: int, ds: str) -> List[FTRecord]:
     out = []
     for lr in LRS:
         x = math.log10(lr) + 4  # 0 .. 2.5
-        out.append(FTRecord(run_id=f"{u}-{ds}-{lr:g}", base=f"/ckpt/{u}", base_label=u, dataset=ds, method="ft",
-                            lr=lr, l_ft=2.0 + 1.5 * math.exp(-x) + 0.01 * SEED_EFFECT[seed],
-                            l_pt=base + 0.1 * sens * math.exp(x), base_l_pt=base))  # fmt: skip
+        out.append(
+            FTRecord(
+                run_id=f"{u}-{ds}-{lr:g}",
+                base=f"/ckpt/{u}",
+                base_label=u,
+                dataset=ds,
+                method="ft",
+                lr=lr,
+                l_ft=2.0 + 1.5 * math.exp(-x) + 0.01 * SEED_EFFECT[seed],
+                l_pt=base + 0.1 * sens * math.exp(x),
+                base_l_pt=base,
+            )
+        )
     return out
 
 
-def build(out: Path, *, with_budget_fields: bool = True, interval: Dict[str, Any] | None = None,
-          hypotheses: List[Dict[str, Any]] | None = None):
+def build(
+    out: Path,
+    *,
+    with_budget_fields: bool = True,
+    interval: Dict[str, Any] | None = None,
+    hypotheses: List[Dict[str, Any]] | None = None,
+):
     """Write the study under ``out``; return the analysis job's context. ``hypotheses``: the study
     file's ``hypotheses:`` (the file then also names its seeds, budgets, probes and fine-tuning)."""
     sections: Dict[str, Any] = {}
     if hypotheses is not None:
-        sections = {"hypotheses": hypotheses, "pretrain": {"seeds": list(SEEDS), "budgets_tpp": list(BUDGETS)},
-                    "probes": {"quantize": {"quant": ["nf4"]}, "noise": {"gammas": [0.01, 0.02]}, "hessian": {}},
-                    "finetune": {"datasets": list(DATASETS), "lrs": list(LRS)}}  # fmt: skip
-    study = parse_study({"name": "synth", "out_dir": str(out), "seed": 0, "data": {"demo": {}},
-                         "arms": [{"name": a, "optimizer": a} for a in ARMS],
-                         **({"analysis": interval} if interval else {}), **sections})  # fmt: skip
+        sections = {
+            "hypotheses": hypotheses,
+            "pretrain": {"seeds": list(SEEDS), "budgets_tpp": list(BUDGETS)},
+            "probes": {"quantize": {"quant": ["nf4"]}, "noise": {"gammas": [0.01, 0.02]}, "hessian": {}},
+            "finetune": {"datasets": list(DATASETS), "lrs": list(LRS)},
+        }
+    study = parse_study(
+        {
+            "name": "synth",
+            "out_dir": str(out),
+            "seed": 0,
+            "data": {"demo": {}},
+            "arms": [{"name": a, "optimizer": a} for a in ARMS],
+            **({"analysis": interval} if interval else {}),
+            **sections,
+        }
+    )
     jobs: List[Job] = []
     units = []
 
@@ -85,12 +111,29 @@ def build(out: Path, *, with_budget_fields: bool = True, interval: Dict[str, Any
                 units.append(u)
                 tokens = b * PARAMS_TOTAL
                 curve = out / "curves" / f"{u}.json"
-                write_json(curve, {"train": [{"step": i, "train_loss": 6 - i * 0.1, "lr": 1e-3,
-                                              "sam_active": arm == "sam"} for i in range(10)]})  # fmt: skip
-                rec: Dict[str, Any] = {"checkpoint": str(out / "none" / u), "curve": str(curve), "optimizer": arm,
-                                       "schedule": "cosine", "final_train_loss": 5.1}  # fmt: skip
-                run = {"tokens": tokens, "params_total": PARAMS_TOTAL, "params_non_embedding": PARAMS_NON_EMBEDDING,
-                       "tpp_total": tokens / PARAMS_TOTAL, "tpp_non_embedding": tokens / PARAMS_NON_EMBEDDING}  # fmt: skip
+                write_json(
+                    curve,
+                    {
+                        "train": [
+                            {"step": i, "train_loss": 6 - i * 0.1, "lr": 1e-3, "sam_active": arm == "sam"}
+                            for i in range(10)
+                        ]
+                    },
+                )
+                rec: Dict[str, Any] = {
+                    "checkpoint": str(out / "none" / u),
+                    "curve": str(curve),
+                    "optimizer": arm,
+                    "schedule": "cosine",
+                    "final_train_loss": 5.1,
+                }
+                run = {
+                    "tokens": tokens,
+                    "params_total": PARAMS_TOTAL,
+                    "params_non_embedding": PARAMS_NON_EMBEDDING,
+                    "tpp_total": tokens / PARAMS_TOTAL,
+                    "tpp_non_embedding": tokens / PARAMS_NON_EMBEDDING,
+                }
                 # without budget fields: a base whose size and budget are unknown (no tokens, no counts)
                 params = {"arm": arm, "seed": s, "budget_tpp": None}
                 rec.update(BaseRecord.measure(params, run if with_budget_fields else {}, {}).to_dict())
@@ -99,17 +142,35 @@ def build(out: Path, *, with_budget_fields: bool = True, interval: Dict[str, Any
                 # quantization: no difference between arms
                 deg = 0.002 + 0.001 * SEED_EFFECT[s] + (0.0001 * ZERO_SUM[s] if arm == "sam" else 0.0)
                 qfile = out / "probes" / f"{u}-quant.json"
-                write_json(qfile, {"records": [
-                    {"quant": "none", "loss": l_pt(arm, b, s), "degradation": 0.0},
-                    {"quant": "nf4", "loss": l_pt(arm, b, s) + deg, "degradation": deg, "proof": {"n_quantized": 7}},
-                ]})  # fmt: skip
+                write_json(
+                    qfile,
+                    {
+                        "records": [
+                            {"quant": "none", "loss": l_pt(arm, b, s), "degradation": 0.0},
+                            {
+                                "quant": "nf4",
+                                "loss": l_pt(arm, b, s) + deg,
+                                "degradation": deg,
+                                "proof": {"n_quantized": 7},
+                            },
+                        ]
+                    },
+                )
                 done(Job(f"quantize/{u}", "quantize", "quantize", params={"unit": u}), {"file": str(qfile)})
                 # noise: sam 0.7x
                 summ = []
                 for g in (0.0, 0.01, 0.02):
                     inc = (0.7 if arm == "sam" else 1.0) * (1 + 0.2 * SEED_EFFECT[s]) * 5 * g
-                    summ.append({"label": u, "gamma": g, "mean": l_pt(arm, b, s) + inc, "std": 0.001, "n_seeds": 2,
-                                 "increase": inc})  # fmt: skip
+                    summ.append(
+                        {
+                            "label": u,
+                            "gamma": g,
+                            "mean": l_pt(arm, b, s) + inc,
+                            "std": 0.001,
+                            "n_seeds": 2,
+                            "increase": inc,
+                        }
+                    )
                 nfile = out / "probes" / f"{u}-noise.json"
                 write_json(nfile, {"summary": summ})
                 done(Job(f"noise/{u}", "noise", "noise", params={"unit": u}), {"file": str(nfile)})
@@ -117,17 +178,31 @@ def build(out: Path, *, with_budget_fields: bool = True, interval: Dict[str, Any
                 trace = 300 + 50 * SEED_EFFECT[s] + (3.0 * ZERO_SUM[s] if arm == "sam" else 0.0)
                 conv = not (arm == "sam" and b == 100 and s == 2)
                 hfile = out / "probes" / f"{u}-hess.json"
-                write_json(hfile, {"records": [{"trace": {"trace": trace, "stderr": 5.0, "n_probes": 10},
-                                                "top_eigenvalue": {"value": 20 + 2 * SEED_EFFECT[s],
-                                                                   "converged": conv, "iterations": 10,
-                                                                   "residual": 0.01 if conv else 0.3},
-                                                "batch_loss": 3.0}]})  # fmt: skip
+                write_json(
+                    hfile,
+                    {
+                        "records": [
+                            {
+                                "trace": {"trace": trace, "stderr": 5.0, "n_probes": 10},
+                                "top_eigenvalue": {
+                                    "value": 20 + 2 * SEED_EFFECT[s],
+                                    "converged": conv,
+                                    "iterations": 10,
+                                    "residual": 0.01 if conv else 0.3,
+                                },
+                                "batch_loss": 3.0,
+                            }
+                        ]
+                    },
+                )
                 done(Job(f"hessian/{u}", "hessian", "hessian", params={"unit": u}), {"file": str(hfile)})
                 for ds in DATASETS:
                     res = out / "finetune" / f"{u}_{ds}" / "results.jsonl"
                     ResultStore(res).extend(_ft_records(arm, b, s, ds))
-                    done(Job(f"finetune/{u}:{ds}", "finetune", "ft_sweep", params={"unit": u, "dataset": ds}),
-                         {"results": str(res), "runs": len(LRS)})  # fmt: skip
+                    done(
+                        Job(f"finetune/{u}:{ds}", "finetune", "ft_sweep", params={"unit": u, "dataset": ds}),
+                        {"results": str(res), "runs": len(LRS)},
+                    )
     job = Job("analysis", "analysis", "analysis", params={"units": units})
     jobs.append(job)
     plan = Plan(study, jobs)

@@ -65,8 +65,10 @@ def test_frontier_end_to_end(results, tmp_path):
     expect = set()
     for r in rows:
         same = [o for o in rows if o["dataset"] == r["dataset"] and o["base"] == r["base"]]
-        if not any(o["l_pt"] <= r["l_pt"] and o["l_ft"] <= r["l_ft"]
-                   and (o["l_pt"], o["l_ft"]) != (r["l_pt"], r["l_ft"]) for o in same):  # fmt: skip
+        if not any(
+            o["l_pt"] <= r["l_pt"] and o["l_ft"] <= r["l_ft"] and (o["l_pt"], o["l_ft"]) != (r["l_pt"], r["l_ft"])
+            for o in same
+        ):
             expect.add(r["run_id"])
     table = read_csv(out / "frontier.csv")
     assert {row["run_ids"] for row in table} == expect
@@ -83,14 +85,18 @@ def test_compare_end_to_end_matches_independent_computation(results, tmp_path):
     bases = ["/ckpts/adamw/step4000", "/ckpts/sam/step4000"]
     out = tmp_path / "cmp"
     # select by path and by label@dirname; name the reference by its label@dirname too
-    res = invoke("compare", results, "--base", bases[0], "--base", "sam@step4000",
-                 "--reference", "adamw@step4000", "--out", out)  # fmt: skip
+    res = invoke(
+        "compare", results, "--base", bases[0], "--base", "sam@step4000", "--reference", "adamw@step4000", "--out", out
+    )
     assert res.exit_code == 0, res.output
     assert (out / "compare.png").read_bytes()[:8] == PNG
     table = read_csv(out / "compare.csv")
     assert [(r["dataset"], r["curve"], r["reference"]) for r in table] == [
-        ("code", "adamw", "yes"), ("code", "sam", ""), ("math", "adamw", "yes"), ("math", "sam", ""),
-    ]  # fmt: skip
+        ("code", "adamw", "yes"),
+        ("code", "sam", ""),
+        ("math", "adamw", "yes"),
+        ("math", "sam", ""),
+    ]
     rows = raw(results)
     for ds in ("code", "math"):
         tau, got = independent_matched(rows, ds, bases)
@@ -108,8 +114,9 @@ def test_compare_end_to_end_matches_independent_computation(results, tmp_path):
 
 
 def test_compare_json_stdout_and_interpolation(results):
-    res = invoke("compare", results, "--dataset", "code", "--base", "adamw", "--json", "--interpolate",
-                 "--tau", "code=1.3")  # fmt: skip
+    res = invoke(
+        "compare", results, "--dataset", "code", "--base", "adamw", "--json", "--interpolate", "--tau", "code=1.3"
+    )
     assert res.exit_code == 0, res.output
     payload = json.loads(res.stdout)
     d = payload["datasets"]["code"]

@@ -93,11 +93,7 @@ def _records(pts):
 
 def _brute_force(recs):
     fin = [r for r in recs if math.isfinite(r.l_pt) and math.isfinite(r.l_ft)]
-    return {
-        r.run_id
-        for r in fin
-        if not any(dominates((o.l_pt, o.l_ft), (r.l_pt, r.l_ft)) for o in fin)
-    }
+    return {r.run_id for r in fin if not any(dominates((o.l_pt, o.l_ft), (r.l_pt, r.l_ft)) for o in fin)}
 
 
 @settings(max_examples=300, deadline=None)

@@ -38,8 +38,17 @@ HAND = {
 
 def hand_records(hand=HAND, dataset="d", method="ft"):
     return [
-        record(f"{lab}-{i}", pt, ft, base=f"/ck/{lab}", label=lab, dataset=dataset,
-               method=method, lr=1e-5 * (i + 1), base_l_pt=base_pt)  # fmt: skip
+        record(
+            f"{lab}-{i}",
+            pt,
+            ft,
+            base=f"/ck/{lab}",
+            label=lab,
+            dataset=dataset,
+            method=method,
+            lr=1e-5 * (i + 1),
+            base_l_pt=base_pt,
+        )
         for lab, (base_pt, runs) in hand.items()
         for i, (pt, ft) in enumerate(runs)
     ]
@@ -207,9 +216,11 @@ def test_grouping_labels_methods_and_splits():
     by = group_curves(recs)
     assert list(by) == ["d", "other"]
     assert [(c.label, c.arm) for c in by["d"]] == [
-        ("adamw@s1/ft", "adamw/ft"), ("adamw@s2/ft", "adamw/ft"), ("sam/ewc", "sam/ewc"),
+        ("adamw@s1/ft", "adamw/ft"),
+        ("adamw@s2/ft", "adamw/ft"),
+        ("sam/ewc", "sam/ewc"),
         ("sam/ft", "sam/ft"),
-    ]  # fmt: skip
+    ]
     assert by["d"][1].base_l_pt == 2.9
     pooled = group_curves(recs, by_method=False, datasets=["d"], bases=["sam"])
     assert [(c.label, len(c.records)) for c in pooled["d"]] == [("sam", 3)]

@@ -24,8 +24,14 @@ for argv in sys.argv[1:]:
 
 def _run_all(cases, cwd):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, *["|".join(map(str, c)) for c in cases]],
-                          capture_output=True, text=True, env=env, cwd=cwd, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, *["|".join(map(str, c)) for c in cases]],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=900,
+    )
     assert "Traceback" not in proc.stderr, proc.stderr[:6000]
     blocks = proc.stderr.split("EXIT ")
     codes = [b.split("\n", 1)[0] for b in blocks[1:]]
@@ -53,13 +59,33 @@ def test_bad_files_are_one_line_errors(tiny_checkpoint, tiny_corpus, tiny_hf_mod
     # an output directory that cannot be created (its parent is a file)
     (tmp_path / "a-file").write_text("")
     study = tmp_path / "s.yaml"
-    study.write_text(yaml.safe_dump({"name": "s", "data": {"demo": {"vocab_size": 512}},
-                                     "arms": [{"name": "a", "optimizer": "adamw", "size": "tiny", "steps": 4, "lr": 1e-3}],
-                                     "stages": ["data"]}))  # fmt: skip
+    study.write_text(
+        yaml.safe_dump(
+            {
+                "name": "s",
+                "data": {"demo": {"vocab_size": 512}},
+                "arms": [{"name": "a", "optimizer": "adamw", "size": "tiny", "steps": 4, "lr": 1e-3}],
+                "stages": ["data"],
+            }
+        )
+    )
 
     def perturb(model, val):
-        return ["probe", "noise", model, "--val", val, "--gammas", "0.01", "--seeds", "0", "--max-sequences", "2",
-                "--out", tmp_path / "probe-out"]  # fmt: skip
+        return [
+            "probe",
+            "noise",
+            model,
+            "--val",
+            val,
+            "--gammas",
+            "0.01",
+            "--seeds",
+            "0",
+            "--max-sequences",
+            "2",
+            "--out",
+            tmp_path / "probe-out",
+        ]
 
     msgs = _run_all(
         [
@@ -77,6 +103,9 @@ def test_bad_files_are_one_line_errors(tiny_checkpoint, tiny_corpus, tiny_hf_mod
     assert f"validation token file {empty} is empty" in msgs[1] and "olmo-sam data tokenize" in msgs[1]
     assert f"validation token file {odd} has 2001 bytes, not a whole number of uint16 ids" in msgs[2]
     assert f"validation token file {wide} holds uint32 ids" in msgs[3] and "re-write it as uint16" in msgs[3]
-    assert f"{hf / 'model.safetensors'}: the model weights could not be read" in msgs[4] and "download or copy it again" in msgs[4]
+    assert (
+        f"{hf / 'model.safetensors'}: the model weights could not be read" in msgs[4]
+        and "download or copy it again" in msgs[4]
+    )
     assert f"{tmp_path / 'a-file' / 'out'}: the output directory is not writable" in msgs[5]
     assert "choose another with --out" in msgs[5]

@@ -26,15 +26,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_benchmark_is_a_bench_subcommand_and_a_launcher():
-    assert set(bench.commands) == {"sam-overhead", "hessian-probe", "cfs-generation", "flatness-cost", "finetune-throughput"}
+    assert set(bench.commands) == {
+        "sam-overhead",
+        "hessian-probe",
+        "cfs-generation",
+        "flatness-cost",
+        "finetune-throughput",
+    }
     for name in bench.commands:
         launcher = ROOT / "benchmarks" / f"{name.replace('-', '_')}.py"
         code = [ln for ln in launcher.read_text().splitlines() if ln.strip()]
         assert len(code) <= 4  # docstring, import, if __name__ == "__main__":, call
         assert "olmo_sam.bench." in launcher.read_text(), launcher
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))  # this checkout's olmo_sam
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hessian_probe.py"), "--help"],
-                       capture_output=True, text=True, cwd=ROOT, env=env)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "hessian_probe.py"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
     assert r.returncode == 0 and "--probes" in r.stdout
     assert "--probes" in CliRunner().invoke(bench, ["hessian-probe", "--help"]).output
 
@@ -59,8 +70,15 @@ def test_gain_kept_is_paired_by_seed():
 
 
 def test_flatness_cost_smoke(tmp_path):
-    s = FlatnessCostSettings(tokens_per_param=0.05, seeds=2, probes=2, power_iters=2,
-                             hessian_sequences=4, variants=("adamw", "sam", "msam"), bootstrap=100)  # fmt: skip
+    s = FlatnessCostSettings(
+        tokens_per_param=0.05,
+        seeds=2,
+        probes=2,
+        power_iters=2,
+        hessian_sequences=4,
+        variants=("adamw", "sam", "msam"),
+        bootstrap=100,
+    )
     report = flatness_cost(s, tmp_path, jobs=1, progress=False, echo=lambda *_: None)
     rows = {r["variant"]: r for r in report["summary"]["rows"]}
     assert list(rows) == ["adamw", "sam", "msam"]

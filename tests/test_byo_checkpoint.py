@@ -18,13 +18,28 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from olmo_sam.finetune.records import ResultStore
 from olmo_sam.checkpoints import load_transformer, resolve_checkpoint, trainer_load_path
 from olmo_sam.cli import main as cli
+from olmo_sam.finetune.records import ResultStore
 
 TINY_LR = 1e-9
-SWEEP = ["--lrs", f"{TINY_LR},3e-3", "--batch-size", "4", "--max-steps", "3", "--seq-len", "64",
-         "--pt-val-max-sequences", "8", "--ft-val-max-sequences", "8", "--jobs", "1", "--no-progress"]  # fmt: skip
+SWEEP = [
+    "--lrs",
+    f"{TINY_LR},3e-3",
+    "--batch-size",
+    "4",
+    "--max-steps",
+    "3",
+    "--seq-len",
+    "64",
+    "--pt-val-max-sequences",
+    "8",
+    "--ft-val-max-sequences",
+    "8",
+    "--jobs",
+    "1",
+    "--no-progress",
+]
 
 
 def olmo_sam(*args: str) -> str:
@@ -40,8 +55,11 @@ def max_weight_diff(a: Path, b: Path) -> float:
 
 
 def kept_checkpoint(sweep: Path, base_label: str, lr: float) -> Path:
-    rec = next(r for r in ResultStore(sweep / "results.jsonl").records()
-               if r.base_label == base_label and r.lr == lr and r.method == "ft")  # fmt: skip
+    rec = next(
+        r
+        for r in ResultStore(sweep / "results.jsonl").records()
+        if r.base_label == base_label and r.lr == lr and r.method == "ft"
+    )
     return resolve_checkpoint(sweep / "runs" / rec.run_id / "train")
 
 
@@ -67,14 +85,50 @@ def test_bring_your_own_checkpoint_walkthrough(tiny_hf_model, tmp_path):
     text = w / "pt.txt"
     stdlib = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[60:90]  # not the tokenizer's files
     text.write_text("\n\n".join(f.read_text(encoding="utf-8", errors="replace")[:3000] for f in stdlib))
-    olmo_sam("data", "tokenize", "--out", w / "pt", "--tokenizer", tok, "--input", text, "--text-docs", "paragraphs",
-             "--val-fraction", "0.3")  # fmt: skip
+    olmo_sam(
+        "data",
+        "tokenize",
+        "--out",
+        w / "pt",
+        "--tokenizer",
+        tok,
+        "--input",
+        text,
+        "--text-docs",
+        "paragraphs",
+        "--val-fraction",
+        "0.3",
+    )
     pt_val = [str(w / "pt" / "val-00000.npy")]
-    olmo_sam("finetune", "prepare", "demo-code", "--tokenizer", tok, "--out", w / "task",
-             "--max-train-tokens", "20000", "--max-documents", "60")  # fmt: skip
+    olmo_sam(
+        "finetune",
+        "prepare",
+        "demo-code",
+        "--tokenizer",
+        tok,
+        "--out",
+        w / "task",
+        "--max-train-tokens",
+        "20000",
+        "--max-documents",
+        "60",
+    )
     # 3. a sweep from the imported model
-    olmo_sam("sweep", "--base", w / "base", "--base-label", "base", "--data", w / "task",
-             "--pt-val", *pt_val[:1], *SWEEP, "--out", w / "sweep", "--keep-checkpoints")  # fmt: skip
+    olmo_sam(
+        "sweep",
+        "--base",
+        w / "base",
+        "--base-label",
+        "base",
+        "--data",
+        w / "task",
+        "--pt-val",
+        *pt_val[:1],
+        *SWEEP,
+        "--out",
+        w / "sweep",
+        "--keep-checkpoints",
+    )
     recs = {r.lr: r for r in ResultStore(w / "sweep" / "results.jsonl").records()}
     assert set(recs) == {TINY_LR, 3e-3}
     # started from the imported weights, not a fresh init
@@ -85,8 +139,25 @@ def test_bring_your_own_checkpoint_walkthrough(tiny_hf_model, tmp_path):
     # 4. the WiSE-FT baseline's output is a base checkpoint too
     ft = kept_checkpoint(w / "sweep", "base", 3e-3)
     olmo_sam("finetune", "wise-ft", "--base", w / "base", "--ft", ft, "--alpha", "0.5", "--out", w / "wise")
-    olmo_sam("sweep", "--base", w / "base", "--base-label", "base", "--base", w / "wise", "--base-label", "wise",
-             "--data", w / "task", "--pt-val", *pt_val[:1], *SWEEP, "--out", w / "sweep", "--keep-checkpoints")  # fmt: skip
+    olmo_sam(
+        "sweep",
+        "--base",
+        w / "base",
+        "--base-label",
+        "base",
+        "--base",
+        w / "wise",
+        "--base-label",
+        "wise",
+        "--data",
+        w / "task",
+        "--pt-val",
+        *pt_val[:1],
+        *SWEEP,
+        "--out",
+        w / "sweep",
+        "--keep-checkpoints",
+    )
     wise = {r.lr: r for r in ResultStore(w / "sweep" / "results.jsonl").records() if r.base_label == "wise"}
     assert set(wise) == {TINY_LR, 3e-3}
     assert max_weight_diff(kept_checkpoint(w / "sweep", "wise", TINY_LR), w / "wise") < 1e-6
@@ -94,8 +165,9 @@ def test_bring_your_own_checkpoint_walkthrough(tiny_hf_model, tmp_path):
     assert max_weight_diff(w / "wise", w / "base") > 1e-4  # a different base from the imported one
 
     # 5. learning-forgetting comparison of the two bases
-    out = olmo_sam("forgetting", "compare", w / "sweep" / "results.jsonl", "--reference", "base", "--json",
-                   "--out", w / "report")  # fmt: skip
+    out = olmo_sam(
+        "forgetting", "compare", w / "sweep" / "results.jsonl", "--reference", "base", "--json", "--out", w / "report"
+    )
     assert any(p.suffix == ".png" for p in (w / "report").iterdir())
     curves = {c["label"]: c for c in json.loads(out)["datasets"]["demo-code"]["curves"]}
     assert set(curves) == {"base", "wise"}
@@ -103,8 +175,22 @@ def test_bring_your_own_checkpoint_walkthrough(tiny_hf_model, tmp_path):
     assert curves["wise"]["base_l_pt"] == pytest.approx(wise[TINY_LR].base_l_pt)
 
     # 6. probes of the same checkpoints
-    olmo_sam("probe", "noise", w / "base", w / "wise", "--val", pt_val[0], "--gammas", "0.01", "--seeds", "0",
-             "--max-sequences", "4", "--out", w / "probes")  # fmt: skip
+    olmo_sam(
+        "probe",
+        "noise",
+        w / "base",
+        w / "wise",
+        "--val",
+        pt_val[0],
+        "--gammas",
+        "0.01",
+        "--seeds",
+        "0",
+        "--max-sequences",
+        "4",
+        "--out",
+        w / "probes",
+    )
     assert (w / "probes" / "noise.json").exists()
 
 

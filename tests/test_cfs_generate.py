@@ -81,7 +81,9 @@ def test_model_without_bos_or_eos(tiny_hf_model, tmp_path):
     neither = no_special_model(tiny_hf_model, tmp_path / "neither", keep_eos=False)
     with pytest.raises(OLMoConfigurationError, match="neither a BOS nor an EOS.*--prompt-token-id"):
         context_free_job(neither, tmp_path / "x.jsonl", 4)
-    r = CliRunner().invoke(main, ["cfs", "generate", str(neither), "--out", str(tmp_path / "x.jsonl"), "-n", "4", "--engine", "hf"])
+    r = CliRunner().invoke(
+        main, ["cfs", "generate", str(neither), "--out", str(tmp_path / "x.jsonl"), "-n", "4", "--engine", "hf"]
+    )
     assert r.exit_code == 1 and "neither a BOS nor an EOS" in r.output
     # an explicit start token makes it usable
     job = context_free_job(neither, tmp_path / "x.jsonl", 2, prompt_token_id=0)
@@ -173,7 +175,9 @@ def test_hf_engine_records_and_resume(tiny_hf_model, tok, tmp_path):
     # a finished OUT with the same settings is left alone; different settings are refused
     (again,) = run_generation(tiny_hf_model, [job(out)], engine="hf", hf_batch_size=3)
     assert again.seconds == 0 and again.samples == 11
-    other = context_free_job(tiny_hf_model, out, 11, SamplingSettings(max_tokens=12, seed=4), tokenizer=tok, shard_size=4)
+    other = context_free_job(
+        tiny_hf_model, out, 11, SamplingSettings(max_tokens=12, seed=4), tokenizer=tok, shard_size=4
+    )
     with pytest.raises(OLMoConfigurationError, match=r"different settings \(seed: 3 -> 4\).*--overwrite"):
         run_generation(tiny_hf_model, [other], engine="hf", hf_batch_size=3)
     run_generation(tiny_hf_model, [other], engine="hf", hf_batch_size=3, overwrite=True)
@@ -221,14 +225,44 @@ def test_hf_contextual_left_padding(peaked, tmp_path):
 def test_generate_cli_hf(tiny_hf_model, tmp_path):
     task = make_task_dir(tmp_path / "task", n_docs=20)
     out = tmp_path / "cfs.jsonl"
-    args = ["cfs", "generate", str(tiny_hf_model), "--out", str(out), "-n", "50%", "--task-dir", str(task),
-            "--engine", "hf", "--max-tokens", "6", "--seed", "2"]
+    args = [
+        "cfs",
+        "generate",
+        str(tiny_hf_model),
+        "--out",
+        str(out),
+        "-n",
+        "50%",
+        "--task-dir",
+        str(task),
+        "--engine",
+        "hf",
+        "--max-tokens",
+        "6",
+        "--seed",
+        "2",
+    ]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     recs = [json.loads(line) for line in open(out)]
     assert len(recs) == 10 and "10 samples" in r.output
-    r = CliRunner().invoke(main, ["cfs", "generate", str(tiny_hf_model), "--out", str(tmp_path / "cs.jsonl"), "-n", "5",
-                                  "--contextual", "--engine", "hf", "--max-tokens", "4"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "cfs",
+            "generate",
+            str(tiny_hf_model),
+            "--out",
+            str(tmp_path / "cs.jsonl"),
+            "-n",
+            "5",
+            "--contextual",
+            "--engine",
+            "hf",
+            "--max-tokens",
+            "4",
+        ],
+    )
     assert r.exit_code == 1 and "--task-dir" in r.output
 
 

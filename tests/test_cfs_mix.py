@@ -30,8 +30,17 @@ def fake_samples(path: Path, n: int, *, kind="context_free", seed=0, prompts=Non
                 toks = rng.integers(2, VOCAB, size=int(rng.integers(1, max_tokens))).tolist() + [EOS]
                 reason = "stop"
             prompt = [EOS] + (list(map(int, prompts[i])) if prompts is not None else [])
-            rec = dict(index=i, seed=i, prompt_token_ids=prompt, token_ids=toks, text="", finish_reason=reason,
-                       kind=kind, eos_token_id=EOS, model_sha256="x" * 64)
+            rec = dict(
+                index=i,
+                seed=i,
+                prompt_token_ids=prompt,
+                token_ids=toks,
+                text="",
+                finish_reason=reason,
+                kind=kind,
+                eos_token_id=EOS,
+                model_sha256="x" * 64,
+            )
             f.write(json.dumps(rec) + "\n")
     return path
 
@@ -266,8 +275,23 @@ def test_mix_cli(task, samples, tmp_path):
     from olmo_sam.cli import main
 
     r = CliRunner().invoke(
-        main, ["cfs", "mix", str(task), str(samples), "--out", str(tmp_path / "mix"), "--ratio", "0.5",
-               "--epochs", "2", "--seq-len", "16", "--batch-size", "4"]
+        main,
+        [
+            "cfs",
+            "mix",
+            str(task),
+            str(samples),
+            "--out",
+            str(tmp_path / "mix"),
+            "--ratio",
+            "0.5",
+            "--epochs",
+            "2",
+            "--seq-len",
+            "16",
+            "--batch-size",
+            "4",
+        ],
     )
     assert r.exit_code == 0, r.output
     assert "train for 1 epoch" in r.output

@@ -67,19 +67,32 @@ def run(vllm_python, tiny_hf_model, tmp_path_factory):  # vllm_python first: ski
     jobs = {
         "long": context_free_job(model, root / "long.jsonl", 24, long, tokenizer=tok, shard_size=10),
         "repeat": context_free_job(model, root / "repeat.jsonl", 24, long, tokenizer=tok, shard_size=10),
-        "seed1": context_free_job(model, root / "seed1.jsonl", 24, SamplingSettings(max_tokens=40, seed=1), tokenizer=tok),
-        "first": context_free_job(model, root / "first.jsonl", N_FIRST, SamplingSettings(max_tokens=1, seed=7), tokenizer=tok),
+        "seed1": context_free_job(
+            model, root / "seed1.jsonl", 24, SamplingSettings(max_tokens=40, seed=1), tokenizer=tok
+        ),
+        "first": context_free_job(
+            model, root / "first.jsonl", N_FIRST, SamplingSettings(max_tokens=1, seed=7), tokenizer=tok
+        ),
         "probe": context_free_job(model, root / "probe.jsonl", 3, PROBE, tokenizer=tok, logprobs=-1),
         "cs": contextual_job(model, root / "cs.jsonl", task, None, SamplingSettings(0.6, 0.95, 8, 0), tokenizer=tok),
     }
     # dtype left at its default ("auto": the checkpoint's float32 on CPU)
     results = run_generation(model, list(jobs.values()), engine="vllm", vllm_python=python, enforce_eager=True)
-    hf_job = context_free_job(model, root / "hf_first.jsonl", N_FIRST, SamplingSettings(max_tokens=1, seed=7), tokenizer=tok)
+    hf_job = context_free_job(
+        model, root / "hf_first.jsonl", N_FIRST, SamplingSettings(max_tokens=1, seed=7), tokenizer=tok
+    )
     run_generation(model, [hf_job], engine="hf", hf_batch_size=500)
     print(f"\nvLLM engine start: {results[0].engine_start_seconds:.1f} s")
-    return {"model": model, "tok": tok, "task": task, "root": root,
-            "results": dict(zip(jobs, results)), "jobs": jobs,
-            **{k: read(j.out) for k, j in jobs.items()}, "hf_first": read(hf_job.out)}
+    return {
+        "model": model,
+        "tok": tok,
+        "task": task,
+        "root": root,
+        "results": dict(zip(jobs, results)),
+        "jobs": jobs,
+        **{k: read(j.out) for k, j in jobs.items()},
+        "hf_first": read(hf_job.out),
+    }
 
 
 def test_prompt_is_only_bos(run):
@@ -154,14 +167,18 @@ def test_contextual_samples_and_cs_mix(run, tmp_path):
     for rec, prompt in zip(run["cs"], prompts):
         assert rec["prompt_token_ids"] == [bos] + prompt.tolist()
         assert (rec["kind"], rec["temperature"], rec["top_p"]) == ("contextual", 0.6, 0.95)
-    meta = build_cs_mix(run["task"], run["jobs"]["cs"].out, 1.0, tmp_path / "cs_mix", epochs=2, seq_len=8,
-                        global_batch_size=2)
+    meta = build_cs_mix(
+        run["task"], run["jobs"]["cs"].out, 1.0, tmp_path / "cs_mix", epochs=2, seq_len=8, global_batch_size=2
+    )
     answers = {tuple(r["token_ids"]) for r in run["cs"]}
     n_cs = 0
     for t, m in iter_documents(tmp_path / "cs_mix", "train"):
         for rec in run["cs"]:
             k = len(rec["prompt_token_ids"]) - 1
-            if t[:k].tolist() == rec["prompt_token_ids"][1:] and tuple(t[k : k + len(rec["token_ids"])].tolist()) in answers:
+            if (
+                t[:k].tolist() == rec["prompt_token_ids"][1:]
+                and tuple(t[k : k + len(rec["token_ids"])].tolist()) in answers
+            ):
                 assert not m[:k].any() and m[k : k + len(rec["token_ids"])].all()
                 n_cs += 1
                 break
@@ -184,9 +201,25 @@ def test_generate_command_with_its_defaults(vllm_python, tiny_hf_model, tmp_path
     out = tmp_path / "cfs.jsonl"
     env = {**os.environ, "OLMO_SAM_VLLM_PYTHON": str(vllm_python)}
     r = subprocess.run(
-        [sys.executable, "-m", "olmo_sam.cli", "cfs", "generate", str(tiny_hf_model), "--out", str(out), "-n", "4", "--max-tokens", "4"],
-        env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "olmo_sam.cli",
+            "cfs",
+            "generate",
+            str(tiny_hf_model),
+            "--out",
+            str(out),
+            "-n",
+            "4",
+            "--max-tokens",
+            "4",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     recs = read(out)
     assert len(recs) == 4 and all(rec["engine"] == "vllm" and 1 <= len(rec["token_ids"]) <= 4 for rec in recs)

@@ -52,7 +52,7 @@ REMOVED = [
     (main, ["export-hf"], ["DIR", "--out", "OUT"], ["OUT"]),
     (pretrain_main, [], ["--size", "tiny", "--out", "OUT"], ["--save-folder", "OUT"]),
     (midtrain_main, [], ["--out", "OUT"], ["--microbatch", "2"]),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("root,path,args,extra", REMOVED, ids=[" ".join(c[1] + c[3][:1]) for c in REMOVED])
@@ -130,8 +130,9 @@ def test_renamed_fine_tuning_fields_keep_run_ids():
 
 def test_no_transformer_engine_line_on_help():
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-m", "olmo_sam.cli", "--help"], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "olmo_sam.cli", "--help"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Usage:" in proc.stdout
     assert "transformer_engine" not in proc.stdout + proc.stderr

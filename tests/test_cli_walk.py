@@ -26,13 +26,24 @@ from olmo_sam.cli import main
 
 #: role of each input parameter, by its name (the same name means the same kind of input)
 ROLES = {
-    "checkpoints": "checkpoint", "checkpoint": "checkpoint", "base": "checkpoint", "bases": "checkpoint",
+    "checkpoints": "checkpoint",
+    "checkpoint": "checkpoint",
+    "base": "checkpoint",
+    "bases": "checkpoint",
     "ft": "checkpoint",
-    "model_dir": "hf_model", "source": "hf_model",
-    "val_paths": "token_file", "data_dir": "token_dir",
-    "datasets": "token_dir", "data": "token_dir", "task_dir": "input", "samples": "input", "results": "input",
-    "study_file": "study_file", "tokenizer": "input", "inputs": "input",
-}  # fmt: skip
+    "model_dir": "hf_model",
+    "source": "hf_model",
+    "val_paths": "token_file",
+    "data_dir": "token_dir",
+    "datasets": "token_dir",
+    "data": "token_dir",
+    "task_dir": "input",
+    "samples": "input",
+    "results": "input",
+    "study_file": "study_file",
+    "tokenizer": "input",
+    "inputs": "input",
+}
 #: parameters named like an input that are not one (a name filter, not a path)
 NOT_INPUTS = {("forgetting", "datasets"), ("forgetting", "bases")}
 #: what a command needs besides its click-required parameters to reach the input under test
@@ -105,11 +116,22 @@ def inputs(tmp_path_factory, tiny_checkpoint, tiny_corpus, tiny_hf_model):
         "arms: [{name: a, optimizer: adamw, size: tiny, steps: 4, lr: 0.001}]\nstages: [data]\n"
     )
     return {
-        "root": root, "a_file": a_file, "a_dir": root / "a-dir", "bad_ckpt": ckpt, "hf_bad_config": hf_cfg,
-        "hf_bad_weights": hf_w, "bad_meta_dir": tok_dir, "bad_yaml": bad_yaml,
-        "fill": {"checkpoint": str(tiny_checkpoint), "hf_model": str(tiny_hf_model), "token_file": str(tiny_corpus.val),
-                 "token_dir": str(tiny_corpus.val.parent), "study_file": str(study)},
-    }  # fmt: skip
+        "root": root,
+        "a_file": a_file,
+        "a_dir": root / "a-dir",
+        "bad_ckpt": ckpt,
+        "hf_bad_config": hf_cfg,
+        "hf_bad_weights": hf_w,
+        "bad_meta_dir": tok_dir,
+        "bad_yaml": bad_yaml,
+        "fill": {
+            "checkpoint": str(tiny_checkpoint),
+            "hf_model": str(tiny_hf_model),
+            "token_file": str(tiny_corpus.val),
+            "token_dir": str(tiny_corpus.val.parent),
+            "study_file": str(study),
+        },
+    }
 
 
 def _role(command: str, p: click.Parameter):
@@ -168,7 +190,9 @@ def _cases(inputs) -> List[Case]:
             n = p.nargs if p.nargs > 0 else 1
             if role is not None:
                 missing = str(inputs["root"] / MISSING / p.name)
-                cases.append(Case(name, f"missing {p.name}", _args(name, cmd, inputs, {p.name: [missing] * n}), MISSING))
+                cases.append(
+                    Case(name, f"missing {p.name}", _args(name, cmd, inputs, {p.name: [missing] * n}), MISSING)
+                )
             if role in ("checkpoint", "hf_model"):
                 for kind, path, named in (
                     ("corrupt checkpoint config.json", inputs["bad_ckpt"], "config.json"),
@@ -176,19 +200,38 @@ def _cases(inputs) -> List[Case]:
                     ("corrupt HF config.json", inputs["hf_bad_config"], str(inputs["hf_bad_config"])),
                     ("truncated safetensors", inputs["hf_bad_weights"], str(inputs["hf_bad_weights"])),
                 ):
-                    cases.append(Case(name, f"{kind} as {p.name}", _args(name, cmd, inputs, {p.name: [str(path)] * n}), named))
+                    cases.append(
+                        Case(name, f"{kind} as {p.name}", _args(name, cmd, inputs, {p.name: [str(path)] * n}), named)
+                    )
             if role == "token_dir":
                 bad = str(inputs["bad_meta_dir"])
-                cases.append(Case(name, f"corrupt meta.json as {p.name}", _args(name, cmd, inputs, {p.name: [bad] * n}), "meta.json"))
+                cases.append(
+                    Case(
+                        name,
+                        f"corrupt meta.json as {p.name}",
+                        _args(name, cmd, inputs, {p.name: [bad] * n}),
+                        "meta.json",
+                    )
+                )
             if role == "study_file":
                 bad = str(inputs["bad_yaml"])
-                cases.append(Case(name, f"duplicate YAML key in {p.name}", _args(name, cmd, inputs, {p.name: [bad]}), bad))
+                cases.append(
+                    Case(name, f"duplicate YAML key in {p.name}", _args(name, cmd, inputs, {p.name: [bad]}), bad)
+                )
             if _is_out(p):
                 under_file = str(inputs["a_file"] / "out")
                 wrong = inputs["a_file"] if _out_kind(p) == "dir" else inputs["a_dir"]
-                cases.append(Case(name, "--out under a file", _args(name, cmd, inputs, {p.name: [under_file]}), under_file))
-                cases.append(Case(name, f"--out an existing {'file' if _out_kind(p) == 'dir' else 'directory'}",
-                                  _args(name, cmd, inputs, {p.name: [str(wrong)]}), str(wrong)))  # fmt: skip
+                cases.append(
+                    Case(name, "--out under a file", _args(name, cmd, inputs, {p.name: [under_file]}), under_file)
+                )
+                cases.append(
+                    Case(
+                        name,
+                        f"--out an existing {'file' if _out_kind(p) == 'dir' else 'directory'}",
+                        _args(name, cmd, inputs, {p.name: [str(wrong)]}),
+                        str(wrong),
+                    )
+                )
             if isinstance(p, click.Option) and p.opts[0] == "--device":
                 for dev in ("cuda:63", "tpu-please"):
                     cases.append(Case(name, f"--device {dev}", _args(name, cmd, inputs, {p.name: [dev]}), dev))
@@ -246,9 +289,14 @@ def test_every_command_refuses_bad_inputs_with_one_line(inputs, capsys, tmp_path
             bad.append(f"{case.command} [{case.kind}]: does not name {case.names!r}: {line}")
     commands = {c.command for c in cases}
     with capsys.disabled():
-        print(f"\nCLI walk: {len(cases)} bad inputs over {len(commands)} commands, {len(cases) - len(bad)} refused cleanly")
+        print(
+            f"\nCLI walk: {len(cases)} bad inputs over {len(commands)} commands, {len(cases) - len(bad)} refused cleanly"
+        )
     assert not bad, "\n".join(bad)
     # every command with an input, an --out or a --device was walked
-    walked = {name for name, cmd in _leaves(main, []) if name not in PASS_THROUGH and any(
-        ROLES.get(p.name) or _is_out(p) for p in cmd.params)}  # fmt: skip
+    walked = {
+        name
+        for name, cmd in _leaves(main, [])
+        if name not in PASS_THROUGH and any(ROLES.get(p.name) or _is_out(p) for p in cmd.params)
+    }
     assert walked <= commands

@@ -14,7 +14,11 @@ def test_dolma2_offline_matches_olmo_core(monkeypatch, tmp_path):
     tok = load_tokenizer("dolma2")
     want = TokenizerConfig.dolma2()
     cfg = tokenizer_config(tok)
-    assert (cfg.vocab_size, cfg.eos_token_id, cfg.pad_token_id) == (want.vocab_size, want.eos_token_id, want.pad_token_id)
+    assert (cfg.vocab_size, cfg.eos_token_id, cfg.pad_token_id) == (
+        want.vocab_size,
+        want.eos_token_id,
+        want.pad_token_id,
+    )
     assert cfg.identifier == want.identifier
     assert tok.bos_token == tok.eos_token == "<|endoftext|>"
     text = "Sharpness-aware pretraining mitigates catastrophic forgetting."

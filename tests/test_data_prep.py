@@ -130,9 +130,7 @@ def test_local_sources_text_jsonl_gz(tmp_path):
     assert list(iter_local_files([tmp_path / "a.txt"], text_docs="paragraphs")) == ["first file", "second para"]
     assert list(iter_local_files([tmp_path / "b.jsonl.gz"], text_field="content")) == ["gz one", "gz two"]
     # a directory expands to its files, sorted
-    assert list(iter_local_files([tmp_path], text_field="content")) == [
-        "first file\n\nsecond para", "gz one", "gz two"
-    ]
+    assert list(iter_local_files([tmp_path], text_field="content")) == ["first file\n\nsecond para", "gz one", "gz two"]
 
 
 def test_hf_dataset_streaming_from_local_parquet_and_json(tmp_path):
@@ -166,9 +164,12 @@ def test_bad_input_is_refused_by_name(tmp_path, bpe, name, content, kwargs, matc
     path.write_bytes(content)
     with pytest.raises(OLMoConfigurationError, match=match):
         tokenize_documents(
-            iter_local_files([path], **kwargs), bpe, tmp_path / "out", source={"description": str(path)},
+            iter_local_files([path], **kwargs),
+            bpe,
+            tmp_path / "out",
+            source={"description": str(path)},
             show_progress=False,
-        )  # fmt: skip
+        )
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")], "temporary output left behind"
 
@@ -230,7 +231,19 @@ def test_data_cli_tokenize_and_info(tmp_path, bpe):
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in DOCS))
     out = tmp_path / "out"
     r = CliRunner().invoke(
-        main, ["data", "tokenize", "--out", str(out), "--tokenizer", bpe.name_or_path, "--input", str(src), "--val-fraction", "0.25"]
+        main,
+        [
+            "data",
+            "tokenize",
+            "--out",
+            str(out),
+            "--tokenizer",
+            bpe.name_or_path,
+            "--input",
+            str(src),
+            "--val-fraction",
+            "0.25",
+        ],
     )
     assert r.exit_code == 0, r.output
     meta = read_meta(out)

@@ -26,8 +26,13 @@ SECTIONS = {
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "quick"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "olmo_sam.cli", "demo", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=1500)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "olmo_sam.cli", "demo", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out, proc.stdout
 
@@ -100,8 +105,13 @@ def test_demo_finetuning_really_forgets(demo_run):
 def test_demo_resume_is_a_no_op(demo_run):
     out, _ = demo_run
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run([sys.executable, "-m", "olmo_sam.cli", "demo", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "olmo_sam.cli", "demo", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert all(j["status"] in ("done", "skipped (done)") for j in manifest["jobs"].values())

@@ -90,9 +90,16 @@ def runs(tmp_path_factory, tiny_corpus):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [
-            sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-            "--master-port", str(_free_port()), str(WORKER), *paths,
-        ],  # fmt: skip
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(_free_port()),
+            str(WORKER),
+            *paths,
+        ],
         env=env,
         capture_output=True,
         text=True,

@@ -102,10 +102,22 @@ def test_cli_compare_on_results_files(tmp_path):
     out = tmp_path / "cmp"
     res = CliRunner().invoke(
         main,
-        ["eval", "compare", str(paths["adamw"]), str(paths["sam"]), f"q_adamw={paths['adamw_4bit']}",
-         f"q_sam={paths['sam_4bit']}", "--base-of", "q_sam=sam", "--paper-reference",
-         "--pair", "q_adamw,q_sam", "--out", str(out)],
-    )  # fmt: skip
+        [
+            "eval",
+            "compare",
+            str(paths["adamw"]),
+            str(paths["sam"]),
+            f"q_adamw={paths['adamw_4bit']}",
+            f"q_sam={paths['sam_4bit']}",
+            "--base-of",
+            "q_sam=sam",
+            "--paper-reference",
+            "--pair",
+            "q_adamw,q_sam",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "**q_sam** forgets **39.7% less** than **q_adamw**" in res.output
     assert (out / "compare.png").is_file() and (out / "compare.csv").is_file()

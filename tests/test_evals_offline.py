@@ -64,11 +64,18 @@ def test_prepared_data_matches_olmes_sets(data_dir):
     manifest = json.loads((data_dir / "manifest.json").read_text())
     docs = {k: v["docs"] for k, v in manifest.items()}
     assert docs == {
-        "arc_challenge.mc.jsonl": 1172, "arc_challenge.rc.jsonl": 1172, "hellaswag.mc.jsonl": 1000,
-        "hellaswag.rc.jsonl": 1000, "winogrande.mc.jsonl": 1267, "winogrande.rc.jsonl": 1267,
-        "mmlu.mc.jsonl": 14042, "drop.gen.jsonl": 1000, "naturalqs.gen.jsonl": 1000,
-        "gsm8k.gen.jsonl": 1319, "triviaqa.gen.jsonl": 7988,
-    }  # fmt: skip
+        "arc_challenge.mc.jsonl": 1172,
+        "arc_challenge.rc.jsonl": 1172,
+        "hellaswag.mc.jsonl": 1000,
+        "hellaswag.rc.jsonl": 1000,
+        "winogrande.mc.jsonl": 1267,
+        "winogrande.rc.jsonl": 1267,
+        "mmlu.mc.jsonl": 14042,
+        "drop.gen.jsonl": 1000,
+        "naturalqs.gen.jsonl": 1000,
+        "gsm8k.gen.jsonl": 1319,
+        "triviaqa.gen.jsonl": 7988,
+    }
     # our MMLU prompt builder reproduces OLMES's make_mcq_prompt on OLMES's own ARC requests
     mc, rc = _docs(data_dir, "arc_challenge", "mc", 1)[0], _docs(data_dir, "arc_challenge", "rc", 1)[0]
     question = rc["context"].rsplit("\n\nQuestion: ", 1)[1][: -len("\nAnswer:")]
@@ -78,7 +85,9 @@ def test_prepared_data_matches_olmes_sets(data_dir):
     first = _docs(data_dir, "mmlu", "mc", 57)
     assert len({d["subject"] for d in first}) == 57  # round-robin: a --limit run spans subjects
     d0 = first[0]
-    assert d0["context"].startswith("The following are multiple choice questions (with answers) about abstract algebra.\n\nQuestion: ")
+    assert d0["context"].startswith(
+        "The following are multiple choice questions (with answers) about abstract algebra.\n\nQuestion: "
+    )
     assert d0["context"].count("\nAnswer: ") == 5 and d0["context"].endswith("\nAnswer:")
     assert d0["choices"] == [" A", " B", " C", " D"] and 0 <= d0["label"] < 4
     wg = _docs(data_dir, "winogrande", "rc", 1)[0]
@@ -93,9 +102,12 @@ def test_offline_mc_accuracy_matches_independent_loglikelihoods(tiny_hf_model, d
     model, tok = load_causal_lm(tiny_hf_model)
     max_len = model.config.max_position_embeddings
     for task, variant, key in [
-        ("arc_challenge", "mc", 0), ("arc_challenge", "rc", 1), ("winogrande", "mc", 0),
-        ("winogrande", "rc", 0), ("mmlu", "mc", 0),
-    ]:  # fmt: skip
+        ("arc_challenge", "mc", 0),
+        ("arc_challenge", "rc", 1),
+        ("winogrande", "mc", 0),
+        ("winogrande", "rc", 0),
+        ("mmlu", "mc", 0),
+    ]:
         expected = _mc_scores(model, tok, _docs(data_dir, task, variant, LIMIT), max_len)[key]
         assert by[task].details["parts"][variant]["score"] == pytest.approx(expected, abs=1e-9), (task, variant)
     for t in ("arc_challenge", "winogrande"):

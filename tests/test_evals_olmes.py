@@ -38,8 +38,12 @@ def expected_suite(tasks):
     out["agi_eval_english"] = sum(map(s, agi)) / len(agi)
     pro = by_alias(tasks, r"mmlu_pro_.*")
     out["mmlu_pro"] = sum(s(x) * x["num_instances"] for x in pro) / sum(x["num_instances"] for x in pro)
-    for t, a in [("drop", "drop::olmes"), ("naturalqs", "naturalqs::olmes"), ("gsm8k", "gsm8k::olmes"),
-                 ("triviaqa", "triviaqa::olmes")]:  # fmt: skip
+    for t, a in [
+        ("drop", "drop::olmes"),
+        ("naturalqs", "naturalqs::olmes"),
+        ("gsm8k", "gsm8k::olmes"),
+        ("triviaqa", "triviaqa::olmes"),
+    ]:
         (x,) = by_alias(tasks, a)
         out[t] = s(x)
     return {k: 100 * v for k, v in out.items()}
@@ -65,7 +69,10 @@ def test_parse_with_olmes_aggregates(tmp_path):
     for t in ("hellaswag", "mmlu_pro", "agi_eval_english", "gsm8k", "triviaqa"):
         assert recs[t].score == pytest.approx(exp[t], rel=1e-12), t
     assert recs["mmlu_pro"].details["subtasks"] == 14 and recs["mmlu_pro"].metric == "micro(acc_raw)"
-    assert recs["gsm8k"].metric == "exact_match" and recs["gsm8k"].config_hash == by_alias(tasks, "gsm8k::olmes")[0]["task_hash"]
+    assert (
+        recs["gsm8k"].metric == "exact_match"
+        and recs["gsm8k"].config_hash == by_alias(tasks, "gsm8k::olmes")[0]["task_hash"]
+    )
     assert {r.model for r in recs.values()} == {"sam-4bit"}  # from model_config.model
 
 
@@ -161,15 +168,23 @@ def test_nf4_model_args_become_a_real_nf4_bitsandbytes_config():
     [
         ({"load_in_4_bit": True}, "hf", "did you mean 'load_in_4bit'"),
         ({"load_in_4bit": True}, "hf", "FP4, not the paper's NF4"),
-        ({"quantization_config": {"load_in_4bit": True, "bnb_4bit_quant_typ": "nf4"}}, "hf", "did you mean 'bnb_4bit_quant_type'"),
+        (
+            {"quantization_config": {"load_in_4bit": True, "bnb_4bit_quant_typ": "nf4"}},
+            "hf",
+            "did you mean 'bnb_4bit_quant_type'",
+        ),
         ({"quantization_config": {"bnb_4bit_quant_type": "nf4"}}, "hf", "unquantized"),
         ({"quantization_config": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf5"}}, "hf", "nf4"),
         ({"custom_kwargs": {"quantization": "bitsandbytes"}}, "hf", "vLLM backend"),
         ({"custom_kwargs": {"quantisation": "bitsandbytes"}}, "vllm", "did you mean 'quantization'"),
-        ({"custom_kwargs": {"max_model_len": 4096}}, "vllm", "set OLMES's max length instead: --model-arg max_length=4096"),
+        (
+            {"custom_kwargs": {"max_model_len": 4096}},
+            "vllm",
+            "set OLMES's max length instead: --model-arg max_length=4096",
+        ),
         ({"model_path": "/x"}, "hf", "MODEL_DIR"),
     ],
-)  # fmt: skip
+)
 def test_bad_model_args_are_refused(args, model_type, match):
     with pytest.raises(OLMoConfigurationError, match=match):
         o.validate_model_args(args, model_type)
@@ -177,10 +192,26 @@ def test_bad_model_args_are_refused(args, model_type, match):
 
 def test_build_command():
     cmd = o.build_olmes_command(
-        "/m/sam", ["gsm8k::olmes", "mmlu:mc::olmes"], output_dir="/o", model_type="vllm",
-        model_args=o.quant_model_args("nf4", "vllm"), limit=20.0, batch_size=8, gpus=2, olmes="/env/bin/olmes",
-    )  # fmt: skip
-    assert cmd[:8] == ["/env/bin/olmes", "--model", "/m/sam", "--model-type", "vllm", "--task", "gsm8k::olmes", "mmlu:mc::olmes"]
+        "/m/sam",
+        ["gsm8k::olmes", "mmlu:mc::olmes"],
+        output_dir="/o",
+        model_type="vllm",
+        model_args=o.quant_model_args("nf4", "vllm"),
+        limit=20.0,
+        batch_size=8,
+        gpus=2,
+        olmes="/env/bin/olmes",
+    )
+    assert cmd[:8] == [
+        "/env/bin/olmes",
+        "--model",
+        "/m/sam",
+        "--model-type",
+        "vllm",
+        "--task",
+        "gsm8k::olmes",
+        "mmlu:mc::olmes",
+    ]
     assert cmd[cmd.index("--limit") + 1] == "20" and cmd[cmd.index("--gpus") + 1] == "2"
     assert json.loads(cmd[cmd.index("--model-args") + 1])["custom_kwargs"]["quantization"] == "bitsandbytes"
     with pytest.raises(OLMoConfigurationError, match="key=value"):
@@ -231,7 +262,9 @@ def test_cli_runs_olmes_and_writes_records(tmp_path, monkeypatch):
     model.mkdir()
     out = tmp_path / "olmes-out"
     runner = CliRunner()
-    printed = runner.invoke(main, ["eval", "olmes", str(model), "--olmes", str(exe), "--quant", "nf4", "--print", "--out", str(out)])
+    printed = runner.invoke(
+        main, ["eval", "olmes", str(model), "--olmes", str(exe), "--quant", "nf4", "--print", "--out", str(out)]
+    )
     assert printed.exit_code == 0, printed.output
     assert "bnb_4bit_quant_type" in printed.output and not out.exists()
     monkeypatch.setenv(o.OLMES_ENV_VAR, str(exe))
@@ -253,8 +286,15 @@ def test_run_olmes_suite_runs_each_quantization(tmp_path):
     exe = _fake_olmes(tmp_path / "venv")
     model = tmp_path / "base"
     model.mkdir()
-    out = o.run_olmes_suite(model, out_dir=tmp_path / "olmes", quant=["none", "nf4"], limit=5, olmes=exe,
-                            label="base", echo=lambda line: None)  # fmt: skip
+    out = o.run_olmes_suite(
+        model,
+        out_dir=tmp_path / "olmes",
+        quant=["none", "nf4"],
+        limit=5,
+        olmes=exe,
+        label="base",
+        echo=lambda line: None,
+    )
     assert sorted(out) == ["olmes-bf16", "olmes-nf4"]
     exp = expected_suite(suite_tasks(seed=11))
     for tag in ("bf16", "nf4"):

@@ -15,9 +15,16 @@ COMPARATIVE = re.compile(r"\b(less|more|flatter|sharper|lower|higher|better|wors
 
 
 def _forgetting(arm):
-    return make_finding(section="finetune", quantity="matched_forgetting", arm="sam", reference="adamw",
-                        diff=compare_seeds(arm, REF), budget=BUDGET, dataset="demo-code",
-                        context="Fine-tuning on demo-code")  # fmt: skip
+    return make_finding(
+        section="finetune",
+        quantity="matched_forgetting",
+        arm="sam",
+        reference="adamw",
+        diff=compare_seeds(arm, REF),
+        budget=BUDGET,
+        dataset="demo-code",
+        context="Fine-tuning on demo-code",
+    )
 
 
 def test_large_difference_is_worded_with_its_interval_and_percentage():
@@ -41,26 +48,49 @@ def test_zero_difference_is_not_worded_as_a_difference():
 
 
 def test_one_seed_gets_no_interval_and_no_claim():
-    f = make_finding(section="hessian", quantity="trace", arm="sam", reference="adamw",
-                     diff=compare_seeds({0: 345.2}, {0: 346.3}), context="Sharpness")  # fmt: skip
+    f = make_finding(
+        section="hessian",
+        quantity="trace",
+        arm="sam",
+        reference="adamw",
+        diff=compare_seeds({0: 345.2}, {0: 346.3}),
+        context="Sharpness",
+    )
     assert f["ci_low"] is None and not f["significant"] and f["n_seeds"] == 1
     assert "no difference resolved at this scale" in f["text"] and "no 95% CI" in f["text"]
     assert not COMPARATIVE.search(f["text"]) and "%" not in f["text"].replace("95% CI", "")
 
 
 def test_flatter_only_when_resolved_and_tiny_denominators_get_no_percentage():
-    sharp = make_finding(section="hessian", quantity="trace", arm="sam", reference="adamw",
-                         diff=compare_seeds({0: 300.0, 1: 320.0, 2: 290.0}, {0: 340.0, 1: 361.0, 2: 331.0}))  # fmt: skip
+    sharp = make_finding(
+        section="hessian",
+        quantity="trace",
+        arm="sam",
+        reference="adamw",
+        diff=compare_seeds({0: 300.0, 1: 320.0, 2: 290.0}, {0: 340.0, 1: 361.0, 2: 331.0}),
+    )
     assert sharp["significant"] and "sam is flatter than adamw" in sharp["text"]
     ref = {0: 0.0001, 1: 0.0003, 2: 0.00005}
-    q = make_finding(section="quantize", quantity="quant_degradation", arm="sam", reference="adamw",
-                     diff=compare_seeds({s: v + 0.0002 for s, v in ref.items()}, ref), setting="nf4")  # fmt: skip
+    q = make_finding(
+        section="quantize",
+        quantity="quant_degradation",
+        arm="sam",
+        reference="adamw",
+        diff=compare_seeds({s: v + 0.0002 for s, v in ref.items()}, ref),
+        setting="nf4",
+    )
     assert q["percent"] is None and "%" not in q["text"].replace("95% CI", "")
 
 
 def _trace(arm, ref):
-    return make_finding(section="hessian", quantity="trace", arm="sam", reference="adamw",
-                        diff=compare_seeds(arm, ref), context="Sharpness")  # fmt: skip
+    return make_finding(
+        section="hessian",
+        quantity="trace",
+        arm="sam",
+        reference="adamw",
+        diff=compare_seeds(arm, ref),
+        context="Sharpness",
+    )
 
 
 def test_q_values_across_the_secondary_findings_gate_the_comparative_words():
@@ -109,9 +139,15 @@ def test_identical_and_unmeasurable_findings_claim_nothing():
     f = _forgetting({s: v + 0.05 for s, v in REF.items()})  # +0.05 on every seed
     assert f["identical"] and not f["significant"] and not f["resolved"]
     assert "identical across seeds" in f["text"] and not COMPARATIVE.search(f["text"])
-    u = unmeasurable_finding(section="finetune", quantity="fig5_pt_loss", arm="sam", reference="adamw",
-                             reason="every seed matched at the grid's lowest learning rate", budget=BUDGET,
-                             dataset="demo-code")  # fmt: skip
+    u = unmeasurable_finding(
+        section="finetune",
+        quantity="fig5_pt_loss",
+        arm="sam",
+        reference="adamw",
+        reason="every seed matched at the grid's lowest learning rate",
+        budget=BUDGET,
+        dataset="demo-code",
+    )
     assert "not measurable on this grid" in u["text"] and u["estimate"] is None and not u["resolved"]
     fam = adjust_findings([f, u])
     assert fam["comparisons"] == 2 and fam["tested"] == 0 and fam["resolved"] == 0

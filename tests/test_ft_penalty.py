@@ -38,8 +38,17 @@ def test_diagonal_fisher_equals_direct_squared_batch_gradients(tiny_checkpoint, 
     model, _ = load_transformer(tiny_checkpoint)
     model.train()
     seq, n_batches, batch = 16, 3, 4
-    got = diagonal_fisher(model, [tiny_corpus.train], seq_len=seq, dtype=np.dtype(np.uint16), n_batches=n_batches,
-                          batch_size=batch, micro_batch_size=1, seed=5, progress=False)  # fmt: skip
+    got = diagonal_fisher(
+        model,
+        [tiny_corpus.train],
+        seq_len=seq,
+        dtype=np.dtype(np.uint16),
+        n_batches=n_batches,
+        batch_size=batch,
+        micro_batch_size=1,
+        seed=5,
+        progress=False,
+    )
     windows = list(sample_windows([tiny_corpus.train], seq, np.dtype(np.uint16), n_batches * batch, seed=5))
     expect = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     for b in range(n_batches):
@@ -60,8 +69,15 @@ def penalty_runs(tiny_checkpoint, tiny_corpus, tmp_path_factory):
     """Three-step runs (the last at LR 0: cosine to zero) from the same base: plain (checkpoint after step 1 kept), EWC and L2-init."""
     root = tmp_path_factory.mktemp("penalty")
     data = write_task(root / "task", n_train=120, n_val=20)
-    common = dict(base=str(tiny_checkpoint), data=str(data), lr=3e-3, batch_size=8, max_steps=3,
-                  pt_val=[str(tiny_corpus.val)], pt_val_max_sequences=16)  # fmt: skip
+    common = dict(
+        base=str(tiny_checkpoint),
+        data=str(data),
+        lr=3e-3,
+        batch_size=8,
+        max_steps=3,
+        pt_val=[str(tiny_corpus.val)],
+        pt_val_max_sequences=16,
+    )
     out = {}
     for name, extra in [
         ("ft", dict(checkpoint_interval=1)),

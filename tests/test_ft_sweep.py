@@ -18,11 +18,11 @@ from conftest import REPO, VOCAB
 from ft_helpers import write_task
 from olmo_core.exceptions import OLMoConfigurationError
 
-from olmo_sam.finetune.records import ResultStore
 from olmo_sam.checkpoints import load_transformer
 from olmo_sam.evals.lm_loss import lm_loss
 from olmo_sam.finetune.data import split_paths
 from olmo_sam.finetune.engine import FTConfig, plan_run
+from olmo_sam.finetune.records import ResultStore
 from olmo_sam.finetune.sweep import (
     SweepSpec,
     expand,
@@ -46,8 +46,15 @@ def _common(tiny_corpus):
 @pytest.fixture(scope="module")
 def reference_sweep(tiny_checkpoint, tiny_corpus, task, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep_ref")
-    spec = SweepSpec(bases=[str(tiny_checkpoint)], base_labels=["adamw"], datasets=[str(task)], lrs=LRS,
-                     methods=["ft", "wiseft"], wise_alphas=[0.5], common=_common(tiny_corpus))  # fmt: skip
+    spec = SweepSpec(
+        bases=[str(tiny_checkpoint)],
+        base_labels=["adamw"],
+        datasets=[str(task)],
+        lrs=LRS,
+        methods=["ft", "wiseft"],
+        wise_alphas=[0.5],
+        common=_common(tiny_corpus),
+    )
     return spec, out, run_sweep(spec, out, jobs=1, progress=False)
 
 
@@ -66,7 +73,12 @@ def test_sweep_learns_and_forgets(reference_sweep, tiny_checkpoint, tiny_corpus,
         assert r.base_l_pt == pytest.approx(base_pt, rel=1e-6)
         assert r.l_ft < base_ft - 1.0  # learning
         assert r.l_pt > base_pt + 0.5  # forgetting, observed
-        assert r.steps == plan_run(FTConfig(base=str(tiny_checkpoint), data=str(task), lr=lr, **_common(tiny_corpus)).resolved()).steps
+        assert (
+            r.steps
+            == plan_run(
+                FTConfig(base=str(tiny_checkpoint), data=str(task), lr=lr, **_common(tiny_corpus)).resolved()
+            ).steps
+        )
         assert r.tokens == r.steps * 8 * 64 and r.base_label == "adamw" and r.hparams["lr"] == lr
         w = recs[("wiseft", lr)]
         assert r.l_ft < w.l_ft < base_ft and base_pt < w.l_pt < r.l_pt
@@ -99,25 +111,52 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_sweep_sigkilled_mid_run_resumes_without_loss_or_duplicates(reference_sweep, tiny_checkpoint, tiny_corpus, task, tmp_path):
+def test_sweep_sigkilled_mid_run_resumes_without_loss_or_duplicates(
+    reference_sweep, tiny_checkpoint, tiny_corpus, task, tmp_path
+):
     _, _, ref = reference_sweep
     out = tmp_path / "sweep"
     lrs = LRS + [2e-3, 5e-4]
     cmd = [
-        sys.executable, "-m", "olmo_sam.cli", "sweep", "--base", str(tiny_checkpoint), "--base-label", "adamw",
-        "--data", str(task), "--lrs", ",".join(map(str, lrs)), "--batch-size", "8", "--pt-val", str(tiny_corpus.val),
-        "--pt-val-max-sequences", "16", "--out", str(out), "--jobs", "2", "--no-progress",
-        "--engine", "trainer",  # one run per worker (the batched engine's resume: tests/test_ft_batched.py)
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "olmo_sam.cli",
+        "sweep",
+        "--base",
+        str(tiny_checkpoint),
+        "--base-label",
+        "adamw",
+        "--data",
+        str(task),
+        "--lrs",
+        ",".join(map(str, lrs)),
+        "--batch-size",
+        "8",
+        "--pt-val",
+        str(tiny_corpus.val),
+        "--pt-val-max-sequences",
+        "16",
+        "--out",
+        str(out),
+        "--jobs",
+        "2",
+        "--no-progress",
+        "--engine",
+        "trainer",  # one run per worker (the batched engine's resume: tests/test_ft_batched.py)
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     with open(tmp_path / "first.log", "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         store = ResultStore(out / "results.jsonl")
         while True:
-            assert proc.poll() is None, "the sweep finished before it could be killed mid-run:\n" + (tmp_path / "first.log").read_text()[-3000:]
+            assert proc.poll() is None, (
+                "the sweep finished before it could be killed mid-run:\n" + (tmp_path / "first.log").read_text()[-3000:]
+            )
             assert time.monotonic() < deadline, "timed out waiting for a run in progress"
-            in_progress = [d for d in (out / "runs").glob("*") if (d / "spec.json").exists() and not (d / "records.json").exists()]
+            in_progress = [
+                d for d in (out / "runs").glob("*") if (d / "spec.json").exists() and not (d / "records.json").exists()
+            ]
             if store.records() and in_progress:
                 break
             time.sleep(0.05)
@@ -148,7 +187,9 @@ def test_sweep_sigkilled_mid_run_resumes_without_loss_or_duplicates(reference_sw
     for r in ref.records:
         if r.method == "ft":
             assert recs[r.lr].run_id == r.run_id
-            assert recs[r.lr].l_ft == pytest.approx(r.l_ft, rel=1e-6) and recs[r.lr].l_pt == pytest.approx(r.l_pt, rel=1e-6)
+            assert recs[r.lr].l_ft == pytest.approx(r.l_ft, rel=1e-6) and recs[r.lr].l_pt == pytest.approx(
+                r.l_pt, rel=1e-6
+            )
 
 
 def test_bad_input(tiny_checkpoint, tiny_corpus, task, tmp_path):
@@ -186,21 +227,42 @@ def test_bad_input(tiny_checkpoint, tiny_corpus, task, tmp_path):
     assert res.exit_code == 1 and "LR grid is empty" in res.output
     # torchrun launches
     cmd = worker_command("/r/worker.json", "torchrun", 8)
-    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=8", "-m",
-                       "olmo_sam.finetune.worker", "/r/worker.json"]  # fmt: skip
+    assert cmd[1:] == [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=8",
+        "-m",
+        "olmo_sam.finetune.worker",
+        "/r/worker.json",
+    ]
     spec = SweepSpec(bases=[str(tiny_checkpoint)], datasets=[str(task)], lrs=[1e-3], common=common)
     with pytest.raises(OLMoConfigurationError, match="needs data parallelism"):
         run_sweep(spec, tmp_path / "t", launcher="torchrun", nproc_per_node=2)
     # options the local launcher would ignore, and no workers at all, are errors
     main = __import__("olmo_sam.cli", fromlist=["main"]).main
-    base_args = ["sweep", "--base", str(tiny_checkpoint), "--data", str(task), "--lrs", "1e-3", "--out", str(tmp_path / "s")]
+    base_args = [
+        "sweep",
+        "--base",
+        str(tiny_checkpoint),
+        "--data",
+        str(task),
+        "--lrs",
+        "1e-3",
+        "--out",
+        str(tmp_path / "s"),
+    ]
     for extra, message, code in [
-        (["--nproc-per-node", "2"], "--nproc-per-node 2: the local launcher runs each run in one process and would "
-                                    "ignore it; add --executor torchrun", 1),
+        (
+            ["--nproc-per-node", "2"],
+            "--nproc-per-node 2: the local launcher runs each run in one process and would "
+            "ignore it; add --executor torchrun",
+            1,
+        ),
         (["--dp", "ddp"], "--dp ddp (dp): data parallelism needs several processes", 1),
         (["--jobs", "0"], "Invalid value for '--jobs': 0 is not in the range x>=1", 2),
         (["--jobs", "-1"], "Invalid value for '--jobs': -1 is not in the range x>=1", 2),
-    ]:  # fmt: skip
+    ]:
         res = CliRunner().invoke(main, base_args + extra)
         assert res.exit_code == code and message in " ".join(res.output.split()), res.output
 
@@ -216,7 +278,10 @@ def test_step_rule_one_epoch_or_budget(tiny_checkpoint, tiny_corpus, task, tmp_p
     small = write_task(tmp_path / "small", n_train=100, n_val=4)
     epoch = FTConfig(base=str(tiny_checkpoint), data=str(task), lr=1e-3, epoch_data=str(small), **common).resolved()
     assert plan_run(epoch).steps == (100 * 32 // 64) // 8
-    assert FTConfig(base=str(tiny_checkpoint), data=str(task), lr=1e-3, max_steps=3, **common).resolved().run_id != cfg.run_id
+    assert (
+        FTConfig(base=str(tiny_checkpoint), data=str(task), lr=1e-3, max_steps=3, **common).resolved().run_id
+        != cfg.run_id
+    )
     # labels do not change the run id; the recipe does
     labelled = FTConfig(base=str(tiny_checkpoint), data=str(task), lr=1e-3, token_budget=None, base_label="x", **common)
     assert labelled.resolved().run_id == cfg.run_id

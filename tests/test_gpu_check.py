@@ -53,10 +53,21 @@ def dry_run(tmp_path_factory):
     (wheel_dir / "olmo_sam-0.1.0-py3-none-any.whl").write_bytes(b"not a zip: never installed, the checkout runs")
     (wheel_dir / "numpy-1.0-py3-none-any.whl").write_bytes(b"not a zip: numpy is installed already")
     # about 30 s on an idle 2-core machine; the budget leaves room for a loaded CI machine
-    cmd = ["bash", "scripts/gpu-check.sh", "--cpu-dry-run", "--out", str(out), "--budget", "400", "--wheels", str(wheel_dir)]
+    cmd = [
+        "bash",
+        "scripts/gpu-check.sh",
+        "--cpu-dry-run",
+        "--out",
+        str(out),
+        "--budget",
+        "400",
+        "--wheels",
+        str(wheel_dir),
+    ]
     site = tmp_path_factory.mktemp("site")
-    proc = subprocess.run(cmd, cwd=REPO, env={**_env(), "GPU_CHECK_SITE": str(site)}, capture_output=True, text=True,
-                          timeout=450)  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=REPO, env={**_env(), "GPU_CHECK_SITE": str(site)}, capture_output=True, text=True, timeout=450
+    )
     return out, proc, site
 
 
@@ -100,9 +111,17 @@ def test_dry_run_passes_every_section(dry_run):
     from olmo_sam.gpucheck.finetune import DRY_RUN_SIZES
 
     ft = secs["finetune_batched"]["results"]
-    assert (ft["settings"]["size"], ft["settings"]["device"], ft["settings"]["k"]) == ("micro", "cpu", len(DRY_RUN_SIZES.lrs))
+    assert (ft["settings"]["size"], ft["settings"]["device"], ft["settings"]["k"]) == (
+        "micro",
+        "cpu",
+        len(DRY_RUN_SIZES.lrs),
+    )
     assert ft["batched"]["runs"] == ft["in_memory"]["runs"] == len(DRY_RUN_SIZES.lrs)
-    assert ft["batched"]["tokens"] == ft["in_memory"]["tokens"] == len(DRY_RUN_SIZES.lrs) * DRY_RUN_SIZES.steps * DRY_RUN_SIZES.batch * DRY_RUN_SIZES.seq
+    assert (
+        ft["batched"]["tokens"]
+        == ft["in_memory"]["tokens"]
+        == len(DRY_RUN_SIZES.lrs) * DRY_RUN_SIZES.steps * DRY_RUN_SIZES.batch * DRY_RUN_SIZES.seq
+    )
     assert ft["speedup_batched_vs_sequential"] == pytest.approx(ft["in_memory"]["wall_s"] / ft["batched"]["wall_s"])
     assert ft["pure_training"]["tokens_per_s"] > 0 and 0 < ft["batched"]["fraction_of_pure_training"]
     # the same runs: every slice's L_FT is its sequential run's (fp32 CPU), and the LRs do differ
@@ -110,8 +129,14 @@ def test_dry_run_passes_every_section(dry_run):
     assert ft["max_abs_l_ft_diff"] <= 1e-5 and ft["min_l_ft_gap_between_lrs"] > 1e-3
     assert [c["passed"] for c in secs["finetune_batched"]["checks"]] == [True, True]
     skipped = {name: {s["what"] for s in sec["skipped"]} for name, sec in secs.items()}
-    assert skipped == {"environment": set(), "sam_cuda": {"CUDA"}, "fsdp_bf16": {"NCCL"},
-                       "bnb": {"CUDA kernels"}, "cost": {"MFU", "peak memory"}, "finetune_batched": set()}  # fmt: skip
+    assert skipped == {
+        "environment": set(),
+        "sam_cuda": {"CUDA"},
+        "fsdp_bf16": {"NCCL"},
+        "bnb": {"CUDA kernels"},
+        "cost": {"MFU", "peak memory"},
+        "finetune_batched": set(),
+    }
 
 
 def test_markdown_matches_json(dry_run):
@@ -120,7 +145,9 @@ def test_markdown_matches_json(dry_run):
     md = (out / "gpu-check.md").read_text()
     assert md.startswith("# GPU check: CPU dry run")
     n_checks = sum(len(s["checks"]) for s in report["sections"].values())
-    check_rows = [ln for ln in md.split("## Checks")[1].split("##")[0].splitlines() if ln.startswith("| ") and "---" not in ln]
+    check_rows = [
+        ln for ln in md.split("## Checks")[1].split("##")[0].splitlines() if ln.startswith("| ") and "---" not in ln
+    ]
     assert len(check_rows) == n_checks + 1  # + the header
     micro = report["sections"]["cost"]["results"]["micro"]
     row = next(ln for ln in md.splitlines() if ln.startswith("| micro |"))
@@ -152,7 +179,9 @@ def test_killed_worker_still_gives_a_report(tmp_path, monkeypatch):
     # a worker that hangs (a stuck CUDA call, a deadlocked collective) is killed at the 6 s deadline
     # and the report still says what happened; the hang is a stand-in process, so the outcome does
     # not depend on how fast this machine runs the real cost section
-    monkeypatch.setattr(runner, "_worker_command", lambda *a, **k: [sys.executable, "-c", "import time; time.sleep(120)"])
+    monkeypatch.setattr(
+        runner, "_worker_command", lambda *a, **k: [sys.executable, "-c", "import time; time.sleep(120)"]
+    )
     report = runner.run_check(tmp_path, dry_run=True, budget=runner.REPORT_MARGIN_S + 6, sections=["cost"])
     assert report["budgets"] == {"cost": round(runner.DRY_RUN_BUDGETS["cost"] * 11 / 120, 1)}  # scaled
     assert report["ok"] is False
@@ -186,8 +215,14 @@ def test_bad_arguments():
     assert e.value.code == 2
     with pytest.raises(SystemExit):
         runner.main(["--out", "x", "--cpu-dry-run", "--sections", "cost,nope"])
-    proc = subprocess.run(["bash", "scripts/gpu-check.sh", "--cpu-dry-run", "--bogus"], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", "scripts/gpu-check.sh", "--cpu-dry-run", "--bogus"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2 and "unknown argument '--bogus'" in proc.stderr
 
 
@@ -217,7 +252,13 @@ def test_budget_keeps_required_wheels_first():
     wheels.fit_budget(items, 30 * mib)
     got = {it.name: it.included for it in items}
     # required ones take 19 MiB; bitsandbytes (20) does not fit the remaining 11, the small one does
-    assert got == {"olmo-sam": True, "ai2-olmo-core": True, "botocore": True, "bitsandbytes": False, "tiny-optional": True}
+    assert got == {
+        "olmo-sam": True,
+        "ai2-olmo-core": True,
+        "botocore": True,
+        "bitsandbytes": False,
+        "tiny-optional": True,
+    }
     assert "does not fit the 30 MiB budget (19.0 MiB used)" in items[2].note
 
 

@@ -47,9 +47,15 @@ def bpe_run(tmp_path_factory, demo_data_small):
     save = tmp_path_factory.mktemp("bpe_run") / "run"
     cfg, _ = build_pretrain(
         PretrainSpec(
-            size="tiny", steps=3, lr=3e-3, batch_size=4, seq_len=SEQ, tokenizer=demo_data_small.tokenizer,
-            train_paths=[str(p) for p in demo_data_small.train_paths], save_folder=str(save),
-        )  # fmt: skip
+            size="tiny",
+            steps=3,
+            lr=3e-3,
+            batch_size=4,
+            seq_len=SEQ,
+            tokenizer=demo_data_small.tokenizer,
+            train_paths=[str(p) for p in demo_data_small.train_paths],
+            save_folder=str(save),
+        )
     )
     run_experiment(cfg)
     return resolve_checkpoint(save)
@@ -70,7 +76,9 @@ def test_export_without_tokenizer_matches_logits(tiny_checkpoint, tiny_corpus, t
 def test_export_refuses_missing_or_wrong_tokenizer(tiny_checkpoint, demo_data_small, tmp_path):
     with pytest.raises(OLMoConfigurationError, match="no tokenizer found"):
         export_hf(tiny_checkpoint, tmp_path / "a")
-    with pytest.raises(OLMoConfigurationError, match="has 512 tokens but the checkpoint was trained with vocab_size=256"):
+    with pytest.raises(
+        OLMoConfigurationError, match="has 512 tokens but the checkpoint was trained with vocab_size=256"
+    ):
         export_hf(tiny_checkpoint, tmp_path / "b", tokenizer=str(demo_data_small.tokenizer_dir))
     assert not any(tmp_path.iterdir()), "a failed export must leave nothing behind"
 
@@ -85,7 +93,12 @@ def test_export_import_round_trip(bpe_run, demo_data_small, tmp_path):
     text = "Alice was beginning to get very tired"
     assert tok.decode(tok(text)["input_ids"]) == text and len(tok) == 512
     cfg = json.loads((hf1 / "config.json").read_text())
-    assert (cfg["bos_token_id"], cfg["eos_token_id"], cfg["pad_token_id"], cfg["max_position_embeddings"]) == (0, 0, 1, SEQ)
+    assert (cfg["bos_token_id"], cfg["eos_token_id"], cfg["pad_token_id"], cfg["max_position_embeddings"]) == (
+        0,
+        0,
+        1,
+        SEQ,
+    )
 
     import_hf(str(hf1), imported)
     original, _ = load_transformer(bpe_run)
@@ -120,8 +133,9 @@ def test_import_rejects_other_architectures(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     d = tmp_path / "llama"
-    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                                 num_attention_heads=2, vocab_size=128)).save_pretrained(d)  # fmt: skip
+    LlamaForCausalLM(
+        LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2, vocab_size=128)
+    ).save_pretrained(d)
     with pytest.raises(OLMoConfigurationError, match="only OLMo-2 models"):
         import_hf(str(d), tmp_path / "out")
 
@@ -135,8 +149,24 @@ def test_midtrain_recipe_starts_from_converted_hf_model(bpe_run, demo_data_small
     hf = tmp_path / "hf"
     export_hf(bpe_run, hf)
     save = tmp_path / "mid"
-    args = ["--size", "tiny", "--optimizer", "sam", "--steps", "2", "--batch-size", "4", "--seq-len", str(SEQ),
-            "--data-mix", str(demo_data_small.root / "tokens"), "--eval-interval", "1000", "--lr", "0"]  # fmt: skip
+    args = [
+        "--size",
+        "tiny",
+        "--optimizer",
+        "sam",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        str(SEQ),
+        "--data-mix",
+        str(demo_data_small.root / "tokens"),
+        "--eval-interval",
+        "1000",
+        "--lr",
+        "0",
+    ]
     r = CliRunner().invoke(midtrain_main, [*args, "--init-from-hf", str(hf), "--out", str(save)])
     assert r.exit_code == 0, r.output
     start, _ = load_transformer(save / "init")
@@ -151,9 +181,20 @@ def test_midtrain_recipe_starts_from_converted_hf_model(bpe_run, demo_data_small
     # the Python API (what a study arm's load_path uses) starts from a model-only import directory
     from olmo_sam.recipes.midtrain import MidtrainSpec, build_midtrain, run_midtrain
 
-    spec = MidtrainSpec(size="tiny", optimizer="adamw", steps=1, tokens=None, lr=0.0, batch_size=4, seq_len=SEQ,
-                        train_paths=[str(p) for p in demo_data_small.train_paths], tokenizer=demo_data_small.tokenizer,
-                        load_path=str(save / "init"), save_folder=str(tmp_path / "api"), eval_interval=1000)  # fmt: skip
+    spec = MidtrainSpec(
+        size="tiny",
+        optimizer="adamw",
+        steps=1,
+        tokens=None,
+        lr=0.0,
+        batch_size=4,
+        seq_len=SEQ,
+        train_paths=[str(p) for p in demo_data_small.train_paths],
+        tokenizer=demo_data_small.tokenizer,
+        load_path=str(save / "init"),
+        save_folder=str(tmp_path / "api"),
+        eval_interval=1000,
+    )
     run_midtrain(build_midtrain(spec), init_from_hf=None)
     api = load_transformer(tmp_path / "api")[0].state_dict()
     assert all(torch.equal(api[k], s[k]) for k in s)

@@ -69,8 +69,11 @@ def transformers4() -> Path:
         if not (target / ".complete").exists():
             tmp = target.with_name(name + ".partial")
             shutil.rmtree(tmp, ignore_errors=True)
-            proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp),
-                                   *TRANSFORMERS_4], capture_output=True, text=True)  # fmt: skip
+            proc = subprocess.run(
+                [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp), *TRANSFORMERS_4],
+                capture_output=True,
+                text=True,
+            )
             assert proc.returncode == 0, f"could not install {TRANSFORMERS_4}: {proc.stderr[-2000:]}"
             (tmp / ".complete").write_text("\n".join(TRANSFORMERS_4))
             shutil.rmtree(target, ignore_errors=True)
@@ -121,8 +124,14 @@ def _load(python_path: str | None, root: Path, *dirs: Path) -> dict:
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     if python_path:
         env["PYTHONPATH"] = python_path
-    proc = subprocess.run([sys.executable, "-c", LOADER, str(root / "ref.pt"), *map(str, dirs)], env=env,
-                          capture_output=True, text=True, cwd=root, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", LOADER, str(root / "ref.pt"), *map(str, dirs)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(line[len("RESULT ") :])

@@ -58,8 +58,12 @@ print("SAM ascents", tm.sam_ascents)
 
 
 def test_committed_patch_is_current():
-    proc = subprocess.run([sys.executable, str(ROOT / "patches" / "make_patch.py"), "--check"],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "patches" / "make_patch.py"), "--check"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -86,9 +90,14 @@ def fork(tmp_path_factory):
 
 def test_patched_fork_trains_exactly_like_the_plugin(tmp_path, tiny_corpus, fork):
     cfg = tiny_experiment(
-        tiny_corpus, tmp_path / "plugin", SAMConfig(base=adamw()), max_steps=6, max_grad_norm=1.0,
-        scheduler=WSDAlpha(warmup=1, decay_fraction=0.5), callbacks={"sam_switch": SAMSwitchCallback()},
-    )  # fmt: skip
+        tiny_corpus,
+        tmp_path / "plugin",
+        SAMConfig(base=adamw()),
+        max_steps=6,
+        max_grad_norm=1.0,
+        scheduler=WSDAlpha(warmup=1, decay_fraction=0.5),
+        callbacks={"sam_switch": SAMSwitchCallback()},
+    )
     trainer = run_experiment(cfg)
     want = {n: p.detach().clone() for n, p in trainer.train_module.model.named_parameters()}
     assert trainer.train_module.sam_ascents == 3
@@ -110,8 +119,13 @@ def test_patched_fork_trains_exactly_like_the_plugin(tmp_path, tiny_corpus, fork
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(fork / "src")
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([sys.executable, str(script), str(cfg_path), str(out), str(fork)], env=env,
-                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(script), str(cfg_path), str(out), str(fork)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "SAM ascents 3" in proc.stdout
     got = torch.load(out)

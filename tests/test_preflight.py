@@ -26,8 +26,13 @@ from olmo_sam.preflight import (
 def test_zero_and_negative_are_errors_not_defaults():
     assert POSITIVE_INT.convert("3", None, None) == 3
     assert NON_NEGATIVE_INT.convert("0", None, None) == 0
-    for kind, bad in ((POSITIVE_INT, "0"), (POSITIVE_INT, "-1"), (NON_NEGATIVE_INT, "-1"), (POSITIVE_FLOAT, "0"),
-                      (POSITIVE_FLOAT, "-1e-3")):  # fmt: skip
+    for kind, bad in (
+        (POSITIVE_INT, "0"),
+        (POSITIVE_INT, "-1"),
+        (NON_NEGATIVE_INT, "-1"),
+        (POSITIVE_FLOAT, "0"),
+        (POSITIVE_FLOAT, "-1e-3"),
+    ):
         with pytest.raises(click.BadParameter):
             kind.convert(bad, None, None)
 

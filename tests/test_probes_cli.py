@@ -24,7 +24,9 @@ def test_probe_commands_write_json_and_plots(tiny_checkpoint, tiny_corpus, tmp_p
     assert q["records"][1]["proof"]["counts"]["Linear4bit"] == 14
     assert "degradation" in res.output
 
-    res = _run(["noise", str(tiny_checkpoint), "--gammas", "0.02", "--seeds", "0,1", "--exclude", "embeddings.*", *common])
+    res = _run(
+        ["noise", str(tiny_checkpoint), "--gammas", "0.02", "--seeds", "0,1", "--exclude", "embeddings.*", *common]
+    )
     assert res.exit_code == 0, res.output
     p = json.loads((tmp_path / "noise.json").read_text())
     assert "embeddings.weight" not in p["records"][0]["perturbed"]
@@ -45,7 +47,11 @@ def test_probe_commands_write_json_and_plots(tiny_checkpoint, tiny_corpus, tmp_p
     [
         (["quantize", "--quant", "nf4:load_in_4_bit=true"], "did you mean 'load_in_4bit'", 2),
         (["quantize", "--quant", "int4"], "unknown quantization preset 'int4'", 2),
-        (["quantize", "--quant", "nf4:quantize_lm_head=flase"], "'quantize_lm_head' takes true or false, got 'flase'", 2),
+        (
+            ["quantize", "--quant", "nf4:quantize_lm_head=flase"],
+            "'quantize_lm_head' takes true or false, got 'flase'",
+            2,
+        ),
         (["quantize", "--quant", "int8:int8_threshold=abc"], "'int8_threshold' takes a number, got 'abc'", 2),
         (["quantize", "--quant", "nf4:blocksize=2048"], "'blocksize'=2048: bitsandbytes' CPU 4-bit kernels", 1),
         (["noise", "--exclude", "embedding.*"], "match no parameter", 1),
@@ -54,7 +60,9 @@ def test_probe_commands_write_json_and_plots(tiny_checkpoint, tiny_corpus, tmp_p
 )
 def test_probe_usage_errors(tiny_checkpoint, tiny_corpus, tmp_path, args, message, code):
     cmd, *rest = args
-    res = CliRunner().invoke(main, ["probe", cmd, str(tiny_checkpoint), "--val", str(tiny_corpus.val), "--out", str(tmp_path), *rest])
+    res = CliRunner().invoke(
+        main, ["probe", cmd, str(tiny_checkpoint), "--val", str(tiny_corpus.val), "--out", str(tmp_path), *rest]
+    )
     # a --quant that does not parse is a usage error (2); a setting refused by the run, an error (1)
     assert res.exit_code == code, res.output
     assert message in res.output

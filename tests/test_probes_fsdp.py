@@ -62,9 +62,20 @@ def test_monitor_under_fsdp(tiny_corpus, tmp_path):
     script.write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     for name, flag in (("plain", "0"), ("monitored", "1")):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-               "--master-port", str(_free_port()), str(script),
-               str(tiny_corpus.train), str(tiny_corpus.val), str(tmp_path / name), flag]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(_free_port()),
+            str(script),
+            str(tiny_corpus.train),
+            str(tiny_corpus.val),
+            str(tmp_path / name),
+            flag,
+        ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

@@ -38,7 +38,12 @@ def exact():
     """A real OLMo-core transformer with 244 parameters (float64), a batch, and its exact Hessian."""
     torch.manual_seed(0)
     cfg = TransformerConfig.llama_like(
-        d_model=4, vocab_size=8, n_layers=1, n_heads=1, qk_norm=True, rope_theta=500_000,
+        d_model=4,
+        vocab_size=8,
+        n_layers=1,
+        n_heads=1,
+        qk_norm=True,
+        rope_theta=500_000,
         block_name=TransformerBlockType.reordered_norm,
     )
     cfg.block.feed_forward.hidden_size = 8
@@ -210,8 +215,15 @@ def test_hessian_probe_with_pair(tiny_checkpoint, tiny_corpus, tmp_path):
     ft_dir = save_transformer(base, tmp_path / "ft", load_checkpoint_config(tiny_checkpoint), step=1)
     out = tmp_path / "hessian.json"
     res = hessian_probe(
-        [tiny_checkpoint], [tiny_corpus.val], pairs=[(tiny_checkpoint, ft_dir)], n_sequences=2,
-        probes=4, power_iters=3, val_max_sequences=8, out=out, progress=False,
+        [tiny_checkpoint],
+        [tiny_corpus.val],
+        pairs=[(tiny_checkpoint, ft_dir)],
+        n_sequences=2,
+        probes=4,
+        power_iters=3,
+        val_max_sequences=8,
+        out=out,
+        progress=False,
     )
     assert out.exists()
     sharp, pair = res["records"]
@@ -226,7 +238,9 @@ def test_hessian_probe_with_pair(tiny_checkpoint, tiny_corpus, tmp_path):
 
 def test_hessian_probe_on_hf_model(tiny_hf_model, tiny_corpus):
     """An exported HF model is loaded with eager attention, which supports double backward."""
-    res = hessian_probe([tiny_hf_model], [tiny_corpus.val], seq_len=32, n_sequences=2, probes=3, power_iters=2, progress=False)
+    res = hessian_probe(
+        [tiny_hf_model], [tiny_corpus.val], seq_len=32, n_sequences=2, probes=3, power_iters=2, progress=False
+    )
     rec = res["records"][0]
     assert rec["kind"] == "hf" and rec["trace"]["n_probes"] == 3
     assert math.isfinite(rec["trace"]["trace"]) and math.isfinite(rec["top_eigenvalue"]["value"])

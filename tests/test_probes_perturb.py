@@ -75,13 +75,17 @@ def test_selection_errors(model):
 def test_noise_probe(tiny_checkpoint, tiny_corpus, tmp_path):
     gammas, seeds = (0.01, 0.05), (0, 1, 2)
     out = tmp_path / "noise.json"
-    res = noise_probe([tiny_checkpoint], [tiny_corpus.val], gammas=gammas, seeds=seeds, max_sequences=8, out=out, progress=False)
+    res = noise_probe(
+        [tiny_checkpoint], [tiny_corpus.val], gammas=gammas, seeds=seeds, max_sequences=8, out=out, progress=False
+    )
     assert out.exists()
     recs = res["records"]
     base = [r for r in recs if r["gamma"] == 0.0]
     assert len(base) == 1 and len(recs) == 1 + len(gammas) * len(seeds)
     m, _ = load_transformer(tiny_checkpoint)
-    assert base[0]["loss"] == pytest.approx(lm_loss(m, [tiny_corpus.val], seq_len=64, vocab_size=256, max_sequences=8).loss, abs=1e-6)
+    assert base[0]["loss"] == pytest.approx(
+        lm_loss(m, [tiny_corpus.val], seq_len=64, vocab_size=256, max_sequences=8).loss, abs=1e-6
+    )
     # an independent evaluation of one perturbed model agrees with the record
     with perturbed(m, 0.05, 2):
         loss = lm_loss(m, [tiny_corpus.val], seq_len=64, vocab_size=256, max_sequences=8).loss

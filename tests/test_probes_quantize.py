@@ -25,11 +25,25 @@ from olmo_sam.probes.quantize import (  # noqa: E402
 # The 16 NF4 levels of QLoRA (Dettmers et al. 2023, App E), written out here so the test does not
 # take them from bitsandbytes.
 NF4 = torch.tensor(
-    [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
-     -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
-     0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
-     0.7229568362236023, 1.0]
-)  # fmt: skip
+    [
+        -1.0,
+        -0.6961928009986877,
+        -0.5250730514526367,
+        -0.39491748809814453,
+        -0.28444138169288635,
+        -0.18477343022823334,
+        -0.09105003625154495,
+        0.0,
+        0.07958029955625534,
+        0.16093020141124725,
+        0.24611230194568634,
+        0.33791524171829224,
+        0.44070982933044434,
+        0.5626170039176941,
+        0.7229568362236023,
+        1.0,
+    ]
+)
 LINEARS_PER_BLOCK = 7  # w_q, w_k, w_v, w_out, w1, w2, w3
 
 
@@ -133,7 +147,11 @@ def test_verification_fails_loudly(base):
     # a corrupted packed weight (as a broken kernel would produce) differs from the exact
     # reference dequantizer, even where one 4-bit code moves to its neighbour (within the old
     # "half the widest NF4 gap" bound)
-    originals = {n: model.get_submodule(n).weight.detach().clone() for n, m in q.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    originals = {
+        n: model.get_submodule(n).weight.detach().clone()
+        for n, m in q.named_modules()
+        if isinstance(m, bnb.nn.Linear4bit)
+    }
     assert report.mismatched_4bit_weights == 0
     packed = q.blocks["1"].feed_forward.w2.weight.data
     packed[:3].copy_(packed[:3] ^ 0x01)  # low nibble only: code i -> i^1, a neighbouring NF4 level
@@ -168,7 +186,9 @@ def test_4bit_proof_is_the_exact_reference(base, spec):
 def test_blocksize_the_cpu_forward_cannot_run_is_refused(base):
     model, _, _ = base  # tiny: input widths 128 and 512, so 256 splits the 128-wide rows too
     for bs in (2048, 4096, 256):
-        with pytest.raises(OLMoConfigurationError, match=rf"'blocksize'={bs}: .*input width.*use blocksize 32 or 64 or 128"):
+        with pytest.raises(
+            OLMoConfigurationError, match=rf"'blocksize'={bs}: .*input width.*use blocksize 32 or 64 or 128"
+        ):
             quantize_transformer(copy.deepcopy(model), parse_quant_spec(f"nf4:blocksize={bs}"))
 
 
@@ -181,7 +201,9 @@ def test_forward_check_refuses_what_crashes_in_the_forward():
 
     net = torch.nn.Sequential(torch.nn.Linear(96, 64, bias=False))
     q = bnb.nn.Linear4bit(96, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4", device="meta")
-    q.weight = bnb.nn.Params4bit(net[0].weight.detach().clone(), requires_grad=False, quant_type="nf4", blocksize=64, module=q)
+    q.weight = bnb.nn.Params4bit(
+        net[0].weight.detach().clone(), requires_grad=False, quant_type="nf4", blocksize=64, module=q
+    )
     net[0] = q.to("cpu")
     with pytest.raises(OLMoConfigurationError, match=r"'blocksize'=64 .*cannot run the 4-bit forward of 0 \(96->64\)"):
         _check_4bit_forward(net, ["0"], QuantConfig())
@@ -265,7 +287,9 @@ def test_quantize_probe_resumes(tiny_checkpoint, tiny_hf_model, tiny_corpus, tmp
     recs = {(r["label"], r["quant"]): r for r in first["records"]}
     assert set(recs) == {("olmo", "none"), ("olmo", "nf4"), ("hf", "none"), ("hf", "nf4")}
     assert recs[("hf", "nf4")]["proof"]["counts"]["Linear4bit"] == 14
-    assert recs[("hf", "nf4")]["degradation"] == pytest.approx(recs[("hf", "nf4")]["loss"] - recs[("hf", "none")]["loss"])
+    assert recs[("hf", "nf4")]["degradation"] == pytest.approx(
+        recs[("hf", "nf4")]["loss"] - recs[("hf", "none")]["loss"]
+    )
 
     def no_model(*a, **k):
         raise AssertionError("a finished measurement was recomputed")

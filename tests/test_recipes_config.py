@@ -49,7 +49,11 @@ def test_tables_4_5_6_in_resolved_config(size, budget_b, lr):
     cfg, resolved = build_pretrain(_pre(size, tokens=int(budget_b * 1e9)))
     d = cfg.as_config_dict()
     m, t4 = d["model"], TABLE4[size]
-    assert (m["n_layers"], m["block"]["sequence_mixer"]["n_heads"], m["d_model"]) == (t4["layers"], t4["heads"], t4["d_model"])
+    assert (m["n_layers"], m["block"]["sequence_mixer"]["n_heads"], m["d_model"]) == (
+        t4["layers"],
+        t4["heads"],
+        t4["d_model"],
+    )
     assert m["vocab_size"] == 100352 and d["dataset"]["tokenizer"]["vocab_size"] == 100278
     assert m["block"]["feed_forward"]["activation"] == "silu"  # SwiGLU: silu-gated w1 * w3
     assert m.get("dropout") in (None, 0.0)
@@ -59,7 +63,11 @@ def test_tables_4_5_6_in_resolved_config(size, budget_b, lr):
     assert (opt["type"], opt["lr"], tuple(opt["betas"]), opt["weight_decay"]) == ("adamw", lr, (0.9, 0.95), 0.1)
     assert d["train_module"]["scheduler"]["warmup"] == t4["warmup"]
     assert d["train_module"]["max_grad_norm"] == 1.0
-    assert d["trainer"]["max_duration"] == {"value": int(budget_b * 1e9), "unit": "tokens", "_CLASS_": "olmo_core.train.common.Duration"}
+    assert d["trainer"]["max_duration"] == {
+        "value": int(budget_b * 1e9),
+        "unit": "tokens",
+        "_CLASS_": "olmo_core.train.common.Duration",
+    }
     assert "Table 6" in resolved["lr_source"]
 
 
@@ -68,7 +76,12 @@ def test_table_1_in_midtrain_config(optimizer):
     cfg = build_midtrain(MidtrainSpec(optimizer=optimizer, train_paths=["x.npy"], check_paths=False))
     d = cfg.as_config_dict()
     m = d["model"]
-    assert (m["n_layers"], m["block"]["sequence_mixer"]["n_heads"], m["d_model"], m["vocab_size"]) == (16, 16, 2048, 100352)
+    assert (m["n_layers"], m["block"]["sequence_mixer"]["n_heads"], m["d_model"], m["vocab_size"]) == (
+        16,
+        16,
+        2048,
+        100352,
+    )
     assert d["dataset"]["tokenizer"]["vocab_size"] == 100278
     assert m["block"]["feed_forward"]["activation"] == "silu" and m.get("dropout") in (None, 0.0)
     assert d["dataset"]["sequence_length"] == 2048 and d["data_loader"]["global_batch_size"] == 1024 * 2048
@@ -140,7 +153,9 @@ def test_midtrain_dry_run_allocates_no_weights(optimizer):
 
 
 def test_wsd_alpha_decay_fraction_and_switch_fraction():
-    cfg, _ = build_pretrain(_pre("20M", tokens=int(8e9), schedule="wsd", decay_fraction=0.2, alpha=0.0, optimizer="sam-anneal"))
+    cfg, _ = build_pretrain(
+        _pre("20M", tokens=int(8e9), schedule="wsd", decay_fraction=0.2, alpha=0.0, optimizer="sam-anneal")
+    )
     s = run_summary(cfg)
     assert s["lr"]["decay_start_step"] == s["steps"] - round(0.2 * s["steps"]) and s["lr"]["end"] == 0.0
     assert s["sam_steps"] == round(0.2 * s["steps"])
@@ -149,7 +164,9 @@ def test_wsd_alpha_decay_fraction_and_switch_fraction():
 
 
 def test_dotted_overrides():
-    cfg, _ = build_pretrain(_pre("20M", tokens=int(4e9), optimizer="sam"), ["train_module.optim.rho=0.1", "train_module.optim.base.lr=5e-4"])
+    cfg, _ = build_pretrain(
+        _pre("20M", tokens=int(4e9), optimizer="sam"), ["train_module.optim.rho=0.1", "train_module.optim.base.lr=5e-4"]
+    )
     assert cfg.train_module.optim.rho == 0.1 and cfg.train_module.optim.lr == 5e-4
     assert run_summary(cfg)["lr"]["peak"] == 5e-4
     with pytest.raises(OLMoConfigurationError, match="change a config's class"):
@@ -160,7 +177,9 @@ def test_dotted_overrides():
         build_midtrain(MidtrainSpec(train_paths=["x"], check_paths=False), ["nope.x=1"])
     with pytest.raises(OLMoConfigurationError, match="'rho'"):  # SAMConfig's own validation runs
         build_pretrain(_pre("20M", tokens=int(4e9), optimizer="sam"), ["train_module.optim.rho=-1"])
-    cfg = build_midtrain(MidtrainSpec(train_paths=["x"], check_paths=False), ["trainer.callbacks.checkpointer.save_interval=250"])
+    cfg = build_midtrain(
+        MidtrainSpec(train_paths=["x"], check_paths=False), ["trainer.callbacks.checkpointer.save_interval=250"]
+    )
     assert cfg.trainer.callbacks["checkpointer"].save_interval == 250
 
 
@@ -170,7 +189,9 @@ def test_sweep_presets():
     assert [s.lr for _, s in tuning] == [1e-4, 3e-4, 6e-4, 1e-3, 3e-3, 1e-2]
     assert {(s.optimizer, s.schedule) for _, s in tuning} == {("adamw", "cosine")}
     peak = sweep_members("peak-lr", _pre("20M", tokens_per_param=200), {})
-    assert len(peak) == 10 and {(s.size, s.tokens, s.tokens_per_param) for _, s in peak} == {("60M", 192_000_000_000, None)}
+    assert len(peak) == 10 and {(s.size, s.tokens, s.tokens_per_param) for _, s in peak} == {
+        ("60M", 192_000_000_000, None)
+    }
     assert sorted({s.lr for _, s in peak}) == [1e-4, 3e-4, 6e-4, 1e-3, 3e-3]
     assert {s.schedule for _, s in peak} == {"cosine", "wsd"} and {s.decay_fraction for _, s in peak} == {0.1}
     anneal = sweep_members("anneal-fraction", base, {})
@@ -213,7 +234,10 @@ def test_budget_off_table_works_with_explicit_lr():
 def test_missing_data_errors_before_compute(tmp_path):
     r = CliRunner().invoke(pretrain_main, ["--size", "20M", "--tokens", "4B", "--out", str(tmp_path)])
     assert r.exit_code != 0 and "--data is required" in r.output
-    r = CliRunner().invoke(pretrain_main, ["--size", "20M", "--tokens", "4B", "--out", str(tmp_path / "r"), "--data", str(tmp_path / "nope.npy")])
+    r = CliRunner().invoke(
+        pretrain_main,
+        ["--size", "20M", "--tokens", "4B", "--out", str(tmp_path / "r"), "--data", str(tmp_path / "nope.npy")],
+    )
     assert r.exit_code != 0 and "not found" in r.output
     assert not (tmp_path / "r").exists()
     r = CliRunner().invoke(midtrain_main, ["--out", str(tmp_path / "m")])
@@ -224,10 +248,29 @@ def test_data_model_tokenizer_mismatch_errors_before_compute(tmp_path, demo_data
     from olmo_sam.train.experiment import validate_experiment
 
     # paper size (dolma2, vocab 100278) on data tokenized with the 512-token demo BPE
-    cfg, _ = build_pretrain(PretrainSpec(size="20M", tokens=int(4e9), train_paths=[str(p) for p in demo_data_small.train_paths], save_folder=str(tmp_path / "r")))
+    cfg, _ = build_pretrain(
+        PretrainSpec(
+            size="20M",
+            tokens=int(4e9),
+            train_paths=[str(p) for p in demo_data_small.train_paths],
+            save_folder=str(tmp_path / "r"),
+        )
+    )
     with pytest.raises(OLMoConfigurationError, match="was tokenized with .*vocab_size=512.*vocab_size=100278"):
         validate_experiment(cfg)
-    r = CliRunner().invoke(pretrain_main, ["--size", "20M", "--tokens", "4B", "--data", str(demo_data_small.root / "tokens"), "--out", str(tmp_path / "r2")])
+    r = CliRunner().invoke(
+        pretrain_main,
+        [
+            "--size",
+            "20M",
+            "--tokens",
+            "4B",
+            "--data",
+            str(demo_data_small.root / "tokens"),
+            "--out",
+            str(tmp_path / "r2"),
+        ],
+    )
     assert r.exit_code != 0 and "re-tokenize" in r.output
     assert not (tmp_path / "r2" / "metrics.jsonl").exists()
 
@@ -260,4 +303,3 @@ def test_parse_tokens():
     for bad in ("-3B", "0.5", "B"):
         with pytest.raises(OLMoConfigurationError):
             parse_tokens(bad)
-

@@ -26,6 +26,7 @@ from conftest import REPO
 
 from olmo_sam.cli import main as cli
 
+
 def _clean_env(**extra: str):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
@@ -44,21 +45,38 @@ def fresh_venv(tmp_path_factory):
     dist = tmp / "dist"
     # this environment's setuptools when it has one (fast, offline); else pip's isolated build
     isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q",
-                           str(src), "-w", str(dist)], capture_output=True, text=True, env=_clean_env())  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", str(src), "-w", str(dist)],
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (wheel,) = dist.glob("olmo_sam-*.whl")
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
-    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    purelib = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     Path(purelib, "_olmo_sam_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "-q", str(wheel)],
-                          capture_output=True, text=True, env=_clean_env())  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "-q", str(wheel)],
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    where = subprocess.run([str(py), "-c", "import olmo_sam; print(olmo_sam.__file__)"], capture_output=True,
-                           text=True, env=_clean_env(), cwd=tmp)  # fmt: skip
+    where = subprocess.run(
+        [str(py), "-c", "import olmo_sam; print(olmo_sam.__file__)"],
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        cwd=tmp,
+    )
     assert where.returncode == 0, where.stderr[-2000:]
     assert Path(where.stdout.strip()).is_relative_to(venv), f"imported {where.stdout.strip()}, not the wheel's copy"
     return venv
@@ -69,8 +87,13 @@ def test_installed_wheel_runs_the_pretrain_recipe(fresh_venv, demo_data_small, t
     bin_ = fresh_venv / "bin"
     env = _clean_env()
     # dry run of a paper size (Table 6 LR at 200 tokens/param), from the console script
-    proc = subprocess.run([str(bin_ / "olmo-sam"), "pretrain", "--size", "20M", "--tokens-per-param", "200",
-                           "--dry-run", "--json"], capture_output=True, text=True, env=env, cwd=tmp_path)  # fmt: skip
+    proc = subprocess.run(
+        [str(bin_ / "olmo-sam"), "pretrain", "--size", "20M", "--tokens-per-param", "200", "--dry-run", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     assert out["lr_source"] == "Table 6: OLMo-20M at 200 tokens/param"
@@ -78,18 +101,50 @@ def test_installed_wheel_runs_the_pretrain_recipe(fresh_venv, demo_data_small, t
     # a tiny real run: torchrun -m olmo_sam.recipes.pretrain, two processes, DDP
     run = tmp_path / "run"
     proc = subprocess.run(
-        [str(bin_ / "python"), "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "olmo_sam.recipes.pretrain", "--size", "tiny", "--steps", "2", "--lr", "1e-3", "--batch-size", "2",
-         "--seq-len", "32", "--data", str(demo_data_small.root / "tokens"), "--dp", "ddp", "--out", str(run)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )  # fmt: skip
+        [
+            str(bin_ / "python"),
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "olmo_sam.recipes.pretrain",
+            "--size",
+            "tiny",
+            "--steps",
+            "2",
+            "--lr",
+            "1e-3",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "32",
+            "--data",
+            str(demo_data_small.root / "tokens"),
+            "--dp",
+            "ddp",
+            "--out",
+            str(run),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert (run / "step2" / "model_and_optim" / ".metadata").exists()
     config = json.loads((run / "step2" / "config.json").read_text())
     assert config["train_module"]["dp_config"]["name"] == "ddp"
     # --help through python -m prints the recipe's flags
-    proc = subprocess.run([str(bin_ / "python"), "-m", "olmo_sam.recipes.midtrain", "--help"], capture_output=True,
-                          text=True, env=env, cwd=tmp_path)  # fmt: skip
+    proc = subprocess.run(
+        [str(bin_ / "python"), "-m", "olmo_sam.recipes.midtrain", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0 and "--init-from-hf" in proc.stdout and "--out" in proc.stdout, proc.stderr[-2000:]
 
 
@@ -99,8 +154,21 @@ def _dry(args):
 
 
 def test_fsdp_dry_run_for_a_stated_world_size():
-    r = _dry(["pretrain", "--size", "60M", "--tokens-per-param", "200", "--dp", "fsdp", "--world-size", "8",
-              "--dry-run", "--json"])  # fmt: skip
+    r = _dry(
+        [
+            "pretrain",
+            "--size",
+            "60M",
+            "--tokens-per-param",
+            "200",
+            "--dp",
+            "fsdp",
+            "--world-size",
+            "8",
+            "--dry-run",
+            "--json",
+        ]
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     cfg = out["config"]

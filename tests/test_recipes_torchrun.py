@@ -40,14 +40,39 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, demo_data_small):
     root = tmp_path_factory.mktemp("torchrun")
-    common = ["--size", "tiny", "--steps", str(STEPS), "--lr", "3e-3", "--batch-size", "4", "--micro-batch-size", "1",
-              "--seq-len", str(SEQ), "--data", str(demo_data_small.root / "tokens"), "--eval-interval", str(STEPS)]  # fmt: skip
+    common = [
+        "--size",
+        "tiny",
+        "--steps",
+        str(STEPS),
+        "--lr",
+        "3e-3",
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "1",
+        "--seq-len",
+        str(SEQ),
+        "--data",
+        str(demo_data_small.root / "tokens"),
+        "--eval-interval",
+        str(STEPS),
+    ]
     argv = []
     for name, extra in RUNS.items():
         argv += ["pretrain", *common, *extra, "--out", str(root / name), "--next"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
-           str(WORKER), *argv[:-1]]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(_free_port()),
+        str(WORKER),
+        *argv[:-1],
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return root
@@ -79,7 +104,9 @@ def test_fsdp_checkpoint_exports_to_hf(runs, demo_data_small, tmp_path):
     assert report["step"] == STEPS
     from transformers import AutoModelForCausalLM
 
-    ids = torch.from_numpy(np.fromfile(demo_data_small.val_paths[0], dtype=np.uint16)[: 2 * SEQ].astype(np.int64).reshape(2, SEQ))
+    ids = torch.from_numpy(
+        np.fromfile(demo_data_small.val_paths[0], dtype=np.uint16)[: 2 * SEQ].astype(np.int64).reshape(2, SEQ)
+    )
     olmo, _ = load_transformer(runs / "sam")
     hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     with torch.no_grad():

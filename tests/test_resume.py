@@ -38,9 +38,7 @@ def _config(corpus, folder, variant="sam"):
 
 def _run_worker(cfg_path, *extra):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    return subprocess.run(
-        [sys.executable, str(WORKER), str(cfg_path), *extra], env=env, capture_output=True, text=True
-    )
+    return subprocess.run([sys.executable, str(WORKER), str(cfg_path), *extra], env=env, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")

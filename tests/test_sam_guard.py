@@ -83,10 +83,13 @@ def test_the_sam_train_module_from_yaml_trains(tmp_path, tiny_corpus):
 @pytest.mark.parametrize("through", ["python", "yaml"])
 def test_switch_callback_on_the_stock_train_module_is_refused(tmp_path, tiny_corpus, through):
     cfg = tiny_experiment(
-        tiny_corpus, tmp_path / "run", SAMConfig(base=adamw()), max_steps=8,
+        tiny_corpus,
+        tmp_path / "run",
+        SAMConfig(base=adamw()),
+        max_steps=8,
         scheduler=WSDAlpha(warmup=2, decay_fraction=0.25),
         callbacks={"sam_switch": SAMSwitchCallback()},
-    )  # fmt: skip
+    )
     if through == "python":
         cfg = _stock(cfg)
     else:

@@ -33,9 +33,16 @@ def test_sam_steps_match_independent_computation(tmp_path, tiny_corpus, adaptive
     assert isinstance(tm.optim, SAM)
     batches = [token_batch(tiny_corpus, 4, offset=i) for i in range(2)]
     ref_w, ref_losses, ref_pert = reference_steps(
-        tm.model, batches, lr=2e-3, betas=(0.9, 0.95), wd=0.1,
-        rho=rho, adaptive=adaptive, clip=0.5, eps_adam=1e-4,
-    )  # fmt: skip
+        tm.model,
+        batches,
+        lr=2e-3,
+        betas=(0.9, 0.95),
+        wd=0.1,
+        rho=rho,
+        adaptive=adaptive,
+        clip=0.5,
+        eps_adam=1e-4,
+    )
 
     for step, ids in enumerate(batches, start=1):
         trainer.global_step = step
@@ -47,9 +54,7 @@ def test_sam_steps_match_independent_computation(tmp_path, tiny_corpus, adaptive
         assert float(metrics["sam/perturbed CE loss"]) == pytest.approx(ref_pert[step - 1], abs=1e-5)
         assert float(metrics["sam/ascent"]) == 1.0
 
-    worst = max(
-        float((p.detach().double() - ref_w[n]).abs().max()) for n, p in tm.model.named_parameters()
-    )
+    worst = max(float((p.detach().double() - ref_w[n]).abs().max()) for n, p in tm.model.named_parameters())
     assert worst < 1e-6, f"max |w - w_ref| = {worst}"
     # the perturbation was really undone: the base optimizer stepped from w, not w + eps
     assert not tm.optim.is_perturbed
@@ -61,18 +66,14 @@ def test_rho_zero_is_adamw_bit_for_bit(tmp_path, tiny_corpus):
         tiny_corpus, tmp_path / "sam0", SAMConfig(base=adamw(), rho=0.0), max_steps=5, max_grad_norm=1.0
     )
     ta, ts = run_experiment(a), run_experiment(s)
-    for (na, pa), (ns, ps) in zip(
-        ta.train_module.model.named_parameters(), ts.train_module.model.named_parameters()
-    ):
+    for (na, pa), (ns, ps) in zip(ta.train_module.model.named_parameters(), ts.train_module.model.named_parameters()):
         assert na == ns
         assert torch.equal(pa, ps), na
     assert losses(tmp_path / "adamw") == losses(tmp_path / "sam0")
 
 
 def test_interval_does_one_ascent_every_k_steps(tmp_path, tiny_corpus):
-    cfg = tiny_experiment(
-        tiny_corpus, tmp_path / "run", SAMConfig(base=adamw(), interval=3), max_steps=7
-    )
+    cfg = tiny_experiment(tiny_corpus, tmp_path / "run", SAMConfig(base=adamw(), interval=3), max_steps=7)
     trainer = build_trainer(cfg)
     forwards = {}
 

@@ -105,9 +105,7 @@ def _worst(model, ref):
 
 def test_msam_steps_match_the_paper_and_end_at_the_unperturbed_weights(tmp_path, tiny_corpus):
     rho = 0.3
-    trainer, model0, batches = _run_steps(
-        tiny_corpus, tmp_path, SAMConfig(rho=rho, variant="msam"), steps=4
-    )
+    trainer, model0, batches = _run_steps(tiny_corpus, tmp_path, SAMConfig(rho=rho, variant="msam"), steps=4)
     tm = trainer.train_module
     ref_w, ref_losses, ref_w_tilde = reference(model0, batches, variant="msam", rho=rho)
     for step in range(1, 5):
@@ -127,9 +125,7 @@ def test_looksam_steps_match_the_paper(tmp_path, tiny_corpus):
     optim = SAMConfig(rho=rho, variant="looksam", interval=2, looksam_alpha=alpha)
     trainer, model0, batches = _run_steps(tiny_corpus, tmp_path, optim, steps=5)
     tm = trainer.train_module
-    ref_w, ref_losses, _ = reference(
-        model0, batches, variant="looksam", rho=rho, interval=2, alpha=alpha
-    )
+    ref_w, ref_losses, _ = reference(model0, batches, variant="looksam", rho=rho, interval=2, alpha=alpha)
     m = trainer._metrics
     assert [float(m[s]["sam/ascent"]) for s in range(1, 6)] == [0, 1, 0, 1, 0]
     assert [float(m[s]["sam/looksam reuse"]) for s in (1, 3, 5)] == [0.0, 1.0, 1.0]
@@ -157,8 +153,6 @@ def test_variant_options_are_validated(kwargs, match):
 
 
 def test_msam_needs_a_base_with_momentum(tmp_path, tiny_corpus):
-    cfg = tiny_experiment(
-        tiny_corpus, tmp_path / "run", SAMConfig(base=NoOpConfig(), variant="msam")
-    )
+    cfg = tiny_experiment(tiny_corpus, tmp_path / "run", SAMConfig(base=NoOpConfig(), variant="msam"))
     with pytest.raises(OLMoConfigurationError, match="momentum"):
         build_trainer(cfg)

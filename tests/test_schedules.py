@@ -17,11 +17,11 @@ from olmo_core.optim.scheduler import (
 import olmo_sam  # noqa: F401
 from olmo_sam.optim import (
     WSO,
-    check_fits,
     CosineAlpha,
     LinearAlpha,
     Midtrain,
     WSDAlpha,
+    check_fits,
     decay_start,
 )
 

@@ -5,12 +5,12 @@ seed from the same ones."""
 from __future__ import annotations
 
 import torch
-
 from helpers import adamw, tiny_experiment
 
 
 def _initial_weights(corpus, folder, seed):
     from olmo_sam.train import build_experiment  # noqa: F401  (registers the plugin)
+
     cfg = tiny_experiment(corpus, folder, adamw(), seed=seed)
     assert cfg.model.init_seed == seed
     model = cfg.model.build(init_device="cpu")
@@ -42,8 +42,11 @@ def test_a_study_seed_reaches_the_model_init_once():
         "pretrain": {"size": "micro", "lr": 3e-3, "seeds": [0, 1, 2], "steps": 2},
         "arms": [{"name": "adamw", "optimizer": "adamw"}, {"name": "sam", "optimizer": "sam", "rho": 0.01}],
     }
-    data = {"train": ["train.npy"], "val": ["val.npy"],
-            "tokenizer": {"vocab_size": 384, "eos_token_id": 0, "pad_token_id": 1}}  # fmt: skip
+    data = {
+        "train": ["train.npy"],
+        "val": ["val.npy"],
+        "tokenizer": {"vocab_size": 384, "eos_token_id": 0, "pad_token_id": 1},
+    }
     jobs = [j for j in build_plan(parse_study(study)).jobs if j.stage == "pretrain"]
     assert len(jobs) == 6
     for job in jobs:

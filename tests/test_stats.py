@@ -67,7 +67,9 @@ def test_pairing_resolves_what_unpaired_seeds_cannot():
     half = t.ppf(0.975, df) * math.sqrt(va + vb)
     assert not unpaired.paired and unpaired.n_seeds == 3
     assert unpaired.estimate == pytest.approx(paired.estimate)
-    assert unpaired.ci_low == pytest.approx(unpaired.estimate - half) and unpaired.ci_high == pytest.approx(unpaired.estimate + half)
+    assert unpaired.ci_low == pytest.approx(unpaired.estimate - half) and unpaired.ci_high == pytest.approx(
+        unpaired.estimate + half
+    )
     assert not unpaired.significant  # the seed spread swamps the 0.05 difference
     assert paired.ci_high - paired.ci_low < (unpaired.ci_high - unpaired.ci_low) / 20
 
@@ -111,7 +113,13 @@ def test_bootstrap_from_ten_seeds_is_kept_and_deterministic():
     u1, u2 = compare_seeds(a, ref, BOOT), compare_seeds(a, ref, BOOT)
     assert u1 == u2 and not u1.paired and u1.method == "bootstrap"
     # resampled means stay within the extremes of each arm
-    assert min(a.values()) - max(ref.values()) <= u1.ci_low < u1.estimate < u1.ci_high <= max(a.values()) - min(ref.values())
+    assert (
+        min(a.values()) - max(ref.values())
+        <= u1.ci_low
+        < u1.estimate
+        < u1.ci_high
+        <= max(a.values()) - min(ref.values())
+    )
 
 
 def test_coverage_at_three_seeds_t_holds_and_bootstrap_does_not():
@@ -249,9 +257,14 @@ def test_mean_interval_t_by_hand():
     assert mean_interval([1.0]) == (1.0, None, None)
 
 
-@pytest.mark.parametrize("kw, field", [({"method": "z"}, "unknown interval method"),
-                                       ({"confidence": 1.5}, "analysis.confidence"),
-                                       ({"n_boot": "many"}, "analysis.n_boot")])  # fmt: skip
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        ({"method": "z"}, "unknown interval method"),
+        ({"confidence": 1.5}, "analysis.confidence"),
+        ({"n_boot": "many"}, "analysis.n_boot"),
+    ],
+)
 def test_bad_interval_settings_name_the_field(kw, field):
     with pytest.raises(OLMoConfigurationError, match=field):
         IntervalSpec(**kw)

@@ -45,10 +45,22 @@ def test_paper_scale_dry_run_lists_the_right_jobs(tmp_path):
 def test_dry_run_cli_runs_nothing(tmp_path):
     out = tmp_path / "dry"
     proc = subprocess.run(
-        [sys.executable, "-m", "olmo_sam.cli", "study", "run", str(ROOT / "recipes/studies/olmo2-1b.yaml"),
-         "--dry-run", "--allow-missing-data", "--out", str(out)],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "olmo_sam.cli",
+            "study",
+            "run",
+            str(ROOT / "recipes/studies/olmo2-1b.yaml"),
+            "--dry-run",
+            "--allow-missing-data",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "finetune      12 jobs, 160 runs" in proc.stdout  # 2 arms x 4 datasets x 20 LRs (Table 3)
     assert "torch.distributed.run --nproc-per-node 8" in proc.stdout
@@ -94,8 +106,12 @@ def test_bad_study_files_fail_before_compute(tmp_path, change, match):
 def test_bad_study_file_cli_error_names_the_problem(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**BASE, "stages": ["pretrain", "distill"]}))
-    proc = subprocess.run([sys.executable, "-m", "olmo_sam.cli", "study", "run", str(bad)], capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "olmo_sam.cli", "study", "run", str(bad)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert proc.returncode == 1
     assert "unknown stage(s) ['distill']" in proc.stderr
 
@@ -103,8 +119,15 @@ def test_bad_study_file_cli_error_names_the_problem(tmp_path):
 SMALL = {
     "name": "resume",
     "data": {"demo": {"vocab_size": 512, "books": ["carroll-alice", "shakespeare-macbeth"]}},
-    "pretrain": {"size": "tiny", "steps": 16, "lr": 3e-3, "batch_size": 4, "seq_len": 64, "warmup": 2,
-                 "checkpoint_interval": 4},
+    "pretrain": {
+        "size": "tiny",
+        "steps": 16,
+        "lr": 3e-3,
+        "batch_size": 4,
+        "seq_len": 64,
+        "warmup": 2,
+        "checkpoint_interval": 4,
+    },
     "arms": [
         {"name": "adamw", "optimizer": "adamw", "schedule": "cosine"},
         {"name": "sam-anneal", "optimizer": "sam-anneal", "schedule": "wsd", "decay_fraction": 0.25},
@@ -112,7 +135,7 @@ SMALL = {
     "pt_eval": {"max_sequences": 16},
     "executor": {"kind": "local", "jobs": 1},
     "stages": ["data", "pretrain", "pt_eval", "analysis", "report"],
-}  # fmt: skip
+}
 
 
 def _study_cmd(path, out):
@@ -135,8 +158,13 @@ def test_killed_study_resumes_to_the_same_results(tmp_path):
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
 
     # kill the whole study (executor and its workers) while the second pretraining run is in progress
-    proc = subprocess.Popen(_study_cmd(reused, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=_env(), start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        _study_cmd(reused, killed),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+        start_new_session=True,
+    )
     target = killed / "pretrain" / "sam-anneal" / "run" / "step4"
     deadline = time.time() + 600
     while not (target / "model_and_optim" / ".metadata").exists():

@@ -28,10 +28,12 @@ STUDY = {
         "common": {"max_steps": 6, "batch_size": 4, "ft_val_max_sequences": 16},
         "prepare": {"max_documents": 120},
     },
-    "benchmarks": {"offline": {"tasks": ["arc_challenge", "winogrande"], "limit": 8, "quant": [None, "nf4"]},
-                   "finetuned": True},
+    "benchmarks": {
+        "offline": {"tasks": ["arc_challenge", "winogrande"], "limit": 8, "quant": [None, "nf4"]},
+        "finetuned": True,
+    },
     "executor": {"kind": "local", "jobs": 2},
-}  # fmt: skip
+}
 
 
 def test_cfs_and_benchmarks_join_the_chain(tmp_path):
@@ -39,12 +41,17 @@ def test_cfs_and_benchmarks_join_the_chain(tmp_path):
     spec.write_text(yaml.safe_dump(STUDY))
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "olmo_sam.cli", "study", "run", str(spec), "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=1500)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "olmo_sam.cli", "study", "run", str(spec), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
-    from olmo_sam.finetune.records import ResultStore
     from olmo_sam.finetune.data import read_meta
+    from olmo_sam.finetune.records import ResultStore
 
     recs = ResultStore(out / "finetune" / "sam-anneal_demo-music" / "results.jsonl").records()
     by_method = {r.method: r for r in recs}

@@ -17,11 +17,19 @@ pytestmark = pytest.mark.slow
 STUDY = {
     "name": "executors",
     "data": {"demo": {"vocab_size": 512, "books": ["carroll-alice"]}},
-    "pretrain": {"size": "tiny", "steps": 6, "lr": 3e-3, "batch_size": 4, "seq_len": 64, "warmup": 1, "micro_batch_size": 2},
+    "pretrain": {
+        "size": "tiny",
+        "steps": 6,
+        "lr": 3e-3,
+        "batch_size": 4,
+        "seq_len": 64,
+        "warmup": 1,
+        "micro_batch_size": 2,
+    },
     "arms": [{"name": "sam", "optimizer": "sam", "schedule": "cosine"}],
     "pt_eval": {"max_sequences": 8},
     "stages": ["data", "pretrain", "pt_eval"],
-}  # fmt: skip
+}
 
 
 def _run(tmp_path, name, executor, extra=()):
@@ -32,8 +40,13 @@ def _run(tmp_path, name, executor, extra=()):
     path.write_text(yaml.safe_dump(spec))
     out = tmp_path / name
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "olmo_sam.cli", "study", "run", str(path), "--out", str(out), *extra],
-                          capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "olmo_sam.cli", "study", "run", str(path), "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
     return out
 

@@ -11,25 +11,56 @@ import statistics
 from pathlib import Path
 
 import pytest
+import study_synth
 import yaml
 from scipy import stats as sps
 
-import study_synth
 from olmo_sam.study.analysis import analyse_study
 from olmo_sam.study.hypotheses import holm
 from olmo_sam.study.report import write_report
 from olmo_sam.study.spec import parse_study
 
-FORGETS_LESS = {"name": "sam-forgets-less", "quantity": "matched_forgetting", "arm": "sam", "reference": "adamw",
-                "budget": 100, "dataset": "code", "direction": "less", "test": "paired_t"}  # fmt: skip
-GROWS = {"name": "benefit-grows", "quantity": "matched_forgetting", "arm": "sam", "reference": "adamw",
-         "budgets": [10, 100], "dataset": "code", "direction": "less", "test": "interaction"}  # fmt: skip
+FORGETS_LESS = {
+    "name": "sam-forgets-less",
+    "quantity": "matched_forgetting",
+    "arm": "sam",
+    "reference": "adamw",
+    "budget": 100,
+    "dataset": "code",
+    "direction": "less",
+    "test": "paired_t",
+}
+GROWS = {
+    "name": "benefit-grows",
+    "quantity": "matched_forgetting",
+    "arm": "sam",
+    "reference": "adamw",
+    "budgets": [10, 100],
+    "dataset": "code",
+    "direction": "less",
+    "test": "interaction",
+}
 #: sam's base loss is 0.04 above adamw's at every seed: identical paired differences
-IDENTICAL = {"name": "sam-base-higher", "quantity": "l_pt", "arm": "sam", "reference": "adamw", "budget": 10,
-             "direction": "greater", "test": "paired_t"}  # fmt: skip
+IDENTICAL = {
+    "name": "sam-base-higher",
+    "quantity": "l_pt",
+    "arm": "sam",
+    "reference": "adamw",
+    "budget": 10,
+    "direction": "greater",
+    "test": "paired_t",
+}
 #: sam forgets less at 10 tokens/param too: registered the other way
-WRONG_WAY = {"name": "sam-forgets-more", "quantity": "matched_forgetting", "arm": "sam", "reference": "adamw",
-             "budget": 10, "dataset": "code", "direction": "greater", "test": "paired_t"}  # fmt: skip
+WRONG_WAY = {
+    "name": "sam-forgets-more",
+    "quantity": "matched_forgetting",
+    "arm": "sam",
+    "reference": "adamw",
+    "budget": 10,
+    "dataset": "code",
+    "direction": "greater",
+    "test": "paired_t",
+}
 
 BASE = {
     "name": "h",
@@ -65,18 +96,23 @@ def _ok(**over):
         ([_ok(budget=None)], r"hypotheses\[0\]\.budget: required for test paired_t"),
         ([_ok(budget=800)], r"hypotheses\[0\]\.budget: arm 'sam' has no base at 800 tokens/param"),
         ([_ok(test="interaction")], r"hypotheses\[0\]\.budget: an interaction compares two budgets"),
-        ([_ok(test="interaction", budget=None, budgets=[100, 10])], r"hypotheses\[0\]\.budgets: give \[shortest, longest\]"),
+        (
+            [_ok(test="interaction", budget=None, budgets=[100, 10])],
+            r"hypotheses\[0\]\.budgets: give \[shortest, longest\]",
+        ),
         ([_ok(dataset=None)], r"hypotheses\[0\]\.dataset: quantity matched_forgetting is measured per dataset"),
         ([_ok(dataset="demo-music")], r"hypotheses\[0\]\.dataset: 'demo-music' is not in finetune.datasets"),
         ([_ok(quantity="trace")], r"hypotheses\[0\]\.dataset: quantity trace has no dataset; drop it"),
-        ([_ok(quantity="quant_degradation", dataset=None, setting="nf4")],
-         r"hypotheses\[0\]\.quantity: quant_degradation is measured by the 'quantize' stage"),
+        (
+            [_ok(quantity="quant_degradation", dataset=None, setting="nf4")],
+            r"hypotheses\[0\]\.quantity: quant_degradation is measured by the 'quantize' stage",
+        ),
         ([_ok(reference="sam")], r"hypotheses\[0\]\.reference: the same arm as 'arm'"),
         ([_ok(), _ok()], r"hypotheses: duplicate hypothesis name\(s\) \['sam-forgets-less'\]"),
         ([_ok(tail="one")], r"hypotheses\[0\]: unknown key\(s\) \['tail'\]"),
         ([_ok(name=None)], r"hypotheses\[0\]\.name: required"),
     ],
-)  # fmt: skip
+)
 def test_bad_hypotheses_name_the_entry_and_field(hyps, match):
     from olmo_core.exceptions import OLMoConfigurationError
 
@@ -117,12 +153,17 @@ def test_hypotheses_open_the_summary_and_match_a_hand_computation(synth):
     r = h["sam-forgets-less"]
     assert r["primary"] is True and r["n_seeds"] == 3 and r["seeds"] == [0, 1, 2]
     assert r["estimate"] == pytest.approx(statistics.fmean(d), rel=1e-12)
-    assert (r["ci_low"], r["ci_high"]) == pytest.approx((statistics.fmean(d) - half, statistics.fmean(d) + half), rel=1e-9)
-    assert r["p_value"] == pytest.approx(sps.ttest_rel([f[("sam", 100.0, x)] for x in seeds],
-                                                      [f[("adamw", 100.0, x)] for x in seeds]).pvalue, rel=1e-9)  # fmt: skip
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx(
+        (statistics.fmean(d) - half, statistics.fmean(d) + half), rel=1e-9
+    )
+    assert r["p_value"] == pytest.approx(
+        sps.ttest_rel([f[("sam", 100.0, x)] for x in seeds], [f[("adamw", 100.0, x)] for x in seeds]).pvalue, rel=1e-9
+    )
     assert r["mde"] is not None and r["mde"] > 0
     # interaction: (sam - adamw at 100) - (sam - adamw at 10), paired by seed
-    dd = [(f[("sam", 100.0, x)] - f[("adamw", 100.0, x)]) - (f[("sam", 10.0, x)] - f[("adamw", 10.0, x)]) for x in seeds]
+    dd = [
+        (f[("sam", 100.0, x)] - f[("adamw", 100.0, x)]) - (f[("sam", 10.0, x)] - f[("adamw", 10.0, x)]) for x in seeds
+    ]
     g = h["benefit-grows"]
     assert g["test"] == "interaction" and g["budgets_tpp"] == [10.0, 100.0]
     assert g["estimate"] == pytest.approx(statistics.fmean(dd), rel=1e-9) and g["estimate"] < 0
@@ -211,10 +252,14 @@ def test_an_edited_hypothesis_is_refused_once_results_exist(tmp_path):
         edited = {k: v for k, v in d.items() if k != "hypotheses"}
         path.write_text(yaml.safe_dump(edited if hyps is None else dict(edited, hypotheses=hyps)))
         for rerun in (False, True):
-            with pytest.raises(OLMoConfigurationError, match=r"hypotheses: pre-registered when the study in .* first "
-                                                             r"ran, and results exist there; they changed: .*new output directory"):  # fmt: skip
-                start_study(str(path), out=str(out), stages=["data"], rerun=rerun, progress=False,
-                            echo=lambda *a, **k: None)  # fmt: skip
+            with pytest.raises(
+                OLMoConfigurationError,
+                match=r"hypotheses: pre-registered when the study in .* first "
+                r"ran, and results exist there; they changed: .*new output directory",
+            ):
+                start_study(
+                    str(path), out=str(out), stages=["data"], rerun=rerun, progress=False, echo=lambda *a, **k: None
+                )
             assert (out / "study.json").read_text() == recorded, what
     with pytest.raises(OLMoConfigurationError, match=r"'sam-forgets-less' \(direction\)"):
         path.write_text(yaml.safe_dump(dict(d, hypotheses=[_ok(direction="greater")])))
@@ -244,8 +289,12 @@ def test_cpu_study_plans_adamw_wsd_and_its_primary_hypotheses(tmp_path):
     arms = {a.name: a for a in study.arms}
     assert arms["sam-anneal"].reference == "adamw-wsd" and arms["sam"].reference is None
     wsd = [j for j in plan.jobs if j.stage == "pretrain" and j.params["arm"] == "adamw-wsd"]
-    assert len(wsd) == 2 * 5 and all(j.params["settings"]["schedule"] == "wsd" and j.params["settings"]["optimizer"] == "adamw"
-                                     and j.params["settings"]["decay_fraction"] == 0.1 for j in wsd)  # fmt: skip
+    assert len(wsd) == 2 * 5 and all(
+        j.params["settings"]["schedule"] == "wsd"
+        and j.params["settings"]["optimizer"] == "adamw"
+        and j.params["settings"]["decay_fraction"] == 0.1
+        for j in wsd
+    )
     assert {j.params["budget_tpp"] for j in wsd} == {10, 800}
     # the repetition control: the switch and its reference at 800 tokens/param on a quarter of the corpus
     quarter = [j for j in plan.jobs if j.stage == "pretrain" and j.params.get("data_fraction") == 0.25]
@@ -264,7 +313,9 @@ def test_cpu_study_plans_adamw_wsd_and_its_primary_hypotheses(tmp_path):
 def test_every_study_with_a_switch_arm_has_adamw_on_its_schedule():
     from olmo_sam.study.spec import load_study
 
-    files = sorted((ROOT / "recipes" / "studies").glob("*.yaml")) + sorted((ROOT / "olmo_sam" / "study" / "files").glob("*.yaml"))
+    files = sorted((ROOT / "recipes" / "studies").glob("*.yaml")) + sorted(
+        (ROOT / "olmo_sam" / "study" / "files").glob("*.yaml")
+    )
     for path in files:
         study = load_study(path)
         for arm in study.arms:
@@ -301,22 +352,33 @@ def test_sam_variants_are_arms(tmp_path):
         if j.stage == "pretrain" and j.params["seed"] == 0:
             cfg, _ = build_run(j, run_spec(j, _placeholder_data(study), "<out>", check_paths=False))
             optim = cfg.train_module.optim
-            got[j.params["arm"]] = (type(optim).__name__, getattr(optim, "variant", None), getattr(optim, "interval", None))
-    assert got == {"adamw": ("AdamWConfig", None, None), "sam": ("SAMConfig", "sam", 1),
-                   "msam": ("SAMConfig", "msam", 1), "looksam": ("SAMConfig", "looksam", 5)}  # fmt: skip
+            got[j.params["arm"]] = (
+                type(optim).__name__,
+                getattr(optim, "variant", None),
+                getattr(optim, "interval", None),
+            )
+    assert got == {
+        "adamw": ("AdamWConfig", None, None),
+        "sam": ("SAMConfig", "sam", 1),
+        "msam": ("SAMConfig", "msam", 1),
+        "looksam": ("SAMConfig", "looksam", 5),
+    }
     assert study.arms[2].reference == "sam"
 
 
 @pytest.mark.parametrize(
     "arm, match",
     [
-        ({"name": "x", "optimizer": "adamw", "variant": "msam"}, r"arms\[4\]\.variant: variant/interval choose the SAM update"),
+        (
+            {"name": "x", "optimizer": "adamw", "variant": "msam"},
+            r"arms\[4\]\.variant: variant/interval choose the SAM update",
+        ),
         ({"name": "x", "optimizer": "sam", "variant": "lookahead"}, r"arms\[4\]\.variant: .*lookahead"),
         ({"name": "x", "optimizer": "sam", "variant": "looksam", "interval": 0}, r"arms\[4\]\.interval: "),
         ({"name": "x", "optimizer": "sam", "reference": "lion"}, r"arms\[4\]\.reference: no arm 'lion'"),
         ({"name": "x", "optimizer": "sam", "reference": "x"}, r"arms\[4\]\.reference: the name of another arm"),
     ],
-)  # fmt: skip
+)
 def test_bad_variant_or_reference_names_the_arm_field(tmp_path, arm, match):
     from olmo_core.exceptions import OLMoConfigurationError
 
@@ -336,13 +398,24 @@ def test_data_fraction_arm_is_planned_and_cuts_the_token_files(tmp_path):
     from olmo_sam.study.jobs import data_fraction
     from olmo_sam.study.plan import build_plan
 
-    arms = [{"name": "adamw", "optimizer": "adamw"},
-            {"name": "adamw-quarter", "optimizer": "adamw", "data_fraction": 0.25, "budgets_tpp": [100],
-             "reference": "adamw"}]  # fmt: skip
+    arms = [
+        {"name": "adamw", "optimizer": "adamw"},
+        {
+            "name": "adamw-quarter",
+            "optimizer": "adamw",
+            "data_fraction": 0.25,
+            "budgets_tpp": [100],
+            "reference": "adamw",
+        },
+    ]
     plan = build_plan(parse_study(dict(VARIANTS, arms=arms, out_dir=str(tmp_path / "never"))))
     pre = {j.params["unit"]: j.params for j in plan.jobs if j.stage == "pretrain"}
     assert {u: p.get("data_fraction") for u, p in pre.items()} == {
-        "adamw-s0": None, "adamw-s1": None, "adamw-quarter-s0": 0.25, "adamw-quarter-s1": 0.25}
+        "adamw-s0": None,
+        "adamw-s1": None,
+        "adamw-quarter-s0": 0.25,
+        "adamw-quarter-s1": 0.25,
+    }
     assert all("data_fraction" not in p for u, p in pre.items() if u.startswith("adamw-s"))  # old plans unchanged
     # the cut: the first quarter of every training file, bytes equal to the source's head
     src = [tmp_path / "a.npy", tmp_path / "b.npy"]
@@ -373,13 +446,25 @@ def test_quarter_corpus_arm_trains_on_a_quarter(tmp_path):
     corpus and four times the epochs of the full-corpus arm at the same budget."""
     from olmo_sam.study.cli import start_study
 
-    study = {"name": "q", "out_dir": str(tmp_path / "out"),
-             "data": {"demo": {"vocab_size": 300, "books": ["carroll-alice"]}},
-             "pretrain": {"size": "micro", "lr": 3e-3, "batch_size": 16, "seq_len": 64, "eval_interval": 0,
-                          "budgets_tpp": [1]},
-             "arms": [{"name": "adamw", "optimizer": "adamw"},
-                      {"name": "adamw-quarter", "optimizer": "adamw", "data_fraction": 0.25}],
-             "executor": {"kind": "local", "jobs": 1}, "stages": ["data", "pretrain"]}  # fmt: skip
+    study = {
+        "name": "q",
+        "out_dir": str(tmp_path / "out"),
+        "data": {"demo": {"vocab_size": 300, "books": ["carroll-alice"]}},
+        "pretrain": {
+            "size": "micro",
+            "lr": 3e-3,
+            "batch_size": 16,
+            "seq_len": 64,
+            "eval_interval": 0,
+            "budgets_tpp": [1],
+        },
+        "arms": [
+            {"name": "adamw", "optimizer": "adamw"},
+            {"name": "adamw-quarter", "optimizer": "adamw", "data_fraction": 0.25},
+        ],
+        "executor": {"kind": "local", "jobs": 1},
+        "stages": ["data", "pretrain"],
+    }
     path = tmp_path / "q.yaml"
     path.write_text(yaml.safe_dump(study))
     plan = start_study(str(path), progress=False, echo=lambda *a, **k: None)

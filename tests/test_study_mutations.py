@@ -86,9 +86,7 @@ class _Dumper(yaml.SafeDumper):
     pass
 
 
-_Dumper.add_representer(
-    _DupKey, lambda d, m: d.represent_mapping("tag:yaml.org,2002:map", [*dict(m).items(), m.dup])
-)
+_Dumper.add_representer(_DupKey, lambda d, m: d.represent_mapping("tag:yaml.org,2002:map", [*dict(m).items(), m.dup]))
 
 
 def _wrong_type(value: Any) -> Any:
@@ -210,9 +208,14 @@ def test_every_node_of_every_study_file_broken_in_turn(tmp_path):
 
 
 _values = st.one_of(
-    st.integers(-10**6, 10**6), st.floats(allow_nan=False, allow_infinity=True), st.booleans(), st.none(),
-    st.text(max_size=6), st.lists(st.integers(-3, 3), max_size=3), st.dictionaries(st.sampled_from(["a", "lr"]), st.integers(), max_size=1),
-)  # fmt: skip
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=False, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=6),
+    st.lists(st.integers(-3, 3), max_size=3),
+    st.dictionaries(st.sampled_from(["a", "lr"]), st.integers(), max_size=1),
+)
 
 
 def test_random_values_at_random_places(tmp_path_factory):
@@ -283,20 +286,39 @@ SECTION_CASES = [
     ("benchmarks.offline", {"limit": 0}, "benchmarks.offline.limit: must be a whole number >= 1", "0"),
     ("benchmarks.offline", {"quant": ["nf5"]}, "benchmarks.offline.quant[0]: choose one of", "nf5"),
     ("data.demo.books", [], "data.demo.books: the list is empty", "at least one"),
-    ("data.demo.books", "austen-persuasion", "data.demo.books: expected a non-empty list of book names", "'austen-persuasion'"),
+    (
+        "data.demo.books",
+        "austen-persuasion",
+        "data.demo.books: expected a non-empty list of book names",
+        "'austen-persuasion'",
+    ),
     ("data.demo.vocab_size", 100, "data.demo.vocab_size: must be a whole number >= 258", "BPE"),
     ("pretrain.lr", -3e-3, "pretrain.lr: must be a number >= 0", "-0.003"),
     ("pretrain.eval_interval", -1, "pretrain.eval_interval: must be a whole number >= 0", "-1"),
     ("pretrain.batch_size", -16, "pretrain.batch_size: must be a whole number >= 1", "-16"),
-    ("pretrain.micro_batch_size", 6, "pretrain.batch_size: 16 is not divisible by pretrain.micro_batch_size 6", "(arm 'adamw')"),  # noqa: E501
-    ("pretrain", {**SMALL["pretrain"], "steps": None, "tokens": 16 * 10**6, "seq_len": 10**6},
-     "pretrain.tokens: the run is only 1 step(s)", "pretrain.seq_len 1000000"),
+    (
+        "pretrain.micro_batch_size",
+        6,
+        "pretrain.batch_size: 16 is not divisible by pretrain.micro_batch_size 6",
+        "(arm 'adamw')",
+    ),  # noqa: E501
+    (
+        "pretrain",
+        {**SMALL["pretrain"], "steps": None, "tokens": 16 * 10**6, "seq_len": 10**6},
+        "pretrain.tokens: the run is only 1 step(s)",
+        "pretrain.seq_len 1000000",
+    ),
     ("finetune.lrs", [1e-3, 1e-3], "finetune.lrs[1]: duplicate entry 0.001 (also finetune.lrs[0])", "once"),
     ("pretrain.seeds", [0, 1, 0], "pretrain.seeds[2]: duplicate entry 0 (also pretrain.seeds[0])", "once"),
     ("finetune.lrs[0]", -1e-3, "finetune.lrs[0]: a learning rate must be a number > 0", "-0.001"),
     ("stages", "all", "stages: expected a list", "'all'"),
     ("stages", ["data", "finetune", "cfs", "analysis"], "stages: the 'cfs' stage needs the 'export' stage", "add it"),
-    ("stages", ["data", "pretrain", "export", "finetune"], "stages: the 'finetune' stage needs the 'cfs' stage", "add it"),
+    (
+        "stages",
+        ["data", "pretrain", "export", "finetune"],
+        "stages: the 'finetune' stage needs the 'cfs' stage",
+        "add it",
+    ),
     ("executor.reuse_processes", "no", "executor.reuse_processes: expected true or false", "'no'"),
     ("quick", 1, "quick: expected true or false", "1"),
     ("name", 7, "name: expected a string", "7"),
@@ -363,16 +385,22 @@ def test_recipe_configs_are_read_by_the_same_strict_reader(tmp_path):
 
     f = tmp_path / "exp.yaml"
     f.write_text("run_name: a\nrun_name: b\n")
-    with pytest.raises(OLMoConfigurationError, match=r"exp\.yaml, line 2, column 1: not valid YAML: duplicate key 'run_name' \(first at line 1\)"):
+    with pytest.raises(
+        OLMoConfigurationError,
+        match=r"exp\.yaml, line 2, column 1: not valid YAML: duplicate key 'run_name' \(first at line 1\)",
+    ):
         load_config(ExperimentConfig, f)
 
 
-@pytest.mark.parametrize("extra, start", [
-    ({"analysis": {"seed": -1}}, "analysis.seed: the bootstrap seed is a whole number >= 0"),
-    ({"out_dir": " "}, "out_dir: give a directory"),
-    ({"benchmarks": {"finetuned": "yes"}}, "benchmarks.finetuned: expected true or false, got 'yes'"),
-    ({"benchmarks": {"offline": {"tasks": "arc"}}}, "benchmarks.offline.tasks: expected a list of strings"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra, start",
+    [
+        ({"analysis": {"seed": -1}}, "analysis.seed: the bootstrap seed is a whole number >= 0"),
+        ({"out_dir": " "}, "out_dir: give a directory"),
+        ({"benchmarks": {"finetuned": "yes"}}, "benchmarks.finetuned: expected true or false, got 'yes'"),
+        ({"benchmarks": {"offline": {"tasks": "arc"}}}, "benchmarks.offline.tasks: expected a list of strings"),
+    ],
+)
 def test_top_level_values_and_small_sections(tmp_path, extra, start):
     msg = _refusal({**SMALL, **extra}, tmp_path)
     assert msg.startswith(start), msg

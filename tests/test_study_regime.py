@@ -14,8 +14,8 @@ from olmo_sam import paper
 from olmo_sam.demo import demo_study_path
 from olmo_sam.models import model_config, param_counts
 from olmo_sam.recipes.pretrain import PretrainSpec, build_pretrain
-from olmo_sam.study.bases import BaseRecord
 from olmo_sam.seeds import DATA_SEED, INIT_SEED
+from olmo_sam.study.bases import BaseRecord
 from olmo_sam.study.plan import build_plan
 from olmo_sam.study.spec import StudyError, load_study, parse_study
 
@@ -63,9 +63,14 @@ def test_seeds_and_budgets_expand_into_one_base_per_arm_budget_seed(tmp_path):
 
 
 def test_an_arm_may_have_its_own_budgets_and_one_seed_keeps_plain_names():
-    data = {**GRID, "pretrain": {"size": "micro", "lr": 3e-3, "budgets_tpp": [10, 100]},
-            "arms": [{"name": "adamw", "optimizer": "adamw"},
-                     {"name": "wso", "optimizer": "adamw", "schedule": "wso", "budgets_tpp": [800]}]}  # fmt: skip
+    data = {
+        **GRID,
+        "pretrain": {"size": "micro", "lr": 3e-3, "budgets_tpp": [10, 100]},
+        "arms": [
+            {"name": "adamw", "optimizer": "adamw"},
+            {"name": "wso", "optimizer": "adamw", "schedule": "wso", "budgets_tpp": [800]},
+        ],
+    }
     units = [j.params["unit"] for j in build_plan(parse_study(data)).jobs if j.stage == "pretrain"]
     assert units == ["adamw@10tpp", "adamw@100tpp", "wso"]  # one budget, one seed: the arm's name
     one = {**GRID, "pretrain": {"size": "micro", "lr": 3e-3, "steps": 5}}
@@ -93,8 +98,11 @@ def test_an_arm_may_have_its_own_budgets_and_one_seed_keeps_plain_names():
     ],
 )
 def test_bad_seed_and_budget_grids_fail_at_parse_time(pretrain, arm, match):
-    data = {**GRID, "pretrain": {"size": "micro", "lr": 3e-3, **pretrain},
-            "arms": [{"name": "a", "optimizer": "adamw", **arm}]}  # fmt: skip
+    data = {
+        **GRID,
+        "pretrain": {"size": "micro", "lr": 3e-3, **pretrain},
+        "arms": [{"name": "a", "optimizer": "adamw", **arm}],
+    }
     with pytest.raises(StudyError, match=match):
         build_plan(parse_study(data))
 
@@ -109,8 +117,16 @@ def count_from_module(model) -> dict:
 def test_tokens_per_param_counts_total_parameters_of_the_built_model():
     tok = _micro_tokenizer()
     cfg, resolved = build_pretrain(
-        PretrainSpec(size="micro", tokens_per_param=100, lr=3e-3, batch_size=64, seq_len=128, tokenizer=tok,
-                     train_paths=["x.npy"], check_paths=False)  # fmt: skip
+        PretrainSpec(
+            size="micro",
+            tokens_per_param=100,
+            lr=3e-3,
+            batch_size=64,
+            seq_len=128,
+            tokenizer=tok,
+            train_paths=["x.npy"],
+            check_paths=False,
+        )
     )
     counts = count_from_module(cfg.model.build(init_device="cpu"))  # independent of the config's arithmetic
     assert counts["total"] == resolved["params_total"] == param_counts(model_config("micro", vocab_size=384)).total
@@ -131,10 +147,22 @@ def test_tokens_per_param_counts_total_parameters_of_the_built_model():
 def test_base_metadata_reaches_the_plan_and_analysis(tmp_path):
     plan = build_plan(parse_study({**GRID, "out_dir": str(tmp_path)}))
     job = next(j for j in plan.jobs if j.id == "pretrain/sam@100tpp-s2")
-    assert plan.unit_meta("sam@100tpp-s2") == {"unit": "sam@100tpp-s2", "arm": "sam", "seed": 2, "budget": None,
-                                              "budget_tpp": 100}  # fmt: skip
-    resolved = {"tokens": 4_120_000, "steps": 503, "params_total": 41_120, "params_non_embedding": 28_832,
-                "tpp_total": 4_120_000 / 41_120, "tpp_non_embedding": 4_120_000 / 28_832, "budget_tpp": 100.19}  # fmt: skip
+    assert plan.unit_meta("sam@100tpp-s2") == {
+        "unit": "sam@100tpp-s2",
+        "arm": "sam",
+        "seed": 2,
+        "budget": None,
+        "budget_tpp": 100,
+    }
+    resolved = {
+        "tokens": 4_120_000,
+        "steps": 503,
+        "params_total": 41_120,
+        "params_non_embedding": 28_832,
+        "tpp_total": 4_120_000 / 41_120,
+        "tpp_non_embedding": 4_120_000 / 28_832,
+        "budget_tpp": 100.19,
+    }
     data = {"train_tokens": 2_060_000, "description": "demo corpus"}
     meta = BaseRecord.measure(job.params, resolved, data).to_dict()
     assert meta["budget_tpp"] == 100  # the planned budget names the group; tpp_total is the measured one

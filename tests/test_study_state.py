@@ -33,7 +33,7 @@ STUDY = {
     "arms": [{"name": "adamw", "optimizer": "adamw", "schedule": "cosine"}],
     "executor": {"kind": "local", "jobs": 1},
     "stages": ["data", "pretrain"],
-}  # fmt: skip
+}
 
 
 def _env():
@@ -59,8 +59,14 @@ def test_lock_interrupt_progress_and_edited_study(tmp_path):
     _decoy(cwd)
     spec, out = tmp_path / "study.yaml", tmp_path / "out"
     spec.write_text(yaml.safe_dump(STUDY))
-    proc = subprocess.Popen(_cli("study", "run", spec, "--out", out), cwd=cwd, env=_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        _cli("study", "run", spec, "--out", out),
+        cwd=cwd,
+        env=_env(),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         _interrupt_checks(proc, spec, out, cwd)
     finally:
@@ -79,8 +85,9 @@ def _interrupt_checks(proc, spec, out, cwd):
     # the data job ran the planning package's code, not the decoy in its current directory
     assert (out / "data" / "data" / "done.json").exists()
 
-    second = subprocess.run(_cli("study", "run", spec, "--out", out), cwd=cwd, env=_env(), capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
+    second = subprocess.run(
+        _cli("study", "run", spec, "--out", out), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert second.returncode == 1, second.stderr
     assert f"is in use by another 'olmo-sam study run' (pid {proc.pid})" in second.stderr
     assert "Traceback" not in second.stderr
@@ -109,8 +116,9 @@ def _interrupt_checks(proc, spec, out, cwd):
     edited = dict(STUDY, data={"demo": {"vocab_size": 640, "books": ["carroll-alice"]}})
     spec.write_text(yaml.safe_dump(edited))
     before = (out / "study.json").read_text(), (out / "manifest.json").read_text()
-    again = subprocess.run(_cli("study", "run", spec, "--out", out), cwd=cwd, env=_env(), capture_output=True,
-                           text=True, timeout=300)  # fmt: skip
+    again = subprocess.run(
+        _cli("study", "run", spec, "--out", out), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 1, again.stderr
     msg = " ".join(again.stderr.split())
     assert "changed: data.demo.vocab_size" in msg and "finished jobs made with the old values: data" in msg
@@ -123,35 +131,55 @@ def test_failed_job_is_marked_failed_and_a_stale_lock_is_taken_over(tmp_path):
     by a dead process does not block the next run."""
     (tmp_path / "train.npy").write_bytes(b"\0" * 64)
     (tmp_path / "tok").mkdir()  # exists (so the plan accepts it) but holds no tokenizer
-    spec = {"name": "fails", "data": {"train": [str(tmp_path / "train.npy")], "val": [str(tmp_path / "train.npy")],
-                                      "tokenizer": str(tmp_path / "tok")},
-            "arms": [{"name": "a", "optimizer": "adamw", "size": "tiny", "steps": 4, "lr": 1e-3}],
-            "stages": ["data"], "executor": {"kind": "local", "jobs": 1}}  # fmt: skip
+    spec = {
+        "name": "fails",
+        "data": {
+            "train": [str(tmp_path / "train.npy")],
+            "val": [str(tmp_path / "train.npy")],
+            "tokenizer": str(tmp_path / "tok"),
+        },
+        "arms": [{"name": "a", "optimizer": "adamw", "size": "tiny", "steps": 4, "lr": 1e-3}],
+        "stages": ["data"],
+        "executor": {"kind": "local", "jobs": 1},
+    }
     path, out = tmp_path / "s.yaml", tmp_path / "out"
     path.write_text(yaml.safe_dump(spec))
     out.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (out / LOCK_FILE).write_text(f"{dead.pid}\n")
-    proc = subprocess.run(_cli("study", "run", path, "--out", out), env=_env(), capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        _cli("study", "run", path, "--out", out), env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert re.search(r"^\[\d\d:\d\d:\d\d\] FAILED data  \d+:\d\d  exit 1, log .*log\.txt  \(1/1 jobs, 1 failed\)$",
-                     proc.stdout, re.M), proc.stdout  # fmt: skip
+    assert re.search(
+        r"^\[\d\d:\d\d:\d\d\] FAILED data  \d+:\d\d  exit 1, log .*log\.txt  \(1/1 jobs, 1 failed\)$", proc.stdout, re.M
+    ), proc.stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["jobs"]["data"]["status"] == "failed (exit 1)" and manifest["state"] == "failed"
     assert not (out / "data" / "done.json").exists()
 
 
 def test_lock_names_the_holder(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-                               "from olmo_sam.study.state import out_dir_lock\n"
-                               "with out_dir_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n"
-                               "    time.sleep(60)\n", str(tmp_path)],
-                              env=_env(), stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom pathlib import Path\n"
+            "from olmo_sam.study.state import out_dir_lock\n"
+            "with out_dir_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n"
+            "    time.sleep(60)\n",
+            str(tmp_path),
+        ],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(StudyError, match=rf"in use by another 'olmo-sam demo' \(pid {holder.pid}\); .*kill {holder.pid}"):
+        with pytest.raises(
+            StudyError, match=rf"in use by another 'olmo-sam demo' \(pid {holder.pid}\); .*kill {holder.pid}"
+        ):
             with out_dir_lock(tmp_path, "demo"):
                 pass
     finally:

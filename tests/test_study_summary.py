@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
-
 import study_synth
+
 from olmo_sam.analysis.findings import FINDING_FIELDS
 from olmo_sam.study.analysis import analyse_study, base_of
 from olmo_sam.study.bases import BaseRecord
@@ -35,12 +35,22 @@ def test_summary_findings_have_the_schema(study):
     assert s["interval"]["method"] == "t" and s["interval"]["confidence"] == 0.95
     assert s["seeds_per_arm_and_budget"] == 3
     assert sorted(b["budget_tpp"] for b in s["budgets"]) == [10.0, 100.0]
-    assert len(s["bases"]) == 12 and all({"arm", "seed", "budget_tpp", "budget_tpp_non_embedding", "tokens",
-                                          "params_total", "params_non_embedding"} <= set(b) for b in s["bases"].values())  # fmt: skip
+    assert len(s["bases"]) == 12 and all(
+        {"arm", "seed", "budget_tpp", "budget_tpp_non_embedding", "tokens", "params_total", "params_non_embedding"}
+        <= set(b)
+        for b in s["bases"].values()
+    )
     assert s["bases"]["sam@100tpp-s2"]["seed"] == 2 and s["bases"]["sam@100tpp-s2"]["arm"] == "sam"
     quantities = {f["quantity"] for f in s["findings"]}
-    assert quantities == {"l_pt", "matched_forgetting", "fig5_pt_loss", "quant_degradation", "noise_increase",
-                          "trace", "lambda_max"}  # fmt: skip
+    assert quantities == {
+        "l_pt",
+        "matched_forgetting",
+        "fig5_pt_loss",
+        "quant_degradation",
+        "noise_increase",
+        "trace",
+        "lambda_max",
+    }
     for f in s["findings"]:
         assert set(FINDING_FIELDS) <= set(f), f["id"]
         assert f["arms"] == ["sam", "adamw"] and f["n_seeds"] == 3 and f["paired"]
@@ -109,8 +119,14 @@ def test_report_renders_the_summary(study):
 def test_a_base_record_is_read_as_it_was_written():
     """One record type for a base: the writer's fields are the reader's; an incomplete result is
     an error naming the job (no fallbacks)."""
-    run = {"tokens": 1000, "steps": 10, "params_total": 100, "params_non_embedding": 40, "tpp_total": 10.0,
-           "tpp_non_embedding": 25.0}  # fmt: skip
+    run = {
+        "tokens": 1000,
+        "steps": 10,
+        "params_total": 100,
+        "params_non_embedding": 40,
+        "tpp_total": 10.0,
+        "tpp_non_embedding": 25.0,
+    }
     written = BaseRecord.measure({"arm": "wso", "seed": 2, "budget_tpp": 800}, run, {"train_tokens": 500})
     result = {"checkpoint": "x", **written.to_dict()}
     read = BaseRecord.from_result(json.loads(json.dumps(result)), "pretrain/wso")
@@ -139,7 +155,9 @@ def test_one_seed_study_findings_claim_nothing(tmp_path):
 
 def test_analysis_options_are_checked():
     base = {"name": "x", "data": {"demo": {}}, "arms": [{"name": "a", "optimizer": "adamw"}]}  # a study needs arms
-    assert parse_study({**base, "analysis": {"interval": "bootstrap", "n_boot": 500}}).analysis["interval"] == "bootstrap"
+    assert (
+        parse_study({**base, "analysis": {"interval": "bootstrap", "n_boot": 500}}).analysis["interval"] == "bootstrap"
+    )
     with pytest.raises(StudyError, match="analysis: unknown key"):
         parse_study({**base, "analysis": {"method": "t"}})
     with pytest.raises(Exception, match="unknown interval method"):
@@ -172,7 +190,10 @@ def test_grid_edge_bases_are_flagged_left_out_and_q_values_counted(tmp_path):
     assert {u for u, e in edge.items() if e} == {"sam@100tpp-s1", "sam@10tpp-s0", "sam@10tpp-s1", "sam@10tpp-s2"}
     assert {u: b["grid_edge"]["code"] for u, b in s["bases"].items()} == edge
     rows = {r["unit"]: r for r in s["finetune"]["matched_rows"]}
-    assert rows["sam@100tpp-s1"]["matched_lr"] == min(study_synth.LRS) and rows["sam@100tpp-s1"]["l_ft"] < rows["sam@100tpp-s1"]["tau"]
+    assert (
+        rows["sam@100tpp-s1"]["matched_lr"] == min(study_synth.LRS)
+        and rows["sam@100tpp-s1"]["l_ft"] < rows["sam@100tpp-s1"]["tau"]
+    )
     for q in ("matched_forgetting", "fig5_pt_loss"):
         f100 = [f for f in s["findings"] if f["quantity"] == q and f["budget_tpp"] == 100.0][0]
         assert f100["n_seeds"] == 2 and f100["grid_edge_seeds"] == [1] and "not measurable on this grid" in f100["text"]
@@ -181,10 +202,16 @@ def test_grid_edge_bases_are_flagged_left_out_and_q_values_counted(tmp_path):
         assert not f10["measurable"] and f10["estimate"] is None and "not measurable on this grid" in f10["text"]
         vals = seed_values(s["finetune"]["matched_rows"], q)
         assert set(vals[("sam", 100.0, "code")]) == {0, 2} and ("sam", 10.0, "code") not in vals
-        assert set(seed_values(s["finetune"]["matched_rows"], q, include_grid_edge=True)[("sam", 100.0, "code")]) == {0, 1, 2}
+        assert set(seed_values(s["finetune"]["matched_rows"], q, include_grid_edge=True)[("sam", 100.0, "code")]) == {
+            0,
+            1,
+            2,
+        }
         # the Fig 5 quantity is the matched row's retained PT loss; forgetting subtracts the base's own
         key = "l_pt" if q == "fig5_pt_loss" else "forgetting"
-        assert vals[("adamw", 100.0, "code")] == {r["seed"]: r[key] for r in rows.values() if r["arm"] == "adamw" and r["budget_tpp"] == 100.0}
+        assert vals[("adamw", 100.0, "code")] == {
+            r["seed"]: r[key] for r in rows.values() if r["arm"] == "adamw" and r["budget_tpp"] == 100.0
+        }
     # every finding is in one BH family, and the report says how many comparisons were made
     m = s["multiplicity"]
     assert m["comparisons"] == len(s["findings"]) and all(f["comparisons"] == m["comparisons"] for f in s["findings"])
@@ -209,8 +236,14 @@ def test_interpolated_matching_is_a_study_option(tmp_path):
     assert inter and all(r["l_ft"] == pytest.approx(tau) for r in inter)
     assert all("log-LR interpolation" in f["text"] for f in s["findings"] if f["section"] == "finetune")
     with pytest.raises(StudyError, match="analysis.matching"):
-        parse_study({"name": "x", "data": {"demo": {}}, "arms": [{"name": "a", "optimizer": "adamw"}],
-                     "analysis": {"matching": "closest"}})  # fmt: skip
+        parse_study(
+            {
+                "name": "x",
+                "data": {"demo": {}},
+                "arms": [{"name": "a", "optimizer": "adamw"}],
+                "analysis": {"matching": "closest"},
+            }
+        )
 
 
 def test_sensitivity_taus_by_hand():
@@ -219,8 +252,11 @@ def test_sensitivity_taus_by_hand():
     from olmo_sam.analysis.forgetting import group_curves
     from olmo_sam.study.analysis import sensitivity_taus
 
-    recs = [record(f"{b}{i}", 3.0 + i, ft, base=b) for b, fts in (("x", (1.5, 1.1)), ("y", (1.6, 1.3)))
-            for i, ft in enumerate(fts)]  # fmt: skip
+    recs = [
+        record(f"{b}{i}", 3.0 + i, ft, base=b)
+        for b, fts in (("x", (1.5, 1.1)), ("y", (1.6, 1.3)))
+        for i, ft in enumerate(fts)
+    ]
     cs = group_curves(recs)["d"]
     assert sensitivity_taus(cs, ["x"]) == pytest.approx({"study": 1.3, "compared": 1.1, "looser": 1.5})
     assert sensitivity_taus(cs) == pytest.approx({"study": 1.3, "compared": 1.3, "looser": 1.3 * 1.02})

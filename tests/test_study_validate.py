@@ -26,7 +26,7 @@ BASE = {
     ],
     "probes": {"quantize": {"quant": ["nf4"]}, "noise": {"gammas": [0.01], "seeds": [0]}, "hessian": {"probes": 2}},
     "finetune": {"datasets": ["demo-code"], "lrs": [1e-3], "methods": ["ft"], "common": {"max_steps": 4}},
-}  # fmt: skip
+}
 
 
 def _set(data, path, value):
@@ -74,8 +74,10 @@ def test_bad_value_fails_at_dry_run_naming_the_field(tmp_path, path, value, fix)
 
 
 def test_missing_data_paths_and_arms(tmp_path):
-    data = {**copy.deepcopy(BASE), "data": {"train": [str(tmp_path / "train.npy")], "val": [str(tmp_path / "val.npy")],
-                                           "tokenizer": "dolma2"}}  # fmt: skip
+    data = {
+        **copy.deepcopy(BASE),
+        "data": {"train": [str(tmp_path / "train.npy")], "val": [str(tmp_path / "val.npy")], "tokenizer": "dolma2"},
+    }
     (tmp_path / "train.npy").write_bytes(b"")
     with pytest.raises(StudyError, match=r"^data\.val\[0\]: token file not found: .*val\.npy; fix the path"):
         start_study(parse_study(data), dry_run=True, echo=lambda *a: None)
@@ -101,9 +103,11 @@ def test_cli_dry_run_refuses_bad_values_and_launchers(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(bad_data))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    script = ("import sys\nfrom olmo_sam.cli import main\nfor argv in sys.argv[1:]:\n"
-              "    try:\n        main(argv.split('|'), standalone_mode=True)\n    except SystemExit as e:\n"
-              "        print(f'EXIT {e.code}', file=sys.stderr, flush=True)\n")  # fmt: skip
+    script = (
+        "import sys\nfrom olmo_sam.cli import main\nfor argv in sys.argv[1:]:\n"
+        "    try:\n        main(argv.split('|'), standalone_mode=True)\n    except SystemExit as e:\n"
+        "        print(f'EXIT {e.code}', file=sys.stderr, flush=True)\n"
+    )
     out = str(tmp_path / "o")
     cases = [
         f"study|run|{bad}|--dry-run|--out|{out}",

@@ -31,9 +31,7 @@ def _switch_run(corpus, folder, switch, scheduler=None, steps=8, optim=None):
 def test_switch_at_decay_phase_keeps_adamw_before_and_state_after(tmp_path, tiny_corpus):
     sched = WSDAlpha(warmup=2, decay_fraction=0.25)  # 8 steps: decay over the last 2
     trainer = run_experiment(_switch_run(tiny_corpus, tmp_path / "sw", SAMSwitchCallback(), sched))
-    plain = tiny_experiment(
-        tiny_corpus, tmp_path / "adamw", adamw(), max_steps=8, max_grad_norm=1.0, scheduler=sched
-    )
+    plain = tiny_experiment(tiny_corpus, tmp_path / "adamw", adamw(), max_steps=8, max_grad_norm=1.0, scheduler=sched)
     run_experiment(plain)
 
     m = read_metrics(tmp_path / "sw")

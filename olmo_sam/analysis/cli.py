@@ -14,11 +14,11 @@ from typing import Dict, List, Optional, Sequence
 import click
 from olmo_core.exceptions import OLMoConfigurationError
 
-from ..output import json_text
-from .forgetting import Curve, compare, group_curves, matched_pt_view
 from ..finetune.records import FTRecord, ResultStore
-from .report import Report, compare_report, frontier_report, matched_pt_report
+from ..output import json_text
 from ..preflight import out_dir_callback
+from .forgetting import Curve, compare, group_curves, matched_pt_view
+from .report import Report, compare_report, frontier_report, matched_pt_report
 
 __all__ = ["forgetting"]
 
@@ -54,16 +54,36 @@ def _selection(f):
         click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False)),
         click.option("--dataset", "datasets", multiple=True, help="Only this dataset (repeatable)."),
         click.option("--method", "methods", multiple=True, help="Only this fine-tuning method (repeatable)."),
-        click.option("--base", "bases", multiple=True, help="Only this base checkpoint: label, path or label@dirname (repeatable)."),
+        click.option(
+            "--base",
+            "bases",
+            multiple=True,
+            help="Only this base checkpoint: label, path or label@dirname (repeatable).",
+        ),
         click.option("--pool-methods", is_flag=True, help="One tradeoff set per base, pooling all methods."),
-        click.option("--split-by", multiple=True, metavar="HPARAM",
-                     help="Split each set by this hparams key, e.g. ewc_lambda (repeatable)."),
-        click.option("--out", callback=out_dir_callback, type=click.Path(file_okay=False), default=None,
-                     help="Write tables (.md, .csv, .json) and a plot into this folder."),
-        click.option("--format", "fmt", type=click.Choice(PLOT_FORMATS), default="png", show_default=True,
-                     help="Plot file format."),
+        click.option(
+            "--split-by",
+            multiple=True,
+            metavar="HPARAM",
+            help="Split each set by this hparams key, e.g. ewc_lambda (repeatable).",
+        ),
+        click.option(
+            "--out",
+            callback=out_dir_callback,
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Write tables (.md, .csv, .json) and a plot into this folder.",
+        ),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(PLOT_FORMATS),
+            default="png",
+            show_default=True,
+            help="Plot file format.",
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a Markdown table."),
-    ]  # fmt: skip
+    ]
     for opt in reversed(options):
         f = opt(f)
     return f
@@ -71,15 +91,26 @@ def _selection(f):
 
 def _threshold(f):
     options = [
-        click.option("--tau", "taus", multiple=True, metavar="[DATASET=]LOSS",
-                     help="Fine-tuning-loss threshold instead of tau = max_i L_min(i) "
-                          "([SAM-PT] Eq. 10): LOSS for every dataset, or DATASET=LOSS (repeatable)."),
-        click.option("--strict", is_flag=True,
-                     help="Use L_FT < tau (Fig 5 footnote) instead of L_FT <= tau (App C.4); needs --tau."),
-        click.option("--interpolate", is_flag=True,
-                     help="Interpolate L_PT linearly along the frontier at L_FT = tau (an estimate; "
-                          "not the paper's definition)."),
-    ]  # fmt: skip
+        click.option(
+            "--tau",
+            "taus",
+            multiple=True,
+            metavar="[DATASET=]LOSS",
+            help="Fine-tuning-loss threshold instead of tau = max_i L_min(i) "
+            "([SAM-PT] Eq. 10): LOSS for every dataset, or DATASET=LOSS (repeatable).",
+        ),
+        click.option(
+            "--strict",
+            is_flag=True,
+            help="Use L_FT < tau (Fig 5 footnote) instead of L_FT <= tau (App C.4); needs --tau.",
+        ),
+        click.option(
+            "--interpolate",
+            is_flag=True,
+            help="Interpolate L_PT linearly along the frontier at L_FT = tau (an estimate; "
+            "not the paper's definition).",
+        ),
+    ]
     for opt in reversed(options):
         f = opt(f)
     return f
@@ -111,8 +142,7 @@ def _parse_taus(values: Sequence[str], datasets: Sequence[str]) -> Dict[str, Opt
             raise click.BadParameter(f"'{v}' has an empty dataset name", param_hint="--tau")
         if not sep:
             if every is not None:
-                raise click.BadParameter("give one bare LOSS at most; use DATASET=LOSS for several",
-                                         param_hint="--tau")  # fmt: skip
+                raise click.BadParameter("give one bare LOSS at most; use DATASET=LOSS for several", param_hint="--tau")
             every = x
         elif name not in out:
             raise click.BadParameter(
@@ -168,8 +198,7 @@ def frontier_cmd(results, datasets, methods, bases, pool_methods, split_by, out,
     def go():
         curves = _curves(results, datasets, methods, bases, pool_methods, split_by)
         report = frontier_report(curves)
-        _emit(report, out, as_json,
-              lambda d: plot_frontiers(curves, d / f"frontier.{fmt}", annotate_lr=annotate_lr))  # fmt: skip
+        _emit(report, out, as_json, lambda d: plot_frontiers(curves, d / f"frontier.{fmt}", annotate_lr=annotate_lr))
 
     _run(go)
 
@@ -177,11 +206,29 @@ def frontier_cmd(results, datasets, methods, bases, pool_methods, split_by, out,
 @forgetting.command("compare", short_help="Forgetting at matched L_FT, % less forgetting (App C.4).")
 @_selection
 @_threshold
-@click.option("--reference", default=None, metavar="CURVE",
-              help="Curve the others are compared with (e.g. adamw); default: first by label.")  # fmt: skip
+@click.option(
+    "--reference",
+    default=None,
+    metavar="CURVE",
+    help="Curve the others are compared with (e.g. adamw); default: first by label.",
+)
 @click.option("--annotate-lr", is_flag=True, help="Write each frontier run's learning rate on the plot.")
-def compare_cmd(results, datasets, methods, bases, pool_methods, split_by, out, fmt, as_json, taus,
-                strict, interpolate, reference, annotate_lr):  # fmt: skip
+def compare_cmd(
+    results,
+    datasets,
+    methods,
+    bases,
+    pool_methods,
+    split_by,
+    out,
+    fmt,
+    as_json,
+    taus,
+    strict,
+    interpolate,
+    reference,
+    annotate_lr,
+):
     """Forgetting at a matched fine-tuning loss and "% less forgetting" (App C.4)."""
     from .plots import plot_frontiers
 
@@ -194,9 +241,12 @@ def compare_cmd(results, datasets, methods, bases, pool_methods, split_by, out, 
         }
         report = compare_report(comps, curves)
         matched = {ds: c.matched for ds, c in comps.items()}
-        _emit(report, out, as_json,
-              lambda d: plot_frontiers(curves, d / f"compare.{fmt}", matched=matched,
-                                       annotate_lr=annotate_lr))  # fmt: skip
+        _emit(
+            report,
+            out,
+            as_json,
+            lambda d: plot_frontiers(curves, d / f"compare.{fmt}", matched=matched, annotate_lr=annotate_lr),
+        )
 
     _run(go)
 
@@ -204,20 +254,17 @@ def compare_cmd(results, datasets, methods, bases, pool_methods, split_by, out, 
 @forgetting.command("matched-pt", short_help="Min PT loss at matched L_FT vs base PT loss (Fig 5).")
 @_selection
 @_threshold
-def matched_pt_cmd(results, datasets, methods, bases, pool_methods, split_by, out, fmt, as_json, taus,
-                   strict, interpolate):  # fmt: skip
+def matched_pt_cmd(
+    results, datasets, methods, bases, pool_methods, split_by, out, fmt, as_json, taus, strict, interpolate
+):
     """Minimum PT loss at a matched fine-tuning loss vs the base model's PT loss (Fig 5)."""
     from .plots import plot_matched_pt
 
     def go():
         curves = _curves(results, datasets, methods, bases, pool_methods, split_by)
         tau = _parse_taus(taus, list(curves))
-        views = {
-            ds: matched_pt_view(cs, tau[ds], strict=strict, interpolate=interpolate)
-            for ds, cs in curves.items()
-        }
+        views = {ds: matched_pt_view(cs, tau[ds], strict=strict, interpolate=interpolate) for ds, cs in curves.items()}
         report = matched_pt_report(views, curves)
         _emit(report, out, as_json, lambda d: plot_matched_pt(views, d / f"matched_pt.{fmt}"))
 
     _run(go)
-

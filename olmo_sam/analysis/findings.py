@@ -50,29 +50,81 @@ class Quantity:
 QUANTITIES: Dict[str, Quantity] = {
     q.key: q
     for q in (
-        Quantity("l_pt", "pretraining validation loss", "reaches a lower (better) loss", "reaches a higher (worse) loss"),
-        Quantity("matched_forgetting", "PT-loss increase at matched fine-tuning loss ([SAM-PT] App C.4)",
-                 "forgets less", "forgets more", percent_noun="forgetting"),
-        Quantity("fig5_pt_loss", "PT loss after fine-tuning to L_FT <= tau ([SAM-PT] Sec 3.2 fn 1, Fig 5)",
-                 "ends fine-tuning at a lower PT loss", "ends fine-tuning at a higher PT loss"),
-        Quantity("quant_degradation", "PT-loss increase from quantization ([SAM-PT] Fig 8a)",
-                 "degrades less", "degrades more", percent_noun="degradation"),
-        Quantity("noise_increase", "PT-loss increase under Gaussian weight noise ([SAM-PT] Eq. 7, Fig 6d)",
-                 "degrades less", "degrades more", percent_noun="degradation"),
+        Quantity(
+            "l_pt", "pretraining validation loss", "reaches a lower (better) loss", "reaches a higher (worse) loss"
+        ),
+        Quantity(
+            "matched_forgetting",
+            "PT-loss increase at matched fine-tuning loss ([SAM-PT] App C.4)",
+            "forgets less",
+            "forgets more",
+            percent_noun="forgetting",
+        ),
+        Quantity(
+            "fig5_pt_loss",
+            "PT loss after fine-tuning to L_FT <= tau ([SAM-PT] Sec 3.2 fn 1, Fig 5)",
+            "ends fine-tuning at a lower PT loss",
+            "ends fine-tuning at a higher PT loss",
+        ),
+        Quantity(
+            "quant_degradation",
+            "PT-loss increase from quantization ([SAM-PT] Fig 8a)",
+            "degrades less",
+            "degrades more",
+            percent_noun="degradation",
+        ),
+        Quantity(
+            "noise_increase",
+            "PT-loss increase under Gaussian weight noise ([SAM-PT] Eq. 7, Fig 6d)",
+            "degrades less",
+            "degrades more",
+            percent_noun="degradation",
+        ),
         Quantity("trace", "Hessian trace tr(H) (Hutchinson, [SAM-PT] Fig 12)", "is flatter", "is sharper", unit=""),
-        Quantity("lambda_max", "top Hessian eigenvalue lambda_max (power iteration)", "is flatter", "is sharper",
-                 unit=""),
+        Quantity(
+            "lambda_max", "top Hessian eigenvalue lambda_max (power iteration)", "is flatter", "is sharper", unit=""
+        ),
     )
-}  # fmt: skip
+}
 
 #: the fields of every finding record in ``summary.json`` (tests check them)
 FINDING_FIELDS = (
-    "id", "section", "quantity", "quantity_label", "arms", "arm", "reference", "dataset", "setting",
-    "budget_tpp", "budget_tpp_non_embedding", "tokens", "estimate", "ci_low", "ci_high", "n_seeds",
-    "paired", "significant", "arm_mean", "reference_mean", "percent", "percent_ci_low",
-    "percent_ci_high", "method", "confidence", "unit", "context", "text",
-    "p_value", "q_value", "mde", "identical", "resolved", "measurable", "note",
-)  # fmt: skip
+    "id",
+    "section",
+    "quantity",
+    "quantity_label",
+    "arms",
+    "arm",
+    "reference",
+    "dataset",
+    "setting",
+    "budget_tpp",
+    "budget_tpp_non_embedding",
+    "tokens",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "n_seeds",
+    "paired",
+    "significant",
+    "arm_mean",
+    "reference_mean",
+    "percent",
+    "percent_ci_low",
+    "percent_ci_high",
+    "method",
+    "confidence",
+    "unit",
+    "context",
+    "text",
+    "p_value",
+    "q_value",
+    "mde",
+    "identical",
+    "resolved",
+    "measurable",
+    "note",
+)
 
 
 def num(x: Optional[float]) -> str:
@@ -138,18 +190,23 @@ def finding_text(f: Mapping[str, Any]) -> str:
     head = " at ".join(w for w in (f.get("context") or q.label, budget_text(f)) if w)
     arm, ref = f["arm"], f["reference"]
     if f.get("measurable") is False:
-        return (f"{head}: no difference resolved at this scale between {arm} and {ref}: not measurable on this "
-                f"grid ({f.get('unmeasurable_reason') or 'no seed left'}).")  # fmt: skip
+        return (
+            f"{head}: no difference resolved at this scale between {arm} and {ref}: not measurable on this "
+            f"grid ({f.get('unmeasurable_reason') or 'no seed left'})."
+        )
     unit = f" {q.unit}" if q.unit else ""
     means = f"{arm} {num(f['arm_mean'])} vs {ref} {num(f['reference_mean'])}{unit}"
     conf = f"{100 * f['confidence']:g}% CI"
     if f["ci_low"] is None:
-        return (f"{head}: no difference resolved at this scale between {arm} and {ref} "
-                f"({_seeds(f)}: no {conf}; {means}).")  # fmt: skip
+        return (
+            f"{head}: no difference resolved at this scale between {arm} and {ref} ({_seeds(f)}: no {conf}; {means})."
+        )
     if f.get("identical"):
-        return (f"{head}: {arm} minus {ref} is {_signed(f['estimate'])}{unit} on every seed, identical across "
-                f"seeds: zero variance, no interval and no test; no difference resolved at this scale ({means}); "
-                f"{_seeds(f)}.")  # fmt: skip
+        return (
+            f"{head}: {arm} minus {ref} is {_signed(f['estimate'])}{unit} on every seed, identical across "
+            f"seeds: zero variance, no interval and no test; no difference resolved at this scale ({means}); "
+            f"{_seeds(f)}."
+        )
     ci = f"{conf} {_signed(f['ci_low'])} to {_signed(f['ci_high'])}"
     resolved = _resolved(f)
     pct = ""
@@ -164,14 +221,20 @@ def finding_text(f: Mapping[str, Any]) -> str:
     tests = _tests(f)
     if resolved:
         word = q.less if f["estimate"] < 0 else q.more
-        return (f"{head}: {arm} {word} than {ref}: {means}, difference {_signed(f['estimate'])} "
-                f"({ci}){pct}; {_seeds(f)}{tests}.")  # fmt: skip
+        return (
+            f"{head}: {arm} {word} than {ref}: {means}, difference {_signed(f['estimate'])} "
+            f"({ci}){pct}; {_seeds(f)}{tests}."
+        )
     if f["significant"]:  # the interval excludes zero, but not after the multiplicity correction
-        return (f"{head}: no difference resolved between {arm} and {ref} after the correction for multiple "
-                f"comparisons ({ci} excludes zero before it; difference {_signed(f['estimate'])}; {means}){pct}; "
-                f"{_seeds(f)}{tests}.")  # fmt: skip
-    return (f"{head}: no difference resolved at this scale between {arm} and {ref} ({ci}; difference "
-            f"{_signed(f['estimate'])}; {means}){pct}; {_seeds(f)}{tests}.")  # fmt: skip
+        return (
+            f"{head}: no difference resolved between {arm} and {ref} after the correction for multiple "
+            f"comparisons ({ci} excludes zero before it; difference {_signed(f['estimate'])}; {means}){pct}; "
+            f"{_seeds(f)}{tests}."
+        )
+    return (
+        f"{head}: no difference resolved at this scale between {arm} and {ref} ({ci}; difference "
+        f"{_signed(f['estimate'])}; {means}){pct}; {_seeds(f)}{tests}."
+    )
 
 
 def _render(f: Dict[str, Any]) -> None:
@@ -197,8 +260,8 @@ def adjust_findings(findings: List[Dict[str, Any]]) -> Dict[str, Any]:
         "tested": sum(q is not None for q in qs),
         "resolved": sum(bool(f["resolved"]) for f in secondary),
         "rule": "a secondary finding uses a comparative word only when its interval excludes zero, its seeds "
-                "vary and q < 1 - confidence",
-    }  # fmt: skip
+        "vary and q < 1 - confidence",
+    }
 
 
 def make_finding(
@@ -290,14 +353,31 @@ def unmeasurable_finding(
     if budget.get("budget_tpp") is not None:
         parts.append(f"{budget['budget_tpp']:.4g}tpp")
     f: Dict[str, Any] = {k: None for k in FINDING_FIELDS}
-    f.update({
-        "id": "/".join(p for p in parts if p), "section": section, "quantity": quantity, "quantity_label": q.label,
-        "arms": [arm, reference], "arm": arm, "reference": reference, "dataset": dataset,
-        "budget_tpp": budget.get("budget_tpp"), "budget_tpp_non_embedding": budget.get("budget_tpp_non_embedding"),
-        "tokens": budget.get("tokens"), "n_seeds": 0, "paired": False, "significant": False, "identical": False,
-        "confidence": confidence, "unit": q.unit, "context": context, "measurable": False, "resolved": False,
-        "unmeasurable_reason": reason,
-    })  # fmt: skip
+    f.update(
+        {
+            "id": "/".join(p for p in parts if p),
+            "section": section,
+            "quantity": quantity,
+            "quantity_label": q.label,
+            "arms": [arm, reference],
+            "arm": arm,
+            "reference": reference,
+            "dataset": dataset,
+            "budget_tpp": budget.get("budget_tpp"),
+            "budget_tpp_non_embedding": budget.get("budget_tpp_non_embedding"),
+            "tokens": budget.get("tokens"),
+            "n_seeds": 0,
+            "paired": False,
+            "significant": False,
+            "identical": False,
+            "confidence": confidence,
+            "unit": q.unit,
+            "context": context,
+            "measurable": False,
+            "resolved": False,
+            "unmeasurable_reason": reason,
+        }
+    )
     f.update(extra or {})
     _render(f)
     return f

@@ -78,9 +78,7 @@ class AnalysisError(OLMoConfigurationError):
 class TauNotReached(AnalysisError):
     """Checkpoints with no run at L_FT <= tau (or < tau when strict); names each with its L_min."""
 
-    def __init__(
-        self, tau: float, missing: Sequence[Tuple[str, float]], strict: bool = False, dataset: str = ""
-    ):
+    def __init__(self, tau: float, missing: Sequence[Tuple[str, float]], strict: bool = False, dataset: str = ""):
         self.tau, self.missing, self.strict, self.dataset = tau, list(missing), strict, dataset
         op = "<" if strict else "<="
         where = f" on dataset '{dataset}'" if dataset else ""
@@ -266,9 +264,7 @@ def _check_selection(name: str, wanted: Optional[Sequence[str]], available: Iter
     available = sorted(set(available))
     missing = [w for w in wanted if w not in available]
     if missing:
-        raise AnalysisError(
-            f"{name} {missing} not in the results; available: {', '.join(available) or '(none)'}"
-        )
+        raise AnalysisError(f"{name} {missing} not in the results; available: {', '.join(available) or '(none)'}")
 
 
 def base_label(r: FTRecord) -> str:
@@ -443,9 +439,7 @@ class Retained:
     grid_edge: bool = False
 
 
-def retained_pt_loss(
-    curve: Curve, tau: float, *, strict: bool = False, interpolate: bool = False
-) -> Retained:
+def retained_pt_loss(curve: Curve, tau: float, *, strict: bool = False, interpolate: bool = False) -> Retained:
     """Smallest L_PT over the curve's runs with L_FT <= tau ([SAM-PT] App C.4, after Eq. 10).
 
     The argmin is a frontier point (any run dominating it would also satisfy the constraint): the
@@ -527,9 +521,7 @@ class MatchedSet:
 
     def row(self, name: str) -> MatchedRow:
         """The row of the curve labelled ``name`` (or, failing that, with ``name`` as an alias)."""
-        found = [r for r in self.rows if r.curve.label == name] or [
-            r for r in self.rows if name in r.curve.aliases
-        ]
+        found = [r for r in self.rows if r.curve.label == name] or [r for r in self.rows if name in r.curve.aliases]
         if len(found) == 1:
             return found[0]
         labels = ", ".join(r.curve.label for r in (found or self.rows))

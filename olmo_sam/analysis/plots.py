@@ -7,8 +7,8 @@ backend state) and saved atomically (:func:`olmo_sam.output.save_figure`).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..output import save_figure
@@ -60,8 +60,14 @@ def _legend(fig, axes, extra=(), max_cols: int = 6) -> None:
     if handles:
         longest = max(len(lab) for lab in labels)
         fits = max(1, int(fig.get_figwidth() / (0.5 + 0.065 * longest)))
-        fig.legend([handles[lab] for lab in labels], labels, loc="outside lower center",
-                   ncols=min(len(labels), max_cols, fits), frameon=False, fontsize=8)
+        fig.legend(
+            [handles[lab] for lab in labels],
+            labels,
+            loc="outside lower center",
+            ncols=min(len(labels), max_cols, fits),
+            frameon=False,
+            fontsize=8,
+        )
 
 
 def plot_frontiers(
@@ -87,13 +93,21 @@ def plot_frontiers(
         raise ValueError("nothing to plot: no dataset")
     labels = sorted({c.label for cs in curves.values() for c in cs})
     if arm_of:
-        arms = list(dict.fromkeys(arm_of[c.base_label][0] for cs in curves.values() for c in cs if c.base_label in arm_of))
+        arms = list(
+            dict.fromkeys(arm_of[c.base_label][0] for cs in curves.values() for c in cs if c.base_label in arm_of)
+        )
         budgets = list(dict.fromkeys(v[1] for v in arm_of.values()))
         hue = _colors(arms)
-        color = {c.label: hue[arm_of[c.base_label][0]] if c.base_label in arm_of else "0.5"
-                 for cs in curves.values() for c in cs}  # fmt: skip
-        marker = {c.label: _MARKERS[budgets.index(arm_of[c.base_label][1]) % len(_MARKERS)] if c.base_label in arm_of
-                  else "x" for cs in curves.values() for c in cs}  # fmt: skip
+        color = {
+            c.label: hue[arm_of[c.base_label][0]] if c.base_label in arm_of else "0.5"
+            for cs in curves.values()
+            for c in cs
+        }
+        marker = {
+            c.label: _MARKERS[budgets.index(arm_of[c.base_label][1]) % len(_MARKERS)] if c.base_label in arm_of else "x"
+            for cs in curves.values()
+            for c in cs
+        }
     else:
         color = _colors(labels)
         marker = {lab: "o" for lab in labels}
@@ -102,26 +116,48 @@ def plot_frontiers(
         for c in curves[ds]:
             col = color[c.label]
             fin = [r for r in c.records if math.isfinite(r.l_pt) and math.isfinite(r.l_ft)]
-            ax.scatter([r.l_pt for r in fin], [r.l_ft for r in fin], s=10, color=col, alpha=0.3,
-                       linewidths=0)
+            ax.scatter([r.l_pt for r in fin], [r.l_ft for r in fin], s=10, color=col, alpha=0.3, linewidths=0)
             pts = c.frontier.points
-            ax.plot([p.l_pt for p in pts], [p.l_ft for p in pts], "-", marker=marker[c.label],
-                    ms=3.5, color=col, lw=0.8 if arm_of else 1.5, alpha=0.7 if arm_of else 1.0,
-                    label=None if arm_of else c.label)  # fmt: skip
+            ax.plot(
+                [p.l_pt for p in pts],
+                [p.l_ft for p in pts],
+                "-",
+                marker=marker[c.label],
+                ms=3.5,
+                color=col,
+                lw=0.8 if arm_of else 1.5,
+                alpha=0.7 if arm_of else 1.0,
+                label=None if arm_of else c.label,
+            )
             ax.axvline(c.base_l_pt, color=col, ls=":", lw=0.6 if arm_of else 1, alpha=0.5 if arm_of else 1.0)
             if annotate_lr:
                 for p in pts:
-                    ax.annotate(",".join(f"{lr:.2g}" for lr in p.lrs), (p.l_pt, p.l_ft),
-                                fontsize=6, color=col, xytext=(3, 3), textcoords="offset points")
+                    ax.annotate(
+                        ",".join(f"{lr:.2g}" for lr in p.lrs),
+                        (p.l_pt, p.l_ft),
+                        fontsize=6,
+                        color=col,
+                        xytext=(3, 3),
+                        textcoords="offset points",
+                    )
         if matched and ds in matched:
             m = matched[ds]
             op = "<" if m.strict else "≤"
             ax.axhline(m.tau, color="0.4", ls="--", lw=1, label=None)
-            ax.text(0.99, m.tau, f"τ={m.tau:.3g}", transform=ax.get_yaxis_transform(),
-                    ha="right", va="bottom", fontsize=7, color="0.3")
+            ax.text(
+                0.99,
+                m.tau,
+                f"τ={m.tau:.3g}",
+                transform=ax.get_yaxis_transform(),
+                ha="right",
+                va="bottom",
+                fontsize=7,
+                color="0.3",
+            )
             for row in m.rows:
-                ax.plot([row.retained.l_pt], [row.retained.l_ft], "*", ms=11,
-                        color=color[row.curve.label], mec="k", mew=0.5)
+                ax.plot(
+                    [row.retained.l_pt], [row.retained.l_ft], "*", ms=11, color=color[row.curve.label], mec="k", mew=0.5
+                )
             ax.set_title(f"{ds}  (L_FT {op} τ)", fontsize=10)
         else:
             ax.set_title(ds, fontsize=10)
@@ -135,8 +171,10 @@ def plot_frontiers(
     if arm_of:
         extra += [Line2D([], [], color=hue[a], lw=2, label=a) for a in arms]
         extra.append(Line2D([], [], color="0.5", lw=0.8, label="thin line: one base (seed)"))
-        extra += [Line2D([], [], color="0.3", ls="", marker=_MARKERS[i % len(_MARKERS)], label=b)
-                  for i, b in enumerate(budgets)]  # fmt: skip
+        extra += [
+            Line2D([], [], color="0.3", ls="", marker=_MARKERS[i % len(_MARKERS)], label=b)
+            for i, b in enumerate(budgets)
+        ]
     extra.append(Line2D([], [], color="0.4", ls=":", label="base model L_PT(θ_PT)"))
     if matched:
         extra.append(Line2D([], [], color="0.4", ls="", marker="*", ms=10, label="matched at τ"))
@@ -164,8 +202,7 @@ def plot_matched_pt(
         for arm, rows in v.arms.items():
             xs = [r.curve.base_l_pt for r in rows]
             ys = [r.retained.l_pt for r in rows]
-            ax.plot(xs, ys, "-", marker=_MARKERS[arms.index(arm) % len(_MARKERS)], ms=5,
-                    color=color[arm], label=arm)
+            ax.plot(xs, ys, "-", marker=_MARKERS[arms.index(arm) % len(_MARKERS)], ms=5, color=color[arm], label=arm)
         op = "<" if v.matched.strict else "≤"
         ax.set_title(f"{ds}  (L_FT {op} {v.matched.tau:.3g})", fontsize=10)
         ax.set_xlabel("base model PT loss  L_PT(θ_PT)")
@@ -205,7 +242,12 @@ def _names(panels: Sequence[Panel]) -> List[str]:
 
 
 def plot_bands(
-    panels: Sequence[Panel], path: str | Path, *, title: str, band_label: str = "", ncols: Optional[int] = None,
+    panels: Sequence[Panel],
+    path: str | Path,
+    *,
+    title: str,
+    band_label: str = "",
+    ncols: Optional[int] = None,
     colors: Optional[Mapping[str, object]] = None,
 ) -> Path:
     """Lines with shaded interval bands, one panel per :class:`Panel` (constrained layout, so no
@@ -231,12 +273,25 @@ def plot_bands(
             if not pts:
                 continue
             xs = [q[0] for q in pts]
-            ax.plot(xs, [q[1] for q in pts], "-", marker=_MARKERS[names.index(name) % len(_MARKERS)], ms=4,
-                    color=color[name], label=name)  # fmt: skip
+            ax.plot(
+                xs,
+                [q[1] for q in pts],
+                "-",
+                marker=_MARKERS[names.index(name) % len(_MARKERS)],
+                ms=4,
+                color=color[name],
+                label=name,
+            )
             banded = [q for q in pts if q[2] is not None and q[3] is not None]
             if len(banded) > 1:
-                ax.fill_between([q[0] for q in banded], [q[2] for q in banded], [q[3] for q in banded],
-                                color=color[name], alpha=0.2, linewidth=0)  # fmt: skip
+                ax.fill_between(
+                    [q[0] for q in banded],
+                    [q[2] for q in banded],
+                    [q[3] for q in banded],
+                    color=color[name],
+                    alpha=0.2,
+                    linewidth=0,
+                )
             elif banded:
                 q = banded[0]
                 ax.errorbar([q[0]], [q[1]], yerr=[[q[1] - q[2]], [q[3] - q[1]]], color=color[name], capsize=3)
@@ -254,16 +309,18 @@ def plot_bands(
         ax.set_ylabel(p.ylabel)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    from matplotlib.patches import Patch
-
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     extra = [Patch(color="0.6", alpha=0.4, label=band_label)] if band_label else []
     if seeds_used:
         extra.append(Line2D([], [], color="0.5", lw=0.6, label="one seed"))
     if hollow_used:
-        extra.append(Line2D([], [], color="0.3", ls="", marker="o", mfc="none",
-                            label="matched at the grid's lowest LR (left out)"))  # fmt: skip
+        extra.append(
+            Line2D(
+                [], [], color="0.3", ls="", marker="o", mfc="none", label="matched at the grid's lowest LR (left out)"
+            )
+        )
     _legend(fig, axes, extra)
     return save_figure(fig, path, dpi=130, bbox_inches="tight")
 
@@ -274,8 +331,9 @@ def plot_bars(panels: Sequence[Panel], path: str | Path, *, title: str, band_lab
         raise ValueError("nothing to plot: no panel")
     names = _names(panels)
     color = _colors(names)
-    fig, axes = _figure(len(panels), panel_w=max(3.6, 1.2 + 0.9 * max(len(p.groups) for p in panels) * len(names) ** 0.5),
-                        panel_h=3.4)  # fmt: skip
+    fig, axes = _figure(
+        len(panels), panel_w=max(3.6, 1.2 + 0.9 * max(len(p.groups) for p in panels) * len(names) ** 0.5), panel_h=3.4
+    )
     hatch_used = False
     for ax, p in zip(axes, panels):
         k = max(len(p.series), 1)
@@ -287,8 +345,16 @@ def plot_bars(panels: Sequence[Panel], path: str | Path, *, title: str, band_lab
                 x = j - 0.4 + width * (i + 0.5)
                 hatched = (name, j) in p.hatched
                 hatch_used |= hatched
-                ax.bar([x], [q[1]], width, color=color[name], label=name, hatch="//" if hatched else None,
-                       edgecolor="0.2" if hatched else None, alpha=0.85)  # fmt: skip
+                ax.bar(
+                    [x],
+                    [q[1]],
+                    width,
+                    color=color[name],
+                    label=name,
+                    hatch="//" if hatched else None,
+                    edgecolor="0.2" if hatched else None,
+                    alpha=0.85,
+                )
                 if q[2] is not None and q[3] is not None:
                     ax.errorbar([x], [q[1]], yerr=[[q[1] - q[2]], [q[3] - q[1]]], color="k", capsize=3, lw=1)
         ax.set_xticks(range(len(p.groups)), p.groups, fontsize=8)
@@ -304,7 +370,10 @@ def plot_bars(panels: Sequence[Panel], path: str | Path, *, title: str, band_lab
 
     extra = [Line2D([], [], color="k", marker="|", ls="", ms=10, label=band_label)] if band_label else []
     if hatch_used:
-        extra.append(Patch(facecolor="white", edgecolor="0.2", hatch="//",
-                           label=next(p.hatch_label for p in panels if p.hatched)))  # fmt: skip
+        extra.append(
+            Patch(
+                facecolor="white", edgecolor="0.2", hatch="//", label=next(p.hatch_label for p in panels if p.hatched)
+            )
+        )
     _legend(fig, axes, extra, max_cols=3)
     return save_figure(fig, path, dpi=130, bbox_inches="tight")

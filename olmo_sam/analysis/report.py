@@ -96,19 +96,29 @@ def frontier_report(curves: Mapping[str, Sequence[Curve]]) -> Report:
         for c in cs:
             f = c.frontier
             for p in f.points:
-                rows.append({
-                    "dataset": ds, "curve": c.label, "method": c.key.method or "*",
-                    "base_l_pt": c.base_l_pt, "l_ft": p.l_ft, "l_pt": p.l_pt,
-                    "forgetting": p.l_pt - c.base_l_pt, "lr": _lrs([p]), "run_ids": _run_ids([p]),
-                })  # fmt: skip
-            entries.append({
-                **_curve_meta(c),
-                "n_runs": len(c.records),
-                "l_min": f.points[0].l_ft if f.points else None,
-                "frontier": [_point(p, c.base_l_pt) for p in f.points],
-                "dominated": [r.run_id for r in f.dominated],
-                "non_finite": [r.run_id for r in f.non_finite],
-            })  # fmt: skip
+                rows.append(
+                    {
+                        "dataset": ds,
+                        "curve": c.label,
+                        "method": c.key.method or "*",
+                        "base_l_pt": c.base_l_pt,
+                        "l_ft": p.l_ft,
+                        "l_pt": p.l_pt,
+                        "forgetting": p.l_pt - c.base_l_pt,
+                        "lr": _lrs([p]),
+                        "run_ids": _run_ids([p]),
+                    }
+                )
+            entries.append(
+                {
+                    **_curve_meta(c),
+                    "n_runs": len(c.records),
+                    "l_min": f.points[0].l_ft if f.points else None,
+                    "frontier": [_point(p, c.base_l_pt) for p in f.points],
+                    "dominated": [r.run_id for r in f.dominated],
+                    "non_finite": [r.run_id for r in f.non_finite],
+                }
+            )
         datasets[ds] = entries
     payload = {
         "analysis": "frontier",
@@ -148,8 +158,21 @@ def _matched_meta(m: MatchedSet) -> Dict[str, Any]:
 def compare_report(comparisons: Mapping[str, Comparison], curves: Mapping[str, Sequence[Curve]]) -> Report:
     """[SAM-PT] App C.4: per dataset, tau, each checkpoint's matched PT loss and forgetting, and
     its % less forgetting than the reference."""
-    columns = ["dataset", "tau", "curve", "reference", "base_l_pt", "l_min", "l_ft", "l_pt",
-               "forgetting", "less_forgetting_pct", "grid_edge", "lr", "run_ids"]  # fmt: skip
+    columns = [
+        "dataset",
+        "tau",
+        "curve",
+        "reference",
+        "base_l_pt",
+        "l_min",
+        "l_ft",
+        "l_pt",
+        "forgetting",
+        "less_forgetting_pct",
+        "grid_edge",
+        "lr",
+        "run_ids",
+    ]
     rows, datasets, notes = [], {}, _non_finite_notes(curves)
     for ds, comp in comparisons.items():
         m = comp.matched
@@ -160,14 +183,20 @@ def compare_report(comparisons: Mapping[str, Comparison], curves: Mapping[str, S
             d["reference"] = "yes" if row.curve.label == comp.reference else ""
             d["less_forgetting_pct"] = None if frac is None else 100.0 * frac
             rows.append(d)
-            entries.append({
-                **_curve_meta(row.curve), "l_min": row.l_min, "l_ft": row.retained.l_ft,
-                "l_pt": row.retained.l_pt, "forgetting": row.forgetting, "less_forgetting": frac,
-                "interpolated": row.retained.interpolated, "grid_edge": row.grid_edge,
-                "points": [_point(p, row.curve.base_l_pt) for p in row.retained.points],
-            })  # fmt: skip
-        datasets[ds] = {**_matched_meta(m), "reference": comp.reference, "notes": list(comp.notes),
-                        "curves": entries}  # fmt: skip
+            entries.append(
+                {
+                    **_curve_meta(row.curve),
+                    "l_min": row.l_min,
+                    "l_ft": row.retained.l_ft,
+                    "l_pt": row.retained.l_pt,
+                    "forgetting": row.forgetting,
+                    "less_forgetting": frac,
+                    "interpolated": row.retained.interpolated,
+                    "grid_edge": row.grid_edge,
+                    "points": [_point(p, row.curve.base_l_pt) for p in row.retained.points],
+                }
+            )
+        datasets[ds] = {**_matched_meta(m), "reference": comp.reference, "notes": list(comp.notes), "curves": entries}
         notes += [f"{ds}: {n}" for n in comp.notes]
     payload = {
         "analysis": "compare",
@@ -184,8 +213,19 @@ def compare_report(comparisons: Mapping[str, Comparison], curves: Mapping[str, S
 def matched_pt_report(views: Mapping[str, MatchedPTView], curves: Mapping[str, Sequence[Curve]]) -> Report:
     """[SAM-PT] Fig 5: per dataset and arm, each checkpoint's own PT loss against the minimum PT
     loss it retains at the fine-tuning-loss threshold."""
-    columns = ["dataset", "tau", "arm", "curve", "base_l_pt", "l_ft", "l_pt", "forgetting", "grid_edge",
-               "lr", "run_ids"]  # fmt: skip
+    columns = [
+        "dataset",
+        "tau",
+        "arm",
+        "curve",
+        "base_l_pt",
+        "l_ft",
+        "l_pt",
+        "forgetting",
+        "grid_edge",
+        "lr",
+        "run_ids",
+    ]
     rows, datasets = [], {}
     for ds, v in views.items():
         arms = {}
@@ -193,12 +233,20 @@ def matched_pt_report(views: Mapping[str, MatchedPTView], curves: Mapping[str, S
             for row in arm_rows:
                 rows.append({**_matched_row(v.matched, row), "arm": arm})
             arms[arm] = [
-                {"curve": r.curve.label, "base": r.curve.key.base, "base_l_pt": r.curve.base_l_pt,
-                 "l_min": r.l_min, "l_ft": r.retained.l_ft, "l_pt": r.retained.l_pt,
-                 "forgetting": r.forgetting, "interpolated": r.retained.interpolated,
-                 "grid_edge": r.grid_edge, "run_ids": [rid for p in r.retained.points for rid in p.run_ids]}
+                {
+                    "curve": r.curve.label,
+                    "base": r.curve.key.base,
+                    "base_l_pt": r.curve.base_l_pt,
+                    "l_min": r.l_min,
+                    "l_ft": r.retained.l_ft,
+                    "l_pt": r.retained.l_pt,
+                    "forgetting": r.forgetting,
+                    "interpolated": r.retained.interpolated,
+                    "grid_edge": r.grid_edge,
+                    "run_ids": [rid for p in r.retained.points for rid in p.run_ids],
+                }
                 for r in arm_rows
-            ]  # fmt: skip
+            ]
         datasets[ds] = {**_matched_meta(v.matched), "arms": arms}
     payload = {
         "analysis": "matched-pt",

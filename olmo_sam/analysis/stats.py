@@ -106,17 +106,13 @@ class IntervalSpec:
             try:
                 object.__setattr__(self, name, kind(getattr(self, name)))
             except (TypeError, ValueError):
-                raise OLMoConfigurationError(
-                    f"analysis.{name} must be a number, got {getattr(self, name)!r}"
-                ) from None
+                raise OLMoConfigurationError(f"analysis.{name} must be a number, got {getattr(self, name)!r}") from None
         if self.method not in METHODS:
             raise OLMoConfigurationError(
                 f"analysis.interval: unknown interval method {self.method!r}; choose one of {list(METHODS)}"
             )
         if not 0.5 <= float(self.confidence) < 1.0:
-            raise OLMoConfigurationError(
-                f"analysis.confidence must be in [0.5, 1), e.g. 0.95; got {self.confidence!r}"
-            )
+            raise OLMoConfigurationError(f"analysis.confidence must be in [0.5, 1), e.g. 0.95; got {self.confidence!r}")
         if int(self.n_boot) < 100:
             raise OLMoConfigurationError(f"analysis.n_boot must be >= 100, got {self.n_boot!r}")
 
@@ -209,7 +205,9 @@ def _rng(spec: IntervalSpec):
     return np.random.Generator(np.random.PCG64(spec.seed))
 
 
-def mean_interval(values: Sequence[float], spec: IntervalSpec = IntervalSpec()) -> Tuple[float, Optional[float], Optional[float]]:
+def mean_interval(
+    values: Sequence[float], spec: IntervalSpec = IntervalSpec()
+) -> Tuple[float, Optional[float], Optional[float]]:
     """(mean, low, high) of one arm's values over seeds -- the band of one line in a figure (the
     bootstrap is refused below :data:`MIN_BOOTSTRAP_SEEDS` values: t-interval)."""
     xs = [float(v) for v in values]
@@ -229,9 +227,7 @@ def interval_method(spec: IntervalSpec, n: int) -> Tuple[str, Optional[str]]:
     """(method used, note) for a comparison of ``n`` seeds: the bootstrap is refused below
     :data:`MIN_BOOTSTRAP_SEEDS` and the t-interval used instead, with a note that says so."""
     if spec.method == "bootstrap" and n < MIN_BOOTSTRAP_SEEDS:
-        return "t", (
-            f"Percentile bootstrap refused at {n} seeds (it needs {MIN_BOOTSTRAP_SEEDS}): Student-t interval."
-        )
+        return "t", (f"Percentile bootstrap refused at {n} seeds (it needs {MIN_BOOTSTRAP_SEEDS}): Student-t interval.")
     return spec.method, None
 
 
@@ -295,9 +291,16 @@ def compare_seeds(
         n = len(d)
         est = statistics.fmean(d)
         method, note = interval_method(spec, n)
-        common = dict(n_seeds=n, paired=True, arm_mean=statistics.fmean(a[s] for s in shared),
-                      reference_mean=statistics.fmean(rs), reference_se=_se(rs), method=method,
-                      confidence=conf, note=note)  # fmt: skip
+        common = dict(
+            n_seeds=n,
+            paired=True,
+            arm_mean=statistics.fmean(a[s] for s in shared),
+            reference_mean=statistics.fmean(rs),
+            reference_se=_se(rs),
+            method=method,
+            confidence=conf,
+            note=note,
+        )
         if _constant(d, scale):
             return Difference(est, est, est, identical=True, **common)
         se = _se(d)
@@ -306,15 +309,22 @@ def compare_seeds(
             lo, hi = est - h, est + h
         else:
             lo, hi = _bootstrap_paired(d, spec)
-        return Difference(est, lo, hi, p_value=_p_value(est, se, n - 1),  # type: ignore[arg-type]
-                          mde=min_detectable_effect(se, n - 1, alpha), **common)  # type: ignore[arg-type]
+        return Difference(
+            est,
+            lo,
+            hi,
+            p_value=_p_value(est, se, n - 1),  # type: ignore[arg-type]
+            mde=min_detectable_effect(se, n - 1, alpha),
+            **common,
+        )  # type: ignore[arg-type]
     av, rv = list(a.values()), list(r.values())
     ma, mr = statistics.fmean(av), statistics.fmean(rv)
     est = ma - mr
     n = min(len(av), len(rv))
     method, note = interval_method(spec, n)
-    common = dict(n_seeds=n, paired=False, arm_mean=ma, reference_mean=mr, reference_se=_se(rv),
-                  method=method, confidence=conf)  # fmt: skip
+    common = dict(
+        n_seeds=n, paired=False, arm_mean=ma, reference_mean=mr, reference_se=_se(rv), method=method, confidence=conf
+    )
     if n < 2:
         return Difference(est, None, None, **common)
     common["note"] = note
@@ -328,8 +338,7 @@ def compare_seeds(
         lo, hi = est - h, est + h
     else:
         lo, hi = _bootstrap_unpaired(av, rv, spec)
-    return Difference(est, lo, hi, p_value=_p_value(est, se, df), mde=min_detectable_effect(se, df, alpha),
-                      **common)  # fmt: skip
+    return Difference(est, lo, hi, p_value=_p_value(est, se, df), mde=min_detectable_effect(se, df, alpha), **common)
 
 
 def relative(diff: Difference) -> Optional[Tuple[float, Optional[float], Optional[float]]]:
@@ -346,7 +355,9 @@ def relative(diff: Difference) -> Optional[Tuple[float, Optional[float], Optiona
     return diff.estimate * scale, diff.ci_low * scale, diff.ci_high * scale  # type: ignore[operator]
 
 
-def min_detectable_effect(se: float, df: float, alpha: float = 1 - DEFAULT_CONFIDENCE, power: float = POWER) -> Optional[float]:
+def min_detectable_effect(
+    se: float, df: float, alpha: float = 1 - DEFAULT_CONFIDENCE, power: float = POWER
+) -> Optional[float]:
     """The smallest true difference that a two-sided t-test at level ``alpha`` rejects with
     probability ``power``, for an estimate with standard error ``se`` and ``df`` degrees of freedom.
 

@@ -80,8 +80,13 @@ def main(argv=None) -> int:
         for engine in ("vllm", "hf"):
             job = context_free_job(model, tmp / f"{engine}.jsonl", args.samples, settings, shard_size=args.samples)
             (res,) = run_generation(
-                model, [job], engine=engine, vllm_python=args.vllm_python, dtype="float32",
-                enforce_eager=args.enforce_eager, hf_batch_size=args.hf_batch_size,
+                model,
+                [job],
+                engine=engine,
+                vllm_python=args.vllm_python,
+                dtype="float32",
+                enforce_eager=args.enforce_eager,
+                hf_batch_size=args.hf_batch_size,
             )
             rows[engine] = {
                 "samples": res.samples,
@@ -91,15 +96,21 @@ def main(argv=None) -> int:
                 "engine_start_s": round(res.engine_start_seconds or 0.0, 1),
             }
     ratio = rows["vllm"]["tokens_per_s"] / rows["hf"]["tokens_per_s"]
-    print(f"\nmodel: {args.model_dir or f'random Olmo2 d={args.hidden} L={args.layers}'}; "
-          f"{args.samples} samples x <= {args.max_tokens} tokens, T 1.0, top-p 0.95, float32")
+    print(
+        f"\nmodel: {args.model_dir or f'random Olmo2 d={args.hidden} L={args.layers}'}; "
+        f"{args.samples} samples x <= {args.max_tokens} tokens, T 1.0, top-p 0.95, float32"
+    )
     print("| engine | samples | tokens | generation s | tokens/s | engine start s |")
     print("|---|---|---|---|---|---|")
     for engine, r in rows.items():
-        print(f"| {engine} | {r['samples']} | {r['tokens']} | {r['generation_s']} | {r['tokens_per_s']:,.0f} | {r['engine_start_s']} |")
+        print(
+            f"| {engine} | {r['samples']} | {r['tokens']} | {r['generation_s']} | {r['tokens_per_s']:,.0f} | {r['engine_start_s']} |"
+        )
     print(f"vLLM / transformers tokens/s: {ratio:.2f}x")
     if args.json:
-        atomic_write_text(args.json, json.dumps({"rows": rows, "ratio": ratio, "args": vars(args)}, default=str, indent=2))
+        atomic_write_text(
+            args.json, json.dumps({"rows": rows, "ratio": ratio, "args": vars(args)}, default=str, indent=2)
+        )
     return 0
 
 

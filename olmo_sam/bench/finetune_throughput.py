@@ -84,10 +84,15 @@ def setup_inputs(folder: Path, *, size: str, seq: int, train_tokens: int) -> Dic
     exp = build_experiment(
         model=model_config(size, vocab_size=_VOCAB),
         tokenizer=TokenizerConfig(vocab_size=_VOCAB, eos_token_id=_EOS, pad_token_id=_PAD, bos_token_id=_EOS),
-        train_paths=[str(pt_train)], save_folder=str(folder / "base"),
-        optim=AdamWConfig(lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1), sequence_length=seq,
-        global_batch_size=16, max_steps=20, scheduler=CosineAlpha(warmup=2), max_grad_norm=1.0,
-    )  # fmt: skip
+        train_paths=[str(pt_train)],
+        save_folder=str(folder / "base"),
+        optim=AdamWConfig(lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1),
+        sequence_length=seq,
+        global_batch_size=16,
+        max_steps=20,
+        scheduler=CosineAlpha(warmup=2),
+        max_grad_norm=1.0,
+    )
     run_experiment(exp)
     task = folder / "task"
     n_docs = train_tokens // 32 + 64
@@ -95,8 +100,17 @@ def setup_inputs(folder: Path, *, size: str, seq: int, train_tokens: int) -> Dic
         "train": write_split(task, "train", _task_docs(n_docs, 1), vocab_size=_VOCAB, eos_token_id=_EOS),
         "val": write_split(task, "val", _task_docs(64, 2), vocab_size=_VOCAB, eos_token_id=_EOS),
     }
-    write_meta(task, FTDataMeta(name="bench-task", vocab_size=_VOCAB, eos_token_id=_EOS, dtype="uint16",
-                                splits=splits, source={"generator": __name__}))  # fmt: skip
+    write_meta(
+        task,
+        FTDataMeta(
+            name="bench-task",
+            vocab_size=_VOCAB,
+            eos_token_id=_EOS,
+            dtype="uint16",
+            splits=splits,
+            source={"generator": __name__},
+        ),
+    )
     return {"base": resolve_checkpoint(folder / "base"), "task": task, "pt_val": pt_val}
 
 
@@ -134,7 +148,10 @@ def pure_training(base: Path, *, steps: int, batch: int, seq: int, lr: float) ->
     if device.type == "cuda":
         torch.cuda.synchronize()
     tokens = steps * batch * seq
-    return {"tokens_per_s": tokens / (time.perf_counter() - t0), "tokens_per_cpu_s": tokens / (time.process_time() - c0)}
+    return {
+        "tokens_per_s": tokens / (time.perf_counter() - t0),
+        "tokens_per_cpu_s": tokens / (time.process_time() - c0),
+    }
 
 
 def sweep_spec(paths: Dict[str, Path], *, lrs: Sequence[float], steps: int, batch: int, label: str):
@@ -143,24 +160,38 @@ def sweep_spec(paths: Dict[str, Path], *, lrs: Sequence[float], steps: int, batc
     from ..finetune.sweep import SweepSpec
 
     return SweepSpec(
-        bases=[str(paths["base"])], base_labels=[label], datasets=[str(paths["task"])], lrs=list(lrs),
-        common=dict(batch_size=batch, max_steps=steps, pt_val=[str(paths["pt_val"])], pt_val_max_sequences=64,
-                    ft_val_max_sequences=64),
-    )  # fmt: skip
+        bases=[str(paths["base"])],
+        base_labels=[label],
+        datasets=[str(paths["task"])],
+        lrs=list(lrs),
+        common=dict(
+            batch_size=batch,
+            max_steps=steps,
+            pt_val=[str(paths["pt_val"])],
+            pt_val_max_sequences=64,
+            ft_val_max_sequences=64,
+        ),
+    )
 
 
 def measure_way(spec, out: Path, way: str, *, jobs: int = 1) -> Tuple[Dict[str, float], Dict[str, float]]:
     """Run ``spec`` one of the :data:`WAYS` into the fresh folder ``out``; returns its wall and CPU
     time, runs, trained tokens and tokens per second, and each run's L_FT by run id."""
-    from ..finetune.records import ResultStore
     from ..checkpoints import load_transformer
+    from ..finetune.records import ResultStore
     from ..finetune.sweep import run_sweep
 
     if way not in WAYS:
         raise ValueError(f"way {way!r}: choose from {', '.join(WAYS)}")
     t0, c0 = time.perf_counter(), time.process_time()
-    res = run_sweep(spec, out, jobs=jobs, progress=False, engine="batched" if way == "batched" else "trainer",
-                    keep_checkpoints=way == "checkpointed")  # fmt: skip
+    res = run_sweep(
+        spec,
+        out,
+        jobs=jobs,
+        progress=False,
+        engine="batched" if way == "batched" else "trainer",
+        keep_checkpoints=way == "checkpointed",
+    )
     if res.failed:
         raise RuntimeError(f"{way}: {len(res.failed)} run(s) failed: {res.failed[0]}")
     records = ResultStore(out / "results.jsonl").records()
@@ -171,24 +202,42 @@ def measure_way(spec, out: Path, way: str, *, jobs: int = 1) -> Tuple[Dict[str, 
         torch.cuda.synchronize()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     tokens = sum(r.tokens for r in records)
-    measured = {"wall_s": wall, "cpu_s": cpu, "runs": len(records), "tokens": tokens,
-                "tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / cpu}  # fmt: skip
+    measured = {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "runs": len(records),
+        "tokens": tokens,
+        "tokens_per_s": tokens / wall,
+        "tokens_per_cpu_s": tokens / cpu,
+    }
     return measured, {r.run_id: r.l_ft for r in records}
 
 
 def finetune_throughput(
-    *, lrs: Sequence[float] = DEMO_LRS, steps: int = 60, batch: int = 16, seq: int = 128, jobs: int = 1,
-    size: str = "micro", work_dir: Optional[str] = None,
-) -> Dict[str, Any]:  # fmt: skip
+    *,
+    lrs: Sequence[float] = DEMO_LRS,
+    steps: int = 60,
+    batch: int = 16,
+    seq: int = 128,
+    jobs: int = 1,
+    size: str = "micro",
+    work_dir: Optional[str] = None,
+) -> Dict[str, Any]:
     """Run the benchmark (module docstring); returns the report as a dict."""
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         folder = Path(tmp)
         paths = setup_inputs(folder, size=size, seq=seq, train_tokens=steps * batch * seq)
         spec = sweep_spec(paths, lrs=lrs, steps=steps, batch=batch, label=size)
         report: Dict[str, Any] = {
-            "model": size, "lrs": list(lrs), "steps": steps, "batch_size": batch, "seq_len": seq, "jobs": jobs,
-            "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
-        }  # fmt: skip
+            "model": size,
+            "lrs": list(lrs),
+            "steps": steps,
+            "batch_size": batch,
+            "seq_len": seq,
+            "jobs": jobs,
+            "threads": torch.get_num_threads(),
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+        }
         l_ft: Dict[str, Dict[str, float]] = {}
         for mode in WAYS:
             report[mode], l_ft[mode] = measure_way(spec, folder / mode, mode, jobs=jobs)
@@ -206,8 +255,12 @@ def finetune_throughput(
     tokens = report["checkpointed"]["tokens"]
     report["ceiling_speedup_vs_checkpointed"] = report["checkpointed"]["wall_s"] / (tokens / pure["tokens_per_s"])
     if jobs == 1:
-        report["ceiling_cpu_speedup_vs_checkpointed"] = report["checkpointed"]["cpu_s"] / (tokens / pure["tokens_per_cpu_s"])
-    report["max_abs_l_ft_diff_batched_vs_in_memory"] = max(abs(l_ft["batched"][k] - l_ft["in_memory"][k]) for k in l_ft["in_memory"])
+        report["ceiling_cpu_speedup_vs_checkpointed"] = report["checkpointed"]["cpu_s"] / (
+            tokens / pure["tokens_per_cpu_s"]
+        )
+    report["max_abs_l_ft_diff_batched_vs_in_memory"] = max(
+        abs(l_ft["batched"][k] - l_ft["in_memory"][k]) for k in l_ft["in_memory"]
+    )
     report["targets"] = dict(TARGETS)
     return report
 
@@ -221,35 +274,64 @@ def _table(r: Dict[str, Any]) -> List[str]:
     ]
     for mode in WAYS:
         m = r[mode]
-        cpu = (f"{m['cpu_s']:7.1f} {m['tokens_per_cpu_s']:10.0f} {m['cpu_fraction_of_pure_training']:8.0%} "
-               f"{m['cpu_speedup_vs_checkpointed']:8.2f}x") if "cpu_speedup_vs_checkpointed" in m else ""  # fmt: skip
-        lines.append(f"{mode:14s} {m['wall_s']:9.1f} {m['tokens_per_s']:10.0f} {m['fraction_of_pure_training']:8.0%} "
-                     f"{m['speedup_vs_checkpointed']:8.2f}x   {cpu}")  # fmt: skip
+        cpu = (
+            (
+                f"{m['cpu_s']:7.1f} {m['tokens_per_cpu_s']:10.0f} {m['cpu_fraction_of_pure_training']:8.0%} "
+                f"{m['cpu_speedup_vs_checkpointed']:8.2f}x"
+            )
+            if "cpu_speedup_vs_checkpointed" in m
+            else ""
+        )
+        lines.append(
+            f"{mode:14s} {m['wall_s']:9.1f} {m['tokens_per_s']:10.0f} {m['fraction_of_pure_training']:8.0%} "
+            f"{m['speedup_vs_checkpointed']:8.2f}x   {cpu}"
+        )
     pure = r["pure_training"]
-    lines.append(f"{'pure training':14s} {'':9s} {pure['tokens_per_s']:10.0f} {'100%':>8s} {'':9s}   "
-                 f"{'':7s} {pure['tokens_per_cpu_s']:10.0f} {'100%':>8s}")  # fmt: skip
+    lines.append(
+        f"{'pure training':14s} {'':9s} {pure['tokens_per_s']:10.0f} {'100%':>8s} {'':9s}   "
+        f"{'':7s} {pure['tokens_per_cpu_s']:10.0f} {'100%':>8s}"
+    )
     ceiling = f"{r['ceiling_speedup_vs_checkpointed']:.2f}x wall"
     if "ceiling_cpu_speedup_vs_checkpointed" in r:
         ceiling += f", {r['ceiling_cpu_speedup_vs_checkpointed']:.2f}x CPU"
     lines.append(f"ceiling (checkpointed time / pure compute of the sweep's tokens): {ceiling}")
-    lines.append(f"targets: batched >= {TARGETS['speedup_vs_checkpointed']:g}x checkpointed, >= "
-                 f"{TARGETS['fraction_of_pure_training']:.0%} of pure training; "
-                 f"max |L_FT batched - in memory| = {r['max_abs_l_ft_diff_batched_vs_in_memory']:.2e}")  # fmt: skip
+    lines.append(
+        f"targets: batched >= {TARGETS['speedup_vs_checkpointed']:g}x checkpointed, >= "
+        f"{TARGETS['fraction_of_pure_training']:.0%} of pure training; "
+        f"max |L_FT batched - in memory| = {r['max_abs_l_ft_diff_batched_vs_in_memory']:.2e}"
+    )
     return lines
 
 
 @click.command("finetune-throughput")
-@click.option("--lrs", default=",".join(f"{x:g}" for x in DEMO_LRS), show_default=True,
-              help="comma-separated learning rates (default: the demo's grid)")
-@click.option("--size", type=click.Choice(["micro", "tiny", "20M", "60M", "150M"]), default="micro", show_default=True,
-              help="Model preset (vocabulary 384); the GPU comparison uses 20M with 8 LRs.")
+@click.option(
+    "--lrs",
+    default=",".join(f"{x:g}" for x in DEMO_LRS),
+    show_default=True,
+    help="comma-separated learning rates (default: the demo's grid)",
+)
+@click.option(
+    "--size",
+    type=click.Choice(["micro", "tiny", "20M", "60M", "150M"]),
+    default="micro",
+    show_default=True,
+    help="Model preset (vocabulary 384); the GPU comparison uses 20M with 8 LRs.",
+)
 @click.option("--steps", type=POSITIVE_INT, default=60, show_default=True, help="Steps per run.")
 @click.option("--batch-size", "batch", type=POSITIVE_INT, default=16, show_default=True, help="Sequences per step.")
 @click.option("--seq-len", "seq", type=POSITIVE_INT, default=128, show_default=True, help="Sequence length (tokens).")
-@click.option("--jobs", type=POSITIVE_INT, default=1, show_default=True, help="Sweep worker processes (the same for every way).")
+@click.option(
+    "--jobs", type=POSITIVE_INT, default=1, show_default=True, help="Sweep worker processes (the same for every way)."
+)
 @click.option("--threads", type=POSITIVE_INT, default=None, help="CPU threads per process (default 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--out", callback=out_file_callback, type=click.Path(dir_okay=False), default=None, help="Also write the JSON report here.")
+@click.option(
+    "--out",
+    callback=out_file_callback,
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the JSON report here.",
+)
 def finetune_throughput_command(lrs, size, steps, batch, seq, jobs, threads, as_json, out):
     """A fine-tuning LR sweep checkpointed vs in memory vs batched, against pure training.
 

@@ -46,8 +46,8 @@ the demo's BPE corpus (2048 tokens) would put 130k parameters in the embeddings 
 
 from __future__ import annotations
 
-import hashlib
 import functools
+import hashlib
 import json
 import math
 import os
@@ -149,8 +149,7 @@ def plan(settings: FlatnessCostSettings) -> Dict[str, int]:
     params = _model(settings).num_params
     tokens_per_step = settings.batch * settings.seq_len
     steps = max(math.ceil(settings.tokens_per_param * params / tokens_per_step), 10)
-    return {"params": params, "steps": steps, "tokens": steps * tokens_per_step,
-            "tokens_per_step": tokens_per_step}  # fmt: skip
+    return {"params": params, "steps": steps, "tokens": steps * tokens_per_step, "tokens_per_step": tokens_per_step}
 
 
 def _optim(variant: str, s: FlatnessCostSettings):
@@ -172,8 +171,9 @@ def _optim(variant: str, s: FlatnessCostSettings):
         rho = s.rho if s.msam_rho is None else s.msam_rho
         return SAMConfig(base=base, rho=rho, variant="msam"), None
     if variant == "looksam":
-        return SAMConfig(base=base, rho=s.rho, variant="looksam", interval=s.interval,
-                         looksam_alpha=s.looksam_alpha), None  # fmt: skip
+        return SAMConfig(
+            base=base, rho=s.rho, variant="looksam", interval=s.interval, looksam_alpha=s.looksam_alpha
+        ), None
     raise ValueError(variant)
 
 
@@ -186,8 +186,9 @@ def _run_name(variant: str, seed: int) -> str:
     return f"{variant}-s{seed}"
 
 
-def run_one(settings: FlatnessCostSettings, variant: str, seed: int, out: Path, data: Path,
-            hessian_batch: Path) -> Dict[str, Any]:  # fmt: skip
+def run_one(
+    settings: FlatnessCostSettings, variant: str, seed: int, out: Path, data: Path, hessian_batch: Path
+) -> Dict[str, Any]:
     """Train ``variant`` from initialisation ``seed``; record its cost and flatness."""
     import olmo_core.distributed.parallel as parallel
     import torch
@@ -298,9 +299,14 @@ def bench_seed_interval(values: Sequence[float]) -> Dict[str, float]:
 
 
 def bench_gain_kept_interval(
-    adamw: Sequence[float], variant: Sequence[float], sam: Sequence[float], *,
-    n_boot: int = 4000, level: float = 0.95, seed: int = 0,
-) -> Dict[str, float]:  # fmt: skip
+    adamw: Sequence[float],
+    variant: Sequence[float],
+    sam: Sequence[float],
+    *,
+    n_boot: int = 4000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Dict[str, float]:
     """``(mean A - mean V) / (mean A - mean S)`` with an interval over seeds, paired by seed.
 
     Below :data:`~olmo_sam.analysis.stats.MIN_BOOTSTRAP_SEEDS` seeds the percentile bootstrap is
@@ -319,10 +325,15 @@ def bench_gain_kept_interval(
     if n < MIN_BOOTSTRAP_SEEDS:
         _, lo, hi = ratio_interval(a - v, a - s, level)
         nan = float("nan")
-        return {"mean": point, "lo": nan if lo is None else lo, "hi": nan if hi is None else hi, "undefined": 0,
-                "method": "fieller",
-                "note": f"percentile bootstrap refused at {n} seeds (it needs {MIN_BOOTSTRAP_SEEDS}): Fieller's "
-                        f"t-based interval" + ("" if lo is not None else "; unbounded: SAM's gain is not resolved from 0")}  # fmt: skip
+        return {
+            "mean": point,
+            "lo": nan if lo is None else lo,
+            "hi": nan if hi is None else hi,
+            "undefined": 0,
+            "method": "fieller",
+            "note": f"percentile bootstrap refused at {n} seeds (it needs {MIN_BOOTSTRAP_SEEDS}): Fieller's "
+            f"t-based interval" + ("" if lo is not None else "; unbounded: SAM's gain is not resolved from 0"),
+        }
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
     num = a[idx].mean(axis=1) - v[idx].mean(axis=1)
@@ -330,11 +341,23 @@ def bench_gain_kept_interval(
     ok = den != 0
     ratios = num[ok] / den[ok]
     if len(ratios) == 0:
-        return {"mean": point, "lo": float("nan"), "hi": float("nan"), "undefined": int((~ok).sum()),
-                "method": "bootstrap", "note": None}  # fmt: skip
+        return {
+            "mean": point,
+            "lo": float("nan"),
+            "hi": float("nan"),
+            "undefined": int((~ok).sum()),
+            "method": "bootstrap",
+            "note": None,
+        }
     lo, hi = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
-    return {"mean": point, "lo": float(lo), "hi": float(hi), "undefined": int((~ok).sum()), "method": "bootstrap",
-            "note": None}  # fmt: skip
+    return {
+        "mean": point,
+        "lo": float(lo),
+        "hi": float(hi),
+        "undefined": int((~ok).sum()),
+        "method": "bootstrap",
+        "note": None,
+    }
 
 
 # -------------------------------------------------------------------------------------------------
@@ -396,20 +419,30 @@ def _fmt(iv: Dict[str, float], digits: int = 3) -> str:
 
 
 def table(report: Dict[str, Any]) -> str:
-    cols = ["variant", "passes/step", "cost ratio (CPU)", "cost ratio (wall)", "tr(H)", "lambda_max",
-            "held-out loss", "gain kept"]  # fmt: skip
+    cols = [
+        "variant",
+        "passes/step",
+        "cost ratio (CPU)",
+        "cost ratio (wall)",
+        "tr(H)",
+        "lambda_max",
+        "held-out loss",
+        "gain kept",
+    ]
     rows = []
     for r in report["summary"]["rows"]:
-        rows.append({
-            "variant": r["variant"],
-            "passes/step": f"{r['passes_per_step']:.3g}",
-            "cost ratio (CPU)": _fmt(r["cost_ratio"]),
-            "cost ratio (wall)": _fmt(r["wall_ratio"]),
-            "tr(H)": _fmt(r["trace"]),
-            "lambda_max": _fmt(r["lambda_max"]),
-            "held-out loss": _fmt(r["held_out_loss"], 4),
-            "gain kept": _fmt(r["gain_kept"]),
-        })  # fmt: skip
+        rows.append(
+            {
+                "variant": r["variant"],
+                "passes/step": f"{r['passes_per_step']:.3g}",
+                "cost ratio (CPU)": _fmt(r["cost_ratio"]),
+                "cost ratio (wall)": _fmt(r["wall_ratio"]),
+                "tr(H)": _fmt(r["trace"]),
+                "lambda_max": _fmt(r["lambda_max"]),
+                "held-out loss": _fmt(r["held_out_loss"], 4),
+                "gain kept": _fmt(r["gain_kept"]),
+            }
+        )
     return markdown_table(cols, rows)
 
 
@@ -426,14 +459,18 @@ def verdict(report: Dict[str, Any]) -> str:
     by_means = [r["variant"] for r in rows if r["meets_target_by_means"]]
     target = f">= {TARGET_GAIN_KEPT:.0%} of SAM's tr(H) reduction at <= {TARGET_COST_RATIO}x AdamW's cost"
     if not red["lo"] > 0:
-        lines.append(f"Target ({target}) cannot be judged: SAM's own tr(H) reduction is not "
-                     "established at this size/number of seeds (more seeds or tokens)")  # fmt: skip
+        lines.append(
+            f"Target ({target}) cannot be judged: SAM's own tr(H) reduction is not "
+            "established at this size/number of seeds (more seeds or tokens)"
+        )
     elif hits:
         lines.append(f"Target ({target}) met with 95% confidence by: {', '.join(hits)}")
     elif by_means:
-        lines.append(f"Target ({target}) met by the means of {', '.join(by_means)}, but not with "
-                     "95% confidence (interval lower bound of the gain kept < target or upper bound "
-                     "of the cost > target)")  # fmt: skip
+        lines.append(
+            f"Target ({target}) met by the means of {', '.join(by_means)}, but not with "
+            "95% confidence (interval lower bound of the gain kept < target or upper bound "
+            "of the cost > target)"
+        )
     else:
         lines.append(f"Target ({target}) not met by any variant")
     return "\n".join(lines)
@@ -463,8 +500,7 @@ def plot(report: Dict[str, Any], path: Path) -> None:
     ax.set_xlabel("cost ratio to AdamW (CPU time per run)")
     ax.set_ylabel("fraction of SAM's tr(H) reduction kept")
     s = report["settings"]
-    ax.set_title(f"micro model, {s['tokens_per_param']:g} tokens/param, {s['seeds']} seeds (95% intervals)",
-                 fontsize=9)  # fmt: skip
+    ax.set_title(f"micro model, {s['tokens_per_param']:g} tokens/param, {s['seeds']} seeds (95% intervals)", fontsize=9)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
@@ -475,8 +511,9 @@ def plot(report: Dict[str, Any], path: Path) -> None:
 # -------------------------------------------------------------------------------------------------
 
 
-def flatness_cost(settings: FlatnessCostSettings, out: Path, *, jobs: int = 1,
-                  progress: bool = True, echo=print) -> Dict[str, Any]:  # fmt: skip
+def flatness_cost(
+    settings: FlatnessCostSettings, out: Path, *, jobs: int = 1, progress: bool = True, echo=print
+) -> Dict[str, Any]:
     from olmo_core.exceptions import OLMoConfigurationError
     from tqdm.auto import tqdm
 
@@ -510,17 +547,26 @@ def flatness_cost(settings: FlatnessCostSettings, out: Path, *, jobs: int = 1,
                 records.append(rec)
             else:
                 todo.append((v, seed))
-    echo(f"flatness-cost: micro model {p['params']:,} params, {p['steps']:,} steps x "
-         f"{p['tokens_per_step']:,} tokens = {p['tokens'] / p['params']:.0f} tokens/param; "
-         f"{len(todo)} of {len(todo) + len(records)} runs to do, {jobs} at a time")  # fmt: skip
-    bar = tqdm(total=len(todo) + len(records), initial=len(records), desc="flatness-cost runs",
-               disable=not progress, dynamic_ncols=True)  # fmt: skip
+    echo(
+        f"flatness-cost: micro model {p['params']:,} params, {p['steps']:,} steps x "
+        f"{p['tokens_per_step']:,} tokens = {p['tokens'] / p['params']:.0f} tokens/param; "
+        f"{len(todo)} of {len(todo) + len(records)} runs to do, {jobs} at a time"
+    )
+    bar = tqdm(
+        total=len(todo) + len(records),
+        initial=len(records),
+        desc="flatness-cost runs",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
 
     def done(rec):
         records.append(rec)
         bar.update(1)
-        bar.write(f"  {rec['variant']:<13} seed {rec['seed']}: {rec['train_cpu_s']:.0f}s CPU, "
-                  f"tr(H) {rec['trace']:.4g}, lambda_max {rec['lambda_max']:.4g}")  # fmt: skip
+        bar.write(
+            f"  {rec['variant']:<13} seed {rec['seed']}: {rec['train_cpu_s']:.0f}s CPU, "
+            f"tr(H) {rec['trace']:.4g}, lambda_max {rec['lambda_max']:.4g}"
+        )
 
     args = [(settings, v, s, str(out), str(data), str(hbatch)) for v, s in todo]
     if jobs == 1:
@@ -552,14 +598,34 @@ def flatness_cost(settings: FlatnessCostSettings, out: Path, *, jobs: int = 1,
 
 
 @click.command("flatness-cost")
-@click.option("--out", callback=out_dir_callback, type=click.Path(file_okay=False), default="runs/flatness-cost", show_default=True,
-              help="Output folder (report, plot, per-run records; a re-run reuses finished runs).")
-@click.option("--n-seeds", "seeds", type=POSITIVE_INT, default=3, show_default=True, help="Number of initialisations per variant (>= 2).")
-@click.option("--tokens-per-param", type=POSITIVE_FLOAT, default=100.0, show_default=True,
-              help="Training tokens per model parameter (the overtrained regime: >= 100).")
+@click.option(
+    "--out",
+    callback=out_dir_callback,
+    type=click.Path(file_okay=False),
+    default="runs/flatness-cost",
+    show_default=True,
+    help="Output folder (report, plot, per-run records; a re-run reuses finished runs).",
+)
+@click.option(
+    "--n-seeds",
+    "seeds",
+    type=POSITIVE_INT,
+    default=3,
+    show_default=True,
+    help="Number of initialisations per variant (>= 2).",
+)
+@click.option(
+    "--tokens-per-param",
+    type=POSITIVE_FLOAT,
+    default=100.0,
+    show_default=True,
+    help="Training tokens per model parameter (the overtrained regime: >= 100).",
+)
 @click.option("--vocab", type=POSITIVE_INT, default=64, show_default=True, help="Vocabulary of the synthetic data.")
 @click.option("--seq-len", type=POSITIVE_INT, default=64, show_default=True, help="Sequence length (tokens).")
-@click.option("--batch-size", "batch", type=POSITIVE_INT, default=32, show_default=True, help="Global batch (sequences).")
+@click.option(
+    "--batch-size", "batch", type=POSITIVE_INT, default=32, show_default=True, help="Global batch (sequences)."
+)
 @click.option("--lr", type=POSITIVE_FLOAT, default=3e-3, show_default=True, help="Peak learning rate (AdamW).")
 @click.option("--decay-fraction", default=0.1, show_default=True, help="LR decay phase (the switch point).")
 @click.option("--rho", default=0.05, show_default=True, help="SAM radius (all SAM variants).")
@@ -567,13 +633,36 @@ def flatness_cost(settings: FlatnessCostSettings, out: Path, *, jobs: int = 1,
 @click.option("--interval", type=POSITIVE_INT, default=5, show_default=True, help="k of sam-interval and LookSAM.")
 @click.option("--looksam-alpha", default=0.7, show_default=True, help="LookSAM's scale of the reused component.")
 @click.option("--probes", type=POSITIVE_INT, default=30, show_default=True, help="Hutchinson probes per run.")
-@click.option("--power-iters", type=POSITIVE_INT, default=30, show_default=True, help="Power iterations for lambda_max.")
-@click.option("--variants", default=",".join(VARIANTS), show_default=True,
-              help="Comma-separated subset (must include adamw and sam).")
+@click.option(
+    "--power-iters", type=POSITIVE_INT, default=30, show_default=True, help="Power iterations for lambda_max."
+)
+@click.option(
+    "--variants",
+    default=",".join(VARIANTS),
+    show_default=True,
+    help="Comma-separated subset (must include adamw and sam).",
+)
 @click.option("--jobs", type=POSITIVE_INT, default=2, show_default=True, help="Runs in parallel (one process each).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def flatness_cost_command(out, seeds, tokens_per_param, vocab, seq_len, batch, lr, decay_fraction, rho,
-                          msam_rho, interval, looksam_alpha, probes, power_iters, variants, jobs, as_json):  # fmt: skip
+def flatness_cost_command(
+    out,
+    seeds,
+    tokens_per_param,
+    vocab,
+    seq_len,
+    batch,
+    lr,
+    decay_fraction,
+    rho,
+    msam_rho,
+    interval,
+    looksam_alpha,
+    probes,
+    power_iters,
+    variants,
+    jobs,
+    as_json,
+):
     """How much of SAM's flatness (tr(H)) each cheaper variant keeps, per unit of cost.
 
     \b
@@ -587,11 +676,21 @@ def flatness_cost_command(out, seeds, tokens_per_param, vocab, seq_len, batch, l
 
     logging.disable(logging.WARNING)  # OLMo-core's per-step console log: the bar reports instead
     settings = FlatnessCostSettings(
-        vocab=vocab, seq_len=seq_len, batch=batch, tokens_per_param=tokens_per_param, seeds=seeds,
-        lr=lr, decay_fraction=decay_fraction, rho=rho, msam_rho=msam_rho, interval=interval,
-        looksam_alpha=looksam_alpha, probes=probes, power_iters=power_iters,
+        vocab=vocab,
+        seq_len=seq_len,
+        batch=batch,
+        tokens_per_param=tokens_per_param,
+        seeds=seeds,
+        lr=lr,
+        decay_fraction=decay_fraction,
+        rho=rho,
+        msam_rho=msam_rho,
+        interval=interval,
+        looksam_alpha=looksam_alpha,
+        probes=probes,
+        power_iters=power_iters,
         variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
-    )  # fmt: skip
+    )
     try:
         report = flatness_cost(settings, Path(out), jobs=jobs, echo=click.echo)
     except OLMoConfigurationError as e:
@@ -601,5 +700,7 @@ def flatness_cost_command(out, seeds, tokens_per_param, vocab, seq_len, batch, l
         return
     click.echo(table(report))
     click.echo(verdict(report))
-    click.echo(f"runtime: {report['runtime_s'] / 60:.1f} min ({jobs} parallel runs, "
-               f"{report['cpu_count']} CPUs); report: {Path(out) / REPORT}")  # fmt: skip
+    click.echo(
+        f"runtime: {report['runtime_s'] / 60:.1f} min ({jobs} parallel runs, "
+        f"{report['cpu_count']} CPUs); report: {Path(out) / REPORT}"
+    )

@@ -50,7 +50,12 @@ def main(argv=None) -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--probes", type=int, default=paper.HUTCHINSON_PROBES)
-    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="Ratios from process CPU time (default; robust on a shared machine with 1 thread) or wall time.")
+    ap.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default="cpu",
+        help="Ratios from process CPU time (default; robust on a shared machine with 1 thread) or wall time.",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -124,8 +129,12 @@ def main(argv=None) -> None:
         f"model {args.size} ({result['params']:,d} params), batch {args.batch}x{args.seq_len}, "
         f"{result['threads']} thread(s), {args.clock} time, best of {args.repeats}"
     )
-    print(f"forward+backward                  {1e3 * t_fb:8.2f} ms  (MATH SDPA kernel: {1e3 * best['forward_backward_math_sdpa']:.2f} ms)")
-    print(f"probe in a {args.probes}-probe Hutchinson run  {1e3 * t_probe:8.2f} ms  ratio {t_probe / t_fb:.2f}  (target <= 2.5)")
+    print(
+        f"forward+backward                  {1e3 * t_fb:8.2f} ms  (MATH SDPA kernel: {1e3 * best['forward_backward_math_sdpa']:.2f} ms)"
+    )
+    print(
+        f"probe in a {args.probes}-probe Hutchinson run  {1e3 * t_probe:8.2f} ms  ratio {t_probe / t_fb:.2f}  (target <= 2.5)"
+    )
     print(f"cold probe (graph rebuilt)        {1e3 * t_cold:8.2f} ms  ratio {t_cold / t_fb:.2f}")
     print(f"finite-difference probe           {1e3 * t_fd:8.2f} ms  ratio {t_fd / t_fb:.2f}")
 

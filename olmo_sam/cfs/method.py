@@ -65,7 +65,16 @@ def prepare_method(
     run_generation(base_model_dir, [job], engine=engine, **engine_kwargs)
     lam_tag = "" if lam is None else f"-lam{lam:g}"
     out = work_dir / f"{method}-r{ratio:g}{lam_tag}"
-    build_mix(task_dir, job.out, ratio, out, method=method, lam=lam, epochs=epochs, seq_len=seq_len,
-              global_batch_size=global_batch_size, seed=mix_seed)
+    build_mix(
+        task_dir,
+        job.out,
+        ratio,
+        out,
+        method=method,
+        lam=lam,
+        epochs=epochs,
+        seq_len=seq_len,
+        global_batch_size=global_batch_size,
+        seed=mix_seed,
+    )
     return out
-

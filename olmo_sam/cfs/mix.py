@@ -156,9 +156,7 @@ def _pass_documents(plan: MixPlan, rng: np.random.Generator) -> np.ndarray:
     n, m = plan.task_documents, plan.pool_size
     extra = plan.extra_draws_per_pass
     n_extra = math.floor(extra) + int(rng.random() < extra - math.floor(extra))
-    synth = np.concatenate(
-        [np.tile(np.arange(m), plan.copies_per_pass), rng.choice(m, size=n_extra, replace=False)]
-    )
+    synth = np.concatenate([np.tile(np.arange(m), plan.copies_per_pass), rng.choice(m, size=n_extra, replace=False)])
     order = np.concatenate([np.arange(n), n + synth])
     rng.shuffle(order)
     return order

@@ -34,9 +34,7 @@ class StartToken:
     eos_token_id: Optional[int]
 
 
-def resolve_prompt(
-    tokenizer, *, token_id: Optional[int] = None, text: Optional[str] = None
-) -> StartToken:
+def resolve_prompt(tokenizer, *, token_id: Optional[int] = None, text: Optional[str] = None) -> StartToken:
     """The context-free prompt for ``tokenizer``: an explicit id or string, else BOS, else EOS.
 
     ``text`` that is a single vocabulary entry (e.g. ``"<|endoftext|>"``) maps to that id; other

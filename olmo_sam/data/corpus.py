@@ -62,9 +62,7 @@ def demo_books(books: Optional[Sequence[str]] = None, cache_dir: Optional[Path] 
     if books is not None:
         unknown = sorted(set(books) - set(out))
         if unknown:
-            raise OLMoConfigurationError(
-                f"unknown demo-corpus book(s) {unknown}; available: {sorted(out)}"
-            )
+            raise OLMoConfigurationError(f"unknown demo-corpus book(s) {unknown}; available: {sorted(out)}")
         out = {k: v for k, v in out.items() if k in set(books)}
     return [Book(k, out[k]) for k in sorted(out)]
 

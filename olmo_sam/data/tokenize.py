@@ -69,20 +69,19 @@ def tokenize_documents(
     eos = tok_cfg.eos_token_id
     with atomic_dir(out, overwrite=overwrite) as tmp:
         writers = {
-            split: TokenFileWriter(tmp, split, tok_cfg.vocab_size, eos, shard_tokens)
-            for split in ("train", "val")
+            split: TokenFileWriter(tmp, split, tok_cfg.vocab_size, eos, shard_tokens) for split in ("train", "val")
         }
         if max_documents is not None:
             docs = itertools.islice(docs, max_documents)
         index = 0
         empty = 0
-        bar = tqdm(desc=f"tokenizing -> {out.name}", unit="doc", disable=None if show_progress is None else not show_progress)
+        bar = tqdm(
+            desc=f"tokenizing -> {out.name}", unit="doc", disable=None if show_progress is None else not show_progress
+        )
         for batch in _batches(docs, batch_size):
             keep = [(index + i, d) for i, d in enumerate(batch) if d.strip()]
             empty += len(batch) - len(keep)
-            encodings = tokenizer.backend_tokenizer.encode_batch(
-                [d for _, d in keep], add_special_tokens=False
-            )
+            encodings = tokenizer.backend_tokenizer.encode_batch([d for _, d in keep], add_special_tokens=False)
             for (i, _), enc in zip(keep, encodings):
                 ids = np.fromiter(itertools.chain(enc.ids, (eos,)), dtype=np.int64, count=len(enc.ids) + 1)
                 split = "val" if is_validation(seed, i, val_fraction) else "train"

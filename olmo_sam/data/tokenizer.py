@@ -62,8 +62,10 @@ def dolma2_from_registry(cache_dir: Optional[Path] = None) -> Path:
         (tmp / "dolma2.json").write_bytes(z.read(DOLMA2_WHEEL_MEMBER))
         fast = PreTrainedTokenizerFast(
             tokenizer_file=str(tmp / "dolma2.json"),
-            bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
-        )  # fmt: skip
+            bos_token=EOS_TOKEN,
+            eos_token=EOS_TOKEN,
+            pad_token=PAD_TOKEN,
+        )
         (tmp / "dolma2.json").unlink()
         fast.save_pretrained(tmp)
     return out
@@ -96,9 +98,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | Path, min_fr
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN
-    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
     with atomic_dir(out_dir, overwrite=True) as tmp:
         fast.save_pretrained(tmp)
     return load_tokenizer(out_dir)
@@ -118,9 +118,7 @@ def load_tokenizer(name_or_path: str | Path, revision: Optional[str] = None):
             f"{source}: no such tokenizer directory (and not a Hugging Face hub id such as org/name)"
         )
     if Path(source).exists() and not (Path(source) / "tokenizer.json").exists():
-        raise OLMoConfigurationError(
-            f"{source} is not a Hugging Face tokenizer directory (no tokenizer.json)"
-        )
+        raise OLMoConfigurationError(f"{source} is not a Hugging Face tokenizer directory (no tokenizer.json)")
     try:
         tok = AutoTokenizer.from_pretrained(source, revision=revision)
     except OSError as e:

@@ -112,8 +112,7 @@ def read_meta(root: str | Path) -> TokenDataMeta:
     path = Path(root) / META_FILE
     if not path.exists():
         raise OLMoConfigurationError(
-            f"{root} is not a prepared token dataset (no {META_FILE}); prepare one with "
-            "'olmo-sam data tokenize'"
+            f"{root} is not a prepared token dataset (no {META_FILE}); prepare one with 'olmo-sam data tokenize'"
         )
     from ..preflight import read_json
 

@@ -31,7 +31,9 @@ def _records_table(records) -> str:
     for r in records:
         lines.append(f"| {r.task} | {r.score:.2f} | {r.metric} | {r.num_instances} | {r.source} |")
     if records:
-        lines.append(f"| **average ({len(records)} tasks)** | {sum(r.score for r in records) / len(records):.2f} | | | |")
+        lines.append(
+            f"| **average ({len(records)} tasks)** | {sum(r.score for r in records) / len(records):.2f} | | | |"
+        )
     return "\n".join(lines)
 
 
@@ -48,27 +50,67 @@ def eval_group():
 
 @eval_group.command("olmes")
 @click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path), callback=model_callback)
-@click.option("--suite", default="olmo2-pretrain", show_default=True, type=click.Choice(["olmo2-pretrain"]),
-              help="Task suite: the OLMo-2 pretraining benchmarks of [SAM-PT] App B.1.2.")
+@click.option(
+    "--suite",
+    default="olmo2-pretrain",
+    show_default=True,
+    type=click.Choice(["olmo2-pretrain"]),
+    help="Task suite: the OLMo-2 pretraining benchmarks of [SAM-PT] App B.1.2.",
+)
 @click.option("--task", "tasks", multiple=True, help="Run only these paper tasks (default: all ten).")
-@click.option("--model-type", default="hf", show_default=True, type=click.Choice(["hf", "vllm"]),
-              help="OLMES model backend.")
-@click.option("--quant", default="none", show_default=True, type=click.Choice(["none", "nf4", "fp4", "int8"]),
-              help="bitsandbytes loading; nf4 is the paper's 4-bit setting.")  # fmt: skip
-@click.option("--model-arg", "model_arg", multiple=True, metavar="KEY=VALUE",
-              help="Extra OLMES model arg (VALUE as JSON); validated against OLMES's MODEL_DEFAULTS.")  # fmt: skip
+@click.option(
+    "--model-type", default="hf", show_default=True, type=click.Choice(["hf", "vllm"]), help="OLMES model backend."
+)
+@click.option(
+    "--quant",
+    default="none",
+    show_default=True,
+    type=click.Choice(["none", "nf4", "fp4", "int8"]),
+    help="bitsandbytes loading; nf4 is the paper's 4-bit setting.",
+)
+@click.option(
+    "--model-arg",
+    "model_arg",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Extra OLMES model arg (VALUE as JSON); validated against OLMES's MODEL_DEFAULTS.",
+)
 @click.option("--limit", type=float, default=None, help="Instances (or fraction) per task, for quick runs.")
 @click.option("--eval-batch-size", "batch_size", default=None, help="OLMES batch size (an int or 'auto').")
 @click.option("--gpus", type=POSITIVE_INT, default=None, help="Number of GPUs for OLMES.")
-@click.option("--out", "output_dir", callback=out_dir_callback, type=click.Path(file_okay=False, path_type=Path), default=None,
-        help="OLMES output directory [default: MODEL_DIR/olmes].")  # fmt: skip
-@click.option("--olmes", "olmes_path", default=None, metavar="PATH",
-              help="OLMES 'olmes' executable, its python, or its venv dir [env: OLMO_SAM_OLMES].")  # fmt: skip
+@click.option(
+    "--out",
+    "output_dir",
+    callback=out_dir_callback,
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="OLMES output directory [default: MODEL_DIR/olmes].",
+)
+@click.option(
+    "--olmes",
+    "olmes_path",
+    default=None,
+    metavar="PATH",
+    help="OLMES 'olmes' executable, its python, or its venv dir [env: OLMO_SAM_OLMES].",
+)
 @click.option("--label", default=None, help="Model label in the results [default: MODEL_DIR name].")
 @click.option("--print", "print_only", is_flag=True, help="Print the OLMES command and exit.")
 @_usage_errors
-def olmes_command(model_dir, suite, tasks, model_type, quant, model_arg, limit, batch_size, gpus,
-                  output_dir, olmes_path, label, print_only):  # fmt: skip
+def olmes_command(
+    model_dir,
+    suite,
+    tasks,
+    model_type,
+    quant,
+    model_arg,
+    limit,
+    batch_size,
+    gpus,
+    output_dir,
+    olmes_path,
+    label,
+    print_only,
+):
     """Run OLMES on MODEL_DIR (a local HF model directory or a hub id) for the paper's suite."""
     from . import olmes as o
     from .records import write_records
@@ -91,9 +133,16 @@ def olmes_command(model_dir, suite, tasks, model_type, quant, model_arg, limit, 
             raise
         exe = None
     cmd = o.build_olmes_command(
-        model_dir, aliases, output_dir=output_dir, model_type=model_type, model_args=args,
-        limit=limit, batch_size=batch_size, gpus=gpus, olmes=exe or "olmes",
-    )  # fmt: skip
+        model_dir,
+        aliases,
+        output_dir=output_dir,
+        model_type=model_type,
+        model_args=args,
+        limit=limit,
+        batch_size=batch_size,
+        gpus=gpus,
+        olmes=exe or "olmes",
+    )
     if print_only:
         click.echo(o.format_command(cmd, exe))
         if exe is None:
@@ -113,14 +162,33 @@ def olmes_command(model_dir, suite, tasks, model_type, quant, model_arg, limit, 
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), callback=model_callback)
 @click.option("--task", "tasks", multiple=True, help="Offline tasks to run (default: all eight).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Documents per task, for quick runs.")
-@click.option("--quant", default="none", show_default=True, type=click.Choice(["none", "nf4", "fp4", "int8"]),
-              help="bitsandbytes loading through transformers (nf4 = the paper's 4-bit).")  # fmt: skip
-@click.option("--eval-batch-size", "batch_size", type=POSITIVE_INT, default=8, show_default=True, help="Sequences per forward pass.")
-@click.option("--max-gen-toks", type=click.IntRange(min=1), default=None,
-              help="Cap generated tokens (for small-context models).")  # fmt: skip
+@click.option(
+    "--quant",
+    default="none",
+    show_default=True,
+    type=click.Choice(["none", "nf4", "fp4", "int8"]),
+    help="bitsandbytes loading through transformers (nf4 = the paper's 4-bit).",
+)
+@click.option(
+    "--eval-batch-size",
+    "batch_size",
+    type=POSITIVE_INT,
+    default=8,
+    show_default=True,
+    help="Sequences per forward pass.",
+)
+@click.option(
+    "--max-gen-toks", type=click.IntRange(min=1), default=None, help="Cap generated tokens (for small-context models)."
+)
 @click.option("--device", type=DEVICE, default="cpu", show_default=True, help="Torch device (cpu, cuda, cuda:1, ...).")
-@click.option("--out", "output_dir", callback=out_dir_callback, type=click.Path(file_okay=False, path_type=Path), default=None,
-        help="Results + resume cache [default: MODEL_DIR/offline-eval[-QUANT]].")  # fmt: skip
+@click.option(
+    "--out",
+    "output_dir",
+    callback=out_dir_callback,
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Results + resume cache [default: MODEL_DIR/offline-eval[-QUANT]].",
+)
 @click.option("--label", default=None, help="Model label in the results [default: MODEL_DIR name].")
 @_usage_errors
 def offline_command(model_dir, tasks, limit, quant, batch_size, max_gen_toks, device, output_dir, label):
@@ -129,9 +197,16 @@ def offline_command(model_dir, tasks, limit, quant, batch_size, max_gen_toks, de
 
     out = output_dir or Path(model_dir) / ("offline-eval" + ("" if quant == "none" else f"-{quant}"))
     records = run_offline_suite(
-        model_dir, tasks or None, limit, quant, out_dir=out, model_label=label,
-        batch_size=batch_size, max_gen_toks=max_gen_toks, device=device,
-    )  # fmt: skip
+        model_dir,
+        tasks or None,
+        limit,
+        quant,
+        out_dir=out,
+        model_label=label,
+        batch_size=batch_size,
+        max_gen_toks=max_gen_toks,
+        device=device,
+    )
     click.echo(_records_table(records))
     click.echo("missing offline: " + "; ".join(f"{k} ({v})" for k, v in OFFLINE_MISSING.items()))
     click.echo(f"records: {out / 'results.json'}")
@@ -165,12 +240,23 @@ def _kv(values, what) -> Dict[str, str]:
 @click.argument("results", nargs=-1, metavar="BASE_RESULTS [OTHER_RESULTS]...")
 @click.option("--base-of", multiple=True, metavar="MODEL=BASE", help="A model's own base (default: the first).")
 @click.option("--reference", type=float, default=None, help="Also measure every drop from this average.")
-@click.option("--paper-reference", is_flag=True,
-              help=f"--reference {paper.BENCH_REFERENCE_AVG} (the paper's AdamW base, Sec 3.5.1).")  # fmt: skip
-@click.option("--pair", "pairs", multiple=True, metavar="BASELINE,ARM", help="Report '% less forgetting' of ARM vs BASELINE.")
+@click.option(
+    "--paper-reference",
+    is_flag=True,
+    help=f"--reference {paper.BENCH_REFERENCE_AVG} (the paper's AdamW base, Sec 3.5.1).",
+)
+@click.option(
+    "--pair", "pairs", multiple=True, metavar="BASELINE,ARM", help="Report '% less forgetting' of ARM vs BASELINE."
+)
 @click.option("--tasks", default=None, help="Comma-separated tasks to compare on (default: all, must match).")
-@click.option("--out", "out_dir", callback=out_dir_callback, type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write compare.{md,csv,json,png} here.")  # fmt: skip
+@click.option(
+    "--out",
+    "out_dir",
+    callback=out_dir_callback,
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write compare.{md,csv,json,png} here.",
+)
 @click.option("--paper-table8", is_flag=True, help="Use the paper's Table 8 rows as the results.")
 @_usage_errors
 def compare_command(results, base_of, reference, paper_reference, pairs, tasks, out_dir, paper_table8):
@@ -202,9 +288,13 @@ def compare_command(results, base_of, reference, paper_reference, pairs, tasks, 
             raise OLMoConfigurationError(f"--pair expects BASELINE,ARM, got {p!r}")
         pair_list.append((parts[0], parts[1]))
     comp = compare(
-        loaded, next(iter(loaded)), base_of=_kv(base_of, "--base-of"), reference=reference,
-        pairs=pair_list, tasks=tasks.split(",") if tasks else None,
-    )  # fmt: skip
+        loaded,
+        next(iter(loaded)),
+        base_of=_kv(base_of, "--base-of"),
+        reference=reference,
+        pairs=pair_list,
+        tasks=tasks.split(",") if tasks else None,
+    )
     click.echo(comp.to_markdown())
     if out_dir is not None:
         written = comp.write(out_dir)

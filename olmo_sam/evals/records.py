@@ -56,9 +56,7 @@ class BenchRecord:
         return cls(**d)
 
 
-def write_records(
-    path: str | Path, records: Iterable[BenchRecord], meta: Optional[Dict[str, Any]] = None
-) -> Path:
+def write_records(path: str | Path, records: Iterable[BenchRecord], meta: Optional[Dict[str, Any]] = None) -> Path:
     payload = {
         "format": RESULTS_FORMAT,
         "records": [asdict(r) for r in records],

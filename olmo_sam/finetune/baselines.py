@@ -24,8 +24,8 @@ from olmo_core.exceptions import OLMoConfigurationError
 
 from ..checkpoints import load_checkpoint_config, load_transformer, save_transformer
 from ..data.tokens import token_dtype_for_vocab
-from .data import FTDataMeta, iter_documents, read_meta, write_meta, write_split
 from ..output import json_digest
+from .data import FTDataMeta, iter_documents, read_meta, write_meta, write_split
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,7 @@ def _check_alpha(alpha: float) -> None:
 
 
 @torch.no_grad()
-def wise_ft_state(
-    base: Dict[str, torch.Tensor], ft: Dict[str, torch.Tensor], alpha: float
-) -> Dict[str, torch.Tensor]:
+def wise_ft_state(base: Dict[str, torch.Tensor], ft: Dict[str, torch.Tensor], alpha: float) -> Dict[str, torch.Tensor]:
     """``(1 - alpha) * base + alpha * ft`` per tensor (module docstring). ``torch.lerp`` returns
     its end points exactly at alpha = 0 and 1."""
     _check_alpha(alpha)
@@ -144,8 +142,12 @@ def build_replay_mix(
     docs += [(p, np.ones(len(p), dtype=bool)) for p in pieces]
     order = np.random.default_rng(seed + 1).permutation(len(docs))
     splits = {
-        "train": write_split(out, "train", (docs[i] for i in order), vocab_size=task.vocab_size, eos_token_id=task.eos_token_id),
-        "val": write_split(out, "val", iter_documents(task_dir, "val"), vocab_size=task.vocab_size, eos_token_id=task.eos_token_id),
+        "train": write_split(
+            out, "train", (docs[i] for i in order), vocab_size=task.vocab_size, eos_token_id=task.eos_token_id
+        ),
+        "val": write_split(
+            out, "val", iter_documents(task_dir, "val"), vocab_size=task.vocab_size, eos_token_id=task.eos_token_id
+        ),
     }
     meta = FTDataMeta(
         name=task.name,

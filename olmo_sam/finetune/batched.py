@@ -63,12 +63,12 @@ from olmo_core.data.utils import get_labels, split_batch
 from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.utils import move_to_device, seed_all
 
-from .records import FTRecord
 from ..checkpoints import load_checkpoint_config, load_transformer, save_transformer
 from ..locks import file_lock
 from ..optim.schedules import check_fits
 from ..output import atomic_write_text, json_digest, write_json
 from .engine import FTConfig, FTPlan, _device, _prepare_dir, build_ft_experiment, evaluate_run, plan_run
+from .records import FTRecord
 
 log = logging.getLogger(__name__)
 
@@ -188,9 +188,15 @@ def _train_step(model, optim, micro: List[Dict], n_label_tokens: torch.Tensor, t
         mb = dict(mb)
         input_ids, labels = mb.pop("input_ids"), mb.pop("labels")
         _, loss, ce_loss, _ = model(
-            input_ids, labels=labels, ignore_index=_IGNORE, loss_reduction="sum",
-            z_loss_multiplier=tm.z_loss_multiplier, loss_div_factor=n_label_tokens, return_logits=False, **mb,
-        )  # fmt: skip
+            input_ids,
+            labels=labels,
+            ignore_index=_IGNORE,
+            loss_reduction="sum",
+            z_loss_multiplier=tm.z_loss_multiplier,
+            loss_div_factor=n_label_tokens,
+            return_logits=False,
+            **mb,
+        )
         ce += ce_loss.detach()
         loss.backward()
     metrics = {"train/CE loss": float(ce)}
@@ -254,8 +260,10 @@ def train_grid(plans: Sequence[FTPlan], work_folder: Path, cache: Path) -> List[
                 metrics[state.global_step] = _train_step(model, optim, micro, n_label_tokens, tm, state)
             if state.global_step % every == 0 or state.global_step == steps:
                 ces = " ".join(f"{m[state.global_step]['train/CE loss']:.3f}" for _, _, m in slices)
-                log.info(f"batched fine-tuning of {len(slices)} LRs: step {state.global_step}/{steps} "
-                         f"({time.monotonic() - t0:.0f} s), train CE per LR: {ces}")  # fmt: skip
+                log.info(
+                    f"batched fine-tuning of {len(slices)} LRs: step {state.global_step}/{steps} "
+                    f"({time.monotonic() - t0:.0f} s), train CE per LR: {ces}"
+                )
             if state.global_step >= steps:
                 break
         epoch += 1
@@ -302,7 +310,11 @@ def run_grid(
                 )
                 kept = None
                 if keep_checkpoint:
-                    kept = str(save_transformer(res.model, train_folder, load_checkpoint_config(plan.cfg.base), step=plan.steps))
+                    kept = str(
+                        save_transformer(
+                            res.model, train_folder, load_checkpoint_config(plan.cfg.base), step=plan.steps
+                        )
+                    )
                 records = evaluate_run(plan, res.model, cache, share, res.metrics.get(plan.steps, {}), checkpoint=kept)
                 write_json(outs[i] / "records.json", [asdict(r) for r in records], keep_nan=True, sort_keys=True)
                 results[i] = records

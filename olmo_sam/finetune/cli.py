@@ -50,29 +50,59 @@ def recipe_options(fn):
     """Options shared by ``finetune run`` and ``sweep`` (FTConfig fields; unset = default)."""
     opts = [
         click.option("--batch-size", type=POSITIVE_INT, help=f"sequences per step [default: {paper.FT_BATCH_SIZE}]"),
-        click.option("--micro-batch-size", "micro_batch_size", type=POSITIVE_INT,
-               help="sequences per forward/backward (memory); must divide --batch-size"),
-        click.option("--seq-len", "seq_len", type=POSITIVE_INT, help="tokens per training sequence [default: the base checkpoint's]"),
         click.option(
-            "--token-budget", callback=lambda c, p, v: _budget(v),
+            "--micro-batch-size",
+            "micro_batch_size",
+            type=POSITIVE_INT,
+            help="sequences per forward/backward (memory); must divide --batch-size",
+        ),
+        click.option(
+            "--seq-len",
+            "seq_len",
+            type=POSITIVE_INT,
+            help="tokens per training sequence [default: the base checkpoint's]",
+        ),
+        click.option(
+            "--token-budget",
+            callback=lambda c, p, v: _budget(v),
             help="tokens per run, capped at one epoch: a number, 'epoch' (no cap), 'table7' (10M) or "
             "'table3' (per dataset: MetaMath 80M, others 50M) [default: table7]",
         ),
-        click.option("--max-steps", type=POSITIVE_INT, help="explicit number of steps (overrides the epoch/budget rule)"),
-        click.option("--warmup-fraction", type=float, help=f"LR warmup as a fraction of the steps [default: {paper.FT_WARMUP_FRACTION:g}]"),
+        click.option(
+            "--max-steps", type=POSITIVE_INT, help="explicit number of steps (overrides the epoch/budget rule)"
+        ),
+        click.option(
+            "--warmup-fraction",
+            type=float,
+            help=f"LR warmup as a fraction of the steps [default: {paper.FT_WARMUP_FRACTION:g}]",
+        ),
         click.option("--final-lr-fraction", type=float, help="cosine floor as a fraction of the peak [default: 0]"),
         click.option("--weight-decay", type=float, help=f"AdamW weight decay [default: {paper.FT_WEIGHT_DECAY:g}]"),
         click.option("--max-grad-norm", type=float, help=f"gradient clipping norm [default: {paper.FT_MAX_GRAD_NORM}]"),
         click.option("--seed", type=int, help="model seed (LoRA init, dropout) [default: 0]"),
         click.option("--data-seed", type=int, help=f"seed of the training-data order [default: {DATA_SEED}]"),
         click.option("--dp", type=click.Choice(["ddp", "fsdp", "hsdp"]), help="data parallelism under torchrun"),
-        click.option("--checkpoint-interval", type=POSITIVE_INT, help="also checkpoint every N steps (resumable long runs)"),
+        click.option(
+            "--checkpoint-interval", type=POSITIVE_INT, help="also checkpoint every N steps (resumable long runs)"
+        ),
         click.option("--pt-val", multiple=True, help="pretraining validation token file(s) [default: the base run's]"),
-        click.option("--pt-val-max-sequences", type=POSITIVE_INT, help="evaluate L_PT on at most this many sequences [default: all]"),
-        click.option("--ft-val-max-sequences", type=POSITIVE_INT, help="evaluate L_FT on at most this many sequences [default: all]"),
+        click.option(
+            "--pt-val-max-sequences",
+            type=POSITIVE_INT,
+            help="evaluate L_PT on at most this many sequences [default: all]",
+        ),
+        click.option(
+            "--ft-val-max-sequences",
+            type=POSITIVE_INT,
+            help="evaluate L_FT on at most this many sequences [default: all]",
+        ),
         click.option("--eval-batch-size", type=POSITIVE_INT, help="sequences per evaluation batch [default: 8]"),
-        click.option("--fisher-batches", type=POSITIVE_INT, help=f"EWC Fisher batches [default: {paper.EWC_FISHER_BATCHES}]"),
-        click.option("--fisher-batch-size", type=POSITIVE_INT, help="EWC: sequences per Fisher batch [default: --batch-size]"),
+        click.option(
+            "--fisher-batches", type=POSITIVE_INT, help=f"EWC Fisher batches [default: {paper.EWC_FISHER_BATCHES}]"
+        ),
+        click.option(
+            "--fisher-batch-size", type=POSITIVE_INT, help="EWC: sequences per Fisher batch [default: --batch-size]"
+        ),
         click.option("--fisher-data", multiple=True, help="EWC: pretraining token files [default: the base run's]"),
         click.option("--replay-data", multiple=True, help="replay: pretraining token files [default: the base run's]"),
         click.option("--lora-alpha", type=float, help="LoRA scaling numerator [default: the rank]"),
@@ -84,11 +114,30 @@ def recipe_options(fn):
 
 
 _RECIPE_KEYS = (
-    "batch_size", "micro_batch_size", "seq_len", "token_budget", "max_steps", "warmup_fraction",
-    "final_lr_fraction", "weight_decay", "max_grad_norm", "seed", "data_seed", "dp", "checkpoint_interval",
-    "pt_val", "pt_val_max_sequences", "ft_val_max_sequences", "eval_batch_size", "fisher_batches",
-    "fisher_batch_size", "fisher_data", "replay_data", "lora_alpha", "lora_dropout",
-)  # fmt: skip
+    "batch_size",
+    "micro_batch_size",
+    "seq_len",
+    "token_budget",
+    "max_steps",
+    "warmup_fraction",
+    "final_lr_fraction",
+    "weight_decay",
+    "max_grad_norm",
+    "seed",
+    "data_seed",
+    "dp",
+    "checkpoint_interval",
+    "pt_val",
+    "pt_val_max_sequences",
+    "ft_val_max_sequences",
+    "eval_batch_size",
+    "fisher_batches",
+    "fisher_batch_size",
+    "fisher_data",
+    "replay_data",
+    "lora_alpha",
+    "lora_dropout",
+)
 
 
 def _common(kwargs: Dict[str, Any]) -> Dict[str, Any]:
@@ -120,8 +169,16 @@ def _records_table(records, title: str):
         table.add_column(col, justify="right" if col not in ("base", "dataset", "method") else "left")
     for r in sorted(records, key=lambda r: (r.base_label, r.dataset, r.method, r.lr, r.run_id)):
         method = r.method + (f" a={r.hparams['wise_alpha']:g}" if "wise_alpha" in r.hparams else "")
-        table.add_row(r.base_label, r.dataset, method, f"{r.lr:.3g}", f"{r.l_ft:.4f}", f"{r.l_pt:.4f}",
-                      f"{r.base_l_pt:.4f}", f"{r.forgetting:+.4f}")  # fmt: skip
+        table.add_row(
+            r.base_label,
+            r.dataset,
+            method,
+            f"{r.lr:.3g}",
+            f"{r.l_ft:.4f}",
+            f"{r.l_pt:.4f}",
+            f"{r.base_l_pt:.4f}",
+            f"{r.forgetting:+.4f}",
+        )
     Console().print(table)
 
 
@@ -153,39 +210,75 @@ def datasets_command():
 
 @finetune.command("prepare")
 @click.argument("name")
-@click.option("--tokenizer", required=True, type=click.Path(exists=True), help="Hugging Face tokenizer directory (or tokenizer.json)")
-@click.option("--out", callback=out_dir_callback, type=click.Path(), help="output directory [default: a keyed directory in the cache]")
+@click.option(
+    "--tokenizer",
+    required=True,
+    type=click.Path(exists=True),
+    help="Hugging Face tokenizer directory (or tokenizer.json)",
+)
+@click.option(
+    "--out",
+    callback=out_dir_callback,
+    type=click.Path(),
+    help="output directory [default: a keyed directory in the cache]",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="split seed")
-@click.option("--val-fraction", type=float, default=0.05, show_default=True, help="fraction of documents held out for L_FT")
-@click.option("--max-val-documents", type=POSITIVE_INT, default=2000, show_default=True, help="cap on held-out documents")
+@click.option(
+    "--val-fraction", type=float, default=0.05, show_default=True, help="fraction of documents held out for L_FT"
+)
+@click.option(
+    "--max-val-documents", type=POSITIVE_INT, default=2000, show_default=True, help="cap on held-out documents"
+)
 @click.option("--max-train-tokens", type=POSITIVE_INT, help="stop reading once the train split holds this many tokens")
 @click.option("--max-documents", type=POSITIVE_INT, help="read at most this many rows")
 @click.option("--overwrite", is_flag=True, help="replace a differently prepared dataset in --out")
 @_usage_errors
-def prepare_command(name, tokenizer, out, seed, val_fraction, max_val_documents, max_train_tokens, max_documents, overwrite):
+def prepare_command(
+    name, tokenizer, out, seed, val_fraction, max_val_documents, max_train_tokens, max_documents, overwrite
+):
     """Format, tokenize and split dataset NAME (see 'olmo-sam finetune datasets')."""
     from .adapters import prepare_dataset
 
     ds = prepare_dataset(
-        name, tokenizer, out, seed=seed, val_fraction=val_fraction, max_val_documents=max_val_documents,
-        max_train_tokens=max_train_tokens, max_documents=max_documents, overwrite=overwrite,
-    )  # fmt: skip
+        name,
+        tokenizer,
+        out,
+        seed=seed,
+        val_fraction=val_fraction,
+        max_val_documents=max_val_documents,
+        max_train_tokens=max_train_tokens,
+        max_documents=max_documents,
+        overwrite=overwrite,
+    )
     click.echo(str(ds.root))
     for split, c in ds.meta.splits.items():
-        click.echo(f"  {split}: {c['documents']:,d} documents, {c['tokens']:,d} tokens ({c['target_tokens']:,d} targets)")
+        click.echo(
+            f"  {split}: {c['documents']:,d} documents, {c['tokens']:,d} tokens ({c['target_tokens']:,d} targets)"
+        )
 
 
 @finetune.command("run")
-@click.option("--base", required=True, help="base checkpoint: OLMo-core run or step directory, trainer or model-only (import-hf, wise-ft output)")
+@click.option(
+    "--base",
+    required=True,
+    help="base checkpoint: OLMo-core run or step directory, trainer or model-only (import-hf, wise-ft output)",
+)
 @click.option("--base-label", help="short name of the base in tables and plots [default: its run directory]")
 @click.option("--data", required=True, help="prepared dataset directory ('olmo-sam finetune prepare')")
 @click.option("--lr", required=True, type=POSITIVE_FLOAT, help="peak learning rate (cosine schedule)")
-@click.option("--method", type=click.Choice(["ft", "ewc", "l2init", "lora", "replay"]), default="ft", show_default=True,
-              help="full fine-tuning or a forgetting-mitigation baseline")
+@click.option(
+    "--method",
+    type=click.Choice(["ft", "ewc", "l2init", "lora", "replay"]),
+    default="ft",
+    show_default=True,
+    help="full fine-tuning or a forgetting-mitigation baseline",
+)
 @click.option("--ewc-lambda", type=float, help=f"[default: {paper.EWC_BEST_LAMBDA:g}]")
 @click.option("--l2-lambda", type=float, help=f"[default: {paper.L2_INIT_PENALTY:g}]")
 @click.option("--lora-rank", type=POSITIVE_INT, help=f"[default: {paper.LORA_RANK}]")
-@click.option("--replay-ratio", type=float, help=f"replayed PT tokens per task token [default: {paper.REPLAY_DEFAULT_RATIO:g}]")
+@click.option(
+    "--replay-ratio", type=float, help=f"replayed PT tokens per task token [default: {paper.REPLAY_DEFAULT_RATIO:g}]"
+)
 @click.option("--wise-alpha", "wise_alphas", type=float, multiple=True, help="also record WiSE-FT at these alphas")
 @click.option("--out", required=True, callback=out_dir_callback, type=click.Path(), help="run directory")
 @click.option("--cache-dir", type=click.Path(), help="[default: OUT/../_cache]")
@@ -193,21 +286,47 @@ def prepare_command(name, tokenizer, out, seed, val_fraction, max_val_documents,
 @click.option("--keep-checkpoint", is_flag=True, help="keep the fine-tuned checkpoint")
 @recipe_options
 @_usage_errors
-def run_command(base, base_label, data, lr, method, ewc_lambda, l2_lambda, lora_rank, replay_ratio, wise_alphas,
-                out, cache_dir, store, keep_checkpoint, **kwargs):  # fmt: skip
+def run_command(
+    base,
+    base_label,
+    data,
+    lr,
+    method,
+    ewc_lambda,
+    l2_lambda,
+    lora_rank,
+    replay_ratio,
+    wise_alphas,
+    out,
+    cache_dir,
+    store,
+    keep_checkpoint,
+    **kwargs,
+):
     """Fine-tune one base checkpoint on one dataset at one learning rate."""
-    from .records import ResultStore
     from .engine import FTConfig, run_finetune
+    from .records import ResultStore
     from .sweep import table3_budget
 
     common = _common(kwargs)
     if common.get("token_budget") == "table3":
         common["token_budget"] = table3_budget(data)
     _setup_logging()
-    cfg = FTConfig.from_dict(dict(
-        common, base=base, base_label=base_label, data=data, lr=lr, method=method, ewc_lambda=ewc_lambda,
-        l2_lambda=l2_lambda, lora_rank=lora_rank, replay_ratio=replay_ratio, wise_alphas=wise_alphas,
-    ))  # fmt: skip
+    cfg = FTConfig.from_dict(
+        dict(
+            common,
+            base=base,
+            base_label=base_label,
+            data=data,
+            lr=lr,
+            method=method,
+            ewc_lambda=ewc_lambda,
+            l2_lambda=l2_lambda,
+            lora_rank=lora_rank,
+            replay_ratio=replay_ratio,
+            wise_alphas=wise_alphas,
+        )
+    )
     records = run_finetune(cfg, out, cache_dir=cache_dir, keep_checkpoint=keep_checkpoint)
     if store:
         rs = ResultStore(store)
@@ -220,7 +339,9 @@ def run_command(base, base_label, data, lr, method, ewc_lambda, l2_lambda, lora_
 @click.option("--base", required=True, help="base checkpoint")
 @click.option("--ft", "ft_ckpt", required=True, help="fine-tuned checkpoint (kept with --keep-checkpoint)")
 @click.option("--alpha", required=True, type=float, help="weight of the fine-tuned model (0 = base, 1 = fine-tuned)")
-@click.option("--out", required=True, callback=out_dir_callback, type=click.Path(), help="checkpoint directory to write")
+@click.option(
+    "--out", required=True, callback=out_dir_callback, type=click.Path(), help="checkpoint directory to write"
+)
 @_usage_errors
 def wise_ft_command(base, ft_ckpt, alpha, out):
     """Save the WiSE-FT interpolation (1 - alpha) * base + alpha * fine-tuned as a checkpoint."""
@@ -270,42 +391,118 @@ def _choices(values: Sequence[str], allowed: Sequence[str], what: str) -> tuple:
 @click.option("--base-label", "base_labels", multiple=True, help="one label per --base")
 @click.option("--data", "datasets", multiple=True, required=True, help="prepared dataset directory(ies)")
 @click.option("--lrs", "lr_grid", default="table7", show_default=True, help=LR_HELP)
-@click.option("--methods", "methods", multiple=True, default=("ft",), show_default=True,
-        callback=lambda c, p, v: _choices(v, METHOD_CHOICES, "--methods"),
-        help=f"fine-tuning methods, comma-separated or repeated: {', '.join(METHOD_CHOICES)}")  # fmt: skip
-@click.option("--ewc-lambdas", "ewc_lambdas", multiple=True,
-        help="EWC lambdas, comma-separated or repeated; 'table10' = the Table 10 grid [default: 1e4]")
-@click.option("--l2-lambdas", "l2_lambdas", multiple=True,
-        help=f"L2-to-init penalties, comma-separated or repeated [default: {paper.L2_INIT_PENALTY:g}]")
-@click.option("--lora-ranks", "lora_ranks", multiple=True,
-        help=f"LoRA ranks, comma-separated or repeated [default: {paper.LORA_RANK}]")
-@click.option("--replay-ratios", "replay_ratios", multiple=True,
-        help=f"replayed PT tokens per task token, comma-separated or repeated [default: {paper.REPLAY_DEFAULT_RATIO:g}]")
-@click.option("--wise-alphas", "wise_alphas", multiple=True,
-        help=f"WiSE-FT weights of the fine-tuned model, comma-separated or repeated [default: {paper.WISE_FT_ALPHA:g}]")
-@click.option("--out", required=True, callback=out_dir_callback, type=click.Path(), help="sweep directory (results.jsonl, runs/, cache/)")
+@click.option(
+    "--methods",
+    "methods",
+    multiple=True,
+    default=("ft",),
+    show_default=True,
+    callback=lambda c, p, v: _choices(v, METHOD_CHOICES, "--methods"),
+    help=f"fine-tuning methods, comma-separated or repeated: {', '.join(METHOD_CHOICES)}",
+)
+@click.option(
+    "--ewc-lambdas",
+    "ewc_lambdas",
+    multiple=True,
+    help="EWC lambdas, comma-separated or repeated; 'table10' = the Table 10 grid [default: 1e4]",
+)
+@click.option(
+    "--l2-lambdas",
+    "l2_lambdas",
+    multiple=True,
+    help=f"L2-to-init penalties, comma-separated or repeated [default: {paper.L2_INIT_PENALTY:g}]",
+)
+@click.option(
+    "--lora-ranks",
+    "lora_ranks",
+    multiple=True,
+    help=f"LoRA ranks, comma-separated or repeated [default: {paper.LORA_RANK}]",
+)
+@click.option(
+    "--replay-ratios",
+    "replay_ratios",
+    multiple=True,
+    help=f"replayed PT tokens per task token, comma-separated or repeated [default: {paper.REPLAY_DEFAULT_RATIO:g}]",
+)
+@click.option(
+    "--wise-alphas",
+    "wise_alphas",
+    multiple=True,
+    help=f"WiSE-FT weights of the fine-tuned model, comma-separated or repeated [default: {paper.WISE_FT_ALPHA:g}]",
+)
+@click.option(
+    "--out",
+    required=True,
+    callback=out_dir_callback,
+    type=click.Path(),
+    help="sweep directory (results.jsonl, runs/, cache/)",
+)
 @click.option("--jobs", type=click.IntRange(min=1), help="parallel local workers [default: min(2, CPUs)]")
-@click.option("--executor", "launcher", type=click.Choice(["local", "torchrun"]), default="local",
-        show_default=True, help="how runs start: local worker processes, or torchrun per run")
-@click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True,
-              help="torchrun processes per run (--executor torchrun)")  # fmt: skip
+@click.option(
+    "--executor",
+    "launcher",
+    type=click.Choice(["local", "torchrun"]),
+    default="local",
+    show_default=True,
+    help="how runs start: local worker processes, or torchrun per run",
+)
+@click.option(
+    "--nproc-per-node",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="torchrun processes per run (--executor torchrun)",
+)
 @click.option("--keep-checkpoints", is_flag=True, help="keep each run's fine-tuned checkpoint (WiSE-FT, benchmarks)")
-@click.option("--engine", type=click.Choice(["batched", "trainer"]), default="batched", show_default=True,
-              help="batched: train the runs of an LR grid together in one process (ft, replay, mixes; each "
-                   "equal to its trainer run); trainer: every run through OLMo-core's trainer, one at a time")
-@click.option("--batch-memory-gb", type=click.FloatRange(min=0, min_open=True),
-              help="memory for one batched chunk's training state (weights, gradients, AdamW moments); "
-                   "a larger grid runs in chunks [default: 4 on CPU, half the GPU's memory]")  # fmt: skip
+@click.option(
+    "--engine",
+    type=click.Choice(["batched", "trainer"]),
+    default="batched",
+    show_default=True,
+    help="batched: train the runs of an LR grid together in one process (ft, replay, mixes; each "
+    "equal to its trainer run); trainer: every run through OLMo-core's trainer, one at a time",
+)
+@click.option(
+    "--batch-memory-gb",
+    type=click.FloatRange(min=0, min_open=True),
+    help="memory for one batched chunk's training state (weights, gradients, AdamW moments); "
+    "a larger grid runs in chunks [default: 4 on CPU, half the GPU's memory]",
+)
 @click.option("--dry-run", is_flag=True, help="list the runs and what is done, run nothing")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
-@click.option("--mix", "mixes", multiple=True, metavar="METHOD=DIR",
-              help="also run METHOD (cfs or cs) on a mix from 'olmo-sam cfs mix' of the single --data task, "
-                   "for the task's number of steps")  # fmt: skip
+@click.option(
+    "--mix",
+    "mixes",
+    multiple=True,
+    metavar="METHOD=DIR",
+    help="also run METHOD (cfs or cs) on a mix from 'olmo-sam cfs mix' of the single --data task, "
+    "for the task's number of steps",
+)
 @recipe_options
 @_usage_errors
-def sweep(bases, base_labels, datasets, lr_grid, methods, ewc_lambdas, l2_lambdas, lora_ranks, replay_ratios,
-          wise_alphas, out, jobs, launcher, nproc_per_node, keep_checkpoints, engine, batch_memory_gb, dry_run,
-          no_progress, mixes, **kwargs):  # fmt: skip
+def sweep(
+    bases,
+    base_labels,
+    datasets,
+    lr_grid,
+    methods,
+    ewc_lambdas,
+    l2_lambdas,
+    lora_ranks,
+    replay_ratios,
+    wise_alphas,
+    out,
+    jobs,
+    launcher,
+    nproc_per_node,
+    keep_checkpoints,
+    engine,
+    batch_memory_gb,
+    dry_run,
+    no_progress,
+    mixes,
+    **kwargs,
+):
     """Fine-tune every base on every dataset over an LR grid (and methods); resumable.
 
     Results are appended to OUT/results.jsonl (one record per finished run); re-running the
@@ -342,14 +539,24 @@ def sweep(bases, base_labels, datasets, lr_grid, methods, ewc_lambdas, l2_lambda
         n_done = sum(set(c.expected_run_ids()) <= done for c in configs)
         for c in configs:
             state = "done" if set(c.expected_run_ids()) <= done else "pending"
-            click.echo(f"{state:8s} {c.run_id:36s} {c.base_label:16s} {Path(c.data).name:20s} {c.method:7s} lr={c.lr:g}")
+            click.echo(
+                f"{state:8s} {c.run_id:36s} {c.base_label:16s} {Path(c.data).name:20s} {c.method:7s} lr={c.lr:g}"
+            )
         click.echo(f"{len(configs)} runs: {n_done} done, {len(configs) - n_done} pending")
         return
     _setup_logging()
     results = [
-        run_sweep(sp, out, jobs=jobs, launcher=launcher, nproc_per_node=nproc_per_node,
-                  keep_checkpoints=keep_checkpoints, progress=not no_progress, engine=engine,
-                  memory_budget_gb=batch_memory_gb)  # fmt: skip
+        run_sweep(
+            sp,
+            out,
+            jobs=jobs,
+            launcher=launcher,
+            nproc_per_node=nproc_per_node,
+            keep_checkpoints=keep_checkpoints,
+            progress=not no_progress,
+            engine=engine,
+            memory_budget_gb=batch_memory_gb,
+        )
         for sp in specs
     ]
     _records_table([r for res in results for r in res.records], f"sweep {out}")

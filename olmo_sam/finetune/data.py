@@ -136,8 +136,7 @@ def read_meta(root: str | Path) -> FTDataMeta:
     path = Path(root) / "meta.json"
     if not path.exists():
         raise OLMoConfigurationError(
-            f"{root} is not a prepared fine-tuning dataset (no meta.json); prepare one with "
-            "'olmo-sam finetune prepare'"
+            f"{root} is not a prepared fine-tuning dataset (no meta.json); prepare one with 'olmo-sam finetune prepare'"
         )
     from ..preflight import read_json
 

@@ -49,7 +49,6 @@ from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.optim import AdamWConfig
 
 from .. import paper
-from .records import FTRecord
 from ..checkpoints import (
     CheckpointInfo,
     checkpoint_info,
@@ -60,15 +59,16 @@ from ..checkpoints import (
 )
 from ..data.tokens import token_dtype_for_vocab
 from ..evals.lm_loss import lm_loss
+from ..locks import cached_file, file_lock
 from ..optim import CosineAlpha
+from ..output import json_digest, write_json
 from ..seeds import DATA_SEED
 from ..train import build_experiment, read_metrics, run_experiment
 from .baselines import build_replay_mix, wise_ft
 from .data import FTDataMeta, read_meta, split_paths
-from ..locks import cached_file, file_lock
-from ..output import json_digest, write_json
 from .lora import LoRASettings, LoRATrainModuleConfig, load_merged_lora
 from .penalty import WeightPenaltyCallback, diagonal_fisher, save_tensors
+from .records import FTRecord
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +203,19 @@ class FTConfig:
             raise OLMoConfigurationError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.final_lr_fraction <= 1:
             raise OLMoConfigurationError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
-        for name in ("seq_len", "max_steps", "checkpoint_interval", "pt_val_max_sequences",
-                     "ft_val_max_sequences", "eval_batch_size", "fisher_batches", "fisher_batch_size", "lora_rank",
-                     "seed", "data_seed"):  # fmt: skip
+        for name in (
+            "seq_len",
+            "max_steps",
+            "checkpoint_interval",
+            "pt_val_max_sequences",
+            "ft_val_max_sequences",
+            "eval_batch_size",
+            "fisher_batches",
+            "fisher_batch_size",
+            "lora_rank",
+            "seed",
+            "data_seed",
+        ):
             low = 0 if name.endswith("seed") else 1
             v = getattr(self, name)
             if v is not None and v < low:
@@ -242,8 +252,7 @@ class FTConfig:
         replay = (self.replay_data or info.train_paths) if self.method == "replay" else None
         if self.method in ("ewc", "replay") and not (fisher or replay):
             raise OLMoConfigurationError(
-                f"method {self.method!r} needs pretraining token files (fisher_data / replay_data); "
-                f"{base} records none"
+                f"method {self.method!r} needs pretraining token files (fisher_data / replay_data); {base} records none"
             )
         abs_paths = lambda ps: [str(Path(p).resolve()) for p in ps] if ps else None  # noqa: E731
         for p in (pt_val or []) + (fisher or []) + (replay or []):
@@ -336,7 +345,11 @@ def plan_run(cfg: FTConfig) -> FTPlan:
     meta = read_meta(cfg.data)
     tok = info.tokenizer
     want_dtype = token_dtype_for_vocab(tok.vocab_size).name
-    if meta.vocab_size > info.model_config.vocab_size or meta.eos_token_id != tok.eos_token_id or meta.dtype != want_dtype:
+    if (
+        meta.vocab_size > info.model_config.vocab_size
+        or meta.eos_token_id != tok.eos_token_id
+        or meta.dtype != want_dtype
+    ):
         raise OLMoConfigurationError(
             f"dataset {cfg.data} was prepared with another tokenizer (vocab {meta.vocab_size}, EOS "
             f"{meta.eos_token_id}, {meta.dtype}) than the base checkpoint's (vocab {tok.vocab_size}, "
@@ -383,10 +396,19 @@ def base_pt_loss(cfg: FTConfig, vocab_size: int, cache_dir: Path) -> float:
     def compute(path: Path) -> None:
         model, _ = load_transformer(cfg.base, device=_device())
         res = lm_loss(
-            model, cfg.pt_val or [], seq_len=int(cfg.seq_len or 0), vocab_size=vocab_size,
-            batch_size=cfg.eval_batch_size, max_sequences=cfg.pt_val_max_sequences,
-        )  # fmt: skip
-        write_json(path, dict(loss=res.loss, tokens=res.tokens, base=cfg.base, pt_val=cfg.pt_val), keep_nan=True, sort_keys=True)
+            model,
+            cfg.pt_val or [],
+            seq_len=int(cfg.seq_len or 0),
+            vocab_size=vocab_size,
+            batch_size=cfg.eval_batch_size,
+            max_sequences=cfg.pt_val_max_sequences,
+        )
+        write_json(
+            path,
+            dict(loss=res.loss, tokens=res.tokens, base=cfg.base, pt_val=cfg.pt_val),
+            keep_nan=True,
+            sort_keys=True,
+        )
 
     path = cached_file(cache_dir / "base_pt_loss" / f"{key}.json", compute)
     return float(json.loads(path.read_text())["loss"])
@@ -397,27 +419,43 @@ def fisher_file(cfg: FTConfig, vocab_size: int, cache_dir: Path, micro_batch_siz
     fisher_data = cfg.fisher_data or []
     key = json_digest(
         dict(
-            base=cfg.base, data=_file_key(fisher_data), seq=cfg.seq_len,
-            batches=cfg.fisher_batches, batch=cfg.fisher_batch_size, seed=cfg.seed,
+            base=cfg.base,
+            data=_file_key(fisher_data),
+            seq=cfg.seq_len,
+            batches=cfg.fisher_batches,
+            batch=cfg.fisher_batch_size,
+            seed=cfg.seed,
         )
-    )  # fmt: skip
+    )
 
     def compute(path: Path) -> None:
         model, _ = load_transformer(cfg.base, device=_device())
         model.train()
         fisher = diagonal_fisher(
-            model, fisher_data, seq_len=int(cfg.seq_len or 0), dtype=token_dtype_for_vocab(vocab_size),
-            n_batches=int(cfg.fisher_batches or 0), batch_size=int(cfg.fisher_batch_size or 0),
-            micro_batch_size=micro_batch_size, seed=cfg.seed,
-        )  # fmt: skip
+            model,
+            fisher_data,
+            seq_len=int(cfg.seq_len or 0),
+            dtype=token_dtype_for_vocab(vocab_size),
+            n_batches=int(cfg.fisher_batches or 0),
+            batch_size=int(cfg.fisher_batch_size or 0),
+            micro_batch_size=micro_batch_size,
+            seed=cfg.seed,
+        )
         save_tensors(fisher, path)
 
     return cached_file(cache_dir / "fisher" / f"{key}.pt", compute)
 
 
 def replay_dir(cfg: FTConfig, cache_dir: Path) -> Path:
-    key = json_digest(dict(data=cfg.data, meta=_file_key([str(Path(cfg.data) / "meta.json")]),
-                       pt=_file_key(cfg.replay_data or []), ratio=cfg.replay_ratio, seed=cfg.data_seed))  # fmt: skip
+    key = json_digest(
+        dict(
+            data=cfg.data,
+            meta=_file_key([str(Path(cfg.data) / "meta.json")]),
+            pt=_file_key(cfg.replay_data or []),
+            ratio=cfg.replay_ratio,
+            seed=cfg.data_seed,
+        )
+    )
     out = cache_dir / "replay" / key
     with file_lock(cache_dir / "replay" / f"{key}.lock"):
         build_replay_mix(cfg.data, cfg.replay_data or [], float(cfg.replay_ratio or 0), out, seed=cfg.data_seed)
@@ -430,7 +468,9 @@ def replay_dir(cfg: FTConfig, cache_dir: Path) -> Path:
 
 
 def _lora_settings(cfg: FTConfig) -> LoRASettings:
-    return LoRASettings(rank=int(cfg.lora_rank or 0), alpha=cfg.lora_alpha, dropout=float(cfg.lora_dropout or 0.0), init_seed=cfg.seed)
+    return LoRASettings(
+        rank=int(cfg.lora_rank or 0), alpha=cfg.lora_alpha, dropout=float(cfg.lora_dropout or 0.0), init_seed=cfg.seed
+    )
 
 
 def build_ft_experiment(plan: FTPlan, train_folder: Path, cache_dir: Path):
@@ -609,10 +649,23 @@ def evaluate_run(
     seq = int(cfg.seq_len)  # type: ignore[arg-type]
 
     def losses(m) -> Tuple[float, float]:
-        l_ft = lm_loss(m, [val_tokens], mask_paths=[val_mask], seq_len=seq, vocab_size=plan.vocab_size,
-                       batch_size=cfg.eval_batch_size, max_sequences=cfg.ft_val_max_sequences)  # fmt: skip
-        l_pt = lm_loss(m, cfg.pt_val or [], seq_len=seq, vocab_size=plan.vocab_size,
-                       batch_size=cfg.eval_batch_size, max_sequences=cfg.pt_val_max_sequences)  # fmt: skip
+        l_ft = lm_loss(
+            m,
+            [val_tokens],
+            mask_paths=[val_mask],
+            seq_len=seq,
+            vocab_size=plan.vocab_size,
+            batch_size=cfg.eval_batch_size,
+            max_sequences=cfg.ft_val_max_sequences,
+        )
+        l_pt = lm_loss(
+            m,
+            cfg.pt_val or [],
+            seq_len=seq,
+            vocab_size=plan.vocab_size,
+            batch_size=cfg.eval_batch_size,
+            max_sequences=cfg.pt_val_max_sequences,
+        )
         return l_ft.loss, l_pt.loss
 
     base_l_pt = base_pt_loss(cfg, plan.vocab_size, cache)
@@ -630,12 +683,25 @@ def evaluate_run(
     # set: its L_FT is on the task's validation split, which the mix carries unchanged
     dataset = read_meta(cfg.epoch_data).name if cfg.epoch_data else plan.meta.name
     common = dict(
-        base=cfg.base, base_label=cfg.base_label or "", dataset=dataset, lr=cfg.lr,
-        base_l_pt=base_l_pt, steps=plan.steps, tokens=plan.steps * plan.tokens_per_step,
-    )  # fmt: skip
+        base=cfg.base,
+        base_label=cfg.base_label or "",
+        dataset=dataset,
+        lr=cfg.lr,
+        base_l_pt=base_l_pt,
+        steps=plan.steps,
+        tokens=plan.steps * plan.tokens_per_step,
+    )
     records = [
-        FTRecord(run_id=cfg.run_id, method=method, l_ft=l_ft, l_pt=l_pt, hparams=hparams,
-                 wall_time_s=train_time + time.monotonic() - t0, extra=extra, **common)  # fmt: skip
+        FTRecord(
+            run_id=cfg.run_id,
+            method=method,
+            l_ft=l_ft,
+            l_pt=l_pt,
+            hparams=hparams,
+            wall_time_s=train_time + time.monotonic() - t0,
+            extra=extra,
+            **common,
+        )
     ]
     if cfg.wise_alphas:
         base_model, _ = load_transformer(cfg.base, device=device)
@@ -645,8 +711,12 @@ def evaluate_run(
                 FTRecord(
                     run_id=cfg.wise_run_id(alpha),
                     method="wiseft" if method == "ft" else f"{method}+wiseft",
-                    l_ft=w_ft, l_pt=w_pt, wall_time_s=0.0, hparams=dict(hparams, wise_alpha=alpha),
-                    extra=dict(extra, source_run=cfg.run_id), **common,
-                )  # fmt: skip
+                    l_ft=w_ft,
+                    l_pt=w_pt,
+                    wall_time_s=0.0,
+                    hparams=dict(hparams, wise_alpha=alpha),
+                    extra=dict(extra, source_run=cfg.run_id),
+                    **common,
+                )
             )
     return records

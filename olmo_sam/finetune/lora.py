@@ -42,7 +42,14 @@ from .sharding import local_like
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoRASettings", "LoRATrainModuleConfig", "inject_lora", "reset_lora_parameters", "merge_lora", "load_merged_lora"]
+__all__ = [
+    "LoRASettings",
+    "LoRATrainModuleConfig",
+    "inject_lora",
+    "reset_lora_parameters",
+    "merge_lora",
+    "load_merged_lora",
+]
 
 #: Every linear map of every block (attention q/k/v/out, SwiGLU w1/w2/w3); not the LM head.
 DEFAULT_TARGETS = r"blocks\.\d+\.(attention\.(w_q|w_k|w_v|w_out)|feed_forward\.(w1|w2|w3))"
@@ -83,9 +90,7 @@ def inject_lora(model: torch.nn.Module, settings: LoRASettings) -> Dict[str, str
 
     pattern = re.compile(settings.target_modules)
     if not any(pattern.fullmatch(n) for n, _ in model.named_modules()):
-        raise OLMoConfigurationError(
-            f"LoRA target_modules {settings.target_modules!r} matches no module of the model"
-        )
+        raise OLMoConfigurationError(f"LoRA target_modules {settings.target_modules!r} matches no module of the model")
     cfg = LoraConfig(
         r=settings.rank,
         lora_alpha=settings.scale_alpha,
@@ -151,7 +156,11 @@ class LoRATrainModuleConfig(SAMTrainModuleConfig):
         base = SAMTrainModuleConfig(**{f.name: getattr(self, f.name) for f in fields(SAMTrainModuleConfig)})
         base.load_key_mapping = {**(self.load_key_mapping or {}), **mapping}
         # only the adapters may be absent from a checkpoint (the base one); see module docstring
-        base.state_dict_load_opts = {**(self.state_dict_load_opts or {}), "strict": False, "flatten_optimizer_state_dict": True}
+        base.state_dict_load_opts = {
+            **(self.state_dict_load_opts or {}),
+            "strict": False,
+            "flatten_optimizer_state_dict": True,
+        }
         train_module = base.build(model, device=device, eval_only=eval_only)
         reset_lora_parameters(train_module.model, self.lora.init_seed)
         n_train = sum(p.numel() for p in train_module.model.parameters() if p.requires_grad)

@@ -76,9 +76,7 @@ def sample_windows(
     starts_per_file = np.array([max(len(a) - seq_len, 0) for a in arrays], dtype=np.int64)
     total = int(starts_per_file.sum())
     if total == 0:
-        raise OLMoConfigurationError(
-            f"the Fisher data {list(map(str, paths))} holds no window of {seq_len + 1} tokens"
-        )
+        raise OLMoConfigurationError(f"the Fisher data {list(map(str, paths))} holds no window of {seq_len + 1} tokens")
     rng = np.random.default_rng(seed)
     cum = np.cumsum(starts_per_file)
     for g in rng.integers(0, total, size=count):
@@ -181,17 +179,25 @@ class WeightPenaltyCallback(Callback, Config):
                 continue
             name = _clean_name(raw_name)
             if name not in anchor_sd:
-                raise OLMoConfigurationError(f"{self.name}: parameter '{name}' is not in the anchor checkpoint {self.anchor_path}")
+                raise OLMoConfigurationError(
+                    f"{self.name}: parameter '{name}' is not in the anchor checkpoint {self.anchor_path}"
+                )
             fisher = None
             if fisher_sd is not None:
                 if name not in fisher_sd:
-                    raise OLMoConfigurationError(f"{self.name}: no Fisher entry for parameter '{name}' in {self.fisher_path}")
+                    raise OLMoConfigurationError(
+                        f"{self.name}: no Fisher entry for parameter '{name}' in {self.fisher_path}"
+                    )
                 fisher = local_like(fisher_sd[name], p)
             self._terms.append((p, local_like(anchor_sd[name], p), fisher))
             sharded = sharded or is_sharded(p)
-        self._reduce = ReduceType.sum if sharded else (ReduceType.mean if self.trainer.dp_process_group is not None else None)
+        self._reduce = (
+            ReduceType.sum if sharded else (ReduceType.mean if self.trainer.dp_process_group is not None else None)
+        )
         del base, anchor_sd, fisher_sd
-        log.info(f"{self.name}: lambda={self.lam:g}, {len(self._terms)} parameter tensors anchored to {self.anchor_path}")
+        log.info(
+            f"{self.name}: lambda={self.lam:g}, {len(self._terms)} parameter tensors anchored to {self.anchor_path}"
+        )
 
     @torch.no_grad()
     def pre_optim_step(self):

@@ -39,15 +39,26 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from .records import FTRecord, ResultStore
-from .batched import ENGINES, grid_units, run_grid
-from .engine import METHODS, FTConfig, run_finetune
 from ..output import write_json
 from ..workers import die_with_parent, output_to
+from .batched import ENGINES, grid_units, run_grid
+from .engine import METHODS, FTConfig, run_finetune
+from .records import FTRecord, ResultStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LR_GRIDS", "MIX_METHODS", "mix_sweeps", "parse_lrs", "SweepSpec", "expand", "worker_command", "SweepResult", "run_sweep", "default_jobs"]
+__all__ = [
+    "LR_GRIDS",
+    "MIX_METHODS",
+    "mix_sweeps",
+    "parse_lrs",
+    "SweepSpec",
+    "expand",
+    "worker_command",
+    "SweepResult",
+    "run_sweep",
+    "default_jobs",
+]
 
 #: LR grid presets: [SAM-PT] Table 7 (controlled models), Table 3 (OLMo-2-1B), Table 10 (EWC).
 LR_GRIDS: Dict[str, Tuple[float, ...]] = {
@@ -131,11 +142,14 @@ def mix_sweeps(spec: SweepSpec, mixes: Dict[str, str]) -> List[SweepSpec]:
             )
         out.append(
             SweepSpec(
-                bases=list(spec.bases), datasets=[mix], lrs=list(spec.lrs), methods=["ft"],
+                bases=list(spec.bases),
+                datasets=[mix],
+                lrs=list(spec.lrs),
+                methods=["ft"],
                 base_labels=spec.base_labels,
                 common={**spec.common, "epoch_data": spec.datasets[0], "record_method": method},
             )
-        )  # fmt: skip
+        )
     return out
 
 
@@ -160,7 +174,18 @@ def expand(spec: SweepSpec, resolve: bool = True) -> List[FTConfig]:
     for k in ("ewc_lambdas", "l2_lambdas", "lora_ranks", "replay_ratios", "wise_alphas"):
         if not getattr(spec, k):
             raise OLMoConfigurationError(f"'{k}' is empty")
-    reserved = {"base", "data", "lr", "method", "base_label", "ewc_lambda", "l2_lambda", "lora_rank", "replay_ratio", "wise_alphas"}
+    reserved = {
+        "base",
+        "data",
+        "lr",
+        "method",
+        "base_label",
+        "ewc_lambda",
+        "l2_lambda",
+        "lora_rank",
+        "replay_ratio",
+        "wise_alphas",
+    }
     clash = sorted(reserved & set(spec.common))
     if clash:
         raise OLMoConfigurationError(f"sweep 'common' options may not set the sweep dimensions {clash}")
@@ -193,8 +218,15 @@ def expand(spec: SweepSpec, resolve: bool = True) -> List[FTConfig]:
             for v in variants:
                 for lr in spec.lrs:
                     cfg = FTConfig.from_dict(
-                        dict(common, base=base, base_label=label, data=data, lr=float(lr),
-                             wise_alphas=wise if v["method"] == "ft" else (), **v)  # fmt: skip
+                        dict(
+                            common,
+                            base=base,
+                            base_label=label,
+                            data=data,
+                            lr=float(lr),
+                            wise_alphas=wise if v["method"] == "ft" else (),
+                            **v,
+                        )
                     )
                     if not resolve:
                         cfg.check(strict=False)
@@ -210,9 +242,15 @@ def worker_command(spec_path: str | Path, launcher: str = "local", nproc_per_nod
         return [sys.executable, "-m", "olmo_sam.finetune.worker", str(spec_path)]
     if launcher == "torchrun":
         return [
-            sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={nproc_per_node}", "-m", "olmo_sam.finetune.worker", str(spec_path),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc_per_node}",
+            "-m",
+            "olmo_sam.finetune.worker",
+            str(spec_path),
+        ]
     raise OLMoConfigurationError(f"launcher must be 'local' or 'torchrun', got {launcher!r}")
 
 
@@ -252,13 +290,17 @@ def _pool_init() -> None:  # pragma: no cover - runs in the worker process
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def _pool_task(engine: str, configs: List[Dict[str, Any]], run_dirs: List[str], cache_dir: str, keep: bool) -> int:  # pragma: no cover
+def _pool_task(
+    engine: str, configs: List[Dict[str, Any]], run_dirs: List[str], cache_dir: str, keep: bool
+) -> int:  # pragma: no cover
     """One unit (a run, or a batched grid chunk) in a pool worker, its output going to the first
     run's ``worker.log``."""
     import olmo_sam  # noqa: F401
 
     with output_to(Path(run_dirs[0]) / "worker.log"):
-        return _run_unit(engine, [FTConfig.from_dict(c) for c in configs], [Path(d) for d in run_dirs], Path(cache_dir), keep)
+        return _run_unit(
+            engine, [FTConfig.from_dict(c) for c in configs], [Path(d) for d in run_dirs], Path(cache_dir), keep
+        )
 
 
 def _run_unit(engine: str, cfgs: List[FTConfig], run_dirs: List[Path], cache: Path, keep: bool) -> int:
@@ -271,8 +313,13 @@ def _run_unit(engine: str, cfgs: List[FTConfig], run_dirs: List[Path], cache: Pa
 
 def _subprocess_task(cmd: List[str], log_path: Path, env: Dict[str, str]) -> int:
     with open(log_path, "ab") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
+        )
         return proc.wait()
 
 
@@ -307,8 +354,7 @@ def run_sweep(
         raise OLMoConfigurationError(f"jobs must be >= 1, got {jobs}")
     if launcher == "torchrun" and nproc_per_node > 1 and not spec.common.get("dp"):
         raise OLMoConfigurationError(
-            f"torchrun with {nproc_per_node} processes per run needs data parallelism: set dp "
-            "to 'ddp' or 'fsdp' (--dp)"
+            f"torchrun with {nproc_per_node} processes per run needs data parallelism: set dp to 'ddp' or 'fsdp' (--dp)"
         )
     if launcher == "local" and nproc_per_node != 1:
         raise OLMoConfigurationError(
@@ -347,10 +393,16 @@ def run_sweep(
         on_progress(len(configs) - len(queue), len(configs))
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")] if p)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")] if p
+    )
     cache = out / "cache"
 
-    units = grid_units(queue, jobs=jobs, memory_budget_gb=memory_budget_gb) if engine == "batched" else [("trainer", [c]) for c in queue]
+    units = (
+        grid_units(queue, jobs=jobs, memory_budget_gb=memory_budget_gb)
+        if engine == "batched"
+        else [("trainer", [c]) for c in queue]
+    )
     executor: Optional[cf.Executor] = None
     if queue and launcher == "torchrun":
         executor = cf.ThreadPoolExecutor(max_workers=jobs)
@@ -364,11 +416,23 @@ def run_sweep(
         cfg, run_dir = unit[0], run_dirs[0]
         if launcher == "torchrun":
             spec_path = run_dir / "worker.json"
-            write_json(spec_path, dict(config=cfg.to_dict(), out=str(run_dir), cache_dir=str(cache), keep_checkpoint=keep_checkpoints), keep_nan=True, sort_keys=True)
+            write_json(
+                spec_path,
+                dict(config=cfg.to_dict(), out=str(run_dir), cache_dir=str(cache), keep_checkpoint=keep_checkpoints),
+                keep_nan=True,
+                sort_keys=True,
+            )
             cmd = worker_command(spec_path, launcher, nproc_per_node)
             return executor.submit(_subprocess_task, cmd, run_dir / "worker.log", env)  # type: ignore[union-attr]
         if executor is not None:
-            return executor.submit(_pool_task, unit_engine, [c.to_dict() for c in unit], [str(d) for d in run_dirs], str(cache), keep_checkpoints)
+            return executor.submit(
+                _pool_task,
+                unit_engine,
+                [c.to_dict() for c in unit],
+                [str(d) for d in run_dirs],
+                str(cache),
+                keep_checkpoints,
+            )
         fut: cf.Future = cf.Future()
         try:  # jobs=1: in this process
             fut.set_result(_run_unit(unit_engine, unit, run_dirs, cache, keep_checkpoints))
@@ -428,12 +492,16 @@ class _progress:
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
-        )  # fmt: skip
+        )
 
         self._bar = Progress(
-            TextColumn("fine-tuning runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("ETA"), TimeRemainingColumn(),
-        )  # fmt: skip
+            TextColumn("fine-tuning runs"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
         self._bar.__enter__()
         task = self._bar.add_task("runs", total=self.total)
         return lambda: self._bar.advance(task)  # type: ignore[union-attr]

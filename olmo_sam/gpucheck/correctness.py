@@ -67,7 +67,9 @@ def _sam_step_vs_reference(sec: Section, work: Path, train: Path, adaptive: bool
     device = next(tm.model.parameters()).device
     sec.check(f"{label}: train module on {sec.mode.device}", device.type == sec.mode.device, str(device))
     arr = np.fromfile(train, dtype=np.uint16)
-    batches = [torch.from_numpy(arr[i * 4 * seq : (i + 1) * 4 * seq].astype(np.int64).reshape(4, seq)) for i in range(2)]
+    batches = [
+        torch.from_numpy(arr[i * 4 * seq : (i + 1) * 4 * seq].astype(np.int64).reshape(4, seq)) for i in range(2)
+    ]
     ref_w, ref_losses, ref_pert = reference_steps(
         tm.model, batches, lr=lr, betas=(0.9, 0.95), wd=0.1, eps_adam=1e-4, rho=rho, adaptive=adaptive, clip=clip
     )
@@ -83,16 +85,27 @@ def _sam_step_vs_reference(sec: Section, work: Path, train: Path, adaptive: bool
         pert_err = max(pert_err, abs(float(m["sam/perturbed CE loss"]) - ref_pert[step - 1]))
         ascents += int(float(m["sam/ascent"]) == 1.0)
     w_err = max(float((p.detach().cpu().double() - ref_w[n]).abs().max()) for n, p in tm.model.named_parameters())
-    sec.record(label, {
-        "device": str(device), "steps": len(batches), "rho": rho,
-        "max_loss_error": loss_err, "max_perturbed_loss_error": pert_err, "max_weight_error": w_err,
-        "reference_losses": ref_losses, "tolerance": TOL,
-    })  # fmt: skip
+    sec.record(
+        label,
+        {
+            "device": str(device),
+            "steps": len(batches),
+            "rho": rho,
+            "max_loss_error": loss_err,
+            "max_perturbed_loss_error": pert_err,
+            "max_weight_error": w_err,
+            "reference_losses": ref_losses,
+            "tolerance": TOL,
+        },
+    )
     sec.check(f"{label}: loss at w vs CPU reference", loss_err < TOL, f"max |diff| {loss_err:.2e} (tol {TOL:g})")
     sec.check(f"{label}: loss at w+eps vs CPU reference", pert_err < TOL, f"max |diff| {pert_err:.2e} (tol {TOL:g})")
     sec.check(f"{label}: weights after 2 steps vs CPU reference", w_err < TOL, f"max |diff| {w_err:.2e} (tol {TOL:g})")
-    sec.check(f"{label}: an ascent every step, perturbation undone",
-              ascents == len(batches) and not tm.optim.is_perturbed, f"{ascents}/{len(batches)} ascents")  # fmt: skip
+    sec.check(
+        f"{label}: an ascent every step, perturbation undone",
+        ascents == len(batches) and not tm.optim.is_perturbed,
+        f"{ascents}/{len(batches)} ascents",
+    )
 
 
 def run_sam_cuda(sec: Section, work: Path) -> None:
@@ -106,8 +119,11 @@ def run_sam_cuda(sec: Section, work: Path) -> None:
         torch.backends.cudnn.allow_tf32 = False
     train, _ = write_markov_corpus(work / "data", VOCAB, n_train=8_192, n_val=1_024)
     for adaptive in (False, True):
-        sec.part("asam step" if adaptive else "sam step",
-                 lambda: _sam_step_vs_reference(sec, work, train, adaptive), need_s=5)  # fmt: skip
+        sec.part(
+            "asam step" if adaptive else "sam step",
+            lambda: _sam_step_vs_reference(sec, work, train, adaptive),
+            need_s=5,
+        )
 
 
 def _fsdp_run(sec: Section, work: Path) -> None:
@@ -143,25 +159,40 @@ def _fsdp_run(sec: Section, work: Path) -> None:
     model = trainer.train_module.model
     is_fsdp = isinstance(model, FSDPModule) or any(isinstance(m, FSDPModule) for m in model.modules())
     mp = getattr(trainer.train_module, "dp_config", None)
-    sec.check("model wrapped by FSDP (world size 1)", is_fsdp and torch.distributed.get_world_size() == 1,
-              f"backend {torch.distributed.get_backend()}")  # fmt: skip
+    sec.check(
+        "model wrapped by FSDP (world size 1)",
+        is_fsdp and torch.distributed.get_world_size() == 1,
+        f"backend {torch.distributed.get_backend()}",
+    )
     trainer.fit()
     m = read_metrics(save)
     losses = [m[s]["train/CE loss"] for s in range(1, steps + 1) if "train/CE loss" in m.get(s, {})]
     ascents = [m[s].get("sam/ascent") for s in range(1, steps + 1) if s in m]
     k = max(len(losses) // 4, 1)
     first, last = float(np.mean(losses[:k])), float(np.mean(losses[-k:]))
-    sec.record("fsdp_bf16", {
-        "model": size, "steps": steps, "sequence_length": seq, "batch": batch, "micro_batch": micro,
-        "param_dtype": str(mp.param_dtype) if mp is not None else None,
-        "backend": torch.distributed.get_backend(), "losses": losses,
-        "first_quarter_mean": first, "last_quarter_mean": last,
-    })  # fmt: skip
+    sec.record(
+        "fsdp_bf16",
+        {
+            "model": size,
+            "steps": steps,
+            "sequence_length": seq,
+            "batch": batch,
+            "micro_batch": micro,
+            "param_dtype": str(mp.param_dtype) if mp is not None else None,
+            "backend": torch.distributed.get_backend(),
+            "losses": losses,
+            "first_quarter_mean": first,
+            "last_quarter_mean": last,
+        },
+    )
     sec.check(f"fsdp bf16: {steps} losses logged", len(losses) == steps, f"{len(losses)} logged")
     sec.check("fsdp bf16: every loss finite", all(math.isfinite(x) for x in losses), "")
     sec.check("fsdp bf16: an ascent every step", ascents == [1.0] * steps, f"{ascents.count(1.0)}/{steps}")
-    sec.check("fsdp bf16: loss decreasing", last < first - 0.05 and losses[-1] < losses[0],
-              f"mean of first {k} {first:.3f} -> last {k} {last:.3f}")  # fmt: skip
+    sec.check(
+        "fsdp bf16: loss decreasing",
+        last < first - 0.05 and losses[-1] < losses[0],
+        f"mean of first {k} {first:.3f} -> last {k} {last:.3f}",
+    )
 
 
 def run_fsdp_bf16(sec: Section, work: Path) -> None:

@@ -49,11 +49,13 @@ class CostSizes:
     vocab: Optional[int] = None  # None: the preset's own (dolma2)
 
 
-GPU_SIZES = CostSizes(("20M", "60M", "150M"), seq=1024, batch=64, micro=16, warmup=3, timed=8,
-                      run_steps=40, decay_fraction=0.1)  # fmt: skip
+GPU_SIZES = CostSizes(
+    ("20M", "60M", "150M"), seq=1024, batch=64, micro=16, warmup=3, timed=8, run_steps=40, decay_fraction=0.1
+)
 #: CPU dry run: the 'micro' preset, short sequences, a few steps (the same code paths)
-DRY_RUN_SIZES = CostSizes(("micro",), seq=64, batch=4, micro=2, warmup=1, timed=3,
-                          run_steps=6, decay_fraction=0.34, vocab=256)  # fmt: skip
+DRY_RUN_SIZES = CostSizes(
+    ("micro",), seq=64, batch=4, micro=2, warmup=1, timed=3, run_steps=6, decay_fraction=0.34, vocab=256
+)
 
 
 @dataclass
@@ -87,8 +89,9 @@ def _base_optim():
     return AdamWConfig(lr=1e-3, betas=paper.PRETRAIN_BETAS, weight_decay=paper.PRETRAIN_WEIGHT_DECAY)
 
 
-def _trainer(work: Path, data: Path, model_cfg, vocab: int, sz: CostSizes, micro: int, optim, *,
-             scheduler=None, callbacks=None):  # fmt: skip
+def _trainer(
+    work: Path, data: Path, model_cfg, vocab: int, sz: CostSizes, micro: int, optim, *, scheduler=None, callbacks=None
+):
     from olmo_core.data import TokenizerConfig
 
     from ..train import build_experiment, build_trainer
@@ -181,14 +184,20 @@ def _preset(sec: Section, work: Path, size: str, sz: CostSizes, peak_flops: Opti
     del meta
     data = write_random_tokens(work / "data" / f"tokens_{vocab}.npy", vocab, (sz.run_steps + 4) * sz.batch * sz.seq)
     rng = np.random.default_rng(0)
-    batches = [torch.from_numpy(rng.integers(2, vocab, size=(sz.batch, sz.seq), dtype=np.int64))
-               for _ in range(sz.warmup + sz.timed)]  # fmt: skip
+    batches = [
+        torch.from_numpy(rng.integers(2, vocab, size=(sz.batch, sz.seq), dtype=np.int64))
+        for _ in range(sz.warmup + sz.timed)
+    ]
     res: Dict[str, Any] = {
-        "params": params, "vocab": vocab, "sequence_length": sz.seq, "batch": sz.batch,
-        "tokens_per_step": sz.batch * sz.seq, "flops_per_token": flops_per_token,
+        "params": params,
+        "vocab": vocab,
+        "sequence_length": sz.seq,
+        "batch": sz.batch,
+        "tokens_per_step": sz.batch * sz.seq,
+        "flops_per_token": flops_per_token,
         "flops_source": "OLMo-core Transformer.num_flops_per_token (forward+backward, one pass)",
         "timed_steps": sz.timed,
-    }  # fmt: skip
+    }
     micro = sz.micro
     for name, optim in (("adamw", _base_optim()), ("sam", SAMConfig(base=_base_optim()))):
         times, peak, micro, before = _steps(work / size / name, data, model_cfg, vocab, sz, micro, optim, batches)
@@ -209,8 +218,11 @@ def _preset(sec: Section, work: Path, size: str, sz: CostSizes, peak_flops: Opti
         # in units of one float32 copy of the parameters (SAM's own state is about one)
         res["sam_extra_param_copies"] = (res["sam_peak_gib"] - res["adamw_peak_gib"]) * 2**30 / (4 * params)
     sec.record(size, res)
-    sec.check(f"{size}: SAM step slower than AdamW, finite", 1.0 < res["sam_step_ratio"] < 10.0,
-              f"ratio {res['sam_step_ratio']:.3f}")  # fmt: skip
+    sec.check(
+        f"{size}: SAM step slower than AdamW, finite",
+        1.0 < res["sam_step_ratio"] < 10.0,
+        f"ratio {res['sam_step_ratio']:.3f}",
+    )
 
 
 def _switch_run(sec: Section, work: Path, size: str, sz: CostSizes) -> None:
@@ -232,8 +244,17 @@ def _switch_run(sec: Section, work: Path, size: str, sz: CostSizes) -> None:
         _free()
         timer = StepTimer()
         sched = WSDAlpha(warmup=max(sz.run_steps // 10, 1), decay_fraction=sz.decay_fraction)
-        trainer = _trainer(work / size / f"run_{name}", data, model_cfg, vocab, sz, micro, optim,
-                           scheduler=sched, callbacks={**cbs, "step_timer": timer})  # fmt: skip
+        trainer = _trainer(
+            work / size / f"run_{name}",
+            data,
+            model_cfg,
+            vocab,
+            sz,
+            micro,
+            optim,
+            scheduler=sched,
+            callbacks={**cbs, "step_timer": timer},
+        )
         trainer.fit()
         runs[name] = (timer.times, trainer.train_module.sam_ascents if name == "switch" else 0)
         del trainer
@@ -249,8 +270,11 @@ def _switch_run(sec: Section, work: Path, size: str, sz: CostSizes) -> None:
     res["switch_run_step_times_s"] = t_s
     sec.record(size, res)
     expected = round(sz.run_steps * sz.decay_fraction)
-    sec.check(f"{size}: switch run did SAM for the decay phase only", ascents == expected and len(t_s) == sz.run_steps,
-              f"{ascents} SAM steps of {len(t_s)} (expected {expected})")  # fmt: skip
+    sec.check(
+        f"{size}: switch run did SAM for the decay phase only",
+        ascents == expected and len(t_s) == sz.run_steps,
+        f"{ascents} SAM steps of {len(t_s)} (expected {expected})",
+    )
 
 
 def run_cost(sec: Section, work: Path) -> None:
@@ -264,11 +288,25 @@ def run_cost(sec: Section, work: Path) -> None:
         peak, source = None, "CPU dry run: no peak FLOP/s, MFU not computed"
         sec.skip("MFU", source)
         sec.skip("peak memory", "CPU dry run: no CUDA allocator statistics")
-    sec.record("settings", {**sz.__dict__, "presets": list(sz.presets), "peak_flops": peak, "peak_flops_source": source,
-                            "dp": "fsdp (1 rank)", "param_dtype": "bfloat16", "optimizer": "AdamW lr 1e-3 / SAM rho 0.05"})  # fmt: skip
+    sec.record(
+        "settings",
+        {
+            **sz.__dict__,
+            "presets": list(sz.presets),
+            "peak_flops": peak,
+            "peak_flops_source": source,
+            "dp": "fsdp (1 rank)",
+            "param_dtype": "bfloat16",
+            "optimizer": "AdamW lr 1e-3 / SAM rho 0.05",
+        },
+    )
     # step costs of every preset first (the headline numbers), then the switch runs if time is left
     for size in sz.presets:
-        sec.part(f"{size} step cost", lambda: _preset(sec, work, size, sz, peak), need_s=20 if not sec.mode.dry_run else 2)
+        sec.part(
+            f"{size} step cost", lambda: _preset(sec, work, size, sz, peak), need_s=20 if not sec.mode.dry_run else 2
+        )
     for size in sz.presets:
         if size in sec.data["results"]:
-            sec.part(f"{size} switch run", lambda: _switch_run(sec, work, size, sz), need_s=30 if not sec.mode.dry_run else 2)
+            sec.part(
+                f"{size} switch run", lambda: _switch_run(sec, work, size, sz), need_s=30 if not sec.mode.dry_run else 2
+            )

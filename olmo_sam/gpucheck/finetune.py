@@ -45,8 +45,9 @@ class FinetuneSizes:
 
 
 #: issue 21's GPU comparison: K = 8 LRs of the 20M model, the benchmark's batch (16 x 128) and steps
-GPU_SIZES = FinetuneSizes("20M", (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2), steps=60, batch=16, seq=128,
-                          pure_steps=30)  # fmt: skip
+GPU_SIZES = FinetuneSizes(
+    "20M", (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2), steps=60, batch=16, seq=128, pure_steps=30
+)
 #: CPU dry run: the same code paths with the 'micro' preset, 2 LRs, a few short steps
 DRY_RUN_SIZES = FinetuneSizes("micro", (1e-3, 1e-2), steps=3, batch=4, seq=64, pure_steps=3)
 
@@ -79,15 +80,22 @@ def run_finetune_batched(sec: Section, work: Path) -> None:
     sizes = DRY_RUN_SIZES if sec.mode.dry_run else GPU_SIZES
     device = sec.mode.device
     tol = L_FT_TOLERANCE[device]
-    settings = {**asdict(sizes), "k": len(sizes.lrs), "device": device, "l_ft_tolerance": tol,
-                **(_precision_settings() if device == "cuda" else {"threads": torch.get_num_threads()})}  # fmt: skip
+    settings = {
+        **asdict(sizes),
+        "k": len(sizes.lrs),
+        "device": device,
+        "l_ft_tolerance": tol,
+        **(_precision_settings() if device == "cuda" else {"threads": torch.get_num_threads()}),
+    }
     sec.record("settings", settings)
     work.mkdir(parents=True, exist_ok=True)
     # one process, as the sweep runs it (a CPU dry run's single worker has the other sections' group)
     leave_process_group()
     t0 = time.perf_counter()
-    paths = sec.part("inputs", lambda: setup_inputs(work, size=sizes.size, seq=sizes.seq,
-                                                     train_tokens=sizes.steps * sizes.batch * sizes.seq))  # fmt: skip
+    paths = sec.part(
+        "inputs",
+        lambda: setup_inputs(work, size=sizes.size, seq=sizes.seq, train_tokens=sizes.steps * sizes.batch * sizes.seq),
+    )
     if paths is None:
         return
     sec.record("inputs_s", round(time.perf_counter() - t0, 2))
@@ -104,9 +112,13 @@ def run_finetune_batched(sec: Section, work: Path) -> None:
     batched_wall = sec.data["results"]["batched"]["wall_s"]
     # sequential: at least the batched compute, plus each run's trainer start-up (~1-2 s)
     sec.part("in_memory", lambda: way("in_memory"), need_s=1.2 * batched_wall + 2.0 * len(sizes.lrs))
-    pure = sec.part("pure training", lambda: pure_training(paths["base"], steps=sizes.pure_steps, batch=sizes.batch,
-                                                           seq=sizes.seq, lr=min(sizes.lrs)),
-                    need_s=5.0)  # fmt: skip
+    pure = sec.part(
+        "pure training",
+        lambda: pure_training(
+            paths["base"], steps=sizes.pure_steps, batch=sizes.batch, seq=sizes.seq, lr=min(sizes.lrs)
+        ),
+        need_s=5.0,
+    )
     res = sec.data["results"]
     if pure is not None:
         sec.record("pure_training", pure)
@@ -117,8 +129,11 @@ def run_finetune_batched(sec: Section, work: Path) -> None:
     seq_w, bat_w = res["in_memory"], res["batched"]
     sec.record("speedup_batched_vs_sequential", seq_w["wall_s"] / bat_w["wall_s"])
     seq_ft, bat_ft = l_ft["in_memory"], l_ft["batched"]
-    sec.check("same runs batched and sequential", sorted(seq_ft) == sorted(bat_ft) and len(seq_ft) == len(sizes.lrs),
-              f"{len(bat_ft)} batched slices, {len(seq_ft)} sequential runs, K = {len(sizes.lrs)}")  # fmt: skip
+    sec.check(
+        "same runs batched and sequential",
+        sorted(seq_ft) == sorted(bat_ft) and len(seq_ft) == len(sizes.lrs),
+        f"{len(bat_ft)} batched slices, {len(seq_ft)} sequential runs, K = {len(sizes.lrs)}",
+    )
     common = sorted(set(seq_ft) & set(bat_ft))
     if not common:
         return
@@ -128,6 +143,9 @@ def run_finetune_batched(sec: Section, work: Path) -> None:
     sec.record("l_ft", {k: {"batched": bat_ft[k], "sequential": seq_ft[k]} for k in common})
     sec.record("max_abs_l_ft_diff", diff)
     sec.record("min_l_ft_gap_between_lrs", gap)
-    sec.check(f"batched L_FT = sequential L_FT (tol {tol:g})", diff <= tol,
-              f"max |diff| {diff:.2e} over {len(common)} LRs; smallest L_FT gap between two LRs "
-              f"{'n/a' if gap is None else f'{gap:.2e}'}")  # fmt: skip
+    sec.check(
+        f"batched L_FT = sequential L_FT (tol {tol:g})",
+        diff <= tol,
+        f"max |diff| {diff:.2e} over {len(common)} LRs; smallest L_FT gap between two LRs "
+        f"{'n/a' if gap is None else f'{gap:.2e}'}",
+    )

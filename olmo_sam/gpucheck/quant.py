@@ -58,8 +58,9 @@ def _train_small_model(sec: Section, work: Path, train: Path):
     reset_world_mesh()  # a dry run shares its process with the FSDP sections
     trainer = run_experiment(cfg)
     model = trainer.train_module.model.eval()
-    sec.record("model", {"preset": _preset(sec), "train_steps": steps,
-                         "params": sum(p.numel() for p in model.parameters())})  # fmt: skip
+    sec.record(
+        "model", {"preset": _preset(sec), "train_steps": steps, "params": sum(p.numel() for p in model.parameters())}
+    )
     return model
 
 
@@ -88,15 +89,19 @@ def _check_spec(sec: Section, model, spec: str, val: Path, base_loss: float, n_b
     plain = {n for n, m in q.named_modules() if type(m) is torch.nn.Linear}
     storage = torch.uint8 if cfg.bits == 4 else torch.int8
     devices = {m.weight.device.type for m in quantized.values()}
-    sec.check(f"{spec}: every block linear is {bnb_type.__name__}, LM head kept",
-              len(quantized) == LINEARS_PER_BLOCK * n_blocks and plain == {"lm_head.w_out"},
-              f"{len(quantized)} quantized, full precision: {sorted(plain)}")  # fmt: skip
+    sec.check(
+        f"{spec}: every block linear is {bnb_type.__name__}, LM head kept",
+        len(quantized) == LINEARS_PER_BLOCK * n_blocks and plain == {"lm_head.w_out"},
+        f"{len(quantized)} quantized, full precision: {sorted(plain)}",
+    )
     sec.check(f"{spec}: packed weights on {sec.mode.device}", devices == {sec.mode.device}, str(devices))
     packed = sum(m.weight.numel() * m.weight.element_size() for m in quantized.values())
     original = sum(model.get_submodule(n).weight.numel() * 4 for n in quantized)
-    sec.check(f"{spec}: {cfg.bits} bits per weight",
-              all(m.weight.dtype == storage for m in quantized.values()) and packed * (32 // cfg.bits) == original,
-              f"packed {packed} B vs float32 {original} B")  # fmt: skip
+    sec.check(
+        f"{spec}: {cfg.bits} bits per weight",
+        all(m.weight.dtype == storage for m in quantized.values()) and packed * (32 // cfg.bits) == original,
+        f"packed {packed} B vs float32 {original} B",
+    )
     agree = None
     if cfg.bits == 4 and not cfg.double_quant:
         fractions = []
@@ -105,20 +110,34 @@ def _check_spec(sec: Section, model, spec: str, val: Path, base_loss: float, n_b
             ref = reference_4bit_dequant(model.get_submodule(n).weight, cfg.quant_type, cfg.blocksize)
             fractions.append(float(((deq.float().cpu() - ref).abs() < 1e-6).float().mean()))
         agree = min(fractions)
-        sec.check(f"{spec}: dequantized = round-to-nearest NF4 (plain torch)", agree > 0.99,
-                  f"worst module: {agree:.4f} of weights equal (ties aside)")  # fmt: skip
+        sec.check(
+            f"{spec}: dequantized = round-to-nearest NF4 (plain torch)",
+            agree > 0.99,
+            f"worst module: {agree:.4f} of weights equal (ties aside)",
+        )
     with torch.no_grad():
         q_loss = lm_loss(q, [val], seq_len=64, vocab_size=VOCAB, max_sequences=64).loss
     delta = q_loss - base_loss
-    sec.record(spec, {
-        "base_loss": base_loss, "quantized_loss": q_loss, "loss_increase": delta,
-        "compression": report.compression, "max_error_ratio": report.max_error_ratio,
-        "mismatched_4bit_weights": report.mismatched_4bit_weights, "blocksize": cfg.blocksize if cfg.bits == 4 else None,
-        "nf4_reference_agreement": agree, "device": sorted(devices)[0] if devices else None,
-    })  # fmt: skip
+    sec.record(
+        spec,
+        {
+            "base_loss": base_loss,
+            "quantized_loss": q_loss,
+            "loss_increase": delta,
+            "compression": report.compression,
+            "max_error_ratio": report.max_error_ratio,
+            "mismatched_4bit_weights": report.mismatched_4bit_weights,
+            "blocksize": cfg.blocksize if cfg.bits == 4 else None,
+            "nf4_reference_agreement": agree,
+            "device": sorted(devices)[0] if devices else None,
+        },
+    )
     ok = math.isfinite(q_loss) and q_loss != base_loss and abs(delta) < 0.5 and (cfg.bits == 8 or delta > 0)
-    sec.check(f"{spec}: PT loss changed{' and rose' if cfg.bits == 4 else ''}", ok,
-              f"{base_loss:.4f} -> {q_loss:.4f} ({delta:+.4f})")  # fmt: skip
+    sec.check(
+        f"{spec}: PT loss changed{' and rose' if cfg.bits == 4 else ''}",
+        ok,
+        f"{base_loss:.4f} -> {q_loss:.4f} ({delta:+.4f})",
+    )
 
 
 def run_bnb(sec: Section, work: Path) -> None:
@@ -134,7 +153,9 @@ def run_bnb(sec: Section, work: Path) -> None:
     sec.record("bitsandbytes", bitsandbytes.__version__)
     if sec.mode.dry_run:
         sec.skip("CUDA kernels", "CPU dry run: bitsandbytes' CPU kernels quantize and run the model")
-    train, val = write_markov_corpus(work / "data", VOCAB, n_train=_sizes(sec)[0] * _sizes(sec)[1] * 65 + 1_000, n_val=8_192)
+    train, val = write_markov_corpus(
+        work / "data", VOCAB, n_train=_sizes(sec)[0] * _sizes(sec)[1] * 65 + 1_000, n_val=8_192
+    )
     model = sec.part("train a small model", lambda: _train_small_model(sec, work, train), need_s=10)
     if model is None:
         return

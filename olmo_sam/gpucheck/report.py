@@ -7,19 +7,49 @@ from typing import Any, Dict, List
 
 from ..output import atomic_write_text, markdown_table, write_json
 
-__all__ = ["write_report", "markdown_report", "JSON_NAME", "MD_NAME", "COST_COLUMNS", "QUANT_COLUMNS", "FINETUNE_COLUMNS"]
+__all__ = [
+    "write_report",
+    "markdown_report",
+    "JSON_NAME",
+    "MD_NAME",
+    "COST_COLUMNS",
+    "QUANT_COLUMNS",
+    "FINETUNE_COLUMNS",
+]
 
 JSON_NAME = "gpu-check.json"
 MD_NAME = "gpu-check.md"
 
 COST_COLUMNS = [
-    "preset", "params", "micro_batch", "adamw_step_s", "sam_step_s", "sam_step_ratio",
-    "adamw_tokens_per_s", "sam_tokens_per_s", "adamw_mfu", "sam_mfu_useful", "sam_mfu_hardware",
-    "adamw_peak_gib", "sam_peak_gib", "sam_peak_memory_ratio", "sam_extra_param_copies",
-    "switch_run_ratio", "switch_sam_steps",
-]  # fmt: skip
-QUANT_COLUMNS = ["spec", "device", "blocksize", "base_loss", "quantized_loss", "loss_increase", "compression",
-                 "max_error_ratio", "mismatched_4bit_weights"]
+    "preset",
+    "params",
+    "micro_batch",
+    "adamw_step_s",
+    "sam_step_s",
+    "sam_step_ratio",
+    "adamw_tokens_per_s",
+    "sam_tokens_per_s",
+    "adamw_mfu",
+    "sam_mfu_useful",
+    "sam_mfu_hardware",
+    "adamw_peak_gib",
+    "sam_peak_gib",
+    "sam_peak_memory_ratio",
+    "sam_extra_param_copies",
+    "switch_run_ratio",
+    "switch_sam_steps",
+]
+QUANT_COLUMNS = [
+    "spec",
+    "device",
+    "blocksize",
+    "base_loss",
+    "quantized_loss",
+    "loss_increase",
+    "compression",
+    "max_error_ratio",
+    "mismatched_4bit_weights",
+]
 FINETUNE_COLUMNS = ["way", "wall_s", "runs", "tokens", "tokens_per_s", "fraction_of_pure_training"]
 
 
@@ -83,13 +113,24 @@ def markdown_report(report: Dict[str, Any]) -> str:
         "",
         "## Sections",
         "",
-        markdown_table(["section", "status", "elapsed_s", "budget_s"],
-                       [{"section": n, "status": s.get("status"), "elapsed_s": s.get("elapsed_s"),
-                         "budget_s": report["budgets"].get(n)} for n, s in sections.items()]),  # fmt: skip
+        markdown_table(
+            ["section", "status", "elapsed_s", "budget_s"],
+            [
+                {
+                    "section": n,
+                    "status": s.get("status"),
+                    "elapsed_s": s.get("elapsed_s"),
+                    "budget_s": report["budgets"].get(n),
+                }
+                for n, s in sections.items()
+            ],
+        ),
         "## Checks",
         "",
-        markdown_table(["section", "check", "passed", "detail"],
-                       [{"section": n, **c} for n, s in sections.items() for c in s.get("checks", [])]),  # fmt: skip
+        markdown_table(
+            ["section", "check", "passed", "detail"],
+            [{"section": n, **c} for n, s in sections.items() for c in s.get("checks", [])],
+        ),
     ]
     cost_rows = _rows_cost(sections.get("cost", {}))
     if cost_rows:
@@ -120,8 +161,12 @@ def markdown_report(report: Dict[str, Any]) -> str:
     fsdp = sections.get("fsdp_bf16", {}).get("results", {}).get("fsdp_bf16")
     if fsdp:
         losses = ", ".join(f"{x:.3f}" for x in fsdp["losses"])
-        lines += ["## FSDP bf16 SAM run", "", f"{fsdp['steps']} steps, {fsdp['backend']}, param_dtype "
-                  f"{fsdp['param_dtype']}; CE loss per step: {losses}", ""]  # fmt: skip
+        lines += [
+            "## FSDP bf16 SAM run",
+            "",
+            f"{fsdp['steps']} steps, {fsdp['backend']}, param_dtype {fsdp['param_dtype']}; CE loss per step: {losses}",
+            "",
+        ]
     skipped = [(n, s) for n, sec in sections.items() for s in sec.get("skipped", [])]
     if skipped:
         lines += ["## Skipped", ""] + [f"- {n}: {s['what']}: {s['why']}" for n, s in skipped] + [""]

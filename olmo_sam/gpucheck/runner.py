@@ -44,19 +44,30 @@ STARTUP_S = 30.0
 REPORT_MARGIN_S = 5.0
 
 
-def _worker_command(out: Path, work: Path, group: Sequence[str], budgets: Dict[str, float], deadline: float,
-                    dry_run: bool) -> List[str]:  # fmt: skip
+def _worker_command(
+    out: Path, work: Path, group: Sequence[str], budgets: Dict[str, float], deadline: float, dry_run: bool
+) -> List[str]:
     """The command line of the worker that runs ``group``'s sections."""
-    cmd = [sys.executable, "-m", "olmo_sam.gpucheck.worker", "--out", str(out), "--work", str(work),
-           "--deadline", str(deadline)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "olmo_sam.gpucheck.worker",
+        "--out",
+        str(out),
+        "--work",
+        str(work),
+        "--deadline",
+        str(deadline),
+    ]
     cmd += ["--cpu-dry-run"] if dry_run else []
     for name in group:
         cmd += ["--section", f"{name}={budgets[name]}"]
     return cmd
 
 
-def _run_group(out: Path, work: Path, group: Sequence[str], budgets: Dict[str, float], deadline: float,
-               dry_run: bool, log: Path) -> Dict[str, object]:  # fmt: skip
+def _run_group(
+    out: Path, work: Path, group: Sequence[str], budgets: Dict[str, float], deadline: float, dry_run: bool, log: Path
+) -> Dict[str, object]:
     """One worker for ``group``; returns how it ended (``rc``, ``timed_out``, ``wall_s``)."""
     limit = min(sum(budgets[n] for n in group) + STARTUP_S, deadline - time.time())
     cmd = _worker_command(out, work, group, budgets, deadline, dry_run)
@@ -81,8 +92,15 @@ def _log_tail(log: Path, n: int = 20) -> List[str]:
         return []
 
 
-def run_check(out: str | Path, *, dry_run: bool, budget: float, sections: Sequence[str] = SECTIONS,
-              command: str = "", work: Optional[str | Path] = None) -> Dict[str, object]:  # fmt: skip
+def run_check(
+    out: str | Path,
+    *,
+    dry_run: bool,
+    budget: float,
+    sections: Sequence[str] = SECTIONS,
+    command: str = "",
+    work: Optional[str | Path] = None,
+) -> Dict[str, object]:
     """Run ``sections``; results in ``out``. Scratch files (token files, trainer work dirs: tens
     of MB) go to ``work``, by default a temporary folder removed at the end, so that ``out`` stays
     small enough to bring back from a device machine."""
@@ -95,8 +113,9 @@ def run_check(out: str | Path, *, dry_run: bool, budget: float, sections: Sequen
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _run_check(out: Path, work: Path, *, dry_run: bool, budget: float, sections: Sequence[str],
-               command: str) -> Dict[str, object]:  # fmt: skip
+def _run_check(
+    out: Path, work: Path, *, dry_run: bool, budget: float, sections: Sequence[str], command: str
+) -> Dict[str, object]:
     out.mkdir(parents=True, exist_ok=True)
     for stale in (out / JSON_NAME, out / MD_NAME, *(out / "sections").glob("*.json")):  # a previous run's
         stale.unlink(missing_ok=True)
@@ -113,8 +132,13 @@ def _run_check(out: Path, work: Path, *, dry_run: bool, budget: float, sections:
         log = out / "logs" / f"worker-{i}-{'-'.join(group)}.log"
         if deadline - time.time() < 5:
             for name in group:
-                results[name] = {"section": name, "status": "not run", "checks": [], "skipped": [],
-                                 "errors": [{"what": name, "error": "global deadline reached before it started"}]}  # fmt: skip
+                results[name] = {
+                    "section": name,
+                    "status": "not run",
+                    "checks": [],
+                    "skipped": [],
+                    "errors": [{"what": name, "error": "global deadline reached before it started"}],
+                }
             continue
         ended = _run_group(out, work, group, budgets, deadline, dry_run, log)
         workers.append({"sections": list(group), "log": str(log.relative_to(out)), **ended})
@@ -125,9 +149,20 @@ def _run_check(out: Path, work: Path, *, dry_run: bool, budget: float, sections:
                     how = f"killed at its time limit ({ended['limit_s']} s)"
                 else:
                     how = f"ended (rc {ended['rc']})"
-                data = {"section": name, "status": "not run", "results": {}, "checks": [], "skipped": [],
-                        "errors": [{"what": name, "error": f"worker {how} before this section started",
-                                    "traceback": _log_tail(log)}]}  # fmt: skip
+                data = {
+                    "section": name,
+                    "status": "not run",
+                    "results": {},
+                    "checks": [],
+                    "skipped": [],
+                    "errors": [
+                        {
+                            "what": name,
+                            "error": f"worker {how} before this section started",
+                            "traceback": _log_tail(log),
+                        }
+                    ],
+                }
             elif data["status"] == "running":
                 why = "killed at its time limit" if ended["timed_out"] else f"worker crashed (rc {ended['rc']})"
                 data["status"] = "timeout" if ended["timed_out"] else "crashed"
@@ -157,8 +192,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m olmo_sam.gpucheck", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output folder (gpu-check.json, gpu-check.md)")
     p.add_argument("--cpu-dry-run", action="store_true", help="tiny sizes on CPU; GPU-only parts skipped")
-    p.add_argument("--budget", type=float, default=None,
-                   help="global time limit in seconds (GPU 480, dry run 120); section budgets scale with it")  # fmt: skip
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="global time limit in seconds (GPU 480, dry run 120); section budgets scale with it",
+    )
     p.add_argument("--work", default=None, help="scratch folder to keep (default: a temporary one, removed)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     args = p.parse_args(argv)
@@ -174,8 +213,14 @@ def main(argv=None) -> int:
     budget = args.budget if args.budget is not None else DEFAULT_BUDGET_S["dry_run" if args.cpu_dry_run else "gpu"]
     if budget <= REPORT_MARGIN_S + 5:
         p.error(f"--budget {budget:g} is too small: give more than {REPORT_MARGIN_S + 5:g} seconds")
-    report = run_check(args.out, dry_run=args.cpu_dry_run, budget=budget, sections=sections, work=args.work,
-                       command=" ".join(["python -m olmo_sam.gpucheck", *(argv if argv is not None else sys.argv[1:])]))  # fmt: skip
+    report = run_check(
+        args.out,
+        dry_run=args.cpu_dry_run,
+        budget=budget,
+        sections=sections,
+        work=args.work,
+        command=" ".join(["python -m olmo_sam.gpucheck", *(argv if argv is not None else sys.argv[1:])]),
+    )
     print(Path(args.out) / MD_NAME)
     print(f"GPU check {'ok' if report['ok'] else 'NOT ok'} in {report['elapsed_s']} s: {Path(args.out) / JSON_NAME}")
     return 0 if report["ok"] else 1

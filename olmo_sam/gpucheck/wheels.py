@@ -35,7 +35,16 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-__all__ = ["plan", "fit_budget", "WheelItem", "main", "BUDGET_MIB", "DEVICE_PROVIDED", "OPTIONAL_IMPORTS", "device_provided"]
+__all__ = [
+    "plan",
+    "fit_budget",
+    "WheelItem",
+    "main",
+    "BUDGET_MIB",
+    "DEVICE_PROVIDED",
+    "OPTIONAL_IMPORTS",
+    "device_provided",
+]
 
 BUDGET_MIB = 60.0
 PYTHON = "3.12"
@@ -50,11 +59,15 @@ NOT_IMPORTED = {"pandas": "declared by ai2-olmo-core 3.0.0, imported nowhere in 
 #: distributions the dry run imports only because they are installed here (optional imports of
 #: requests, setuptools' pkg_resources, rich/torch helpers): not shipped, not needed
 OPTIONAL_IMPORTS = {
-    "attrs": "optional import", "chardet": "requests falls back to charset-normalizer",
-    "colorama": "optional import", "backports-tarfile": "setuptools' vendored copy is used without it",
-    "jaraco-context": "as backports-tarfile", "jaraco-functools": "as backports-tarfile",
-    "jaraco-text": "as backports-tarfile", "more-itertools": "as backports-tarfile",
-}  # fmt: skip
+    "attrs": "optional import",
+    "chardet": "requests falls back to charset-normalizer",
+    "colorama": "optional import",
+    "backports-tarfile": "setuptools' vendored copy is used without it",
+    "jaraco-context": "as backports-tarfile",
+    "jaraco-functools": "as backports-tarfile",
+    "jaraco-text": "as backports-tarfile",
+    "more-itertools": "as backports-tarfile",
+}
 #: files removed from a wheel (see the module docstring)
 SLIM = {
     "bitsandbytes": (
@@ -81,9 +94,17 @@ class WheelItem:
 
 def _target_env() -> Dict[str, str]:
     env = default_environment()
-    env.update(python_version=PYTHON, python_full_version=f"{PYTHON}.0", sys_platform="linux",
-               platform_system="Linux", platform_machine="x86_64", implementation_name="cpython",
-               platform_python_implementation="CPython", os_name="posix", extra="")  # fmt: skip
+    env.update(
+        python_version=PYTHON,
+        python_full_version=f"{PYTHON}.0",
+        sys_platform="linux",
+        platform_system="Linux",
+        platform_machine="x86_64",
+        implementation_name="cpython",
+        platform_python_implementation="CPython",
+        os_name="posix",
+        extra="",
+    )
     return env
 
 
@@ -135,8 +156,16 @@ def plan() -> List[WheelItem]:
                     continue
                 seen.add(name)
                 if name in NOT_IMPORTED:
-                    items.append(WheelItem(name, md.version(name), False, f"dependency of {parent}", included=False,
-                                           note=f"left out: {NOT_IMPORTED[name]}"))  # fmt: skip
+                    items.append(
+                        WheelItem(
+                            name,
+                            md.version(name),
+                            False,
+                            f"dependency of {parent}",
+                            included=False,
+                            note=f"left out: {NOT_IMPORTED[name]}",
+                        )
+                    )
                     continue
                 pin = version if name == canonicalize_name(root) else md.version(name)
                 why = "pinned by the GPU check" if parent == "root" else f"dependency of {parent}"
@@ -176,16 +205,36 @@ def slim_wheel(path: Path, patterns: Sequence[str]) -> List[str]:
             data = src.read(info)
             if info.filename.endswith(".dist-info/RECORD"):
                 lines = data.decode().splitlines()
-                data = ("\n".join(ln for ln in lines
-                                  if not any(fnmatch.fnmatch(ln.split(",")[0], p) for p in patterns)) + "\n").encode()  # fmt: skip
+                data = (
+                    "\n".join(ln for ln in lines if not any(fnmatch.fnmatch(ln.split(",")[0], p) for p in patterns))
+                    + "\n"
+                ).encode()
             dst.writestr(info, data)
     tmp.replace(path)
     return dropped
 
 
 def _pip_download(dest: Path, specs: Sequence[str]) -> None:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", PYTHON,
-           "--implementation", "cp", "--abi", "cp312", "--abi", "abi3", "--abi", "none", "-d", str(dest)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        PYTHON,
+        "--implementation",
+        "cp",
+        "--abi",
+        "cp312",
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
+        "-d",
+        str(dest),
+    ]
     for p in PLATFORMS:
         cmd += ["--platform", p]
     subprocess.run(cmd + list(specs), check=True)
@@ -196,14 +245,16 @@ def _wheel_name(file: str) -> str:
 
 
 def build(dest: Path, repo: Path, budget_mib: float = BUDGET_MIB) -> List[WheelItem]:
-    from ..output import markdown_table, atomic_write_text, write_json
+    from ..output import atomic_write_text, markdown_table, write_json
 
     dest.mkdir(parents=True, exist_ok=True)
     for old in dest.glob("*.whl"):
         old.unlink()
     items = plan()
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dest), str(repo)],
-                   check=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dest), str(repo)],
+        check=True,
+    )
     _pip_download(dest, [f"{it.name}=={it.version}" for it in items if it.version and it.included is not False])
     files = {_wheel_name(f.name): f for f in dest.glob("*.whl")}
     for it in items:
@@ -221,18 +272,31 @@ def build(dest: Path, repo: Path, budget_mib: float = BUDGET_MIB) -> List[WheelI
         if it.file and not it.included:
             (dest / it.file).unlink()
     total = sum(it.size or 0 for it in items if it.included)
-    write_json(dest / "manifest.json", {"budget_mib": budget_mib, "total_mib": total / 2**20, "python": PYTHON,
-                                        "platforms": list(PLATFORMS), "device_provided": list(DEVICE_PROVIDED),
-                                        "wheels": [asdict(it) for it in items]})  # fmt: skip
+    write_json(
+        dest / "manifest.json",
+        {
+            "budget_mib": budget_mib,
+            "total_mib": total / 2**20,
+            "python": PYTHON,
+            "platforms": list(PLATFORMS),
+            "device_provided": list(DEVICE_PROVIDED),
+            "wheels": [asdict(it) for it in items],
+        },
+    )
     rows = [{**asdict(it), "size_mib": (it.size or 0) / 2**20} for it in items]
-    atomic_write_text(dest / "MANIFEST.md", f"# GPU-check wheels: {total / 2**20:.1f} of {budget_mib:g} MiB\n\n"
-                      + markdown_table(["name", "version", "required", "included", "size_mib", "file", "why", "note"], rows))  # fmt: skip
+    atomic_write_text(
+        dest / "MANIFEST.md",
+        f"# GPU-check wheels: {total / 2**20:.1f} of {budget_mib:g} MiB\n\n"
+        + markdown_table(["name", "version", "required", "included", "size_mib", "file", "why", "note"], rows),
+    )
     return items
 
 
 def describe(items: Sequence[WheelItem], budget_mib: float) -> str:
-    lines = [f"GPU-check wheels for CPython {PYTHON}, {PLATFORMS[0]} (and older manylinux); budget {budget_mib:g} MiB;",
-             f"already on the device: {', '.join(DEVICE_PROVIDED)} (and their dependencies)"]  # fmt: skip
+    lines = [
+        f"GPU-check wheels for CPython {PYTHON}, {PLATFORMS[0]} (and older manylinux); budget {budget_mib:g} MiB;",
+        f"already on the device: {', '.join(DEVICE_PROVIDED)} (and their dependencies)",
+    ]
     for it in items:
         spec = f"{it.name}=={it.version}" if it.version else f"{it.name} (built from this checkout)"
         kind = "required" if it.required else "optional"

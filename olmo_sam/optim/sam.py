@@ -113,9 +113,7 @@ class _Choice(StrEnum):
         for member in cls:
             if value == member.value:
                 return member
-        raise OLMoConfigurationError(
-            f"'{field_name}' must be one of {[m.value for m in cls]}, got {value!r}"
-        )
+        raise OLMoConfigurationError(f"'{field_name}' must be one of {[m.value for m in cls]}, got {value!r}")
 
 
 class SAMScope(_Choice):
@@ -168,9 +166,7 @@ def global_dot(a: List[torch.Tensor], b: List[torch.Tensor]) -> torch.Tensor:
     return torch.stack(terms).sum()
 
 
-def sam_ascent_direction(
-    params: List[torch.Tensor], grads: List[torch.Tensor], adaptive: bool
-) -> List[torch.Tensor]:
+def sam_ascent_direction(params: List[torch.Tensor], grads: List[torch.Tensor], adaptive: bool) -> List[torch.Tensor]:
     """The un-normalised ascent direction d with eps = rho * d / ||T_w g||.
 
     SAM: d = g. ASAM: d = |w|^2 * g (so that ||T_w g|| normalises it). Computed in fp32.
@@ -218,9 +214,13 @@ class SAM(torch.optim.Optimizer):
         looksam_alpha: float = LOOKSAM_ALPHA,
     ):
         opts = _validate_options(
-            rho=rho, adaptive=adaptive, scope=scope, interval=interval, variant=variant,
+            rho=rho,
+            adaptive=adaptive,
+            scope=scope,
+            interval=interval,
+            variant=variant,
             looksam_alpha=looksam_alpha,
-        )  # fmt: skip
+        )
         self.base_optimizer = base_optimizer
         self.rho = opts["rho"]
         self.adaptive = opts["adaptive"]
@@ -266,9 +266,7 @@ class SAM(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
         if self._backup is not None:
-            raise RuntimeError(
-                "SAM.step() called while the parameters are perturbed; call restore() first"
-            )
+            raise RuntimeError("SAM.step() called while the parameters are perturbed; call restore() first")
         if self.driver is None and not self._manual_ascent:
             raise OLMoConfigurationError(
                 f"optimizer type 'sam' (variant '{self.variant.value}') was stepped but no SAM "
@@ -324,9 +322,7 @@ class SAM(torch.optim.Optimizer):
         if norm == 0.0:
             return AscentResult(norm, False, "zero")
         if self.variant == SAMVariant.looksam:
-            self._looksam_g = {
-                p: p.grad.detach().clone() for _, ps in self._groups_with_grads() for p in ps
-            }
+            self._looksam_g = {p: p.grad.detach().clone() for _, ps in self._groups_with_grads() for p in ps}
 
         backup: List[torch.Tensor] = []
         locals_: List[torch.Tensor] = []
@@ -473,9 +469,7 @@ def _integer(value: Any, name: str, *, minimum: int, hint: str = "") -> int:
     if isinstance(out, float) and out.is_integer():
         out = int(out)
     if isinstance(out, bool) or not isinstance(out, int) or out < minimum:
-        raise OLMoConfigurationError(
-            f"'{name}' must be an integer >= {minimum}{hint}, got {value!r}"
-        )
+        raise OLMoConfigurationError(f"'{name}' must be an integer >= {minimum}{hint}, got {value!r}")
     return out
 
 
@@ -485,18 +479,18 @@ def _flag(value: Any, name: str) -> bool:
     return value
 
 
-def _validate_options(
-    *, rho, adaptive, scope, interval, variant, looksam_alpha
-) -> Dict[str, Any]:
+def _validate_options(*, rho, adaptive, scope, interval, variant, looksam_alpha) -> Dict[str, Any]:
     """Check and normalise the wrapper's options; every error names its field and the fix."""
     out: Dict[str, Any] = {
         "rho": _number(rho, "rho", minimum=0.0, hint=f" (the paper uses {paper.SAM_RHO})"),
         "adaptive": _flag(adaptive, "adaptive"),
         "scope": SAMScope.parse(scope),
         "interval": _integer(
-            interval, "interval", minimum=1,
+            interval,
+            "interval",
+            minimum=1,
             hint=" (1 = every step, k = one ascent every k steps)",
-        ),  # fmt: skip
+        ),
         "variant": SAMVariant.parse(variant),
         "looksam_alpha": _number(looksam_alpha, "looksam_alpha", minimum=0.0),
     }
@@ -555,9 +549,13 @@ class SAMConfig(OptimConfig):
     def __post_init__(self, *args):
         del args
         opts = _validate_options(
-            rho=self.rho, adaptive=self.adaptive, scope=self.scope, interval=self.interval,
-            variant=self.variant, looksam_alpha=self.looksam_alpha,
-        )  # fmt: skip
+            rho=self.rho,
+            adaptive=self.adaptive,
+            scope=self.scope,
+            interval=self.interval,
+            variant=self.variant,
+            looksam_alpha=self.looksam_alpha,
+        )
         self.rho, self.adaptive, self.interval = opts["rho"], opts["adaptive"], opts["interval"]
         self.looksam_alpha = opts["looksam_alpha"]
         self.scope, self.variant = opts["scope"].value, opts["variant"].value
@@ -597,9 +595,7 @@ class SAMConfig(OptimConfig):
             if "adaptive" in opts:
                 _flag(opts["adaptive"], f"{where}.adaptive")
                 if opts["adaptive"] and self.variant != SAMVariant.sam.value:
-                    raise OLMoConfigurationError(
-                        f"'{where}.adaptive' (ASAM) is defined for variant 'sam' only"
-                    )
+                    raise OLMoConfigurationError(f"'{where}.adaptive' (ASAM) is defined for variant 'sam' only")
 
     @property
     def lr(self) -> Any:

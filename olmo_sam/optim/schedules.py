@@ -271,11 +271,7 @@ def decay_start(scheduler: Scheduler, t_max: int) -> Optional[int]:
     if isinstance(scheduler, (ConstantWithWarmup, ConstantScheduler)):
         return None
     if isinstance(scheduler, WSD):
-        decay = (
-            scheduler.decay
-            if scheduler.decay is not None
-            else round(t_max * (scheduler.decay_fraction or 0.0))
-        )
+        decay = scheduler.decay if scheduler.decay is not None else round(t_max * (scheduler.decay_fraction or 0.0))
         return t_max - int(decay)
     if isinstance(scheduler, (LinearWithWarmup, CosWithWarmup)):
         if math.isclose(scheduler.alpha_f, 1.0):

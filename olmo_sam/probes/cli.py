@@ -36,13 +36,48 @@ def _errors(fn: Callable) -> Callable:
 
 def _common(fn: Callable) -> Callable:
     options = [
-        click.option("--val", "val_paths", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False), help="Pretraining validation token file (repeatable)."),
-        click.option("--label", "labels", multiple=True, help="Label per checkpoint, in order (ARM@TOKENS groups lines by ARM)."),
-        click.option("--seq-len", type=POSITIVE_INT, default=None, help="Window length (default: the checkpoint's training sequence length)."),
-        click.option("--eval-batch-size", "batch_size", type=POSITIVE_INT, default=8, show_default=True, help="Sequences per evaluation batch (not the training --batch-size)."),
+        click.option(
+            "--val",
+            "val_paths",
+            multiple=True,
+            required=True,
+            type=click.Path(exists=True, dir_okay=False),
+            help="Pretraining validation token file (repeatable).",
+        ),
+        click.option(
+            "--label", "labels", multiple=True, help="Label per checkpoint, in order (ARM@TOKENS groups lines by ARM)."
+        ),
+        click.option(
+            "--seq-len",
+            type=POSITIVE_INT,
+            default=None,
+            help="Window length (default: the checkpoint's training sequence length).",
+        ),
+        click.option(
+            "--eval-batch-size",
+            "batch_size",
+            type=POSITIVE_INT,
+            default=8,
+            show_default=True,
+            help="Sequences per evaluation batch (not the training --batch-size).",
+        ),
         click.option("--max-sequences", type=POSITIVE_INT, default=None, help="Evaluate at most this many windows."),
-        click.option("--device", type=DEVICE, default="cpu", show_default=True, help="Torch device to evaluate on (cpu, cuda, cuda:1, ...)."),
-        click.option("--out", "out_dir", callback=out_dir_callback, type=click.Path(file_okay=False), default="probe-results", show_default=True, help="Where <probe>.json and <probe>.png go."),
+        click.option(
+            "--device",
+            type=DEVICE,
+            default="cpu",
+            show_default=True,
+            help="Torch device to evaluate on (cpu, cuda, cuda:1, ...).",
+        ),
+        click.option(
+            "--out",
+            "out_dir",
+            callback=out_dir_callback,
+            type=click.Path(file_okay=False),
+            default="probe-results",
+            show_default=True,
+            help="Where <probe>.json and <probe>.png go.",
+        ),
     ]
     for opt in reversed(options):
         fn = opt(fn)
@@ -84,7 +119,14 @@ def probe():
 
 @probe.command("quantize")
 @click.argument("checkpoints", nargs=-1, required=True)
-@click.option("--quant", "quant", multiple=True, default=("nf4", "nf4-dq", "int8"), show_default=True, help="Setting: preset (nf4, nf4-dq, fp4, int8) with optional ':key=value,...' (e.g. nf4:blocksize=128,quantize_lm_head=true), repeatable.")
+@click.option(
+    "--quant",
+    "quant",
+    multiple=True,
+    default=("nf4", "nf4-dq", "int8"),
+    show_default=True,
+    help="Setting: preset (nf4, nf4-dq, fp4, int8) with optional ':key=value,...' (e.g. nf4:blocksize=128,quantize_lm_head=true), repeatable.",
+)
 @_common
 @_errors
 def quantize_cmd(checkpoints, quant, val_paths, labels, seq_len, batch_size, max_sequences, device, out_dir):
@@ -101,8 +143,14 @@ def quantize_cmd(checkpoints, quant, val_paths, labels, seq_len, batch_size, max
         except OLMoConfigurationError as e:
             raise click.BadParameter(str(e), param_hint="--quant") from e
     result = quantize_probe(
-        list(checkpoints), list(val_paths), quant=cfgs, labels=list(labels), seq_len=seq_len,
-        batch_size=batch_size, max_sequences=max_sequences, device=device,
+        list(checkpoints),
+        list(val_paths),
+        quant=cfgs,
+        labels=list(labels),
+        seq_len=seq_len,
+        batch_size=batch_size,
+        max_sequences=max_sequences,
+        device=device,
         out=Path(out_dir) / "quantize.json",
     )
     for r in result["records"]:
@@ -117,44 +165,142 @@ def quantize_cmd(checkpoints, quant, val_paths, labels, seq_len, batch_size, max
 
 @probe.command("noise")
 @click.argument("checkpoints", nargs=-1, required=True)
-@click.option("--gammas", "gammas", multiple=True, default=[f"{g:g}" for g in paper.NOISE_GAMMAS], show_default=True, callback=_numbers(float), help="Noise magnitudes, comma-separated or repeated ([SAM-PT] App C.3).")
-@click.option("--seeds", "seeds", multiple=True, default=["0", "1", "2"], show_default=True, callback=_numbers(int), help="Noise seeds, comma-separated or repeated.")
-@click.option("--include", multiple=True, default=("*",), show_default=True, help="Glob of parameter names to perturb (repeatable).")
-@click.option("--exclude", multiple=True, help="Glob of parameter names to leave alone (repeatable), e.g. 'embeddings.*'.")
+@click.option(
+    "--gammas",
+    "gammas",
+    multiple=True,
+    default=[f"{g:g}" for g in paper.NOISE_GAMMAS],
+    show_default=True,
+    callback=_numbers(float),
+    help="Noise magnitudes, comma-separated or repeated ([SAM-PT] App C.3).",
+)
+@click.option(
+    "--seeds",
+    "seeds",
+    multiple=True,
+    default=["0", "1", "2"],
+    show_default=True,
+    callback=_numbers(int),
+    help="Noise seeds, comma-separated or repeated.",
+)
+@click.option(
+    "--include",
+    multiple=True,
+    default=("*",),
+    show_default=True,
+    help="Glob of parameter names to perturb (repeatable).",
+)
+@click.option(
+    "--exclude", multiple=True, help="Glob of parameter names to leave alone (repeatable), e.g. 'embeddings.*'."
+)
 @click.option("--perturb-vectors", is_flag=True, help="Also perturb 1-D parameters (norm gains, biases).")
 @_common
 @_errors
-def noise_cmd(checkpoints, gammas, seeds, include, exclude, perturb_vectors, val_paths, labels, seq_len, batch_size, max_sequences, device, out_dir):
+def noise_cmd(
+    checkpoints,
+    gammas,
+    seeds,
+    include,
+    exclude,
+    perturb_vectors,
+    val_paths,
+    labels,
+    seq_len,
+    batch_size,
+    max_sequences,
+    device,
+    out_dir,
+):
     """L_PT under Gaussian weight noise W + gamma ||W|| Z/||Z|| ([SAM-PT] Eq. 7, Fig 6d)."""
     from .plots import plot_noise
     from .runners import noise_probe
 
     result = noise_probe(
-        list(checkpoints), list(val_paths), gammas=list(gammas), seeds=list(seeds),
-        include=list(include), exclude=list(exclude), min_ndim=1 if perturb_vectors else 2,
-        labels=list(labels), seq_len=seq_len, batch_size=batch_size, max_sequences=max_sequences,
-        device=device, out=Path(out_dir) / "noise.json",
+        list(checkpoints),
+        list(val_paths),
+        gammas=list(gammas),
+        seeds=list(seeds),
+        include=list(include),
+        exclude=list(exclude),
+        min_ndim=1 if perturb_vectors else 2,
+        labels=list(labels),
+        seq_len=seq_len,
+        batch_size=batch_size,
+        max_sequences=max_sequences,
+        device=device,
+        out=Path(out_dir) / "noise.json",
     )
     for s in result["summary"]:
-        click.echo(f"{s['label']:>24s}  gamma {s['gamma']:<6g} loss {s['mean']:.4f} +- {s['std']:.4f} ({s['n_seeds']} seeds)")
+        click.echo(
+            f"{s['label']:>24s}  gamma {s['gamma']:<6g} loss {s['mean']:.4f} +- {s['std']:.4f} ({s['n_seeds']} seeds)"
+        )
     _write(out_dir, "noise", result, plot_noise)
-
-
 
 
 @probe.command("hessian")
 @click.argument("checkpoints", nargs=-1)
-@click.option("--pair", "pairs", multiple=True, nargs=2, type=click.Path(exists=True), help="BASE FINETUNED checkpoints: directional sharpness and quadratic prediction (repeatable).")
-@click.option("--n-sequences", "n_sequences", type=POSITIVE_INT, default=8, show_default=True, help="Validation windows in the fixed Hessian batch.")
-@click.option("--probes", type=POSITIVE_INT, default=paper.HUTCHINSON_PROBES, show_default=True, help="Hutchinson probes ([WSO] App H: 50).")
+@click.option(
+    "--pair",
+    "pairs",
+    multiple=True,
+    nargs=2,
+    type=click.Path(exists=True),
+    help="BASE FINETUNED checkpoints: directional sharpness and quadratic prediction (repeatable).",
+)
+@click.option(
+    "--n-sequences",
+    "n_sequences",
+    type=POSITIVE_INT,
+    default=8,
+    show_default=True,
+    help="Validation windows in the fixed Hessian batch.",
+)
+@click.option(
+    "--probes",
+    type=POSITIVE_INT,
+    default=paper.HUTCHINSON_PROBES,
+    show_default=True,
+    help="Hutchinson probes ([WSO] App H: 50).",
+)
 @click.option("--rtol", type=float, default=None, help="Stop once the standard error is <= rtol * |trace|.")
-@click.option("--power-iters", type=NON_NEGATIVE_INT, default=100, show_default=True, help="Max power iterations for lambda_max per run (0: skip).")
-@click.option("--method", type=click.Choice(["double_backward", "finite_difference"]), default="double_backward", show_default=True, help="Hessian-vector products: exact double backward, or a finite difference of gradients.")
+@click.option(
+    "--power-iters",
+    type=NON_NEGATIVE_INT,
+    default=100,
+    show_default=True,
+    help="Max power iterations for lambda_max per run (0: skip).",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["double_backward", "finite_difference"]),
+    default="double_backward",
+    show_default=True,
+    help="Hessian-vector products: exact double backward, or a finite difference of gradients.",
+)
 @click.option("--fd-step", type=float, default=1e-3, show_default=True, help="Relative finite-difference step.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Hutchinson and power-iteration vectors.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the Hutchinson and power-iteration vectors."
+)
 @_common
 @_errors
-def hessian_cmd(checkpoints, pairs, n_sequences, probes, rtol, power_iters, method, fd_step, seed, val_paths, labels, seq_len, batch_size, max_sequences, device, out_dir):
+def hessian_cmd(
+    checkpoints,
+    pairs,
+    n_sequences,
+    probes,
+    rtol,
+    power_iters,
+    method,
+    fd_step,
+    seed,
+    val_paths,
+    labels,
+    seq_len,
+    batch_size,
+    max_sequences,
+    device,
+    out_dir,
+):
     """tr(H), lambda_max (vs 2/lr) of each CHECKPOINT; directional sharpness and the quadratic
     prediction L_PT(theta_PT) + 1/2 Delta^T H Delta for each --pair ([SAM-PT] Sec 4, [WSO] Sec 6)."""
     from .plots import plot_hessian
@@ -163,10 +309,22 @@ def hessian_cmd(checkpoints, pairs, n_sequences, probes, rtol, power_iters, meth
     if not checkpoints and not pairs:
         raise click.UsageError("give CHECKPOINT arguments and/or --pair BASE FINETUNED")
     result = hessian_probe(
-        list(checkpoints), list(val_paths), pairs=[tuple(p) for p in pairs], labels=list(labels),
-        seq_len=seq_len, n_sequences=n_sequences, probes=probes, rtol=rtol, power_iters=power_iters,
-        method=method, fd_step=fd_step, seed=seed, val_max_sequences=max_sequences,
-        batch_size=batch_size, device=device, out=Path(out_dir) / "hessian.json",
+        list(checkpoints),
+        list(val_paths),
+        pairs=[tuple(p) for p in pairs],
+        labels=list(labels),
+        seq_len=seq_len,
+        n_sequences=n_sequences,
+        probes=probes,
+        rtol=rtol,
+        power_iters=power_iters,
+        method=method,
+        fd_step=fd_step,
+        seed=seed,
+        val_max_sequences=max_sequences,
+        batch_size=batch_size,
+        device=device,
+        out=Path(out_dir) / "hessian.json",
     )
     for r in result["records"]:
         if "trace" in r:

@@ -86,7 +86,9 @@ def model_ref(path: str | Path, label: Optional[str] = None) -> ModelRef:
     tok = (cfg.get("dataset") or {}).get("tokenizer") or {}
     vocab = tok.get("vocab_size") or (cfg.get("model") or {}).get("vocab_size")
     if not vocab:
-        raise OLMoConfigurationError(f"{step_dir}: config.json has neither dataset.tokenizer.vocab_size nor model.vocab_size")
+        raise OLMoConfigurationError(
+            f"{step_dir}: config.json has neither dataset.tokenizer.vocab_size nor model.vocab_size"
+        )
     return ModelRef(
         path=step_dir,
         label=label or (f"{step_dir.parent.name}/{step_dir.name}"),
@@ -104,8 +106,7 @@ def model_refs(paths: Sequence[str | Path], labels: Sequence[str] = ()) -> List[
     """One :class:`ModelRef` per path; ``labels`` (optional) must match ``paths`` one to one."""
     if labels and len(labels) != len(paths):
         raise OLMoConfigurationError(
-            f"got {len(labels)} label(s) for {len(paths)} checkpoint(s); give one label per "
-            "checkpoint or none"
+            f"got {len(labels)} label(s) for {len(paths)} checkpoint(s); give one label per checkpoint or none"
         )
     if not paths:
         raise OLMoConfigurationError("no checkpoint given")
@@ -114,8 +115,7 @@ def model_refs(paths: Sequence[str | Path], labels: Sequence[str] = ()) -> List[
     for r in refs:
         if r.label in seen:
             raise OLMoConfigurationError(
-                f"two checkpoints share the label {r.label!r} ({seen[r.label]} and {r.path}); "
-                "give distinct labels"
+                f"two checkpoints share the label {r.label!r} ({seen[r.label]} and {r.path}); give distinct labels"
             )
         seen[r.label] = str(r.path)
     return refs
@@ -137,9 +137,7 @@ def load_full_precision(ref: ModelRef, device: str | torch.device = "cpu") -> to
 def eval_seq_len(ref: ModelRef, seq_len: Optional[int]) -> int:
     s = seq_len or ref.sequence_length
     if not s:
-        raise OLMoConfigurationError(
-            f"{ref.path}: no sequence length recorded; give 'seq_len' (--seq-len)"
-        )
+        raise OLMoConfigurationError(f"{ref.path}: no sequence length recorded; give 'seq_len' (--seq-len)")
     return int(s)
 
 

@@ -95,9 +95,7 @@ def hvp_model_config(model_config):
     cfg = copy.deepcopy(model_config)
     mixer = getattr(cfg.block, "sequence_mixer", None) or getattr(cfg.block, "attention", None)
     if mixer is None or not hasattr(mixer, "backend"):
-        raise OLMoConfigurationError(
-            "hvp_model_config: the block has no attention config with a 'backend' field"
-        )
+        raise OLMoConfigurationError("hvp_model_config: the block has no attention config with a 'backend' field")
     mixer.backend = AttentionBackendName.torch
     if getattr(mixer, "use_flash", None):
         mixer.use_flash = None
@@ -179,8 +177,7 @@ def _shard_group(params: Sequence[torch.Tensor]):
             mesh = p.device_mesh
             if mesh.ndim != 1:
                 raise OLMoConfigurationError(
-                    "Hessian probes support 1-D (FSDP) device meshes only, got a "
-                    f"{mesh.ndim}-D mesh (HSDP/TP)"
+                    f"Hessian probes support 1-D (FSDP) device meshes only, got a {mesh.ndim}-D mesh (HSDP/TP)"
                 )
             return mesh.get_group()
     return None
@@ -287,7 +284,10 @@ class HessianVectorProduct:
             try:
                 loss = self.loss_fn()
                 loss.backward()
-                grads = [_local(p.grad).detach().clone() if p.grad is not None else torch.zeros_like(_local(p)) for p in self.params]
+                grads = [
+                    _local(p.grad).detach().clone() if p.grad is not None else torch.zeros_like(_local(p))
+                    for p in self.params
+                ]
             finally:
                 for p, g in zip(self.params, saved):
                     p.grad = g
@@ -506,8 +506,12 @@ def top_eigenvalue(
         bar.close()
     hvp.release()
     return EigenEstimate(
-        value=value, iterations=it, converged=converged, residual=residual,
-        largest_magnitude=lam1, seconds=time.perf_counter() - t0,
+        value=value,
+        iterations=it,
+        converged=converged,
+        residual=residual,
+        largest_magnitude=lam1,
+        seconds=time.perf_counter() - t0,
     )
 
 
@@ -595,17 +599,14 @@ def quadratic_prediction(
     return pred
 
 
-def parameter_delta(
-    finetuned: nn.Module, base: nn.Module, names: Sequence[str]
-) -> Vector:
+def parameter_delta(finetuned: nn.Module, base: nn.Module, names: Sequence[str]) -> Vector:
     """``theta_FT - theta_PT`` for the named parameters (same order as ``names``)."""
     ft = dict(finetuned.named_parameters())
     pt = dict(base.named_parameters())
     missing = [n for n in names if n not in ft or n not in pt]
     if missing:
         raise OLMoConfigurationError(
-            f"the fine-tuned and base models do not share parameters {missing[:5]}: not the same "
-            "architecture"
+            f"the fine-tuned and base models do not share parameters {missing[:5]}: not the same architecture"
         )
     out = []
     for n in names:

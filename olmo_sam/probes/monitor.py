@@ -71,24 +71,18 @@ class SharpnessMonitorCallback(Callback, Config):
     def __post_init__(self, *args):
         del args
         if self.every_steps < 1:
-            raise OLMoConfigurationError(
-                f"SharpnessMonitorCallback.every_steps must be >= 1, got {self.every_steps}"
-            )
+            raise OLMoConfigurationError(f"SharpnessMonitorCallback.every_steps must be >= 1, got {self.every_steps}")
         if self.probes < 1:
             raise OLMoConfigurationError(f"SharpnessMonitorCallback.probes must be >= 1, got {self.probes}")
         if self.n_sequences < 1:
-            raise OLMoConfigurationError(
-                f"SharpnessMonitorCallback.n_sequences must be >= 1, got {self.n_sequences}"
-            )
+            raise OLMoConfigurationError(f"SharpnessMonitorCallback.n_sequences must be >= 1, got {self.n_sequences}")
         if self.method not in ("auto", "double_backward", "finite_difference"):
             raise OLMoConfigurationError(
                 "SharpnessMonitorCallback.method must be 'auto', 'double_backward' or "
                 f"'finite_difference', got {self.method!r}"
             )
         if self.enabled and not self.val_paths:
-            raise OLMoConfigurationError(
-                "SharpnessMonitorCallback.val_paths is empty: give the validation token files"
-            )
+            raise OLMoConfigurationError("SharpnessMonitorCallback.val_paths is empty: give the validation token files")
 
     # -- wiring ------------------------------------------------------------------------------------
 

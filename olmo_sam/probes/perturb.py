@@ -59,8 +59,7 @@ def select_weights(
     ]
     if not out:
         raise OLMoConfigurationError(
-            f"noise selection is empty (include={list(include)}, exclude={list(exclude)}, "
-            f"min_ndim={min_ndim})"
+            f"noise selection is empty (include={list(include)}, exclude={list(exclude)}, min_ndim={min_ndim})"
         )
     return out
 
@@ -70,9 +69,7 @@ def _tensor_seed(seed: int, name: str) -> int:
 
 
 @torch.no_grad()
-def gaussian_noise_(
-    selection: Sequence[Tuple[str, nn.Parameter]], gamma: float, seed: int
-) -> Dict[str, float]:
+def gaussian_noise_(selection: Sequence[Tuple[str, nn.Parameter]], gamma: float, seed: int) -> Dict[str, float]:
     """Apply Eq. 7 in place to each selected tensor. Returns ``name -> ||W||_F`` (before noise).
 
     ``Z`` is drawn in float32 on the CPU from a generator seeded by ``(seed, name)``, so results

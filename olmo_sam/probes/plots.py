@@ -75,7 +75,14 @@ def plot_quantize(result: Dict[str, Any], path: str | Path) -> Path:
             ax.plot(_xy(rs, use_tokens, order), [r["loss"] for r in rs], "o-", color=color, label=f"{arm} + {name}")
             b = base_arms.get(arm, [])
             if b:
-                ax.plot(_xy(b, use_tokens, order), [r["loss"] for r in b], "x--", color=color, alpha=0.6, label=f"{arm} (fp32)")
+                ax.plot(
+                    _xy(b, use_tokens, order),
+                    [r["loss"] for r in b],
+                    "x--",
+                    color=color,
+                    alpha=0.6,
+                    label=f"{arm} (fp32)",
+                )
         _finish_x(ax, use_tokens, order)
         ax.set_ylabel("pretraining validation loss")
         ax.set_title(f"{name} quantization")
@@ -110,8 +117,14 @@ def plot_noise(result: Dict[str, Any], path: str | Path) -> Path:
         inc = [s["increase"] for s in rows]
         sd = [s["std"] or 0.0 for s in rows]
         ax.plot([s["gamma"] for s in rows], inc, marker="o", label=label, color=f"C{i % 10}")
-        ax.fill_between([s["gamma"] for s in rows], [m - e for m, e in zip(inc, sd)], [m + e for m, e in zip(inc, sd)],
-                        color=f"C{i % 10}", alpha=0.2, linewidth=0)  # fmt: skip
+        ax.fill_between(
+            [s["gamma"] for s in rows],
+            [m - e for m, e in zip(inc, sd)],
+            [m + e for m, e in zip(inc, sd)],
+            color=f"C{i % 10}",
+            alpha=0.2,
+            linewidth=0,
+        )
     ax.axhline(0.0, color="k", lw=0.6)
     ax.set_xlabel(r"perturbation magnitude $\gamma$")
     ax.set_ylabel("PT-loss increase over clean")
@@ -124,7 +137,15 @@ def plot_noise(result: Dict[str, Any], path: str | Path) -> Path:
     if use_tokens:
         ax = axes[0][1]
         for i, (arm, rs) in enumerate(arms.items()):
-            ax.errorbar([r["tokens"] for r in rs], [r["increase"] for r in rs], yerr=[r["std"] for r in rs], marker="o", capsize=3, label=arm, color=f"C{i}")
+            ax.errorbar(
+                [r["tokens"] for r in rs],
+                [r["increase"] for r in rs],
+                yerr=[r["std"] for r in rs],
+                marker="o",
+                capsize=3,
+                label=arm,
+                color=f"C{i}",
+            )
         _finish_x(ax, True, [])
         ax.set_title(rf"$\gamma$ = {gmax}")
         ax.set_ylabel("PT-loss increase over clean")
@@ -147,7 +168,15 @@ def plot_hessian(result: Dict[str, Any], path: str | Path) -> Path:
         use_tokens, arms = _series(sharp)
         ax = axes[0][k]
         for i, (arm, rs) in enumerate(arms.items()):
-            ax.errorbar(_xy(rs, use_tokens, order), [r["trace"]["trace"] for r in rs], yerr=[r["trace"]["stderr"] or 0 for r in rs], marker="o", capsize=3, label=arm, color=f"C{i}")
+            ax.errorbar(
+                _xy(rs, use_tokens, order),
+                [r["trace"]["trace"] for r in rs],
+                yerr=[r["trace"]["stderr"] or 0 for r in rs],
+                marker="o",
+                capsize=3,
+                label=arm,
+                color=f"C{i}",
+            )
         _finish_x(ax, use_tokens, order)
         ax.set_ylabel("tr(H) (Hutchinson)")
         ax.legend(fontsize=7)
@@ -155,7 +184,13 @@ def plot_hessian(result: Dict[str, Any], path: str | Path) -> Path:
         ax = axes[0][k + 1]
         for i, (arm, rs) in enumerate(arms.items()):
             rs = [r for r in rs if "top_eigenvalue" in r]
-            ax.plot(_xy(rs, use_tokens, order), [r["top_eigenvalue"]["value"] for r in rs], "o-", label=rf"{arm} $\lambda_{{max}}$", color=f"C{i}")
+            ax.plot(
+                _xy(rs, use_tokens, order),
+                [r["top_eigenvalue"]["value"] for r in rs],
+                "o-",
+                label=rf"{arm} $\lambda_{{max}}$",
+                color=f"C{i}",
+            )
             eos = [r.get("edge_of_stability") for r in rs]
             if rs and all(eos):
                 ax.plot(_xy(rs, use_tokens, order), eos, ":", color=f"C{i}", label=f"{arm} 2/lr")

@@ -137,13 +137,11 @@ class QuantConfig:
             )
         if self.compute_dtype not in _DTYPES:
             raise OLMoConfigurationError(
-                f"quantization option 'compute_dtype' must be one of {list(_DTYPES)}, "
-                f"got {self.compute_dtype!r}"
+                f"quantization option 'compute_dtype' must be one of {list(_DTYPES)}, got {self.compute_dtype!r}"
             )
         if self.blocksize not in BNB_4BIT_BLOCKSIZES:
             raise OLMoConfigurationError(
-                f"quantization option 'blocksize' must be one of {list(BNB_4BIT_BLOCKSIZES)}, "
-                f"got {self.blocksize!r}"
+                f"quantization option 'blocksize' must be one of {list(BNB_4BIT_BLOCKSIZES)}, got {self.blocksize!r}"
             )
         if self.bits == 8:
             # 4-bit-only options set away from their defaults would be silently meaningless
@@ -256,9 +254,7 @@ class QuantConfig:
             skip.append("lm_head")
         common = dict(llm_int8_skip_modules=skip)
         if self.bits == 8:
-            return BitsAndBytesConfig(
-                load_in_8bit=True, llm_int8_threshold=self.int8_threshold, **common
-            )
+            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=self.int8_threshold, **common)
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=self.quant_type,
@@ -291,9 +287,7 @@ def _parse_value(key: str, text: str) -> Any:
     value = text.strip()
     if kind == "bool":
         if value.lower() not in _BOOL_WORDS:
-            raise OLMoConfigurationError(
-                f"quantization option {key!r} takes true or false, got {value!r}"
-            )
+            raise OLMoConfigurationError(f"quantization option {key!r} takes true or false, got {value!r}")
         return _BOOL_WORDS[value.lower()]
     if kind == "int":
         try:
@@ -364,9 +358,7 @@ def _bnb():
     try:
         import bitsandbytes as bnb
     except ImportError as e:  # pragma: no cover - dependency of the 'probes' extra
-        raise OLMoConfigurationError(
-            "quantization needs bitsandbytes: pip install 'olmo-sam[probes]'"
-        ) from e
+        raise OLMoConfigurationError("quantization needs bitsandbytes: pip install 'olmo-sam[probes]'") from e
     return bnb
 
 
@@ -433,9 +425,7 @@ def _quantized_embedding(emb: nn.Embedding, cfg: QuantConfig, device: torch.devi
     return q.to(device)
 
 
-def quantize_transformer(
-    model: nn.Module, cfg: QuantConfig, *, verify: bool = True
-) -> "QuantReport":
+def quantize_transformer(model: nn.Module, cfg: QuantConfig, *, verify: bool = True) -> "QuantReport":
     """Replace ``model``'s linear layers (and optionally its embedding) by bitsandbytes modules,
     in place, on the model's device. Returns the :func:`inspect_quantization` report (verified
     against ``cfg`` unless ``verify=False``).
@@ -669,7 +659,12 @@ def _4bit_mismatches(deq: torch.Tensor, orig: torch.Tensor, qs) -> Tuple[int, fl
     else:
         # the absmax itself: equal up to float32 rounding
         scale_err = float(((scale - own).abs() / (own.abs() * 1e-6 + 1e-30)).max())
-    got = torch.cat([deq.reshape(-1).to("cpu", torch.float32), deq.new_zeros((-n) % qs.blocksize, dtype=torch.float32, device="cpu")])
+    got = torch.cat(
+        [
+            deq.reshape(-1).to("cpu", torch.float32),
+            deq.new_zeros((-n) % qs.blocksize, dtype=torch.float32, device="cpu"),
+        ]
+    )
     got = got.view_as(near)
     # float32 products to the last bits; a half-precision weight (qs.dtype) rounds to its own ulp
     eps = torch.finfo(deq.dtype).eps if deq.dtype.is_floating_point else 0.0
@@ -743,21 +738,16 @@ class QuantReport:
                 raise QuantizationError(f"asked for blocksize {cfg.blocksize} but modules hold {bad_bs}")
             bad_dq = {n for n, m in self.modules.items() if m.get("double_quant") != cfg.double_quant}
             if bad_dq:
-                raise QuantizationError(
-                    f"asked for double_quant={cfg.double_quant} but {sorted(bad_dq)[:3]} differ"
-                )
+                raise QuantizationError(f"asked for double_quant={cfg.double_quant} but {sorted(bad_dq)[:3]} differ")
         if self.quantized_bytes >= self.original_bytes:
             raise QuantizationError(
-                f"quantized weights take {self.quantized_bytes} bytes, not less than the "
-                f"original {self.original_bytes}"
+                f"quantized weights take {self.quantized_bytes} bytes, not less than the original {self.original_bytes}"
             )
         lm_head_left = [n for n in self.full_precision_linear if _is_lm_head(n) or n.endswith("lm_head")]
         if cfg.quantize_lm_head and lm_head_left:
             raise QuantizationError(f"quantize_lm_head=True but {lm_head_left} is full precision")
         if self.mismatched_4bit_weights:
-            bad_mods = sorted(
-                ((m.get("mismatches") or 0, n) for n, m in self.modules.items()), reverse=True
-            )[:3]
+            bad_mods = sorted(((m.get("mismatches") or 0, n) for n, m in self.modules.items()), reverse=True)[:3]
             raise QuantizationError(
                 f"{self.mismatched_4bit_weights} dequantized {cfg.quant_type} weights differ from "
                 f"the exact reference dequantizer (worst modules: {bad_mods}); the bitsandbytes "
@@ -765,9 +755,7 @@ class QuantReport:
                 "that divides every layer's input width (64 for the presets), or a GPU"
             )
         if self.max_error_ratio is not None and self.max_error_ratio > 1.0 + 1e-3:
-            bad_mods8 = sorted(
-                ((m.get("error_ratio") or 0.0, n) for n, m in self.modules.items()), reverse=True
-            )[:3]
+            bad_mods8 = sorted(((m.get("error_ratio") or 0.0, n) for n, m in self.modules.items()), reverse=True)[:3]
             raise QuantizationError(
                 f"dequantized int8 weights are off by up to {self.max_error_ratio:.2f}x the "
                 f"row-wise rounding error bound (worst: {bad_mods8}); the bitsandbytes int8 "
@@ -788,9 +776,7 @@ def _quant_state_bytes(qs) -> int:
     return total
 
 
-def inspect_quantization(
-    model: nn.Module, originals: Optional[Mapping[str, torch.Tensor]] = None
-) -> QuantReport:
+def inspect_quantization(model: nn.Module, originals: Optional[Mapping[str, torch.Tensor]] = None) -> QuantReport:
     """Count bitsandbytes modules in ``model`` (OLMo-core or Hugging Face), their storage dtype
     and bytes (packed weights + scales) against the bytes of the weights they replace.
 

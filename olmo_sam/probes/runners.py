@@ -249,7 +249,17 @@ def quantize_probe(
         if base is None:
             model = load_full_precision(ref, device)
             loss, ntok = _loss(model, ref, val_paths, s, batch_size, max_sequences)
-            base = res.add({**ref.describe(), "key": base_key, "quant": "none", "config": None, "loss": loss, "eval_tokens": ntok, "degradation": 0.0})
+            base = res.add(
+                {
+                    **ref.describe(),
+                    "key": base_key,
+                    "quant": "none",
+                    "config": None,
+                    "loss": loss,
+                    "eval_tokens": ntok,
+                    "degradation": 0.0,
+                }
+            )
         bar.update(1)
         for cfg in cfgs:
             key = f"{ref.path}|{cfg.name}"
@@ -311,8 +321,16 @@ def noise_probe(
     sample std over seeds per (checkpoint, gamma), and gamma 0 is the unperturbed loss."""
     from .perturb import perturbed, select_weights
 
-    check_probe_options("noise", {"gammas": list(gammas), "seeds": list(seeds), "min_ndim": min_ndim,
-                                  "batch_size": batch_size, "max_sequences": max_sequences})  # fmt: skip
+    check_probe_options(
+        "noise",
+        {
+            "gammas": list(gammas),
+            "seeds": list(seeds),
+            "min_ndim": min_ndim,
+            "batch_size": batch_size,
+            "max_sequences": max_sequences,
+        },
+    )
     val_paths = check_val_paths(val_paths)
     refs = _refs(checkpoints, labels)
     settings = {
@@ -432,9 +450,19 @@ def hessian_probe(
         top_eigenvalue,
     )
 
-    check_probe_options("hessian", {"n_sequences": n_sequences, "probes": probes, "rtol": rtol, "method": method,
-                                    "power_iters": power_iters, "fd_step": fd_step, "batch_size": batch_size,
-                                    "val_max_sequences": val_max_sequences})  # fmt: skip
+    check_probe_options(
+        "hessian",
+        {
+            "n_sequences": n_sequences,
+            "probes": probes,
+            "rtol": rtol,
+            "method": method,
+            "power_iters": power_iters,
+            "fd_step": fd_step,
+            "batch_size": batch_size,
+            "val_max_sequences": val_max_sequences,
+        },
+    )
     val_paths = check_val_paths(val_paths)
     refs = _refs(checkpoints, labels) if checkpoints else []
     pair_refs = [(model_ref(a), model_ref(b)) for a, b in pairs]
@@ -458,7 +486,10 @@ def hessian_probe(
     def operator(model, batch):
         params = [p for p in model.parameters() if p.requires_grad]
         return HessianVectorProduct(
-            lambda: lm_batch_loss(model, batch), params, method=method, fd_step=fd_step,
+            lambda: lm_batch_loss(model, batch),
+            params,
+            method=method,
+            fd_step=fd_step,
             model=model if method == "double_backward" else None,
         )
 
@@ -472,7 +503,13 @@ def hessian_probe(
             with torch.no_grad():
                 batch_loss = float(lm_batch_loss(model, batch))
             tr = hutchinson_trace(op, n_probes=probes, rtol=rtol, seed=seed, progress=progress)
-            rec: Dict[str, Any] = {**ref.describe(), "key": key, "batch_loss": batch_loss, "trace": tr.to_dict(), "n_params": sum(p.numel() for p in op.params)}
+            rec: Dict[str, Any] = {
+                **ref.describe(),
+                "key": key,
+                "batch_loss": batch_loss,
+                "trace": tr.to_dict(),
+                "n_params": sum(p.numel() for p in op.params),
+            }
             if power_iters > 0:
                 eig = top_eigenvalue(op, iters=power_iters, seed=seed, progress=progress)
                 rec["top_eigenvalue"] = eig.to_dict()

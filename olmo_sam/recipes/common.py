@@ -30,8 +30,8 @@ from olmo_core.train.common import DurationUnit
 from ..models import param_counts
 from ..optim.sam import SAMConfig
 from ..optim.schedules import decay_start
-from ..train.callbacks import SAMSwitchCallback
 from ..preflight import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, out_dir_callback
+from ..train.callbacks import SAMSwitchCallback
 
 __all__ = [
     "RunSpec",
@@ -56,6 +56,7 @@ __all__ = [
 GPU_PEAK_TFLOPS = 989.0
 GPU_MFU = 0.4
 
+
 @dataclass(kw_only=True)
 class RunSpec:
     """What every recipe run needs besides its model/optimizer/schedule choices."""
@@ -76,10 +77,17 @@ class RunSpec:
     check_paths: bool = True
 
 
-
 #: whole-number settings of a run and their smallest value (``None``: the recipe's default)
-RUN_COUNTS = {"batch_size": 1, "seq_len": 1, "micro_batch_size": 1, "steps": 1, "warmup": 0,
-              "eval_interval": 0, "checkpoint_interval": 1, "stop_at_step": 1}  # fmt: skip
+RUN_COUNTS = {
+    "batch_size": 1,
+    "seq_len": 1,
+    "micro_batch_size": 1,
+    "steps": 1,
+    "warmup": 0,
+    "eval_interval": 0,
+    "checkpoint_interval": 1,
+    "stop_at_step": 1,
+}
 
 
 def check_run_numbers(spec: RunSpec) -> None:
@@ -92,9 +100,16 @@ def check_run_numbers(spec: RunSpec) -> None:
     # a peak LR of 0 is a frozen run (the weights stay as loaded); a negative one is an error
     for name, low, strict in (("lr", 0.0, False), ("tokens_per_param", 0.0, True)):
         v = getattr(spec, name, None)
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > low if strict else v >= low)
+        ok = (
+            isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and (v > low if strict else v >= low)
+        )
         if v is not None and not ok:
-            raise OLMoConfigurationError(f"--{name.replace('_', '-')} must be a number {'>' if strict else '>='} 0, got {v!r}")
+            raise OLMoConfigurationError(
+                f"--{name.replace('_', '-')} must be a number {'>' if strict else '>='} 0, got {v!r}"
+            )
 
 
 def check_micro_batch(batch: int, world: int, micro_batch_size: int) -> None:
@@ -119,9 +134,7 @@ def parse_tokens(text: str | int | float) -> int:
     else:
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBgGtT]?)\s*", str(text))
         if not m:
-            raise OLMoConfigurationError(
-                f"cannot read token count {text!r}; write e.g. 192B, 4B, 50e9, 10M"
-            )
+            raise OLMoConfigurationError(f"cannot read token count {text!r}; write e.g. 192B, 4B, 50e9, 10M")
         value = float(m.group(1)) * _SUFFIX[m.group(2).upper()]
     if value <= 0 or value != int(value):
         raise OLMoConfigurationError(f"token count must be a positive whole number, got {text!r}")
@@ -376,7 +389,9 @@ def run_summary(
     }
 
 
-def print_dry_run(cfg: ExperimentConfig, summary: Dict[str, Any], *, as_json: bool, extra: Optional[Dict[str, Any]] = None) -> None:
+def print_dry_run(
+    cfg: ExperimentConfig, summary: Dict[str, Any], *, as_json: bool, extra: Optional[Dict[str, Any]] = None
+) -> None:
     config_dict = json.loads(json.dumps(cfg.as_config_dict()))  # plain types (StrEnum -> str)
     if as_json:
         click.echo(json.dumps({"config": config_dict, "summary": summary, **(extra or {})}, indent=2))
@@ -386,7 +401,9 @@ def print_dry_run(cfg: ExperimentConfig, summary: Dict[str, Any], *, as_json: bo
     click.echo("---")
     for key, value in (extra or {}).items():
         click.echo(f"{key}: {value}")
-    click.echo(f"parameters: {p['total']:,d} total = {p['embedding']:,d} embedding + {p['non_embedding']:,d} non-embedding")
+    click.echo(
+        f"parameters: {p['total']:,d} total = {p['embedding']:,d} embedding + {p['non_embedding']:,d} non-embedding"
+    )
     click.echo(
         f"tokens: {summary['tokens']:,d} ({format_tokens(summary['tokens'])}) = {summary['steps']:,d} steps x "
         f"{summary['tokens_per_step']:,d} tokens ({summary['batch_sequences']} x {summary['sequence_length']})"
@@ -476,26 +493,70 @@ def common_options(f):
     options = [
         click.option("--dry-run", is_flag=True, help="Print the resolved config and estimates; train nothing."),
         click.option("--json", "as_json", is_flag=True, help="With --dry-run: print JSON instead of YAML."),
-        click.option("--out", "save_folder", callback=out_dir_callback, type=str, default=None,
-               help="Run directory (re-using it resumes)."),
-        click.option("--dp", type=click.Choice(["auto", "none", "ddp", "fsdp", "hsdp"]), default="auto",
-                     show_default=True, help="Data parallelism under torchrun."),
-        click.option("--param-dtype", type=click.Choice(["float32", "bfloat16"]), default=None,
-                     help="FSDP mixed-precision parameter dtype."),
-        click.option("--micro-batch-size", "micro_batch_size", type=POSITIVE_INT, default=None,
-               help="Sequences per rank per micro-batch."),
-        click.option("--eval-interval", type=NON_NEGATIVE_INT, default=None, help="Steps between in-loop validation-loss evaluations (pretraining: 0 = none)."),
+        click.option(
+            "--out",
+            "save_folder",
+            callback=out_dir_callback,
+            type=str,
+            default=None,
+            help="Run directory (re-using it resumes).",
+        ),
+        click.option(
+            "--dp",
+            type=click.Choice(["auto", "none", "ddp", "fsdp", "hsdp"]),
+            default="auto",
+            show_default=True,
+            help="Data parallelism under torchrun.",
+        ),
+        click.option(
+            "--param-dtype",
+            type=click.Choice(["float32", "bfloat16"]),
+            default=None,
+            help="FSDP mixed-precision parameter dtype.",
+        ),
+        click.option(
+            "--micro-batch-size",
+            "micro_batch_size",
+            type=POSITIVE_INT,
+            default=None,
+            help="Sequences per rank per micro-batch.",
+        ),
+        click.option(
+            "--eval-interval",
+            type=NON_NEGATIVE_INT,
+            default=None,
+            help="Steps between in-loop validation-loss evaluations (pretraining: 0 = none).",
+        ),
         click.option("--checkpoint-interval", type=POSITIVE_INT, default=None, help="Steps between checkpoints."),
-        click.option("--stop-at-step", type=POSITIVE_INT, default=None,
-                     help="Stop (with a checkpoint) at this step; the schedule still spans the whole run."),
-        click.option("--gpu-peak-tflops", type=POSITIVE_FLOAT, default=GPU_PEAK_TFLOPS, show_default=True,
-                     help="Assumed accelerator peak (dense bf16) for the GPU-hour estimate."),
-        click.option("--mfu", type=POSITIVE_FLOAT, default=GPU_MFU, show_default=True,
-                     help="Assumed model-FLOPs utilisation for the GPU-hour estimate."),
-        click.option("--world-size", "assume_world", type=click.IntRange(min=1), default=None,
-                     help="With --dry-run: resolve the config for this many processes (no torchrun needed)."),
+        click.option(
+            "--stop-at-step",
+            type=POSITIVE_INT,
+            default=None,
+            help="Stop (with a checkpoint) at this step; the schedule still spans the whole run.",
+        ),
+        click.option(
+            "--gpu-peak-tflops",
+            type=POSITIVE_FLOAT,
+            default=GPU_PEAK_TFLOPS,
+            show_default=True,
+            help="Assumed accelerator peak (dense bf16) for the GPU-hour estimate.",
+        ),
+        click.option(
+            "--mfu",
+            type=POSITIVE_FLOAT,
+            default=GPU_MFU,
+            show_default=True,
+            help="Assumed model-FLOPs utilisation for the GPU-hour estimate.",
+        ),
+        click.option(
+            "--world-size",
+            "assume_world",
+            type=click.IntRange(min=1),
+            default=None,
+            help="With --dry-run: resolve the config for this many processes (no torchrun needed).",
+        ),
         click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]..."),
-    ]  # fmt: skip
+    ]
 
     @functools.wraps(f)
     def run(*args, assume_world, **kwargs):

@@ -31,8 +31,8 @@ from olmo_core.train import Duration
 from .. import paper
 from ..models import dolma2_tokenizer, model_config
 from ..optim import Midtrain, SAMConfig
-from ..train import build_experiment
 from ..preflight import NON_NEGATIVE_FLOAT, POSITIVE_INT
+from ..train import build_experiment
 from .common import (
     RunSpec,
     apply_overrides,
@@ -223,7 +223,11 @@ def _import_on_rank0(hf_source: str, revision: Optional[str], dest: Path, tokeni
     if Path(hf_source).exists():
         revision = None  # a local directory has no revisions
     if get_rank() == 0 and latest_step_dir(dest) is None:
-        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+        }
         cmd = [sys.executable, "-m", "olmo_sam.cli", "import-hf", hf_source, "--out", str(dest)]
         if revision:
             cmd += ["--revision", revision]
@@ -240,27 +244,72 @@ def _import_on_rank0(hf_source: str, revision: Optional[str], dest: Path, tokeni
 
 
 @click.command("midtrain", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True,
-              help="adamw: the OLMo baseline; sam: Table 1's SAM run.")  # fmt: skip
-@click.option("--size", type=click.Choice(["1B", "tiny"]), default="1B", show_default=True, help="'tiny' runs the recipe on CPU.")
+@click.option(
+    "--optimizer",
+    type=click.Choice(OPTIMIZERS),
+    default="adamw",
+    show_default=True,
+    help="adamw: the OLMo baseline; sam: Table 1's SAM run.",
+)
+@click.option(
+    "--size", type=click.Choice(["1B", "tiny"]), default="1B", show_default=True, help="'tiny' runs the recipe on CPU."
+)
 @click.option("--tokens", type=str, default=None, help="Token budget [default: 50B, Table 1].")
 @click.option("--steps", type=POSITIVE_INT, default=None, help="Budget in steps instead (CPU runs).")
 @click.option("--lr", type=NON_NEGATIVE_FLOAT, default=None, help=f"Starting LR [default: {T1.lr}, Table 1].")
 @click.option("--rho", type=float, default=None, help=f"SAM radius [default: {T1.rho}].")
 @click.option("--seq-len", type=POSITIVE_INT, default=None, help=f"[default: {T1.context_length}]")
-@click.option("--batch-size", type=POSITIVE_INT, default=None, help=f"Global batch in sequences [default: {T1.batch_sequences}].")
-@click.option("--data-mix", "data", multiple=True, help="Mix file of token files (Dolmino), dataset dir or token file (repeatable).")
+@click.option(
+    "--batch-size", type=POSITIVE_INT, default=None, help=f"Global batch in sequences [default: {T1.batch_sequences}]."
+)
+@click.option(
+    "--data-mix",
+    "data",
+    multiple=True,
+    help="Mix file of token files (Dolmino), dataset dir or token file (repeatable).",
+)
 @click.option("--mix-include", multiple=True, help="Only mix-file lines with this label (repeatable).")
 @click.option("--data-root", default=None, help="Root for relative mix-file paths (e.g. https://olmo-data.org).")
 @click.option("--val", multiple=True, help="Validation token files / dataset dir / mix file.")
 @click.option("--tokenizer", "tokenizer_name", default=None, help="'dolma2' (default) or a tokenizer dir (tiny).")
 @click.option("--load-path", default=None, help="OLMo-core checkpoint to start from (overrides --init-from-hf).")
-@click.option("--init-from-hf", default=paper.OLMO2_1B_HF_ID, show_default=True, help="HF model to convert and start from.")
-@click.option("--hf-revision", default=paper.OLMO2_1B_STAGE1_REVISION, show_default=True, help="Its revision (stage-1 end).")
+@click.option(
+    "--init-from-hf", default=paper.OLMO2_1B_HF_ID, show_default=True, help="HF model to convert and start from."
+)
+@click.option(
+    "--hf-revision", default=paper.OLMO2_1B_STAGE1_REVISION, show_default=True, help="Its revision (stage-1 end)."
+)
 @common_options
-def main(optimizer, size, tokens, steps, lr, rho, seq_len, batch_size, data, mix_include, data_root, val,
-         tokenizer_name, load_path, init_from_hf, hf_revision, dry_run, as_json, save_folder, dp, param_dtype,
-         micro_batch_size, eval_interval, checkpoint_interval, stop_at_step, gpu_peak_tflops, mfu, overrides):  # fmt: skip
+def main(
+    optimizer,
+    size,
+    tokens,
+    steps,
+    lr,
+    rho,
+    seq_len,
+    batch_size,
+    data,
+    mix_include,
+    data_root,
+    val,
+    tokenizer_name,
+    load_path,
+    init_from_hf,
+    hf_revision,
+    dry_run,
+    as_json,
+    save_folder,
+    dp,
+    param_dtype,
+    micro_batch_size,
+    eval_interval,
+    checkpoint_interval,
+    stop_at_step,
+    gpu_peak_tflops,
+    mfu,
+    overrides,
+):
     """OLMo-2-1B mid-training with AdamW or SAM ([SAM-PT] App B, Table 1).
 
     Extra KEY=VALUE arguments override the resolved OLMo-core config.
@@ -280,8 +329,13 @@ def main(optimizer, size, tokens, steps, lr, rho, seq_len, batch_size, data, mix
             from ..data.tokenizer import load_tokenizer, tokenizer_config
 
             tokenizer = tokenizer_config(load_tokenizer(tokenizer_name))
-        ds = resolve_data(data, val, data_root=data_root, tokenizer_id=(tokenizer or dolma2_tokenizer()).identifier,
-                          include=mix_include)  # fmt: skip
+        ds = resolve_data(
+            data,
+            val,
+            data_root=data_root,
+            tokenizer_id=(tokenizer or dolma2_tokenizer()).identifier,
+            include=mix_include,
+        )
         if size == "tiny" and tokenizer is None:
             tokenizer = ds.tokenizer
             if tokenizer is None:
@@ -318,8 +372,9 @@ def main(optimizer, size, tokens, steps, lr, rho, seq_len, batch_size, data, mix
         if dry_run:
             print_dry_run(cfg, run_summary(cfg, gpu_peak_tflops=gpu_peak_tflops, mfu=mfu), as_json=as_json, extra=extra)
             return
-        run_midtrain(cfg, init_from_hf=init_from_hf if hf_init else None, hf_revision=hf_revision,
-                     tokenizer=tokenizer_name)  # fmt: skip
+        run_midtrain(
+            cfg, init_from_hf=init_from_hf if hf_init else None, hf_revision=hf_revision, tokenizer=tokenizer_name
+        )
     except OLMoConfigurationError as e:
         raise click.ClickException(str(e)) from e
 

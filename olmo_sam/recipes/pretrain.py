@@ -28,8 +28,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import click
 from olmo_core.exceptions import OLMoConfigurationError
-from olmo_core.optim import AdamWConfig, OptimConfig
 from olmo_core.nn.transformer import TransformerConfig
+from olmo_core.optim import AdamWConfig, OptimConfig
 from olmo_core.optim.scheduler import Scheduler
 from olmo_core.script_utils import ExperimentConfig
 from olmo_core.train import Duration
@@ -37,9 +37,9 @@ from olmo_core.train import Duration
 from .. import paper
 from ..models import CPU_SIZES, dolma2_tokenizer, model_config, param_counts
 from ..optim import WSO, CosineAlpha, LinearAlpha, SAMConfig, WSDAlpha
-from ..train import SAMSwitchCallback, build_experiment
-from ..seeds import DATA_SEED, INIT_SEED
 from ..preflight import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT
+from ..seeds import DATA_SEED, INIT_SEED
+from ..train import SAMSwitchCallback, build_experiment
 from .common import (
     RunSpec,
     apply_overrides,
@@ -142,8 +142,10 @@ def _optim(spec: PretrainSpec, lr: float) -> OptimConfig:
     if spec.optimizer in ("sam", "sam-anneal"):
         return SAMConfig(base=adamw, rho=spec.rho, variant=spec.variant, interval=spec.interval)
     if spec.variant != "sam" or spec.interval != 1:
-        raise OLMoConfigurationError(f"variant/interval choose the SAM update; they do not apply to --optimizer "
-                                     f"{spec.optimizer} (use sam or sam-anneal)")  # fmt: skip
+        raise OLMoConfigurationError(
+            f"variant/interval choose the SAM update; they do not apply to --optimizer "
+            f"{spec.optimizer} (use sam or sam-anneal)"
+        )
     if spec.optimizer == "adamw":
         return adamw
     raise OLMoConfigurationError(f"unknown optimizer {spec.optimizer!r}; choose one of {list(OPTIMIZERS)}")
@@ -157,7 +159,9 @@ def budget_params(size: str, model: TransformerConfig) -> int:
         return paper.PRETRAIN_NOMINAL_PARAMS[size]
     if size in CPU_SIZES:
         return param_counts(model).total
-    raise OLMoConfigurationError(f"--tokens-per-param is defined for {sorted([*CPU_SIZES, *paper.PRETRAIN_NOMINAL_PARAMS])}, not {size!r}")
+    raise OLMoConfigurationError(
+        f"--tokens-per-param is defined for {sorted([*CPU_SIZES, *paper.PRETRAIN_NOMINAL_PARAMS])}, not {size!r}"
+    )
 
 
 def resolve_budget(
@@ -189,8 +193,13 @@ def resolve_budget(
     return spec.tokens, None
 
 
-def _budget_record(spec: PretrainSpec, model: TransformerConfig, max_tokens: Optional[int], max_steps: Optional[int],
-                   tokens_per_step: int) -> Dict[str, Any]:
+def _budget_record(
+    spec: PretrainSpec,
+    model: TransformerConfig,
+    max_tokens: Optional[int],
+    max_steps: Optional[int],
+    tokens_per_step: int,
+) -> Dict[str, Any]:
     """Tokens and parameters of the run, and tokens per parameter counted both ways (total and
     non-embedding parameters) next to the recipes' own count (:func:`budget_params`)."""
     counts = param_counts(model)
@@ -216,8 +225,15 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
         raise OLMoConfigurationError(f"unknown size {spec.size!r}; choose one of {list(SIZES)}")
     if spec.optimizer not in OPTIMIZERS:
         raise OLMoConfigurationError(f"unknown optimizer {spec.optimizer!r}; choose one of {list(OPTIMIZERS)}")
-    if isinstance(spec.rho, bool) or not isinstance(spec.rho, (int, float)) or not spec.rho >= 0 or math.isinf(spec.rho):
-        raise OLMoConfigurationError(f"--rho must be a finite number >= 0 (the paper uses {paper.SAM_RHO}), got {spec.rho!r}")
+    if (
+        isinstance(spec.rho, bool)
+        or not isinstance(spec.rho, (int, float))
+        or not spec.rho >= 0
+        or math.isinf(spec.rho)
+    ):
+        raise OLMoConfigurationError(
+            f"--rho must be a finite number >= 0 (the paper uses {paper.SAM_RHO}), got {spec.rho!r}"
+        )
     paper_size = spec.size in paper.PRETRAIN_SHAPES
     shape = paper.PRETRAIN_SHAPES.get(spec.size)
     seq_len = spec.seq_len or (shape.context_length if shape else TINY_SEQ_LEN)
@@ -303,9 +319,7 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
         try:
             run_summary(cfg)  # resolves the switch point now: a schedule without decay errors here
         except OLMoConfigurationError as e:
-            raise OLMoConfigurationError(
-                f"--schedule {spec.schedule} with --optimizer sam-anneal: {e}"
-            ) from None
+            raise OLMoConfigurationError(f"--schedule {spec.schedule} with --optimizer sam-anneal: {e}") from None
     return cfg, resolved
 
 
@@ -345,7 +359,10 @@ SWEEPS: Dict[str, Sweep] = {
             "tokens": int(paper.PEAK_LR_SWEEP_TOKENS_B * 1e9),
         },
         tuple(
-            (f"{sched}-{_lr_name(lr)}", {"lr": lr, "schedule": sched, "decay_fraction": paper.SAM_ANNEAL_DECAY_FRACTION})
+            (
+                f"{sched}-{_lr_name(lr)}",
+                {"lr": lr, "schedule": sched, "decay_fraction": paper.SAM_ANNEAL_DECAY_FRACTION},
+            )
             for sched in ("cosine", "wsd")
             for lr in paper.PEAK_LR_SWEEP
         ),
@@ -372,7 +389,10 @@ def sweep_members(name: str, spec: PretrainSpec, explicit: Dict[str, Any]) -> Li
     base = replace(spec, **sweep.fixed)
     if "tokens" in sweep.fixed:
         base = replace(base, tokens_per_param=None, steps=None)
-    return [(member, replace(base, save_folder=f"{spec.save_folder}/{member}", **fields)) for member, fields in sweep.members]
+    return [
+        (member, replace(base, save_folder=f"{spec.save_folder}/{member}", **fields))
+        for member, fields in sweep.members
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,30 +403,80 @@ def sweep_members(name: str, spec: PretrainSpec, explicit: Dict[str, Any]) -> Li
 @click.command("pretrain", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--size", type=click.Choice(SIZES), default=None, help="Model size (Table 4) or tiny/micro for CPU.")
 @click.option("--tokens", type=str, default=None, help="Token budget, e.g. 192B (Table 5).")
-@click.option("--tokens-per-param", type=POSITIVE_FLOAT, default=None, help="Budget as tokens per parameter (nominal for paper sizes, total for tiny/micro).")
+@click.option(
+    "--tokens-per-param",
+    type=POSITIVE_FLOAT,
+    default=None,
+    help="Budget as tokens per parameter (nominal for paper sizes, total for tiny/micro).",
+)
 @click.option("--steps", type=POSITIVE_INT, default=None, help="Budget in steps (CPU runs).")
 @click.option("--lr", type=NON_NEGATIVE_FLOAT, default=None, help="Peak LR [default: Table 6 by tokens/param].")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help="[default: adamw]")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="[default: cosine]")
 @click.option("--alpha", type=float, default=None, help="Final LR / peak [default: 0.1].")
-@click.option("--decay-fraction", type=float, default=None, help="WSD decay length, fraction of the run [default: 0.1].")
+@click.option(
+    "--decay-fraction", type=float, default=None, help="WSD decay length, fraction of the run [default: 0.1]."
+)
 @click.option("--rho", type=float, default=None, help=f"SAM radius [default: {paper.SAM_RHO}].")
-@click.option("--sam-start-fraction", type=float, default=None, help="sam-anneal: switch at this fraction instead of the decay start.")
-@click.option("--batch-size", type=POSITIVE_INT, default=None, help="Global batch in sequences [default: 256; tiny 16].")
+@click.option(
+    "--sam-start-fraction",
+    type=float,
+    default=None,
+    help="sam-anneal: switch at this fraction instead of the decay start.",
+)
+@click.option(
+    "--batch-size", type=POSITIVE_INT, default=None, help="Global batch in sequences [default: 256; tiny 16]."
+)
 @click.option("--seq-len", type=POSITIVE_INT, default=None, help="Context length [default: 1024; tiny 128].")
 @click.option("--warmup", type=NON_NEGATIVE_INT, default=None, help="Warmup steps [default: Table 4].")
 @click.option("--data", "data", multiple=True, help="Token file, prepared dataset dir, or mix file (repeatable).")
 @click.option("--val", "val", multiple=True, help="Validation token file / dataset dir / mix file (repeatable).")
 @click.option("--data-root", default=None, help="Root for relative paths in mix files.")
-@click.option("--tokenizer", "tokenizer_name", default=None, help="'dolma2' or a tokenizer dir [default: dolma2; tiny: the data's].")
+@click.option(
+    "--tokenizer",
+    "tokenizer_name",
+    default=None,
+    help="'dolma2' or a tokenizer dir [default: dolma2; tiny: the data's].",
+)
 @click.option("--seed", type=int, default=None, help="Model init seed.")
 @click.option("--sweep", type=click.Choice(sorted(SWEEPS)), default=None, help="A named sweep preset.")
 @click.option("--member", default=None, help="With --sweep: run this member (name or index).")
 @common_options
-def main(size, tokens, tokens_per_param, steps, lr, optimizer, schedule, alpha, decay_fraction, rho,
-         sam_start_fraction, batch_size, seq_len, warmup, data, val, data_root, tokenizer_name, seed,
-         sweep, member, dry_run, as_json, save_folder, dp, param_dtype, micro_batch_size, eval_interval,
-         checkpoint_interval, stop_at_step, gpu_peak_tflops, mfu, overrides):  # fmt: skip
+def main(
+    size,
+    tokens,
+    tokens_per_param,
+    steps,
+    lr,
+    optimizer,
+    schedule,
+    alpha,
+    decay_fraction,
+    rho,
+    sam_start_fraction,
+    batch_size,
+    seq_len,
+    warmup,
+    data,
+    val,
+    data_root,
+    tokenizer_name,
+    seed,
+    sweep,
+    member,
+    dry_run,
+    as_json,
+    save_folder,
+    dp,
+    param_dtype,
+    micro_batch_size,
+    eval_interval,
+    checkpoint_interval,
+    stop_at_step,
+    gpu_peak_tflops,
+    mfu,
+    overrides,
+):
     """Controlled pretraining of [SAM-PT] App C.1 (Tables 4-6) on OLMo-core.
 
     Extra KEY=VALUE arguments override the resolved OLMo-core config
@@ -415,8 +485,13 @@ def main(size, tokens, tokens_per_param, steps, lr, optimizer, schedule, alpha, 
     import olmo_sam  # noqa: F401  (registrations)
 
     try:
-        explicit = {k: v for k, v in dict(size=size, tokens=tokens, lr=lr, optimizer=optimizer,
-                    schedule=schedule, decay_fraction=decay_fraction).items() if v is not None}  # fmt: skip
+        explicit = {
+            k: v
+            for k, v in dict(
+                size=size, tokens=tokens, lr=lr, optimizer=optimizer, schedule=schedule, decay_fraction=decay_fraction
+            ).items()
+            if v is not None
+        }
         if size is None and not (sweep and "size" in SWEEPS[sweep].fixed):
             raise click.UsageError("--size is required")
         if save_folder is None and not dry_run:
@@ -426,7 +501,9 @@ def main(size, tokens, tokens_per_param, steps, lr, optimizer, schedule, alpha, 
         if tokenizer_name is not None:
             from ..data.tokenizer import DOLMA2, load_tokenizer, tokenizer_config
 
-            tokenizer = dolma2_tokenizer() if tokenizer_name == DOLMA2 else tokenizer_config(load_tokenizer(tokenizer_name))
+            tokenizer = (
+                dolma2_tokenizer() if tokenizer_name == DOLMA2 else tokenizer_config(load_tokenizer(tokenizer_name))
+            )
         else:
             tokenizer = None
         ds = resolve_data(data, val, data_root=data_root, tokenizer_id=(tokenizer or dolma2_tokenizer()).identifier)
@@ -451,7 +528,9 @@ def main(size, tokens, tokens_per_param, steps, lr, optimizer, schedule, alpha, 
             warmup=warmup,
             train_paths=ds.train,
             val_paths=ds.val,
-            tokenizer=tokenizer if (tokenizer is not None and (size in CPU_SIZES or tokenizer_name is not None)) else None,
+            tokenizer=tokenizer
+            if (tokenizer is not None and (size in CPU_SIZES or tokenizer_name is not None))
+            else None,
             save_folder=save_folder or "runs/pretrain",
             dp=resolve_dp(dp, "ddp"),
             param_dtype=param_dtype,
@@ -488,8 +567,12 @@ def main(size, tokens, tokens_per_param, steps, lr, optimizer, schedule, alpha, 
         if dry_run:
             if len(built) == 1:
                 name, cfg, resolved = built[0]
-                print_dry_run(cfg, run_summary(cfg, gpu_peak_tflops=gpu_peak_tflops, mfu=mfu), as_json=as_json,
-                              extra={"sweep": sweep, "member": name, **resolved})  # fmt: skip
+                print_dry_run(
+                    cfg,
+                    run_summary(cfg, gpu_peak_tflops=gpu_peak_tflops, mfu=mfu),
+                    as_json=as_json,
+                    extra={"sweep": sweep, "member": name, **resolved},
+                )
                 return
             _print_sweep(sweep, built, as_json, gpu_peak_tflops, mfu)
             return
@@ -504,8 +587,15 @@ def _print_sweep(name: str, built, as_json: bool, gpu_peak_tflops: float, mfu: f
     rows = []
     for member, cfg, resolved in built:
         s = run_summary(cfg, gpu_peak_tflops=gpu_peak_tflops, mfu=mfu)
-        rows.append({"member": member, "save_folder": cfg.trainer.save_folder, "config": cfg.as_config_dict(),
-                     "summary": s, **resolved})  # fmt: skip
+        rows.append(
+            {
+                "member": member,
+                "save_folder": cfg.trainer.save_folder,
+                "config": cfg.as_config_dict(),
+                "summary": s,
+                **resolved,
+            }
+        )
     if as_json:
         click.echo(json.dumps({"sweep": name, "doc": SWEEPS[name].doc, "members": rows}, indent=2))
         return

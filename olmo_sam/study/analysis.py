@@ -108,8 +108,13 @@ def base_of(unit: str, record: BaseRecord) -> Base:
 class BaseSet:
     """The study's bases, their arms (the first is the reference), budgets and the comparisons."""
 
-    def __init__(self, bases: List[Base], spec: IntervalSpec, references: Optional[Dict[str, str]] = None,
-                 contrasts: Optional[Dict[str, str]] = None):  # fmt: skip
+    def __init__(
+        self,
+        bases: List[Base],
+        spec: IntervalSpec,
+        references: Optional[Dict[str, str]] = None,
+        contrasts: Optional[Dict[str, str]] = None,
+    ):
         self.by_unit = {b.unit: b for b in bases}
         self.arms = list(dict.fromkeys(b.arm for b in bases))
         self.reference = self.arms[0] if self.arms else None
@@ -133,9 +138,8 @@ class BaseSet:
         return {
             b.seed: values[b.unit]
             for b in self.by_unit.values()
-            if b.arm == arm and b.budget_key == key and values.get(b.unit) is not None
-            and math.isfinite(values[b.unit])
-        }  # fmt: skip
+            if b.arm == arm and b.budget_key == key and values.get(b.unit) is not None and math.isfinite(values[b.unit])
+        }
 
     def budget(self, key: Optional[float]) -> Dict[str, Any]:
         bs = [b for b in self.by_unit.values() if b.budget_key == key]
@@ -177,8 +181,16 @@ class BaseSet:
                 if vals and ref:
                     diff = compare_seeds(vals, ref, self.spec)
                     note = {"note": self.contrast_note(arm)} if arm in self.contrasts else {}
-                    out.append(make_finding(arm=arm, reference=ref_arm, diff=diff, budget=self.budget(key),
-                                            extra={**extra, **self.contrast(arm), **note}, **kw))  # fmt: skip
+                    out.append(
+                        make_finding(
+                            arm=arm,
+                            reference=ref_arm,
+                            diff=diff,
+                            budget=self.budget(key),
+                            extra={**extra, **self.contrast(arm), **note},
+                            **kw,
+                        )
+                    )
         return out
 
     def contrast(self, arm: str) -> Dict[str, str]:
@@ -240,15 +252,24 @@ def _pretraining(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
             continue
         curve = _load(pre.get("curve")) or {}
         curves[u] = curve.get("train", [])
-        rows.append({
-            "unit": u, "arm": b.arm, "seed": b.seed, "budget_tpp": b.budget_tpp,
-            "budget_tpp_non_embedding": b.budget_tpp_non_embedding, "tokens": b.tokens,
-            "params_total": b.params_total, "params_non_embedding": b.params_non_embedding,
-            "optimizer": pre.get("optimizer"), "schedule": pre.get("schedule"),
-            "final_train_loss": pre.get("final_train_loss"), "l_pt": ev and ev.get("l_pt"),
-            "sam_steps": sum(1 for p in curves[u] if p.get("sam_active")),
-            "steps": len(curves[u]),
-        })  # fmt: skip
+        rows.append(
+            {
+                "unit": u,
+                "arm": b.arm,
+                "seed": b.seed,
+                "budget_tpp": b.budget_tpp,
+                "budget_tpp_non_embedding": b.budget_tpp_non_embedding,
+                "tokens": b.tokens,
+                "params_total": b.params_total,
+                "params_non_embedding": b.params_non_embedding,
+                "optimizer": pre.get("optimizer"),
+                "schedule": pre.get("schedule"),
+                "final_train_loss": pre.get("final_train_loss"),
+                "l_pt": ev and ev.get("l_pt"),
+                "sam_steps": sum(1 for p in curves[u] if p.get("sam_active")),
+                "steps": len(curves[u]),
+            }
+        )
     if not rows:
         return {}
     write_table(out, "pretraining", list(rows[0]), rows)
@@ -286,9 +307,16 @@ def _quantize(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
     rows = []
     for u, payload in _probe_payloads(ctx, bases, "quantize"):
         for rec in payload.get("records", []):
-            rows.append({"unit": u, **bases.row(u), "quant": rec.get("quant"), "loss": rec.get("loss"),
-                         "degradation": rec.get("degradation"),
-                         "quantized_modules": (rec.get("proof") or {}).get("n_quantized")})  # fmt: skip
+            rows.append(
+                {
+                    "unit": u,
+                    **bases.row(u),
+                    "quant": rec.get("quant"),
+                    "loss": rec.get("loss"),
+                    "degradation": rec.get("degradation"),
+                    "quantized_modules": (rec.get("proof") or {}).get("n_quantized"),
+                }
+            )
     if not rows:
         return {}
     write_table(out, "quantize", list(rows[0]), rows)
@@ -296,16 +324,30 @@ def _quantize(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
     findings, panels = [], []
     for q in settings:
         values = {r["unit"]: r["degradation"] for r in rows if r["quant"] == q and r["degradation"] is not None}
-        findings += bases.compare(values, section="quantize", quantity="quant_degradation", setting=str(q),
-                                  context=f"{q} quantization")  # fmt: skip
+        findings += bases.compare(
+            values, section="quantize", quantity="quant_degradation", setting=str(q), context=f"{q} quantization"
+        )
         one = " (one seed: no interval)" if bases.max_seeds < 2 else ""
-        panels.append(Panel(title=f"{q}{one}", ylabel="PT-loss increase over full precision (nats)",
-                            xlabel="pretraining budget", groups=[bases.budget_label(k) for k in bases.budgets],
-                            series=bases.bars(values), zero_line=True))  # fmt: skip
+        panels.append(
+            Panel(
+                title=f"{q}{one}",
+                ylabel="PT-loss increase over full precision (nats)",
+                xlabel="pretraining budget",
+                groups=[bases.budget_label(k) for k in bases.budgets],
+                series=bases.bars(values),
+                zero_line=True,
+            )
+        )
     figs = {}
     if panels:
-        figs["quantize"] = str(plot_bars(panels, out / "quantize.png", band_label=bases.band_label(),
-                                         title="Quantization degradation (cf. [SAM-PT] Fig 8a)"))  # fmt: skip
+        figs["quantize"] = str(
+            plot_bars(
+                panels,
+                out / "quantize.png",
+                band_label=bases.band_label(),
+                title="Quantization degradation (cf. [SAM-PT] Fig 8a)",
+            )
+        )
     return {"rows": rows, "figures": figs, "findings": findings}
 
 
@@ -313,9 +355,17 @@ def _noise(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
     rows = []
     for u, payload in _probe_payloads(ctx, bases, "noise"):
         for srow in payload.get("summary", []):
-            rows.append({"unit": u, **bases.row(u), "gamma": srow.get("gamma"), "mean_loss": srow.get("mean"),
-                         "std": srow.get("std"), "noise_draws": srow.get("n_seeds"),
-                         "increase": srow.get("increase")})  # fmt: skip
+            rows.append(
+                {
+                    "unit": u,
+                    **bases.row(u),
+                    "gamma": srow.get("gamma"),
+                    "mean_loss": srow.get("mean"),
+                    "std": srow.get("std"),
+                    "noise_draws": srow.get("n_seeds"),
+                    "increase": srow.get("increase"),
+                }
+            )
     if not rows:
         return {}
     write_table(out, "noise", list(rows[0]), rows)
@@ -324,8 +374,13 @@ def _noise(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
     if gammas:
         gmax = gammas[-1]
         values = {r["unit"]: r["increase"] for r in rows if r["gamma"] == gmax and r["increase"] is not None}
-        findings = bases.compare(values, section="noise", quantity="noise_increase", setting=f"gamma={gmax:g}",
-                                 context=f"Gaussian weight noise at gamma={gmax:g}")  # fmt: skip
+        findings = bases.compare(
+            values,
+            section="noise",
+            quantity="noise_increase",
+            setting=f"gamma={gmax:g}",
+            context=f"Gaussian weight noise at gamma={gmax:g}",
+        )
     multi = bases.max_seeds >= 2
     panels = []
     for key in bases.budgets:
@@ -346,13 +401,21 @@ def _noise(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
             if pts:
                 series[arm] = [(0.0, 0.0, 0.0, 0.0)] + pts
         if series:
-            panels.append(Panel(title=bases.budget_label(key), xlabel="gamma (relative noise, [SAM-PT] Eq. 7)",
-                                ylabel="PT-loss increase over clean (nats)", series=series, zero_line=True))  # fmt: skip
+            panels.append(
+                Panel(
+                    title=bases.budget_label(key),
+                    xlabel="gamma (relative noise, [SAM-PT] Eq. 7)",
+                    ylabel="PT-loss increase over clean (nats)",
+                    series=series,
+                    zero_line=True,
+                )
+            )
     figs = {}
     if panels:
         label = bases.band_label() if multi else "one seed: +- std over noise draws"
-        figs["noise"] = str(plot_bands(panels, out / "noise.png", band_label=label,
-                                       title="Gaussian weight noise (cf. [SAM-PT] Fig 6d)"))  # fmt: skip
+        figs["noise"] = str(
+            plot_bands(panels, out / "noise.png", band_label=label, title="Gaussian weight noise (cf. [SAM-PT] Fig 6d)")
+        )
     return {"rows": rows, "figures": figs, "findings": findings}
 
 
@@ -362,12 +425,21 @@ def _hessian(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
         for rec in payload.get("records", []):
             tr = rec.get("trace") or {}
             ev = rec.get("top_eigenvalue") or {}
-            rows.append({"unit": u, **bases.row(u), "trace": tr.get("trace"), "trace_stderr": tr.get("stderr"),
-                         "probes": tr.get("n_probes"), "lambda_max": ev.get("value"),
-                         "lambda_max_converged": ev.get("converged"), "power_iters": ev.get("iterations"),
-                         "power_residual": ev.get("residual"),
-                         "edge_of_stability_2_over_lr": rec.get("edge_of_stability"),
-                         "batch_loss": rec.get("batch_loss")})  # fmt: skip
+            rows.append(
+                {
+                    "unit": u,
+                    **bases.row(u),
+                    "trace": tr.get("trace"),
+                    "trace_stderr": tr.get("stderr"),
+                    "probes": tr.get("n_probes"),
+                    "lambda_max": ev.get("value"),
+                    "lambda_max_converged": ev.get("converged"),
+                    "power_iters": ev.get("iterations"),
+                    "power_residual": ev.get("residual"),
+                    "edge_of_stability_2_over_lr": rec.get("edge_of_stability"),
+                    "batch_loss": rec.get("batch_loss"),
+                }
+            )
     if not rows:
         return {}
     write_table(out, "hessian", list(rows[0]), rows)
@@ -377,14 +449,19 @@ def _hessian(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
     findings = bases.compare(traces, section="hessian", quantity="trace", context="Sharpness")
     for f in bases.compare(lams, section="hessian", quantity="lambda_max", context="Top Hessian eigenvalue"):
         key = _budget_key(f["budget_tpp"])
-        units = [b.unit for b in bases.by_unit.values() if b.arm in f["arms"] and b.budget_key == key
-                 and b.unit in conv]  # fmt: skip
+        units = [
+            b.unit for b in bases.by_unit.values() if b.arm in f["arms"] and b.budget_key == key and b.unit in conv
+        ]
         k = sum(conv[u] for u in units)
         f["power_iteration_converged"] = f"{k} of {len(units)}"
         if k == 0:
-            conv_note = f"Power iteration converged for none of the {len(units)} checkpoints: lambda_max is a lower estimate."
+            conv_note = (
+                f"Power iteration converged for none of the {len(units)} checkpoints: lambda_max is a lower estimate."
+            )
         elif k < len(units):
-            conv_note = f"Power iteration converged for only {k} of {len(units)} checkpoints: lambda_max is a lower estimate."
+            conv_note = (
+                f"Power iteration converged for only {k} of {len(units)} checkpoints: lambda_max is a lower estimate."
+            )
         else:
             conv_note = f"Power iteration converged for all {k} checkpoints."
         f["note"] = " ".join(n for n in (f.get("note"), conv_note) if n)
@@ -401,18 +478,33 @@ def _hessian(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
             pts = []
             for k in bases.budgets:
                 cell = [u for u, b in bases.by_unit.items() if b.arm == arm and b.budget_key == k and u in traces]
-                pts.append(None if not cell else (0, traces[cell[0]], traces[cell[0]] - se[cell[0]],
-                                                  traces[cell[0]] + se[cell[0]]))  # fmt: skip
+                pts.append(
+                    None
+                    if not cell
+                    else (0, traces[cell[0]], traces[cell[0]] - se[cell[0]], traces[cell[0]] + se[cell[0]])
+                )
             tr_series[arm] = pts
-    hatched = [(b.arm, bases.budgets.index(b.budget_key)) for u, b in bases.by_unit.items()
-               if u in conv and not conv[u]]  # fmt: skip
+    hatched = [
+        (b.arm, bases.budgets.index(b.budget_key)) for u, b in bases.by_unit.items() if u in conv and not conv[u]
+    ]
     panels = [
-        Panel(title="Trace of the Hessian", ylabel="tr(H) (Hutchinson)", xlabel="pretraining budget",
-              groups=groups, series=tr_series),
-        Panel(title="Top eigenvalue", ylabel="lambda_max (power iteration)", xlabel="pretraining budget",
-              groups=groups, series=bases.bars(lams), hatched=hatched,
-              hatch_label="power iteration not converged"),
-    ]  # fmt: skip
+        Panel(
+            title="Trace of the Hessian",
+            ylabel="tr(H) (Hutchinson)",
+            xlabel="pretraining budget",
+            groups=groups,
+            series=tr_series,
+        ),
+        Panel(
+            title="Top eigenvalue",
+            ylabel="lambda_max (power iteration)",
+            xlabel="pretraining budget",
+            groups=groups,
+            series=bases.bars(lams),
+            hatched=hatched,
+            hatch_label="power iteration not converged",
+        ),
+    ]
     label = bases.band_label() if multi else "one seed: tr(H) +- Hutchinson standard error"
     fig = plot_bars(panels, out / "hessian.png", band_label=label, title="Sharpness (cf. [SAM-PT] Fig 12)")
     return {"rows": rows, "figures": {"hessian": str(fig)}, "findings": findings}
@@ -470,7 +562,10 @@ def sensitivity_taus(curves: List[Any], units: Optional[List[str]] = None) -> Di
 
 
 def matched_rows(
-    curves: Dict[str, List[Any]], bases: "BaseSet", *, matching: str = "nearest",
+    curves: Dict[str, List[Any]],
+    bases: "BaseSet",
+    *,
+    matching: str = "nearest",
     taus: Optional[Dict[str, float]] = None,
 ) -> Tuple[List[Dict[str, Any]], Dict[str, Any], List[str]]:
     """(rows, matched sets, notes): one row per base and dataset with its retained PT loss at tau
@@ -500,17 +595,37 @@ def matched_rows(
             u = r.curve.base_label
             b = bases.by_unit.get(u)
             ref_arm = bases.reference_of(b.arm) if b else None
-            ref_u = next((v for v, c in bases.by_unit.items() if b and c.arm == ref_arm
-                          and c.seed == b.seed and c.budget_key == b.budget_key), None)  # fmt: skip
+            ref_u = next(
+                (
+                    v
+                    for v, c in bases.by_unit.items()
+                    if b and c.arm == ref_arm and c.seed == b.seed and c.budget_key == b.budget_key
+                ),
+                None,
+            )
             ref_f = forgetting.get(ref_u) if ref_u else None
-            rows.append({
-                "dataset": ds, "tau": m.tau, "tau_rule": rule, "matching": matching, "unit": u, **bases.row(u),
-                "base_l_pt": r.curve.base_l_pt, "l_min": r.l_min, "l_ft": r.retained.l_ft, "l_pt": r.retained.l_pt,
-                "forgetting": r.forgetting, "grid_edge": r.grid_edge, "interpolated": r.retained.interpolated,
-                "matched_lr": r.retained.lr,
-                "less_forgetting_pct": (100.0 * (1 - r.forgetting / ref_f)) if ref_f and ref_f > 0 and u != ref_u else None,
-                "lr": ";".join(f"{lr:g}" for p in r.retained.points for lr in p.lrs),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "dataset": ds,
+                    "tau": m.tau,
+                    "tau_rule": rule,
+                    "matching": matching,
+                    "unit": u,
+                    **bases.row(u),
+                    "base_l_pt": r.curve.base_l_pt,
+                    "l_min": r.l_min,
+                    "l_ft": r.retained.l_ft,
+                    "l_pt": r.retained.l_pt,
+                    "forgetting": r.forgetting,
+                    "grid_edge": r.grid_edge,
+                    "interpolated": r.retained.interpolated,
+                    "matched_lr": r.retained.lr,
+                    "less_forgetting_pct": (100.0 * (1 - r.forgetting / ref_f))
+                    if ref_f and ref_f > 0 and u != ref_u
+                    else None,
+                    "lr": ";".join(f"{lr:g}" for p in r.retained.points for lr in p.lrs),
+                }
+            )
     return rows, matched, notes
 
 
@@ -567,20 +682,47 @@ def _matched_findings(bases: "BaseSet", rows: List[Dict[str, Any]], ds: str) -> 
                 drop = sorted({s for s in set(vals) | set(ref) if (arm, key, s) in edge or (ref_arm, key, s) in edge})
                 a = {s: v for s, v in vals.items() if s not in drop}
                 r = {s: v for s, v in ref.items() if s not in drop}
-                kw = dict(section="finetune", quantity=quantity, arm=arm, reference=ref_arm,
-                          budget=bases.budget(key), dataset=ds, context=context)  # fmt: skip
-                why = (f"seed{'s' if len(drop) != 1 else ''} {', '.join(map(str, drop))} matched at the grid's "
-                       f"lowest learning rate past tau (an upper bound)")  # fmt: skip
+                kw = dict(
+                    section="finetune",
+                    quantity=quantity,
+                    arm=arm,
+                    reference=ref_arm,
+                    budget=bases.budget(key),
+                    dataset=ds,
+                    context=context,
+                )
+                why = (
+                    f"seed{'s' if len(drop) != 1 else ''} {', '.join(map(str, drop))} matched at the grid's "
+                    f"lowest learning rate past tau (an upper bound)"
+                )
                 if not a or not r:
-                    out.append(unmeasurable_finding(confidence=bases.spec.confidence, reason=f"every seed left out: {why}; "
-                                                    "extend the learning-rate grid downward",
-                                                    extra={**extra, "grid_edge_seeds": drop}, **kw))  # fmt: skip
+                    out.append(
+                        unmeasurable_finding(
+                            confidence=bases.spec.confidence,
+                            reason=f"every seed left out: {why}; extend the learning-rate grid downward",
+                            extra={**extra, "grid_edge_seeds": drop},
+                            **kw,
+                        )
+                    )
                     continue
-                note = " ".join(n for n in (f"Left out: {why} -- not measurable on this grid." if drop else None,
-                                            bases.contrast_note(arm)) if n) or None  # fmt: skip
-                out.append(make_finding(diff=compare_seeds(a, r, bases.spec),
-                                        extra={**extra, "grid_edge_seeds": drop, "note": note,
-                                               **bases.contrast(arm)}, **kw))  # fmt: skip
+                note = (
+                    " ".join(
+                        n
+                        for n in (
+                            f"Left out: {why} -- not measurable on this grid." if drop else None,
+                            bases.contrast_note(arm),
+                        )
+                        if n
+                    )
+                    or None
+                )
+                out.append(
+                    make_finding(
+                        diff=compare_seeds(a, r, bases.spec),
+                        extra={**extra, "grid_edge_seeds": drop, "note": note, **bases.contrast(arm)},
+                        **kw,
+                    )
+                )
     return out
 
 
@@ -606,11 +748,23 @@ def _tau_sensitivity(bases: "BaseSet", curves: Dict[str, List[Any]], matching: s
                         vals = seed_values(rows, quantity)
                         a, r = vals.get((arm, key, ds)), vals.get((ref_arm, key, ds))
                         d = compare_seeds(a, r, bases.spec) if a and r else None
-                        out.append({"dataset": ds, "quantity": quantity, "arm": arm, "reference": ref_arm,
-                                    "budget_tpp": bases.budget(key)["budget_tpp"], "tau_name": name, "tau": tau,
-                                    "estimate": d and d.estimate, "ci_low": d and d.ci_low, "ci_high": d and d.ci_high,
-                                    "p_value": d and d.p_value, "n_seeds": d.n_seeds if d else 0,
-                                    "grid_edge_bases": sum(1 for x in rows if x["grid_edge"] and x["unit"] in units)})  # fmt: skip
+                        out.append(
+                            {
+                                "dataset": ds,
+                                "quantity": quantity,
+                                "arm": arm,
+                                "reference": ref_arm,
+                                "budget_tpp": bases.budget(key)["budget_tpp"],
+                                "tau_name": name,
+                                "tau": tau,
+                                "estimate": d and d.estimate,
+                                "ci_low": d and d.ci_low,
+                                "ci_high": d and d.ci_high,
+                                "p_value": d and d.p_value,
+                                "n_seeds": d.n_seeds if d else 0,
+                                "grid_edge_bases": sum(1 for x in rows if x["grid_edge"] and x["unit"] in units),
+                            }
+                        )
     return out
 
 
@@ -629,8 +783,16 @@ def _finetune(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
     frontier = frontier_report(by_dataset)
     frontier.write(out)
     arm_of = {u: (b.arm, bases.budget_label(b.budget_key)) for u, b in bases.by_unit.items()}
-    figs = {"frontiers": str(plot_frontiers(by_dataset, out / "frontiers.png", arm_of=arm_of,
-                                            title="Learning-forgetting frontiers: every fine-tuning run"))}  # fmt: skip
+    figs = {
+        "frontiers": str(
+            plot_frontiers(
+                by_dataset,
+                out / "frontiers.png",
+                arm_of=arm_of,
+                title="Learning-forgetting frontiers: every fine-tuning run",
+            )
+        )
+    }
     section: Dict[str, Any] = {"runs": len(records), "frontier_rows": frontier.rows, "figures": figs}
     matching = matching_rule(ctx.study)
     rows, matched, notes = matched_rows(curves, bases, matching=matching)
@@ -648,9 +810,15 @@ def _finetune(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
         if sens:
             write_table(out, "tau_sensitivity", list(sens[0]), sens)
             section["tau_sensitivity"] = sens
-        figs["frontiers_matched"] = str(plot_frontiers(
-            curves, out / "frontiers_matched.png", matched=matched, arm_of=arm_of,
-            title="Learning-forgetting frontiers matched at tau ([SAM-PT] App C.4): stars are the matched points"))  # fmt: skip
+        figs["frontiers_matched"] = str(
+            plot_frontiers(
+                curves,
+                out / "frontiers_matched.png",
+                matched=matched,
+                arm_of=arm_of,
+                title="Learning-forgetting frontiers matched at tau ([SAM-PT] App C.4): stars are the matched points",
+            )
+        )
         figs["overtraining"] = str(_overtraining_figure(bases, rows, findings, out))
     section["notes"] = notes
     section["findings"] = findings
@@ -677,8 +845,17 @@ def _overtraining_figure(bases: BaseSet, rows, findings, out: Path) -> Path:
             series = {arm: [bases.band(arm, k, vals) for k in bases.budgets] for arm in bases.arms}
             seeds = {arm: bases.seed_lines(arm, vals) for arm in bases.arms}
             hollow = [(x, r[field], r["arm"]) for x, r in edge]
-            panels.append(Panel(title=title, xlabel=xlabel, ylabel=ylabel, series=series, xlog=bases.xlog,
-                                seeds=seeds, hollow=hollow))  # fmt: skip
+            panels.append(
+                Panel(
+                    title=title,
+                    xlabel=xlabel,
+                    ylabel=ylabel,
+                    series=series,
+                    xlog=bases.xlog,
+                    seeds=seeds,
+                    hollow=hollow,
+                )
+            )
         for quantity, what in (("matched_forgetting", "forgetting"), ("fig5_pt_loss", "Fig 5 PT loss")):
             diff: Dict[str, List[Any]] = {}
             for f in findings:
@@ -687,11 +864,25 @@ def _overtraining_figure(bases: BaseSet, rows, findings, out: Path) -> Path:
                     diff.setdefault(f["arm"], []).append((bases.x(key), f["estimate"], f["ci_low"], f["ci_high"]))
             if diff:
                 refs = sorted({f["reference"] for f in findings if f["dataset"] == ds and f["quantity"] == quantity})
-                panels.append(Panel(title=f"{ds}: {what} minus {'/'.join(refs)}'s (paired)", xlabel=xlabel,
-                                    ylabel="difference (nats)", series=diff, xlog=bases.xlog, zero_line=True))  # fmt: skip
+                panels.append(
+                    Panel(
+                        title=f"{ds}: {what} minus {'/'.join(refs)}'s (paired)",
+                        xlabel=xlabel,
+                        ylabel="difference (nats)",
+                        series=diff,
+                        xlog=bases.xlog,
+                        zero_line=True,
+                    )
+                )
     ncols = 4 if any("minus" in p.title for p in panels) else 2
-    return plot_bands(panels, out / "overtraining.png", ncols=ncols, band_label=bases.band_label(),
-                      colors=bases.colors(), title="Fine-tuning at matched loss against the pretraining budget")  # fmt: skip
+    return plot_bands(
+        panels,
+        out / "overtraining.png",
+        ncols=ncols,
+        band_label=bases.band_label(),
+        colors=bases.colors(),
+        title="Fine-tuning at matched loss against the pretraining budget",
+    )
 
 
 def _benchmarks(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
@@ -708,9 +899,17 @@ def _benchmarks(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
             if not isinstance(recs, list):
                 continue
             for r in recs:
-                rows.append({"model": model, "base": base, "precision": tag, "task": r.get("task"),
-                             "score": r.get("score"), "metric": r.get("metric"),
-                             "instances": r.get("num_instances")})  # fmt: skip
+                rows.append(
+                    {
+                        "model": model,
+                        "base": base,
+                        "precision": tag,
+                        "task": r.get("task"),
+                        "score": r.get("score"),
+                        "metric": r.get("metric"),
+                        "instances": r.get("num_instances"),
+                    }
+                )
     if not rows:
         return {}
     write_table(out, "benchmarks", list(rows[0]), rows)
@@ -722,8 +921,15 @@ def _benchmarks(ctx, bases: BaseSet, out: Path) -> Dict[str, Any]:
     averages = []
     for (model, base, prec), a in sorted(avg.items()):
         ref = avg.get((base, base, "olmes-bf16" if prec.startswith("olmes-") else "bf16"))
-        averages.append({"model": model, "precision": prec, "average": a, "tasks": len(groups[(model, base, prec)]),
-                         "drop_from_base": None if ref is None else ref - a})  # fmt: skip
+        averages.append(
+            {
+                "model": model,
+                "precision": prec,
+                "average": a,
+                "tasks": len(groups[(model, base, prec)]),
+                "drop_from_base": None if ref is None else ref - a,
+            }
+        )
     write_table(out, "benchmark_averages", list(averages[0]), averages)
     return {"rows": rows, "averages": averages}
 
@@ -748,8 +954,18 @@ def interval_spec(study) -> IntervalSpec:
 
 
 #: arm settings that make two arms different treatments (what a comparison's ``contrast`` names)
-CONTRAST_KEYS = ("optimizer", "schedule", "decay_fraction", "rho", "variant", "interval", "lr", "alpha",
-                 "sam_start_fraction", "data_fraction")  # fmt: skip
+CONTRAST_KEYS = (
+    "optimizer",
+    "schedule",
+    "decay_fraction",
+    "rho",
+    "variant",
+    "interval",
+    "lr",
+    "alpha",
+    "sam_start_fraction",
+    "data_fraction",
+)
 #: PretrainSpec defaults of the contrast keys an arm may leave out (data_fraction: the arm's own key)
 _CONTRAST_DEFAULTS = {"optimizer": "adamw", "schedule": "cosine", "data_fraction": 1.0}
 
@@ -793,8 +1009,9 @@ def _budget_key_of(bases: "BaseSet", planned: Dict[float, Optional[float]]) -> C
     return key_of
 
 
-def _attach_tau_sensitivity(summary: Dict[str, Any], bases: "BaseSet",
-                            key_of: Callable[[float], Optional[float]]) -> None:  # fmt: skip
+def _attach_tau_sensitivity(
+    summary: Dict[str, Any], bases: "BaseSet", key_of: Callable[[float], Optional[float]]
+) -> None:
     """Each paired fine-tuning hypothesis gains ``tau_sensitivity``: its comparison at the three
     thresholds of :func:`sensitivity_taus` (rows of the summary's ``finetune.tau_sensitivity``),
     so a primary result is read beside the same test at a stricter and a looser tau."""
@@ -807,13 +1024,19 @@ def _attach_tau_sensitivity(summary: Dict[str, Any], bases: "BaseSet",
         h["tau_sensitivity"] = [
             {k: r[k] for k in ("tau_name", "tau", "estimate", "ci_low", "ci_high", "p_value", "n_seeds")}
             for r in rows
-            if (r["dataset"], r["quantity"], r["arm"], r["reference"]) == (h["dataset"], h["quantity"], h["arm"], h["reference"])
-            and budget is not None and r["budget_tpp"] == budget
-        ]  # fmt: skip
+            if (r["dataset"], r["quantity"], r["arm"], r["reference"])
+            == (h["dataset"], h["quantity"], h["arm"], h["reference"])
+            and budget is not None
+            and r["budget_tpp"] == budget
+        ]
 
 
-def _hypothesis_cells(bases: "BaseSet", summary: Dict[str, Any], key_of: Callable[[float], Optional[float]],
-                      include_grid_edge: bool = False):  # fmt: skip
+def _hypothesis_cells(
+    bases: "BaseSet",
+    summary: Dict[str, Any],
+    key_of: Callable[[float], Optional[float]],
+    include_grid_edge: bool = False,
+):
     """(quantity, arm, budget in tokens/param, dataset or setting) -> {seed: value}, read from the
     summary's per-base tables (the fine-tuning quantities through :func:`seed_values`: bases
     matched at the grid's edge are left out unless ``include_grid_edge``), for
@@ -851,15 +1074,20 @@ def _hypothesis_cells(bases: "BaseSet", summary: Dict[str, Any], key_of: Callabl
     return cells
 
 
-def _split_primary(findings: List[Dict[str, Any]], hypotheses, key_of: Callable[[float], Optional[float]]
-                   ) -> Tuple[List[Dict[str, Any]], List[str]]:  # fmt: skip
+def _split_primary(
+    findings: List[Dict[str, Any]], hypotheses, key_of: Callable[[float], Optional[float]]
+) -> Tuple[List[Dict[str, Any]], List[str]]:
     """(secondary findings, ids of the findings that are a paired_t primary hypothesis): a primary
     comparison is reported with its hypothesis only, outside the secondary family."""
+
     def setting(h) -> Optional[str]:  # the findings' spelling of a setting
         return f"gamma={float(h.setting):g}" if h.quantity == "noise_increase" else h.setting
 
-    primary = {(h.quantity, h.arm, h.reference, h.dataset, setting(h), key_of(h.budget))
-               for h in hypotheses if h.test == "paired_t"}  # fmt: skip
+    primary = {
+        (h.quantity, h.arm, h.reference, h.dataset, setting(h), key_of(h.budget))
+        for h in hypotheses
+        if h.test == "paired_t"
+    }
     keep, dropped = [], []
     for f in findings:
         key = _budget_key(f["budget_tpp"]) if f.get("budget_tpp") is not None else None
@@ -919,8 +1147,12 @@ def analyse_study(ctx: JobContext) -> Dict[str, Any]:
             if tpp is not None:
                 planned[float(tpp)] = b.budget_key
         key_of = _budget_key_of(bases, planned)
-        summary["hypotheses"] = evaluate_hypotheses(hypotheses, _hypothesis_cells(bases, summary, key_of), spec,
-                                                    _hypothesis_cells(bases, summary, key_of, include_grid_edge=True))  # fmt: skip
+        summary["hypotheses"] = evaluate_hypotheses(
+            hypotheses,
+            _hypothesis_cells(bases, summary, key_of),
+            spec,
+            _hypothesis_cells(bases, summary, key_of, include_grid_edge=True),
+        )
         _attach_tau_sensitivity(summary, bases, key_of)
         findings, summary["primary_findings"] = _split_primary(findings, hypotheses, key_of)
     # one family of secondary comparisons (the primary hypotheses are not in it): BH q-values
@@ -928,5 +1160,4 @@ def analyse_study(ctx: JobContext) -> Dict[str, Any]:
     summary["multiplicity"] = adjust_findings(findings)
     summary["findings"] = findings
     write_json(out / "summary.json", summary)
-    return {"summary": str(out / "summary.json"), "dir": str(out),
-            "sections": [k for k, _ in SECTIONS if k in summary]}  # fmt: skip
+    return {"summary": str(out / "summary.json"), "dir": str(out), "sections": [k for k, _ in SECTIONS if k in summary]}

@@ -43,8 +43,9 @@ class BaseRecord:
         ways (a recipe's resolved budget, or :func:`checkpoint_budget`), ``data`` the study's data."""
         tokens = run.get("tokens")
         train_tokens = data.get("train_tokens")
-        budget = next((v for v in (params.get("budget_tpp"), run.get("budget_tpp"), run.get("tpp_total"))
-                       if v is not None), None)  # fmt: skip
+        budget = next(
+            (v for v in (params.get("budget_tpp"), run.get("budget_tpp"), run.get("tpp_total")) if v is not None), None
+        )
         return cls(
             arm=params["arm"],
             seed=params["seed"],

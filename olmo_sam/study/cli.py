@@ -94,9 +94,16 @@ def start_study(
         manifest.start(spec.plain(), {"study_seed": spec.seed}, job_code=job_code())
         try:
             with _sigterm_interrupts():
-                run_jobs(plan, selected, kind=kind, parallel=parallel, nproc_per_node=nproc,
-                         slurm=spec.executor.slurm, progress=progress,
-                         reuse_processes=spec.executor.reuse_processes)  # fmt: skip
+                run_jobs(
+                    plan,
+                    selected,
+                    kind=kind,
+                    parallel=parallel,
+                    nproc_per_node=nproc,
+                    slurm=spec.executor.slurm,
+                    progress=progress,
+                    reuse_processes=spec.executor.reuse_processes,
+                )
         except (Interrupted, KeyboardInterrupt) as e:
             jobs_then = getattr(e, "jobs", [])
             manifest.set_state("interrupted", resume=resume, interrupted_jobs=jobs_then)
@@ -175,26 +182,50 @@ def study():
 @click.option("--stages", multiple=True, help=f"Only these stages (comma-separated): {', '.join(STAGES)}.")
 @click.option("--exclude", multiple=True, help="Skip these stages.")
 @click.option("--dry-run", is_flag=True, help="Print the planned jobs and their commands; run nothing.")
-@click.option("--allow-missing-data", is_flag=True,
-              help="With --dry-run: plan even though data files are missing here (they are listed).")  # fmt: skip
-@click.option("--rerun", is_flag=True,
-              help="Run the selected jobs (--stages/--exclude; default all) and everything after them again, "
-                   "replacing their results; without it finished jobs are skipped.")
-@click.option("--executor", type=click.Choice(["local", "torchrun", "slurm"]), default=None,
-              help="How jobs start: local subprocesses, torchrun launches, or Slurm (submitit) "
-                   "[default: the file's executor.kind].")
+@click.option(
+    "--allow-missing-data",
+    is_flag=True,
+    help="With --dry-run: plan even though data files are missing here (they are listed).",
+)
+@click.option(
+    "--rerun",
+    is_flag=True,
+    help="Run the selected jobs (--stages/--exclude; default all) and everything after them again, "
+    "replacing their results; without it finished jobs are skipped.",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "torchrun", "slurm"]),
+    default=None,
+    help="How jobs start: local subprocesses, torchrun launches, or Slurm (submitit) "
+    "[default: the file's executor.kind].",
+)
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help="Jobs at a time (local executor), >= 1.")
-@click.option("--nproc-per-node", type=click.IntRange(min=1), default=None,
-              help="torchrun processes per training job (torchrun executor only).")  # fmt: skip
+@click.option(
+    "--nproc-per-node",
+    type=click.IntRange(min=1),
+    default=None,
+    help="torchrun processes per training job (torchrun executor only).",
+)
 def run_command(study_file, out, stages, exclude, dry_run, allow_missing_data, rerun, executor, jobs, nproc_per_node):
     """Run (or resume) the study in STUDY_FILE: finished jobs are skipped."""
     resume = f"olmo-sam study run {study_file}" + (f" --out {out}" if out else "")
     plan = run_study_command(
-        lambda: start_study(study_file, out=out, stages=_split(stages), exclude=_split(exclude), dry_run=dry_run,
-                            rerun=rerun, executor=executor, jobs=jobs, nproc_per_node=nproc_per_node,
-                            resume_command=resume, allow_missing_data=allow_missing_data),
+        lambda: start_study(
+            study_file,
+            out=out,
+            stages=_split(stages),
+            exclude=_split(exclude),
+            dry_run=dry_run,
+            rerun=rerun,
+            executor=executor,
+            jobs=jobs,
+            nproc_per_node=nproc_per_node,
+            resume_command=resume,
+            allow_missing_data=allow_missing_data,
+        ),
         resume,
-    )  # fmt: skip
+    )
     if not dry_run:
         report = plan.out / "report" / "report.html"
         if report.exists():

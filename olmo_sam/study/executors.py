@@ -120,8 +120,9 @@ class _WorkerPool:
         import multiprocessing as mp
 
         self.out = out
-        self.executor = cf.ProcessPoolExecutor(max_workers=parallel, mp_context=mp.get_context("spawn"),
-                                               initializer=_pool_init, initargs=(_env(),))  # fmt: skip
+        self.executor = cf.ProcessPoolExecutor(
+            max_workers=parallel, mp_context=mp.get_context("spawn"), initializer=_pool_init, initargs=(_env(),)
+        )
 
     def launch(self, job: Job, log: Path) -> "_PoolRun":
         return _PoolRun(self.executor.submit(_pool_job, str(self.out), job.id, str(log)), self)
@@ -278,7 +279,9 @@ def _run_subprocesses(plan, pending, manifest, kind, parallel, nproc_per_node, p
             bar.interrupted(ids)
             raise Interrupted(ids) from None
     if failures:
-        details = "\n\n".join(f"--- {j} ({index[j].dir(out) / 'log.txt'}):\n{_tail(index[j].dir(out) / 'log.txt')}" for j in failures)
+        details = "\n\n".join(
+            f"--- {j} ({index[j].dir(out) / 'log.txt'}):\n{_tail(index[j].dir(out) / 'log.txt')}" for j in failures
+        )
         raise JobFailed(f"{len(failures)} job(s) failed: {failures}\n{details}")
     return seconds
 

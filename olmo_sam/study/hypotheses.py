@@ -128,8 +128,10 @@ def _number(v: Any, where: str) -> float:
 
 def _parse_one(data: Any, where: str) -> Hypothesis:
     if not isinstance(data, dict):
-        raise HypothesisError(f"{where}: a hypothesis is a mapping (name, quantity, arm, reference, budget, "
-                              f"direction, test), got {data!r}")  # fmt: skip
+        raise HypothesisError(
+            f"{where}: a hypothesis is a mapping (name, quantity, arm, reference, budget, "
+            f"direction, test), got {data!r}"
+        )
     allowed = [f.name for f in dataclasses.fields(Hypothesis)]
     unknown = sorted(set(data) - set(allowed))
     if unknown:
@@ -145,25 +147,32 @@ def _parse_one(data: Any, where: str) -> Hypothesis:
     if test not in TESTS:
         raise HypothesisError(f"{where}.test: unknown test {test!r}; choose one of {list(TESTS)}")
     if direction not in DIRECTIONS:
-        raise HypothesisError(f"{where}.direction: expected one of {list(DIRECTIONS)} (arm minus reference "
-                              f"expected below / above zero), got {direction!r}")  # fmt: skip
+        raise HypothesisError(
+            f"{where}.direction: expected one of {list(DIRECTIONS)} (arm minus reference "
+            f"expected below / above zero), got {direction!r}"
+        )
     if data["arm"] == data["reference"]:
         raise HypothesisError(f"{where}.reference: the same arm as 'arm' ({data['arm']!r}); compare two arms")
     budget, budgets = data.get("budget"), data.get("budgets")
     if test == "paired_t":
         if budgets is not None:
-            raise HypothesisError(f"{where}.budgets: a paired_t hypothesis is at one budget: give 'budget: N' "
-                                  "(tokens per parameter); 'budgets' is for test: interaction")  # fmt: skip
+            raise HypothesisError(
+                f"{where}.budgets: a paired_t hypothesis is at one budget: give 'budget: N' "
+                "(tokens per parameter); 'budgets' is for test: interaction"
+            )
         if budget is None:
             raise HypothesisError(f"{where}.budget: required for test paired_t (tokens per parameter, e.g. 800)")
         budget = _number(budget, f"{where}.budget")
     else:
         if budget is not None:
-            raise HypothesisError(f"{where}.budget: an interaction compares two budgets: give "
-                                  "'budgets: [shortest, longest]' instead")  # fmt: skip
+            raise HypothesisError(
+                f"{where}.budget: an interaction compares two budgets: give 'budgets: [shortest, longest]' instead"
+            )
         if not isinstance(budgets, list) or len(budgets) != 2:
-            raise HypothesisError(f"{where}.budgets: test interaction needs 'budgets: [shortest, longest]' "
-                                  f"(tokens per parameter), got {budgets!r}")  # fmt: skip
+            raise HypothesisError(
+                f"{where}.budgets: test interaction needs 'budgets: [shortest, longest]' "
+                f"(tokens per parameter), got {budgets!r}"
+            )
         budgets = [_number(b, f"{where}.budgets[{i}]") for i, b in enumerate(budgets)]
         if not budgets[0] < budgets[1]:
             raise HypothesisError(f"{where}.budgets: give [shortest, longest] with shortest < longest, got {budgets}")
@@ -175,9 +184,18 @@ def _parse_one(data: Any, where: str) -> Hypothesis:
         if key != selector and v is not None:
             raise HypothesisError(f"{where}.{key}: quantity {q} has no {key}; drop it")
     setting = data.get("setting")
-    return Hypothesis(name=data["name"], quantity=q, arm=data["arm"], reference=data["reference"],
-                      direction=direction, test=test, budget=budget, budgets=budgets,
-                      dataset=data.get("dataset"), setting=None if setting is None else str(setting))  # fmt: skip
+    return Hypothesis(
+        name=data["name"],
+        quantity=q,
+        arm=data["arm"],
+        reference=data["reference"],
+        direction=direction,
+        test=test,
+        budget=budget,
+        budgets=budgets,
+        dataset=data.get("dataset"),
+        setting=None if setting is None else str(setting),
+    )
 
 
 def parse_hypotheses(data: Any, where: str = "hypotheses") -> List[Hypothesis]:
@@ -212,19 +230,24 @@ def check_references(hypotheses: Sequence[Hypothesis], study: Any, where: str = 
                 raise HypothesisError(f"{w}.{key}: no arm {name!r} in the study; arms: {sorted(arms)}")
         stage = QUANTITIES[h.quantity][1]
         if stage not in stages:
-            raise HypothesisError(f"{w}.quantity: {h.quantity} is measured by the '{stage}' stage, which this "
-                                  "study does not run; configure it or choose another quantity")  # fmt: skip
+            raise HypothesisError(
+                f"{w}.quantity: {h.quantity} is measured by the '{stage}' stage, which this "
+                "study does not run; configure it or choose another quantity"
+            )
         for key in ("arm", "reference"):
             arm = arms[getattr(h, key)]
             have = study.arm_budgets_tpp(arm)
             for b in h.compared_budgets:
                 if not any(x is not None and _same_budget(float(x), b) for x in have):
                     field = "budget" if h.test == "paired_t" else "budgets"
-                    raise HypothesisError(f"{w}.{field}: arm {arm.name!r} has no base at {b:g} tokens/param; "
-                                          f"its budgets_tpp: {have}")  # fmt: skip
+                    raise HypothesisError(
+                        f"{w}.{field}: arm {arm.name!r} has no base at {b:g} tokens/param; its budgets_tpp: {have}"
+                    )
         if h.dataset is not None and h.dataset not in (study.finetune.datasets if study.finetune else []):
-            raise HypothesisError(f"{w}.dataset: {h.dataset!r} is not in finetune.datasets "
-                                  f"{study.finetune.datasets if study.finetune else []}")  # fmt: skip
+            raise HypothesisError(
+                f"{w}.dataset: {h.dataset!r} is not in finetune.datasets "
+                f"{study.finetune.datasets if study.finetune else []}"
+            )
         if h.setting is not None:
             _check_setting(h, study, w)
 
@@ -319,8 +342,9 @@ def _difference(h: Hypothesis, cells: Cells, spec: "IntervalSpec") -> tuple:
     return compare_seeds(arm, ref, spec), seeds
 
 
-def evaluate_hypotheses(hypotheses: Sequence[Hypothesis], cells: Cells, spec: "IntervalSpec",
-                        all_cells: Optional[Cells] = None) -> List[Dict[str, Any]]:  # fmt: skip
+def evaluate_hypotheses(
+    hypotheses: Sequence[Hypothesis], cells: Cells, spec: "IntervalSpec", all_cells: Optional[Cells] = None
+) -> List[Dict[str, Any]]:
     """One ``summary.json`` record per hypothesis, in the study file's order (see the module
     docstring for the tests, Holm's adjustment and ``resolved``). ``all_cells``: the same cells
     with the bases ``cells`` leaves out (fine-tuning bases matched at the grid's edge); the seeds
@@ -335,18 +359,45 @@ def evaluate_hypotheses(hypotheses: Sequence[Hypothesis], cells: Cells, spec: "I
     for h, (d, seeds), ph, full in zip(hypotheses, diffs, p_holm, every):
         label = LABELS[h.quantity].label if h.quantity in LABELS else h.quantity
         rec: Dict[str, Any] = {
-            "name": h.name, "primary": True, "quantity": h.quantity, "quantity_label": label, "test": h.test,
-            "arm": h.arm, "reference": h.reference, "direction": h.direction,
-            "budgets_tpp": h.compared_budgets, "dataset": h.dataset, "setting": h.setting,
-            "n_seeds": len(seeds), "seeds": seeds, "grid_edge_seeds": sorted(set(full) - set(seeds)), "estimate": None, "ci_low": None, "ci_high": None,
-            "p_value": None, "p_holm": ph, "mde": None, "identical": False,
-            "resolved": False, "opposite": False, "n_primary": len(hypotheses),
+            "name": h.name,
+            "primary": True,
+            "quantity": h.quantity,
+            "quantity_label": label,
+            "test": h.test,
+            "arm": h.arm,
+            "reference": h.reference,
+            "direction": h.direction,
+            "budgets_tpp": h.compared_budgets,
+            "dataset": h.dataset,
+            "setting": h.setting,
+            "n_seeds": len(seeds),
+            "seeds": seeds,
+            "grid_edge_seeds": sorted(set(full) - set(seeds)),
+            "estimate": None,
+            "ci_low": None,
+            "ci_high": None,
+            "p_value": None,
+            "p_holm": ph,
+            "mde": None,
+            "identical": False,
+            "resolved": False,
+            "opposite": False,
+            "n_primary": len(hypotheses),
             "n_tested": sum(p is not None for p in p_holm),
-            "method": spec.method, "confidence": float(spec.confidence),
-        }  # fmt: skip
+            "method": spec.method,
+            "confidence": float(spec.confidence),
+        }
         if d is not None:
-            rec.update(estimate=d.estimate, ci_low=d.ci_low, ci_high=d.ci_high, p_value=d.p_value, mde=d.mde,
-                       identical=d.identical, arm_mean=d.arm_mean, reference_mean=d.reference_mean)  # fmt: skip
+            rec.update(
+                estimate=d.estimate,
+                ci_low=d.ci_low,
+                ci_high=d.ci_high,
+                p_value=d.p_value,
+                mde=d.mde,
+                identical=d.identical,
+                arm_mean=d.arm_mean,
+                reference_mean=d.reference_mean,
+            )
             if ph is not None and ph < alpha and not d.identical:
                 expected = d.estimate < 0 if h.direction == "less" else d.estimate > 0
                 rec["resolved"], rec["opposite"] = expected, not expected
@@ -378,15 +429,22 @@ def hypothesis_text(rec: Mapping[str, Any]) -> str:
     b = rec["budgets_tpp"]
     at = f"at {b[0]:g} tokens/param" if rec["test"] == "paired_t" else f"from {b[0]:g} to {b[1]:g} tokens/param"
     where = f" on {rec['dataset']}" if rec.get("dataset") else (f" ({rec['setting']})" if rec.get("setting") else "")
-    what = (f"{rec['arm']} minus {rec['reference']}" if rec["test"] == "paired_t"
-            else f"the change of ({rec['arm']} minus {rec['reference']})")  # fmt: skip
-    head = (f"Primary hypothesis '{rec['name']}' ({rec['test']}): {what} in {rec['quantity']}{where} {at} "
-            f"is expected {'below' if rec['direction'] == 'less' else 'above'} zero.")  # fmt: skip
+    what = (
+        f"{rec['arm']} minus {rec['reference']}"
+        if rec["test"] == "paired_t"
+        else f"the change of ({rec['arm']} minus {rec['reference']})"
+    )
+    head = (
+        f"Primary hypothesis '{rec['name']}' ({rec['test']}): {what} in {rec['quantity']}{where} {at} "
+        f"is expected {'below' if rec['direction'] == 'less' else 'above'} zero."
+    )
     n = rec["n_seeds"]
     edge = rec.get("grid_edge_seeds") or []
     if edge:
-        head += (f" Seed{'s' if len(edge) != 1 else ''} {', '.join(map(str, edge))} left out: matched at the "
-                 "fine-tuning grid's lowest learning rate past tau (not measurable on this grid).")  # fmt: skip
+        head += (
+            f" Seed{'s' if len(edge) != 1 else ''} {', '.join(map(str, edge))} left out: matched at the "
+            "fine-tuning grid's lowest learning rate past tau (not measurable on this grid)."
+        )
     if rec["estimate"] is None:
         return f"{head} Not measured: no seed has a value in every compared cell."
     conf = f"{100 * rec['confidence']:g}% CI"
@@ -394,11 +452,15 @@ def hypothesis_text(rec: Mapping[str, Any]) -> str:
         gives = "1 seed gives" if n == 1 else f"{n} seeds give"
         return f"{head} Not resolved: {gives} an estimate ({_n(rec['estimate'])}) but no interval."
     if rec["identical"]:
-        return (f"{head} Not resolved: the paired differences are identical across seeds (estimate "
-                f"{_n(rec['estimate'])}, {n} seeds): no test is possible.")  # fmt: skip
-    stats = (f"estimate {_n(rec['estimate'])} ({conf} {_n(rec['ci_low'])} to {_n(rec['ci_high'])}), p = "
-             f"{rec['p_value']:.3g}, Holm-adjusted over the {rec['n_tested']} tested primary hypotheses p = {rec['p_holm']:.3g}; "
-             f"{n} seeds, paired; minimum detectable effect at 80% power {_n(rec['mde']).lstrip('+')}")  # fmt: skip
+        return (
+            f"{head} Not resolved: the paired differences are identical across seeds (estimate "
+            f"{_n(rec['estimate'])}, {n} seeds): no test is possible."
+        )
+    stats = (
+        f"estimate {_n(rec['estimate'])} ({conf} {_n(rec['ci_low'])} to {_n(rec['ci_high'])}), p = "
+        f"{rec['p_value']:.3g}, Holm-adjusted over the {rec['n_tested']} tested primary hypotheses p = {rec['p_holm']:.3g}; "
+        f"{n} seeds, paired; minimum detectable effect at 80% power {_n(rec['mde']).lstrip('+')}"
+    )
     if rec["resolved"]:
         return f"{head} Resolved as expected: {stats}."
     if rec["opposite"]:

@@ -13,8 +13,8 @@ from typing import Any, Callable, Dict, List, Optional
 from olmo_core.exceptions import OLMoConfigurationError
 
 from ..output import atomic_write, atomic_write_text, json_text
-from .context import JobContext
 from .bases import BaseRecord, checkpoint_budget
+from .context import JobContext
 from .plan import Job
 from .spec import StudyError
 
@@ -105,8 +105,14 @@ STUDY_SET_FIELDS = ("train_paths", "val_paths", "tokenizer", "save_folder", "che
 MIDTRAIN_LOAD_KEYS = ("init_from_hf", "hf_revision")
 
 
-def run_spec(job: Job, data: Dict[str, Any], save_folder: str, *, paths: Optional[Dict[str, str]] = None,
-             check_paths: bool = True):  # fmt: skip
+def run_spec(
+    job: Job,
+    data: Dict[str, Any],
+    save_folder: str,
+    *,
+    paths: Optional[Dict[str, str]] = None,
+    check_paths: bool = True,
+):
     """The PretrainSpec / MidtrainSpec of a pretraining job (``job.kind``), from its arm's settings
     checked by name and type; ``paths`` names each setting's place in the study file (errors say
     ``arms[1].rho`` rather than ``arm sam.rho``). The plan step calls this too, before any compute."""
@@ -121,8 +127,10 @@ def run_spec(job: Job, data: Dict[str, Any], save_folder: str, *, paths: Optiona
     settings = {k: v for k, v in job.params["settings"].items() if k not in MIDTRAIN_LOAD_KEYS}
     for key in STUDY_SET_FIELDS:
         if key in settings:
-            raise StudyError(f"{paths.get(key, f'{where}.{key}')}: set by the study itself (its data section and "
-                             "output directory); remove it from the arm")  # fmt: skip
+            raise StudyError(
+                f"{paths.get(key, f'{where}.{key}')}: set by the study itself (its data section and "
+                "output directory); remove it from the arm"
+            )
     if isinstance(settings.get("tokens"), str):
         try:
             settings["tokens"] = parse_tokens(settings["tokens"])
@@ -188,8 +196,12 @@ def data_fraction(data: Dict[str, Any], fraction: float, out: Path) -> Dict[str,
         paths.append(str(dst))
         kept += k
     desc = data.get("description") or data.get("source") or "the training data"
-    return {**data, "train": paths, "train_tokens": kept,
-            "description": f"{desc}; cut to its first {fraction:g} ({kept:,} tokens) per file"}  # fmt: skip
+    return {
+        **data,
+        "train": paths,
+        "train_tokens": kept,
+        "description": f"{desc}; cut to its first {fraction:g} ({kept:,} tokens) per file",
+    }
 
 
 def job_pretrain(ctx: JobContext) -> Dict[str, Any]:
@@ -205,7 +217,12 @@ def job_pretrain(ctx: JobContext) -> Dict[str, Any]:
     _finished(run_experiment(cfg), ctx)
     metrics = read_metrics(ctx.dir / "run")
     curve = [
-        {"step": s, "train_loss": m.get("train/CE loss"), "lr": m.get("optim/LR (group 0)"), "sam_active": m.get("sam/active")}
+        {
+            "step": s,
+            "train_loss": m.get("train/CE loss"),
+            "lr": m.get("optim/LR (group 0)"),
+            "sam_active": m.get("sam/active"),
+        }
         for s, m in sorted(metrics.items())
         if "train/CE loss" in m
     ]
@@ -263,8 +280,14 @@ def job_pt_eval(ctx: JobContext) -> Dict[str, Any]:
     data = _data(ctx)
     opts = ctx.job.params.get("options") or {}
     model, info = load_transformer(_unit_ckpt(ctx, ctx.job.params["unit"]))
-    res = lm_loss(model, data["val"], seq_len=info.sequence_length or 128, vocab_size=data["vocab_size"],
-                  max_sequences=opts.get("max_sequences"), batch_size=opts.get("batch_size", 8))  # fmt: skip
+    res = lm_loss(
+        model,
+        data["val"],
+        seq_len=info.sequence_length or 128,
+        vocab_size=data["vocab_size"],
+        max_sequences=opts.get("max_sequences"),
+        batch_size=opts.get("batch_size", 8),
+    )
     return {"l_pt": res.loss, "ppl": res.ppl, "tokens": res.tokens}
 
 
@@ -308,13 +331,24 @@ def job_ft_data(ctx: JobContext) -> Dict[str, Any]:
         return {"dir": str(Path(name).resolve()), "name": meta.name, "splits": meta.splits}
     data = _data(ctx)
     if not data.get("tokenizer_dir"):
-        raise StudyError("finetune: datasets are tokenized with the study's tokenizer directory; set data.tokenizer to a dir")
-    ds = prepare_dataset(name, data["tokenizer_dir"], ctx.dir / "data", overwrite=True, **ctx.job.params.get("prepare", {}))
+        raise StudyError(
+            "finetune: datasets are tokenized with the study's tokenizer directory; set data.tokenizer to a dir"
+        )
+    ds = prepare_dataset(
+        name, data["tokenizer_dir"], ctx.dir / "data", overwrite=True, **ctx.job.params.get("prepare", {})
+    )
     return {"dir": str(ds.root), "name": ds.name, "splits": ds.meta.splits}
 
 
-def ft_sweeps(job: Job, *, base: str, ft_dir: str, pt_val: List[str], mixes: Dict[str, str],
-              paths: Optional[Dict[str, str]] = None):  # fmt: skip
+def ft_sweeps(
+    job: Job,
+    *,
+    base: str,
+    ft_dir: str,
+    pt_val: List[str],
+    mixes: Dict[str, str],
+    paths: Optional[Dict[str, str]] = None,
+):
     """The fine-tuning sweeps of one ``ft_sweep`` job (the main methods, then one per cfs/cs mix);
     the plan step builds them too, with stand-in paths, and expands them without files. The
     shared options are checked by name and type (``paths``: their places in the study file)."""
@@ -329,8 +363,15 @@ def ft_sweeps(job: Job, *, base: str, ft_dir: str, pt_val: List[str], mixes: Dic
     common = {"pt_val": list(pt_val), **typed_settings(FTConfig, given, "finetune.common", paths), **symbolic}
     methods = list(p["methods"])
     grids = dict(p.get("grids") or {})
-    main = SweepSpec(bases=[base], datasets=[ft_dir], lrs=lrs, methods=[m for m in methods if m not in MIX_METHODS],
-                     base_labels=[p["unit"]], common=common, **grids)  # fmt: skip
+    main = SweepSpec(
+        bases=[base],
+        datasets=[ft_dir],
+        lrs=lrs,
+        methods=[m for m in methods if m not in MIX_METHODS],
+        base_labels=[p["unit"]],
+        common=common,
+        **grids,
+    )
     return ([main] if main.methods else []) + mix_sweeps(main, {m: mixes[m] for m in methods if m in MIX_METHODS})
 
 
@@ -342,8 +383,13 @@ def job_ft_sweep(ctx: JobContext) -> Dict[str, Any]:
     p = ctx.job.params
     unit, ds = p["unit"], p["dataset"]
     mixes = {m: ctx.dep(f"cfs/{unit}:{ds}:{m}")["mix_dir"] for m in p["methods"] if m in MIX_METHODS}
-    sweeps = ft_sweeps(ctx.job, base=_unit_ckpt(ctx, unit), ft_dir=ctx.dep(f"finetune/data:{ds}")["dir"],
-                       pt_val=list(_data(ctx)["val"]), mixes=mixes)  # fmt: skip
+    sweeps = ft_sweeps(
+        ctx.job,
+        base=_unit_ckpt(ctx, unit),
+        ft_dir=ctx.dep(f"finetune/data:{ds}")["dir"],
+        pt_val=list(_data(ctx)["val"]),
+        mixes=mixes,
+    )
     from .progress import PROGRESS_FILE, write_progress
 
     sizes = [len(expand(spec)) for spec in sweeps]
@@ -352,9 +398,17 @@ def job_ft_sweep(ctx: JobContext) -> Dict[str, Any]:
     for i, spec in enumerate(sweeps):
         before = sum(sizes[:i])
         report = lambda done, _n, before=before: write_progress(  # noqa: E731
-            ctx.dir / PROGRESS_FILE, before + done, sum(sizes), "runs", started=started)
-        res = run_sweep(spec, ctx.dir, jobs=1, progress=False, keep_checkpoints=bool(p.get("keep_checkpoints")),
-                        on_progress=report, engine=p.get("engine", "batched"))  # fmt: skip
+            ctx.dir / PROGRESS_FILE, before + done, sum(sizes), "runs", started=started
+        )
+        res = run_sweep(
+            spec,
+            ctx.dir,
+            jobs=1,
+            progress=False,
+            keep_checkpoints=bool(p.get("keep_checkpoints")),
+            on_progress=report,
+            engine=p.get("engine", "batched"),
+        )
         total += res.total
         failed += [f"{rid}: {why} ({log})" for rid, log, why in res.failed]
     if failed:
@@ -381,14 +435,17 @@ def job_cfs(ctx: JobContext) -> Dict[str, Any]:
     seq_len = int(checkpoint_info(_unit_ckpt(ctx, p["unit"])).sequence_length or paper.CFS_FT_SEQ_LEN)
     ft_common = (ctx.study.finetune.common if ctx.study.finetune else {}) or {}
     mix = prepare_method(
-        method, hf_dir, ft_dir, ctx.dir,
+        method,
+        hf_dir,
+        ft_dir,
+        ctx.dir,
         ratio=ratio,
         seq_len=seq_len,
         max_tokens=int(opts.pop("max_tokens", seq_len - 1)),  # the BOS prompt takes one position
         global_batch_size=int(ft_common.get("batch_size", paper.FT_BATCH_SIZE)),
         epochs=1,
         **opts,
-    )  # fmt: skip
+    )
     return {"mix_dir": str(mix), "method": method, "ratio": ratio}
 
 

@@ -77,7 +77,9 @@ class Manifest:
         data.setdefault("invocations", []).append(time.strftime("%Y-%m-%dT%H:%M:%S"))
         self._write(data)
 
-    def record(self, job_id: str, status: str, *, seconds: Optional[float] = None, started: Optional[float] = None) -> None:
+    def record(
+        self, job_id: str, status: str, *, seconds: Optional[float] = None, started: Optional[float] = None
+    ) -> None:
         data = self.read()
         entry = data.setdefault("jobs", {}).setdefault(job_id, {})
         entry["status"] = status

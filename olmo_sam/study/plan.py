@@ -123,8 +123,9 @@ class Plan:
         return out
 
 
-def unit_name(arm: str, budget: Optional[Any], n_budgets: int, seed: Optional[int] = None, n_seeds: int = 1,
-              tpp: bool = False) -> str:  # fmt: skip
+def unit_name(
+    arm: str, budget: Optional[Any], n_budgets: int, seed: Optional[int] = None, n_seeds: int = 1, tpp: bool = False
+) -> str:
     name = arm if budget is None or n_budgets == 1 else f"{arm}@{budget:g}tpp" if tpp else f"{arm}@{budget}"
     return name if seed is None or n_seeds == 1 else f"{name}-s{seed}"
 
@@ -132,8 +133,17 @@ def unit_name(arm: str, budget: Optional[Any], n_budgets: int, seed: Optional[in
 #: planned fields of a pretrained base (job params of ``pretrain/{unit}``)
 UNIT_FIELDS = ("arm", "seed", "budget", "budget_tpp")
 #: measured fields of a pretrained base (its pretraining result)
-BASE_RESULT_FIELDS = ("tokens", "params_total", "params_non_embedding", "tpp_total", "tpp_non_embedding",
-                      "budget_tpp", "data_epochs", "data_source", "steps")  # fmt: skip
+BASE_RESULT_FIELDS = (
+    "tokens",
+    "params_total",
+    "params_non_embedding",
+    "tpp_total",
+    "tpp_non_embedding",
+    "budget_tpp",
+    "data_epochs",
+    "data_source",
+    "steps",
+)
 
 
 @dataclass
@@ -160,8 +170,11 @@ def expand_units(study: StudySpec) -> List[Unit]:
     for arm in study.arms:
         # pretrain.seeds expands pretraining arms; mid-training keeps Table 1's seed
         seeds = study.pretrain_seeds() if arm.recipe == "pretrain" else [study.seed]
-        defaults = {k: v for k, v in (study.pretrain if arm.recipe == "pretrain" else study.midtrain).items()
-                    if k not in (PRETRAIN_SEEDS, PRETRAIN_BUDGETS_TPP)}  # fmt: skip
+        defaults = {
+            k: v
+            for k, v in (study.pretrain if arm.recipe == "pretrain" else study.midtrain).items()
+            if k not in (PRETRAIN_SEEDS, PRETRAIN_BUDGETS_TPP)
+        }
         tpps = study.arm_budgets_tpp(arm)
         budgets = study.arm_budgets(arm) if tpps == [None] else [None]
         for b in budgets:
@@ -221,22 +234,49 @@ def build_plan(study: StudySpec) -> Plan:
     for unit in expand_units(study):
         u = unit.name
         units.append(u)
-        add(Job(f"pretrain/{u}", "pretrain", unit.recipe,
-                params={"arm": unit.arm, "unit": u, "settings": unit.settings, "seed": unit.seed,
-                        "budget": unit.budget, "budget_tpp": unit.budget_tpp,
-                        **({"data_fraction": unit.data_fraction} if unit.data_fraction is not None else {})},
-                deps=["data"], distributed=True))  # fmt: skip
+        add(
+            Job(
+                f"pretrain/{u}",
+                "pretrain",
+                unit.recipe,
+                params={
+                    "arm": unit.arm,
+                    "unit": u,
+                    "settings": unit.settings,
+                    "seed": unit.seed,
+                    "budget": unit.budget,
+                    "budget_tpp": unit.budget_tpp,
+                    **({"data_fraction": unit.data_fraction} if unit.data_fraction is not None else {}),
+                },
+                deps=["data"],
+                distributed=True,
+            )
+        )
         add(Job(f"export/{u}", "export", "export", params={"unit": u}, deps=[f"pretrain/{u}", "data"]))
-        add(Job(f"pt_eval/{u}", "pt_eval", "pt_eval", params={"unit": u, "options": study.pt_eval},
-                deps=[f"pretrain/{u}", "data"]))  # fmt: skip
+        add(
+            Job(
+                f"pt_eval/{u}",
+                "pt_eval",
+                "pt_eval",
+                params={"unit": u, "options": study.pt_eval},
+                deps=[f"pretrain/{u}", "data"],
+            )
+        )
         for probe in ("quantize", "noise", "hessian"):
             opts = getattr(study.probes, probe)
             if opts is not None and probe != "hessian" and "max_sequences" in study.pt_eval:
                 # one validation subset for every PT loss of the study unless a probe says otherwise
                 opts = {"max_sequences": study.pt_eval["max_sequences"], **opts}
             if opts is not None:
-                add(Job(f"{probe}/{u}", probe, probe, params={"unit": u, "options": opts},
-                        deps=[f"pretrain/{u}", "data"]))  # fmt: skip
+                add(
+                    Job(
+                        f"{probe}/{u}",
+                        probe,
+                        probe,
+                        params={"unit": u, "options": opts},
+                        deps=[f"pretrain/{u}", "data"],
+                    )
+                )
 
     if study.finetune is not None:
         ft = study.finetune
@@ -245,47 +285,93 @@ def build_plan(study: StudySpec) -> Plan:
             {"pt_val_max_sequences": study.pt_eval["max_sequences"]} if "max_sequences" in study.pt_eval else {}
         )
         for ds in ft.datasets:
-            add(Job(f"finetune/data:{ds}", "finetune", "ft_data", params={"dataset": ds, "prepare": ft.prepare},
-                    deps=["data"], runs=0))  # fmt: skip
+            add(
+                Job(
+                    f"finetune/data:{ds}",
+                    "finetune",
+                    "ft_data",
+                    params={"dataset": ds, "prepare": ft.prepare},
+                    deps=["data"],
+                    runs=0,
+                )
+            )
         mix_methods = [m for m in ft.methods if m in MIX_METHODS]
         if study.cfs is not None and not mix_methods:
-            raise StudyError("cfs: the section configures the mixes of the fine-tuning methods 'cfs'/'cs'; "
-                             "add one of them to finetune.methods")  # fmt: skip
+            raise StudyError(
+                "cfs: the section configures the mixes of the fine-tuning methods 'cfs'/'cs'; "
+                "add one of them to finetune.methods"
+            )
         for u in units:
             for ds in ft.datasets:
                 for m in mix_methods:
-                    add(Job(f"cfs/{u}:{ds}:{m}", "cfs", "cfs",
+                    add(
+                        Job(
+                            f"cfs/{u}:{ds}:{m}",
+                            "cfs",
+                            "cfs",
                             params={"unit": u, "dataset": ds, "method": m, "options": study.cfs or {}},
-                            deps=[f"export/{u}", f"finetune/data:{ds}"]))  # fmt: skip
+                            deps=[f"export/{u}", f"finetune/data:{ds}"],
+                        )
+                    )
         for u in units:
             for ds in ft.datasets:
                 deps = [f"pretrain/{u}", f"finetune/data:{ds}", "data"]
                 deps += [f"cfs/{u}:{ds}:{m}" for m in mix_methods]
-                add(Job(f"finetune/{u}:{ds}", "finetune", "ft_sweep",
-                        params={"unit": u, "dataset": ds, "lrs": ft.lrs, "preset": ft.preset,
-                                "methods": ft.methods, "grids": ft.grids,
-                                "keep_checkpoints": bool(study.benchmarks.finetuned),
-                                "common": {**pt_val_default, **ft.common, **ft.per_dataset.get(ds, {})},
-                                # (only when not the default: the jobs' parameters, and so their
-                                # state, stay those of existing studies)
-                                **({"engine": ft.engine} if ft.engine != "batched" else {})},
-                        deps=deps, distributed=True, runs=runs))  # fmt: skip
+                add(
+                    Job(
+                        f"finetune/{u}:{ds}",
+                        "finetune",
+                        "ft_sweep",
+                        params={
+                            "unit": u,
+                            "dataset": ds,
+                            "lrs": ft.lrs,
+                            "preset": ft.preset,
+                            "methods": ft.methods,
+                            "grids": ft.grids,
+                            "keep_checkpoints": bool(study.benchmarks.finetuned),
+                            "common": {**pt_val_default, **ft.common, **ft.per_dataset.get(ds, {})},
+                            # (only when not the default: the jobs' parameters, and so their
+                            # state, stay those of existing studies)
+                            **({"engine": ft.engine} if ft.engine != "batched" else {}),
+                        },
+                        deps=deps,
+                        distributed=True,
+                        runs=runs,
+                    )
+                )
     elif study.cfs is not None:
         raise StudyError("cfs: context-free data is used by fine-tuning; add a 'finetune' section")
 
     if study.benchmarks.offline is not None or study.benchmarks.olmes is not None:
         for u in units:
-            add(Job(f"benchmarks/{u}", "benchmarks", "benchmarks",
+            add(
+                Job(
+                    f"benchmarks/{u}",
+                    "benchmarks",
+                    "benchmarks",
                     params={"unit": u, "offline": study.benchmarks.offline, "olmes": study.benchmarks.olmes},
-                    deps=[f"export/{u}"]))  # fmt: skip
+                    deps=[f"export/{u}"],
+                )
+            )
             if study.benchmarks.finetuned:
                 if study.finetune is None:
                     raise StudyError("benchmarks.finetuned: there is no 'finetune' section to take models from")
                 for ds in study.finetune.datasets:
-                    add(Job(f"benchmarks/{u}:{ds}", "benchmarks", "benchmarks_ft",
-                            params={"unit": u, "dataset": ds, "offline": study.benchmarks.offline,
-                                    "olmes": study.benchmarks.olmes},
-                            deps=[f"finetune/{u}:{ds}", "data"]))  # fmt: skip
+                    add(
+                        Job(
+                            f"benchmarks/{u}:{ds}",
+                            "benchmarks",
+                            "benchmarks_ft",
+                            params={
+                                "unit": u,
+                                "dataset": ds,
+                                "offline": study.benchmarks.offline,
+                                "olmes": study.benchmarks.olmes,
+                            },
+                            deps=[f"finetune/{u}:{ds}", "data"],
+                        )
+                    )
 
     before_analysis = [j.id for j in jobs if j.stage not in ("data", "export", "cfs")]
     add(Job("analysis", "analysis", "analysis", params={"units": units}, deps=before_analysis))

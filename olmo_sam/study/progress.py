@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, TextIO
 
+from olmo_core.config import Config
 from olmo_core.train.callbacks import Callback
 
-from olmo_core.config import Config
 from ..output import atomic_write_text
 
 __all__ = ["PROGRESS_FILE", "write_progress", "read_progress", "ProgressFileCallback", "StudyProgress", "format_eta"]
@@ -99,8 +99,16 @@ class StudyProgress:
     #: plain mode: a running job's progress line at least this often (and at every 10%)
     PLAIN_EVERY_S = 60.0
 
-    def __init__(self, total: int, *, stream: Optional[TextIO] = None, plain: Optional[bool] = None,
-                 enabled: bool = True, width: Optional[int] = None, force_terminal: Optional[bool] = None):  # fmt: skip
+    def __init__(
+        self,
+        total: int,
+        *,
+        stream: Optional[TextIO] = None,
+        plain: Optional[bool] = None,
+        enabled: bool = True,
+        width: Optional[int] = None,
+        force_terminal: Optional[bool] = None,
+    ):
         self.stream = stream or sys.stdout
         self.total, self.done, self.failed = total, 0, 0
         self.enabled = enabled and total > 0
@@ -146,7 +154,7 @@ class StudyProgress:
                 TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
                 console=console,
                 expand=True,
-            )  # fmt: skip
+            )
             self._bar.__enter__()
             self._task = self._bar.add_task("", total=self.total, counter=self._counter())
         return self

@@ -44,8 +44,14 @@ _TABLES = {
 #: (section, table) -> what one row is
 _TABLE_ROWS = {
     ("pretraining", "rows"): "one row per base checkpoint (arm, budget, seed)",
-    ("finetune", "matched_rows"): "one row per base checkpoint and dataset, at the matched fine-tuning loss ([SAM-PT] App C.4)",
-    ("finetune", "frontier_rows"): "one row per Pareto-frontier point of a base checkpoint's fine-tuning runs ([SAM-PT] Eq. 8)",
+    (
+        "finetune",
+        "matched_rows",
+    ): "one row per base checkpoint and dataset, at the matched fine-tuning loss ([SAM-PT] App C.4)",
+    (
+        "finetune",
+        "frontier_rows",
+    ): "one row per Pareto-frontier point of a base checkpoint's fine-tuning runs ([SAM-PT] Eq. 8)",
     ("quantize", "rows"): "one row per base checkpoint and quantization setting",
     ("noise", "rows"): "one row per base checkpoint and noise magnitude",
     ("hessian", "rows"): "one row per base checkpoint",
@@ -128,14 +134,46 @@ COLUMNS = {
     "direction": "the registered sign of the estimate (less: below zero; greater: above)",
     "p_holm": "p-value Holm-adjusted across the study's primary hypotheses",
     "outcome": "resolved (Holm-adjusted p below 1 - confidence, expected sign), opposite (same, other sign), "
-               "not resolved, or not measured",
+    "not resolved, or not measured",
 }
-_HYPOTHESIS_COLUMNS = ["name", "quantity", "where", "arm", "reference", "test", "budgets_tpp", "direction",
-                       "estimate", "ci_low", "ci_high", "p_value", "p_holm", "mde", "n_seeds", "outcome"]  # fmt: skip
+_HYPOTHESIS_COLUMNS = [
+    "name",
+    "quantity",
+    "where",
+    "arm",
+    "reference",
+    "test",
+    "budgets_tpp",
+    "direction",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_holm",
+    "mde",
+    "n_seeds",
+    "outcome",
+]
 
-_FINDING_COLUMNS = ["quantity", "where", "arm", "reference", "budget_tpp", "budget_tpp_non_embedding",
-                    "estimate", "ci_low", "ci_high", "n_seeds", "paired", "significant", "p_value", "q_value",
-                    "mde", "resolved", "percent"]  # fmt: skip
+_FINDING_COLUMNS = [
+    "quantity",
+    "where",
+    "arm",
+    "reference",
+    "budget_tpp",
+    "budget_tpp_non_embedding",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "n_seeds",
+    "paired",
+    "significant",
+    "p_value",
+    "q_value",
+    "mde",
+    "resolved",
+    "percent",
+]
 
 
 def _cols(rows: Sequence[Dict[str, Any]]) -> List[str]:
@@ -187,7 +225,7 @@ def _hypothesis_lines(hyps: Sequence[Dict[str, Any]]) -> List[str]:
         f"study.json; an edit on this output directory is refused): {resolved} of {m} resolved as registered. "
         f"Each is a paired t-test over pretraining seeds; the family is Holm-adjusted (family-wise error "
         f"{1 - conf:.2g}), and it is not part of the Benjamini-Hochberg family of the secondary findings below.",
-    ] + [h["text"] + _sensitivity_text(h) for h in hyps]  # fmt: skip
+    ] + [h["text"] + _sensitivity_text(h) for h in hyps]
 
 
 def _sensitivity_text(h: Dict[str, Any]) -> str:
@@ -217,20 +255,23 @@ def regime_lines(s: Dict[str, Any]) -> List[str]:
     the report's introduction."""
     out: List[str] = []
     if s.get("quick"):
-        out.append("QUICK VERSION: a smoke test sized to finish in minutes. Its numbers are not evidence "
-                   "for or against any claim; run the full study for results.")  # fmt: skip
+        out.append(
+            "QUICK VERSION: a smoke test sized to finish in minutes. Its numbers are not evidence "
+            "for or against any claim; run the full study for results."
+        )
     bases = [b for b in (s.get("bases") or {}).values() if b.get("params_total")]
     if bases:
         params = sorted({(b["params_total"], b["params_non_embedding"]) for b in bases})
         seeds = sorted({b.get("seed") for b in bases if b.get("seed") is not None})
         epochs = [b["data_epochs"] for b in bases if b.get("data_epochs")]
         out.append(
-            "Regime: " + "; ".join(f"{t:,} parameters ({n:,} non-embedding)" for t, n in params)
+            "Regime: "
+            + "; ".join(f"{t:,} parameters ({n:,} non-embedding)" for t, n in params)
             + (f"; pretraining seeds {seeds}" if seeds else "")
             + (f"; data: {bases[0].get('data_source')}" if bases[0].get("data_source") else "")
             + (f", {min(epochs):.2g}-{max(epochs):.2g} epochs" if epochs else "")
             + "."
-        )  # fmt: skip
+        )
     return out
 
 
@@ -263,10 +304,16 @@ def write_report(out_dir: str | Path, analysis: Optional[Dict[str, Any]] = None)
     if hyps:
         lines = _hypothesis_lines(hyps)
         md += ["## Pre-registered hypotheses (primary)", "", lines[0], ""] + [f"- {x}" for x in lines[1:]] + [""]
-        h.append("<h2>Pre-registered hypotheses (primary)</h2>" + f"<p>{html.escape(lines[0])}</p><ul>"
-                 + "".join(f"<li>{html.escape(x)}</li>" for x in lines[1:]) + "</ul>")  # fmt: skip
-        rows = [{**{c: x.get(c) for c in _HYPOTHESIS_COLUMNS}, "where": x.get("dataset") or x.get("setting") or ""}
-                for x in hyps]  # fmt: skip
+        h.append(
+            "<h2>Pre-registered hypotheses (primary)</h2>"
+            + f"<p>{html.escape(lines[0])}</p><ul>"
+            + "".join(f"<li>{html.escape(x)}</li>" for x in lines[1:])
+            + "</ul>"
+        )
+        rows = [
+            {**{c: x.get(c) for c in _HYPOTHESIS_COLUMNS}, "where": x.get("dataset") or x.get("setting") or ""}
+            for x in hyps
+        ]
         cap = _caption("hypotheses", "rows", _HYPOTHESIS_COLUMNS)
         md += [markdown_table(_HYPOTHESIS_COLUMNS, rows), "", f"*{cap}*", ""]
         h.append(f"<p><i>{html.escape(cap)}</i></p>" + _html_table(rows))
@@ -274,25 +321,38 @@ def write_report(out_dir: str | Path, analysis: Optional[Dict[str, Any]] = None)
     ref = s.get("reference_arm") or s.get("reference_unit")
     refs = (s.get("finetune") or {}).get("references") or {}
     own = [f"{a} vs {r}" for a, r in refs.items() if r != ref]
-    intro = regime_lines(s)[1 if s.get("quick") else 0:] + [
+    intro = regime_lines(s)[1 if s.get("quick") else 0 :] + [
         f"Arms: {', '.join(arms)}. Reference arm for comparisons: {ref}"
-        + (f" (except: {', '.join(own)})" if own else "") + "."]  # fmt: skip
+        + (f" (except: {', '.join(own)})" if own else "")
+        + "."
+    ]
     budgets = [b for b in s.get("budgets", []) if b.get("budget_tpp") is not None]
     if budgets:
-        intro.append("Pretraining budgets: " + "; ".join(
-            f"{b['budget_tpp']:.3g} tokens per parameter ({b['budget_tpp_non_embedding']:.3g} per non-embedding "
-            f"parameter, {b['tokens']:,} tokens)" if b.get("budget_tpp_non_embedding") and b.get("tokens")
-            else f"{b['budget_tpp']:.3g} tokens per parameter" for b in budgets) + ".")  # fmt: skip
+        intro.append(
+            "Pretraining budgets: "
+            + "; ".join(
+                f"{b['budget_tpp']:.3g} tokens per parameter ({b['budget_tpp_non_embedding']:.3g} per non-embedding "
+                f"parameter, {b['tokens']:,} tokens)"
+                if b.get("budget_tpp_non_embedding") and b.get("tokens")
+                else f"{b['budget_tpp']:.3g} tokens per parameter"
+                for b in budgets
+            )
+            + "."
+        )
     if s.get("seeds_per_arm_and_budget") is not None:
         intro.append(f"Pretraining seeds per arm and budget: {s['seeds_per_arm_and_budget']}.")
     if s.get("interval"):
-        intro.append(f"Intervals: {s['interval']['description']}. A finding says 'less', 'more', 'flatter' "
-                     "or 'lower' only when its interval excludes zero and its Benjamini-Hochberg q-value is "
-                     "below 0.05.")  # fmt: skip
+        intro.append(
+            f"Intervals: {s['interval']['description']}. A finding says 'less', 'more', 'flatter' "
+            "or 'lower' only when its interval excludes zero and its Benjamini-Hochberg q-value is "
+            "below 0.05."
+        )
     mult = s.get("multiplicity")
     if mult:
-        intro.append(f"Secondary comparisons made: {mult['comparisons']} ({mult['tested']} with a test); "
-                     f"{mult['resolved']} resolved after the Benjamini-Hochberg correction across all of them.")  # fmt: skip
+        intro.append(
+            f"Secondary comparisons made: {mult['comparisons']} ({mult['tested']} with a test); "
+            f"{mult['resolved']} resolved after the Benjamini-Hochberg correction across all of them."
+        )
     for line in intro:
         md += [line, ""]
         h.append(f"<p>{html.escape(line)}</p>")
@@ -301,7 +361,11 @@ def write_report(out_dir: str | Path, analysis: Optional[Dict[str, Any]] = None)
     findings = [f["text"] if isinstance(f, dict) else str(f) for f in s.get("findings") or []]
     findings = findings or ["No comparative numbers were produced."]
     md += ["## Findings (computed from this study's measurements)", ""] + [f"- {f}" for f in findings] + [""]
-    h.append("<h2>Findings (computed from this study's measurements)</h2><ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in findings) + "</ul>")
+    h.append(
+        "<h2>Findings (computed from this study's measurements)</h2><ul>"
+        + "".join(f"<li>{html.escape(f)}</li>" for f in findings)
+        + "</ul>"
+    )
     if records:
         rows = _finding_rows(records)
         cap = _caption("findings", "rows", _FINDING_COLUMNS)
@@ -333,7 +397,20 @@ def write_report(out_dir: str | Path, analysis: Optional[Dict[str, Any]] = None)
                 h.append(_img(fig))
     cfg_text = json.dumps(study, indent=2)
     env = manifest.get("environment", {})
-    md += ["## Configuration", "", "```json", cfg_text, "```", "", "## Environment", "", "```json", json.dumps(env, indent=2), "```", ""]
+    md += [
+        "## Configuration",
+        "",
+        "```json",
+        cfg_text,
+        "```",
+        "",
+        "## Environment",
+        "",
+        "```json",
+        json.dumps(env, indent=2),
+        "```",
+        "",
+    ]
     h.append(f"<h2>Configuration</h2><pre>{html.escape(cfg_text)}</pre>")
     h.append(f"<h2>Environment</h2><pre>{html.escape(json.dumps(env, indent=2))}</pre>")
     timings = {k: v.get("seconds") for k, v in manifest.get("jobs", {}).items()}

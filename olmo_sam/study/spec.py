@@ -87,7 +87,9 @@ def _check_entries(data: Any, path: str = "") -> None:
             _check_entries(v, f"{path}.{k}" if path else str(k))
     elif isinstance(data, list):
         if not data and path not in EMPTY_LIST_OK:
-            raise StudyError(f"{path}: the list is empty; give at least one entry (or omit the key where it has a default)")
+            raise StudyError(
+                f"{path}: the list is empty; give at least one entry (or omit the key where it has a default)"
+            )
         seen: List[Any] = []
         for i, v in enumerate(data):
             if not isinstance(v, (dict, list, bool)) and v in seen:
@@ -178,6 +180,8 @@ def _check_pretrain_grid(pretrain: Dict[str, Any], budgets: Optional[List[Any]])
         clash = sorted({"steps", "tokens", "tokens_per_param"} & set(pretrain))
         if clash:
             raise StudyError(f"pretrain: {clash} conflict with 'budgets_tpp' (which sets each run's budget); drop them")
+
+
 #: fine-tuning methods trained on a context-free (cfs) or contextual (cs) synthetic mix
 MIX_METHODS = ("cfs", "cs")
 
@@ -219,24 +223,37 @@ class ArmSpec:
         budgets_tpp = d.pop("budgets_tpp", None)
         reference = d.pop("reference", None)
         data_fraction = d.pop("data_fraction", None)
-        if data_fraction is not None and (isinstance(data_fraction, bool) or not isinstance(data_fraction, (int, float))
-                                          or not 0 < data_fraction <= 1 or recipe != "pretrain"):  # fmt: skip
-            raise StudyError(f"{where}.data_fraction: a fraction of the training tokens in (0, 1] for a pretrain arm "
-                             f"(e.g. 0.25: the first quarter of every token file), got {data_fraction!r}")  # fmt: skip
+        if data_fraction is not None and (
+            isinstance(data_fraction, bool)
+            or not isinstance(data_fraction, (int, float))
+            or not 0 < data_fraction <= 1
+            or recipe != "pretrain"
+        ):
+            raise StudyError(
+                f"{where}.data_fraction: a fraction of the training tokens in (0, 1] for a pretrain arm "
+                f"(e.g. 0.25: the first quarter of every token file), got {data_fraction!r}"
+            )
         if reference is not None and (not isinstance(reference, str) or reference == name):
             raise StudyError(f"{where}.reference: the name of another arm to compare {name!r} with, got {reference!r}")
         if budgets is not None and budgets_tpp is not None:
-            raise StudyError(f"{where} ({name}): give 'budgets' (tokens) or 'budgets_tpp' (tokens per parameter), not both")
+            raise StudyError(
+                f"{where} ({name}): give 'budgets' (tokens) or 'budgets_tpp' (tokens per parameter), not both"
+            )
         if budgets_tpp is not None:
             budgets_tpp = _positive_list(budgets_tpp, f"{where} ({name}).budgets_tpp")
         if "seeds" in d:
             raise StudyError(f"{where} ({name}): 'seeds' is a study-wide setting; set it under 'pretrain:'")
         if "optimizer" not in d:
-            raise StudyError(
-                f"{where} ({name}): the arm has no 'optimizer' (adamw, sam or sam-anneal)"
-            )
-        return cls(name=name, recipe=recipe, budgets=budgets, budgets_tpp=budgets_tpp, reference=reference,
-                   data_fraction=None if data_fraction is None else float(data_fraction), settings=d)
+            raise StudyError(f"{where} ({name}): the arm has no 'optimizer' (adamw, sam or sam-anneal)")
+        return cls(
+            name=name,
+            recipe=recipe,
+            budgets=budgets,
+            budgets_tpp=budgets_tpp,
+            reference=reference,
+            data_fraction=None if data_fraction is None else float(data_fraction),
+            settings=d,
+        )
 
 
 @dataclass
@@ -328,8 +345,12 @@ class CfsSpec:
             raise StudyError(f"cfs.gpu_memory_utilization: must be in (0, 1], got {g!r}")
         for contextual in (False, True):
             try:
-                SamplingSettings.for_kind(contextual, temperature=self.temperature, top_p=self.top_p,
-                                          **({"max_tokens": self.max_tokens} if self.max_tokens is not None else {}))
+                SamplingSettings.for_kind(
+                    contextual,
+                    temperature=self.temperature,
+                    top_p=self.top_p,
+                    **({"max_tokens": self.max_tokens} if self.max_tokens is not None else {}),
+                )
             except OLMoConfigurationError as e:
                 raise StudyError(f"cfs.{e}") from None
 
@@ -368,7 +389,9 @@ class BenchmarksSpec:
                 if t in OFFLINE_MISSING:
                     raise StudyError(f"benchmarks.offline.tasks[{i}]: {t!r} cannot run offline: {OFFLINE_MISSING[t]}")
                 if t not in OFFLINE_TASKS:
-                    raise StudyError(f"benchmarks.offline.tasks[{i}]: unknown task {t!r}; choose from {sorted(OFFLINE_TASKS)}")
+                    raise StudyError(
+                        f"benchmarks.offline.tasks[{i}]: unknown task {t!r}; choose from {sorted(OFFLINE_TASKS)}"
+                    )
             for name in ("limit", "batch_size", "max_gen_toks"):
                 _at_least(o.get(name), 1, f"benchmarks.offline.{name}")
             _check_quants(o.get("quant"), "benchmarks.offline.quant", QUANT_KINDS)
@@ -446,8 +469,15 @@ class ExecutorSpec:
 
 
 #: executor.slurm keys that are counts (submitit's AutoExecutor parameters)
-SLURM_COUNTS = ("nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "timeout_min", "mem_gb",
-                "slurm_array_parallelism")  # fmt: skip
+SLURM_COUNTS = (
+    "nodes",
+    "gpus_per_node",
+    "tasks_per_node",
+    "cpus_per_task",
+    "timeout_min",
+    "mem_gb",
+    "slurm_array_parallelism",
+)
 
 
 @dataclass
@@ -531,12 +561,17 @@ class StudySpec:
     def plain(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d["arms"] = [
-            {"name": a.name, "recipe": a.recipe, "budgets": a.budgets,
-             **({"budgets_tpp": a.budgets_tpp} if a.budgets_tpp is not None else {}),
-             **({"reference": a.reference} if a.reference is not None else {}),
-             **({"data_fraction": a.data_fraction} if a.data_fraction is not None else {}), **a.settings}
+            {
+                "name": a.name,
+                "recipe": a.recipe,
+                "budgets": a.budgets,
+                **({"budgets_tpp": a.budgets_tpp} if a.budgets_tpp is not None else {}),
+                **({"reference": a.reference} if a.reference is not None else {}),
+                **({"data_fraction": a.data_fraction} if a.data_fraction is not None else {}),
+                **a.settings,
+            }
             for a in self.arms
-        ]  # fmt: skip
+        ]
         d.pop("source", None)
         return d
 
@@ -574,8 +609,10 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     _check_pretrain_grid(spec.pretrain, spec.budgets)
     arms = d.get("arms")
     if not arms:
-        raise StudyError("arms: the study has no arms; add at least one, e.g. "
-                         "arms: [{name: adamw, optimizer: adamw, schedule: cosine}]")  # fmt: skip
+        raise StudyError(
+            "arms: the study has no arms; add at least one, e.g. "
+            "arms: [{name: adamw, optimizer: adamw, schedule: cosine}]"
+        )
     if not isinstance(arms, list):
         raise StudyError(f"arms: expected a list of arms, got {arms!r}")
     spec.arms = [ArmSpec.parse(a, f"arms[{i}]") for i, a in enumerate(arms)]
@@ -620,6 +657,7 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     spec.hypotheses = parse_hypotheses(d.get("hypotheses"))
     check_references(spec.hypotheses, spec)
     return spec
+
 
 #: ``analysis:`` key -> IntervalSpec field
 ANALYSIS_KEYS = {"interval": "method", "confidence": "confidence", "n_boot": "n_boot", "seed": "seed"}

@@ -113,7 +113,12 @@ def changed_keys(old: Any, new: Any, prefix: str = "") -> List[str]:
             else:
                 out += changed_keys(old[k], new[k], path)
         return out
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and all(isinstance(x, dict) for x in old + new):
+    if (
+        isinstance(old, list)
+        and isinstance(new, list)
+        and len(old) == len(new)
+        and all(isinstance(x, dict) for x in old + new)
+    ):
         out = []
         for i, (a, b) in enumerate(zip(old, new)):
             out += changed_keys(a, b, f"{prefix}[{i}]")

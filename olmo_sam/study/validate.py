@@ -80,8 +80,10 @@ def validate_data(study: StudySpec, missing_ok: bool = False) -> List[str]:
 
         v = d.demo.get("vocab_size")
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < MIN_BPE_VOCAB):
-            raise StudyError(f"data.demo.vocab_size: must be a whole number >= {MIN_BPE_VOCAB} (the byte-level "
-                             f"BPE's 256 bytes and 2 special tokens), got {v!r}")  # fmt: skip
+            raise StudyError(
+                f"data.demo.vocab_size: must be a whole number >= {MIN_BPE_VOCAB} (the byte-level "
+                f"BPE's 256 bytes and 2 special tokens), got {v!r}"
+            )
         books = d.demo.get("books")
         if books is not None:
             if not isinstance(books, list) or not books:
@@ -105,8 +107,10 @@ def validate_data(study: StudySpec, missing_ok: bool = False) -> List[str]:
             if not isinstance(path, str):
                 raise StudyError(f"data.{key}[{i}]: expected a token file path, got {path!r}")
             if not _is_remote(path) and not Path(path).exists():
-                missing(f"data.{key}[{i}]: token file not found: {path}; fix the path or prepare it "
-                        "with 'olmo-sam data tokenize'")  # fmt: skip
+                missing(
+                    f"data.{key}[{i}]: token file not found: {path}; fix the path or prepare it "
+                    "with 'olmo-sam data tokenize'"
+                )
     if d.mix and not Path(d.mix).exists():
         missing(f"data.mix: mix file not found: {d.mix}; fix the path")
     elif d.mix:
@@ -180,7 +184,9 @@ def _setting_paths(study: StudySpec, index: int, arm: ArmSpec, settings: Dict[st
             paths[k] = f"{section}.{k}"
         elif k in ("tokens", "tokens_per_param"):  # one entry of the budget grid
             if k == "tokens":
-                grid, where = (arm.budgets, f"arms[{index}].budgets") if arm.budgets is not None else (study.budgets, "budgets")
+                grid, where = (
+                    (arm.budgets, f"arms[{index}].budgets") if arm.budgets is not None else (study.budgets, "budgets")
+                )
             elif arm.budgets_tpp is not None:
                 grid, where = arm.budgets_tpp, f"arms[{index}].budgets_tpp"
             else:
@@ -208,13 +214,17 @@ def _validate_run(study: StudySpec, job: Job, data: Dict[str, Any]) -> None:
         section = "pretrain" if arm.recipe == "pretrain" else "midtrain"
         missing = re.search(r"missing \d+ required .*argument: '(\w+)'", msg)
         if missing:  # a recipe setting without a default
-            raise StudyError(f"{section}.{missing.group(1)}: required; set it under '{section}:' or in arms[{index}] "
-                             f"(arm '{arm.name}')") from None  # fmt: skip
+            raise StudyError(
+                f"{section}.{missing.group(1)}: required; set it under '{section}:' or in arms[{index}] "
+                f"(arm '{arm.name}')"
+            ) from None
         key = _field_in(msg, settings)
         if key is None and "give exactly one of" in msg:  # no budget at all
             grids = "budgets (tokens) or pretrain.budgets_tpp" if section == "pretrain" else "budgets (tokens)"
-            raise StudyError(f"{section}: arm '{arm.name}' has no budget; give the study's {grids}, or steps or "
-                             f"tokens under '{section}:' or in arms[{index}]") from None  # fmt: skip
+            raise StudyError(
+                f"{section}: arm '{arm.name}' has no budget; give the study's {grids}, or steps or "
+                f"tokens under '{section}:' or in arms[{index}]"
+            ) from None
         where = paths[key] if key else f"arms[{index}] ({arm.name})"
         msg = _in_file_words(msg, paths)
         msg = msg[len(where) :].lstrip() if msg.startswith(f"{where} ") else msg  # "pretrain.lr: must be > 0"
@@ -246,7 +256,11 @@ def _validate_ft_data(study: StudySpec, job: Job) -> None:
             get_source(name)
         except OLMoConfigurationError as e:
             raise StudyError(f"{where}: {e}; or give a prepared dataset directory") from None
-    known = [n for n in inspect.signature(prepare_dataset).parameters if n not in ("name", "tokenizer_path", "out_dir", "overwrite")]
+    known = [
+        n
+        for n in inspect.signature(prepare_dataset).parameters
+        if n not in ("name", "tokenizer_path", "out_dir", "overwrite")
+    ]
     for k, v in (job.params.get("prepare") or {}).items():
         if k not in known:
             raise StudyError(f"finetune.prepare.{k}: unknown option; allowed: {known}")
@@ -264,23 +278,36 @@ def _validate_ft_sweep(study: StudySpec, job: Job) -> None:
     assert ft is not None
     for i, m in enumerate(ft.methods):
         if m not in SWEEP_METHODS + MIX_METHODS:
-            raise StudyError(f"finetune.methods[{i}]: unknown method {m!r}; choose from {list(SWEEP_METHODS + MIX_METHODS)}")
+            raise StudyError(
+                f"finetune.methods[{i}]: unknown method {m!r}; choose from {list(SWEEP_METHODS + MIX_METHODS)}"
+            )
     grids = dict(job.params.get("grids") or {})
-    grid_fields = {k: v for k, v in SweepSpec.__dataclass_fields__.items() if k.endswith("s") and k not in ("bases", "datasets", "lrs", "methods", "base_labels")}  # noqa: E501
+    grid_fields = {
+        k: v
+        for k, v in SweepSpec.__dataclass_fields__.items()
+        if k.endswith("s") and k not in ("bases", "datasets", "lrs", "methods", "base_labels")
+    }  # noqa: E501
     for k in grids:
         if k not in grid_fields:
             raise StudyError(f"finetune.grids.{k}: unknown grid; allowed: {sorted(grid_fields)}")
     ds = job.params["dataset"]
     own = ft.per_dataset.get(ds, {})
-    paths = {k: (f"finetune.per_dataset.{ds}.{k}" if k in own else f"finetune.common.{k}") for k in job.params["common"]}
-    if "pt_val_max_sequences" in paths and "pt_val_max_sequences" not in ft.common and "pt_val_max_sequences" not in own:
+    paths = {
+        k: (f"finetune.per_dataset.{ds}.{k}" if k in own else f"finetune.common.{k}") for k in job.params["common"]
+    }
+    if (
+        "pt_val_max_sequences" in paths
+        and "pt_val_max_sequences" not in ft.common
+        and "pt_val_max_sequences" not in own
+    ):
         paths["pt_val_max_sequences"] = "pt_eval.max_sequences"
     mixes = {m: _PLACEHOLDER_FT for m in MIX_METHODS}
     try:
         from .jobs import ft_sweeps
 
-        for spec in ft_sweeps(job, base=_PLACEHOLDER_BASE, ft_dir=_PLACEHOLDER_FT, pt_val=[_PLACEHOLDER_TOKENS],
-                              mixes=mixes, paths=paths):  # fmt: skip
+        for spec in ft_sweeps(
+            job, base=_PLACEHOLDER_BASE, ft_dir=_PLACEHOLDER_FT, pt_val=[_PLACEHOLDER_TOKENS], mixes=mixes, paths=paths
+        ):
             expand(spec, resolve=False)
     except StudyError:
         raise
@@ -301,8 +328,9 @@ def _validate_ft_sweep(study: StudySpec, job: Job) -> None:
 # -- the plan -----------------------------------------------------------------------------------
 
 
-def validate_executor(study: StudySpec, *, kind: Optional[str] = None, jobs: Optional[int] = None,
-                      nproc_per_node: Optional[int] = None) -> None:  # fmt: skip
+def validate_executor(
+    study: StudySpec, *, kind: Optional[str] = None, jobs: Optional[int] = None, nproc_per_node: Optional[int] = None
+) -> None:
     """``executor`` settings and their command-line overrides (``--jobs``, ``--nproc-per-node``)."""
     ex = study.executor
     kind = kind or ex.kind
@@ -312,12 +340,16 @@ def validate_executor(study: StudySpec, *, kind: Optional[str] = None, jobs: Opt
     nproc = nproc_per_node if nproc_per_node is not None else ex.nproc_per_node
     where = "--nproc-per-node" if nproc_per_node is not None else "executor.nproc_per_node"
     if nproc > 1 and kind == "local":
-        raise StudyError(f"{where}: the local executor runs every job in one process and would ignore it; use the "
-                         "torchrun executor (--executor torchrun / executor.kind: torchrun)")  # fmt: skip
+        raise StudyError(
+            f"{where}: the local executor runs every job in one process and would ignore it; use the "
+            "torchrun executor (--executor torchrun / executor.kind: torchrun)"
+        )
     tasks = (ex.slurm or {}).get("tasks_per_node", 1)
     if nproc > 1 and kind == "slurm" and nproc != tasks:
-        raise StudyError(f"{where}: under the slurm executor the processes of a job are executor.slurm.tasks_per_node "
-                         f"({tasks}), and {nproc} would be ignored; make them equal or drop it")  # fmt: skip
+        raise StudyError(
+            f"{where}: under the slurm executor the processes of a job are executor.slurm.tasks_per_node "
+            f"({tasks}), and {nproc} would be ignored; make them equal or drop it"
+        )
 
 
 def validate_plan(plan: Plan, missing_data_ok: bool = False) -> List[str]:

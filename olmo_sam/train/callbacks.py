@@ -51,15 +51,10 @@ class SAMSwitchCallback(Callback, Config):
 
     def __post_init__(self, *args):
         del args
-        given = [
-            n
-            for n in ("start_step", "start_fraction", "start_tokens")
-            if getattr(self, n) is not None
-        ]
+        given = [n for n in ("start_step", "start_fraction", "start_tokens") if getattr(self, n) is not None]
         if len(given) > 1:
             raise OLMoConfigurationError(
-                f"SAMSwitchCallback: give at most one of start_step/start_fraction/start_tokens, "
-                f"got {given}"
+                f"SAMSwitchCallback: give at most one of start_step/start_fraction/start_tokens, got {given}"
             )
         if self.start_step is not None and self.start_step < 1:
             raise OLMoConfigurationError(
@@ -71,9 +66,7 @@ class SAMSwitchCallback(Callback, Config):
                 f"of steps), got {self.start_fraction}"
             )
         if self.start_tokens is not None and self.start_tokens < 0:
-            raise OLMoConfigurationError(
-                f"SAMSwitchCallback.start_tokens must be >= 0, got {self.start_tokens}"
-            )
+            raise OLMoConfigurationError(f"SAMSwitchCallback.start_tokens must be >= 0, got {self.start_tokens}")
 
     # -- wiring --------------------------------------------------------------------------------
 
@@ -140,8 +133,7 @@ class SAMSwitchCallback(Callback, Config):
             what = f"the decay start of {type(scheduler).__name__} ({start} {scheduler.units})"
         if not (1 <= step <= max_steps):
             raise OLMoConfigurationError(
-                f"SAMSwitchCallback: switch point {what} gives step {step}, outside the run "
-                f"(steps 1..{max_steps})"
+                f"SAMSwitchCallback: switch point {what} gives step {step}, outside the run (steps 1..{max_steps})"
             )
         return int(step)
 
@@ -171,9 +163,7 @@ class SAMSwitchCallback(Callback, Config):
 
     def post_step(self):
         if self.enabled and self._switch_step is not None:
-            self.trainer.record_metric(
-                "switch step", float(self._switch_step), namespace=SAM_METRIC_NAMESPACE
-            )
+            self.trainer.record_metric("switch step", float(self._switch_step), namespace=SAM_METRIC_NAMESPACE)
 
     # -- checkpoint state ------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ Recipes, the fine-tuner, the demo and the tests all go through here.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import logging
 import os
@@ -171,13 +170,9 @@ def build_experiment(
     """
     if not train_paths:
         raise OLMoConfigurationError("'train_paths' is empty: give at least one token file")
-    missing = [
-        p for p in list(train_paths) + list(val_paths or []) if not is_url(str(p)) and not Path(p).exists()
-    ]
+    missing = [p for p in list(train_paths) + list(val_paths or []) if not is_url(str(p)) and not Path(p).exists()]
     if missing and check_paths:
-        raise OLMoConfigurationError(
-            f"data file(s) not found: {missing}; prepare them with 'olmo-sam data tokenize'"
-        )
+        raise OLMoConfigurationError(f"data file(s) not found: {missing}; prepare them with 'olmo-sam data tokenize'")
     if (max_steps is None) == (max_tokens is None):
         raise OLMoConfigurationError("give exactly one of 'max_steps' or 'max_tokens'")
     work_dir = str(Path(save_folder) / "_work")

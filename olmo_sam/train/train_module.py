@@ -61,9 +61,7 @@ _SAM_STATE_KEY = "sam"
 _GV_KEY = "looksam_gv"
 
 
-def check_sam_parallelism(
-    scope: SAMScope | str, dp_name: Optional[str], *, other_parallelism: bool = False
-) -> None:
+def check_sam_parallelism(scope: SAMScope | str, dp_name: Optional[str], *, other_parallelism: bool = False) -> None:
     """``scope='local'`` is only defined for plain data parallelism (DDP) or one process."""
     if SAMScope.parse(scope) != SAMScope.local:
         return
@@ -212,9 +210,7 @@ class SAMTransformerTrainModule(TransformerTrainModule):
     def optim_step(self):
         if self._skip_optim_step:
             self._skip_optim_step = False
-            self.record_metric(
-                "skipped updates (non-finite ascent norm)", 1.0, namespace=SAM_METRIC_NAMESPACE
-            )
+            self.record_metric("skipped updates (non-finite ascent norm)", 1.0, namespace=SAM_METRIC_NAMESPACE)
             return
         super().optim_step()
 
@@ -226,9 +222,7 @@ class SAMTransformerTrainModule(TransformerTrainModule):
         Returns this rank's CE loss.
         """
         labels = batch["labels"]
-        num_tokens_for_loss = move_to_device(
-            (labels != self.label_ignore_index).sum(), self.device
-        )
+        num_tokens_for_loss = move_to_device((labels != self.label_ignore_index).sum(), self.device)
         if (instance_mask := batch.get("instance_mask")) is not None:
             num_tokens_for_loss += (~instance_mask).sum() * labels.shape[1]
         ce_total = move_to_device(torch.tensor(0.0), self.device)
@@ -315,9 +309,7 @@ class SAMTransformerTrainModule(TransformerTrainModule):
         sam = self.sam
         if sam is not None and sam.looksam_gv is not None:
             # LookSAM's g_v, by parameter name (DTensor shards under FSDP, like the moments)
-            state[_GV_KEY] = {
-                n: sam.looksam_gv[p] for n, p in self.model.named_parameters() if p in sam.looksam_gv
-            }
+            state[_GV_KEY] = {n: sam.looksam_gv[p] for n, p in self.model.named_parameters() if p in sam.looksam_gv}
         return state
 
     def state_dict_to_save(self, *, optim: Optional[bool] = None) -> Dict[str, Any]:
@@ -374,9 +366,7 @@ class SAMTrainModuleConfig(TransformerTrainModuleConfig):
             check_sam_parallelism(
                 self.optim.scope,
                 self.dp_config.name if self.dp_config is not None else None,
-                other_parallelism=any(
-                    c is not None for c in (self.tp_config, self.cp_config, self.ep_config)
-                ),
+                other_parallelism=any(c is not None for c in (self.tp_config, self.cp_config, self.ep_config)),
             )
         kwargs = self.as_dict(exclude_none=True, recurse=False)
         kwargs.pop("pp_config", None)
