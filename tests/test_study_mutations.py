@@ -368,11 +368,9 @@ def test_edited_study_is_refused_at_dry_run_as_at_run(tmp_path):
     assert res.exit_code == 0, res.output
 
 
-def test_unknown_demo_book_is_refused_when_the_corpus_is_here(tmp_path):
-    from olmo_sam.study.validate import _demo_book_names
-
-    if _demo_book_names() is None:
-        pytest.skip("the demo corpus is not downloaded here (a dry run fetches nothing)")
+def test_unknown_demo_book_is_refused_before_anything_is_fetched(tmp_path, monkeypatch):
+    # the pinned package's book list is known without the corpus: an empty cache still refuses
+    monkeypatch.setenv("OLMO_SAM_CACHE", str(tmp_path / "empty-cache"))
     msg = _refusal(_set(SMALL, "data.demo.books", ["austen-persuasion", "austen-persuation"]), tmp_path)
     assert msg.startswith("data.demo.books[1]: unknown book 'austen-persuation'; available: ["), msg
 

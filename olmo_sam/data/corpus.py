@@ -24,13 +24,21 @@ from olmo_core.exceptions import OLMoConfigurationError
 from .assets import DEMO_CORPUS
 from .fetch import fetch
 
-__all__ = ["DEMO_CORPUS", "DOC_CHARS", "demo_books", "iter_demo_documents", "chunk_text"]
+__all__ = ["DEMO_BOOKS", "DEMO_CORPUS", "DOC_CHARS", "demo_books", "iter_demo_documents", "chunk_text"]
 
 
 #: Target document length in characters (documents end at the first paragraph break after it).
 DOC_CHARS = 2000
 
 _BOOK_DIR = "package/gutenberg/"
+
+#: the books of the pinned, checksummed corpus package (DEMO_CORPUS), so a study's book list is
+#: checked before anything is fetched; demo_books() asserts the archive holds exactly these
+DEMO_BOOKS = frozenset(
+    "austen-emma austen-persuasion austen-sense bible-kjv blake-poems bryant-stories burgess-busterbrown "
+    "carroll-alice chesterton-ball chesterton-brown chesterton-thursday edgeworth-parents melville-moby_dick "
+    "milton-paradise shakespeare-caesar shakespeare-hamlet shakespeare-macbeth whitman-leaves".split()
+)
 
 
 def _decode(raw: bytes) -> str:
@@ -59,6 +67,10 @@ def demo_books(books: Optional[Sequence[str]] = None, cache_dir: Optional[Path] 
                 f = tar.extractfile(member)
                 assert f is not None
                 out[name] = _decode(f.read())
+    if set(out) != DEMO_BOOKS:
+        raise OLMoConfigurationError(
+            f"{archive}: the demo corpus holds books {sorted(out)}, not the pinned {sorted(DEMO_BOOKS)}"
+        )
     if books is not None:
         unknown = sorted(set(books) - set(out))
         if unknown:

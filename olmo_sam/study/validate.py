@@ -92,7 +92,7 @@ def validate_data(study: StudySpec, missing_ok: bool = False) -> List[str]:
             for i, b in enumerate(books):
                 if not isinstance(b, str):
                     raise StudyError(f"data.demo.books[{i}]: expected a book name, got {b!r}")
-                if known is not None and b not in known:
+                if b not in known:
                     raise StudyError(f"data.demo.books[{i}]: unknown book {b!r}; available: {sorted(known)}")
         for k in ("val_fraction",):
             f = d.demo.get(k)
@@ -129,15 +129,11 @@ def validate_data(study: StudySpec, missing_ok: bool = False) -> List[str]:
 
 
 @functools.lru_cache(maxsize=1)
-def _demo_book_names() -> Optional[frozenset]:
-    """The demo corpus's book names, or ``None`` when the corpus is not downloaded yet (a dry run
-    fetches nothing; the data job then names an unknown book)."""
-    from ..data.corpus import DEMO_CORPUS, demo_books
-    from ..data.fetch import cache_root
+def _demo_book_names() -> frozenset:
+    """The demo corpus's book names (those of the pinned package: known without fetching it)."""
+    from ..data.corpus import DEMO_BOOKS
 
-    if not (cache_root() / "registry" / DEMO_CORPUS.registry / DEMO_CORPUS.filename).exists():
-        return None
-    return frozenset(b.name for b in demo_books())
+    return DEMO_BOOKS
 
 
 def _placeholder_data(study: StudySpec) -> Dict[str, Any]:
