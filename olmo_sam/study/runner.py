@@ -30,8 +30,6 @@ def save_study(plan: Plan) -> Path:
     path = plan.out / STUDY_FILE
     payload = plan.study.plain()
     payload["out_dir"] = str(plan.out.resolve())
-    if not payload.get("hypotheses"):  # none registered: the key is omitted, as in the study file
-        payload.pop("hypotheses", None)
     atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
     return path
 

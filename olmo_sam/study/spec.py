@@ -573,6 +573,8 @@ class StudySpec:
             for a in self.arms
         ]
         d.pop("source", None)
+        if not d["hypotheses"]:  # none registered: omitted, as in the study file
+            d.pop("hypotheses")
         return d
 
 
