@@ -37,7 +37,7 @@ def demo_study_path(quick: bool = False) -> Path:
 @click.option("--dry-run", is_flag=True, help="Show the planned jobs only.")
 def demo(quick, out, jobs, rerun, dry_run):
     """Pretrain (2 arms x 2 budgets x 3 seeds), probe, fine-tune and report micro models on CPU
-    (about 8 min on 2 idle cores; --quick: about 2 min, not evidence)."""
+    (about 5 min on 2 idle cores; --quick: about 2 min, not evidence)."""
     from .study.cli import run_study_command, start_study
 
     resume = "olmo-sam demo" + (" --quick" if quick else "") + (f" --out {out}" if out else "")
