@@ -10,16 +10,14 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import asdict, replace
 
 import pytest
 import torch
 from conftest import REPO
-from ft_helpers import write_task
+from ft_helpers import kill_sweep_mid_run, write_task
 
 from olmo_sam.checkpoints import load_transformer
 from olmo_sam.finetune.batched import grid_units, slices_per_chunk, train_grid
@@ -196,23 +194,7 @@ def test_batched_sweep_sigkilled_mid_grid_resumes_without_loss_or_duplicates(
         "--no-progress",
     ]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    with open(tmp_path / "first.log", "wb") as logf:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        store = ResultStore(out / "results.jsonl")
-        while True:
-            assert proc.poll() is None, (
-                "the sweep ended before it could be killed:\n" + (tmp_path / "first.log").read_text()[-3000:]
-            )
-            assert time.monotonic() < deadline, "timed out waiting for the second chunk"
-            in_progress = [
-                d for d in (out / "runs").glob("*") if (d / "spec.json").exists() and not (d / "records.json").exists()
-            ]
-            if store.records() and in_progress:
-                break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_sweep_mid_run(cmd, out, tmp_path / "first.log", REPO)
     done_before = {r.run_id for r in ResultStore(out / "results.jsonl").records()}
     assert len(done_before) == 2  # the first chunk of two
 

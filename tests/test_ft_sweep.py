@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import REPO, VOCAB
-from ft_helpers import write_task
+from ft_helpers import kill_sweep_mid_run, write_task
 from olmo_core.exceptions import OLMoConfigurationError
 
 from olmo_sam.checkpoints import load_transformer
@@ -145,24 +144,7 @@ def test_sweep_sigkilled_mid_run_resumes_without_loss_or_duplicates(
         "trainer",  # one run per worker (the batched engine's resume: tests/test_ft_batched.py)
     ]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    with open(tmp_path / "first.log", "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        store = ResultStore(out / "results.jsonl")
-        while True:
-            assert proc.poll() is None, (
-                "the sweep finished before it could be killed mid-run:\n" + (tmp_path / "first.log").read_text()[-3000:]
-            )
-            assert time.monotonic() < deadline, "timed out waiting for a run in progress"
-            in_progress = [
-                d for d in (out / "runs").glob("*") if (d / "spec.json").exists() and not (d / "records.json").exists()
-            ]
-            if store.records() and in_progress:
-                break
-            time.sleep(0.05)
-        workers = _children(proc.pid)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    workers = kill_sweep_mid_run(cmd, out, tmp_path / "first.log", REPO, before_kill=_children)
     # the worker processes die with the sweep
     deadline = time.monotonic() + 30
     while any(_alive(p) for p in workers) and time.monotonic() < deadline:
