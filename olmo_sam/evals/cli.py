@@ -115,16 +115,8 @@ def olmes_command(
     from . import olmes as o
     from .records import write_records
 
-    st = o.get_suite(suite)
-    for t in tasks:
-        if t not in st:
-            raise OLMoConfigurationError(f"--task {t!r} is not in suite {suite}; choose from {list(st)}")
-    aliases = [st[t].alias for t in (tasks or st)]
-    args = o.parse_model_arg_pairs(model_arg)
-    for k, v in o.quant_model_args(quant, model_type).items():
-        if k in args:
-            raise OLMoConfigurationError(f"--quant {quant} sets model arg {k}; do not also pass it")
-        args[k] = v
+    aliases = o.suite_aliases(suite, tasks)
+    args = o.with_quant_args(o.parse_model_arg_pairs(model_arg), quant, model_type)
     output_dir = output_dir or Path(model_dir) / "olmes"
     try:
         exe: Optional[Path] = o.find_olmes(olmes_path)

@@ -434,6 +434,29 @@ def run_olmes(cmd: Sequence[str], olmes_exe: Path, echo=None) -> int:
         return proc.wait()
 
 
+def suite_aliases(suite: str, tasks: Optional[Sequence[str]], where: str = "--task") -> List[str]:
+    """The OLMES task aliases of ``tasks`` (paper task names; all of ``suite`` when empty); an
+    unknown one is an error naming ``where``."""
+    st = get_suite(suite)
+    for t in tasks or ():
+        if t not in st:
+            raise OLMoConfigurationError(f"{where} {t!r} is not in suite {suite}; choose from {list(st)}")
+    return [st[t].alias for t in (tasks or st)]
+
+
+def with_quant_args(
+    model_args: Mapping[str, Any], quant: str, model_type: str, where: str = "--quant"
+) -> Dict[str, Any]:
+    """``model_args`` plus the entries that load the model quantized (:func:`quant_model_args`);
+    an entry given both ways is an error naming ``where``."""
+    args = dict(model_args)
+    for k, v in quant_model_args(quant, model_type).items():
+        if k in args:
+            raise OLMoConfigurationError(f"{where} {quant} sets model arg {k}; do not also pass it")
+        args[k] = v
+    return args
+
+
 def run_olmes_suite(
     model: str | os.PathLike,
     *,
@@ -458,21 +481,13 @@ def run_olmes_suite(
 
     from .records import write_records
 
-    st = get_suite(suite)
-    unknown = [t for t in tasks or () if t not in st]
-    if unknown:
-        raise OLMoConfigurationError(f"task(s) {unknown} are not in suite {suite}; choose from {list(st)}")
-    aliases = [st[t].alias for t in (tasks or st)]
+    aliases = suite_aliases(suite, tasks, where="benchmarks.olmes.tasks")
     exe = find_olmes(olmes)
     settings = [quant] if quant is None or isinstance(quant, str) else list(quant)
     out: Dict[str, List[Dict[str, Any]]] = {}
     for q in settings:
         q = q or "none"
-        args = dict(model_args or {})
-        for k, v in quant_model_args(q, model_type).items():
-            if k in args:
-                raise OLMoConfigurationError(f"quant {q} sets model arg {k}; do not also pass it")
-            args[k] = v
+        args = with_quant_args(model_args or {}, q, model_type, where="benchmarks.olmes.quant")
         tag = "bf16" if q == "none" else q
         run_dir = Path(out_dir) / tag
         cmd = build_olmes_command(
