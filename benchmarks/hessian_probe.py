@@ -1,6 +1,6 @@
-"""`olmo-sam bench hessian-probe`: cost of one Hutchinson probe (olmo_sam/bench/hessian_probe.py)."""
+"""`olmo-sam bench hessian-probe`: cost of one Hutchinson probe (olmo_sam_tools/bench/hessian_probe.py)."""
 
-from olmo_sam.bench.hessian_probe import main
+from olmo_sam_tools.bench.hessian_probe import main
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,7 @@ COMMANDS = {
     "demo": "olmo_sam.demo:demo",
     "pretrain": "olmo_sam.recipes.pretrain:main",
     "midtrain": "olmo_sam.recipes.midtrain:main",
-    "bench": "olmo_sam.bench:bench",
+    "bench": "olmo_sam_tools.bench:bench",
     "data": "olmo_sam.data.cli:data",
     "export-hf": "olmo_sam.hf:export_hf_command",
     "import-hf": "olmo_sam.hf:import_hf_command",

@@ -89,4 +89,4 @@ elif [ "$DRY" = 0 ]; then
   echo "gpu-check.sh: no wheels in '$WHEELS' (make them with: bash scripts/gpu-wheels.sh); using what $PY has" >&2
 fi
 
-exec "$PY" -m olmo_sam.gpucheck --out "$OUT" "${PASS[@]}"
+exec "$PY" -m olmo_sam_tools.gpucheck --out "$OUT" "${PASS[@]}"

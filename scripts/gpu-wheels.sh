@@ -11,4 +11,4 @@ if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec "$PY" -m olmo_sam.gpucheck.wheels "$@"
+exec "$PY" -m olmo_sam_tools.gpucheck.wheels "$@"

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from olmo_sam.bench import bench
-from olmo_sam.bench.flatness_cost import (
+from olmo_sam_tools.bench import bench
+from olmo_sam_tools.bench.flatness_cost import (
     FlatnessCostSettings,
     bench_gain_kept_interval,
     bench_seed_interval,
@@ -37,7 +37,7 @@ def test_every_benchmark_is_a_bench_subcommand_and_a_launcher():
         launcher = ROOT / "benchmarks" / f"{name.replace('-', '_')}.py"
         code = [ln for ln in launcher.read_text().splitlines() if ln.strip()]
         assert len(code) <= 4  # docstring, import, if __name__ == "__main__":, call
-        assert "olmo_sam.bench." in launcher.read_text(), launcher
+        assert "olmo_sam_tools.bench." in launcher.read_text(), launcher
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))  # this checkout's olmo_sam
     r = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "hessian_probe.py"), "--help"],

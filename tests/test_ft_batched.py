@@ -224,7 +224,7 @@ def _slice_gb(base, task, corpus) -> float:
 
 
 def test_finetune_throughput_benchmark_smoke(tmp_path):
-    from olmo_sam.bench.finetune_throughput import finetune_throughput
+    from olmo_sam_tools.bench.finetune_throughput import finetune_throughput
 
     r = finetune_throughput(lrs=[1e-3, 3e-3], steps=3, batch=8, seq=64, work_dir=str(tmp_path))
     for mode in ("checkpointed", "in_memory", "batched"):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from olmo_sam.gpucheck import runner, wheels
 from olmo_sam.output import _cell
+from olmo_sam_tools.gpucheck import runner, wheels
 
 REPO = Path(__file__).resolve().parents[1]
 STDLIB = set(sys.stdlib_module_names)
@@ -108,7 +108,7 @@ def test_dry_run_passes_every_section(dry_run):
     assert micro["adamw_peak_gib"] is None and "adamw_mfu" not in micro
 
     # the LR grid batched vs one run at a time (the GPU's K = 8 x 20M, here 2 LRs of micro on CPU)
-    from olmo_sam.gpucheck.finetune import DRY_RUN_SIZES
+    from olmo_sam_tools.gpucheck.finetune import DRY_RUN_SIZES
 
     ft = secs["finetune_batched"]["results"]
     assert (ft["settings"]["size"], ft["settings"]["device"], ft["settings"]["k"]) == (
@@ -200,7 +200,7 @@ def test_gpu_budgets_cover_every_section_within_the_total():
 
 
 def test_peak_flops_by_device_name():
-    from olmo_sam.gpucheck.common import peak_bf16_flops
+    from olmo_sam_tools.gpucheck.common import peak_bf16_flops
 
     assert peak_bf16_flops("NVIDIA H200")[0] == 989e12
     assert peak_bf16_flops("NVIDIA H100 80GB HBM3")[0] == 989e12
@@ -228,7 +228,7 @@ def test_bad_arguments():
 
 def test_wheels_list_plans_without_downloading(tmp_path, capsys, monkeypatch):
     # what `bash scripts/gpu-wheels.sh --list` runs (in this process: no second OLMo-core import)
-    assert "-m olmo_sam.gpucheck.wheels" in (REPO / "scripts/gpu-wheels.sh").read_text()
+    assert "-m olmo_sam_tools.gpucheck.wheels" in (REPO / "scripts/gpu-wheels.sh").read_text()
     monkeypatch.setattr(subprocess, "run", None)  # --list must not call pip
     assert wheels.main(["--list", "--dest", str(tmp_path / "w")]) == 0
     text = capsys.readouterr().out

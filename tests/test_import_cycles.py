@@ -93,3 +93,20 @@ def test_the_detector_finds_a_cycle():
 def test_no_import_cycles():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_tooling_is_outside_the_plugin():
+    """``olmo_sam_tools`` (benchmarks, the GPU check) may import the plugin, never the reverse:
+    ``import olmo_sam`` and every module under it load without the tooling (the ``bench``
+    command is looked up by name, lazily, in ``olmo_sam.cli``)."""
+    offenders = []
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "olmo_sam_tools"]
+    assert not offenders, offenders
+    assert not (PKG / "bench").exists() and not (PKG / "gpucheck").exists()

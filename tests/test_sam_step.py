@@ -1,6 +1,6 @@
 """One SAM step of the real train module against an independent computation.
 
-The reference (:func:`olmo_sam.gpucheck.reference.reference_steps`, also used by the GPU check) is
+The reference (:func:`olmo_sam_tools.gpucheck.reference.reference_steps`, also used by the GPU check) is
 written from the paper's equations ([SAM-PT] App A.1.1-A.1.2; Foret et al. 2021 Eq. 2; Kwon et al.
 2021 for ASAM) with torch.func and a hand-written AdamW; it shares no code with olmo_sam.optim.
 """
@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from helpers import adamw, losses, tiny_experiment, token_batch
 
-from olmo_sam.gpucheck.reference import reference_steps
 from olmo_sam.optim import SAM, SAMConfig
 from olmo_sam.train import build_trainer, run_experiment
+from olmo_sam_tools.gpucheck.reference import reference_steps
 
 
 @pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "asam"])

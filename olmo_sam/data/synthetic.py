@@ -2,7 +2,7 @@
 
 Each token has 4 likely successors (entropy below ln 4), so a tiny model's loss falls well below
 ``ln(vocab)`` within a few dozen steps. Used by the test fixtures (``tests/conftest.py``) and the
-GPU check (:mod:`olmo_sam.gpucheck`), which must run without any downloaded data.
+GPU check (:mod:`olmo_sam_tools.gpucheck`), which must run without any downloaded data.
 """
 
 from __future__ import annotations

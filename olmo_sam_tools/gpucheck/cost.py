@@ -8,7 +8,7 @@ optimizer at a time so that each one's peak memory is its own:
 * step time (median), SAM/AdamW ratio, tokens/s,
 * model-FLOPs utilisation: ``num_flops_per_token`` (OLMo-core's count of one forward+backward:
   6 x parameters of the blocks and LM head + the causal attention term) x tokens/s / the device's
-  dense bf16 peak (:func:`~olmo_sam.gpucheck.common.peak_bf16_flops`); for SAM both the
+  dense bf16 peak (:func:`~olmo_sam_tools.gpucheck.common.peak_bf16_flops`); for SAM both the
   "useful" MFU (one pass counted, comparable with AdamW's) and the hardware MFU (two passes),
 * peak memory of a step (``torch.cuda.max_memory_allocated`` over building the trainer and its
   steps, so parameters, gradients, optimizer state and activations all count), SAM over AdamW,
@@ -84,7 +84,7 @@ class StepTimer(Callback):
 def _base_optim():
     from olmo_core.optim import AdamWConfig
 
-    from .. import paper
+    from olmo_sam import paper
 
     return AdamWConfig(lr=1e-3, betas=paper.PRETRAIN_BETAS, weight_decay=paper.PRETRAIN_WEIGHT_DECAY)
 
@@ -94,7 +94,7 @@ def _trainer(
 ):
     from olmo_core.data import TokenizerConfig
 
-    from ..train import build_experiment, build_trainer
+    from olmo_sam.train import build_experiment, build_trainer
 
     cfg = build_experiment(
         model=model_cfg,
@@ -173,8 +173,8 @@ def _steps(work: Path, data: Path, model_cfg, vocab: int, sz: CostSizes, micro: 
 def _preset(sec: Section, work: Path, size: str, sz: CostSizes, peak_flops: Optional[float]) -> None:
     import torch
 
-    from ..models import model_config
-    from ..optim import SAMConfig
+    from olmo_sam.models import model_config
+    from olmo_sam.optim import SAMConfig
 
     model_cfg = model_config(size, vocab_size=sz.vocab)
     vocab = model_cfg.vocab_size
@@ -226,9 +226,9 @@ def _preset(sec: Section, work: Path, size: str, sz: CostSizes, peak_flops: Opti
 
 
 def _switch_run(sec: Section, work: Path, size: str, sz: CostSizes) -> None:
-    from ..models import model_config
-    from ..optim import SAMConfig, WSDAlpha
-    from ..train import SAMSwitchCallback
+    from olmo_sam.models import model_config
+    from olmo_sam.optim import SAMConfig, WSDAlpha
+    from olmo_sam.train import SAMSwitchCallback
 
     model_cfg = model_config(size, vocab_size=sz.vocab)
     vocab = model_cfg.vocab_size

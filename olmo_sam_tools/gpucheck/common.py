@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
-from ..output import read_json, write_json
+from olmo_sam.output import read_json, write_json
 
 __all__ = [
     "Section",
@@ -132,7 +132,7 @@ class Section:
 
 def write_markov_corpus(folder: Path, vocab: int, n_train: int, n_val: int) -> tuple[Path, Path]:
     """Train/validation token files of the learnable Markov stream (raw uint16)."""
-    from ..data.synthetic import markov_tokens
+    from olmo_sam.data.synthetic import markov_tokens
 
     folder.mkdir(parents=True, exist_ok=True)
     train, val = folder / "markov_train.npy", folder / "markov_val.npy"
@@ -144,7 +144,7 @@ def write_markov_corpus(folder: Path, vocab: int, n_train: int, n_val: int) -> t
 def write_random_tokens(path: Path, vocab: int, n_tokens: int) -> Path:
     """Uniform random token ids (costs do not depend on what the tokens are); raw uint16/uint32
     as :func:`olmo_sam.data.tokens.token_dtype_for_vocab` says for ``vocab``."""
-    from ..data.tokens import token_dtype_for_vocab
+    from olmo_sam.data.tokens import token_dtype_for_vocab
 
     path.parent.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype_for_vocab(vocab)

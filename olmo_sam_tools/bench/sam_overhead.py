@@ -29,8 +29,8 @@ import click
 import numpy as np
 import torch
 
-from ..output import atomic_write_text
-from ..preflight import POSITIVE_INT, out_file_callback
+from olmo_sam.output import atomic_write_text
+from olmo_sam.preflight import POSITIVE_INT, out_file_callback
 
 __all__ = ["sam_overhead", "sam_overhead_command"]
 
@@ -64,7 +64,7 @@ def _experiment(
     from olmo_core.data import TokenizerConfig
     from olmo_core.nn.transformer import TransformerBlockType, TransformerConfig
 
-    from ..train import build_experiment
+    from olmo_sam.train import build_experiment
 
     model = TransformerConfig.llama_like(
         d_model=d_model,
@@ -163,8 +163,8 @@ def sam_overhead(
     from olmo_core.distributed.utils import get_rank, get_world_size
     from olmo_core.optim import AdamWConfig
 
-    from ..optim import SAMConfig, WSDAlpha
-    from ..train import SAMSwitchCallback, build_trainer, setup_environment
+    from olmo_sam.optim import SAMConfig, WSDAlpha
+    from olmo_sam.train import SAMSwitchCallback, build_trainer, setup_environment
 
     setup_environment()
     world = get_world_size()

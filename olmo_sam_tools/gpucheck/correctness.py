@@ -2,7 +2,7 @@
 
 * ``sam_cuda``: one SAM and one ASAM step (two steps each, two micro-batches) of
   :class:`~olmo_sam.train.SAMTransformerTrainModule` in float32 on the GPU (TF32 off) against the
-  independent float64 CPU computation of :func:`olmo_sam.gpucheck.reference.reference_steps`:
+  independent float64 CPU computation of :func:`olmo_sam_tools.gpucheck.reference.reference_steps`:
   losses at ``w`` and ``w + eps`` and the updated weights within 1e-5.
 * ``fsdp_bf16``: a SAM run through ``Trainer.fit()`` with FSDP over a one-rank process group
   (NCCL; gloo on a CPU dry run) and bfloat16 parameters (FSDP mixed precision, float32 master
@@ -39,9 +39,10 @@ def _adamw(lr: float, eps: float = 1e-8):
 def _sam_step_vs_reference(sec: Section, work: Path, train: Path, adaptive: bool) -> None:
     import torch
 
-    from ..models import model_config
-    from ..optim import SAMConfig
-    from ..train import build_experiment, build_trainer
+    from olmo_sam.models import model_config
+    from olmo_sam.optim import SAMConfig
+    from olmo_sam.train import build_experiment, build_trainer
+
     from .reference import reference_steps
 
     label = "asam" if adaptive else "sam"
@@ -130,9 +131,9 @@ def _fsdp_run(sec: Section, work: Path) -> None:
     import torch
     from torch.distributed.fsdp import FSDPModule
 
-    from ..models import model_config
-    from ..optim import SAMConfig
-    from ..train import build_experiment, build_trainer, read_metrics
+    from olmo_sam.models import model_config
+    from olmo_sam.optim import SAMConfig
+    from olmo_sam.train import build_experiment, build_trainer, read_metrics
 
     dry = sec.mode.dry_run
     size, steps, seq, batch, micro = ("micro", 10, 64, 8, 4) if dry else ("tiny", 20, 128, 16, 8)

@@ -1,6 +1,6 @@
 """An independent SAM/ASAM + AdamW step, written from the papers' equations.
 
-Used by ``tests/test_sam_step.py`` (CPU) and by the GPU check (:mod:`olmo_sam.gpucheck.correctness`)
+Used by ``tests/test_sam_step.py`` (CPU) and by the GPU check (:mod:`olmo_sam_tools.gpucheck.correctness`)
 to check the real train module's step. It deliberately shares no code with :mod:`olmo_sam.optim`:
 the ascent is [SAM-PT] App A.1.1-A.1.2 / Foret et al. 2021 Eq. 2 (SAM) and Kwon et al. 2021
 (ASAM, element-wise |w| scaling), the base step a hand-written AdamW with decoupled weight decay,

@@ -1,6 +1,6 @@
-"""Runs sections of the GPU check in this process: ``python -m olmo_sam.gpucheck.worker``.
+"""Runs sections of the GPU check in this process: ``python -m olmo_sam_tools.gpucheck.worker``.
 
-Started by :mod:`olmo_sam.gpucheck.runner` (one worker per section on a GPU, one for all of them
+Started by :mod:`olmo_sam_tools.gpucheck.runner` (one worker per section on a GPU, one for all of them
 on a CPU dry run); each section gets ``--section NAME=SECONDS`` and no more than the global
 ``--deadline``.
 """
@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Callable, Dict
 
-from ..output import write_json
+from olmo_sam.output import write_json
+
 from .common import Mode, Section, peak_bf16_flops
 
 __all__ = ["SECTIONS", "IMPORTS_PREFIX", "main", "imported_distributions"]
@@ -75,7 +76,7 @@ SECTIONS = ("environment", "sam_cuda", "fsdp_bf16", "bnb", "cost", "finetune_bat
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m olmo_sam.gpucheck.worker")
+    p = argparse.ArgumentParser(prog="python -m olmo_sam_tools.gpucheck.worker")
     p.add_argument("--out", required=True)
     p.add_argument("--work", required=True, help="scratch folder (token files, trainer work dirs)")
     p.add_argument("--cpu-dry-run", action="store_true")

@@ -245,7 +245,7 @@ def _wheel_name(file: str) -> str:
 
 
 def build(dest: Path, repo: Path, budget_mib: float = BUDGET_MIB) -> List[WheelItem]:
-    from ..output import atomic_write_text, markdown_table, write_json
+    from olmo_sam.output import atomic_write_text, markdown_table, write_json
 
     dest.mkdir(parents=True, exist_ok=True)
     for old in dest.glob("*.whl"):

@@ -61,9 +61,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import click
 import numpy as np
 
-from ..data.synthetic import markov_tokens
-from ..output import atomic_write, atomic_write_text, markdown_table, read_json, write_json
-from ..preflight import POSITIVE_FLOAT, POSITIVE_INT, out_dir_callback
+from olmo_sam.data.synthetic import markov_tokens
+from olmo_sam.output import atomic_write, atomic_write_text, markdown_table, read_json, write_json
+from olmo_sam.preflight import POSITIVE_FLOAT, POSITIVE_INT, out_dir_callback
 
 __all__ = [
     "VARIANTS",
@@ -140,7 +140,7 @@ class FlatnessCostSettings:
 
 
 def _model(settings: FlatnessCostSettings):
-    from ..models import model_config
+    from olmo_sam.models import model_config
 
     return model_config("micro", vocab_size=settings.vocab)
 
@@ -155,8 +155,8 @@ def plan(settings: FlatnessCostSettings) -> Dict[str, int]:
 def _optim(variant: str, s: FlatnessCostSettings):
     from olmo_core.optim import AdamWConfig
 
-    from ..optim import SAMConfig
-    from ..train import SAMSwitchCallback
+    from olmo_sam.optim import SAMConfig
+    from olmo_sam.train import SAMSwitchCallback
 
     base = AdamWConfig(lr=s.lr, betas=(0.9, 0.95), weight_decay=0.1)
     if variant == "adamw":
@@ -194,15 +194,15 @@ def run_one(
     import torch
     from olmo_core.data import TokenizerConfig
 
-    from ..optim import WSDAlpha
-    from ..probes.hessian import (
+    from olmo_sam.optim import WSDAlpha
+    from olmo_sam.probes.hessian import (
         HessianVectorProduct,
         hutchinson_trace,
         lm_batch_loss,
         to_hvp_model,
         top_eigenvalue,
     )
-    from ..train import build_experiment, build_trainer, read_metrics, setup_environment
+    from olmo_sam.train import build_experiment, build_trainer, read_metrics, setup_environment
 
     setup_environment()
     parallel._WORLD_MESH = None  # OLMo-core keeps one world mesh per process
@@ -288,7 +288,7 @@ def _job(args) -> Dict[str, Any]:
 def bench_seed_interval(values: Sequence[float]) -> Dict[str, float]:
     """Mean over seeds with its 95% Student-t interval: :func:`olmo_sam.analysis.stats.mean_interval`
     (the project's one interval module), as a dict; non-finite values are left out."""
-    from ..analysis.stats import mean_interval
+    from olmo_sam.analysis.stats import mean_interval
 
     x = [float(v) for v in values if v is not None and math.isfinite(v)]
     if not x:
@@ -317,7 +317,7 @@ def bench_gain_kept_interval(
     the same seeds for all three; resamples where SAM's gain ``mean A - mean S`` is 0 are undefined
     and counted, not used. ``method`` says which was used, ``note`` why.
     """
-    from ..analysis.stats import MIN_BOOTSTRAP_SEEDS, ratio_interval
+    from olmo_sam.analysis.stats import MIN_BOOTSTRAP_SEEDS, ratio_interval
 
     a, v, s = (np.asarray(x, dtype=float) for x in (adamw, variant, sam))
     n = len(a)

@@ -1,6 +1,6 @@
 """Runs the GPU check's sections under their time budgets and writes the report.
 
-``python -m olmo_sam.gpucheck --out DIR [--cpu-dry-run] [--budget SECONDS]``
+``python -m olmo_sam_tools.gpucheck --out DIR [--cpu-dry-run] [--budget SECONDS]``
 
 On a GPU each group of sections runs in its own worker process (:mod:`.worker`) with a hard time
 limit, so a hung kernel, an NCCL stall or an out-of-memory crash costs one section, not the run;
@@ -23,7 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ..output import read_json
+from olmo_sam.output import read_json
+
 from .common import Section
 from .report import JSON_NAME, MD_NAME, write_report
 from .worker import IMPORTS_PREFIX, SECTIONS
@@ -51,7 +52,7 @@ def _worker_command(
     cmd = [
         sys.executable,
         "-m",
-        "olmo_sam.gpucheck.worker",
+        "olmo_sam_tools.gpucheck.worker",
         "--out",
         str(out),
         "--work",
@@ -189,7 +190,7 @@ def _run_check(
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m olmo_sam.gpucheck", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m olmo_sam_tools.gpucheck", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output folder (gpu-check.json, gpu-check.md)")
     p.add_argument("--cpu-dry-run", action="store_true", help="tiny sizes on CPU; GPU-only parts skipped")
     p.add_argument(
@@ -219,7 +220,7 @@ def main(argv=None) -> int:
         budget=budget,
         sections=sections,
         work=args.work,
-        command=" ".join(["python -m olmo_sam.gpucheck", *(argv if argv is not None else sys.argv[1:])]),
+        command=" ".join(["python -m olmo_sam_tools.gpucheck", *(argv if argv is not None else sys.argv[1:])]),
     )
     print(Path(args.out) / MD_NAME)
     print(f"GPU check {'ok' if report['ok'] else 'NOT ok'} in {report['elapsed_s']} s: {Path(args.out) / JSON_NAME}")

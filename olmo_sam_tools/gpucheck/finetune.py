@@ -14,7 +14,7 @@ proof that the two ways ran the same runs: each batched slice's L_FT equals its 
 within :data:`L_FT_TOLERANCE`.
 
 Everything is measured by ``olmo-sam bench finetune-throughput``'s own functions
-(:mod:`olmo_sam.bench.finetune_throughput`: the base, the task, the sweep, the timing of a way,
+(:mod:`olmo_sam_tools.bench.finetune_throughput`: the base, the task, the sweep, the timing of a way,
 pure training); this section only picks the sizes, runs the two ways under the time budget and
 records them. The batched way runs first (it is the shorter); the sequential one is skipped,
 saying so, when less time is left than it needs (about the batched wall time plus a per-run
@@ -75,7 +75,7 @@ def _precision_settings() -> Dict[str, object]:
 def run_finetune_batched(sec: Section, work: Path) -> None:
     import torch
 
-    from ..bench.finetune_throughput import measure_way, pure_training, setup_inputs, sweep_spec
+    from olmo_sam_tools.bench.finetune_throughput import measure_way, pure_training, setup_inputs, sweep_spec
 
     sizes = DRY_RUN_SIZES if sec.mode.dry_run else GPU_SIZES
     device = sec.mode.device

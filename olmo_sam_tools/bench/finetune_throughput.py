@@ -31,8 +31,8 @@ import click
 import numpy as np
 import torch
 
-from ..output import atomic_write_text
-from ..preflight import POSITIVE_INT, out_file_callback
+from olmo_sam.output import atomic_write_text
+from olmo_sam.preflight import POSITIVE_INT, out_file_callback
 
 __all__ = [
     "finetune_throughput",
@@ -71,12 +71,12 @@ def setup_inputs(folder: Path, *, size: str, seq: int, train_tokens: int) -> Dic
     from olmo_core.data import TokenizerConfig
     from olmo_core.optim import AdamWConfig
 
-    from ..checkpoints import resolve_checkpoint
-    from ..data.synthetic import markov_tokens
-    from ..finetune.data import FTDataMeta, write_meta, write_split
-    from ..models import model_config
-    from ..optim import CosineAlpha
-    from ..train import build_experiment, run_experiment
+    from olmo_sam.checkpoints import resolve_checkpoint
+    from olmo_sam.data.synthetic import markov_tokens
+    from olmo_sam.finetune.data import FTDataMeta, write_meta, write_split
+    from olmo_sam.models import model_config
+    from olmo_sam.optim import CosineAlpha
+    from olmo_sam.train import build_experiment, run_experiment
 
     pt_train, pt_val = folder / "pt_train.npy", folder / "pt_val.npy"
     markov_tokens(200_000, seed=1, vocab=_VOCAB, eos=_EOS).astype(np.uint16).tofile(pt_train)
@@ -119,7 +119,7 @@ def pure_training(base: Path, *, steps: int, batch: int, seq: int, lr: float) ->
     backward (summed CE over label tokens), total-norm clipping, AdamW."""
     from olmo_core.optim import AdamWConfig
 
-    from ..checkpoints import load_transformer
+    from olmo_sam.checkpoints import load_transformer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, _ = load_transformer(base, device=device)
@@ -157,7 +157,7 @@ def pure_training(base: Path, *, steps: int, batch: int, seq: int, lr: float) ->
 def sweep_spec(paths: Dict[str, Path], *, lrs: Sequence[float], steps: int, batch: int, label: str):
     """The benchmark's LR sweep over :func:`setup_inputs`' base and task (L_FT and L_PT on 64
     sequences each)."""
-    from ..finetune.sweep import SweepSpec
+    from olmo_sam.finetune.sweep import SweepSpec
 
     return SweepSpec(
         bases=[str(paths["base"])],
@@ -177,9 +177,9 @@ def sweep_spec(paths: Dict[str, Path], *, lrs: Sequence[float], steps: int, batc
 def measure_way(spec, out: Path, way: str, *, jobs: int = 1) -> Tuple[Dict[str, float], Dict[str, float]]:
     """Run ``spec`` one of the :data:`WAYS` into the fresh folder ``out``; returns its wall and CPU
     time, runs, trained tokens and tokens per second, and each run's L_FT by run id."""
-    from ..checkpoints import load_transformer
-    from ..finetune.records import ResultStore
-    from ..finetune.sweep import run_sweep
+    from olmo_sam.checkpoints import load_transformer
+    from olmo_sam.finetune.records import ResultStore
+    from olmo_sam.finetune.sweep import run_sweep
 
     if way not in WAYS:
         raise ValueError(f"way {way!r}: choose from {', '.join(WAYS)}")

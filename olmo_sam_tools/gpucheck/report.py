@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ..output import atomic_write_text, markdown_table, write_json
+from olmo_sam.output import atomic_write_text, markdown_table, write_json
 
 __all__ = [
     "write_report",

@@ -37,9 +37,9 @@ def _train_small_model(sec: Section, work: Path, train: Path):
     from olmo_core.data import TokenizerConfig
     from olmo_core.optim import AdamWConfig
 
-    from ..models import model_config
-    from ..optim import CosineAlpha
-    from ..train import build_experiment, run_experiment
+    from olmo_sam.models import model_config
+    from olmo_sam.optim import CosineAlpha
+    from olmo_sam.train import build_experiment, run_experiment
 
     steps, batch = _sizes(sec)
     cfg = build_experiment(
@@ -68,8 +68,13 @@ def _check_spec(sec: Section, model, spec: str, val: Path, base_loss: float, n_b
     import bitsandbytes as bnb
     import torch
 
-    from ..evals.lm_loss import lm_loss
-    from ..probes.quantize import QuantizationError, parse_quant_spec, quantize_transformer, reference_4bit_dequant
+    from olmo_sam.evals.lm_loss import lm_loss
+    from olmo_sam.probes.quantize import (
+        QuantizationError,
+        parse_quant_spec,
+        quantize_transformer,
+        reference_4bit_dequant,
+    )
 
     # bitsandbytes' CPU 4-bit kernels need input widths that are multiples of the blocksize: the
     # dry run's micro model is 32 wide, so it quantizes in blocks of 32 (the GPU run keeps 64)
@@ -148,7 +153,7 @@ def run_bnb(sec: Section, work: Path) -> None:
         return
     import torch
 
-    from ..evals.lm_loss import lm_loss
+    from olmo_sam.evals.lm_loss import lm_loss
 
     sec.record("bitsandbytes", bitsandbytes.__version__)
     if sec.mode.dry_run:
