@@ -24,7 +24,8 @@ from olmo_sam.finetune.records import FTRecord, ResultStore
 from olmo_sam.output import write_json
 from olmo_sam.study.bases import BaseRecord
 from olmo_sam.study.context import JobContext
-from olmo_sam.study.plan import Job, Plan
+from olmo_sam.study.job import Job
+from olmo_sam.study.plan import Plan
 from olmo_sam.study.spec import parse_study
 
 ARMS = ("adamw", "sam")

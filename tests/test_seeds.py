@@ -32,9 +32,9 @@ def test_a_study_seed_reaches_the_model_init_once():
     """Pretraining seed s of a study initialises the model with 12536 + s and orders the data with
     34521 + s (the values before the seeds were defined in one place): the offset is applied once,
     by the plan, and arrives unchanged in OLMo-core's model and data-loader configs."""
-    from olmo_sam.study.jobs import build_run, run_spec
     from olmo_sam.study.plan import build_plan
     from olmo_sam.study.spec import parse_study
+    from olmo_sam.study.stages.pretrain import build_run, run_spec
 
     study = {
         "name": "seeds",

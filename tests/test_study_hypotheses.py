@@ -15,10 +15,10 @@ import study_synth
 import yaml
 from scipy import stats as sps
 
-from olmo_sam.study.analysis import analyse_study
 from olmo_sam.study.hypotheses import holm
-from olmo_sam.study.report import write_report
 from olmo_sam.study.spec import parse_study
+from olmo_sam.study.stages import write_report
+from olmo_sam.study.stages.analysis import analyse_study
 
 FORGETS_LESS = {
     "name": "sam-forgets-less",
@@ -340,9 +340,10 @@ VARIANTS = {
 
 
 def test_sam_variants_are_arms(tmp_path):
-    from olmo_sam.study.jobs import build_run, run_spec
     from olmo_sam.study.plan import build_plan
-    from olmo_sam.study.validate import _placeholder_data, validate_plan
+    from olmo_sam.study.stages.data import placeholder_data
+    from olmo_sam.study.stages.pretrain import build_run, run_spec
+    from olmo_sam.study.validate import validate_plan
 
     study = parse_study(dict(VARIANTS, out_dir=str(tmp_path / "never")))
     plan = build_plan(study)
@@ -350,7 +351,7 @@ def test_sam_variants_are_arms(tmp_path):
     got = {}
     for j in plan.jobs:
         if j.stage == "pretrain" and j.params["seed"] == 0:
-            cfg, _ = build_run(j, run_spec(j, _placeholder_data(study), "<out>", check_paths=False))
+            cfg, _ = build_run(j, run_spec(j, placeholder_data(study), "<out>", check_paths=False))
             optim = cfg.train_module.optim
             got[j.params["arm"]] = (
                 type(optim).__name__,
@@ -395,8 +396,8 @@ def test_bad_variant_or_reference_names_the_arm_field(tmp_path, arm, match):
 def test_data_fraction_arm_is_planned_and_cuts_the_token_files(tmp_path):
     import numpy as np
 
-    from olmo_sam.study.jobs import data_fraction
     from olmo_sam.study.plan import build_plan
+    from olmo_sam.study.stages.pretrain import data_fraction
 
     arms = [
         {"name": "adamw", "optimizer": "adamw"},

@@ -11,10 +11,10 @@ import pytest
 import study_synth
 
 from olmo_sam.analysis.findings import FINDING_FIELDS
-from olmo_sam.study.analysis import analyse_study, base_of
-from olmo_sam.study.bases import BaseRecord
-from olmo_sam.study.report import write_report
+from olmo_sam.study.bases import BaseRecord, base_of
 from olmo_sam.study.spec import StudyError, parse_study
+from olmo_sam.study.stages import write_report
+from olmo_sam.study.stages.analysis import analyse_study
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def _shift_ft(out: Path, unit: str, d_ft: float) -> None:
 
 
 def test_grid_edge_bases_are_flagged_left_out_and_q_values_counted(tmp_path):
-    from olmo_sam.study.analysis import seed_values
+    from olmo_sam.study.stages.finetune import seed_values
 
     ctx = study_synth.build(tmp_path / "edge")
     _shift_ft(ctx.out, "sam@100tpp-s1", 1.5)
@@ -250,7 +250,7 @@ def test_sensitivity_taus_by_hand():
     from analysis_synth import record
 
     from olmo_sam.analysis.forgetting import group_curves
-    from olmo_sam.study.analysis import sensitivity_taus
+    from olmo_sam.study.stages.finetune import sensitivity_taus
 
     recs = [
         record(f"{b}{i}", 3.0 + i, ft, base=b)

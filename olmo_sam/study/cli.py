@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import shlex
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import click
 
-from .spec import STAGES
+from .stages import stage_names
 
 
 def _split(values) -> List[str]:
@@ -36,8 +37,10 @@ def start_study(
     resume_command: Optional[str] = None,
     progress=True,
     allow_missing_data: bool = False,
+    overrides: Sequence[str] = (),
 ):
-    """Plan (and unless ``dry_run``, run) a study; returns the plan.
+    """Plan (and unless ``dry_run``, run) a study; returns the plan. ``overrides``: dotted
+    ``KEY=VALUE`` changes to the study file (:func:`.spec.apply_overrides`).
 
     Every job's configuration is built before anything runs (:func:`.validate.validate_plan`);
     the output directory is locked while the study runs; a study file changed under finished
@@ -50,7 +53,7 @@ def start_study(
     from .state import check_unchanged, check_writable, out_dir_lock
     from .validate import validate_executor, validate_plan
 
-    spec = path_or_spec if isinstance(path_or_spec, StudySpec) else load_study(path_or_spec)
+    spec = path_or_spec if isinstance(path_or_spec, StudySpec) else load_study(path_or_spec, overrides)
     if out:
         spec.out_dir = out
     validate_executor(spec, kind=executor, jobs=jobs, nproc_per_node=nproc_per_node)
@@ -67,7 +70,7 @@ def start_study(
     parallel = jobs or (1 if kind == "torchrun" else spec.executor.jobs)
     summary = plan.stage_summary()
     echo(f"study '{spec.name}' -> {plan.out}  ({len(selected)} of {len(plan.jobs)} jobs selected; executor {kind})")
-    for stage in STAGES:
+    for stage in stage_names():
         if stage in summary:
             s = summary[stage]
             runs = f", {s['runs']} runs" if s["runs"] != s["jobs"] else ""
@@ -178,8 +181,9 @@ def study():
 
 @study.command("run")
 @click.argument("study_file", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory (default: the file's out_dir).")
-@click.option("--stages", multiple=True, help=f"Only these stages (comma-separated): {', '.join(STAGES)}.")
+@click.option("--stages", multiple=True, help=f"Only these stages (comma-separated): {', '.join(stage_names())}.")
 @click.option("--exclude", multiple=True, help="Skip these stages.")
 @click.option("--dry-run", is_flag=True, help="Print the planned jobs and their commands; run nothing.")
 @click.option(
@@ -207,9 +211,18 @@ def study():
     default=None,
     help="torchrun processes per training job (torchrun executor only).",
 )
-def run_command(study_file, out, stages, exclude, dry_run, allow_missing_data, rerun, executor, jobs, nproc_per_node):
-    """Run (or resume) the study in STUDY_FILE: finished jobs are skipped."""
-    resume = f"olmo-sam study run {study_file}" + (f" --out {out}" if out else "")
+def run_command(
+    study_file, overrides, out, stages, exclude, dry_run, allow_missing_data, rerun, executor, jobs, nproc_per_node
+):
+    """Run (or resume) the study in STUDY_FILE: finished jobs are skipped.
+
+    KEY=VALUE arguments change the file's settings for this run, by their path in the file, values
+    read as YAML (e.g. finetune.lrs=[1e-4,3e-4] arms[1].rho=0.05 executor.jobs=4); the study
+    records them like the file's own values, so a resume repeats them."""
+    resume = " ".join(
+        ["olmo-sam study run", shlex.quote(study_file), *map(shlex.quote, overrides)]
+        + (["--out", shlex.quote(out)] if out else [])
+    )
     plan = run_study_command(
         lambda: start_study(
             study_file,
@@ -223,6 +236,7 @@ def run_command(study_file, out, stages, exclude, dry_run, allow_missing_data, r
             nproc_per_node=nproc_per_node,
             resume_command=resume,
             allow_missing_data=allow_missing_data,
+            overrides=overrides,
         ),
         resume,
     )
@@ -252,7 +266,7 @@ def status_command(out_dir):
 @click.argument("out_dir", type=click.Path(file_okay=False, exists=True))
 def report(out_dir):
     """Write OUT_DIR/report/report.html and report.md from a finished study's analysis."""
-    from .report import write_report
+    from .stages import write_report
 
     try:
         res = write_report(out_dir)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
-from .plan import Job, Plan
-from .spec import StudyError
+from .fields import StudyError
+from .job import Job
+from .plan import Plan
 
 __all__ = ["JobContext"]
 
@@ -39,3 +40,18 @@ class JobContext:
         if job is None:
             raise StudyError(f"{self.job.id}: no job {job_id} in this study")
         return job.result(self.out)
+
+    def finished(self, job_id: str) -> Optional[Dict[str, Any]]:
+        """The result of job ``job_id`` if it is in the plan and has finished, else None (what the
+        analysis reads: a stage left out or not yet run is simply absent)."""
+        job = self.plan.by_id().get(job_id)
+        if job is None or not job.is_done(self.out):
+            return None
+        return job.result(self.out)
+
+    @property
+    def stages(self):
+        """The registered stages, in pipeline order (:data:`olmo_sam.study.stages.PIPELINE`)."""
+        from .stages import PIPELINE
+
+        return PIPELINE

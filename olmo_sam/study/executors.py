@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..workers import die_with_parent, output_to
+from .fields import StudyError
+from .job import Job
 from .manifest import Manifest
-from .plan import Job, Plan
-from .spec import StudyError
+from .plan import Plan
 
 __all__ = ["job_command", "job_code", "run_jobs", "JobFailed", "Interrupted"]
 
@@ -163,7 +164,7 @@ def _pool_init(env: Dict[str, str]) -> None:  # pragma: no cover - runs in the w
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    import olmo_sam.study.jobs  # noqa: F401  (the stack, imported once per worker)
+    import olmo_sam.study.stages  # noqa: F401  (the stack, imported once per worker)
 
 
 def _pool_job(out: str, job_id: str, log: str) -> int:  # pragma: no cover - runs in the worker

@@ -37,7 +37,7 @@ multiple test procedure", Scand. J. Statist. 6:65-70, 1979), is below ``1 - conf
 primary hypothesis that is exactly "the interval excludes zero in the expected direction". A
 result that is significant the other way is ``opposite``. Holm controls the family-wise error of
 the primary family at ``1 - confidence``; the primaries are not part of the Benjamini-Hochberg
-family of the study's secondary comparisons (:mod:`olmo_sam.study.analysis`). Intervals are
+family of the study's secondary comparisons (:mod:`olmo_sam.study.stages.analysis`). Intervals are
 unadjusted (the study's ``analysis.confidence``); the adjustment enters through ``p_holm``.
 
 Hypotheses are part of the study's record (``study.json``): a hypothesis edited, added or removed

@@ -9,60 +9,21 @@ which dependent jobs read.
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..output import atomic_write_text
 from ..seeds import DATA_SEED, INIT_SEED
-from .spec import (
-    MIX_METHODS,
-    PRETRAIN_BUDGETS_TPP,
-    PRETRAIN_SEEDS,
-    STAGES,
-    StudyError,
-    StudySpec,
-    check_stage_names,
-)
+from .fields import StudyError
+from .job import Job
+from .spec import PRETRAIN_BUDGETS_TPP, PRETRAIN_SEEDS, StudySpec
+from .stages import PIPELINE, check_stage_names, stage_names
+from .stages.base import PlanBuilder
 
 __all__ = ["Job", "Plan", "Unit", "build_plan", "expand_units", "unit_name"]
 
 
 SUMMARY_STAGES = ("analysis", "report")
-
-
-@dataclass
-class Job:
-    id: str
-    stage: str
-    kind: str
-    params: Dict[str, Any] = field(default_factory=dict)
-    deps: List[str] = field(default_factory=list)
-    #: a training job: launched under torchrun by the torchrun/slurm executors
-    distributed: bool = False
-    #: inner runs (e.g. fine-tuning LRs x methods) -- for dry-run counts
-    runs: int = 1
-
-    def dir(self, out: Path) -> Path:
-        return out / self.stage / re.sub(r"[^A-Za-z0-9_.@=+-]", "_", self.id.split("/", 1)[-1])
-
-    def done_path(self, out: Path) -> Path:
-        return self.dir(out) / "done.json"
-
-    def is_done(self, out: Path) -> bool:
-        return self.done_path(out).exists()
-
-    def result(self, out: Path) -> Dict[str, Any]:
-        p = self.done_path(out)
-        if not p.exists():
-            raise StudyError(f"job {self.id} has not finished (no {p})")
-        return json.loads(p.read_text())["result"]
-
-    def mark_done(self, out: Path, result: Dict[str, Any], seconds: float, cpu_seconds: Optional[float] = None) -> None:
-        payload = {"job": asdict(self), "result": result, "seconds": seconds, "cpu_seconds": cpu_seconds}
-        atomic_write_text(self.done_path(out), json.dumps(payload, indent=2, default=str) + "\n")
 
 
 @dataclass
@@ -101,7 +62,7 @@ class Plan:
         """What a pretrained base is: ``arm``, ``seed``, ``budget_tpp`` (planned), and once its
         pretraining job has finished the measured ``tokens``, ``params_total``,
         ``params_non_embedding``, tokens per parameter both ways, ``data_epochs`` and
-        ``data_source`` (:func:`olmo_sam.study.jobs.job_pretrain`). Fine-tuning records name
+        ``data_source`` (:func:`olmo_sam.study.stages.pretrain.job_pretrain`). Fine-tuning records name
         their base by this unit name (``base_label``)."""
         job = self.by_id().get(f"pretrain/{unit}")
         meta: Dict[str, Any] = {"unit": unit}
@@ -202,181 +163,15 @@ def expand_units(study: StudySpec) -> List[Unit]:
     return units
 
 
-def _ft_runs(study: StudySpec) -> int:
-    ft = study.finetune
-    assert ft is not None
-    if ft.lrs is not None:
-        n_lr = len(ft.lrs)
-    else:
-        from .. import paper
-
-        presets = {
-            "table7": paper.FT_LR_GRID_SMALL,
-            "table3": paper.FT_LR_GRID_1B,
-            "table10": paper.EWC_LR_GRID,
-        }
-        if ft.preset not in presets:
-            raise StudyError(f"finetune.preset must be one of {sorted(presets)}, got {ft.preset!r}")
-        n_lr = len(presets[ft.preset])
-    return n_lr * len(ft.methods)
-
-
 def build_plan(study: StudySpec) -> Plan:
+    """Every configured stage adds its jobs (:meth:`Stage.plan`), in pipeline order; the study's
+    ``stages:`` then selects among them, and a selected stage must find the stages it reads."""
+    builder = PlanBuilder(units=expand_units(study))
+    for stage in PIPELINE:
+        if stage.configured(study):
+            stage.plan(study, builder)
+    jobs = builder.jobs
     stages = set(study.configured_stages())
-    jobs: List[Job] = []
-
-    def add(job: Job) -> Job:
-        jobs.append(job)
-        return job
-
-    add(Job("data", "data", "data", params={"data": asdict(study.data)}))
-    units: List[str] = []
-    for unit in expand_units(study):
-        u = unit.name
-        units.append(u)
-        add(
-            Job(
-                f"pretrain/{u}",
-                "pretrain",
-                unit.recipe,
-                params={
-                    "arm": unit.arm,
-                    "unit": u,
-                    "settings": unit.settings,
-                    "seed": unit.seed,
-                    "budget": unit.budget,
-                    "budget_tpp": unit.budget_tpp,
-                    **({"data_fraction": unit.data_fraction} if unit.data_fraction is not None else {}),
-                },
-                deps=["data"],
-                distributed=True,
-            )
-        )
-        add(Job(f"export/{u}", "export", "export", params={"unit": u}, deps=[f"pretrain/{u}", "data"]))
-        add(
-            Job(
-                f"pt_eval/{u}",
-                "pt_eval",
-                "pt_eval",
-                params={"unit": u, "options": study.pt_eval},
-                deps=[f"pretrain/{u}", "data"],
-            )
-        )
-        for probe in ("quantize", "noise", "hessian"):
-            opts = getattr(study.probes, probe)
-            if opts is not None and probe != "hessian" and "max_sequences" in study.pt_eval:
-                # one validation subset for every PT loss of the study unless a probe says otherwise
-                opts = {"max_sequences": study.pt_eval["max_sequences"], **opts}
-            if opts is not None:
-                add(
-                    Job(
-                        f"{probe}/{u}",
-                        probe,
-                        probe,
-                        params={"unit": u, "options": opts},
-                        deps=[f"pretrain/{u}", "data"],
-                    )
-                )
-
-    if study.finetune is not None:
-        ft = study.finetune
-        runs = _ft_runs(study)
-        pt_val_default = (
-            {"pt_val_max_sequences": study.pt_eval["max_sequences"]} if "max_sequences" in study.pt_eval else {}
-        )
-        for ds in ft.datasets:
-            add(
-                Job(
-                    f"finetune/data:{ds}",
-                    "finetune",
-                    "ft_data",
-                    params={"dataset": ds, "prepare": ft.prepare},
-                    deps=["data"],
-                    runs=0,
-                )
-            )
-        mix_methods = [m for m in ft.methods if m in MIX_METHODS]
-        if study.cfs is not None and not mix_methods:
-            raise StudyError(
-                "cfs: the section configures the mixes of the fine-tuning methods 'cfs'/'cs'; "
-                "add one of them to finetune.methods"
-            )
-        for u in units:
-            for ds in ft.datasets:
-                for m in mix_methods:
-                    add(
-                        Job(
-                            f"cfs/{u}:{ds}:{m}",
-                            "cfs",
-                            "cfs",
-                            params={"unit": u, "dataset": ds, "method": m, "options": study.cfs or {}},
-                            deps=[f"export/{u}", f"finetune/data:{ds}"],
-                        )
-                    )
-        for u in units:
-            for ds in ft.datasets:
-                deps = [f"pretrain/{u}", f"finetune/data:{ds}", "data"]
-                deps += [f"cfs/{u}:{ds}:{m}" for m in mix_methods]
-                add(
-                    Job(
-                        f"finetune/{u}:{ds}",
-                        "finetune",
-                        "ft_sweep",
-                        params={
-                            "unit": u,
-                            "dataset": ds,
-                            "lrs": ft.lrs,
-                            "preset": ft.preset,
-                            "methods": ft.methods,
-                            "grids": ft.grids,
-                            "keep_checkpoints": bool(study.benchmarks.finetuned),
-                            "common": {**pt_val_default, **ft.common, **ft.per_dataset.get(ds, {})},
-                            # (only when not the default: the jobs' parameters, and so their
-                            # state, stay those of existing studies)
-                            **({"engine": ft.engine} if ft.engine != "batched" else {}),
-                        },
-                        deps=deps,
-                        distributed=True,
-                        runs=runs,
-                    )
-                )
-    elif study.cfs is not None:
-        raise StudyError("cfs: context-free data is used by fine-tuning; add a 'finetune' section")
-
-    if study.benchmarks.offline is not None or study.benchmarks.olmes is not None:
-        for u in units:
-            add(
-                Job(
-                    f"benchmarks/{u}",
-                    "benchmarks",
-                    "benchmarks",
-                    params={"unit": u, "offline": study.benchmarks.offline, "olmes": study.benchmarks.olmes},
-                    deps=[f"export/{u}"],
-                )
-            )
-            if study.benchmarks.finetuned:
-                if study.finetune is None:
-                    raise StudyError("benchmarks.finetuned: there is no 'finetune' section to take models from")
-                for ds in study.finetune.datasets:
-                    add(
-                        Job(
-                            f"benchmarks/{u}:{ds}",
-                            "benchmarks",
-                            "benchmarks_ft",
-                            params={
-                                "unit": u,
-                                "dataset": ds,
-                                "offline": study.benchmarks.offline,
-                                "olmes": study.benchmarks.olmes,
-                            },
-                            deps=[f"finetune/{u}:{ds}", "data"],
-                        )
-                    )
-
-    before_analysis = [j.id for j in jobs if j.stage not in ("data", "export", "cfs")]
-    add(Job("analysis", "analysis", "analysis", params={"units": units}, deps=before_analysis))
-    add(Job("report", "report", "report", params={"units": units}, deps=["analysis"]))
-
     stage_of = {j.id: j.stage for j in jobs}
     jobs = [j for j in jobs if j.stage in stages]
     kept = {j.id for j in jobs}
@@ -386,9 +181,9 @@ def build_plan(study: StudySpec) -> Plan:
             # the stages fit together: every stage finds what it reads (analysis and report summarise what exists)
             raise StudyError(
                 f"stages: the '{j.stage}' stage needs the '{stage_of[lost[0]]}' stage (job {j.id} reads {lost[0]}), "
-                f"which is not among the study's stages {sorted(stages, key=STAGES.index)}; add it"
+                f"which is not among the study's stages {sorted(stages, key=stage_names().index)}; add it"
             )
         j.deps = [d for d in j.deps if d in kept]
-    order = {s: i for i, s in enumerate(STAGES)}
+    order = {s: i for i, s in enumerate(stage_names())}
     jobs.sort(key=lambda j: order[j.stage])
     return Plan(study, jobs)

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Dict
 
 from .context import JobContext
-from .jobs import JOB_KINDS
 from .plan import Plan, build_plan
 from .spec import StudyError, parse_study
+from .stages import job_kinds
 
 __all__ = ["load_plan", "run_job", "save_study", "STUDY_FILE"]
 
@@ -48,7 +48,7 @@ def run_job(out_dir: str | Path, job_id: str) -> Dict[str, Any]:
         raise StudyError(f"no job {job_id!r} in the study at {out_dir}")
     job = index[job_id]
     deps = {d: index[d].result(plan.out) for d in job.deps}
-    fn = JOB_KINDS[job.kind]
+    fn = job_kinds()[job.kind]
     t0, c0 = time.time(), _cpu_seconds()
     result = fn(JobContext(job, plan, deps))
     rank = int(os.environ.get("RANK", "0"))

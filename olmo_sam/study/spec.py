@@ -27,40 +27,28 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from olmo_core.exceptions import OLMoConfigurationError
 
-from ..files import read_yaml
+from ..files import parse_yaml, read_yaml
+from ..finetune.sweep import LR_GRIDS
 from .fields import StudyError, typed_fields
 from .hypotheses import Hypothesis, check_references, parse_hypotheses
+from .stages import PIPELINE, check_stage_names, stage_names
+from .stages.analysis import ANALYSIS_KEYS
+from .stages.finetune import ANALYSIS_MATCHINGS
 
 __all__ = [
-    "STAGES",
     "StudySpec",
     "ArmSpec",
     "DataSpec",
     "load_study",
     "StudyError",
 ]
-
-#: The chain, in order. A stage without configuration in the study file has no jobs.
-STAGES = (
-    "data",
-    "pretrain",
-    "export",
-    "pt_eval",
-    "quantize",
-    "noise",
-    "hessian",
-    "cfs",
-    "finetune",
-    "benchmarks",
-    "analysis",
-    "report",
-)
 
 
 def _mapping(data: Any, where: str) -> Dict[str, Any]:
@@ -182,10 +170,6 @@ def _check_pretrain_grid(pretrain: Dict[str, Any], budgets: Optional[List[Any]])
             raise StudyError(f"pretrain: {clash} conflict with 'budgets_tpp' (which sets each run's budget); drop them")
 
 
-#: fine-tuning methods trained on a context-free (cfs) or contextual (cs) synthetic mix
-MIX_METHODS = ("cfs", "cs")
-
-
 @dataclass
 class ArmSpec:
     """One optimizer/schedule arm. Fields other than ``name``/``recipe``/``budgets`` are the
@@ -288,6 +272,8 @@ class FinetuneSpec:
             raise StudyError("finetune.lrs: the LR grid is empty; give at least one learning rate")
         if self.lrs is not None and self.preset is not None:
             raise StudyError("finetune: give 'lrs' or 'preset', not both")
+        if self.preset is not None and self.preset not in LR_GRIDS:
+            raise StudyError(f"finetune.preset: choose one of {sorted(LR_GRIDS)}, got {self.preset!r}")
         for i, lr in enumerate(self.lrs or []):
             if not (math.isfinite(lr) and lr > 0):
                 raise StudyError(f"finetune.lrs[{i}]: a learning rate must be a number > 0, got {lr!r}")
@@ -512,6 +498,9 @@ class StudySpec:
     #: a smoke-test sized study (e.g. ``olmo-sam demo --quick``): its report says its numbers are
     #: not evidence
     quick: bool = False
+    #: the sections of stages added with :func:`olmo_sam.study.stages.register_stage` (section ->
+    #: its stage's ``config``), written at the top level of the file like the built-in ones
+    sections: Dict[str, Any] = field(default_factory=dict)
     #: where the file came from (not a key of the file)
     source: Optional[str] = None
 
@@ -520,23 +509,10 @@ class StudySpec:
         return Path(self.out_dir or f"runs/{self.name}")
 
     def configured_stages(self) -> List[str]:
-        has = {
-            "data": True,
-            "pretrain": bool(self.arms),
-            "export": bool(self.arms),
-            "pt_eval": bool(self.arms),
-            "quantize": self.probes.quantize is not None,
-            "noise": self.probes.noise is not None,
-            "hessian": self.probes.hessian is not None,
-            "cfs": self.cfs is not None
-            or (self.finetune is not None and any(m in MIX_METHODS for m in self.finetune.methods)),
-            "finetune": self.finetune is not None,
-            "benchmarks": self.benchmarks.offline is not None or self.benchmarks.olmes is not None,
-            "analysis": True,
-            "report": True,
-        }
-        wanted = self.stages or list(STAGES)
-        return [s for s in STAGES if has[s] and s in wanted]
+        """The stages this study runs: those its file configures (:meth:`Stage.configured`),
+        among ``stages:`` when given, in pipeline order."""
+        wanted = self.stages or stage_names()
+        return [s.name for s in PIPELINE if s.configured(self) and s.name in wanted]
 
     def arm_budgets(self, arm: ArmSpec) -> List[Optional[Any]]:
         budgets = arm.budgets if arm.budgets is not None else self.budgets
@@ -573,6 +549,7 @@ class StudySpec:
             for a in self.arms
         ]
         d.pop("source", None)
+        d.update(d.pop("sections"))  # (none in a study without added stages: the file's own keys only)
         if not d["hypotheses"]:  # none registered: omitted, as in the study file
             d.pop("hypotheses")
         return d
@@ -586,7 +563,8 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     if not isinstance(data, dict):
         raise StudyError(f"{source}: a study file is a mapping, got {type(data).__name__}")
     d = copy.deepcopy(data)
-    top = {f.name for f in dataclasses.fields(StudySpec)} - {"source"}
+    added = {s.section: s for s in PIPELINE if s.section}
+    top = ({f.name for f in dataclasses.fields(StudySpec)} - {"source", "sections"}) | set(added)
     unknown = sorted(set(d) - top)
     if unknown:
         raise StudyError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(top)}")
@@ -655,20 +633,15 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
             raise StudyError(f"arms ({arm.name}): 'budgets_tpp' applies to pretrain arms only")
         if arm.budgets_tpp is not None and {"steps", "tokens", "tokens_per_param"} & set(arm.settings):
             raise StudyError(f"arms ({arm.name}): 'budgets_tpp' sets the budget; drop steps/tokens/tokens_per_param")
+    for section, stage in added.items():
+        if section in d:
+            spec.sections[section] = _strict(stage.config, d[section], section)
+            if hasattr(spec.sections[section], "validate"):
+                spec.sections[section].validate()
     _check_entries(d)
     spec.hypotheses = parse_hypotheses(d.get("hypotheses"))
     check_references(spec.hypotheses, spec)
     return spec
-
-
-#: ``analysis:`` key -> IntervalSpec field
-ANALYSIS_KEYS = {"interval": "method", "confidence": "confidence", "n_boot": "n_boot", "seed": "seed"}
-
-
-#: ``analysis: matching`` -- how a base's retained PT loss is read at tau: ``nearest`` (the paper's:
-#: the frontier run with the largest L_FT <= tau) or ``interpolate`` (log-LR interpolation between
-#: the two frontier runs that bracket tau; olmo_sam.analysis.forgetting.retained_pt_loss)
-ANALYSIS_MATCHINGS = ("nearest", "interpolate")
 
 
 def _check_analysis(opts: Dict[str, Any]) -> None:
@@ -688,13 +661,66 @@ def _check_analysis(opts: Dict[str, Any]) -> None:
     IntervalSpec(**{ANALYSIS_KEYS[k]: v for k, v in opts.items() if k in ANALYSIS_KEYS})  # raises with the field named
 
 
-def check_stage_names(names: Sequence[str], where: str) -> None:
-    bad = [s for s in names if s not in STAGES]
-    if bad:
-        raise StudyError(f"{where}: unknown stage(s) {bad}; the stages are {list(STAGES)}")
+_OVERRIDE_PART = re.compile(r"([A-Za-z_][\w-]*)((?:\[\d+\])*)$")
 
 
-def load_study(path: str | Path, overrides: Optional[Dict[str, Any]] = None) -> StudySpec:
+def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """The study file's mapping with dotted overrides applied, in order: ``KEY=VALUE`` with ``KEY``
+    a path into the file (``finetune.lrs``, ``arms[1].rho`` or ``arms.1.rho``, ``executor.jobs``)
+    and ``VALUE`` read as YAML (``[1e-4, 3e-4]``, ``0.05``, ``true``) by the strict reader. A
+    missing mapping on the way is created (``probes.noise.gammas=[0.01]``); a list entry must
+    exist. The result is checked like the file itself (:func:`parse_study`), so an override of a
+    key the file does not know is refused with its path."""
+    out = copy.deepcopy(data)
+    for raw in overrides:
+        key, eq, text = raw.partition("=")
+        key = key.strip().lstrip("-")
+        if not eq or not key:
+            raise StudyError(
+                f"override {raw!r}: expected KEY=VALUE (e.g. finetune.lrs=[1e-4,3e-4] or arms[1].rho=0.05)"
+            )
+        steps: List[Union[str, int]] = []
+        for part in key.split("."):
+            m = _OVERRIDE_PART.match(part)
+            if part.isdigit():
+                steps.append(int(part))
+            elif m:
+                steps += [m.group(1).replace("-", "_")] + [int(x) for x in re.findall(r"\d+", m.group(2))]
+            else:
+                raise StudyError(f"override {raw!r}: {part!r} is not a key or list index of the study file")
+        try:
+            value = parse_yaml(text, f"override {key}")
+        except OLMoConfigurationError as e:
+            raise StudyError(str(e)) from None
+        node: Any = out
+        for i, step in enumerate(steps):
+            where = _path(steps[:i]) or "the study file"
+            last = i == len(steps) - 1
+            if isinstance(step, int):
+                if not isinstance(node, list) or step >= len(node):
+                    size = f"a list of {len(node)}" if isinstance(node, list) else "not a list"
+                    raise StudyError(f"override {key}: {where} is {size}; no entry [{step}]")
+                if last:
+                    node[step] = value
+                else:
+                    node = node[step]
+            elif not isinstance(node, dict):
+                raise StudyError(f"override {key}: {where} is not a mapping; it has no key {step!r}")
+            elif last:
+                node[step] = value
+            else:
+                if node.get(step) is None:
+                    node[step] = {}
+                node = node[step]
+    return out
+
+
+def _path(steps: Sequence[Union[str, int]]) -> str:
+    return "".join(f"[{s}]" if isinstance(s, int) else (f".{s}" if j else s) for j, s in enumerate(steps))
+
+
+def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
+    """The study file at ``path``, with dotted ``overrides`` (:func:`apply_overrides`)."""
     p = Path(path)
     if not p.exists():
         raise StudyError(f"study file not found: {p}")
@@ -703,5 +729,7 @@ def load_study(path: str | Path, overrides: Optional[Dict[str, Any]] = None) -> 
     except OLMoConfigurationError as e:
         raise StudyError(str(e)) from None
     if overrides:
-        data = {**(data or {}), **overrides}
+        if not isinstance(data, dict):
+            raise StudyError(f"{p}: a study file is a mapping, got {type(data).__name__}")
+        data = apply_overrides(data, overrides)
     return parse_study(data, str(p))

@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set
 
+from .fields import StudyError
 from .plan import Plan
-from .spec import StudyError
 
 __all__ = ["LOCK_FILE", "out_dir_lock", "check_writable", "changed_keys", "stale_jobs", "check_unchanged"]
 

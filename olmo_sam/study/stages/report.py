@@ -1,12 +1,13 @@
-"""``olmo-sam report OUTDIR``: a self-contained HTML (figures inlined) and a Markdown report of a
-study, both rendered from its analysis summary (``analysis/summary.json``), manifest and configs.
+r"""The report stage (and ``olmo-sam report OUTDIR``): a self-contained HTML (figures inlined) and a
+Markdown report of a study, both rendered from its analysis summary (``analysis/summary.json``),
+manifest and configs, by :func:`render_report` with the stages' :class:`~.base.ReportSection`\ s.
 
 The report opens with the study's pre-registered hypotheses and their outcomes
-(:mod:`olmo_sam.study.hypotheses`), then states how the intervals were computed, the pretraining budgets in tokens per total
-and per non-embedding parameter and the seeds; every finding is a record of ``summary.json``
-(arms, quantity, estimate, ``ci_low``/``ci_high``, ``n_seeds``, ``significant``, budget) and its
-sentence. Every table has a caption that defines its columns. ``report.md`` links the figures
-relative to itself.
+(:mod:`olmo_sam.study.hypotheses`), then states how the intervals were computed, the pretraining
+budgets in tokens per total and per non-embedding parameter and the seeds; every finding is a
+record of ``summary.json`` (arms, quantity, estimate, ``ci_low``/``ci_high``, ``n_seeds``,
+``significant``, budget) and its sentence. Every table has a caption that defines its columns.
+``report.md`` links the figures relative to itself.
 """
 
 from __future__ import annotations
@@ -18,45 +19,14 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..output import atomic_write_text, markdown_table
+from ...output import atomic_write_text, markdown_table
+from ..job import Job
+from .base import PlanBuilder, ReportSection, Stage, report_sections
 
-__all__ = ["write_report", "REPORT_SECTIONS"]
+__all__ = ["ReportStage", "render_report", "regime_lines", "COLUMNS"]
 
-#: (summary key, title) in report order
-REPORT_SECTIONS = (
-    ("pretraining", "Pretraining"),
-    ("finetune", "Learning-forgetting trade-off (fine-tuning)"),
-    ("quantize", "Quantization"),
-    ("noise", "Gaussian weight noise"),
-    ("hessian", "Sharpness"),
-    ("benchmarks", "Benchmarks"),
-)
-
-_TABLES = {
-    "pretraining": ["rows"],
-    "finetune": ["matched_rows", "frontier_rows"],
-    "quantize": ["rows"],
-    "noise": ["rows"],
-    "hessian": ["rows"],
-    "benchmarks": ["averages", "rows"],
-}
-
-#: (section, table) -> what one row is
-_TABLE_ROWS = {
-    ("pretraining", "rows"): "one row per base checkpoint (arm, budget, seed)",
-    (
-        "finetune",
-        "matched_rows",
-    ): "one row per base checkpoint and dataset, at the matched fine-tuning loss ([SAM-PT] App C.4)",
-    (
-        "finetune",
-        "frontier_rows",
-    ): "one row per Pareto-frontier point of a base checkpoint's fine-tuning runs ([SAM-PT] Eq. 8)",
-    ("quantize", "rows"): "one row per base checkpoint and quantization setting",
-    ("noise", "rows"): "one row per base checkpoint and noise magnitude",
-    ("hessian", "rows"): "one row per base checkpoint",
-    ("benchmarks", "averages"): "one row per model and precision",
-    ("benchmarks", "rows"): "one row per model, precision and task",
+#: (table, what one row is) of the report's own tables (the stages' are in their ReportSection)
+_OWN_TABLES = {
     ("findings", "rows"): "one row per finding: an arm against the reference arm at one budget",
     ("hypotheses", "rows"): "one row per pre-registered (primary) hypothesis, in the study file's order",
 }
@@ -136,6 +106,8 @@ COLUMNS = {
     "outcome": "resolved (Holm-adjusted p below 1 - confidence, expected sign), opposite (same, other sign), "
     "not resolved, or not measured",
 }
+
+
 _HYPOTHESIS_COLUMNS = [
     "name",
     "quantity",
@@ -154,6 +126,7 @@ _HYPOTHESIS_COLUMNS = [
     "n_seeds",
     "outcome",
 ]
+
 
 _FINDING_COLUMNS = [
     "quantity",
@@ -198,8 +171,7 @@ def _html_table(rows: Sequence[Dict[str, Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _caption(section: str, table: str, cols: Sequence[str]) -> str:
-    what = _TABLE_ROWS.get((section, table), "")
+def _caption(what: str, cols: Sequence[str]) -> str:
     defs = "; ".join(f"{c}: {COLUMNS[c]}" for c in cols if c in COLUMNS)
     return f"{what[:1].upper()}{what[1:]}. Columns: {defs}." if what else f"Columns: {defs}."
 
@@ -230,7 +202,7 @@ def _hypothesis_lines(hyps: Sequence[Dict[str, Any]]) -> List[str]:
 
 def _sensitivity_text(h: Dict[str, Any]) -> str:
     """`` Sensitivity to tau: ...`` for a fine-tuning hypothesis (the same paired test at the other
-    thresholds of olmo_sam.study.analysis.sensitivity_taus), else ``""``."""
+    thresholds of olmo_sam.study.stages.finetune.sensitivity_taus), else ``""``."""
     rows = [r for r in h.get("tau_sensitivity") or [] if r.get("tau_name") != "study"]
     if not rows:
         return ""
@@ -275,7 +247,11 @@ def regime_lines(s: Dict[str, Any]) -> List[str]:
     return out
 
 
-def write_report(out_dir: str | Path, analysis: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def render_report(
+    out_dir: str | Path, analysis: Optional[Dict[str, Any]], sections: Sequence[ReportSection]
+) -> Dict[str, Any]:
+    """Write ``report/report.html`` and ``report/report.md`` of the study at ``out_dir`` (``sections``:
+    the stages' report sections, in report order)."""
     out = Path(out_dir)
     summary_path = Path(analysis["summary"]) if analysis else out / "analysis" / "summary.json"
     if not summary_path.exists():
@@ -314,7 +290,7 @@ def write_report(out_dir: str | Path, analysis: Optional[Dict[str, Any]] = None)
             {**{c: x.get(c) for c in _HYPOTHESIS_COLUMNS}, "where": x.get("dataset") or x.get("setting") or ""}
             for x in hyps
         ]
-        cap = _caption("hypotheses", "rows", _HYPOTHESIS_COLUMNS)
+        cap = _caption(_OWN_TABLES[("hypotheses", "rows")], _HYPOTHESIS_COLUMNS)
         md += [markdown_table(_HYPOTHESIS_COLUMNS, rows), "", f"*{cap}*", ""]
         h.append(f"<p><i>{html.escape(cap)}</i></p>" + _html_table(rows))
     arms = s.get("arms") or s.get("units", [])
@@ -368,12 +344,13 @@ def write_report(out_dir: str | Path, analysis: Optional[Dict[str, Any]] = None)
     )
     if records:
         rows = _finding_rows(records)
-        cap = _caption("findings", "rows", _FINDING_COLUMNS)
+        cap = _caption(_OWN_TABLES[("findings", "rows")], _FINDING_COLUMNS)
         md += [markdown_table(_FINDING_COLUMNS, rows), "", f"*{cap}*", ""]
         h.append(f"<p><i>{html.escape(cap)}</i></p>" + _html_table(rows))
 
     present = []
-    for key, name in REPORT_SECTIONS:
+    for section in sections:
+        key, name = section.key, section.title
         sec = s.get(key)
         if not sec:
             continue
@@ -383,11 +360,11 @@ def write_report(out_dir: str | Path, analysis: Optional[Dict[str, Any]] = None)
         for note in sec.get("notes", []):
             md.append(f"> {note}")
             h.append(f"<p><i>{html.escape(note)}</i></p>")
-        for tkey in _TABLES.get(key, []):
+        for tkey, what in section.tables.items():
             rows = sec.get(tkey)
             if rows:
                 cols = _cols(rows)
-                cap = _caption(key, tkey, cols)
+                cap = _caption(what, cols)
                 md += [markdown_table(cols, rows), "", f"*{cap}*", ""]
                 h.append(f"<p><i>{html.escape(cap)}</i></p>" + _html_table(rows))
         for fig in (sec.get("figures") or {}).values():
@@ -422,3 +399,18 @@ def write_report(out_dir: str | Path, analysis: Optional[Dict[str, Any]] = None)
     html_path = atomic_write_text(rdir / "report.html", "\n".join(h))
     md_path = atomic_write_text(rdir / "report.md", "\n".join(md))
     return {"html": str(html_path), "markdown": str(md_path), "sections": present, "findings": findings}
+
+
+def job_report(ctx) -> Dict[str, Any]:
+    return render_report(ctx.out, ctx.dep("analysis"), report_sections(ctx.stages))
+
+
+class ReportStage(Stage):
+    name = "report"
+    kinds = {"report": job_report}
+
+    def configured(self, study) -> bool:
+        return True
+
+    def plan(self, study, plan: PlanBuilder) -> None:
+        plan.add(Job("report", "report", "report", params={"units": plan.unit_names}, deps=["analysis"]))

@@ -1,0 +1,69 @@
+"""The probe stages' common shape: one probe job per base, run by
+:mod:`olmo_sam.probes.runners` with the study section's options (``probes.<stage>``), checked by
+the probes' own :func:`~olmo_sam.probes.runners.check_probe_options`."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
+from olmo_core.exceptions import OLMoConfigurationError
+
+from ..fields import StudyError
+from ..job import Job
+from .base import PlanBuilder, Stage, data_of, unit_checkpoint
+
+__all__ = ["ProbeStage"]
+
+
+def run_probe(ctx, fn_name: str) -> Dict[str, Any]:
+    from ...probes import runners
+
+    data = data_of(ctx)
+    unit = ctx.job.params["unit"]
+    opts = dict(ctx.job.params.get("options") or {})
+    fn: Callable = getattr(runners, fn_name)
+    out = ctx.dir / "result.json"
+    res = fn([unit_checkpoint(ctx, unit)], data["val"], labels=[unit], out=out, progress=False, **opts)
+    return {"file": str(out), "unit": unit, "summary": res.get("summary") or res.get("records")}
+
+
+class ProbeStage(Stage):
+    """A probe of every base: ``runner`` names the function of :mod:`olmo_sam.probes.runners`;
+    ``shares_validation_subset``: the probe reads L_PT on ``pt_eval.max_sequences`` unless its own
+    options say otherwise (one validation subset for every PT loss of the study)."""
+
+    runner: str = ""
+    shares_validation_subset: bool = True
+
+    @property
+    def kinds(self):  # type: ignore[override]
+        return {self.name: lambda ctx: run_probe(ctx, self.runner)}
+
+    def options(self, study):
+        return getattr(study.probes, self.name)
+
+    def configured(self, study) -> bool:
+        return self.options(study) is not None
+
+    def plan(self, study, plan: PlanBuilder) -> None:
+        opts = self.options(study)
+        if self.shares_validation_subset and "max_sequences" in study.pt_eval:
+            opts = {"max_sequences": study.pt_eval["max_sequences"], **opts}
+        for u in plan.unit_names:
+            plan.add(
+                Job(
+                    f"{self.name}/{u}",
+                    self.name,
+                    self.name,
+                    params={"unit": u, "options": opts},
+                    deps=[f"pretrain/{u}", "data"],
+                )
+            )
+
+    def validate(self, study, job: Job, data: Dict[str, Any]) -> None:
+        from ...probes.runners import check_probe_options
+
+        try:
+            check_probe_options(job.stage, dict(job.params.get("options") or {}))
+        except OLMoConfigurationError as e:
+            raise StudyError(f"probes.{job.stage}.{e}") from None
