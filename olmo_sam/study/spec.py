@@ -39,7 +39,6 @@ from ..finetune.sweep import LR_GRIDS
 from .fields import StudyError, typed_fields
 from .hypotheses import Hypothesis, check_references, parse_hypotheses
 from .stages import PIPELINE, check_stage_names, stage_names
-from .stages.analysis import ANALYSIS_KEYS
 from .stages.finetune import ANALYSIS_MATCHINGS
 
 __all__ = [
@@ -433,6 +432,61 @@ def _check_quants(quant: Any, where: str, kinds: Sequence[str]) -> None:
 
 
 @dataclass
+class PtEvalSpec:
+    """``pt_eval``: how each base's pretraining validation loss is measured
+    (:func:`olmo_sam.evals.lm_loss`); ``max_sequences`` also sets the validation subset of the
+    probes and of fine-tuning's PT loss, unless their own options say otherwise."""
+
+    max_sequences: Optional[int] = None
+    batch_size: Optional[int] = None
+
+    def validate(self) -> None:
+        for name in ("max_sequences", "batch_size"):
+            _at_least(getattr(self, name), 1, f"pt_eval.{name}")
+
+    def options(self) -> Dict[str, Any]:
+        """The keys the file gave (what the jobs pass on)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
+class AnalysisSpec:
+    """``analysis``: how arms are compared over seeds -- the interval (``t`` or ``bootstrap``, its
+    ``confidence``, the bootstrap's ``n_boot`` and ``seed``: :class:`~olmo_sam.analysis.stats.IntervalSpec`)
+    and ``matching``, how a base is read at tau (``nearest``: the frontier run with the largest
+    L_FT <= tau, the paper's; ``interpolate``: log-LR interpolation between the runs bracketing tau)."""
+
+    interval: Optional[str] = None
+    confidence: Optional[float] = None
+    n_boot: Optional[int] = None
+    seed: Optional[int] = None
+    matching: Optional[str] = None
+
+    def validate(self) -> None:
+        if self.matching is not None and self.matching not in ANALYSIS_MATCHINGS:
+            raise StudyError(
+                f"analysis.matching: unknown {self.matching!r}; choose one of {list(ANALYSIS_MATCHINGS)} "
+                f"(nearest frontier run at L_FT <= tau, or log-LR interpolation between the runs bracketing tau)"
+            )
+        _at_least(self.seed, 0, "analysis.seed")
+        self.interval_spec()  # raises with the field named
+
+    def interval_spec(self):
+        """The :class:`~olmo_sam.analysis.stats.IntervalSpec` of these options (default: 95% t-intervals)."""
+        from ..analysis.stats import IntervalSpec
+
+        given = {"method": self.interval, "confidence": self.confidence, "n_boot": self.n_boot, "seed": self.seed}
+        return IntervalSpec(**{k: v for k, v in given.items() if v is not None})
+
+    @property
+    def matching_rule(self) -> str:
+        return self.matching or "nearest"
+
+    def options(self) -> Dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
 class ExecutorSpec:
     #: local | torchrun | slurm
     kind: str = "local"
@@ -478,17 +532,13 @@ class StudySpec:
     midtrain: Dict[str, Any] = field(default_factory=dict)
     budgets: Optional[List[Any]] = None
     arms: List[ArmSpec] = field(default_factory=list)
-    #: pretraining-loss evaluation options: max_sequences, batch_size
-    pt_eval: Dict[str, Any] = field(default_factory=dict)
+    pt_eval: PtEvalSpec = field(default_factory=PtEvalSpec)
     probes: ProbesSpec = field(default_factory=ProbesSpec)
     finetune: Optional[FinetuneSpec] = None
     cfs: Optional[Dict[str, Any]] = None
     benchmarks: BenchmarksSpec = field(default_factory=BenchmarksSpec)
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
-    #: how the analysis compares arms over seeds: ``interval`` (t | bootstrap), ``confidence``
-    #: (0.95), ``n_boot`` and ``seed`` of the bootstrap (olmo_sam.analysis.stats.IntervalSpec), and
-    #: ``matching`` (nearest | interpolate: how each base is read at tau)
-    analysis: Dict[str, Any] = field(default_factory=dict)
+    analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
     #: only these stages (default: every configured one)
     stages: Optional[List[str]] = None
     #: pre-registered primary hypotheses (olmo_sam.study.hypotheses), fixed before anything runs
@@ -549,6 +599,7 @@ class StudySpec:
             for a in self.arms
         ]
         d.pop("source", None)
+        d["pt_eval"], d["analysis"] = self.pt_eval.options(), self.analysis.options()  # as given
         d.update(d.pop("sections"))  # (none in a study without added stages: the file's own keys only)
         if not d["hypotheses"]:  # none registered: omitted, as in the study file
             d.pop("hypotheses")
@@ -603,13 +654,8 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     for i, a in enumerate(spec.arms):
         if a.reference is not None and a.reference not in names:
             raise StudyError(f"arms[{i}].reference: no arm {a.reference!r} in the study; arms: {names}")
-    spec.pt_eval = _mapping(d.get("pt_eval"), "pt_eval")
-    bad = sorted(set(spec.pt_eval) - {"max_sequences", "batch_size"})
-    if bad:
-        raise StudyError(f"pt_eval: unknown key(s) {bad}; allowed: ['batch_size', 'max_sequences']")
-    for k, v in spec.pt_eval.items():
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise StudyError(f"pt_eval.{k}: must be a whole number >= 1, got {v!r}")
+    spec.pt_eval = _strict(PtEvalSpec, d.get("pt_eval"), "pt_eval")
+    spec.pt_eval.validate()
     spec.probes = _strict(ProbesSpec, d.get("probes"), "probes")
     if d.get("finetune") is not None:
         spec.finetune = _strict(FinetuneSpec, d["finetune"], "finetune")
@@ -622,8 +668,8 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     spec.benchmarks.validate()
     spec.executor = _strict(ExecutorSpec, d.get("executor"), "executor")
     spec.executor.validate()
-    spec.analysis = _mapping(d.get("analysis"), "analysis")
-    _check_analysis(spec.analysis)
+    spec.analysis = _strict(AnalysisSpec, d.get("analysis"), "analysis")
+    spec.analysis.validate()
     if spec.stages is not None:
         check_stage_names(spec.stages, "stages")
     for arm in spec.arms:
@@ -642,23 +688,6 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     spec.hypotheses = parse_hypotheses(d.get("hypotheses"))
     check_references(spec.hypotheses, spec)
     return spec
-
-
-def _check_analysis(opts: Dict[str, Any]) -> None:
-    bad = sorted(set(opts) - set(ANALYSIS_KEYS) - {"matching"})
-    if bad:
-        raise StudyError(f"analysis: unknown key(s) {bad}; allowed: {sorted([*ANALYSIS_KEYS, 'matching'])}")
-    if opts.get("matching", "nearest") not in ANALYSIS_MATCHINGS:
-        raise StudyError(
-            f"analysis.matching: unknown {opts['matching']!r}; choose one of {list(ANALYSIS_MATCHINGS)} "
-            f"(nearest frontier run at L_FT <= tau, or log-LR interpolation between the runs bracketing tau)"
-        )
-    seed = opts.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise StudyError(f"analysis.seed: the bootstrap seed is a whole number >= 0, got {seed!r}")
-    from ..analysis.stats import IntervalSpec
-
-    IntervalSpec(**{ANALYSIS_KEYS[k]: v for k, v in opts.items() if k in ANALYSIS_KEYS})  # raises with the field named
 
 
 _OVERRIDE_PART = re.compile(r"([A-Za-z_][\w-]*)((?:\[\d+\])*)$")

@@ -11,6 +11,7 @@ file (``arms[1].schedule: ...``, ``probes.quantize.quant[0]: ...``).
 
 from __future__ import annotations
 
+import functools
 from typing import List, Optional
 
 from .fields import StudyError
@@ -52,7 +53,7 @@ def validate_plan(plan: Plan, missing_data_ok: bool = False) -> List[str]:
     (missing data files, with ``missing_data_ok``)."""
     study = plan.study
     warnings = validate_data(study, missing_data_ok)
-    data = placeholder_data(study)
+    data = functools.cache(lambda: placeholder_data(study))
     for job in plan.jobs:
         get_stage(job.stage).validate(study, job, data)
     return warnings

@@ -19,25 +19,15 @@ from dataclasses import asdict
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ...analysis.findings import adjust_findings
-from ...analysis.stats import IntervalSpec
 from ...output import write_json
 from ..bases import RECORD_FIELDS, BaseRecord, BaseSet, base_of, budget_key
 from ..job import Job
 from .base import PlanBuilder, Stage
 from .finetune import FT_QUANTITIES, seed_values
 
-__all__ = ["AnalysisStage", "analyse_study", "interval_spec", "ANALYSIS_KEYS"]
+__all__ = ["AnalysisStage", "analyse_study"]
 
 #: ``analysis:`` key -> IntervalSpec field
-ANALYSIS_KEYS = {"interval": "method", "confidence": "confidence", "n_boot": "n_boot", "seed": "seed"}
-
-
-def interval_spec(study) -> IntervalSpec:
-    """The study's ``analysis:`` options as an :class:`IntervalSpec` (default: 95% t-intervals)."""
-    opts = dict(getattr(study, "analysis", None) or {})
-    return IntervalSpec(**{ANALYSIS_KEYS[k]: v for k, v in opts.items() if k in ANALYSIS_KEYS})
-
-
 #: arm settings that make two arms different treatments (what a comparison's ``contrast`` names)
 CONTRAST_KEYS = (
     "optimizer",
@@ -187,7 +177,7 @@ def analyse_study(ctx) -> Dict[str, Any]:
     units = list(ctx.job.params["units"])
     out = ctx.out / "analysis"
     out.mkdir(parents=True, exist_ok=True)
-    spec = interval_spec(ctx.study)
+    spec = ctx.study.analysis.interval_spec()
     metas, records = [], {}
     for u in units:
         rec = ctx.finished(f"pretrain/{u}")

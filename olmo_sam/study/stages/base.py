@@ -100,9 +100,10 @@ class Stage:
     def plan(self, study, plan: PlanBuilder) -> None:
         """Add this stage's jobs to ``plan``."""
 
-    def validate(self, study, job: Job, data: Dict[str, Any]) -> None:
-        """Build what ``job`` would build, with ``data`` standing in for the data stage's result;
-        raise ``StudyError`` naming the study-file field of a bad value."""
+    def validate(self, study, job: Job, data: Callable[[], Dict[str, Any]]) -> None:
+        """Build what ``job`` would build, with ``data()`` standing in for the data stage's result
+        (made on first use: it may read the study's tokenizer); raise ``StudyError`` naming the
+        study-file field of a bad value."""
 
     def analyse(self, ctx, bases, out: Path) -> Dict[str, Any]:
         """This stage's section of the analysis summary (``findings`` are taken out of it and

@@ -39,7 +39,6 @@ __all__ = [
     "ANALYSIS_MATCHINGS",
     "FT_QUANTITIES",
     "ft_sweeps",
-    "matching_rule",
     "finetune_curves",
     "matched_rows",
     "seed_values",
@@ -236,11 +235,6 @@ def _validate_ft_sweep(study, job: Job) -> None:
 
 #: compared fine-tuning quantities -> the matched row's field holding a base's value
 FT_QUANTITIES = {"matched_forgetting": "forgetting", "fig5_pt_loss": "l_pt"}
-
-
-def matching_rule(study) -> str:
-    """The study's ``analysis: matching`` (default ``nearest``)."""
-    return str((getattr(study, "analysis", None) or {}).get("matching", "nearest"))
 
 
 def finetune_curves(ctx) -> Tuple[list, Dict[str, List[Any]]]:
@@ -518,7 +512,7 @@ def _finetune(ctx, bases, out: Path) -> Dict[str, Any]:
         )
     }
     section: Dict[str, Any] = {"runs": len(records), "frontier_rows": frontier.rows, "figures": figs}
-    matching = matching_rule(ctx.study)
+    matching = ctx.study.analysis.matching_rule
     rows, matched, notes = matched_rows(curves, bases, matching=matching)
     findings: List[Dict[str, Any]] = []
     for ds in matched:
@@ -630,7 +624,7 @@ class FinetuneStage(Stage):
         lrs = ft.lrs if ft.lrs is not None else LR_GRIDS[ft.preset]
         runs = len(lrs) * len(ft.methods)
         pt_val_default = (
-            {"pt_val_max_sequences": study.pt_eval["max_sequences"]} if "max_sequences" in study.pt_eval else {}
+            {"pt_val_max_sequences": study.pt_eval.max_sequences} if study.pt_eval.max_sequences is not None else {}
         )
         for ds in ft.datasets:
             plan.add(
@@ -672,7 +666,7 @@ class FinetuneStage(Stage):
                     )
                 )
 
-    def validate(self, study, job: Job, data: Dict[str, Any]) -> None:
+    def validate(self, study, job: Job, data) -> None:
         if job.kind == "ft_data":
             _validate_ft_data(study, job)
         else:

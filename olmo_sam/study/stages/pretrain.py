@@ -340,8 +340,8 @@ class PretrainStage(Stage):
                 )
             )
 
-    def validate(self, study, job: Job, data: Dict[str, Any]) -> None:
-        _validate_run(study, job, data)
+    def validate(self, study, job: Job, data) -> None:
+        _validate_run(study, job, data())
 
     def analyse(self, ctx, bases, out: Path) -> Dict[str, Any]:
         return _pretraining(ctx, bases, out)

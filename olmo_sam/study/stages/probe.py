@@ -47,8 +47,8 @@ class ProbeStage(Stage):
 
     def plan(self, study, plan: PlanBuilder) -> None:
         opts = self.options(study)
-        if self.shares_validation_subset and "max_sequences" in study.pt_eval:
-            opts = {"max_sequences": study.pt_eval["max_sequences"], **opts}
+        if self.shares_validation_subset and study.pt_eval.max_sequences is not None:
+            opts = {"max_sequences": study.pt_eval.max_sequences, **opts}
         for u in plan.unit_names:
             plan.add(
                 Job(
@@ -60,7 +60,7 @@ class ProbeStage(Stage):
                 )
             )
 
-    def validate(self, study, job: Job, data: Dict[str, Any]) -> None:
+    def validate(self, study, job: Job, data) -> None:
         from ...probes.runners import check_probe_options
 
         try:

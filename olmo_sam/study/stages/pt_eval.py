@@ -43,7 +43,7 @@ class PtEvalStage(Stage):
                     f"pt_eval/{u}",
                     "pt_eval",
                     "pt_eval",
-                    params={"unit": u, "options": study.pt_eval},
+                    params={"unit": u, "options": study.pt_eval.options()},
                     deps=[f"pretrain/{u}", "data"],
                 )
             )
