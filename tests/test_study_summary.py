@@ -155,9 +155,7 @@ def test_one_seed_study_findings_claim_nothing(tmp_path):
 
 def test_analysis_options_are_checked():
     base = {"name": "x", "data": {"demo": {}}, "arms": [{"name": "a", "optimizer": "adamw"}]}  # a study needs arms
-    assert (
-        parse_study({**base, "analysis": {"interval": "bootstrap", "n_boot": 500}}).analysis["interval"] == "bootstrap"
-    )
+    assert parse_study({**base, "analysis": {"interval": "bootstrap", "n_boot": 500}}).analysis.interval == "bootstrap"
     with pytest.raises(StudyError, match="analysis: unknown key"):
         parse_study({**base, "analysis": {"method": "t"}})
     with pytest.raises(Exception, match="unknown interval method"):

@@ -468,7 +468,8 @@ class AnalysisSpec:
                 f"analysis.matching: unknown {self.matching!r}; choose one of {list(ANALYSIS_MATCHINGS)} "
                 f"(nearest frontier run at L_FT <= tau, or log-LR interpolation between the runs bracketing tau)"
             )
-        _at_least(self.seed, 0, "analysis.seed")
+        if self.seed is not None and self.seed < 0:
+            raise StudyError(f"analysis.seed: the bootstrap seed is a whole number >= 0, got {self.seed!r}")
         self.interval_spec()  # raises with the field named
 
     def interval_spec(self):
