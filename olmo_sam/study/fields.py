@@ -12,7 +12,7 @@ import collections.abc
 import dataclasses
 import math
 import typing
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 from olmo_core.exceptions import OLMoConfigurationError
 
@@ -113,11 +113,14 @@ def _item(value: Any, tp: Any, at: str) -> Any:
         raise _Mismatch(at + e.at, e.tp if e.at else tp, e.value if e.at else value) from None
 
 
-def typed_settings(cls, settings: Dict[str, Any], where: str, paths: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+def typed_settings(
+    cls, settings: Dict[str, Any], where: str, paths: Optional[Dict[str, str]] = None, reserved: Sequence[str] = ()
+) -> Dict[str, Any]:
     """``settings`` checked against the fields of dataclass ``cls``; errors name the field as
-    ``paths[name]`` (its place in the study file) or ``{where}.{name}``."""
+    ``paths[name]`` (its place in the study file) or ``{where}.{name}``. ``reserved``: fields
+    the caller sets itself (not offered as allowed settings)."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls)} - set(reserved)
     paths = paths or {}
     out: Dict[str, Any] = {}
     for key, value in settings.items():

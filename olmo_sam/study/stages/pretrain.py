@@ -59,7 +59,7 @@ def run_spec(
             settings["tokens"] = parse_tokens(settings["tokens"])
         except OLMoConfigurationError as e:
             raise StudyError(f"{paths.get('tokens', f'{where}.tokens')}: {e}") from None
-    settings = typed_settings(cls, settings, where, paths)
+    settings = typed_settings(cls, settings, where, paths, reserved=STUDY_SET_FIELDS)
     return cls(
         **settings,
         train_paths=list(data["train"]),
