@@ -582,11 +582,12 @@ def _overtraining_figure(bases, rows, findings, out: Path) -> Path:
                     diff.setdefault(f["arm"], []).append((bases.x(key), f["estimate"], f["ci_low"], f["ci_high"]))
             if diff:
                 refs = sorted({f["reference"] for f in findings if f["dataset"] == ds and f["quantity"] == quantity})
+                against = f"{refs[0]}'s" if len(refs) == 1 else "reference"
                 panels.append(
                     Panel(
-                        title=f"{ds}: {what} minus {'/'.join(refs)}'s (paired)",
+                        title=f"{ds}: {what} minus {against} (paired)",
                         xlabel=xlabel,
-                        ylabel="difference (nats)",
+                        ylabel="arm minus its reference arm (nats)" if len(refs) > 1 else "difference (nats)",
                         series=diff,
                         xlog=bases.xlog,
                         zero_line=True,
