@@ -340,8 +340,13 @@ class CfsSpec:
                 raise StudyError(f"cfs.{e}") from None
 
     def options(self) -> Dict[str, Any]:
-        """The keys the file gave (what the cfs jobs pass on)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return _given(self)
+
+
+def _given(section) -> Dict[str, Any]:
+    """The keys of a section of options that the file gave (what its jobs pass on; a key left
+    out keeps the defaults of the function it configures)."""
+    return {k: v for k, v in dataclasses.asdict(section).items() if v is not None}
 
 
 def _at_least(value: Optional[int], low: int, where: str) -> None:
@@ -445,8 +450,7 @@ class PtEvalSpec:
             _at_least(getattr(self, name), 1, f"pt_eval.{name}")
 
     def options(self) -> Dict[str, Any]:
-        """The keys the file gave (what the jobs pass on)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return _given(self)
 
 
 @dataclass
@@ -484,7 +488,7 @@ class AnalysisSpec:
         return self.matching or "nearest"
 
     def options(self) -> Dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return _given(self)
 
 
 @dataclass

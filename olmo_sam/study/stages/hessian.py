@@ -9,22 +9,15 @@ from typing import Any, Dict
 from ...analysis.plots import Panel, plot_bars
 from ...output import write_table
 from ..bases import budget_key
-from .base import ReportSection, load_json
+from .base import ReportSection
 from .probe import ProbeStage
 
 __all__ = ["HessianStage"]
 
 
-def _payloads(ctx, bases, stage: str):
-    for u in bases.by_unit:
-        res = ctx.finished(f"{stage}/{u}")
-        if res is not None:
-            yield u, load_json(res.get("file")) or {}
-
-
-def _hessian(ctx, bases, out: Path) -> Dict[str, Any]:
+def _hessian(stage, ctx, bases, out: Path) -> Dict[str, Any]:
     rows = []
-    for u, payload in _payloads(ctx, bases, "hessian"):
+    for u, payload in stage.payloads(ctx, bases):
         for rec in payload.get("records", []):
             tr = rec.get("trace") or {}
             ev = rec.get("top_eigenvalue") or {}
@@ -120,4 +113,4 @@ class HessianStage(ProbeStage):
     report = ReportSection("hessian", "Sharpness", {"rows": "one row per base checkpoint"}, rank=4)
 
     def analyse(self, ctx, bases, out: Path) -> Dict[str, Any]:
-        return _hessian(ctx, bases, out)
+        return _hessian(self, ctx, bases, out)

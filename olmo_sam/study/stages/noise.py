@@ -8,22 +8,15 @@ from typing import Any, Dict, List
 
 from ...analysis.plots import Panel, plot_bands
 from ...output import write_table
-from .base import ReportSection, load_json
+from .base import ReportSection
 from .probe import ProbeStage
 
 __all__ = ["NoiseStage"]
 
 
-def _payloads(ctx, bases, stage: str):
-    for u in bases.by_unit:
-        res = ctx.finished(f"{stage}/{u}")
-        if res is not None:
-            yield u, load_json(res.get("file")) or {}
-
-
-def _noise(ctx, bases, out: Path) -> Dict[str, Any]:
+def _noise(stage, ctx, bases, out: Path) -> Dict[str, Any]:
     rows = []
-    for u, payload in _payloads(ctx, bases, "noise"):
+    for u, payload in stage.payloads(ctx, bases):
         for srow in payload.get("summary", []):
             rows.append(
                 {
@@ -97,4 +90,4 @@ class NoiseStage(ProbeStage):
     )
 
     def analyse(self, ctx, bases, out: Path) -> Dict[str, Any]:
-        return _noise(ctx, bases, out)
+        return _noise(self, ctx, bases, out)

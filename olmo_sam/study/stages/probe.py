@@ -10,7 +10,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 
 from ..fields import StudyError
 from ..job import Job
-from .base import PlanBuilder, Stage, data_of, unit_checkpoint
+from .base import PlanBuilder, Stage, data_of, load_json, unit_checkpoint
 
 __all__ = ["ProbeStage"]
 
@@ -41,6 +41,13 @@ class ProbeStage(Stage):
 
     def options(self, study):
         return getattr(study.probes, self.name)
+
+    def payloads(self, ctx, bases):
+        """(unit, the probe's result file) for every base whose probe job has finished."""
+        for u in bases.by_unit:
+            res = ctx.finished(f"{self.name}/{u}")
+            if res is not None:
+                yield u, load_json(res.get("file")) or {}
 
     def configured(self, study) -> bool:
         return self.options(study) is not None

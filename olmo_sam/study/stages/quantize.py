@@ -8,22 +8,15 @@ from typing import Any, Dict
 
 from ...analysis.plots import Panel, plot_bars
 from ...output import write_table
-from .base import ReportSection, load_json
+from .base import ReportSection
 from .probe import ProbeStage
 
 __all__ = ["QuantizeStage"]
 
 
-def _payloads(ctx, bases, stage: str):
-    for u in bases.by_unit:
-        res = ctx.finished(f"{stage}/{u}")
-        if res is not None:
-            yield u, load_json(res.get("file")) or {}
-
-
-def _quantize(ctx, bases, out: Path) -> Dict[str, Any]:
+def _quantize(stage, ctx, bases, out: Path) -> Dict[str, Any]:
     rows = []
-    for u, payload in _payloads(ctx, bases, "quantize"):
+    for u, payload in stage.payloads(ctx, bases):
         for rec in payload.get("records", []):
             rows.append(
                 {
@@ -77,4 +70,4 @@ class QuantizeStage(ProbeStage):
     )
 
     def analyse(self, ctx, bases, out: Path) -> Dict[str, Any]:
-        return _quantize(ctx, bases, out)
+        return _quantize(self, ctx, bases, out)
