@@ -11,6 +11,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
 from ..preflight import DEVICE, POSITIVE_INT, model_callback, out_dir_callback
+from .hf_load import QUANT_KINDS
 
 __all__ = ["eval_group"]
 
@@ -65,7 +66,7 @@ def eval_group():
     "--quant",
     default="none",
     show_default=True,
-    type=click.Choice(["none", "nf4", "fp4", "int8"]),
+    type=click.Choice(QUANT_KINDS),
     help="bitsandbytes loading; nf4 is the paper's 4-bit setting.",
 )
 @click.option(
@@ -158,7 +159,7 @@ def olmes_command(
     "--quant",
     default="none",
     show_default=True,
-    type=click.Choice(["none", "nf4", "fp4", "int8"]),
+    type=click.Choice(QUANT_KINDS),
     help="bitsandbytes loading through transformers (nf4 = the paper's 4-bit).",
 )
 @click.option(

@@ -37,6 +37,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
+from .hf_load import QUANT_KINDS
 from .records import BenchRecord
 
 __all__ = [
@@ -192,9 +193,6 @@ VLLM_CUSTOM_KWARGS = frozenset(
 )
 _BNB_QUANT_TYPES = ("nf4", "fp4")
 
-#: ``--quant`` choices. ``nf4`` is the paper's 4-bit setting (bitsandbytes NF4, App D.1).
-QUANT_CHOICES = ("none", "nf4", "fp4", "int8")
-
 
 def _bnb_config_keys() -> frozenset:
     """Parameter names of ``transformers.BitsAndBytesConfig`` (the installed version)."""
@@ -220,8 +218,8 @@ def quant_model_args(quant: str, model_type: str, compute_dtype: str = "bfloat16
     quantization (``quantization=load_format="bitsandbytes"``), which vLLM hard-codes to NF4 with
     double quantization; so ``fp4``/``int8`` are HF-only.
     """
-    if quant not in QUANT_CHOICES:
-        raise OLMoConfigurationError(f"--quant must be one of {QUANT_CHOICES}, got {quant!r}")
+    if quant not in QUANT_KINDS:
+        raise OLMoConfigurationError(f"--quant must be one of {QUANT_KINDS}, got {quant!r}")
     if quant == "none":
         return {}
     if model_type == "vllm":
