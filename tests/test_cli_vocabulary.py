@@ -111,9 +111,9 @@ def test_yaml_keys_follow_the_flags():
     with pytest.raises(OLMoConfigurationError, match="microbatch_size"):
         FTConfig.from_dict({"base": "b", "data": "d", "lr": 1e-3, "microbatch_size": 2})
     # the study's typed check of finetune.common takes the same names
-    from olmo_sam.study.fields import typed_settings
+    from olmo_sam.config import check_settings
 
-    typed = typed_settings(FTConfig, {"micro_batch_size": 2, "seq_len": 64}, "finetune.common")
+    typed = check_settings(FTConfig, {"micro_batch_size": 2, "seq_len": 64}, "finetune.common")
     assert typed == {"micro_batch_size": 2, "seq_len": 64}
 
 

@@ -236,7 +236,7 @@ def test_finetune_throughput_benchmark_smoke(tmp_path):
 
 def test_study_file_chooses_the_engine():
     from olmo_sam.study.plan import build_plan
-    from olmo_sam.study.spec import StudyError, parse_study
+    from olmo_sam.study.spec import ConfigError, parse_study
 
     study = {
         "name": "e",
@@ -256,7 +256,7 @@ def test_study_file_chooses_the_engine():
     assert all("engine" not in j.params for j in ft_jobs(None))  # the default: existing jobs unchanged
     assert all("engine" not in j.params for j in ft_jobs("batched"))
     assert [j.params["engine"] for j in ft_jobs("trainer")] == ["trainer"]
-    with pytest.raises(StudyError, match=r"^finetune\.engine: 'fast'; choose one of 'batched', 'trainer'$"):
+    with pytest.raises(ConfigError, match=r"^finetune\.engine: 'fast'; choose one of 'batched', 'trainer'$"):
         parse_study(dict(study, finetune=dict(study["finetune"], engine="fast")))
 
 

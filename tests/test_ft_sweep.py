@@ -187,11 +187,11 @@ def test_bad_input(tiny_checkpoint, tiny_corpus, task, tmp_path):
         FTConfig(base="/no/such/ckpt", data=str(task), lr=1e-3, **common).resolved()
     with pytest.raises(OLMoConfigurationError, match="not a prepared fine-tuning dataset"):
         FTConfig(base=str(tiny_checkpoint), data=str(tmp_path), lr=1e-3, **common).resolved()
-    with pytest.raises(OLMoConfigurationError, match="unknown method"):
+    with pytest.raises(OLMoConfigurationError, match=r"method: must be one of \['ft', .*got 'sam' \(WiSE-FT"):
         FTConfig(base=str(tiny_checkpoint), data=str(task), lr=1e-3, method="sam", **common).resolved()
     with pytest.raises(OLMoConfigurationError, match="'ewc_lambda' is set but method is 'ft'"):
         FTConfig(base=str(tiny_checkpoint), data=str(task), lr=1e-3, ewc_lambda=1.0, **common).resolved()
-    with pytest.raises(OLMoConfigurationError, match="unknown fine-tuning option"):
+    with pytest.raises(OLMoConfigurationError, match="learning_rate: unknown setting"):
         FTConfig.from_dict(dict(base="b", data="d", lr=1.0, learning_rate=2.0))
     small = write_task(tmp_path / "small", n_train=10, n_val=4)
     with pytest.raises(OLMoConfigurationError, match="not one batch"):

@@ -49,10 +49,10 @@ def test_probe_commands_write_json_and_plots(tiny_checkpoint, tiny_corpus, tmp_p
         (["quantize", "--quant", "int4"], "unknown quantization preset 'int4'", 2),
         (
             ["quantize", "--quant", "nf4:quantize_lm_head=flase"],
-            "'quantize_lm_head' takes true or false, got 'flase'",
+            "quantize_lm_head: expected true or false, got 'flase'",
             2,
         ),
-        (["quantize", "--quant", "int8:int8_threshold=abc"], "'int8_threshold' takes a number, got 'abc'", 2),
+        (["quantize", "--quant", "int8:int8_threshold=abc"], "int8_threshold: expected a number, got 'abc'", 2),
         (["quantize", "--quant", "nf4:blocksize=2048"], "'blocksize'=2048: bitsandbytes' CPU 4-bit kernels", 1),
         (["noise", "--exclude", "embedding.*"], "match no parameter", 1),
         (["quantize", "--label", "a", "--label", "b"], "2 label(s) for 1 checkpoint", 1),

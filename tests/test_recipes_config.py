@@ -175,7 +175,7 @@ def test_dotted_overrides():
         build_pretrain(_pre("20M", tokens=int(4e9), optimizer="sam"), ["train_module.optim.rhoo=0.1"])
     with pytest.raises(OLMoConfigurationError, match="has no field 'nope'"):
         build_midtrain(MidtrainSpec(train_paths=["x"], check_paths=False), ["nope.x=1"])
-    with pytest.raises(OLMoConfigurationError, match="'rho'"):  # SAMConfig's own validation runs
+    with pytest.raises(OLMoConfigurationError, match="rho: must be a number >= 0"):  # SAMConfig's own validation runs
         build_pretrain(_pre("20M", tokens=int(4e9), optimizer="sam"), ["train_module.optim.rho=-1"])
     cfg = build_midtrain(
         MidtrainSpec(train_paths=["x"], check_paths=False), ["trainer.callbacks.checkpointer.save_interval=250"]

@@ -103,13 +103,13 @@ def test_switch_callback_on_the_stock_train_module_is_refused(tmp_path, tiny_cor
 @pytest.mark.parametrize(
     "key, value, match",
     [
-        ("interval", 2.5, "'interval' must be an integer >= 1"),
-        ("interval", 0, "'interval' must be an integer >= 1"),
-        ("adaptive", "yes", "'adaptive' must be true or false"),
-        ("rho", "abc", "'rho' must be a finite number"),
-        ("rho", -0.1, "'rho' must be >= 0"),
-        ("scope", "glob", "'scope' must be one of"),
-        ("variant", "lsam", "'variant' must be one of"),
+        ("interval", 2.5, "interval: expected a whole number, got 2.5"),
+        ("interval", 0, "interval: must be a whole number >= 1, got 0"),
+        ("adaptive", "yes", "adaptive: expected true or false, got 'yes'"),
+        ("rho", "abc", r"rho: expected a number, got 'abc' \(the paper uses 0.05\)"),
+        ("rho", -0.1, "rho: must be a number >= 0, got -0.1"),
+        ("scope", "glob", "scope: must be one of .*did you mean 'global'"),
+        ("variant", "lsam", "variant: must be one of"),
     ],
 )
 def test_bad_option_names_the_field_from_yaml_and_python(tmp_path, tiny_corpus, key, value, match):

@@ -140,7 +140,7 @@ def test_looksam_steps_match_the_paper(tmp_path, tiny_corpus):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"variant": "mlsam"}, "'variant' must be one of"),
+        ({"variant": "mlsam"}, "variant: must be one of"),
         ({"variant": "msam", "scope": "local"}, "scope"),
         ({"variant": "looksam", "adaptive": True}, "adaptive"),
         ({"variant": "looksam", "looksam_alpha": -1.0}, "looksam_alpha"),

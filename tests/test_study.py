@@ -15,7 +15,7 @@ import yaml
 
 from olmo_sam import paper
 from olmo_sam.study.plan import build_plan
-from olmo_sam.study.spec import StudyError, load_study, parse_study
+from olmo_sam.study.spec import ConfigError, load_study, parse_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,7 +86,7 @@ BASE = {
         ({"finetune": {"datasets": ["code"], "lrs": []}}, "LR grid is empty"),
         ({"finetune": {"datasets": ["code"]}}, "'lrs'.*'preset'"),
         ({"learning_rate": 3}, "unknown key"),
-        ({"probes": {"quantise": {}}}, "unknown key"),
+        ({"probes": {"quantise": {}}}, "probes.quantise: unknown setting; did you mean .quantize."),
         ({"arms": [{"name": "a", "optimizer": "adamw"}, {"name": "a", "optimizer": "sam"}]}, "duplicate arm"),
         ({"data": {}}, "no pretraining data"),
         ({"executor": {"kind": "kubernetes"}}, "executor.kind"),
@@ -98,7 +98,7 @@ def test_bad_study_files_fail_before_compute(tmp_path, change, match):
     data = {**BASE, **change, "out_dir": str(tmp_path / "out")}
     if data.get("finetune") is None:
         data.pop("finetune")
-    with pytest.raises(StudyError, match=match):
+    with pytest.raises(ConfigError, match=match):
         build_plan(parse_study(data))
     assert not (tmp_path / "out").exists()
 

@@ -276,10 +276,10 @@ def _refusal(doc: Any, tmp: Path, text: str | None = None) -> str:
 
 SECTION_CASES = [
     # (field, value, the message starts with, and says)
-    ("cfs.ratios", 0.5, "cfs: unknown key(s) ['ratios']", "allowed"),
-    ("cfs.engine", "vlm", "cfs.engine: choose one of", "'vlm'"),
+    ("cfs.ratios", 0.5, "cfs.ratios: unknown setting; did you mean 'ratio'?", "allowed"),
+    ("cfs.engine", "vlm", "cfs.engine: must be one of", "did you mean 'vllm'?"),
     ("cfs.ratio", -0.5, "cfs.ratio: must be a number > 0", "-0.5"),
-    ("cfs.dtype", "fp8", "cfs.dtype: choose one of", "bfloat16"),
+    ("cfs.dtype", "fp8", "cfs.dtype: must be one of", "bfloat16"),
     ("cfs.top_p", 1.5, "cfs.top_p must be in (0, 1]", "1.5"),
     ("cfs", ["ratio"], "cfs: expected a mapping", "['ratio']"),
     ("benchmarks.offline", {"tasks": ["arc_easyy"]}, "benchmarks.offline.tasks[0]: unknown task", "arc_easyy"),
@@ -310,7 +310,7 @@ SECTION_CASES = [
     ),
     ("finetune.lrs", [1e-3, 1e-3], "finetune.lrs[1]: duplicate entry 0.001 (also finetune.lrs[0])", "once"),
     ("pretrain.seeds", [0, 1, 0], "pretrain.seeds[2]: duplicate entry 0 (also pretrain.seeds[0])", "once"),
-    ("finetune.lrs[0]", -1e-3, "finetune.lrs[0]: a learning rate must be a number > 0", "-0.001"),
+    ("finetune.lrs[0]", -1e-3, "finetune.lrs[0]: must be a number > 0", "-0.001"),
     ("stages", "all", "stages: expected a list", "'all'"),
     ("stages", ["data", "finetune", "cfs", "analysis"], "stages: the 'cfs' stage needs the 'export' stage", "add it"),
     (
@@ -322,7 +322,7 @@ SECTION_CASES = [
     ("executor.reuse_processes", "no", "executor.reuse_processes: expected true or false", "'no'"),
     ("quick", 1, "quick: expected true or false", "1"),
     ("name", 7, "name: expected a string", "7"),
-    ("seed", -1, "seed: a seed is a whole number >= 0", "-1"),
+    ("seed", -1, "seed: must be a whole number >= 0", "-1"),
     ("pretrain.seeds", [0, -1], "pretrain.seeds[1]: seeds are a list of integers >= 0", "-1"),
 ]
 
@@ -393,7 +393,7 @@ def test_recipe_configs_are_read_by_the_same_strict_reader(tmp_path):
 @pytest.mark.parametrize(
     "extra, start",
     [
-        ({"analysis": {"seed": -1}}, "analysis.seed: the bootstrap seed is a whole number >= 0"),
+        ({"analysis": {"seed": -1}}, "analysis.seed: must be a whole number >= 0"),
         ({"out_dir": " "}, "out_dir: give a directory"),
         ({"benchmarks": {"finetuned": "yes"}}, "benchmarks.finetuned: expected true or false, got 'yes'"),
         ({"benchmarks": {"offline": {"tasks": "arc"}}}, "benchmarks.offline.tasks: expected a list of strings"),

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from olmo_sam.cli import main
-from olmo_sam.study.fields import StudyError
+from olmo_sam.config import ConfigError
 from olmo_sam.study.plan import build_plan
 from olmo_sam.study.spec import apply_overrides, load_study
 
@@ -42,7 +42,7 @@ def test_paths_lists_and_created_sections():
     ],
 )
 def test_bad_overrides_are_refused_with_their_path(override, message):
-    with pytest.raises(StudyError, match=message):
+    with pytest.raises(ConfigError, match=message):
         apply_overrides({"arms": [{"name": "a"}, {"name": "b"}], "finetune": {"lrs": [1]}}, [override])
 
 
@@ -52,11 +52,11 @@ def test_overridden_values_are_checked_like_the_file():
     assert study.plain()["finetune"]["lrs"] == [1e-3, 3e-3]  # recorded like the file's own values
     units = {j.params["unit"] for j in build_plan(study).jobs if j.stage == "pretrain"}
     assert units and all(u.endswith("tpp") for u in units)  # one seed: no -s suffix
-    with pytest.raises(StudyError, match=r"finetune: unknown key\(s\) \['lrz'\]"):
+    with pytest.raises(ConfigError, match=r"finetune\.lrz: unknown setting; did you mean .lrs.\?"):
         load_study(DEMO, ["finetune.lrz=[1e-3]"])
-    with pytest.raises(StudyError, match=r"finetune\.lrs\[0\]"):
+    with pytest.raises(ConfigError, match=r"finetune\.lrs\[0\]"):
         load_study(DEMO, ["finetune.lrs=[-1]"])
-    with pytest.raises(StudyError, match=r"arms\[1\]\.rhoo: unknown setting"):
+    with pytest.raises(ConfigError, match=r"arms\[1\]\.rhoo: unknown setting"):
         from olmo_sam.study.validate import validate_plan
 
         validate_plan(build_plan(load_study(DEMO, ["arms[1].rhoo=0.1"])))

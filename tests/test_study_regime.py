@@ -17,7 +17,7 @@ from olmo_sam.recipes.pretrain import PretrainSpec, build_pretrain
 from olmo_sam.seeds import DATA_SEED, INIT_SEED
 from olmo_sam.study.bases import BaseRecord
 from olmo_sam.study.plan import build_plan
-from olmo_sam.study.spec import StudyError, load_study, parse_study
+from olmo_sam.study.spec import ConfigError, load_study, parse_study
 
 GRID = {
     "name": "regime",
@@ -103,7 +103,7 @@ def test_bad_seed_and_budget_grids_fail_at_parse_time(pretrain, arm, match):
         "pretrain": {"size": "micro", "lr": 3e-3, **pretrain},
         "arms": [{"name": "a", "optimizer": "adamw", **arm}],
     }
-    with pytest.raises(StudyError, match=match):
+    with pytest.raises(ConfigError, match=match):
         build_plan(parse_study(data))
 
 

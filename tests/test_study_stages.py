@@ -14,10 +14,10 @@ from typing import Any, Dict
 import pytest
 import study_synth
 
+from olmo_sam.config import ConfigError
 from olmo_sam.output import write_table
 from olmo_sam.study import stages as registry
 from olmo_sam.study.context import JobContext
-from olmo_sam.study.fields import StudyError
 from olmo_sam.study.job import Job
 from olmo_sam.study.plan import build_plan
 from olmo_sam.study.spec import parse_study
@@ -157,15 +157,15 @@ def test_an_added_stage_plans_validates_and_round_trips(gap_stage):
     again = parse_study(study.plain())
     assert again.plain() == study.plain() and again.plain()["generalization_gap"] == {"nats": False}
     # the section is read strictly, with its path; the stage can be selected and excluded
-    with pytest.raises(StudyError, match=r"generalization_gap.*natz"):
+    with pytest.raises(ConfigError, match=r"generalization_gap.*natz"):
         parse_study({**STUDY, "generalization_gap": {"natz": True}})
-    with pytest.raises(StudyError, match=r"generalization_gap\.nats"):
+    with pytest.raises(ConfigError, match=r"generalization_gap\.nats"):
         parse_study({**STUDY, "generalization_gap": {"nats": "yes"}})
     only = parse_study(
         {**STUDY, "generalization_gap": {}, "stages": ["data", "pretrain", "pt_eval", "generalization_gap"]}
     )
     assert {j.stage for j in build_plan(only).jobs} == {"data", "pretrain", "pt_eval", "generalization_gap"}
-    with pytest.raises(StudyError, match="the 'generalization_gap' stage needs the 'pt_eval' stage"):
+    with pytest.raises(ConfigError, match="the 'generalization_gap' stage needs the 'pt_eval' stage"):
         build_plan(
             parse_study({**STUDY, "generalization_gap": {}, "stages": ["data", "pretrain", "generalization_gap"]})
         )

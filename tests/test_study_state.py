@@ -21,7 +21,7 @@ import yaml
 
 import olmo_sam
 from olmo_sam.study.progress import StudyProgress
-from olmo_sam.study.spec import StudyError
+from olmo_sam.study.spec import ConfigError
 from olmo_sam.study.state import LOCK_FILE, out_dir_lock
 
 PKG_ROOT = str(Path(olmo_sam.__file__).resolve().parents[1])
@@ -178,7 +178,7 @@ def test_lock_names_the_holder(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(
-            StudyError, match=rf"in use by another 'olmo-sam demo' \(pid {holder.pid}\); .*kill {holder.pid}"
+            ConfigError, match=rf"in use by another 'olmo-sam demo' \(pid {holder.pid}\); .*kill {holder.pid}"
         ):
             with out_dir_lock(tmp_path, "demo"):
                 pass

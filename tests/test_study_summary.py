@@ -12,7 +12,7 @@ import study_synth
 
 from olmo_sam.analysis.findings import FINDING_FIELDS
 from olmo_sam.study.bases import BaseRecord, base_of
-from olmo_sam.study.spec import StudyError, parse_study
+from olmo_sam.study.spec import ConfigError, parse_study
 from olmo_sam.study.stages import write_report
 from olmo_sam.study.stages.analysis import analyse_study
 
@@ -136,7 +136,7 @@ def test_a_base_record_is_read_as_it_was_written():
     # no planned or recipe budget (a mid-training run): the measured tokens per total parameter
     assert BaseRecord.measure({"arm": "mid", "seed": 0, "budget_tpp": None}, run, {}).budget_tpp == 10.0
     del result["tpp_non_embedding"]
-    with pytest.raises(StudyError, match=r"pretrain/wso: its result has no \['tpp_non_embedding'\]"):
+    with pytest.raises(ConfigError, match=r"pretrain/wso: its result has no \['tpp_non_embedding'\]"):
         BaseRecord.from_result(result, "pretrain/wso")
 
 
@@ -156,7 +156,7 @@ def test_one_seed_study_findings_claim_nothing(tmp_path):
 def test_analysis_options_are_checked():
     base = {"name": "x", "data": {"demo": {}}, "arms": [{"name": "a", "optimizer": "adamw"}]}  # a study needs arms
     assert parse_study({**base, "analysis": {"interval": "bootstrap", "n_boot": 500}}).analysis.interval == "bootstrap"
-    with pytest.raises(StudyError, match="analysis: unknown key"):
+    with pytest.raises(ConfigError, match=r"analysis\.method: unknown setting"):
         parse_study({**base, "analysis": {"method": "t"}})
     with pytest.raises(Exception, match="unknown interval method"):
         parse_study({**base, "analysis": {"interval": "z"}})
@@ -233,7 +233,7 @@ def test_interpolated_matching_is_a_study_option(tmp_path):
     inter = [r for r in rows if r["interpolated"]]
     assert inter and all(r["l_ft"] == pytest.approx(tau) for r in inter)
     assert all("log-LR interpolation" in f["text"] for f in s["findings"] if f["section"] == "finetune")
-    with pytest.raises(StudyError, match="analysis.matching"):
+    with pytest.raises(ConfigError, match="analysis.matching"):
         parse_study(
             {
                 "name": "x",

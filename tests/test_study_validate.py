@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from olmo_sam.study.cli import start_study
-from olmo_sam.study.spec import StudyError, parse_study
+from olmo_sam.study.spec import ConfigError, parse_study
 
 BASE = {
     "name": "v",
@@ -65,7 +65,7 @@ def test_bad_value_fails_at_dry_run_naming_the_field(tmp_path, path, value, fix)
     data = copy.deepcopy(BASE)
     data["out_dir"] = str(tmp_path / "out")
     _set(data, path, value)
-    with pytest.raises(StudyError) as e:
+    with pytest.raises(ConfigError) as e:
         start_study(parse_study(data), dry_run=True, echo=lambda *a: None)
     msg = str(e.value)
     assert msg.startswith(path.split("[")[0] if path.startswith("probes.noise") else path), msg
@@ -79,17 +79,17 @@ def test_missing_data_paths_and_arms(tmp_path):
         "data": {"train": [str(tmp_path / "train.npy")], "val": [str(tmp_path / "val.npy")], "tokenizer": "dolma2"},
     }
     (tmp_path / "train.npy").write_bytes(b"")
-    with pytest.raises(StudyError, match=r"^data\.val\[0\]: token file not found: .*val\.npy; fix the path"):
+    with pytest.raises(ConfigError, match=r"^data\.val\[0\]: token file not found: .*val\.npy; fix the path"):
         start_study(parse_study(data), dry_run=True, echo=lambda *a: None)
     # planning anyway (a cluster study on a laptop): the missing files are listed, not fatal
     lines = []
     start_study(parse_study(data), dry_run=True, echo=lines.append, allow_missing_data=True)
     assert any("warning: data.val[0]: token file not found" in x for x in lines)
-    with pytest.raises(StudyError, match=r"^arms: the study has no arms; add at least one"):
+    with pytest.raises(ConfigError, match=r"^arms: the study has no arms; add at least one"):
         parse_study({**BASE, "arms": []})
     no_arms = dict(BASE)
     no_arms.pop("arms")
-    with pytest.raises(StudyError, match=r"^arms: the study has no arms"):
+    with pytest.raises(ConfigError, match=r"^arms: the study has no arms"):
         parse_study(no_arms)
 
 

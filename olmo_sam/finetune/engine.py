@@ -57,6 +57,7 @@ from ..checkpoints import (
     resolve_checkpoint,
     trainer_load_path,
 )
+from ..config import Checked, decode, setting
 from ..data.tokens import token_dtype_for_vocab
 from ..evals.lm_loss import lm_loss
 from ..locks import cached_file, file_lock
@@ -97,7 +98,7 @@ _NOT_IN_ID = ("base_label", "wise_alphas", "checkpoint_interval")
 
 
 @dataclass
-class FTConfig:
+class FTConfig(Checked):
     """One fine-tuning run. ``None`` fields are filled from the base checkpoint or the paper by
     :meth:`resolved`."""
 
@@ -106,19 +107,19 @@ class FTConfig:
     base: str
     #: prepared dataset directory (:mod:`olmo_sam.finetune.data`)
     data: str
-    lr: float
-    method: str = "ft"
+    lr: float = setting(gt=0)
+    method: str = setting("ft", choices=METHODS, hint=" (WiSE-FT: set wise_alphas)")
     base_label: Optional[str] = None
     # -- recipe (Table 7 / Table 3) --
-    batch_size: int = paper.FT_BATCH_SIZE
+    batch_size: int = setting(paper.FT_BATCH_SIZE, ge=1)
     #: sequences per rank per forward/backward (default: the rank's whole batch)
-    micro_batch_size: Optional[int] = None
+    micro_batch_size: Optional[int] = setting(None, ge=1)
     #: tokens per training sequence (default: the base checkpoint's)
-    seq_len: Optional[int] = None
+    seq_len: Optional[int] = setting(None, ge=1)
     #: train for min(one epoch, token_budget) tokens; None = one epoch
-    token_budget: Optional[int] = paper.FT_TOKEN_BUDGET_SMALL
+    token_budget: Optional[int] = setting(paper.FT_TOKEN_BUDGET_SMALL, ge=1)
     #: explicit step count, overriding the epoch/budget rule
-    max_steps: Optional[int] = None
+    max_steps: Optional[int] = setting(None, ge=1)
     #: prepared dataset whose train split defines "one epoch" (default: ``data``). A mix (CFS,
     #: contextual synthetic data) trained for as many steps as its task alone passes the task
     #: here ([CFS] Sec 3 holds gradient steps equal across mixes); replay does this itself.
@@ -126,31 +127,31 @@ class FTConfig:
     #: name stored as FTRecord.method (default: ``method``), e.g. "cfs" for a CFS mix trained
     #: with method "ft"
     record_method: Optional[str] = None
-    warmup_fraction: float = paper.FT_WARMUP_FRACTION
-    final_lr_fraction: float = paper.FT_COSINE_FINAL_LR_FRACTION
-    weight_decay: float = paper.FT_WEIGHT_DECAY
+    warmup_fraction: float = setting(paper.FT_WARMUP_FRACTION, ge=0, lt=1)
+    final_lr_fraction: float = setting(paper.FT_COSINE_FINAL_LR_FRACTION, ge=0, le=1)
+    weight_decay: float = setting(paper.FT_WEIGHT_DECAY, ge=0)
     betas: Tuple[float, float] = paper.FT_BETAS
     max_grad_norm: Optional[float] = paper.FT_MAX_GRAD_NORM
-    seed: int = 0
-    data_seed: int = DATA_SEED
+    seed: int = setting(0, ge=0)
+    data_seed: int = setting(DATA_SEED, ge=0)
     #: None (one process), "ddp", "fsdp" or "hsdp" (under torchrun)
     dp: Optional[str] = None
-    checkpoint_interval: Optional[int] = None
+    checkpoint_interval: Optional[int] = setting(None, ge=1)
     # -- evaluation --
     #: pretraining validation token files; default: the base run's evaluator files
     pt_val: Optional[List[str]] = None
-    pt_val_max_sequences: Optional[int] = None
-    ft_val_max_sequences: Optional[int] = None
-    eval_batch_size: int = 8
+    pt_val_max_sequences: Optional[int] = setting(None, ge=1)
+    ft_val_max_sequences: Optional[int] = setting(None, ge=1)
+    eval_batch_size: int = setting(8, ge=1)
     # -- baselines --
     #: (baseline options apply to their method only; defaults: _METHOD_OPTIONS)
     ewc_lambda: Optional[float] = None
-    fisher_batches: Optional[int] = None
-    fisher_batch_size: Optional[int] = None
+    fisher_batches: Optional[int] = setting(None, ge=1)
+    fisher_batch_size: Optional[int] = setting(None, ge=1)
     #: pretraining token files for the Fisher; default: the base run's training files
     fisher_data: Optional[List[str]] = None
     l2_lambda: Optional[float] = None
-    lora_rank: Optional[int] = None
+    lora_rank: Optional[int] = setting(None, ge=1)
     #: LoRA scaling numerator; default: the rank ([CFS] App E.1)
     lora_alpha: Optional[float] = None
     lora_dropout: Optional[float] = None
@@ -158,19 +159,15 @@ class FTConfig:
     #: pretraining token files to replay; default: the base run's training files
     replay_data: Optional[List[str]] = None
     #: WiSE-FT interpolation weights evaluated after training (0 = base, 1 = fine-tuned)
-    wise_alphas: Tuple[float, ...] = ()
+    wise_alphas: Tuple[float, ...] = setting((), ge=0, le=1)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.betas, self.wise_alphas = tuple(self.betas), tuple(self.wise_alphas)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "FTConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise OLMoConfigurationError(f"unknown fine-tuning option(s) {unknown}; known: {sorted(known)}")
-        d = dict(d)
-        for k in ("betas", "wise_alphas"):
-            if k in d and d[k] is not None:
-                d[k] = tuple(d[k])
-        return cls(**d)
+        return decode(cls, d)
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -183,46 +180,10 @@ class FTConfig:
     def check(self, strict: bool = True) -> Dict[str, Any]:
         """The checks that need no files (the study's plan step runs them before any compute);
         returns the method's own options with paper defaults (see :meth:`_method_options`)."""
-        if self.method not in METHODS:
-            raise OLMoConfigurationError(
-                f"unknown method {self.method!r}; choose one of {list(METHODS)} (WiSE-FT: set wise_alphas)"
-            )
-        if not (self.lr > 0):
-            raise OLMoConfigurationError(f"learning rate must be > 0, got {self.lr}")
-        if self.batch_size < 1:
-            raise OLMoConfigurationError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.micro_batch_size is not None and (self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size):
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
             raise OLMoConfigurationError(
                 f"micro_batch_size ({self.micro_batch_size}) must divide batch_size ({self.batch_size})"
             )
-        if self.token_budget is not None and self.token_budget < 1:
-            raise OLMoConfigurationError(f"token_budget must be >= 1 token or None, got {self.token_budget}")
-        if not (0.0 <= self.warmup_fraction < 1.0):
-            raise OLMoConfigurationError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if not self.weight_decay >= 0:
-            raise OLMoConfigurationError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.final_lr_fraction <= 1:
-            raise OLMoConfigurationError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
-        for name in (
-            "seq_len",
-            "max_steps",
-            "checkpoint_interval",
-            "pt_val_max_sequences",
-            "ft_val_max_sequences",
-            "eval_batch_size",
-            "fisher_batches",
-            "fisher_batch_size",
-            "lora_rank",
-            "seed",
-            "data_seed",
-        ):
-            low = 0 if name.endswith("seed") else 1
-            v = getattr(self, name)
-            if v is not None and v < low:
-                raise OLMoConfigurationError(f"{name} must be >= {low} or omitted, got {v}")
-        for a in self.wise_alphas:
-            if not (0.0 <= a <= 1.0):
-                raise OLMoConfigurationError(f"wise_alphas must lie in [0, 1], got {a}")
         return self._method_options(strict)
 
     def resolved(self, strict: bool = True) -> "FTConfig":

@@ -71,6 +71,7 @@ from olmo_core.optim.adamw import AdamWConfig
 from torch.distributed.tensor import DTensor
 
 from .. import paper
+from ..config import Checked, ConfigError, setting
 
 __all__ = [
     "SAM",
@@ -105,38 +106,47 @@ Flag = Union[bool, Any]
 Text = Union[str, Any]
 
 
-class _Choice(StrEnum):
-    @classmethod
-    def parse(cls, value: Any, field_name: str):
-        if isinstance(value, cls):
-            return value
-        for member in cls:
-            if value == member.value:
-                return member
-        raise OLMoConfigurationError(f"'{field_name}' must be one of {[m.value for m in cls]}, got {value!r}")
-
-
-class SAMScope(_Choice):
+class SAMScope(StrEnum):
     """Where the ascent direction's norm comes from (see module docstring)."""
 
     global_ = "global"
     local = "local"
 
-    @classmethod
-    def parse(cls, value: Any, field_name: str = "scope") -> "SAMScope":  # type: ignore[override]
-        return super().parse(value, field_name)
 
-
-class SAMVariant(_Choice):
+class SAMVariant(StrEnum):
     """Which sharpness-aware update (see module docstring)."""
 
     sam = "sam"
     msam = "msam"
     looksam = "looksam"
 
-    @classmethod
-    def parse(cls, value: Any, field_name: str = "variant") -> "SAMVariant":  # type: ignore[override]
-        return super().parse(value, field_name)
+
+@dataclass
+class SAMOptions(Checked):
+    """The wrapper's options, declared and checked here only (:class:`SAM` and
+    :class:`SAMConfig` both build one); every error names its field and the fix."""
+
+    rho: float = setting(paper.SAM_RHO, ge=0, hint=f" (the paper uses {paper.SAM_RHO})")
+    adaptive: bool = False
+    scope: str = setting("global", choices=[m.value for m in SAMScope])
+    interval: int = setting(1, ge=1, hint=" (1 = every step, k = one ascent every k steps)")
+    variant: str = setting("sam", choices=[m.value for m in SAMVariant])
+    looksam_alpha: float = setting(LOOKSAM_ALPHA, ge=0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.scope, self.variant = SAMScope(self.scope), SAMVariant(self.variant)
+        if self.variant != SAMVariant.sam and self.scope != SAMScope.global_:
+            raise ConfigError.at(
+                "scope",
+                f"'local' is defined for variant 'sam' only; variant '{self.variant.value}' uses the "
+                "global gradient/momentum: set scope: global",
+            )
+        if self.variant != SAMVariant.sam and self.adaptive:
+            raise ConfigError.at(
+                "adaptive",
+                f"true (ASAM) is defined for variant 'sam' only, not '{self.variant.value}'; set adaptive: false",
+            )
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -213,28 +223,19 @@ class SAM(torch.optim.Optimizer):
         variant: SAMVariant | str = SAMVariant.sam,
         looksam_alpha: float = LOOKSAM_ALPHA,
     ):
-        opts = _validate_options(
-            rho=rho,
-            adaptive=adaptive,
-            scope=scope,
-            interval=interval,
-            variant=variant,
-            looksam_alpha=looksam_alpha,
-        )
+        opts = SAMOptions(rho, adaptive, scope, interval, variant, looksam_alpha)
         self.base_optimizer = base_optimizer
-        self.rho = opts["rho"]
-        self.adaptive = opts["adaptive"]
-        self.scope = opts["scope"]
-        self.interval = opts["interval"]
-        self.variant = opts["variant"]
-        self.looksam_alpha = opts["looksam_alpha"]
+        self.rho, self.adaptive, self.scope = opts.rho, opts.adaptive, opts.scope
+        self.interval, self.variant, self.looksam_alpha = opts.interval, opts.variant, opts.looksam_alpha
         super().__init__(base_optimizer.param_groups, dict(base_optimizer.defaults))
         self._relink()
-        for group in self.param_groups:
-            if "rho" in group:
-                group["rho"] = _number(group["rho"], "group_overrides[].opts.rho", minimum=0.0)
-            if "adaptive" in group:
-                group["adaptive"] = _flag(group["adaptive"], "group_overrides[].opts.adaptive")
+        for i, group in enumerate(self.param_groups):
+            given = {k: group[k] for k in GROUP_KEYS if k in group}
+            if given:
+                try:
+                    group.update({k: getattr(SAMOptions(**given, variant=opts.variant), k) for k in given})
+                except ConfigError as e:
+                    raise e.within(f"param_groups[{i}]") from None
         self._backup: Optional[List[torch.Tensor]] = None
         self._perturbed_locals: Optional[List[torch.Tensor]] = None
         #: set by the SAM train module (:meth:`bind`); ``step()`` refuses to run without it
@@ -440,74 +441,6 @@ class SAM(torch.optim.Optimizer):
         return scale
 
 
-def _from_string(value: Any) -> Any:
-    """A numeric string read as a float (as OLMo-core's YAML decoder reads it), a non-numeric one
-    as ``None``; anything else unchanged."""
-    if not isinstance(value, str):
-        return value
-    try:
-        return float(value.strip())
-    except ValueError:
-        return None
-
-
-def _number(value: Any, name: str, *, minimum: Optional[float] = None, hint: str = "") -> float:
-    """A finite real number; numeric strings ("0.05", "5e-2") are read as numbers, exactly as
-    OLMo-core's YAML decoder reads them, so YAML and Python agree."""
-    out: Any = _from_string(value)
-    if isinstance(out, bool) or not isinstance(out, (int, float)) or not math.isfinite(out):
-        raise OLMoConfigurationError(f"'{name}' must be a finite number{hint}, got {value!r}")
-    if minimum is not None and out < minimum:
-        raise OLMoConfigurationError(f"'{name}' must be >= {minimum}{hint}, got {value!r}")
-    return float(out)
-
-
-def _integer(value: Any, name: str, *, minimum: int, hint: str = "") -> int:
-    """An integer (an integral float or numeric string is read as one, as OLMo-core's decoder
-    does); 2.5, True and 'abc' are errors."""
-    out: Any = _from_string(value)
-    if isinstance(out, float) and out.is_integer():
-        out = int(out)
-    if isinstance(out, bool) or not isinstance(out, int) or out < minimum:
-        raise OLMoConfigurationError(f"'{name}' must be an integer >= {minimum}{hint}, got {value!r}")
-    return out
-
-
-def _flag(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise OLMoConfigurationError(f"'{name}' must be true or false, got {value!r}")
-    return value
-
-
-def _validate_options(*, rho, adaptive, scope, interval, variant, looksam_alpha) -> Dict[str, Any]:
-    """Check and normalise the wrapper's options; every error names its field and the fix."""
-    out: Dict[str, Any] = {
-        "rho": _number(rho, "rho", minimum=0.0, hint=f" (the paper uses {paper.SAM_RHO})"),
-        "adaptive": _flag(adaptive, "adaptive"),
-        "scope": SAMScope.parse(scope),
-        "interval": _integer(
-            interval,
-            "interval",
-            minimum=1,
-            hint=" (1 = every step, k = one ascent every k steps)",
-        ),
-        "variant": SAMVariant.parse(variant),
-        "looksam_alpha": _number(looksam_alpha, "looksam_alpha", minimum=0.0),
-    }
-    if out["variant"] != SAMVariant.sam:
-        if out["scope"] != SAMScope.global_:
-            raise OLMoConfigurationError(
-                f"'scope: local' is defined for variant 'sam' only; variant "
-                f"'{out['variant'].value}' uses the global gradient/momentum: set scope: global"
-            )
-        if out["adaptive"]:
-            raise OLMoConfigurationError(
-                f"'adaptive: true' (ASAM) is defined for variant 'sam' only, not "
-                f"'{out['variant'].value}'; set adaptive: false"
-            )
-    return out
-
-
 def _base_option_names(base: OptimConfig) -> Optional[set]:
     """The keyword options the base optimizer class accepts (group overrides may set these)."""
     try:
@@ -548,17 +481,9 @@ class SAMConfig(OptimConfig):
 
     def __post_init__(self, *args):
         del args
-        opts = _validate_options(
-            rho=self.rho,
-            adaptive=self.adaptive,
-            scope=self.scope,
-            interval=self.interval,
-            variant=self.variant,
-            looksam_alpha=self.looksam_alpha,
-        )
-        self.rho, self.adaptive, self.interval = opts["rho"], opts["adaptive"], opts["interval"]
-        self.looksam_alpha = opts["looksam_alpha"]
-        self.scope, self.variant = opts["scope"].value, opts["variant"].value
+        opts = SAMOptions(self.rho, self.adaptive, self.scope, self.interval, self.variant, self.looksam_alpha)
+        self.rho, self.adaptive, self.interval = opts.rho, opts.adaptive, opts.interval
+        self.looksam_alpha, self.scope, self.variant = opts.looksam_alpha, opts.scope.value, opts.variant.value
         if not isinstance(self.base, OptimConfig):
             raise OLMoConfigurationError(
                 f"'base' must be an OLMo-core optimizer config (e.g. type 'adamw'), got "
@@ -590,12 +515,10 @@ class SAMConfig(OptimConfig):
                         f"SAM keys {list(GROUP_KEYS)} or an option of "
                         f"{self.base.optimizer().__name__} ({sorted(allowed)})"
                     )
-            if "rho" in opts:
-                _number(opts["rho"], f"{where}.rho", minimum=0.0)
-            if "adaptive" in opts:
-                _flag(opts["adaptive"], f"{where}.adaptive")
-                if opts["adaptive"] and self.variant != SAMVariant.sam.value:
-                    raise OLMoConfigurationError(f"'{where}.adaptive' (ASAM) is defined for variant 'sam' only")
+            try:
+                SAMOptions(**{k: opts[k] for k in GROUP_KEYS if k in opts}, variant=self.variant)
+            except ConfigError as e:
+                raise e.within(where) from None
 
     @property
     def lr(self) -> Any:

@@ -47,6 +47,8 @@ import torch
 import torch.nn as nn
 from olmo_core.exceptions import OLMoConfigurationError
 
+from ..config import Checked, ConfigError, check_value, setting, unknown_setting
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -85,7 +87,7 @@ _HF_ALIASES = {
 
 
 @dataclass(frozen=True)
-class QuantConfig:
+class QuantConfig(Checked):
     """One bitsandbytes quantization setting (see the module docstring for the layers).
 
     :param bits: 4 (``Linear4bit``) or 8 (``Linear8bitLt``, LLM.int8).
@@ -102,57 +104,24 @@ class QuantConfig:
         ``llm_int8_skip_modules``.
     """
 
-    bits: int = 4
-    quant_type: str = "nf4"
+    bits: int = setting(4, choices=(4, 8))
+    quant_type: str = setting("nf4", choices=("nf4", "fp4"))
     double_quant: bool = False
-    blocksize: int = 64
-    compute_dtype: str = "float32"
-    int8_threshold: float = 6.0
+    blocksize: int = setting(64, choices=BNB_4BIT_BLOCKSIZES)
+    compute_dtype: str = setting("float32", choices=tuple(_DTYPES))
+    int8_threshold: float = setting(6.0, hint=" (the LLM.int8 outlier threshold)")
     quantize_lm_head: bool = False
     quantize_embeddings: bool = False
     skip_modules: Tuple[str, ...] = ()
 
     def __post_init__(self):
-        for name in ("double_quant", "quantize_lm_head", "quantize_embeddings"):
-            if not isinstance(getattr(self, name), bool):
-                raise OLMoConfigurationError(
-                    f"quantization option {name!r} takes true or false, got {getattr(self, name)!r}"
-                )
-        for name in ("bits", "blocksize"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise OLMoConfigurationError(
-                    f"quantization option {name!r} takes an integer, got {v!r} (e.g. {name}=64)"
-                )
-        if isinstance(self.int8_threshold, bool) or not isinstance(self.int8_threshold, (int, float)):
-            raise OLMoConfigurationError(
-                "quantization option 'int8_threshold' takes a number (the LLM.int8 outlier "
-                f"threshold, e.g. int8_threshold=6.0), got {self.int8_threshold!r}"
-            )
-        if self.bits not in (4, 8):
-            raise OLMoConfigurationError(f"quantization option 'bits' must be 4 or 8, got {self.bits!r}")
-        if self.quant_type not in ("nf4", "fp4"):
-            raise OLMoConfigurationError(
-                f"quantization option 'quant_type' must be 'nf4' or 'fp4', got {self.quant_type!r}"
-            )
-        if self.compute_dtype not in _DTYPES:
-            raise OLMoConfigurationError(
-                f"quantization option 'compute_dtype' must be one of {list(_DTYPES)}, got {self.compute_dtype!r}"
-            )
-        if self.blocksize not in BNB_4BIT_BLOCKSIZES:
-            raise OLMoConfigurationError(
-                f"quantization option 'blocksize' must be one of {list(BNB_4BIT_BLOCKSIZES)}, got {self.blocksize!r}"
-            )
+        super().__post_init__()
+        object.__setattr__(self, "skip_modules", tuple(self.skip_modules))
         if self.bits == 8:
             # 4-bit-only options set away from their defaults would be silently meaningless
             for name, default in (("double_quant", False), ("blocksize", 64), ("quant_type", "nf4")):
                 if getattr(self, name) != default:
-                    raise OLMoConfigurationError(
-                        f"quantization option '{name}' applies to 4-bit quantization only, but "
-                        f"bits=8; drop it or set bits=4"
-                    )
-        if not isinstance(self.skip_modules, tuple):
-            object.__setattr__(self, "skip_modules", tuple(self.skip_modules))
+                    raise ConfigError.at(name, "applies to 4-bit quantization only, but bits=8; drop it or set bits=4")
 
     @property
     def name(self) -> str:
@@ -198,33 +167,24 @@ class QuantConfig:
             elif key in _HF_ALIASES:
                 target = _HF_ALIASES[key]
                 if key in ("load_in_4bit", "load_in_8bit"):
-                    if not isinstance(value, bool):
-                        raise OLMoConfigurationError(f"quantization option '{key}' must be true/false")
-                    if not value:
+                    if not check_value(value, bool, key):
                         continue
                     value = 4 if key == "load_in_4bit" else 8
                 elif key == "bnb_4bit_compute_dtype" and isinstance(value, torch.dtype):
                     value = str(value).replace("torch.", "")
             else:
-                close = difflib.get_close_matches(key, sorted(known | set(_HF_ALIASES)), n=2)
-                hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-                raise OLMoConfigurationError(
-                    f"unknown quantization option {key!r}{hint} (known options: {sorted(known)})"
-                )
+                raise unknown_setting(key, sorted(known | set(_HF_ALIASES)), key)
             if target in out and out[target] != value:
-                raise OLMoConfigurationError(
-                    f"quantization option {target!r} given twice with different values "
-                    f"({out[target]!r} and {value!r}, the latter from {key!r})"
+                raise ConfigError.at(
+                    target,
+                    f"given twice with different values ({out[target]!r} and {value!r}, the latter from {key!r})",
                 )
             out[target] = value
         if "skip_modules" in out and out["skip_modules"] is not None:
             out["skip_modules"] = tuple(out["skip_modules"])
         elif "skip_modules" in out:
             out.pop("skip_modules")
-        try:
-            return cls(**out)
-        except TypeError as e:  # pragma: no cover - guarded by the key check above
-            raise OLMoConfigurationError(f"bad quantization options {dict(options)}: {e}") from e
+        return cls(**out)
 
     # -- the Hugging Face path ---------------------------------------------------------------------
 
@@ -273,37 +233,11 @@ QUANT_PRESETS: Dict[str, QuantConfig] = {
 }
 
 
-#: the type of each option's value on the command line (``key=value``); booleans are true/false
-_BOOL_WORDS = {"true": True, "false": False}
-
-
-def _parse_value(key: str, text: str) -> Any:
-    """``text`` as the type of option ``key``: a wrong spelling is an error naming the option."""
-    types = {f.name: f.type for f in fields(QuantConfig)}
-    target = _HF_ALIASES.get(key, key)
-    kind = types.get(target, "")
-    if key in ("load_in_4bit", "load_in_8bit"):
-        kind = "bool"
+def _cli_value(text: str) -> Any:
+    """A command-line value: ``true``/``false`` (any case) as booleans, anything else as text
+    (QuantConfig's checks read numbers from it and name the option a misspelling is given to)."""
     value = text.strip()
-    if kind == "bool":
-        if value.lower() not in _BOOL_WORDS:
-            raise OLMoConfigurationError(f"quantization option {key!r} takes true or false, got {value!r}")
-        return _BOOL_WORDS[value.lower()]
-    if kind == "int":
-        try:
-            return int(value)
-        except ValueError:
-            raise OLMoConfigurationError(
-                f"quantization option {key!r} takes an integer, got {value!r} (e.g. {key}=64)"
-            ) from None
-    if kind == "float":
-        try:
-            return float(value)
-        except ValueError:
-            raise OLMoConfigurationError(
-                f"quantization option {key!r} takes a number, got {value!r} (e.g. {key}=6.0)"
-            ) from None
-    return value  # strings (quant_type, compute_dtype) are checked by QuantConfig
+    return {"true": True, "false": False}.get(value.lower(), value)
 
 
 def parse_quant_spec(spec: str) -> QuantConfig:
@@ -331,7 +265,7 @@ def parse_quant_spec(spec: str) -> QuantConfig:
             raise OLMoConfigurationError(f"quantization option {item!r} in {spec!r} is not key=value")
         k, v = item.split("=", 1)
         k = k.strip()
-        given[k] = tuple(v.split("|")) if k in ("skip_modules", "llm_int8_skip_modules") else _parse_value(k, v)
+        given[k] = tuple(v.split("|")) if k in ("skip_modules", "llm_int8_skip_modules") else _cli_value(v)
     return QuantConfig.from_dict({**base, **given})
 
 

@@ -27,6 +27,7 @@ from olmo_core.script_utils import ExperimentConfig
 from olmo_core.train import Duration
 from olmo_core.train.common import DurationUnit
 
+from ..config import Checked, ConfigError, setting
 from ..models import param_counts
 from ..optim.sam import SAMConfig
 from ..optim.schedules import decay_start
@@ -58,8 +59,9 @@ GPU_MFU = 0.4
 
 
 @dataclass(kw_only=True)
-class RunSpec:
-    """What every recipe run needs besides its model/optimizer/schedule choices."""
+class RunSpec(Checked):
+    """What every recipe run needs besides its model/optimizer/schedule choices. ``None``: the
+    recipe's default; every number given is valid or an error naming it, never replaced."""
 
     train_paths: List[str] = field(default_factory=list)
     val_paths: List[str] = field(default_factory=list)
@@ -68,48 +70,20 @@ class RunSpec:
     dp: Optional[str] = None
     param_dtype: Optional[str] = None
     #: sequences per rank per forward/backward (flag --micro-batch-size)
-    micro_batch_size: Optional[int] = None
+    micro_batch_size: Optional[int] = setting(None, ge=1)
     #: in-loop evaluation every N steps (and at the end); 0 = none (pretraining)
-    eval_interval: Optional[int] = None
-    checkpoint_interval: Optional[int] = None
-    stop_at_step: Optional[int] = None
+    eval_interval: Optional[int] = setting(None, ge=0)
+    checkpoint_interval: Optional[int] = setting(None, ge=1)
+    stop_at_step: Optional[int] = setting(None, ge=1)
     #: local data paths must exist (off for dry runs)
     check_paths: bool = True
 
 
-#: whole-number settings of a run and their smallest value (``None``: the recipe's default)
-RUN_COUNTS = {
-    "batch_size": 1,
-    "seq_len": 1,
-    "micro_batch_size": 1,
-    "steps": 1,
-    "warmup": 0,
-    "eval_interval": 0,
-    "checkpoint_interval": 1,
-    "stop_at_step": 1,
-}
-
-
-def check_run_numbers(spec: RunSpec) -> None:
-    """The numbers of a run: each is valid or an error naming its flag, never replaced by a
-    default (``None`` is the default). ``eval_interval`` 0 means no in-loop evaluation."""
-    for name, low in RUN_COUNTS.items():
-        v = getattr(spec, name, None)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
-            raise OLMoConfigurationError(f"--{name.replace('_', '-')} must be a whole number >= {low}, got {v!r}")
-    # a peak LR of 0 is a frozen run (the weights stay as loaded); a negative one is an error
-    for name, low, strict in (("lr", 0.0, False), ("tokens_per_param", 0.0, True)):
-        v = getattr(spec, name, None)
-        ok = (
-            isinstance(v, (int, float))
-            and not isinstance(v, bool)
-            and math.isfinite(v)
-            and (v > low if strict else v >= low)
-        )
-        if v is not None and not ok:
-            raise OLMoConfigurationError(
-                f"--{name.replace('_', '-')} must be a number {'>' if strict else '>='} 0, got {v!r}"
-            )
+def flag_error(e: OLMoConfigurationError) -> OLMoConfigurationError:
+    """A recipe spec's error as its command line says it: the field as its flag (``--seq-len``)."""
+    if isinstance(e, ConfigError) and e.path:
+        return ConfigError(f"--{e.path.replace('_', '-')}: {e.problem}")
+    return e
 
 
 def check_micro_batch(batch: int, world: int, micro_batch_size: int) -> None:

@@ -29,6 +29,7 @@ from olmo_core.script_utils import ExperimentConfig
 from olmo_core.train import Duration
 
 from .. import paper
+from ..config import setting
 from ..models import dolma2_tokenizer, model_config
 from ..optim import Midtrain, SAMConfig
 from ..preflight import NON_NEGATIVE_FLOAT, POSITIVE_INT
@@ -37,8 +38,8 @@ from .common import (
     RunSpec,
     apply_overrides,
     check_micro_batch,
-    check_run_numbers,
     common_options,
+    flag_error,
     parse_tokens,
     print_dry_run,
     resolve_data,
@@ -60,15 +61,15 @@ INIT_DIR = "init"
 
 @dataclass(kw_only=True)
 class MidtrainSpec(RunSpec):
-    optimizer: str = "adamw"
+    optimizer: str = setting("adamw", choices=OPTIMIZERS)
     #: '1B' (the paper) or 'tiny' (CPU tests of the same recipe)
-    size: str = "1B"
-    tokens: Optional[int] = T1.tokens
-    steps: Optional[int] = None
-    lr: float = T1.lr
+    size: str = setting("1B", choices=("1B", "tiny"))
+    tokens: Optional[int] = setting(T1.tokens, ge=1)
+    steps: Optional[int] = setting(None, ge=1)
+    lr: float = setting(T1.lr, ge=0)
     rho: float = T1.rho
-    seq_len: int = T1.context_length
-    batch_size: int = T1.batch_sequences
+    seq_len: int = setting(T1.context_length, ge=1)
+    batch_size: int = setting(T1.batch_sequences, ge=1)
     load_path: Optional[str] = None
     save_folder: str = "runs/midtrain-1B"
 
@@ -82,18 +83,11 @@ def _optim(spec: MidtrainSpec) -> OptimConfig:
             OptimGroupOverride(params=["embeddings.weight"], opts={"weight_decay": T1.embedding_weight_decay})
         ],
     )
-    if spec.optimizer == "adamw":
-        return adamw
-    if spec.optimizer == "sam":
-        return SAMConfig(base=adamw, rho=spec.rho)
-    raise OLMoConfigurationError(f"unknown optimizer {spec.optimizer!r}; choose one of {list(OPTIMIZERS)}")
+    return SAMConfig(base=adamw, rho=spec.rho) if spec.optimizer == "sam" else adamw
 
 
 def build_midtrain(spec: MidtrainSpec, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """The OLMo-core experiment of Table 1 (with dotted ``overrides`` applied)."""
-    check_run_numbers(spec)
-    if spec.size not in ("1B", "tiny"):
-        raise OLMoConfigurationError(f"midtrain size must be '1B' (the paper) or 'tiny' (CPU), got {spec.size!r}")
     tokenizer = spec.tokenizer or dolma2_tokenizer()
     if spec.size == "1B":
         model = model_config("1B", vocab_size=T1.embedding_size)
@@ -376,7 +370,7 @@ def main(
             cfg, init_from_hf=init_from_hf if hf_init else None, hf_revision=hf_revision, tokenizer=tokenizer_name
         )
     except OLMoConfigurationError as e:
-        raise click.ClickException(str(e)) from e
+        raise click.ClickException(str(flag_error(e))) from e
 
 
 if __name__ == "__main__":  # python -m / torchrun -m olmo_sam.recipes.midtrain

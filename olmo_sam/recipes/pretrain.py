@@ -35,6 +35,7 @@ from olmo_core.script_utils import ExperimentConfig
 from olmo_core.train import Duration
 
 from .. import paper
+from ..config import setting
 from ..models import CPU_SIZES, dolma2_tokenizer, model_config, param_counts
 from ..optim import WSO, CosineAlpha, LinearAlpha, SAMConfig, WSDAlpha
 from ..preflight import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT
@@ -44,8 +45,8 @@ from .common import (
     RunSpec,
     apply_overrides,
     check_micro_batch,
-    check_run_numbers,
     common_options,
+    flag_error,
     format_tokens,
     launch,
     parse_tokens,
@@ -93,23 +94,25 @@ class PretrainSpec(RunSpec):
     """Everything a pretraining run is built from (the recipe's flags)."""
 
     size: str
-    tokens: Optional[int] = None
-    tokens_per_param: Optional[float] = None
-    steps: Optional[int] = None
-    lr: Optional[float] = None
-    optimizer: str = "adamw"
-    schedule: str = "cosine"
+    tokens: Optional[int] = setting(None, ge=1)
+    tokens_per_param: Optional[float] = setting(None, gt=0)
+    steps: Optional[int] = setting(None, ge=1)
+    #: peak LR (0: a frozen run, the weights stay as loaded); default: Table 6
+    lr: Optional[float] = setting(None, ge=0)
+    optimizer: str = setting("adamw", choices=OPTIMIZERS)
+    schedule: str = setting("cosine", choices=SCHEDULES)
     alpha: Optional[float] = None
     decay_fraction: float = paper.SAM_ANNEAL_DECAY_FRACTION
+    #: SAM radius (checked with the optimizer's other options by olmo_sam.optim.sam.SAMOptions)
     rho: float = paper.SAM_RHO
     #: the sharpness-aware update of sam / sam-anneal: sam, msam or looksam (olmo_sam.optim.sam)
     variant: str = "sam"
     #: LookSAM: a full SAM step every ``interval`` steps (SAMConfig.interval)
     interval: int = 1
     sam_start_fraction: Optional[float] = None
-    batch_size: Optional[int] = None
-    seq_len: Optional[int] = None
-    warmup: Optional[int] = None
+    batch_size: Optional[int] = setting(None, ge=1)
+    seq_len: Optional[int] = setting(None, ge=1)
+    warmup: Optional[int] = setting(None, ge=0)
     save_folder: str = "runs/pretrain"
     seed: int = INIT_SEED
     data_seed: int = DATA_SEED
@@ -146,9 +149,7 @@ def _optim(spec: PretrainSpec, lr: float) -> OptimConfig:
             f"variant/interval choose the SAM update; they do not apply to --optimizer "
             f"{spec.optimizer} (use sam or sam-anneal)"
         )
-    if spec.optimizer == "adamw":
-        return adamw
-    raise OLMoConfigurationError(f"unknown optimizer {spec.optimizer!r}; choose one of {list(OPTIMIZERS)}")
+    return adamw
 
 
 def budget_params(size: str, model: TransformerConfig) -> int:
@@ -175,12 +176,8 @@ def resolve_budget(
             f"give exactly one of --tokens, --tokens-per-param, --steps (got {given or 'none'})"
         )
     if spec.steps is not None:
-        if spec.steps < 1:
-            raise OLMoConfigurationError(f"--steps must be >= 1, got {spec.steps}")
         return None, spec.steps
     if spec.tokens_per_param is not None:
-        if spec.tokens_per_param <= 0:
-            raise OLMoConfigurationError(f"--tokens-per-param must be > 0, got {spec.tokens_per_param}")
         if spec.size in paper.PRETRAIN_NOMINAL_PARAMS:
             return round(spec.tokens_per_param * paper.PRETRAIN_NOMINAL_PARAMS[spec.size]), None
         if model is None:
@@ -220,20 +217,8 @@ def _budget_record(
 def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[ExperimentConfig, Dict[str, Any]]:
     """The OLMo-core experiment of ``spec`` (with dotted ``overrides`` applied) and what was
     resolved on the way (Table 6 LR lookup, tokens/param)."""
-    check_run_numbers(spec)
     if spec.size not in SIZES:
         raise OLMoConfigurationError(f"unknown size {spec.size!r}; choose one of {list(SIZES)}")
-    if spec.optimizer not in OPTIMIZERS:
-        raise OLMoConfigurationError(f"unknown optimizer {spec.optimizer!r}; choose one of {list(OPTIMIZERS)}")
-    if (
-        isinstance(spec.rho, bool)
-        or not isinstance(spec.rho, (int, float))
-        or not spec.rho >= 0
-        or math.isinf(spec.rho)
-    ):
-        raise OLMoConfigurationError(
-            f"--rho must be a finite number >= 0 (the paper uses {paper.SAM_RHO}), got {spec.rho!r}"
-        )
     paper_size = spec.size in paper.PRETRAIN_SHAPES
     shape = paper.PRETRAIN_SHAPES.get(spec.size)
     seq_len = spec.seq_len or (shape.context_length if shape else TINY_SEQ_LEN)
@@ -578,7 +563,7 @@ def main(
             return
         launch(built[0][1])
     except OLMoConfigurationError as e:
-        raise click.ClickException(str(e)) from e
+        raise click.ClickException(str(flag_error(e))) from e
 
 
 def _print_sweep(name: str, built, as_json: bool, gpu_peak_tflops: float, mfu: float) -> None:

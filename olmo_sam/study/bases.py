@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..analysis.findings import make_finding
 from ..analysis.stats import IntervalSpec, compare_seeds, interval_method, mean_interval
-from .fields import StudyError
+from ..config import ConfigError
 
 __all__ = ["BaseRecord", "checkpoint_budget", "Base", "BaseSet", "base_of", "budget_key", "RECORD_FIELDS"]
 
@@ -75,7 +75,7 @@ class BaseRecord:
         """The record in the result of job ``job_id`` (every field, as written)."""
         missing = [f.name for f in fields(cls) if f.name not in result]
         if missing:
-            raise StudyError(
+            raise ConfigError(
                 f"{job_id}: its result has no {missing} (written by an older olmo-sam); "
                 f"train it again: olmo-sam study run FILE --rerun --stages {job_id.split('/', 1)[0]}"
             )
@@ -166,7 +166,7 @@ class BaseSet:
         for b in bases:
             key = (b.arm, b.budget_key, b.seed)
             if key in seen:
-                raise StudyError(
+                raise ConfigError(
                     f"units '{seen[key]}' and '{b.unit}' are both arm '{b.arm}', seed {b.seed} at "
                     f"{b.budget_tpp} tokens/param: give each base of an arm and budget its own seed"
                 )

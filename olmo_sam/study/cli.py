@@ -49,7 +49,7 @@ def start_study(
     from .manifest import Manifest
     from .plan import build_plan
     from .runner import save_study
-    from .spec import StudyError, StudySpec, load_study
+    from .spec import ConfigError, StudySpec, load_study
     from .state import check_unchanged, check_writable, out_dir_lock
     from .validate import validate_executor, validate_plan
 
@@ -59,7 +59,7 @@ def start_study(
     validate_executor(spec, kind=executor, jobs=jobs, nproc_per_node=nproc_per_node)
     plan = build_plan(spec)
     if allow_missing_data and not dry_run:
-        raise StudyError("--allow-missing-data: only with --dry-run (a run needs its data)")
+        raise ConfigError("--allow-missing-data: only with --dry-run (a run needs its data)")
     warnings = validate_plan(plan, missing_data_ok=allow_missing_data)
     selected = plan.select(stages or None, exclude or ())
     source = spec.source if spec.source and not spec.source.startswith("<") else "STUDY_FILE"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from .fields import StudyError
+from ..config import ConfigError
 from .job import Job
 from .plan import Plan
 
@@ -38,7 +38,7 @@ class JobContext:
             return self.deps[job_id]
         job = self.plan.by_id().get(job_id)
         if job is None:
-            raise StudyError(f"{self.job.id}: no job {job_id} in this study")
+            raise ConfigError(f"{self.job.id}: no job {job_id} in this study")
         return job.result(self.out)
 
     def finished(self, job_id: str) -> Optional[Dict[str, Any]]:

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..config import ConfigError
 from ..workers import die_with_parent, output_to
-from .fields import StudyError
 from .job import Job
 from .manifest import Manifest
 from .plan import Plan
@@ -102,7 +102,7 @@ def run_jobs(
     if kind == "slurm":
         return _run_submitit(plan, pending, manifest, slurm or {}, nproc_per_node)
     if kind not in ("local", "torchrun"):
-        raise StudyError(f"unknown executor {kind!r}; choose local, torchrun or slurm")
+        raise ConfigError(f"unknown executor {kind!r}; choose local, torchrun or slurm")
     pool = _WorkerPool(out, parallel) if reuse_processes and kind == "local" else None
     try:
         return _run_subprocesses(plan, pending, manifest, kind, parallel, nproc_per_node, progress, pool)
@@ -254,7 +254,7 @@ def _run_subprocesses(plan, pending, manifest, kind, parallel, nproc_per_node, p
                 if not running:
                     if todo and not failures:
                         stuck = [j.id for j in todo]
-                        raise StudyError(f"jobs {stuck} wait on dependencies that will never finish")
+                        raise ConfigError(f"jobs {stuck} wait on dependencies that will never finish")
                     break
                 time.sleep(0.2)
                 bar.poll(job_progress)
@@ -321,7 +321,7 @@ def _run_submitit(plan, pending, manifest, slurm: dict, nproc_per_node: int) -> 
     try:
         import submitit
     except ImportError as e:
-        raise StudyError("the slurm executor needs submitit: pip install 'olmo-sam[study]'") from e
+        raise ConfigError("the slurm executor needs submitit: pip install 'olmo-sam[study]'") from e
     out = plan.out
     index = plan.by_id()
     opts = dict(slurm)
@@ -334,7 +334,7 @@ def _run_submitit(plan, pending, manifest, slurm: dict, nproc_per_node: int) -> 
     while todo:
         wave = [j for j in todo if all(index[d].is_done(out) for d in j.deps)]
         if not wave:
-            raise StudyError(f"jobs {[j.id for j in todo]} wait on dependencies that will never finish")
+            raise ConfigError(f"jobs {[j.id for j in todo]} wait on dependencies that will never finish")
         t0 = time.time()
         with _planning_package_env(), executor.batch():  # the tasks inherit this environment
             handles = [executor.submit(_submitit_entry, str(out), j.id) for j in wave]

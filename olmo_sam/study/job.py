@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..config import ConfigError
 from ..output import atomic_write_text
-from .fields import StudyError
 
 __all__ = ["Job"]
 
@@ -42,7 +42,7 @@ class Job:
     def result(self, out: Path) -> Dict[str, Any]:
         p = self.done_path(out)
         if not p.exists():
-            raise StudyError(f"job {self.id} has not finished (no {p})")
+            raise ConfigError(f"job {self.id} has not finished (no {p})")
         return json.loads(p.read_text())["result"]
 
     def mark_done(self, out: Path, result: Dict[str, Any], seconds: float, cpu_seconds: Optional[float] = None) -> None:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..config import ConfigError
 from ..seeds import DATA_SEED, INIT_SEED
-from .fields import StudyError
 from .job import Job
 from .spec import PRETRAIN_BUDGETS_TPP, PRETRAIN_SEEDS, StudySpec
 from .stages import PIPELINE, check_stage_names, stage_names
@@ -52,7 +52,7 @@ class Plan:
                 continue
             for d in j.deps:
                 if d not in ids and not index[d].is_done(self.out):
-                    raise StudyError(
+                    raise ConfigError(
                         f"job {j.id} needs {d} (stage '{index[d].stage}'), which is neither "
                         "selected nor finished; include that stage or run it first"
                     )
@@ -159,7 +159,7 @@ def expand_units(study: StudySpec) -> List[Unit]:
     names = [u.name for u in units]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise StudyError(f"arms: the bases {dup} would share a name; give the arms distinct names")
+        raise ConfigError(f"arms: the bases {dup} would share a name; give the arms distinct names")
     return units
 
 
@@ -179,7 +179,7 @@ def build_plan(study: StudySpec) -> Plan:
         lost = [d for d in j.deps if d not in kept]
         if lost and j.stage not in SUMMARY_STAGES:
             # the stages fit together: every stage finds what it reads (analysis and report summarise what exists)
-            raise StudyError(
+            raise ConfigError(
                 f"stages: the '{j.stage}' stage needs the '{stage_of[lost[0]]}' stage (job {j.id} reads {lost[0]}), "
                 f"which is not among the study's stages {sorted(stages, key=stage_names().index)}; add it"
             )

@@ -16,7 +16,7 @@ from typing import Any, Dict
 
 from .context import JobContext
 from .plan import Plan, build_plan
-from .spec import StudyError, parse_study
+from .spec import ConfigError, parse_study
 from .stages import job_kinds
 
 __all__ = ["load_plan", "run_job", "save_study", "STUDY_FILE"]
@@ -37,7 +37,7 @@ def save_study(plan: Plan) -> Path:
 def load_plan(out_dir: str | Path) -> Plan:
     path = Path(out_dir) / STUDY_FILE
     if not path.exists():
-        raise StudyError(f"{out_dir} holds no study ({STUDY_FILE} missing); start it with 'olmo-sam study run'")
+        raise ConfigError(f"{out_dir} holds no study ({STUDY_FILE} missing); start it with 'olmo-sam study run'")
     return build_plan(parse_study(json.loads(path.read_text()), str(path)))
 
 
@@ -45,7 +45,7 @@ def run_job(out_dir: str | Path, job_id: str) -> Dict[str, Any]:
     plan = load_plan(out_dir)
     index = plan.by_id()
     if job_id not in index:
-        raise StudyError(f"no job {job_id!r} in the study at {out_dir}")
+        raise ConfigError(f"no job {job_id!r} in the study at {out_dir}")
     job = index[job_id]
     deps = {d: index[d].result(plan.out) for d in job.deps}
     fn = job_kinds()[job.kind]

@@ -34,9 +34,9 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from olmo_core.exceptions import OLMoConfigurationError
 
+from ..config import Checked, ConfigError, check_settings, decode, setting
 from ..files import parse_yaml, read_yaml
 from ..finetune.sweep import LR_GRIDS
-from .fields import StudyError, typed_fields
 from .hypotheses import Hypothesis, check_references, parse_hypotheses
 from .stages import PIPELINE, check_stage_names, stage_names
 from .stages.finetune import ANALYSIS_MATCHINGS
@@ -46,7 +46,7 @@ __all__ = [
     "ArmSpec",
     "DataSpec",
     "load_study",
-    "StudyError",
+    "ConfigError",
 ]
 
 
@@ -55,14 +55,8 @@ def _mapping(data: Any, where: str) -> Dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise StudyError(f"{where}: expected a mapping (key: value), got {data!r}")
+        raise ConfigError(f"{where}: expected a mapping (key: value), got {data!r}")
     return dict(data)
-
-
-def _strict(cls, data: Any, where: str):
-    """Build dataclass ``cls`` from ``data``, refusing unknown keys and values of the wrong type
-    (named with their path)."""
-    return cls(**typed_fields(cls, _mapping(data, where), where))
 
 
 def _check_entries(data: Any, path: str = "") -> None:
@@ -74,14 +68,14 @@ def _check_entries(data: Any, path: str = "") -> None:
             _check_entries(v, f"{path}.{k}" if path else str(k))
     elif isinstance(data, list):
         if not data and path not in EMPTY_LIST_OK:
-            raise StudyError(
+            raise ConfigError(
                 f"{path}: the list is empty; give at least one entry (or omit the key where it has a default)"
             )
         seen: List[Any] = []
         for i, v in enumerate(data):
             if not isinstance(v, (dict, list, bool)) and v in seen:
                 first = next(j for j, x in enumerate(seen) if x == v and not isinstance(x, bool))
-                raise StudyError(f"{path}[{i}]: duplicate entry {v!r} (also {path}[{first}]); give each entry once")
+                raise ConfigError(f"{path}[{i}]: duplicate entry {v!r} (also {path}[{first}]); give each entry once")
             seen.append(v)
             _check_entries(v, f"{path}[{i}]")
 
@@ -105,13 +99,13 @@ class DataSpec:
 
     def validate(self, where: str = "data") -> None:
         if self.demo is not None and (self.train or self.mix):
-            raise StudyError(f"{where}: give either 'demo' or 'train'/'mix' token files, not both")
+            raise ConfigError(f"{where}: give either 'demo' or 'train'/'mix' token files, not both")
         if self.demo is None and not (self.train or self.mix):
-            raise StudyError(f"{where}: no pretraining data: set 'demo: {{}}' or 'train: [paths]'")
+            raise ConfigError(f"{where}: no pretraining data: set 'demo: {{}}' or 'train: [paths]'")
         if self.demo is None and not self.val:
-            raise StudyError(f"{where}: 'val' token files are needed for pretraining-loss evaluation")
+            raise ConfigError(f"{where}: 'val' token files are needed for pretraining-loss evaluation")
         if self.demo is None and not self.tokenizer:
-            raise StudyError(f"{where}: 'tokenizer' is required with token files ('dolma2' or a dir)")
+            raise ConfigError(f"{where}: 'tokenizer' is required with token files ('dolma2' or a dir)")
 
 
 ARM_RECIPES = ("pretrain", "midtrain")
@@ -122,11 +116,11 @@ PRETRAIN_BUDGETS_TPP = "budgets_tpp"
 
 def _positive_list(values: Any, where: str) -> List[float]:
     if not isinstance(values, list) or not values:
-        raise StudyError(f"{where}: expected a non-empty list of numbers, got {values!r}")
+        raise ConfigError(f"{where}: expected a non-empty list of numbers, got {values!r}")
     out = []
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
-            raise StudyError(f"{where}[{i}]: every entry must be a positive number, got {v!r}")
+            raise ConfigError(f"{where}[{i}]: every entry must be a positive number, got {v!r}")
         out.append(v)
     return out  # (a duplicate entry is refused for every list: _check_entries)
 
@@ -136,14 +130,14 @@ def check_token_budgets(budgets: Any, where: str) -> None:
     from ..recipes.common import parse_tokens
 
     if not isinstance(budgets, list) or not budgets:
-        raise StudyError(f"{where}: expected a non-empty list of token counts (e.g. [12B, 24B]), got {budgets!r}")
+        raise ConfigError(f"{where}: expected a non-empty list of token counts (e.g. [12B, 24B]), got {budgets!r}")
     for i, b in enumerate(budgets):
         if isinstance(b, bool):
-            raise StudyError(f"{where}[{i}]: expected a token count (e.g. 12B), got {b!r}")
+            raise ConfigError(f"{where}[{i}]: expected a token count (e.g. 12B), got {b!r}")
         try:
             parse_tokens(b)
         except OLMoConfigurationError as e:
-            raise StudyError(f"{where}[{i}]: {e}") from None
+            raise ConfigError(f"{where}[{i}]: {e}") from None
 
 
 def _check_pretrain_grid(pretrain: Dict[str, Any], budgets: Optional[List[Any]]) -> None:
@@ -152,21 +146,25 @@ def _check_pretrain_grid(pretrain: Dict[str, Any], budgets: Optional[List[Any]])
     seeds = pretrain.get(PRETRAIN_SEEDS)
     if seeds is not None:
         if not isinstance(seeds, list) or not seeds:
-            raise StudyError(f"pretrain.seeds: expected a non-empty list of integers, got {seeds!r}")
+            raise ConfigError(f"pretrain.seeds: expected a non-empty list of integers, got {seeds!r}")
         for i, x in enumerate(seeds):
             if isinstance(x, bool) or not isinstance(x, int) or x < 0:
-                raise StudyError(f"pretrain.seeds[{i}]: seeds are a list of integers >= 0, got {x!r}")
+                raise ConfigError(f"pretrain.seeds[{i}]: seeds are a list of integers >= 0, got {x!r}")
         clash = sorted({"seed", "data_seed"} & set(pretrain))
         if clash:
-            raise StudyError(f"pretrain: {clash} conflict with 'seeds' (each seed sets init and data order); drop them")
+            raise ConfigError(
+                f"pretrain: {clash} conflict with 'seeds' (each seed sets init and data order); drop them"
+            )
     tpp = pretrain.get(PRETRAIN_BUDGETS_TPP)
     if tpp is not None:
         _positive_list(tpp, "pretrain.budgets_tpp")
         if budgets:
-            raise StudyError("give the study's 'budgets' (tokens) or 'pretrain.budgets_tpp', not both")
+            raise ConfigError("give the study's 'budgets' (tokens) or 'pretrain.budgets_tpp', not both")
         clash = sorted({"steps", "tokens", "tokens_per_param"} & set(pretrain))
         if clash:
-            raise StudyError(f"pretrain: {clash} conflict with 'budgets_tpp' (which sets each run's budget); drop them")
+            raise ConfigError(
+                f"pretrain: {clash} conflict with 'budgets_tpp' (which sets each run's budget); drop them"
+            )
 
 
 @dataclass
@@ -190,16 +188,16 @@ class ArmSpec:
     @classmethod
     def parse(cls, data: Any, where: str) -> "ArmSpec":
         if not isinstance(data, dict):
-            raise StudyError(f"{where}: an arm is a mapping, got {data!r}")
+            raise ConfigError(f"{where}: an arm is a mapping, got {data!r}")
         d = dict(data)
         name = d.pop("name", None)
         if name is None:
-            raise StudyError(f"{where}: every arm needs a 'name'")
+            raise ConfigError(f"{where}: every arm needs a 'name'")
         if not isinstance(name, str) or not name.strip() or not name.isprintable():
-            raise StudyError(f"{where}.name: expected a non-empty one-line string, got {name!r}")
+            raise ConfigError(f"{where}.name: expected a non-empty one-line string, got {name!r}")
         recipe = d.pop("recipe", "pretrain")
         if recipe not in ARM_RECIPES:
-            raise StudyError(f"{where}.recipe: choose one of {list(ARM_RECIPES)}, got {recipe!r} (arm '{name}')")
+            raise ConfigError(f"{where}.recipe: choose one of {list(ARM_RECIPES)}, got {recipe!r} (arm '{name}')")
         budgets = d.pop("budgets", None)
         if budgets is not None:
             check_token_budgets(budgets, f"{where}.budgets")
@@ -212,22 +210,22 @@ class ArmSpec:
             or not 0 < data_fraction <= 1
             or recipe != "pretrain"
         ):
-            raise StudyError(
+            raise ConfigError(
                 f"{where}.data_fraction: a fraction of the training tokens in (0, 1] for a pretrain arm "
                 f"(e.g. 0.25: the first quarter of every token file), got {data_fraction!r}"
             )
         if reference is not None and (not isinstance(reference, str) or reference == name):
-            raise StudyError(f"{where}.reference: the name of another arm to compare {name!r} with, got {reference!r}")
+            raise ConfigError(f"{where}.reference: the name of another arm to compare {name!r} with, got {reference!r}")
         if budgets is not None and budgets_tpp is not None:
-            raise StudyError(
+            raise ConfigError(
                 f"{where} ({name}): give 'budgets' (tokens) or 'budgets_tpp' (tokens per parameter), not both"
             )
         if budgets_tpp is not None:
             budgets_tpp = _positive_list(budgets_tpp, f"{where} ({name}).budgets_tpp")
         if "seeds" in d:
-            raise StudyError(f"{where} ({name}): 'seeds' is a study-wide setting; set it under 'pretrain:'")
+            raise ConfigError(f"{where} ({name}): 'seeds' is a study-wide setting; set it under 'pretrain:'")
         if "optimizer" not in d:
-            raise StudyError(f"{where} ({name}): the arm has no 'optimizer' (adamw, sam or sam-anneal)")
+            raise ConfigError(f"{where} ({name}): the arm has no 'optimizer' (adamw, sam or sam-anneal)")
         return cls(
             name=name,
             recipe=recipe,
@@ -240,12 +238,12 @@ class ArmSpec:
 
 
 @dataclass
-class FinetuneSpec:
+class FinetuneSpec(Checked):
     #: adapter names (olmo_sam.finetune.adapters) or prepared dataset directories
     datasets: List[str] = field(default_factory=list)
-    lrs: Optional[List[float]] = None
+    lrs: Optional[List[float]] = setting(None, gt=0, hint=" (a learning rate)")
     #: LR preset instead of ``lrs``: table7 | table3 | table10
-    preset: Optional[str] = None
+    preset: Optional[str] = setting(None, choices=sorted(LR_GRIDS))
     methods: List[str] = field(default_factory=lambda: ["ft"])
     #: FTConfig fields shared by every run (max_steps, token_budget, batch_size, ...)
     common: Dict[str, Any] = field(default_factory=dict)
@@ -257,77 +255,67 @@ class FinetuneSpec:
     prepare: Dict[str, Any] = field(default_factory=dict)
     #: batched (LR grids trained together where the method allows; olmo_sam.finetune.batched) |
     #: trainer (every run through OLMo-core's trainer, one at a time)
-    engine: str = "batched"
+    engine: str = setting("batched", choices=("batched", "trainer"))
 
     def validate(self) -> None:
         if not self.datasets:
-            raise StudyError("finetune.datasets: give at least one dataset id (e.g. code, music, gsm8k)")
+            raise ConfigError("finetune.datasets: give at least one dataset id (e.g. code, music, gsm8k)")
         for i, ds in enumerate(self.datasets):
             if not ds.strip():
-                raise StudyError(f"finetune.datasets[{i}]: a dataset id is missing")
+                raise ConfigError(f"finetune.datasets[{i}]: a dataset id is missing")
         if self.lrs is None and self.preset is None:
-            raise StudyError("finetune: give 'lrs' (a list) or 'preset' (table7, table3, table10)")
+            raise ConfigError("finetune: give 'lrs' (a list) or 'preset' (table7, table3, table10)")
         if self.lrs is not None and not self.lrs:
-            raise StudyError("finetune.lrs: the LR grid is empty; give at least one learning rate")
+            raise ConfigError("finetune.lrs: the LR grid is empty; give at least one learning rate")
         if self.lrs is not None and self.preset is not None:
-            raise StudyError("finetune: give 'lrs' or 'preset', not both")
-        if self.preset is not None and self.preset not in LR_GRIDS:
-            raise StudyError(f"finetune.preset: choose one of {sorted(LR_GRIDS)}, got {self.preset!r}")
-        for i, lr in enumerate(self.lrs or []):
-            if not (math.isfinite(lr) and lr > 0):
-                raise StudyError(f"finetune.lrs[{i}]: a learning rate must be a number > 0, got {lr!r}")
+            raise ConfigError("finetune: give 'lrs' or 'preset', not both")
         stray = sorted(set(self.per_dataset) - set(self.datasets))
         if stray:
-            raise StudyError(f"finetune.per_dataset: {stray} are not in finetune.datasets")
-        if self.engine not in ("batched", "trainer"):
-            raise StudyError(f"finetune.engine: {self.engine!r}; choose one of 'batched', 'trainer'")
+            raise ConfigError(f"finetune.per_dataset: {stray} are not in finetune.datasets")
+
+
+def _cfs_engines():
+    from ..cfs.generate import ENGINES
+
+    return ENGINES
+
+
+def _cfs_dtypes():
+    from ..cfs.generate import DTYPES
+
+    return DTYPES
 
 
 @dataclass
-class CfsSpec:
+class CfsSpec(Checked):
     """The ``cfs:`` section: how the context-free (``cfs``) and contextual (``cs``) mixes of the
     fine-tuning methods are made ([CFS] Sec 2-3; :func:`olmo_sam.cfs.method.prepare_method`,
     :func:`olmo_sam.cfs.generate.run_generation`). Omitted keys take those functions' defaults;
     the sequence length, epochs and batch come from the base model and ``finetune.common``."""
 
     #: the synthetic pool as a fraction of the task set
-    ratio: Optional[float] = None
+    ratio: Optional[float] = setting(None, gt=0)
     #: the synthetic loss weight (default: ``ratio``)
-    lam: Optional[float] = None
-    num_samples: Optional[int] = None
+    lam: Optional[float] = setting(None, gt=0)
+    num_samples: Optional[int] = setting(None, ge=1)
     temperature: Optional[float] = None
     top_p: Optional[float] = None
     max_tokens: Optional[int] = None
-    gen_seed: Optional[int] = None
-    mix_seed: Optional[int] = None
+    gen_seed: Optional[int] = setting(None, ge=0)
+    mix_seed: Optional[int] = setting(None, ge=0)
     #: vllm | hf | auto
-    engine: Optional[str] = None
+    engine: Optional[str] = setting(None, choices=_cfs_engines)
     vllm_python: Optional[str] = None
     #: auto | float32 | bfloat16 | float16
-    dtype: Optional[str] = None
+    dtype: Optional[str] = setting(None, choices=_cfs_dtypes)
     enforce_eager: Optional[bool] = None
-    max_model_len: Optional[int] = None
-    gpu_memory_utilization: Optional[float] = None
-    hf_batch_size: Optional[int] = None
+    max_model_len: Optional[int] = setting(None, ge=1)
+    gpu_memory_utilization: Optional[float] = setting(None, gt=0, le=1)
+    hf_batch_size: Optional[int] = setting(None, ge=1)
 
     def validate(self) -> None:
-        from ..cfs.generate import DTYPES, ENGINES, SamplingSettings
+        from ..cfs.generate import SamplingSettings
 
-        for name in ("ratio", "lam"):
-            v = getattr(self, name)
-            if v is not None and not (math.isfinite(v) and v > 0):
-                raise StudyError(f"cfs.{name}: must be a number > 0, got {v!r}")
-        for name in ("num_samples", "max_model_len", "hf_batch_size"):
-            _at_least(getattr(self, name), 1, f"cfs.{name}")
-        for name in ("gen_seed", "mix_seed"):
-            _at_least(getattr(self, name), 0, f"cfs.{name}")
-        if self.engine is not None and self.engine not in ENGINES:
-            raise StudyError(f"cfs.engine: choose one of {list(ENGINES)}, got {self.engine!r}")
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise StudyError(f"cfs.dtype: choose one of {list(DTYPES)}, got {self.dtype!r}")
-        g = self.gpu_memory_utilization
-        if g is not None and not 0 < g <= 1:
-            raise StudyError(f"cfs.gpu_memory_utilization: must be in (0, 1], got {g!r}")
         for contextual in (False, True):
             try:
                 SamplingSettings.for_kind(
@@ -337,7 +325,7 @@ class CfsSpec:
                     **({"max_tokens": self.max_tokens} if self.max_tokens is not None else {}),
                 )
             except OLMoConfigurationError as e:
-                raise StudyError(f"cfs.{e}") from None
+                raise ConfigError(f"cfs.{e}") from None
 
     def options(self) -> Dict[str, Any]:
         return _given(self)
@@ -347,11 +335,6 @@ def _given(section) -> Dict[str, Any]:
     """The keys of a section of options that the file gave (what its jobs pass on; a key left
     out keeps the defaults of the function it configures)."""
     return {k: v for k, v in dataclasses.asdict(section).items() if v is not None}
-
-
-def _at_least(value: Optional[int], low: int, where: str) -> None:
-    if value is not None and value < low:
-        raise StudyError(f"{where}: must be a whole number >= {low}, got {value!r}")
 
 
 @dataclass
@@ -374,87 +357,78 @@ class BenchmarksSpec:
         if self.offline is not None:
             from ..evals.offline import OFFLINE_MISSING, OFFLINE_TASKS
 
-            o = typed_fields(_OfflineOptions, self.offline, "benchmarks.offline")
+            o = _given(decode(_OfflineOptions, self.offline, "benchmarks.offline"))
             for i, t in enumerate(o.get("tasks") or []):
                 if t in OFFLINE_MISSING:
-                    raise StudyError(f"benchmarks.offline.tasks[{i}]: {t!r} cannot run offline: {OFFLINE_MISSING[t]}")
+                    raise ConfigError(f"benchmarks.offline.tasks[{i}]: {t!r} cannot run offline: {OFFLINE_MISSING[t]}")
                 if t not in OFFLINE_TASKS:
-                    raise StudyError(
+                    raise ConfigError(
                         f"benchmarks.offline.tasks[{i}]: unknown task {t!r}; choose from {sorted(OFFLINE_TASKS)}"
                     )
-            for name in ("limit", "batch_size", "max_gen_toks"):
-                _at_least(o.get(name), 1, f"benchmarks.offline.{name}")
             _check_quants(o.get("quant"), "benchmarks.offline.quant", QUANT_KINDS)
         if self.olmes is not None:
-            from ..evals.olmes import SUITES
-
-            o = typed_fields(_OlmesOptions, self.olmes, "benchmarks.olmes")
-            suite = o.get("suite")
-            if suite is not None and suite not in SUITES:
-                raise StudyError(f"benchmarks.olmes.suite: choose one of {sorted(SUITES)}, got {suite!r}")
-            if o.get("model_type") not in (None, "hf", "vllm"):
-                raise StudyError(f"benchmarks.olmes.model_type: choose 'hf' or 'vllm', got {o['model_type']!r}")
-            for name in ("limit", "gpus"):
-                _at_least(o.get(name), 1, f"benchmarks.olmes.{name}")
+            o = _given(decode(_OlmesOptions, self.olmes, "benchmarks.olmes"))
             _check_quants(o.get("quant"), "benchmarks.olmes.quant", QUANT_KINDS)
 
 
 @dataclass
-class _OfflineOptions:
+class _OfflineOptions(Checked):
     """``benchmarks.offline`` (:func:`olmo_sam.evals.offline.run_offline_suite`)."""
 
     tasks: Optional[List[str]] = None
-    limit: Optional[int] = None
+    limit: Optional[int] = setting(None, ge=1)
     #: quantization kinds (``none`` or null: full precision)
     quant: Optional[Union[str, List[Optional[str]]]] = None
-    batch_size: Optional[int] = None
-    max_gen_toks: Optional[int] = None
+    batch_size: Optional[int] = setting(None, ge=1)
+    max_gen_toks: Optional[int] = setting(None, ge=1)
     device: Optional[str] = None
 
 
+def _olmes_suites():
+    from ..evals.olmes import SUITES
+
+    return sorted(SUITES)
+
+
 @dataclass
-class _OlmesOptions:
+class _OlmesOptions(Checked):
     """``benchmarks.olmes`` (:func:`olmo_sam.evals.olmes.run_olmes_suite`)."""
 
-    suite: Optional[str] = None
+    suite: Optional[str] = setting(None, choices=_olmes_suites)
     tasks: Optional[List[str]] = None
     #: quantization kinds (``none`` or null: full precision)
     quant: Optional[Union[str, List[Optional[str]]]] = None
-    model_type: Optional[str] = None
-    limit: Optional[int] = None
+    model_type: Optional[str] = setting(None, choices=("hf", "vllm"))
+    limit: Optional[int] = setting(None, ge=1)
     batch_size: Optional[int] = None
-    gpus: Optional[int] = None
+    gpus: Optional[int] = setting(None, ge=1)
 
 
 def _check_quants(quant: Any, where: str, kinds: Sequence[str]) -> None:
     if quant is None:
         return
     if not isinstance(quant, (str, list)):
-        raise StudyError(f"{where}: expected a list of {list(kinds)}, got {quant!r}")
+        raise ConfigError(f"{where}: expected a list of {list(kinds)}, got {quant!r}")
     for i, q in enumerate([quant] if isinstance(quant, str) else quant):
         if q is not None and q not in kinds:
-            raise StudyError(f"{where}[{i}]: choose one of {list(kinds)}, got {q!r}")
+            raise ConfigError(f"{where}[{i}]: choose one of {list(kinds)}, got {q!r}")
 
 
 @dataclass
-class PtEvalSpec:
+class PtEvalSpec(Checked):
     """``pt_eval``: how each base's pretraining validation loss is measured
     (:func:`olmo_sam.evals.lm_loss`); ``max_sequences`` also sets the validation subset of the
     probes and of fine-tuning's PT loss, unless their own options say otherwise."""
 
-    max_sequences: Optional[int] = None
-    batch_size: Optional[int] = None
-
-    def validate(self) -> None:
-        for name in ("max_sequences", "batch_size"):
-            _at_least(getattr(self, name), 1, f"pt_eval.{name}")
+    max_sequences: Optional[int] = setting(None, ge=1)
+    batch_size: Optional[int] = setting(None, ge=1)
 
     def options(self) -> Dict[str, Any]:
         return _given(self)
 
 
 @dataclass
-class AnalysisSpec:
+class AnalysisSpec(Checked):
     """``analysis``: how arms are compared over seeds -- the interval (``t`` or ``bootstrap``, its
     ``confidence``, the bootstrap's ``n_boot`` and ``seed``: :class:`~olmo_sam.analysis.stats.IntervalSpec`)
     and ``matching``, how a base is read at tau (``nearest``: the frontier run with the largest
@@ -463,17 +437,15 @@ class AnalysisSpec:
     interval: Optional[str] = None
     confidence: Optional[float] = None
     n_boot: Optional[int] = None
-    seed: Optional[int] = None
-    matching: Optional[str] = None
+    #: the bootstrap's seed
+    seed: Optional[int] = setting(None, ge=0)
+    matching: Optional[str] = setting(
+        None,
+        choices=ANALYSIS_MATCHINGS,
+        hint=" (nearest frontier run at L_FT <= tau, or log-LR interpolation between the runs bracketing tau)",
+    )
 
     def validate(self) -> None:
-        if self.matching is not None and self.matching not in ANALYSIS_MATCHINGS:
-            raise StudyError(
-                f"analysis.matching: unknown {self.matching!r}; choose one of {list(ANALYSIS_MATCHINGS)} "
-                f"(nearest frontier run at L_FT <= tau, or log-LR interpolation between the runs bracketing tau)"
-            )
-        if self.seed is not None and self.seed < 0:
-            raise StudyError(f"analysis.seed: the bootstrap seed is a whole number >= 0, got {self.seed!r}")
         self.interval_spec()  # raises with the field named
 
     def interval_spec(self):
@@ -492,25 +464,21 @@ class AnalysisSpec:
 
 
 @dataclass
-class ExecutorSpec:
+class ExecutorSpec(Checked):
     #: local | torchrun | slurm
-    kind: str = "local"
-    jobs: int = 2
-    nproc_per_node: int = 1
+    kind: str = setting("local", choices=("local", "torchrun", "slurm"))
+    jobs: int = setting(2, ge=1)
+    nproc_per_node: int = setting(1, ge=1)
     #: local: run the jobs in ``jobs`` long-lived worker processes (imports paid once per worker)
     reuse_processes: bool = False
     #: submitit parameters for slurm (partition, gpus_per_node, timeout_min, ...)
     slurm: Dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.kind not in ("local", "torchrun", "slurm"):
-            raise StudyError(f"executor.kind: choose local, torchrun or slurm, got {self.kind!r}")
-        _at_least(self.jobs, 1, "executor.jobs")
-        _at_least(self.nproc_per_node, 1, "executor.nproc_per_node")
         for k, v in self.slurm.items():
             # counts and minutes (gpus_per_node, tasks_per_node, nodes, timeout_min, cpus_per_task, mem_gb, ...)
             if k in SLURM_COUNTS and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise StudyError(f"executor.slurm.{k}: must be a whole number >= 1, got {v!r}")
+                raise ConfigError(f"executor.slurm.{k}: must be a whole number >= 1, got {v!r}")
 
 
 #: executor.slurm keys that are counts (submitit's AutoExecutor parameters)
@@ -529,7 +497,7 @@ SLURM_COUNTS = (
 class StudySpec:
     name: str
     out_dir: Optional[str] = None
-    seed: int = 0
+    seed: int = setting(0, ge=0)
     data: DataSpec = field(default_factory=DataSpec)
     #: defaults for every pretrain arm (PretrainSpec fields: size, steps/tokens, lr, batch, ...)
     pretrain: Dict[str, Any] = field(default_factory=dict)
@@ -617,24 +585,22 @@ _TOP_VALUES = ("name", "out_dir", "seed", "budgets", "stages", "notes", "quick")
 
 def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     if not isinstance(data, dict):
-        raise StudyError(f"{source}: a study file is a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{source}: a study file is a mapping, got {type(data).__name__}")
     d = copy.deepcopy(data)
     added = {s.section: s for s in PIPELINE if s.section}
     top = ({f.name for f in dataclasses.fields(StudySpec)} - {"source", "sections"}) | set(added)
     unknown = sorted(set(d) - top)
     if unknown:
-        raise StudyError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(top)}")
-    values = typed_fields(StudySpec, {k: d[k] for k in _TOP_VALUES if d.get(k) is not None}, "")
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(top)}")
+    values = check_settings(StudySpec, {k: d[k] for k in _TOP_VALUES if d.get(k) is not None})
     if not values.get("name", "").strip():
-        raise StudyError(f"{source}: 'name' is required (a non-empty string)")
+        raise ConfigError(f"{source}: 'name' is required (a non-empty string)")
     if not values["name"].isprintable():
-        raise StudyError(f"name: expected a one-line string of printable characters, got {values['name']!r}")
+        raise ConfigError(f"name: expected a one-line string of printable characters, got {values['name']!r}")
     spec = StudySpec(source=source, **values)
     if spec.out_dir is not None and not spec.out_dir.strip():
-        raise StudyError("out_dir: give a directory, or omit the key for runs/<name>")
-    if spec.seed < 0:
-        raise StudyError(f"seed: a seed is a whole number >= 0, got {spec.seed}")
-    spec.data = _strict(DataSpec, d.get("data"), "data")
+        raise ConfigError("out_dir: give a directory, or omit the key for runs/<name>")
+    spec.data = decode(DataSpec, d.get("data"), "data")
     if spec.data.demo:  # a null option is its default
         spec.data.demo = {k: v for k, v in spec.data.demo.items() if v is not None}
     spec.data.validate()
@@ -645,48 +611,47 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     _check_pretrain_grid(spec.pretrain, spec.budgets)
     arms = d.get("arms")
     if not arms:
-        raise StudyError(
+        raise ConfigError(
             "arms: the study has no arms; add at least one, e.g. "
             "arms: [{name: adamw, optimizer: adamw, schedule: cosine}]"
         )
     if not isinstance(arms, list):
-        raise StudyError(f"arms: expected a list of arms, got {arms!r}")
+        raise ConfigError(f"arms: expected a list of arms, got {arms!r}")
     spec.arms = [ArmSpec.parse(a, f"arms[{i}]") for i, a in enumerate(arms)]
     names = [a.name for a in spec.arms]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise StudyError(f"arms: duplicate arm name(s) {dup}")
+        raise ConfigError(f"arms: duplicate arm name(s) {dup}")
     for i, a in enumerate(spec.arms):
         if a.reference is not None and a.reference not in names:
-            raise StudyError(f"arms[{i}].reference: no arm {a.reference!r} in the study; arms: {names}")
-    spec.pt_eval = _strict(PtEvalSpec, d.get("pt_eval"), "pt_eval")
-    spec.pt_eval.validate()
-    spec.probes = _strict(ProbesSpec, d.get("probes"), "probes")
+            raise ConfigError(f"arms[{i}].reference: no arm {a.reference!r} in the study; arms: {names}")
+    spec.pt_eval = decode(PtEvalSpec, d.get("pt_eval"), "pt_eval")
+    spec.probes = decode(ProbesSpec, d.get("probes"), "probes")
     if d.get("finetune") is not None:
-        spec.finetune = _strict(FinetuneSpec, d["finetune"], "finetune")
+        spec.finetune = decode(FinetuneSpec, d["finetune"], "finetune")
         spec.finetune.validate()
     if d.get("cfs") is not None:
-        cfs = _strict(CfsSpec, d["cfs"], "cfs")
+        cfs = decode(CfsSpec, d["cfs"], "cfs")
         cfs.validate()
         spec.cfs = cfs.options()
-    spec.benchmarks = _strict(BenchmarksSpec, d.get("benchmarks"), "benchmarks")
+    spec.benchmarks = decode(BenchmarksSpec, d.get("benchmarks"), "benchmarks")
     spec.benchmarks.validate()
-    spec.executor = _strict(ExecutorSpec, d.get("executor"), "executor")
+    spec.executor = decode(ExecutorSpec, d.get("executor"), "executor")
     spec.executor.validate()
-    spec.analysis = _strict(AnalysisSpec, d.get("analysis"), "analysis")
+    spec.analysis = decode(AnalysisSpec, d.get("analysis"), "analysis")
     spec.analysis.validate()
     if spec.stages is not None:
         check_stage_names(spec.stages, "stages")
     for arm in spec.arms:
         if PRETRAIN_SEEDS in spec.pretrain and {"seed", "data_seed"} & set(arm.settings):
-            raise StudyError(f"arms ({arm.name}): 'seed'/'data_seed' conflict with pretrain.seeds; drop them")
+            raise ConfigError(f"arms ({arm.name}): 'seed'/'data_seed' conflict with pretrain.seeds; drop them")
         if arm.budgets_tpp is not None and arm.recipe != "pretrain":
-            raise StudyError(f"arms ({arm.name}): 'budgets_tpp' applies to pretrain arms only")
+            raise ConfigError(f"arms ({arm.name}): 'budgets_tpp' applies to pretrain arms only")
         if arm.budgets_tpp is not None and {"steps", "tokens", "tokens_per_param"} & set(arm.settings):
-            raise StudyError(f"arms ({arm.name}): 'budgets_tpp' sets the budget; drop steps/tokens/tokens_per_param")
+            raise ConfigError(f"arms ({arm.name}): 'budgets_tpp' sets the budget; drop steps/tokens/tokens_per_param")
     for section, stage in added.items():
         if section in d:
-            spec.sections[section] = _strict(stage.config, d[section], section)
+            spec.sections[section] = decode(stage.config, d[section], section)
             if hasattr(spec.sections[section], "validate"):
                 spec.sections[section].validate()
     _check_entries(d)
@@ -710,7 +675,7 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
         key, eq, text = raw.partition("=")
         key = key.strip().lstrip("-")
         if not eq or not key:
-            raise StudyError(
+            raise ConfigError(
                 f"override {raw!r}: expected KEY=VALUE (e.g. finetune.lrs=[1e-4,3e-4] or arms[1].rho=0.05)"
             )
         steps: List[Union[str, int]] = []
@@ -721,11 +686,11 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
             elif m:
                 steps += [m.group(1).replace("-", "_")] + [int(x) for x in re.findall(r"\d+", m.group(2))]
             else:
-                raise StudyError(f"override {raw!r}: {part!r} is not a key or list index of the study file")
+                raise ConfigError(f"override {raw!r}: {part!r} is not a key or list index of the study file")
         try:
             value = parse_yaml(text, f"override {key}")
         except OLMoConfigurationError as e:
-            raise StudyError(str(e)) from None
+            raise ConfigError(str(e)) from None
         node: Any = out
         for i, step in enumerate(steps):
             where = _path(steps[:i]) or "the study file"
@@ -733,13 +698,13 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
             if isinstance(step, int):
                 if not isinstance(node, list) or step >= len(node):
                     size = f"a list of {len(node)}" if isinstance(node, list) else "not a list"
-                    raise StudyError(f"override {key}: {where} is {size}; no entry [{step}]")
+                    raise ConfigError(f"override {key}: {where} is {size}; no entry [{step}]")
                 if last:
                     node[step] = value
                 else:
                     node = node[step]
             elif not isinstance(node, dict):
-                raise StudyError(f"override {key}: {where} is not a mapping; it has no key {step!r}")
+                raise ConfigError(f"override {key}: {where} is not a mapping; it has no key {step!r}")
             elif last:
                 node[step] = value
             else:
@@ -757,13 +722,13 @@ def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
     """The study file at ``path``, with dotted ``overrides`` (:func:`apply_overrides`)."""
     p = Path(path)
     if not p.exists():
-        raise StudyError(f"study file not found: {p}")
+        raise ConfigError(f"study file not found: {p}")
     try:
         data = read_yaml(p)
     except OLMoConfigurationError as e:
-        raise StudyError(str(e)) from None
+        raise ConfigError(str(e)) from None
     if overrides:
         if not isinstance(data, dict):
-            raise StudyError(f"{p}: a study file is a mapping, got {type(data).__name__}")
+            raise ConfigError(f"{p}: a study file is a mapping, got {type(data).__name__}")
         data = apply_overrides(data, overrides)
     return parse_study(data, str(p))

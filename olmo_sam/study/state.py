@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set
 
-from .fields import StudyError
+from ..config import ConfigError
 from .plan import Plan
 
 __all__ = ["LOCK_FILE", "out_dir_lock", "check_writable", "changed_keys", "stale_jobs", "check_unchanged"]
@@ -35,7 +35,7 @@ def check_writable(out: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise StudyError(
+        raise ConfigError(
             f"{out}: the output directory is not writable ({e.strerror or e}); choose another with --out "
             "(or out_dir in the study file) or fix its permissions"
         ) from None
@@ -72,7 +72,7 @@ def out_dir_lock(out: Path, what: str = "study run") -> Iterator[None]:
             os.close(fd)
             pid = _read_pid(path)
             who = f"pid {pid}" if pid else "another process"
-            raise StudyError(
+            raise ConfigError(
                 f"{out} is in use by another 'olmo-sam {what}' ({who}); wait for it to finish, stop it "
                 f"(kill {pid if pid else '<pid>'}), or use another output directory (--out)"
             ) from None
@@ -80,7 +80,7 @@ def out_dir_lock(out: Path, what: str = "study run") -> Iterator[None]:
         pid = _read_pid(path)
         if pid and pid != os.getpid() and _pid_alive(pid):
             os.close(fd)
-            raise StudyError(
+            raise ConfigError(
                 f"{out} is in use by another 'olmo-sam {what}' (pid {pid}); wait for it to finish, stop it "
                 f"(kill {pid}), or use another output directory (--out)"
             ) from None
@@ -178,7 +178,7 @@ def check_unchanged(plan: Plan, rerun: Set[str], study_file: str = "STUDY_FILE")
     index = plan.by_id()
     stages = [s for s in dict.fromkeys(index[j].stage for j in stale)]
     shown = ", ".join(stale[:6]) + (f" and {len(stale) - 6} more" if len(stale) > 6 else "")
-    raise StudyError(
+    raise ConfigError(
         f"the study changed since the results in {plan.out} were made "
         f"(changed: {', '.join(keys) if keys else 'job parameters'}); finished jobs made with the old values: "
         f"{shown}. Re-run them with 'olmo-sam study run {study_file} --out {plan.out} --rerun --stages "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 from typing import List, Optional
 
-from .fields import StudyError
+from ..config import ConfigError
 from .plan import Plan
 from .spec import StudySpec
 from .stages import get_stage
@@ -31,17 +31,17 @@ def validate_executor(
     kind = kind or ex.kind
     for name, flag in (("jobs", jobs), ("nproc_per_node", nproc_per_node)):  # (the file's: ExecutorSpec.validate)
         if flag is not None and (isinstance(flag, bool) or flag < 1):
-            raise StudyError(f"--{name.replace('_', '-')}: must be >= 1, got {flag}")
+            raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {flag}")
     nproc = nproc_per_node if nproc_per_node is not None else ex.nproc_per_node
     where = "--nproc-per-node" if nproc_per_node is not None else "executor.nproc_per_node"
     if nproc > 1 and kind == "local":
-        raise StudyError(
+        raise ConfigError(
             f"{where}: the local executor runs every job in one process and would ignore it; use the "
             "torchrun executor (--executor torchrun / executor.kind: torchrun)"
         )
     tasks = (ex.slurm or {}).get("tasks_per_node", 1)
     if nproc > 1 and kind == "slurm" and nproc != tasks:
-        raise StudyError(
+        raise ConfigError(
             f"{where}: under the slurm executor the processes of a job are executor.slurm.tasks_per_node "
             f"({tasks}), and {nproc} would be ignored; make them equal or drop it"
         )
@@ -49,7 +49,7 @@ def validate_executor(
 
 def validate_plan(plan: Plan, missing_data_ok: bool = False) -> List[str]:
     """Build every planned job's configuration (no compute, no files written); raises
-    :class:`StudyError` naming the study-file field of the first bad value. Returns warnings
+    :class:`ConfigError` naming the study-file field of the first bad value. Returns warnings
     (missing data files, with ``missing_data_ok``)."""
     study = plan.study
     warnings = validate_data(study, missing_data_ok)

@@ -63,7 +63,7 @@ _GV_KEY = "looksam_gv"
 
 def check_sam_parallelism(scope: SAMScope | str, dp_name: Optional[str], *, other_parallelism: bool = False) -> None:
     """``scope='local'`` is only defined for plain data parallelism (DDP) or one process."""
-    if SAMScope.parse(scope) != SAMScope.local:
+    if scope != SAMScope.local:
         return
     if dp_name in (DataParallelType.fsdp, DataParallelType.hsdp):
         raise OLMoConfigurationError(

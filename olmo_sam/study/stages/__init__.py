@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..fields import StudyError
+from ...config import ConfigError
 from .analysis import AnalysisStage
 from .base import ReportSection, Stage, report_sections
 from .benchmarks import BenchmarksStage
@@ -101,4 +101,4 @@ def check_stage_names(names: Sequence[str], where: str) -> None:
     known = stage_names()
     bad = [s for s in names if s not in known]
     if bad:
-        raise StudyError(f"{where}: unknown stage(s) {bad}; the stages are {known}")
+        raise ConfigError(f"{where}: unknown stage(s) {bad}; the stages are {known}")

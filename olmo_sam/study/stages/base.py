@@ -102,7 +102,7 @@ class Stage:
 
     def validate(self, study, job: Job, data: Callable[[], Dict[str, Any]]) -> None:
         """Build what ``job`` would build, with ``data()`` standing in for the data stage's result
-        (made on first use: it may read the study's tokenizer); raise ``StudyError`` naming the
+        (made on first use: it may read the study's tokenizer); raise ``ConfigError`` naming the
         study-file field of a bad value."""
 
     def analyse(self, ctx, bases, out: Path) -> Dict[str, Any]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List
 
+from ...config import ConfigError
 from ...output import write_table
-from ..fields import StudyError
 from ..job import Job
 from .base import PlanBuilder, ReportSection, Stage, data_of
 
@@ -51,7 +51,7 @@ def job_benchmarks_ft(ctx) -> Dict[str, Any]:
     unit, ds = p["unit"], p["dataset"]
     recs = [r for r in ResultStore(ctx.dep(f"finetune/{unit}:{ds}")["results"]).records() if r.extra.get("checkpoint")]
     if not recs:
-        raise StudyError(f"{ctx.job.id}: the sweep kept no fine-tuned checkpoint to benchmark")
+        raise ConfigError(f"{ctx.job.id}: the sweep kept no fine-tuned checkpoint to benchmark")
     best = min(recs, key=lambda r: r.l_ft)
     hf_dir = ctx.dir / "hf"
     export_hf(best.extra["checkpoint"], hf_dir, tokenizer=data_of(ctx).get("tokenizer_dir"), overwrite=True)
@@ -136,7 +136,7 @@ class BenchmarksStage(Stage):
             )
             if b.finetuned:
                 if study.finetune is None:
-                    raise StudyError("benchmarks.finetuned: there is no 'finetune' section to take models from")
+                    raise ConfigError("benchmarks.finetuned: there is no 'finetune' section to take models from")
                 for ds in study.finetune.datasets:
                     plan.add(
                         Job(

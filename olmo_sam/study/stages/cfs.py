@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from ...config import ConfigError
 from ...finetune.sweep import MIX_METHODS
-from ..fields import StudyError
 from ..job import Job
 from .base import PlanBuilder, Stage, unit_checkpoint
 
@@ -55,10 +55,10 @@ class CfsStage(Stage):
     def plan(self, study, plan: PlanBuilder) -> None:
         ft = study.finetune
         if ft is None:
-            raise StudyError("cfs: context-free data is used by fine-tuning; add a 'finetune' section")
+            raise ConfigError("cfs: context-free data is used by fine-tuning; add a 'finetune' section")
         mix_methods = [m for m in ft.methods if m in MIX_METHODS]
         if not mix_methods:
-            raise StudyError(
+            raise ConfigError(
                 "cfs: the section configures the mixes of the fine-tuning methods 'cfs'/'cs'; "
                 "add one of them to finetune.methods"
             )

@@ -10,7 +10,7 @@ from typing import Any, Dict, List
 
 from olmo_core.exceptions import OLMoConfigurationError
 
-from ..fields import StudyError
+from ...config import ConfigError
 from ..job import Job
 from .base import PLACEHOLDER_TOKENS, PlanBuilder, Stage
 
@@ -49,7 +49,7 @@ def job_data(ctx) -> Dict[str, Any]:
         train += [str(p) for p in read_mix_file(d.mix)]
     missing = [p for p in train + list(d.val) if not Path(p).exists() and "://" not in p]
     if missing:
-        raise StudyError(f"data: token files not found: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        raise ConfigError(f"data: token files not found: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     tok = load_tokenizer(d.tokenizer)
     cfg = tokenizer_config(tok, identifier=str(d.tokenizer))
     train_tokens = _local_token_count(train, cfg.vocab_size)
@@ -92,7 +92,7 @@ def validate_data(study, missing_ok: bool = False) -> List[str]:
 
     def missing(message: str) -> None:
         if not missing_ok:
-            raise StudyError(message)
+            raise ConfigError(message)
         warnings.append(message)
 
     d = study.data
@@ -100,41 +100,41 @@ def validate_data(study, missing_ok: bool = False) -> List[str]:
         from ...data.demo_data import prepare_demo_data
 
         if not isinstance(d.demo, dict):
-            raise StudyError(f"data.demo: expected a mapping such as {{vocab_size: 2048}}, got {d.demo!r}")
+            raise ConfigError(f"data.demo: expected a mapping such as {{vocab_size: 2048}}, got {d.demo!r}")
         known = [n for n in inspect.signature(prepare_demo_data).parameters if n not in ("out_dir", "show_progress")]
         for k in d.demo:
             if k not in known:
-                raise StudyError(f"data.demo.{k}: unknown option; allowed: {known}")
+                raise ConfigError(f"data.demo.{k}: unknown option; allowed: {known}")
         from ...data.tokenizer import MIN_BPE_VOCAB
 
         v = d.demo.get("vocab_size")
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < MIN_BPE_VOCAB):
-            raise StudyError(
+            raise ConfigError(
                 f"data.demo.vocab_size: must be a whole number >= {MIN_BPE_VOCAB} (the byte-level "
                 f"BPE's 256 bytes and 2 special tokens), got {v!r}"
             )
         books = d.demo.get("books")
         if books is not None:
             if not isinstance(books, list) or not books:
-                raise StudyError(f"data.demo.books: expected a non-empty list of book names, got {books!r}")
+                raise ConfigError(f"data.demo.books: expected a non-empty list of book names, got {books!r}")
             known = _demo_book_names()
             for i, b in enumerate(books):
                 if not isinstance(b, str):
-                    raise StudyError(f"data.demo.books[{i}]: expected a book name, got {b!r}")
+                    raise ConfigError(f"data.demo.books[{i}]: expected a book name, got {b!r}")
                 if b not in known:
-                    raise StudyError(f"data.demo.books[{i}]: unknown book {b!r}; available: {sorted(known)}")
+                    raise ConfigError(f"data.demo.books[{i}]: unknown book {b!r}; available: {sorted(known)}")
         for k in ("val_fraction",):
             f = d.demo.get(k)
             if f is not None and (isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1):
-                raise StudyError(f"data.demo.{k}: must be a number in (0, 1), got {f!r}")
+                raise ConfigError(f"data.demo.{k}: must be a number in (0, 1), got {f!r}")
         s = d.demo.get("seed")
         if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 0):
-            raise StudyError(f"data.demo.seed: must be a whole number >= 0, got {s!r}")
+            raise ConfigError(f"data.demo.seed: must be a whole number >= 0, got {s!r}")
         return warnings
     for key in ("train", "val"):
         for i, path in enumerate(getattr(d, key)):
             if not isinstance(path, str):
-                raise StudyError(f"data.{key}[{i}]: expected a token file path, got {path!r}")
+                raise ConfigError(f"data.{key}[{i}]: expected a token file path, got {path!r}")
             if not _is_remote(path) and not Path(path).exists():
                 missing(
                     f"data.{key}[{i}]: token file not found: {path}; fix the path or prepare it "
@@ -148,7 +148,7 @@ def validate_data(study, missing_ok: bool = False) -> List[str]:
         try:
             paths = read_mix_file(d.mix)
         except OLMoConfigurationError as e:
-            raise StudyError(f"data.mix: {e}") from None
+            raise ConfigError(f"data.mix: {e}") from None
         absent = [str(p) for p in paths if not _is_remote(str(p)) and not Path(p).exists()]
         if absent:
             missing(f"data.mix: token file(s) listed in {d.mix} not found: {absent[:3]}; fix the mix file")

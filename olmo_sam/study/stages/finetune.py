@@ -16,10 +16,10 @@ from olmo_core.exceptions import OLMoConfigurationError
 from ...analysis.findings import make_finding, unmeasurable_finding
 from ...analysis.plots import Panel, plot_bands
 from ...analysis.stats import compare_seeds
+from ...config import ConfigError
 from ...finetune.sweep import LR_GRIDS, MIX_METHODS
 from ...output import write_table
 from ..bases import BaseRecord, budget_key
-from ..fields import StudyError
 from ..job import Job
 from .base import (
     PLACEHOLDER_BASE,
@@ -64,7 +64,7 @@ def job_ft_data(ctx) -> Dict[str, Any]:
         return {"dir": str(Path(name).resolve()), "name": meta.name, "splits": meta.splits}
     data = data_of(ctx)
     if not data.get("tokenizer_dir"):
-        raise StudyError(
+        raise ConfigError(
             "finetune: datasets are tokenized with the study's tokenizer directory; set data.tokenizer to a dir"
         )
     ds = prepare_dataset(
@@ -85,15 +85,15 @@ def ft_sweeps(
     """The fine-tuning sweeps of one ``ft_sweep`` job (the main methods, then one per cfs/cs mix);
     the plan step builds them too, with stand-in paths, and expands them without files. The
     shared options are checked by name and type (``paths``: their places in the study file)."""
+    from ...config import check_settings
     from ...finetune.engine import FTConfig
     from ...finetune.sweep import LR_GRIDS, MIX_METHODS, SweepSpec, mix_sweeps
-    from ..fields import typed_settings
 
     p = job.params
     lrs = [float(x) for x in (p["lrs"] if p["lrs"] is not None else LR_GRIDS[p["preset"]])]
     given = dict(p.get("common") or {})
     symbolic = {k: given.pop(k) for k in ("token_budget",) if given.get(k) == "table3"}  # resolved per dataset
-    common = {"pt_val": list(pt_val), **typed_settings(FTConfig, given, "finetune.common", paths), **symbolic}
+    common = {"pt_val": list(pt_val), **check_settings(FTConfig, given, "finetune.common", paths), **symbolic}
     methods = list(p["methods"])
     grids = dict(p.get("grids") or {})
     main = SweepSpec(
@@ -145,7 +145,7 @@ def job_ft_sweep(ctx) -> Dict[str, Any]:
         total += res.total
         failed += [f"{rid}: {why} ({log})" for rid, log, why in res.failed]
     if failed:
-        raise StudyError(f"{ctx.job.id}: {len(failed)} fine-tuning run(s) failed:\n" + "\n".join(failed))
+        raise ConfigError(f"{ctx.job.id}: {len(failed)} fine-tuning run(s) failed:\n" + "\n".join(failed))
     base_meta = BaseRecord.from_result(ctx.dep(f"pretrain/{unit}"), f"pretrain/{unit}").to_dict()
     return {"results": str(ctx.dir / "results.jsonl"), "runs": total, "base_label": unit, "base_meta": base_meta}
 
@@ -162,7 +162,7 @@ def _validate_ft_data(study, job: Job) -> None:
         try:
             get_source(name)
         except OLMoConfigurationError as e:
-            raise StudyError(f"{where}: {e}; or give a prepared dataset directory") from None
+            raise ConfigError(f"{where}: {e}; or give a prepared dataset directory") from None
     known = [
         n
         for n in inspect.signature(prepare_dataset).parameters
@@ -170,12 +170,12 @@ def _validate_ft_data(study, job: Job) -> None:
     ]
     for k, v in (job.params.get("prepare") or {}).items():
         if k not in known:
-            raise StudyError(f"finetune.prepare.{k}: unknown option; allowed: {known}")
+            raise ConfigError(f"finetune.prepare.{k}: unknown option; allowed: {known}")
         if k == "val_fraction":
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
-                raise StudyError(f"finetune.prepare.val_fraction: must be a number in (0, 1), got {v!r}")
+                raise ConfigError(f"finetune.prepare.val_fraction: must be a number in (0, 1), got {v!r}")
         elif v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "seed" else 1)):
-            raise StudyError(f"finetune.prepare.{k}: must be a whole number >= {0 if k == 'seed' else 1}, got {v!r}")
+            raise ConfigError(f"finetune.prepare.{k}: must be a whole number >= {0 if k == 'seed' else 1}, got {v!r}")
 
 
 def _validate_ft_sweep(study, job: Job) -> None:
@@ -185,7 +185,7 @@ def _validate_ft_sweep(study, job: Job) -> None:
     assert ft is not None
     for i, m in enumerate(ft.methods):
         if m not in SWEEP_METHODS + MIX_METHODS:
-            raise StudyError(
+            raise ConfigError(
                 f"finetune.methods[{i}]: unknown method {m!r}; choose from {list(SWEEP_METHODS + MIX_METHODS)}"
             )
     grids = dict(job.params.get("grids") or {})
@@ -196,7 +196,7 @@ def _validate_ft_sweep(study, job: Job) -> None:
     }  # noqa: E501
     for k in grids:
         if k not in grid_fields:
-            raise StudyError(f"finetune.grids.{k}: unknown grid; allowed: {sorted(grid_fields)}")
+            raise ConfigError(f"finetune.grids.{k}: unknown grid; allowed: {sorted(grid_fields)}")
     ds = job.params["dataset"]
     own = ft.per_dataset.get(ds, {})
     paths = {
@@ -214,20 +214,20 @@ def _validate_ft_sweep(study, job: Job) -> None:
             job, base=PLACEHOLDER_BASE, ft_dir=PLACEHOLDER_FT, pt_val=[PLACEHOLDER_TOKENS], mixes=mixes, paths=paths
         ):
             expand(spec, resolve=False)
-    except StudyError:
+    except ConfigError:
         raise
     except (OLMoConfigurationError, TypeError, ValueError) as e:
         msg = str(e).strip()
         key = field_in(msg, list(paths))
         msg = in_file_words(msg, paths)
         if key:
-            raise StudyError(f"{paths[key]}: {msg}") from None
+            raise ConfigError(f"{paths[key]}: {msg}") from None
         gkey = field_in(msg, list(grids))
         if gkey:
-            raise StudyError(f"finetune.grids.{gkey}: {msg}") from None
+            raise ConfigError(f"finetune.grids.{gkey}: {msg}") from None
         if "learning rate" in msg:
-            raise StudyError(f"finetune.lrs: {msg}") from None
-        raise StudyError(f"finetune ({ds}): {msg}") from None
+            raise ConfigError(f"finetune.lrs: {msg}") from None
+        raise ConfigError(f"finetune ({ds}): {msg}") from None
 
 
 # -- analysis -----------------------------------------------------------------------------------
@@ -293,7 +293,7 @@ def matched_rows(
     from ...analysis.forgetting import AnalysisError, match_at_tau
 
     if matching not in ANALYSIS_MATCHINGS:
-        raise StudyError(f"analysis.matching: unknown {matching!r}; choose one of {list(ANALYSIS_MATCHINGS)}")
+        raise ConfigError(f"analysis.matching: unknown {matching!r}; choose one of {list(ANALYSIS_MATCHINGS)}")
     rows: List[Dict[str, Any]] = []
     matched, notes = {}, []
     for ds, cs in curves.items():
@@ -362,7 +362,7 @@ def seed_values(
     ``include_grid_edge``. Pass two cells to :func:`olmo_sam.analysis.stats.compare_seeds`: it
     pairs them on their shared seeds."""
     if quantity not in FT_QUANTITIES:
-        raise StudyError(f"quantity {quantity!r}: seed_values knows {sorted(FT_QUANTITIES)}")
+        raise ConfigError(f"quantity {quantity!r}: seed_values knows {sorted(FT_QUANTITIES)}")
     field = FT_QUANTITIES[quantity]
     out: Dict[Tuple[str, Optional[float], str], Dict[int, float]] = {}
     for r in rows:

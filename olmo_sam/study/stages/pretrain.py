@@ -10,9 +10,9 @@ from typing import Any, Dict, Optional
 
 from olmo_core.exceptions import OLMoConfigurationError
 
+from ...config import ConfigError
 from ...output import atomic_write, atomic_write_text, json_text, save_figure, write_table
 from ..bases import BaseRecord, checkpoint_budget
-from ..fields import StudyError
 from ..job import Job
 from .base import PlanBuilder, ReportSection, Stage, data_of, field_in, in_file_words, load_json
 from .data import tokenizer_of
@@ -39,10 +39,10 @@ def run_spec(
     """The PretrainSpec / MidtrainSpec of a pretraining job (``job.kind``), from its arm's settings
     checked by name and type; ``paths`` names each setting's place in the study file (errors say
     ``arms[1].rho`` rather than ``arm sam.rho``). The plan step calls this too, before any compute."""
+    from ...config import check_settings
     from ...recipes.common import parse_tokens
     from ...recipes.midtrain import MidtrainSpec
     from ...recipes.pretrain import PretrainSpec
-    from ..fields import typed_settings
 
     cls = PretrainSpec if job.kind == "pretrain" else MidtrainSpec
     paths = paths or {}
@@ -50,7 +50,7 @@ def run_spec(
     settings = {k: v for k, v in job.params["settings"].items() if k not in MIDTRAIN_LOAD_KEYS}
     for key in STUDY_SET_FIELDS:
         if key in settings:
-            raise StudyError(
+            raise ConfigError(
                 f"{paths.get(key, f'{where}.{key}')}: set by the study itself (its data section and "
                 "output directory); remove it from the arm"
             )
@@ -58,8 +58,8 @@ def run_spec(
         try:
             settings["tokens"] = parse_tokens(settings["tokens"])
         except OLMoConfigurationError as e:
-            raise StudyError(f"{paths.get('tokens', f'{where}.tokens')}: {e}") from None
-    settings = typed_settings(cls, settings, where, paths, reserved=STUDY_SET_FIELDS)
+            raise ConfigError(f"{paths.get('tokens', f'{where}.tokens')}: {e}") from None
+    settings = check_settings(cls, settings, where, paths, reserved=STUDY_SET_FIELDS)
     return cls(
         **settings,
         train_paths=list(data["train"]),
@@ -91,7 +91,7 @@ def _finished(trainer, ctx) -> None:
     """A trainer stopped early (SIGINT/SIGTERM: OLMo-core saves a checkpoint and returns) is not
     a finished job: fail, so the study records it unfinished and a re-run resumes it."""
     if trainer.is_canceled:
-        raise StudyError(
+        raise ConfigError(
             f"{ctx.job.id}: training stopped at step {trainer.global_step} of {trainer.max_steps} (canceled); "
             "run the study again to resume from the last checkpoint"
         )
@@ -108,7 +108,7 @@ def data_fraction(data: Dict[str, Any], fraction: float, out: Path) -> Dict[str,
     paths, kept = [], 0
     for i, src in enumerate(data["train"]):
         if "://" in str(src):
-            raise StudyError(f"data_fraction: remote token file {src}; the control cuts local files only")
+            raise ConfigError(f"data_fraction: remote token file {src}; the control cuts local files only")
         n = Path(src).stat().st_size // width
         k = max(1, int(n * fraction))
         dst = out / f"train-{i:05d}.npy"
@@ -194,7 +194,7 @@ def _arm(study, job: Job) -> tuple:
     for i, arm in enumerate(study.arms):
         if arm.name == job.params.get("arm"):
             return i, arm
-    raise StudyError(f"{job.id}: no arm {job.params.get('arm')!r} in the study")
+    raise ConfigError(f"{job.id}: no arm {job.params.get('arm')!r} in the study")
 
 
 def _setting_paths(study, index: int, arm, settings: Dict[str, Any]) -> Dict[str, str]:
@@ -228,28 +228,30 @@ def _validate_run(study, job: Job, data: Dict[str, Any]) -> None:
     try:
         spec = run_spec(job, data, "<out>/pretrain/run", paths=paths, check_paths=False)
         build_run(job, spec)
-    except StudyError:
-        raise
+    except ConfigError as e:
+        if e.path not in settings:  # already named by its place in the study file
+            raise
+        raise ConfigError.at(paths[e.path], f"{e.problem} (arm '{arm.name}')") from None
     except (OLMoConfigurationError, TypeError, ValueError) as e:
         msg = str(e).strip()
         section = "pretrain" if arm.recipe == "pretrain" else "midtrain"
         missing = re.search(r"missing \d+ required .*argument: '(\w+)'", msg)
         if missing:  # a recipe setting without a default
-            raise StudyError(
+            raise ConfigError(
                 f"{section}.{missing.group(1)}: required; set it under '{section}:' or in arms[{index}] "
                 f"(arm '{arm.name}')"
             ) from None
         key = field_in(msg, settings)
         if key is None and "give exactly one of" in msg:  # no budget at all
             grids = "budgets (tokens) or pretrain.budgets_tpp" if section == "pretrain" else "budgets (tokens)"
-            raise StudyError(
+            raise ConfigError(
                 f"{section}: arm '{arm.name}' has no budget; give the study's {grids}, or steps or "
                 f"tokens under '{section}:' or in arms[{index}]"
             ) from None
         where = paths[key] if key else f"arms[{index}] ({arm.name})"
         msg = in_file_words(msg, paths)
         msg = msg[len(where) :].lstrip() if msg.startswith(f"{where} ") else msg  # "pretrain.lr: must be > 0"
-        raise StudyError(f"{where}: {msg} (arm '{arm.name}')") from None
+        raise ConfigError(f"{where}: {msg} (arm '{arm.name}')") from None
 
 
 # -- analysis -----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict
 
 from olmo_core.exceptions import OLMoConfigurationError
 
-from ..fields import StudyError
+from ...config import ConfigError
 from ..job import Job
 from .base import PlanBuilder, Stage, data_of, load_json, unit_checkpoint
 
@@ -73,4 +73,4 @@ class ProbeStage(Stage):
         try:
             check_probe_options(job.stage, dict(job.params.get("options") or {}))
         except OLMoConfigurationError as e:
-            raise StudyError(f"probes.{job.stage}.{e}") from None
+            raise ConfigError(f"probes.{job.stage}.{e}") from None
