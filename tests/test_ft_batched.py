@@ -256,7 +256,7 @@ def test_study_file_chooses_the_engine():
     assert all("engine" not in j.params for j in ft_jobs(None))  # the default: existing jobs unchanged
     assert all("engine" not in j.params for j in ft_jobs("batched"))
     assert [j.params["engine"] for j in ft_jobs("trainer")] == ["trainer"]
-    with pytest.raises(ConfigError, match=r"^finetune\.engine: 'fast'; choose one of 'batched', 'trainer'$"):
+    with pytest.raises(ConfigError, match=r"^finetune\.engine: must be one of \['batched', 'trainer'\], got 'fast'$"):
         parse_study(dict(study, finetune=dict(study["finetune"], engine="fast")))
 
 

@@ -66,3 +66,29 @@ def test_probe_usage_errors(tiny_checkpoint, tiny_corpus, tmp_path, args, messag
     # a --quant that does not parse is a usage error (2); a setting refused by the run, an error (1)
     assert res.exit_code == code, res.output
     assert message in res.output
+
+
+def test_probe_options_are_the_probe_functions_keyword_options():
+    """Each probe's options dataclass (what a study file and the plan step check) names exactly
+    the keyword options of the probe function it configures, and refuses bad values by name."""
+    import dataclasses
+    import inspect
+
+    from olmo_sam.config import ConfigError
+    from olmo_sam.probes import runners
+
+    not_options = {"checkpoints", "val_paths", "labels", "out", "progress", "pairs"}
+    fns = {"quantize": runners.quantize_probe, "noise": runners.noise_probe, "hessian": runners.hessian_probe}
+    for probe, fn in fns.items():
+        params = set(inspect.signature(fn).parameters) - not_options
+        assert {f.name for f in dataclasses.fields(runners.PROBE_OPTIONS[probe])} == params, probe
+    for probe, options, message in [
+        ("noise", {"gammas": [0.01, -1]}, "gammas[1]: must be a number > 0, got -1"),
+        ("noise", {"seeds": []}, "seeds: the list is empty"),
+        ("quantize", {"quant": ["nf4", "nf4:blocksze=128"]}, "quant[1]: blocksze: unknown setting"),
+        ("hessian", {"method": "double_backwards"}, "did you mean 'double_backward'"),
+        ("hessian", {"power_iter": 3}, "power_iter: unknown setting; did you mean 'power_iters'"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            runners.check_probe_options(probe, options)
+        assert message in str(err.value), str(err.value)

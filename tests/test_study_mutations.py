@@ -289,7 +289,7 @@ SECTION_CASES = [
     (
         "data.demo.books",
         "austen-persuasion",
-        "data.demo.books: expected a non-empty list of book names",
+        "data.demo.books: expected a list of strings (or null)",
         "'austen-persuasion'",
     ),
     ("data.demo.vocab_size", 100, "data.demo.vocab_size: must be a whole number >= 258", "BPE"),
@@ -372,7 +372,8 @@ def test_unknown_demo_book_is_refused_before_anything_is_fetched(tmp_path, monke
     # the pinned package's book list is known without the corpus: an empty cache still refuses
     monkeypatch.setenv("OLMO_SAM_CACHE", str(tmp_path / "empty-cache"))
     msg = _refusal(_set(SMALL, "data.demo.books", ["austen-persuasion", "austen-persuation"]), tmp_path)
-    assert msg.startswith("data.demo.books[1]: unknown book 'austen-persuation'; available: ["), msg
+    assert msg.startswith("data.demo.books[1]: must be one of ["), msg
+    assert "got 'austen-persuation'; did you mean 'austen-persuasion'?" in msg, msg
 
 
 def test_recipe_configs_are_read_by_the_same_strict_reader(tmp_path):
@@ -402,3 +403,21 @@ def test_recipe_configs_are_read_by_the_same_strict_reader(tmp_path):
 def test_top_level_values_and_small_sections(tmp_path, extra, start):
     msg = _refusal({**SMALL, **extra}, tmp_path)
     assert msg.startswith(start), msg
+
+
+def test_option_sections_name_the_functions_keyword_options():
+    """``data.demo`` and ``finetune.prepare`` are checked by dataclasses whose fields are exactly
+    the keyword options of the functions they configure."""
+    import dataclasses
+    import inspect
+
+    from olmo_sam.data.demo_data import prepare_demo_data
+    from olmo_sam.finetune.adapters import prepare_dataset
+    from olmo_sam.study.stages.data import DemoOptions
+    from olmo_sam.study.stages.finetune import PrepareOptions
+
+    for cls, fn, given in [
+        (DemoOptions, prepare_demo_data, {"out_dir", "show_progress"}),
+        (PrepareOptions, prepare_dataset, {"name", "tokenizer_path", "out_dir", "overwrite"}),
+    ]:
+        assert {f.name for f in dataclasses.fields(cls)} == set(inspect.signature(fn).parameters) - given

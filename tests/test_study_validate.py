@@ -43,10 +43,10 @@ def _set(data, path, value):
 
 # (field path, value, what the message must say besides the path: the fix)
 BAD = [
-    ("arms[1].optimizer", "sma-anneal", "choose one of"),
+    ("arms[1].optimizer", "sma-anneal", "must be one of"),
     ("arms[1].rho", -0.05, ">= 0"),
     ("arms[0].rho", "abc", "expected a number"),
-    ("arms[0].schedule", "cosin", "choose one of"),
+    ("arms[0].schedule", "cosin", "must be one of"),
     ("pretrain.steps", -60, ">= 1"),
     ("arms[1].schedule", "wso", "sam_start_fraction"),
     ("probes.quantize.quant[0]", "nf5", "presets"),

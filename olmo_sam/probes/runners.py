@@ -20,6 +20,7 @@ import copy
 import logging
 import statistics
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -28,6 +29,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 from tqdm.auto import tqdm
 
 from .. import paper
+from ..config import Checked, ConfigError, decode, setting
 from ..evals.lm_loss import lm_loss
 from ..output import read_json, write_json
 from .common import (
@@ -108,80 +110,86 @@ def _loss(model, ref: ModelRef, val_paths, seq_len, batch_size, max_sequences) -
 # Option checks (the probes call them first; the study's plan step calls them before any compute)
 # -------------------------------------------------------------------------------------------------
 
-#: arguments of the probe functions that are not options (given by the caller, not a study file)
-_NOT_OPTIONS = ("checkpoints", "val_paths", "labels", "out", "progress", "pairs")
+
+@dataclass
+class ProbeOptions(Checked):
+    """Options every probe takes (``None``: the probe function's default)."""
+
+    seq_len: Optional[int] = setting(None, ge=1)
+    batch_size: Optional[int] = setting(None, ge=1)
+    device: Optional[str] = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        for f in fields(self):
+            if getattr(self, f.name) == []:
+                raise ConfigError.at(f.name, "the list is empty; give at least one entry")
 
 
-def _whole(name: str, value: Any, minimum: int, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise OLMoConfigurationError(f"{name}: must be a whole number >= {minimum}, got {value!r}")
+@dataclass
+class QuantizeOptions(ProbeOptions):
+    """:func:`quantize_probe`'s options."""
 
+    #: presets/specs (``nf4``, ``nf4:blocksize=128``), option mappings or QuantConfig objects
+    quant: Optional[List[Any]] = None
+    max_sequences: Optional[int] = setting(None, ge=1)
 
-def _numbers(name: str, values: Any, *, positive: bool) -> List[float]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)) or not values:
-        raise OLMoConfigurationError(f"{name}: give a non-empty list of numbers, got {values!r}")
-    for i, v in enumerate(values):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or (positive and v <= 0):
-            need = "a number > 0" if positive else "a number"
-            raise OLMoConfigurationError(f"{name}[{i}]: must be {need}, got {v!r}")
-    return [float(v) for v in values]
-
-
-def check_probe_options(probe: str, options: Dict[str, Any]) -> None:
-    """Refuse unknown or bad options of ``probe`` (quantize | noise | hessian). Messages start
-    with the option's name (``quant[0]: ...``) so callers can prefix where it came from."""
-    import inspect
-
-    fns = {"quantize": quantize_probe, "noise": noise_probe, "hessian": hessian_probe}
-    if probe not in fns:
-        raise OLMoConfigurationError(f"unknown probe {probe!r}; choose one of {sorted(fns)}")
-    known = [n for n in inspect.signature(fns[probe]).parameters if n not in _NOT_OPTIONS]
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise OLMoConfigurationError(f"{unknown[0]}: unknown {probe} probe option; allowed: {sorted(known)}")
-    o = options
-    for name in ("batch_size", "n_sequences", "probes", "min_ndim"):
-        if name in o:
-            _whole(name, o[name], 1 if name != "min_ndim" else 0)
-    for name in ("max_sequences", "val_max_sequences", "seq_len"):
-        if name in o:
-            _whole(name, o[name], 1, optional=True)
-    if "power_iters" in o:
-        _whole("power_iters", o["power_iters"], 0)
-    if probe == "quantize" and "quant" in o:
+    def __post_init__(self):
+        super().__post_init__()
         from .quantize import QuantConfig, parse_quant_spec
 
-        quant = o["quant"]
-        if isinstance(quant, (str, dict)) or not isinstance(quant, (list, tuple)) or not quant:
-            raise OLMoConfigurationError(f"quant: give a non-empty list of settings (e.g. [nf4, int8]), got {quant!r}")
-        for i, q in enumerate(quant):
+        for i, q in enumerate(self.quant or []):
             try:
                 if isinstance(q, dict):
                     QuantConfig.from_dict(q)
                 elif not isinstance(q, QuantConfig):
                     parse_quant_spec(str(q))
-            except (OLMoConfigurationError, TypeError, ValueError) as e:
-                raise OLMoConfigurationError(f"quant[{i}]: {e}") from None
-    if probe == "noise":
-        if "gammas" in o:
-            _numbers("gammas", o["gammas"], positive=True)
-        if "seeds" in o:
-            seeds = o["seeds"]
-            if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (list, tuple)) or not seeds:
-                raise OLMoConfigurationError(f"seeds: give at least one seed (a list of whole numbers), got {seeds!r}")
-            for i, s in enumerate(seeds):
-                _whole(f"seeds[{i}]", s, 0)
-    if probe == "hessian":
-        from .hessian import HVP_METHODS
+            except OLMoConfigurationError as e:
+                raise ConfigError.at(f"quant[{i}]", str(e)) from None
 
-        if "method" in o and o["method"] not in HVP_METHODS:
-            raise OLMoConfigurationError(f"method: must be one of {list(HVP_METHODS)}, got {o['method']!r}")
-        for name in ("rtol", "fd_step"):
-            v = o.get(name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
-                raise OLMoConfigurationError(f"{name}: must be a number > 0, got {v!r}")
+
+@dataclass
+class NoiseOptions(ProbeOptions):
+    """:func:`noise_probe`'s options."""
+
+    gammas: Optional[List[float]] = setting(None, gt=0)
+    seeds: Optional[List[int]] = setting(None, ge=0)
+    include: Optional[List[str]] = None
+    exclude: Optional[List[str]] = None
+    min_ndim: Optional[int] = setting(None, ge=0)
+    max_sequences: Optional[int] = setting(None, ge=1)
+
+
+def _hvp_methods():
+    from .hessian import HVP_METHODS
+
+    return HVP_METHODS
+
+
+@dataclass
+class HessianOptions(ProbeOptions):
+    """:func:`hessian_probe`'s options."""
+
+    n_sequences: Optional[int] = setting(None, ge=1)
+    probes: Optional[int] = setting(None, ge=1)
+    rtol: Optional[float] = setting(None, gt=0)
+    power_iters: Optional[int] = setting(None, ge=0)
+    method: Optional[str] = setting(None, choices=_hvp_methods)
+    fd_step: Optional[float] = setting(None, gt=0)
+    seed: Optional[int] = None
+    val_max_sequences: Optional[int] = setting(None, ge=1)
+
+
+#: each probe's options (their fields are the probe function's keyword options: a test keeps them equal)
+PROBE_OPTIONS = {"quantize": QuantizeOptions, "noise": NoiseOptions, "hessian": HessianOptions}
+
+
+def check_probe_options(probe: str, options: Dict[str, Any]) -> None:
+    """Refuse unknown or bad options of ``probe`` (quantize | noise | hessian). Errors start
+    with the option's name (``quant[0]: ...``) so callers can prefix where it came from."""
+    if probe not in PROBE_OPTIONS:
+        raise OLMoConfigurationError(f"unknown probe {probe!r}; choose one of {sorted(PROBE_OPTIONS)}")
+    decode(PROBE_OPTIONS[probe], {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()})
 
 
 # -------------------------------------------------------------------------------------------------

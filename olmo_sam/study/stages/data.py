@@ -4,13 +4,14 @@ files) and their tokenizer, checked before anything runs (:func:`validate_data`)
 from __future__ import annotations
 
 import functools
-import inspect
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from olmo_core.exceptions import OLMoConfigurationError
 
-from ...config import ConfigError
+from ...config import Checked, ConfigError, decode, setting
+from ...data.tokenizer import MIN_BPE_VOCAB
 from ..job import Job
 from .base import PLACEHOLDER_TOKENS, PlanBuilder, Stage
 
@@ -85,6 +86,25 @@ def _is_remote(path: str) -> bool:
     return "://" in str(path)
 
 
+def _demo_books() -> List[str]:
+    return sorted(_demo_book_names())
+
+
+@dataclass
+class DemoOptions(Checked):
+    """``data.demo``: the options of :func:`olmo_sam.data.demo_data.prepare_demo_data` (``None``:
+    its default; a test keeps the two equal)."""
+
+    vocab_size: Optional[int] = setting(
+        None, ge=MIN_BPE_VOCAB, hint=" (the byte-level BPE's 256 bytes and 2 special tokens)"
+    )
+    #: only these books of the corpus (default: all)
+    books: Optional[List[str]] = setting(None, choices=_demo_books)
+    val_fraction: Optional[float] = setting(None, gt=0, lt=1)
+    seed: Optional[int] = setting(None, ge=0)
+    cache_dir: Optional[str] = None
+
+
 def validate_data(study, missing_ok: bool = False) -> List[str]:
     """Check the data section; missing files are errors, or (``missing_ok``: planning a study on
     a machine without its data) returned as warnings."""
@@ -97,39 +117,7 @@ def validate_data(study, missing_ok: bool = False) -> List[str]:
 
     d = study.data
     if d.demo is not None:
-        from ...data.demo_data import prepare_demo_data
-
-        if not isinstance(d.demo, dict):
-            raise ConfigError(f"data.demo: expected a mapping such as {{vocab_size: 2048}}, got {d.demo!r}")
-        known = [n for n in inspect.signature(prepare_demo_data).parameters if n not in ("out_dir", "show_progress")]
-        for k in d.demo:
-            if k not in known:
-                raise ConfigError(f"data.demo.{k}: unknown option; allowed: {known}")
-        from ...data.tokenizer import MIN_BPE_VOCAB
-
-        v = d.demo.get("vocab_size")
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < MIN_BPE_VOCAB):
-            raise ConfigError(
-                f"data.demo.vocab_size: must be a whole number >= {MIN_BPE_VOCAB} (the byte-level "
-                f"BPE's 256 bytes and 2 special tokens), got {v!r}"
-            )
-        books = d.demo.get("books")
-        if books is not None:
-            if not isinstance(books, list) or not books:
-                raise ConfigError(f"data.demo.books: expected a non-empty list of book names, got {books!r}")
-            known = _demo_book_names()
-            for i, b in enumerate(books):
-                if not isinstance(b, str):
-                    raise ConfigError(f"data.demo.books[{i}]: expected a book name, got {b!r}")
-                if b not in known:
-                    raise ConfigError(f"data.demo.books[{i}]: unknown book {b!r}; available: {sorted(known)}")
-        for k in ("val_fraction",):
-            f = d.demo.get(k)
-            if f is not None and (isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1):
-                raise ConfigError(f"data.demo.{k}: must be a number in (0, 1), got {f!r}")
-        s = d.demo.get("seed")
-        if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 0):
-            raise ConfigError(f"data.demo.seed: must be a whole number >= 0, got {s!r}")
+        decode(DemoOptions, d.demo, "data.demo")
         return warnings
     for key in ("train", "val"):
         for i, path in enumerate(getattr(d, key)):

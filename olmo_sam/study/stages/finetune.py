@@ -5,9 +5,9 @@ Eq. 9-10, App C.4), with each base's grid-edge flag and tau sensitivity."""
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -16,7 +16,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 from ...analysis.findings import make_finding, unmeasurable_finding
 from ...analysis.plots import Panel, plot_bands
 from ...analysis.stats import compare_seeds
-from ...config import ConfigError
+from ...config import Checked, ConfigError, decode, setting
 from ...finetune.sweep import LR_GRIDS, MIX_METHODS
 from ...output import write_table
 from ..bases import BaseRecord, budget_key
@@ -154,7 +154,7 @@ def job_ft_sweep(ctx) -> Dict[str, Any]:
 
 
 def _validate_ft_data(study, job: Job) -> None:
-    from ...finetune.adapters import get_source, prepare_dataset
+    from ...finetune.adapters import get_source
 
     name = job.params["dataset"]
     where = f"finetune.datasets[{study.finetune.datasets.index(name)}]" if study.finetune else "finetune.datasets"
@@ -163,19 +163,19 @@ def _validate_ft_data(study, job: Job) -> None:
             get_source(name)
         except OLMoConfigurationError as e:
             raise ConfigError(f"{where}: {e}; or give a prepared dataset directory") from None
-    known = [
-        n
-        for n in inspect.signature(prepare_dataset).parameters
-        if n not in ("name", "tokenizer_path", "out_dir", "overwrite")
-    ]
-    for k, v in (job.params.get("prepare") or {}).items():
-        if k not in known:
-            raise ConfigError(f"finetune.prepare.{k}: unknown option; allowed: {known}")
-        if k == "val_fraction":
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
-                raise ConfigError(f"finetune.prepare.val_fraction: must be a number in (0, 1), got {v!r}")
-        elif v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "seed" else 1)):
-            raise ConfigError(f"finetune.prepare.{k}: must be a whole number >= {0 if k == 'seed' else 1}, got {v!r}")
+    decode(PrepareOptions, job.params.get("prepare"), "finetune.prepare")
+
+
+@dataclass
+class PrepareOptions(Checked):
+    """``finetune.prepare``: the options of :func:`olmo_sam.finetune.adapters.prepare_dataset`
+    (``None``: its default; a test keeps the two equal)."""
+
+    seed: Optional[int] = setting(None, ge=0)
+    val_fraction: Optional[float] = setting(None, gt=0, lt=1)
+    max_val_documents: Optional[int] = setting(None, ge=1)
+    max_train_tokens: Optional[int] = setting(None, ge=1)
+    max_documents: Optional[int] = setting(None, ge=1)
 
 
 def _validate_ft_sweep(study, job: Job) -> None:

@@ -72,5 +72,7 @@ class ProbeStage(Stage):
 
         try:
             check_probe_options(job.stage, dict(job.params.get("options") or {}))
+        except ConfigError as e:
+            raise e.within(f"probes.{job.stage}") from None
         except OLMoConfigurationError as e:
-            raise ConfigError(f"probes.{job.stage}.{e}") from None
+            raise ConfigError(f"probes.{job.stage}: {e}") from None
