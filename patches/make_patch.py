@@ -29,10 +29,12 @@ OLMO_CORE_VERSION = "3.0.0"
 #: plugin module -> (file in olmo_core/sam/, import rewrites)
 FILES = {
     "olmo_sam/paper.py": ("paper.py", []),
+    "olmo_sam/config.py": ("config.py", []),
     "olmo_sam/optim/sam.py": (
         "sam.py",
         [
             ("from .. import paper", "from . import paper"),
+            ("from ..config import", "from .config import"),
             (
                 'SAM_TRAIN_MODULE = "olmo_sam.train.train_module.SAMTrainModuleConfig"',
                 'SAM_TRAIN_MODULE = "olmo_core.sam.train_module.SAMTrainModuleConfig"',

@@ -9,7 +9,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.optim import OptimConfig
 from olmo_core.script_utils import ExperimentConfig
 
-from olmo_sam.config import load_config, to_yaml
+from olmo_sam.files import load_config, to_yaml
 from olmo_sam.optim import WSO, SAMConfig
 from olmo_sam.train import SAMSwitchCallback, SAMTrainModuleConfig
 from olmo_sam.train.train_module import check_sam_parallelism

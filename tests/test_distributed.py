@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from helpers import adamw, losses, tiny_experiment
 from olmo_core.exceptions import OLMoConfigurationError
 
-from olmo_sam.config import to_yaml
+from olmo_sam.files import to_yaml
 from olmo_sam.optim import SAMConfig
 from olmo_sam.train import build_trainer, read_metrics, run_experiment
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from helpers import adamw, tiny_experiment
 
-from olmo_sam.config import config_to_plain
+from olmo_sam.files import config_to_plain
 from olmo_sam.optim import SAMConfig, WSDAlpha
 from olmo_sam.train import SAMSwitchCallback, run_experiment
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import adamw, losses, tiny_experiment
 
-from olmo_sam.config import to_yaml
+from olmo_sam.files import to_yaml
 from olmo_sam.optim import SAMConfig, WSDAlpha
 from olmo_sam.train import SAMSwitchCallback, read_metrics, run_experiment
 

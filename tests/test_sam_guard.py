@@ -18,7 +18,7 @@ from olmo_core.optim import OptimGroupOverride
 from olmo_core.script_utils import ExperimentConfig
 from olmo_core.train.train_module import TransformerTrainModuleConfig
 
-from olmo_sam.config import to_yaml
+from olmo_sam.files import to_yaml
 from olmo_sam.optim import SAMConfig, WSDAlpha
 from olmo_sam.train import SAMSwitchCallback, build_trainer
 

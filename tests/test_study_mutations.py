@@ -380,7 +380,7 @@ def test_recipe_configs_are_read_by_the_same_strict_reader(tmp_path):
     from olmo_core.exceptions import OLMoConfigurationError
     from olmo_core.script_utils import ExperimentConfig
 
-    from olmo_sam.config import load_config
+    from olmo_sam.files import load_config
 
     f = tmp_path / "exp.yaml"
     f.write_text("run_name: a\nrun_name: b\n")
@@ -416,8 +416,8 @@ def test_option_sections_name_the_functions_keyword_options():
     from olmo_sam.study.stages.data import DemoOptions
     from olmo_sam.study.stages.finetune import PrepareOptions
 
-    for cls, fn, given in [
+    for cls, fn, not_options in [
         (DemoOptions, prepare_demo_data, {"out_dir", "show_progress"}),
         (PrepareOptions, prepare_dataset, {"name", "tokenizer_path", "out_dir", "overwrite"}),
     ]:
-        assert {f.name for f in dataclasses.fields(cls)} == set(inspect.signature(fn).parameters) - given
+        assert {f.name for f in dataclasses.fields(cls)} == set(inspect.signature(fn).parameters) - not_options

@@ -32,7 +32,7 @@ def run_one(path, args):
     from olmo_core.script_utils import ExperimentConfig
     from olmo_core.train.callbacks import Callback
 
-    from olmo_sam.config import load_config
+    from olmo_sam.files import load_config
     from olmo_sam.train import build_trainer
 
     cfg = load_config(ExperimentConfig, path, overrides=args.override or None)
