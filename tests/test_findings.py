@@ -10,7 +10,7 @@ from olmo_sam.analysis.findings import make_finding
 from olmo_sam.analysis.stats import compare_seeds
 
 REF = {0: 0.955, 1: 1.149, 2: 1.050}
-BUDGET = {"budget_tpp": 100.0, "budget_tpp_non_embedding": 127.2, "tokens": 11_500_000}
+BUDGET = {"budget_tpp": 100.0, "tpp_non_embedding": 127.2, "tokens": 11_500_000}
 COMPARATIVE = re.compile(r"\b(less|more|flatter|sharper|lower|higher|better|worse)\b")
 
 

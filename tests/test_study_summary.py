@@ -36,8 +36,7 @@ def test_summary_findings_have_the_schema(study):
     assert s["seeds_per_arm_and_budget"] == 3
     assert sorted(b["budget_tpp"] for b in s["budgets"]) == [10.0, 100.0]
     assert len(s["bases"]) == 12 and all(
-        {"arm", "seed", "budget_tpp", "budget_tpp_non_embedding", "tokens", "params_total", "params_non_embedding"}
-        <= set(b)
+        {"arm", "seed", "budget_tpp", "tpp_non_embedding", "tokens", "params_total", "params_non_embedding"} <= set(b)
         for b in s["bases"].values()
     )
     assert s["bases"]["sam@100tpp-s2"]["seed"] == 2 and s["bases"]["sam@100tpp-s2"]["arm"] == "sam"
@@ -55,7 +54,7 @@ def test_summary_findings_have_the_schema(study):
         assert set(FINDING_FIELDS) <= set(f), f["id"]
         assert f["arms"] == ["sam", "adamw"] and f["n_seeds"] == 3 and f["paired"]
         assert f["budget_tpp"] in (10.0, 100.0)
-        assert f["budget_tpp_non_embedding"] == pytest.approx(f["budget_tpp"] * 40_000 / 15_000)
+        assert f["tpp_non_embedding"] == pytest.approx(f["budget_tpp"] * 40_000 / 15_000)
         assert f["ci_low"] <= f["estimate"] <= f["ci_high"]
         assert f["significant"] == (not f["identical"] and (f["ci_low"] > 0 or f["ci_high"] < 0))
         assert f["resolved"] == (f["significant"] and f["q_value"] < 0.05)
@@ -132,7 +131,7 @@ def test_a_base_record_is_read_as_it_was_written():
     read = BaseRecord.from_result(json.loads(json.dumps(result)), "pretrain/wso")
     assert read == written and read.data_epochs == 2.0
     b = base_of("wso", read)
-    assert (b.arm, b.seed, b.budget_tpp, b.budget_tpp_non_embedding, b.tokens) == ("wso", 2, 800.0, 25.0, 1000)
+    assert (b.arm, b.seed, b.budget_tpp, b.tpp_non_embedding, b.tokens) == ("wso", 2, 800.0, 25.0, 1000)
     # no planned or recipe budget (a mid-training run): the measured tokens per total parameter
     assert BaseRecord.measure({"arm": "mid", "seed": 0, "budget_tpp": None}, run, {}).budget_tpp == 10.0
     del result["tpp_non_embedding"]

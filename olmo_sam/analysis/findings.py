@@ -99,7 +99,7 @@ FINDING_FIELDS = (
     "dataset",
     "setting",
     "budget_tpp",
-    "budget_tpp_non_embedding",
+    "tpp_non_embedding",
     "tokens",
     "estimate",
     "ci_low",
@@ -151,7 +151,7 @@ def budget_text(budget: Optional[Mapping[str, Any]]) -> str:
     if not budget or budget.get("budget_tpp") is None:
         return ""
     s = f"{budget['budget_tpp']:.3g} tokens/param"
-    ne = budget.get("budget_tpp_non_embedding")
+    ne = budget.get("tpp_non_embedding")
     if ne is not None:
         s += f" ({ne:.3g} per non-embedding param)"
     return s
@@ -280,7 +280,7 @@ def make_finding(
     """The ``summary.json`` record of one comparison, its ``text`` included.
 
     ``context`` opens the sentence (e.g. "Fine-tuning on demo-code (L_FT <= tau = 2.79)");
-    ``budget`` holds ``budget_tpp``, ``budget_tpp_non_embedding`` and ``tokens`` of the compared
+    ``budget`` holds ``budget_tpp``, ``tpp_non_embedding`` and ``tokens`` of the compared
     checkpoints."""
     q = QUANTITIES[quantity]
     budget = dict(budget or {})
@@ -299,7 +299,7 @@ def make_finding(
         "dataset": dataset,
         "setting": setting,
         "budget_tpp": budget.get("budget_tpp"),
-        "budget_tpp_non_embedding": budget.get("budget_tpp_non_embedding"),
+        "tpp_non_embedding": budget.get("tpp_non_embedding"),
         "tokens": budget.get("tokens"),
         "estimate": diff.estimate,
         "ci_low": diff.ci_low,
@@ -364,7 +364,7 @@ def unmeasurable_finding(
             "reference": reference,
             "dataset": dataset,
             "budget_tpp": budget.get("budget_tpp"),
-            "budget_tpp_non_embedding": budget.get("budget_tpp_non_embedding"),
+            "tpp_non_embedding": budget.get("tpp_non_embedding"),
             "tokens": budget.get("tokens"),
             "n_seeds": 0,
             "paired": False,

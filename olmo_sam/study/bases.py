@@ -56,7 +56,7 @@ class BaseRecord:
         return cls(
             arm=params["arm"],
             seed=params["seed"],
-            budget_tpp=budget,
+            budget_tpp=None if budget is None else float(budget),
             tokens=tokens,
             steps=run.get("steps"),
             params_total=run.get("params_total"),
@@ -105,16 +105,11 @@ def checkpoint_budget(checkpoint: str) -> Dict[str, Any]:
 # -- the analysis's view of the bases ------------------------------------------------------------
 
 
-@dataclass
-class Base:
+@dataclass(frozen=True)
+class Base(BaseRecord):
+    """The analysis's view of a base: its record and the study unit it belongs to."""
+
     unit: str
-    arm: str
-    seed: int
-    budget_tpp: Optional[float]
-    budget_tpp_non_embedding: Optional[float]
-    tokens: Optional[int]
-    params_total: Optional[int]
-    params_non_embedding: Optional[int]
 
     @property
     def budget_key(self) -> Optional[float]:
@@ -132,16 +127,7 @@ RECORD_FIELDS = ("steps", "tpp_total", "tpp_non_embedding", "data_epochs", "data
 
 def base_of(unit: str, record: BaseRecord) -> Base:
     """The analysis's view of the base ``unit`` (its pretraining job's :class:`BaseRecord`)."""
-    return Base(
-        unit=unit,
-        arm=str(record.arm),
-        seed=int(record.seed),
-        budget_tpp=None if record.budget_tpp is None else float(record.budget_tpp),
-        budget_tpp_non_embedding=None if record.tpp_non_embedding is None else float(record.tpp_non_embedding),
-        tokens=None if record.tokens is None else int(record.tokens),
-        params_total=None if record.params_total is None else int(record.params_total),
-        params_non_embedding=None if record.params_non_embedding is None else int(record.params_non_embedding),
-    )
+    return Base(unit=unit, **record.to_dict())
 
 
 class BaseSet:
@@ -184,7 +170,7 @@ class BaseSet:
         bs = [b for b in self.by_unit.values() if b.budget_key == key]
         ref = [b for b in bs if b.arm == self.reference] or bs
         b = ref[0]
-        return {"budget_tpp": b.budget_tpp, "budget_tpp_non_embedding": b.budget_tpp_non_embedding, "tokens": b.tokens}
+        return {"budget_tpp": b.budget_tpp, "tpp_non_embedding": b.tpp_non_embedding, "tokens": b.tokens}
 
     def budget_label(self, key: Optional[float]) -> str:
         return "budget n/a" if key is None else f"{key:g} tok/param"

@@ -170,6 +170,7 @@ def build_plan(study: StudySpec) -> Plan:
     for stage in PIPELINE:
         if stage.configured(study):
             stage.plan(study, builder)
+            builder.measuring.update({stage.name} if stage.measures else set())
     jobs = builder.jobs
     stages = set(study.configured_stages())
     stage_of = {j.id: j.stage for j in jobs}

@@ -251,6 +251,6 @@ class AnalysisStage(Stage):
         return True
 
     def plan(self, study, plan: PlanBuilder) -> None:
-        # what the stages measured (not the data, export and mix preparation jobs) comes first
-        before = [j.id for j in plan.jobs if j.stage not in ("data", "export", "cfs")]
+        # what the stages measured comes first (not the data, export and mix preparation jobs)
+        before = [j.id for j in plan.jobs if j.stage in plan.measuring]
         plan.add(Job("analysis", "analysis", "analysis", params={"units": plan.unit_names}, deps=before))

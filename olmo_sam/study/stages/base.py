@@ -26,7 +26,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set
 
 from ..job import Job
 
@@ -70,6 +70,8 @@ class PlanBuilder:
 
     units: List[Any]
     jobs: List[Job] = field(default_factory=list)
+    #: the stages planned so far whose jobs measure the bases (:attr:`Stage.measures`)
+    measuring: Set[str] = field(default_factory=set)
 
     @property
     def unit_names(self) -> List[str]:
@@ -92,6 +94,9 @@ class Stage:
     section: Optional[str] = None
     #: the dataclass ``section`` is read into
     config: Optional[type] = None
+    #: its jobs measure something of the bases that the analysis reads (the analysis job waits
+    #: for them); preparation stages (data, export, mixes) set False
+    measures: bool = True
 
     def configured(self, study) -> bool:
         """Whether ``study`` configures this stage (a stage without configuration has no jobs)."""

@@ -45,6 +45,7 @@ def job_cfs(ctx) -> Dict[str, Any]:
 
 class CfsStage(Stage):
     name = "cfs"
+    measures = False
     kinds = {"cfs": job_cfs}
 
     def configured(self, study) -> bool:

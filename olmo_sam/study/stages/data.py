@@ -179,6 +179,7 @@ def placeholder_data(study) -> Dict[str, Any]:
 
 class DataStage(Stage):
     name = "data"
+    measures = False
     kinds = {"data": job_data}
 
     def configured(self, study) -> bool:

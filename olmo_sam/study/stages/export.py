@@ -22,6 +22,7 @@ def job_export(ctx) -> Dict[str, Any]:
 
 class ExportStage(Stage):
     name = "export"
+    measures = False
     kinds = {"export": job_export}
 
     def configured(self, study) -> bool:

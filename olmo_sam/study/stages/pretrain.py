@@ -272,7 +272,7 @@ def _pretraining(ctx, bases, out: Path) -> Dict[str, Any]:
                 "arm": b.arm,
                 "seed": b.seed,
                 "budget_tpp": b.budget_tpp,
-                "budget_tpp_non_embedding": b.budget_tpp_non_embedding,
+                "tpp_non_embedding": b.tpp_non_embedding,
                 "tokens": b.tokens,
                 "params_total": b.params_total,
                 "params_non_embedding": b.params_non_embedding,

@@ -37,7 +37,7 @@ COLUMNS = {
     "arm": "optimizer/schedule arm from the study file",
     "seed": "pretraining seed (initialization and data order)",
     "budget_tpp": "pretraining tokens per total parameter",
-    "budget_tpp_non_embedding": "pretraining tokens per non-embedding parameter",
+    "tpp_non_embedding": "pretraining tokens per non-embedding parameter",
     "tokens": "pretraining tokens",
     "params_total": "parameters, total",
     "params_non_embedding": "parameters without the embedding matrix",
@@ -134,7 +134,7 @@ _FINDING_COLUMNS = [
     "arm",
     "reference",
     "budget_tpp",
-    "budget_tpp_non_embedding",
+    "tpp_non_embedding",
     "estimate",
     "ci_low",
     "ci_high",
@@ -307,9 +307,9 @@ def render_report(
         intro.append(
             "Pretraining budgets: "
             + "; ".join(
-                f"{b['budget_tpp']:.3g} tokens per parameter ({b['budget_tpp_non_embedding']:.3g} per non-embedding "
+                f"{b['budget_tpp']:.3g} tokens per parameter ({b['tpp_non_embedding']:.3g} per non-embedding "
                 f"parameter, {b['tokens']:,} tokens)"
-                if b.get("budget_tpp_non_embedding") and b.get("tokens")
+                if b.get("tpp_non_embedding") and b.get("tokens")
                 else f"{b['budget_tpp']:.3g} tokens per parameter"
                 for b in budgets
             )
