@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import List, Optional
+
 import pytest
 import yaml
 from helpers import adamw, tiny_experiment
@@ -9,6 +12,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.optim import OptimConfig
 from olmo_core.script_utils import ExperimentConfig
 
+from olmo_sam.config import Checked, ConfigError, check_settings, decode, setting
 from olmo_sam.files import load_config, to_yaml
 from olmo_sam.optim import WSO, SAMConfig
 from olmo_sam.train import SAMSwitchCallback, SAMTrainModuleConfig
@@ -135,3 +139,49 @@ def test_local_scope_is_refused_under_fsdp():
         check_sam_parallelism("local", "hsdp")
     check_sam_parallelism("local", "ddp")
     check_sam_parallelism("global", "fsdp")
+
+
+# -- the one checking layer (olmo_sam/config.py) ---------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Inner(Checked):
+    rate: float = setting(0.1, gt=0, le=1)
+    steps: Optional[int] = setting(None, ge=1)
+    kinds: List[str] = setting(default_factory=list, choices=("nf4", "int8"))
+
+
+def test_values_are_read_as_olmo_core_reads_them_and_refused_by_name():
+    """Types from annotations, rules from ``setting``: numeric strings are numbers (YAML 1.1
+    reads ``3e-3`` as a string), an integral float or numeric string is an integer, a bool is
+    not a number, and every refusal starts with the field's path."""
+    ok = decode(Inner, {"rate": "3e-3", "steps": "4", "kinds": ["int8"]})
+    assert (ok.rate, ok.steps, ok.kinds) == (0.003, 4, ["int8"]) and type(ok.steps) is int
+    assert decode(Inner, {"steps": 2.0}).steps == 2
+    bad = [
+        ({"rate": 0}, "where.rate: must be a number in (0, 1], got 0.0"),
+        ({"rate": True}, "where.rate: expected a number, got True"),
+        ({"rate": float("nan")}, "where.rate: expected a number, got nan"),
+        ({"steps": 2.5}, "where.steps: expected a whole number (or null), got 2.5"),
+        ({"steps": 0}, "where.steps: must be a whole number >= 1, got 0"),
+        ({"kinds": ["int8", "nf5"]}, "where.kinds[1]: must be one of ['nf4', 'int8'], got 'nf5'; did you mean 'nf4'?"),
+        ({"kinds": "nf4"}, "where.kinds: expected a list of strings, got 'nf4'"),
+        ({"stpes": 3}, "where.stpes: unknown setting; did you mean 'steps'? allowed: ['kinds', 'rate', 'steps']"),
+        (["rate"], "where: expected a mapping (key: value), got ['rate']"),
+    ]
+    for data, message in bad:
+        with pytest.raises(ConfigError) as err:
+            decode(Inner, data, "where")
+        assert str(err.value) == message
+    # built directly (no file): the field's own name; inside a file: the whole path
+    with pytest.raises(ConfigError, match=r"^rate: must be"):
+        Inner(rate=2)
+    with pytest.raises(ConfigError, match=r"^arms\[1\]\.rate: must be"):
+        try:
+            Inner(rate=2)
+        except ConfigError as e:
+            raise e.within("arms[1]") from None
+    # some fields of a config, checked without building it (a study arm's recipe settings)
+    assert check_settings(Inner, {"rate": "0.5"}, "arms[0]") == {"rate": 0.5}
+    with pytest.raises(ConfigError, match=r"^arms\[0\]\.steps: unknown setting; allowed: \['kinds', 'rate'\]"):
+        check_settings(Inner, {"steps": 3}, "arms[0]", reserved=("steps",))

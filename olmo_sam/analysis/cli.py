@@ -18,7 +18,7 @@ from ..finetune.records import FTRecord, ResultStore
 from ..output import json_text
 from ..preflight import out_dir_callback
 from .forgetting import Curve, compare, group_curves, matched_pt_view
-from .report import Report, compare_report, frontier_report, matched_pt_report
+from .tables import Report, compare_report, frontier_report, matched_pt_report
 
 __all__ = ["forgetting"]
 

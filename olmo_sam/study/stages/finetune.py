@@ -488,7 +488,7 @@ def _tau_sensitivity(bases: Any, curves: Dict[str, List[Any]], matching: str) ->
 
 def _finetune(ctx, bases, out: Path) -> Dict[str, Any]:
     from ...analysis.plots import plot_frontiers
-    from ...analysis.report import frontier_report
+    from ...analysis.tables import frontier_report
 
     records, curves = finetune_curves(ctx)
     if not records:
