@@ -39,7 +39,7 @@ __all__ = [
     "parse_tokens",
     "format_tokens",
     "read_mix_file",
-    "DataSpec",
+    "ResolvedData",
     "resolve_data",
     "apply_overrides",
     "run_summary",
@@ -175,7 +175,9 @@ def read_mix_file(
 
 
 @dataclass
-class DataSpec:
+class ResolvedData:
+    """The token files (and tokenizer) that `--data`/`--val` entries name."""
+
     train: List[str]
     val: List[str]
     #: the tokenizer recorded by prepared datasets among the inputs (None: raw files only)
@@ -189,7 +191,7 @@ def resolve_data(
     data_root: Optional[str] = None,
     tokenizer_id: Optional[str] = None,
     include: Sequence[str] = (),
-) -> DataSpec:
+) -> ResolvedData:
     """Expand ``--data``/``--val`` entries: token files (``.npy``, URLs), prepared dataset
     directories (their train files; their val files become the validation set unless ``--val`` is
     given) and mix files (``.txt``)."""
@@ -222,7 +224,7 @@ def resolve_data(
             "the data directories were tokenized with different tokenizers: "
             + ", ".join(f"{k}: vocab {t.vocab_size}" for k, t in tokenizers.items())
         )
-    return DataSpec(train=train, val=val, tokenizer=next(iter(tokenizers.values()), None))
+    return ResolvedData(train=train, val=val, tokenizer=next(iter(tokenizers.values()), None))
 
 
 # ---------------------------------------------------------------------------------------------
