@@ -99,7 +99,9 @@ def test_parse_count():
         parse_count("10%", 4)
     with pytest.raises(OLMoConfigurationError, match="not an integer"):
         parse_count("many")
-    with pytest.raises(OLMoConfigurationError, match="temperature must be > 0"):
+    with pytest.raises(
+        OLMoConfigurationError, match="temperature: must be a number > 0, got 0.0; greedy decoding is not sampling"
+    ):
         SamplingSettings(temperature=0)
     with pytest.raises(OLMoConfigurationError, match="top_p"):
         SamplingSettings(top_p=1.5)

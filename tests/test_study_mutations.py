@@ -280,7 +280,7 @@ SECTION_CASES = [
     ("cfs.engine", "vlm", "cfs.engine: must be one of", "did you mean 'vllm'?"),
     ("cfs.ratio", -0.5, "cfs.ratio: must be a number > 0", "-0.5"),
     ("cfs.dtype", "fp8", "cfs.dtype: must be one of", "bfloat16"),
-    ("cfs.top_p", 1.5, "cfs.top_p must be in (0, 1]", "1.5"),
+    ("cfs.top_p", 1.5, "cfs.top_p: must be a number in (0, 1]", "1.5"),
     ("cfs", ["ratio"], "cfs: expected a mapping", "['ratio']"),
     ("benchmarks.offline", {"tasks": ["arc_easyy"]}, "benchmarks.offline.tasks[0]: unknown task", "arc_easyy"),
     ("benchmarks.offline", {"limit": 0}, "benchmarks.offline.limit: must be a whole number >= 1", "0"),

@@ -36,6 +36,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 from tqdm import tqdm
 
 from .. import paper
+from ..config import Checked, setting
 from ..data.fetch import sha256_of
 from . import worker
 from .prompts import resolve_prompt, task_prompts
@@ -65,23 +66,13 @@ _MODEL_FILES = re.compile(r".*\.(safetensors|bin|json|model|txt|tiktoken)$")
 
 
 @dataclass(frozen=True)
-class SamplingSettings:
-    temperature: float = paper.CFS_TEMPERATURE
-    top_p: float = paper.CFS_TOP_P
+class SamplingSettings(Checked):
+    temperature: float = setting(paper.CFS_TEMPERATURE, gt=0, hint="; greedy decoding is not sampling")
+    top_p: float = setting(paper.CFS_TOP_P, gt=0, le=1)
     #: new tokens per sample; the default is the fine-tuning sequence length ([CFS] App B), the
     #: longest sample a fine-tuning window can hold whole
-    max_tokens: int = paper.CFS_FT_SEQ_LEN
+    max_tokens: int = setting(paper.CFS_FT_SEQ_LEN, ge=1)
     seed: int = 0
-
-    def __post_init__(self):
-        if not self.temperature > 0:
-            raise OLMoConfigurationError(
-                f"temperature must be > 0 (got {self.temperature}); greedy decoding is not sampling"
-            )
-        if not 0 < self.top_p <= 1:
-            raise OLMoConfigurationError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.max_tokens < 1:
-            raise OLMoConfigurationError(f"max_tokens must be >= 1, got {self.max_tokens}")
 
     @classmethod
     def for_kind(
@@ -106,29 +97,26 @@ class SamplingSettings:
 
 
 @dataclass
-class GenerationJob:
+class GenerationJob(Checked):
     """``len(prompts)`` samples, sample ``i`` conditioned on ``prompts[i]``, written to ``out``."""
 
     out: Path
-    prompts: List[List[int]]
+    prompts: List[List[int]] = setting(type=list)
     settings: SamplingSettings
     #: "context_free" or "contextual"
-    kind: str
-    eos_token_id: Optional[int]
+    kind: str = setting(choices=("context_free", "contextual"))
+    eos_token_id: Optional[int] = setting()
     prompt_source: str = "bos"
-    shard_size: int = 1000
+    shard_size: int = setting(1000, ge=1)
     #: record this many (processed: after temperature and top-p) log-probabilities per generated
     #: token; -1 = the whole vocabulary. For checks; large.
     logprobs: Optional[int] = None
 
     def __post_init__(self):
+        super().__post_init__()
         self.out = Path(self.out)
         if not self.prompts:
             raise OLMoConfigurationError(f"{self.out}: a generation job needs at least one sample")
-        if self.shard_size < 1:
-            raise OLMoConfigurationError(f"shard_size must be >= 1, got {self.shard_size}")
-        if self.kind not in ("context_free", "contextual"):
-            raise OLMoConfigurationError(f"kind must be context_free or contextual, got {self.kind!r}")
 
     @property
     def num_samples(self) -> int:

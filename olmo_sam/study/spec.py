@@ -324,8 +324,8 @@ class CfsSpec(Checked):
                     top_p=self.top_p,
                     **({"max_tokens": self.max_tokens} if self.max_tokens is not None else {}),
                 )
-            except OLMoConfigurationError as e:
-                raise ConfigError(f"cfs.{e}") from None
+            except ConfigError as e:
+                raise e.within("cfs") from None
 
     def options(self) -> Dict[str, Any]:
         return _given(self)
