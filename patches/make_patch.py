@@ -49,6 +49,7 @@ FILES = {
     "olmo_sam/train/callbacks.py": (
         "callbacks.py",
         [
+            ("from ..config import", "from .config import"),
             ("from ..optim.sam import", "from .sam import"),
             ("from ..optim.schedules import", "from .schedules import"),
         ],

@@ -37,6 +37,7 @@ from olmo_core.nn.transformer import Transformer
 
 from .. import paper
 from ..checkpoints import load_transformer, resolve_checkpoint
+from ..config import check_fields, setting
 from ..train.train_module import SAMTrainModuleConfig, SAMTransformerTrainModule
 from .sharding import local_like
 
@@ -58,19 +59,16 @@ ADAPTER = "default"
 
 @dataclass
 class LoRASettings(Config):
-    rank: int = paper.LORA_RANK
+    rank: int = setting(paper.LORA_RANK, ge=1)
     #: scaling numerator; ``None`` = the rank ([CFS] App E.1 keeps alpha equal to r)
     alpha: Optional[float] = None
-    dropout: float = 0.0
+    dropout: float = setting(0.0, ge=0, lt=1)
     #: regular expression matched (fullmatch) against module names
     target_modules: str = DEFAULT_TARGETS
     init_seed: int = 0
 
     def __post_init__(self):
-        if self.rank < 1:
-            raise OLMoConfigurationError(f"LoRA rank must be >= 1, got {self.rank}")
-        if not (0.0 <= self.dropout < 1.0):
-            raise OLMoConfigurationError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        check_fields(self)
 
     @property
     def scale_alpha(self) -> float:

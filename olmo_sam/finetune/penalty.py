@@ -35,6 +35,7 @@ from olmo_core.train.common import ReduceType
 from tqdm import tqdm
 
 from ..checkpoints import load_transformer
+from ..config import check_fields, setting
 from ..evals.lm_loss import logits_of
 from ..output import atomic_write
 from .sharding import is_sharded, local_like
@@ -155,14 +156,14 @@ class WeightPenaltyCallback(Callback, Config):
     """
 
     anchor_path: str = ""
-    lam: float = 0.0
+    #: lambda
+    lam: float = setting(0.0, ge=0)
     fisher_path: Optional[str] = None
     name: str = "ewc"
     enabled: bool = True
 
     def __post_init__(self):
-        if self.lam < 0:
-            raise OLMoConfigurationError(f"{self.name}: the penalty weight lambda must be >= 0, got {self.lam}")
+        check_fields(self)
 
     def pre_train(self):
         if not self.enabled:

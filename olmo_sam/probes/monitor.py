@@ -27,6 +27,7 @@ from olmo_core.train.callbacks import Callback
 from torch.distributed.tensor import DTensor
 
 from .. import paper
+from ..config import check_fields, setting
 from .hessian import HessianVectorProduct, fixed_batch, hutchinson_trace, lm_batch_loss
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,12 @@ class SharpnessMonitorCallback(Callback, Config):
 
     val_paths: List[str] = field(default_factory=list)
     name: str = "PT"
-    every_steps: int = paper.SHARPNESS_EVERY_STEPS
-    probes: int = paper.HUTCHINSON_PROBES
-    rtol: Optional[float] = None
-    n_sequences: int = 4
-    sequence_length: Optional[int] = None
-    method: str = "auto"
+    every_steps: int = setting(paper.SHARPNESS_EVERY_STEPS, ge=1)
+    probes: int = setting(paper.HUTCHINSON_PROBES, ge=1)
+    rtol: Optional[float] = setting(None, gt=0)
+    n_sequences: int = setting(4, ge=1)
+    sequence_length: Optional[int] = setting(None, ge=1)
+    method: str = setting("auto", choices=("auto", "double_backward", "finite_difference"))
     fd_step: float = 1e-3
     seed: int = 0
     enabled: bool = True
@@ -70,17 +71,7 @@ class SharpnessMonitorCallback(Callback, Config):
 
     def __post_init__(self, *args):
         del args
-        if self.every_steps < 1:
-            raise OLMoConfigurationError(f"SharpnessMonitorCallback.every_steps must be >= 1, got {self.every_steps}")
-        if self.probes < 1:
-            raise OLMoConfigurationError(f"SharpnessMonitorCallback.probes must be >= 1, got {self.probes}")
-        if self.n_sequences < 1:
-            raise OLMoConfigurationError(f"SharpnessMonitorCallback.n_sequences must be >= 1, got {self.n_sequences}")
-        if self.method not in ("auto", "double_backward", "finite_difference"):
-            raise OLMoConfigurationError(
-                "SharpnessMonitorCallback.method must be 'auto', 'double_backward' or "
-                f"'finite_difference', got {self.method!r}"
-            )
+        check_fields(self)
         if self.enabled and not self.val_paths:
             raise OLMoConfigurationError("SharpnessMonitorCallback.val_paths is empty: give the validation token files")
 

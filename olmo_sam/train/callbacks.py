@@ -22,6 +22,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.optim.scheduler import SchedulerUnits
 from olmo_core.train.callbacks import Callback
 
+from ..config import check_fields, setting
 from ..optim.sam import NOT_DRIVEN_HELP
 from ..optim.schedules import decay_start
 from .train_module import SAM_METRIC_NAMESPACE, SAMTransformerTrainModule
@@ -41,9 +42,9 @@ class SAMSwitchCallback(Callback, Config):
     step whose LR is below the peak: ``decay_start + 1`` of the train module's scheduler.
     """
 
-    start_step: Optional[int] = None
-    start_fraction: Optional[float] = None
-    start_tokens: Optional[int] = None
+    start_step: Optional[int] = setting(None, ge=1, hint=" (the first SAM step, 1-based)")
+    start_fraction: Optional[float] = setting(None, ge=0, lt=1, hint=" (0.9 = SAM for the last 10% of steps)")
+    start_tokens: Optional[int] = setting(None, ge=0)
     enabled: bool = True
 
     # resolved at pre_train (or restored from a checkpoint); not a config field users set
@@ -51,22 +52,12 @@ class SAMSwitchCallback(Callback, Config):
 
     def __post_init__(self, *args):
         del args
+        check_fields(self)
         given = [n for n in ("start_step", "start_fraction", "start_tokens") if getattr(self, n) is not None]
         if len(given) > 1:
             raise OLMoConfigurationError(
                 f"SAMSwitchCallback: give at most one of start_step/start_fraction/start_tokens, got {given}"
             )
-        if self.start_step is not None and self.start_step < 1:
-            raise OLMoConfigurationError(
-                f"SAMSwitchCallback.start_step must be >= 1 (1-based step), got {self.start_step}"
-            )
-        if self.start_fraction is not None and not (0.0 <= self.start_fraction < 1.0):
-            raise OLMoConfigurationError(
-                "SAMSwitchCallback.start_fraction must be in [0, 1) (0.9 = SAM for the last 10% "
-                f"of steps), got {self.start_fraction}"
-            )
-        if self.start_tokens is not None and self.start_tokens < 0:
-            raise OLMoConfigurationError(f"SAMSwitchCallback.start_tokens must be >= 0, got {self.start_tokens}")
 
     # -- wiring --------------------------------------------------------------------------------
 
