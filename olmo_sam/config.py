@@ -301,6 +301,10 @@ def decode(cls: Type[T], data: Any, where: str = "") -> T:
     for key in data:
         if key not in names:
             raise unknown_setting(key, names, join_path(where, key))
+    for f in dataclasses.fields(cls):
+        required = f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and f.name not in data:
+            raise ConfigError.at(join_path(where, f.name), "required")
     try:
         obj = cls(**data)
         if not isinstance(obj, Checked):

@@ -90,9 +90,15 @@ def _ok(**over):
     [
         ([_ok(), _ok(name="b", arm="lion")], r"hypotheses\[1\]\.arm: no arm 'lion' in the study"),
         ([_ok(reference="adamw-wsd")], r"hypotheses\[0\]\.reference: no arm 'adamw-wsd'"),
-        ([_ok(direction="lower")], r"hypotheses\[0\]\.direction: expected one of \['less', 'greater'\]"),
-        ([_ok(test="wilcoxon")], r"hypotheses\[0\]\.test: unknown test 'wilcoxon'"),
-        ([_ok(quantity="forgetting")], r"hypotheses\[0\]\.quantity: unknown quantity 'forgetting'"),
+        (
+            [_ok(direction="lower")],
+            r"hypotheses\[0\]\.direction: must be one of \['less', 'greater'\], got 'lower' \(arm minus reference",
+        ),
+        (
+            [_ok(test="wilcoxon")],
+            r"hypotheses\[0\]\.test: must be one of \['paired_t', 'interaction'\], got 'wilcoxon'",
+        ),
+        ([_ok(quantity="forgetting")], r"hypotheses\[0\]\.quantity: must be one of .*got 'forgetting'"),
         ([_ok(budget=None)], r"hypotheses\[0\]\.budget: required for test paired_t"),
         ([_ok(budget=800)], r"hypotheses\[0\]\.budget: arm 'sam' has no base at 800 tokens/param"),
         ([_ok(test="interaction")], r"hypotheses\[0\]\.budget: an interaction compares two budgets"),
@@ -109,7 +115,7 @@ def _ok(**over):
         ),
         ([_ok(reference="sam")], r"hypotheses\[0\]\.reference: the same arm as 'arm'"),
         ([_ok(), _ok()], r"hypotheses: duplicate hypothesis name\(s\) \['sam-forgets-less'\]"),
-        ([_ok(tail="one")], r"hypotheses\[0\]: unknown key\(s\) \['tail'\]"),
+        ([_ok(tail="one")], r"hypotheses\[0\]\.tail: unknown setting; allowed: \['arm', 'budget'"),
         ([_ok(name=None)], r"hypotheses\[0\]\.name: required"),
     ],
 )

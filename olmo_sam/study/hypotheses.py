@@ -48,11 +48,12 @@ with ``--rerun`` -- a pre-registered question is not changed after results exist
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from olmo_core.exceptions import OLMoConfigurationError
+
+from ..config import Checked, decode, setting
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..analysis.stats import IntervalSpec
@@ -90,19 +91,19 @@ class HypothesisError(OLMoConfigurationError):
 
 
 @dataclass(frozen=True)
-class Hypothesis:
+class Hypothesis(Checked):
     """One pre-registered comparison (see the module docstring for the fields' meaning)."""
 
     name: str
-    quantity: str
-    arm: str
-    reference: str
-    direction: str
-    test: str
+    quantity: str = setting(choices=sorted(QUANTITIES))
+    arm: str = setting()
+    reference: str = setting()
+    direction: str = setting(choices=DIRECTIONS, hint=" (arm minus reference expected below / above zero)")
+    test: str = setting(choices=TESTS)
     #: paired_t: the budget (tokens per parameter)
-    budget: Optional[float] = None
+    budget: Optional[float] = setting(None, gt=0, hint=" (tokens per parameter)")
     #: interaction: [shortest, longest] (tokens per parameter)
-    budgets: Optional[List[float]] = None
+    budgets: Optional[List[float]] = setting(None, gt=0, hint=" (tokens per parameter)")
     dataset: Optional[str] = None
     setting: Optional[str] = None
 
@@ -114,46 +115,22 @@ class Hypothesis:
 _REQUIRED = ("name", "quantity", "arm", "reference", "direction", "test")
 
 
-def _number(v: Any, where: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise HypothesisError(f"{where}: expected a number of tokens per parameter, got {v!r}")
-    try:
-        x = float(v)
-    except ValueError:
-        raise HypothesisError(f"{where}: expected a number of tokens per parameter, got {v!r}") from None
-    if not (x > 0 and math.isfinite(x)):
-        raise HypothesisError(f"{where}: a budget must be a positive number of tokens per parameter, got {v!r}")
-    return x
-
-
 def _parse_one(data: Any, where: str) -> Hypothesis:
     if not isinstance(data, dict):
         raise HypothesisError(
             f"{where}: a hypothesis is a mapping (name, quantity, arm, reference, budget, "
             f"direction, test), got {data!r}"
         )
-    allowed = [f.name for f in dataclasses.fields(Hypothesis)]
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise HypothesisError(f"{where}: unknown key(s) {unknown}; allowed: {allowed}")
     for key in _REQUIRED:
         if data.get(key) in (None, ""):
             raise HypothesisError(f"{where}.{key}: required (a hypothesis names it before the study runs)")
-        if not isinstance(data[key], str):
-            raise HypothesisError(f"{where}.{key}: expected a string, got {data[key]!r}")
-    q, test, direction = data["quantity"], data["test"], data["direction"]
-    if q not in QUANTITIES:
-        raise HypothesisError(f"{where}.quantity: unknown quantity {q!r}; choose one of {sorted(QUANTITIES)}")
-    if test not in TESTS:
-        raise HypothesisError(f"{where}.test: unknown test {test!r}; choose one of {list(TESTS)}")
-    if direction not in DIRECTIONS:
-        raise HypothesisError(
-            f"{where}.direction: expected one of {list(DIRECTIONS)} (arm minus reference "
-            f"expected below / above zero), got {direction!r}"
-        )
-    if data["arm"] == data["reference"]:
-        raise HypothesisError(f"{where}.reference: the same arm as 'arm' ({data['arm']!r}); compare two arms")
-    budget, budgets = data.get("budget"), data.get("budgets")
+    if data.get("setting") is not None:  # a quantization setting or a noise gamma: a name
+        data = {**data, "setting": str(data["setting"])}
+    h = decode(Hypothesis, data, where)
+    q, test = h.quantity, h.test
+    if h.arm == h.reference:
+        raise HypothesisError(f"{where}.reference: the same arm as 'arm' ({h.arm!r}); compare two arms")
+    budget, budgets = h.budget, h.budgets
     if test == "paired_t":
         if budgets is not None:
             raise HypothesisError(
@@ -162,18 +139,16 @@ def _parse_one(data: Any, where: str) -> Hypothesis:
             )
         if budget is None:
             raise HypothesisError(f"{where}.budget: required for test paired_t (tokens per parameter, e.g. 800)")
-        budget = _number(budget, f"{where}.budget")
     else:
         if budget is not None:
             raise HypothesisError(
                 f"{where}.budget: an interaction compares two budgets: give 'budgets: [shortest, longest]' instead"
             )
-        if not isinstance(budgets, list) or len(budgets) != 2:
+        if budgets is None or len(budgets) != 2:
             raise HypothesisError(
                 f"{where}.budgets: test interaction needs 'budgets: [shortest, longest]' "
                 f"(tokens per parameter), got {budgets!r}"
             )
-        budgets = [_number(b, f"{where}.budgets[{i}]") for i, b in enumerate(budgets)]
         if not budgets[0] < budgets[1]:
             raise HypothesisError(f"{where}.budgets: give [shortest, longest] with shortest < longest, got {budgets}")
     selector = QUANTITIES[q][0]
@@ -183,19 +158,7 @@ def _parse_one(data: Any, where: str) -> Hypothesis:
             raise HypothesisError(f"{where}.{key}: quantity {q} is measured per {key}; name one")
         if key != selector and v is not None:
             raise HypothesisError(f"{where}.{key}: quantity {q} has no {key}; drop it")
-    setting = data.get("setting")
-    return Hypothesis(
-        name=data["name"],
-        quantity=q,
-        arm=data["arm"],
-        reference=data["reference"],
-        direction=direction,
-        test=test,
-        budget=budget,
-        budgets=budgets,
-        dataset=data.get("dataset"),
-        setting=None if setting is None else str(setting),
-    )
+    return h
 
 
 def parse_hypotheses(data: Any, where: str = "hypotheses") -> List[Hypothesis]:
