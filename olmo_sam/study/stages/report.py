@@ -208,8 +208,13 @@ def _sensitivity_text(h: Dict[str, Any]) -> str:
         return ""
     parts = []
     for r in rows:
-        if r.get("ci_low") is None:
-            est = "no interval" if r.get("estimate") is None else f"{r['estimate']:+.4g}, no interval"
+        if r.get("estimate") is None:  # say why: a reader sees a threshold with no number
+            est = (
+                "not measurable: an arm has no seed matched inside the fine-tuning grid at this tau "
+                "(not reached, or matched at the grid's lowest learning rate)"
+            )
+        elif r.get("ci_low") is None:
+            est = f"{r['estimate']:+.4g}, no interval (fewer than two seeds measurable there)"
         else:
             est = f"{r['estimate']:+.4g} [{r['ci_low']:+.4g}, {r['ci_high']:+.4g}]"
         parts.append(f"{r['tau_name']} tau {r['tau']:.4g}: {est} ({r['n_seeds']} seeds)")
