@@ -200,6 +200,12 @@ def _bounds(rule: Rule, number: str) -> str:
     return f"{number} {op} {bound:g}"
 
 
+def _leaves(tp: Any) -> set:
+    """The plain types a (possibly nested: Optional, Union, List) annotation admits."""
+    args = typing.get_args(tp)
+    return set().union(*(_leaves(a) for a in args)) if args else {tp}
+
+
 def _meets(rule: Rule, v: Any) -> bool:
     return not (
         (rule.ge is not None and v < rule.ge)
@@ -234,7 +240,7 @@ def check_value(value: Any, tp: Any, path: str, rule: Optional[Rule] = None) -> 
                 mean = f"; did you mean {close[0]!r}?" if close else ""
                 raise ConfigError.at(at, f"must be one of {choices}, got {v!r}{mean}{rule.hint}")
         if isinstance(v, (int, float)) and not _meets(rule, v):
-            number = "a whole number" if isinstance(v, int) else "a number"
+            number = "a number" if float in _leaves(tp) else "a whole number"
             raise ConfigError.at(at, f"must be {_bounds(rule, number)}, got {v!r}{rule.hint}")
     return value
 

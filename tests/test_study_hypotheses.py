@@ -443,7 +443,10 @@ def test_bad_data_fraction_names_the_arm(tmp_path, value):
     from olmo_core.exceptions import OLMoConfigurationError
 
     arms = [{"name": "adamw", "optimizer": "adamw"}, {"name": "q", "optimizer": "adamw", "data_fraction": value}]
-    with pytest.raises(OLMoConfigurationError, match=r"arms\[1\]\.data_fraction: a fraction of the training tokens"):
+    with pytest.raises(
+        OLMoConfigurationError,
+        match=r"arms\[1\]\.data_fraction: (must be a number in \(0, 1\]|expected a number \(or null\)), got .* \(a fraction of the training tokens",
+    ):
         parse_study(dict(VARIANTS, arms=arms))
 
 

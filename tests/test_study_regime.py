@@ -89,7 +89,7 @@ def test_an_arm_may_have_its_own_budgets_and_one_seed_keeps_plain_names():
         ({"seeds": []}, {}, "list of integers"),
         ({"seeds": [0, 1], "seed": 3}, {}, "conflict with 'seeds'"),
         ({"seeds": [0, 1]}, {"data_seed": 3}, "conflict with pretrain.seeds"),
-        ({"budgets_tpp": [10, -1]}, {}, "positive number"),
+        ({"budgets_tpp": [10, -1]}, {}, r"pretrain\.budgets_tpp\[1\]: must be a number > 0, got -1"),
         ({"budgets_tpp": [10, 10]}, {}, "duplicate"),
         ({"budgets_tpp": [10], "steps": 100}, {}, "conflict with 'budgets_tpp'"),
         ({}, {"budgets_tpp": [10], "budgets": ["1M"]}, "not both"),

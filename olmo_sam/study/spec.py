@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from olmo_core.exceptions import OLMoConfigurationError
 
-from ..config import Checked, ConfigError, check_settings, decode, setting
+from ..config import Checked, ConfigError, Rule, check_settings, check_value, decode, setting
 from ..files import parse_yaml, read_yaml
 from ..finetune.sweep import LR_GRIDS
 from .hypotheses import Hypothesis, check_references, parse_hypotheses
@@ -114,15 +113,8 @@ PRETRAIN_SEEDS = "seeds"
 PRETRAIN_BUDGETS_TPP = "budgets_tpp"
 
 
-def _positive_list(values: Any, where: str) -> List[float]:
-    if not isinstance(values, list) or not values:
-        raise ConfigError(f"{where}: expected a non-empty list of numbers, got {values!r}")
-    out = []
-    for i, v in enumerate(values):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
-            raise ConfigError(f"{where}[{i}]: every entry must be a positive number, got {v!r}")
-        out.append(v)
-    return out  # (a duplicate entry is refused for every list: _check_entries)
+#: a budget grid in tokens per parameter: positive numbers (whole ones kept as written)
+_TPP_GRID = Optional[List[Union[int, float]]]
 
 
 def check_token_budgets(budgets: Any, where: str) -> None:
@@ -157,7 +149,7 @@ def _check_pretrain_grid(pretrain: Dict[str, Any], budgets: Optional[List[Any]])
             )
     tpp = pretrain.get(PRETRAIN_BUDGETS_TPP)
     if tpp is not None:
-        _positive_list(tpp, "pretrain.budgets_tpp")
+        check_value(tpp, _TPP_GRID, "pretrain.budgets_tpp", Rule(gt=0))
         if budgets:
             raise ConfigError("give the study's 'budgets' (tokens) or 'pretrain.budgets_tpp', not both")
         clash = sorted({"steps", "tokens", "tokens_per_param"} & set(pretrain))
@@ -168,21 +160,26 @@ def _check_pretrain_grid(pretrain: Dict[str, Any], budgets: Optional[List[Any]])
 
 
 @dataclass
-class ArmSpec:
-    """One optimizer/schedule arm. Fields other than ``name``/``recipe``/``budgets`` are the
-    recipe's own (``olmo_sam.recipes`` PretrainSpec / MidtrainSpec), on top of the study's
-    ``pretrain:``/``midtrain:`` defaults."""
+class ArmSpec(Checked):
+    """One optimizer/schedule arm. Fields other than those declared here are the recipe's own
+    (``olmo_sam.recipes`` PretrainSpec / MidtrainSpec, checked against it when the study is
+    planned), on top of the study's ``pretrain:``/``midtrain:`` defaults."""
 
     name: str
-    recipe: str = "pretrain"
+    recipe: str = setting("pretrain", choices=ARM_RECIPES)
     #: token budgets (e.g. [12B, 24B]) -- one run each; default: the study's budgets or one run
     budgets: Optional[List[Any]] = None
     #: budgets in tokens per parameter (e.g. [10, 100]); default: ``pretrain.budgets_tpp``
-    budgets_tpp: Optional[List[float]] = None
+    budgets_tpp: Optional[List[float]] = setting(None, gt=0, type=_TPP_GRID)
     #: the arm its secondary comparisons are made against (default: the study's first arm)
     reference: Optional[str] = None
     #: pretrain on this fraction of the training tokens (a data-repetition control, e.g. 0.25)
-    data_fraction: Optional[float] = None
+    data_fraction: Optional[float] = setting(
+        None,
+        gt=0,
+        le=1,
+        hint=" (a fraction of the training tokens for a pretrain arm, e.g. 0.25: the first quarter of every token file)",
+    )
     settings: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -190,51 +187,31 @@ class ArmSpec:
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: an arm is a mapping, got {data!r}")
         d = dict(data)
-        name = d.pop("name", None)
-        if name is None:
+        if d.get("name") is None:
             raise ConfigError(f"{where}: every arm needs a 'name'")
+        name = d["name"]
         if not isinstance(name, str) or not name.strip() or not name.isprintable():
             raise ConfigError(f"{where}.name: expected a non-empty one-line string, got {name!r}")
-        recipe = d.pop("recipe", "pretrain")
-        if recipe not in ARM_RECIPES:
-            raise ConfigError(f"{where}.recipe: choose one of {list(ARM_RECIPES)}, got {recipe!r} (arm '{name}')")
-        budgets = d.pop("budgets", None)
-        if budgets is not None:
-            check_token_budgets(budgets, f"{where}.budgets")
-        budgets_tpp = d.pop("budgets_tpp", None)
-        reference = d.pop("reference", None)
-        data_fraction = d.pop("data_fraction", None)
-        if data_fraction is not None and (
-            isinstance(data_fraction, bool)
-            or not isinstance(data_fraction, (int, float))
-            or not 0 < data_fraction <= 1
-            or recipe != "pretrain"
-        ):
-            raise ConfigError(
-                f"{where}.data_fraction: a fraction of the training tokens in (0, 1] for a pretrain arm "
-                f"(e.g. 0.25: the first quarter of every token file), got {data_fraction!r}"
-            )
-        if reference is not None and (not isinstance(reference, str) or reference == name):
-            raise ConfigError(f"{where}.reference: the name of another arm to compare {name!r} with, got {reference!r}")
-        if budgets is not None and budgets_tpp is not None:
-            raise ConfigError(
-                f"{where} ({name}): give 'budgets' (tokens) or 'budgets_tpp' (tokens per parameter), not both"
-            )
-        if budgets_tpp is not None:
-            budgets_tpp = _positive_list(budgets_tpp, f"{where} ({name}).budgets_tpp")
+        own = {f.name: d.pop(f.name) for f in dataclasses.fields(cls) if f.name in d and f.name != "settings"}
         if "seeds" in d:
             raise ConfigError(f"{where} ({name}): 'seeds' is a study-wide setting; set it under 'pretrain:'")
         if "optimizer" not in d:
             raise ConfigError(f"{where} ({name}): the arm has no 'optimizer' (adamw, sam or sam-anneal)")
-        return cls(
-            name=name,
-            recipe=recipe,
-            budgets=budgets,
-            budgets_tpp=budgets_tpp,
-            reference=reference,
-            data_fraction=None if data_fraction is None else float(data_fraction),
-            settings=d,
-        )
+        try:
+            arm = cls(**own, settings=d)
+        except ConfigError as e:
+            raise e.within(where) from None
+        if arm.budgets is not None:
+            check_token_budgets(arm.budgets, f"{where}.budgets")
+        if arm.data_fraction is not None and arm.recipe != "pretrain":
+            raise ConfigError(f"{where}.data_fraction: a data-repetition control of pretrain arms only (arm '{name}')")
+        if arm.reference is not None and arm.reference == name:
+            raise ConfigError(f"{where}.reference: the name of another arm to compare {name!r} with, got {name!r}")
+        if arm.budgets is not None and arm.budgets_tpp is not None:
+            raise ConfigError(
+                f"{where} ({name}): give 'budgets' (tokens) or 'budgets_tpp' (tokens per parameter), not both"
+            )
+        return arm
 
 
 @dataclass
