@@ -36,6 +36,7 @@ __all__ = [
     "check_fields",
     "check_settings",
     "decode",
+    "given",
     "unknown_setting",
     "describe",
 ]
@@ -220,6 +221,9 @@ def check_value(value: Any, tp: Any, path: str, rule: Optional[Rule] = None) -> 
     numbers); a :class:`ConfigError` at ``path`` when it does not fit."""
     rule = rule or Rule()
     tp = rule.type or tp
+    nested = [c for c in _leaves(tp) if dataclasses.is_dataclass(c)]
+    if len(nested) == 1 and not (value is None or isinstance(value, nested[0])):  # a config in a config
+        return decode(nested[0], value, path)
     try:
         value = convert(value, tp)
     except _Mismatch as e:
@@ -265,6 +269,12 @@ class Checked:
 
     def __post_init__(self) -> None:
         check_fields(self)
+
+
+def given(config: Any) -> Dict[str, Any]:
+    """The fields of a config that were given (not ``None``): what a section passes on to the
+    function it configures, whose own defaults then apply."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if getattr(config, f.name) is not None}
 
 
 def unknown_setting(key: str, names: Sequence[str], path: str) -> ConfigError:

@@ -217,12 +217,12 @@ def check_references(hypotheses: Sequence[Hypothesis], study: Any, where: str = 
 
 def _check_setting(h: Hypothesis, study: Any, w: str) -> None:
     if h.quantity == "quant_degradation":
-        quants = (study.probes.quantize or {}).get("quant") or []
+        quants = getattr(study.probes.quantize, "quant", None) or []
         quants = quants if isinstance(quants, list) else [quants]
         if h.setting not in [str(q) for q in quants]:
             raise HypothesisError(f"{w}.setting: {h.setting!r} is not in probes.quantize.quant {quants}")
     elif h.quantity == "noise_increase":
-        gammas = (study.probes.noise or {}).get("gammas") or []
+        gammas = getattr(study.probes.noise, "gammas", None) or []
         try:
             g = float(h.setting)  # type: ignore[arg-type]
         except ValueError:

@@ -33,9 +33,10 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from olmo_core.exceptions import OLMoConfigurationError
 
-from ..config import Checked, ConfigError, Rule, check_settings, check_value, decode, setting
+from ..config import Checked, ConfigError, Rule, check_settings, check_value, decode, given, setting
 from ..files import parse_yaml, read_yaml
 from ..finetune.sweep import LR_GRIDS
+from ..probes.runners import HessianOptions, NoiseOptions, QuantizeOptions
 from .hypotheses import Hypothesis, check_references, parse_hypotheses
 from .stages import PIPELINE, check_stage_names, stage_names
 from .stages.finetune import ANALYSIS_MATCHINGS
@@ -305,20 +306,18 @@ class CfsSpec(Checked):
                 raise e.within("cfs") from None
 
     def options(self) -> Dict[str, Any]:
-        return _given(self)
-
-
-def _given(section) -> Dict[str, Any]:
-    """The keys of a section of options that the file gave (what its jobs pass on; a key left
-    out keeps the defaults of the function it configures)."""
-    return {k: v for k, v in dataclasses.asdict(section).items() if v is not None}
+        return given(self)
 
 
 @dataclass
 class ProbesSpec:
-    quantize: Optional[Dict[str, Any]] = None
-    noise: Optional[Dict[str, Any]] = None
-    hessian: Optional[Dict[str, Any]] = None
+    """``probes``: each probe's options (the keyword options of its function in
+    :mod:`olmo_sam.probes.runners`); an omitted probe does not run, ``{}`` runs it with its
+    defaults."""
+
+    quantize: Optional[QuantizeOptions] = None
+    noise: Optional[NoiseOptions] = None
+    hessian: Optional[HessianOptions] = None
 
 
 @dataclass
@@ -334,7 +333,7 @@ class BenchmarksSpec:
         if self.offline is not None:
             from ..evals.offline import OFFLINE_MISSING, OFFLINE_TASKS
 
-            o = _given(decode(_OfflineOptions, self.offline, "benchmarks.offline"))
+            o = given(decode(_OfflineOptions, self.offline, "benchmarks.offline"))
             for i, t in enumerate(o.get("tasks") or []):
                 if t in OFFLINE_MISSING:
                     raise ConfigError(f"benchmarks.offline.tasks[{i}]: {t!r} cannot run offline: {OFFLINE_MISSING[t]}")
@@ -344,7 +343,7 @@ class BenchmarksSpec:
                     )
             _check_quants(o.get("quant"), "benchmarks.offline.quant", QUANT_KINDS)
         if self.olmes is not None:
-            o = _given(decode(_OlmesOptions, self.olmes, "benchmarks.olmes"))
+            o = given(decode(_OlmesOptions, self.olmes, "benchmarks.olmes"))
             _check_quants(o.get("quant"), "benchmarks.olmes.quant", QUANT_KINDS)
 
 
@@ -401,7 +400,7 @@ class PtEvalSpec(Checked):
     batch_size: Optional[int] = setting(None, ge=1)
 
     def options(self) -> Dict[str, Any]:
-        return _given(self)
+        return given(self)
 
 
 @dataclass
@@ -437,7 +436,7 @@ class AnalysisSpec(Checked):
         return self.matching or "nearest"
 
     def options(self) -> Dict[str, Any]:
-        return _given(self)
+        return given(self)
 
 
 @dataclass
@@ -549,6 +548,7 @@ class StudySpec:
             for a in self.arms
         ]
         d.pop("source", None)
+        d["probes"] = {k: None if v is None else given(v) for k, v in vars(self.probes).items()}  # as given
         d["pt_eval"], d["analysis"] = self.pt_eval.options(), self.analysis.options()  # as given
         d.update(d.pop("sections"))  # (none in a study without added stages: the file's own keys only)
         if not d["hypotheses"]:  # none registered: omitted, as in the study file

@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict
 
 from olmo_core.exceptions import OLMoConfigurationError
 
-from ...config import ConfigError
+from ...config import ConfigError, given
 from ..job import Job
 from .base import PlanBuilder, Stage, data_of, load_json, unit_checkpoint
 
@@ -40,7 +40,9 @@ class ProbeStage(Stage):
         return {self.name: lambda ctx: run_probe(ctx, self.runner)}
 
     def options(self, study):
-        return getattr(study.probes, self.name)
+        """The options the study file gave this probe (``None``: the probe is not configured)."""
+        o = getattr(study.probes, self.name)
+        return None if o is None else given(o)
 
     def payloads(self, ctx, bases):
         """(unit, the probe's result file) for every base whose probe job has finished."""
