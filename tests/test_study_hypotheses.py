@@ -378,7 +378,11 @@ def test_sam_variants_are_arms(tmp_path):
     [
         (
             {"name": "x", "optimizer": "adamw", "variant": "msam"},
-            r"arms\[4\]\.variant: variant/interval choose the SAM update",
+            r"arms\[4\]\.variant: rho/variant/interval choose the SAM update",
+        ),
+        (  # a radius on an AdamW arm would be silently unused
+            {"name": "x", "optimizer": "adamw", "rho": 0.05},
+            r"arms\[4\]\.rho: rho/variant/interval choose the SAM update; they do not apply to arms\[4\]\.optimizer adamw",
         ),
         ({"name": "x", "optimizer": "sam", "variant": "lookahead"}, r"arms\[4\]\.variant: .*lookahead"),
         ({"name": "x", "optimizer": "sam", "variant": "looksam", "interval": 0}, r"arms\[4\]\.interval: "),

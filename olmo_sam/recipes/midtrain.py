@@ -67,7 +67,8 @@ class MidtrainSpec(RunSpec):
     tokens: Optional[int] = setting(T1.tokens, ge=1)
     steps: Optional[int] = setting(None, ge=1)
     lr: float = setting(T1.lr, ge=0)
-    rho: float = T1.rho
+    #: SAM radius of the sam arm (default: Table 1's); an error with adamw, which has none
+    rho: Optional[float] = None
     seq_len: int = setting(T1.context_length, ge=1)
     batch_size: int = setting(T1.batch_sequences, ge=1)
     load_path: Optional[str] = None
@@ -83,7 +84,11 @@ def _optim(spec: MidtrainSpec) -> OptimConfig:
             OptimGroupOverride(params=["embeddings.weight"], opts={"weight_decay": T1.embedding_weight_decay})
         ],
     )
-    return SAMConfig(base=adamw, rho=spec.rho) if spec.optimizer == "sam" else adamw
+    if spec.optimizer == "sam":
+        return SAMConfig(base=adamw, rho=T1.rho if spec.rho is None else spec.rho)
+    if spec.rho is not None:
+        raise OLMoConfigurationError("rho is the SAM radius; it does not apply to --optimizer adamw (use sam)")
+    return adamw
 
 
 def build_midtrain(spec: MidtrainSpec, overrides: Sequence[str] = ()) -> ExperimentConfig:
@@ -343,7 +348,7 @@ def main(
             tokens=(parse_tokens(tokens) if tokens is not None else (None if steps is not None else T1.tokens)),
             steps=steps,
             lr=T1.lr if lr is None else lr,
-            rho=T1.rho if rho is None else rho,
+            rho=rho,
             seq_len=seq_len or T1.context_length,
             batch_size=batch_size or T1.batch_sequences,
             train_paths=ds.train or ["<Dolmino token files>"],

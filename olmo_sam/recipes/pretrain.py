@@ -103,8 +103,9 @@ class PretrainSpec(RunSpec):
     schedule: str = setting("cosine", choices=SCHEDULES)
     alpha: Optional[float] = None
     decay_fraction: float = paper.SAM_ANNEAL_DECAY_FRACTION
-    #: SAM radius (checked with the optimizer's other options by olmo_sam.optim.sam.SAMOptions)
-    rho: float = paper.SAM_RHO
+    #: SAM radius of sam / sam-anneal (default: the paper's; checked with the optimizer's other
+    #: options by olmo_sam.optim.sam.SAMOptions); an error with adamw, which has none
+    rho: Optional[float] = None
     #: the sharpness-aware update of sam / sam-anneal: sam, msam or looksam (olmo_sam.optim.sam)
     variant: str = "sam"
     #: LookSAM: a full SAM step every ``interval`` steps (SAMConfig.interval)
@@ -143,10 +144,11 @@ def _alpha(spec: PretrainSpec, default: float) -> float:
 def _optim(spec: PretrainSpec, lr: float) -> OptimConfig:
     adamw = AdamWConfig(lr=lr, betas=paper.PRETRAIN_BETAS, weight_decay=paper.PRETRAIN_WEIGHT_DECAY)
     if spec.optimizer in ("sam", "sam-anneal"):
-        return SAMConfig(base=adamw, rho=spec.rho, variant=spec.variant, interval=spec.interval)
-    if spec.variant != "sam" or spec.interval != 1:
+        rho = paper.SAM_RHO if spec.rho is None else spec.rho
+        return SAMConfig(base=adamw, rho=rho, variant=spec.variant, interval=spec.interval)
+    if spec.rho is not None or spec.variant != "sam" or spec.interval != 1:
         raise OLMoConfigurationError(
-            f"variant/interval choose the SAM update; they do not apply to --optimizer "
+            f"rho/variant/interval choose the SAM update; they do not apply to --optimizer "
             f"{spec.optimizer} (use sam or sam-anneal)"
         )
     return adamw
@@ -506,7 +508,7 @@ def main(
             schedule=schedule or "cosine",
             alpha=alpha,
             decay_fraction=paper.SAM_ANNEAL_DECAY_FRACTION if decay_fraction is None else decay_fraction,
-            rho=paper.SAM_RHO if rho is None else rho,
+            rho=rho,
             sam_start_fraction=sam_start_fraction,
             batch_size=batch_size,
             seq_len=seq_len,
