@@ -117,15 +117,20 @@ def test_yaml_keys_follow_the_flags():
     assert typed == {"micro_batch_size": 2, "seq_len": 64}
 
 
-def test_renamed_fine_tuning_fields_keep_run_ids():
-    """micro_batch_size / seq_len were FTConfig's microbatch_size / sequence_length: the same
-    settings keep the run ids they had before the rename (finished sweeps are not run again).
-    The ids were computed by the code before the rename."""
+def test_run_ids_hash_the_settings_under_their_own_names():
+    """A fine-tuning run id is the method, the LR and a hash of the settings that change a run's
+    numbers, under FTConfig's field names (the flags' names): pinned here, since a change re-runs
+    every finished sweep; labels, checkpoint interval and WiSE-FT weights leave it unchanged."""
+    from dataclasses import replace
+
     from olmo_sam.finetune.engine import FTConfig
 
     ewc = FTConfig(base="/b/step3", data="/d", lr=1e-3, method="ewc", micro_batch_size=2, seq_len=64)
-    assert ewc.run_id == "ewc-lr0.001-887dcd56b45e"
-    assert FTConfig(base="/b/step3", data="/d", lr=3e-4, seq_len=128).run_id == "ft-lr0.0003-874fdada2523"
+    assert ewc.run_id == "ewc-lr0.001-ec745e48d8b3"
+    ft = FTConfig(base="/b/step3", data="/d", lr=3e-4, seq_len=128)
+    assert ft.run_id == "ft-lr0.0003-e9c9920aaf55"
+    same = replace(ft, base_label="other", checkpoint_interval=5, wise_alphas=(0.5,))
+    assert same.run_id == ft.run_id and replace(ft, seq_len=64).run_id != ft.run_id
 
 
 def test_no_transformer_engine_line_on_help():

@@ -90,9 +90,6 @@ _METHOD_OPTIONS: Dict[str, Dict[str, Any]] = {
     "lora": {"lora_rank": paper.LORA_RANK, "lora_alpha": None, "lora_dropout": 0.0},
     "replay": {"replay_ratio": paper.REPLAY_DEFAULT_RATIO, "replay_data": None},
 }
-#: run ids hash a run's settings under the names the ids were first computed with, so the
-#: renamed fields (now the flags' names, --micro-batch-size and --seq-len) keep every id
-_ID_NAMES = {"micro_batch_size": "microbatch_size", "seq_len": "sequence_length"}
 #: fields that do not change any number of a run (left out of its id)
 _NOT_IN_ID = ("base_label", "wise_alphas", "checkpoint_interval")
 
@@ -253,7 +250,7 @@ class FTConfig(Checked):
         """Deterministic id of the run: method, LR and a hash of everything that changes its
         numbers (call on a :meth:`resolved` config)."""
         # unset options are left out, so a new optional field does not change existing ids
-        key = {_ID_NAMES.get(k, k): v for k, v in self.to_dict().items() if k not in _NOT_IN_ID and v is not None}
+        key = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_ID and v is not None}
         return f"{self.method}-lr{self.lr:.3g}-{json_digest(key, 12)}"
 
     def wise_run_id(self, alpha: float) -> str:
