@@ -1,4 +1,4 @@
-"""Configs: the one place their values are checked, and their YAML/JSON I/O.
+"""Configs: the one place their values are checked.
 
 Every config of the package is a dataclass whose fields declare what they take: the annotation
 gives the type, :func:`setting` the bounds or choices (``rho: float = setting(0.05, ge=0)``).
