@@ -230,20 +230,20 @@ def check_value(value: Any, tp: Any, path: str, rule: Optional[Rule] = None) -> 
         if e.at:
             raise ConfigError.at(path + e.at, f"expected {describe(e.tp)}, got {e.value!r}{rule.hint}") from None
         raise ConfigError.at(path, f"expected {describe(tp)}, got {value!r}{rule.hint}") from None
-    if value is None:
-        return None
+    bounded = any(b is not None for b in (rule.ge, rule.gt, rule.le, rule.lt))
+    if value is None or (rule.choices is None and not bounded):
+        return value
+    choices = None if rule.choices is None else list(rule.choices() if callable(rule.choices) else rule.choices)
     entries = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
     for i, v in entries:
         at = path if i is None else f"{path}[{i}]"
         if v is None:
             continue
-        if rule.choices is not None:
-            choices = list(rule.choices() if callable(rule.choices) else rule.choices)
-            if v not in choices:
-                close = difflib.get_close_matches(str(v), [str(c) for c in choices], n=1)
-                mean = f"; did you mean {close[0]!r}?" if close else ""
-                raise ConfigError.at(at, f"must be one of {choices}, got {v!r}{mean}{rule.hint}")
-        if isinstance(v, (int, float)) and not _meets(rule, v):
+        if choices is not None and v not in choices:
+            close = difflib.get_close_matches(str(v), [str(c) for c in choices], n=1)
+            mean = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError.at(at, f"must be one of {choices}, got {v!r}{mean}{rule.hint}")
+        if bounded and isinstance(v, (int, float)) and not _meets(rule, v):
             number = "a number" if float in _leaves(tp) else "a whole number"
             raise ConfigError.at(at, f"must be {_bounds(rule, number)}, got {v!r}{rule.hint}")
     return value

@@ -206,7 +206,7 @@ class ArmSpec(Checked):
             check_token_budgets(arm.budgets, f"{where}.budgets")
         if arm.data_fraction is not None and arm.recipe != "pretrain":
             raise ConfigError(f"{where}.data_fraction: a data-repetition control of pretrain arms only (arm '{name}')")
-        if arm.reference is not None and arm.reference == name:
+        if arm.reference == name:
             raise ConfigError(f"{where}.reference: the name of another arm to compare {name!r} with, got {name!r}")
         if arm.budgets is not None and arm.budgets_tpp is not None:
             raise ConfigError(

@@ -1,14 +1,12 @@
 """The probe stages' common shape: one probe job per base, run by
-:mod:`olmo_sam.probes.runners` with the study section's options (``probes.<stage>``), checked by
-the probes' own :func:`~olmo_sam.probes.runners.check_probe_options`."""
+:mod:`olmo_sam.probes.runners` with the study section's options (``probes.<stage>``), checked
+when the study file is read by the probes' own option configs (``QuantizeOptions``, ...)."""
 
 from __future__ import annotations
 
 from typing import Any, Callable, Dict
 
-from olmo_core.exceptions import OLMoConfigurationError
-
-from ...config import ConfigError, given
+from ...config import given
 from ..job import Job
 from .base import PlanBuilder, Stage, data_of, load_json, unit_checkpoint
 
@@ -68,13 +66,3 @@ class ProbeStage(Stage):
                     deps=[f"pretrain/{u}", "data"],
                 )
             )
-
-    def validate(self, study, job: Job, data) -> None:
-        from ...probes.runners import check_probe_options
-
-        try:
-            check_probe_options(job.stage, dict(job.params.get("options") or {}))
-        except ConfigError as e:
-            raise e.within(f"probes.{job.stage}") from None
-        except OLMoConfigurationError as e:
-            raise ConfigError(f"probes.{job.stage}: {e}") from None
