@@ -73,6 +73,36 @@ def test_bad_value_fails_at_dry_run_naming_the_field(tmp_path, path, value, fix)
     assert not (tmp_path / "out").exists()
 
 
+# keys and values of the sections that configure other parts (a recipe, FTConfig, data
+# preparation, the demo corpus): refused when the file is read, before any plan is made
+READ_TIME = [
+    ("pretrain.lrr", 1e-3, "did you mean 'lr'?"),
+    ("pretrain.lr", -1, ">= 0"),
+    ("pretrain.tokens", "12Q", "token count"),
+    ("pretrain.save_folder", "x", "set by the study itself"),
+    ("arms[0].lrr", 1, "did you mean 'lr'?"),
+    ("arms[1].rho", "abc", "expected a number"),
+    ("midtrain.zz", 1, "unknown setting"),
+    ("finetune.common.max_stepz", 3, "did you mean 'max_steps'?"),
+    ("finetune.per_dataset.demo-code.max_steps", -3, ">= 1"),
+    ("finetune.prepare.max_docz", 3, "did you mean 'max_documents'?"),
+    ("finetune.grids.zzz", [1], "unknown grid"),
+    ("finetune.methods[0]", "fine-tune", "choose from"),
+    ("data.demo.vocab_sizee", 512, "did you mean 'vocab_size'?"),
+]
+
+
+@pytest.mark.parametrize("path, value, fix", READ_TIME, ids=[f"{p}={v}" for p, v, _ in READ_TIME])
+def test_other_parts_settings_are_checked_when_the_file_is_read(path, value, fix):
+    data = copy.deepcopy(BASE)
+    _set(data, path, value)
+    with pytest.raises(ConfigError) as e:
+        parse_study(data)
+    msg = str(e.value)
+    assert msg.startswith(path), msg
+    assert fix in msg and "\n" not in msg, msg
+
+
 def test_missing_data_paths_and_arms(tmp_path):
     data = {
         **copy.deepcopy(BASE),

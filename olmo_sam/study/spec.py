@@ -106,6 +106,10 @@ class DataSpec:
             raise ConfigError(f"{where}: 'val' token files are needed for pretraining-loss evaluation")
         if self.demo is None and not self.tokenizer:
             raise ConfigError(f"{where}: 'tokenizer' is required with token files ('dolma2' or a dir)")
+        if self.demo is not None:
+            from .stages.data import DemoOptions
+
+            decode(DemoOptions, self.demo, f"{where}.demo")
 
 
 ARM_RECIPES = ("pretrain", "midtrain")
@@ -163,8 +167,8 @@ def _check_pretrain_grid(pretrain: Dict[str, Any], budgets: Optional[List[Any]])
 @dataclass
 class ArmSpec(Checked):
     """One optimizer/schedule arm. Fields other than those declared here are the recipe's own
-    (``olmo_sam.recipes`` PretrainSpec / MidtrainSpec, checked against it when the study is
-    planned), on top of the study's ``pretrain:``/``midtrain:`` defaults."""
+    (``olmo_sam.recipes`` PretrainSpec / MidtrainSpec, checked against it when the file is
+    read), on top of the study's ``pretrain:``/``midtrain:`` defaults."""
 
     name: str
     recipe: str = setting("pretrain", choices=ARM_RECIPES)
@@ -250,6 +254,29 @@ class FinetuneSpec(Checked):
         stray = sorted(set(self.per_dataset) - set(self.datasets))
         if stray:
             raise ConfigError(f"finetune.per_dataset: {stray} are not in finetune.datasets")
+        from ..finetune.engine import FTConfig
+        from ..finetune.sweep import MIX_METHODS, SWEEP_METHODS, SweepSpec
+        from .stages.finetune import PrepareOptions
+
+        for i, m in enumerate(self.methods):
+            if m not in SWEEP_METHODS + MIX_METHODS:
+                raise ConfigError(
+                    f"finetune.methods[{i}]: unknown method {m!r}; choose from {list(SWEEP_METHODS + MIX_METHODS)}"
+                )
+        grids = sorted(k for k in SweepSpec.__dataclass_fields__ if k.endswith("s") and k not in SWEEP_AXES)
+        for k in self.grids:
+            if k not in grids:
+                raise ConfigError(f"finetune.grids.{k}: unknown grid; allowed: {grids}")
+        decode(PrepareOptions, self.prepare, "finetune.prepare")
+        for where, given in [("finetune.common", self.common)] + [
+            (f"finetune.per_dataset.{ds}", own) for ds, own in self.per_dataset.items()
+        ]:
+            # (Table 3's per-dataset token budgets, ``token_budget: table3``, are resolved per dataset)
+            check_settings(FTConfig, {k: v for k, v in given.items() if (k, v) != ("token_budget", "table3")}, where)
+
+
+#: SweepSpec's list fields that the study sets itself (the rest are ``finetune.grids``)
+SWEEP_AXES = ("bases", "datasets", "lrs", "methods", "base_labels")
 
 
 def _cfs_engines():
@@ -626,6 +653,7 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
             raise ConfigError(f"arms ({arm.name}): 'budgets_tpp' applies to pretrain arms only")
         if arm.budgets_tpp is not None and {"steps", "tokens", "tokens_per_param"} & set(arm.settings):
             raise ConfigError(f"arms ({arm.name}): 'budgets_tpp' sets the budget; drop steps/tokens/tokens_per_param")
+    _check_recipe_settings(spec)
     for section, stage in added.items():
         if section in d:
             spec.sections[section] = decode(stage.config, d[section], section)
@@ -635,6 +663,38 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     spec.hypotheses = parse_hypotheses(d.get("hypotheses"))
     check_references(spec.hypotheses, spec)
     return spec
+
+
+def _check_recipe_settings(spec: StudySpec) -> None:
+    """The recipe settings of ``pretrain:``, ``midtrain:`` and every arm, checked by name and
+    type against the arm's recipe (``PretrainSpec`` / ``MidtrainSpec``) when the file is read;
+    how they combine (an AdamW arm given a radius, a run without a budget) is its build's to
+    check, when the study is planned."""
+    from ..recipes.common import parse_tokens
+    from ..recipes.midtrain import MidtrainSpec
+    from ..recipes.pretrain import PretrainSpec
+    from .stages.pretrain import MIDTRAIN_LOAD_KEYS, STUDY_SET_FIELDS
+
+    def check(recipe: str, settings: Dict[str, Any], where: str) -> None:
+        cls = PretrainSpec if recipe == "pretrain" else MidtrainSpec
+        own = {k: v for k, v in settings.items() if recipe == "pretrain" or k not in MIDTRAIN_LOAD_KEYS}
+        for key in STUDY_SET_FIELDS:
+            if key in own:
+                raise ConfigError(
+                    f"{where}.{key}: set by the study itself (its data section and output directory); remove it"
+                )
+        if isinstance(own.get("tokens"), str):
+            try:
+                own["tokens"] = parse_tokens(own["tokens"])
+            except OLMoConfigurationError as e:
+                raise ConfigError(f"{where}.tokens: {e}") from None
+        check_settings(cls, own, where, reserved=STUDY_SET_FIELDS)
+
+    grid = (PRETRAIN_SEEDS, PRETRAIN_BUDGETS_TPP)
+    check("pretrain", {k: v for k, v in spec.pretrain.items() if k not in grid}, "pretrain")
+    check("midtrain", spec.midtrain, "midtrain")
+    for i, arm in enumerate(spec.arms):
+        check(arm.recipe, arm.settings, f"arms[{i}]")
 
 
 _OVERRIDE_PART = re.compile(r"([A-Za-z_][\w-]*)((?:\[\d+\])*)$")

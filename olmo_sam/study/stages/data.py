@@ -116,8 +116,7 @@ def validate_data(study, missing_ok: bool = False) -> List[str]:
         warnings.append(message)
 
     d = study.data
-    if d.demo is not None:
-        decode(DemoOptions, d.demo, "data.demo")
+    if d.demo is not None:  # (its options are checked when the file is read: DataSpec.validate)
         return warnings
     for key in ("train", "val"):
         for i, path in enumerate(getattr(d, key)):
