@@ -268,11 +268,11 @@ class FinetuneSpec(Checked):
             if k not in grids:
                 raise ConfigError(f"finetune.grids.{k}: unknown grid; allowed: {grids}")
         decode(PrepareOptions, self.prepare, "finetune.prepare")
-        for where, given in [("finetune.common", self.common)] + [
+        for where, options in [("finetune.common", self.common)] + [
             (f"finetune.per_dataset.{ds}", own) for ds, own in self.per_dataset.items()
         ]:
             # (Table 3's per-dataset token budgets, ``token_budget: table3``, are resolved per dataset)
-            check_settings(FTConfig, {k: v for k, v in given.items() if (k, v) != ("token_budget", "table3")}, where)
+            check_settings(FTConfig, {k: v for k, v in options.items() if (k, v) != ("token_budget", "table3")}, where)
 
 
 #: SweepSpec's list fields that the study sets itself (the rest are ``finetune.grids``)

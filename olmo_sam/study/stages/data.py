@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 
 from olmo_core.exceptions import OLMoConfigurationError
 
-from ...config import Checked, ConfigError, decode, setting
+from ...config import Checked, ConfigError, setting
 from ...data.tokenizer import MIN_BPE_VOCAB
 from ..job import Job
 from .base import PLACEHOLDER_TOKENS, PlanBuilder, Stage

@@ -16,7 +16,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 from ...analysis.findings import make_finding, unmeasurable_finding
 from ...analysis.plots import Panel, plot_bands
 from ...analysis.stats import compare_seeds
-from ...config import Checked, ConfigError, decode, setting
+from ...config import Checked, ConfigError, setting
 from ...finetune.sweep import LR_GRIDS, MIX_METHODS
 from ...output import write_table
 from ..bases import BaseRecord, budget_key
