@@ -91,7 +91,7 @@ def load_checkpoint_config(path: str | Path) -> Dict[str, Any]:
     step = resolve_checkpoint(path)
     for candidate in (step / "config.json", step.parent / "config.json"):
         if candidate.exists():
-            from .preflight import read_json
+            from .files import read_json
 
             return read_json(candidate, what="checkpoint config.json")
     raise FileNotFoundError(f"no config.json next to {step}; it is written by OLMo-core's ConfigSaverCallback")

@@ -23,7 +23,7 @@ import json
 import re
 import typing
 from pathlib import Path
-from typing import Any, Dict, Type, TypeVar
+from typing import Any, Dict, Iterator, Tuple, Type, TypeVar
 
 import yaml
 from olmo_core.config import Config, Registrable
@@ -33,6 +33,9 @@ __all__ = [
     "StrictLoader",
     "parse_yaml",
     "read_yaml",
+    "read_text",
+    "read_json",
+    "iter_jsonl",
     "config_to_plain",
     "to_yaml",
     "to_json",
@@ -92,21 +95,56 @@ def parse_yaml(text: str, source: str) -> Any:
         raise OLMoConfigurationError(f"{source}: not valid YAML: {' '.join(str(e).split())}") from None
 
 
-def read_yaml(path: str | Path) -> Any:
-    """The YAML document in the file ``path`` (see the module docstring); a missing or
-    unreadable file is one line naming it."""
+def read_text(path: str | Path, what: str = "file") -> str:
+    """The text of the file ``path``; a missing, unreadable or binary file is one line naming it
+    (``what``: what the file should be, e.g. ``"model config.json"``)."""
     p = Path(path)
     try:
-        text = p.read_text()
+        return p.read_text()
     except FileNotFoundError:
-        raise OLMoConfigurationError(f"{p}: file not found") from None
+        raise OLMoConfigurationError(f"{p}: {what} not found") from None
     except IsADirectoryError:
-        raise OLMoConfigurationError(f"{p}: is a directory, expected a YAML file") from None
+        raise OLMoConfigurationError(f"{p}: is a directory, expected a {what}") from None
     except UnicodeDecodeError:
-        raise OLMoConfigurationError(f"{p}: not a text file (expected YAML)") from None
+        raise OLMoConfigurationError(f"{p}: the {what} is not text (corrupt?); copy or write it again") from None
     except OSError as e:
-        raise OLMoConfigurationError(f"{p}: cannot be read ({e.strerror or e})") from None
-    return parse_yaml(text, str(p))
+        raise OLMoConfigurationError(f"{p}: the {what} cannot be read ({e.strerror or e})") from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The YAML document in the file ``path`` (see the module docstring)."""
+    return parse_yaml(read_text(path, "YAML file"), str(path))
+
+
+def _json_error(where: str, what: str, detail: str) -> OLMoConfigurationError:
+    return OLMoConfigurationError(
+        f"{where}: the {what} is not valid JSON ({detail}); it is truncated or corrupt: copy or write it again"
+    )
+
+
+def read_json(path: str | Path, *, what: str = "JSON file") -> Any:
+    """The JSON in the file ``path``; a missing, unreadable or corrupt file is one line naming it."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _json_error(str(path), what, f"{e.msg}, line {e.lineno}") from None
+
+
+def iter_jsonl(path: str | Path, *, what: str = "JSONL file") -> Iterator[Tuple[str, Any]]:
+    """``(where, record)`` for every non-blank line of the JSON-lines file ``path`` (``where``:
+    ``path:line`` for the caller's own errors about a record); a missing file or a line that is
+    not JSON is one line naming it."""
+    p = Path(path)
+    if not p.is_file():
+        read_text(p, what)  # (raises naming what is wrong)
+    with p.open() as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield f"{p}:{n}", json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise _json_error(f"{p}:{n}", what, e.msg) from None
 
 
 def config_to_plain(config: Config) -> Dict[str, Any]:

@@ -30,7 +30,7 @@ __all__ = [
     "json_text",
     "json_digest",
     "write_json",
-    "read_json",
+    "read_json_or_none",
     "markdown_table",
     "csv_text",
     "write_table",
@@ -113,8 +113,9 @@ def json_digest(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]
 
 
-def read_json(path: str | Path) -> Any:
-    """The JSON in ``path``, or ``None`` if it is missing or unreadable (a torn write)."""
+def read_json_or_none(path: str | Path) -> Any:
+    """The JSON in ``path``, or ``None`` if it is missing or unreadable (a torn write): for
+    results this package wrote itself and may recompute (inputs: :func:`olmo_sam.files.read_json`)."""
     p = Path(path)
     if not p.exists():
         return None

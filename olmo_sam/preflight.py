@@ -6,10 +6,9 @@
   :data:`DEVICE` (a torch device string that exists on this machine).
 * Outputs: :func:`check_out` -- the output path (``--out``) is not a file where a directory goes
   (or the reverse) and can be created and written, checked before the command computes anything.
-* Inputs: :func:`read_json` (a corrupt ``config.json``/``meta.json`` is one line naming the file),
-  :func:`check_safetensors` (a truncated ``*.safetensors`` file likewise) and, for YAML,
-  :func:`olmo_sam.files.read_yaml`; :func:`check_local_model` tells a missing local directory from
-  a Hugging Face hub id.
+* Inputs: :func:`check_safetensors` (a truncated ``*.safetensors`` file is one line naming it;
+  JSON and YAML files are read by :mod:`olmo_sam.files`, likewise); :func:`check_local_model`
+  tells a missing local directory from a Hugging Face hub id.
 * Errors: :func:`cli_errors` shows configuration and file errors as ``Error: <one line>`` with exit
   code 1 (click's usage errors, exit code 2 with "Try --help", are kept for what click parses).
 """
@@ -17,14 +16,15 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import click
 from olmo_core.exceptions import OLMoConfigurationError
+
+from .files import read_json
 
 __all__ = [
     "POSITIVE_INT",
@@ -37,7 +37,6 @@ __all__ = [
     "out_dir_callback",
     "out_file_callback",
     "model_callback",
-    "read_json",
     "check_safetensors",
     "check_local_model",
     "looks_local",
@@ -148,28 +147,6 @@ out_file_callback = _out_callback("file")
 
 def _first_line(error: BaseException) -> str:
     return " ".join((str(error).strip().splitlines() or [""])[0].split())[:200]
-
-
-def read_json(path: str | Path, *, what: str = "JSON file") -> Any:
-    """The JSON in ``path``; a missing, unreadable or corrupt file is one line naming it."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise OLMoConfigurationError(f"{p}: {what} not found") from None
-    except IsADirectoryError:
-        raise OLMoConfigurationError(f"{p}: is a directory, expected a {what}") from None
-    except UnicodeDecodeError:
-        raise OLMoConfigurationError(f"{p}: the {what} is not text (corrupt?); copy or write it again") from None
-    except OSError as e:
-        raise OLMoConfigurationError(f"{p}: the {what} cannot be read ({e.strerror or e})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise OLMoConfigurationError(
-            f"{p}: the {what} is not valid JSON ({e.msg}, line {e.lineno}); it is truncated or corrupt: "
-            "copy or write it again"
-        ) from None
 
 
 def check_safetensors(directory: str | Path) -> None:

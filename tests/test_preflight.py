@@ -10,6 +10,7 @@ import pytest
 import torch
 from olmo_core.exceptions import OLMoConfigurationError
 
+from olmo_sam.files import iter_jsonl, read_json
 from olmo_sam.preflight import (
     DEVICE,
     NON_NEGATIVE_INT,
@@ -19,7 +20,6 @@ from olmo_sam.preflight import (
     check_out,
     check_safetensors,
     looks_local,
-    read_json,
 )
 
 
@@ -70,6 +70,17 @@ def test_json_and_safetensors_readers_name_the_file(tmp_path):
         read_json(bad, what="checkpoint config.json")
     with pytest.raises(OLMoConfigurationError, match="not found"):
         read_json(tmp_path / "missing.json")
+    lines = tmp_path / "metrics.jsonl"
+    lines.write_text('{"a": 1}\n\n{"b": 2}\n{"c": \n')
+    got = []
+    with pytest.raises(OLMoConfigurationError, match=f"{lines}:4: the metrics file is not valid JSON"):
+        for where, rec in iter_jsonl(lines, what="metrics file"):
+            got.append((where, rec))
+    assert got == [(f"{lines}:1", {"a": 1}), (f"{lines}:3", {"b": 2})]  # blank lines skipped, lines numbered
+    with pytest.raises(OLMoConfigurationError, match="metrics file not found"):
+        list(iter_jsonl(tmp_path / "missing.jsonl", what="metrics file"))
+    with pytest.raises(OLMoConfigurationError, match="is a directory"):
+        list(iter_jsonl(tmp_path, what="metrics file"))
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(64)}, str(tmp_path / "model.safetensors"))

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from .. import paper
 from ..config import Checked, setting
 from ..data.fetch import sha256_of
+from ..files import iter_jsonl, read_json
 from . import worker
 from .prompts import resolve_prompt, task_prompts
 
@@ -354,10 +355,7 @@ def resolve_vllm_python(explicit: Optional[str | Path] = None) -> Path:
 
 
 def _check_length(model_dir: Path, jobs: Sequence[GenerationJob]) -> None:
-    cfg_path = model_dir / "config.json"
-    if not cfg_path.exists():
-        raise OLMoConfigurationError(f"{model_dir} has no config.json; give a Hugging Face model directory")
-    max_pos = json.loads(cfg_path.read_text()).get("max_position_embeddings")
+    max_pos = read_json(model_dir / "config.json", what="model config.json").get("max_position_embeddings")
     if max_pos is None:
         return
     for job in jobs:
@@ -660,23 +658,13 @@ def run_generation(
 
 def iter_samples(path: str | Path) -> Iterator[dict]:
     """Records of a generated JSONL one at a time, checked for the fields mixing needs."""
-    path = Path(path)
-    if not path.exists():
-        raise OLMoConfigurationError(f"{path}: no such samples file; create it with 'olmo-sam cfs generate'")
     need = ("index", "prompt_token_ids", "token_ids", "finish_reason", "eos_token_id", "kind")
     n_records = 0
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise OLMoConfigurationError(f"{path}:{n}: not JSON ({e})") from None
-            missing = [k for k in need if k not in rec]
-            if missing:
-                raise OLMoConfigurationError(f"{path}:{n}: record lacks {missing}; was it made by 'cfs generate'?")
-            n_records += 1
-            yield rec
+    for where, rec in iter_jsonl(path, what="samples file (made by 'olmo-sam cfs generate')"):
+        missing = [k for k in need if k not in rec]
+        if missing:
+            raise OLMoConfigurationError(f"{where}: record lacks {missing}; was it made by 'cfs generate'?")
+        n_records += 1
+        yield rec
     if not n_records:
         raise OLMoConfigurationError(f"{path} holds no samples")

@@ -114,7 +114,7 @@ def read_meta(root: str | Path) -> TokenDataMeta:
         raise OLMoConfigurationError(
             f"{root} is not a prepared token dataset (no {META_FILE}); prepare one with 'olmo-sam data tokenize'"
         )
-    from ..preflight import read_json
+    from ..files import read_json
 
     data = read_json(path, what="token dataset meta.json")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -132,7 +132,7 @@ def find_meta(path: str | Path) -> Optional[TokenDataMeta]:
     meta_path = p.parent / META_FILE
     if not meta_path.exists():
         return None
-    from ..preflight import read_json
+    from ..files import read_json
 
     read_json(meta_path, what="token dataset meta.json")  # a corrupt file is an error, not "no metadata"
     try:

@@ -37,6 +37,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
+from ..files import iter_jsonl, read_json
 from .hf_load import QUANT_KINDS
 from .records import BenchRecord
 
@@ -577,16 +578,7 @@ def _entry(d: Dict[str, Any], source: str) -> _Entry:
 
 
 def _read_metrics_all(path: Path) -> List[_Entry]:
-    out = []
-    for i, line in enumerate(path.read_text().splitlines()):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise OLMoConfigurationError(f"{path}:{i + 1} is not valid JSON: {e}") from e
-        out.append(_entry(d, f"{path}:{i + 1}"))
-    return out
+    return [_entry(d, where) for where, d in iter_jsonl(path, what="OLMES metrics file")]
 
 
 def _read_task_files(root: Path) -> List[_Entry]:
@@ -594,10 +586,7 @@ def _read_task_files(root: Path) -> List[_Entry]:
     for p in sorted(root.iterdir()):
         if not p.is_file() or not _TASK_FILE.match(p.name):
             continue
-        try:
-            d = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise OLMoConfigurationError(f"{p} is not valid JSON: {e}") from e
+        d = read_json(p, what="OLMES task metrics file")
         # verbose-metrics files and others also end in "-metrics.json": keep a file only if its
         # name is exactly task_file_name(task_idx, task_name, "metrics.json") of its content
         if not isinstance(d, dict) or "metrics" not in d or not isinstance(d.get("task_idx"), int):
@@ -609,7 +598,7 @@ def _read_task_files(root: Path) -> List[_Entry]:
 
 
 def _read_summary(path: Path) -> List[_Entry]:
-    d = json.loads(path.read_text())
+    d = read_json(path, what="OLMES metrics.json summary")
     if not isinstance(d, dict) or "tasks" not in d:
         raise OLMoConfigurationError(f"{path} is not an OLMES metrics.json summary")
     model = _model_label(d.get("model_config"))

@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from olmo_core.exceptions import OLMoConfigurationError
 
+from ..files import read_json
 from ..output import atomic_write_text
 
 __all__ = ["BenchRecord", "write_records", "read_results_file", "RESULTS_FORMAT"]
@@ -68,13 +69,7 @@ def write_records(path: str | Path, records: Iterable[BenchRecord], meta: Option
 def read_results_file(path: str | Path) -> List[BenchRecord]:
     """Records of a results file written by :func:`write_records` (any source of records, OLMES
     output directories included: :func:`olmo_sam.evals.results.read_records`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise OLMoConfigurationError(f"results file {path} does not exist")
-    try:
-        payload = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise OLMoConfigurationError(f"{path} is not valid JSON: {e}") from e
+    payload = read_json(path, what="results file")
     if not isinstance(payload, dict) or payload.get("format") != RESULTS_FORMAT:
         raise OLMoConfigurationError(
             f"{path} is not an olmo-sam results file (expected 'format': {RESULTS_FORMAT!r}); "

@@ -138,7 +138,7 @@ def read_meta(root: str | Path) -> FTDataMeta:
         raise OLMoConfigurationError(
             f"{root} is not a prepared fine-tuning dataset (no meta.json); prepare one with 'olmo-sam finetune prepare'"
         )
-    from ..preflight import read_json
+    from ..files import read_json
 
     data = read_json(path, what="fine-tuning dataset meta.json")
     try:

@@ -10,8 +10,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import torch
 from olmo_core.exceptions import OLMoConfigurationError
 
+from ..files import read_json
 from ..output import save_figure as _save_figure
-from ..preflight import check_safetensors, read_json
+from ..preflight import check_safetensors
 
 __all__ = ["ModelRef", "model_refs", "load_full_precision", "save_figure"]
 

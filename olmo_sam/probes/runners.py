@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .. import paper
 from ..config import Checked, ConfigError, decode, setting
 from ..evals.lm_loss import lm_loss
-from ..output import read_json, write_json
+from ..output import read_json_or_none, write_json
 from .common import (
     ModelRef,
     check_val_paths,
@@ -60,7 +60,7 @@ class _Results:
     def __init__(self, probe: str, settings: Dict[str, Any], out: Optional[Path]):
         self.out = Path(out) if out is not None else None
         self.data: Dict[str, Any] = {"probe": probe, "settings": settings, "records": []}
-        prev = read_json(self.out) if self.out is not None else None
+        prev = read_json_or_none(self.out) if self.out is not None else None
         if prev and prev.get("probe") == probe and prev.get("settings") == _plain(settings):
             self.data["records"] = list(prev.get("records") or [])
         elif prev:

@@ -62,7 +62,7 @@ import click
 import numpy as np
 
 from olmo_sam.data.synthetic import markov_tokens
-from olmo_sam.output import atomic_write, atomic_write_text, markdown_table, read_json, write_json
+from olmo_sam.output import atomic_write, atomic_write_text, markdown_table, read_json_or_none, write_json
 from olmo_sam.preflight import POSITIVE_FLOAT, POSITIVE_INT, out_dir_callback
 
 __all__ = [
@@ -542,7 +542,7 @@ def flatness_cost(
     todo, records = [], []
     for seed in range(settings.seeds):  # seed-major: concurrent jobs are different variants
         for v in settings.variants:
-            rec = read_json(out / "runs" / f"{_run_name(v, seed)}.json")
+            rec = read_json_or_none(out / "runs" / f"{_run_name(v, seed)}.json")
             if rec is not None and rec.get("run_key") == key:
                 records.append(rec)
             else:

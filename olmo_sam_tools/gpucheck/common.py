@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
-from olmo_sam.output import read_json, write_json
+from olmo_sam.output import read_json_or_none, write_json
 
 __all__ = [
     "Section",
@@ -84,7 +84,7 @@ class Section:
 
     @classmethod
     def load(cls, out: str | Path, name: str) -> Optional[Dict[str, Any]]:
-        return read_json(Path(out) / "sections" / f"{name}.json")
+        return read_json_or_none(Path(out) / "sections" / f"{name}.json")
 
     def remaining(self) -> float:
         return self.deadline - time.time()

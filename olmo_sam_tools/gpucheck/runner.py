@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from olmo_sam.output import read_json
+from olmo_sam.output import read_json_or_none
 
 from .common import Section
 from .report import JSON_NAME, MD_NAME, write_report
@@ -171,7 +171,7 @@ def _run_check(
             results[name] = data
     imported = set()
     for f in (out / "sections").glob(f"{IMPORTS_PREFIX}*.json"):
-        imported |= set(read_json(f) or [])
+        imported |= set(read_json_or_none(f) or [])
     ok = all(results.get(n, {}).get("status") == "ok" for n in sections)
     report = {
         "dry_run": dry_run,
