@@ -4,6 +4,7 @@ directories shaped exactly as OLMES writes them (see tests/olmes_fixtures.py).""
 from __future__ import annotations
 
 import json
+import re
 import stat
 import sys
 import zipfile
@@ -121,6 +122,17 @@ def test_summary_metrics_json_only(tmp_path):
     assert o.parse_primary_score_line("a:b::c d: NA") == ("a:b::c d", None)
     # metrics.json alone is not an OLMES output dir for loading (no per-task data)
     assert not o.is_olmes_output_dir(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "metrics-all.jsonl", "task-000-arc_easy-metrics.json"])
+def test_a_corrupt_olmes_output_file_is_one_line_naming_it(tmp_path, name):
+    fx.write_run(str(tmp_path), suite_tasks(seed=5))
+    path = tmp_path / name
+    if not path.exists():  # (a task file of this fixture's first task)
+        path = next(p for p in sorted(tmp_path.iterdir()) if p.name.startswith("task-000-"))
+    path.write_text(path.read_text()[:-40] + "\n")  # cut off, as by a killed writer
+    with pytest.raises(OLMoConfigurationError, match=rf"{re.escape(str(path))}(:\d+)?: the OLMES .* is not valid JSON"):
+        o.load_olmes_results(tmp_path)
 
 
 def test_real_packaged_olmes_file_parses(tmp_path):
