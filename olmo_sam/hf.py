@@ -403,19 +403,16 @@ def export_hf_command(
 ):
     """Export an OLMo-core CHECKPOINT (step or run dir, sharded or not) to a Hugging Face
     Olmo2ForCausalLM directory (--out)."""
-    try:
-        report = export_hf(
-            checkpoint,
-            out_dir,
-            tokenizer=tokenizer,
-            include_tokenizer=not no_tokenizer,
-            dtype=dtype,
-            max_position_embeddings=max_position_embeddings,
-            validate=not no_validate,
-            overwrite=overwrite,
-        )
-    except OLMoConfigurationError as e:
-        raise click.ClickException(str(e)) from e
+    report = export_hf(
+        checkpoint,
+        out_dir,
+        tokenizer=tokenizer,
+        include_tokenizer=not no_tokenizer,
+        dtype=dtype,
+        max_position_embeddings=max_position_embeddings,
+        validate=not no_validate,
+        overwrite=overwrite,
+    )
     click.echo(json.dumps(report, indent=2))
 
 
@@ -436,10 +433,7 @@ def export_hf_command(
 def import_hf_command(source, out_dir, revision, tokenizer, no_validate, overwrite):
     """Import a Hugging Face OLMo-2 model SOURCE (hub id or dir) as an OLMo-core checkpoint in
     --out (step0/ for load_path, tokenizer/)."""
-    try:
-        report = import_hf(
-            source, out_dir, revision=revision, tokenizer=tokenizer, validate=not no_validate, overwrite=overwrite
-        )
-    except OLMoConfigurationError as e:
-        raise click.ClickException(str(e)) from e
+    report = import_hf(
+        source, out_dir, revision=revision, tokenizer=tokenizer, validate=not no_validate, overwrite=overwrite
+    )
     click.echo(json.dumps(report, indent=2))

@@ -41,6 +41,7 @@ __all__ = [
     "check_local_model",
     "looks_local",
     "cli_errors",
+    "CommandError",
 ]
 
 #: an integer >= 1 (sizes, counts, intervals that must happen)
@@ -196,14 +197,20 @@ def check_local_model(source: str | Path, *, flag: str) -> bool:
     return False
 
 
+class CommandError(RuntimeError):
+    """A failure a command reports as one line though no setting is wrong: a download that fails
+    its checksum, a model that is not quantized the way it was asked to be."""
+
+
 def cli_errors(fn: Callable) -> Callable:
-    """Run a command, showing configuration and file errors as ``Error: <line>`` (exit code 1)."""
+    """Run a command, showing configuration, file and :class:`CommandError` errors as
+    ``Error: <line>`` (exit code 1). The ``olmo-sam`` group runs every sub-command through it."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (OLMoConfigurationError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        except (OLMoConfigurationError, CommandError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
             raise click.ClickException(_message(e)) from None
 
     return wrapper

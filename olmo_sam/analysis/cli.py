@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import click
-from olmo_core.exceptions import OLMoConfigurationError
 
 from ..finetune.records import FTRecord, ResultStore
 from ..output import json_text
@@ -170,14 +169,6 @@ def _emit(report: Report, out: Optional[str], as_json: bool, plot) -> None:
             click.echo(f"wrote {p}", err=True)
 
 
-def _run(fn):
-    """Analysis errors -> a clean ``click`` error message (no traceback)."""
-    try:
-        return fn()
-    except OLMoConfigurationError as e:
-        raise click.ClickException(str(e)) from e
-
-
 @click.group("forgetting")
 def forgetting():
     """Learning-forgetting analysis of fine-tuning results ([SAM-PT] Sec 3.2, App C.4).
@@ -195,12 +186,9 @@ def frontier_cmd(results, datasets, methods, bases, pool_methods, split_by, out,
     """Pareto frontiers of (L_PT, L_FT) per dataset and base checkpoint (Fig 2)."""
     from .plots import plot_frontiers
 
-    def go():
-        curves = _curves(results, datasets, methods, bases, pool_methods, split_by)
-        report = frontier_report(curves)
-        _emit(report, out, as_json, lambda d: plot_frontiers(curves, d / f"frontier.{fmt}", annotate_lr=annotate_lr))
-
-    _run(go)
+    curves = _curves(results, datasets, methods, bases, pool_methods, split_by)
+    report = frontier_report(curves)
+    _emit(report, out, as_json, lambda d: plot_frontiers(curves, d / f"frontier.{fmt}", annotate_lr=annotate_lr))
 
 
 @forgetting.command("compare", short_help="Forgetting at matched L_FT, % less forgetting (App C.4).")
@@ -232,23 +220,20 @@ def compare_cmd(
     """Forgetting at a matched fine-tuning loss and "% less forgetting" (App C.4)."""
     from .plots import plot_frontiers
 
-    def go():
-        curves = _curves(results, datasets, methods, bases, pool_methods, split_by)
-        tau = _parse_taus(taus, list(curves))
-        comps = {
-            ds: compare(cs, reference=reference, tau=tau[ds], strict=strict, interpolate=interpolate)
-            for ds, cs in curves.items()
-        }
-        report = compare_report(comps, curves)
-        matched = {ds: c.matched for ds, c in comps.items()}
-        _emit(
-            report,
-            out,
-            as_json,
-            lambda d: plot_frontiers(curves, d / f"compare.{fmt}", matched=matched, annotate_lr=annotate_lr),
-        )
-
-    _run(go)
+    curves = _curves(results, datasets, methods, bases, pool_methods, split_by)
+    tau = _parse_taus(taus, list(curves))
+    comps = {
+        ds: compare(cs, reference=reference, tau=tau[ds], strict=strict, interpolate=interpolate)
+        for ds, cs in curves.items()
+    }
+    report = compare_report(comps, curves)
+    matched = {ds: c.matched for ds, c in comps.items()}
+    _emit(
+        report,
+        out,
+        as_json,
+        lambda d: plot_frontiers(curves, d / f"compare.{fmt}", matched=matched, annotate_lr=annotate_lr),
+    )
 
 
 @forgetting.command("matched-pt", short_help="Min PT loss at matched L_FT vs base PT loss (Fig 5).")
@@ -260,11 +245,8 @@ def matched_pt_cmd(
     """Minimum PT loss at a matched fine-tuning loss vs the base model's PT loss (Fig 5)."""
     from .plots import plot_matched_pt
 
-    def go():
-        curves = _curves(results, datasets, methods, bases, pool_methods, split_by)
-        tau = _parse_taus(taus, list(curves))
-        views = {ds: matched_pt_view(cs, tau[ds], strict=strict, interpolate=interpolate) for ds, cs in curves.items()}
-        report = matched_pt_report(views, curves)
-        _emit(report, out, as_json, lambda d: plot_matched_pt(views, d / f"matched_pt.{fmt}"))
-
-    _run(go)
+    curves = _curves(results, datasets, methods, bases, pool_methods, split_by)
+    tau = _parse_taus(taus, list(curves))
+    views = {ds: matched_pt_view(cs, tau[ds], strict=strict, interpolate=interpolate) for ds, cs in curves.items()}
+    report = matched_pt_report(views, curves)
+    _emit(report, out, as_json, lambda d: plot_matched_pt(views, d / f"matched_pt.{fmt}"))

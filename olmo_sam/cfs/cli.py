@@ -14,14 +14,6 @@ from ..preflight import POSITIVE_INT, model_callback, out_dir_callback, out_file
 __all__ = ["cfs"]
 
 
-def _usage(fn):
-    """Run ``fn``; configuration errors are one ``Error:`` line (exit code 1)."""
-    try:
-        return fn()
-    except OLMoConfigurationError as e:
-        raise click.ClickException(str(e)) from None
-
-
 @click.group()
 def cfs():
     """Context-free synthetic data: sample the model from its BOS token alone, then fine-tune on
@@ -129,32 +121,29 @@ def generate(
         run_generation,
     )
 
-    def go():
-        if contextual and task_dir is None:
-            raise OLMoConfigurationError("--contextual answers the prompts of a fine-tuning set: give --task-dir")
-        reference = read_meta(task_dir).splits["train"]["documents"] if task_dir else None
-        n = parse_count(num_samples, reference)
-        settings = SamplingSettings.for_kind(
-            contextual, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
-        )
-        common = dict(prompt_token_id=prompt_token_id, prompt=prompt_text, shard_size=shard_size)
-        if contextual:
-            job = contextual_job(model_dir, out, task_dir, n, settings, **common)
-        else:
-            job = context_free_job(model_dir, out, n, settings, **common)
-        return run_generation(
-            model_dir,
-            [job],
-            engine=engine,
-            vllm_python=vllm_python,
-            dtype=dtype,
-            enforce_eager=enforce_eager,
-            max_model_len=max_model_len,
-            hf_batch_size=hf_batch_size,
-            overwrite=overwrite,
-        )[0]
-
-    res = _usage(go)
+    if contextual and task_dir is None:
+        raise OLMoConfigurationError("--contextual answers the prompts of a fine-tuning set: give --task-dir")
+    reference = read_meta(task_dir).splits["train"]["documents"] if task_dir else None
+    n = parse_count(num_samples, reference)
+    settings = SamplingSettings.for_kind(
+        contextual, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
+    )
+    common = dict(prompt_token_id=prompt_token_id, prompt=prompt_text, shard_size=shard_size)
+    if contextual:
+        job = contextual_job(model_dir, out, task_dir, n, settings, **common)
+    else:
+        job = context_free_job(model_dir, out, n, settings, **common)
+    res = run_generation(
+        model_dir,
+        [job],
+        engine=engine,
+        vllm_python=vllm_python,
+        dtype=dtype,
+        enforce_eager=enforce_eager,
+        max_model_len=max_model_len,
+        hf_batch_size=hf_batch_size,
+        overwrite=overwrite,
+    )[0]
     rate = f", {res.tokens_per_second:,.0f} tok/s" if res.seconds else " (already complete)"
     click.echo(f"{res.out}: {res.samples} samples, {res.tokens} tokens{rate}, finish {res.finish_reasons}")
 
@@ -212,19 +201,17 @@ def mix(task_dir, samples, out_dir, ratio, lam, method, epochs, seq_len, global_
     """Mix SAMPLES into the prepared fine-tuning set TASK_DIR, writing --out (same format)."""
     from .mix import build_mix
 
-    meta = _usage(
-        lambda: build_mix(
-            task_dir,
-            samples,
-            ratio,
-            out_dir,
-            method=method,
-            lam=lam,
-            epochs=epochs,
-            seq_len=seq_len,
-            global_batch_size=global_batch_size,
-            seed=seed,
-        )
+    meta = build_mix(
+        task_dir,
+        samples,
+        ratio,
+        out_dir,
+        method=method,
+        lam=lam,
+        epochs=epochs,
+        seq_len=seq_len,
+        global_batch_size=global_batch_size,
+        seed=seed,
     )
     s = meta.source
     click.echo(

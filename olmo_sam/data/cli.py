@@ -7,15 +7,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 import click
-from olmo_core.exceptions import OLMoConfigurationError
 
 from ..preflight import POSITIVE_INT, out_dir_callback
 
 __all__ = ["data"]
-
-
-def _fail(e: Exception):
-    raise click.ClickException(str(e)) from e
 
 
 def _source_options(f):
@@ -110,12 +105,9 @@ def data():
 def fetch_corpus():
     """Download (once) and verify the demo corpus; print its cached path."""
     from .corpus import DEMO_CORPUS
-    from .fetch import AssetError, fetch
+    from .fetch import fetch
 
-    try:
-        path = fetch(DEMO_CORPUS)
-    except AssetError as e:
-        _fail(e)
+    path = fetch(DEMO_CORPUS)
     click.echo(f"{path}  ({DEMO_CORPUS.spec}, {DEMO_CORPUS.license})")
 
 
@@ -134,10 +126,7 @@ def demo_cmd(out_dir: Path, vocab_size: Optional[int], books):
     """Prepare the CPU demo's tokenizer and train/validation token files in --out."""
     from .demo_data import DEMO_VOCAB_SIZE, prepare_demo_data
 
-    try:
-        d = prepare_demo_data(out_dir, vocab_size or DEMO_VOCAB_SIZE, books=books or None)
-    except OLMoConfigurationError as e:
-        _fail(e)
+    d = prepare_demo_data(out_dir, vocab_size or DEMO_VOCAB_SIZE, books=books or None)
     click.echo(f"tokenizer: {d.tokenizer_dir} (vocab {d.vocab_size})")
     click.echo(f"train: {len(d.train_paths)} file(s), {d.train_tokens:,d} tokens")
     click.echo(f"val:   {len(d.val_paths)} file(s), {d.val_tokens:,d} tokens")
@@ -162,13 +151,10 @@ def train_tokenizer_cmd(out_dir: Path, vocab_size: int, max_documents: Optional[
 
     from .tokenizer import train_bpe
 
-    try:
-        docs, _ = _documents(**src)
-        if max_documents is not None:
-            docs = itertools.islice(docs, max_documents)
-        tok = train_bpe(docs, vocab_size, out_dir)
-    except OLMoConfigurationError as e:
-        _fail(e)
+    docs, _ = _documents(**src)
+    if max_documents is not None:
+        docs = itertools.islice(docs, max_documents)
+    tok = train_bpe(docs, vocab_size, out_dir)
     click.echo(f"saved a {len(tok)}-token BPE tokenizer to {out_dir}")
 
 
@@ -207,22 +193,19 @@ def tokenize_cmd(
     )
     from .tokenizer import load_tokenizer
 
-    try:
-        tok = load_tokenizer(tokenizer_name)
-        docs, source = _documents(**src)
-        meta = tokenize_documents(
-            docs,
-            tok,
-            out_dir,
-            val_fraction=DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction,
-            seed=DEFAULT_SPLIT_SEED if seed is None else seed,
-            source=source,
-            max_documents=max_documents,
-            shard_tokens=shard_tokens or DEFAULT_SHARD_TOKENS,
-            overwrite=overwrite,
-        )
-    except OLMoConfigurationError as e:
-        _fail(e)
+    tok = load_tokenizer(tokenizer_name)
+    docs, source = _documents(**src)
+    meta = tokenize_documents(
+        docs,
+        tok,
+        out_dir,
+        val_fraction=DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction,
+        seed=DEFAULT_SPLIT_SEED if seed is None else seed,
+        source=source,
+        max_documents=max_documents,
+        shard_tokens=shard_tokens or DEFAULT_SHARD_TOKENS,
+        overwrite=overwrite,
+    )
     for split, s in meta.splits.items():
         click.echo(f"{split}: {s['documents']:,d} documents, {s['tokens']:,d} tokens, files {s['files']}")
     click.echo(f"dtype {meta.dtype}, vocab {meta.vocab_size}; wrote {out_dir}")
@@ -234,10 +217,7 @@ def info_cmd(data_dir: Path):
     """Print the metadata of a prepared token dataset."""
     from .tokens import read_meta
 
-    try:
-        meta = read_meta(data_dir)
-    except OLMoConfigurationError as e:
-        _fail(e)
+    meta = read_meta(data_dir)
     click.echo(
         json.dumps(
             {"tokenizer": meta.tokenizer, "dtype": meta.dtype, "splits": meta.splits, "source": meta.source}, indent=2

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
+from ..preflight import CommandError
+
 __all__ = ["RegistryAsset", "fetch", "cache_root", "sha256_of", "AssetError"]
 
 
-class AssetError(RuntimeError):
-    pass
+class AssetError(CommandError):
+    """A registry asset that cannot be fetched or fails its checksum."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -14,17 +13,6 @@ from ..preflight import DEVICE, POSITIVE_INT, model_callback, out_dir_callback
 from .hf_load import QUANT_KINDS
 
 __all__ = ["eval_group"]
-
-
-def _usage_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (OLMoConfigurationError, FileNotFoundError) as e:
-            raise click.ClickException(" ".join(str(e).split())) from None
-
-    return wrapper
 
 
 def _records_table(records) -> str:
@@ -96,7 +84,6 @@ def eval_group():
 )
 @click.option("--label", default=None, help="Model label in the results [default: MODEL_DIR name].")
 @click.option("--print", "print_only", is_flag=True, help="Print the OLMES command and exit.")
-@_usage_errors
 def olmes_command(
     model_dir,
     suite,
@@ -183,7 +170,6 @@ def olmes_command(
     help="Results + resume cache [default: MODEL_DIR/offline-eval[-QUANT]].",
 )
 @click.option("--label", default=None, help="Model label in the results [default: MODEL_DIR name].")
-@_usage_errors
 def offline_command(model_dir, tasks, limit, quant, batch_size, max_gen_toks, device, output_dir, label):
     """Evaluate MODEL_DIR on the offline suite (8 of the 10 tasks; no AGIEval, no MMLU-Pro)."""
     from .offline import OFFLINE_MISSING, run_offline_suite
@@ -251,7 +237,6 @@ def _kv(values, what) -> Dict[str, str]:
     help="Write compare.{md,csv,json,png} here.",
 )
 @click.option("--paper-table8", is_flag=True, help="Use the paper's Table 8 rows as the results.")
-@_usage_errors
 def compare_command(results, base_of, reference, paper_reference, pairs, tasks, out_dir, paper_table8):
     """Per-task and average scores, drops from base / reference, and '% less forgetting'.
 

@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import click
-from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
 from ..preflight import POSITIVE_FLOAT, POSITIVE_INT, out_dir_callback
 from ..seeds import DATA_SEED
 
 LR_HELP = "learning rates: a preset (table7 = [SAM-PT] Table 7, table3 = Table 3, table10 = EWC Table 10) or a comma-separated list"
-
-
-def _usage_errors(fn):
-    """Configuration errors and missing files: one ``Error:`` line (exit code 1)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (OLMoConfigurationError, FileNotFoundError) as e:
-            raise click.ClickException(str(e)) from None
-
-    return wrapper
 
 
 def _budget(value: Optional[str]):
@@ -232,7 +217,6 @@ def datasets_command():
 @click.option("--max-train-tokens", type=POSITIVE_INT, help="stop reading once the train split holds this many tokens")
 @click.option("--max-documents", type=POSITIVE_INT, help="read at most this many rows")
 @click.option("--overwrite", is_flag=True, help="replace a differently prepared dataset in --out")
-@_usage_errors
 def prepare_command(
     name, tokenizer, out, seed, val_fraction, max_val_documents, max_train_tokens, max_documents, overwrite
 ):
@@ -285,7 +269,6 @@ def prepare_command(
 @click.option("--store", type=click.Path(), help="also append the records to this results.jsonl")
 @click.option("--keep-checkpoint", is_flag=True, help="keep the fine-tuned checkpoint")
 @recipe_options
-@_usage_errors
 def run_command(
     base,
     base_label,
@@ -342,7 +325,6 @@ def run_command(
 @click.option(
     "--out", required=True, callback=out_dir_callback, type=click.Path(), help="checkpoint directory to write"
 )
-@_usage_errors
 def wise_ft_command(base, ft_ckpt, alpha, out):
     """Save the WiSE-FT interpolation (1 - alpha) * base + alpha * fine-tuned as a checkpoint."""
     from .baselines import save_wise_ft
@@ -479,7 +461,6 @@ def _choices(values: Sequence[str], allowed: Sequence[str], what: str) -> tuple:
     "for the task's number of steps",
 )
 @recipe_options
-@_usage_errors
 def sweep(
     bases,
     base_labels,

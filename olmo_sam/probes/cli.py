@@ -6,7 +6,6 @@ The command names are the study file's probe stages and the flags are their keys
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any, Callable, Dict
 
@@ -17,21 +16,6 @@ from .. import paper
 from ..preflight import DEVICE, NON_NEGATIVE_INT, POSITIVE_INT, out_dir_callback
 
 __all__ = ["probe"]
-
-
-def _errors(fn: Callable) -> Callable:
-    """Configuration errors, missing files and a failed quantization proof: one ``Error:`` line (exit 1)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from .quantize import QuantizationError
-
-        try:
-            return fn(*args, **kwargs)
-        except (OLMoConfigurationError, QuantizationError, FileNotFoundError) as e:
-            raise click.ClickException(str(e)) from e
-
-    return wrapper
 
 
 def _common(fn: Callable) -> Callable:
@@ -128,7 +112,6 @@ def probe():
     help="Setting: preset (nf4, nf4-dq, fp4, int8) with optional ':key=value,...' (e.g. nf4:blocksize=128,quantize_lm_head=true), repeatable.",
 )
 @_common
-@_errors
 def quantize_cmd(checkpoints, quant, val_paths, labels, seq_len, batch_size, max_sequences, device, out_dir):
     """L_PT of each CHECKPOINT (OLMo-core step/run dir or exported HF dir) quantized with
     bitsandbytes, minus its full-precision L_PT ([SAM-PT] Sec 3.4, Fig 8a)."""
@@ -195,7 +178,6 @@ def quantize_cmd(checkpoints, quant, val_paths, labels, seq_len, batch_size, max
 )
 @click.option("--perturb-vectors", is_flag=True, help="Also perturb 1-D parameters (norm gains, biases).")
 @_common
-@_errors
 def noise_cmd(
     checkpoints,
     gammas,
@@ -282,7 +264,6 @@ def noise_cmd(
     "--seed", type=int, default=0, show_default=True, help="Seed of the Hutchinson and power-iteration vectors."
 )
 @_common
-@_errors
 def hessian_cmd(
     checkpoints,
     pairs,

@@ -48,6 +48,7 @@ import torch.nn as nn
 from olmo_core.exceptions import OLMoConfigurationError
 
 from ..config import Checked, ConfigError, check_value, setting, unknown_setting
+from ..preflight import CommandError
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ BNB_4BIT_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 HF_4BIT_BLOCKSIZE = 64
 
 
-class QuantizationError(RuntimeError):
+class QuantizationError(CommandError):
     """The model is not quantized the way it was asked to be."""
 
 

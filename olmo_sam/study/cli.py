@@ -150,15 +150,12 @@ def _rerun_set(plan, selected) -> set:
 
 def run_study_command(fn, resume: str) -> None:
     """Run ``fn`` (a start_study call) the way the commands do: configuration problems as one
-    line (exit 1), failed jobs with their log tails (exit 1), Ctrl-C with how to resume (130)."""
-    from olmo_core.exceptions import OLMoConfigurationError
-
+    line (exit 1, :func:`olmo_sam.preflight.cli_errors`), failed jobs with their log tails (exit 1),
+    Ctrl-C with how to resume (130)."""
     from .executors import Interrupted, JobFailed
 
     try:
         return fn()
-    except OLMoConfigurationError as e:
-        raise click.ClickException(str(e)) from None
     except JobFailed as e:
         click.echo(str(e), err=True)
         sys.exit(1)
@@ -250,14 +247,10 @@ def run_command(
 @click.argument("out_dir", type=click.Path(file_okay=False, exists=True))
 def status_command(out_dir):
     """Which jobs of the study in OUT_DIR are finished."""
-    from olmo_core.exceptions import OLMoConfigurationError
 
     from .runner import load_plan
 
-    try:
-        plan = load_plan(out_dir)
-    except OLMoConfigurationError as e:
-        raise click.ClickException(str(e)) from None
+    plan = load_plan(out_dir)
     for j in plan.jobs:
         click.echo(f"{'done' if j.is_done(plan.out) else 'todo'}  {j.id}")
 
