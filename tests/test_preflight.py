@@ -106,3 +106,33 @@ def test_local_paths_are_not_hub_ids(tmp_path):
     assert check_local_model("allenai/OLMo-2-0425-1B", flag="SOURCE") is False
     with pytest.raises(OLMoConfigurationError, match="SOURCE ./nope: no such directory"):
         check_local_model("./nope", flag="SOURCE")
+
+
+def test_the_command_line_shows_user_errors_as_one_line_and_lets_bugs_through(tmp_path):
+    """Every sub-command runs inside the olmo-sam group's error boundary (olmo_sam.preflight.cli_errors)."""
+    from click.testing import CliRunner
+
+    from olmo_sam.cli import main
+    from olmo_sam.data.fetch import AssetError
+    from olmo_sam.preflight import CommandError, cli_errors
+    from olmo_sam.probes.quantize import QuantizationError
+
+    for error in (
+        OLMoConfigurationError("x.lr: must be > 0,\n  got -1"),
+        AssetError("demo corpus: checksum mismatch"),
+        QuantizationError("model.blocks.0 is not 4-bit"),
+        FileNotFoundError(2, "No such file or directory", "/no/such"),
+    ):
+        assert isinstance(error, (OLMoConfigurationError, CommandError, OSError))
+
+        def boom(error=error):
+            raise error
+
+        with pytest.raises(click.ClickException) as e:
+            cli_errors(boom)()
+        assert "\n" not in e.value.message and e.value.message, e.value.message
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        cli_errors(lambda: 1 / 0)()
+    # and through the real group: a sub-command's configuration error is one line, exit code 1
+    res = CliRunner().invoke(main, ["data", "info", str(tmp_path)])
+    assert res.exit_code == 1 and res.output.startswith("Error: ") and res.output.count("\n") == 1, res.output
