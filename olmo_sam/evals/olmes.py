@@ -32,11 +32,12 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
+from ..config import Checked, ConfigError, setting
 from ..files import iter_jsonl, read_json
 from .hf_load import QUANT_KINDS
 from .records import BenchRecord
@@ -127,6 +128,7 @@ def _suite_olmo2_pretrain() -> Dict[str, SuiteTask]:
 
 #: Suites by CLI name. ``olmo2-pretrain`` = the ten tasks of [SAM-PT] App B.1.2.
 SUITES: Dict[str, Dict[str, SuiteTask]] = {"olmo2-pretrain": _suite_olmo2_pretrain()}
+DEFAULT_SUITE = "olmo2-pretrain"
 
 
 def get_suite(name: str) -> Dict[str, SuiteTask]:
@@ -456,11 +458,42 @@ def with_quant_args(
     return args
 
 
+@dataclass
+class OlmesOptions(Checked):
+    """A study's ``benchmarks.olmes``: the options of :func:`run_olmes_suite` (``None``: its
+    default; a test keeps the two equal), run once per ``quant`` setting."""
+
+    suite: Optional[str] = setting(None, choices=lambda: sorted(SUITES))
+    #: the suite's paper task names (default: all of them)
+    tasks: Optional[List[str]] = None
+    #: quantization settings, one run each (``none`` or null: full precision)
+    quant: Optional[Union[str, List[Optional[str]]]] = setting(None, choices=QUANT_KINDS)
+    model_type: Optional[str] = setting(None, choices=("hf", "vllm"))
+    limit: Optional[int] = setting(None, ge=1)
+    batch_size: Optional[int] = setting(None, ge=1)
+    gpus: Optional[int] = setting(None, ge=1)
+
+    def __post_init__(self):
+        super().__post_init__()
+        suite = self.suite or DEFAULT_SUITE
+        for i, t in enumerate(self.tasks or ()):
+            if t not in SUITES[suite]:
+                raise ConfigError.at(f"tasks[{i}]", f"{t!r} is not in suite {suite}; choose from {list(SUITES[suite])}")
+        quants = [self.quant] if isinstance(self.quant, str) else self.quant or []
+        for i, q in enumerate(quants):
+            if self.model_type == "vllm" and q not in (None, "none", "nf4"):
+                raise ConfigError.at(
+                    f"quant[{i}]",
+                    f"{q!r} is not available with model_type vllm (its in-flight bitsandbytes quantization "
+                    "is NF4 only); use model_type hf",
+                )
+
+
 def run_olmes_suite(
     model: str | os.PathLike,
     *,
     out_dir: str | os.PathLike,
-    suite: str = "olmo2-pretrain",
+    suite: str = DEFAULT_SUITE,
     tasks: Optional[Sequence[str]] = None,
     quant: str | Sequence[str] | None = None,
     model_type: str = "hf",

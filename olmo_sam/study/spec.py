@@ -34,6 +34,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from olmo_core.exceptions import OLMoConfigurationError
 
 from ..config import Checked, ConfigError, Rule, check_settings, check_value, decode, given, setting
+from ..evals.offline import OfflineOptions
+from ..evals.olmes import OlmesOptions
 from ..files import parse_yaml, read_yaml
 from ..finetune.sweep import LR_GRIDS
 from ..probes.runners import HessianOptions, NoiseOptions, QuantizeOptions
@@ -349,72 +351,17 @@ class ProbesSpec:
 
 @dataclass
 class BenchmarksSpec:
-    offline: Optional[Dict[str, Any]] = None
-    olmes: Optional[Dict[str, Any]] = None
+    """``benchmarks``: the offline lm-eval suite and/or OLMES, each with the options of the
+    function that runs it (an omitted one does not run, ``{}`` runs it with its defaults)."""
+
+    offline: Optional[OfflineOptions] = None
+    olmes: Optional[OlmesOptions] = None
     #: also benchmark, per base and dataset, the fine-tuned model with the lowest L_FT
     finetuned: bool = False
 
-    def validate(self) -> None:
-        from ..evals.hf_load import QUANT_KINDS
-
-        if self.offline is not None:
-            from ..evals.offline import OFFLINE_MISSING, OFFLINE_TASKS
-
-            o = given(decode(_OfflineOptions, self.offline, "benchmarks.offline"))
-            for i, t in enumerate(o.get("tasks") or []):
-                if t in OFFLINE_MISSING:
-                    raise ConfigError(f"benchmarks.offline.tasks[{i}]: {t!r} cannot run offline: {OFFLINE_MISSING[t]}")
-                if t not in OFFLINE_TASKS:
-                    raise ConfigError(
-                        f"benchmarks.offline.tasks[{i}]: unknown task {t!r}; choose from {sorted(OFFLINE_TASKS)}"
-                    )
-            _check_quants(o.get("quant"), "benchmarks.offline.quant", QUANT_KINDS)
-        if self.olmes is not None:
-            o = given(decode(_OlmesOptions, self.olmes, "benchmarks.olmes"))
-            _check_quants(o.get("quant"), "benchmarks.olmes.quant", QUANT_KINDS)
-
-
-@dataclass
-class _OfflineOptions(Checked):
-    """``benchmarks.offline`` (:func:`olmo_sam.evals.offline.run_offline_suite`)."""
-
-    tasks: Optional[List[str]] = None
-    limit: Optional[int] = setting(None, ge=1)
-    #: quantization kinds (``none`` or null: full precision)
-    quant: Optional[Union[str, List[Optional[str]]]] = None
-    batch_size: Optional[int] = setting(None, ge=1)
-    max_gen_toks: Optional[int] = setting(None, ge=1)
-    device: Optional[str] = None
-
-
-def _olmes_suites():
-    from ..evals.olmes import SUITES
-
-    return sorted(SUITES)
-
-
-@dataclass
-class _OlmesOptions(Checked):
-    """``benchmarks.olmes`` (:func:`olmo_sam.evals.olmes.run_olmes_suite`)."""
-
-    suite: Optional[str] = setting(None, choices=_olmes_suites)
-    tasks: Optional[List[str]] = None
-    #: quantization kinds (``none`` or null: full precision)
-    quant: Optional[Union[str, List[Optional[str]]]] = None
-    model_type: Optional[str] = setting(None, choices=("hf", "vllm"))
-    limit: Optional[int] = setting(None, ge=1)
-    batch_size: Optional[int] = None
-    gpus: Optional[int] = setting(None, ge=1)
-
-
-def _check_quants(quant: Any, where: str, kinds: Sequence[str]) -> None:
-    if quant is None:
-        return
-    if not isinstance(quant, (str, list)):
-        raise ConfigError(f"{where}: expected a list of {list(kinds)}, got {quant!r}")
-    for i, q in enumerate([quant] if isinstance(quant, str) else quant):
-        if q is not None and q not in kinds:
-            raise ConfigError(f"{where}[{i}]: choose one of {list(kinds)}, got {q!r}")
+    def options(self) -> Dict[str, Any]:
+        """What the benchmark jobs run: each suite's options as given (``None``: not run)."""
+        return {k: None if v is None else given(v) for k, v in (("offline", self.offline), ("olmes", self.olmes))}
 
 
 @dataclass
@@ -576,6 +523,7 @@ class StudySpec:
         ]
         d.pop("source", None)
         d["probes"] = {k: None if v is None else given(v) for k, v in vars(self.probes).items()}  # as given
+        d["benchmarks"] = {**self.benchmarks.options(), "finetuned": self.benchmarks.finetuned}
         d["pt_eval"], d["analysis"] = self.pt_eval.options(), self.analysis.options()  # as given
         d.update(d.pop("sections"))  # (none in a study without added stages: the file's own keys only)
         if not d["hypotheses"]:  # none registered: omitted, as in the study file
@@ -639,7 +587,6 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
         cfs.validate()
         spec.cfs = cfs.options()
     spec.benchmarks = decode(BenchmarksSpec, d.get("benchmarks"), "benchmarks")
-    spec.benchmarks.validate()
     spec.executor = decode(ExecutorSpec, d.get("executor"), "executor")
     spec.executor.validate()
     spec.analysis = decode(AnalysisSpec, d.get("analysis"), "analysis")

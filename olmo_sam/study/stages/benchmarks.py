@@ -124,13 +124,14 @@ class BenchmarksStage(Stage):
 
     def plan(self, study, plan: PlanBuilder) -> None:
         b = study.benchmarks
+        suites = b.options()
         for u in plan.unit_names:
             plan.add(
                 Job(
                     f"benchmarks/{u}",
                     "benchmarks",
                     "benchmarks",
-                    params={"unit": u, "offline": b.offline, "olmes": b.olmes},
+                    params={"unit": u, **suites},
                     deps=[f"export/{u}"],
                 )
             )
@@ -143,7 +144,7 @@ class BenchmarksStage(Stage):
                             f"benchmarks/{u}:{ds}",
                             "benchmarks",
                             "benchmarks_ft",
-                            params={"unit": u, "dataset": ds, "offline": b.offline, "olmes": b.olmes},
+                            params={"unit": u, "dataset": ds, **suites},
                             deps=[f"finetune/{u}:{ds}", "data"],
                         )
                     )
