@@ -189,16 +189,18 @@ def _item(value: Any, tp: Any, at: str) -> Any:
 
 
 def _bounds(rule: Rule, number: str) -> str:
-    if rule.ge is not None and rule.le is not None:
-        return f"{number} in [{rule.ge:g}, {rule.le:g}]"
-    if rule.gt is not None and rule.le is not None:
-        return f"{number} in ({rule.gt:g}, {rule.le:g}]"
-    if rule.ge is not None and rule.lt is not None:
-        return f"{number} in [{rule.ge:g}, {rule.lt:g})"
+    low = ("[", rule.ge) if rule.ge is not None else ("(", rule.gt) if rule.gt is not None else None
+    high = ("]", rule.le) if rule.le is not None else (")", rule.lt) if rule.lt is not None else None
+    if low and high:
+        return f"{number} in {low[0]}{_num(low[1])}, {_num(high[1])}{high[0]}"
     op, bound = next(
         (o, b) for o, b in ((">=", rule.ge), (">", rule.gt), ("<=", rule.le), ("<", rule.lt)) if b is not None
     )
-    return f"{number} {op} {bound:g}"
+    return f"{number} {op} {_num(bound)}"
+
+
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def _leaves(tp: Any) -> set:

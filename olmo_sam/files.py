@@ -232,10 +232,11 @@ def load_config(cls: Type[C], path: str | Path, overrides: list[str] | None = No
     import olmo_sam  # noqa: F401
 
     p = str(path)
-    if p.endswith(".json"):
-        with open(p) as f:
-            data = json.load(f)
-    else:
-        data = read_yaml(p)
+    data = read_json(p, what="config file") if p.endswith(".json") else read_yaml(p)
+    if not isinstance(data, dict):
+        raise OLMoConfigurationError(f"{p}: a config file is a mapping of its fields, got {type(data).__name__}")
+    for raw in overrides or []:
+        if "=" not in raw:
+            raise OLMoConfigurationError(f"override {raw!r} must look like KEY=VALUE (e.g. train_module.optim.rho=0.1)")
     check_registered_types(cls, data)
     return cls.from_dict(data, overrides=overrides)

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from pathlib import Path
@@ -25,6 +26,7 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .files import read_json
+from .seeds import MAX_SEED
 
 __all__ = [
     "POSITIVE_INT",
@@ -33,6 +35,7 @@ __all__ = [
     "NON_NEGATIVE_FLOAT",
     "DEVICE",
     "DeviceType",
+    "device_problem",
     "check_out",
     "out_dir_callback",
     "out_file_callback",
@@ -41,6 +44,8 @@ __all__ = [
     "check_local_model",
     "looks_local",
     "cli_errors",
+    "SEED",
+    "FLOAT",
     "CommandError",
 ]
 
@@ -48,10 +53,26 @@ __all__ = [
 POSITIVE_INT = click.IntRange(min=1)
 #: an integer >= 0 (0 has a documented meaning, e.g. "no evaluation")
 NON_NEGATIVE_INT = click.IntRange(min=0)
+#: a seed: OLMo-core's ``seed_all`` takes [0, 2^32 - 1]
+SEED = click.IntRange(min=0, max=MAX_SEED)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's ``FloatRange`` without ``nan`` and ``inf`` (which pass its comparisons)."""
+
+    def convert(self, value, param, ctx):
+        x = super().convert(value, param, ctx)
+        if not math.isfinite(x):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return x
+
+
 #: a float > 0 (magnitudes, budgets)
-POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
+POSITIVE_FLOAT = FiniteFloatRange(min=0, min_open=True)
 #: a float >= 0 (a recipe's learning rate: 0 is a frozen run, used to check weight loading)
-NON_NEGATIVE_FLOAT = click.FloatRange(min=0)
+NON_NEGATIVE_FLOAT = FiniteFloatRange(min=0)
+#: any finite float
+FLOAT = FiniteFloatRange()
 
 
 class DeviceType(click.ParamType):
@@ -64,10 +85,10 @@ class DeviceType(click.ParamType):
         import torch
 
         text = str(value).strip()
-        try:
-            dev = torch.device(text)
-        except (RuntimeError, TypeError, ValueError):
-            self.fail(f"{text!r} is not a torch device; write cpu, cuda, cuda:N or mps", param, ctx)
+        problem = device_problem(text)
+        if problem:
+            self.fail(problem, param, ctx)
+        dev = torch.device(text)
         if dev.type == "cpu":
             return text
         if dev.type == "cuda":
@@ -81,7 +102,22 @@ class DeviceType(click.ParamType):
             if not torch.backends.mps.is_available():
                 self.fail(f"{text!r}: MPS is not available on this machine; use cpu", param, ctx)
             return text
-        self.fail(f"{text!r}: device type {dev.type!r} is not supported here; use cpu, cuda[:N] or mps", param, ctx)
+        raise AssertionError(dev)  # (device_problem admits these three types only)
+
+
+def device_problem(text: str) -> Optional[str]:
+    """What is wrong with ``text`` as a device of this package (``cpu``, ``cuda``, ``cuda:N``,
+    ``mps``), whatever this machine has (a study is planned where it will not run); ``None`` if
+    nothing."""
+    import torch
+
+    try:
+        dev = torch.device(str(text).strip())
+    except (RuntimeError, TypeError, ValueError):
+        return f"{text!r} is not a torch device; write cpu, cuda, cuda:N or mps"
+    if dev.type not in ("cpu", "cuda", "mps"):
+        return f"{text!r}: device type {dev.type!r} is not supported here; use cpu, cuda[:N] or mps"
+    return None
 
 
 DEVICE = DeviceType()

@@ -9,9 +9,11 @@ fine-tuner and :func:`olmo_sam.train.build_experiment` default to the seed-0 val
 
 from __future__ import annotations
 
-__all__ = ["INIT_SEED", "DATA_SEED"]
+__all__ = ["INIT_SEED", "DATA_SEED", "MAX_SEED"]
 
 #: model-initialisation seed of pretraining seed 0 (OLMo-core's ``ExperimentConfig.init_seed``)
 INIT_SEED = 12536
 #: data-order seed of pretraining seed 0 (OLMo-core's training scripts' data-loader seed)
 DATA_SEED = 34521
+#: the largest seed OLMo-core's ``seed_all`` (NumPy's legacy generator) accepts: seeds are in [0, 2^32 - 1]
+MAX_SEED = 2**32 - 1

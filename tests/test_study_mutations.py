@@ -329,8 +329,8 @@ SECTION_CASES = [
     ("executor.reuse_processes", "no", "executor.reuse_processes: expected true or false", "'no'"),
     ("quick", 1, "quick: expected true or false", "1"),
     ("name", 7, "name: expected a string", "7"),
-    ("seed", -1, "seed: must be a whole number >= 0", "-1"),
-    ("pretrain.seeds", [0, -1], "pretrain.seeds[1]: seeds are a list of integers >= 0", "-1"),
+    ("seed", -1, "seed: must be a whole number in [0, 4294932774]", "-1"),
+    ("pretrain.seeds", [0, -1], "pretrain.seeds[1]: seeds are a list of whole numbers in [0, 4294932774]", "-1"),
 ]
 
 
@@ -401,7 +401,7 @@ def test_recipe_configs_are_read_by_the_same_strict_reader(tmp_path):
 @pytest.mark.parametrize(
     "extra, start",
     [
-        ({"analysis": {"seed": -1}}, "analysis.seed: must be a whole number >= 0"),
+        ({"analysis": {"seed": -1}}, "analysis.seed: must be a whole number in [0, 4294967295]"),
         ({"out_dir": " "}, "out_dir: give a directory"),
         ({"benchmarks": {"finetuned": "yes"}}, "benchmarks.finetuned: expected true or false, got 'yes'"),
         ({"benchmarks": {"offline": {"tasks": "arc"}}}, "benchmarks.offline.tasks: expected a list of strings"),

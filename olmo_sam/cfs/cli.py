@@ -9,7 +9,7 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..preflight import POSITIVE_INT, model_callback, out_dir_callback, out_file_callback
+from ..preflight import FLOAT, POSITIVE_INT, SEED, model_callback, out_dir_callback, out_file_callback
 
 __all__ = ["cfs"]
 
@@ -54,13 +54,13 @@ def cfs():
     f"(defaults to T={paper.CS_TEMPERATURE}, top-p={paper.CS_TOP_P}).",
 )
 @click.option(
-    "--temperature", type=float, help=f"Default {paper.CFS_TEMPERATURE} ({paper.CS_TEMPERATURE} with --contextual)."
+    "--temperature", type=FLOAT, help=f"Default {paper.CFS_TEMPERATURE} ({paper.CS_TEMPERATURE} with --contextual)."
 )
-@click.option("--top-p", type=float, help=f"Default {paper.CFS_TOP_P} ({paper.CS_TOP_P} with --contextual).")
+@click.option("--top-p", type=FLOAT, help=f"Default {paper.CFS_TOP_P} ({paper.CS_TOP_P} with --contextual).")
 @click.option(
     "--max-tokens", type=POSITIVE_INT, default=paper.CFS_FT_SEQ_LEN, show_default=True, help="New tokens per sample."
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Sampling seed.")
 @click.option("--prompt-token-id", type=int, help="Start token id (default: the tokenizer's BOS, else EOS).")
 @click.option("--prompt", "prompt_text", help="Start token as a string, e.g. '<|endoftext|>'.")
 @click.option(
@@ -161,12 +161,12 @@ def generate(
 )
 @click.option(
     "--ratio",
-    type=float,
+    type=FLOAT,
     default=paper.CFS_DEFAULT_RATIO,
     show_default=True,
     help="Synthetic pool as a fraction of the task set (paper: 0.1, 0.5, 1, 2).",
 )
-@click.option("--lam", type=float, help="Weight of the synthetic loss (default: = ratio, each sample once per pass).")
+@click.option("--lam", type=FLOAT, help="Weight of the synthetic loss (default: = ratio, each sample once per pass).")
 @click.option(
     "--method",
     type=click.Choice(["cfs", "cs"]),
@@ -196,7 +196,7 @@ def generate(
     show_default=True,
     help="Sequences per fine-tuning step (fixes the step count the mix keeps).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the mixing order.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the mixing order.")
 def mix(task_dir, samples, out_dir, ratio, lam, method, epochs, seq_len, global_batch_size, seed):
     """Mix SAMPLES into the prepared fine-tuning set TASK_DIR, writing --out (same format)."""
     from .mix import build_mix

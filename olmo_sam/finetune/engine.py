@@ -63,7 +63,7 @@ from ..evals.lm_loss import lm_loss
 from ..locks import cached_file, file_lock
 from ..optim import CosineAlpha
 from ..output import json_digest, write_json
-from ..seeds import DATA_SEED
+from ..seeds import DATA_SEED, MAX_SEED
 from ..train import build_experiment, read_metrics, run_experiment
 from .baselines import build_replay_mix, wise_ft
 from .data import FTDataMeta, read_meta, split_paths
@@ -128,9 +128,9 @@ class FTConfig(Checked):
     final_lr_fraction: float = setting(paper.FT_COSINE_FINAL_LR_FRACTION, ge=0, le=1)
     weight_decay: float = setting(paper.FT_WEIGHT_DECAY, ge=0)
     betas: Tuple[float, float] = paper.FT_BETAS
-    max_grad_norm: Optional[float] = paper.FT_MAX_GRAD_NORM
-    seed: int = setting(0, ge=0)
-    data_seed: int = setting(DATA_SEED, ge=0)
+    max_grad_norm: Optional[float] = setting(paper.FT_MAX_GRAD_NORM, gt=0, hint=" (null: no clipping)")
+    seed: int = setting(0, ge=0, le=MAX_SEED)
+    data_seed: int = setting(DATA_SEED, ge=0, le=MAX_SEED)
     #: None (one process), "ddp", "fsdp" or "hsdp" (under torchrun)
     dp: Optional[str] = None
     checkpoint_interval: Optional[int] = setting(None, ge=1)
@@ -142,17 +142,17 @@ class FTConfig(Checked):
     eval_batch_size: int = setting(8, ge=1)
     # -- baselines --
     #: (baseline options apply to their method only; defaults: _METHOD_OPTIONS)
-    ewc_lambda: Optional[float] = None
+    ewc_lambda: Optional[float] = setting(None, ge=0)
     fisher_batches: Optional[int] = setting(None, ge=1)
     fisher_batch_size: Optional[int] = setting(None, ge=1)
     #: pretraining token files for the Fisher; default: the base run's training files
     fisher_data: Optional[List[str]] = None
-    l2_lambda: Optional[float] = None
+    l2_lambda: Optional[float] = setting(None, ge=0)
     lora_rank: Optional[int] = setting(None, ge=1)
     #: LoRA scaling numerator; default: the rank ([CFS] App E.1)
-    lora_alpha: Optional[float] = None
-    lora_dropout: Optional[float] = None
-    replay_ratio: Optional[float] = None
+    lora_alpha: Optional[float] = setting(None, gt=0)
+    lora_dropout: Optional[float] = setting(None, ge=0, lt=1)
+    replay_ratio: Optional[float] = setting(None, gt=0, hint=" (replayed pretraining tokens per task token)")
     #: pretraining token files to replay; default: the base run's training files
     replay_data: Optional[List[str]] = None
     #: WiSE-FT interpolation weights evaluated after training (0 = base, 1 = fine-tuned)

@@ -57,6 +57,10 @@ class FTRecord:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown FTRecord field(s) {sorted(unknown)}")
+        for f in fields(cls):  # (a diverged run's loss is NaN or Infinity in JSON: a number)
+            v = d.get(f.name, 0)
+            if f.type in ("float", "int") and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise ValueError(f"'{f.name}' must be a number, got {v!r}")
         return cls(**d)
 
 

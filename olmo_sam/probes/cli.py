@@ -13,7 +13,7 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..preflight import DEVICE, NON_NEGATIVE_INT, POSITIVE_INT, out_dir_callback
+from ..preflight import DEVICE, FLOAT, NON_NEGATIVE_INT, POSITIVE_INT, SEED, out_dir_callback
 
 __all__ = ["probe"]
 
@@ -244,7 +244,7 @@ def noise_cmd(
     show_default=True,
     help="Hutchinson probes ([WSO] App H: 50).",
 )
-@click.option("--rtol", type=float, default=None, help="Stop once the standard error is <= rtol * |trace|.")
+@click.option("--rtol", type=FLOAT, default=None, help="Stop once the standard error is <= rtol * |trace|.")
 @click.option(
     "--power-iters",
     type=NON_NEGATIVE_INT,
@@ -259,9 +259,9 @@ def noise_cmd(
     show_default=True,
     help="Hessian-vector products: exact double backward, or a finite difference of gradients.",
 )
-@click.option("--fd-step", type=float, default=1e-3, show_default=True, help="Relative finite-difference step.")
+@click.option("--fd-step", type=FLOAT, default=1e-3, show_default=True, help="Relative finite-difference step.")
 @click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of the Hutchinson and power-iteration vectors."
+    "--seed", type=SEED, default=0, show_default=True, help="Seed of the Hutchinson and power-iteration vectors."
 )
 @_common
 def hessian_cmd(

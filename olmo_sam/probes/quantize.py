@@ -266,6 +266,8 @@ def parse_quant_spec(spec: str) -> QuantConfig:
             raise OLMoConfigurationError(f"quantization option {item!r} in {spec!r} is not key=value")
         k, v = item.split("=", 1)
         k = k.strip()
+        if k in given:
+            raise OLMoConfigurationError(f"quantization option {k!r} is given twice in {spec!r}; give it once")
         given[k] = tuple(v.split("|")) if k in ("skip_modules", "llm_int8_skip_modules") else _cli_value(v)
     return QuantConfig.from_dict({**base, **given})
 

@@ -32,6 +32,8 @@ from .. import paper
 from ..config import Checked, ConfigError, decode, setting
 from ..evals.lm_loss import lm_loss
 from ..output import read_json_or_none, write_json
+from ..preflight import device_problem
+from ..seeds import MAX_SEED
 from .common import (
     ModelRef,
     check_val_paths,
@@ -124,6 +126,8 @@ class ProbeOptions(Checked):
         for f in fields(self):
             if getattr(self, f.name) == []:
                 raise ConfigError.at(f.name, "the list is empty; give at least one entry")
+        if self.device is not None and device_problem(self.device):
+            raise ConfigError.at("device", device_problem(self.device))
 
 
 @dataclass
@@ -153,7 +157,7 @@ class NoiseOptions(ProbeOptions):
     """:func:`noise_probe`'s options."""
 
     gammas: Optional[List[float]] = setting(None, gt=0)
-    seeds: Optional[List[int]] = setting(None, ge=0)
+    seeds: Optional[List[int]] = setting(None, ge=0, le=MAX_SEED)
     include: Optional[List[str]] = None
     exclude: Optional[List[str]] = None
     min_ndim: Optional[int] = setting(None, ge=0)
@@ -176,7 +180,7 @@ class HessianOptions(ProbeOptions):
     power_iters: Optional[int] = setting(None, ge=0)
     method: Optional[str] = setting(None, choices=_hvp_methods)
     fd_step: Optional[float] = setting(None, gt=0)
-    seed: Optional[int] = None
+    seed: Optional[int] = setting(None, ge=0, le=MAX_SEED)
     val_max_sequences: Optional[int] = setting(None, ge=1)
 
 

@@ -32,7 +32,7 @@ from .. import paper
 from ..config import setting
 from ..models import dolma2_tokenizer, model_config
 from ..optim import Midtrain, SAMConfig
-from ..preflight import NON_NEGATIVE_FLOAT, POSITIVE_INT
+from ..preflight import FLOAT, NON_NEGATIVE_FLOAT, POSITIVE_INT
 from ..train import build_experiment
 from .common import (
     RunSpec,
@@ -256,7 +256,7 @@ def _import_on_rank0(hf_source: str, revision: Optional[str], dest: Path, tokeni
 @click.option("--tokens", type=str, default=None, help="Token budget [default: 50B, Table 1].")
 @click.option("--steps", type=POSITIVE_INT, default=None, help="Budget in steps instead (CPU runs).")
 @click.option("--lr", type=NON_NEGATIVE_FLOAT, default=None, help=f"Starting LR [default: {T1.lr}, Table 1].")
-@click.option("--rho", type=float, default=None, help=f"SAM radius [default: {T1.rho}].")
+@click.option("--rho", type=FLOAT, default=None, help=f"SAM radius [default: {T1.rho}].")
 @click.option("--seq-len", type=POSITIVE_INT, default=None, help=f"[default: {T1.context_length}]")
 @click.option(
     "--batch-size", type=POSITIVE_INT, default=None, help=f"Global batch in sequences [default: {T1.batch_sequences}]."

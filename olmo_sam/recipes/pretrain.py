@@ -35,11 +35,11 @@ from olmo_core.script_utils import ExperimentConfig
 from olmo_core.train import Duration
 
 from .. import paper
-from ..config import setting
+from ..config import ConfigError, setting
 from ..models import CPU_SIZES, dolma2_tokenizer, model_config, param_counts
 from ..optim import WSO, CosineAlpha, LinearAlpha, SAMConfig, WSDAlpha
-from ..preflight import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT
-from ..seeds import DATA_SEED, INIT_SEED
+from ..preflight import FLOAT, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, SEED
+from ..seeds import DATA_SEED, INIT_SEED, MAX_SEED
 from ..train import SAMSwitchCallback, build_experiment
 from .common import (
     RunSpec,
@@ -102,7 +102,8 @@ class PretrainSpec(RunSpec):
     optimizer: str = setting("adamw", choices=OPTIMIZERS)
     schedule: str = setting("cosine", choices=SCHEDULES)
     alpha: Optional[float] = None
-    decay_fraction: float = paper.SAM_ANNEAL_DECAY_FRACTION
+    #: the WSD schedule's decay phase, a fraction of the run ([SAM-PT] Sec 3.3)
+    decay_fraction: float = setting(paper.SAM_ANNEAL_DECAY_FRACTION, gt=0, le=1)
     #: SAM radius of sam / sam-anneal (default: the paper's; checked with the optimizer's other
     #: options by olmo_sam.optim.sam.SAMOptions); an error with adamw, which has none
     rho: Optional[float] = None
@@ -115,8 +116,8 @@ class PretrainSpec(RunSpec):
     seq_len: Optional[int] = setting(None, ge=1)
     warmup: Optional[int] = setting(None, ge=0)
     save_folder: str = "runs/pretrain"
-    seed: int = INIT_SEED
-    data_seed: int = DATA_SEED
+    seed: int = setting(INIT_SEED, ge=0, le=MAX_SEED)
+    data_seed: int = setting(DATA_SEED, ge=0, le=MAX_SEED)
 
 
 def _scheduler(spec: PretrainSpec, warmup: int) -> Scheduler:
@@ -268,7 +269,10 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
     scheduler = _scheduler(spec, warmup)
     callbacks = {}
     if spec.optimizer == "sam-anneal":
-        callbacks["sam_switch"] = SAMSwitchCallback(start_fraction=spec.sam_start_fraction)
+        try:
+            callbacks["sam_switch"] = SAMSwitchCallback(start_fraction=spec.sam_start_fraction)
+        except ConfigError as e:  # the callback's field is the recipe's sam_start_fraction
+            raise ConfigError.at("sam_start_fraction", e.problem) from None
     elif spec.sam_start_fraction is not None:
         raise OLMoConfigurationError("--sam-start-fraction applies to --optimizer sam-anneal only")
     world = world_size()
@@ -307,6 +311,10 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
             run_summary(cfg)  # resolves the switch point now: a schedule without decay errors here
         except OLMoConfigurationError as e:
             raise OLMoConfigurationError(f"--schedule {spec.schedule} with --optimizer sam-anneal: {e}") from None
+    if spec.schedule != "wsd" and spec.decay_fraction != paper.SAM_ANNEAL_DECAY_FRACTION:
+        raise OLMoConfigurationError(
+            f"--decay-fraction applies to --schedule wsd only (the {spec.schedule} schedule has no decay phase of its own)"
+        )
     return cfg, resolved
 
 
@@ -400,14 +408,14 @@ def sweep_members(name: str, spec: PretrainSpec, explicit: Dict[str, Any]) -> Li
 @click.option("--lr", type=NON_NEGATIVE_FLOAT, default=None, help="Peak LR [default: Table 6 by tokens/param].")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help="[default: adamw]")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="[default: cosine]")
-@click.option("--alpha", type=float, default=None, help="Final LR / peak [default: 0.1].")
+@click.option("--alpha", type=FLOAT, default=None, help="Final LR / peak [default: 0.1].")
 @click.option(
-    "--decay-fraction", type=float, default=None, help="WSD decay length, fraction of the run [default: 0.1]."
+    "--decay-fraction", type=FLOAT, default=None, help="WSD decay length, fraction of the run [default: 0.1]."
 )
-@click.option("--rho", type=float, default=None, help=f"SAM radius [default: {paper.SAM_RHO}].")
+@click.option("--rho", type=FLOAT, default=None, help=f"SAM radius [default: {paper.SAM_RHO}].")
 @click.option(
     "--sam-start-fraction",
-    type=float,
+    type=FLOAT,
     default=None,
     help="sam-anneal: switch at this fraction instead of the decay start.",
 )
@@ -425,7 +433,7 @@ def sweep_members(name: str, spec: PretrainSpec, explicit: Dict[str, Any]) -> Li
     default=None,
     help="'dolma2' or a tokenizer dir [default: dolma2; tiny: the data's].",
 )
-@click.option("--seed", type=int, default=None, help="Model init seed.")
+@click.option("--seed", type=SEED, default=None, help="Model init seed.")
 @click.option("--sweep", type=click.Choice(sorted(SWEEPS)), default=None, help="A named sweep preset.")
 @click.option("--member", default=None, help="With --sweep: run this member (name or index).")
 @common_options

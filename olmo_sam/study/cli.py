@@ -15,10 +15,12 @@ import click
 from .stages import stage_names
 
 
-def _split(values) -> List[str]:
+def _split(values, flag: str) -> List[str]:
     out: List[str] = []
     for v in values or ():
         out += [x.strip() for x in v.split(",") if x.strip()]
+    if values and not out:
+        raise click.UsageError(f"{flag}: give stage names (comma-separated), not an empty value")
     return out
 
 
@@ -224,8 +226,8 @@ def run_command(
         lambda: start_study(
             study_file,
             out=out,
-            stages=_split(stages),
-            exclude=_split(exclude),
+            stages=_split(stages, "--stages"),
+            exclude=_split(exclude, "--exclude"),
             dry_run=dry_run,
             rerun=rerun,
             executor=executor,

@@ -41,6 +41,13 @@ class Plan:
     def select(self, stages: Optional[Sequence[str]] = None, exclude: Sequence[str] = ()) -> List[Job]:
         if stages:
             check_stage_names(stages, "--stages")
+            planned = {j.stage for j in self.jobs}
+            absent = [s for s in stages if s not in planned]
+            if absent:
+                raise ConfigError(
+                    f"--stages: the study runs no {absent} stage (its stages: "
+                    f"{[s for s in stage_names() if s in planned]}); configure it in the study file or leave it out"
+                )
         check_stage_names(exclude, "--exclude")
         keep = [j for j in self.jobs if (not stages or j.stage in stages) and j.stage not in exclude]
         ids = {j.id for j in keep}
@@ -187,4 +194,12 @@ def build_plan(study: StudySpec) -> Plan:
         j.deps = [d for d in j.deps if d in kept]
     order = {s: i for i, s in enumerate(stage_names())}
     jobs.sort(key=lambda j: order[j.stage])
+    where: Dict[Path, str] = {}
+    for j in jobs:  # every job its own directory (ids that differ only in a character Job.dir replaces)
+        d = j.dir(Path("."))
+        if d in where:
+            raise ConfigError(
+                f"jobs {where[d]} and {j.id} would share the directory {d}; rename the arm or dataset so they differ"
+            )
+        where[d] = j.id
     return Plan(study, jobs)

@@ -33,12 +33,13 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from olmo_core.exceptions import OLMoConfigurationError
 
-from ..config import Checked, ConfigError, Rule, check_settings, check_value, decode, given, setting
+from ..config import Checked, ConfigError, Rule, check_settings, check_value, decode, given, setting, unknown_setting
 from ..evals.offline import OfflineOptions
 from ..evals.olmes import OlmesOptions
 from ..files import parse_yaml, read_yaml
 from ..finetune.sweep import LR_GRIDS
 from ..probes.runners import HessianOptions, NoiseOptions, QuantizeOptions
+from ..seeds import DATA_SEED, INIT_SEED, MAX_SEED
 from .hypotheses import Hypothesis, check_references, parse_hypotheses
 from .stages import PIPELINE, check_stage_names, stage_names
 from .stages.finetune import ANALYSIS_MATCHINGS
@@ -115,6 +116,10 @@ class DataSpec:
 
 
 ARM_RECIPES = ("pretrain", "midtrain")
+#: an arm's name: it names the directories of its bases' jobs (``pretrain/<arm>@...``)
+ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+#: the largest pretraining seed s of a study (its bases are seeded INIT_SEED + s and DATA_SEED + s)
+MAX_STUDY_SEED = MAX_SEED - max(INIT_SEED, DATA_SEED)
 #: keys of the ``pretrain:`` section that expand the arms instead of configuring the recipe
 PRETRAIN_SEEDS = "seeds"
 PRETRAIN_BUDGETS_TPP = "budgets_tpp"
@@ -147,8 +152,10 @@ def _check_pretrain_grid(pretrain: Dict[str, Any], budgets: Optional[List[Any]])
         if not isinstance(seeds, list) or not seeds:
             raise ConfigError(f"pretrain.seeds: expected a non-empty list of integers, got {seeds!r}")
         for i, x in enumerate(seeds):
-            if isinstance(x, bool) or not isinstance(x, int) or x < 0:
-                raise ConfigError(f"pretrain.seeds[{i}]: seeds are a list of integers >= 0, got {x!r}")
+            if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= MAX_STUDY_SEED:
+                raise ConfigError(
+                    f"pretrain.seeds[{i}]: seeds are a list of whole numbers in [0, {MAX_STUDY_SEED}], got {x!r}"
+                )
         clash = sorted({"seed", "data_seed"} & set(pretrain))
         if clash:
             raise ConfigError(
@@ -156,7 +163,8 @@ def _check_pretrain_grid(pretrain: Dict[str, Any], budgets: Optional[List[Any]])
             )
     tpp = pretrain.get(PRETRAIN_BUDGETS_TPP)
     if tpp is not None:
-        check_value(tpp, _TPP_GRID, "pretrain.budgets_tpp", Rule(gt=0))
+        # (stored as read: a numeric string is a number, as everywhere in the file)
+        pretrain[PRETRAIN_BUDGETS_TPP] = check_value(tpp, _TPP_GRID, "pretrain.budgets_tpp", Rule(gt=0))
         if budgets:
             raise ConfigError("give the study's 'budgets' (tokens) or 'pretrain.budgets_tpp', not both")
         clash = sorted({"steps", "tokens", "tokens_per_param"} & set(pretrain))
@@ -197,8 +205,11 @@ class ArmSpec(Checked):
         if d.get("name") is None:
             raise ConfigError(f"{where}: every arm needs a 'name'")
         name = d["name"]
-        if not isinstance(name, str) or not name.strip() or not name.isprintable():
-            raise ConfigError(f"{where}.name: expected a non-empty one-line string, got {name!r}")
+        if not isinstance(name, str) or not ARM_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{where}.name: expected a name of letters, digits and '_', '-', '.', '+' starting with a letter "
+                f"or digit (at most 64; it names directories), got {name!r}"
+            )
         own = {f.name: d.pop(f.name) for f in dataclasses.fields(cls) if f.name in d and f.name != "settings"}
         if "seeds" in d:
             raise ConfigError(f"{where} ({name}): 'seeds' is a study-wide setting; set it under 'pretrain:'")
@@ -308,8 +319,8 @@ class CfsSpec(Checked):
     temperature: Optional[float] = None
     top_p: Optional[float] = None
     max_tokens: Optional[int] = None
-    gen_seed: Optional[int] = setting(None, ge=0)
-    mix_seed: Optional[int] = setting(None, ge=0)
+    gen_seed: Optional[int] = setting(None, ge=0, le=MAX_SEED)
+    mix_seed: Optional[int] = setting(None, ge=0, le=MAX_SEED)
     #: vllm | hf | auto
     engine: Optional[str] = setting(None, choices=_cfs_engines)
     vllm_python: Optional[str] = None
@@ -388,7 +399,7 @@ class AnalysisSpec(Checked):
     confidence: Optional[float] = None
     n_boot: Optional[int] = None
     #: the bootstrap's seed
-    seed: Optional[int] = setting(None, ge=0)
+    seed: Optional[int] = setting(None, ge=0, le=MAX_SEED)
     matching: Optional[str] = setting(
         None,
         choices=ANALYSIS_MATCHINGS,
@@ -426,11 +437,26 @@ class ExecutorSpec(Checked):
 
     def validate(self) -> None:
         for k, v in self.slurm.items():
+            if k not in SLURM_GENERIC and not k.startswith(("slurm_", "local_")):
+                # submitit's AutoExecutor takes these, and its executors' own parameters prefixed
+                raise unknown_setting(k, [*SLURM_GENERIC, "slurm_<sbatch option>"], f"executor.slurm.{k}")
             # counts and minutes (gpus_per_node, tasks_per_node, nodes, timeout_min, cpus_per_task, mem_gb, ...)
             if k in SLURM_COUNTS and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ConfigError(f"executor.slurm.{k}: must be a whole number >= 1, got {v!r}")
 
 
+#: submitit's AutoExecutor parameters (besides those of its executors, prefixed ``slurm_``/``local_``)
+SLURM_GENERIC = (
+    "cluster",
+    "name",
+    "nodes",
+    "gpus_per_node",
+    "tasks_per_node",
+    "cpus_per_task",
+    "timeout_min",
+    "mem_gb",
+    "stderr_to_stdout",
+)
 #: executor.slurm keys that are counts (submitit's AutoExecutor parameters)
 SLURM_COUNTS = (
     "nodes",
@@ -447,7 +473,8 @@ SLURM_COUNTS = (
 class StudySpec:
     name: str
     out_dir: Optional[str] = None
-    seed: int = setting(0, ge=0)
+    #: pretraining seed of every base when ``pretrain.seeds`` is not given
+    seed: int = setting(0, ge=0, le=MAX_STUDY_SEED)
     data: DataSpec = field(default_factory=DataSpec)
     #: defaults for every pretrain arm (PretrainSpec fields: size, steps/tokens, lr, batch, ...)
     pretrain: Dict[str, Any] = field(default_factory=dict)

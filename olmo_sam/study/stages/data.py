@@ -12,6 +12,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 
 from ...config import Checked, ConfigError, setting
 from ...data.tokenizer import MIN_BPE_VOCAB
+from ...seeds import MAX_SEED
 from ..job import Job
 from .base import PLACEHOLDER_TOKENS, PlanBuilder, Stage
 
@@ -101,7 +102,7 @@ class DemoOptions(Checked):
     #: only these books of the corpus (default: all)
     books: Optional[List[str]] = setting(None, choices=_demo_books)
     val_fraction: Optional[float] = setting(None, gt=0, lt=1)
-    seed: Optional[int] = setting(None, ge=0)
+    seed: Optional[int] = setting(None, ge=0, le=MAX_SEED)
     cache_dir: Optional[str] = None
 
 

@@ -19,6 +19,7 @@ from ...analysis.stats import compare_seeds
 from ...config import Checked, ConfigError, setting
 from ...finetune.sweep import LR_GRIDS, MIX_METHODS
 from ...output import write_table
+from ...seeds import MAX_SEED
 from ..bases import BaseRecord, budget_key
 from ..job import Job
 from .base import (
@@ -170,7 +171,7 @@ class PrepareOptions(Checked):
     """``finetune.prepare``: the options of :func:`olmo_sam.finetune.adapters.prepare_dataset`
     (``None``: its default; a test keeps the two equal)."""
 
-    seed: Optional[int] = setting(None, ge=0)
+    seed: Optional[int] = setting(None, ge=0, le=MAX_SEED)
     val_fraction: Optional[float] = setting(None, gt=0, lt=1)
     max_val_documents: Optional[int] = setting(None, ge=1)
     max_train_tokens: Optional[int] = setting(None, ge=1)

@@ -1,0 +1,220 @@
+"""Mistakes a new user made when trying the package (a probe of ~300 bad inputs): each is refused
+up front with one line naming the field or flag, where it used to train a wrong model, collide
+two jobs' directories, crash with a traceback, or be silently ignored."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import click
+import pytest
+from click.testing import CliRunner
+from olmo_core.exceptions import OLMoConfigurationError
+
+from olmo_sam.cli import main
+from olmo_sam.config import ConfigError, decode
+from olmo_sam.finetune.engine import FTConfig
+from olmo_sam.finetune.records import FTRecord
+from olmo_sam.finetune.sweep import SweepSpec, expand
+from olmo_sam.preflight import FLOAT, POSITIVE_FLOAT, SEED
+from olmo_sam.probes.quantize import parse_quant_spec
+from olmo_sam.probes.runners import QuantizeOptions
+from olmo_sam.seeds import DATA_SEED, MAX_SEED
+from olmo_sam.study.cli import start_study
+from olmo_sam.study.plan import expand_units
+from olmo_sam.study.spec import parse_study
+
+STUDY = {
+    "name": "u",
+    "data": {"demo": {"vocab_size": 384}},
+    "pretrain": {"size": "micro", "lr": 3e-3},
+    "budgets": ["1M"],
+    "arms": [{"name": "adamw", "optimizer": "adamw"}, {"name": "sam", "optimizer": "sam", "rho": 0.01}],
+    "finetune": {"datasets": ["demo-code"], "lrs": [1e-3], "common": {"max_steps": 3}},
+}
+
+
+def _study(**changes):
+    d = copy.deepcopy(STUDY)
+    for key, value in changes.items():
+        d[key] = value
+    return d
+
+
+def _refused(data, starts: str, says: str = ""):
+    """Refused by ``study run --dry-run`` (which reads, plans and builds every job's config)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out, pytest.raises(ConfigError) as e:
+        start_study(parse_study({**data, "out_dir": out + "/o"}), dry_run=True, echo=lambda *a: None)
+    msg = str(e.value)
+    assert msg.startswith(starts) and says in msg and "\n" not in msg, msg
+
+
+def _ft(**kw) -> FTConfig:
+    return FTConfig(base="b", data="d", lr=1e-3, **kw)
+
+
+# -- silent wrong results -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("norm", [-1.0, 0.0])
+def test_a_clipping_norm_that_is_not_positive_is_refused(norm):
+    """A negative norm made every step climb the loss (clip_grads_with_norm_ scales by it); 0 froze
+    the weights while the run was recorded as a result."""
+    with pytest.raises(ConfigError, match=r"max_grad_norm: must be a number > 0, got .* \(null: no clipping\)"):
+        _ft(max_grad_norm=norm)
+    assert _ft(max_grad_norm=None).max_grad_norm is None  # no clipping stays possible
+    res = CliRunner().invoke(
+        main, ["finetune", "run", "--base", "b", "--data", "d", "--lr", "1e-3", "--max-grad-norm=-1", "--out", "o"]
+    )
+    assert res.exit_code != 0 and "max_grad_norm" in res.output.replace("-", "_"), res.output
+
+
+@pytest.mark.parametrize(
+    "grid, method, field",
+    [
+        ("ewc_lambdas", "ewc", "ewc_lambda"),
+        ("replay_ratios", "replay", "replay_ratio"),
+        ("l2_lambdas", "l2init", "l2_lambda"),
+    ],
+)
+def test_a_sweep_dry_run_refuses_bad_grid_values(grid, method, field):
+    spec = SweepSpec(bases=["b"], datasets=["d"], lrs=[1e-3], methods=[method], **{grid: [-1.0]})
+    with pytest.raises(ConfigError, match=rf"^{field}: must be a number >"):
+        expand(spec, resolve=False)
+
+
+def test_lora_settings_are_checked_like_the_other_options():
+    with pytest.raises(ConfigError, match=r"^lora_alpha: must be a number > 0"):
+        _ft(method="lora", lora_alpha=-4)
+    with pytest.raises(ConfigError, match=r"^lora_dropout: must be a number in \[0, 1\)"):
+        _ft(method="lora", lora_dropout=1.0)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a b", "a/b", "../../etc", "-rf", "x" * 65])
+def test_arm_names_that_would_share_or_escape_directories_are_refused(name):
+    data = _study()
+    data["arms"][0]["name"] = name
+    _refused(data, "arms[0].name: expected a name of letters, digits")
+
+
+def test_two_jobs_never_share_a_directory(tmp_path):
+    a, b = tmp_path / "a b", tmp_path / "a_b"
+    data = _study(finetune={"datasets": [str(a), str(b)], "lrs": [1e-3]})
+    _refused(data, "jobs finetune/data:", "would share the directory")
+
+
+# -- tracebacks ---------------------------------------------------------------------------------
+
+
+def test_a_budget_grid_given_as_strings_is_read_as_numbers():
+    data = _study(budgets=None)
+    data.pop("budgets")
+    data["pretrain"] = {**data["pretrain"], "budgets_tpp": ["4", 16]}
+    study = parse_study(data)
+    assert study.pretrain["budgets_tpp"] == [4, 16]
+    assert [u.name for u in expand_units(study)][:2] == ["adamw@4tpp", "adamw@16tpp"]
+
+
+def test_seeds_are_bounded_where_they_are_read():
+    """OLMo-core's seed_all takes [0, 2^32 - 1]: a larger seed passed the dry run and failed at the start."""
+    assert SEED.convert(str(MAX_SEED), None, None) == MAX_SEED
+    for bad in ("-1", str(MAX_SEED + 1)):
+        with pytest.raises(click.BadParameter):
+            SEED.convert(bad, None, None)
+    with pytest.raises(ConfigError, match=r"^data_seed: must be a whole number in \[0, 4294967295\]"):
+        _ft(data_seed=2**64)
+    top = MAX_SEED - DATA_SEED  # a study's seed s seeds its bases with INIT_SEED + s and DATA_SEED + s
+    assert parse_study(_study(seed=top)).seed == top
+    _refused(_study(seed=top + 1), f"seed: must be a whole number in [0, {top}]")
+    _refused(_study(pretrain={**STUDY["pretrain"], "seeds": [0, 2**64]}), "pretrain.seeds[1]:")
+
+
+def test_the_float_flags_refuse_nan_and_inf():
+    for kind in (FLOAT, POSITIVE_FLOAT):
+        assert kind.convert("1e-3", None, None) == 1e-3
+        for bad in ("nan", "inf", "-inf"):
+            with pytest.raises(click.BadParameter, match="not a finite number|not in the range"):
+                kind.convert(bad, None, None)
+
+
+def test_slurm_settings_are_submitits():
+    _refused(_study(executor={"kind": "slurm", "slurm": {"partitionn": "gpu"}}), "executor.slurm.partitionn: unknown")
+    ok = parse_study(_study(executor={"kind": "slurm", "slurm": {"slurm_partition": "gpu", "timeout_min": 60}}))
+    assert ok.executor.slurm["slurm_partition"] == "gpu"
+
+
+def test_a_record_whose_loss_is_a_string_is_not_a_record():
+    d = dict(run_id="r", base="b", base_label="b", dataset="d", method="ft", lr=1e-3, l_pt=1.0, base_l_pt=1.0)
+    with pytest.raises(ValueError, match="'l_ft' must be a number, got 'NaN'"):
+        FTRecord.from_dict({**d, "l_ft": "NaN"})
+    assert math.isnan(FTRecord.from_dict({**d, "l_ft": float("nan")}).l_ft)  # a diverged run is a result
+
+
+def test_a_config_file_that_is_not_a_mapping(tmp_path):
+    from olmo_core.script_utils import ExperimentConfig
+
+    from olmo_sam.files import load_config
+
+    for name, text in (("empty.yaml", ""), ("list.yaml", "- a\n")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(OLMoConfigurationError, match="a config file is a mapping of its fields"):
+            load_config(ExperimentConfig, tmp_path / name)
+
+
+# -- accepted and ignored -----------------------------------------------------------------------
+
+
+def test_a_decay_fraction_outside_a_wsd_schedule_is_refused():
+    from olmo_sam.recipes.pretrain import PretrainSpec
+
+    with pytest.raises(ConfigError, match=r"^decay_fraction: must be a number in \(0, 1\]"):
+        PretrainSpec(size="micro", decay_fraction=-0.5)
+    data = _study()
+    data["arms"][0].update(schedule="cosine", decay_fraction=0.3)
+    _refused(data, "arms[0]", "applies to")
+
+
+def test_a_quantization_option_given_twice_is_refused():
+    assert parse_quant_spec("nf4:blocksize=32").blocksize == 32
+    with pytest.raises(OLMoConfigurationError, match="'blocksize' is given twice"):
+        parse_quant_spec("nf4:blocksize=32,blocksize=64")
+
+
+def test_a_probe_device_is_a_torch_device_where_the_study_is_read():
+    assert decode(QuantizeOptions, {"device": "cuda:7"}).device == "cuda:7"  # planned where it will not run
+    with pytest.raises(ConfigError, match="probes.quantize.device: 'gpu' is not a torch device"):
+        decode(QuantizeOptions, {"device": "gpu"}, "probes.quantize")
+
+
+def test_stages_that_select_nothing_are_refused(tmp_path):
+    path = tmp_path / "s.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(STUDY))
+    run = ["study", "run", str(path), "--dry-run", "--out", str(tmp_path / "o")]
+    res = CliRunner().invoke(main, [*run, "--stages", "cfs"])
+    assert res.exit_code == 1 and "--stages: the study runs no ['cfs'] stage" in res.output, res.output
+    res = CliRunner().invoke(main, [*run, "--stages", ""])
+    assert res.exit_code == 2 and "--stages: give stage names" in res.output, res.output
+
+
+# -- misleading messages ------------------------------------------------------------------------
+
+
+def test_bounds_open_on_both_sides_are_said():
+    from olmo_sam.study.stages.data import DemoOptions
+
+    with pytest.raises(ConfigError, match=r"^val_fraction: must be a number in \(0, 1\), got 1"):
+        DemoOptions(val_fraction=1.0)
+
+
+def test_the_switch_fraction_is_named_by_its_own_flag(tmp_path):
+    res = CliRunner().invoke(
+        main,
+        ["pretrain", "--size", "20M", "--tokens", "4B", "--optimizer", "sam-anneal", "--schedule", "wsd",
+         "--sam-start-fraction", "5", "--dry-run"],
+    )  # fmt: skip
+    assert res.exit_code == 1 and res.output.startswith("Error: --sam-start-fraction:"), res.output
