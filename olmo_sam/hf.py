@@ -318,9 +318,11 @@ def import_hf(
         raise OLMoConfigurationError(f"{out} already exists; pass --overwrite to replace it")
     if Path(source).exists():
         revision = None  # a local directory has no revisions
+        if not (Path(source) / "config.json").is_file():
+            raise OLMoConfigurationError(f"{source}: no config.json, not a Hugging Face model directory")
     try:
         hf_config = AutoConfig.from_pretrained(source, revision=revision)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise OLMoConfigurationError(f"cannot read a Hugging Face model config from {source!r}: {e}") from e
     tcfg = transformer_config_from_hf(hf_config)
     hf_tok = load_tokenizer(tokenizer or source, revision=None if tokenizer else revision)

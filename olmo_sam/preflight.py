@@ -20,7 +20,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import click
 from olmo_core.exceptions import OLMoConfigurationError
@@ -35,6 +35,7 @@ __all__ = [
     "NON_NEGATIVE_FLOAT",
     "DEVICE",
     "DeviceType",
+    "comma_list",
     "device_problem",
     "check_out",
     "out_dir_callback",
@@ -73,6 +74,43 @@ POSITIVE_FLOAT = FiniteFloatRange(min=0, min_open=True)
 NON_NEGATIVE_FLOAT = FiniteFloatRange(min=0)
 #: any finite float
 FLOAT = FiniteFloatRange()
+
+
+def comma_list(kind: Callable[[str], Any] = str, *, choices: Sequence[str] = (), keep: Sequence[str] = ()) -> Callable:
+    """click ``callback=`` of a repeatable, comma-separated option (``--gammas 0.01,0.02 --gammas
+    0.03``): its entries read by ``kind`` (``float``: a finite number; ``int``: a whole one) and
+    among ``choices`` when given, none twice; the words in ``keep`` (a preset such as
+    ``table10``) pass as they are."""
+
+    def parse(ctx, param, values):
+        out: list = []
+        for text in (x.strip() for v in values or () for x in str(v).split(",")):
+            if not text:
+                continue
+            if text in keep:
+                value: Any = text
+            elif choices and text not in choices:
+                raise click.BadParameter(f"{text!r} is not one of {', '.join(choices)}")
+            else:
+                value = _entry(kind, text)
+            if value in out:
+                raise click.BadParameter(f"{text} is given twice; give each value once")
+            out.append(value)
+        return tuple(out)
+
+    return parse
+
+
+def _entry(kind: Callable[[str], Any], text: str) -> Any:
+    if kind is str:
+        return text
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not math.isfinite(x) or (kind is int and not x.is_integer()):
+        raise click.BadParameter(f"{text!r} is not a {'whole number' if kind is int else 'finite number'}")
+    return int(x) if kind is int else x
 
 
 class DeviceType(click.ParamType):
@@ -223,8 +261,17 @@ def check_local_model(source: str | Path, *, flag: str) -> bool:
     text = str(source)
     p = Path(text).expanduser()
     if p.is_dir():
-        if (p / "config.json").exists():
-            read_json(p / "config.json", what="model config.json")
+        olmo_core = (p / "model_and_optim").is_dir() or any(p.glob("step*/model_and_optim"))
+        export = (
+            " (an OLMo-core checkpoint: export it with 'olmo-sam export-hf CHECKPOINT --out DIR')" if olmo_core else ""
+        )
+        if olmo_core and not (p / "config.json").exists():
+            raise OLMoConfigurationError(f"{flag} {text}: no config.json, not a Hugging Face model directory{export}")
+        config = read_json(p / "config.json", what="model config.json") if (p / "config.json").exists() else {}
+        if config and (not isinstance(config, dict) or "model_type" not in config):
+            raise OLMoConfigurationError(
+                f"{flag} {text}: its config.json is not a Hugging Face model config (no 'model_type'){export}"
+            )
         check_safetensors(p)
         return True
     if looks_local(text):

@@ -85,7 +85,7 @@ def test_an_arm_may_have_its_own_budgets_and_one_seed_keeps_plain_names():
     "pretrain, arm, match",
     [
         ({"seeds": [0, 0]}, {}, r"pretrain\.seeds\[1\]: duplicate entry 0"),
-        ({"seeds": [0, 1.5]}, {}, "list of integers"),
+        ({"seeds": [0, 1.5]}, {}, "list of whole numbers"),
         ({"seeds": []}, {}, "list of integers"),
         ({"seeds": [0, 1], "seed": 3}, {}, "conflict with 'seeds'"),
         ({"seeds": [0, 1]}, {"data_seed": 3}, "conflict with pretrain.seeds"),

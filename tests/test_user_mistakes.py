@@ -218,3 +218,56 @@ def test_the_switch_fraction_is_named_by_its_own_flag(tmp_path):
          "--sam-start-fraction", "5", "--dry-run"],
     )  # fmt: skip
     assert res.exit_code == 1 and res.output.startswith("Error: --sam-start-fraction:"), res.output
+
+
+def test_comma_lists_read_numbers_and_refuse_repeats():
+    """One reader for every repeatable, comma-separated option (sweep grids, probe gammas/seeds, books)."""
+    from olmo_sam.preflight import comma_list
+
+    assert comma_list(float)(None, None, ("1e-3,3e-3", "1e-2")) == (1e-3, 3e-3, 1e-2)
+    assert comma_list(int)(None, None, ("2", "4.0")) == (2, 4)
+    assert comma_list(float, keep=("table10",))(None, None, ("table10",)) == ("table10",)
+    for kind, values, says in [
+        (float, ("1e-3,1e-3",), "given twice"),
+        (float, ("0.01", "nan"), "not a finite number"),
+        (float, ("abc",), "not a finite number"),
+        (int, ("2.5",), "not a whole number"),
+    ]:
+        with pytest.raises(click.BadParameter, match=says):
+            comma_list(kind)(None, None, values)
+    with pytest.raises(click.BadParameter, match="'fine' is not one of ft, ewc"):
+        comma_list(choices=("ft", "ewc"))(None, None, ("ft,fine",))
+    from olmo_sam.finetune.sweep import parse_lrs
+
+    with pytest.raises(OLMoConfigurationError, match=r"gives \[0.001\] twice"):
+        parse_lrs("1e-3,3e-3,1e-3")
+    res = CliRunner().invoke(main, ["sweep", "--base", "b", "--data", "d", "--methods", "ft,ft", "--out", "o"])
+    assert res.exit_code == 2 and "ft is given twice" in res.output, res.output
+
+
+def test_a_model_directory_must_be_a_hugging_face_one(tmp_path, tiny_checkpoint):
+    from olmo_sam.preflight import check_local_model
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "core").mkdir()
+    (tmp_path / "core" / "config.json").write_text('{"model": {}, "trainer": {}}')  # an OLMo-core config
+    with pytest.raises(OLMoConfigurationError, match="its config.json is not a Hugging Face model config"):
+        check_local_model(tmp_path / "core", flag="MODEL_DIR")
+    with pytest.raises(OLMoConfigurationError, match="export it with 'olmo-sam export-hf"):
+        check_local_model(tiny_checkpoint, flag="MODEL_DIR")
+    res = CliRunner().invoke(main, ["import-hf", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "no config.json" in res.output and "Traceback" not in res.output, res.output
+
+
+def test_a_pretraining_token_dataset_is_not_a_fine_tuning_one(tmp_path):
+    import json
+
+    from olmo_sam.finetune.data import read_meta
+
+    (tmp_path / "meta.json").write_text(
+        json.dumps({"tokenizer": "x", "dtype": "uint16", "splits": {}, "shard_tokens": 8})
+    )
+    with pytest.raises(
+        OLMoConfigurationError, match="is not a prepared fine-tuning dataset .*'olmo-sam finetune prepare'"
+    ):
+        read_meta(tmp_path)

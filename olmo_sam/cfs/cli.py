@@ -62,7 +62,12 @@ def cfs():
 )
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Sampling seed.")
 @click.option("--prompt-token-id", type=int, help="Start token id (default: the tokenizer's BOS, else EOS).")
-@click.option("--prompt", "prompt_text", help="Start token as a string, e.g. '<|endoftext|>'.")
+@click.option(
+    "--prompt",
+    "prompt_text",
+    help="Start token as a string, e.g. '<|endoftext|>'; other text is tokenized and the samples are then "
+    "conditioned on it (e.g. '\\n', [CFS] Sec 3), not context-free.",
+)
 @click.option(
     "--engine",
     type=click.Choice(["vllm", "hf", "auto"]),

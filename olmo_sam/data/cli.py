@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 import click
 
-from ..preflight import FLOAT, POSITIVE_INT, SEED, out_dir_callback
+from ..preflight import FLOAT, POSITIVE_INT, SEED, comma_list, out_dir_callback
 
 __all__ = ["data"]
 
@@ -132,7 +132,9 @@ def fetch_corpus():
     help="Directory for the tokenizer/ and the train/validation token files.",
 )
 @click.option("--vocab-size", type=POSITIVE_INT, default=None, help="BPE size (default: the demo's).")
-@click.option("--book", "books", multiple=True, help="Only these books of the corpus (repeatable).")
+@click.option(
+    "--book", "books", multiple=True, callback=comma_list(), help="Only these books of the corpus (repeatable)."
+)
 def demo_cmd(out_dir: Path, vocab_size: Optional[int], books):
     """Prepare the CPU demo's tokenizer and train/validation token files in --out."""
     from .demo_data import DEMO_VOCAB_SIZE, prepare_demo_data

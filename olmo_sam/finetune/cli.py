@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional
 
 import click
 
 from .. import paper
-from ..preflight import FLOAT, POSITIVE_FLOAT, POSITIVE_INT, SEED, out_dir_callback
+from ..preflight import FLOAT, POSITIVE_FLOAT, POSITIVE_INT, SEED, comma_list, out_dir_callback
 from ..seeds import DATA_SEED
 
 LR_HELP = "learning rates: a preset (table7 = [SAM-PT] Table 7, table3 = Table 3, table10 = EWC Table 10) or a comma-separated list"
@@ -337,35 +337,7 @@ def wise_ft_command(base, ft_ckpt, alpha, out):
 # ---------------------------------------------------------------------------------------------
 
 
-def _floats(values: Sequence[str], what: str) -> List[float]:
-    out: List[float] = []
-    for v in values:
-        for x in str(v).split(","):
-            if x.strip():
-                try:
-                    out.append(float(x))
-                except ValueError:
-                    raise click.BadParameter(f"{what}: {x!r} is not a number") from None
-    return out
-
-
-def _ints(values: Sequence[str], what: str) -> List[int]:
-    out = _floats(values, what)
-    bad = [x for x in out if not x.is_integer()]
-    if bad:
-        raise click.BadParameter(f"{what}: {bad[0]:g} is not a whole number")
-    return [int(x) for x in out]
-
-
 METHOD_CHOICES = ("ft", "ewc", "l2init", "lora", "replay", "wiseft")
-
-
-def _choices(values: Sequence[str], allowed: Sequence[str], what: str) -> tuple:
-    out = tuple(x.strip() for v in values for x in str(v).split(",") if x.strip())
-    bad = [x for x in out if x not in allowed]
-    if bad:
-        raise click.BadParameter(f"{bad[0]!r} is not one of {', '.join(allowed)}", param_hint=what)
-    return out
 
 
 @click.command("sweep", context_settings={"help_option_names": ["-h", "--help"]})
@@ -379,37 +351,42 @@ def _choices(values: Sequence[str], allowed: Sequence[str], what: str) -> tuple:
     multiple=True,
     default=("ft",),
     show_default=True,
-    callback=lambda c, p, v: _choices(v, METHOD_CHOICES, "--methods"),
+    callback=comma_list(choices=METHOD_CHOICES),
     help=f"fine-tuning methods, comma-separated or repeated: {', '.join(METHOD_CHOICES)}",
 )
 @click.option(
     "--ewc-lambdas",
     "ewc_lambdas",
     multiple=True,
+    callback=comma_list(float, keep=("table10",)),
     help="EWC lambdas, comma-separated or repeated; 'table10' = the Table 10 grid [default: 1e4]",
 )
 @click.option(
     "--l2-lambdas",
     "l2_lambdas",
     multiple=True,
+    callback=comma_list(float),
     help=f"L2-to-init penalties, comma-separated or repeated [default: {paper.L2_INIT_PENALTY:g}]",
 )
 @click.option(
     "--lora-ranks",
     "lora_ranks",
     multiple=True,
+    callback=comma_list(int),
     help=f"LoRA ranks, comma-separated or repeated [default: {paper.LORA_RANK}]",
 )
 @click.option(
     "--replay-ratios",
     "replay_ratios",
     multiple=True,
+    callback=comma_list(float),
     help=f"replayed PT tokens per task token, comma-separated or repeated [default: {paper.REPLAY_DEFAULT_RATIO:g}]",
 )
 @click.option(
     "--wise-alphas",
     "wise_alphas",
     multiple=True,
+    callback=comma_list(float),
     help=f"WiSE-FT weights of the fine-tuned model, comma-separated or repeated [default: {paper.WISE_FT_ALPHA:g}]",
 )
 @click.option(
@@ -491,7 +468,9 @@ def sweep(
     """
     from .sweep import SweepSpec, expand, mix_sweeps, parse_lrs, run_sweep
 
-    ewc = paper.EWC_LAMBDA_GRID if tuple(ewc_lambdas) == ("table10",) else _floats(ewc_lambdas, "--ewc-lambdas")
+    if "table10" in ewc_lambdas and len(ewc_lambdas) > 1:
+        raise click.BadParameter("'table10' is the whole Table 10 grid; give it alone", param_hint="--ewc-lambdas")
+    ewc = paper.EWC_LAMBDA_GRID if "table10" in ewc_lambdas else ewc_lambdas
     spec = SweepSpec(
         bases=list(bases),
         base_labels=list(base_labels) or None,
@@ -499,10 +478,10 @@ def sweep(
         lrs=parse_lrs(lr_grid),
         methods=list(methods),
         ewc_lambdas=ewc or (paper.EWC_BEST_LAMBDA,),
-        l2_lambdas=_floats(l2_lambdas, "--l2-lambdas") or (paper.L2_INIT_PENALTY,),
-        lora_ranks=_ints(lora_ranks, "--lora-ranks") or (paper.LORA_RANK,),
-        replay_ratios=_floats(replay_ratios, "--replay-ratios") or (paper.REPLAY_DEFAULT_RATIO,),
-        wise_alphas=_floats(wise_alphas, "--wise-alphas") or (paper.WISE_FT_ALPHA,),
+        l2_lambdas=l2_lambdas or (paper.L2_INIT_PENALTY,),
+        lora_ranks=lora_ranks or (paper.LORA_RANK,),
+        replay_ratios=replay_ratios or (paper.REPLAY_DEFAULT_RATIO,),
+        wise_alphas=wise_alphas or (paper.WISE_FT_ALPHA,),
         common=_common(kwargs),
     )
     mix_map = {}

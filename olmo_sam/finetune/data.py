@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
@@ -141,10 +141,18 @@ def read_meta(root: str | Path) -> FTDataMeta:
     from ..files import read_json
 
     data = read_json(path, what="fine-tuning dataset meta.json")
-    try:
-        return FTDataMeta(**data)
-    except TypeError as e:
-        raise OLMoConfigurationError(f"{path}: not a fine-tuning dataset meta.json ({e})") from None
+    known = {f.name for f in fields(FTDataMeta)}
+    if (
+        not isinstance(data, dict)
+        or set(data) - known
+        or not {"name", "vocab_size", "eos_token_id", "dtype"} <= set(data)
+    ):
+        keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise OLMoConfigurationError(
+            f"{root} is not a prepared fine-tuning dataset (its meta.json has {keys}; a pretraining token "
+            "dataset's?); prepare one with 'olmo-sam finetune prepare'"
+        )
+    return FTDataMeta(**data)
 
 
 def iter_documents(root: str | Path, split: str) -> Iterator[Tuple[np.ndarray, np.ndarray]]:

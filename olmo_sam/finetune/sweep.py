@@ -82,6 +82,9 @@ def parse_lrs(text: str) -> List[float]:
         ) from None
     if not lrs:
         raise OLMoConfigurationError("the LR grid is empty; give a preset or at least one learning rate")
+    twice = sorted({x for x in lrs if lrs.count(x) > 1})
+    if twice:
+        raise OLMoConfigurationError(f"the LR grid gives {twice} twice; give each learning rate once")
     return lrs
 
 

@@ -13,7 +13,7 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..preflight import DEVICE, FLOAT, NON_NEGATIVE_INT, POSITIVE_INT, SEED, out_dir_callback
+from ..preflight import DEVICE, FLOAT, NON_NEGATIVE_INT, POSITIVE_INT, SEED, comma_list, out_dir_callback
 
 __all__ = ["probe"]
 
@@ -72,23 +72,6 @@ def _write(out_dir: str, name: str, result: Dict[str, Any], plot: Callable) -> N
     out = Path(out_dir)
     fig = plot(result, out / f"{name}.png")
     click.echo(f"wrote {out / (name + '.json')} and {fig}")
-
-
-def _numbers(kind):
-    """Callback: repeatable and/or comma-separated numbers (``--gammas 0.01,0.02 --gammas 0.03``)."""
-
-    def parse(ctx, param, values):
-        out = []
-        for v in values:
-            for x in str(v).split(","):
-                if x.strip():
-                    try:
-                        out.append(kind(x))
-                    except ValueError:
-                        raise click.BadParameter(f"{x!r} is not a{'n integer' if kind is int else ' number'}") from None
-        return tuple(out)
-
-    return parse
 
 
 @click.group("probe")
@@ -154,7 +137,7 @@ def quantize_cmd(checkpoints, quant, val_paths, labels, seq_len, batch_size, max
     multiple=True,
     default=[f"{g:g}" for g in paper.NOISE_GAMMAS],
     show_default=True,
-    callback=_numbers(float),
+    callback=comma_list(float),
     help="Noise magnitudes, comma-separated or repeated ([SAM-PT] App C.3).",
 )
 @click.option(
@@ -163,7 +146,7 @@ def quantize_cmd(checkpoints, quant, val_paths, labels, seq_len, batch_size, max
     multiple=True,
     default=["0", "1", "2"],
     show_default=True,
-    callback=_numbers(int),
+    callback=comma_list(int),
     help="Noise seeds, comma-separated or repeated.",
 )
 @click.option(
