@@ -271,3 +271,41 @@ def test_a_pretraining_token_dataset_is_not_a_fine_tuning_one(tmp_path):
         OLMoConfigurationError, match="is not a prepared fine-tuning dataset .*'olmo-sam finetune prepare'"
     ):
         read_meta(tmp_path)
+
+
+def test_options_of_what_is_not_used_are_refused(tmp_path):
+    from olmo_core.optim import AdamWConfig
+
+    from olmo_sam.optim.sam import SAMConfig
+
+    with pytest.raises(ConfigError, match="looksam_alpha: applies to variant 'looksam' only"):
+        SAMConfig(base=AdamWConfig(lr=1e-3), variant="sam", looksam_alpha=0.5)
+    assert SAMConfig(base=AdamWConfig(lr=1e-3), variant="looksam", looksam_alpha=0.5).looksam_alpha == 0.5
+    data = _study()
+    data["finetune"] = {**data["finetune"], "grids": {"ewc_lambdas": [1.0]}}
+    _refused(data, "finetune.grids.ewc_lambdas: the grid of method 'ewc'")
+    from olmo_sam.recipes.common import resolve_data
+
+    with pytest.raises(OLMoConfigurationError, match="--mix-include selects lines of a mix file"):
+        resolve_data([str(tmp_path / "a.npy")], include=["wiki"])
+
+
+def test_a_token_file_written_by_np_save_is_named_as_such(tmp_path):
+    import numpy as np
+
+    from olmo_sam.data.tokens import check_token_files
+    from olmo_sam.evals.lm_loss import check_eval_token_files
+
+    np.save(tmp_path / "ids.npy", np.arange(1000, dtype=np.uint16))
+    tok = type("Tok", (), {"vocab_size": 384, "eos_token_id": 0, "identifier": "t"})()
+    with pytest.raises(OLMoConfigurationError, match="was written by np.save"):
+        check_token_files([tmp_path / "ids.npy"], tok)
+    with pytest.raises(OLMoConfigurationError, match="was written by np.save"):
+        check_eval_token_files([tmp_path / "ids.npy"], np.uint16, 384)
+
+
+def test_recipe_flags_of_estimates_and_starts(tmp_path):
+    res = CliRunner().invoke(main, ["pretrain", "--size", "20M", "--tokens", "4B", "--mfu", "5", "--dry-run"])
+    assert res.exit_code == 2 and "--mfu" in res.output, res.output
+    res = CliRunner().invoke(main, ["midtrain", "--steps", "2", "--init-from-hf", "./no-such-model", "--dry-run"])
+    assert res.exit_code == 1 and "--init-from-hf ./no-such-model: no such directory" in res.output, res.output

@@ -199,6 +199,17 @@ def _tok_desc(tok: TokenizerConfig) -> str:
     return f"{tok.identifier or 'unnamed tokenizer'} (vocab_size={tok.vocab_size}, eos={tok.eos_token_id})"
 
 
+def check_not_npy(path: Path, what: str) -> None:
+    """A token file is a raw array of ids; one written by ``np.save`` starts with a NumPy header,
+    which would be read as token ids."""
+    with open(path, "rb") as f:
+        if f.read(6) == b"\x93NUMPY":
+            raise OLMoConfigurationError(
+                f"{what} file {path} was written by np.save (it starts with a NumPy header): token files are "
+                "raw arrays of ids; write them with array.tofile(path) or 'olmo-sam data tokenize'"
+            )
+
+
 def check_token_files(paths: Sequence[str | Path], tokenizer: TokenizerConfig, what: str = "data") -> None:
     """Errors (before any compute) if local token files do not fit ``tokenizer``.
 
@@ -220,6 +231,7 @@ def check_token_files(paths: Sequence[str | Path], tokenizer: TokenizerConfig, w
         size = p.stat().st_size
         if size == 0:
             raise OLMoConfigurationError(f"{what} file {p} is empty")
+        check_not_npy(p, what)
         meta = find_meta(p)
         if meta is not None:
             mt = meta.tokenizer

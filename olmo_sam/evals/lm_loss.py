@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from olmo_core.exceptions import OLMoConfigurationError
 
-from ..data.tokens import WIDER_IDS_HEAD, looks_like_wider_ids, token_dtype_for_vocab
+from ..data.tokens import WIDER_IDS_HEAD, check_not_npy, looks_like_wider_ids, token_dtype_for_vocab
 
 __all__ = ["LossResult", "check_eval_token_files", "iter_windows", "lm_loss", "logits_of"]
 
@@ -58,6 +58,7 @@ def check_eval_token_files(
         size = p.stat().st_size
         if size == 0:
             raise OLMoConfigurationError(f"{what} token file {p} is empty: no tokens to evaluate; {fix}")
+        check_not_npy(p, f"{what} token")
         name = np.dtype(dtype).name
         vocab = f" (vocab_size {vocab_size})" if vocab_size else ""
         if size % np.dtype(dtype).itemsize:

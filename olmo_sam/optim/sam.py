@@ -142,6 +142,11 @@ class SAMOptions(Checked):
                 f"'local' is defined for variant 'sam' only; variant '{self.variant.value}' uses the "
                 "global gradient/momentum: set scope: global",
             )
+        if self.variant != SAMVariant.looksam and self.looksam_alpha != LOOKSAM_ALPHA:
+            raise ConfigError.at(
+                "looksam_alpha",
+                f"applies to variant 'looksam' only, not '{self.variant.value}'; set variant: looksam or drop it",
+            )
         if self.variant != SAMVariant.sam and self.adaptive:
             raise ConfigError.at(
                 "adaptive",

@@ -31,7 +31,7 @@ from ..config import Checked, ConfigError, setting
 from ..models import param_counts
 from ..optim.sam import SAMConfig
 from ..optim.schedules import decay_start
-from ..preflight import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, out_dir_callback
+from ..preflight import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, FiniteFloatRange, out_dir_callback
 from ..train.callbacks import SAMSwitchCallback
 
 __all__ = [
@@ -197,6 +197,10 @@ def resolve_data(
     given) and mix files (``.txt``)."""
     from ..data.tokens import read_meta, split_files
 
+    if include and not any(str(e).endswith(".txt") for e in entries):
+        raise OLMoConfigurationError(
+            "--mix-include selects lines of a mix file: give the mix file (.txt) with --data-mix"
+        )
     tokenizers: Dict[str, TokenizerConfig] = {}
 
     def expand(items: Sequence[str], split: str) -> Tuple[List[str], List[str]]:
@@ -519,7 +523,7 @@ def common_options(f):
         ),
         click.option(
             "--mfu",
-            type=POSITIVE_FLOAT,
+            type=FiniteFloatRange(min=0, max=1, min_open=True),
             default=GPU_MFU,
             show_default=True,
             help="Assumed model-FLOPs utilisation for the GPU-hour estimate.",

@@ -32,7 +32,7 @@ from .. import paper
 from ..config import setting
 from ..models import dolma2_tokenizer, model_config
 from ..optim import Midtrain, SAMConfig
-from ..preflight import FLOAT, NON_NEGATIVE_FLOAT, POSITIVE_INT
+from ..preflight import FLOAT, NON_NEGATIVE_FLOAT, POSITIVE_INT, model_callback
 from ..train import build_experiment
 from .common import (
     RunSpec,
@@ -273,7 +273,11 @@ def _import_on_rank0(hf_source: str, revision: Optional[str], dest: Path, tokeni
 @click.option("--tokenizer", "tokenizer_name", default=None, help="'dolma2' (default) or a tokenizer dir (tiny).")
 @click.option("--load-path", default=None, help="OLMo-core checkpoint to start from (overrides --init-from-hf).")
 @click.option(
-    "--init-from-hf", default=paper.OLMO2_1B_HF_ID, show_default=True, help="HF model to convert and start from."
+    "--init-from-hf",
+    default=paper.OLMO2_1B_HF_ID,
+    show_default=True,
+    callback=model_callback,
+    help="HF model to convert and start from.",
 )
 @click.option(
     "--hf-revision", default=paper.OLMO2_1B_STAGE1_REVISION, show_default=True, help="Its revision (stage-1 end)."

@@ -281,6 +281,12 @@ class FinetuneSpec(Checked):
             if k not in grids:
                 raise ConfigError(f"finetune.grids.{k}: unknown grid; allowed: {grids}")
         decode(PrepareOptions, self.prepare, "finetune.prepare")
+        for k in self.grids:  # a grid of a method the study does not run would be ignored
+            if GRID_METHODS[k] not in self.methods:
+                raise ConfigError(
+                    f"finetune.grids.{k}: the grid of method '{GRID_METHODS[k]}', which finetune.methods "
+                    f"{self.methods} does not list; add the method or drop the grid"
+                )
         for where, options in [("finetune.common", self.common)] + [
             (f"finetune.per_dataset.{ds}", own) for ds, own in self.per_dataset.items()
         ]:
@@ -288,6 +294,14 @@ class FinetuneSpec(Checked):
             check_settings(FTConfig, {k: v for k, v in options.items() if (k, v) != ("token_budget", "table3")}, where)
 
 
+#: each ``finetune.grids`` key -> the method it is the grid of
+GRID_METHODS = {
+    "ewc_lambdas": "ewc",
+    "l2_lambdas": "l2init",
+    "lora_ranks": "lora",
+    "replay_ratios": "replay",
+    "wise_alphas": "wiseft",
+}
 #: SweepSpec's list fields that the study sets itself (the rest are ``finetune.grids``)
 SWEEP_AXES = ("bases", "datasets", "lrs", "methods", "base_labels")
 
