@@ -309,3 +309,10 @@ def test_recipe_flags_of_estimates_and_starts(tmp_path):
     assert res.exit_code == 2 and "--mfu" in res.output, res.output
     res = CliRunner().invoke(main, ["midtrain", "--steps", "2", "--init-from-hf", "./no-such-model", "--dry-run"])
     assert res.exit_code == 1 and "--init-from-hf ./no-such-model: no such directory" in res.output, res.output
+
+
+def test_a_local_dataset_path_that_does_not_exist_is_not_looked_up_on_the_hub():
+    from olmo_sam.data.sources import iter_hf_dataset
+
+    with pytest.raises(OLMoConfigurationError, match=r"--hf-dataset \./no-such-data: no such directory"):
+        next(iter_hf_dataset("./no-such-data"))

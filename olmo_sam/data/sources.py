@@ -139,6 +139,10 @@ def iter_hf_dataset(
         raise OLMoConfigurationError(
             "reading a Hugging Face dataset needs the 'datasets' package: pip install 'olmo-sam[hf]'"
         ) from e
+    from ..preflight import looks_local
+
+    if looks_local(dataset) and not Path(dataset).expanduser().exists():  # not looked up on the hub
+        raise OLMoConfigurationError(f"--hf-dataset {dataset}: no such directory (and not a hub id such as org/name)")
     try:
         ds = datasets.load_dataset(
             dataset,
