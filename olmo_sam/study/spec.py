@@ -455,32 +455,16 @@ class ExecutorSpec(Checked):
                 # submitit's AutoExecutor takes these, and its executors' own parameters prefixed
                 raise unknown_setting(k, [*SLURM_GENERIC, "slurm_<sbatch option>"], f"executor.slurm.{k}")
             # counts and minutes (gpus_per_node, tasks_per_node, nodes, timeout_min, cpus_per_task, mem_gb, ...)
-            if k in SLURM_COUNTS and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            if k in (*SLURM_COUNTS, "slurm_array_parallelism") and (
+                isinstance(v, bool) or not isinstance(v, int) or v < 1
+            ):
                 raise ConfigError(f"executor.slurm.{k}: must be a whole number >= 1, got {v!r}")
 
 
-#: submitit's AutoExecutor parameters (besides those of its executors, prefixed ``slurm_``/``local_``)
-SLURM_GENERIC = (
-    "cluster",
-    "name",
-    "nodes",
-    "gpus_per_node",
-    "tasks_per_node",
-    "cpus_per_task",
-    "timeout_min",
-    "mem_gb",
-    "stderr_to_stdout",
-)
 #: executor.slurm keys that are counts (submitit's AutoExecutor parameters)
-SLURM_COUNTS = (
-    "nodes",
-    "gpus_per_node",
-    "tasks_per_node",
-    "cpus_per_task",
-    "timeout_min",
-    "mem_gb",
-    "slurm_array_parallelism",
-)
+SLURM_COUNTS = ("nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "timeout_min", "mem_gb")
+#: submitit's AutoExecutor parameters (besides those of its executors, prefixed ``slurm_``/``local_``)
+SLURM_GENERIC = ("cluster", "name", "stderr_to_stdout", *SLURM_COUNTS)
 
 
 @dataclass
