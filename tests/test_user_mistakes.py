@@ -316,3 +316,26 @@ def test_a_local_dataset_path_that_does_not_exist_is_not_looked_up_on_the_hub():
 
     with pytest.raises(OLMoConfigurationError, match=r"--hf-dataset \./no-such-data: no such directory"):
         next(iter_hf_dataset("./no-such-data"))
+
+
+def test_data_parallelism_without_torchrun_is_named(tmp_path, tiny_checkpoint, tiny_corpus, monkeypatch):
+    """OLMo-core refuses a data-parallel config in one process without naming the flag that set it."""
+    from ft_helpers import write_task
+
+    with pytest.raises(ConfigError, match=r"^dp: must be one of \['ddp', 'fsdp', 'hsdp'\]"):
+        _ft(dp="fsdpp")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    task = write_task(tmp_path / "task", n_train=80, n_val=10)
+    res = CliRunner().invoke(
+        main,
+        ["finetune", "run", "--base", str(tiny_checkpoint), "--data", str(task), "--lr", "1e-3", "--max-steps", "2",
+         "--pt-val", str(tiny_corpus.val), "--dp", "fsdp", "--out", str(tmp_path / "run")],
+    )  # fmt: skip
+    assert res.exit_code == 1 and "dp 'fsdp' (--dp) needs several processes" in res.output, res.output
+
+
+def test_the_olmes_batch_size_is_a_count_or_auto():
+    res = CliRunner().invoke(main, ["eval", "olmes", "org/model", "--eval-batch-size", "lots", "--print"])
+    assert res.exit_code == 2 and "give a whole number >= 1 or 'auto'" in res.output, res.output
+    res = CliRunner().invoke(main, ["eval", "olmes", "org/model", "--eval-batch-size", "auto", "--print"])
+    assert res.exit_code == 0 and "--batch-size auto" in res.output, res.output

@@ -26,6 +26,14 @@ def _records_table(records) -> str:
     return "\n".join(lines)
 
 
+def _olmes_batch_size(value: Optional[str]):
+    if value in (None, "auto"):
+        return value
+    if not str(value).isdigit() or int(value) < 1:
+        raise click.BadParameter(f"{value!r}: give a whole number >= 1 or 'auto'")
+    return int(value)
+
+
 @click.group("eval")
 def eval_group():
     """Benchmarks of the OLMo-2 pretraining suite and forgetting tables ([SAM-PT] App B.1.2).
@@ -65,7 +73,13 @@ def eval_group():
     help="Extra OLMES model arg (VALUE as JSON); validated against OLMES's MODEL_DEFAULTS.",
 )
 @click.option("--limit", type=FLOAT, default=None, help="Instances (or fraction) per task, for quick runs.")
-@click.option("--eval-batch-size", "batch_size", default=None, help="OLMES batch size (an int or 'auto').")
+@click.option(
+    "--eval-batch-size",
+    "batch_size",
+    default=None,
+    callback=lambda ctx, param, v: _olmes_batch_size(v),
+    help="OLMES batch size (an int or 'auto').",
+)
 @click.option("--gpus", type=POSITIVE_INT, default=None, help="Number of GPUs for OLMES.")
 @click.option(
     "--out",

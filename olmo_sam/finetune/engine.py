@@ -132,7 +132,8 @@ class FTConfig(Checked):
     seed: int = setting(0, ge=0, le=MAX_SEED)
     data_seed: int = setting(DATA_SEED, ge=0, le=MAX_SEED)
     #: None (one process), "ddp", "fsdp" or "hsdp" (under torchrun)
-    dp: Optional[str] = None
+    #: data parallelism under torchrun (several processes)
+    dp: Optional[str] = setting(None, choices=("ddp", "fsdp", "hsdp"))
     checkpoint_interval: Optional[int] = setting(None, ge=1)
     # -- evaluation --
     #: pretraining validation token files; default: the base run's evaluator files
@@ -448,6 +449,10 @@ def build_ft_experiment(plan: FTPlan, train_folder: Path, cache_dir: Path):
             lam=float(cfg.ewc_lambda if cfg.method == "ewc" else cfg.l2_lambda),  # type: ignore[arg-type]
             fisher_path=str(fisher) if fisher else None,
             name=cfg.method,
+        )
+    if cfg.dp is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        raise OLMoConfigurationError(
+            f"dp {cfg.dp!r} (--dp) needs several processes: launch with torchrun --nproc-per-node N, or leave it unset"
         )
     exp = build_experiment(
         model=plan.info.model_config,
