@@ -29,6 +29,8 @@ import yaml
 from olmo_core.config import Config, Registrable
 from olmo_core.exceptions import OLMoConfigurationError
 
+from .config import unknown_setting
+
 __all__ = [
     "StrictLoader",
     "parse_yaml",
@@ -177,19 +179,21 @@ def _resolve(name: str, path: str) -> type:
         raise OLMoConfigurationError(f"{path}._CLASS_: cannot import '{name}'") from None
 
 
-def check_registered_types(cls: Any, data: Any, path: str = "") -> None:
+def check_registered_types(cls: Any, data: Any, path: str = "", certain: bool = True) -> None:
     """Walk ``data`` alongside the dataclass ``cls`` and raise, naming the field, where a ``type``
     is not registered for the field's :class:`Registrable` base (OLMo-core's decoder raises a
-    bare ``KeyError`` that does not say where)."""
+    bare ``KeyError`` that does not say where) or a key is not a field of the config it decodes
+    into (OLMo-core's says "Failed to coerce" with the whole parent mapping). ``certain``: ``cls``
+    is the class ``data`` decodes into, not one of several an annotation allows."""
     if isinstance(data, list):
         for i, item in enumerate(data):
-            check_registered_types(cls, item, f"{path}.{i}" if path else str(i))
+            check_registered_types(cls, item, f"{path}.{i}" if path else str(i), certain)
         return
     if not isinstance(data, dict):
         return
     target = cls
     if Config.CLASS_NAME_FIELD in data:
-        target = _resolve(data[Config.CLASS_NAME_FIELD], path or "config")
+        target, certain = _resolve(data[Config.CLASS_NAME_FIELD], path or "config"), True
     elif "type" in data and isinstance(cls, type) and issubclass(cls, Registrable):
         names = cls.get_registered_names()
         if data["type"] not in names:
@@ -197,9 +201,13 @@ def check_registered_types(cls: Any, data: Any, path: str = "") -> None:
                 f"{path + '.' if path else ''}type: {data['type']!r} is not a registered "
                 f"{cls.__name__}; choose one of {sorted(names)} (did you import olmo_sam?)"
             )
-        target = cls.get_registered_class(data["type"])
+        target, certain = cls.get_registered_class(data["type"]), True
     if not (isinstance(target, type) and dataclasses.is_dataclass(target)):
         return
+    names = [f.name for f in dataclasses.fields(target)]
+    for key in data if certain else ():
+        if key not in names and key not in (Config.CLASS_NAME_FIELD, "type"):
+            raise unknown_setting(key, names, f"{path}.{key}" if path else str(key))
     try:
         hints = typing.get_type_hints(target)
     except Exception:  # noqa: BLE001 - unresolvable forward references: nothing to check here
@@ -212,19 +220,22 @@ def check_registered_types(cls: Any, data: Any, path: str = "") -> None:
         origin = typing.get_origin(hint)
         if origin in (dict, typing.Dict) and isinstance(data[f.name], dict):
             args = typing.get_args(hint)
+            values = _candidates(args[1]) if len(args) == 2 else []
             for k, v in data[f.name].items():
-                for c in _candidates(args[1]) if len(args) == 2 else []:
-                    check_registered_types(c, v, f"{sub}.{k}")
+                for c in values:
+                    check_registered_types(c, v, f"{sub}.{k}", len(values) == 1)
             continue
         if origin in (list, typing.List) and isinstance(data[f.name], list):
             args = typing.get_args(hint)
-            for c in _candidates(args[0]) if args else []:
-                check_registered_types(c, data[f.name], sub)
+            items = _candidates(args[0]) if args else []
+            for c in items:
+                check_registered_types(c, data[f.name], sub, len(items) == 1)
             continue
-        for c in _candidates(hint):
-            if dataclasses.is_dataclass(c) or issubclass(c, Registrable):
-                check_registered_types(c, data[f.name], sub)
-                break
+        configs = [c for c in _candidates(hint) if dataclasses.is_dataclass(c) or issubclass(c, Registrable)]
+        if configs:
+            check_registered_types(
+                configs[0], data[f.name], sub, len(_candidates(hint)) - (type(None) in _candidates(hint)) == 1
+            )
 
 
 def load_config(cls: Type[C], path: str | Path, overrides: list[str] | None = None) -> C:

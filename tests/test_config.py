@@ -185,3 +185,23 @@ def test_values_are_read_as_olmo_core_reads_them_and_refused_by_name():
     assert check_settings(Inner, {"rate": "0.5"}, "arms[0]") == {"rate": 0.5}
     with pytest.raises(ConfigError, match=r"^arms\[0\]\.steps: unknown setting; allowed: \['kinds', 'rate'\]"):
         check_settings(Inner, {"steps": 3}, "arms[0]", reserved=("steps",))
+
+
+def test_an_unknown_key_in_a_config_file_is_named_by_its_path(full_config, tmp_path):
+    """OLMo-core's decoder says 'Failed to coerce value {...whole parent mapping...}' before the key."""
+    d = yaml.safe_load(to_yaml(full_config))
+    d["train_module"]["optim"]["rhoo"] = 0.1
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(d))
+    with pytest.raises(
+        OLMoConfigurationError, match=r"^train_module\.optim\.rhoo: unknown setting; did you mean 'rho'\?"
+    ):
+        load_config(ExperimentConfig, path)
+    del d["train_module"]["optim"]["rhoo"]
+    d["trainer"]["callbacks"]["checkpointer"]["save_intervall"] = 5
+    path.write_text(yaml.safe_dump(d))
+    with pytest.raises(OLMoConfigurationError, match=r"^trainer\.callbacks\.checkpointer\.save_intervall: unknown"):
+        load_config(ExperimentConfig, path)
+    del d["trainer"]["callbacks"]["checkpointer"]["save_intervall"]
+    path.write_text(yaml.safe_dump(d))
+    assert load_config(ExperimentConfig, path).train_module.optim.rho == full_config.train_module.optim.rho
