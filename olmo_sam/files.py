@@ -231,11 +231,10 @@ def check_registered_types(cls: Any, data: Any, path: str = "", certain: bool = 
             for c in items:
                 check_registered_types(c, data[f.name], sub, len(items) == 1)
             continue
-        configs = [c for c in _candidates(hint) if dataclasses.is_dataclass(c) or issubclass(c, Registrable)]
+        allowed = [c for c in _candidates(hint) if c is not type(None)]
+        configs = [c for c in allowed if dataclasses.is_dataclass(c) or issubclass(c, Registrable)]
         if configs:
-            check_registered_types(
-                configs[0], data[f.name], sub, len(_candidates(hint)) - (type(None) in _candidates(hint)) == 1
-            )
+            check_registered_types(configs[0], data[f.name], sub, len(allowed) == 1)
 
 
 def load_config(cls: Type[C], path: str | Path, overrides: list[str] | None = None) -> C:

@@ -104,6 +104,8 @@ def comma_list(kind: Callable[[str], Any] = str, *, choices: Sequence[str] = (),
 def _entry(kind: Callable[[str], Any], text: str) -> Any:
     if kind is str:
         return text
+    if kind is int and re.fullmatch(r"[+-]?\d+", text):  # (exact: a large seed is not rounded through a float)
+        return int(text)
     try:
         x = float(text)
     except ValueError:
@@ -265,13 +267,17 @@ def check_local_model(source: str | Path, *, flag: str) -> bool:
         export = (
             " (an OLMo-core checkpoint: export it with 'olmo-sam export-hf CHECKPOINT --out DIR')" if olmo_core else ""
         )
-        if olmo_core and not (p / "config.json").exists():
-            raise OLMoConfigurationError(f"{flag} {text}: no config.json, not a Hugging Face model directory{export}")
-        config = read_json(p / "config.json", what="model config.json") if (p / "config.json").exists() else {}
-        if config and (not isinstance(config, dict) or "model_type" not in config):
-            raise OLMoConfigurationError(
-                f"{flag} {text}: its config.json is not a Hugging Face model config (no 'model_type'){export}"
-            )
+        if not (p / "config.json").exists():
+            if olmo_core:
+                raise OLMoConfigurationError(
+                    f"{flag} {text}: no config.json, not a Hugging Face model directory{export}"
+                )
+        else:
+            config = read_json(p / "config.json", what="model config.json")
+            if not isinstance(config, dict) or "model_type" not in config:
+                raise OLMoConfigurationError(
+                    f"{flag} {text}: its config.json is not a Hugging Face model config (no 'model_type'){export}"
+                )
         check_safetensors(p)
         return True
     if looks_local(text):

@@ -226,6 +226,7 @@ def test_comma_lists_read_numbers_and_refuse_repeats():
 
     assert comma_list(float)(None, None, ("1e-3,3e-3", "1e-2")) == (1e-3, 3e-3, 1e-2)
     assert comma_list(int)(None, None, ("2", "4.0")) == (2, 4)
+    assert comma_list(int)(None, None, (str(2**64 + 1),)) == (2**64 + 1,)  # exact, not rounded through a float
     assert comma_list(float, keep=("table10",))(None, None, ("table10",)) == ("table10",)
     for kind, values, says in [
         (float, ("1e-3,1e-3",), "given twice"),
@@ -251,6 +252,9 @@ def test_a_model_directory_must_be_a_hugging_face_one(tmp_path, tiny_checkpoint)
     (tmp_path / "empty").mkdir()
     (tmp_path / "core").mkdir()
     (tmp_path / "core" / "config.json").write_text('{"model": {}, "trainer": {}}')  # an OLMo-core config
+    with pytest.raises(OLMoConfigurationError, match="its config.json is not a Hugging Face model config"):
+        check_local_model(tmp_path / "core", flag="MODEL_DIR")
+    (tmp_path / "core" / "config.json").write_text("{}")
     with pytest.raises(OLMoConfigurationError, match="its config.json is not a Hugging Face model config"):
         check_local_model(tmp_path / "core", flag="MODEL_DIR")
     with pytest.raises(OLMoConfigurationError, match="export it with 'olmo-sam export-hf"):

@@ -26,7 +26,7 @@ def _records_table(records) -> str:
     return "\n".join(lines)
 
 
-def _olmes_batch_size(value: Optional[str]):
+def _olmes_batch_size(ctx, param, value: Optional[str]):
     if value in (None, "auto"):
         return value
     if not str(value).isdigit() or int(value) < 1:
@@ -77,7 +77,7 @@ def eval_group():
     "--eval-batch-size",
     "batch_size",
     default=None,
-    callback=lambda ctx, param, v: _olmes_batch_size(v),
+    callback=_olmes_batch_size,
     help="OLMES batch size (an int or 'auto').",
 )
 @click.option("--gpus", type=POSITIVE_INT, default=None, help="Number of GPUs for OLMES.")

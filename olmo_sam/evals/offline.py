@@ -437,8 +437,9 @@ class OfflineOptions(Checked):
                 raise ConfigError.at(f"tasks[{i}]", f"{t!r} cannot run offline: {OFFLINE_MISSING[t]}")
             if t not in OFFLINE_TASKS:
                 raise ConfigError.at(f"tasks[{i}]", f"unknown task {t!r}; choose from {sorted(OFFLINE_TASKS)}")
-        if self.device is not None and device_problem(self.device):
-            raise ConfigError.at("device", device_problem(self.device))
+        problem = None if self.device is None else device_problem(self.device)
+        if problem:
+            raise ConfigError.at("device", problem)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
@@ -142,11 +142,8 @@ def read_meta(root: str | Path) -> FTDataMeta:
 
     data = read_json(path, what="fine-tuning dataset meta.json")
     known = {f.name for f in fields(FTDataMeta)}
-    if (
-        not isinstance(data, dict)
-        or set(data) - known
-        or not {"name", "vocab_size", "eos_token_id", "dtype"} <= set(data)
-    ):
+    required = {f.name for f in fields(FTDataMeta) if f.default is MISSING and f.default_factory is MISSING}
+    if not isinstance(data, dict) or set(data) - known or not required <= set(data):
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise OLMoConfigurationError(
             f"{root} is not a prepared fine-tuning dataset (its meta.json has {keys}; a pretraining token "

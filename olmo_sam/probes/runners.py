@@ -126,8 +126,9 @@ class ProbeOptions(Checked):
         for f in fields(self):
             if getattr(self, f.name) == []:
                 raise ConfigError.at(f.name, "the list is empty; give at least one entry")
-        if self.device is not None and device_problem(self.device):
-            raise ConfigError.at("device", device_problem(self.device))
+        problem = None if self.device is None else device_problem(self.device)
+        if problem:
+            raise ConfigError.at("device", problem)
 
 
 @dataclass

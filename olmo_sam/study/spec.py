@@ -639,34 +639,16 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
 
 def _check_recipe_settings(spec: StudySpec) -> None:
     """The recipe settings of ``pretrain:``, ``midtrain:`` and every arm, checked by name and
-    type against the arm's recipe (``PretrainSpec`` / ``MidtrainSpec``) when the file is read;
+    type against the arm's recipe when the file is read (:func:`~.stages.pretrain.recipe_settings`);
     how they combine (an AdamW arm given a radius, a run without a budget) is its build's to
     check, when the study is planned."""
-    from ..recipes.common import parse_tokens
-    from ..recipes.midtrain import MidtrainSpec
-    from ..recipes.pretrain import PretrainSpec
-    from .stages.pretrain import MIDTRAIN_LOAD_KEYS, STUDY_SET_FIELDS
-
-    def check(recipe: str, settings: Dict[str, Any], where: str) -> None:
-        cls = PretrainSpec if recipe == "pretrain" else MidtrainSpec
-        own = {k: v for k, v in settings.items() if recipe == "pretrain" or k not in MIDTRAIN_LOAD_KEYS}
-        for key in STUDY_SET_FIELDS:
-            if key in own:
-                raise ConfigError(
-                    f"{where}.{key}: set by the study itself (its data section and output directory); remove it"
-                )
-        if isinstance(own.get("tokens"), str):
-            try:
-                own["tokens"] = parse_tokens(own["tokens"])
-            except OLMoConfigurationError as e:
-                raise ConfigError(f"{where}.tokens: {e}") from None
-        check_settings(cls, own, where, reserved=STUDY_SET_FIELDS)
+    from .stages.pretrain import recipe_settings
 
     grid = (PRETRAIN_SEEDS, PRETRAIN_BUDGETS_TPP)
-    check("pretrain", {k: v for k, v in spec.pretrain.items() if k not in grid}, "pretrain")
-    check("midtrain", spec.midtrain, "midtrain")
+    recipe_settings("pretrain", {k: v for k, v in spec.pretrain.items() if k not in grid}, "pretrain")
+    recipe_settings("midtrain", spec.midtrain, "midtrain")
     for i, arm in enumerate(spec.arms):
-        check(arm.recipe, arm.settings, f"arms[{i}]")
+        recipe_settings(arm.recipe, arm.settings, f"arms[{i}]")
 
 
 _OVERRIDE_PART = re.compile(r"([A-Za-z_][\w-]*)((?:\[\d+\])*)$")

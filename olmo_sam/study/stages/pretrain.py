@@ -17,7 +17,7 @@ from ..job import Job
 from .base import PlanBuilder, ReportSection, Stage, data_of, field_in, in_file_words, load_json
 from .data import tokenizer_of
 
-__all__ = ["PretrainStage", "run_spec", "build_run", "data_fraction"]
+__all__ = ["PretrainStage", "recipe_settings", "run_spec", "build_run", "data_fraction"]
 
 
 #: RunSpec fields the study sets itself (from its data section and output directory)
@@ -26,6 +26,34 @@ STUDY_SET_FIELDS = ("train_paths", "val_paths", "tokenizer", "save_folder", "che
 
 #: midtrain arm settings that go to run_midtrain, not to MidtrainSpec
 MIDTRAIN_LOAD_KEYS = ("init_from_hf", "hf_revision")
+
+
+def recipe_settings(recipe: str, settings: Dict[str, Any], where: str, paths: Optional[Dict[str, str]] = None):
+    """``(PretrainSpec or MidtrainSpec, settings)``: an arm's recipe settings checked by name and type
+    and converted (``tokens: 12B`` to a count), the fields the study sets itself refused. ``paths``
+    names each setting's place in the study file (``arms[1].rho`` rather than ``{where}.rho``). The
+    study file's reader calls this for ``pretrain:``, ``midtrain:`` and every arm; :func:`run_spec`
+    for the merged settings of a job."""
+    from ...config import check_settings
+    from ...recipes.common import parse_tokens
+    from ...recipes.midtrain import MidtrainSpec
+    from ...recipes.pretrain import PretrainSpec
+
+    cls = PretrainSpec if recipe == "pretrain" else MidtrainSpec
+    paths = paths or {}
+    own = {k: v for k, v in settings.items() if recipe == "pretrain" or k not in MIDTRAIN_LOAD_KEYS}
+    for key in STUDY_SET_FIELDS:
+        if key in own:
+            raise ConfigError(
+                f"{paths.get(key, f'{where}.{key}')}: set by the study itself (its data section and output "
+                "directory); remove it"
+            )
+    if isinstance(own.get("tokens"), str):
+        try:
+            own["tokens"] = parse_tokens(own["tokens"])
+        except OLMoConfigurationError as e:
+            raise ConfigError(f"{paths.get('tokens', f'{where}.tokens')}: {e}") from None
+    return cls, check_settings(cls, own, where, paths, reserved=STUDY_SET_FIELDS)
 
 
 def run_spec(
@@ -37,29 +65,8 @@ def run_spec(
     check_paths: bool = True,
 ):
     """The PretrainSpec / MidtrainSpec of a pretraining job (``job.kind``), from its arm's settings
-    checked by name and type; ``paths`` names each setting's place in the study file (errors say
-    ``arms[1].rho`` rather than ``arm sam.rho``). The plan step calls this too, before any compute."""
-    from ...config import check_settings
-    from ...recipes.common import parse_tokens
-    from ...recipes.midtrain import MidtrainSpec
-    from ...recipes.pretrain import PretrainSpec
-
-    cls = PretrainSpec if job.kind == "pretrain" else MidtrainSpec
-    paths = paths or {}
-    where = f"arm {job.params['arm']}"
-    settings = {k: v for k, v in job.params["settings"].items() if k not in MIDTRAIN_LOAD_KEYS}
-    for key in STUDY_SET_FIELDS:
-        if key in settings:
-            raise ConfigError(
-                f"{paths.get(key, f'{where}.{key}')}: set by the study itself (its data section and "
-                "output directory); remove it from the arm"
-            )
-    if isinstance(settings.get("tokens"), str):
-        try:
-            settings["tokens"] = parse_tokens(settings["tokens"])
-        except OLMoConfigurationError as e:
-            raise ConfigError(f"{paths.get('tokens', f'{where}.tokens')}: {e}") from None
-    settings = check_settings(cls, settings, where, paths, reserved=STUDY_SET_FIELDS)
+    (:func:`recipe_settings`). The plan step calls this too, before any compute."""
+    cls, settings = recipe_settings(job.kind, job.params["settings"], f"arm {job.params['arm']}", paths)
     return cls(
         **settings,
         train_paths=list(data["train"]),
