@@ -67,6 +67,9 @@ class FiniteFloatRange(click.FloatRange):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return x
 
+    def _describe_range(self) -> str:  # (click's would print "x<=None" for an unbounded one)
+        return super()._describe_range() if (self.min, self.max) != (None, None) else ""
+
 
 #: a float > 0 (magnitudes, budgets)
 POSITIVE_FLOAT = FiniteFloatRange(min=0, min_open=True)
@@ -80,7 +83,8 @@ def comma_list(kind: Callable[[str], Any] = str, *, choices: Sequence[str] = (),
     """click ``callback=`` of a repeatable, comma-separated option (``--gammas 0.01,0.02 --gammas
     0.03``): its entries read by ``kind`` (``float``: a finite number; ``int``: a whole one) and
     among ``choices`` when given, none twice; the words in ``keep`` (a preset such as
-    ``table10``) pass as they are."""
+    ``table10``) pass as they are. A value given but empty (``--lrs ''``) is refused, not read as
+    "not given"."""
 
     def parse(ctx, param, values):
         out: list = []
@@ -96,6 +100,8 @@ def comma_list(kind: Callable[[str], Any] = str, *, choices: Sequence[str] = (),
             if value in out:
                 raise click.BadParameter(f"{text} is given twice; give each value once")
             out.append(value)
+        if values and not out:
+            raise click.BadParameter("the value is empty; give at least one entry (comma-separated)")
         return tuple(out)
 
     return parse

@@ -77,9 +77,9 @@ def tiny_checkpoint(tmp_path_factory, tiny_corpus) -> Path:
         sequence_length=64,
         global_batch_size=8,
         max_steps=40,
-        scheduler=CosineAlpha(warmup=4),
-        max_grad_norm=1.0,
     )
+    cfg.train_module.scheduler = CosineAlpha(warmup=4)
+    cfg.train_module.max_grad_norm = 1.0
     run_experiment(cfg)
     from olmo_sam.checkpoints import resolve_checkpoint
 

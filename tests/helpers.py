@@ -27,7 +27,7 @@ def tiny_experiment(
     from olmo_sam.models import model_config
     from olmo_sam.train import build_experiment
 
-    return build_experiment(
+    cfg = build_experiment(
         model=model_config("tiny", vocab_size=corpus.vocab_size),
         tokenizer=corpus.tokenizer(),
         train_paths=[str(corpus.train)],
@@ -37,11 +37,12 @@ def tiny_experiment(
         global_batch_size=global_batch_size,
         micro_batch_size=micro_batch_size,
         max_steps=max_steps,
-        max_grad_norm=max_grad_norm,
-        scheduler=scheduler,
         callbacks=callbacks,
         **kw,
     )
+    cfg.train_module.scheduler = scheduler
+    cfg.train_module.max_grad_norm = max_grad_norm
+    return cfg
 
 
 def token_batch(corpus, n: int, offset: int = 0, seq: int = SEQ) -> torch.Tensor:

@@ -42,9 +42,10 @@ WORKER = textwrap.dedent(
         train_paths=[train], save_folder=save,
         optim=AdamWConfig(lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1),
         sequence_length=64, global_batch_size=8, micro_batch_size=4, max_steps={steps},
-        scheduler=CosineAlpha(warmup=2), max_grad_norm=1.0, dp="fsdp",
-        callbacks={{"sharpness": cb}} if monitored else None,
+        dp="fsdp", callbacks={{"sharpness": cb}} if monitored else None,
     )
+    cfg.train_module.scheduler = CosineAlpha(warmup=2)
+    cfg.train_module.max_grad_norm = 1.0
     run_experiment(cfg)
     """
 ).format(steps=STEPS, probes=PROBES)

@@ -27,7 +27,7 @@ STEPS, EVERY, PROBES = 6, 3, 3
 
 
 def _config(corpus, save, callbacks=None):
-    return build_experiment(
+    cfg = build_experiment(
         model=model_config("tiny", vocab_size=corpus.vocab_size),
         tokenizer=corpus.tokenizer(),
         train_paths=[str(corpus.train)],
@@ -36,10 +36,11 @@ def _config(corpus, save, callbacks=None):
         sequence_length=64,
         global_batch_size=8,
         max_steps=STEPS,
-        scheduler=CosineAlpha(warmup=2),
-        max_grad_norm=1.0,
         callbacks=callbacks,
     )
+    cfg.train_module.scheduler = CosineAlpha(warmup=2)
+    cfg.train_module.max_grad_norm = 1.0
+    return cfg
 
 
 def _monitor(corpus, method):

@@ -198,7 +198,13 @@ def test_stages_that_select_nothing_are_refused(tmp_path):
     res = CliRunner().invoke(main, [*run, "--stages", "cfs"])
     assert res.exit_code == 1 and "--stages: the study runs no ['cfs'] stage" in res.output, res.output
     res = CliRunner().invoke(main, [*run, "--stages", ""])
-    assert res.exit_code == 2 and "--stages: give stage names" in res.output, res.output
+    assert res.exit_code == 2 and "'--stages': the value is empty" in res.output, res.output
+    res = CliRunner().invoke(main, [*run, "--stages", "pretrain,pretrain"])
+    assert res.exit_code == 2 and "pretrain is given twice" in res.output, res.output
+    res = CliRunner().invoke(main, [*run, "--exclude", "pretrainn"])
+    assert res.exit_code == 2 and "'pretrainn' is not one of data, pretrain" in res.output, res.output
+    res = CliRunner().invoke(main, ["probe", "noise", str(tmp_path), "--gammas", ""])
+    assert res.exit_code == 2 and "'--gammas': the value is empty" in res.output, res.output
 
 
 # -- misleading messages ------------------------------------------------------------------------
@@ -343,3 +349,17 @@ def test_the_olmes_batch_size_is_a_count_or_auto():
     assert res.exit_code == 2 and "give a whole number >= 1 or 'auto'" in res.output, res.output
     res = CliRunner().invoke(main, ["eval", "olmes", "org/model", "--eval-batch-size", "auto", "--print"])
     assert res.exit_code == 0 and "--batch-size auto" in res.output, res.output
+
+
+def test_no_help_prints_an_unbounded_range_as_none():
+    """click printed ``[x<=None]`` beside every unbounded finite-float option (``--alpha``)."""
+
+    def walk(cmd, path):
+        yield path, cmd
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from walk(sub, [*path, name])
+
+    for path, _cmd in walk(main, []):
+        res = CliRunner().invoke(main, [*path, "--help"], terminal_width=200)
+        assert res.exit_code == 0, (path, res.output)
+        assert "None]" not in res.output, (path, [ln for ln in res.output.splitlines() if "None]" in ln])

@@ -464,13 +464,13 @@ def build_ft_experiment(plan: FTPlan, train_folder: Path, cache_dir: Path):
         global_batch_size=cfg.batch_size,
         micro_batch_size=cfg.micro_batch_size or _rank_batch(cfg.batch_size),
         max_steps=plan.steps,
-        scheduler=CosineAlpha(warmup_fraction=cfg.warmup_fraction, alpha_f=cfg.final_lr_fraction),
-        max_grad_norm=cfg.max_grad_norm,
         callbacks=callbacks,
         seed=cfg.seed,
         dp=cfg.dp,
         checkpoint_interval=cfg.checkpoint_interval,
     )
+    exp.train_module.scheduler = CosineAlpha(warmup_fraction=cfg.warmup_fraction, alpha_f=cfg.final_lr_fraction)
+    exp.train_module.max_grad_norm = cfg.max_grad_norm
     exp.dataset.label_mask_paths = [str(mask)]
     exp.data_loader.seed = cfg.data_seed
     exp.load_path = trainer_load_path(cfg.base)

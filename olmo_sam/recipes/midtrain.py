@@ -120,9 +120,6 @@ def build_midtrain(spec: MidtrainSpec, overrides: Sequence[str] = ()) -> Experim
         micro_batch_size=micro_batch_size,
         max_steps=spec.steps,
         max_tokens=spec.tokens,
-        # Table 1: no warmup, linear decay from the starting LR to alpha_f * LR = 0
-        scheduler=Midtrain(alpha_f=T1.final_lr_fraction),
-        max_grad_norm=T1.max_grad_norm,
         eval_interval=spec.eval_interval or EVAL_INTERVAL,
         checkpoint_interval=spec.checkpoint_interval or CHECKPOINT_INTERVAL,
         dp=spec.dp,
@@ -130,6 +127,9 @@ def build_midtrain(spec: MidtrainSpec, overrides: Sequence[str] = ()) -> Experim
         seed=T1.seed,
         check_paths=spec.check_paths,
     )
+    # Table 1: no warmup, linear decay from the starting LR to alpha_f * LR = 0
+    cfg.train_module.scheduler = Midtrain(alpha_f=T1.final_lr_fraction)
+    cfg.train_module.max_grad_norm = T1.max_grad_norm
     cfg.train_module.z_loss_multiplier = T1.z_loss_multiplier
     cfg.data_loader.seed = T1.seed
     cfg.load_path = spec.load_path

@@ -292,8 +292,6 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
         micro_batch_size=micro_batch_size,
         max_steps=max_steps,
         max_tokens=max_tokens,
-        scheduler=scheduler,
-        max_grad_norm=paper.PRETRAIN_MAX_GRAD_NORM,
         eval_interval=spec.eval_interval or (EVAL_INTERVAL if paper_size else max(1, n_steps // 4)),
         checkpoint_interval=spec.checkpoint_interval or (CHECKPOINT_INTERVAL if paper_size else None),
         dp=spec.dp,
@@ -302,6 +300,8 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
         seed=spec.seed,
         check_paths=spec.check_paths,
     )
+    cfg.train_module.scheduler = scheduler
+    cfg.train_module.max_grad_norm = paper.PRETRAIN_MAX_GRAD_NORM
     cfg.data_loader.seed = spec.data_seed
     if spec.stop_at_step is not None:
         cfg.trainer.hard_stop = Duration.steps(spec.stop_at_step)

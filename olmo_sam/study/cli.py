@@ -12,16 +12,8 @@ from typing import List, Optional, Sequence
 
 import click
 
+from ..preflight import comma_list
 from .stages import stage_names
-
-
-def _split(values, flag: str) -> List[str]:
-    out: List[str] = []
-    for v in values or ():
-        out += [x.strip() for x in v.split(",") if x.strip()]
-    if values and not out:
-        raise click.UsageError(f"{flag}: give stage names (comma-separated), not an empty value")
-    return out
 
 
 def start_study(
@@ -182,8 +174,13 @@ def study():
 @click.argument("study_file", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory (default: the file's out_dir).")
-@click.option("--stages", multiple=True, help=f"Only these stages (comma-separated): {', '.join(stage_names())}.")
-@click.option("--exclude", multiple=True, help="Skip these stages.")
+@click.option(
+    "--stages",
+    multiple=True,
+    callback=comma_list(choices=stage_names()),
+    help=f"Only these stages (comma-separated): {', '.join(stage_names())}.",
+)
+@click.option("--exclude", multiple=True, callback=comma_list(choices=stage_names()), help="Skip these stages.")
 @click.option("--dry-run", is_flag=True, help="Print the planned jobs and their commands; run nothing.")
 @click.option(
     "--allow-missing-data",
@@ -226,8 +223,8 @@ def run_command(
         lambda: start_study(
             study_file,
             out=out,
-            stages=_split(stages, "--stages"),
-            exclude=_split(exclude, "--exclude"),
+            stages=list(stages),
+            exclude=list(exclude),
             dry_run=dry_run,
             rerun=rerun,
             executor=executor,

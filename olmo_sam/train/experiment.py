@@ -34,7 +34,6 @@ from olmo_core.nn.transformer import (
     TransformerDataParallelWrappingStrategy,
 )
 from olmo_core.optim import OptimConfig
-from olmo_core.optim.scheduler import Scheduler
 from olmo_core.script_utils import ExperimentConfig
 from olmo_core.train import Duration, TrainerConfig, prepare_training_environment
 from olmo_core.train.callbacks import (
@@ -141,8 +140,6 @@ def build_experiment(
     micro_batch_size: Optional[int] = None,
     max_steps: Optional[int] = None,
     max_tokens: Optional[int] = None,
-    scheduler: Optional[Scheduler] = None,
-    max_grad_norm: Optional[float] = None,
     val_paths: Optional[List[str]] = None,
     eval_interval: Optional[int] = None,
     checkpoint_interval: Optional[int] = None,
@@ -162,7 +159,8 @@ def build_experiment(
     (``s3://``, ``gs://``, ``https://``) are OLMo-core's to open.
 
     Everything else is a field of the returned config for the caller to set, e.g.
-    ``cfg.data_loader.seed`` (data order, default :data:`olmo_sam.seeds.DATA_SEED`),
+    ``cfg.train_module.scheduler`` (default: constant LR), ``cfg.train_module.max_grad_norm``
+    (default: no clipping), ``cfg.data_loader.seed`` (data order, default :data:`olmo_sam.seeds.DATA_SEED`),
     ``cfg.load_path`` (initial weights), ``cfg.trainer.hard_stop``,
     ``cfg.trainer.metrics_collect_interval``, ``cfg.train_module.z_loss_multiplier``,
     ``cfg.dataset.label_mask_paths``. Only what needs a derivation (token counts from sequences,
@@ -217,8 +215,6 @@ def build_experiment(
         rank_microbatch_size=(micro_batch_size or global_batch_size) * sequence_length,
         max_sequence_length=sequence_length,
         optim=optim,
-        scheduler=scheduler,
-        max_grad_norm=max_grad_norm,
         dp_config=dp_config,
     )
 

@@ -90,9 +90,9 @@ def setup_inputs(folder: Path, *, size: str, seq: int, train_tokens: int) -> Dic
         sequence_length=seq,
         global_batch_size=16,
         max_steps=20,
-        scheduler=CosineAlpha(warmup=2),
-        max_grad_norm=1.0,
     )
+    exp.train_module.scheduler = CosineAlpha(warmup=2)
+    exp.train_module.max_grad_norm = 1.0
     run_experiment(exp)
     task = folder / "task"
     n_docs = train_tokens // 32 + 64

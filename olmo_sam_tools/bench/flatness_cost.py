@@ -224,14 +224,14 @@ def run_one(
         sequence_length=settings.seq_len,
         global_batch_size=settings.batch,
         max_steps=p["steps"],
-        max_grad_norm=1.0,
-        scheduler=WSDAlpha(
-            warmup=max(int(settings.warmup_fraction * p["steps"]), 1),
-            decay_fraction=settings.decay_fraction,
-        ),
         callbacks=callbacks,
         seed=1000 + seed,
     )
+    cfg.train_module.scheduler = WSDAlpha(
+        warmup=max(int(settings.warmup_fraction * p["steps"]), 1),
+        decay_fraction=settings.decay_fraction,
+    )
+    cfg.train_module.max_grad_norm = 1.0
     cfg.trainer.metrics_collect_interval = max(p["steps"] // 20, 1)
     trainer = build_trainer(cfg, setup=False)
     t_wall, t_cpu = time.perf_counter(), time.process_time()

@@ -85,11 +85,11 @@ def _experiment(
         global_batch_size=batch,
         micro_batch_size=micro,
         max_steps=steps,
-        max_grad_norm=1.0,
-        scheduler=scheduler,
         dp=dp,
         callbacks=callbacks,
     )
+    cfg.train_module.scheduler = scheduler
+    cfg.train_module.max_grad_norm = 1.0
     cfg.trainer.metrics_collect_interval = 10**6
     return cfg
 

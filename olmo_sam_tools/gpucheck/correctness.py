@@ -60,8 +60,8 @@ def _sam_step_vs_reference(sec: Section, work: Path, train: Path, adaptive: bool
         global_batch_size=4,
         micro_batch_size=2,
         max_steps=4,
-        max_grad_norm=clip,
     )
+    cfg.train_module.max_grad_norm = clip
     reset_world_mesh()
     trainer = build_trainer(cfg)
     tm = trainer.train_module
@@ -151,10 +151,10 @@ def _fsdp_run(sec: Section, work: Path) -> None:
         global_batch_size=batch,
         micro_batch_size=micro,
         max_steps=steps,
-        max_grad_norm=1.0,
         dp="fsdp",
         param_dtype="bfloat16",
     )
+    cfg.train_module.max_grad_norm = 1.0
     cfg.trainer.callbacks["checkpointer"].enabled = False
     trainer = build_trainer(cfg, setup=False)
     model = trainer.train_module.model

@@ -106,12 +106,12 @@ def _trainer(
         global_batch_size=sz.batch,
         micro_batch_size=micro,
         max_steps=sz.run_steps,
-        max_grad_norm=1.0,
-        scheduler=scheduler,
         dp="fsdp",
         param_dtype="bfloat16",
         callbacks=callbacks,
     )
+    cfg.train_module.scheduler = scheduler
+    cfg.train_module.max_grad_norm = 1.0
     cfg.trainer.metrics_collect_interval = 10**6
     cfg.trainer.callbacks["checkpointer"].enabled = False
     cfg.trainer.callbacks.pop("config_saver", None)

@@ -51,9 +51,9 @@ def _train_small_model(sec: Section, work: Path, train: Path):
         sequence_length=64,
         global_batch_size=batch,
         max_steps=steps,
-        scheduler=CosineAlpha(warmup=max(steps // 10, 1)),
-        max_grad_norm=1.0,
     )
+    cfg.train_module.scheduler = CosineAlpha(warmup=max(steps // 10, 1))
+    cfg.train_module.max_grad_norm = 1.0
     cfg.trainer.callbacks["checkpointer"].enabled = False
     reset_world_mesh()  # a dry run shares its process with the FSDP sections
     trainer = run_experiment(cfg)
