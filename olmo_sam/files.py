@@ -18,12 +18,13 @@ Any problem is one :class:`OLMoConfigurationError` line starting with the file's
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import json
 import re
 import typing
 from pathlib import Path
-from typing import Any, Dict, Iterator, Tuple, Type, TypeVar
+from typing import Any, Dict, Iterator, Sequence, Tuple, Type, TypeVar
 
 import yaml
 from olmo_core.config import Config, Registrable
@@ -237,16 +238,57 @@ def check_registered_types(cls: Any, data: Any, path: str = "", certain: bool = 
             check_registered_types(configs[0], data[f.name], sub, len(allowed) == 1)
 
 
+#: YAML 1.1 booleans that OLMo-core's dotted overrides read as true/false, and olmo-sam's YAML
+#: files (1.2, :func:`read_yaml`) refuse for a boolean field
+_YAML11_BOOLS = ("yes", "no", "on", "off")
+
+
+def check_overrides(cfg: Config, overrides: Sequence[str], class_fix: str = "") -> None:
+    """Refuse dotted ``KEY=VALUE`` overrides of ``cfg`` that OLMo-core's ``merge`` would get wrong
+    silently: a key that is not a field (named with a did-you-mean), a ``...type=`` or
+    ``..._CLASS_=`` (the existing ``_CLASS_`` wins, so the class would not change; ``class_fix``
+    says what to do instead) and a YAML 1.1 boolean word (``yes``: a file says ``true``)."""
+    data = cfg.as_dict(include_class_name=True, include_registered_name=True)
+    for raw in overrides:
+        if "=" not in raw:
+            raise OLMoConfigurationError(f"override {raw!r} must look like KEY=VALUE (e.g. train_module.optim.rho=0.1)")
+        key, value = (x.strip() for x in raw.split("=", 1))
+        key = key.strip(" -").replace("-", "_")
+        parts = key.split(".")
+        if parts[-1] in ("type", cfg.CLASS_NAME_FIELD):
+            raise OLMoConfigurationError(
+                f"override {key!r} would change a config's class, which OLMo-core's merge silently "
+                f"ignores (the existing '_CLASS_' wins); {class_fix or 'change the class in the config file'}"
+            )
+        if value.lower() in _YAML11_BOOLS:
+            raise OLMoConfigurationError(
+                f"override {key}={value}: write true or false ({value!r} is a YAML 1.1 word that the override "
+                "parser would read as a boolean, and a config file refuses)"
+            )
+        node: Any = data
+        for i, part in enumerate(parts):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                where = ".".join(parts[:i]) or "the config"
+                options = [k for k in node if k not in ("type", cfg.CLASS_NAME_FIELD)] if isinstance(node, dict) else []
+                close = difflib.get_close_matches(part, options, n=3)
+                hint = f"; did you mean {close}?" if close else (f"; fields: {sorted(options)}" if options else "")
+                raise OLMoConfigurationError(f"unknown config key {key!r}: {where} has no field {part!r}{hint}")
+
+
 def load_config(cls: Type[C], path: str | Path, overrides: list[str] | None = None) -> C:
-    """Decode a YAML/JSON file into ``cls`` (registering olmo-sam's classes first)."""
+    """Decode a YAML/JSON file into ``cls`` (registering olmo-sam's classes first), with dotted
+    ``overrides`` checked by :func:`check_overrides` against the decoded file."""
     import olmo_sam  # noqa: F401
 
     p = str(path)
     data = read_json(p, what="config file") if p.endswith(".json") else read_yaml(p)
     if not isinstance(data, dict):
         raise OLMoConfigurationError(f"{p}: a config file is a mapping of its fields, got {type(data).__name__}")
-    for raw in overrides or []:
-        if "=" not in raw:
-            raise OLMoConfigurationError(f"override {raw!r} must look like KEY=VALUE (e.g. train_module.optim.rho=0.1)")
     check_registered_types(cls, data)
+    if overrides:
+        check_overrides(cls.from_dict(data), overrides)
     return cls.from_dict(data, overrides=overrides)

@@ -44,7 +44,11 @@ FILES = {
     "olmo_sam/optim/schedules.py": ("schedules.py", [("from .. import paper", "from . import paper")]),
     "olmo_sam/train/train_module.py": (
         "train_module.py",
-        [("from ..optim.sam import", "from .sam import"), ("from ..optim.schedules import", "from .schedules import")],
+        [
+            ("from ..config import", "from .config import"),
+            ("from ..optim.sam import", "from .sam import"),
+            ("from ..optim.schedules import", "from .schedules import"),
+        ],
     ),
     "olmo_sam/train/callbacks.py": (
         "callbacks.py",

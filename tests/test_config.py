@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import List, Optional
 
 import pytest
@@ -205,3 +206,47 @@ def test_an_unknown_key_in_a_config_file_is_named_by_its_path(full_config, tmp_p
     del d["trainer"]["callbacks"]["checkpointer"]["save_intervall"]
     path.write_text(yaml.safe_dump(d))
     assert load_config(ExperimentConfig, path).train_module.optim.rho == full_config.train_module.optim.rho
+
+
+def test_load_config_refuses_overrides_its_merge_would_get_wrong(full_config, tmp_path):
+    """The recipes refused these; the Python loader let OLMo-core's merge keep the old class
+    (``type=`` ignored), read ``yes`` as true, and a key of a field absent from the file works."""
+    path = tmp_path / "exp.yaml"
+    path.write_text(to_yaml(full_config))
+    for override, match in [
+        ("train_module.optim.type=adamw", r"would change a config's class.*change the class in the config file"),
+        ("train_module.scheduler.type=cosine_alpha", "would change a config's class"),
+        ("train_module.optim.adaptive=yes", r"write true or false \('yes' is a YAML 1.1 word"),
+        ("trainer.callbacks.sam_switch.enabled=Off", "write true or false"),
+        ("train_module.optim.rhoo=0.1", r"unknown config key 'train_module.optim.rhoo'.*did you mean \['rho'\]"),
+    ]:
+        with pytest.raises(OLMoConfigurationError, match=match):
+            load_config(ExperimentConfig, path, overrides=[override])
+    back = load_config(ExperimentConfig, path, overrides=["train_module.z_loss_multiplier=1e-4"])  # not in the file
+    assert back.train_module.z_loss_multiplier == 1e-4
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("max_grad_norm", -1.0, r"max_grad_norm: must be a number > 0, got -1.0 \(null: no clipping\)"),
+        ("max_grad_norm", 0.0, "max_grad_norm: must be a number > 0"),
+        ("z_loss_multiplier", math.nan, "z_loss_multiplier: expected a number"),
+        ("z_loss_multiplier", -1e-4, "z_loss_multiplier: must be a number >= 0"),
+    ],
+)
+def test_train_module_bounds_olmo_core_leaves_open(full_config, field, value, match):
+    """A clipping norm <= 0 freezes or reverses every update; a nan z-loss makes every SAM ascent
+    norm nan, so every update was skipped and the run still ended with exit 0."""
+    with pytest.raises(OLMoConfigurationError, match=match):
+        full_config.merge([f"train_module.{field}={value}"])
+    assert SAMTrainModuleConfig(rank_microbatch_size=64, max_sequence_length=8, optim=adamw()).max_grad_norm is None
+
+
+def test_a_skip_step_base_is_refused():
+    """OLMo-core feeds the loss and grad norm that decide a skip only to an optimizer that is itself
+    a skip-step one: under the SAM wrapper no step would ever be skipped."""
+    from olmo_core.optim import SkipStepAdamWConfig
+
+    with pytest.raises(OLMoConfigurationError, match="'base': SkipStepAdamW cannot be wrapped by SAM"):
+        SAMConfig(base=SkipStepAdamWConfig(lr=1e-3))

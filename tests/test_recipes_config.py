@@ -177,6 +177,13 @@ def test_dotted_overrides():
         build_midtrain(MidtrainSpec(train_paths=["x"], check_paths=False), ["nope.x=1"])
     with pytest.raises(OLMoConfigurationError, match="rho: must be a number >= 0"):  # SAMConfig's own validation runs
         build_pretrain(_pre("20M", tokens=int(4e9), optimizer="sam"), ["train_module.optim.rho=-1"])
+    # the peak LR an override sets is checked as --lr is (OLMo-core's warmup asserted on 0; -1 climbed)
+    for optimizer, key in (("adamw", "train_module.optim.lr"), ("sam-anneal", "train_module.optim.base.lr")):
+        for lr in ("0", "-1"):
+            with pytest.raises(OLMoConfigurationError, match=rf"^{key} = {lr}: the peak LR must be > 0"):
+                build_pretrain(_pre("20M", tokens=int(4e9), optimizer=optimizer, schedule="wsd"), [f"{key}={lr}"])
+    with pytest.raises(OLMoConfigurationError, match="max_grad_norm: must be a number > 0"):
+        build_pretrain(_pre("20M", tokens=int(4e9)), ["train_module.max_grad_norm=0"])
     cfg = build_midtrain(
         MidtrainSpec(train_paths=["x"], check_paths=False), ["trainer.callbacks.checkpointer.save_interval=250"]
     )

@@ -49,6 +49,15 @@ def test_wsd_alpha(alpha):
     assert s.get_lr(PEAK, 81, T) < PEAK or alpha == 1.0
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.1])
+def test_wsd_alpha_stays_at_its_floor_past_the_end(alpha):
+    """A token-unit run's last step can pass t_max (a budget that is not a whole number of
+    batches); the LR stays at alpha_f * peak there, where a continued line goes below zero."""
+    s = WSDAlpha(warmup=W, decay_fraction=0.2, alpha_f=alpha)
+    for t in (T, T + 1, T + 10, 2 * T):
+        assert s.get_lr(PEAK, t, T) == pytest.approx(alpha * PEAK, abs=1e-18), t
+
+
 def test_wsd_alpha_one_is_wso():
     s, wso = WSDAlpha(warmup=W, decay_fraction=0.2, alpha_f=1.0), WSO(warmup=W)
     assert [s.get_lr(PEAK, t, T) for t in range(T + 1)] == [wso.get_lr(PEAK, t, T) for t in range(T + 1)]
@@ -114,6 +123,10 @@ def test_decay_start_of_olmo_core_builtins():
         (lambda: Midtrain(alpha_f=1.01), "alpha_f"),
         (lambda: WSDAlpha(warmup=W, decay_fraction=0.0), "decay_fraction"),
         (lambda: WSDAlpha(warmup=W, decay_fraction=1.5), "decay_fraction"),
+        (lambda: WSDAlpha(warmup=W, alpha_f=True), "alpha_f"),
+        (lambda: WSDAlpha(warmup_fraction=math.nan, decay_fraction=0.1), "warmup_fraction"),
+        (lambda: WSO(warmup_fraction=math.nan), "warmup_fraction"),
+        (lambda: CosineAlpha(warmup_fraction=math.nan), "warmup_fraction"),
     ],
 )
 def test_bad_schedule_parameters_name_the_field(build, field):

@@ -112,3 +112,45 @@ def test_without_switch_sam_is_on_from_step_one(tmp_path, tiny_corpus):
     m = read_metrics(tmp_path / "run")
     assert m[1]["sam/active"] == 1.0 and m[1]["sam/ascent"] == 1.0
     assert torch.isfinite(torch.tensor(m[2]["sam/perturbed CE loss"]))
+
+
+def _active(folder, steps):
+    m = read_metrics(folder)
+    return [int(m[s]["sam/active"]) for s in range(1, steps + 1)], m[steps]["sam/switch step"]
+
+
+def test_a_run_extended_before_its_switch_switches_at_its_new_decay_start(tmp_path, tiny_corpus):
+    """An 8-step WSD run stopped at step 4 and resumed as a 16-step run decays from step 13, so
+    SAM starts there too (the checkpoint's step 7 belonged to the 8-step run); a run stopped after
+    its switch keeps the step it switched at."""
+    from olmo_core.train import Duration
+
+    first = _switch_run(tiny_corpus, tmp_path / "ext", SAMSwitchCallback())
+    first.trainer.hard_stop = Duration.steps(4)
+    run_experiment(first)
+    run_experiment(_switch_run(tiny_corpus, tmp_path / "ext", SAMSwitchCallback(), steps=16))
+    assert _active(tmp_path / "ext", 16) == ([0] * 12 + [1] * 4, 13.0)
+
+    late = _switch_run(tiny_corpus, tmp_path / "late", SAMSwitchCallback())
+    late.trainer.hard_stop = Duration.steps(7)  # step 7 was a SAM step
+    run_experiment(late)
+    run_experiment(_switch_run(tiny_corpus, tmp_path / "late", SAMSwitchCallback(), steps=16))
+    assert _active(tmp_path / "late", 16) == ([0] * 6 + [1] * 10, 7.0)
+
+
+def test_a_config_reused_for_another_run_resolves_its_own_switch(tmp_path, tiny_corpus):
+    """The trainer uses the callback object of the config itself; a second, longer run built from
+    the same object switches at its own decay start, not at the first run's step."""
+    switch = SAMSwitchCallback()
+    run_experiment(_switch_run(tiny_corpus, tmp_path / "a", switch))
+    run_experiment(_switch_run(tiny_corpus, tmp_path / "b", switch, steps=16))
+    assert _active(tmp_path / "a", 8)[1] == 7.0 and _active(tmp_path / "b", 16)[1] == 13.0
+    with pytest.raises(TypeError):
+        SAMSwitchCallback(_switch_step=3)  # run state, not a setting
+
+
+def test_two_switches_are_refused(tmp_path, tiny_corpus):
+    cfg = _switch_run(tiny_corpus, tmp_path / "run", SAMSwitchCallback())
+    cfg.trainer.callbacks["sam_switch2"] = SAMSwitchCallback(start_step=3)
+    with pytest.raises(OLMoConfigurationError, match=r"several AdamW -> SAM switches \(\['sam_switch2?'\]"):
+        build_trainer(cfg)

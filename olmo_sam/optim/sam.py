@@ -66,7 +66,7 @@ import torch
 import torch.nn as nn
 from olmo_core.config import StrEnum
 from olmo_core.exceptions import OLMoConfigurationError
-from olmo_core.optim import OptimConfig
+from olmo_core.optim import OptimConfig, SkipStepOptimizer
 from olmo_core.optim.adamw import AdamWConfig
 from torch.distributed.tensor import DTensor
 
@@ -496,6 +496,13 @@ class SAMConfig(OptimConfig):
             )
         if isinstance(self.base, SAMConfig):
             raise OLMoConfigurationError("'base' cannot itself be a SAM config")
+        if issubclass(self.base.optimizer(), SkipStepOptimizer):
+            # OLMo-core gives the loss and grad norm that decide a skip only to an optimizer that is
+            # itself a skip-step one; under the wrapper no step would ever be skipped
+            raise OLMoConfigurationError(
+                f"'base': {self.base.optimizer().__name__} cannot be wrapped by SAM (its step-skipping would "
+                "silently never run); use the plain optimizer (e.g. type 'adamw')"
+            )
         if self.group_overrides:
             raise OLMoConfigurationError(
                 "set 'group_overrides' on the base optimizer ('optim.base.group_overrides'), not "

@@ -68,7 +68,7 @@ Number = Union[float, torch.Tensor]
 
 
 def _check_alpha(alpha: float, name: str = "alpha_f") -> None:
-    if not isinstance(alpha, (int, float)) or not (0.0 <= alpha <= 1.0):
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0.0 <= alpha <= 1.0):
         raise OLMoConfigurationError(
             f"'{name}' (the minimum-LR factor: final LR = {name} * peak) must be in [0, 1], "
             f"got {alpha!r}; use 0 to decay to zero, 0.1 for 10% of peak, 1 for no decay"
@@ -84,13 +84,17 @@ def _warmup_of(s: Scheduler, t_max: int) -> int:
 
 
 def _check_warmup(s: Scheduler) -> None:
-    """Refuse a negative ``warmup`` when the schedule is built (the run length is not known yet)."""
+    """Refuse a negative ``warmup`` (or a ``warmup_fraction`` outside [0, 1], nan included) when the
+    schedule is built (the run length is not known yet)."""
     warmup = getattr(s, "warmup", None)
     if warmup is not None and (not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0):
         raise OLMoConfigurationError(
             f"'warmup' ({s.units} of linear warmup) must be an integer >= 0, got {warmup!r}; "
             "use 0 for no warmup or set 'warmup_fraction' instead"
         )
+    frac = getattr(s, "warmup_fraction", None)
+    if frac is not None and (isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 <= frac <= 1):
+        raise OLMoConfigurationError(f"'warmup_fraction' must be a number in [0, 1], got {frac!r}")
 
 
 def _decay_of(s: Scheduler, t_max: int) -> int:
@@ -196,9 +200,11 @@ class WSDAlpha(WSD):
             return super().get_lr(initial_lr, current, t_max)
         decay = self._decay_len(t_max)
         if decay > 0 and current >= t_max - decay:
-            # linear from the peak at t_max - decay to alpha_f * peak at t_max ([WSO] Eq. 4)
+            # linear from the peak at t_max - decay to alpha_f * peak at t_max ([WSO] Eq. 4), and
+            # alpha_f * peak after it (a token-unit run's last step can pass t_max; OLMo-core's
+            # own WSD goes on falling there, below zero)
             final = self.alpha_f * initial_lr
-            return final + (initial_lr - final) * min(t_max - current, decay) / decay
+            return final + (initial_lr - final) * min(max(t_max - current, 0), decay) / decay
         return initial_lr
 
 

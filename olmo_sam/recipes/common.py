@@ -8,7 +8,6 @@ train with :func:`olmo_sam.train.run_experiment`; nothing here trains.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import functools
 import json
 import math
@@ -28,6 +27,7 @@ from olmo_core.train import Duration
 from olmo_core.train.common import DurationUnit
 
 from ..config import Checked, ConfigError, setting
+from ..files import check_overrides
 from ..models import param_counts
 from ..optim.sam import SAMConfig
 from ..optim.schedules import decay_start
@@ -238,37 +238,10 @@ def resolve_data(
 
 def apply_overrides(cfg: ExperimentConfig, overrides: Sequence[str]) -> ExperimentConfig:
     """``cfg`` with dotted overrides (``train_module.optim.rho=0.1``), OLMo-core's ``merge``
-    semantics (values parsed as YAML), after checking every key exists.
-
-    A dotted ``...type=`` or ``..._CLASS_=`` is refused: OLMo-core's merge keeps the existing
-    class (its ``_CLASS_`` wins over ``type``), so the change would silently not happen.
-    """
+    semantics (values parsed as YAML), after :func:`olmo_sam.files.check_overrides`."""
     if not overrides:
         return cfg
-    data = cfg.as_dict(include_class_name=True, include_registered_name=True)
-    for raw in overrides:
-        if "=" not in raw:
-            raise OLMoConfigurationError(f"override {raw!r} must look like KEY=VALUE (e.g. train_module.optim.rho=0.1)")
-        key = raw.split("=", 1)[0].strip(" -").replace("-", "_")
-        parts = key.split(".")
-        if parts[-1] in ("type", cfg.CLASS_NAME_FIELD):
-            raise OLMoConfigurationError(
-                f"override {key!r} would change a config's class, which OLMo-core's merge silently "
-                "ignores (the existing '_CLASS_' wins); use the recipe's flags (--optimizer, "
-                "--schedule) instead"
-            )
-        node: Any = data
-        for i, part in enumerate(parts):
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            else:
-                where = ".".join(parts[:i]) or "the config"
-                options = [k for k in node if k not in ("type", cfg.CLASS_NAME_FIELD)] if isinstance(node, dict) else []
-                close = difflib.get_close_matches(part, options, n=3)
-                hint = f"; did you mean {close}?" if close else (f"; fields: {sorted(options)}" if options else "")
-                raise OLMoConfigurationError(f"unknown config key {key!r}: {where} has no field {part!r}{hint}")
+    check_overrides(cfg, overrides, class_fix="use the recipe's flags (--optimizer, --schedule) instead")
     return cfg.merge(list(overrides))
 
 
@@ -314,6 +287,22 @@ def _sam_steps(cfg: ExperimentConfig, steps: int) -> int:
     return math.ceil(n / max(optim.interval, 1))
 
 
+def check_peak_lr(cfg: ExperimentConfig) -> int:
+    """Refuse a negative peak LR, or 0 with a warmup (OLMo-core's warmup asserts on it), of the
+    resolved config (flags and overrides together); returns the warmup in steps."""
+    tm = cfg.train_module
+    peak, sched, steps = float(tm.optim.lr), tm.scheduler, _steps_and_tokens(cfg)[0]
+    warmup = 0
+    if sched is not None:
+        warmup = int(getattr(sched, "warmup", None) or round(steps * (getattr(sched, "warmup_fraction", None) or 0)))
+    if peak < 0 or (peak == 0 and warmup > 0) or math.isnan(peak):
+        key = "train_module.optim" + (".base" if isinstance(tm.optim, SAMConfig) else "") + ".lr"
+        raise OLMoConfigurationError(
+            f"{key} = {peak:g}: the peak LR must be > 0, or 0 (a frozen run) with no warmup ({warmup} steps here)"
+        )
+    return warmup
+
+
 def run_summary(
     cfg: ExperimentConfig,
     *,
@@ -333,9 +322,8 @@ def run_summary(
     peak = float(tm.optim.lr)
     sched = tm.scheduler
     lr: Dict[str, Any] = {"peak": peak}
-    warmup = 0
+    warmup = check_peak_lr(cfg)
     if sched is not None:
-        warmup = int(getattr(sched, "warmup", None) or round(steps * (getattr(sched, "warmup_fraction", None) or 0)))
         start = decay_start(sched, steps)
         lr.update(
             start=float(sched.get_lr(peak, 1, steps)),

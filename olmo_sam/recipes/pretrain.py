@@ -45,6 +45,7 @@ from .common import (
     RunSpec,
     apply_overrides,
     check_micro_batch,
+    check_peak_lr,
     common_options,
     flag_error,
     format_tokens,
@@ -306,6 +307,7 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
     if spec.stop_at_step is not None:
         cfg.trainer.hard_stop = Duration.steps(spec.stop_at_step)
     cfg = apply_overrides(cfg, overrides)
+    check_peak_lr(cfg)
     if spec.optimizer == "sam-anneal":
         try:
             run_summary(cfg)  # resolves the switch point now: a schedule without decay errors here

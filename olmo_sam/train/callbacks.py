@@ -7,14 +7,16 @@ SAM only changes which gradient the base optimizer sees.
 The switch point is the schedule's decay start (:func:`olmo_sam.optim.decay_start`) by default,
 or an explicit step, fraction of the run, or token count. Whether SAM is on is a function of the
 step and the switch point, and the switch point is saved in the trainer checkpoint, so a run
-resumed inside (or exactly at) the decay phase continues with SAM.
+resumed inside (or exactly at) the decay phase continues with SAM. A run resumed before its switch
+with another length or start (an extended WSD run) switches where its own settings say; one
+resumed after its switch keeps the step it switched at (warning if its settings now say otherwise).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from olmo_core.config import Config
@@ -47,8 +49,10 @@ class SAMSwitchCallback(Callback, Config):
     start_tokens: Optional[int] = setting(None, ge=0)
     enabled: bool = True
 
-    # resolved at pre_train (or restored from a checkpoint); not a config field users set
-    _switch_step: Optional[int] = None
+    # run state, not settings (init=False: neither a constructor argument nor an override can set
+    # it): the first SAM step of this run, resolved at pre_train; the one a checkpoint ran with
+    _switch_step: Optional[int] = field(default=None, init=False, repr=False)
+    _restored_step: Optional[int] = field(default=None, init=False, repr=False)
 
     def __post_init__(self, *args):
         del args
@@ -77,8 +81,21 @@ class SAMSwitchCallback(Callback, Config):
         return tm
 
     def post_attach(self):
-        if self.enabled:
-            self.sam_train_module.sam_active = False
+        # (the trainer uses this object itself: one reused for another run starts afresh)
+        self._switch_step = self._restored_step = None
+        if not self.enabled:
+            return
+        others = [
+            name
+            for name, cb in self.trainer.callbacks.items()
+            if isinstance(cb, SAMSwitchCallback) and cb is not self and cb.enabled
+        ]
+        if others:
+            raise OLMoConfigurationError(
+                f"trainer.callbacks: several AdamW -> SAM switches ({others} besides this one) would each set "
+                "whether SAM is on, and the last would win; keep one (or set 'enabled: false' on the others)"
+            )
+        self.sam_train_module.sam_active = False
 
     def resolve_switch_step(self) -> int:
         """The first SAM step (1-based) for the trainer's run; validated against its length."""
@@ -131,8 +148,17 @@ class SAMSwitchCallback(Callback, Config):
     def pre_train(self):
         if not self.enabled:
             return
-        if self._switch_step is None:
-            self._switch_step = self.resolve_switch_step()
+        step, restored, done = self.resolve_switch_step(), self._restored_step, self.trainer.global_step
+        if restored is not None and restored != step:
+            if done >= restored:  # SAM has run since `restored`: the run's past stays as it was
+                log.warning(
+                    f"This run's settings put the AdamW -> SAM switch at step {step:,d}, but the checkpoint "
+                    f"(step {done:,d}) switched at step {restored:,d}; SAM stays on from step {restored:,d}"
+                )
+                step = restored
+            else:
+                log.info(f"The AdamW -> SAM switch moves from step {restored:,d} to {step:,d} (no SAM step ran yet)")
+        self._switch_step = step
         tm = self.sam_train_module
         total = self.trainer.max_steps or 0
         sam_steps = max(total - self._switch_step + 1, 0)
@@ -164,4 +190,4 @@ class SAMSwitchCallback(Callback, Config):
     def load_state_dict(self, state_dict: Dict[str, Any]):
         saved = state_dict.get("switch_step")
         if saved is not None and not math.isnan(float(saved)):
-            self._switch_step = int(saved)
+            self._restored_step = int(saved)

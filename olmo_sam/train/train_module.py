@@ -44,6 +44,7 @@ from torch.distributed._composable.replicate import DDP as ReplicateDDP
 from torch.distributed.checkpoint.metadata import Metadata
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ..config import check_value, setting
 from ..optim.sam import SAM, SAMConfig, SAMScope, SAMVariant
 from ..optim.schedules import check_fits
 
@@ -349,7 +350,17 @@ class SAMTransformerTrainModule(TransformerTrainModule):
 @dataclass
 class SAMTrainModuleConfig(TransformerTrainModuleConfig):
     """Config for :class:`SAMTransformerTrainModule`; the same fields as OLMo-core's
-    ``TransformerTrainModuleConfig`` (whose ``build()`` hard-codes the stock class)."""
+    ``TransformerTrainModuleConfig`` (whose ``build()`` hard-codes the stock class), two of them
+    with the bounds OLMo-core leaves unchecked: a clipping norm of 0 or less freezes or reverses
+    every update, and a nan z-loss makes every SAM ascent norm nan, so every update is skipped."""
+
+    max_grad_norm: Optional[float] = setting(None, gt=0, hint=" (null: no clipping)")
+    z_loss_multiplier: Optional[float] = setting(None, ge=0, hint=" (null: no z-loss)")
+
+    def __post_init__(self):
+        for name in ("max_grad_norm", "z_loss_multiplier"):
+            rule = self.__dataclass_fields__[name].metadata["rule"]
+            setattr(self, name, check_value(getattr(self, name), Optional[float], name, rule))
 
     def build(
         self,
