@@ -19,6 +19,7 @@ import functools
 import math
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -299,7 +300,9 @@ class CommandError(RuntimeError):
 
 def cli_errors(fn: Callable) -> Callable:
     """Run a command, showing configuration, file and :class:`CommandError` errors as
-    ``Error: <line>`` (exit code 1). The ``olmo-sam`` group runs every sub-command through it."""
+    ``Error: <line>`` (exit code 1), and an interruption (Ctrl-C, or a training run stopped by a
+    signal: :class:`olmo_sam.train.RunCanceled`) as ``Interrupted: <line>`` (exit code 130). The
+    ``olmo-sam`` group runs every sub-command through it."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -307,6 +310,9 @@ def cli_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except (OLMoConfigurationError, CommandError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
             raise click.ClickException(_message(e)) from None
+        except KeyboardInterrupt as e:
+            click.echo(f"Interrupted{': ' + _message(e) if str(e) else ''}", err=True)
+            sys.exit(130)
 
     return wrapper
 

@@ -229,3 +229,25 @@ def test_several_stores_are_merged(tmp_path):
     write_store(clash, [record(recs[0].run_id, 9.0, 9.0, dataset="code")])
     res = invoke("frontier", a, clash)
     assert res.exit_code == 1 and f"run '{recs[0].run_id}' is recorded differently" in res.output
+
+
+def test_a_finetune_run_records_json_and_directories_are_read(results, tmp_path):
+    """``finetune run --out D`` writes D/records.json (a JSON list); it was read line by line as
+    JSONL ('not a fine-tuning result record ('float' object is not iterable)'), and a sweep's --out
+    directory was refused by click."""
+    run_dir = tmp_path / "ft1"
+    run_dir.mkdir()
+    (run_dir / "records.json").write_text(json.dumps(raw(results), indent=2))
+    want = invoke("frontier", results, "--json").output
+    for arg in (run_dir / "records.json", run_dir, results.parent):
+        res = invoke("frontier", arg, "--json")
+        assert res.exit_code == 0 and res.output == want, (arg, res.output)
+    (tmp_path / "empty").mkdir()
+    res = invoke("frontier", tmp_path / "empty")
+    assert res.exit_code == 1 and "holds neither results.jsonl" in res.output, res.output
+    (run_dir / "records.json").write_text('{"run_id": "x"}')
+    res = invoke("frontier", run_dir)
+    assert res.exit_code == 1 and "expected a JSON list of records" in res.output, res.output
+    (tmp_path / "list.jsonl").write_text("[1, 2]\n")
+    res = invoke("frontier", tmp_path / "list.jsonl")
+    assert res.exit_code == 1 and "expected a record (a JSON object), got list" in res.output, res.output

@@ -41,6 +41,17 @@ def test_probe_commands_write_json_and_plots(tiny_checkpoint, tiny_corpus, tmp_p
         assert png.read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporaries
 
+    # another setting into the same --out would have replaced those results without a word
+    before = (tmp_path / "noise.json").read_text()
+    res = _run(["noise", str(tiny_checkpoint), "--gammas", "0.05", "--seeds", "0", *common])
+    assert (
+        res.exit_code == 1 and "holds noise results of other settings (changed: exclude, gammas, seeds)" in res.output
+    )
+    assert "pass --overwrite" in res.output and (tmp_path / "noise.json").read_text() == before
+    res = _run(["noise", str(tiny_checkpoint), "--gammas", "0.05", "--seeds", "0", "--overwrite", *common])
+    assert res.exit_code == 0, res.output
+    assert {s["gamma"] for s in json.loads((tmp_path / "noise.json").read_text())["summary"]} == {0.0, 0.05}
+
 
 @pytest.mark.parametrize(
     "args,message,code",
@@ -77,7 +88,7 @@ def test_probe_options_are_the_probe_functions_keyword_options():
     from olmo_sam.config import ConfigError
     from olmo_sam.probes import runners
 
-    not_options = {"checkpoints", "val_paths", "labels", "out", "progress", "pairs"}
+    not_options = {"checkpoints", "val_paths", "labels", "out", "overwrite", "progress", "pairs"}
     fns = {"quantize": runners.quantize_probe, "noise": runners.noise_probe, "hessian": runners.hessian_probe}
     for probe, fn in fns.items():
         params = set(inspect.signature(fn).parameters) - not_options

@@ -184,6 +184,13 @@ def test_dotted_overrides():
                 build_pretrain(_pre("20M", tokens=int(4e9), optimizer=optimizer, schedule="wsd"), [f"{key}={lr}"])
     with pytest.raises(OLMoConfigurationError, match="max_grad_norm: must be a number > 0"):
         build_pretrain(_pre("20M", tokens=int(4e9)), ["train_module.max_grad_norm=0"])
+    anneal = _pre("20M", tokens=int(4e9), optimizer="sam-anneal", schedule="wsd")
+    with pytest.raises(OLMoConfigurationError, match="switch needs the SAM optimizer, but train_module.optim is AdamW"):
+        build_pretrain(anneal, ["train_module.optim={type: adamw, lr: 1.0e-3}"])
+    with pytest.raises(
+        OLMoConfigurationError, match="^the train_module.scheduler override with --optimizer sam-anneal"
+    ):
+        build_pretrain(anneal, ["train_module.scheduler={type: wso, warmup: 3}"])
     cfg = build_midtrain(
         MidtrainSpec(train_paths=["x"], check_paths=False), ["trainer.callbacks.checkpointer.save_interval=250"]
     )

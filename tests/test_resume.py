@@ -95,3 +95,58 @@ def test_killed_run_resumes_to_identical_losses(tmp_path, tiny_corpus, uninterru
     assert info.step == STEPS
     for n, p in model.named_parameters():
         assert torch.allclose(p, full_weights[n], atol=1e-6, rtol=0), n
+
+
+def test_a_run_stopped_by_a_signal_is_not_a_finished_one(tmp_path, tiny_corpus, uninterrupted):
+    """OLMo-core answers SIGINT/SIGTERM by saving a checkpoint and returning from fit() as if done;
+    a fine-tuning run then evaluated and recorded the cut-short model, and a sweep went on. Now
+    run_experiment raises RunCanceled (a KeyboardInterrupt: per-run `except Exception` handlers
+    let it through), the command exits 130, and the same run resumes to the uninterrupted result."""
+    from dataclasses import dataclass
+
+    import click
+    from click.testing import CliRunner
+    from olmo_core.train.callbacks import Callback
+
+    from olmo_sam.preflight import cli_errors
+    from olmo_sam.train import RunCanceled
+
+    @dataclass
+    class SigintAt(Callback):
+        at: int = 2
+
+        def post_step(self):
+            if self.step == self.at:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    cfg = _config(tiny_corpus, tmp_path / "run")
+    cfg.trainer.callbacks["sigint"] = SigintAt(at=3)
+    cfg.trainer.cancel_check_interval = 1
+    with pytest.raises(RunCanceled, match=rf"training stopped at step 3 of {STEPS} \(SIGINT received\)"):
+        run_experiment(cfg)
+    assert max(read_metrics(tmp_path / "run")) == 3
+    run_experiment(_config(tiny_corpus, tmp_path / "run"))
+    assert losses(tmp_path / "run") == uninterrupted("sam")[0]
+
+    @click.command()
+    @cli_errors
+    def cmd():
+        raise RunCanceled("training stopped at step 3 of 12 (SIGINT received)")
+
+    res = CliRunner().invoke(cmd, [])
+    assert res.exit_code == 130 and "Interrupted: training stopped at step 3" in res.output, res.output
+
+
+def test_a_save_folder_of_another_run_is_not_resumed_under_new_settings(tmp_path, tiny_corpus):
+    """OLMo-core loads the latest checkpoint of the save folder whatever the new config says: an
+    AdamW run re-launched with SAM and another LR went on from it, recorded as the new settings."""
+    from olmo_core.exceptions import OLMoConfigurationError
+
+    from olmo_sam.train import build_trainer
+
+    run_experiment(tiny_experiment(tiny_corpus, tmp_path / "run", adamw(lr=2e-3), max_steps=3))
+    other = tiny_experiment(tiny_corpus, tmp_path / "run", SAMConfig(base=adamw(lr=1e-3)), max_steps=6)
+    with pytest.raises(OLMoConfigurationError, match=r"holds a run with other settings \(train_module\.optim\."):
+        build_trainer(other)
+    longer = tiny_experiment(tiny_corpus, tmp_path / "run", adamw(lr=2e-3), max_steps=6)  # the length may change
+    assert build_trainer(longer).global_step == 3

@@ -363,3 +363,40 @@ def test_no_help_prints_an_unbounded_range_as_none():
         res = CliRunner().invoke(main, [*path, "--help"], terminal_width=200)
         assert res.exit_code == 0, (path, res.output)
         assert "None]" not in res.output, (path, [ln for ln in res.output.splitlines() if "None]" in ln])
+
+
+def test_finetune_run_into_another_runs_directory_is_refused(tmp_path, tiny_checkpoint, tiny_corpus):
+    """`finetune run --out D` with another learning rate replaced D's finished run without a word."""
+    from ft_helpers import write_task
+
+    task = write_task(tmp_path / "task", n_train=80, n_val=10)
+    run = ["finetune", "run", "--base", str(tiny_checkpoint), "--data", str(task), "--max-steps", "2",
+           "--batch-size", "8", "--pt-val", str(tiny_corpus.val), "--pt-val-max-sequences", "16",
+           "--ft-val-max-sequences", "8", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert CliRunner().invoke(main, [*run, "--lr", "1e-3"]).exit_code == 0
+    records = (tmp_path / "run" / "records.json").read_text()
+    res = CliRunner().invoke(main, [*run, "--lr", "2e-3"])
+    assert res.exit_code == 1 and "holds another fine-tuning run (lr, run_id differ)" in res.output, res.output
+    assert "pass --overwrite" in res.output and (tmp_path / "run" / "records.json").read_text() == records
+    res = CliRunner().invoke(main, [*run, "--lr", "2e-3", "--overwrite"])
+    assert res.exit_code == 0 and (tmp_path / "run" / "records.json").read_text() != records, res.output
+
+
+def test_a_sweep_into_a_directory_of_other_shared_settings_is_refused(tmp_path, tiny_checkpoint, tiny_corpus):
+    """A second sweep with another --max-steps into the same --out appended its runs to the first's
+    results.jsonl, and the frontier pooled 3- and 4-step runs without a note."""
+    from ft_helpers import write_task
+
+    from olmo_sam.finetune.sweep import SHARED_SETTINGS, check_shared_settings
+
+    out = tmp_path / "sweep"
+    check_shared_settings(out, {"max_steps": 3, "batch_size": 4})
+    check_shared_settings(out, {"batch_size": 4, "max_steps": 3})  # the same settings resume
+    with pytest.raises(OLMoConfigurationError, match=r"other shared settings \(max_steps: 3 -> 4\); its results"):
+        check_shared_settings(out, {"max_steps": 4, "batch_size": 4})
+    assert (out / SHARED_SETTINGS).is_file()
+    task = write_task(tmp_path / "task", n_train=80, n_val=10)
+    sweep = ["sweep", "--base", str(tiny_checkpoint), "--data", str(task), "--lrs", "1e-3", "--batch-size", "4",
+             "--pt-val", str(tiny_corpus.val), "--out", str(out), "--dry-run"]  # fmt: skip
+    res = CliRunner().invoke(main, [*sweep, "--max-steps", "5"])
+    assert res.exit_code == 1 and "other shared settings (max_steps: 3 -> 5; pt_val: None ->" in res.output, res.output

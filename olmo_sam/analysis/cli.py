@@ -1,7 +1,7 @@
 """``olmo-sam forgetting ...``: learning-forgetting frontiers and matched comparisons of a sweep.
 
 All three commands read one or more :class:`~olmo_sam.finetune.records.ResultStore` files
-(``RESULTS.jsonl ...``),
+(``RESULTS.jsonl ...``; a sweep's or a ``finetune run`` directory, or its ``records.json``),
 print a Markdown table (or ``--json``) and, with ``--out DIR``, write ``.md``/``.csv``/``.json``
 tables and a plot there atomically. The computations are :mod:`olmo_sam.analysis.forgetting`.
 """
@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Sequence
 
 import click
 
+from ..files import read_json
 from ..finetune.records import FTRecord, ResultStore
 from ..output import json_text
 from ..preflight import out_dir_callback
@@ -24,14 +25,35 @@ __all__ = ["forgetting"]
 PLOT_FORMATS = ("png", "pdf", "svg")
 
 
+def _records(path: str) -> List[FTRecord]:
+    """The records of a sweep's ``results.jsonl`` (or ``finetune run --store``), a ``finetune run
+    --out`` directory's ``records.json`` (a JSON list), or a directory holding either."""
+    p = Path(path)
+    if p.is_dir():
+        found = [p / n for n in ("results.jsonl", "records.json") if (p / n).is_file()]
+        if not found:
+            raise click.ClickException(
+                f"{path} holds neither results.jsonl (a sweep's --out) nor records.json (a finetune run's --out)"
+            )
+        p = found[0]
+    try:
+        if p.suffix == ".json":
+            data = read_json(p, what="fine-tuning records")
+            if not isinstance(data, list):
+                raise ValueError(
+                    f"expected a JSON list of records (finetune run's records.json), got {type(data).__name__}"
+                )
+            return [FTRecord.from_dict(d) for d in data]
+        return ResultStore(p).records()
+    except (ValueError, TypeError, AttributeError) as e:
+        raise click.ClickException(f"{p}: not fine-tuning result records: {e}") from e
+
+
 def _load(paths: Sequence[str]) -> List[FTRecord]:
     """Records of one or more stores; a run_id recorded differently in two stores is an error."""
     seen: Dict[str, tuple] = {}
     for path in paths:
-        try:
-            records = ResultStore(path).records()
-        except (ValueError, TypeError, AttributeError) as e:
-            raise click.ClickException(f"{path}: a line is not a fine-tuning result record: {e}") from e
+        records = _records(path)
         for r in records:
             if r.run_id in seen and seen[r.run_id][0] != r:
                 raise click.ClickException(
@@ -50,7 +72,7 @@ def _load(paths: Sequence[str]) -> List[FTRecord]:
 def _selection(f):
     """Options shared by every command: what to read and how to group it."""
     options = [
-        click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False)),
+        click.argument("results", nargs=-1, required=True, type=click.Path(exists=True)),
         click.option("--dataset", "datasets", multiple=True, help="Only this dataset (repeatable)."),
         click.option("--method", "methods", multiple=True, help="Only this fine-tuning method (repeatable)."),
         click.option(

@@ -268,6 +268,7 @@ def prepare_command(
 @click.option("--cache-dir", type=click.Path(), help="[default: OUT/../_cache]")
 @click.option("--store", type=click.Path(), help="also append the records to this results.jsonl")
 @click.option("--keep-checkpoint", is_flag=True, help="keep the fine-tuned checkpoint")
+@click.option("--overwrite", is_flag=True, help="replace another run's files in --out (the same run is not redone)")
 @recipe_options
 def run_command(
     base,
@@ -284,6 +285,7 @@ def run_command(
     cache_dir,
     store,
     keep_checkpoint,
+    overwrite,
     **kwargs,
 ):
     """Fine-tune one base checkpoint on one dataset at one learning rate."""
@@ -310,7 +312,7 @@ def run_command(
             wise_alphas=wise_alphas,
         )
     )
-    records = run_finetune(cfg, out, cache_dir=cache_dir, keep_checkpoint=keep_checkpoint)
+    records = run_finetune(cfg, out, cache_dir=cache_dir, keep_checkpoint=keep_checkpoint, overwrite=overwrite)
     if store:
         rs = ResultStore(store)
         done = rs.done_ids()
@@ -466,7 +468,7 @@ def sweep(
     Results are appended to OUT/results.jsonl (one record per finished run); re-running the
     same command skips finished runs.
     """
-    from .sweep import SweepSpec, expand, mix_sweeps, parse_lrs, run_sweep
+    from .sweep import SweepSpec, check_shared_settings, expand, mix_sweeps, parse_lrs, run_sweep
 
     if "table10" in ewc_lambdas and len(ewc_lambdas) > 1:
         raise click.BadParameter("'table10' is the whole Table 10 grid; give it alone", param_hint="--ewc-lambdas")
@@ -492,6 +494,7 @@ def sweep(
         mix_map[method] = path
     specs = [spec, *mix_sweeps(spec, mix_map)]
     if dry_run:
+        check_shared_settings(out, spec.common, record=False)
         from .records import ResultStore
 
         configs = [c for sp in specs for c in expand(sp)]
@@ -516,6 +519,7 @@ def sweep(
             progress=not no_progress,
             engine=engine,
             memory_budget_gb=batch_memory_gb,
+            shared_settings=spec.common,
         )
         for sp in specs
     ]

@@ -495,16 +495,24 @@ def _finished_step(train_folder: Path, steps: int) -> Optional[Path]:
     return step if step is not None and step.name == f"step{steps}" else None
 
 
-def _prepare_dir(out: Path, spec: Dict[str, Any]) -> Optional[List[FTRecord]]:
-    """Stored records if this directory finished the same run; clears a different run's files."""
+def _prepare_dir(out: Path, spec: Dict[str, Any], overwrite: bool = True) -> Optional[List[FTRecord]]:
+    """Stored records if this directory finished the same run; clears a different run's files
+    (refused unless ``overwrite``: ``finetune run --out`` of another run's directory)."""
     spec_path, rec_path = out / "spec.json", out / "records.json"
     if spec_path.exists():
         try:
-            same = json.loads(spec_path.read_text()) == spec
+            old = json.loads(spec_path.read_text())
         except json.JSONDecodeError:
-            same = False
+            old = None
+        same = old == spec
         if same and rec_path.exists():
             return [FTRecord.from_dict(d) for d in json.loads(rec_path.read_text())]
+        if not same and not overwrite:
+            changed = sorted(k for k in set(old or {}) | set(spec) if (old or {}).get(k) != spec.get(k))
+            raise OLMoConfigurationError(
+                f"{out} holds another fine-tuning run ({', '.join(changed[:6])} differ); pass --overwrite to "
+                "replace it, or another --out"
+            )
         if not same:
             log.warning(f"{out} holds another run's files; clearing them")
             for child in out.iterdir():
@@ -528,9 +536,12 @@ def run_finetune(
     *,
     cache_dir: Optional[str | Path] = None,
     keep_checkpoint: bool = False,
+    overwrite: bool = True,
 ) -> List[FTRecord]:
     """Fine-tune, evaluate and return the run's records (module docstring). Under torchrun every
     rank calls this; rank 0 evaluates and returns the records, the others return ``[]``.
+    ``out_dir`` holding another run's files is cleared, or with ``overwrite=False`` (``finetune
+    run`` without ``--overwrite``) refused; one holding this run's records returns them.
 
     One-process runs evaluate the trained model in memory and write a checkpoint only when asked
     (``keep_checkpoint``; ``checkpoint_interval`` resume points)."""
@@ -543,7 +554,7 @@ def run_finetune(
     lock = file_lock(out / ".lock", what=f"(run {cfg.run_id})") if rank0 else contextlib.nullcontext()
     with lock:
         if rank0:
-            stored = _prepare_dir(out, spec)
+            stored = _prepare_dir(out, spec, overwrite)
             if stored is not None:
                 return stored
         t0 = time.monotonic()

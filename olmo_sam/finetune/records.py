@@ -53,6 +53,8 @@ class FTRecord:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "FTRecord":
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a record (a JSON object), got {type(d).__name__} {d!r:.60}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..output import write_json
+from ..output import read_json_or_none, write_json
 from ..workers import die_with_parent, output_to
 from .batched import ENGINES, grid_units, run_grid
 from .engine import METHODS, FTConfig, run_finetune
@@ -326,6 +326,30 @@ def _subprocess_task(cmd: List[str], log_path: Path, env: Dict[str, str]) -> int
         return proc.wait()
 
 
+#: the settings every run of a sweep shares (``SweepSpec.common``), kept in its output directory
+SHARED_SETTINGS = "sweep-settings.json"
+
+
+def check_shared_settings(out_dir: str | Path, common: Dict[str, Any], *, record: bool = True) -> None:
+    """Refuse a sweep into ``out_dir`` whose shared settings (budget, batch, recipe: what is not a
+    grid) differ from those its earlier runs had: its ``results.jsonl`` would pool runs of both,
+    and a frontier would mix them without a word. Grids (bases, datasets, LRs, methods) may grow.
+    The first sweep records them (``record``; a dry run only checks)."""
+    path = Path(out_dir) / SHARED_SETTINGS
+    new = json.loads(json.dumps(common, default=str))
+    old = read_json_or_none(path)
+    if isinstance(old, dict) and old != new:
+        changed = [
+            f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+        ]
+        raise OLMoConfigurationError(
+            f"{out_dir} holds a sweep with other shared settings ({'; '.join(changed)}); its results.jsonl would pool "
+            "runs of both. Use another --out, or the same settings (the grids of bases, datasets, LRs and methods may grow)"
+        )
+    if record and old is None:
+        write_json(path, new, sort_keys=True)
+
+
 def run_sweep(
     spec: SweepSpec,
     out_dir: str | Path,
@@ -338,6 +362,7 @@ def run_sweep(
     on_progress: Optional[Callable[[int, int], None]] = None,
     engine: str = "batched",
     memory_budget_gb: Optional[float] = None,
+    shared_settings: Optional[Dict[str, Any]] = None,
 ) -> SweepResult:
     """Run every pending run of ``spec`` and return what happened (module docstring).
 
@@ -347,6 +372,8 @@ def run_sweep(
     is called once the pending runs are known and after each run ends (done counts earlier runs).
     ``engine``: ``batched`` (LR grids trained together, chunks of at most the slices that fit
     ``memory_budget_gb``, default 4 GiB on CPU and half the GPU's memory; local launcher) or ``trainer`` (module docstring).
+    ``shared_settings``: checked against (or recorded as) the output directory's, once the sweep's
+    own settings pass (:func:`check_shared_settings`; ``sweep`` gives its ``common`` options).
     """
     import concurrent.futures as cf
     import multiprocessing as mp
@@ -377,6 +404,8 @@ def run_sweep(
         engine = "trainer"
     out = Path(out_dir).resolve()
     configs = expand(spec)
+    if shared_settings is not None:
+        check_shared_settings(out, shared_settings)
     store = ResultStore(out / "results.jsonl")
     done = store.done_ids()
     result = SweepResult(total=len(configs), already_done=0, harvested=0, ran=0)

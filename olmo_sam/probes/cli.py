@@ -62,6 +62,11 @@ def _common(fn: Callable) -> Callable:
             show_default=True,
             help="Where <probe>.json and <probe>.png go.",
         ),
+        click.option(
+            "--overwrite",
+            is_flag=True,
+            help="Replace a <probe>.json of other settings or checkpoints in --out (the same ones resume).",
+        ),
     ]
     for opt in reversed(options):
         fn = opt(fn)
@@ -95,7 +100,7 @@ def probe():
     help="Setting: preset (nf4, nf4-dq, fp4, int8) with optional ':key=value,...' (e.g. nf4:blocksize=128,quantize_lm_head=true), repeatable.",
 )
 @_common
-def quantize_cmd(checkpoints, quant, val_paths, labels, seq_len, batch_size, max_sequences, device, out_dir):
+def quantize_cmd(checkpoints, quant, val_paths, labels, seq_len, batch_size, max_sequences, device, out_dir, overwrite):
     """L_PT of each CHECKPOINT (OLMo-core step/run dir or exported HF dir) quantized with
     bitsandbytes, minus its full-precision L_PT ([SAM-PT] Sec 3.4, Fig 8a)."""
     from .plots import plot_quantize
@@ -118,6 +123,7 @@ def quantize_cmd(checkpoints, quant, val_paths, labels, seq_len, batch_size, max
         max_sequences=max_sequences,
         device=device,
         out=Path(out_dir) / "quantize.json",
+        overwrite=overwrite,
     )
     for r in result["records"]:
         if r["quant"] != "none":
@@ -175,6 +181,7 @@ def noise_cmd(
     max_sequences,
     device,
     out_dir,
+    overwrite,
 ):
     """L_PT under Gaussian weight noise W + gamma ||W|| Z/||Z|| ([SAM-PT] Eq. 7, Fig 6d)."""
     from .plots import plot_noise
@@ -194,6 +201,7 @@ def noise_cmd(
         max_sequences=max_sequences,
         device=device,
         out=Path(out_dir) / "noise.json",
+        overwrite=overwrite,
     )
     for s in result["summary"]:
         click.echo(
@@ -264,6 +272,7 @@ def hessian_cmd(
     max_sequences,
     device,
     out_dir,
+    overwrite,
 ):
     """tr(H), lambda_max (vs 2/lr) of each CHECKPOINT; directional sharpness and the quadratic
     prediction L_PT(theta_PT) + 1/2 Delta^T H Delta for each --pair ([SAM-PT] Sec 4, [WSO] Sec 6)."""
@@ -289,6 +298,7 @@ def hessian_cmd(
         batch_size=batch_size,
         device=device,
         out=Path(out_dir) / "hessian.json",
+        overwrite=overwrite,
     )
     for r in result["records"]:
         if "trace" in r:

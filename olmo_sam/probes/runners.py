@@ -57,16 +57,24 @@ def _refs(checkpoints: Checkpoints, labels: Sequence[str]) -> List[ModelRef]:
 
 
 class _Results:
-    """The result dict of one probe, persisted after each record, resumable by key."""
+    """The result dict of one probe, persisted after each record, resumable by key. A file of
+    other settings (other checkpoints, too) is refused unless ``overwrite``: it may be hours of
+    measurements."""
 
-    def __init__(self, probe: str, settings: Dict[str, Any], out: Optional[Path]):
+    def __init__(self, probe: str, settings: Dict[str, Any], out: Optional[Path], overwrite: bool = False):
         self.out = Path(out) if out is not None else None
         self.data: Dict[str, Any] = {"probe": probe, "settings": settings, "records": []}
         prev = read_json_or_none(self.out) if self.out is not None else None
         if prev and prev.get("probe") == probe and prev.get("settings") == _plain(settings):
             self.data["records"] = list(prev.get("records") or [])
-        elif prev:
-            log.warning(f"{self.out} holds results of other settings; starting afresh")
+        elif prev and not overwrite:
+            old = prev.get("settings") if isinstance(prev.get("settings"), dict) else {}
+            new = _plain(settings)
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) or ["probe"]
+            raise OLMoConfigurationError(
+                f"{self.out} holds {prev.get('probe', 'other')} results of other settings (changed: {', '.join(changed)}); "
+                "pass --overwrite to replace them, or another --out"
+            )
         self._done = {r["key"]: r for r in self.data["records"] if "key" in r}
 
     def get(self, key: str) -> Optional[Dict[str, Any]]:
@@ -213,6 +221,7 @@ def quantize_probe(
     max_sequences: Optional[int] = None,
     device: str = "cpu",
     out: Optional[str | Path] = None,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> Dict[str, Any]:
     """L_PT of each checkpoint unquantized and under each quantization setting.
@@ -252,7 +261,7 @@ def quantize_probe(
         "max_sequences": max_sequences,
         "quant": [c.to_dict() | {"name": c.name} for c in cfgs],
     }
-    res = _Results("quantize", settings, Path(out) if out else None)
+    res = _Results("quantize", settings, Path(out) if out else None, overwrite)
     bar = tqdm(total=len(refs) * (1 + len(cfgs)), desc="quantize probe", disable=not progress)
     for ref in refs:
         s = eval_seq_len(ref, seq_len)
@@ -328,6 +337,7 @@ def noise_probe(
     max_sequences: Optional[int] = None,
     device: str = "cpu",
     out: Optional[str | Path] = None,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> Dict[str, Any]:
     """L_PT under Eq. 7 noise for each checkpoint, gamma and seed; ``summary`` has the mean and
@@ -357,7 +367,7 @@ def noise_probe(
         "exclude": list(exclude),
         "min_ndim": min_ndim,
     }
-    res = _Results("noise", settings, Path(out) if out else None)
+    res = _Results("noise", settings, Path(out) if out else None, overwrite)
     bar = tqdm(total=len(refs) * (1 + len(gammas) * len(seeds)), desc="noise probe", disable=not progress)
     for ref in refs:
         s = eval_seq_len(ref, seq_len)
@@ -443,6 +453,7 @@ def hessian_probe(
     batch_size: int = 8,
     device: str = "cpu",
     out: Optional[str | Path] = None,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> Dict[str, Any]:
     """Sharpness of each checkpoint on a fixed validation batch (the first ``n_sequences``
@@ -493,7 +504,7 @@ def hessian_probe(
         "seed": seed,
         "val_max_sequences": val_max_sequences,
     }
-    res = _Results("hessian", settings, Path(out) if out else None)
+    res = _Results("hessian", settings, Path(out) if out else None, overwrite)
     bar = tqdm(total=len(refs) + len(pair_refs), desc="hessian probe", disable=not progress)
 
     def operator(model, batch):

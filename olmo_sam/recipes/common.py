@@ -263,9 +263,13 @@ def _steps_and_tokens(cfg: ExperimentConfig) -> Tuple[int, int]:
 def _sam_steps(cfg: ExperimentConfig, steps: int) -> int:
     """How many steps run the SAM two-pass step."""
     optim = cfg.train_module.optim
-    if not isinstance(optim, SAMConfig):
-        return 0
     switch = next((cb for cb in cfg.trainer.callbacks.values() if isinstance(cb, SAMSwitchCallback)), None)
+    if not isinstance(optim, SAMConfig):
+        if switch is not None and switch.enabled:  # (the run would stop at its start)
+            raise OLMoConfigurationError(
+                f"the AdamW -> SAM switch needs the SAM optimizer, but train_module.optim is {type(optim).__name__}"
+            )
+        return 0
     first = 1
     if switch is not None and switch.enabled:
         if switch.start_step is not None:

@@ -312,7 +312,9 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
         try:
             run_summary(cfg)  # resolves the switch point now: a schedule without decay errors here
         except OLMoConfigurationError as e:
-            raise OLMoConfigurationError(f"--schedule {spec.schedule} with --optimizer sam-anneal: {e}") from None
+            overridden = any(o.split("=", 1)[0].strip(" -").startswith("train_module.scheduler") for o in overrides)
+            schedule = "the train_module.scheduler override" if overridden else f"--schedule {spec.schedule}"
+            raise OLMoConfigurationError(f"{schedule} with --optimizer sam-anneal: {e}") from None
     if spec.schedule != "wsd" and spec.decay_fraction != paper.SAM_ANNEAL_DECAY_FRACTION:
         raise OLMoConfigurationError(
             f"--decay-fraction applies to --schedule wsd only (the {spec.schedule} schedule has no decay phase of its own)"

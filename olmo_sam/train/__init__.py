@@ -3,6 +3,7 @@
 from .callbacks import SAMSwitchCallback
 from .experiment import (
     MetricsLogCallback,
+    RunCanceled,
     build_experiment,
     build_trainer,
     read_metrics,
@@ -19,6 +20,7 @@ __all__ = [
     "build_experiment",
     "build_trainer",
     "run_experiment",
+    "RunCanceled",
     "read_metrics",
     "setup_environment",
 ]

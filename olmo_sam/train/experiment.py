@@ -58,6 +58,7 @@ __all__ = [
     "build_trainer",
     "MetricsLogCallback",
     "read_metrics",
+    "RunCanceled",
     "setup_environment",
     "validate_experiment",
 ]
@@ -298,6 +299,53 @@ def validate_experiment(config: ExperimentConfig) -> None:
             check_token_files(list(eval_ds.paths), eval_ds.tokenizer, f"{name} validation data")
 
 
+#: the sections of an experiment that a resumed run must share with the checkpoint it resumes
+#: (the trainer's may change: a longer ``max_duration``, a ``hard_stop``, other intervals; so may
+#: the data parallelism, for a run resumed on another number of GPUs)
+RUN_SECTIONS = ("model", "dataset", "data_loader", "train_module", "init_seed")
+_MAY_CHANGE = ("train_module.dp_config",)
+
+
+def check_same_run(config: ExperimentConfig) -> None:
+    """Refuse to resume a save folder whose latest checkpoint was written by a run with other
+    settings (its ``config.json``, written by OLMo-core's ``ConfigSaverCallback``): OLMo-core would
+    load it and go on under the new settings, one run of two configurations recorded as the last."""
+    from ..checkpoints import latest_step_dir
+
+    step = latest_step_dir(Path(str(config.trainer.save_folder)))
+    saved = step / "config.json" if step is not None else None
+    if saved is None or not saved.is_file():
+        return
+    try:
+        old = json.loads(saved.read_text())
+    except (OSError, ValueError):
+        return  # not ours to judge: OLMo-core loads the checkpoint itself
+    new = json.loads(json.dumps(config.as_config_dict()))
+    diffs = _differences({k: old.get(k) for k in RUN_SECTIONS}, {k: new.get(k) for k in RUN_SECTIONS})
+    if diffs:
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs[:4]) + (" ..." if len(diffs) > 4 else "")
+        raise OLMoConfigurationError(
+            f"{config.trainer.save_folder} holds a run with other settings ({shown}), which resuming "
+            "would continue under the new ones; use a new output directory, or the same settings to resume "
+            "(the run's length may change)"
+        )
+
+
+def _differences(a: Any, b: Any, path: str = "") -> List[tuple]:
+    if path in _MAY_CHANGE:
+        return []
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: List[tuple] = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _differences(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]")]
+    if isinstance(a, str) and isinstance(b, str) and a != b and Path(a).exists() and Path(b).exists():
+        return [] if Path(a).resolve() == Path(b).resolve() else [(path, a, b)]  # (a path given another way)
+    return [] if a == b else [(path, a, b)]
+
+
 def setup_environment(threads: Optional[int] = None) -> None:
     """Initialise (distributed) training the way these machines need it.
 
@@ -323,6 +371,7 @@ def build_trainer(config: ExperimentConfig, *, setup: bool = True):
     loading the latest checkpoint of the save folder (resume) or ``load_path`` (initial weights).
     """
     validate_experiment(config)
+    check_same_run(config)
     if setup:
         setup_environment()
     seed_all(config.init_seed)
@@ -341,11 +390,25 @@ def build_trainer(config: ExperimentConfig, *, setup: bool = True):
     return trainer
 
 
+class RunCanceled(KeyboardInterrupt):
+    """Training was stopped before its end by SIGINT/SIGTERM (or a callback): OLMo-core saves a
+    checkpoint and returns from ``fit()`` as if done. A ``KeyboardInterrupt``, so that what catches
+    a failed run (``except Exception``: a sweep goes on to its next run) lets it through: a cut-short
+    run is neither a result nor a failure, and the command stops (exit 130)."""
+
+
 def run_experiment(config: ExperimentConfig, *, setup: bool = True):
-    """Build everything from ``config`` and train. Returns the trainer.
+    """Build everything from ``config`` and train. Returns the trainer; raises :class:`RunCanceled`
+    when training stopped before its end other than at ``trainer.hard_stop``.
 
     Re-running with the same ``save_folder`` resumes from its latest checkpoint.
     """
     trainer = build_trainer(config, setup=setup)
     trainer.fit()
+    if trainer.is_canceled:
+        raise RunCanceled(
+            f"training stopped at step {trainer.global_step:,d} of {trainer.max_steps:,d} "
+            f"({getattr(trainer, '_cancel_reason', None) or 'canceled'}); the same command resumes it from "
+            f"its checkpoint in {config.trainer.save_folder}"
+        )
     return trainer

@@ -94,16 +94,6 @@ def _watch(cfg, ctx) -> None:
     cfg.trainer.callbacks["study_progress"] = ProgressFileCallback(path=str(ctx.dir / PROGRESS_FILE))
 
 
-def _finished(trainer, ctx) -> None:
-    """A trainer stopped early (SIGINT/SIGTERM: OLMo-core saves a checkpoint and returns) is not
-    a finished job: fail, so the study records it unfinished and a re-run resumes it."""
-    if trainer.is_canceled:
-        raise ConfigError(
-            f"{ctx.job.id}: training stopped at step {trainer.global_step} of {trainer.max_steps} (canceled); "
-            "run the study again to resume from the last checkpoint"
-        )
-
-
 def data_fraction(data: Dict[str, Any], fraction: float, out: Path) -> Dict[str, Any]:
     """``data`` with its training token files cut to their first ``fraction`` of tokens, written
     under ``out`` (a data-repetition control: the same budget repeats a smaller corpus more often;
@@ -144,7 +134,7 @@ def job_pretrain(ctx) -> Dict[str, Any]:
     spec = run_spec(ctx.job, data, str(ctx.dir / "run"))
     cfg, resolved = build_run(ctx.job, spec)
     _watch(cfg, ctx)
-    _finished(run_experiment(cfg), ctx)
+    run_experiment(cfg)  # (a run stopped by a signal raises RunCanceled: the job is not finished)
     metrics = read_metrics(ctx.dir / "run")
     curve = [
         {
@@ -185,7 +175,7 @@ def job_midtrain(ctx) -> Dict[str, Any]:
     for key in MIDTRAIN_LOAD_KEYS:
         if settings.get(key) is not None:
             kwargs[key] = settings[key]
-    _finished(run_midtrain(cfg, **kwargs), ctx)
+    run_midtrain(cfg, **kwargs)
     checkpoint = str(resolve_checkpoint(ctx.dir / "run"))
     return {
         "checkpoint": checkpoint,
