@@ -26,7 +26,7 @@ from olmo_core.data import TokenizerConfig
 from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.nn.transformer import Transformer, TransformerConfig
 
-from .output import atomic_dir
+from .output import atomic_dir, check_out_dir
 from .preflight import POSITIVE_INT, model_callback, out_dir_callback
 
 __all__ = [
@@ -141,9 +141,7 @@ def export_hf(
 
     from .checkpoints import load_transformer
 
-    out = Path(out_dir)
-    if out.exists() and not overwrite:  # before the (possibly large) load
-        raise OLMoConfigurationError(f"{out} already exists; pass --overwrite to replace it")
+    out = check_out_dir(out_dir, overwrite=overwrite, inputs=[checkpoint])  # before the (possibly large) load
     model, info = load_transformer(checkpoint)
     tok_cfg = info.tokenizer
     hf_tok, tok_source = (None, None)
@@ -171,7 +169,7 @@ def export_hf(
     }
     if hf_tok is not None and ids["pad_token_id"] is None and tok_cfg is not None:
         ids["pad_token_id"] = tok_cfg.pad_token_id
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs=[checkpoint]) as tmp:
         save_hf_model(
             tmp,
             model.state_dict(),
@@ -313,9 +311,7 @@ def import_hf(
     from .checkpoints import save_transformer
     from .data.tokenizer import load_tokenizer, tokenizer_config
 
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise OLMoConfigurationError(f"{out} already exists; pass --overwrite to replace it")
+    out = check_out_dir(out_dir, overwrite=overwrite, inputs=[source])
     if Path(source).exists():
         revision = None  # a local directory has no revisions
         if not (Path(source) / "config.json").is_file():
@@ -368,7 +364,7 @@ def import_hf(
         "dataset": {"tokenizer": tok_cfg.as_config_dict(), "sequence_length": seq_len},
         "source": report,
     }
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs=[source]) as tmp:
         save_transformer(model, tmp, config, step=0)
         hf_tok.save_pretrained(tmp / "tokenizer")
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2))

@@ -58,14 +58,29 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-@contextlib.contextmanager
-def atomic_dir(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory beside ``out``; when the block succeeds it replaces ``out``
-    (which must not exist unless ``overwrite``), when it fails it is removed. Readers never see a
-    half-written ``out``."""
+def check_out_dir(out: str | Path, *, overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> Path:
+    """``out`` as a one-shot writer's output directory: it must not exist unless ``overwrite``,
+    and it may never be, or hold, one of the ``inputs`` (replacing it would delete what is read:
+    ``export-hf RUN --out RUN --overwrite`` replaced a whole training run by its export)."""
     out = Path(out)
+    for src in inputs:
+        if Path(src).exists() and (
+            out.resolve() == Path(src).resolve() or out.resolve() in Path(src).resolve().parents
+        ):
+            raise OLMoConfigurationError(
+                f"--out {out} holds the input {src}: writing it would delete the input; choose another --out"
+            )
     if out.exists() and not overwrite:
         raise OLMoConfigurationError(f"{out} already exists; pass --overwrite to replace it")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | Path, *, overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> Iterator[Path]:
+    """Yield a temporary directory beside ``out``; when the block succeeds it replaces ``out``
+    (:func:`check_out_dir`: which must not exist unless ``overwrite``, nor hold one of the
+    ``inputs``), when it fails it is removed. Readers never see a half-written ``out``."""
+    out = check_out_dir(out, overwrite=overwrite, inputs=inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     os.chmod(tmp, 0o755)

@@ -52,6 +52,13 @@ def test_wise_ft_end_points_are_exact(tiny_checkpoint, tmp_path):
     assert any(not torch.equal(half[k], b_sd[k]) for k in b_sd)
     with pytest.raises(OLMoConfigurationError, match="alpha must be in"):
         wise_ft_state(b_sd, f_sd, 1.5)
+    # an existing --out is replaced only when asked; the inputs never
+    with pytest.raises(OLMoConfigurationError, match="w25 already exists; pass --overwrite"):
+        save_wise_ft(tiny_checkpoint, ft_dir, 0.5, tmp_path / "w25")
+    assert torch.equal(_state(save_wise_ft(tiny_checkpoint, ft_dir, 1.0, tmp_path / "w25", overwrite=True))[k], f_sd[k])
+    with pytest.raises(OLMoConfigurationError, match=r"holds the input .*: writing it would delete the input"):
+        save_wise_ft(tiny_checkpoint, ft_dir, 0.5, tmp_path / "ft", overwrite=True)
+    assert torch.equal(_state(ft_dir)[k], f_sd[k])
 
 
 @pytest.mark.parametrize("ratio", [0.5, 1.0, 2.0])

@@ -117,6 +117,13 @@ def test_export_import_round_trip(bpe_run, demo_data_small, tmp_path):
     assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
     with pytest.raises(OLMoConfigurationError, match="already exists"):
         export_hf(bpe_run, hf1)
+    # --overwrite never replaces the input itself (it replaced a whole run by its export)
+    for out, src in [(bpe_run, bpe_run), (imported, imported / "step0")]:
+        with pytest.raises(OLMoConfigurationError, match="holds the input .*writing it would delete the input"):
+            export_hf(src, out, overwrite=True)
+    with pytest.raises(OLMoConfigurationError, match="holds the input"):
+        import_hf(str(hf1), hf1, overwrite=True)
+    assert (hf1 / "model.safetensors").is_file() and (imported / "step0").is_dir()
 
 
 def test_import_generic_olmo2_model(tiny_hf_model, tmp_path):

@@ -298,8 +298,13 @@ def test_quantize_probe_resumes(tiny_checkpoint, tiny_hf_model, tiny_corpus, tmp
     monkeypatch.setattr("olmo_sam.probes.quantize.load_hf_quantized", no_model)
     again = runners.quantize_probe([tiny_checkpoint, tiny_hf_model], [tiny_corpus.val], **kw)
     assert again["records"] == first["records"]
-    with pytest.raises(AssertionError, match="recomputed"):  # other settings: measured afresh
-        runners.quantize_probe([tiny_checkpoint], [tiny_corpus.val], **{**kw, "labels": ["olmo"], "max_sequences": 4})
+    other = {**kw, "labels": ["olmo"], "max_sequences": 4}
+    with pytest.raises(
+        OLMoConfigurationError, match=r"holds quantize results of other settings \(changed: max_sequences"
+    ):
+        runners.quantize_probe([tiny_checkpoint], [tiny_corpus.val], **other)  # (their results are kept)
+    with pytest.raises(AssertionError, match="recomputed"):  # overwrite: measured afresh
+        runners.quantize_probe([tiny_checkpoint], [tiny_corpus.val], **other, overwrite=True)
 
 
 @pytest.mark.parametrize("double_quant", [False, True])

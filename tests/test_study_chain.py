@@ -82,3 +82,17 @@ def test_cfs_and_benchmarks_join_the_chain(tmp_path):
     assert set(averages) == {(m, p) for m in ("sam-anneal", "sam-anneal:demo-music") for p in ("bf16", "nf4")}
     assert averages[("sam-anneal", "bf16")]["drop_from_base"] == 0.0
     assert "## Benchmarks" in (out / "report" / "report.md").read_text()
+
+    # a fine-tuning job re-run (--rerun) keeps no record of runs it no longer plans (they were
+    # pooled with the new ones into the analysis); its finished runs are recovered, not redone
+    store = out / "finetune" / "sam-anneal_demo-music" / "results.jsonl"
+    stale = json.loads(store.read_text().splitlines()[0])
+    store.write_text(store.read_text() + json.dumps({**stale, "run_id": "a-run-of-other-settings"}) + "\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "olmo_sam.cli", "study", "run", str(spec), "--out", str(out), "--rerun",
+         "--stages", "finetune"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert {r.run_id for r in ResultStore(store).records()} == {ft.run_id, cfs.run_id}
+    assert json.loads((out / "analysis" / "summary.json").read_text())["finetune"]["runs"] == 2

@@ -204,3 +204,17 @@ def test_terminal_counter_stays_on_an_80_column_screen():
     assert rows and all(len(r) <= 80 for r in rows)
     assert "1/21 jobs, 1 failed" in rows[-1]
     assert "FAILED pretrain/sam@24B" in text
+
+
+def test_a_damaged_done_file_is_not_a_finished_job(tmp_path):
+    """A truncated done.json counted as done; the next job reading it failed with a traceback."""
+    from olmo_sam.study.job import Job
+
+    job = Job(id="pretrain/adamw", stage="pretrain", kind="pretrain", params={}, deps=[])
+    job.mark_done(tmp_path, {"checkpoint": "x"}, seconds=1.0)
+    assert job.is_done(tmp_path) and job.result(tmp_path) == {"checkpoint": "x"}
+    path = job.done_path(tmp_path)
+    path.write_text(path.read_text()[:20])
+    assert not job.is_done(tmp_path)
+    with pytest.raises(ConfigError, match=r"has not finished \(no readable .*done.json\)"):
+        job.result(tmp_path)

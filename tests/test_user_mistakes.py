@@ -400,3 +400,26 @@ def test_a_sweep_into_a_directory_of_other_shared_settings_is_refused(tmp_path, 
              "--pt-val", str(tiny_corpus.val), "--out", str(out), "--dry-run"]  # fmt: skip
     res = CliRunner().invoke(main, [*sweep, "--max-steps", "5"])
     assert res.exit_code == 1 and "other shared settings (max_steps: 3 -> 5; pt_val: None ->" in res.output, res.output
+
+
+def test_a_sweep_base_or_dataset_given_twice_is_refused(tmp_path):
+    """`sweep --base pt1 --base pt1 --base-label x --base-label y` became one base labelled y."""
+    (tmp_path / "pt1").mkdir()
+    for bases, data, match in [
+        ([str(tmp_path / "pt1"), str(tmp_path / "pt1/")], ["code"], r"--base .*pt1/? is given twice"),
+        (["b"], ["code", "code"], "--data code is given twice"),
+    ]:
+        with pytest.raises(OLMoConfigurationError, match=match):
+            expand(SweepSpec(bases=bases, datasets=data, lrs=[1e-3]), resolve=False)
+
+
+def test_a_data_demo_output_given_for_its_token_dataset_names_it(tmp_path):
+    """`pretrain --data demo` (the directory `data demo --out demo` wrote) said only 'prepare one'."""
+    from olmo_sam.data.tokens import META_FILE, read_meta
+
+    (tmp_path / "demo" / "tokens").mkdir(parents=True)
+    (tmp_path / "demo" / "tokens" / META_FILE).write_text("{}")
+    with pytest.raises(OLMoConfigurationError, match=r"no meta.json\); did you mean .*demo/tokens\?"):
+        read_meta(tmp_path / "demo")
+    with pytest.raises(OLMoConfigurationError, match="prepare one with 'olmo-sam data tokenize'"):
+        read_meta(tmp_path / "demo" / "tokens" / "nothing")

@@ -111,9 +111,9 @@ def write_meta(root: str | Path, meta: TokenDataMeta) -> Path:
 def read_meta(root: str | Path) -> TokenDataMeta:
     path = Path(root) / META_FILE
     if not path.exists():
-        raise OLMoConfigurationError(
-            f"{root} is not a prepared token dataset (no {META_FILE}); prepare one with 'olmo-sam data tokenize'"
-        )
+        inside = sorted(str(p.parent) for p in Path(root).glob(f"*/{META_FILE}"))  # ('data demo --out D' -> D/tokens)
+        fix = f"did you mean {inside[0]}?" if inside else "prepare one with 'olmo-sam data tokenize'"
+        raise OLMoConfigurationError(f"{root} is not a prepared token dataset (no {META_FILE}); {fix}")
     from ..files import read_json
 
     data = read_json(path, what="token dataset meta.json")

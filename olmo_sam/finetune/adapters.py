@@ -526,7 +526,7 @@ def prepare_dataset(
         if not overwrite:
             raise OLMoConfigurationError(
                 f"{out} already holds a prepared dataset with different settings "
-                f"({meta.name}); pass overwrite=True (--overwrite) or another directory"
+                f"({meta.name}); pass --overwrite or another directory"
             )
     tok = load_tokenizer(tokenizer_path)
     return prepare_rows(

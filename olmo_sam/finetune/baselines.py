@@ -24,7 +24,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 
 from ..checkpoints import load_checkpoint_config, load_transformer, save_transformer
 from ..data.tokens import token_dtype_for_vocab
-from ..output import json_digest
+from ..output import atomic_dir, check_out_dir, json_digest
 from .data import FTDataMeta, iter_documents, read_meta, write_meta, write_split
 
 log = logging.getLogger(__name__)
@@ -64,13 +64,19 @@ def wise_ft(base_model: torch.nn.Module, ft_model: torch.nn.Module, alpha: float
     return model
 
 
-def save_wise_ft(base: str | Path, ft: str | Path, alpha: float, out_dir: str | Path) -> Path:
-    """Interpolate two checkpoints and save the result with :func:`save_transformer` (loadable
-    by :func:`olmo_sam.checkpoints.load_transformer` and by the trainer's ``load_path``)."""
+def save_wise_ft(
+    base: str | Path, ft: str | Path, alpha: float, out_dir: str | Path, *, overwrite: bool = False
+) -> Path:
+    """Interpolate two checkpoints and save the result as ``{out_dir}/step0`` with
+    :func:`save_transformer` (loadable by :func:`olmo_sam.checkpoints.load_transformer` and by the
+    trainer's ``load_path``), atomically; ``out_dir`` must not exist unless ``overwrite``."""
+    check_out_dir(out_dir, overwrite=overwrite, inputs=[base, ft])
     base_model, _ = load_transformer(base)
     ft_model, _ = load_transformer(ft)
     model = wise_ft(base_model, ft_model, alpha)
-    return save_transformer(model, out_dir, load_checkpoint_config(base))
+    with atomic_dir(out_dir, overwrite=overwrite, inputs=[base, ft]) as tmp:
+        save_transformer(model, tmp, load_checkpoint_config(base))
+    return Path(out_dir) / "step0"
 
 
 # ---------------------------------------------------------------------------------------------

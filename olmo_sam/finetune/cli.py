@@ -327,11 +327,12 @@ def run_command(
 @click.option(
     "--out", required=True, callback=out_dir_callback, type=click.Path(), help="checkpoint directory to write"
 )
-def wise_ft_command(base, ft_ckpt, alpha, out):
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def wise_ft_command(base, ft_ckpt, alpha, out, overwrite):
     """Save the WiSE-FT interpolation (1 - alpha) * base + alpha * fine-tuned as a checkpoint."""
     from .baselines import save_wise_ft
 
-    click.echo(str(save_wise_ft(base, ft_ckpt, alpha, out)))
+    click.echo(str(save_wise_ft(base, ft_ckpt, alpha, out, overwrite=overwrite)))
 
 
 # ---------------------------------------------------------------------------------------------

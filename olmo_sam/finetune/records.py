@@ -119,6 +119,18 @@ class ResultStore:
         self.torn = torn
         return list(seen.values())
 
+    def keep_only(self, run_ids: Iterable[str]) -> int:
+        """Rewrite the store (atomically) with only the records of ``run_ids``; returns how many
+        were dropped (those of runs no longer planned: a study stage re-run with other settings)."""
+        keep = set(run_ids)
+        records = self.records()
+        kept = [r for r in records if r.run_id in keep]
+        if len(kept) != len(records):
+            from ..output import atomic_write_text
+
+            atomic_write_text(self.path, "".join(r.to_json() + "\n" for r in kept))
+        return len(records) - len(kept)
+
     def done_ids(self) -> set:
         return {r.run_id for r in self.records()}
 

@@ -167,6 +167,13 @@ def expand(spec: SweepSpec, resolve: bool = True) -> List[FTConfig]:
         raise OLMoConfigurationError("no base checkpoint given")
     if not spec.datasets:
         raise OLMoConfigurationError("no fine-tuning dataset given")
+    for flag, values in (("--base", spec.bases), ("--data", spec.datasets)):
+        seen: Dict[str, str] = {}
+        for v in values:  # (the same base twice became one, its second label dropped)
+            key = str(Path(v).resolve()) if Path(v).exists() else str(v)
+            if key in seen:
+                raise OLMoConfigurationError(f"{flag} {v} is given twice (also as {seen[key]}); give each once")
+            seen[key] = str(v)
     if spec.base_labels is not None and len(spec.base_labels) != len(spec.bases):
         raise OLMoConfigurationError(
             f"{len(spec.base_labels)} base label(s) for {len(spec.bases)} base checkpoint(s); give one per base"

@@ -65,7 +65,7 @@ def _common(fn: Callable) -> Callable:
         click.option(
             "--overwrite",
             is_flag=True,
-            help="Replace a <probe>.json of other settings or checkpoints in --out (the same ones resume).",
+            help="Replace a <probe>.json of other settings in --out (the same settings resume).",
         ),
     ]
     for opt in reversed(options):

@@ -3,7 +3,7 @@
 Each takes checkpoints (paths or :class:`~olmo_sam.probes.common.ModelRef`), measures, and
 returns a JSON-ready dict; with ``out=PATH`` the dict is also written there (atomically) after
 every measurement, and a re-run with the same ``out`` and the same settings skips what is already
-recorded (so a killed sweep resumes).
+recorded (so a killed probe resumes); an ``out`` of other settings is refused unless ``overwrite``.
 
 * :func:`quantize_probe`: L_PT of the 4/8-bit model minus L_PT of the float32 model ([SAM-PT]
   Sec 3.4, Fig 8a).
@@ -58,8 +58,8 @@ def _refs(checkpoints: Checkpoints, labels: Sequence[str]) -> List[ModelRef]:
 
 class _Results:
     """The result dict of one probe, persisted after each record, resumable by key. A file of
-    other settings (other checkpoints, too) is refused unless ``overwrite``: it may be hours of
-    measurements."""
+    other settings is refused unless ``overwrite``: it may be hours of measurements. (Other
+    checkpoints under the same settings are added beside the ones it holds.)"""
 
     def __init__(self, probe: str, settings: Dict[str, Any], out: Optional[Path], overwrite: bool = False):
         self.out = Path(out) if out is not None else None

@@ -57,6 +57,7 @@ def start_study(
     warnings = validate_plan(plan, missing_data_ok=allow_missing_data)
     selected = plan.select(stages or None, exclude or ())
     source = spec.source if spec.source and not spec.source.startswith("<") else "STUDY_FILE"
+    source = shlex.join([source, *overrides])  # (a command to copy repeats the overrides)
     if dry_run:  # the run refuses a study file edited under finished jobs (below, under the lock); so does its dry run
         check_unchanged(plan, _rerun_set(plan, selected) if rerun else set(), source)
     kind = executor or spec.executor.kind
@@ -76,7 +77,7 @@ def start_study(
             mark = "done" if j.is_done(plan.out) and not rerun else "todo"
             echo(f"  [{mark}] {j.id}: {' '.join(job_command(j, plan.out, kind, nproc))}")
         return plan
-    resume = resume_command or f"olmo-sam study run {source} --out {plan.out}"
+    resume = resume_command or f"olmo-sam study run {source} --out {shlex.quote(str(plan.out))}"
     check_writable(plan.out)
     with out_dir_lock(plan.out, "demo" if resume.startswith("olmo-sam demo") else "study run"):
         rerun_ids = _rerun_set(plan, selected) if rerun else set()

@@ -246,7 +246,15 @@ def _run_subprocesses(plan, pending, manifest, kind, parallel, nproc_per_node, p
                         proc = pool.launch(ready, log)
                     else:
                         logf = open(log, "a")
-                        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+                        # (a study killed with -9 takes its jobs along: a restart would run them twice)
+                        linux = sys.platform.startswith("linux")
+                        proc = subprocess.Popen(
+                            cmd,
+                            stdout=logf,
+                            stderr=subprocess.STDOUT,
+                            env=env,
+                            preexec_fn=die_with_parent if linux else None,
+                        )
                         logf.close()
                     running.append(_Running(ready, proc, log, time.time()))
                     manifest.record(ready.id, "running", started=time.time())

@@ -37,13 +37,22 @@ class Job:
         return self.dir(out) / "done.json"
 
     def is_done(self, out: Path) -> bool:
-        return self.done_path(out).exists()
+        """Finished: its ``done.json`` holds a result (one damaged by hand does not count: the job
+        runs again, where its readers failed with a traceback)."""
+        return self._done(out) is not None
+
+    def _done(self, out: Path) -> Optional[Dict[str, Any]]:
+        try:
+            d = json.loads(self.done_path(out).read_text())
+        except (OSError, ValueError):
+            return None
+        return d if isinstance(d, dict) and "result" in d else None
 
     def result(self, out: Path) -> Dict[str, Any]:
-        p = self.done_path(out)
-        if not p.exists():
-            raise ConfigError(f"job {self.id} has not finished (no {p})")
-        return json.loads(p.read_text())["result"]
+        d = self._done(out)
+        if d is None:
+            raise ConfigError(f"job {self.id} has not finished (no readable {self.done_path(out)})")
+        return d["result"]
 
     def mark_done(self, out: Path, result: Dict[str, Any], seconds: float, cpu_seconds: Optional[float] = None) -> None:
         payload = {"job": asdict(self), "result": result, "seconds": seconds, "cpu_seconds": cpu_seconds}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set
@@ -181,6 +182,6 @@ def check_unchanged(plan: Plan, rerun: Set[str], study_file: str = "STUDY_FILE")
     raise ConfigError(
         f"the study changed since the results in {plan.out} were made "
         f"(changed: {', '.join(keys) if keys else 'job parameters'}); finished jobs made with the old values: "
-        f"{shown}. Re-run them with 'olmo-sam study run {study_file} --out {plan.out} --rerun --stages "
+        f"{shown}. Re-run them with 'olmo-sam study run {study_file} --out {shlex.quote(str(plan.out))} --rerun --stages "
         f"{','.join(stages)}' (later stages re-run too), or use a new output directory (--out or out_dir)"
     )

@@ -5,6 +5,7 @@ Eq. 9-10, App C.4), with each base's grid-edge flag and tau sensitivity."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from .base import (
     in_file_words,
     unit_checkpoint,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FinetuneStage",
@@ -112,6 +115,7 @@ def ft_sweeps(
 def job_ft_sweep(ctx) -> Dict[str, Any]:
     """The LR sweep of one base checkpoint on one dataset, for every method; a ``cfs`` method
     trains on the context-free mix for as many steps as the task alone ([CFS] Sec 3)."""
+    from ...finetune.records import ResultStore
     from ...finetune.sweep import expand, run_sweep
 
     p = ctx.job.params
@@ -147,6 +151,11 @@ def job_ft_sweep(ctx) -> Dict[str, Any]:
         failed += [f"{rid}: {why} ({log})" for rid, log, why in res.failed]
     if failed:
         raise ConfigError(f"{ctx.job.id}: {len(failed)} fine-tuning run(s) failed:\n" + "\n".join(failed))
+    # a job re-run with other settings (--rerun) finds its earlier runs' records beside the new ones
+    planned = [rid for spec in sweeps for cfg in expand(spec) for rid in cfg.expected_run_ids()]
+    dropped = ResultStore(ctx.dir / "results.jsonl").keep_only(planned)
+    if dropped:
+        log.info(f"{ctx.job.id}: dropped {dropped} record(s) of runs this job no longer plans")
     base_meta = BaseRecord.from_result(ctx.dep(f"pretrain/{unit}"), f"pretrain/{unit}").to_dict()
     return {"results": str(ctx.dir / "results.jsonl"), "runs": total, "base_label": unit, "base_meta": base_meta}
 
