@@ -14,17 +14,35 @@ Import it before decoding a config that uses them.
 import logging as _logging
 
 
-class _AtDebugLevel(_logging.Filter):
-    """Re-level a record to DEBUG: shown only where debug logging is on."""
+class _TENoticeAtDebugLevel(_logging.Filter):
+    """Re-level OLMo-core's "transformer_engine unavailable" notice to DEBUG (shown only where debug
+    logging is on); every other record of its logger keeps its level."""
 
     def filter(self, record: _logging.LogRecord) -> bool:
-        record.levelno, record.levelname = _logging.DEBUG, "DEBUG"
+        if record.levelno <= _logging.WARNING and "transformer_engine unavailable" in record.getMessage():
+            record.levelno, record.levelname = _logging.DEBUG, "DEBUG"
         return True
 
 
 # OLMo-core warns "transformer_engine unavailable" at import on every machine without TE (all CPU
 # machines); olmo-sam never uses TE attention, so that line is debug information, not a warning.
-_logging.getLogger("olmo_core.nn.attention.te_attn_api").addFilter(_AtDebugLevel())
+_logging.getLogger("olmo_core.nn.attention.te_attn_api").addFilter(_TENoticeAtDebugLevel())
+
+
+def _refuse_the_patched_fork() -> None:
+    """An OLMo-core carrying olmo-sam's fork patch (``olmo_core.sam``) registers ``sam`` and the
+    schedules itself; registering the plugin's classes over them would leave the fork's train module
+    with a SAM class that is not its own."""
+    import importlib.util
+
+    if importlib.util.find_spec("olmo_core.sam") is not None:
+        raise ImportError(
+            "this OLMo-core carries olmo-sam's fork patch (olmo_core.sam), which registers 'sam' and the "
+            "schedules itself: use it without the olmo-sam plugin, or the plugin with an unpatched OLMo-core"
+        )
+
+
+_refuse_the_patched_fork()
 
 from . import optim as optim  # noqa: E402, F401  (registers 'sam' and the schedules)
 from . import train as train  # noqa: E402, F401

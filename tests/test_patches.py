@@ -131,3 +131,12 @@ def test_patched_fork_trains_exactly_like_the_plugin(tmp_path, tiny_corpus, fork
     got = torch.load(out)
     for n, p in want.items():
         assert torch.equal(got[n], p), n
+
+
+def test_the_plugin_refuses_to_register_over_the_patched_fork(fork):
+    """With the fork patch applied, OLMo-core registers 'sam' and the schedules itself; importing
+    the plugin as well silently re-registered them under its own classes."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = os.pathsep.join([str(fork / "src"), str(ROOT)])
+    proc = subprocess.run([sys.executable, "-c", "import olmo_sam"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 1 and "carries olmo-sam's fork patch (olmo_core.sam)" in proc.stderr, proc.stderr[-2000:]

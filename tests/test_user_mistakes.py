@@ -423,3 +423,19 @@ def test_a_data_demo_output_given_for_its_token_dataset_names_it(tmp_path):
         read_meta(tmp_path / "demo")
     with pytest.raises(OLMoConfigurationError, match="prepare one with 'olmo-sam data tokenize'"):
         read_meta(tmp_path / "demo" / "tokens" / "nothing")
+
+
+def test_only_olmo_cores_te_notice_is_logged_at_debug_level():
+    """The filter `import olmo_sam` adds re-levelled every record of that logger, errors included."""
+    import logging
+
+    import olmo_sam  # noqa: F401
+
+    log = logging.getLogger("olmo_core.nn.attention.te_attn_api")
+    notice = log.makeRecord(
+        log.name, logging.WARNING, __file__, 1, "transformer_engine unavailable, disabling TE", (), None
+    )
+    error = log.makeRecord(log.name, logging.ERROR, __file__, 1, "a real failure", (), None)
+    for record in (notice, error):
+        assert all(f.filter(record) for f in log.filters)
+    assert (notice.levelno, error.levelno) == (logging.DEBUG, logging.ERROR)
