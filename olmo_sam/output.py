@@ -15,11 +15,12 @@ import hashlib
 import io
 import json
 import math
+import operator
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 from olmo_core.exceptions import OLMoConfigurationError
 
@@ -29,6 +30,8 @@ __all__ = [
     "atomic_dir",
     "json_text",
     "json_digest",
+    "plain",
+    "differences",
     "write_json",
     "read_json_or_none",
     "markdown_table",
@@ -63,10 +66,9 @@ def check_out_dir(out: str | Path, *, overwrite: bool = False, inputs: Sequence[
     and it may never be, or hold, one of the ``inputs`` (replacing it would delete what is read:
     ``export-hf RUN --out RUN --overwrite`` replaced a whole training run by its export)."""
     out = Path(out)
+    target = out.resolve()
     for src in inputs:
-        if Path(src).exists() and (
-            out.resolve() == Path(src).resolve() or out.resolve() in Path(src).resolve().parents
-        ):
+        if Path(src).exists() and (target == Path(src).resolve() or target in Path(src).resolve().parents):
             raise OLMoConfigurationError(
                 f"--out {out} holds the input {src}: writing it would delete the input; choose another --out"
             )
@@ -126,6 +128,38 @@ def write_json(path: str | Path, payload: Any, *, keep_nan: bool = False, sort_k
 def json_digest(obj: Any, length: int = 16) -> str:
     """A short SHA-256 of ``obj``'s canonical JSON (cache keys, run ids)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples as lists; what JSON cannot hold as its ``str``):
+    the form recorded settings are compared in."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def differences(
+    old: Any, new: Any, prefix: str = "", same: Callable[[Any, Any], bool] = operator.eq
+) -> List[Tuple[str, Any, Any]]:
+    """``(dotted path, old value, new value)`` wherever two plain (JSON) values differ: mappings
+    key by key (``probes.quantize.quant``), lists of mappings of one length entry by entry
+    (``arms[1].rho``), anything else whole, by ``same``; a key on one side only is a difference
+    (``None`` on the other). Recorded settings against new ones: a study's, a sweep's, a run's."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: List[Tuple[str, Any, Any]] = []
+        for k in sorted(set(old) | set(new), key=str):
+            path = f"{prefix}.{k}" if prefix else str(k)
+            if k not in old or k not in new:
+                out.append((path, old.get(k), new.get(k)))
+            else:
+                out += differences(old[k], new[k], path, same)
+        return out
+    if (
+        isinstance(old, list)
+        and isinstance(new, list)
+        and len(old) == len(new)
+        and all(isinstance(x, dict) for x in old + new)
+    ):
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in differences(a, b, f"{prefix}[{i}]", same)]
+    return [] if same(old, new) else [(prefix, old, new)]
 
 
 def read_json_or_none(path: str | Path) -> Any:

@@ -62,7 +62,7 @@ from ..data.tokens import token_dtype_for_vocab
 from ..evals.lm_loss import lm_loss
 from ..locks import cached_file, file_lock
 from ..optim import CosineAlpha
-from ..output import json_digest, write_json
+from ..output import differences, json_digest, write_json
 from ..seeds import DATA_SEED, MAX_SEED
 from ..train import build_experiment, read_metrics, run_experiment
 from .baselines import build_replay_mix, wise_ft
@@ -508,7 +508,7 @@ def _prepare_dir(out: Path, spec: Dict[str, Any], overwrite: bool = True) -> Opt
         if same and rec_path.exists():
             return [FTRecord.from_dict(d) for d in json.loads(rec_path.read_text())]
         if not same and not overwrite:
-            changed = sorted(k for k in set(old or {}) | set(spec) if (old or {}).get(k) != spec.get(k))
+            changed = [path for path, _, _ in differences(old if isinstance(old, dict) else {}, spec)]
             raise OLMoConfigurationError(
                 f"{out} holds another fine-tuning run ({', '.join(changed[:6])} differ); pass --overwrite to "
                 "replace it, or another --out"

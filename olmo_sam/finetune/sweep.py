@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..output import read_json_or_none, write_json
+from ..output import differences, plain, read_json_or_none, write_json
 from ..workers import die_with_parent, output_to
 from .batched import ENGINES, grid_units, run_grid
 from .engine import METHODS, FTConfig, run_finetune
@@ -343,12 +343,10 @@ def check_shared_settings(out_dir: str | Path, common: Dict[str, Any], *, record
     and a frontier would mix them without a word. Grids (bases, datasets, LRs, methods) may grow.
     The first sweep records them (``record``; a dry run only checks)."""
     path = Path(out_dir) / SHARED_SETTINGS
-    new = json.loads(json.dumps(common, default=str))
+    new = plain(common)
     old = read_json_or_none(path)
     if isinstance(old, dict) and old != new:
-        changed = [
-            f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
-        ]
+        changed = [f"{key}: {a!r} -> {b!r}" for key, a, b in differences(old, new)]
         raise OLMoConfigurationError(
             f"{out_dir} holds a sweep with other shared settings ({'; '.join(changed)}); its results.jsonl would pool "
             "runs of both. Use another --out, or the same settings (the grids of bases, datasets, LRs and methods may grow)"

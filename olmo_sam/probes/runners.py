@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .. import paper
 from ..config import Checked, ConfigError, decode, setting
 from ..evals.lm_loss import lm_loss
-from ..output import read_json_or_none, write_json
+from ..output import differences, plain, read_json_or_none, write_json
 from ..preflight import device_problem
 from ..seeds import MAX_SEED
 from .common import (
@@ -65,12 +65,11 @@ class _Results:
         self.out = Path(out) if out is not None else None
         self.data: Dict[str, Any] = {"probe": probe, "settings": settings, "records": []}
         prev = read_json_or_none(self.out) if self.out is not None else None
-        if prev and prev.get("probe") == probe and prev.get("settings") == _plain(settings):
+        if prev and prev.get("probe") == probe and prev.get("settings") == plain(settings):
             self.data["records"] = list(prev.get("records") or [])
         elif prev and not overwrite:
             old = prev.get("settings") if isinstance(prev.get("settings"), dict) else {}
-            new = _plain(settings)
-            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) or ["probe"]
+            changed = [path for path, _, _ in differences(old, plain(settings))] or ["probe"]
             raise OLMoConfigurationError(
                 f"{self.out} holds {prev.get('probe', 'other')} results of other settings (changed: {', '.join(changed)}); "
                 "pass --overwrite to replace them, or another --out"
@@ -89,12 +88,6 @@ class _Results:
     def save(self) -> None:
         if self.out is not None:
             write_json(self.out, self.data)
-
-
-def _plain(obj):
-    import json
-
-    return json.loads(json.dumps(obj, default=str))
 
 
 def _loss(model, ref: ModelRef, val_paths, seq_len, batch_size, max_sequences) -> Tuple[float, int]:

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set
 
 from ..config import ConfigError
+from ..output import differences, plain
 from .plan import Plan
 
-__all__ = ["LOCK_FILE", "out_dir_lock", "check_writable", "changed_keys", "stale_jobs", "check_unchanged"]
+__all__ = ["LOCK_FILE", "out_dir_lock", "check_writable", "stale_jobs", "check_unchanged"]
 
 LOCK_FILE = ".study.lock"
 
@@ -99,34 +100,6 @@ def out_dir_lock(out: Path, what: str = "study run") -> Iterator[None]:
 # -- an edited study file -----------------------------------------------------------------------
 
 
-def _plain(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))
-
-
-def changed_keys(old: Any, new: Any, prefix: str = "") -> List[str]:
-    """Dotted paths (``probes.quantize.quant``, ``arms[1].rho``) where two plain values differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out: List[str] = []
-        for k in sorted(set(old) | set(new), key=str):
-            path = f"{prefix}.{k}" if prefix else str(k)
-            if k not in old or k not in new:
-                out.append(path)
-            else:
-                out += changed_keys(old[k], new[k], path)
-        return out
-    if (
-        isinstance(old, list)
-        and isinstance(new, list)
-        and len(old) == len(new)
-        and all(isinstance(x, dict) for x in old + new)
-    ):
-        out = []
-        for i, (a, b) in enumerate(zip(old, new)):
-            out += changed_keys(a, b, f"{prefix}[{i}]")
-        return out
-    return [] if old == new else [prefix or "<study>"]
-
-
 def stale_jobs(plan: Plan) -> List[str]:
     """Finished jobs whose recorded parameters differ from the plan's (and the finished jobs
     downstream of them, which used their results)."""
@@ -139,7 +112,7 @@ def stale_jobs(plan: Plan) -> List[str]:
             recorded = json.loads(j.done_path(out).read_text()).get("job", {}).get("params")
         except (OSError, json.JSONDecodeError):
             continue
-        if recorded is not None and recorded != _plain(j.params):
+        if recorded is not None and recorded != plain(j.params):
             stale.add(j.id)
     changed = True
     while changed:
@@ -170,10 +143,10 @@ def check_unchanged(plan: Plan, rerun: Set[str], study_file: str = "STUDY_FILE")
     if recorded.exists():
         try:
             old: Dict[str, Any] = json.loads(recorded.read_text())
-            new = _plain(plan.study.plain())
+            new = plain(plan.study.plain())
             old.pop("out_dir", None)
             new.pop("out_dir", None)
-            keys = changed_keys(old, new)
+            keys = [path or "<study>" for path, _, _ in differences(old, new)]
         except (OSError, json.JSONDecodeError):
             pass
     index = plan.by_id()

@@ -46,7 +46,7 @@ from olmo_core.train.train_module import TransformerDataParallelConfig
 from olmo_core.utils import seed_all
 
 from ..data.tokens import token_dtype_for_vocab
-from ..output import atomic_write_text
+from ..output import atomic_write_text, differences, plain
 from ..seeds import DATA_SEED, INIT_SEED
 from .train_module import SAMTrainModuleConfig
 
@@ -303,7 +303,7 @@ def validate_experiment(config: ExperimentConfig) -> None:
 #: (the trainer's may change: a longer ``max_duration``, a ``hard_stop``, other intervals; so may
 #: the data parallelism, for a run resumed on another number of GPUs)
 RUN_SECTIONS = ("model", "dataset", "data_loader", "train_module", "init_seed")
-_MAY_CHANGE = ("train_module.dp_config",)
+MAY_CHANGE = "train_module.dp_config"
 
 
 def check_same_run(config: ExperimentConfig) -> None:
@@ -320,8 +320,12 @@ def check_same_run(config: ExperimentConfig) -> None:
         old = json.loads(saved.read_text())
     except (OSError, ValueError):
         return  # not ours to judge: OLMo-core loads the checkpoint itself
-    new = json.loads(json.dumps(config.as_config_dict()))
-    diffs = _differences({k: old.get(k) for k in RUN_SECTIONS}, {k: new.get(k) for k in RUN_SECTIONS})
+    new = plain(config.as_config_dict())
+    diffs = [
+        d
+        for d in differences({k: old.get(k) for k in RUN_SECTIONS}, {k: new.get(k) for k in RUN_SECTIONS}, same=_same)
+        if not (d[0] == MAY_CHANGE or d[0].startswith(MAY_CHANGE + "."))
+    ]
     if diffs:
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs[:4]) + (" ..." if len(diffs) > 4 else "")
         raise OLMoConfigurationError(
@@ -331,19 +335,13 @@ def check_same_run(config: ExperimentConfig) -> None:
         )
 
 
-def _differences(a: Any, b: Any, path: str = "") -> List[tuple]:
-    if path in _MAY_CHANGE:
-        return []
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: List[tuple] = []
-        for k in sorted(set(a) | set(b), key=str):
-            out += _differences(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
-        return out
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]")]
+def _same(a: Any, b: Any) -> bool:
+    """Equal, or naming one existing file another way (a relative and an absolute data path)."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_same, a, b))
     if isinstance(a, str) and isinstance(b, str) and a != b and Path(a).exists() and Path(b).exists():
-        return [] if Path(a).resolve() == Path(b).resolve() else [(path, a, b)]  # (a path given another way)
-    return [] if a == b else [(path, a, b)]
+        return Path(a).resolve() == Path(b).resolve()
+    return a == b
 
 
 def setup_environment(threads: Optional[int] = None) -> None:
