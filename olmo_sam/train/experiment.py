@@ -404,8 +404,9 @@ def run_experiment(config: ExperimentConfig, *, setup: bool = True):
     trainer = build_trainer(config, setup=setup)
     trainer.fit()
     if trainer.is_canceled:
+        of = f" of {trainer.max_steps:,d}" if trainer.max_steps is not None else ""  # (an epoch budget: unknown)
         raise RunCanceled(
-            f"training stopped at step {trainer.global_step:,d} of {trainer.max_steps:,d} "
+            f"training stopped at step {trainer.global_step:,d}{of} "
             f"({getattr(trainer, '_cancel_reason', None) or 'canceled'}); the same command resumes it from "
             f"its checkpoint in {config.trainer.save_folder}"
         )
