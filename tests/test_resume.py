@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import adamw, losses, tiny_experiment
+from helpers import SEQ, adamw, losses, tiny_experiment
 
 from olmo_sam.files import to_yaml
 from olmo_sam.optim import SAMConfig, WSDAlpha
@@ -150,3 +151,23 @@ def test_a_save_folder_of_another_run_is_not_resumed_under_new_settings(tmp_path
         build_trainer(other)
     longer = tiny_experiment(tiny_corpus, tmp_path / "run", adamw(lr=2e-3), max_steps=6)  # the length may change
     assert build_trainer(longer).global_step == 3
+
+
+def test_in_loop_validation_too_small_for_a_batch_is_left_out_with_a_warning(tmp_path, tiny_corpus, capfd):
+    """OLMo-core's LM evaluator reads one sequence per validation document in whole batches: a
+    split of fewer documents than one eval batch logged ``eval/lm/pt-val/CE loss = nan`` at every
+    evaluation. It is now left out, with a warning that names the sizes; a split of one batch or
+    more is still evaluated."""
+    from conftest import markov_tokens
+
+    small = tmp_path / "val1.npy"
+    markov_tokens(SEQ, seed=3, doc_len=SEQ).tofile(small)  # one document < a batch of 2 sequences
+    metrics, output = {}, {}
+    for name, val in (("small", small), ("enough", tiny_corpus.val)):
+        run_experiment(tiny_experiment(tiny_corpus, tmp_path / name, adamw(), max_steps=2, val_paths=[str(val)]))
+        metrics[name] = read_metrics(tmp_path / name)[2]
+        output[name] = "".join(capfd.readouterr())  # (OLMo-core's log set-up replaces pytest's caplog)
+    assert "eval/lm/pt-val/CE loss" not in metrics["small"]
+    assert "1 sequence(s) (one per document, truncated to 32 tokens), fewer than one eval batch of 2" in output["small"]
+    assert math.isfinite(metrics["enough"]["eval/lm/pt-val/CE loss"])
+    assert "in-loop validation is off" not in output["enough"]

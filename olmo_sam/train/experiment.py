@@ -129,6 +129,35 @@ def read_metrics(save_folder: str | Path, filename: str = METRICS_FILE) -> Dict[
     return by_step
 
 
+@dataclass
+class ValLossCallbackConfig(LMEvaluatorCallbackConfig):
+    """OLMo-core's in-loop LM evaluator on the held-out pretraining split (``eval/lm/pt-val``).
+
+    It reads the split as one sequence per document, truncated to the sequence length, in whole
+    eval batches (a last partial batch is not evaluated). A split too small for one batch would
+    log a NaN loss at every evaluation; the evaluator is then left out, with a warning that says
+    why. (The study's ``pt_eval`` stage measures L_PT over every validation token on its own.)
+    """
+
+    def build(self, trainer: Any) -> Optional[Callback]:
+        callback = super().build(trainer)
+        if callback is None:
+            return None
+        loader = callback.evaluators[0].batches
+        if loader.total_batches == 0:
+            log.warning(
+                "in-loop validation is off: the validation split has %d sequence(s) (one per document, "
+                "truncated to %d tokens), fewer than one eval batch of %d; give more validation documents "
+                "or a smaller micro-batch to see eval/lm/%s during training",
+                len(loader.dataset),
+                self.eval_dataset.sequence_length,
+                loader.global_batch_size // self.eval_dataset.sequence_length,
+                VAL_LABEL,
+            )
+            return None
+        return callback
+
+
 def build_experiment(
     *,
     model: TransformerConfig,
@@ -233,7 +262,7 @@ def build_experiment(
         pre_train_checkpoint=False,
     )
     if val_paths:
-        all_callbacks["lm_evaluator"] = LMEvaluatorCallbackConfig(
+        all_callbacks["lm_evaluator"] = ValLossCallbackConfig(
             eval_dataset=NumpyPaddedFSLDatasetConfig(
                 tokenizer=tokenizer,
                 dtype=token_dtype,
