@@ -433,3 +433,34 @@ def test_option_sections_name_the_functions_keyword_options():
         (OlmesOptions, run_olmes_suite, {"model", "out_dir", "label", "echo", "olmes", "model_args"}),
     ]:
         assert {f.name for f in dataclasses.fields(cls)} == set(inspect.signature(fn).parameters) - not_options
+
+
+def test_rerun_holds_back_the_excluded_stages_after_it_and_marks_them_to_run_again(tmp_path):
+    """``--rerun --exclude STAGE``: the excluded stage's jobs after the re-run ones are not run
+    (the downstream rule used to run them anyway) and the run marks them to run again, since
+    their results would predate the re-run; the dry run lists every job that will run (it used to
+    list the selected stages only, not the jobs after them)."""
+    from olmo_sam.study.plan import build_plan
+    from olmo_sam.study.runner import save_study
+    from olmo_sam.study.spec import parse_study
+
+    out = tmp_path / "out"
+    plan = build_plan(parse_study({**SMALL, "out_dir": str(out)}))
+    out.mkdir()
+    save_study(plan)
+    for j in plan.jobs:
+        j.mark_done(out, {}, 0.0)
+    f = tmp_path / "study.yaml"
+    f.write_text(yaml.safe_dump(SMALL))
+    stages = {j.id: j.stage for j in plan.jobs}
+    for exclude, held in (([], []), (["report"], ["report"]), (["analysis"], ["analysis", "report"])):
+        args = ["study", "run", str(f), "--dry-run", "--out", str(out), "--rerun", "--stages", "finetune"]
+        res = _runner.invoke(main, args + [f"--exclude={s}" for s in exclude])
+        assert res.exit_code == 0, res.output
+        todo = [line.split("] ")[1].split(": ")[0] for line in res.output.splitlines() if "[todo]" in line]
+        # (the cfs job comes after finetune/data:demo-code, the fine-tuning data job)
+        after = {"finetune", "cfs", "analysis", "report"} - set(held)
+        assert sorted({stages[t] for t in todo}) == sorted(after) and len(todo) == len(set(todo)), res.output
+        n_held = sum(stages[j] in held for j in stages)
+        assert (f"--exclude: {n_held} job(s) after the re-run ones are not run now" in res.output) == bool(held)
+    assert all(j.is_done(out) for j in plan.jobs)  # a dry run changes nothing

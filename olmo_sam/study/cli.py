@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import click
 
@@ -58,8 +58,12 @@ def start_study(
     selected = plan.select(stages or None, exclude or ())
     source = spec.source if spec.source and not spec.source.startswith("<") else "STUDY_FILE"
     source = shlex.join([source, *overrides])  # (a command to copy repeats the overrides)
+    rerun_ids = _rerun_set(plan, selected) if rerun else set()
+    held: List[Any] = []
+    if rerun:
+        selected, held = _rerun_jobs(plan, rerun_ids, exclude or ())
     if dry_run:  # the run refuses a study file edited under finished jobs (below, under the lock); so does its dry run
-        check_unchanged(plan, _rerun_set(plan, selected) if rerun else set(), source)
+        check_unchanged(plan, rerun_ids, source)
     kind = executor or spec.executor.kind
     nproc = nproc_per_node or spec.executor.nproc_per_node
     parallel = jobs or (1 if kind == "torchrun" else spec.executor.jobs)
@@ -72,6 +76,11 @@ def start_study(
             echo(f"  {stage:<11} {s['jobs']:>4} jobs{runs}  ({s['done']} done)")
     for w in warnings:
         echo(f"  warning: {w}")
+    if held:
+        echo(
+            f"  --exclude: {len(held)} job(s) after the re-run ones are not run now ({', '.join(j.id for j in held)}); "
+            "their results would predate the re-run, so they are marked to run again (the next 'study run' runs them)"
+        )
     if dry_run:
         for j in selected:
             mark = "done" if j.is_done(plan.out) and not rerun else "todo"
@@ -80,13 +89,10 @@ def start_study(
     resume = resume_command or f"olmo-sam study run {source} --out {shlex.quote(str(plan.out))}"
     check_writable(plan.out)
     with out_dir_lock(plan.out, "demo" if resume.startswith("olmo-sam demo") else "study run"):
-        rerun_ids = _rerun_set(plan, selected) if rerun else set()
         check_unchanged(plan, rerun_ids, source)
-        if rerun:
-            for j in plan.jobs:
-                if j.id in rerun_ids and j.done_path(plan.out).exists():
-                    j.done_path(plan.out).unlink()
-            selected = [j for j in plan.jobs if j.id in rerun_ids]
+        for j in plan.jobs:
+            if j.id in rerun_ids and j.done_path(plan.out).exists():
+                j.done_path(plan.out).unlink()
         save_study(plan)
         manifest = Manifest(plan.out)
         manifest.start(spec.plain(), {"study_seed": spec.seed}, job_code=job_code())
@@ -141,6 +147,15 @@ def _rerun_set(plan, selected) -> set:
                 ids.add(j.id)
                 changed = True
     return ids
+
+
+def _rerun_jobs(plan, rerun_ids: set, exclude: Sequence[str]) -> Tuple[List[Any], List[Any]]:
+    """``--rerun``'s jobs, in plan order: those to run again, and those held back -- the jobs of
+    ``--exclude``'d stages among them and everything after those, which are not run now but lose
+    their done marker (their results would predate the re-run)."""
+    held = _rerun_set(plan, [j for j in plan.jobs if j.id in rerun_ids and j.stage in exclude])
+    run = [j for j in plan.jobs if j.id in rerun_ids and j.id not in held]
+    return run, [j for j in plan.jobs if j.id in held]
 
 
 def run_study_command(fn, resume: str) -> None:
