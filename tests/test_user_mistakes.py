@@ -226,6 +226,28 @@ def test_the_switch_fraction_is_named_by_its_own_flag(tmp_path):
     assert res.exit_code == 1 and res.output.startswith("Error: --sam-start-fraction:"), res.output
 
 
+def test_a_run_length_below_one_is_named_by_its_field():
+    """An override ``trainer.max_duration.value=-5`` (or 0) was reported as a warmup longer than
+    the run; it now names the run length and the field."""
+    for value in ("-5", "0"):
+        res = CliRunner().invoke(
+            main,
+            [
+                "pretrain",
+                "--size",
+                "20M",
+                "--steps",
+                "2000",
+                "--lr",
+                "1e-3",
+                "--dry-run",
+                f"trainer.max_duration.value={value}",
+            ],
+        )
+        assert res.exit_code == 1 and "give 'trainer.max_duration' a length of at least 1" in res.output, res.output
+        assert f"the run is {int(value)} steps long" in res.output and "warmup" not in res.output, res.output
+
+
 def test_comma_lists_read_numbers_and_refuse_repeats():
     """One reader for every repeatable, comma-separated option (sweep grids, probe gammas/seeds, books)."""
     from olmo_sam.preflight import comma_list

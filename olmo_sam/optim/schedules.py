@@ -115,6 +115,11 @@ def check_fits(scheduler: Scheduler, t_max: int) -> None:
     """
     _check_warmup(scheduler)
     units = getattr(scheduler, "units", "steps")
+    if t_max < 1:
+        raise OLMoConfigurationError(
+            f"the run is {t_max:,d} {units} long; give 'trainer.max_duration' a length of at least 1 "
+            "(--steps/--tokens in the recipes)"
+        )
     own_t_max = getattr(scheduler, "t_max", None)  # linear/cosine may fix their own horizon
     horizon = int(own_t_max) if own_t_max is not None else int(t_max)
     where = f"'t_max' = {horizon:,d}" if own_t_max is not None else f"the run ({horizon:,d} {units})"
