@@ -9,6 +9,7 @@ A checkpoint is an OLMo-core step directory (``{save_folder}/step{N}``) holding
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,20 @@ class CheckpointInfo:
     sequence_length: Optional[int]
     train_paths: List[str]
     step: Optional[int]
+    #: the length of the run that wrote it, in steps (its ``trainer.max_duration``); ``None``
+    #: when not recorded (an imported or model-only checkpoint) or in epochs
+    planned_steps: Optional[int] = None
+
+
+def _planned_steps(cfg: Dict[str, Any]) -> Optional[int]:
+    duration = (cfg.get("trainer") or {}).get("max_duration") or {}
+    value, unit = duration.get("value"), duration.get("unit")
+    if unit == "steps" and isinstance(value, int):
+        return value
+    batch = (cfg.get("data_loader") or {}).get("global_batch_size")  # tokens per step
+    if unit == "tokens" and isinstance(value, int) and isinstance(batch, int) and batch > 0:
+        return math.ceil(value / batch)
+    return None
 
 
 def _info(step_dir: Path, cfg: Dict[str, Any]) -> CheckpointInfo:
@@ -123,6 +138,7 @@ def _info(step_dir: Path, cfg: Dict[str, Any]) -> CheckpointInfo:
         sequence_length=ds.get("sequence_length"),
         train_paths=list(ds.get("paths") or []),
         step=int(m.group(1)) if m else None,
+        planned_steps=_planned_steps(cfg),
     )
 
 

@@ -122,6 +122,23 @@ def _resolve_tokenizer(explicit: Optional[str], step_dir: Path, tok_cfg: Optiona
     )
 
 
+def unfinished_warning(info) -> Optional[str]:
+    """What an export says of a checkpoint before the end of its run (``None``: the run's end, or
+    a run length that is not recorded): a run stopped early (``--stop-at-step``) or interrupted
+    exports its latest step, which is not the trained model."""
+    from .checkpoints import resolve_checkpoint
+
+    if info.step is None or info.planned_steps is None or info.step >= info.planned_steps:
+        return None
+    planned = f"{info.planned_steps:,d} steps"
+    if resolve_checkpoint(info.path.parent) == info.path:
+        return (
+            f"the run is unfinished: it stopped at step {info.step:,d} of its planned {planned} (--stop-at-step "
+            "or an interruption; its training command resumes it)"
+        )
+    return f"step {info.step:,d} is an intermediate checkpoint of a run planned for {planned}"
+
+
 def export_hf(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -200,6 +217,10 @@ def export_hf(
             "max_position_embeddings": int(max_pos),
             **ids,
         }
+        if info.planned_steps is not None:
+            report["planned_steps"] = info.planned_steps
+            if (warning := unfinished_warning(info)) is not None:
+                report["warning"] = warning
         if validate:
             hf_model = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
             ref = model
@@ -412,6 +433,8 @@ def export_hf_command(
         overwrite=overwrite,
     )
     click.echo(json.dumps(report, indent=2))
+    if "warning" in report:
+        click.echo(f"warning: {report['warning']}", err=True)
 
 
 @click.command("import-hf")

@@ -87,6 +87,7 @@ def test_export_import_round_trip(bpe_run, demo_data_small, tmp_path):
     hf1, imported, hf2 = tmp_path / "hf1", tmp_path / "imported", tmp_path / "hf2"
     report = export_hf(bpe_run, hf1)  # tokenizer found through the data's tokenizer identifier
     assert report["tokenizer"] == str(demo_data_small.tokenizer_dir.resolve())
+    assert report["planned_steps"] == 3 and "warning" not in report  # the run's end
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(hf1)
@@ -124,6 +125,32 @@ def test_export_import_round_trip(bpe_run, demo_data_small, tmp_path):
     with pytest.raises(OLMoConfigurationError, match="holds the input"):
         import_hf(str(hf1), hf1, overwrite=True)
     assert (hf1 / "model.safetensors").is_file() and (imported / "step0").is_dir()
+
+
+def test_export_of_an_unfinished_run_says_so(demo_data_small, tmp_path):
+    """export-hf of a run stopped early (--stop-at-step 2 of --steps 4) silently exported step 2 as
+    if it were the trained model: now a warning names the step and the planned length, and the
+    conversion record keeps both."""
+    from olmo_sam.cli import main
+
+    run = tmp_path / "run"
+    res = CliRunner().invoke(
+        main,
+        ["pretrain", "--size", "tiny", "--steps", "4", "--stop-at-step", "2", "--checkpoint-interval", "1",
+         "--lr", "3e-3", "--batch-size", "4", "--seq-len", str(SEQ), "--data", str(demo_data_small.root / "tokens"),
+         "--out", str(run)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["export-hf", str(run), "--out", str(tmp_path / "hf"), "--no-validate"])
+    assert res.exit_code == 0, res.output
+    assert "warning: the run is unfinished: it stopped at step 2 of its planned 4 steps" in res.stderr
+    report = json.loads((tmp_path / "hf" / "olmo-sam-conversion.json").read_text())
+    assert (report["step"], report["planned_steps"]) == (2, 4) and "stopped at step 2" in report["warning"]
+    res = CliRunner().invoke(main, ["export-hf", str(run / "step1"), "--out", str(tmp_path / "hf1"), "--no-validate"])
+    assert (
+        res.exit_code == 0
+        and "warning: step 1 is an intermediate checkpoint of a run planned for 4 steps" in res.stderr
+    )
 
 
 def test_import_generic_olmo2_model(tiny_hf_model, tmp_path):
