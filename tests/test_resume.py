@@ -171,3 +171,20 @@ def test_in_loop_validation_too_small_for_a_batch_is_left_out_with_a_warning(tmp
     assert "1 sequence(s) (one per document, truncated to 32 tokens), fewer than one eval batch of 2" in output["small"]
     assert math.isfinite(metrics["enough"]["eval/lm/pt-val/CE loss"])
     assert "in-loop validation is off" not in output["enough"]
+
+
+def test_a_stop_step_behind_the_latest_checkpoint_is_refused(tmp_path, tiny_corpus):
+    """--stop-at-step 1 on a folder whose latest checkpoint is step 2: OLMo-core loaded step 2, found
+    the stop passed and logged 'Training complete', exit 0, training nothing."""
+    from olmo_core.exceptions import OLMoConfigurationError
+    from olmo_core.train import Duration
+
+    def cfg(stop):
+        c = tiny_experiment(tiny_corpus, tmp_path / "run", adamw(), max_steps=4)
+        c.trainer.hard_stop = Duration.steps(stop)
+        return c
+
+    assert run_experiment(cfg(2)).global_step == 2
+    with pytest.raises(OLMoConfigurationError, match=r"--stop-at-step 1 \(trainer.hard_stop\) is behind the run's latest checkpoint, step 2 in .*give a --stop-at-step after 2 \(or none\)"):  # fmt: skip
+        run_experiment(cfg(1))
+    assert run_experiment(cfg(3)).global_step == 3  # a later stop goes on

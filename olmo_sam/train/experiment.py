@@ -364,6 +364,25 @@ def check_same_run(config: ExperimentConfig) -> None:
         )
 
 
+def check_stop_step(config: ExperimentConfig) -> None:
+    """Refuse a stop step (``--stop-at-step``: ``trainer.hard_stop`` in steps) behind the save
+    folder's latest checkpoint: OLMo-core would load that checkpoint, find the stop passed and
+    report the run complete, training nothing."""
+    from ..checkpoints import latest_step_dir
+
+    stop = config.trainer.hard_stop
+    latest = latest_step_dir(Path(str(config.trainer.save_folder)))
+    if stop is None or stop.unit != "steps" or latest is None:
+        return
+    reached = int(latest.name[len("step") :])
+    if stop.value < reached:
+        raise OLMoConfigurationError(
+            f"--stop-at-step {stop.value} (trainer.hard_stop) is behind the run's latest checkpoint, step {reached} in "
+            f"{config.trainer.save_folder}: give a --stop-at-step after {reached} (or none) to go on, or another --out "
+            "for a new run"
+        )
+
+
 def _same(a: Any, b: Any) -> bool:
     """Equal, or naming one existing file another way (a relative and an absolute data path)."""
     if isinstance(a, list) and isinstance(b, list):
@@ -399,6 +418,7 @@ def build_trainer(config: ExperimentConfig, *, setup: bool = True):
     """
     validate_experiment(config)
     check_same_run(config)
+    check_stop_step(config)
     if setup:
         setup_environment()
     seed_all(config.init_seed)
