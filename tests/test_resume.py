@@ -173,6 +173,23 @@ def test_in_loop_validation_too_small_for_a_batch_is_left_out_with_a_warning(tmp
     assert "in-loop validation is off" not in output["enough"]
 
 
+def test_a_finished_run_run_again_does_not_duplicate_its_metrics(tmp_path, tiny_corpus):
+    """Running a finished run again re-evaluates its last step (OLMo-core's post-train hooks) and
+    appended that step's metrics a second time to metrics.jsonl; now they replace the earlier ones."""
+    import json
+
+    cfg = lambda: tiny_experiment(tiny_corpus, tmp_path / "run", adamw(), max_steps=2, val_paths=[str(tiny_corpus.val)])  # noqa: E731
+    run_experiment(cfg())
+    first = read_metrics(tmp_path / "run")
+    run_experiment(cfg())
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    keys = [(r["step"], k) for r in lines for k in r if k != "step"]
+    assert len(keys) == len(set(keys)), sorted(k for k in keys if keys.count(k) > 1)
+    again = read_metrics(tmp_path / "run")
+    assert again[2]["eval/lm/pt-val/CE loss"] == first[2]["eval/lm/pt-val/CE loss"]
+    assert again[1] == first[1] and again[2]["train/CE loss"] == first[2]["train/CE loss"]
+
+
 def test_a_stop_step_behind_the_latest_checkpoint_is_refused(tmp_path, tiny_corpus):
     """--stop-at-step 1 on a folder whose latest checkpoint is step 2: OLMo-core loaded step 2, found
     the stop passed and logged 'Training complete', exit 0, training nothing."""

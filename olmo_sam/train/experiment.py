@@ -75,7 +75,9 @@ class MetricsLogCallback(Callback, Config):
     """Appends every logged metrics dict to ``{save_folder}/metrics.jsonl`` (rank 0).
 
     On resume, records of steps after the restored step are dropped first, so the file always
-    describes one uninterrupted history. Lines are flushed as they are written.
+    describes one uninterrupted history; a metric logged again at a step the file already records
+    (a finished run launched again re-evaluates its last step) replaces the earlier value instead of
+    adding a second line. Lines are flushed as they are written.
     """
 
     filename: str = METRICS_FILE
@@ -85,13 +87,13 @@ class MetricsLogCallback(Callback, Config):
         return Path(str(self.trainer.save_folder)) / self.filename
 
     def pre_train(self):
+        self._restored = self.trainer.global_step
         if not self.enabled or get_rank() != 0:
             return
         path = self._path()
         if not path.exists():
             return
-        step = self.trainer.global_step
-        keep = [r for r in _read_jsonl(path) if r.get("step", 0) <= step]
+        keep = [r for r in _read_jsonl(path) if r.get("step", 0) <= self._restored]
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def log_metrics(self, step: int, metrics: Dict[str, float]):
@@ -100,6 +102,15 @@ class MetricsLogCallback(Callback, Config):
         path = self._path()
         path.parent.mkdir(parents=True, exist_ok=True)
         rec = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        restored = getattr(self, "_restored", 0)  # (0: a run from its start)
+        if restored and step <= restored and path.exists():  # a step recorded before this launch
+            records = _read_jsonl(path)
+            for r in records:
+                if r.get("step") == step:
+                    for key in rec.keys() - {"step"}:
+                        r.pop(key, None)
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records + [rec] if len(r) > 1))
+            return
         with path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
             f.flush()
