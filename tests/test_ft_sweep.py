@@ -294,3 +294,29 @@ def test_torn_last_result_line_warns_and_the_run_is_redone(reference_sweep, tmp_
     assert set(recs) == {r.run_id for r in ref.records}
     assert recs[last["run_id"]].l_ft == pytest.approx(last["l_ft"], rel=1e-6)
     assert recs[last["run_id"]].l_pt == pytest.approx(last["l_pt"], rel=1e-6)
+
+
+def test_other_base_labels_for_a_finished_sweep_are_refused(
+    reference_sweep, tiny_checkpoint, tiny_corpus, task, tmp_path
+):
+    """A finished sweep re-run with other --base-label values into the same --out: the runs count
+    as done (the label is not part of a run's id), so the results kept the old labels while the
+    dry run listed the new ones. Both are refused now; the same label still resumes."""
+    from olmo_sam.cli import main
+
+    _, ref_out, _ = reference_sweep
+    out = tmp_path / "sweep"
+    shutil.copytree(ref_out, out)
+    args = ["sweep", "--base", str(tiny_checkpoint), "--data", str(task), "--lrs", ",".join(map(str, LRS))]
+    args += ["--methods", "ft,wiseft", "--wise-alphas", "0.5", "--batch-size", "8", "--pt-val", str(tiny_corpus.val)]
+    args += ["--pt-val-max-sequences", "16", "--out", str(out), "--jobs", "1", "--no-progress"]
+    before = (out / "results.jsonl").read_text()
+    for label, dry in [(["--base-label", "sam"], ["--dry-run"]), (["--base-label", "sam"], []), ([], ["--dry-run"])]:
+        res = CliRunner().invoke(main, args + label + dry)
+        named = label[1] if label else tiny_checkpoint.parent.name  # (no label: the run directory's name)
+        assert res.exit_code == 1, res.output
+        assert f"would be filed under the label '{named}', but" in res.output, res.output
+        assert "files its results under 'adamw': give --base-label adamw for it" in res.output, res.output
+    assert (out / "results.jsonl").read_text() == before
+    res = CliRunner().invoke(main, args + ["--base-label", "adamw", "--dry-run"])
+    assert res.exit_code == 0 and f"{len(LRS)} runs: {len(LRS)} done, 0 pending" in res.output, res.output

@@ -469,7 +469,7 @@ def sweep(
     Results are appended to OUT/results.jsonl (one record per finished run); re-running the
     same command skips finished runs.
     """
-    from .sweep import SweepSpec, check_shared_settings, expand, mix_sweeps, parse_lrs, run_sweep
+    from .sweep import SweepSpec, check_base_labels, check_shared_settings, expand, mix_sweeps, parse_lrs, run_sweep
 
     if "table10" in ewc_lambdas and len(ewc_lambdas) > 1:
         raise click.BadParameter("'table10' is the whole Table 10 grid; give it alone", param_hint="--ewc-lambdas")
@@ -499,7 +499,7 @@ def sweep(
         from .records import ResultStore
 
         configs = [c for sp in specs for c in expand(sp)]
-        done = ResultStore(Path(out) / "results.jsonl").done_ids()
+        done = check_base_labels(ResultStore(Path(out) / "results.jsonl"), configs)
         n_done = sum(set(c.expected_run_ids()) <= done for c in configs)
         for c in configs:
             state = "done" if set(c.expected_run_ids()) <= done else "pending"

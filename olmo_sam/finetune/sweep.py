@@ -355,6 +355,24 @@ def check_shared_settings(out_dir: str | Path, common: Dict[str, Any], *, record
         write_json(path, new, sort_keys=True)
 
 
+def check_base_labels(store: ResultStore, configs: Sequence[FTConfig]) -> set:
+    """Refuse runs of a base filed under another label than that base's results already in
+    ``store``: the records of runs done keep their label (the label is not part of a run's id, so
+    they count as done), and the results would be filed under both. Returns the done run ids."""
+    records = store.records()
+    filed: Dict[str, str] = {}
+    for r in records:
+        filed.setdefault(r.base, r.base_label)
+    for c in configs:
+        old = filed.get(c.base)
+        if old is not None and old != c.base_label:
+            raise OLMoConfigurationError(
+                f"--base {c.base} would be filed under the label {c.base_label!r}, but {store.path} files its results "
+                f"under {old!r}: give --base-label {old} for it (the runs done keep their label), or another --out"
+            )
+    return {r.run_id for r in records}
+
+
 def run_sweep(
     spec: SweepSpec,
     out_dir: str | Path,
@@ -412,7 +430,7 @@ def run_sweep(
     if shared_settings is not None:
         check_shared_settings(out, shared_settings)
     store = ResultStore(out / "results.jsonl")
-    done = store.done_ids()
+    done = check_base_labels(store, configs)
     result = SweepResult(total=len(configs), already_done=0, harvested=0, ran=0)
     queue: List[FTConfig] = []
     for cfg in configs:
