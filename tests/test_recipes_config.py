@@ -317,3 +317,38 @@ def test_parse_tokens():
     for bad in ("-3B", "0.5", "B"):
         with pytest.raises(OLMoConfigurationError):
             parse_tokens(bad)
+
+
+def test_dry_run_shows_a_token_unit_schedule_in_tokens(tiny_corpus, tmp_path):
+    """train_module.scheduler.units=tokens: the dry run printed 'warmup: 200 steps' and step-unit
+    LRs, but OLMo-core evaluates the schedule at the tokens seen (200 tokens of warmup here, within
+    step 1). The summary now uses the schedule's units; its LRs and SAM steps are the trained run's."""
+    from olmo_core.optim.scheduler import SchedulerUnits
+
+    from olmo_sam.train import read_metrics, run_experiment
+
+    spec = PretrainSpec(
+        size="tiny", steps=8, lr=3e-3, batch_size=4, seq_len=32, optimizer="sam-anneal", schedule="wsd",
+        decay_fraction=0.25, tokenizer=tiny_corpus.tokenizer(), train_paths=[str(tiny_corpus.train)],
+        save_folder=str(tmp_path / "run"), eval_interval=0,
+    )  # fmt: skip
+    cfg, _ = build_pretrain(spec, ["train_module.scheduler.units=tokens", "train_module.scheduler.warmup=200"])
+    assert cfg.train_module.scheduler.units == SchedulerUnits.tokens
+    s = run_summary(cfg)  # 128 tokens per step, 1024 in all; decay over the last 256 tokens
+    assert (s["schedule_units"], s["warmup"], s["warmup_steps"]) == ("tokens", 200, 1)
+    assert (s["lr"]["decay_start"], s["lr"]["decay_start_step"], s["sam_steps"]) == (768, 6, 2)
+    m = read_metrics(run_experiment(cfg).save_folder)
+    lr = {step: m[step]["optim/LR (group 0)"] for step in range(1, 9)}
+    assert s["lr"]["start"] == pytest.approx(lr[1]) == pytest.approx(3e-3 * 128 / 200)
+    assert s["lr"]["at_decay_start"] == pytest.approx(lr[6]) and s["lr"]["end"] == pytest.approx(lr[8])
+    assert sum(m[step]["sam/active"] for step in range(1, 9)) == s["sam_steps"]
+
+
+def test_dry_run_prints_a_token_unit_schedule_in_tokens(capsys):
+    cfg, _ = build_pretrain(_pre("20M", tokens=int(4e9)), ["train_module.scheduler.units=tokens"])
+    from olmo_sam.recipes.common import print_dry_run
+
+    print_dry_run(cfg, run_summary(cfg), as_json=False)
+    out = capsys.readouterr().out
+    assert "warmup: 1,000 tokens = 0 steps (scheduler units: tokens)" in out
+    assert re.search(r"decay start 0\.003 at token 1,000 \(step 1\); end 0\.0003", out), out

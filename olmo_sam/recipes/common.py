@@ -260,6 +260,16 @@ def _steps_and_tokens(cfg: ExperimentConfig) -> Tuple[int, int]:
     raise OLMoConfigurationError(f"recipes describe runs in steps or tokens, not {d.unit}")
 
 
+def _schedule_axis(cfg: ExperimentConfig) -> Tuple[str, int, int]:
+    """What the LR schedule counts (OLMo-core's ``scheduler.units``): ``(units, run length, units
+    per step)``; a token-unit schedule is evaluated at the tokens seen after each step."""
+    steps, tokens = _steps_and_tokens(cfg)
+    sched = cfg.train_module.scheduler
+    if sched is not None and str(sched.units) == "tokens":
+        return "tokens", tokens, cfg.data_loader.global_batch_size
+    return "steps", steps, 1
+
+
 def _sam_steps(cfg: ExperimentConfig, steps: int) -> int:
     """How many steps run the SAM two-pass step."""
     optim = cfg.train_module.optim
@@ -279,30 +289,32 @@ def _sam_steps(cfg: ExperimentConfig, steps: int) -> int:
         elif switch.start_tokens is not None:
             first = switch.start_tokens // cfg.data_loader.global_batch_size + 1
         else:
-            start = decay_start(cfg.train_module.scheduler, steps) if cfg.train_module.scheduler else None
+            _, t_max, per_step = _schedule_axis(cfg)
+            start = decay_start(cfg.train_module.scheduler, t_max) if cfg.train_module.scheduler else None
             if start is None:
                 raise OLMoConfigurationError(
                     "sam-anneal switches to SAM at the schedule's decay phase, but this schedule "
                     "never decays (e.g. WSO or alpha=1); pick a decaying schedule or set "
                     "--sam-start-fraction"
                 )
-            first = start + 1
+            first = start // per_step + 1  # (as SAMSwitchCallback resolves it)
     n = max(steps - first + 1, 0)
     return math.ceil(n / max(optim.interval, 1))
 
 
 def check_peak_lr(cfg: ExperimentConfig) -> int:
     """Refuse a negative peak LR, or 0 with a warmup (OLMo-core's warmup asserts on it), of the
-    resolved config (flags and overrides together); returns the warmup in steps."""
+    resolved config (flags and overrides together); returns the warmup in the schedule's units."""
     tm = cfg.train_module
-    peak, sched, steps = float(tm.optim.lr), tm.scheduler, _steps_and_tokens(cfg)[0]
+    peak, sched = float(tm.optim.lr), tm.scheduler
+    units, t_max, _ = _schedule_axis(cfg)
     warmup = 0
     if sched is not None:
-        warmup = int(getattr(sched, "warmup", None) or round(steps * (getattr(sched, "warmup_fraction", None) or 0)))
+        warmup = int(getattr(sched, "warmup", None) or round(t_max * (getattr(sched, "warmup_fraction", None) or 0)))
     if peak < 0 or (peak == 0 and warmup > 0) or math.isnan(peak):
         key = "train_module.optim" + (".base" if isinstance(tm.optim, SAMConfig) else "") + ".lr"
         raise OLMoConfigurationError(
-            f"{key} = {peak:g}: the peak LR must be > 0, or 0 (a frozen run) with no warmup ({warmup} steps here)"
+            f"{key} = {peak:g}: the peak LR must be > 0, or 0 (a frozen run) with no warmup ({warmup} {units} here)"
         )
     return warmup
 
@@ -327,13 +339,15 @@ def run_summary(
     sched = tm.scheduler
     lr: Dict[str, Any] = {"peak": peak}
     warmup = check_peak_lr(cfg)
+    units, t_max, per_step = _schedule_axis(cfg)
     if sched is not None:
-        start = decay_start(sched, steps)
+        start = decay_start(sched, t_max)
         lr.update(
-            start=float(sched.get_lr(peak, 1, steps)),
-            decay_start_step=start,
-            at_decay_start=float(sched.get_lr(peak, start, steps)) if start is not None else None,
-            end=float(sched.get_lr(peak, steps, steps)),
+            start=float(sched.get_lr(peak, per_step, t_max)),
+            decay_start=start,
+            decay_start_step=-(-start // per_step) if start is not None else None,
+            at_decay_start=float(sched.get_lr(peak, start, t_max)) if start is not None else None,
+            end=float(sched.get_lr(peak, steps * per_step, t_max)),
         )
     model = cfg.model.build(init_device="meta")
     flops_per_token = model.num_flops_per_token(seq_len)
@@ -351,7 +365,9 @@ def run_summary(
         "tokens_per_step": tokens_per_step,
         "steps": steps,
         "tokens": tokens,
-        "warmup_steps": warmup,
+        "schedule_units": units,
+        "warmup": warmup,
+        "warmup_steps": warmup // per_step,
         "lr": lr,
         "sam_steps": sam_steps,
         "flops_per_token": flops_per_token,
@@ -384,10 +400,17 @@ def print_dry_run(
         f"processes: {summary['world_size']} (data parallel: {summary['data_parallel'] or 'none'}); "
         f"micro-batch {summary['rank_micro_batch_sequences']} sequences per rank"
     )
-    click.echo(f"warmup: {summary['warmup_steps']:,d} steps")
+    units = summary["schedule_units"]
+    if units == "steps":
+        click.echo(f"warmup: {summary['warmup']:,d} steps")
+    else:  # the schedule counts tokens: the LR of step s is its value at s x tokens per step
+        click.echo(
+            f"warmup: {summary['warmup']:,d} tokens = {summary['warmup_steps']:,d} steps (scheduler units: tokens)"
+        )
     if "start" in lr:
-        ds = lr["decay_start_step"]
-        at_ds = f"{lr['at_decay_start']:.4g} at step {ds:,d}" if ds is not None else "none (no decay)"
+        ds = lr["decay_start"]
+        where = f"step {ds:,d}" if units == "steps" else f"token {ds:,d} (step {lr['decay_start_step']:,d})"
+        at_ds = f"{lr['at_decay_start']:.4g} at {where}" if ds is not None else "none (no decay)"
         click.echo(f"lr: peak {lr['peak']:.4g}; start {lr['start']:.4g}; decay start {at_ds}; end {lr['end']:.4g}")
     else:
         click.echo(f"lr: {lr['peak']:.4g} (constant, no scheduler)")
