@@ -480,21 +480,27 @@ def _config_hash(task: str, variant: Variant, cfg: dict, data_sha: str, limit, q
 
 
 def _run_variant(lm, cfg: dict, limit: Optional[int], need_samples: bool) -> Tuple[dict, int, list]:
-    from lm_eval import simple_evaluate
+    from unittest import mock
+
+    from lm_eval import evaluator, simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    res = simple_evaluate(
-        model=lm,
-        tasks=[cfg],
-        task_manager=TaskManager(include_defaults=False),
-        limit=limit,
-        log_samples=need_samples,
-        bootstrap_iters=0,
-        random_seed=0,
-        numpy_random_seed=0,
-        torch_random_seed=0,
-        fewshot_random_seed=0,
-    )
+    # simple_evaluate records the git commit of the working directory (``git describe``, its stderr
+    # not captured: 'fatal: not a git repository' on the terminal outside a repository); the
+    # commit is not used here, so that one lookup is skipped
+    with mock.patch.object(evaluator, "get_git_commit_hash", lambda: None):
+        res = simple_evaluate(
+            model=lm,
+            tasks=[cfg],
+            task_manager=TaskManager(include_defaults=False),
+            limit=limit,
+            log_samples=need_samples,
+            bootstrap_iters=0,
+            random_seed=0,
+            numpy_random_seed=0,
+            torch_random_seed=0,
+            fewshot_random_seed=0,
+        )
     name = cfg["task"]
     metrics = {k.split(",")[0]: v for k, v in res["results"][name].items() if "," in k and "stderr" not in k}
     n = int(res["n-samples"][name]["effective"])
