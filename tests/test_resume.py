@@ -205,3 +205,20 @@ def test_a_stop_step_behind_the_latest_checkpoint_is_refused(tmp_path, tiny_corp
     with pytest.raises(OLMoConfigurationError, match=r"--stop-at-step 1 \(trainer.hard_stop\) is behind the run's latest checkpoint, step 2 in .*give a --stop-at-step after 2 \(or none\)"):  # fmt: skip
         run_experiment(cfg(1))
     assert run_experiment(cfg(3)).global_step == 3  # a later stop goes on
+
+
+def test_a_run_directory_moved_elsewhere_resumes_to_the_same_losses(tmp_path, tiny_corpus, uninterrupted):
+    """A run stopped half-way, moved (another disk, another user's home) and launched again from
+    its new place resumes to the uninterrupted run's losses: its data caches
+    (``dataset.work_dir``) lived under the old path, which the same-settings check compared and
+    refused."""
+    import shutil
+
+    from olmo_core.train import Duration
+
+    cfg = _config(tiny_corpus, tmp_path / "here")
+    cfg.trainer.hard_stop = Duration.steps(STEPS // 2)
+    run_experiment(cfg)
+    shutil.move(tmp_path / "here", tmp_path / "there")
+    assert run_experiment(_config(tiny_corpus, tmp_path / "there")).global_step == STEPS
+    assert losses(tmp_path / "there") == pytest.approx(uninterrupted("sam")[0], rel=1e-5)

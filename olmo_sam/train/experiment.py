@@ -341,9 +341,10 @@ def validate_experiment(config: ExperimentConfig) -> None:
 
 #: the sections of an experiment that a resumed run must share with the checkpoint it resumes
 #: (the trainer's may change: a longer ``max_duration``, a ``hard_stop``, other intervals; so may
-#: the data parallelism, for a run resumed on another number of GPUs)
+#: the data parallelism, for a run resumed on another number of GPUs, and the cache directories,
+#: for a run directory moved or copied elsewhere)
 RUN_SECTIONS = ("model", "dataset", "data_loader", "train_module", "init_seed")
-MAY_CHANGE = "train_module.dp_config"
+MAY_CHANGE = ("train_module.dp_config", "dataset.work_dir", "data_loader.work_dir")
 
 
 def check_same_run(config: ExperimentConfig) -> None:
@@ -364,7 +365,7 @@ def check_same_run(config: ExperimentConfig) -> None:
     diffs = [
         d
         for d in differences({k: old.get(k) for k in RUN_SECTIONS}, {k: new.get(k) for k in RUN_SECTIONS}, same=_same)
-        if not (d[0] == MAY_CHANGE or d[0].startswith(MAY_CHANGE + "."))
+        if not any(d[0] == key or d[0].startswith(key + ".") for key in MAY_CHANGE)
     ]
     if diffs:
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs[:4]) + (" ..." if len(diffs) > 4 else "")
