@@ -63,6 +63,7 @@ from ..evals.lm_loss import lm_loss
 from ..locks import cached_file, file_lock
 from ..optim import CosineAlpha
 from ..output import differences, json_digest, write_json
+from ..recipes.common import check_dp_processes
 from ..seeds import DATA_SEED, MAX_SEED
 from ..train import build_experiment, read_metrics, run_experiment
 from .baselines import build_replay_mix, wise_ft
@@ -450,10 +451,7 @@ def build_ft_experiment(plan: FTPlan, train_folder: Path, cache_dir: Path):
             fisher_path=str(fisher) if fisher else None,
             name=cfg.method,
         )
-    if cfg.dp is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        raise OLMoConfigurationError(
-            f"dp {cfg.dp!r} (--dp) needs several processes: launch with torchrun --nproc-per-node N, or leave it unset"
-        )
+    check_dp_processes(cfg.dp, f"dp {cfg.dp!r} (--dp)")
     exp = build_experiment(
         model=plan.info.model_config,
         tokenizer=plan.info.tokenizer,

@@ -47,6 +47,7 @@ __all__ = [
     "world_size",
     "assumed_world_size",
     "resolve_dp",
+    "check_dp_processes",
     "launch",
     "GPU_PEAK_TFLOPS",
     "GPU_MFU",
@@ -270,8 +271,9 @@ def _schedule_axis(cfg: ExperimentConfig) -> Tuple[str, int, int]:
     return "steps", steps, 1
 
 
-def _sam_steps(cfg: ExperimentConfig, steps: int) -> int:
-    """How many steps run the SAM two-pass step."""
+def _sam_steps(cfg: ExperimentConfig, steps: int, tokens: int) -> int:
+    """How many steps run the SAM two-pass step (the switch point as the training run resolves
+    it: :meth:`SAMSwitchCallback.switch_step`)."""
     optim = cfg.train_module.optim
     switch = next((cb for cb in cfg.trainer.callbacks.values() if isinstance(cb, SAMSwitchCallback)), None)
     if not isinstance(optim, SAMConfig):
@@ -282,24 +284,8 @@ def _sam_steps(cfg: ExperimentConfig, steps: int) -> int:
         return 0
     first = 1
     if switch is not None and switch.enabled:
-        if switch.start_step is not None:
-            first = switch.start_step
-        elif switch.start_fraction is not None:
-            first = round(switch.start_fraction * steps) + 1
-        elif switch.start_tokens is not None:
-            first = switch.start_tokens // cfg.data_loader.global_batch_size + 1
-        else:
-            _, t_max, per_step = _schedule_axis(cfg)
-            start = decay_start(cfg.train_module.scheduler, t_max) if cfg.train_module.scheduler else None
-            if start is None:
-                raise OLMoConfigurationError(
-                    "sam-anneal switches to SAM at the schedule's decay phase, but this schedule "
-                    "never decays (e.g. WSO or alpha=1); pick a decaying schedule or set "
-                    "--sam-start-fraction"
-                )
-            first = start // per_step + 1  # (as SAMSwitchCallback resolves it)
-    n = max(steps - first + 1, 0)
-    return math.ceil(n / max(optim.interval, 1))
+        first = switch.switch_step(steps, cfg.data_loader.global_batch_size, cfg.train_module.scheduler, tokens)
+    return math.ceil((steps - first + 1) / max(optim.interval, 1))
 
 
 def check_peak_lr(cfg: ExperimentConfig) -> int:
@@ -351,7 +337,7 @@ def run_summary(
         )
     model = cfg.model.build(init_device="meta")
     flops_per_token = model.num_flops_per_token(seq_len)
-    sam_steps = _sam_steps(cfg, steps)
+    sam_steps = _sam_steps(cfg, steps, tokens)
     tokens_per_step = cfg.data_loader.global_batch_size
     total_flops = flops_per_token * (tokens + sam_steps * tokens_per_step)
     gpu_hours = total_flops / (gpu_peak_tflops * 1e12 * mfu) / 3600
@@ -461,12 +447,19 @@ def resolve_dp(flag: str, default_multi: str) -> Optional[str]:
         if n > 1:
             raise OLMoConfigurationError(f"--dp none with {n} processes: pick --dp ddp or fsdp")
         return None
-    if n == 1:
-        raise OLMoConfigurationError(
-            f"--dp {flag} needs several processes: launch with torchrun --nproc-per-node N "
-            "(or preview the config with --dry-run --world-size N)"
-        )
+    check_dp_processes(flag, f"--dp {flag}")
     return flag
+
+
+def check_dp_processes(dp: Optional[str], where: str) -> None:
+    """Data parallelism (``dp`` ddp, fsdp or hsdp; ``None``: none) needs several processes: refused
+    in a launch of one (the recipes' ``--dp`` and a fine-tuning run's ``dp``); ``where`` names
+    the setting."""
+    if dp is not None and world_size() == 1:
+        raise OLMoConfigurationError(
+            f"{where} needs several processes: launch with torchrun --nproc-per-node N (a recipe's dry run "
+            "can assume them: --dry-run --world-size N), or leave it unset"
+        )
 
 
 def launch(cfg: ExperimentConfig):

@@ -94,7 +94,7 @@ def table6_lr(size: str, tokens: int) -> Tuple[float, float]:
 class PretrainSpec(RunSpec):
     """Everything a pretraining run is built from (the recipe's flags)."""
 
-    size: str
+    size: str = setting(choices=SIZES)
     tokens: Optional[int] = setting(None, ge=1)
     tokens_per_param: Optional[float] = setting(None, gt=0)
     steps: Optional[int] = setting(None, ge=1)
@@ -134,9 +134,7 @@ def _scheduler(spec: PretrainSpec, warmup: int) -> Scheduler:
             decay_fraction=spec.decay_fraction,
             alpha_f=_alpha(spec, paper.WSD_FINAL_LR_FRACTION),
         )
-    if spec.schedule == "linear":
-        return LinearAlpha(warmup=warmup, alpha_f=_alpha(spec, paper.WSD_FINAL_LR_FRACTION))
-    raise OLMoConfigurationError(f"unknown schedule {spec.schedule!r}; choose one of {list(SCHEDULES)}")
+    return LinearAlpha(warmup=warmup, alpha_f=_alpha(spec, paper.WSD_FINAL_LR_FRACTION))  # (the last of SCHEDULES)
 
 
 def _alpha(spec: PretrainSpec, default: float) -> float:
@@ -170,7 +168,7 @@ def budget_params(size: str, model: TransformerConfig) -> int:
 
 
 def resolve_budget(
-    spec: PretrainSpec, tokens_per_step: int, model: Optional[TransformerConfig] = None
+    spec: PretrainSpec, tokens_per_step: int, model: TransformerConfig
 ) -> Tuple[Optional[int], Optional[int]]:
     """(max_tokens, max_steps): exactly one is set. A tokens-per-parameter budget becomes whole
     steps' worth of tokens (:func:`budget_params` x ratio, rounded up to a step)."""
@@ -184,8 +182,6 @@ def resolve_budget(
     if spec.tokens_per_param is not None:
         if spec.size in paper.PRETRAIN_NOMINAL_PARAMS:
             return round(spec.tokens_per_param * paper.PRETRAIN_NOMINAL_PARAMS[spec.size]), None
-        if model is None:
-            raise OLMoConfigurationError(f"--tokens-per-param needs the model of size {spec.size!r}")
         tokens = spec.tokens_per_param * budget_params(spec.size, model)
         return math.ceil(tokens / tokens_per_step) * tokens_per_step, None
     assert spec.tokens is not None
@@ -221,8 +217,6 @@ def _budget_record(
 def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[ExperimentConfig, Dict[str, Any]]:
     """The OLMo-core experiment of ``spec`` (with dotted ``overrides`` applied) and what was
     resolved on the way (Table 6 LR lookup, tokens/param)."""
-    if spec.size not in SIZES:
-        raise OLMoConfigurationError(f"unknown size {spec.size!r}; choose one of {list(SIZES)}")
     paper_size = spec.size in paper.PRETRAIN_SHAPES
     shape = paper.PRETRAIN_SHAPES.get(spec.size)
     seq_len = spec.seq_len or (shape.context_length if shape else TINY_SEQ_LEN)
@@ -511,7 +505,7 @@ def main(
         if not ds.train:
             ds.train = ["<train token files>"]
         spec = PretrainSpec(
-            size=size or "",
+            size=size or SWEEPS[sweep].fixed["size"],  # (checked above: a sweep that sets it)
             tokens=parse_tokens(tokens) if tokens is not None else None,
             tokens_per_param=tokens_per_param,
             steps=steps,

@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional
 
 from olmo_core.config import Config
 from olmo_core.exceptions import OLMoConfigurationError
-from olmo_core.optim.scheduler import SchedulerUnits
+from olmo_core.optim.scheduler import Scheduler, SchedulerUnits
 from olmo_core.train.callbacks import Callback
 
 from ..config import check_fields, setting
@@ -100,12 +100,22 @@ class SAMSwitchCallback(Callback, Config):
     def resolve_switch_step(self) -> int:
         """The first SAM step (1-based) for the trainer's run; validated against its length."""
         trainer = self.trainer
-        max_steps = trainer.max_steps
-        if max_steps is None:
+        if trainer.max_steps is None:
             raise OLMoConfigurationError(
                 "SAMSwitchCallback needs a run length in steps or tokens (trainer.max_duration)"
             )
-        tokens_per_step = trainer.global_batch_size
+        return self.switch_step(
+            trainer.max_steps, trainer.global_batch_size, self.sam_train_module.scheduler, trainer.max_tokens
+        )
+
+    def switch_step(
+        self, max_steps: int, tokens_per_step: int, scheduler: Optional[Scheduler], max_tokens: Optional[int] = None
+    ) -> int:
+        """The first SAM step (1-based) of a run of ``max_steps`` steps of ``tokens_per_step``
+        tokens under ``scheduler`` (``max_tokens``: the run's length in tokens, for a schedule in
+        token units); an error when the switch point lies outside the run. A pure function of its
+        arguments: the training run (:meth:`resolve_switch_step`) and the recipes' dry run both
+        call it."""
         if self.start_step is not None:
             step = self.start_step
             what = f"start_step={self.start_step}"
@@ -116,27 +126,22 @@ class SAMSwitchCallback(Callback, Config):
             step = self.start_tokens // tokens_per_step + 1
             what = f"start_tokens={self.start_tokens}"
         else:
-            scheduler = self.sam_train_module.scheduler
             if scheduler is None:
                 raise OLMoConfigurationError(
                     "SAMSwitchCallback switches at the decay phase by default but the train "
                     "module has no scheduler; set 'start_step', 'start_fraction' or 'start_tokens'"
                 )
             if scheduler.units == SchedulerUnits.tokens:
-                max_tokens = trainer.max_tokens
-                assert max_tokens is not None
-                start = decay_start(scheduler, max_tokens)
-                if start is not None:
-                    step = start // tokens_per_step + 1
+                start = decay_start(scheduler, max_tokens if max_tokens is not None else max_steps * tokens_per_step)
+                step = None if start is None else start // tokens_per_step + 1
             else:
                 start = decay_start(scheduler, max_steps)
-                if start is not None:
-                    step = start + 1
+                step = None if start is None else start + 1
             if start is None:
                 raise OLMoConfigurationError(
                     f"SAMSwitchCallback: the scheduler {type(scheduler).__name__} has no decay "
-                    "phase (WSO, or alpha_f = 1), so there is nothing to switch at; set "
-                    "'start_step', 'start_fraction' or 'start_tokens'"
+                    "phase (it never decays: WSO, or alpha_f = 1), so there is nothing to switch at; set "
+                    "'start_step', 'start_fraction' or 'start_tokens' (a recipe's --sam-start-fraction)"
                 )
             what = f"the decay start of {type(scheduler).__name__} ({start} {scheduler.units})"
         if not (1 <= step <= max_steps):
