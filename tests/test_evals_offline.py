@@ -168,7 +168,7 @@ def test_bad_offline_requests(tiny_hf_model, tmp_path):
         off.run_offline_suite(tiny_hf_model, ["mmlu_pro"])
     with pytest.raises(OLMoConfigurationError, match="unknown offline task 'mmlu_redux'"):
         off.run_offline_suite(tiny_hf_model, ["mmlu_redux"])
-    with pytest.raises(OLMoConfigurationError, match="positive"):
+    with pytest.raises(OLMoConfigurationError, match="limit: must be a whole number >= 1"):
         off.run_offline_suite(tiny_hf_model, ["winogrande"], 0)
     with pytest.raises(OLMoConfigurationError, match="config.json"):
         load_causal_lm(tmp_path)

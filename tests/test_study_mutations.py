@@ -282,7 +282,7 @@ SECTION_CASES = [
     ("cfs.dtype", "fp8", "cfs.dtype: must be one of", "bfloat16"),
     ("cfs.top_p", 1.5, "cfs.top_p: must be a number in (0, 1]", "1.5"),
     ("cfs", ["ratio"], "cfs: expected a mapping", "['ratio']"),
-    ("benchmarks.offline", {"tasks": ["arc_easyy"]}, "benchmarks.offline.tasks[0]: unknown task", "arc_easyy"),
+    ("benchmarks.offline", {"tasks": ["arc_easyy"]}, "benchmarks.offline.tasks[0]: unknown offline task", "arc_easyy"),
     ("benchmarks.offline", {"limit": 0}, "benchmarks.offline.limit: must be a whole number >= 1", "0"),
     ("benchmarks.offline", {"quant": ["nf5"]}, "benchmarks.offline.quant[0]: must be one of", "nf5"),
     ("benchmarks.olmes", {"tasks": ["arcc"]}, "benchmarks.olmes.tasks[0]: 'arcc' is not in suite", "arcc"),

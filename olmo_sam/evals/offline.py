@@ -404,26 +404,29 @@ def prepare_offline_data(cache_dir: Optional[Path] = None, tasks: Optional[Itera
 
 
 def _check_tasks(tasks: Optional[Iterable[str]]) -> List[str]:
+    """The offline tasks of ``tasks`` (all of them: ``None``); an empty list, a task with no
+    offline copy or an unknown one is an error naming its place (``tasks[1]``)."""
     if tasks is None:
         return list(OFFLINE_TASKS)
     tasks = list(tasks)
     if not tasks:
-        raise OLMoConfigurationError("no offline tasks selected")
-    for t in tasks:
+        raise ConfigError.at("tasks", "no offline tasks selected; omit it for all of them")
+    for i, t in enumerate(tasks):
         if t in OFFLINE_MISSING:
-            raise OLMoConfigurationError(f"task {t!r} cannot run offline: {OFFLINE_MISSING[t]}")
+            raise ConfigError.at(f"tasks[{i}]", f"{t!r} cannot run offline: {OFFLINE_MISSING[t]}")
         if t not in OFFLINE_TASKS:
-            raise OLMoConfigurationError(f"unknown offline task {t!r}; choose from {sorted(OFFLINE_TASKS)}")
+            raise ConfigError.at(f"tasks[{i}]", f"unknown offline task {t!r}; choose from {sorted(OFFLINE_TASKS)}")
     return tasks
 
 
 @dataclass
 class OfflineOptions(Checked):
     """A study's ``benchmarks.offline``: the options of :func:`run_offline_suite` (``None``: its
-    default; a test keeps the two equal), run once per ``quant`` setting."""
+    default; a test keeps the two equal), run once per ``quant`` setting. The function checks
+    its own options through this class."""
 
     tasks: Optional[List[str]] = None
-    limit: Optional[int] = setting(None, ge=1)
+    limit: Optional[int] = setting(None, ge=1, hint=" (documents per task)")
     #: quantization settings, one run each (``none`` or null: full precision)
     quant: Optional[Union[str, List[Optional[str]]]] = setting(None, choices=QUANT_KINDS)
     batch_size: Optional[int] = setting(None, ge=1)
@@ -432,11 +435,7 @@ class OfflineOptions(Checked):
 
     def __post_init__(self):
         super().__post_init__()
-        for i, t in enumerate(self.tasks or ()):
-            if t in OFFLINE_MISSING:
-                raise ConfigError.at(f"tasks[{i}]", f"{t!r} cannot run offline: {OFFLINE_MISSING[t]}")
-            if t not in OFFLINE_TASKS:
-                raise ConfigError.at(f"tasks[{i}]", f"unknown task {t!r}; choose from {sorted(OFFLINE_TASKS)}")
+        _check_tasks(self.tasks)
         problem = None if self.device is None else device_problem(self.device)
         if problem:
             raise ConfigError.at("device", problem)
@@ -580,8 +579,7 @@ def run_offline_suite(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     task_list = _check_tasks(tasks)
-    if limit is not None and limit <= 0:
-        raise OLMoConfigurationError(f"limit must be a positive number of documents, got {limit}")
+    OfflineOptions(limit=limit, quant=quant, batch_size=batch_size, max_gen_toks=max_gen_toks, device=device)
     quant = quant or "none"
     data_dir = prepare_offline_data(cache_dir, task_list)
     manifest = json.loads((data_dir / "manifest.json").read_text())
