@@ -260,9 +260,10 @@ def test_mean_interval_t_by_hand():
 @pytest.mark.parametrize(
     "kw, field",
     [
-        ({"method": "z"}, "unknown interval method"),
-        ({"confidence": 1.5}, "analysis.confidence"),
-        ({"n_boot": "many"}, "analysis.n_boot"),
+        ({"method": "z"}, r"^method: must be one of \['t', 'bootstrap'\], got 'z'"),
+        ({"confidence": 1.5}, r"^confidence: must be a number in \[0.5, 1\), got 1.5"),
+        ({"n_boot": "many"}, r"^n_boot: expected a whole number, got 'many'"),
+        ({"n_boot": 50}, r"^n_boot: must be a whole number >= 100, got 50"),
     ],
 )
 def test_bad_interval_settings_name_the_field(kw, field):

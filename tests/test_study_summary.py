@@ -157,8 +157,10 @@ def test_analysis_options_are_checked():
     assert parse_study({**base, "analysis": {"interval": "bootstrap", "n_boot": 500}}).analysis.interval == "bootstrap"
     with pytest.raises(ConfigError, match=r"analysis\.method: unknown setting"):
         parse_study({**base, "analysis": {"method": "t"}})
-    with pytest.raises(Exception, match="unknown interval method"):
+    with pytest.raises(ConfigError, match=r"^analysis\.interval: must be one of \['t', 'bootstrap'\], got 'z'"):
         parse_study({**base, "analysis": {"interval": "z"}})
+    with pytest.raises(ConfigError, match=r"^analysis\.confidence: must be a number in \[0.5, 1\)"):
+        parse_study({**base, "analysis": {"confidence": 95}})
 
 
 def _shift_ft(out: Path, unit: str, d_ft: float) -> None:

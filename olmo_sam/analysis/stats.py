@@ -55,7 +55,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from olmo_core.exceptions import OLMoConfigurationError
+from ..config import Checked, setting
 
 __all__ = [
     "METHODS",
@@ -92,29 +92,15 @@ _IDENTICAL_RTOL = 1e-12
 
 
 @dataclass(frozen=True)
-class IntervalSpec:
+class IntervalSpec(Checked):
     """How intervals are computed: ``method`` (``t`` or ``bootstrap``), two-sided ``confidence``,
-    and for the bootstrap the number of resamples and the RNG seed (deterministic)."""
+    and for the bootstrap the number of resamples and the RNG seed (deterministic). A study's
+    ``analysis`` section is checked by building one (its ``interval`` is ``method`` here)."""
 
-    method: str = "t"
-    confidence: float = DEFAULT_CONFIDENCE
-    n_boot: int = 10_000
+    method: str = setting("t", choices=METHODS, hint=" (the interval method)")
+    confidence: float = setting(DEFAULT_CONFIDENCE, ge=0.5, lt=1, hint=" (two-sided, e.g. 0.95)")
+    n_boot: int = setting(10_000, ge=100, hint=" (bootstrap resamples)")
     seed: int = 0
-
-    def __post_init__(self):
-        for name, kind in (("confidence", float), ("n_boot", int), ("seed", int)):
-            try:
-                object.__setattr__(self, name, kind(getattr(self, name)))
-            except (TypeError, ValueError):
-                raise OLMoConfigurationError(f"analysis.{name} must be a number, got {getattr(self, name)!r}") from None
-        if self.method not in METHODS:
-            raise OLMoConfigurationError(
-                f"analysis.interval: unknown interval method {self.method!r}; choose one of {list(METHODS)}"
-            )
-        if not 0.5 <= float(self.confidence) < 1.0:
-            raise OLMoConfigurationError(f"analysis.confidence must be in [0.5, 1), e.g. 0.95; got {self.confidence!r}")
-        if int(self.n_boot) < 100:
-            raise OLMoConfigurationError(f"analysis.n_boot must be >= 100, got {self.n_boot!r}")
 
     def describe(self) -> str:
         pct = f"{100 * self.confidence:g}%"

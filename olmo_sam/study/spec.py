@@ -421,7 +421,10 @@ class AnalysisSpec(Checked):
     )
 
     def validate(self) -> None:
-        self.interval_spec()  # raises with the field named
+        try:
+            self.interval_spec()
+        except ConfigError as e:  # (IntervalSpec's method is this section's interval)
+            raise ConfigError.at(f"analysis.{'interval' if e.path == 'method' else e.path}", e.problem) from None
 
     def interval_spec(self):
         """The :class:`~olmo_sam.analysis.stats.IntervalSpec` of these options (default: 95% t-intervals)."""
