@@ -83,7 +83,11 @@ BASE = {
         ({"arms": [{"name": "a", "schedule": "wso"}]}, "no 'optimizer'"),
         ({"finetune": {"datasets": [""], "lrs": [1e-3]}}, "dataset id is missing"),
         ({"finetune": {"datasets": [], "lrs": [1e-3]}}, "at least one dataset"),
-        ({"finetune": {"datasets": ["code"], "lrs": []}}, "LR grid is empty"),
+        ({"finetune": {"datasets": ["code"], "lrs": []}}, "finetune.lrs: the list is empty"),
+        (
+            {"finetune": {"datasets": ["code"], "lrs": [1e-3], "methods": ["sam"]}},
+            r"finetune.methods\[0\]: must be one of",
+        ),
         ({"finetune": {"datasets": ["code"]}}, "'lrs'.*'preset'"),
         ({"learning_rate": 3}, "unknown key"),
         ({"probes": {"quantise": {}}}, "probes.quantise: unknown setting; did you mean .quantize."),

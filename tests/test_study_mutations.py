@@ -330,7 +330,7 @@ SECTION_CASES = [
     ("quick", 1, "quick: expected true or false", "1"),
     ("name", 7, "name: expected a string", "7"),
     ("seed", -1, "seed: must be a whole number in [0, 4294932774]", "-1"),
-    ("pretrain.seeds", [0, -1], "pretrain.seeds[1]: seeds are a list of whole numbers in [0, 4294932774]", "-1"),
+    ("pretrain.seeds", [0, -1], "pretrain.seeds[1]: must be a whole number in [0, 4294932774]", "-1"),
 ]
 
 

@@ -53,7 +53,7 @@ BAD = [
     ("probes.noise.gammas[0]", -0.013, "> 0"),
     ("probes.hessian.probes", 0, ">= 1"),
     ("finetune.datasets[0]", "demo-cod", "choose one of"),
-    ("finetune.methods[0]", "fine-tune", "choose from"),
+    ("finetune.methods[0]", "fine-tune", "must be one of"),
     ("finetune.common.max_steps", "ten", "expected a whole number"),
     ("executor.jobs", 0, ">= 1"),
     ("pt_eval.max_sequences", 0, ">= 1"),
@@ -87,7 +87,7 @@ READ_TIME = [
     ("finetune.per_dataset.demo-code.max_steps", -3, ">= 1"),
     ("finetune.prepare.max_docz", 3, "did you mean 'max_documents'?"),
     ("finetune.grids.zzz", [1], "unknown grid"),
-    ("finetune.methods[0]", "fine-tune", "choose from"),
+    ("finetune.methods[0]", "fine-tune", "must be one of"),
     ("data.demo.vocab_sizee", 512, "did you mean 'vocab_size'?"),
 ]
 

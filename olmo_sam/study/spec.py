@@ -37,7 +37,7 @@ from ..config import Checked, ConfigError, Rule, check_settings, check_value, de
 from ..evals.offline import OfflineOptions
 from ..evals.olmes import OlmesOptions
 from ..files import parse_yaml, read_yaml
-from ..finetune.sweep import LR_GRIDS
+from ..finetune.sweep import LR_GRIDS, MIX_METHODS, SWEEP_METHODS
 from ..probes.runners import HessianOptions, NoiseOptions, QuantizeOptions
 from ..seeds import DATA_SEED, INIT_SEED, MAX_SEED
 from .hypotheses import Hypothesis, check_references, parse_hypotheses
@@ -148,14 +148,10 @@ def _check_pretrain_grid(pretrain: Dict[str, Any], budgets: Optional[List[Any]])
     """``pretrain.seeds`` (distinct integers) and ``pretrain.budgets_tpp`` (positive numbers),
     which replace the recipe's own ``seed``/``data_seed`` and budget fields."""
     seeds = pretrain.get(PRETRAIN_SEEDS)
-    if seeds is not None:
-        if not isinstance(seeds, list) or not seeds:
-            raise ConfigError(f"pretrain.seeds: expected a non-empty list of integers, got {seeds!r}")
-        for i, x in enumerate(seeds):
-            if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= MAX_STUDY_SEED:
-                raise ConfigError(
-                    f"pretrain.seeds[{i}]: seeds are a list of whole numbers in [0, {MAX_STUDY_SEED}], got {x!r}"
-                )
+    if seeds is not None:  # (an empty list is refused with every other list of the file: _check_entries)
+        pretrain[PRETRAIN_SEEDS] = check_value(
+            seeds, List[int], "pretrain.seeds", Rule(ge=0, le=MAX_STUDY_SEED, hint=" (a base's init and data seed)")
+        )
         clash = sorted({"seed", "data_seed"} & set(pretrain))
         if clash:
             raise ConfigError(
@@ -239,7 +235,7 @@ class FinetuneSpec(Checked):
     lrs: Optional[List[float]] = setting(None, gt=0, hint=" (a learning rate)")
     #: LR preset instead of ``lrs``: table7 | table3 | table10
     preset: Optional[str] = setting(None, choices=sorted(LR_GRIDS))
-    methods: List[str] = field(default_factory=lambda: ["ft"])
+    methods: List[str] = setting(default_factory=lambda: ["ft"], choices=SWEEP_METHODS + MIX_METHODS)
     #: FTConfig fields shared by every run (max_steps, token_budget, batch_size, ...)
     common: Dict[str, Any] = field(default_factory=dict)
     #: dataset -> FTConfig fields for that dataset only (e.g. Table 3's token budgets)
@@ -260,22 +256,15 @@ class FinetuneSpec(Checked):
                 raise ConfigError(f"finetune.datasets[{i}]: a dataset id is missing")
         if self.lrs is None and self.preset is None:
             raise ConfigError("finetune: give 'lrs' (a list) or 'preset' (table7, table3, table10)")
-        if self.lrs is not None and not self.lrs:
-            raise ConfigError("finetune.lrs: the LR grid is empty; give at least one learning rate")
         if self.lrs is not None and self.preset is not None:
             raise ConfigError("finetune: give 'lrs' or 'preset', not both")
         stray = sorted(set(self.per_dataset) - set(self.datasets))
         if stray:
             raise ConfigError(f"finetune.per_dataset: {stray} are not in finetune.datasets")
         from ..finetune.engine import FTConfig
-        from ..finetune.sweep import MIX_METHODS, SWEEP_METHODS, SweepSpec
+        from ..finetune.sweep import SweepSpec
         from .stages.finetune import PrepareOptions
 
-        for i, m in enumerate(self.methods):
-            if m not in SWEEP_METHODS + MIX_METHODS:
-                raise ConfigError(
-                    f"finetune.methods[{i}]: unknown method {m!r}; choose from {list(SWEEP_METHODS + MIX_METHODS)}"
-                )
         grids = sorted(k for k in SweepSpec.__dataclass_fields__ if k.endswith("s") and k not in SWEEP_AXES)
         for k in self.grids:
             if k not in grids:
@@ -458,10 +447,8 @@ class ExecutorSpec(Checked):
                 # submitit's AutoExecutor takes these, and its executors' own parameters prefixed
                 raise unknown_setting(k, [*SLURM_GENERIC, "slurm_<sbatch option>"], f"executor.slurm.{k}")
             # counts and minutes (gpus_per_node, tasks_per_node, nodes, timeout_min, cpus_per_task, mem_gb, ...)
-            if k in (*SLURM_COUNTS, "slurm_array_parallelism") and (
-                isinstance(v, bool) or not isinstance(v, int) or v < 1
-            ):
-                raise ConfigError(f"executor.slurm.{k}: must be a whole number >= 1, got {v!r}")
+            if k in (*SLURM_COUNTS, "slurm_array_parallelism"):
+                self.slurm[k] = check_value(v, int, f"executor.slurm.{k}", Rule(ge=1))
 
 
 #: executor.slurm keys that are counts (submitit's AutoExecutor parameters)
