@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
-from typing import IO, Iterator, List, Optional, Sequence
+from typing import IO, Any, Iterator, List, Optional, Sequence
 
 from olmo_core.exceptions import OLMoConfigurationError
 
@@ -79,17 +79,19 @@ def _iter_jsonl(path: Path, field: str, encoding: str) -> Iterator[str]:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise OLMoConfigurationError(f"{path} line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or field not in rec:
-                keys = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
-                raise OLMoConfigurationError(
-                    f"{path} line {lineno}: no text field '{field}' (found {keys}); pick the field with --text-field"
-                )
-            value = rec[field]
-            if not isinstance(value, str):
-                raise OLMoConfigurationError(
-                    f"{path} line {lineno}: field '{field}' is {type(value).__name__}, not a string"
-                )
-            yield value
+            yield _text_of(rec, field, f"{path} line {lineno}")
+
+
+def _text_of(rec: Any, field: str, where: str) -> str:
+    """The text of one record (a JSONL line or a dataset row): its ``field``, a string."""
+    if not isinstance(rec, dict) or field not in rec:
+        keys = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
+        raise OLMoConfigurationError(
+            f"{where}: no text field '{field}' (found {keys}); pick the field with --text-field"
+        )
+    if not isinstance(rec[field], str):
+        raise OLMoConfigurationError(f"{where}: field '{field}' is {type(rec[field]).__name__}, not a string")
+    return rec[field]
 
 
 def iter_local_files(
@@ -160,13 +162,4 @@ def iter_hf_dataset(
             f"dataset {dataset!r} has no text field '{text_field}' (columns: {columns}); pick it with --text-field"
         )
     for i, rec in enumerate(ds):
-        if text_field not in rec:
-            raise OLMoConfigurationError(
-                f"dataset {dataset!r} record {i}: no text field '{text_field}' (found {sorted(rec)})"
-            )
-        value = rec[text_field]
-        if not isinstance(value, str):
-            raise OLMoConfigurationError(
-                f"dataset {dataset!r} record {i}: field '{text_field}' is {type(value).__name__}, not a string"
-            )
-        yield value
+        yield _text_of(rec, text_field, f"dataset {dataset!r} record {i}")

@@ -231,6 +231,7 @@ def quantize_probe(
         quantize_transformer,
     )
 
+    # (refuses an empty ``quant`` too: every list option of a probe needs an entry)
     check_probe_options("quantize", {"quant": list(quant), "batch_size": batch_size, "max_sequences": max_sequences})
     val_paths = check_val_paths(val_paths)
     cfgs: List[QuantConfig] = []
@@ -241,8 +242,6 @@ def quantize_probe(
             cfgs.append(QuantConfig.from_dict(q))
         else:
             cfgs.append(parse_quant_spec(str(q)))
-    if not cfgs:
-        raise OLMoConfigurationError("no quantization setting given")
     names = [c.name for c in cfgs]
     if len(set(names)) != len(names):
         raise OLMoConfigurationError(f"duplicate quantization settings {names}")
