@@ -103,8 +103,6 @@ def build_midtrain(spec: MidtrainSpec, overrides: Sequence[str] = ()) -> Experim
             )
     else:
         model = model_config("tiny", vocab_size=tokenizer.padded_vocab_size())
-    if (spec.tokens is None) == (spec.steps is None):
-        raise OLMoConfigurationError("give exactly one of --tokens or --steps")
     world = world_size()
     micro_batch_size = spec.micro_batch_size or min(spec.batch_size // world, DEFAULT_MICRO_BATCH_SIZE)
     check_micro_batch(spec.batch_size, world, micro_batch_size)

@@ -213,7 +213,7 @@ def build_experiment(
     if missing and check_paths:
         raise OLMoConfigurationError(f"data file(s) not found: {missing}; prepare them with 'olmo-sam data tokenize'")
     if (max_steps is None) == (max_tokens is None):
-        raise OLMoConfigurationError("give exactly one of 'max_steps' or 'max_tokens'")
+        raise OLMoConfigurationError("give exactly one of 'max_steps' or 'max_tokens' (a recipe's --steps or --tokens)")
     work_dir = str(Path(save_folder) / "_work")
 
     # Token files are uint16 up to 65536 ids, else uint32 (olmo_sam.data.tokens.token_dtype_for_vocab);
