@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from olmo_core.data import TokenizerConfig
@@ -40,6 +40,7 @@ __all__ = [
     "find_meta",
     "split_files",
     "check_token_files",
+    "check_token_file",
 ]
 
 
@@ -210,29 +211,66 @@ def check_not_npy(path: Path, what: str) -> None:
             )
 
 
+def check_token_file(
+    p: Path,
+    dtype: Any,
+    *,
+    what: str,
+    vocab: str,
+    bound: Optional[Tuple[int, str]],
+    fix: str,
+    head_tokens: Optional[int] = CHECK_HEAD_TOKENS,
+    wider_ids: bool = True,
+) -> None:
+    """One local token file of ``dtype`` ids, before any compute: it exists, is not empty, was
+    not written by ``np.save``, holds a whole number of ids, and its first ``head_tokens`` ids
+    (``None``: none read) are not uint32 ids read as uint16 (when ``wider_ids``) and lie below
+    ``bound`` (``(vocab_size, how the message names it)``). ``what`` names the file's role,
+    ``vocab`` the vocabulary its dtype comes from, ``fix`` ends each message. The one
+    implementation behind :func:`check_token_files` (training data) and
+    :func:`olmo_sam.evals.lm_loss.check_eval_token_files` (evaluation data)."""
+    if not p.is_file():
+        raise OLMoConfigurationError(f"{what} file not found: {p}; {fix}")
+    size = p.stat().st_size
+    if size == 0:
+        raise OLMoConfigurationError(f"{what} file {p} is empty: no tokens; {fix}")
+    check_not_npy(p, what)
+    name = np.dtype(dtype).name
+    if size % np.dtype(dtype).itemsize:
+        raise OLMoConfigurationError(
+            f"{what} file {p} has {size} bytes, not a whole number of {name} ids: it was not written for {vocab}; {fix}"
+        )
+    if head_tokens is None:
+        return
+    head = np.memmap(p, dtype=dtype, mode="r")[:head_tokens]
+    if wider_ids and np.dtype(dtype) == np.uint16 and looks_like_wider_ids(head):
+        raise OLMoConfigurationError(
+            f"{what} file {p} holds uint32 ids (every second uint16 is 0) but {vocab} is read as uint16: re-write "
+            f"it as uint16, or keep the meta.json of its prepared dataset next to it; {fix}"
+        )
+    if bound is not None and len(head) and int(head.max()) >= bound[0]:
+        raise OLMoConfigurationError(
+            f"{what} file {p} contains token id {int(head.max())} >= {bound[1]}: another tokenizer (or dtype) "
+            f"wrote it (read as {name}); {fix}"
+        )
+
+
 def check_token_files(paths: Sequence[str | Path], tokenizer: TokenizerConfig, what: str = "data") -> None:
     """Errors (before any compute) if local token files do not fit ``tokenizer``.
 
     Checks: the files exist and are non-empty whole arrays of the experiment's dtype; files that a
     prepared dataset lists were tokenized with the same vocabulary size and EOS id (and dtype);
     the first :data:`CHECK_HEAD_TOKENS` ids (of the first :data:`CHECK_HEAD_FILES` files) are all
-    below the vocabulary size. Remote paths
-    (``s3://``, ``gs://``, ``https://``) are left to OLMo-core.
+    below the vocabulary size (:func:`check_token_file`). Remote paths (``s3://``, ``gs://``,
+    ``https://``) are left to OLMo-core.
     """
     dtype = token_dtype_for_vocab(tokenizer.vocab_size)
+    fix = "re-tokenize the data with the model's tokenizer ('olmo-sam data tokenize') or train with the data's"
     for n, raw in enumerate(paths):
         if is_url(str(raw)):
             continue
         p = Path(raw)
-        if not p.is_file():
-            raise OLMoConfigurationError(
-                f"{what} file not found: {p}; prepare token files with 'olmo-sam data tokenize'"
-            )
-        size = p.stat().st_size
-        if size == 0:
-            raise OLMoConfigurationError(f"{what} file {p} is empty")
-        check_not_npy(p, what)
-        meta = find_meta(p)
+        meta = find_meta(p) if p.is_file() else None
         if meta is not None:
             mt = meta.tokenizer
             if int(mt["vocab_size"]) != tokenizer.vocab_size or int(mt["eos_token_id"]) != tokenizer.eos_token_id:
@@ -247,24 +285,13 @@ def check_token_files(paths: Sequence[str | Path], tokenizer: TokenizerConfig, w
                     f"{what} file {p} holds {meta.dtype} ids but a vocabulary of "
                     f"{tokenizer.vocab_size} is read as {dtype.name}"
                 )
-        if size % dtype.itemsize:
-            raise OLMoConfigurationError(
-                f"{what} file {p} has {size} bytes, not a whole number of {dtype.name} ids: it was "
-                f"not written for a vocabulary of {tokenizer.vocab_size}"
-            )
-        if n >= CHECK_HEAD_FILES:
-            continue
-        head = np.memmap(p, dtype=dtype, mode="r")[:CHECK_HEAD_TOKENS]
-        if meta is None and dtype == np.uint16 and looks_like_wider_ids(head):
-            raise OLMoConfigurationError(
-                f"{what} file {p} holds uint32 ids (every second uint16 is 0) but a vocabulary of "
-                f"{tokenizer.vocab_size} is read as uint16: re-write it as uint16, or keep the meta.json of "
-                "its prepared dataset next to it"
-            )
-        top = int(head.max())
-        if top >= tokenizer.vocab_size:
-            raise OLMoConfigurationError(
-                f"{what} file {p} contains token id {top} >= the tokenizer's vocab_size "
-                f"{tokenizer.vocab_size} ({_tok_desc(tokenizer)}): the data was tokenized with a "
-                "different tokenizer"
-            )
+        check_token_file(
+            p,
+            dtype,
+            what=what,
+            vocab=f"a vocabulary of {tokenizer.vocab_size}",
+            bound=(tokenizer.vocab_size, f"the tokenizer's vocab_size {tokenizer.vocab_size} ({_tok_desc(tokenizer)})"),
+            fix=fix,
+            head_tokens=CHECK_HEAD_TOKENS if n < CHECK_HEAD_FILES else None,
+            wider_ids=meta is None,
+        )

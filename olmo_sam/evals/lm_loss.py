@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from olmo_core.exceptions import OLMoConfigurationError
 
-from ..data.tokens import WIDER_IDS_HEAD, check_not_npy, looks_like_wider_ids, token_dtype_for_vocab
+from ..data.tokens import WIDER_IDS_HEAD, check_token_file, token_dtype_for_vocab
 
 __all__ = ["LossResult", "check_eval_token_files", "iter_windows", "lm_loss", "logits_of"]
 
@@ -45,41 +45,21 @@ def check_eval_token_files(
 ) -> None:
     """One clear error per unreadable evaluation token file: missing, empty, not a whole number of
     ``dtype`` ids, ids beyond the vocabulary, or ids of a wider dtype (a loose uint32 file read as
-    uint16). Remote paths are left alone."""
+    uint16) (:func:`olmo_sam.data.tokens.check_token_file`). Remote paths are left alone."""
     from olmo_core.io import is_url
 
-    fix = "give token files written by 'olmo-sam data tokenize' for this model's tokenizer"
+    vocab = "the model's vocabulary" + (f" (vocab_size {vocab_size})" if vocab_size else "")
     for raw in paths:
-        if is_url(str(raw)):
-            continue
-        p = Path(raw)
-        if not p.is_file():
-            raise OLMoConfigurationError(f"{what} token file not found: {p}; fix the path")
-        size = p.stat().st_size
-        if size == 0:
-            raise OLMoConfigurationError(f"{what} token file {p} is empty: no tokens to evaluate; {fix}")
-        check_not_npy(p, f"{what} token")
-        name = np.dtype(dtype).name
-        vocab = f" (vocab_size {vocab_size})" if vocab_size else ""
-        if size % np.dtype(dtype).itemsize:
-            raise OLMoConfigurationError(
-                f"{what} token file {p} has {size} bytes, not a whole number of {name} ids: it holds another dtype "
-                f"than the model's vocabulary{vocab} is read as; {fix}"
+        if not is_url(str(raw)):
+            check_token_file(
+                Path(raw),
+                dtype,
+                what=f"{what} token",
+                vocab=vocab,
+                bound=None if vocab_size is None else (vocab_size, f"the model's vocab_size {vocab_size}"),
+                fix="give token files written by 'olmo-sam data tokenize' for this model's tokenizer",
+                head_tokens=WIDER_IDS_HEAD,
             )
-        head = np.memmap(p, dtype=dtype, mode="r")[:WIDER_IDS_HEAD]
-        if np.dtype(dtype) == np.uint16 and looks_like_wider_ids(head):
-            raise OLMoConfigurationError(
-                f"{what} token file {p} holds uint32 ids (every second uint16 is 0) but the model's vocabulary{vocab} "
-                "is read as uint16; re-write it as uint16 (or keep the meta.json of its prepared dataset next to it) "
-                f"-- {fix}"
-            )
-        if vocab_size is not None:
-            top = int(head.max())
-            if top >= vocab_size:
-                raise OLMoConfigurationError(
-                    f"{what} token file {p} contains id {top} >= the model's vocab_size {vocab_size}: another dtype "
-                    f"or tokenizer wrote it (read as {name}); {fix}"
-                )
 
 
 def iter_windows(
