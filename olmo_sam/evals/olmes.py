@@ -437,11 +437,11 @@ def run_olmes(cmd: Sequence[str], olmes_exe: Path, echo=None) -> int:
 
 def suite_aliases(suite: str, tasks: Optional[Sequence[str]], where: str = "--task") -> List[str]:
     """The OLMES task aliases of ``tasks`` (paper task names; all of ``suite`` when empty); an
-    unknown one is an error naming ``where``."""
+    unknown one is an error naming ``where`` (formatted with the task's index ``i``: ``tasks[{i}]``)."""
     st = get_suite(suite)
-    for t in tasks or ():
+    for i, t in enumerate(tasks or ()):
         if t not in st:
-            raise OLMoConfigurationError(f"{where} {t!r} is not in suite {suite}; choose from {list(st)}")
+            raise ConfigError.at(where.format(i=i), f"{t!r} is not in suite {suite}; choose from {list(st)}")
     return [st[t].alias for t in (tasks or st)]
 
 
@@ -475,10 +475,7 @@ class OlmesOptions(Checked):
 
     def __post_init__(self):
         super().__post_init__()
-        suite = self.suite or DEFAULT_SUITE
-        for i, t in enumerate(self.tasks or ()):
-            if t not in SUITES[suite]:
-                raise ConfigError.at(f"tasks[{i}]", f"{t!r} is not in suite {suite}; choose from {list(SUITES[suite])}")
+        suite_aliases(self.suite or DEFAULT_SUITE, self.tasks, where="tasks[{i}]")
         quants = [self.quant] if isinstance(self.quant, str) else self.quant or []
         for i, q in enumerate(quants):
             if self.model_type == "vllm" and q not in (None, "none", "nf4"):
@@ -513,7 +510,7 @@ def run_olmes_suite(
 
     from .records import write_records
 
-    aliases = suite_aliases(suite, tasks, where="benchmarks.olmes.tasks")
+    aliases = suite_aliases(suite, tasks, where="benchmarks.olmes.tasks[{i}]")
     exe = find_olmes(olmes)
     settings = [quant] if quant is None or isinstance(quant, str) else list(quant)
     out: Dict[str, List[Dict[str, Any]]] = {}
