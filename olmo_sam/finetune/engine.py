@@ -63,7 +63,7 @@ from ..evals.lm_loss import lm_loss
 from ..locks import cached_file, file_lock
 from ..optim import CosineAlpha
 from ..output import differences, json_digest, write_json
-from ..recipes.common import check_dp_processes
+from ..recipes.common import check_dp_processes, check_micro_batch, world_size
 from ..seeds import DATA_SEED, MAX_SEED
 from ..train import build_experiment, read_metrics, run_experiment
 from .baselines import build_replay_mix, wise_ft
@@ -438,6 +438,10 @@ def build_ft_experiment(plan: FTPlan, train_folder: Path, cache_dir: Path):
     resolved by :func:`~olmo_sam.checkpoints.trainer_load_path`: trainer or model-only checkpoint)."""
     cfg = plan.cfg
     assert plan.info.tokenizer is not None
+    check_dp_processes(cfg.dp, f"dp {cfg.dp!r} (--dp)")
+    world = world_size()
+    micro_batch_size = cfg.micro_batch_size or cfg.batch_size // world  # (default: the rank's whole batch)
+    check_micro_batch(cfg.batch_size, world, micro_batch_size)
     data = Path(cfg.data)
     if cfg.method == "replay":
         data = replay_dir(cfg, cache_dir)
@@ -451,7 +455,6 @@ def build_ft_experiment(plan: FTPlan, train_folder: Path, cache_dir: Path):
             fisher_path=str(fisher) if fisher else None,
             name=cfg.method,
         )
-    check_dp_processes(cfg.dp, f"dp {cfg.dp!r} (--dp)")
     exp = build_experiment(
         model=plan.info.model_config,
         tokenizer=plan.info.tokenizer,
@@ -460,7 +463,7 @@ def build_ft_experiment(plan: FTPlan, train_folder: Path, cache_dir: Path):
         optim=AdamWConfig(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay),
         sequence_length=int(cfg.seq_len),  # type: ignore[arg-type]
         global_batch_size=cfg.batch_size,
-        micro_batch_size=cfg.micro_batch_size or _rank_batch(cfg.batch_size),
+        micro_batch_size=micro_batch_size,
         max_steps=plan.steps,
         callbacks=callbacks,
         seed=cfg.seed,
@@ -478,14 +481,6 @@ def build_ft_experiment(plan: FTPlan, train_folder: Path, cache_dir: Path):
             **{f.name: getattr(tm, f.name) for f in fields(tm)}, lora=_lora_settings(cfg)
         )
     return exp
-
-
-def _rank_batch(batch_size: int) -> int:
-    """Sequences per rank (the default micro-batch) under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if batch_size % world:
-        raise OLMoConfigurationError(f"batch_size ({batch_size}) must be divisible by the {world} processes")
-    return batch_size // world
 
 
 def _finished_step(train_folder: Path, steps: int) -> Optional[Path]:
