@@ -211,7 +211,9 @@ def _suggest(key: str, options) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def quant_model_args(quant: str, model_type: str, compute_dtype: str = "bfloat16") -> Dict[str, Any]:
+def quant_model_args(
+    quant: str, model_type: str, compute_dtype: str = "bfloat16", *, where: str = "--quant"
+) -> Dict[str, Any]:
     """OLMES ``--model-args`` entries that load the model quantized.
 
     HF backend: a ``quantization_config`` dict (a ``MODEL_DEFAULTS`` key), which transformers 4.x
@@ -219,17 +221,19 @@ def quant_model_args(quant: str, model_type: str, compute_dtype: str = "bfloat16
     ``load_in_4bit`` kwarg would give bitsandbytes' default FP4, not the paper's NF4, and
     ``bnb_4bit_quant_type`` is not an OLMES model arg. vLLM backend: in-flight bitsandbytes
     quantization (``quantization=load_format="bitsandbytes"``), which vLLM hard-codes to NF4 with
-    double quantization; so ``fp4``/``int8`` are HF-only.
+    double quantization; so ``fp4``/``int8`` are HF-only. An error is placed at ``where`` (the
+    flag, or ``quant[i]`` of a study's :class:`OlmesOptions`, which checks its settings here).
     """
     if quant not in QUANT_KINDS:
-        raise OLMoConfigurationError(f"--quant must be one of {QUANT_KINDS}, got {quant!r}")
+        raise ConfigError.at(where, f"must be one of {QUANT_KINDS}, got {quant!r}")
     if quant == "none":
         return {}
     if model_type == "vllm":
         if quant != "nf4":
-            raise OLMoConfigurationError(
-                f"--quant {quant} is not available with --model-type vllm (vLLM's in-flight "
-                f"bitsandbytes quantization is NF4 only); use --model-type hf"
+            raise ConfigError.at(
+                where,
+                f"{quant!r} is not available with model_type vllm (--model-type vllm: vLLM's in-flight "
+                "bitsandbytes quantization is NF4 only); use model_type hf (--model-type hf)",
             )
         return {"custom_kwargs": {"quantization": "bitsandbytes", "load_format": "bitsandbytes"}}
     if quant == "int8":
@@ -451,7 +455,7 @@ def with_quant_args(
     """``model_args`` plus the entries that load the model quantized (:func:`quant_model_args`);
     an entry given both ways is an error naming ``where``."""
     args = dict(model_args)
-    for k, v in quant_model_args(quant, model_type).items():
+    for k, v in quant_model_args(quant, model_type, where=where).items():
         if k in args:
             raise OLMoConfigurationError(f"{where} {quant} sets model arg {k}; do not also pass it")
         args[k] = v
@@ -478,12 +482,7 @@ class OlmesOptions(Checked):
         suite_aliases(self.suite or DEFAULT_SUITE, self.tasks, where="tasks[{i}]")
         quants = [self.quant] if isinstance(self.quant, str) else self.quant or []
         for i, q in enumerate(quants):
-            if self.model_type == "vllm" and q not in (None, "none", "nf4"):
-                raise ConfigError.at(
-                    f"quant[{i}]",
-                    f"{q!r} is not available with model_type vllm (its in-flight bitsandbytes quantization "
-                    "is NF4 only); use model_type hf",
-                )
+            quant_model_args(q or "none", self.model_type or "hf", where=f"quant[{i}]")
 
 
 def run_olmes_suite(
