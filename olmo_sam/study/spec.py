@@ -88,7 +88,7 @@ EMPTY_LIST_OK = ("data.train", "data.val")
 
 
 @dataclass
-class DataSpec:
+class DataSpec(Checked):
     """Pretraining data: the registry-fetched demo corpus, or prepared token files."""
 
     #: ``{vocab_size: N}`` for the demo corpus (olmo_sam.data.prepare_demo_data)

@@ -120,9 +120,7 @@ def validate_data(study, missing_ok: bool = False) -> List[str]:
     if d.demo is not None:  # (its options are checked when the file is read: DataSpec.validate)
         return warnings
     for key in ("train", "val"):
-        for i, path in enumerate(getattr(d, key)):
-            if not isinstance(path, str):
-                raise ConfigError(f"data.{key}[{i}]: expected a token file path, got {path!r}")
+        for i, path in enumerate(getattr(d, key)):  # (strings: DataSpec's declared type)
             if not _is_remote(path) and not Path(path).exists():
                 missing(
                     f"data.{key}[{i}]: token file not found: {path}; fix the path or prepare it "
