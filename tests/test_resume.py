@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -153,7 +154,7 @@ def test_a_save_folder_of_another_run_is_not_resumed_under_new_settings(tmp_path
     assert build_trainer(longer).global_step == 3
 
 
-def test_in_loop_validation_too_small_for_a_batch_is_left_out_with_a_warning(tmp_path, tiny_corpus, capfd):
+def test_in_loop_validation_too_small_for_a_batch_is_left_out_with_a_warning(tmp_path, tiny_corpus):
     """OLMo-core's LM evaluator reads one sequence per validation document in whole batches: a
     split of fewer documents than one eval batch logged ``eval/lm/pt-val/CE loss = nan`` at every
     evaluation. It is now left out, with a warning that names the sizes; a split of one batch or
@@ -164,9 +165,17 @@ def test_in_loop_validation_too_small_for_a_batch_is_left_out_with_a_warning(tmp
     markov_tokens(SEQ, seed=3, doc_len=SEQ).tofile(small)  # one document < a batch of 2 sequences
     metrics, output = {}, {}
     for name, val in (("small", small), ("enough", tiny_corpus.val)):
-        run_experiment(tiny_experiment(tiny_corpus, tmp_path / name, adamw(), max_steps=2, val_paths=[str(val)]))
-        metrics[name] = read_metrics(tmp_path / name)[2]
-        output[name] = "".join(capfd.readouterr())  # (OLMo-core's log set-up replaces pytest's caplog)
+        # (OLMo-core's log set-up replaces pytest's caplog handler: listen on the logger itself)
+        records: list = []
+        handler = logging.Handler(logging.WARNING)
+        handler.emit = lambda r: records.append(r.getMessage())
+        logger = logging.getLogger("olmo_sam.train.experiment")
+        logger.addHandler(handler)
+        try:
+            run_experiment(tiny_experiment(tiny_corpus, tmp_path / name, adamw(), max_steps=2, val_paths=[str(val)]))
+        finally:
+            logger.removeHandler(handler)
+        metrics[name], output[name] = read_metrics(tmp_path / name)[2], "\n".join(records)
     assert "eval/lm/pt-val/CE loss" not in metrics["small"]
     assert "1 sequence(s) (one per document, truncated to 32 tokens), fewer than one eval batch of 2" in output["small"]
     assert math.isfinite(metrics["enough"]["eval/lm/pt-val/CE loss"])
