@@ -320,3 +320,36 @@ def test_other_base_labels_for_a_finished_sweep_are_refused(
     assert (out / "results.jsonl").read_text() == before
     res = CliRunner().invoke(main, args + ["--base-label", "adamw", "--dry-run"])
     assert res.exit_code == 0 and f"{len(LRS)} runs: {len(LRS)} done, 0 pending" in res.output, res.output
+
+
+def test_results_of_a_dataset_prepared_again_differently_are_not_counted_as_done(
+    tiny_checkpoint, tiny_corpus, tmp_path
+):
+    """A sweep, then its dataset prepared again in the same directory with other settings (here:
+    fewer training documents), then the same sweep: its runs counted as done (the run id names
+    the dataset's path, not its contents) and the new runs would be pooled with the old ones.
+    Now the sweep (and its dry run) and ``finetune run --store`` refuse, naming the run and the
+    dataset; the dataset prepared as it was resumes."""
+    from olmo_sam.cli import main
+
+    data = write_task(tmp_path / "task", n_train=120)
+    out = tmp_path / "sweep"
+    args = ["sweep", "--base", str(tiny_checkpoint), "--base-label", "adamw", "--data", str(data), "--lrs", "1e-3"]
+    args += ["--batch-size", "8", "--max-steps", "2", "--pt-val", str(tiny_corpus.val), "--pt-val-max-sequences", "8"]
+    args += ["--out", str(out), "--jobs", "1", "--no-progress"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    before = (out / "results.jsonl").read_text()
+    (run_id,) = [json.loads(line)["run_id"] for line in before.splitlines()]
+    write_task(tmp_path / "task", n_train=100)  # prepared again, with other settings
+    single = ["finetune", "run", "--base", str(tiny_checkpoint), "--base-label", "adamw", "--data", str(data)]
+    single += ["--lr", "1e-3", "--batch-size", "8", "--max-steps", "2", "--pt-val", str(tiny_corpus.val)]
+    single += ["--pt-val-max-sequences", "8", "--out", str(tmp_path / "one"), "--store", str(out / "results.jsonl")]
+    for cmd in (args + ["--dry-run"], args, single):
+        res = CliRunner().invoke(main, cmd)
+        assert res.exit_code == 1, res.output
+        assert f"holds run {run_id} made on {data} as it was prepared before" in res.output, res.output
+    assert (out / "results.jsonl").read_text() == before and not (tmp_path / "one").exists()
+    write_task(tmp_path / "task", n_train=120)  # as it was: done
+    res = CliRunner().invoke(main, args + ["--dry-run"])
+    assert res.exit_code == 0 and "1 runs: 1 done, 0 pending" in res.output, res.output

@@ -291,7 +291,7 @@ def run_command(
     """Fine-tune one base checkpoint on one dataset at one learning rate."""
     from .engine import FTConfig, run_finetune
     from .records import ResultStore
-    from .sweep import table3_budget
+    from .sweep import check_records, table3_budget
 
     common = _common(kwargs)
     if common.get("token_budget") == "table3":
@@ -312,11 +312,11 @@ def run_command(
             wise_alphas=wise_alphas,
         )
     )
+    if store:  # (before the run: a store that contradicts it is refused first)
+        done = check_records(ResultStore(store), [cfg.resolved()])
     records = run_finetune(cfg, out, cache_dir=cache_dir, keep_checkpoint=keep_checkpoint, overwrite=overwrite)
     if store:
-        rs = ResultStore(store)
-        done = rs.done_ids()
-        rs.extend(r for r in records if r.run_id not in done)
+        ResultStore(store).extend(r for r in records if r.run_id not in done)
     _records_table(records, f"fine-tuning run {Path(out)}")
 
 
@@ -469,7 +469,7 @@ def sweep(
     Results are appended to OUT/results.jsonl (one record per finished run); re-running the
     same command skips finished runs.
     """
-    from .sweep import SweepSpec, check_base_labels, check_shared_settings, expand, mix_sweeps, parse_lrs, run_sweep
+    from .sweep import SweepSpec, check_records, check_shared_settings, expand, mix_sweeps, parse_lrs, run_sweep
 
     if "table10" in ewc_lambdas and len(ewc_lambdas) > 1:
         raise click.BadParameter("'table10' is the whole Table 10 grid; give it alone", param_hint="--ewc-lambdas")
@@ -499,7 +499,7 @@ def sweep(
         from .records import ResultStore
 
         configs = [c for sp in specs for c in expand(sp)]
-        done = check_base_labels(ResultStore(Path(out) / "results.jsonl"), configs)
+        done = check_records(ResultStore(Path(out) / "results.jsonl"), configs)
         n_done = sum(set(c.expected_run_ids()) <= done for c in configs)
         for c in configs:
             state = "done" if set(c.expected_run_ids()) <= done else "pending"

@@ -25,7 +25,7 @@ import numpy as np
 from olmo_core.exceptions import OLMoConfigurationError
 
 from ..data.tokens import token_dtype_for_vocab
-from ..output import atomic_write_text
+from ..output import atomic_write_text, json_digest
 
 __all__ = ["FTDataMeta", "FTSplitWriter", "write_split", "read_meta", "split_paths", "iter_documents"]
 
@@ -150,6 +150,13 @@ def read_meta(root: str | Path) -> FTDataMeta:
             "dataset's?); prepare one with 'olmo-sam finetune prepare'"
         )
     return FTDataMeta(**data)
+
+
+def data_digest(*roots: Optional[str | Path]) -> str:
+    """A digest of prepared datasets' ``meta.json`` (source, preparation settings, split sizes):
+    what tells the results of one preparation of a dataset directory from those of another (a
+    dataset re-prepared with other settings, a mix rebuilt) in the same place."""
+    return json_digest([asdict(read_meta(r)) if r else None for r in roots], 12)
 
 
 def iter_documents(root: str | Path, split: str) -> Iterator[Tuple[np.ndarray, np.ndarray]]:

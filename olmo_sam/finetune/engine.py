@@ -67,7 +67,7 @@ from ..recipes.common import check_dp_processes, check_micro_batch, world_size
 from ..seeds import DATA_SEED, MAX_SEED
 from ..train import build_experiment, read_metrics, run_experiment
 from .baselines import build_replay_mix, wise_ft
-from .data import FTDataMeta, read_meta, split_paths
+from .data import FTDataMeta, data_digest, read_meta, split_paths
 from .lora import LoRASettings, LoRATrainModuleConfig, load_merged_lora
 from .penalty import WeightPenaltyCallback, diagonal_fisher, save_tensors
 from .records import FTRecord
@@ -543,7 +543,7 @@ def run_finetune(
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir).resolve() if cache_dir is not None else out.parent / "_cache"
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    spec = dict(cfg.to_dict(), run_id=cfg.run_id)
+    spec = dict(cfg.to_dict(), run_id=cfg.run_id, data_digest=data_digest(cfg.data, cfg.epoch_data))
     lock = file_lock(out / ".lock", what=f"(run {cfg.run_id})") if rank0 else contextlib.nullcontext()
     with lock:
         if rank0:
@@ -657,6 +657,7 @@ def evaluate_run(
         base_l_pt=base_l_pt,
         steps=plan.steps,
         tokens=plan.steps * plan.tokens_per_step,
+        data_digest=data_digest(cfg.data, cfg.epoch_data),
     )
     records = [
         FTRecord(

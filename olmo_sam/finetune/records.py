@@ -42,6 +42,9 @@ class FTRecord:
     wall_time_s: float = 0.0
     hparams: Dict[str, Any] = field(default_factory=dict)
     extra: Dict[str, Any] = field(default_factory=dict)
+    #: the fine-tuning data as prepared (:func:`olmo_sam.finetune.data.data_digest` of ``data``
+    #: and, for a mix, its task's ``epoch_data``)
+    data_digest: str = ""
 
     @property
     def forgetting(self) -> float:

@@ -42,6 +42,7 @@ from .. import paper
 from ..output import differences, plain, read_json_or_none, write_json
 from ..workers import die_with_parent, output_to
 from .batched import ENGINES, grid_units, run_grid
+from .data import data_digest
 from .engine import METHODS, FTConfig, run_finetune
 from .records import FTRecord, ResultStore
 
@@ -355,14 +356,21 @@ def check_shared_settings(out_dir: str | Path, common: Dict[str, Any], *, record
         write_json(path, new, sort_keys=True)
 
 
-def check_base_labels(store: ResultStore, configs: Sequence[FTConfig]) -> set:
-    """Refuse runs of a base filed under another label than that base's results already in
-    ``store``: the records of runs done keep their label (the label is not part of a run's id, so
-    they count as done), and the results would be filed under both. Returns the done run ids."""
+def check_records(store: ResultStore, configs: Sequence[FTConfig]) -> set:
+    """Refuse runs that the results already in ``store`` would contradict; returns the done run ids.
+
+    - A base filed under another label than its results: the runs done keep their label (the
+      label is not part of a run's id, so they count as done), and results would be filed under
+      both.
+    - A run done on its dataset as it was prepared before (the dataset re-prepared with other
+      settings, or a mix rebuilt, in the same directory): it would count as done, and the new
+      runs would be pooled with it."""
     records = store.records()
     filed: Dict[str, str] = {}
     for r in records:
         filed.setdefault(r.base, r.base_label)
+    made_on = {r.run_id: r.data_digest for r in records}
+    digests: Dict[Tuple[str, Optional[str]], str] = {}
     for c in configs:
         old = filed.get(c.base)
         if old is not None and old != c.base_label:
@@ -370,6 +378,15 @@ def check_base_labels(store: ResultStore, configs: Sequence[FTConfig]) -> set:
                 f"--base {c.base} would be filed under the label {c.base_label!r}, but {store.path} files its results "
                 f"under {old!r}: give --base-label {old} for it (the runs done keep their label), or another --out"
             )
+        if made_on.get(c.run_id):
+            key = (c.data, c.epoch_data)
+            digests[key] = digests.get(key) or data_digest(*key)
+            if made_on[c.run_id] != digests[key]:
+                raise OLMoConfigurationError(
+                    f"{store.path} holds run {c.run_id} made on {c.epoch_data or c.data} as it was prepared before (its "
+                    "meta.json has changed since: prepared again with other settings, or a mix rebuilt); new runs would "
+                    "be pooled with it. Use another --out, or the data as it was prepared"
+                )
     return {r.run_id for r in records}
 
 
@@ -430,7 +447,7 @@ def run_sweep(
     if shared_settings is not None:
         check_shared_settings(out, shared_settings)
     store = ResultStore(out / "results.jsonl")
-    done = check_base_labels(store, configs)
+    done = check_records(store, configs)
     result = SweepResult(total=len(configs), already_done=0, harvested=0, ran=0)
     queue: List[FTConfig] = []
     for cfg in configs:
