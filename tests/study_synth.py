@@ -16,6 +16,7 @@ construction:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any, Dict, List
@@ -76,9 +77,11 @@ def build(
     with_budget_fields: bool = True,
     interval: Dict[str, Any] | None = None,
     hypotheses: List[Dict[str, Any]] | None = None,
+    diverged: bool = False,
 ):
     """Write the study under ``out``; return the analysis job's context. ``hypotheses``: the study
-    file's ``hypotheses:`` (the file then also names its seeds, budgets, probes and fine-tuning)."""
+    file's ``hypotheses:`` (the file then also names its seeds, budgets, probes and fine-tuning).
+    ``diverged``: the first base's first sweep also holds a run that diverged (NaN losses)."""
     sections: Dict[str, Any] = {}
     if hypotheses is not None:
         sections = {
@@ -200,6 +203,11 @@ def build(
                 for ds in DATASETS:
                     res = out / "finetune" / f"{u}_{ds}" / "results.jsonl"
                     ResultStore(res).extend(_ft_records(arm, b, s, ds))
+                    if diverged and len(units) == 1 and ds == DATASETS[0]:
+                        bad = dataclasses.replace(_ft_records(arm, b, s, ds)[-1], run_id=f"{u}-{ds}-10", lr=10.0)
+                        bad.l_ft = bad.l_pt = math.nan
+                        bad.extra = {"diverged": "nan loss encountered at step 2"}
+                        ResultStore(res).append(bad)
                     done(
                         Job(f"finetune/{u}:{ds}", "finetune", "ft_sweep", params={"unit": u, "dataset": ds}),
                         {"results": str(res), "runs": len(LRS)},

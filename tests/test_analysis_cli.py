@@ -208,12 +208,35 @@ def test_bad_tau_values(results):
 
 
 def test_diverged_runs_are_reported(tmp_path):
+    """A diverged run (NaN losses) is named on the terminal and in the written table and JSON (it
+    used to be said on the terminal only); a run diverged to a finite but huge loss is off the
+    plot's axes, which frame the frontier (it used to squeeze every point into one dot)."""
     path = tmp_path / "r.jsonl"
-    recs = [record("ok", 3.2, 1.0, dataset="code"), record("boom", float("nan"), float("nan"), dataset="code")]
+    recs = [record("ok", 3.2, 1.0, dataset="code"), record("ok2", 3.1, 1.4, dataset="code")]
+    recs += [record("boom", float("nan"), float("nan"), dataset="code"), record("huge", 9e7, 7.5e7, dataset="code")]
     write_store(path, recs)
-    res = invoke("frontier", path)
+    res = invoke("frontier", path, "--out", tmp_path / "fr")
     assert res.exit_code == 0
-    assert "1 run(s) with non-finite loss left out (diverged): boom" in res.stderr
+    note = "1 run(s) with non-finite loss left out (diverged): boom"
+    assert note in res.stderr and note in (tmp_path / "fr" / "frontier.md").read_text()
+    assert json.loads((tmp_path / "fr" / "frontier.json").read_text())["notes"] == [
+        f"code/{recs[0].base_label}: {note}"
+    ]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from olmo_sam.analysis.forgetting import group_curves
+    from olmo_sam.analysis.plots import _clip_to_frontiers
+
+    (curve,) = group_curves(recs)["code"]
+    _, ax = plt.subplots()
+    ax.scatter([r.l_pt for r in recs[:2] + recs[3:]], [r.l_ft for r in recs[:2] + recs[3:]])
+    _clip_to_frontiers(ax, [curve])
+    assert ax.get_xlim()[1] < 4 and ax.get_ylim()[1] < 2  # framed on the frontier, not on 9e7
+    assert "1 dominated run(s) off the axes (loss up to 9e+07)" in [t.get_text() for t in ax.texts]
+    plt.close("all")
 
 
 def test_several_stores_are_merged(tmp_path):

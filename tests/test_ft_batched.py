@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 from dataclasses import asdict, replace
@@ -133,13 +135,17 @@ def _spec(base, task, corpus, lrs):
 
 
 def test_batched_sweep_writes_the_trainer_sweeps_records(tiny_checkpoint, tiny_corpus, task, tmp_path):
-    spec = _spec(tiny_checkpoint, task, tiny_corpus, [1e-3, 3e-3])
+    """Equal records, including a run that diverges (LR 1e37): OLMo-core's trainer stops it at its
+    first non-finite training loss, and the batched slice stops there too; both record it with NaN
+    losses and the trainer's message (it used to fail the trainer sweep, exit 1, while the batched
+    one recorded a NaN result as an ordinary run)."""
+    spec = _spec(tiny_checkpoint, task, tiny_corpus, [1e-3, 3e-3, 1e37])
     a = run_sweep(spec, tmp_path / "trainer", jobs=1, progress=False, engine="trainer")
     b = run_sweep(spec, tmp_path / "batched", jobs=2, progress=False, engine="batched")  # two chunks in two workers
-    assert (a.ran, b.ran, a.failed, b.failed) == (2, 2, [], [])
+    assert (a.ran, b.ran, a.failed, b.failed) == (3, 3, [], [])
     ra = {r.run_id: asdict(r) for r in ResultStore(tmp_path / "trainer" / "results.jsonl").records()}
     rb = {r.run_id: asdict(r) for r in ResultStore(tmp_path / "batched" / "results.jsonl").records()}
-    assert ra.keys() == rb.keys() and len(ra) == 4
+    assert ra.keys() == rb.keys() and len(ra) == 6
     for rid in ra:
         x, y = ra[rid], rb[rid]
         assert x.keys() == y.keys() and x["extra"].keys() == y["extra"].keys()
@@ -147,10 +153,16 @@ def test_batched_sweep_writes_the_trainer_sweeps_records(tiny_checkpoint, tiny_c
             if k in ("wall_time_s", "extra"):
                 continue
             if isinstance(x[k], float):
-                assert y[k] == pytest.approx(x[k], rel=1e-5), (rid, k)
+                assert y[k] == pytest.approx(x[k], rel=1e-5, nan_ok=True), (rid, k)
             else:
                 assert y[k] == x[k], (rid, k)
-        assert y["extra"]["final_train_ce"] == pytest.approx(x["extra"]["final_train_ce"], rel=1e-5)
+        ce = x["extra"]["final_train_ce"]  # (None for a run that stopped before its last step)
+        assert y["extra"]["final_train_ce"] == (ce if ce is None else pytest.approx(ce, rel=1e-5))
+        assert y["extra"].get("diverged") == x["extra"].get("diverged")
+    diverged = {rid: x["extra"]["diverged"] for rid, x in ra.items() if "diverged" in x["extra"]}
+    assert len(diverged) == 2 and all(x["lr"] == 1e37 for rid, x in ra.items() if rid in diverged), diverged
+    assert all(re.fullmatch(r"(nan|inf) loss encountered at step [12]", m) for m in diverged.values()), diverged
+    assert all(math.isnan(ra[rid]["l_ft"]) and math.isnan(ra[rid]["l_pt"]) for rid in diverged)
     # the trained models were evaluated in memory: no checkpoint was written or kept
     assert not list((tmp_path / "trainer" / "runs").glob("*/train/step*"))
     assert not list((tmp_path / "batched" / "runs").glob("*/train/step*"))

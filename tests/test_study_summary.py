@@ -274,3 +274,13 @@ def test_a_mid_training_base_is_measured_from_its_checkpoint(tiny_checkpoint):
     rec = BaseRecord.measure({"arm": "mid", "seed": 42, "budget_tpp": None}, run, {"train_tokens": 40 * 8 * 64})
     assert rec.budget_tpp == rec.tpp_total == pytest.approx(40 * 8 * 64 / counts.total)
     assert rec.tpp_non_embedding == pytest.approx(40 * 8 * 64 / counts.non_embedding) and rec.data_epochs == 1.0
+
+
+def test_the_report_names_diverged_fine_tuning_runs(tmp_path):
+    """A fine-tuning run that diverged is left out of every frontier; the report says so in the
+    fine-tuning section (it was named only in frontier.json)."""
+    out = tmp_path / "study"
+    res = analyse_study(study_synth.build(out, diverged=True))
+    md = Path(write_report(out, res)["markdown"]).read_text()
+    unit = study_synth.unit(study_synth.ARMS[0], study_synth.BUDGETS[0], study_synth.SEEDS[0])
+    assert f"1 run(s) with non-finite loss left out (diverged): {unit}-{study_synth.DATASETS[0]}-10" in md

@@ -70,6 +70,30 @@ def _legend(fig, axes, extra=(), max_cols: int = 6) -> None:
         )
 
 
+def _clip_to_frontiers(ax, curves: Sequence[Curve]) -> None:
+    """Axes around the frontiers (and the bases' PT losses), not around every run: a dominated run
+    far off (a fine-tuning that diverged to a finite but huge loss) would squeeze every frontier
+    into a dot. Runs left off the axes are counted in the panel."""
+    pts = [(p.l_pt, p.l_ft) for c in curves for p in c.frontier.points]
+    if not pts:
+        return
+    xs, ys = [x for x, _ in pts] + [c.base_l_pt for c in curves], [y for _, y in pts]
+    pad_x, pad_y = 0.15 * max(max(xs) - min(xs), 1e-3), 0.15 * max(max(ys) - min(ys), 1e-3)
+    x0, x1, y0, y1 = min(xs) - pad_x, max(xs) + pad_x, min(ys) - pad_y, max(ys) + pad_y
+    off = [
+        r
+        for c in curves
+        for r in c.records
+        if math.isfinite(r.l_pt) and math.isfinite(r.l_ft) and not (x0 <= r.l_pt <= x1 and y0 <= r.l_ft <= y1)
+    ]
+    if off:
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
+        worst = max(max(r.l_pt, r.l_ft) for r in off)
+        ax.text(0.01, 0.01, f"{len(off)} dominated run(s) off the axes (loss up to {worst:.3g})",
+                transform=ax.transAxes, fontsize=6, color="0.3", va="bottom")  # fmt: skip
+
+
 def plot_frontiers(
     curves: Mapping[str, Sequence[Curve]],
     path: str | Path,
@@ -140,6 +164,7 @@ def plot_frontiers(
                         xytext=(3, 3),
                         textcoords="offset points",
                     )
+        _clip_to_frontiers(ax, curves[ds])
         if matched and ds in matched:
             m = matched[ds]
             op = "<" if m.strict else "≤"

@@ -38,8 +38,8 @@ class Report:
 
     def write(self, out_dir: str | Path) -> List[Path]:
         out_dir = Path(out_dir)
-        paths = write_table(out_dir, self.stem, self.columns, self.rows)
-        paths.append(write_json(out_dir / f"{self.stem}.json", self.payload))
+        paths = write_table(out_dir, self.stem, self.columns, self.rows, self.notes)
+        paths.append(write_json(out_dir / f"{self.stem}.json", {**self.payload, "notes": self.notes}))
         return paths
 
 

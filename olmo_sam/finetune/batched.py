@@ -67,7 +67,7 @@ from ..checkpoints import load_checkpoint_config, load_transformer, save_transfo
 from ..locks import file_lock
 from ..optim.schedules import check_fits
 from ..output import atomic_write_text, json_digest, write_json
-from .engine import FTConfig, FTPlan, _device, _prepare_dir, build_ft_experiment, evaluate_run, plan_run
+from .engine import FTConfig, FTPlan, _device, _prepare_dir, build_ft_experiment, evaluate_run, plan_run, run_spec
 from .records import FTRecord
 
 log = logging.getLogger(__name__)
@@ -168,10 +168,13 @@ def grid_units(
 
 @dataclass
 class SliceResult:
-    """One trained slice: its model and per-step metrics (the trainer's metric names)."""
+    """One trained slice: its model and per-step metrics (the trainer's metric names); a slice
+    whose training loss stopped being finite stops there, as the trainer stops its run, with the
+    trainer's message (``diverged``)."""
 
     model: torch.nn.Module
     metrics: Dict[int, Dict[str, float]]
+    diverged: Optional[str] = None
 
 
 #: OLMo-core's label ignore index (``TransformerTrainModule.label_ignore_index``)
@@ -238,12 +241,12 @@ def train_grid(plans: Sequence[FTPlan], work_folder: Path, cache: Path) -> List[
         check_fits(tm.scheduler, steps)
     # the base is read once (OLMo-core's checkpoint loader runs a full garbage collection per load)
     base, _ = load_transformer(plan.cfg.base, device=device)
-    slices = []
+    slices, optims = [], []
     for p in plans:
         model = copy.deepcopy(base)
         model.train()
-        optim = dataclasses.replace(tm.optim, lr=p.cfg.lr).build(model)
-        slices.append((model, optim, {}))
+        optims.append(dataclasses.replace(tm.optim, lr=p.cfg.lr).build(model))
+        slices.append(SliceResult(model, {}))
     state = SimpleNamespace(global_step=0, max_steps=steps, global_train_tokens_seen=0, max_tokens=None)
     mb_seqs = tm.rank_microbatch_size // seq
     # progress as log lines, as the trainer's (a live bar would clash with the sweep's)
@@ -256,10 +259,20 @@ def train_grid(plans: Sequence[FTPlan], work_folder: Path, cache: Path) -> List[
             labels = get_labels(batch, label_ignore_index=_IGNORE)
             micro = split_batch(dict(batch, labels=labels), mb_seqs)
             n_label_tokens = (labels != _IGNORE).sum()
-            for model, optim, metrics in slices:
-                metrics[state.global_step] = _train_step(model, optim, micro, n_label_tokens, tm, state)
+            for sl, optim in zip(slices, optims):
+                if sl.diverged is not None:
+                    continue
+                metrics = _train_step(sl.model, optim, micro, n_label_tokens, tm, state)
+                ce = metrics["train/CE loss"]
+                if math.isfinite(ce):
+                    sl.metrics[state.global_step] = metrics
+                else:  # (the trainer's check, message and stop: Trainer._check_and_pass_on_metrics)
+                    sl.diverged = f"{ce} loss encountered at step {state.global_step}"
             if state.global_step % every == 0 or state.global_step == steps:
-                ces = " ".join(f"{m[state.global_step]['train/CE loss']:.3f}" for _, _, m in slices)
+                ces = " ".join(
+                    f"{sl.metrics[state.global_step]['train/CE loss']:.3f}" if sl.diverged is None else "diverged"
+                    for sl in slices
+                )
                 log.info(
                     f"batched fine-tuning of {len(slices)} LRs: step {state.global_step}/{steps} "
                     f"({time.monotonic() - t0:.0f} s), train CE per LR: {ces}"
@@ -267,7 +280,9 @@ def train_grid(plans: Sequence[FTPlan], work_folder: Path, cache: Path) -> List[
             if state.global_step >= steps:
                 break
         epoch += 1
-    return [SliceResult(model.eval(), metrics) for model, _, metrics in slices]
+    for sl in slices:
+        sl.model.eval()
+    return slices
 
 
 def run_grid(
@@ -291,7 +306,7 @@ def run_grid(
         for i, (cfg, out) in enumerate(zip(cfgs, outs)):
             out.mkdir(parents=True, exist_ok=True)
             stack.enter_context(file_lock(out / ".lock", what=f"(run {cfg.run_id})"))
-            stored = _prepare_dir(out, dict(cfg.to_dict(), run_id=cfg.run_id))
+            stored = _prepare_dir(out, run_spec(cfg))
             if stored is not None:
                 results[i] = stored
             else:
@@ -309,13 +324,15 @@ def run_grid(
                     "".join(json.dumps({"step": s, **m}) + "\n" for s, m in sorted(res.metrics.items())),
                 )
                 kept = None
-                if keep_checkpoint:
+                if keep_checkpoint and res.diverged is None:
                     kept = str(
                         save_transformer(
                             res.model, train_folder, load_checkpoint_config(plan.cfg.base), step=plan.steps
                         )
                     )
-                records = evaluate_run(plan, res.model, cache, share, res.metrics.get(plan.steps, {}), checkpoint=kept)
+                model = res.model if res.diverged is None else None
+                last = res.metrics.get(plan.steps, {})
+                records = evaluate_run(plan, model, cache, share, last, checkpoint=kept, diverged=res.diverged)
                 write_json(outs[i] / "records.json", [asdict(r) for r in records], keep_nan=True, sort_keys=True)
                 results[i] = records
     return [r or [] for r in results]

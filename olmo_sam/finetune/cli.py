@@ -152,19 +152,28 @@ def _records_table(records, title: str):
     table = Table(title=title)
     for col in ("base", "dataset", "method", "lr", "L_FT", "L_PT", "base L_PT", "forgetting"):
         table.add_column(col, justify="right" if col not in ("base", "dataset", "method") else "left")
+
+    def loss(x: float, sign: str = "") -> str:  # (a run diverging to 7.5e7 nats is not cut to '752033...')
+        return f"{x:{sign}.4f}" if abs(x) < 1e4 else f"{x:{sign}.3e}"
+
+    diverged = []
     for r in sorted(records, key=lambda r: (r.base_label, r.dataset, r.method, r.lr, r.run_id)):
         method = r.method + (f" a={r.hparams['wise_alpha']:g}" if "wise_alpha" in r.hparams else "")
+        if r.extra.get("diverged"):
+            diverged.append(f"  diverged: {r.run_id} ({r.extra['diverged']}); recorded with NaN losses")
         table.add_row(
             r.base_label,
             r.dataset,
             method,
             f"{r.lr:.3g}",
-            f"{r.l_ft:.4f}",
-            f"{r.l_pt:.4f}",
-            f"{r.base_l_pt:.4f}",
-            f"{r.forgetting:+.4f}",
+            "diverged" if r.extra.get("diverged") else loss(r.l_ft),
+            "diverged" if r.extra.get("diverged") else loss(r.l_pt),
+            loss(r.base_l_pt),
+            loss(r.forgetting, "+"),
         )
     Console().print(table)
+    if diverged:
+        click.echo("\n".join(diverged) + "\n  (the frontiers and comparisons leave diverged runs out, and say so)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,7 +36,9 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -517,6 +519,18 @@ def _prepare_dir(out: Path, spec: Dict[str, Any], overwrite: bool = True) -> Opt
     return None
 
 
+def run_spec(cfg: FTConfig) -> Dict[str, Any]:
+    """What a run directory's ``spec.json`` holds (of a :meth:`FTConfig.resolved` config): the
+    config, its run id and the digest of its data as prepared; a directory holding another spec
+    holds another run."""
+    return dict(cfg.to_dict(), run_id=cfg.run_id, data_digest=data_digest(cfg.data, cfg.epoch_data))
+
+
+#: OLMo-core's trainer stops a run whose training loss is not finite with this error
+#: (``Trainer._check_and_pass_on_metrics``); the run is recorded as diverged, with the message
+DIVERGED = re.compile(r"^(nan|inf|-inf) loss encountered at step \d+$")
+
+
 def _in_memory(cfg: FTConfig) -> bool:
     """Whether a run evaluates its trained model in memory: one process (a sharded DDP/FSDP model
     is evaluated from its checkpoint on rank 0) and not LoRA (evaluated merged from its checkpoint)."""
@@ -543,7 +557,7 @@ def run_finetune(
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir).resolve() if cache_dir is not None else out.parent / "_cache"
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    spec = dict(cfg.to_dict(), run_id=cfg.run_id, data_digest=data_digest(cfg.data, cfg.epoch_data))
+    spec = run_spec(cfg)
     lock = file_lock(out / ".lock", what=f"(run {cfg.run_id})") if rank0 else contextlib.nullcontext()
     with lock:
         if rank0:
@@ -554,31 +568,36 @@ def run_finetune(
         plan = plan_run(cfg)
         train_folder = out / "train"
         final = _finished_step(train_folder, plan.steps)
-        model = None
+        model, diverged = None, None
         if final is None:
             exp = build_ft_experiment(plan, train_folder, cache)
             in_memory = _in_memory(cfg)
             if in_memory and not keep_checkpoint and cfg.checkpoint_interval is None:
                 exp.trainer.callbacks["checkpointer"].enabled = False  # type: ignore[attr-defined]
-            trainer = run_experiment(exp)
-            model = trainer.train_module.model if in_memory else None
-            del trainer
+            try:
+                trainer = run_experiment(exp)
+                model = trainer.train_module.model if in_memory else None
+                del trainer
+            except RuntimeError as e:
+                if not DIVERGED.match(str(e)):
+                    raise
+                diverged = str(e)
             gc.collect()
             if is_distributed():
                 from olmo_core.train import teardown_training_environment
 
                 teardown_training_environment()
             final = _finished_step(train_folder, plan.steps)
-            if final is None and model is None:
+            if final is None and model is None and diverged is None:
                 raise RuntimeError(f"training of {cfg.run_id} ended without its final checkpoint in {train_folder}")
         if not rank0:
             return []
-        kept = str(final) if final is not None and keep_checkpoint else None
-        if model is None:
+        kept = str(final) if final is not None and keep_checkpoint and diverged is None else None
+        if model is None and diverged is None:
             assert final is not None
             model = _load_trained(cfg, final)
         last = read_metrics(train_folder).get(plan.steps, {})
-        records = evaluate_run(plan, model, cache, time.monotonic() - t0, last, checkpoint=kept)
+        records = evaluate_run(plan, model, cache, time.monotonic() - t0, last, checkpoint=kept, diverged=diverged)
         del model
         gc.collect()
         write_json(out / "records.json", [asdict(r) for r in records], keep_nan=True, sort_keys=True)
@@ -598,20 +617,25 @@ def _load_trained(cfg: FTConfig, final: Path) -> torch.nn.Module:
 @torch.no_grad()
 def evaluate_run(
     plan: FTPlan,
-    model: torch.nn.Module,
+    model: Optional[torch.nn.Module],
     cache: Path,
     train_time: float,
     last: Dict[str, float],
     *,
     checkpoint: Optional[str] = None,
+    diverged: Optional[str] = None,
 ) -> List[FTRecord]:
     """The run's records from its trained ``model`` (in memory): L_FT, L_PT, and one WiSE-FT
     record per ``wise_alphas``. ``last`` holds the final step's logged metrics (``train/CE loss``,
-    the penalty); ``checkpoint`` is the kept final checkpoint, if any."""
+    the penalty); ``checkpoint`` is the kept final checkpoint, if any. A run whose training loss
+    stopped being finite (``diverged``: OLMo-core's message, which names the step) has no model:
+    its records carry NaN losses and the message (``extra["diverged"]``), and the analysis leaves
+    them out of every frontier, saying so."""
     cfg = plan.cfg
     t0 = time.monotonic()
     device = _device()
-    model.eval()
+    if model is not None:
+        model.eval()
     val_tokens, val_mask = split_paths(cfg.data, "val")
     seq = int(cfg.seq_len)  # type: ignore[arg-type]
 
@@ -636,13 +660,14 @@ def evaluate_run(
         return l_ft.loss, l_pt.loss
 
     base_l_pt = base_pt_loss(cfg, plan.vocab_size, cache)
-    l_ft, l_pt = losses(model)
+    l_ft, l_pt = losses(model) if diverged is None else (math.nan, math.nan)
     extra = {
         "epoch_steps": plan.epoch_steps,
         "final_train_ce": last.get("train/CE loss"),
         "target_tokens_train": plan.meta.splits["train"]["target_tokens"],
         "checkpoint": checkpoint,
         "penalty": last.get(f"{cfg.method}/penalty"),
+        **({"diverged": diverged} if diverged is not None else {}),
     }
     hparams = cfg.to_dict()
     method = cfg.record_method or cfg.method
@@ -672,9 +697,9 @@ def evaluate_run(
         )
     ]
     if cfg.wise_alphas:
-        base_model, _ = load_transformer(cfg.base, device=device)
+        base_model = load_transformer(cfg.base, device=device)[0] if diverged is None else None
         for alpha in cfg.wise_alphas:
-            w_ft, w_pt = losses(wise_ft(base_model, model, alpha))
+            w_ft, w_pt = losses(wise_ft(base_model, model, alpha)) if diverged is None else (math.nan, math.nan)
             records.append(
                 FTRecord(
                     run_id=cfg.wise_run_id(alpha),

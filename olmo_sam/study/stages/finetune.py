@@ -534,7 +534,7 @@ def _finetune(ctx, bases, out: Path) -> Dict[str, Any]:
             )
         )
         figs["overtraining"] = str(_overtraining_figure(bases, rows, findings, out))
-    section["notes"] = notes
+    section["notes"] = frontier.notes + notes  # (diverged runs, left out of every frontier, first)
     section["findings"] = findings
     return section
 
