@@ -158,6 +158,11 @@ def test_failed_job_is_marked_failed_and_a_stale_lock_is_taken_over(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["jobs"]["data"]["status"] == "failed (exit 1)" and manifest["state"] == "failed"
     assert not (out / "data" / "done.json").exists()
+    # the message ends with how to go on (it ended in the job's log tail)
+    assert "1 job(s) failed: ['data']" in proc.stderr, proc.stderr
+    assert proc.stderr.rstrip().endswith(
+        f"Once the failure is fixed, go on with:\n  olmo-sam study run {path} --out {out}"
+    )
 
 
 def test_lock_names_the_holder(tmp_path):

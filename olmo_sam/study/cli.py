@@ -167,7 +167,7 @@ def run_study_command(fn, resume: str) -> None:
     try:
         return fn()
     except JobFailed as e:
-        click.echo(str(e), err=True)
+        click.echo(f"{e}\n\nFinished jobs are kept. Once the failure is fixed, go on with:\n  {resume}", err=True)
         sys.exit(1)
     except (Interrupted, KeyboardInterrupt):
         click.echo(f"\nInterrupted; finished jobs are kept. Resume with:\n  {resume}", err=True)

@@ -291,7 +291,8 @@ def _run_subprocesses(plan, pending, manifest, kind, parallel, nproc_per_node, p
         details = "\n\n".join(
             f"--- {j} ({index[j].dir(out) / 'log.txt'}):\n{_tail(index[j].dir(out) / 'log.txt')}" for j in failures
         )
-        raise JobFailed(f"{len(failures)} job(s) failed: {failures}\n{details}")
+        waiting = f"; {len(todo)} job(s) not started" if todo else ""
+        raise JobFailed(f"{len(failures)} job(s) failed: {failures}{waiting}\n{details}")
     return seconds
 
 
@@ -358,6 +359,8 @@ def _run_submitit(plan, pending, manifest, slurm: dict, nproc_per_node: int) -> 
                 errors.append(f"{j.id}: {e}")
                 manifest.record(j.id, "failed", seconds=time.time() - t0)
         if errors:
-            raise JobFailed("slurm jobs failed:\n" + "\n".join(errors))
+            todo = [j for j in todo if j not in wave]
+            waiting = f" ({len(todo)} job(s) not started)" if todo else ""
+            raise JobFailed(f"slurm jobs failed{waiting}:\n" + "\n".join(errors))
         todo = [j for j in todo if j not in wave]
     return seconds
