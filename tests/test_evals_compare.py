@@ -70,12 +70,16 @@ def test_outputs_markdown_csv_json_png(tmp_path):
     comp = _table8()
     written = comp.write(tmp_path)
     md = written["md"].read_text()
-    assert "39.7% less" in md and "| adamw_4bit |" in md
+    # the paper's 39.7% is a point estimate: over 10 tasks its interval includes zero, so no "less"
+    assert "point estimate +39.7%, not resolved" in md and "| adamw_4bit |" in md
+    assert "% less**" not in md and "Interval: 95% Student-t" in md
     rows = list(csv.DictReader(io.StringIO(written["csv"].read_text())))
     assert [r["model"] for r in rows] == ["adamw", "sam", "adamw_4bit", "sam_4bit"]
     assert float(rows[2]["drop_from_reference"]) == pytest.approx(4.31, abs=1e-4)
     js = json.loads(written["json"].read_text())
     assert js["pairs"][0]["less_forgetting_pct"] == pytest.approx(39.675, abs=1e-3)
+    assert js["pairs"][0]["n_tasks"] == 10 and js["pairs"][0]["resolved"] is False
+    assert js["pairs"][0]["ci_low"] < 0 < js["pairs"][0]["ci_high"] and js["pairs"][0]["p_value"] > 0.05
     png = written["png"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -119,7 +123,80 @@ def test_cli_compare_on_results_files(tmp_path):
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "**q_sam** forgets **39.7% less** than **q_adamw**" in res.output
+    assert "q_sam vs q_adamw: no difference in forgetting resolved" in res.output
+    assert "forgets **39.7% less**" not in res.output and "point estimate +39.7%" in res.output
     assert (out / "compare.png").is_file() and (out / "compare.csv").is_file()
+    written_md = (out / "compare.md").read_text()
+    assert "paired over 10 tasks, p = 0.24" in written_md and "% less**" not in written_md
+    js = json.loads((out / "compare.json").read_text())["pairs"][0]
+    assert js["text"] in res.output and js["text"] in written_md
     bad = CliRunner().invoke(main, ["eval", "compare", str(paths["adamw"]), "--pair", "adamw"])
     assert bad.exit_code != 0 and "BASELINE,ARM" in bad.output
+
+
+def _ttest(arm_drops, base_drops):
+    """Paired t-test and 95% interval of mean(arm - base) by scipy, independently of olmo_sam."""
+    from scipy.stats import ttest_rel
+
+    res = ttest_rel(arm_drops, base_drops)
+    ci = res.confidence_interval(0.95)
+    return res.pvalue, ci.low, ci.high
+
+
+def test_pair_carries_a_paired_interval_over_tasks():
+    t8 = paper.BENCH_TABLE8
+    tasks = paper.BENCH_TABLE_COLUMNS
+    # drops from the common 43.2 reference (the paper's basis): per task 43.2 - score
+    (pair,) = _table8().pairs
+    a = [43.2 - t8["sam_4bit"][t] for t in tasks]
+    b = [43.2 - t8["adamw_4bit"][t] for t in tasks]
+    p, lo, hi = _ttest(a, b)
+    assert pair.n_tasks == 10 and pair.difference == pytest.approx(pair.drop_arm - pair.drop_baseline)
+    assert (pair.ci_low, pair.ci_high, pair.p_value) == pytest.approx((lo, hi, p), rel=1e-9)
+    assert pair.ci_low < 0 < pair.ci_high and not pair.resolved
+    assert "no difference in forgetting resolved" in pair.text and "point estimate +39.7%" in pair.text
+    assert "less**" not in pair.text
+    # drops from each model's own base: the user probe's -1.98 points, 95% CI [-5.35, +1.39], p = 0.22
+    (own,) = compare(
+        paper_table8_records(),
+        "adamw",
+        base_of={"sam_4bit": "sam", "adamw_4bit": "adamw"},
+        pairs=[("adamw_4bit", "sam_4bit")],
+    ).pairs
+    a = [t8["sam"][t] - t8["sam_4bit"][t] for t in tasks]
+    b = [t8["adamw"][t] - t8["adamw_4bit"][t] for t in tasks]
+    p, lo, hi = _ttest(a, b)
+    assert (own.difference, own.ci_low, own.ci_high, own.p_value) == pytest.approx(
+        (sum(a) / 10 - sum(b) / 10, lo, hi, p), rel=1e-9
+    )
+    assert round(own.difference, 2) == -1.98 and (round(lo, 2), round(hi, 2), round(p, 2)) == (-5.35, 1.39, 0.22)
+    assert not own.resolved and "paired over 10 tasks" in own.text
+
+
+def _recs(label, scores):
+    return [BenchRecord(label, t, s, "acc", 100, "", "test") for t, s in scores.items()]
+
+
+def test_pair_uses_less_or_more_only_when_the_interval_excludes_zero():
+    base = {"t1": 50.0, "t2": 60.0, "t3": 40.0, "t4": 70.0}
+    results = {
+        "adamw": _recs("adamw", base),
+        "sam": _recs("sam", base),
+        # AdamW drops 4-6 points on every task, SAM 2-3: resolved
+        "adamw_q": _recs("adamw_q", {"t1": 46.0, "t2": 55.0, "t3": 34.0, "t4": 65.0}),
+        "sam_q": _recs("sam_q", {"t1": 48.0, "t2": 57.5, "t3": 37.0, "t4": 67.6}),
+    }
+    comp = compare(results, "adamw", base_of={"sam_q": "sam"}, pairs=[("adamw_q", "sam_q"), ("sam_q", "adamw_q")])
+    less, more = comp.pairs
+    p, lo, hi = _ttest([2.0, 2.5, 3.0, 2.4], [4.0, 5.0, 6.0, 5.0])
+    assert (less.ci_low, less.ci_high, less.p_value) == pytest.approx((lo, hi, p), rel=1e-9)
+    assert hi < 0 and less.resolved and more.resolved
+    pct = 100 * (5.0 - 2.475) / 5.0
+    assert less.text.startswith(f"**sam_q** forgets **{pct:.1f}% less** than **adamw_q**")
+    assert "95% CI" in less.text and "paired over 4 tasks" in less.text
+    assert more.text.startswith("**adamw_q** forgets **") and "% more** than **sam_q**" in more.text
+    assert f"**sam_q** forgets **{pct:.1f}% less**" in comp.to_markdown()
+    # one task: an estimate without an interval, never a claim
+    (one,) = compare(results, "adamw", base_of={"sam_q": "sam"}, pairs=[("adamw_q", "sam_q")], tasks=["t1"]).pairs
+    assert one.n_tasks == 1 and one.ci_low is None and not one.resolved
+    assert "no difference resolved (1 task: no interval" in one.text and "not evidence" in one.text

@@ -239,7 +239,11 @@ def _kv(values, what) -> Dict[str, str]:
     help=f"--reference {paper.BENCH_REFERENCE_AVG} (the paper's AdamW base, Sec 3.5.1).",
 )
 @click.option(
-    "--pair", "pairs", multiple=True, metavar="BASELINE,ARM", help="Report '% less forgetting' of ARM vs BASELINE."
+    "--pair",
+    "pairs",
+    multiple=True,
+    metavar="BASELINE,ARM",
+    help="Report '% less forgetting' of ARM vs BASELINE, with a paired interval over tasks.",
 )
 @click.option("--tasks", default=None, help="Comma-separated tasks to compare on (default: all, must match).")
 @click.option(
@@ -253,6 +257,9 @@ def _kv(values, what) -> Dict[str, str]:
 @click.option("--paper-table8", is_flag=True, help="Use the paper's Table 8 rows as the results.")
 def compare_command(results, base_of, reference, paper_reference, pairs, tasks, out_dir, paper_table8):
     """Per-task and average scores, drops from base / reference, and '% less forgetting'.
+
+    Each --pair states the difference in average drop with a 95% interval and p-value paired
+    over the tasks; "X% less" is written only when that interval excludes zero.
 
     RESULTS are results.json files or OLMES output directories, optionally LABEL=PATH. The first
     is the base everything is compared to unless --base-of says otherwise.

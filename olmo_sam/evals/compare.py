@@ -4,6 +4,15 @@
 average after post-training or 4-bit quantization, reports it "relative to 43.2" (the AdamW
 base, :data:`olmo_sam.paper.BENCH_REFERENCE_AVG`) for every arm, and summarizes two arms by
 "X% less forgetting" (:func:`percent_less_forgetting`). Table 8 (App D.1) is the per-task view.
+
+The average drop of an arm is the mean of its per-task drops, so the difference of two arms'
+average drops is the mean of their per-task differences. A pair is reported with that difference,
+its Student-t interval and p-value over the n tasks (paired by task,
+:func:`olmo_sam.analysis.stats.compare_seeds` with tasks in place of seeds: tasks are the unit, so
+the interval holds the task-to-task variation of the difference, not seed-to-seed or instance
+noise). As in a study's findings, "forgets X% less" is written only when that interval excludes
+zero; otherwise the pair says that no difference is resolved and gives the percentage as a point
+estimate.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
 from ..analysis.forgetting import less_forgetting
+from ..analysis.stats import IntervalSpec, compare_seeds
 from ..output import atomic_write_text, save_figure
 from .records import BenchRecord
 
@@ -56,7 +66,26 @@ class ArmPair:
     basis: str
     drop_baseline: float
     drop_arm: float
+    #: the paper's "% less forgetting" (a point estimate; see ``resolved``)
     less_forgetting_pct: float
+    #: drop_arm - drop_baseline in score points (negative: the arm forgets less): the mean of the
+    #: per-task differences of the drops
+    difference: float = 0.0
+    #: tasks the difference is paired over
+    n_tasks: int = 0
+    #: two-sided interval of ``difference`` over tasks (None with one task)
+    ci_low: Optional[float] = None
+    ci_high: Optional[float] = None
+    confidence: float = 0.95
+    #: paired t-test of "no difference" over tasks (None without an interval or when identical)
+    p_value: Optional[float] = None
+    #: the per-task differences are all equal: zero variance, no test
+    identical: bool = False
+    #: the interval excludes zero: only then is "X% less/more" a claim
+    resolved: bool = False
+    interval: str = ""
+    #: the sentence written to the terminal and compare.md
+    text: str = ""
 
 
 @dataclass
@@ -106,10 +135,10 @@ class Comparison:
             lines.append("| " + " | ".join(cells) + " |")
         for p in self.pairs:
             lines.append("")
-            lines.append(
-                f"**{p.arm}** forgets **{p.less_forgetting_pct:.1f}% less** than **{p.baseline}** "
-                f"(average drop {p.drop_arm:.2f} vs {p.drop_baseline:.2f}, {p.basis})."
-            )
+            lines.append(p.text)
+        if self.pairs:
+            lines.append("")
+            lines.append(f"Interval: {self.pairs[0].interval}.")
         return "\n".join(lines) + "\n"
 
     def plot(self, path: str | Path) -> Path:
@@ -133,9 +162,7 @@ class Comparison:
         ax.set_ylabel("score (%)")
         title = "Benchmark scores"
         if self.pairs:
-            title += " — " + "; ".join(
-                f"{p.arm}: {p.less_forgetting_pct:.0f}% less forgetting than {p.baseline}" for p in self.pairs
-            )
+            title += " — " + "; ".join(_short(p) for p in self.pairs)
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -152,6 +179,98 @@ class Comparison:
             "json": atomic_write_text(out / f"{stem}.json", self.to_json()),
             "png": self.plot(out / f"{stem}.png"),
         }
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.2f}"
+
+
+def _short(p: ArmPair) -> str:
+    """The plot-title form of a pair's statement."""
+    if p.resolved:
+        word = "less" if p.difference < 0 else "more"
+        return (
+            f"{p.arm}: {abs(p.less_forgetting_pct):.0f}% {word} forgetting than {p.baseline} "
+            f"({100 * p.confidence:g}% CI of the drop difference {_signed(p.ci_low)} to {_signed(p.ci_high)}, "
+            f"n = {p.n_tasks} tasks)"
+        )
+    ci = (
+        f"{100 * p.confidence:g}% CI {_signed(p.ci_low)} to {_signed(p.ci_high)}"
+        if p.ci_low is not None and p.ci_high is not None
+        else "no interval"
+    )
+    return f"{p.arm} vs {p.baseline}: no difference resolved ({ci}, n = {p.n_tasks} tasks)"
+
+
+def _pair_text(p: ArmPair) -> str:
+    """The sentence of one pair: a comparative word only when the interval excludes zero."""
+    conf = f"{100 * p.confidence:g}% CI"
+    drops = f"average drop {p.drop_arm:.2f} vs {p.drop_baseline:.2f}, {p.basis}"
+    tasks = f"{p.n_tasks} task{'s' if p.n_tasks != 1 else ''}"
+    pct = f"{p.less_forgetting_pct:+.1f}%"
+    if p.ci_low is None or p.ci_high is None:
+        return (
+            f"{p.arm} vs {p.baseline}: no difference resolved ({tasks}: no interval; difference in average "
+            f"drop {_signed(p.difference)} points; {drops}). '% less forgetting' point estimate {pct}, "
+            f"not evidence of a difference."
+        )
+    if p.identical:
+        return (
+            f"{p.arm} vs {p.baseline}: the drop differs by {_signed(p.difference)} points on every one of the "
+            f"{tasks}: zero variance, no interval and no test; no difference resolved ({drops}). "
+            f"'% less forgetting' point estimate {pct}."
+        )
+    stats = (
+        f"difference in average drop {_signed(p.difference)} points, {conf} {_signed(p.ci_low)} to "
+        f"{_signed(p.ci_high)}, paired over {tasks}, p = {p.p_value:.2g}"
+    )
+    if p.resolved:
+        word = "less" if p.difference < 0 else "more"
+        return (
+            f"**{p.arm}** forgets **{abs(p.less_forgetting_pct):.1f}% {word}** than **{p.baseline}** "
+            f"({drops}; {stats})."
+        )
+    return (
+        f"{p.arm} vs {p.baseline}: no difference in forgetting resolved ({stats}; {drops}). "
+        f"'% less forgetting' point estimate {pct}, not resolved: the interval includes zero."
+    )
+
+
+def _pair(
+    baseline: str,
+    arm: str,
+    basis: str,
+    drop_baseline: float,
+    drop_arm: float,
+    task_drops_baseline: Sequence[float],
+    task_drops_arm: Sequence[float],
+) -> ArmPair:
+    """A pair with its paired interval over tasks and its sentence."""
+    spec = IntervalSpec()
+    diff = compare_seeds(dict(enumerate(task_drops_arm)), dict(enumerate(task_drops_baseline)), spec)
+    p = ArmPair(
+        baseline,
+        arm,
+        basis,
+        drop_baseline,
+        drop_arm,
+        percent_less_forgetting(drop_baseline, drop_arm),
+        difference=drop_arm - drop_baseline,
+        n_tasks=len(task_drops_arm),
+        ci_low=diff.ci_low,
+        ci_high=diff.ci_high,
+        confidence=diff.confidence,
+        p_value=diff.p_value,
+        identical=diff.identical,
+        resolved=diff.significant,
+        interval=(
+            f"{100 * spec.confidence:g}% Student-t interval and paired t-test of the difference in drop over "
+            f"the tasks (paired by task; tasks are the unit, so it holds task-to-task variation, not "
+            f"seed-to-seed or instance noise); 'X% less' is written only when the interval excludes zero"
+        ),
+    )
+    p.text = _pair_text(p)
+    return p
 
 
 def _fmt(v: Optional[float], digits: int) -> str:
@@ -231,14 +350,21 @@ def compare(
         rb, ra = comp.row(_known(baseline, results)), comp.row(_known(arm, results))
         if reference is not None:
             db, da, basis = rb.average_drop_from_reference, ra.average_drop_from_reference, f"drops from {reference:g}"
+            # per task, the drop from the common reference average: the mean over tasks is the
+            # average drop, so the mean per-task difference is da - db
+            tb = [reference - rb.scores[t] for t in order]
+            ta = [reference - ra.scores[t] for t in order]
         else:
             if rb.base is None or ra.base is None:
                 raise OLMoConfigurationError(
                     f"pair {baseline},{arm}: without a reference both need a base to drop from"
                 )
             db, da, basis = rb.average_drop_from_base, ra.average_drop_from_base, "drops from each model's base"
+            assert rb.drop_from_base is not None and ra.drop_from_base is not None
+            tb = [rb.drop_from_base[t] for t in order]
+            ta = [ra.drop_from_base[t] for t in order]
         assert db is not None and da is not None
-        comp.pairs.append(ArmPair(baseline, arm, basis, db, da, percent_less_forgetting(db, da)))
+        comp.pairs.append(_pair(baseline, arm, basis, db, da, tb, ta))
     return comp
 
 
