@@ -202,18 +202,12 @@ def csv_text(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def write_table(
-    out_dir: str | Path,
-    stem: str,
-    columns: Sequence[str],
-    rows: Sequence[Mapping[str, Any]],
-    notes: Sequence[str] = (),
+    out_dir: str | Path, stem: str, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]
 ) -> List[Path]:
-    """``{stem}.md`` (the table, then ``notes``: what the table leaves out and why) and
-    ``{stem}.csv`` in ``out_dir``."""
+    """``{stem}.md`` and ``{stem}.csv`` in ``out_dir``."""
     out_dir = Path(out_dir)
-    md = markdown_table(columns, rows) + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
     return [
-        atomic_write_text(out_dir / f"{stem}.md", md),
+        atomic_write_text(out_dir / f"{stem}.md", markdown_table(columns, rows)),
         atomic_write_text(out_dir / f"{stem}.csv", csv_text(columns, rows)),
     ]
 

@@ -113,6 +113,30 @@ def test_compare_end_to_end_matches_independent_computation(results, tmp_path):
     assert payload["datasets"]["code"]["tau_source"] == "eq10"
 
 
+def test_compare_says_single_runs_have_no_interval(results, tmp_path):
+    """Every curve is one base checkpoint: "% less forgetting" compares one run with one run, and
+    the terminal, compare.md, compare.csv and compare.json say it is not evidence of a difference."""
+    out = tmp_path / "single"
+    res = invoke("compare", results, "--dataset", "code", "--reference", "adamw@step4000", "--out", out)
+    assert res.exit_code == 0, res.output
+    md = (out / "compare.md").read_text()
+    assert res.stdout == md
+    for text in (res.stdout, md):
+        assert "Single-run comparison, no interval" in text and "Each of the 6 curves is one base checkpoint" in text
+        assert "not evidence of a difference" in text and "`olmo-sam study run`" in text
+    table = read_csv(out / "compare.csv")
+    assert [r["interval"] for r in table if r["reference"] == "yes"] == [""]
+    assert {r["interval"] for r in table if r["reference"] != "yes"} == {"none: single run per side"}
+    payload = json.loads((out / "compare.json").read_text())
+    assert "not evidence of a difference" in payload["caveats"][0]
+    assert all(c["runs_per_side"] == 1 and c["interval"] is None for c in payload["datasets"]["code"]["curves"])
+    js = invoke("compare", results, "--dataset", "code", "--json")
+    assert "not evidence of a difference" in json.loads(js.stdout)["caveats"][0]
+    # the frontier is no comparison: no caveat there
+    fr = invoke("frontier", results, "--dataset", "code")
+    assert "Single-run" not in fr.stdout
+
+
 def test_compare_json_stdout_and_interpolation(results):
     res = invoke(
         "compare", results, "--dataset", "code", "--base", "adamw", "--json", "--interpolate", "--tau", "code=1.3"

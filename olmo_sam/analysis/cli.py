@@ -239,7 +239,11 @@ def compare_cmd(
     reference,
     annotate_lr,
 ):
-    """Forgetting at a matched fine-tuning loss and "% less forgetting" (App C.4)."""
+    """Forgetting at a matched fine-tuning loss and "% less forgetting" (App C.4).
+
+    Each curve is one base checkpoint, so a comparison is one run against one run, with no
+    interval: the output says so. `olmo-sam study run` pools seeds into arms with intervals.
+    """
     from .plots import plot_frontiers
 
     curves = _curves(results, datasets, methods, bases, pool_methods, split_by)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence
 
-from ..output import markdown_table, write_json, write_table
+from ..output import atomic_write_text, csv_text, markdown_table, write_json
 from .forgetting import (
     Comparison,
     Curve,
@@ -32,13 +32,23 @@ class Report:
     rows: List[Dict[str, Any]]
     payload: Dict[str, Any]
     notes: List[str] = field(default_factory=list)
+    #: paragraphs printed under the table and written under it in ``{stem}.md`` (what the numbers
+    #: are not evidence of); the payload carries them as ``caveats``
+    caveats: List[str] = field(default_factory=list)
 
     def markdown(self) -> str:
-        return markdown_table(self.columns, self.rows)
+        text = markdown_table(self.columns, self.rows)
+        for c in self.caveats:
+            text += f"\n{c}\n"
+        return text
 
     def write(self, out_dir: str | Path) -> List[Path]:
         out_dir = Path(out_dir)
-        paths = write_table(out_dir, self.stem, self.columns, self.rows, self.notes)
+        notes = "".join(f"\n- {n}" for n in self.notes) + ("\n" if self.notes else "")  # (what is left out, why)
+        paths = [
+            atomic_write_text(out_dir / f"{self.stem}.md", self.markdown() + notes),
+            atomic_write_text(out_dir / f"{self.stem}.csv", csv_text(self.columns, self.rows)),
+        ]
         paths.append(write_json(out_dir / f"{self.stem}.json", {**self.payload, "notes": self.notes}))
         return paths
 
@@ -155,9 +165,27 @@ def _matched_meta(m: MatchedSet) -> Dict[str, Any]:
     }
 
 
+#: the ``interval`` cell of a compared curve: every curve is one base checkpoint (one run)
+SINGLE_RUN = "none: single run per side"
+
+
+def single_run_caveat(n_curves: int) -> str:
+    """What a curve-vs-curve "% less forgetting" is not: each curve is one base checkpoint (one
+    pretraining run, no seeds to form an interval); the study pipeline pools seeds into arms."""
+    return (
+        f"**Single-run comparison, no interval.** Each of the {n_curves} curves is one base checkpoint, "
+        f"so every forgetting value and less_forgetting_pct here compares one run with one run: there are "
+        f"no seeds to form an interval, and a single-run comparison with no interval is not evidence of a "
+        f"difference (seed-to-seed gaps can exceed the gap between optimizers, and the sign can change "
+        f"with the matching rule, e.g. --interpolate). For arms pooled over pretraining seeds with "
+        f"intervals and tests, run the study pipeline: `olmo-sam study run` (docs/study.md)."
+    )
+
+
 def compare_report(comparisons: Mapping[str, Comparison], curves: Mapping[str, Sequence[Curve]]) -> Report:
     """[SAM-PT] App C.4: per dataset, tau, each checkpoint's matched PT loss and forgetting, and
-    its % less forgetting than the reference."""
+    its % less forgetting than the reference -- single runs without an interval, which the table,
+    ``{stem}.md`` and the JSON say (:func:`single_run_caveat`)."""
     columns = [
         "dataset",
         "tau",
@@ -169,6 +197,7 @@ def compare_report(comparisons: Mapping[str, Comparison], curves: Mapping[str, S
         "l_pt",
         "forgetting",
         "less_forgetting_pct",
+        "interval",
         "grid_edge",
         "lr",
         "run_ids",
@@ -182,6 +211,7 @@ def compare_report(comparisons: Mapping[str, Comparison], curves: Mapping[str, S
             d = _matched_row(m, row)
             d["reference"] = "yes" if row.curve.label == comp.reference else ""
             d["less_forgetting_pct"] = None if frac is None else 100.0 * frac
+            d["interval"] = "" if row.curve.label == comp.reference else SINGLE_RUN
             rows.append(d)
             entries.append(
                 {
@@ -191,6 +221,8 @@ def compare_report(comparisons: Mapping[str, Comparison], curves: Mapping[str, S
                     "l_pt": row.retained.l_pt,
                     "forgetting": row.forgetting,
                     "less_forgetting": frac,
+                    "runs_per_side": 1,
+                    "interval": None,
                     "interpolated": row.retained.interpolated,
                     "grid_edge": row.grid_edge,
                     "points": [_point(p, row.curve.base_l_pt) for p in row.retained.points],
@@ -207,7 +239,9 @@ def compare_report(comparisons: Mapping[str, Comparison], curves: Mapping[str, S
         ),
         "datasets": datasets,
     }
-    return Report("compare", columns, rows, payload, notes)
+    caveat = single_run_caveat(sum(len(c.matched.rows) for c in comparisons.values()))
+    payload["caveats"] = [caveat]
+    return Report("compare", columns, rows, payload, notes, caveats=[caveat])
 
 
 def matched_pt_report(views: Mapping[str, MatchedPTView], curves: Mapping[str, Sequence[Curve]]) -> Report:
