@@ -176,6 +176,39 @@ def test_bad_offline_requests(tiny_hf_model, tmp_path):
         load_causal_lm(tiny_hf_model, "nf5")
 
 
+def test_answer_longer_than_the_context_is_a_clear_error(tiny_hf_model, data_dir, tmp_path):
+    """The user probe's crash: HellaSwag's cloze endings are longer than a short-context model's
+    window; lm-eval truncates prompts but asserts that every answer fits. One line naming the task,
+    the context and the fix, never lm-eval's AssertionError."""
+    import shutil
+
+    short = tmp_path / "short"
+    shutil.copytree(tiny_hf_model, short)
+    cfg = json.loads((short / "config.json").read_text())
+    cfg["max_position_embeddings"] = 24
+    (short / "config.json").write_text(json.dumps(cfg))
+    _, tok = load_causal_lm(short)
+    # the longest ending, encoded as the harness must (the context's tokens split off the whole)
+    longest = max(
+        len(tok.encode(d["context"] + c)) - len(tok.encode(d["context"]))
+        for d in _docs(data_dir, "hellaswag", "rc", 2)
+        for c in d["choices"]
+    )
+    assert longest > 24
+    with pytest.raises(OLMoConfigurationError) as e:
+        off.run_offline_suite(short, ["hellaswag"], 2)
+    msg = str(e.value)
+    assert msg.startswith(f"task 'hellaswag' (rc variant) has an answer of {longest} tokens")
+    assert "model's context of 24 tokens" in msg and "at least" in msg and "--task" in msg
+    # a prompt longer than the context is truncated, as lm-eval does: MMLU's answer letters still score
+    (rec,) = off.run_offline_suite(short, ["mmlu"], 2)
+    assert rec.num_instances == 2
+    res = CliRunner().invoke(main, ["eval", "offline", str(short), "--task", "hellaswag", "--limit", "2"])
+    assert res.exit_code == 1
+    assert f"Error: task 'hellaswag' (rc variant) has an answer of {longest} tokens" in res.output
+    assert "Traceback" not in res.output and "AssertionError" not in res.output
+
+
 def test_cli_offline(tiny_hf_model, tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)  # outside a git repository: lm-eval's `git describe` printed 'fatal: ...'
     res = CliRunner().invoke(

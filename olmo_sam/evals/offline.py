@@ -35,6 +35,9 @@ order, `` A.``-style options, answer letters as continuations). Deviations:
 * DROP generates up to 100 tokens as ``drop::olmes`` does (the packaged config says 50).
 * Generation lengths can be capped (``max_gen_toks``) for small-context test models; a capped run
   is marked in the record's details.
+* A prompt longer than the model's context is truncated from the left, as lm-eval does; an answer
+  choice longer than the context cannot be scored and stops the run with an error naming the task
+  (e.g. HellaSwag's endings on a 128-token model with a byte-level tokenizer).
 
 Evaluation runs through lm-eval 0.4.13 (local YAML templates in ``offline_tasks/``, ``dataset_path:
 json``) on an in-memory HF model, optionally loaded 4-bit through bitsandbytes
@@ -478,6 +481,41 @@ def _config_hash(task: str, variant: Variant, cfg: dict, data_sha: str, limit, q
     return hashlib.md5(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+class ContinuationTooLong(Exception):
+    """A scored continuation (an answer choice) has more tokens than the model's context.
+
+    lm-eval's ``HFLM`` truncates a long *context* from the left (a warning), but asserts that every
+    *continuation* fits: one that does not cannot be scored without changing what is scored."""
+
+    def __init__(self, longest: int, max_length: int):
+        super().__init__(f"a continuation of {longest} tokens exceeds the context of {max_length}")
+        self.longest = longest
+        self.max_length = max_length
+
+
+_CHECKED_HFLM = None
+
+
+def _checked_hflm():
+    """lm-eval's ``HFLM`` whose log-likelihood requests are checked before any is run: a
+    continuation longer than the context raises :class:`ContinuationTooLong` (lm-eval itself ends
+    in ``assert len(continuation_enc) <= self.max_length`` halfway through the task)."""
+    global _CHECKED_HFLM
+    if _CHECKED_HFLM is None:
+        from lm_eval.models.huggingface import HFLM
+
+        class CheckedHFLM(HFLM):
+            def _loglikelihood_tokens(self, requests, *args, **kwargs):
+                # requests are (cache key, context tokens, continuation tokens), as lm-eval asserts on
+                longest = max((len(r[2]) for r in requests), default=0)
+                if longest > self.max_length:
+                    raise ContinuationTooLong(longest, self.max_length)
+                return super()._loglikelihood_tokens(requests, *args, **kwargs)
+
+        _CHECKED_HFLM = CheckedHFLM
+    return _CHECKED_HFLM
+
+
 def _run_variant(lm, cfg: dict, limit: Optional[int], need_samples: bool) -> Tuple[dict, int, list]:
     from unittest import mock
 
@@ -516,7 +554,15 @@ def _score_task(
         data_file = data_dir / _data_name(ot.task, v)
         cfg = _task_config(ot.task, v, data_file, max_gen_toks)
         hashes.append(_config_hash(ot.task, v, cfg, manifest[data_file.name]["sha256"], limit, quant))
-        metrics, n, samples = _run_variant(lm, cfg, limit, need_samples=ot.rule == "macro_subject")
+        try:
+            metrics, n, samples = _run_variant(lm, cfg, limit, need_samples=ot.rule == "macro_subject")
+        except ContinuationTooLong as e:
+            raise OLMoConfigurationError(
+                f"task {ot.task!r} ({v.name} variant) has an answer of {e.longest} tokens, longer than the "
+                f"model's context of {e.max_length} tokens (lm-eval truncates a long prompt, never the "
+                f"scored answer); evaluate {ot.task} with a model whose context holds at least {e.longest} "
+                f"tokens, or leave it out of the tasks (--task)"
+            ) from None
         if v.metric not in metrics:
             raise RuntimeError(f"lm-eval returned no {v.metric!r} for {cfg['task']}: {sorted(metrics)}")
         score = float(metrics[v.metric])
@@ -572,8 +618,6 @@ def run_offline_suite(
     :param max_gen_toks: cap on generated tokens (for models with a short context).
     :param out_dir: where ``results.json`` and the per-task resume cache go.
     """
-    from lm_eval.models.huggingface import HFLM
-
     from .hf_load import load_causal_lm
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -584,7 +628,7 @@ def run_offline_suite(
     data_dir = prepare_offline_data(cache_dir, task_list)
     manifest = json.loads((data_dir / "manifest.json").read_text())
     model, tok = load_causal_lm(model_dir, quant, device=device)
-    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, device=device)
+    lm = _checked_hflm()(pretrained=model, tokenizer=tok, batch_size=batch_size, device=device)
     longest_gen = (
         max(
             min(v.gen["max_gen_toks"], max_gen_toks or v.gen["max_gen_toks"])
