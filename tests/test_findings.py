@@ -133,6 +133,29 @@ def test_q_values_across_the_secondary_findings_gate_the_comparative_words():
     assert "minimum detectable effect" in strong["text"] and strong["mde"] > 0
 
 
+def test_bh_count_in_the_text_is_the_number_of_tested_p_values():
+    """User probe: 13 comparisons, 12 with a p-value; q = BH over the 12, so the text names 12."""
+    from olmo_sam.analysis.findings import adjust_findings
+
+    ref = {0: 340.0, 1: 361.0, 2: 331.0}
+    tested = [_trace({0: 300.0 + e, 1: 320.0, 2: 290.0 - e}, ref) for e in (0.0, 5.0, 10.0)]
+    untested = _forgetting({s: v + 0.05 for s, v in REF.items()})  # identical: no p-value
+    fam = adjust_findings([*tested, untested])
+    assert fam["comparisons"] == 4 and fam["tested"] == 3
+    ps = [f["p_value"] for f in tested]
+    order = sorted(range(3), key=lambda i: ps[i])
+    running, q_hand = 1.0, [0.0] * 3
+    for rank in range(3, 0, -1):  # BH step-up with m = 3, the tested ones
+        i = order[rank - 1]
+        running = min(running, 3 * ps[i] / rank)
+        q_hand[i] = running
+    for f, q in zip(tested, q_hand):
+        assert f["q_value"] == pytest.approx(q) and f["bh_tested"] == 3
+        assert "(Benjamini-Hochberg over the 3 tested comparisons)" in f["text"]
+        assert "over 4 comparisons" not in f["text"]
+    assert untested["q_value"] is None and "Benjamini-Hochberg" not in untested["text"]
+
+
 def test_identical_and_unmeasurable_findings_claim_nothing():
     from olmo_sam.analysis.findings import adjust_findings, unmeasurable_finding
 

@@ -217,6 +217,13 @@ def test_grid_edge_bases_are_flagged_left_out_and_q_values_counted(tmp_path):
     rep = write_report(ctx.out, res)
     md = (ctx.out / "report" / "report.md").read_text()
     assert f"Secondary comparisons made: {m['comparisons']}" in md
+    # unmeasurable findings have no p-value: q-values are BH over the tested ones, and say so
+    assert 0 < m["tested"] < m["comparisons"]
+    assert m["tested"] == sum(f["p_value"] is not None for f in s["findings"])
+    assert f"correction over the {m['tested']} with a test" in md
+    for f in s["findings"]:
+        if f["q_value"] is not None:
+            assert f"(Benjamini-Hochberg over the {m['tested']} tested comparisons)" in f["text"]
     # sensitivity: each matched comparison at three thresholds, the compared bases' tau the lowest
     sens = s["finetune"]["tau_sensitivity"]
     cell = {r["tau_name"]: r["tau"] for r in sens if r["budget_tpp"] == 100.0 and r["quantity"] == "matched_forgetting"}

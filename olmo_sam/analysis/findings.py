@@ -171,13 +171,15 @@ def _resolved(f: Mapping[str, Any]) -> bool:
 
 
 def _tests(f: Mapping[str, Any]) -> str:
-    """``"; p = 0.003, q = 0.02 (BH over 24 comparisons); minimum detectable effect 0.051 at 80% power"``."""
+    """``"; p = 0.003, q = 0.02 (Benjamini-Hochberg over the 24 tested comparisons); minimum
+    detectable effect 0.051 at 80% power"``. The count is the BH family's m: the comparisons with a
+    p-value (``bh_tested``), not every comparison made (one without a test has no q)."""
     out = ""
     if f.get("p_value") is not None:
         out += f"; p = {f['p_value']:.2g}"
         if f.get("q_value") is not None:
-            m = f.get("comparisons")
-            out += f", q = {f['q_value']:.2g}" + (f" (Benjamini-Hochberg over {m} comparisons)" if m else "")
+            m = f.get("bh_tested")
+            out += f", q = {f['q_value']:.2g}" + (f" (Benjamini-Hochberg over the {m} tested comparisons)" if m else "")
     if f.get("mde") is not None:
         unit = f" {f['unit']}" if f.get("unit") else ""
         out += f"; minimum detectable effect {num(f['mde'])}{unit} at {100 * POWER:g}% power"
@@ -247,17 +249,21 @@ def adjust_findings(findings: List[Dict[str, Any]]) -> Dict[str, Any]:
     without ``primary: true``), in one family (:func:`~olmo_sam.analysis.stats.bh_qvalues`); each
     finding's ``q_value``, ``comparisons``, ``resolved`` and ``text`` are set here. Call it once,
     after every finding is collected. Returns the family's summary for ``summary.json``:
-    ``comparisons`` (secondary findings), ``tested`` (with a p-value), ``resolved``."""
+    ``comparisons`` (secondary findings), ``tested`` (with a p-value: the m of the BH correction,
+    also each finding's ``bh_tested``), ``resolved``."""
     secondary = [f for f in findings if not f.get("primary")]
     qs = bh_qvalues([f.get("p_value") for f in secondary])
+    tested = sum(q is not None for q in qs)
     for f, q in zip(secondary, qs):
         f["q_value"] = q
         f["comparisons"] = len(secondary)
+        #: m of the BH step-up: the comparisons with a p-value (bh_qvalues leaves the others out)
+        f["bh_tested"] = tested
         _render(f)
     return {
         "method": "Benjamini-Hochberg (scipy.stats.false_discovery_control) across the secondary findings",
         "comparisons": len(secondary),
-        "tested": sum(q is not None for q in qs),
+        "tested": tested,
         "resolved": sum(bool(f["resolved"]) for f in secondary),
         "rule": "a secondary finding uses a comparative word only when its interval excludes zero, its seeds "
         "vary and q < 1 - confidence",

@@ -332,7 +332,8 @@ def render_report(
     if mult:
         intro.append(
             f"Secondary comparisons made: {mult['comparisons']} ({mult['tested']} with a test); "
-            f"{mult['resolved']} resolved after the Benjamini-Hochberg correction across all of them."
+            f"{mult['resolved']} resolved after the Benjamini-Hochberg correction over the {mult['tested']} "
+            "with a test."
         )
     for line in intro:
         md += [line, ""]
