@@ -23,6 +23,12 @@ def test_probe_commands_write_json_and_plots(tiny_checkpoint, tiny_corpus, tmp_p
     assert [r["quant"] for r in q["records"]] == ["none", "nf4", "int8"]
     assert q["records"][1]["proof"]["counts"]["Linear4bit"] == 14
     assert "degradation" in res.output
+    # the full-precision loss is a row; degradations (~1e-4 here) at 3 significant digits
+    none, *quantized = q["records"]
+    assert f"adamw@40  none       loss {none['loss']:.6f}  (full precision)" in res.output
+    for r in quantized:
+        assert f"loss {r['loss']:.6f}  degradation {r['degradation']:+.3g}  (" in res.output
+    assert "-0.0000" not in res.output and "+0.0000" not in res.output
 
     res = _run(
         ["noise", str(tiny_checkpoint), "--gammas", "0.02", "--seeds", "0,1", "--exclude", "embeddings.*", *common]
@@ -31,11 +37,17 @@ def test_probe_commands_write_json_and_plots(tiny_checkpoint, tiny_corpus, tmp_p
     p = json.loads((tmp_path / "noise.json").read_text())
     assert "embeddings.weight" not in p["records"][0]["perturbed"]
     assert {s["gamma"] for s in p["summary"]} == {0.0, 0.02}
+    noisy = [s for s in p["summary"] if s["gamma"] == 0.02][0]
+    assert f"increase {noisy['increase']:+.3g}  SD {noisy['std']:.2g} over 2 noise draws" in res.output
+    assert "seeds)" not in res.output
 
     res = _run(["hessian", str(tiny_checkpoint), "--n-sequences", "2", "--probes", "3", "--power-iters", "2", *common])
     assert res.exit_code == 0, res.output
     h = json.loads((tmp_path / "hessian.json").read_text())
     assert h["records"][0]["trace"]["n_probes"] == 3
+    eig = h["records"][0]["top_eigenvalue"]
+    assert f"lambda_max {eig['value']:.4g}" in res.output
+    assert ("dominant eigenvalue" in res.output) == (eig["largest_magnitude"] < 0)
     for name in ("quantize", "noise", "hessian"):
         png = tmp_path / f"{name}.png"
         assert png.read_bytes()[:4] == b"\x89PNG"
@@ -103,3 +115,20 @@ def test_probe_options_are_the_probe_functions_keyword_options():
         with pytest.raises(ConfigError) as err:
             runners.check_probe_options(probe, options)
         assert message in str(err.value), str(err.value)
+
+
+def test_hessian_line_says_when_a_negative_eigenvalue_dominates():
+    """User probe: the table said "lambda_max 5.939 (not converged)" while hessian.json had the
+    dominant eigenvalue at -8.81; the row now carries both, with the sign (record from that run)."""
+    from olmo_sam.probes.cli import hessian_line
+
+    rec = {
+        "label": "sam",
+        "trace": {"trace": 443.4, "stderr": 12.0},
+        "top_eigenvalue": {"value": 5.939470017898884, "converged": False, "largest_magnitude": -8.810512512513242},
+        "edge_of_stability": 666.6666666666666,
+    }
+    line = hessian_line(rec)
+    assert "lambda_max 5.939 (not converged)  dominant eigenvalue -8.811 (negative, largest in magnitude)" in line
+    rec["top_eigenvalue"] = {"value": 9.23, "converged": True, "largest_magnitude": 9.23}
+    assert "dominant" not in hessian_line(rec) and "lambda_max 9.23  (2/lr = 666.7)" in hessian_line(rec)

@@ -126,13 +126,45 @@ def quantize_cmd(checkpoints, quant, val_paths, labels, seq_len, batch_size, max
         overwrite=overwrite,
     )
     for r in result["records"]:
-        if r["quant"] != "none":
-            proof = r["proof"]
-            click.echo(
-                f"{r['label']:>24s}  {r['quant']:<10s} loss {r['loss']:.4f}  "
-                f"degradation {r['degradation']:+.4f}  ({proof['counts']}, {proof['compression']:.2f}x smaller)"
-            )
+        click.echo(quantize_line(r))
     _write(out_dir, "quantize", result, plot_quantize)
+
+
+def quantize_line(r: dict) -> str:
+    """One row of ``probe quantize``'s table: the full-precision loss, or a quantized loss and its
+    degradation at 3 significant digits (degradations of ~1e-4 print as such, not "-0.0000")."""
+    if r["quant"] == "none":
+        return f"{r['label']:>24s}  {'none':<10s} loss {r['loss']:.6f}  (full precision)"
+    proof = r["proof"]
+    return (
+        f"{r['label']:>24s}  {r['quant']:<10s} loss {r['loss']:.6f}  degradation {r['degradation']:+.3g}  "
+        f"({proof['counts']}, {proof['compression']:.2f}x smaller)"
+    )
+
+
+def noise_line(s: dict) -> str:
+    """One row of ``probe noise``'s table: mean loss, its increase, and the SD over noise draws."""
+    n = s["n_seeds"]
+    return (
+        f"{s['label']:>24s}  gamma {s['gamma']:<6g} loss {s['mean']:.6f}  increase {s['increase']:+.3g}  "
+        f"SD {s['std']:.2g} over {n} noise draw{'s' if n != 1 else ''}"
+    )
+
+
+def hessian_line(r: dict) -> str:
+    """One row of ``probe hessian``'s table. lambda_max is the largest algebraic eigenvalue; when
+    the eigenvalue of largest magnitude is negative (the JSON's ``largest_magnitude``), it is
+    printed beside it with its sign."""
+    line = f"{r['label']:>24s}  tr(H) {r['trace']['trace']:.4g} +- {r['trace']['stderr']:.2g}"
+    if "top_eigenvalue" in r:
+        eig = r["top_eigenvalue"]
+        line += f"  lambda_max {eig['value']:.4g}" + ("" if eig["converged"] else " (not converged)")
+        dominant = eig.get("largest_magnitude")
+        if dominant is not None and dominant < 0:
+            line += f"  dominant eigenvalue {dominant:.4g} (negative, largest in magnitude)"
+    if r.get("edge_of_stability"):
+        line += f"  (2/lr = {r['edge_of_stability']:.4g})"
+    return line
 
 
 @probe.command("noise")
@@ -204,9 +236,7 @@ def noise_cmd(
         overwrite=overwrite,
     )
     for s in result["summary"]:
-        click.echo(
-            f"{s['label']:>24s}  gamma {s['gamma']:<6g} loss {s['mean']:.4f} +- {s['std']:.4f} ({s['n_seeds']} seeds)"
-        )
+        click.echo(noise_line(s))
     _write(out_dir, "noise", result, plot_noise)
 
 
@@ -302,13 +332,7 @@ def hessian_cmd(
     )
     for r in result["records"]:
         if "trace" in r:
-            line = f"{r['label']:>24s}  tr(H) {r['trace']['trace']:.4g} +- {r['trace']['stderr']:.2g}"
-            if "top_eigenvalue" in r:
-                eig = r["top_eigenvalue"]
-                line += f"  lambda_max {eig['value']:.4g}" + ("" if eig["converged"] else " (not converged)")
-            if r.get("edge_of_stability"):
-                line += f"  (2/lr = {r['edge_of_stability']:.4g})"
-            click.echo(line)
+            click.echo(hessian_line(r))
         else:
             click.echo(
                 f"{r['label']:>24s}  kappa {r['directional_sharpness']:.4g}  predicted "
