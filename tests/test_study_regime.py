@@ -85,8 +85,8 @@ def test_an_arm_may_have_its_own_budgets_and_one_seed_keeps_plain_names():
     "pretrain, arm, match",
     [
         ({"seeds": [0, 0]}, {}, r"pretrain\.seeds\[1\]: duplicate entry 0"),
-        ({"seeds": [0, 1.5]}, {}, "list of whole numbers"),
-        ({"seeds": []}, {}, "list of integers"),
+        ({"seeds": [0, 1.5]}, {}, r"pretrain\.seeds\[1\]: expected a whole number, got 1\.5"),
+        ({"seeds": []}, {}, r"pretrain\.seeds: the list is empty; give at least one entry"),
         ({"seeds": [0, 1], "seed": 3}, {}, "conflict with 'seeds'"),
         ({"seeds": [0, 1]}, {"data_seed": 3}, "conflict with pretrain.seeds"),
         ({"budgets_tpp": [10, -1]}, {}, r"pretrain\.budgets_tpp\[1\]: must be a number > 0, got -1"),
