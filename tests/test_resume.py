@@ -214,6 +214,10 @@ def test_a_stop_step_behind_the_latest_checkpoint_is_refused(tmp_path, tiny_corp
     with pytest.raises(OLMoConfigurationError, match=r"--stop-at-step 1 \(trainer.hard_stop\) is behind the run's latest checkpoint, step 2 in .*give a --stop-at-step after 2 \(or none\)"):  # fmt: skip
         run_experiment(cfg(1))
     assert run_experiment(cfg(3)).global_step == 3  # a later stop goes on
+    behind = cfg(4)
+    behind.trainer.hard_stop = Duration.tokens(2 * behind.data_loader.global_batch_size)  # step 2, in tokens
+    with pytest.raises(OLMoConfigurationError, match=r"trainer.hard_stop = [\d,]+ tokens is behind the run's latest checkpoint, step 3 \("):  # fmt: skip
+        run_experiment(behind)
 
 
 def test_a_run_directory_moved_elsewhere_resumes_to_the_same_losses(tmp_path, tiny_corpus, uninterrupted):

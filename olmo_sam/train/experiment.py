@@ -377,21 +377,28 @@ def check_same_run(config: ExperimentConfig) -> None:
 
 
 def check_stop_step(config: ExperimentConfig) -> None:
-    """Refuse a stop step (``--stop-at-step``: ``trainer.hard_stop`` in steps) behind the save
+    """Refuse a stop (``--stop-at-step``: ``trainer.hard_stop``, in steps or tokens) behind the save
     folder's latest checkpoint: OLMo-core would load that checkpoint, find the stop passed and
     report the run complete, training nothing."""
     from ..checkpoints import latest_step_dir
 
     stop = config.trainer.hard_stop
     latest = latest_step_dir(Path(str(config.trainer.save_folder)))
-    if stop is None or stop.unit != "steps" or latest is None:
+    if stop is None or stop.unit not in ("steps", "tokens") or latest is None:
         return
     reached = int(latest.name[len("step") :])
-    if stop.value < reached:
+    if stop.unit == "steps" and stop.value < reached:
         raise OLMoConfigurationError(
             f"--stop-at-step {stop.value} (trainer.hard_stop) is behind the run's latest checkpoint, step {reached} in "
             f"{config.trainer.save_folder}: give a --stop-at-step after {reached} (or none) to go on, or another --out "
             "for a new run"
+        )
+    tokens = reached * config.data_loader.global_batch_size
+    if stop.unit == "tokens" and stop.value < tokens:
+        raise OLMoConfigurationError(
+            f"trainer.hard_stop = {stop.value:,d} tokens is behind the run's latest checkpoint, step {reached} "
+            f"({tokens:,d} tokens) in {config.trainer.save_folder}: give a stop after it (or none) to go on, or "
+            "another --out for a new run"
         )
 
 
