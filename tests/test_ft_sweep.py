@@ -353,3 +353,11 @@ def test_results_of_a_dataset_prepared_again_differently_are_not_counted_as_done
     write_task(tmp_path / "task", n_train=120)  # as it was: done
     res = CliRunner().invoke(main, args + ["--dry-run"])
     assert res.exit_code == 0 and "1 runs: 1 done, 0 pending" in res.output, res.output
+    # a finished run directory whose record never reached results.jsonl is recovered only if it
+    # was made on the data as they are now (its spec.json records the digest): otherwise redone
+    write_task(tmp_path / "task", n_train=100)
+    (out / "results.jsonl").unlink()
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0 and "0 recovered, 1 ran" in res.output, res.output
+    (rec,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert rec["data_digest"] != json.loads(before)["data_digest"]

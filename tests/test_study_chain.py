@@ -88,6 +88,15 @@ def test_cfs_and_benchmarks_join_the_chain(tmp_path):
     store = out / "finetune" / "sam-anneal_demo-music" / "results.jsonl"
     stale = json.loads(store.read_text().splitlines()[0])
     store.write_text(store.read_text() + json.dumps({**stale, "run_id": "a-run-of-other-settings"}) + "\n")
+    # ... and redoes a run made on its data as they were prepared before (a re-run after the data
+    # were prepared again with other settings: its record and its run directory carry the old
+    # data digest), where a sweep's --out would refuse it
+    records = [json.loads(line) for line in store.read_text().splitlines()]
+    store.write_text(
+        "".join(json.dumps({**r, "data_digest": "0ld"} if r["run_id"] == ft.run_id else r) + "\n" for r in records)
+    )
+    run_spec_file = store.parent / "runs" / ft.run_id / "spec.json"
+    run_spec_file.write_text(json.dumps({**json.loads(run_spec_file.read_text()), "data_digest": "0ld"}))
     proc = subprocess.run(
         [sys.executable, "-m", "olmo_sam.cli", "study", "run", str(spec), "--out", str(out), "--rerun",
          "--stages", "finetune"],
@@ -95,4 +104,6 @@ def test_cfs_and_benchmarks_join_the_chain(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert {r.run_id for r in ResultStore(store).records()} == {ft.run_id, cfs.run_id}
+    redone = {r.run_id: r for r in ResultStore(store).records()}[ft.run_id]
+    assert redone.data_digest not in ("", "0ld") and redone.l_ft == pytest.approx(ft.l_ft, rel=1e-5)
     assert json.loads((out / "analysis" / "summary.json").read_text())["finetune"]["runs"] == 2

@@ -43,7 +43,7 @@ from ..output import differences, plain, read_json_or_none, write_json
 from ..workers import die_with_parent, output_to
 from .batched import ENGINES, grid_units, run_grid
 from .data import data_digest
-from .engine import METHODS, FTConfig, run_finetune
+from .engine import METHODS, FTConfig, run_finetune, run_spec
 from .records import FTRecord, ResultStore
 
 log = logging.getLogger(__name__)
@@ -281,7 +281,7 @@ def _harvest(store: ResultStore, done: set, cfg: FTConfig, run_dir: Path) -> boo
     if not (rec_path.exists() and spec_path.exists()):
         return False
     try:
-        if json.loads(spec_path.read_text()).get("run_id") != cfg.run_id:
+        if json.loads(spec_path.read_text()) != run_spec(cfg):  # (another run, or this one on other data)
             return False
         records = [FTRecord.from_dict(d) for d in json.loads(rec_path.read_text())]
     except (json.JSONDecodeError, ValueError, TypeError):
@@ -356,21 +356,35 @@ def check_shared_settings(out_dir: str | Path, common: Dict[str, Any], *, record
         write_json(path, new, sort_keys=True)
 
 
+def stale_runs(records: Sequence[FTRecord], configs: Sequence[FTConfig]) -> Dict[str, FTConfig]:
+    """The planned runs (of ``configs``) that ``records`` hold as made on their dataset as it was
+    prepared before: the dataset prepared again in the same directory with other settings, or a
+    mix rebuilt (its data digest differs). Run id -> the run's config, WiSE-FT records included."""
+    made_on = {r.run_id: r.data_digest for r in records}
+    digests: Dict[Tuple[str, Optional[str]], str] = {}
+    stale: Dict[str, FTConfig] = {}
+    for c in configs:
+        if made_on.get(c.run_id):
+            key = (c.data, c.epoch_data)
+            if key not in digests:
+                digests[key] = data_digest(*key)
+            if made_on[c.run_id] != digests[key]:
+                stale.update((rid, c) for rid in c.expected_run_ids())
+    return stale
+
+
 def check_records(store: ResultStore, configs: Sequence[FTConfig]) -> set:
     """Refuse runs that the results already in ``store`` would contradict; returns the done run ids.
 
     - A base filed under another label than its results: the runs done keep their label (the
       label is not part of a run's id, so they count as done), and results would be filed under
       both.
-    - A run done on its dataset as it was prepared before (the dataset re-prepared with other
-      settings, or a mix rebuilt, in the same directory): it would count as done, and the new
-      runs would be pooled with it."""
+    - A run done on its dataset as it was prepared before (:func:`stale_runs`): it would count as
+      done, and the new runs would be pooled with it."""
     records = store.records()
     filed: Dict[str, str] = {}
     for r in records:
         filed.setdefault(r.base, r.base_label)
-    made_on = {r.run_id: r.data_digest for r in records}
-    digests: Dict[Tuple[str, Optional[str]], str] = {}
     for c in configs:
         old = filed.get(c.base)
         if old is not None and old != c.base_label:
@@ -378,15 +392,12 @@ def check_records(store: ResultStore, configs: Sequence[FTConfig]) -> set:
                 f"--base {c.base} would be filed under the label {c.base_label!r}, but {store.path} files its results "
                 f"under {old!r}: give --base-label {old} for it (the runs done keep their label), or another --out"
             )
-        if made_on.get(c.run_id):
-            key = (c.data, c.epoch_data)
-            digests[key] = digests.get(key) or data_digest(*key)
-            if made_on[c.run_id] != digests[key]:
-                raise OLMoConfigurationError(
-                    f"{store.path} holds run {c.run_id} made on {c.epoch_data or c.data} as it was prepared before (its "
-                    "meta.json has changed since: prepared again with other settings, or a mix rebuilt); new runs would "
-                    "be pooled with it. Use another --out, or the data as it was prepared"
-                )
+    for rid, c in stale_runs(records, configs).items():
+        raise OLMoConfigurationError(
+            f"{store.path} holds run {rid} made on {c.data} as it was prepared before (its meta.json has changed "
+            "since: prepared again with other settings, or a mix rebuilt); new runs would be pooled with it. Use "
+            "another --out, or the data as it was prepared"
+        )
     return {r.run_id for r in records}
 
 

@@ -116,7 +116,7 @@ def job_ft_sweep(ctx) -> Dict[str, Any]:
     """The LR sweep of one base checkpoint on one dataset, for every method; a ``cfs`` method
     trains on the context-free mix for as many steps as the task alone ([CFS] Sec 3)."""
     from ...finetune.records import ResultStore
-    from ...finetune.sweep import expand, run_sweep
+    from ...finetune.sweep import expand, run_sweep, stale_runs
 
     p = ctx.job.params
     unit, ds = p["unit"], p["dataset"]
@@ -130,6 +130,14 @@ def job_ft_sweep(ctx) -> Dict[str, Any]:
     )
     from ..progress import PROGRESS_FILE, write_progress
 
+    planned = [cfg for spec in sweeps for cfg in expand(spec)]
+    store = ResultStore(ctx.dir / "results.jsonl")
+    # a job re-run (--rerun) after its data were prepared again with other settings: the runs made
+    # on the data as they were are this job's to redo, not a store to refuse (as a sweep's --out is)
+    stale = stale_runs(store.records(), planned)
+    if stale:
+        store.keep_only(rid for rid in store.done_ids() if rid not in stale)
+        log.info(f"{ctx.job.id}: {len(stale)} record(s) made on the data as prepared before are redone")
     sizes = [len(expand(spec)) for spec in sweeps]
     started = time.time()
     total, failed = 0, []
@@ -152,8 +160,7 @@ def job_ft_sweep(ctx) -> Dict[str, Any]:
     if failed:
         raise ConfigError(f"{ctx.job.id}: {len(failed)} fine-tuning run(s) failed:\n" + "\n".join(failed))
     # a job re-run with other settings (--rerun) finds its earlier runs' records beside the new ones
-    planned = [rid for spec in sweeps for cfg in expand(spec) for rid in cfg.expected_run_ids()]
-    dropped = ResultStore(ctx.dir / "results.jsonl").keep_only(planned)
+    dropped = store.keep_only(rid for cfg in planned for rid in cfg.expected_run_ids())
     if dropped:
         log.info(f"{ctx.job.id}: dropped {dropped} record(s) of runs this job no longer plans")
     base_meta = BaseRecord.from_result(ctx.dep(f"pretrain/{unit}"), f"pretrain/{unit}").to_dict()
