@@ -159,15 +159,16 @@ def _records_table(records, title: str):
     diverged = []
     for r in sorted(records, key=lambda r: (r.base_label, r.dataset, r.method, r.lr, r.run_id)):
         method = r.method + (f" a={r.hparams['wise_alpha']:g}" if "wise_alpha" in r.hparams else "")
-        if r.extra.get("diverged"):
-            diverged.append(f"  diverged: {r.run_id} ({r.extra['diverged']}); recorded with NaN losses")
+        why = r.extra.get("diverged")
+        if why:
+            diverged.append(f"  diverged: {r.run_id} ({why}); recorded with NaN losses")
         table.add_row(
             r.base_label,
             r.dataset,
             method,
             f"{r.lr:.3g}",
-            "diverged" if r.extra.get("diverged") else loss(r.l_ft),
-            "diverged" if r.extra.get("diverged") else loss(r.l_pt),
+            "diverged" if why else loss(r.l_ft),
+            "diverged" if why else loss(r.l_pt),
             loss(r.base_l_pt),
             loss(r.forgetting, "+"),
         )
