@@ -98,14 +98,14 @@ def atomic_dir(out: str | Path, *, overwrite: bool = False, inputs: Sequence[str
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """Non-finite floats become ``None`` (strict JSON has no NaN/Infinity)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     return obj
@@ -117,7 +117,7 @@ def json_text(payload: Any, *, keep_nan: bool = False, sort_keys: bool = False) 
     run's loss stays NaN)."""
     if keep_nan:
         return json.dumps(payload, indent=2, sort_keys=sort_keys) + "\n"
-    return json.dumps(_json_safe(payload), indent=2, allow_nan=False, sort_keys=sort_keys) + "\n"
+    return json.dumps(json_safe(payload), indent=2, allow_nan=False, sort_keys=sort_keys) + "\n"
 
 
 def write_json(path: str | Path, payload: Any, *, keep_nan: bool = False, sort_keys: bool = False) -> Path:

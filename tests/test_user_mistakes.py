@@ -153,6 +153,28 @@ def test_a_record_whose_loss_is_a_string_is_not_a_record():
     assert math.isnan(FTRecord.from_dict({**d, "l_ft": float("nan")}).l_ft)  # a diverged run is a result
 
 
+def test_a_diverged_record_is_strict_json(tmp_path):
+    """results.jsonl is strict JSON (jq, JavaScript and pandas read it): a diverged run's losses
+    are written as null and read back as NaN; a file written before (bare NaN) still reads."""
+    import json
+
+    from olmo_sam.finetune.records import ResultStore
+
+    d = dict(run_id="r", base="b", base_label="b", dataset="d", method="ft", lr=1e-3, base_l_pt=1.0)
+    rec = FTRecord.from_dict({**d, "l_ft": float("nan"), "l_pt": float("inf"), "extra": {"diverged": "nan loss"}})
+    store = ResultStore(tmp_path / "results.jsonl")
+    store.append(rec)
+    line = (tmp_path / "results.jsonl").read_text().strip()
+    assert "NaN" not in line and "Infinity" not in line
+    strict = json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert strict["l_ft"] is None and strict["l_pt"] is None and strict["extra"] == {"diverged": "nan loss"}
+    (back,) = store.records()
+    assert math.isnan(back.l_ft) and math.isnan(back.l_pt) and back.base_l_pt == 1.0
+    old = tmp_path / "old.jsonl"
+    old.write_text(json.dumps({**d, "l_ft": float("nan"), "l_pt": 2.0}) + "\n")
+    assert math.isnan(ResultStore(old).records()[0].l_ft)
+
+
 def test_a_config_file_that_is_not_a_mapping(tmp_path):
     from olmo_core.script_utils import ExperimentConfig
 

@@ -53,7 +53,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -333,6 +333,6 @@ def run_grid(
                 model = res.model if res.diverged is None else None
                 last = res.metrics.get(plan.steps, {})
                 records = evaluate_run(plan, model, cache, share, last, checkpoint=kept, diverged=res.diverged)
-                write_json(outs[i] / "records.json", [asdict(r) for r in records], keep_nan=True, sort_keys=True)
+                write_json(outs[i] / "records.json", [r.to_dict() for r in records], sort_keys=True)
                 results[i] = records
     return [r or [] for r in results]

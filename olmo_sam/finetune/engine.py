@@ -600,7 +600,7 @@ def run_finetune(
         records = evaluate_run(plan, model, cache, time.monotonic() - t0, last, checkpoint=kept, diverged=diverged)
         del model
         gc.collect()
-        write_json(out / "records.json", [asdict(r) for r in records], keep_nan=True, sort_keys=True)
+        write_json(out / "records.json", [r.to_dict() for r in records], sort_keys=True)
         if not keep_checkpoint:
             for step in train_folder.glob("step*"):
                 shutil.rmtree(step, ignore_errors=True)

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from ..output import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +54,13 @@ class FTRecord:
         """PT-loss increase L_PT(theta_FT) - L_PT(theta_PT)."""
         return self.l_pt - self.base_l_pt
 
+    def to_dict(self) -> Dict[str, Any]:
+        """The record as strict JSON holds it: a loss that is not finite (a diverged run) is
+        ``None`` (``null``), which :meth:`from_dict` reads back as NaN."""
+        return json_safe(asdict(self))
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "FTRecord":
@@ -62,9 +70,12 @@ class FTRecord:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown FTRecord field(s) {sorted(unknown)}")
-        for f in fields(cls):  # (a diverged run's loss is NaN or Infinity in JSON: a number)
+        d = dict(d)
+        for f in fields(cls):
             v = d.get(f.name, 0)
-            if f.type in ("float", "int") and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            if f.type == "float" and v is None:  # a loss that was not finite (a diverged run; see to_dict)
+                d[f.name] = math.nan
+            elif f.type in ("float", "int") and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 raise ValueError(f"'{f.name}' must be a number, got {v!r}")
         return cls(**d)
 
