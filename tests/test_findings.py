@@ -175,3 +175,13 @@ def test_identical_and_unmeasurable_findings_claim_nothing():
     fam = adjust_findings([f, u])
     assert fam["comparisons"] == 2 and fam["tested"] == 0 and fam["resolved"] == 0
     assert f["q_value"] is None and "identical across seeds" in f["text"]
+
+
+def test_the_report_says_pairing_does_not_apply_below_two_seeds():
+    """A one-seed comparison has no interval; its row says so instead of 'paired: no'."""
+    from olmo_sam.study.stages.report import _finding_rows
+
+    rows = _finding_rows(
+        [{"n_seeds": 1, "paired": False}, {"n_seeds": 3, "paired": False}, {"n_seeds": 3, "paired": True}]
+    )
+    assert [r["paired"] for r in rows] == ["n/a (1 seed)", "no", "yes"]

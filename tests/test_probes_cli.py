@@ -48,6 +48,8 @@ def test_probe_commands_write_json_and_plots(tiny_checkpoint, tiny_corpus, tmp_p
     eig = h["records"][0]["top_eigenvalue"]
     assert f"lambda_max {eig['value']:.4g}" in res.output
     assert ("dominant eigenvalue" in res.output) == (eig["largest_magnitude"] < 0)
+    # 2/lr is gradient descent's threshold; an AdamW checkpoint's table says so
+    assert ("preconditioned Hessian" in res.output) == bool(h["records"][0].get("edge_of_stability"))
     for name in ("quantize", "noise", "hessian"):
         png = tmp_path / f"{name}.png"
         assert png.read_bytes()[:4] == b"\x89PNG"

@@ -151,6 +151,14 @@ def noise_line(s: dict) -> str:
     )
 
 
+#: printed under a table with 2/lr: the threshold is gradient descent's
+EOS_NOTE = (
+    "note: 2/lr is the edge of stability of gradient descent (Cohen et al. 2021). Under Adam/AdamW the edge "
+    "concerns the preconditioned Hessian (Cohen et al. 2022), not the raw H measured here: lambda_max above "
+    "2/lr does not by itself mean the run was unstable."
+)
+
+
 def hessian_line(r: dict) -> str:
     """One row of ``probe hessian``'s table. lambda_max is the largest algebraic eigenvalue; when
     the eigenvalue of largest magnitude is negative (the JSON's ``largest_magnitude``), it is
@@ -338,4 +346,6 @@ def hessian_cmd(
                 f"{r['label']:>24s}  kappa {r['directional_sharpness']:.4g}  predicted "
                 f"{r['val_predicted']:.4f} observed {r['val_loss_finetuned']:.4f}"
             )
+    if any(r.get("edge_of_stability") for r in result["records"]):
+        click.echo(EOS_NOTE)
     _write(out_dir, "hessian", result, plot_hessian)

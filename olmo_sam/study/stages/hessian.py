@@ -42,7 +42,7 @@ def _hessian(stage, ctx, bases, out: Path) -> Dict[str, Any]:
     traces = {r["unit"]: r["trace"] for r in rows if r["trace"] is not None}
     lams = {r["unit"]: r["lambda_max"] for r in rows if r["lambda_max"] is not None}
     conv = {r["unit"]: bool(r["lambda_max_converged"]) for r in rows if r["lambda_max"] is not None}
-    findings = bases.compare(traces, section="hessian", quantity="trace", context="Sharpness")
+    findings = bases.compare(traces, section="hessian", quantity="trace", context="Sharpness, tr(H)")
     for f in bases.compare(lams, section="hessian", quantity="lambda_max", context="Top Hessian eigenvalue"):
         key = budget_key(f["budget_tpp"])
         units = [
@@ -102,7 +102,9 @@ def _hessian(stage, ctx, bases, out: Path) -> Dict[str, Any]:
         ),
     ]
     label = bases.band_label() if multi else "one seed: tr(H) +- Hutchinson standard error"
-    fig = plot_bars(panels, out / "hessian.png", band_label=label, title="Sharpness (cf. [SAM-PT] Fig 12)")
+    fig = plot_bars(
+        panels, out / "hessian.png", band_label=label, title="Sharpness: Hessian trace tr(H) (cf. [SAM-PT] Fig 12)"
+    )
     return {"rows": rows, "figures": {"hessian": str(fig)}, "findings": findings}
 
 
@@ -110,7 +112,9 @@ class HessianStage(ProbeStage):
     name = "hessian"
     runner = "hessian_probe"
     shares_validation_subset = False
-    report = ReportSection("hessian", "Sharpness", {"rows": "one row per base checkpoint"}, rank=4)
+    report = ReportSection(
+        "hessian", "Sharpness: Hessian trace tr(H) and lambda_max", {"rows": "one row per base checkpoint"}, rank=4
+    )
 
     def analyse(self, ctx, bases, out: Path) -> Dict[str, Any]:
         return _hessian(self, ctx, bases, out)

@@ -73,7 +73,8 @@ COLUMNS = {
     "lambda_max_converged": "whether power iteration met its tolerance (otherwise lambda_max is a lower estimate)",
     "power_iters": "power-iteration steps taken",
     "power_residual": "||H v - lambda v|| / |lambda| at the last iterate",
-    "edge_of_stability_2_over_lr": "2 / peak LR, the edge of stability",
+    "edge_of_stability_2_over_lr": "2 / peak LR, the edge of stability of gradient descent; under AdamW the edge concerns "
+    "the preconditioned Hessian, not the raw H of lambda_max",
     "batch_loss": "loss on the probe batch",
     "model": "evaluated model",
     "precision": "bf16 or quantized",
@@ -181,7 +182,8 @@ def _finding_rows(findings: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     for f in findings:
         row = {c: f.get(c) for c in _FINDING_COLUMNS}
         row["where"] = f.get("dataset") or f.get("setting") or ""
-        row["paired"] = "yes" if f.get("paired") else "no"
+        n = f.get("n_seeds") or 0  # (below two seeds there is no interval to pair)
+        row["paired"] = "yes" if f.get("paired") else "no" if n > 1 else f"n/a ({n} seed{'s' if n != 1 else ''})"
         row["significant"] = "yes" if f.get("significant") else "no"
         row["resolved"] = "yes" if f.get("resolved") else "no"
         rows.append(row)
