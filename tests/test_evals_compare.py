@@ -71,7 +71,7 @@ def test_outputs_markdown_csv_json_png(tmp_path):
     written = comp.write(tmp_path)
     md = written["md"].read_text()
     # the paper's 39.7% is a point estimate: over 10 tasks its interval includes zero, so no "less"
-    assert "point estimate +39.7%, not resolved" in md and "| adamw_4bit |" in md
+    assert "point estimate +39.7% (95% CI of the % unbounded" in md and "not resolved" in md and "| adamw_4bit |" in md
     assert "% less**" not in md and "Interval: 95% Student-t" in md
     rows = list(csv.DictReader(io.StringIO(written["csv"].read_text())))
     assert [r["model"] for r in rows] == ["adamw", "sam", "adamw_4bit", "sam_4bit"]
@@ -200,3 +200,45 @@ def test_pair_uses_less_or_more_only_when_the_interval_excludes_zero():
     (one,) = compare(results, "adamw", base_of={"sam_q": "sam"}, pairs=[("adamw_q", "sam_q")], tasks=["t1"]).pairs
     assert one.n_tasks == 1 and one.ci_low is None and not one.resolved
     assert "no difference resolved (1 task: no interval" in one.text and "not evidence" in one.text
+
+
+def test_the_percentage_carries_its_own_interval():
+    """'% less forgetting' = 100 (1 - da/db) gets Fieller's interval of the ratio over the same
+    tasks. Checked by its definition with scipy: at each end, the paired t-test of
+    drop_arm - r drop_baseline (r = 1 - pct/100) has p = 0.05; and it contains 0% exactly when the
+    difference's interval contains 0 (the same test at r = 1)."""
+    from scipy.stats import ttest_1samp
+
+    # the paper's Table 8: AdamW-4bit's per-task drops from 43.2 vary far more than their mean, so
+    # the ratio (and the 39.7%) is unbounded at 95%: the baseline's drop is not resolved from zero
+    (t8,) = _table8().pairs
+    assert t8.pct_ci_low is None and "of the % unbounded: baseline drop not resolved from zero" in t8.text
+    assert "95% CI of the % unbounded" in t8.text and "point estimate +39.7%" in t8.text
+
+    tasks = ["a", "b", "c", "d", "e", "f"]
+    base = [50.0, 60.0, 40.0, 55.0, 45.0, 65.0]
+    drop_b = [4.0, 5.5, 3.0, 4.5, 6.0, 5.0]
+
+    def recs(label, drops):
+        return [BenchRecord(label, t, s - d, "m", 1, "", "x") for t, s, d in zip(tasks, base, drops)]
+
+    def pair(drop_a):
+        results = {"adamw": recs("adamw", [0.0] * 6), "sam": recs("sam", [0.0] * 6)}
+        results |= {"adamw_q": recs("adamw_q", drop_b), "sam_q": recs("sam_q", drop_a)}
+        (p,) = compare(results, "adamw", base_of={"sam_q": "sam"}, pairs=[("adamw_q", "sam_q")]).pairs
+        return p
+
+    for drop_a, resolved in (([2.1, 2.5, 1.2, 2.6, 2.8, 2.4], True), ([4.5, 3.9, 3.8, 4.0, 5.1, 5.6], False)):
+        p = pair(drop_a)
+        assert p.resolved is resolved
+        assert p.pct_ci_low < p.less_forgetting_pct < p.pct_ci_high
+        for pct in (p.pct_ci_low, p.pct_ci_high):
+            r = 1 - pct / 100
+            assert ttest_1samp([x - r * y for x, y in zip(drop_a, drop_b)], 0).pvalue == pytest.approx(0.05, abs=1e-9)
+        assert bool(p.pct_ci_low > 0) is resolved  # 0% lies inside exactly when the difference is unresolved
+        assert f"95% CI of the % {p.pct_ci_low:+.1f}% to {p.pct_ci_high:+.1f}%" in p.text
+    # one task: no interval of either kind
+    (one,) = compare(
+        paper_table8_records(), "adamw", reference=43.2, pairs=[("adamw_4bit", "sam_4bit")], tasks=["gsm8k"]
+    ).pairs
+    assert one.pct_ci_low is None and "of the % unbounded: one task" in one.text

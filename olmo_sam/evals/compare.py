@@ -28,7 +28,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
 from ..analysis.forgetting import less_forgetting
-from ..analysis.stats import IntervalSpec, compare_seeds
+from ..analysis.stats import IntervalSpec, compare_seeds, ratio_interval
 from ..output import atomic_write_text, save_figure
 from .records import BenchRecord
 
@@ -83,6 +83,11 @@ class ArmPair:
     identical: bool = False
     #: the interval excludes zero: only then is "X% less/more" a claim
     resolved: bool = False
+    #: Fieller interval of ``less_forgetting_pct`` over the same tasks (the ratio of the two
+    #: average drops, paired by task); None when unbounded (the baseline's drop is not resolved
+    #: from zero) or with one task
+    pct_ci_low: Optional[float] = None
+    pct_ci_high: Optional[float] = None
     interval: str = ""
     #: the sentence written to the terminal and compare.md
     text: str = ""
@@ -202,12 +207,23 @@ def _short(p: ArmPair) -> str:
     return f"{p.arm} vs {p.baseline}: no difference resolved ({ci}, n = {p.n_tasks} tasks)"
 
 
+def _pct_ci(p: ArmPair) -> str:
+    """The percentage's own interval (signed: positive = the arm forgets less)."""
+    conf = f"{100 * p.confidence:g}% CI"
+    if p.pct_ci_low is None or p.pct_ci_high is None:
+        why = (
+            "one task" if p.n_tasks < 2 else "zero variance" if p.identical else "baseline drop not resolved from zero"
+        )
+        return f"{conf} of the % unbounded: {why}"
+    return f"{conf} of the % {p.pct_ci_low:+.1f}% to {p.pct_ci_high:+.1f}%"
+
+
 def _pair_text(p: ArmPair) -> str:
     """The sentence of one pair: a comparative word only when the interval excludes zero."""
     conf = f"{100 * p.confidence:g}% CI"
     drops = f"average drop {p.drop_arm:.2f} vs {p.drop_baseline:.2f}, {p.basis}"
     tasks = f"{p.n_tasks} task{'s' if p.n_tasks != 1 else ''}"
-    pct = f"{p.less_forgetting_pct:+.1f}%"
+    pct = f"{p.less_forgetting_pct:+.1f}% ({_pct_ci(p)})"
     if p.ci_low is None or p.ci_high is None:
         return (
             f"{p.arm} vs {p.baseline}: no difference resolved ({tasks}: no interval; difference in average "
@@ -228,7 +244,7 @@ def _pair_text(p: ArmPair) -> str:
         word = "less" if p.difference < 0 else "more"
         return (
             f"**{p.arm}** forgets **{abs(p.less_forgetting_pct):.1f}% {word}** than **{p.baseline}** "
-            f"({drops}; {stats})."
+            f"({_pct_ci(p)}; {drops}; {stats})."
         )
     return (
         f"{p.arm} vs {p.baseline}: no difference in forgetting resolved ({stats}; {drops}). "
@@ -248,6 +264,9 @@ def _pair(
     """A pair with its paired interval over tasks and its sentence."""
     spec = IntervalSpec()
     diff = compare_seeds(dict(enumerate(task_drops_arm)), dict(enumerate(task_drops_baseline)), spec)
+    # % less = 100 (1 - da/db), da/db the ratio of the mean per-task drops: Fieller's interval
+    _, r_low, r_high = ratio_interval(task_drops_arm, task_drops_baseline, spec.confidence)
+    bounded = r_low is not None and r_high is not None and not diff.identical
     p = ArmPair(
         baseline,
         arm,
@@ -263,10 +282,13 @@ def _pair(
         p_value=diff.p_value,
         identical=diff.identical,
         resolved=diff.significant,
+        pct_ci_low=float(100.0 * (1.0 - r_high)) if bounded else None,
+        pct_ci_high=float(100.0 * (1.0 - r_low)) if bounded else None,
         interval=(
             f"{100 * spec.confidence:g}% Student-t interval and paired t-test of the difference in drop over "
             f"the tasks (paired by task; tasks are the unit, so it holds task-to-task variation, not "
-            f"seed-to-seed or instance noise); 'X% less' is written only when the interval excludes zero"
+            f"seed-to-seed or instance noise); 'X% less' is written only when the interval excludes zero; "
+            f"the percentage's own interval is Fieller's for the ratio of the average drops over the same tasks"
         ),
     )
     p.text = _pair_text(p)
