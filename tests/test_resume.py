@@ -184,13 +184,18 @@ def test_in_loop_validation_too_small_for_a_batch_is_left_out_with_a_warning(tmp
 
 def test_a_finished_run_run_again_does_not_duplicate_its_metrics(tmp_path, tiny_corpus):
     """Running a finished run again re-evaluates its last step (OLMo-core's post-train hooks) and
-    appended that step's metrics a second time to metrics.jsonl; now they replace the earlier ones."""
+    appended that step's metrics a second time to metrics.jsonl; now they replace the earlier ones.
+    Its final checkpoint, already on disk, is left as it is."""
     import json
 
     cfg = lambda: tiny_experiment(tiny_corpus, tmp_path / "run", adamw(), max_steps=2, val_paths=[str(tiny_corpus.val)])  # noqa: E731
     run_experiment(cfg())
     first = read_metrics(tmp_path / "run")
+    final = tmp_path / "run" / "step2"
+    stamps = {p: p.stat().st_mtime_ns for p in final.rglob("*") if p.is_file()}
     run_experiment(cfg())
+    # the finished checkpoint is not saved again (OLMo-core rewrote it in place at every launch)
+    assert {p: p.stat().st_mtime_ns for p in final.rglob("*") if p.is_file()} == stamps
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     keys = [(r["step"], k) for r in lines for k in r if k != "step"]
     assert len(keys) == len(set(keys)), sorted(k for k in keys if keys.count(k) > 1)

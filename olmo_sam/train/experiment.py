@@ -450,7 +450,16 @@ def build_trainer(config: ExperimentConfig, *, setup: bool = True):
         if isinstance(callback, ConfigSaverCallback):
             callback.config = config.as_config_dict()
             break
-    if not trainer.no_checkpoints and not trainer.maybe_load_checkpoint() and config.load_path:
+    if trainer.no_checkpoints:
+        return trainer
+    if trainer.maybe_load_checkpoint():
+        # The checkpoint resumed from is on disk. OLMo-core's checkpointer counts its last save
+        # from -1 on every launch, so a finished run launched again saved its last step once more
+        # (rewriting the finished checkpoint in place: a kill then could damage it).
+        for callback in trainer.callbacks.values():
+            if isinstance(callback, CheckpointerCallback):
+                callback._latest_checkpoint_step = trainer.global_step
+    elif config.load_path:
         log.info(f"Loading weights from {config.load_path} (no checkpoint in the save folder)")
         trainer.load_checkpoint(config.load_path, load_trainer_state=False, load_optim_state=False)
     return trainer
