@@ -318,6 +318,10 @@ def cli_errors(fn: Callable) -> Callable:
 
 
 def _message(e: BaseException) -> str:
+    """One line; an error whose text is a block to copy (``keep_lines``: install commands) keeps
+    its lines."""
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         return f"{e.filename}: {e.strerror}"
+    if getattr(e, "keep_lines", False):
+        return str(e).rstrip()
     return " ".join(str(e).split())

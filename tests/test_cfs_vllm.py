@@ -235,3 +235,78 @@ def test_bad_dtype_names_the_option(tiny_hf_model):
 
     with pytest.raises(OLMoConfigurationError, match=r"dtype must be one of \['auto', 'float32'"):
         resolve_dtype("fp32", tiny_hf_model)
+
+
+def _descendants(pid: int) -> list:
+    """The pids below ``pid`` (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.slow
+def test_a_killed_generate_leaves_no_engine_behind_and_a_relative_out_works(vllm_python, tiny_hf_model, tmp_path):
+    """`olmo-sam cfs generate` killed (SIGKILL, mid-generation) took neither the vLLM worker nor
+    its engine with it: they went on sampling as orphans, holding memory and racing a resume for
+    the same shards. And a relative --out (every example in docs/cfs.md) crashed the vLLM worker,
+    which runs in a temporary directory."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OLMO_SAM_VLLM_PYTHON": str(vllm_python)}
+    cmd = [sys.executable, "-m", "olmo_sam.cli", "cfs", "generate", str(tiny_hf_model), "--enforce-eager"]
+    big = subprocess.Popen(
+        cmd + ["--out", "big.jsonl", "-n", "4000", "--max-tokens", "200", "--shard-size", "50"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert big.stdout is not None
+        for line in big.stdout:
+            if "engine ready" in line:
+                break
+        else:
+            pytest.fail(f"no engine start; exit {big.wait()}")
+        below = _descendants(big.pid)
+        assert below and all(_alive(p) for p in below)  # the worker and vLLM's engine, sampling
+        big.send_signal(signal.SIGKILL)
+        big.wait()
+        deadline = time.monotonic() + 20
+        while any(_alive(p) for p in below) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in below if _alive(p)], "the vLLM worker or its engine outlived olmo-sam"
+    finally:
+        big.kill()
+        for p in _descendants(big.pid):
+            os.kill(p, signal.SIGKILL)
+
+    small = subprocess.run(
+        cmd + ["--out", "small.jsonl", "-n", "4", "--max-tokens", "4", "--shard-size", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert small.returncode == 0, small.stderr[-3000:]
+    assert len(read(tmp_path / "small.jsonl")) == 4

@@ -218,3 +218,36 @@ def test_cli_offline(tiny_hf_model, tmp_path, monkeypatch, capfd):
     assert "not a git repository" not in capfd.readouterr().err + res.output
     assert "| winogrande |" in res.output and "missing offline: agi_eval_english" in res.output
     assert json.loads((tmp_path / "results.json").read_text())["records"][0]["num_instances"] == 4
+
+
+def test_a_4bit_load_the_cpu_kernels_cannot_run_is_refused_in_one_line(tmp_path):
+    """eval offline --quant nf4 of a model whose widths bitsandbytes' CPU 4-bit kernels cannot run
+    (here 96 inputs; transformers quantizes in blocks of 64) ended in a 46-frame traceback from
+    inside bitsandbytes at the first forward; probe quantize refused the same model before
+    quantizing. Both now use one check."""
+    import torch
+    from conftest import build_tiny_tokenizer
+    from olmo_core.exceptions import OLMoConfigurationError
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    from olmo_sam.evals.hf_load import load_causal_lm
+
+    tok = build_tiny_tokenizer(tmp_path)
+    torch.manual_seed(0)
+    cfg = Olmo2Config(
+        vocab_size=len(tok),
+        hidden_size=96,
+        intermediate_size=192,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    Olmo2ForCausalLM(cfg).save_pretrained(tmp_path)
+    with pytest.raises(OLMoConfigurationError, match=r"cannot run nf4 on this CPU: .* has 96 inputs; .*--quant int8"):
+        load_causal_lm(tmp_path, "nf4")
+    model, _ = load_causal_lm(tmp_path, "int8")  # 8-bit has no such limit
+    assert model(torch.tensor([[1, 2, 3]])).logits.shape[-1] == len(tok)

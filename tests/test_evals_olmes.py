@@ -268,6 +268,21 @@ def test_find_olmes(tmp_path, monkeypatch):
     assert o.find_olmes() == exe
 
 
+def test_the_install_hint_keeps_its_lines_and_a_model_arg_is_given_once(tmp_path, monkeypatch):
+    """The CLI's one-line errors flattened the install commands into one line (its '#' comments
+    then swallowed the commands after them); a repeated --model-arg silently kept the last."""
+    monkeypatch.delenv(o.OLMES_ENV_VAR, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    res = CliRunner().invoke(main, ["eval", "olmes", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1, res.output
+    assert "\n    python3.11 -m venv /opt/olmes-venv\n" in res.output
+    assert "\n    /opt/olmes-venv/bin/pip install -e .            # HF backend\n" in res.output
+    monkeypatch.setenv(o.OLMES_ENV_VAR, str(_fake_olmes(tmp_path / "venv")))
+    twice = ["--model-arg", "max_length=64", "--model-arg", "max_length=128", "--print"]
+    res = CliRunner().invoke(main, ["eval", "olmes", str(tmp_path), *twice])
+    assert res.exit_code == 1 and "--model-arg max_length is given twice (64 and '128'); give it once" in res.output
+
+
 def test_cli_runs_olmes_and_writes_records(tmp_path, monkeypatch):
     exe = _fake_olmes(tmp_path / "venv")
     model = tmp_path / "sam-4bit"

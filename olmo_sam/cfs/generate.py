@@ -408,8 +408,15 @@ def _run_vllm(request: dict, python: Path, progress: _Progress, log_path: Path) 
         log_path.parent.mkdir(parents=True, exist_ok=True)
         error: Optional[dict] = None
         with open(log_path, "w") as logf:
+            # its own process group, which the worker stops when this process is gone (worker.main)
             proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_subprocess_env(), cwd=tmp
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=_subprocess_env(),
+                cwd=tmp,
+                start_new_session=True,
             )
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -538,7 +545,7 @@ def _request_job(job: GenerationJob, missing: List[int], engine: str, digest: st
         },
         "shards": [
             {
-                "path": str(job.shard_path(k)),
+                "path": str(job.shard_path(k).absolute()),  # (the worker runs in a temporary directory)
                 "seed": worker.derive_seed(st.seed, "shard", k),
                 "items": [
                     {"index": i, "seed": worker.derive_seed(st.seed, "sample", i), "prompt": job.prompts[i]}

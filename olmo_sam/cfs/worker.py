@@ -24,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Callable, List
 
@@ -160,7 +162,23 @@ def vllm_backend(request: dict) -> Backend:
     return generate
 
 
+def stop_with_parent(poll_seconds: float = 1.0) -> None:
+    """Stop this worker and the engine processes vLLM starts when olmo-sam, its parent, is gone
+    (killed, even by SIGKILL): a thread polls the parent's pid and kills this process group, which
+    the worker leads (started with ``start_new_session``). Without it the engine went on sampling
+    as an orphan, holding its memory and racing a resumed run for the same shards."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
+
+
 def main(argv: List[str]) -> int:
+    stop_with_parent()
     if len(argv) != 1:
         print("usage: worker.py REQUEST.json", file=sys.stderr)
         return 2

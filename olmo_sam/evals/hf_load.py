@@ -15,10 +15,31 @@ from typing import Optional, Tuple
 import torch
 from olmo_core.exceptions import OLMoConfigurationError
 
-__all__ = ["QUANT_KINDS", "bnb_config", "load_causal_lm", "count_quantized"]
+__all__ = ["QUANT_KINDS", "HF_4BIT_BLOCKSIZE", "bnb_config", "load_causal_lm", "count_quantized", "cpu_4bit_misfits"]
 
 #: ``none`` | bitsandbytes 4-bit ``nf4`` (the paper's) / ``fp4`` | 8-bit ``int8`` (LLM.int8()).
 QUANT_KINDS = ("none", "nf4", "fp4", "int8")
+#: the 4-bit blocksize of transformers' ``BitsAndBytesConfig`` (not configurable there)
+HF_4BIT_BLOCKSIZE = 64
+
+
+def cpu_4bit_misfits(linears, blocksize: int):
+    """The layers of ``linears`` (``(name, nn.Linear)``) that bitsandbytes' CPU 4-bit kernels
+    cannot run at ``blocksize``: ``(split, narrow)``, lists of ``(name, width)``.
+
+    Found by trying bitsandbytes 0.50.2 on this machine's CPU (AVX-512 BF16): its CPU dequantizer
+    and its inference kernel treat every weight row as whole blocks, so a layer whose input width
+    is not a multiple of ``blocksize`` (``split``) is dequantized wrongly (blocksizes <= 1024) and
+    crashes in the forward pass (every blocksize); the AVX-512 BF16 inference kernel also needs
+    the output width to be a multiple of 32 (``narrow``). GPUs have neither limit."""
+    split = [(n, m.in_features) for n, m in linears if m.in_features % blocksize]
+    narrow = []
+    if not split:
+        from bitsandbytes.functional import has_avx512bf16
+
+        if has_avx512bf16():
+            narrow = [(n, m.out_features) for n, m in linears if m.out_features % 32]
+    return split, narrow
 
 
 def bnb_config(kind: str, compute_dtype: torch.dtype):
@@ -81,5 +102,19 @@ def load_causal_lm(
                 f"loading {model_dir} with {quant} gave {n_q} quantized layers of type(s) "
                 f"{sorted(map(str, types))}; refusing to evaluate a model that is not {quant}"
             )
+        if quant != "int8" and not device.startswith("cuda"):
+            import bitsandbytes as bnb
+
+            q4 = [(n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+            split, narrow = cpu_4bit_misfits(q4, HF_4BIT_BLOCKSIZE)
+            if split or narrow:
+                name, width = (split or narrow)[0]
+                raise OLMoConfigurationError(
+                    f"{model_dir} cannot run {quant} on this CPU: bitsandbytes' CPU 4-bit kernels need every "
+                    f"layer's input width to be a multiple of transformers' blocksize {HF_4BIT_BLOCKSIZE} (and, on "
+                    f"AVX-512 BF16, its output width a multiple of 32), but {name} has {width} "
+                    f"{'inputs' if split else 'outputs'}; evaluate it 4-bit on a GPU, or use --quant int8 "
+                    "('olmo-sam probe quantize' takes a blocksize)"
+                )
     model.eval()
     return model, tok

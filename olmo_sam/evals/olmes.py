@@ -324,6 +324,8 @@ def parse_model_arg_pairs(pairs: Sequence[str]) -> Dict[str, Any]:
         k = k.strip().replace("-", "_")
         if not k:
             raise OLMoConfigurationError(f"--model-arg {p!r} has an empty key")
+        if k in out:
+            raise OLMoConfigurationError(f"--model-arg {k} is given twice ({out[k]!r} and {v!r}); give it once")
         try:
             out[k] = json.loads(v)
         except json.JSONDecodeError:
@@ -337,7 +339,8 @@ def parse_model_arg_pairs(pairs: Sequence[str]) -> Dict[str, Any]:
 
 
 class OlmesNotFound(OLMoConfigurationError):
-    pass
+    #: the message ends in install commands: the CLI prints its lines as they are
+    keep_lines = True
 
 
 def find_olmes(spec: Optional[str | os.PathLike] = None) -> Path:

@@ -48,6 +48,7 @@ import torch.nn as nn
 from olmo_core.exceptions import OLMoConfigurationError
 
 from ..config import Checked, ConfigError, check_value, setting, unknown_setting
+from ..evals.hf_load import HF_4BIT_BLOCKSIZE, cpu_4bit_misfits
 from ..preflight import CommandError
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,6 @@ __all__ = [
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: Block sizes bitsandbytes accepts for 4-bit quantization.
 BNB_4BIT_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
-#: transformers' BitsAndBytesConfig always uses this 4-bit block size (it has no option for it).
-HF_4BIT_BLOCKSIZE = 64
 
 
 class QuantizationError(CommandError):
@@ -411,19 +410,12 @@ def _cpu_4bit_blocksizes(widths: Sequence[int]) -> List[int]:
 
 
 def _check_cpu_4bit_shapes(targets: Sequence[Tuple[str, nn.Module]], cfg: QuantConfig) -> None:
-    """Refuse, before quantizing, a 4-bit setting bitsandbytes' CPU kernels cannot run.
-
-    Found by trying bitsandbytes 0.50.2 on this machine's CPU (AVX-512 BF16): its CPU
-    dequantizer and its inference kernel treat every weight row as whole blocks, so a layer
-    whose input width is not a multiple of ``blocksize`` is dequantized wrongly (blocksizes <=
-    1024) and crashes in the forward pass (every blocksize); the inference kernel also needs the
-    output width to be a multiple of 32. GPUs have neither limit.
-    """
+    """Refuse, before quantizing, a 4-bit setting bitsandbytes' CPU kernels cannot run
+    (:func:`olmo_sam.evals.hf_load.cpu_4bit_misfits`), naming the blocksizes that work."""
     linears = [(n, m) for n, m in targets if isinstance(m, nn.Linear)]
-    widths = sorted({m.in_features for _, m in linears})
-    split = [(n, m.in_features) for n, m in linears if m.in_features % cfg.blocksize]
+    split, narrow = cpu_4bit_misfits(linears, cfg.blocksize)
     if split:
-        ok = _cpu_4bit_blocksizes(widths)
+        ok = _cpu_4bit_blocksizes(sorted({m.in_features for _, m in linears}))
         fix = f"use blocksize {' or '.join(map(str, ok))}" if ok else "skip those layers (skip_modules)"
         raise OLMoConfigurationError(
             f"quantization option 'blocksize'={cfg.blocksize}: bitsandbytes' CPU 4-bit kernels "
@@ -431,18 +423,14 @@ def _check_cpu_4bit_shapes(targets: Sequence[Tuple[str, nn.Module]], cfg: QuantC
             f"{split[0][0]} has {split[0][1]} inputs ({len(split)} layer(s) like it); {fix}, "
             "or quantize on a GPU"
         )
-    from bitsandbytes.functional import has_avx512bf16
-
-    if has_avx512bf16():
-        narrow = [(n, m.out_features) for n, m in linears if m.out_features % 32]
-        if narrow:
-            raise OLMoConfigurationError(
-                f"bitsandbytes' AVX-512 BF16 CPU 4-bit kernel needs every layer's output width "
-                f"to be a multiple of 32, but {narrow[0][0]} has {narrow[0][1]} outputs; keep it in "
-                f"full precision (skip_modules={narrow[0][0]!r}"
-                + (", or quantize_lm_head=false" if any(_is_lm_head(n) for n, _ in narrow) else "")
-                + ") or quantize on a GPU"
-            )
+    if narrow:
+        raise OLMoConfigurationError(
+            f"bitsandbytes' AVX-512 BF16 CPU 4-bit kernel needs every layer's output width "
+            f"to be a multiple of 32, but {narrow[0][0]} has {narrow[0][1]} outputs; keep it in "
+            f"full precision (skip_modules={narrow[0][0]!r}"
+            + (", or quantize_lm_head=false" if any(_is_lm_head(n) for n, _ in narrow) else "")
+            + ") or quantize on a GPU"
+        )
 
 
 def _check_4bit_forward(model: nn.Module, names: Sequence[str], cfg: QuantConfig) -> None:
