@@ -46,6 +46,7 @@ from .. import paper
 from ..data.fetch import sha256_of
 from ..finetune.data import (
     FTDataMeta,
+    data_digest,
     iter_documents,
     read_meta,
     split_paths,
@@ -310,6 +311,9 @@ def build_mix(
         source={
             "method": method,
             "task_dir": str(task_dir),
+            "task_name": task.name,
+            # the task's preparation: a sweep checks that its --data is the task the mix was built from
+            "task_digest": data_digest(task_dir),
             "task_source": task.source,
             "samples": str(samples),
             "samples_sha256": sha256_of(samples),

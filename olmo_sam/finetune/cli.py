@@ -506,16 +506,16 @@ def sweep(
     specs = [spec, *mix_sweeps(spec, mix_map)]
     if dry_run:
         check_shared_settings(out, spec.common, record=False)
+        from .engine import record_dataset
         from .records import ResultStore
 
         configs = [c for sp in specs for c in expand(sp)]
         done = check_records(ResultStore(Path(out) / "results.jsonl"), configs)
         n_done = sum(set(c.expected_run_ids()) <= done for c in configs)
-        for c in configs:
+        for c in configs:  # method and dataset as the records will carry them (a cfs/cs mix: its task)
             state = "done" if set(c.expected_run_ids()) <= done else "pending"
-            click.echo(
-                f"{state:8s} {c.run_id:36s} {c.base_label:16s} {Path(c.data).name:20s} {c.method:7s} lr={c.lr:g}"
-            )
+            method = c.record_method or c.method
+            click.echo(f"{state:8s} {c.run_id:36s} {c.base_label:16s} {record_dataset(c):20s} {method:7s} lr={c.lr:g}")
         click.echo(f"{len(configs)} runs: {n_done} done, {len(configs) - n_done} pending")
         return
     _setup_logging()

@@ -198,10 +198,10 @@ class FTConfig(Checked):
             raise OLMoConfigurationError(f"base checkpoint: {e}") from None
         info = checkpoint_info(base)
         data = Path(self.data).resolve()
-        read_meta(data)  # fails clearly if this is not a prepared dataset
+        data_meta = read_meta(data)  # fails clearly if this is not a prepared dataset
         epoch_data = str(Path(self.epoch_data).resolve()) if self.epoch_data else None
         if epoch_data:
-            read_meta(epoch_data)
+            _check_mix_task(data_meta, self.data, read_meta(epoch_data), self.epoch_data, self.record_method)
         seq = self.seq_len or info.sequence_length
         if not seq:
             raise OLMoConfigurationError(f"{base}: config.json has no dataset.sequence_length; set seq_len")
@@ -262,6 +262,51 @@ class FTConfig(Checked):
 
     def expected_run_ids(self) -> List[str]:
         return [self.run_id] + [self.wise_run_id(a) for a in self.wise_alphas]
+
+
+#: ``source.method`` of a mix built by :func:`olmo_sam.cfs.mix.build_mix`
+_MIX_METHODS = ("cfs", "cs")
+
+
+def _check_mix_task(
+    mix: FTDataMeta, mix_dir: str, task: FTDataMeta, task_dir: str, record_method: Optional[str]
+) -> None:
+    """A cfs/cs mix trained for the steps of ``epoch_data`` and recorded on its set must have been
+    built from that task (and be the mix of the method it is recorded as): else the run trains and
+    is scored on another task's data under this task's name."""
+    src = mix.source or {}
+    method = src.get("method")
+    if method not in _MIX_METHODS or "task_dir" not in src:
+        return  # not a mix (e.g. a plain dataset with its own epoch definition)
+    if record_method in _MIX_METHODS and record_method != method:
+        raise OLMoConfigurationError(
+            f"{mix_dir} is a '{method}' mix, but its runs would be recorded as '{record_method}': "
+            f"give it as {method}={mix_dir} (--mix), or build a '{record_method}' mix"
+        )
+    built_from = src["task_dir"]
+    mix_task = str(src.get("task_name") or mix.name.rpartition("+")[0] or mix.name)
+    if "task_digest" in src:  # mixes built since the digest is recorded: the exact preparation
+        same = src["task_digest"] == data_digest(task_dir)
+    else:
+        same = mix_task == task.name and src.get("task_source") == task.source
+    if same:
+        return
+    if mix_task == task.name:
+        what = f"another preparation of task '{mix_task}' ({built_from}) than the one in {task_dir} (--data)"
+        fix = f"rebuild the mix from {task_dir} (olmo-sam cfs mix {task_dir} SAMPLES --out ...)"
+    else:
+        what = f"task '{mix_task}' ({built_from}), but the run's task (--data) is '{task.name}' ({task_dir})"
+        fix = (
+            f"build the mix from {task_dir} (olmo-sam cfs mix {task_dir} SAMPLES --out ...) or give --data {built_from}"
+        )
+    raise OLMoConfigurationError(f"the '{method}' mix {mix_dir} was built from {what}: {fix}")
+
+
+def record_dataset(cfg: "FTConfig") -> str:
+    """The dataset name a run's records carry: a mix trained for its task's steps (CFS/CS) is a
+    point on the TASK's learning-forgetting set (its L_FT is on the task's validation split, which
+    the mix carries unchanged)."""
+    return read_meta(cfg.epoch_data or cfg.data).name
 
 
 def _evaluator_paths(info: CheckpointInfo) -> Optional[List[str]]:
@@ -671,9 +716,7 @@ def evaluate_run(
     }
     hparams = cfg.to_dict()
     method = cfg.record_method or cfg.method
-    # a mix trained for its task's steps (CFS/CS) is a point on the TASK's learning-forgetting
-    # set: its L_FT is on the task's validation split, which the mix carries unchanged
-    dataset = read_meta(cfg.epoch_data).name if cfg.epoch_data else plan.meta.name
+    dataset = record_dataset(cfg)
     common = dict(
         base=cfg.base,
         base_label=cfg.base_label or "",
