@@ -159,6 +159,15 @@ EOS_NOTE = (
 )
 
 
+#: printed under a table where the finite-difference check of lambda_max failed
+FD_CHECK_NOTE = (
+    "warning: the finite-difference lambda_max changed by more than the power iteration's tolerance when "
+    "its eigenvector's Rayleigh quotient was recomputed at 1/8 of the step (JSON: top_eigenvalue.fd_check): "
+    "the loss is not quadratic over the step along the top eigendirection, so the value is not trusted. "
+    "Use a smaller --fd-step (1e-5 or 1e-6; float32 round-off grows below about 1e-6) or --method double_backward."
+)
+
+
 def hessian_line(r: dict) -> str:
     """One row of ``probe hessian``'s table. lambda_max is the largest algebraic eigenvalue; when
     the eigenvalue of largest magnitude is negative (the JSON's ``largest_magnitude``), it is
@@ -166,7 +175,14 @@ def hessian_line(r: dict) -> str:
     line = f"{r['label']:>24s}  tr(H) {r['trace']['trace']:.4g} +- {r['trace']['stderr']:.2g}"
     if "top_eigenvalue" in r:
         eig = r["top_eigenvalue"]
-        line += f"  lambda_max {eig['value']:.4g}" + ("" if eig["converged"] else " (not converged)")
+        check = eig.get("fd_check")
+        if check and not check["ok"]:
+            line += (
+                f"  lambda_max {eig['value']:.4g} (not converged: {check['value']:.4g} at fd step "
+                f"{check['step']:.3g}, {100 * check['rel_diff']:.2g}% apart)"
+            )
+        else:
+            line += f"  lambda_max {eig['value']:.4g}" + ("" if eig["converged"] else " (not converged)")
         dominant = eig.get("largest_magnitude")
         if dominant is not None and dominant < 0:
             line += f"  dominant eigenvalue {dominant:.4g} (negative, largest in magnitude)"
@@ -288,7 +304,13 @@ def noise_cmd(
     show_default=True,
     help="Hessian-vector products: exact double backward, or a finite difference of gradients.",
 )
-@click.option("--fd-step", type=FLOAT, default=1e-3, show_default=True, help="Relative finite-difference step.")
+@click.option(
+    "--fd-step",
+    type=FLOAT,
+    default=1e-3,
+    show_default=True,
+    help="Relative finite-difference step (lambda_max is checked again at 1/8 of it).",
+)
 @click.option(
     "--seed", type=SEED, default=0, show_default=True, help="Seed of the Hutchinson and power-iteration vectors."
 )
@@ -348,4 +370,6 @@ def hessian_cmd(
             )
     if any(r.get("edge_of_stability") for r in result["records"]):
         click.echo(EOS_NOTE)
+    if any(not ((r.get("top_eigenvalue") or {}).get("fd_check") or {"ok": True})["ok"] for r in result["records"]):
+        click.echo(FD_CHECK_NOTE)
     _write(out_dir, "hessian", result, plot_hessian)

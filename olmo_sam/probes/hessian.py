@@ -333,8 +333,8 @@ class HessianVectorProduct:
         for p, o, x in zip(self.params, originals, v):
             _local(p).copy_(o + h * x)
 
-    def _finite_difference(self, v: Vector) -> Vector:
-        h = self.step_size(v)
+    def _finite_difference(self, v: Vector, step_scale: float = 1.0) -> Vector:
+        h = self.step_size(v) * step_scale
         originals = [_local(p).detach().clone() for p in self.params]
         try:
             self._shift(originals, v, h)
@@ -350,6 +350,11 @@ class HessianVectorProduct:
     def quadratic_form(self, v: Vector) -> float:
         """``v^T H v``."""
         return dot(v, self(v), self.group)
+
+    def fd_quadratic_form(self, v: Vector, step_scale: float) -> float:
+        """``v^T H v`` by finite differences at ``step_scale`` times the usual step (one product)."""
+        self.n_products += 1
+        return dot(v, self._finite_difference(v, step_scale), self.group)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -437,23 +442,36 @@ class EigenEstimate:
     #: a negative eigenvalue dominates, in which case ``value`` comes from a shifted iteration
     largest_magnitude: float = float("nan")
     seconds: float = 0.0
+    #: finite differences only: the final eigenvector's Rayleigh quotient recomputed at a smaller
+    #: step, ``{"step", "value", "rel_diff", "ok"}`` (``step`` relative, as ``fd_step``); when the
+    #: two steps disagree by more than ``rtol`` the estimate is not trusted (``converged`` False)
+    fd_check: Optional[Dict[str, object]] = None
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
 
 
+#: the finite-difference check of lambda_max recomputes the Rayleigh quotient at this fraction of
+#: the step: the central difference's O(h^2) error shrinks 64-fold, so the difference between the
+#: two values is (63/64 of) the error of the first, while float32 round-off is still small
+FD_CHECK_STEP_SCALE = 1.0 / 8
+
+
 def _power_iteration(
     hvp, shift: float, iters: int, rtol: float, residual_tol: float, gen, bar
-) -> Tuple[float, int, bool, float]:
+) -> Tuple[float, int, bool, float, Vector]:
     """Power iteration on ``H - shift * I``: (eigenvalue of largest magnitude of H - shift I,
-    iterations, converged, residual ||H v - (lam + shift) v|| / |lam + shift|)."""
+    iterations, converged, residual ||H v - (lam + shift) v|| / |lam + shift|, the unit vector
+    whose Rayleigh quotient that eigenvalue is)."""
     v = [torch.randn(_local(p).shape, generator=gen).to(_local(p)) for p in hvp.params]
     n = math.sqrt(dot(v, v, hvp.group))
     v = [x / n for x in v]
     lam = prev = residual = float("nan")
     converged = False
     it = 0
+    v_lam = v
     for it in range(1, iters + 1):
+        v_lam = v
         hv = hvp(v)
         if shift:
             hv = [h - shift * x for h, x in zip(hv, v)]
@@ -474,7 +492,7 @@ def _power_iteration(
         if hn == 0:
             break
         v = [x / hn for x in hv]
-    return lam, it, converged, residual
+    return lam, it, converged, residual, v_lam
 
 
 def top_eigenvalue(
@@ -491,19 +509,38 @@ def top_eigenvalue(
     ``||H v - lambda v|| / |lambda|`` is at most ``residual_tol``; at most ``iters`` products per
     run (check ``converged``). Power iteration finds the eigenvalue of largest magnitude; when that is negative
     (away from a minimum), a second run on ``H - lambda_1 I`` (all eigenvalues shifted to >= 0)
-    finds ``lambda_max - lambda_1``."""
+    finds ``lambda_max - lambda_1``.
+
+    With finite-difference products, the final eigenvector's Rayleigh quotient is recomputed at
+    :data:`FD_CHECK_STEP_SCALE` times the step (one more product, recorded in ``fd_check``): along
+    the top eigendirection the loss can be far from quadratic at the step that is accurate for
+    random directions, and power iteration then converges, stably, to a wrong value. When the two
+    steps disagree by more than ``rtol`` (relative), ``converged`` is False."""
     gen = _generator(seed + 7919, hvp.group)
     t0 = time.perf_counter()
     bar = _progress(iters, "power iteration") if progress else None
-    lam1, it, converged, residual = _power_iteration(hvp, 0.0, iters, rtol, residual_tol, gen, bar)
+    lam1, it, converged, residual, vec = _power_iteration(hvp, 0.0, iters, rtol, residual_tol, gen, bar)
     value = lam1
     if lam1 < 0:
         if bar is not None:
             bar.reset(total=iters)
-        lam2, it2, converged, residual = _power_iteration(hvp, lam1, iters, rtol, residual_tol, gen, bar)
+        lam2, it2, converged, residual, vec = _power_iteration(hvp, lam1, iters, rtol, residual_tol, gen, bar)
         value, it = lam2 + lam1, it + it2
     if bar is not None:
         bar.close()
+    fd_check = None
+    if hvp.method == "finite_difference" and math.isfinite(value):
+        # ``value`` is the Rayleigh quotient of ``vec`` (a unit vector) at the usual step
+        small = hvp.fd_quadratic_form(vec, FD_CHECK_STEP_SCALE)
+        rel_diff = abs(value - small) / max(abs(small), 1e-30)
+        ok = rel_diff <= rtol
+        fd_check = {
+            "step": hvp.fd_step * FD_CHECK_STEP_SCALE,
+            "value": small,
+            "rel_diff": rel_diff,
+            "ok": ok,
+        }
+        converged = converged and ok
     hvp.release()
     return EigenEstimate(
         value=value,
@@ -512,6 +549,7 @@ def top_eigenvalue(
         residual=residual,
         largest_magnitude=lam1,
         seconds=time.perf_counter() - t0,
+        fd_check=fd_check,
     )
 
 
