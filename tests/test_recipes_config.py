@@ -352,3 +352,24 @@ def test_dry_run_prints_a_token_unit_schedule_in_tokens(capsys):
     out = capsys.readouterr().out
     assert "warmup: 1,000 tokens = 0 steps (scheduler units: tokens)" in out
     assert re.search(r"decay start 0\.003 at token 1,000 \(step 1\); end 0\.0003", out), out
+
+
+@pytest.mark.parametrize("main_cmd", ["pretrain", "midtrain"])
+def test_the_dry_run_output_loads_as_the_config_it_prints(main_cmd, tmp_path):
+    """The dry run's YAML was two documents (config, '---', estimates), which no config loader
+    reads; the estimates are now YAML comments, so the output file is the run's config."""
+    from olmo_core.script_utils import ExperimentConfig
+
+    from olmo_sam.files import load_config
+    from olmo_sam.recipes.midtrain import main as midtrain_main
+
+    cmd, args = {
+        "pretrain": (pretrain_main, ["--size", "20M", "--tokens-per-param", "200", "--optimizer", "sam-anneal"]),
+        "midtrain": (midtrain_main, ["--optimizer", "sam"]),
+    }[main_cmd]
+    r = CliRunner().invoke(cmd, [*args, "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "# SAM steps: " in r.stdout and "\n---" not in r.stdout
+    (tmp_path / "run.yaml").write_text(r.stdout)
+    loaded = load_config(ExperimentConfig, tmp_path / "run.yaml")
+    assert loaded.as_config_dict() == _dry(cmd, args)["config"]

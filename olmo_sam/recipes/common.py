@@ -371,41 +371,46 @@ def print_dry_run(
         click.echo(json.dumps({"config": config_dict, "summary": summary, **(extra or {})}, indent=2))
         return
     click.echo(yaml.safe_dump(config_dict, sort_keys=False, width=100).rstrip())
+    # the estimates as YAML comments: the whole output loads as the run's config (files.load_config)
+    for line in _summary_lines(summary, extra or {}):
+        click.echo(f"# {line}")
+
+
+def _summary_lines(summary: Dict[str, Any], extra: Dict[str, Any]) -> List[str]:
     p, lr = summary["params"], summary["lr"]
-    click.echo("---")
-    for key, value in (extra or {}).items():
-        click.echo(f"{key}: {value}")
-    click.echo(
+    lines = [f"{key}: {value}" for key, value in extra.items()]
+    lines.append(
         f"parameters: {p['total']:,d} total = {p['embedding']:,d} embedding + {p['non_embedding']:,d} non-embedding"
     )
-    click.echo(
+    lines.append(
         f"tokens: {summary['tokens']:,d} ({format_tokens(summary['tokens'])}) = {summary['steps']:,d} steps x "
         f"{summary['tokens_per_step']:,d} tokens ({summary['batch_sequences']} x {summary['sequence_length']})"
     )
-    click.echo(
+    lines.append(
         f"processes: {summary['world_size']} (data parallel: {summary['data_parallel'] or 'none'}); "
         f"micro-batch {summary['rank_micro_batch_sequences']} sequences per rank"
     )
     units = summary["schedule_units"]
     if units == "steps":
-        click.echo(f"warmup: {summary['warmup']:,d} steps")
+        lines.append(f"warmup: {summary['warmup']:,d} steps")
     else:  # the schedule counts tokens: the LR of step s is its value at s x tokens per step
-        click.echo(
+        lines.append(
             f"warmup: {summary['warmup']:,d} tokens = {summary['warmup_steps']:,d} steps (scheduler units: tokens)"
         )
     if "start" in lr:
         ds = lr["decay_start"]
         where = f"step {ds:,d}" if units == "steps" else f"token {ds:,d} (step {lr['decay_start_step']:,d})"
         at_ds = f"{lr['at_decay_start']:.4g} at {where}" if ds is not None else "none (no decay)"
-        click.echo(f"lr: peak {lr['peak']:.4g}; start {lr['start']:.4g}; decay start {at_ds}; end {lr['end']:.4g}")
+        lines.append(f"lr: peak {lr['peak']:.4g}; start {lr['start']:.4g}; decay start {at_ds}; end {lr['end']:.4g}")
     else:
-        click.echo(f"lr: {lr['peak']:.4g} (constant, no scheduler)")
-    click.echo(f"SAM steps: {summary['sam_steps']:,d} of {summary['steps']:,d}")
+        lines.append(f"lr: {lr['peak']:.4g} (constant, no scheduler)")
+    lines.append(f"SAM steps: {summary['sam_steps']:,d} of {summary['steps']:,d}")
     g = summary["gpu_assumption"]
-    click.echo(
+    lines.append(
         f"compute: {summary['total_flops']:.3e} FLOPs ({summary['flops_per_token']:,d} per token); "
         f"~{summary['gpu_hours']:,.1f} GPU-hours at {g['peak_tflops']:g} TFLOP/s peak x {g['mfu']:g} MFU"
     )
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
