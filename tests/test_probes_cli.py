@@ -134,3 +134,15 @@ def test_hessian_line_says_when_a_negative_eigenvalue_dominates():
     assert "lambda_max 5.939 (not converged)  dominant eigenvalue -8.811 (negative, largest in magnitude)" in line
     rec["top_eigenvalue"] = {"value": 9.23, "converged": True, "largest_magnitude": 9.23}
     assert "dominant" not in hessian_line(rec) and "lambda_max 9.23  (2/lr = 666.7)" in hessian_line(rec)
+
+
+def test_a_bad_probe_option_is_named_by_its_flag(tiny_checkpoint, tiny_corpus, tmp_path):
+    """`probe noise --gammas 0` said 'gammas[0]: must be a number > 0' (the function's keyword);
+    the error now names the flag the user typed."""
+    common = [str(tiny_checkpoint), "--val", str(tiny_corpus.val), "--out", str(tmp_path)]
+    res = CliRunner().invoke(main, ["probe", "noise", *common, "--gammas", "0.01,0"])
+    assert res.exit_code == 1 and "Error: --gammas[1]: must be a number > 0, got 0.0" in res.output
+    res = CliRunner().invoke(main, ["probe", "hessian", *common, "--rtol", "-1"])
+    assert res.exit_code == 1 and "Error: --rtol: must be a number > 0" in res.output
+    res = CliRunner().invoke(main, ["probe", "quantize", *common, "--quant", "nf5"])
+    assert res.exit_code != 0 and "nf5" in res.output and "Traceback" not in res.output

@@ -6,13 +6,17 @@ The command names are the study file's probe stages and the flags are their keys
 
 from __future__ import annotations
 
+import contextlib
+import re
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Iterator
 
 import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
+from ..config import ConfigError
 from ..preflight import DEVICE, FLOAT, NON_NEGATIVE_INT, POSITIVE_INT, SEED, comma_list, out_dir_callback
 
 __all__ = ["probe"]
@@ -73,6 +77,27 @@ def _common(fn: Callable) -> Callable:
     return fn
 
 
+#: a probe option whose flag is not --<its name with dashes>
+_FLAG_OF = {"batch_size": "--eval-batch-size", "val_max_sequences": "--max-sequences"}
+
+
+@contextlib.contextmanager
+def _flags(probe_name: str) -> Iterator[None]:
+    """A bad option of the probe function is named by its flag (``--gammas[0]: ...``), as the
+    user gave it, not by the function's keyword (``gammas[0]``)."""
+    from .runners import PROBE_OPTIONS
+
+    try:
+        yield
+    except ConfigError as e:
+        head = re.match(r"\w+", e.path or "")
+        if head is None or head.group(0) not in {f.name for f in fields(PROBE_OPTIONS[probe_name])}:
+            raise
+        name = head.group(0)
+        flag = _FLAG_OF.get(name, "--" + name.replace("_", "-"))
+        raise ConfigError.at(flag + e.path[len(name) :], e.problem) from None
+
+
 def _write(out_dir: str, name: str, result: Dict[str, Any], plot: Callable) -> None:
     out = Path(out_dir)
     fig = plot(result, out / f"{name}.png")
@@ -113,18 +138,19 @@ def quantize_cmd(checkpoints, quant, val_paths, labels, seq_len, batch_size, max
             cfgs.append(parse_quant_spec(spec))
         except OLMoConfigurationError as e:
             raise click.BadParameter(str(e), param_hint="--quant") from e
-    result = quantize_probe(
-        list(checkpoints),
-        list(val_paths),
-        quant=cfgs,
-        labels=list(labels),
-        seq_len=seq_len,
-        batch_size=batch_size,
-        max_sequences=max_sequences,
-        device=device,
-        out=Path(out_dir) / "quantize.json",
-        overwrite=overwrite,
-    )
+    with _flags("quantize"):
+        result = quantize_probe(
+            list(checkpoints),
+            list(val_paths),
+            quant=cfgs,
+            labels=list(labels),
+            seq_len=seq_len,
+            batch_size=batch_size,
+            max_sequences=max_sequences,
+            device=device,
+            out=Path(out_dir) / "quantize.json",
+            overwrite=overwrite,
+        )
     for r in result["records"]:
         click.echo(quantize_line(r))
     _write(out_dir, "quantize", result, plot_quantize)
@@ -243,22 +269,23 @@ def noise_cmd(
     from .plots import plot_noise
     from .runners import noise_probe
 
-    result = noise_probe(
-        list(checkpoints),
-        list(val_paths),
-        gammas=list(gammas),
-        seeds=list(seeds),
-        include=list(include),
-        exclude=list(exclude),
-        min_ndim=1 if perturb_vectors else 2,
-        labels=list(labels),
-        seq_len=seq_len,
-        batch_size=batch_size,
-        max_sequences=max_sequences,
-        device=device,
-        out=Path(out_dir) / "noise.json",
-        overwrite=overwrite,
-    )
+    with _flags("noise"):
+        result = noise_probe(
+            list(checkpoints),
+            list(val_paths),
+            gammas=list(gammas),
+            seeds=list(seeds),
+            include=list(include),
+            exclude=list(exclude),
+            min_ndim=1 if perturb_vectors else 2,
+            labels=list(labels),
+            seq_len=seq_len,
+            batch_size=batch_size,
+            max_sequences=max_sequences,
+            device=device,
+            out=Path(out_dir) / "noise.json",
+            overwrite=overwrite,
+        )
     for s in result["summary"]:
         click.echo(noise_line(s))
     _write(out_dir, "noise", result, plot_noise)
@@ -341,25 +368,26 @@ def hessian_cmd(
 
     if not checkpoints and not pairs:
         raise click.UsageError("give CHECKPOINT arguments and/or --pair BASE FINETUNED")
-    result = hessian_probe(
-        list(checkpoints),
-        list(val_paths),
-        pairs=[tuple(p) for p in pairs],
-        labels=list(labels),
-        seq_len=seq_len,
-        n_sequences=n_sequences,
-        probes=probes,
-        rtol=rtol,
-        power_iters=power_iters,
-        method=method,
-        fd_step=fd_step,
-        seed=seed,
-        val_max_sequences=max_sequences,
-        batch_size=batch_size,
-        device=device,
-        out=Path(out_dir) / "hessian.json",
-        overwrite=overwrite,
-    )
+    with _flags("hessian"):
+        result = hessian_probe(
+            list(checkpoints),
+            list(val_paths),
+            pairs=[tuple(p) for p in pairs],
+            labels=list(labels),
+            seq_len=seq_len,
+            n_sequences=n_sequences,
+            probes=probes,
+            rtol=rtol,
+            power_iters=power_iters,
+            method=method,
+            fd_step=fd_step,
+            seed=seed,
+            val_max_sequences=max_sequences,
+            batch_size=batch_size,
+            device=device,
+            out=Path(out_dir) / "hessian.json",
+            overwrite=overwrite,
+        )
     for r in result["records"]:
         if "trace" in r:
             click.echo(hessian_line(r))
