@@ -67,6 +67,28 @@ def test_dry_run_cli_runs_nothing(tmp_path):
     assert not out.exists()
 
 
+def test_a_shipped_study_runs_by_name_without_the_repository(tmp_path, monkeypatch):
+    """A pip install has no recipes/studies/ (which links to the shipped files): `study run
+    paper-60m` finds the shipped file; the repository's path gives the same study; an unknown name
+    lists the shipped ones."""
+    from click.testing import CliRunner
+
+    from olmo_sam.cli import main
+    from olmo_sam.study.spec import ConfigError, load_study
+
+    monkeypatch.chdir(tmp_path)  # no recipes/ here
+    by_name = load_study("paper-60m")
+    assert by_name == load_study("paper-60m.yaml")
+    repo = load_study(ROOT / "recipes/studies/paper-60m.yaml")
+    assert (by_name.name, by_name.arms, by_name.pretrain) == (repo.name, repo.arms, repo.pretrain)
+    res = CliRunner().invoke(main, ["study", "run", "paper-60m", "--dry-run", "--allow-missing-data"])
+    assert res.exit_code == 0, res.output
+    with pytest.raises(
+        ConfigError, match=r"study file not found: paper-61m \(nor a shipped study; shipped: \[.*'paper-60m'"
+    ):
+        load_study("paper-61m")
+
+
 BASE = {
     "name": "t",
     "data": {"demo": {"vocab_size": 512}},

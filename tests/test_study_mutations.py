@@ -1,7 +1,7 @@
 """Every shipped study file, each value in it broken in turn, through ``olmo-sam study run --dry-run``.
 
-For every node of every shipped study file (``recipes/studies/*.yaml``,
-``olmo_sam/study/files/*.yaml``) the test writes a copy with that one node replaced -- by a value
+For every node of every shipped study file (``olmo_sam/study/files/*.yaml``, which
+``recipes/studies/*.yaml`` link to) the test writes a copy with that one node replaced -- by a value
 of the wrong type, zero, a negative number, an empty list, or a duplicate (a list entry given
 twice, a mapping key given twice in the YAML text) -- and runs the dry run in process (click's
 ``CliRunner``). Each case must end one of two ways:
@@ -36,7 +36,8 @@ from olmo_sam.cli import main
 from olmo_sam.files import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDY_FILES = sorted([*ROOT.glob("recipes/studies/*.yaml"), *ROOT.glob("olmo_sam/study/files/*.yaml")])
+#: (recipes/studies/*.yaml link to the shipped files)
+STUDY_FILES = sorted(ROOT.glob("olmo_sam/study/files/*.yaml"))
 
 #: leaf keys where 0 is a documented value: seeds; ``eval_interval: 0`` (no in-loop evaluation),
 #: ``rho: 0`` (SAM without its perturbation, >= 0 by SAMConfig), ``power_iters: 0`` (skips them),

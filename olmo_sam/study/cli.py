@@ -182,6 +182,7 @@ def study():
     Example:
       olmo-sam study run recipes/studies/paper-60m.yaml --dry-run
       olmo-sam study run recipes/studies/paper-60m.yaml --stages quantize,noise --rerun
+      olmo-sam study run paper-60m --dry-run --allow-missing-data   # a shipped study, by name
       olmo-sam study status runs/paper-60m
     """
 
@@ -226,7 +227,8 @@ def study():
 def run_command(
     study_file, overrides, out, stages, exclude, dry_run, allow_missing_data, rerun, executor, jobs, nproc_per_node
 ):
-    """Run (or resume) the study in STUDY_FILE: finished jobs are skipped.
+    """Run (or resume) the study in STUDY_FILE: finished jobs are skipped. STUDY_FILE may also
+    name a study shipped with the package (paper-60m, olmo2-1b, cpu-overtraining, ...).
 
     KEY=VALUE arguments change the file's settings for this run, by their path in the file, values
     read as YAML (e.g. finetune.lrs=[1e-4,3e-4] arms[1].rho=0.05 executor.jobs=4); the study

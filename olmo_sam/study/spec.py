@@ -699,11 +699,27 @@ def _path(steps: Sequence[Union[str, int]]) -> str:
     return "".join(f"[{s}]" if isinstance(s, int) else (f".{s}" if j else s) for j, s in enumerate(steps))
 
 
+#: the study files shipped with the package (``recipes/studies/*.yaml`` link here)
+STUDY_FILES_DIR = Path(__file__).parent / "files"
+
+
+def bundled_study(name: str | Path) -> Path:
+    """The shipped study file ``name`` (``paper-60m`` or ``paper-60m.yaml``), for a study not
+    found as a path: what a ``pip install`` gives in place of the repository's ``recipes/studies``."""
+    shipped = sorted(p.stem for p in STUDY_FILES_DIR.glob("*.yaml"))
+    n = Path(name)
+    if n.parent == Path("."):
+        for cand in (STUDY_FILES_DIR / n.name, STUDY_FILES_DIR / f"{n.name}.yaml"):
+            if cand.is_file():
+                return cand
+    raise ConfigError(f"study file not found: {name} (nor a shipped study; shipped: {shipped})")
+
+
 def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
     """The study file at ``path``, with dotted ``overrides`` (:func:`apply_overrides`)."""
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"study file not found: {p}")
+        p = bundled_study(path)
     try:
         data = read_yaml(p)
     except OLMoConfigurationError as e:
