@@ -22,6 +22,7 @@ validation set drives OLMo-core's in-loop LM evaluator.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -59,6 +60,8 @@ from .common import (
 )
 
 __all__ = ["PretrainSpec", "build_pretrain", "table6_lr", "SWEEPS", "sweep_members", "main"]
+
+log = logging.getLogger(__name__)
 
 SIZES = (*CPU_SIZES, *paper.PRETRAIN_SHAPES)
 OPTIMIZERS = ("adamw", "sam", "sam-anneal")
@@ -101,7 +104,8 @@ class PretrainSpec(RunSpec):
     #: peak LR (0: a frozen run, the weights stay as loaded); default: Table 6
     lr: Optional[float] = setting(None, ge=0)
     optimizer: str = setting("adamw", choices=OPTIMIZERS)
-    schedule: str = setting("cosine", choices=SCHEDULES)
+    #: default: cosine, and wsd with sam-anneal (the paper's SAM annealing is WSD's decay phase)
+    schedule: Optional[str] = setting(None, choices=SCHEDULES)
     alpha: Optional[float] = None
     #: the WSD schedule's decay phase, a fraction of the run ([SAM-PT] Sec 3.3)
     decay_fraction: float = setting(paper.SAM_ANNEAL_DECAY_FRACTION, gt=0, le=1)
@@ -119,6 +123,11 @@ class PretrainSpec(RunSpec):
     save_folder: str = "runs/pretrain"
     seed: int = setting(INIT_SEED, ge=0, le=MAX_SEED)
     data_seed: int = setting(DATA_SEED, ge=0, le=MAX_SEED)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.schedule is None:  # [SAM-PT] Sec 3.5: SAM in the decay phase of a WSD run
+            object.__setattr__(self, "schedule", "wsd" if self.optimizer == "sam-anneal" else "cosine")
 
 
 def _scheduler(spec: PretrainSpec, warmup: int) -> Scheduler:
@@ -303,12 +312,18 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
     cfg = apply_overrides(cfg, overrides)
     check_peak_lr(cfg)
     if spec.optimizer == "sam-anneal":
+        overridden = any(o.split("=", 1)[0].strip(" -").startswith("train_module.scheduler") for o in overrides)
+        schedule = "the train_module.scheduler override" if overridden else f"--schedule {spec.schedule}"
         try:
-            run_summary(cfg)  # resolves the switch point now: a schedule without decay errors here
+            summary = run_summary(cfg)  # resolves the switch point now: a schedule without decay errors here
         except OLMoConfigurationError as e:
-            overridden = any(o.split("=", 1)[0].strip(" -").startswith("train_module.scheduler") for o in overrides)
-            schedule = "the train_module.scheduler override" if overridden else f"--schedule {spec.schedule}"
             raise OLMoConfigurationError(f"{schedule} with --optimizer sam-anneal: {e}") from None
+        if summary["sam_steps"] > summary["steps"] / 2:
+            log.warning(
+                f"{schedule} with --optimizer sam-anneal: the LR decays from step {summary['steps'] - summary['sam_steps']}, "
+                f"so SAM runs on {summary['sam_steps']:,d} of {summary['steps']:,d} steps; the paper's SAM annealing "
+                "([SAM-PT] Sec 3.5) is SAM in the last 10% of a WSD run (--schedule wsd, the default with sam-anneal)"
+            )
     if spec.schedule != "wsd" and spec.decay_fraction != paper.SAM_ANNEAL_DECAY_FRACTION:
         raise OLMoConfigurationError(
             f"--decay-fraction applies to --schedule wsd only (the {spec.schedule} schedule has no decay phase of its own)"
@@ -405,7 +420,9 @@ def sweep_members(name: str, spec: PretrainSpec, explicit: Dict[str, Any]) -> Li
 @click.option("--steps", type=POSITIVE_INT, default=None, help="Budget in steps (CPU runs).")
 @click.option("--lr", type=NON_NEGATIVE_FLOAT, default=None, help="Peak LR [default: Table 6 by tokens/param].")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help="[default: adamw]")
-@click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="[default: cosine]")
+@click.option(
+    "--schedule", type=click.Choice(SCHEDULES), default=None, help="[default: cosine; wsd with --optimizer sam-anneal]"
+)
 @click.option("--alpha", type=FLOAT, default=None, help="Final LR / peak [default: 0.1].")
 @click.option(
     "--decay-fraction", type=FLOAT, default=None, help="WSD decay length, fraction of the run [default: 0.1]."
@@ -511,7 +528,7 @@ def main(
             steps=steps,
             lr=lr,
             optimizer=optimizer or "adamw",
-            schedule=schedule or "cosine",
+            schedule=schedule,
             alpha=alpha,
             decay_fraction=paper.SAM_ANNEAL_DECAY_FRACTION if decay_fraction is None else decay_fraction,
             rho=rho,
