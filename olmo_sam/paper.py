@@ -19,7 +19,7 @@ from typing import Dict, Mapping, Tuple
 # SAM (SAM-PT Sec 3.1, App B.1, App C.1)
 # ---------------------------------------------------------------------------------------------
 
-#: SAM neighbourhood radius used for every run of the paper (Sec 3.1, App B.1 Table 1, App C.1).
+#: SAM neighbourhood radius used for every run of the paper (Sec 3.1; App B.1 and App C.1 text).
 SAM_RHO: float = 0.05
 
 #: "Annealing with SAM" (Sec 3.5): AdamW through warmup and the stable phase of WSD, SAM during
@@ -235,7 +235,8 @@ NOISE_GAMMA_FIG8: float = 0.025
 QUANT4_DEGRADATION_60M_24B: Dict[str, float] = {"adamw": 0.14, "sam": 0.08}
 #: Fine-tuning LR at which directional sharpness was measured (Sec 4).
 HESSIAN_FT_LR: float = 4e-4
-#: Hutchinson probes per tr(H) estimate ([WSO] Sec 6), and the measurement cadence in steps.
+#: Hutchinson probes per tr(H) estimate and the measurement cadence in steps ([WSO] App H, Table 23
+#: and its text; the estimator itself is Sec 6).
 HUTCHINSON_PROBES: int = 50
 SHARPNESS_EVERY_STEPS: int = 4000
 

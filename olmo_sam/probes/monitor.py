@@ -1,8 +1,12 @@
-"""Sharpness during training: tr(H) every K steps on a fixed validation batch ([WSO] Sec 6, Fig 3).
+"""Sharpness during training: tr(H) every K steps on a fixed validation batch ([WSO] Sec 6, Fig 3;
+cadence and probe count from App H).
 
 [WSO] measures the Hessian trace with Hutchinson's estimator (50 Rademacher probes, App H) every
-4,000 steps on held-out pretraining and SFT validation data; this callback does the same inside an
-OLMo-core run and records the estimate like any other metric (``sharpness/{name} trace``, its
+4,000 steps on held-out pretraining and SFT validation data, averaging over up to 4,096 batches of
+one 1,024-token sequence (Table 23). This callback uses the same estimator, probe count and cadence
+inside an OLMo-core run, but on one fixed batch of validation windows (cheap enough to run inside
+training; its standard error is over probes only, not over batches), and records the estimate like
+any other metric (``sharpness/{name} trace``, its
 standard error, the number of probes, and the loss on the batch). Add one callback per
 validation set (distinct ``name``).
 
