@@ -148,6 +148,23 @@ def test_bf16_parameters_perturb_in_fp32_and_restore_exactly():
     assert all(torch.equal(p, q) for p, q in zip(lin.parameters(), w0))
 
 
+def test_float64_parameters_take_a_sam_step():
+    """A float64 model (a numerical check) crashed in the ascent: the fp32 norm cannot downcast."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 3).double()
+    sam = SAM(torch.optim.AdamW(lin.parameters(), lr=1e-3), rho=0.05)
+    w0 = [p.detach().clone() for p in lin.parameters()]
+    for p in lin.parameters():
+        p.grad = torch.randn_like(p)
+    norm = math.sqrt(sum(float((p.grad**2).sum()) for p in lin.parameters()))
+    r = sam.perturb()
+    assert r.perturbed and r.grad_norm == pytest.approx(norm, rel=1e-6)  # (the ascent is computed in fp32)
+    for p, p0 in zip(lin.parameters(), w0):
+        torch.testing.assert_close(p - p0, 0.05 * p.grad / norm, rtol=1e-5, atol=1e-8)
+    sam.restore()
+    assert all(torch.equal(p, q) for p, q in zip(lin.parameters(), w0))
+
+
 def test_per_group_rho_from_group_overrides(tmp_path, tiny_corpus):
     from olmo_core.optim import OptimGroupOverride
 

@@ -165,9 +165,14 @@ def _global_scalar(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(()).float()
 
 
+def _norm(t: torch.Tensor) -> torch.Tensor:
+    """||t||_2 accumulated in fp32 at least (float64 tensors in float64: vector_norm cannot downcast)."""
+    return torch.linalg.vector_norm(t, 2, dtype=None if t.dtype == torch.float64 else torch.float32)
+
+
 def global_norm(tensors: List[torch.Tensor]) -> torch.Tensor:
     """||[t_1, ..., t_n]||_2 of whole (global) tensors; FSDP2 shards are reduced over the mesh."""
-    norms = [_global_scalar(torch.linalg.vector_norm(t, 2, dtype=torch.float32)) for t in tensors]
+    norms = [_global_scalar(_norm(t)) for t in tensors]
     if not norms:
         return torch.zeros((), dtype=torch.float32)
     return torch.linalg.vector_norm(torch.stack(norms), 2)
@@ -196,7 +201,7 @@ def sam_ascent_direction(params: List[torch.Tensor], grads: List[torch.Tensor], 
 def _grad_norm_terms(p: torch.Tensor, g: torch.Tensor, adaptive: bool) -> torch.Tensor:
     """||T_w g||_2 of one tensor (DTensor-aware: the result is a partial/replicated DTensor)."""
     t = p.detach().abs() * g if adaptive else g
-    return torch.linalg.vector_norm(t, 2, dtype=torch.float32)
+    return _norm(t)
 
 
 @dataclass
