@@ -98,6 +98,15 @@ def test_installed_wheel_runs_the_pretrain_recipe(fresh_venv, demo_data_small, t
     out = json.loads(proc.stdout)
     assert out["lr_source"] == "Table 6: OLMo-20M at 200 tokens/param"
     assert out["summary"]["tokens"] == 200 * 20_000_000
+    # the shipped study files run by name from the wheel (no repository checkout here)
+    proc = subprocess.run(
+        [str(bin_ / "olmo-sam"), "study", "run", "paper-60m", "--dry-run", "--allow-missing-data"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0 and "finetune" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
     # a tiny real run: torchrun -m olmo_sam.recipes.pretrain, two processes, DDP
     run = tmp_path / "run"
     proc = subprocess.run(
