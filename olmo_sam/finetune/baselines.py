@@ -9,7 +9,10 @@
   average with alpha on the *base* weights; see :data:`olmo_sam.paper.WISE_FT_ALPHA_GRID`.)
 * **Replay** ("P" in [CFS] Sec 3; Rolnick et al. 2019): pretraining data mixed into the
   fine-tuning stream. ``ratio`` is the number of replayed pretraining tokens relative to the
-  task's training tokens (1.0 = a 1:1 mix, [CFS]'s default), all-token loss on them.
+  task's training tokens, all-token loss on them. 1.0 is a 1:1 mix *in tokens*; [CFS] Sec 3
+  matches rows (400K Dolma rows for 400K MetaMathQA samples), which, pretraining documents being
+  longer than task samples, replays several times more tokens: to reproduce it, give the ratio of
+  the two datasets' token counts (mean replay document length / mean task sample length).
 """
 
 from __future__ import annotations
