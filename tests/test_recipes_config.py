@@ -398,3 +398,25 @@ def test_sam_anneal_defaults_to_the_papers_wsd_and_warns_when_sam_runs_most_of_a
         assert not records
     finally:
         logger.removeHandler(handler)
+
+
+def test_msam_costs_one_pass_per_step_in_the_estimate():
+    """The dry run counted MSAM's steps as two forward/backward passes (twice AdamW's FLOPs);
+    MSAM ascends along the optimizer's momentum and takes one pass per step. LookSAM's in-between
+    steps take one pass too (its full steps every interval-th step take two)."""
+    args = ["--size", "20M", "--tokens-per-param", "200"]
+    adamw_run = _dry(pretrain_main, args)["summary"]
+    msam = _dry(pretrain_main, [*args, "--optimizer", "sam", "train_module.optim.variant=msam"])["summary"]
+    sam = _dry(pretrain_main, [*args, "--optimizer", "sam"])["summary"]
+    look = _dry(
+        pretrain_main,
+        [*args, "--optimizer", "sam", "train_module.optim.variant=looksam", "train_module.optim.interval=5"],
+    )["summary"]
+    steps, per_token = sam["steps"], sam["flops_per_token"]
+    assert msam["sam_steps"] == steps and msam["two_pass_steps"] == 0
+    assert msam["total_flops"] == adamw_run["total_flops"] == per_token * sam["tokens"]
+    assert sam["total_flops"] == per_token * (sam["tokens"] + steps * 262144)
+    assert look["two_pass_steps"] == math.ceil(steps / 5)
+    assert look["total_flops"] == per_token * (sam["tokens"] + 262144 * math.ceil(steps / 5))
+    r = CliRunner().invoke(pretrain_main, [*args, "--optimizer", "sam", "train_module.optim.variant=msam", "--dry-run"])
+    assert f"SAM steps: {steps:,d} of {steps:,d} (one forward/backward each: MSAM)" in r.output

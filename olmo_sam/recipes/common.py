@@ -314,8 +314,8 @@ def run_summary(
     """Numbers a person checks before launching: parameters, steps, tokens, LRs, FLOPs, GPU-hours.
 
     FLOPs are OLMo-core's idealised per-token count (``Transformer.num_flops_per_token``: 6 per
-    parameter for forward+backward plus attention) times tokens, doubled on SAM steps (two
-    forward/backward passes). The model is built on the meta device: no weights are allocated.
+    parameter for forward+backward plus attention) times tokens, doubled on the steps that take two
+    forward/backward passes (SAM's and LookSAM's full steps; MSAM's steps take one). The model is built on the meta device: no weights are allocated.
     """
     counts = param_counts(cfg.model)
     seq_len = cfg.dataset.sequence_length
@@ -338,8 +338,11 @@ def run_summary(
     model = cfg.model.build(init_device="meta")
     flops_per_token = model.num_flops_per_token(seq_len)
     sam_steps = _sam_steps(cfg, steps, tokens)
+    # MSAM's ascent follows the optimizer's momentum: its steps take one forward/backward, as AdamW's
+    msam = isinstance(tm.optim, SAMConfig) and str(tm.optim.variant) == "msam"
+    two_pass_steps = 0 if msam else sam_steps
     tokens_per_step = cfg.data_loader.global_batch_size
-    total_flops = flops_per_token * (tokens + sam_steps * tokens_per_step)
+    total_flops = flops_per_token * (tokens + two_pass_steps * tokens_per_step)
     gpu_hours = total_flops / (gpu_peak_tflops * 1e12 * mfu) / 3600
     return {
         "params": {"total": counts.total, "embedding": counts.embedding, "non_embedding": counts.non_embedding},
@@ -356,6 +359,7 @@ def run_summary(
         "warmup_steps": warmup // per_step,
         "lr": lr,
         "sam_steps": sam_steps,
+        "two_pass_steps": two_pass_steps,
         "flops_per_token": flops_per_token,
         "total_flops": float(total_flops),
         "gpu_hours": gpu_hours,
@@ -404,7 +408,8 @@ def _summary_lines(summary: Dict[str, Any], extra: Dict[str, Any]) -> List[str]:
         lines.append(f"lr: peak {lr['peak']:.4g}; start {lr['start']:.4g}; decay start {at_ds}; end {lr['end']:.4g}")
     else:
         lines.append(f"lr: {lr['peak']:.4g} (constant, no scheduler)")
-    lines.append(f"SAM steps: {summary['sam_steps']:,d} of {summary['steps']:,d}")
+    one_pass = " (one forward/backward each: MSAM)" if summary["sam_steps"] and not summary["two_pass_steps"] else ""
+    lines.append(f"SAM steps: {summary['sam_steps']:,d} of {summary['steps']:,d}{one_pass}")
     g = summary["gpu_assumption"]
     lines.append(
         f"compute: {summary['total_flops']:.3e} FLOPs ({summary['flops_per_token']:,d} per token); "
