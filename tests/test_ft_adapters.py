@@ -274,3 +274,36 @@ def test_cli_datasets_and_prepare(tok, tmp_path):
         ],
     )
     assert res.exit_code == 1 and "checkpoint not found" in res.output
+
+
+def test_a_hub_dataset_without_the_hub_is_one_line(tok, tmp_path, monkeypatch):
+    """`finetune prepare gsm8k` offline ended in a 51-line datasets traceback (ConnectionError:
+    Couldn't reach 'openai/gsm8k' on the Hub); a failed download is one Error line (docs/cli.md)."""
+    import datasets
+    from click.testing import CliRunner
+
+    from olmo_sam.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    tok.save_pretrained(tmp_path / "tok")
+    res = CliRunner().invoke(
+        main, ["finetune", "prepare", "gsm8k", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "g")]
+    )
+    assert res.exit_code == 1, res.output
+    assert "Error: dataset 'gsm8k' (openai/gsm8k): the Hugging Face hub cannot be reached (" in res.output
+    assert "Traceback" not in res.output and not list((tmp_path / "g").glob("*"))
+    res = CliRunner().invoke(
+        main,
+        [
+            "data",
+            "tokenize",
+            "--hf-dataset",
+            "org/none",
+            "--tokenizer",
+            str(tmp_path / "tok"),
+            "--out",
+            str(tmp_path / "t"),
+        ],
+    )
+    assert res.exit_code == 1 and "the Hugging Face hub cannot be reached" in res.output, res.output

