@@ -203,3 +203,13 @@ def test_one_spelling_per_flag():
     for removed in ("--save-folder", "--microbatch"):
         r = _dry([*base, removed, "8"])
         assert r.exit_code == 2 and f"No such option '{removed}'" in r.output
+
+
+def test_keeping_checkpoints_is_one_flag_for_one_run_and_a_sweep():
+    """`finetune run` spelled it --keep-checkpoint, `sweep` --keep-checkpoints (the README used the
+    plural for both)."""
+    from olmo_sam.finetune.cli import run_command, sweep
+
+    for cmd in (run_command, sweep):
+        opts = {o for p in cmd.params for o in p.opts}
+        assert "--keep-checkpoints" in opts and "--keep-checkpoint" not in opts, cmd.name

@@ -277,7 +277,9 @@ def prepare_command(
 @click.option("--out", required=True, callback=out_dir_callback, type=click.Path(), help="run directory")
 @click.option("--cache-dir", type=click.Path(), help="[default: OUT/../_cache]")
 @click.option("--store", type=click.Path(), help="also append the records to this results.jsonl")
-@click.option("--keep-checkpoint", is_flag=True, help="keep the fine-tuned checkpoint")
+@click.option(
+    "--keep-checkpoints", "keep_checkpoint", is_flag=True, help="keep the fine-tuned checkpoint (as sweep's flag)"
+)
 @click.option("--overwrite", is_flag=True, help="replace another run's files in --out (the same run is not redone)")
 @recipe_options
 def run_command(
@@ -332,7 +334,7 @@ def run_command(
 
 @finetune.command("wise-ft")
 @click.option("--base", required=True, help="base checkpoint")
-@click.option("--ft", "ft_ckpt", required=True, help="fine-tuned checkpoint (kept with --keep-checkpoint)")
+@click.option("--ft", "ft_ckpt", required=True, help="fine-tuned checkpoint (kept with --keep-checkpoints)")
 @click.option("--alpha", required=True, type=FLOAT, help="weight of the fine-tuned model (0 = base, 1 = fine-tuned)")
 @click.option(
     "--out", required=True, callback=out_dir_callback, type=click.Path(), help="checkpoint directory to write"
