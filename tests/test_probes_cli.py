@@ -146,3 +146,22 @@ def test_a_bad_probe_option_is_named_by_its_flag(tiny_checkpoint, tiny_corpus, t
     assert res.exit_code == 1 and "Error: --rtol: must be a number > 0" in res.output
     res = CliRunner().invoke(main, ["probe", "quantize", *common, "--quant", "nf5"])
     assert res.exit_code != 0 and "nf5" in res.output and "Traceback" not in res.output
+
+
+def test_a_quantization_the_model_cannot_take_is_refused_before_any_evaluation(
+    tiny_checkpoint, tiny_corpus, tmp_path, monkeypatch
+):
+    """`probe quantize --quant nf4:blocksize=2048` evaluated the full-precision model (minutes on
+    a large one) before refusing the setting; every setting is now checked against the model first."""
+    from olmo_core.exceptions import OLMoConfigurationError
+
+    from olmo_sam.probes import runners
+
+    monkeypatch.setattr(runners, "_loss", lambda *a, **k: pytest.fail("evaluated before refusing"))
+    with pytest.raises(OLMoConfigurationError, match=r"'blocksize'=2048: .*input width"):
+        runners.quantize_probe(
+            [str(tiny_checkpoint)],
+            [str(tiny_corpus.val)],
+            quant=["int8", "nf4:blocksize=2048"],
+            out=tmp_path / "q.json",
+        )

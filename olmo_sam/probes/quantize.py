@@ -361,17 +361,15 @@ def _quantized_embedding(emb: nn.Embedding, cfg: QuantConfig, device: torch.devi
     return q.to(device)
 
 
-def quantize_transformer(model: nn.Module, cfg: QuantConfig, *, verify: bool = True) -> "QuantReport":
-    """Replace ``model``'s linear layers (and optionally its embedding) by bitsandbytes modules,
-    in place, on the model's device. Returns the :func:`inspect_quantization` report (verified
-    against ``cfg`` unless ``verify=False``).
-
-    The original full-precision weights are compared with the packed ones (error bound check),
-    so keep ``verify`` on unless the model is too large to hold both.
-    """
+def _device_of(model: nn.Module) -> torch.device:
     params = list(model.parameters())
-    device = params[0].device if params else torch.device("cpu")
-    originals: Dict[str, torch.Tensor] = {}
+    return params[0].device if params else torch.device("cpu")
+
+
+def quant_targets(model: nn.Module, cfg: QuantConfig) -> List[Tuple[str, nn.Module]]:
+    """The modules :func:`quantize_transformer` replaces under ``cfg``, after refusing what it
+    could not do (``skip_modules`` patterns that match nothing; 4-bit shapes bitsandbytes' CPU
+    kernels cannot run). Cheap: a probe calls it for every setting before evaluating anything."""
     unmatched = [p for p in cfg.skip_modules if not any(fnmatch.fnmatchcase(n, p) for n, _ in model.named_modules())]
     if unmatched:
         raise OLMoConfigurationError(
@@ -387,8 +385,22 @@ def quantize_transformer(model: nn.Module, cfg: QuantConfig, *, verify: bool = T
             targets.append((name, mod))
         elif isinstance(mod, nn.Embedding) and cfg.quantize_embeddings:
             targets.append((name, mod))
-    if cfg.bits == 4 and device.type == "cpu":
+    if cfg.bits == 4 and _device_of(model).type == "cpu":
         _check_cpu_4bit_shapes(targets, cfg)
+    return targets
+
+
+def quantize_transformer(model: nn.Module, cfg: QuantConfig, *, verify: bool = True) -> "QuantReport":
+    """Replace ``model``'s linear layers (and optionally its embedding) by bitsandbytes modules,
+    in place, on the model's device. Returns the :func:`inspect_quantization` report (verified
+    against ``cfg`` unless ``verify=False``).
+
+    The original full-precision weights are compared with the packed ones (error bound check),
+    so keep ``verify`` on unless the model is too large to hold both.
+    """
+    originals: Dict[str, torch.Tensor] = {}
+    device = _device_of(model)
+    targets = quant_targets(model, cfg)
     for name, mod in targets:
         if verify:
             originals[name] = mod.weight.detach().to("cpu", torch.float32, copy=True)

@@ -228,6 +228,7 @@ def quantize_probe(
         QuantConfig,
         load_hf_quantized,
         parse_quant_spec,
+        quant_targets,
         quantize_transformer,
     )
 
@@ -262,6 +263,8 @@ def quantize_probe(
         model = None
         if base is None:
             model = load_full_precision(ref, device)
+            for cfg in cfgs:  # refuse a setting this model cannot take before evaluating anything
+                cfg.to_transformers() if ref.kind == "hf" else quant_targets(model, cfg)
             loss, ntok = _loss(model, ref, val_paths, s, batch_size, max_sequences)
             base = res.add(
                 {
