@@ -57,15 +57,19 @@ def build_model(out: Path, hidden: int, layers: int) -> Path:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model-dir", type=Path)
-    ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--samples", type=int, default=256)
-    ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--hf-batch-size", type=int, default=64)
+    ap = argparse.ArgumentParser(prog="olmo-sam bench cfs-generation", description=__doc__.split("\n")[0])
+    ap.add_argument("--model-dir", type=Path, help="A Hugging Face model directory (default: a random tiny one).")
+    ap.add_argument("--hidden", type=int, default=128, help="Hidden size of the random model (default: 128).")
+    ap.add_argument("--layers", type=int, default=2, help="Layers of the random model (default: 2).")
+    ap.add_argument("--samples", type=int, default=256, help="Samples per engine (default: 256).")
+    ap.add_argument("--max-tokens", type=int, default=128, help="Tokens per sample (default: 128).")
+    ap.add_argument("--hf-batch-size", type=int, default=64, help="transformers engine batch size (default: 64).")
     ap.add_argument("--enforce-eager", action="store_true", help="vLLM without graph compilation")
-    ap.add_argument("--vllm-python", type=Path)
+    ap.add_argument(
+        "--vllm-python",
+        type=Path,
+        help="Python of the vLLM environment (default: $OLMO_SAM_VLLM_PYTHON or .venv-vllm).",
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
 

@@ -43,20 +43,26 @@ def _timed(fn) -> tuple[float, float]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="tiny")
-    ap.add_argument("--vocab", type=int, default=256)
-    ap.add_argument("--batch-size", dest="batch", type=int, default=8)
-    ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--probes", type=int, default=paper.HUTCHINSON_PROBES)
+    ap = argparse.ArgumentParser(
+        prog="olmo-sam bench hessian-probe",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--size", default="tiny", help="Model size (olmo_sam.models; default: tiny).")
+    ap.add_argument("--vocab", type=int, default=256, help="Vocabulary size of the random model (default: 256).")
+    ap.add_argument("--batch-size", dest="batch", type=int, default=8, help="Sequences per batch (default: 8).")
+    ap.add_argument("--seq-len", type=int, default=128, help="Tokens per sequence (default: 128).")
+    ap.add_argument("--repeats", type=int, default=5, help="Timed repeats; the median is kept (default: 5).")
+    ap.add_argument(
+        "--probes", type=int, default=paper.HUTCHINSON_PROBES, help="Hutchinson probes per estimate (default: 50)."
+    )
     ap.add_argument(
         "--clock",
         choices=["cpu", "wall"],
         default="cpu",
         help="Ratios from process CPU time (default; robust on a shared machine with 1 thread) or wall time.",
     )
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", action="store_true", help="Print the results as JSON.")
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     torch.manual_seed(0)
