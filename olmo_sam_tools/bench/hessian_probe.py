@@ -52,7 +52,7 @@ def main(argv=None) -> None:
     ap.add_argument("--vocab", type=int, default=256, help="Vocabulary size of the random model (default: 256).")
     ap.add_argument("--batch-size", dest="batch", type=int, default=8, help="Sequences per batch (default: 8).")
     ap.add_argument("--seq-len", type=int, default=128, help="Tokens per sequence (default: 128).")
-    ap.add_argument("--repeats", type=int, default=5, help="Timed repeats; the median is kept (default: 5).")
+    ap.add_argument("--repeats", type=int, default=5, help="Timed rounds; the minimum is kept (default: 5).")
     ap.add_argument(
         "--probes", type=int, default=paper.HUTCHINSON_PROBES, help="Hutchinson probes per estimate (default: 50)."
     )
