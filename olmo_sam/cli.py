@@ -63,7 +63,7 @@ def main():
     \b
     Example:
       olmo-sam demo --quick --out runs/demo-quick
-      olmo-sam study run recipes/studies/paper-60m.yaml --dry-run
+      olmo-sam study run paper-60m --dry-run --allow-missing-data   # plan a shipped study, no data needed
     """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -180,7 +180,7 @@ def study():
 
     \b
     Example:
-      olmo-sam study run recipes/studies/paper-60m.yaml --dry-run
+      olmo-sam study run recipes/studies/paper-60m.yaml --dry-run --allow-missing-data
       olmo-sam study run recipes/studies/paper-60m.yaml --stages quantize,noise --rerun
       olmo-sam study run paper-60m --dry-run --allow-missing-data   # a shipped study, by name
       olmo-sam study status runs/paper-60m
