@@ -6,8 +6,13 @@ docs/study.md ("Adding a stage")."""
 from __future__ import annotations
 
 import ast
+import json
 import math
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any, Dict
 
@@ -156,6 +161,9 @@ def test_an_added_stage_plans_validates_and_round_trips(gap_stage):
     # study.json round trip (the section at the top level, as written)
     again = parse_study(study.plain())
     assert again.plain() == study.plain() and again.plain()["generalization_gap"] == {"nats": False}
+    # ... with the module that registers the stage, which the processes reading study.json import
+    assert study.plain()["stage_modules"] == {"generalization_gap": __name__}
+    assert "stage_modules" not in plain.plain()  # a study of the built-in stages records none
     # the section is read strictly, with its path; the stage can be selected and excluded
     with pytest.raises(ConfigError, match=r"generalization_gap.*natz"):
         parse_study({**STUDY, "generalization_gap": {"natz": True}})
@@ -202,3 +210,146 @@ def test_an_added_stage_runs_and_reaches_the_summary_and_report(gap_stage, tmp_p
     assert "## Generalisation gap" in md and "One row per base checkpoint." in md
     # its section follows the built-in ones (rank 100)
     assert md.index("## Benchmarks" if "## Benchmarks" in md else "## Sharpness") < md.index("## Generalisation gap")
+
+
+# -- every process of a study finds the added stage -------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _docs_block(first_line: str) -> str:
+    """The code block of docs/study.md ("Adding a stage") that starts with ``first_line``."""
+    lines = (REPO / "docs" / "study.md").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith(first_line) and lines[i - 1].strip() == "```python":
+            indent = len(line) - len(line.lstrip())
+            end = next(j for j in range(i, len(lines)) if lines[j].strip() == "```")
+            return "\n".join(x[indent:] for x in lines[i:end]) + "\n"
+    raise AssertionError(f"no block {first_line!r} in docs/study.md")
+
+
+RUN_STUDY = {
+    "name": "gap-run",
+    "data": {"demo": {"vocab_size": 512, "books": ["carroll-alice"]}},
+    "pretrain": {"size": "tiny", "steps": 4, "lr": 3e-3, "batch_size": 4, "seq_len": 64, "warmup": 1},
+    "arms": [{"name": "adamw", "optimizer": "adamw", "schedule": "cosine"}],
+    "pt_eval": {"max_sequences": 8},
+    "generalization_gap": {"nats": True},
+    "stages": ["data", "pretrain", "pt_eval", "generalization_gap"],
+    "executor": {"kind": "local", "jobs": 1},
+}
+
+
+@pytest.mark.slow
+def test_an_added_stage_runs_in_the_study_job_processes(tmp_path):
+    """docs/study.md's stage module and driver, run as written: each job is a fresh
+    ``python -m olmo_sam.study.runner`` process that imports the module study.json records; a
+    later ``study status`` in a new process does too, and says how to fix a module it cannot import."""
+    import yaml
+
+    plugin = tmp_path / "plugin"
+    (plugin / "my_stages").mkdir(parents=True)
+    (plugin / "my_stages" / "gap.py").write_text(_docs_block("# my_stages/gap.py"))
+    (plugin / "run_study.py").write_text(_docs_block("# run_study.py"))
+    (plugin / "gap-study.yaml").write_text(yaml.safe_dump(RUN_STUDY))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "run_study.py", "study", "run", "gap-study.yaml", "--out", str(out)],
+        cwd=plugin, capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
+    recorded = json.loads((out / "study.json").read_text())
+    assert recorded["stage_modules"] == {"generalization_gap": "my_stages.gap"}
+    done = json.loads((out / "generalization_gap" / "adamw" / "done.json").read_text())
+    pt_eval = json.loads((out / "pt_eval" / "adamw" / "done.json").read_text())["result"]
+    pretrain = json.loads((out / "pretrain" / "adamw" / "done.json").read_text())["result"]
+    assert math.isclose(done["result"]["gap"], pt_eval["l_pt"] - pretrain["final_train_loss"], rel_tol=1e-12)
+    assert (out / "generalization_gap" / "adamw" / "log.txt").is_file()  # it ran as a job process
+
+    def status(pythonpath):
+        return subprocess.run(
+            [sys.executable, "-m", "olmo_sam.cli", "study", "status", str(out)],
+            cwd=tmp_path, capture_output=True, text=True, env={**env, "PYTHONPATH": os.pathsep.join(pythonpath)},
+            timeout=300,
+        )  # fmt: skip
+
+    found = status([*sys.path, str(plugin)])
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert "done  generalization_gap/adamw" in found.stdout.splitlines()
+    lost = status(sys.path)
+    assert lost.returncode == 1 and "Traceback" not in lost.stderr
+    assert (
+        "uses stage 'generalization_gap' from module 'my_stages.gap', which this process cannot import" in lost.stderr
+    )
+    assert "make it importable (PYTHONPATH or pip install)" in lost.stderr
+
+
+def test_a_stage_other_processes_cannot_import_is_refused_when_planned():
+    main_class = type("GapStage", (GapStage,), {"__module__": "__main__"})
+    stage = register_stage(main_class(), after="hessian")
+    try:
+        with pytest.raises(ConfigError, match=r"defined in the script being run \(__main__\).*into a module"):
+            build_plan(parse_study({**STUDY, "generalization_gap": {}}))
+    finally:
+        PIPELINE.remove(stage)
+    script = {"__name__": "__main__", "register_stage": register_stage, "GapStage": GapStage}
+    exec("stage = register_stage(GapStage(), after='hessian')", script)  # a driver's own register_stage line
+    try:
+        with pytest.raises(ConfigError, match=r"registered by the script being run.*bottom of its module"):
+            build_plan(parse_study({**STUDY, "generalization_gap": {}}))
+    finally:
+        PIPELINE.remove(script["stage"])
+    assert "generalization_gap" not in stage_names()
+
+
+def test_a_recorded_stage_module_that_cannot_be_imported_is_one_clear_error():
+    where = "runs/gap/study.json"
+    with pytest.raises(ConfigError) as e:
+        parse_study({**STUDY, "generalization_gap": {}, "stage_modules": {"generalization_gap": "no_such.gap"}}, where)
+    assert str(e.value).startswith(
+        "the study in runs/gap/study.json uses stage 'generalization_gap' from module 'no_such.gap', "
+        "which this process cannot import (ModuleNotFoundError"
+    )
+    assert str(e.value).endswith("make it importable (PYTHONPATH or pip install)")
+    with pytest.raises(ConfigError, match="importing it registered no such stage"):
+        parse_study({**STUDY, "stage_modules": {"generalization_gap": "json"}}, where)
+
+
+PLUGIN = """
+from olmo_sam.study.stages import register_stage
+from olmo_sam.study.stages.base import Stage
+
+
+class PluginStage(Stage):
+    name = section = "plugin_stage"
+
+
+register_stage(PluginStage(), after="data")
+"""
+
+
+def test_installed_plugins_load_from_the_entry_point_group(tmp_path, monkeypatch):
+    (tmp_path / "olmo_sam_test_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    group = registry.ENTRY_POINT_GROUP
+    installed = [EntryPoint(name="plugin", value="olmo_sam_test_plugin", group=group)]
+    monkeypatch.setattr(
+        "importlib.metadata.entry_points", lambda group: installed if group == registry.ENTRY_POINT_GROUP else []
+    )
+    monkeypatch.setattr(registry, "_plugins", None)  # as in a new process
+    try:
+        assert "plugin_stage" in stage_names()  # loaded when the registry is first used
+        assert stage_names().count("plugin_stage") == 1  # once
+        assert registry.stage_modules(["plugin_stage"]) == {"plugin_stage": "olmo_sam_test_plugin"}
+    finally:
+        PIPELINE[:] = [s for s in PIPELINE if s.name != "plugin_stage"]
+        sys.modules.pop("olmo_sam_test_plugin", None)
+    broken = EntryPoint(name="gap", value="no_such_plugin.gap", group=group)
+    with pytest.raises(ConfigError) as e:
+        registry.load_plugins([broken])
+    assert str(e.value).startswith(
+        "stage plugin 'gap' (entry point gap = 'no_such_plugin.gap' in group 'olmo_sam.stages') failed to load: "
+        "ModuleNotFoundError"
+    )
+    assert "\n" not in str(e.value)

@@ -59,7 +59,12 @@ def _env() -> Dict[str, str]:
     # children import the olmo_sam that planned the study: its root first on PYTHONPATH, and
     # PYTHONSAFEPATH keeps 'python -m' from putting the current directory (which may hold another
     # checkout) in front of it (Python >= 3.11; torchrun's workers inherit both)
-    env["PYTHONPATH"] = os.pathsep.join([job_code()["package_path"], *filter(None, [env.get("PYTHONPATH")])])
+    # (and, after the rest, where this process found the modules of the stages it added: a job
+    # imports them by the module its study.json records)
+    from .stages import module_roots
+
+    given = list(filter(None, [env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join([job_code()["package_path"], *given, *module_roots()])
     env["PYTHONSAFEPATH"] = "1"
     return env
 

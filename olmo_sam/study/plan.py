@@ -173,6 +173,7 @@ def expand_units(study: StudySpec) -> List[Unit]:
 def build_plan(study: StudySpec) -> Plan:
     """Every configured stage adds its jobs (:meth:`Stage.plan`), in pipeline order; the study's
     ``stages:`` then selects among them, and a selected stage must find the stages it reads."""
+    study.added_stage_modules()  # a stage the job processes cannot import is refused here
     builder = PlanBuilder(units=expand_units(study))
     for stage in PIPELINE:
         if stage.configured(study):

@@ -41,7 +41,7 @@ from ..finetune.sweep import LR_GRIDS, MIX_METHODS, SWEEP_METHODS
 from ..probes.runners import HessianOptions, NoiseOptions, QuantizeOptions
 from ..seeds import DATA_SEED, INIT_SEED, MAX_SEED
 from .hypotheses import Hypothesis, check_references, parse_hypotheses
-from .stages import PIPELINE, check_stage_names, stage_names
+from .stages import PIPELINE, STAGE_MODULES, check_stage_names, import_stage_modules, stage_modules, stage_names
 from .stages.finetune import ANALYSIS_MATCHINGS
 
 __all__ = [
@@ -502,6 +502,12 @@ class StudySpec:
         wanted = self.stages or stage_names()
         return [s.name for s in PIPELINE if s.configured(self) and s.name in wanted]
 
+    def added_stage_modules(self) -> Dict[str, str]:
+        """Stage name -> module, for the stages it uses that do not ship with olmo-sam: its
+        ``study.json`` records them (``stage_modules``), and every process that reads it imports
+        them. A stage no other process can import (defined in ``__main__``) is refused."""
+        return stage_modules(s.name for s in PIPELINE if s.configured(self) or s.name in (self.stages or ()))
+
     def arm_budgets(self, arm: ArmSpec) -> List[Optional[Any]]:
         budgets = arm.budgets if arm.budgets is not None else self.budgets
         return list(budgets) if budgets else [None]
@@ -541,6 +547,9 @@ class StudySpec:
         d["benchmarks"] = {**self.benchmarks.options(), "finetuned": self.benchmarks.finetuned}
         d["pt_eval"], d["analysis"] = self.pt_eval.options(), self.analysis.options()  # as given
         d.update(d.pop("sections"))  # (none in a study without added stages: the file's own keys only)
+        added = self.added_stage_modules()
+        if added:  # (none in a study without added stages)
+            d[STAGE_MODULES] = added
         if not d["hypotheses"]:  # none registered: omitted, as in the study file
             d.pop("hypotheses")
         return d
@@ -554,6 +563,7 @@ def parse_study(data: Dict[str, Any], source: str = "<study>") -> StudySpec:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a study file is a mapping, got {type(data).__name__}")
     d = copy.deepcopy(data)
+    import_stage_modules(d.pop(STAGE_MODULES, None), source)  # the stages it adds (recorded in study.json)
     added = {s.section: s for s in PIPELINE if s.section}
     top = ({f.name for f in dataclasses.fields(StudySpec)} - {"source", "sections"}) | set(added)
     unknown = sorted(set(d) - top)
