@@ -102,27 +102,34 @@ def build_tiny_tokenizer(out_dir: Path, vocab_size: int = 512):
 def tiny_hf_model(tmp_path_factory) -> Path:
     """A random-init tiny ``Olmo2ForCausalLM`` (head_dim 64) with a BPE tokenizer, saved as a
     Hugging Face model directory (what vLLM, bitsandbytes via transformers, lm-eval consume)."""
+    out = tmp_path_factory.mktemp("tiny_hf")
+    save_tiny_olmo2(out, build_tiny_tokenizer(out))
+    return out
+
+
+def save_tiny_olmo2(
+    out: Path, tok, hidden_size: int = 128, intermediate_size: int = 384, layers: int = 2, **kw
+) -> Path:
+    """A random-init ``Olmo2ForCausalLM`` (seed 0, two heads) for ``tok``, saved in ``out``."""
     import torch
     from transformers import Olmo2Config, Olmo2ForCausalLM
 
-    out = tmp_path_factory.mktemp("tiny_hf")
-    tok = build_tiny_tokenizer(out)
     torch.manual_seed(0)
     cfg = Olmo2Config(
         vocab_size=len(tok),
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=kw.pop("max_position_embeddings", 256),
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
+        **kw,
     )
-    model = Olmo2ForCausalLM(cfg)
-    model.save_pretrained(out)
+    Olmo2ForCausalLM(cfg).save_pretrained(out)
     return out
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -62,3 +64,18 @@ def losses(save_folder) -> Dict[int, float]:
     from olmo_sam.train import read_metrics
 
     return {s: m["train/CE loss"] for s, m in read_metrics(save_folder).items() if "train/CE loss" in m}
+
+
+@contextlib.contextmanager
+def logged_warnings(logger_name: str) -> Iterator[List[str]]:
+    """The warning messages ``logger_name`` emits inside the block (a handler on the logger itself:
+    OLMo-core's log set-up replaces pytest's caplog handler, and under xdist its stream is stale)."""
+    records: List[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda r: records.append(r.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)

@@ -226,27 +226,13 @@ def test_a_4bit_load_the_cpu_kernels_cannot_run_is_refused_in_one_line(tmp_path)
     inside bitsandbytes at the first forward; probe quantize refused the same model before
     quantizing. Both now use one check."""
     import torch
-    from conftest import build_tiny_tokenizer
+    from conftest import build_tiny_tokenizer, save_tiny_olmo2
     from olmo_core.exceptions import OLMoConfigurationError
-    from transformers import Olmo2Config, Olmo2ForCausalLM
 
     from olmo_sam.evals.hf_load import load_causal_lm
 
     tok = build_tiny_tokenizer(tmp_path)
-    torch.manual_seed(0)
-    cfg = Olmo2Config(
-        vocab_size=len(tok),
-        hidden_size=96,
-        intermediate_size=192,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    Olmo2ForCausalLM(cfg).save_pretrained(tmp_path)
+    save_tiny_olmo2(tmp_path, tok, hidden_size=96, intermediate_size=192, layers=1, max_position_embeddings=64)
     with pytest.raises(OLMoConfigurationError, match=r"cannot run nf4 on this CPU: .* has 96 inputs; .*--quant int8"):
         load_causal_lm(tmp_path, "nf4")
     model, _ = load_causal_lm(tmp_path, "int8")  # 8-bit has no such limit

@@ -378,26 +378,19 @@ def test_the_dry_run_output_loads_as_the_config_it_prints(main_cmd, tmp_path):
 def test_sam_anneal_defaults_to_the_papers_wsd_and_warns_when_sam_runs_most_of_a_run():
     """`pretrain --optimizer sam-anneal` took the cosine default, whose decay starts after warmup:
     SAM ran on 99.7% of the steps (not the paper's ~10%, [SAM-PT] Sec 3.5), without a word."""
-    import logging
-
     steps = math.ceil(192e9 / 262144)
     s = _dry(pretrain_main, ["--size", "60M", "--tokens-per-param", "3200", "--optimizer", "sam-anneal"])["summary"]
     assert s["sam_steps"] == round(0.1 * steps) and s["lr"]["decay_start_step"] == steps - round(0.1 * steps)
     assert PretrainSpec(size="60M", optimizer="sam-anneal").schedule == "wsd"
     assert PretrainSpec(size="60M", optimizer="sam").schedule == "cosine"
-    records: list = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda r: records.append(r.getMessage())
-    logger = logging.getLogger("olmo_sam.recipes.pretrain")
-    logger.addHandler(handler)
-    try:
+    from helpers import logged_warnings
+
+    with logged_warnings("olmo_sam.recipes.pretrain") as records:
         build_pretrain(_pre("60M", tokens=int(192e9), optimizer="sam-anneal", schedule="cosine"))
-        assert any("SAM runs on 730,422 of 732,422 steps" in m and "--schedule wsd" in m for m in records), records
-        records.clear()
+    assert any("SAM runs on 730,422 of 732,422 steps" in m and "--schedule wsd" in m for m in records), records
+    with logged_warnings("olmo_sam.recipes.pretrain") as records:
         build_pretrain(_pre("60M", tokens=int(192e9), optimizer="sam-anneal"))
-        assert not records
-    finally:
-        logger.removeHandler(handler)
+    assert not records
 
 
 def test_msam_costs_one_pass_per_step_in_the_estimate():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import signal
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import SEQ, adamw, losses, tiny_experiment
+from helpers import SEQ, adamw, logged_warnings, losses, tiny_experiment
 
 from olmo_sam.files import to_yaml
 from olmo_sam.optim import SAMConfig, WSDAlpha
@@ -165,16 +164,8 @@ def test_in_loop_validation_too_small_for_a_batch_is_left_out_with_a_warning(tmp
     markov_tokens(SEQ, seed=3, doc_len=SEQ).tofile(small)  # one document < a batch of 2 sequences
     metrics, output = {}, {}
     for name, val in (("small", small), ("enough", tiny_corpus.val)):
-        # (OLMo-core's log set-up replaces pytest's caplog handler: listen on the logger itself)
-        records: list = []
-        handler = logging.Handler(logging.WARNING)
-        handler.emit = lambda r: records.append(r.getMessage())
-        logger = logging.getLogger("olmo_sam.train.experiment")
-        logger.addHandler(handler)
-        try:
+        with logged_warnings("olmo_sam.train.experiment") as records:
             run_experiment(tiny_experiment(tiny_corpus, tmp_path / name, adamw(), max_steps=2, val_paths=[str(val)]))
-        finally:
-            logger.removeHandler(handler)
         metrics[name], output[name] = read_metrics(tmp_path / name)[2], "\n".join(records)
     assert "eval/lm/pt-val/CE loss" not in metrics["small"]
     assert "1 sequence(s) (one per document, truncated to 32 tokens), fewer than one eval batch of 2" in output["small"]
