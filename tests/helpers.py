@@ -74,8 +74,14 @@ def logged_warnings(logger_name: str) -> Iterator[List[str]]:
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda r: records.append(r.getMessage())  # type: ignore[method-assign]
     logger = logging.getLogger(logger_name)
+    # (a library configured with logging.config.dictConfig earlier in this worker disables the
+    # loggers that existed then; level and switch are restored after the block)
+    disabled, level = logger.disabled, logger.level
+    logger.disabled = False
+    logger.setLevel(logging.WARNING)
     logger.addHandler(handler)
     try:
         yield records
     finally:
         logger.removeHandler(handler)
+        logger.disabled, logger.level = disabled, level
