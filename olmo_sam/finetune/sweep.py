@@ -392,7 +392,9 @@ def check_records(store: ResultStore, configs: Sequence[FTConfig]) -> set:
                 f"--base {c.base} would be filed under the label {c.base_label!r}, but {store.path} files its results "
                 f"under {old!r}: give --base-label {old} for it (the runs done keep their label), or another --out"
             )
-    for rid, c in stale_runs(records, configs).items():
+    stale = stale_runs(records, configs)
+    if stale:
+        rid, c = next(iter(stale.items()))
         raise OLMoConfigurationError(
             f"{store.path} holds run {rid} made on {c.data} as it was prepared before (its meta.json has changed "
             "since: prepared again with other settings, or a mix rebuilt); new runs would be pooled with it. Use "

@@ -194,6 +194,12 @@ FD_CHECK_NOTE = (
 )
 
 
+def _fd_check_failed(r: dict) -> bool:
+    """The finite-difference check of the record's lambda_max disagreed (JSON: ``fd_check``)."""
+    check = (r.get("top_eigenvalue") or {}).get("fd_check")
+    return bool(check) and not check["ok"]
+
+
 def hessian_line(r: dict) -> str:
     """One row of ``probe hessian``'s table. lambda_max is the largest algebraic eigenvalue; when
     the eigenvalue of largest magnitude is negative (the JSON's ``largest_magnitude``), it is
@@ -201,8 +207,8 @@ def hessian_line(r: dict) -> str:
     line = f"{r['label']:>24s}  tr(H) {r['trace']['trace']:.4g} +- {r['trace']['stderr']:.2g}"
     if "top_eigenvalue" in r:
         eig = r["top_eigenvalue"]
-        check = eig.get("fd_check")
-        if check and not check["ok"]:
+        if _fd_check_failed(r):
+            check = eig["fd_check"]
             line += (
                 f"  lambda_max {eig['value']:.4g} (not converged: {check['value']:.4g} at fd step "
                 f"{check['step']:.3g}, {100 * check['rel_diff']:.2g}% apart)"
@@ -398,6 +404,6 @@ def hessian_cmd(
             )
     if any(r.get("edge_of_stability") for r in result["records"]):
         click.echo(EOS_NOTE)
-    if any(not ((r.get("top_eigenvalue") or {}).get("fd_check") or {"ok": True})["ok"] for r in result["records"]):
+    if any(_fd_check_failed(r) for r in result["records"]):
         click.echo(FD_CHECK_NOTE)
     _write(out_dir, "hessian", result, plot_hessian)

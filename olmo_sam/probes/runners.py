@@ -264,7 +264,10 @@ def quantize_probe(
         if base is None:
             model = load_full_precision(ref, device)
             for cfg in cfgs:  # refuse a setting this model cannot take before evaluating anything
-                cfg.to_transformers() if ref.kind == "hf" else quant_targets(model, cfg)
+                if ref.kind == "hf":
+                    cfg.to_transformers()
+                else:
+                    quant_targets(model, cfg)
             loss, ntok = _loss(model, ref, val_paths, s, batch_size, max_sequences)
             base = res.add(
                 {

@@ -315,7 +315,8 @@ def run_summary(
 
     FLOPs are OLMo-core's idealised per-token count (``Transformer.num_flops_per_token``: 6 per
     parameter for forward+backward plus attention) times tokens, doubled on the steps that take two
-    forward/backward passes (SAM's and LookSAM's full steps; MSAM's steps take one). The model is built on the meta device: no weights are allocated.
+    forward/backward passes (SAM's and LookSAM's full steps; MSAM's steps take one). The model is
+    built on the meta device: no weights are allocated.
     """
     counts = param_counts(cfg.model)
     seq_len = cfg.dataset.sequence_length

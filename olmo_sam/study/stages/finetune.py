@@ -130,7 +130,8 @@ def job_ft_sweep(ctx) -> Dict[str, Any]:
     )
     from ..progress import PROGRESS_FILE, write_progress
 
-    planned = [cfg for spec in sweeps for cfg in expand(spec)]
+    expanded = [expand(spec) for spec in sweeps]
+    planned = [cfg for runs in expanded for cfg in runs]
     store = ResultStore(ctx.dir / "results.jsonl")
     # a job re-run (--rerun) after its data were prepared again with other settings: the runs made
     # on the data as they were are this job's to redo, not a store to refuse (as a sweep's --out is)
@@ -138,7 +139,7 @@ def job_ft_sweep(ctx) -> Dict[str, Any]:
     if stale:
         store.keep_only(rid for rid in store.done_ids() if rid not in stale)
         log.info(f"{ctx.job.id}: {len(stale)} record(s) made on the data as prepared before are redone")
-    sizes = [len(expand(spec)) for spec in sweeps]
+    sizes = [len(runs) for runs in expanded]
     started = time.time()
     total, failed = 0, []
     for i, spec in enumerate(sweeps):
