@@ -4,6 +4,7 @@ and a seconds-long smoke run of it (the full benchmark is not a test)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -105,6 +106,9 @@ def test_flatness_cost_refuses_bad_options(tmp_path):
     assert r.exit_code == 1 and "--n-seeds must be >= 2" in r.output
     r = CliRunner().invoke(bench, ["flatness-cost", "--out", str(tmp_path), "--variants", "adamw,msam"])
     assert r.exit_code == 1 and "must include 'sam'" in r.output
+    # the command quiets OLMo-core's log for its runs only: run in-process, it left a process-wide
+    # logging.disable behind, which hid every later warning (a later test's sam-anneal warning)
+    assert logging.root.manager.disable == logging.NOTSET
 
 
 def test_gain_kept_refuses_the_bootstrap_below_ten_seeds_fieller_by_hand():

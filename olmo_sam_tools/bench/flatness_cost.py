@@ -46,6 +46,7 @@ the demo's BPE corpus (2048 tokens) would put 130k parameters in the embeddings 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -56,7 +57,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import click
 import numpy as np
@@ -274,10 +275,23 @@ def run_one(
 def _job(args) -> Dict[str, Any]:
     settings, variant, seed, out, data, hbatch = args
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with _log_below_errors_off():  # one line per run from the parent, not OLMo-core's log
+        return run_one(settings, variant, seed, Path(out), Path(data), Path(hbatch))
+
+
+@contextlib.contextmanager
+def _log_below_errors_off() -> Iterator[None]:
+    """OLMo-core's per-step console log off inside the block (the progress bar reports instead),
+    and logging as it was after it: the command also runs in-process (``CliRunner``, a caller's
+    script), where a process-wide ``logging.disable`` left behind hid every later warning."""
     import logging
 
-    logging.disable(logging.WARNING)  # one line per run from the parent, not OLMo-core's log
-    return run_one(settings, variant, seed, Path(out), Path(data), Path(hbatch))
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -672,9 +686,6 @@ def flatness_cost_command(
     from olmo_core.exceptions import OLMoConfigurationError
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import logging
-
-    logging.disable(logging.WARNING)  # OLMo-core's per-step console log: the bar reports instead
     settings = FlatnessCostSettings(
         vocab=vocab,
         seq_len=seq_len,
@@ -692,7 +703,8 @@ def flatness_cost_command(
         variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
     )
     try:
-        report = flatness_cost(settings, Path(out), jobs=jobs, echo=click.echo)
+        with _log_below_errors_off():  # OLMo-core's per-step console log: the bar reports instead
+            report = flatness_cost(settings, Path(out), jobs=jobs, echo=click.echo)
     except OLMoConfigurationError as e:
         raise click.ClickException(str(e)) from None
     if as_json:
