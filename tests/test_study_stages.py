@@ -316,6 +316,36 @@ def test_a_recorded_stage_module_that_cannot_be_imported_is_one_clear_error():
         parse_study({**STUDY, "stage_modules": {"generalization_gap": "json"}}, where)
 
 
+def test_stages_and_exclude_name_a_stage_the_study_file_adds(tmp_path):
+    """A study file that names its stage's module (``stage_modules``) runs with the plain
+    ``olmo-sam`` command, and ``--stages``/``--exclude`` name that stage: they were checked against
+    the built-in stages when the command line was read, before the study file had been loaded."""
+    import yaml
+
+    (tmp_path / "my_stages").mkdir()
+    (tmp_path / "my_stages" / "gap.py").write_text(_docs_block("# my_stages/gap.py"))
+    study = {**RUN_STUDY, "stage_modules": {"generalization_gap": "my_stages.gap"}}
+    (tmp_path / "gap-study.yaml").write_text(yaml.safe_dump(study))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path]), "OMP_NUM_THREADS": "1"}
+
+    def dry_run(*selection):
+        cmd = [sys.executable, "-m", "olmo_sam.cli", "study", "run", "gap-study.yaml", "--out", "out", "--dry-run"]
+        return subprocess.run(
+            [*cmd, "--allow-missing-data", *selection], cwd=tmp_path, capture_output=True, text=True, env=env,
+            timeout=300,
+        )  # fmt: skip
+
+    only = dry_run("--stages", "data,pretrain,pt_eval,generalization_gap")
+    assert only.returncode == 0, only.stdout + only.stderr
+    assert "(4 of 4 jobs selected" in only.stdout and "generalization_gap    1 jobs" in only.stdout
+    without = dry_run("--exclude", "generalization_gap")
+    assert without.returncode == 0, without.stdout + without.stderr
+    assert "(3 of 4 jobs selected" in without.stdout
+    typo = dry_run("--stages", "generalization_gapp")
+    assert typo.returncode == 1 and "Traceback" not in typo.stderr
+    assert "--stages: unknown stage(s) ['generalization_gapp']; did you mean 'generalization_gap'?" in typo.stderr
+
+
 PLUGIN = """
 from olmo_sam.study.stages import register_stage
 from olmo_sam.study.stages.base import Stage

@@ -194,10 +194,10 @@ def study():
 @click.option(
     "--stages",
     multiple=True,
-    callback=comma_list(choices=stage_names()),
-    help=f"Only these stages (comma-separated): {', '.join(stage_names())}.",
+    callback=comma_list(),
+    help=f"Only these stages (comma-separated): {', '.join(stage_names())}, or a stage the study adds.",
 )
-@click.option("--exclude", multiple=True, callback=comma_list(choices=stage_names()), help="Skip these stages.")
+@click.option("--exclude", multiple=True, callback=comma_list(), help="Skip these stages.")
 @click.option("--dry-run", is_flag=True, help="Print the planned jobs and their commands; run nothing.")
 @click.option(
     "--allow-missing-data",

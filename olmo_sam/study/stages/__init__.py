@@ -18,6 +18,7 @@ the study (its driver imports the module, or an installed plugin names it in the
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 from pathlib import Path
@@ -241,4 +242,6 @@ def check_stage_names(names: Sequence[str], where: str) -> None:
     known = stage_names()
     bad = [s for s in names if s not in known]
     if bad:
-        raise ConfigError(f"{where}: unknown stage(s) {bad}; the stages are {known}")
+        close = difflib.get_close_matches(bad[0], known, n=1)
+        mean = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"{where}: unknown stage(s) {bad}; {mean}the stages are {known}")
