@@ -14,19 +14,33 @@ Import it before decoding a config that uses them.
 import logging as _logging
 
 
-class _TENoticeAtDebugLevel(_logging.Filter):
-    """Re-level OLMo-core's "transformer_engine unavailable" notice to DEBUG (shown only where debug
-    logging is on); every other record of its logger keeps its level."""
+class _NoticeAtDebugLevel(_logging.Filter):
+    """Re-level one notice of a library's logger to DEBUG: it passes only where that logger has
+    debug logging on (a record re-levelled but passed on would still reach a handler of level
+    NOTSET, as OLMo-core's own log set-up installs); every other record keeps its level."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
 
     def filter(self, record: _logging.LogRecord) -> bool:
-        if record.levelno <= _logging.WARNING and "transformer_engine unavailable" in record.getMessage():
+        if record.levelno <= _logging.WARNING and self.text in record.getMessage():
             record.levelno, record.levelname = _logging.DEBUG, "DEBUG"
+            return _logging.getLogger(record.name).isEnabledFor(_logging.DEBUG)
         return True
 
 
 # OLMo-core warns "transformer_engine unavailable" at import on every machine without TE (all CPU
 # machines); olmo-sam never uses TE attention, so that line is debug information, not a warning.
-_logging.getLogger("olmo_core.nn.attention.te_attn_api").addFilter(_TENoticeAtDebugLevel())
+_logging.getLogger("olmo_core.nn.attention.te_attn_api").addFilter(
+    _NoticeAtDebugLevel("transformer_engine unavailable")
+)
+# bitsandbytes, imported on a CPU with AVX512-BF16, warns that it cannot fetch an optional faster
+# 4-bit kernel (the `kernels` package downloads it from the Hugging Face hub); its own CPU kernels
+# run the 4-bit layers, so that line is debug information too.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+    _NoticeAtDebugLevel("Failed to load CPU gemm_4bit_forward from kernels-community")
+)
 
 
 def _refuse_the_patched_fork() -> None:
