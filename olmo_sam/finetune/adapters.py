@@ -39,6 +39,7 @@ determines its content and reused when the key matches (cached tokenization).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -452,6 +453,7 @@ def prepare_rows(
     out = Path(out_dir)
     vocab = len(tokenizer)
     eos = int(tokenizer.eos_token_id)
+    created = [d for d in (out, *out.parents) if not d.exists()]  # (removed again if nothing is written)
     writers = {s: FTSplitWriter(out, s, vocab, eos) for s in ("train", "val")}
     rng = np.random.default_rng(seed)
     n_rows = 0
@@ -477,6 +479,9 @@ def prepare_rows(
     except BaseException:
         for w in writers.values():
             w.abort()
+        for d in created:  # deepest first; a folder that holds anything else stays
+            with contextlib.suppress(OSError):
+                d.rmdir()
         raise
     meta = FTDataMeta(
         name=name,
