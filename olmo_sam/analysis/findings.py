@@ -84,6 +84,13 @@ QUANTITIES: Dict[str, Quantity] = {
         Quantity(
             "lambda_max", "top Hessian eigenvalue lambda_max (power iteration)", "is flatter", "is sharper", unit=""
         ),
+        Quantity(
+            "directional_sharpness",
+            "directional sharpness along the fine-tuning update ([SAM-PT] Sec 4, Eq. 1)",
+            "is flatter along the update",
+            "is sharper along the update",
+            unit="",
+        ),
     )
 }
 

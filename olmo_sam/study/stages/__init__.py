@@ -30,6 +30,7 @@ from .base import ReportSection, Stage, report_sections
 from .benchmarks import BenchmarksStage
 from .cfs import CfsStage
 from .data import DataStage
+from .directional import DirectionalStage
 from .export import ExportStage
 from .finetune import FinetuneStage
 from .hessian import HessianStage
@@ -74,6 +75,7 @@ PIPELINE: List[Stage] = [
     HessianStage(),
     CfsStage(),
     FinetuneStage(),
+    DirectionalStage(),
     BenchmarksStage(),
     AnalysisStage(),
     ReportStage(),

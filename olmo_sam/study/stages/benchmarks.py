@@ -116,7 +116,7 @@ class BenchmarksStage(Stage):
         "benchmarks",
         "Benchmarks",
         {"averages": "one row per model and precision", "rows": "one row per model, precision and task"},
-        rank=5,
+        rank=6,
     )
 
     def configured(self, study) -> bool:

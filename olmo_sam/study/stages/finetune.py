@@ -659,7 +659,8 @@ class FinetuneStage(Stage):
                             "preset": ft.preset,
                             "methods": ft.methods,
                             "grids": ft.grids,
-                            "keep_checkpoints": bool(study.benchmarks.finetuned),
+                            # (the benchmarks of fine-tuned models and the directional stage read them)
+                            "keep_checkpoints": bool(study.benchmarks.finetuned or "directional" in study.sections),
                             "common": {**pt_val_default, **ft.common, **ft.per_dataset.get(ds, {})},
                             # (only when not the default: the jobs' parameters, and so their
                             # state, stay those of existing studies)

@@ -76,6 +76,10 @@ COLUMNS = {
     "edge_of_stability_2_over_lr": "2 / peak LR, the edge of stability of gradient descent; under AdamW the edge concerns "
     "the preconditioned Hessian, not the raw H of lambda_max",
     "batch_loss": "loss on the probe batch",
+    "directional_sharpness": "Delta^T H Delta / ||Delta||^2 at the base, Delta = theta_FT - theta_PT ([SAM-PT] Sec 4, Eq. 1)",
+    "delta_norm": "||Delta||, the length of the fine-tuning update",
+    "forgetting_predicted": "second-order prediction of the forgetting, 1/2 Delta^T H Delta on the probe batch "
+    "([SAM-PT] Eqs. 3-4)",
     "model": "evaluated model",
     "precision": "bf16 or quantized",
     "average": "mean benchmark score",
