@@ -253,3 +253,52 @@ def test_data_cli_tokenize_and_info(tmp_path, bpe):
     assert r.exit_code == 0 and '"vocab_size": 300' in r.output
     r = CliRunner().invoke(main, ["data", "tokenize", "--out", str(tmp_path / "x"), "--tokenizer", bpe.name_or_path])
     assert r.exit_code != 0 and "give exactly one source" in r.output
+
+
+def test_data_commands_never_replace_what_they_read(tmp_path, bpe):
+    """`data tokenize --input corpus --out corpus --overwrite` deleted the corpus (and `--tokenizer
+    T --out T` the tokenizer); `data train-tokenizer` replaced an existing --out without being asked
+    and trained a 258-token "tokenizer" on empty input; a refused `data demo` left an empty --out."""
+    import shutil
+
+    from olmo_sam.cli import main
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, t in enumerate(DOCS):
+        (corpus / f"{i}.txt").write_text(t)
+    tok = tmp_path / "tok"
+    shutil.copytree(bpe.name_or_path, tok)
+    run = CliRunner().invoke
+    for out, args in [
+        (corpus, ["--input", str(corpus), "--tokenizer", str(tok)]),
+        (tmp_path, ["--input", str(corpus), "--tokenizer", str(tok)]),  # a folder that holds the input
+        (tok, ["--input", str(corpus), "--tokenizer", str(tok)]),
+    ]:
+        r = run(main, ["data", "tokenize", "--out", str(out), "--overwrite", "--val-fraction", "0.25", *args])
+        assert r.exit_code == 1 and "holds the input" in r.output and "Traceback" not in r.output, r.output
+    assert sorted(p.name for p in corpus.iterdir()) == sorted(f"{i}.txt" for i in range(len(DOCS)))
+    assert (tok / "tokenizer.json").is_file()
+
+    train = ["data", "train-tokenizer", "--vocab-size", "300", "--input", str(corpus)]
+    first = run(main, [*train, "--out", str(tmp_path / "bpe1")])
+    assert first.exit_code == 0, first.output
+    before = (tmp_path / "bpe1" / "tokenizer.json").read_text()
+    again = run(main, [*train[:3], "280", *train[4:], "--out", str(tmp_path / "bpe1")])
+    assert again.exit_code == 1 and "bpe1 already exists; pass --overwrite to replace it" in again.output
+    assert (tmp_path / "bpe1" / "tokenizer.json").read_text() == before
+    assert run(main, [*train, "--out", str(tmp_path / "bpe1"), "--overwrite"]).exit_code == 0
+    r = run(main, [*train, "--out", str(corpus), "--overwrite"])
+    assert r.exit_code == 1 and "holds the input" in r.output and len(list(corpus.iterdir())) == len(DOCS)
+    big = run(
+        main, ["data", "train-tokenizer", "--vocab-size", "5000", "--input", str(corpus), "--out", str(tmp_path / "b")]
+    )
+    assert big.exit_code == 0 and "(not 5,000: the text has too few distinct merges)" in big.output, big.output
+
+    (tmp_path / "empty.txt").write_text("")
+    r = run(main, ["data", "train-tokenizer", "--vocab-size", "300", "--input", str(tmp_path / "empty.txt"),
+                   "--out", str(tmp_path / "e")])  # fmt: skip
+    assert r.exit_code == 1 and "has no documents" in r.output and not (tmp_path / "e").exists(), r.output
+
+    r = run(main, ["data", "demo", "--out", str(tmp_path / "dd"), "--vocab-size", "100"])
+    assert r.exit_code == 1 and "must be at least 258" in r.output and not (tmp_path / "dd").exists(), r.output

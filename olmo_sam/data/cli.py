@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import click
 
@@ -156,8 +156,9 @@ def demo_cmd(out_dir: Path, vocab_size: Optional[int], books):
 )
 @click.option("--vocab-size", type=POSITIVE_INT, required=True, help="Vocabulary size, special tokens included.")
 @click.option("--max-documents", type=POSITIVE_INT, default=None, help="Train on at most this many documents.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @_source_options
-def train_tokenizer_cmd(out_dir: Path, vocab_size: int, max_documents: Optional[int], **src):
+def train_tokenizer_cmd(out_dir: Path, vocab_size: int, max_documents: Optional[int], overwrite: bool, **src):
     """Train a byte-level BPE (BOS = EOS = <|endoftext|>, pad <|pad|>) and save it as a Hugging
     Face tokenizer directory."""
     import itertools
@@ -167,8 +168,15 @@ def train_tokenizer_cmd(out_dir: Path, vocab_size: int, max_documents: Optional[
     docs, _ = _documents(**src)
     if max_documents is not None:
         docs = itertools.islice(docs, max_documents)
-    tok = train_bpe(docs, vocab_size, out_dir)
-    click.echo(f"saved a {len(tok)}-token BPE tokenizer to {out_dir}")
+    tok = train_bpe(docs, vocab_size, out_dir, overwrite=overwrite, inputs=_local_inputs(src))
+    short = f" (not {vocab_size:,d}: the text has too few distinct merges)" if len(tok) < vocab_size else ""
+    click.echo(f"saved a {len(tok)}-token BPE tokenizer{short} to {out_dir}")
+
+
+def _local_inputs(src: Dict[str, Any], *more: Any) -> List[Path]:
+    """The local paths a command reads (its --out may neither be nor hold one of them)."""
+    given = [*(src.get("inputs") or ()), src.get("hf_dataset"), *more]
+    return [Path(p) for p in given if p and Path(p).exists()]
 
 
 @data.command("tokenize")
@@ -218,6 +226,7 @@ def tokenize_cmd(
         max_documents=max_documents,
         shard_tokens=shard_tokens or DEFAULT_SHARD_TOKENS,
         overwrite=overwrite,
+        inputs=_local_inputs(src, tokenizer_name),
     )
     for split, s in meta.splits.items():
         click.echo(f"{split}: {s['documents']:,d} documents, {s['tokens']:,d} tokens, files {s['files']}")

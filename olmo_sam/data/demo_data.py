@@ -18,7 +18,7 @@ from olmo_core.data import TokenizerConfig
 from ..output import atomic_write_text
 from .corpus import DEMO_CORPUS, DOC_CHARS, iter_demo_documents
 from .tokenize import is_validation, tokenize_documents
-from .tokenizer import load_tokenizer, tokenizer_config, train_bpe
+from .tokenizer import check_bpe_vocab, load_tokenizer, tokenizer_config, train_bpe
 from .tokens import split_files
 
 __all__ = ["DemoData", "prepare_demo_data", "DEMO_VOCAB_SIZE", "DEMO_VAL_FRACTION"]
@@ -106,10 +106,11 @@ def prepare_demo_data(
                 return _load(root, record)
             except Exception:  # incomplete or edited: rebuild below
                 pass
-    root.mkdir(parents=True, exist_ok=True)
+    check_bpe_vocab(vocab_size)
+    docs = list(iter_demo_documents(books, cache_dir=cache_dir))  # (a bad book is refused here)
+    root.mkdir(parents=True, exist_ok=True)  # (after the checks: a refusal leaves no empty folder)
     if record_path.exists():
         record_path.unlink()
-    docs = list(iter_demo_documents(books, cache_dir=cache_dir))
     # The tokenizer sees the training documents only.
     train_docs = (d for i, d in enumerate(docs) if not is_validation(seed, i, val_fraction))
     tok = train_bpe(train_docs, vocab_size, root / "tokenizer")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 from olmo_core.exceptions import OLMoConfigurationError
@@ -54,12 +54,15 @@ def tokenize_documents(
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     batch_size: int = 256,
     overwrite: bool = False,
+    inputs: Sequence[str | Path] = (),
     show_progress: Optional[bool] = None,
 ) -> TokenDataMeta:
     """Tokenize ``docs`` with the Hugging Face ``tokenizer`` into a prepared dataset at ``out_dir``.
 
     :param val_fraction: expected fraction of documents held out for validation, in [0, 1).
     :param max_documents: stop after this many documents (empty ones included).
+    :param inputs: the paths the documents and the tokenizer come from: ``out_dir`` may neither be
+        nor hold one of them (``overwrite`` would delete them).
     :returns: the written :class:`~olmo_sam.data.tokens.TokenDataMeta`.
     """
     if not (0.0 <= val_fraction < 1.0):
@@ -67,7 +70,7 @@ def tokenize_documents(
     out = Path(out_dir)
     tok_cfg = tokenizer_config(tokenizer)
     eos = tok_cfg.eos_token_id
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
         writers = {
             split: TokenFileWriter(tmp, split, tok_cfg.vocab_size, eos, shard_tokens) for split in ("train", "val")
         }

@@ -17,13 +17,13 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional, Sequence
 
 from olmo_core.data import TokenizerConfig
 from olmo_core.data.tokenizer import TokenizerName
 from olmo_core.exceptions import OLMoConfigurationError
 
-from ..output import atomic_dir
+from ..output import atomic_dir, check_out_dir
 from .assets import DOLMA2_WHEEL
 from .fetch import cache_root, fetch
 
@@ -75,18 +75,33 @@ def dolma2_from_registry(cache_dir: Optional[Path] = None) -> Path:
 MIN_BPE_VOCAB = 258
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | Path, min_frequency: int = 2):
-    """Train a byte-level BPE of ``vocab_size`` tokens (special tokens included) on ``texts`` and
-    save it as a Hugging Face tokenizer directory (atomically). Returns the loaded
-    ``PreTrainedTokenizerFast``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    assert len(pre_tokenizers.ByteLevel.alphabet()) + 2 == MIN_BPE_VOCAB
+def check_bpe_vocab(vocab_size: int) -> None:
     if vocab_size < MIN_BPE_VOCAB:
         raise OLMoConfigurationError(
             f"BPE 'vocab_size' must be at least {MIN_BPE_VOCAB} (256 bytes + 2 special tokens), got {vocab_size}"
         )
+
+
+def train_bpe(
+    texts: Iterable[str],
+    vocab_size: int,
+    out_dir: str | Path,
+    min_frequency: int = 2,
+    *,
+    overwrite: bool = True,
+    inputs: Sequence[str | Path] = (),
+):
+    """Train a byte-level BPE of ``vocab_size`` tokens (special tokens included) on ``texts`` and
+    save it as a Hugging Face tokenizer directory (atomically; an existing ``out_dir`` is replaced
+    only with ``overwrite``, and never when it is or holds one of the ``inputs``). Returns the
+    loaded ``PreTrainedTokenizerFast``; fewer tokens than ``vocab_size`` when the texts have too
+    few distinct merges."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    assert len(pre_tokenizers.ByteLevel.alphabet()) + 2 == MIN_BPE_VOCAB
+    check_bpe_vocab(vocab_size)
+    check_out_dir(out_dir, overwrite=overwrite, inputs=inputs)  # (before the training, not after it)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -97,9 +112,19 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | Path, min_fr
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer)
+    documents = 0
+
+    def counted() -> Iterator[str]:
+        nonlocal documents
+        for text in texts:
+            documents += bool(text.strip())
+            yield text
+
+    tok.train_from_iterator(counted(), trainer)
+    if documents == 0:
+        raise OLMoConfigurationError("the tokenizer's training text has no documents (all inputs are empty)")
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
-    with atomic_dir(out_dir, overwrite=True) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, inputs=inputs) as tmp:
         fast.save_pretrained(tmp)
     return load_tokenizer(out_dir)
 
