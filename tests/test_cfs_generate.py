@@ -287,3 +287,29 @@ def test_prepare_method_end_to_end(tiny_hf_model, tmp_path):
     out = prepare_method("cfs", tiny_hf_model, task, tmp_path / "work", ratio=0.5, lam=1.0, **kw)
     assert samples.stat().st_mtime_ns == stamp  # reused, not resampled
     assert read_meta(out).source["copies_per_pass"] == 2
+
+
+def test_generate_never_replaces_a_file_it_did_not_write(tiny_hf_model, tmp_path):
+    """`cfs generate H --out H/model.safetensors --overwrite` deleted the model it was about to
+    read, then failed with a traceback; a task's train.npy as --out went the same way."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_hf_model, model)
+    weights = {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()}
+    task = make_task_dir(tmp_path / "task", n_docs=20)
+    base = ["cfs", "generate", str(model), "-n", "4", "--engine", "hf", "--max-tokens", "3"]
+    r = CliRunner().invoke(main, [*base, "--out", str(model / "model.safetensors"), "--overwrite"])
+    assert r.exit_code == 1 and "is inside the model directory" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, [*base, "--out", str(model / "samples.jsonl")])
+    assert r.exit_code == 1 and "is inside the model directory" in r.output
+    assert {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()} == weights
+    train = sorted(task.glob("train*"))[0]
+    before = train.read_bytes()
+    r = CliRunner().invoke(main, [*base, "--out", str(train), "--overwrite"])
+    assert r.exit_code == 1 and "is not an output of 'cfs generate'" in r.output and "never replaced" in r.output
+    assert train.read_bytes() == before
+    ok = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "s.jsonl")])  # its own output: replaced on ask
+    assert ok.exit_code == 0, ok.output
+    assert (
+        CliRunner().invoke(main, [*base, "--out", str(tmp_path / "s.jsonl"), "--seed", "9", "--overwrite"]).exit_code
+        == 0
+    )

@@ -449,7 +449,14 @@ def _valid_shard(path: Path, expected: int) -> bool:
 
 
 def _prepare(job: GenerationJob, manifest: dict, overwrite: bool) -> Optional[List[int]]:
-    """Shards still to sample (None: the job's OUT is already complete)."""
+    """Shards still to sample (None: the job's OUT is already complete). A file at OUT that this
+    module did not write (no summary beside it, no shards of a merge under way) is never replaced."""
+    ours = job.meta_path.exists() or (job.shards_dir / "manifest.json").exists()
+    if job.out.exists() and not ours:
+        raise OLMoConfigurationError(
+            f"{job.out} exists and is not an output of 'cfs generate' (no {job.meta_path.name} beside it); "
+            "it is never replaced, --overwrite included: choose another output path"
+        )
     if overwrite:
         shutil.rmtree(job.shards_dir, ignore_errors=True)
         for p in (job.out, job.meta_path):
@@ -599,6 +606,11 @@ def run_generation(
     outs = [j.out.resolve() for j in jobs]
     if len(set(outs)) != len(outs):
         raise OLMoConfigurationError("two generation jobs write the same output file")
+    for out in outs:  # (the model's own files, and its digest that resuming compares, stay as they are)
+        if model_dir.resolve() in out.parents:
+            raise OLMoConfigurationError(
+                f"--out {out} is inside the model directory {model_dir}; write the samples elsewhere"
+            )
     python: Optional[Path] = None
     if engine == "auto":  # a configured environment must work; only "none configured" falls back
         configured = vllm_python or os.environ.get(VLLM_PYTHON_ENV) or Path(".venv-vllm/bin/python").is_file()
