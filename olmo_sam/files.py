@@ -142,12 +142,16 @@ def iter_jsonl(path: str | Path, *, what: str = "JSONL file") -> Iterator[Tuple[
     if not p.is_file():
         read_text(p, what)  # (raises naming what is wrong)
     with p.open() as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield f"{p}:{n}", json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise _json_error(f"{p}:{n}", what, e.msg) from None
+        n = 0
+        try:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield f"{p}:{n}", json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise _json_error(f"{p}:{n}", what, e.msg) from None
+        except UnicodeDecodeError:
+            raise OLMoConfigurationError(f"{p}:{n + 1}: the {what} is not text (a binary file?)") from None
 
 
 def config_to_plain(config: Config) -> Dict[str, Any]:

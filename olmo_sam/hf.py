@@ -334,9 +334,18 @@ def import_hf(
 
     out = check_out_dir(out_dir, overwrite=overwrite, inputs=[source])
     if Path(source).exists():
-        revision = None  # a local directory has no revisions
+        if revision is not None:
+            raise OLMoConfigurationError(
+                f"--revision {revision}: {source} is a local directory, which has no revisions; give a hub id or "
+                "drop --revision"
+            )
         if not (Path(source) / "config.json").is_file():
             raise OLMoConfigurationError(f"{source}: no config.json, not a Hugging Face model directory")
+        if not any(Path(source).glob("*.safetensors")) and not any(Path(source).glob("*.bin")):
+            raise OLMoConfigurationError(
+                f"{source}: no model weights (*.safetensors or *.bin) beside its config.json; copy the whole "
+                "model directory"
+            )
     try:
         hf_config = AutoConfig.from_pretrained(source, revision=revision)
     except (OSError, ValueError) as e:

@@ -109,3 +109,43 @@ def test_bad_files_are_one_line_errors(tiny_checkpoint, tiny_corpus, tiny_hf_mod
     )
     assert f"{tmp_path / 'a-file' / 'out'}: the output directory is not writable" in msgs[5]
     assert "choose another with --out" in msgs[5]
+
+
+def test_bad_study_files_samples_and_model_dirs_are_one_line_errors(tiny_hf_model, tmp_path):
+    """User probe 6: a binary file given as cfs samples, a truncated or empty analysis summary, a
+    corrupt study.json and an HF directory without weights ended in tracebacks, an empty report or
+    a message blaming corruption; a local model directory with --revision ignored the revision."""
+    import json
+
+    from cfs_helpers import make_task_dir
+
+    task = make_task_dir(tmp_path / "task", n_docs=8)
+    binary = task / "train.npy"
+    cut, empty, broken = tmp_path / "cut", tmp_path / "empty", tmp_path / "broken"
+    for d in (cut, empty, broken):
+        (d / "analysis").mkdir(parents=True)
+    (cut / "analysis" / "summary.json").write_text('{"study": "s", "arms": ["a"')
+    (empty / "analysis" / "summary.json").write_text("{}")
+    (broken / "study.json").write_text('{"name": "s", "arms": [')
+    weightless = tmp_path / "weightless"
+    weightless.mkdir()
+    shutil.copy(tiny_hf_model / "config.json", weightless / "config.json")
+    msgs = _run_all(
+        [
+            ["cfs", "mix", task, binary, "--out", tmp_path / "mix", "--batch-size", "2", "--seq-len", "8"],
+            ["report", cut],
+            ["report", empty],
+            ["study", "status", broken],
+            ["import-hf", weightless, "--out", tmp_path / "imp", "--tokenizer", tiny_hf_model],
+            ["import-hf", tiny_hf_model, "--out", tmp_path / "imp", "--revision", "main"],
+        ],
+        cwd=tmp_path,
+    )
+    assert f"{binary}:1: the" in msgs[0] and "is not text (a binary file?)" in msgs[0]
+    assert f"{cut / 'analysis' / 'summary.json'}: the analysis summary is not valid JSON" in msgs[1]
+    assert "holds no analysis summary (no 'arms')" in msgs[2] and "--stages analysis --rerun" in msgs[2]
+    assert not (empty / "report").exists() or not any((empty / "report").iterdir())
+    assert f"{broken / 'study.json'}: the study record is not valid JSON" in msgs[3]
+    assert f"{weightless}: no model weights (*.safetensors or *.bin)" in msgs[4]
+    assert "--revision main:" in msgs[5] and "is a local directory, which has no revisions" in msgs[5]
+    assert json.loads((empty / "analysis" / "summary.json").read_text()) == {}

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict
 
+from ..files import read_json
 from .context import JobContext
 from .plan import Plan, build_plan
 from .spec import ConfigError, parse_study
@@ -38,7 +39,7 @@ def load_plan(out_dir: str | Path) -> Plan:
     path = Path(out_dir) / STUDY_FILE
     if not path.exists():
         raise ConfigError(f"{out_dir} holds no study ({STUDY_FILE} missing); start it with 'olmo-sam study run'")
-    return build_plan(parse_study(json.loads(path.read_text()), str(path)))
+    return build_plan(parse_study(read_json(path, what="study record"), str(path)))
 
 
 def run_job(out_dir: str | Path, job_id: str) -> Dict[str, Any]:

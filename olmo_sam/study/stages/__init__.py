@@ -232,11 +232,11 @@ def job_kinds() -> Dict[str, Callable[[Any], Dict[str, Any]]]:
 
 def write_report(out_dir: str | Path, analysis: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """``olmo-sam report OUTDIR``: the report of the study at ``out_dir`` from its analysis summary."""
-    import json
+    from ...files import read_json
 
     recorded = Path(out_dir) / "study.json"
     if recorded.is_file():  # the report sections of the stages it added
-        import_stage_modules(json.loads(recorded.read_text()).get(STAGE_MODULES), str(out_dir))
+        import_stage_modules(read_json(recorded, what="study record").get(STAGE_MODULES), str(out_dir))
     return render_report(out_dir, analysis, report_sections(PIPELINE))
 
 

@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from ...config import ConfigError
+from ...files import read_json
 from ...output import atomic_write_text, markdown_table
 from ..job import Job
 from .base import PlanBuilder, ReportSection, Stage, report_sections
@@ -267,9 +269,14 @@ def render_report(
     summary_path = Path(analysis["summary"]) if analysis else out / "analysis" / "summary.json"
     if not summary_path.exists():
         raise FileNotFoundError(f"{summary_path} not found: run the study's analysis stage first")
-    s = json.loads(summary_path.read_text())
-    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
-    study = json.loads((out / "study.json").read_text()) if (out / "study.json").exists() else {}
+    s = read_json(summary_path, what="analysis summary")
+    if not isinstance(s, dict) or "arms" not in s:
+        raise ConfigError(
+            f"{summary_path} holds no analysis summary (no 'arms'); run the analysis again: "
+            "olmo-sam study run STUDY_FILE --stages analysis --rerun"
+        )
+    manifest = read_json(out / "manifest.json", what="study manifest") if (out / "manifest.json").exists() else {}
+    study = read_json(out / "study.json", what="study record") if (out / "study.json").exists() else {}
     rdir = out / "report"
     rdir.mkdir(parents=True, exist_ok=True)
 
