@@ -237,3 +237,27 @@ def test_a_4bit_load_the_cpu_kernels_cannot_run_is_refused_in_one_line(tmp_path)
         load_causal_lm(tmp_path, "nf4")
     model, _ = load_causal_lm(tmp_path, "int8")  # 8-bit has no such limit
     assert model(torch.tensor([[1, 2, 3]])).logits.shape[-1] == len(tok)
+
+
+def test_a_task_given_twice_or_misspelled_is_named_by_its_flag(tiny_hf_model, tmp_path):
+    """`eval offline --task arc_challenge --task arc_challenge` ran the task twice and counted it
+    twice in the average (the records then broke `eval compare`); `eval olmes --print` passed
+    `gsm8k::olmes gsm8k::olmes` to OLMES; a misspelled OLMES task had no "did you mean"."""
+    from click.testing import CliRunner
+
+    from olmo_sam.cli import main
+
+    run = CliRunner().invoke
+    r = run(main, ["eval", "offline", str(tiny_hf_model), "--task", "arc_challenge", "--task", "arc_challenge",
+                   "--out", str(tmp_path / "e")])  # fmt: skip
+    assert r.exit_code == 1 and "--task[1]: 'arc_challenge' is given twice" in r.output, r.output
+    assert not (tmp_path / "e").exists()
+    r = run(main, ["eval", "offline", str(tiny_hf_model), "--task", "arc_challange", "--out", str(tmp_path / "e")])
+    assert (
+        r.exit_code == 1
+        and "--task[0]: unknown offline task 'arc_challange'; did you mean 'arc_challenge'?" in r.output
+    )
+    r = run(main, ["eval", "olmes", str(tiny_hf_model), "--print", "--task", "gsm8k", "--task", "gsm8k"])
+    assert r.exit_code == 1 and "'gsm8k' is given twice" in r.output, r.output
+    r = run(main, ["eval", "olmes", str(tiny_hf_model), "--print", "--task", "arc_challange"])
+    assert r.exit_code == 1 and "did you mean 'arc_challenge'?" in r.output, r.output

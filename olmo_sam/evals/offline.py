@@ -47,6 +47,7 @@ interrupted run resumes; ``out_dir/results.json`` holds the records.
 
 from __future__ import annotations
 
+import difflib
 import gzip
 import hashlib
 import json
@@ -418,7 +419,13 @@ def _check_tasks(tasks: Optional[Iterable[str]]) -> List[str]:
         if t in OFFLINE_MISSING:
             raise ConfigError.at(f"tasks[{i}]", f"{t!r} cannot run offline: {OFFLINE_MISSING[t]}")
         if t not in OFFLINE_TASKS:
-            raise ConfigError.at(f"tasks[{i}]", f"unknown offline task {t!r}; choose from {sorted(OFFLINE_TASKS)}")
+            close = difflib.get_close_matches(t, list(OFFLINE_TASKS), n=1)
+            mean = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError.at(
+                f"tasks[{i}]", f"unknown offline task {t!r}; {mean}choose from {sorted(OFFLINE_TASKS)}"
+            )
+        if t in tasks[:i]:  # (it ran twice and counted twice in the average)
+            raise ConfigError.at(f"tasks[{i}]", f"{t!r} is given twice; give each task once")
     return tasks
 
 

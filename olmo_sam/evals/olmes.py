@@ -446,9 +446,14 @@ def suite_aliases(suite: str, tasks: Optional[Sequence[str]], where: str = "--ta
     """The OLMES task aliases of ``tasks`` (paper task names; all of ``suite`` when empty); an
     unknown one is an error naming ``where`` (formatted with the task's index ``i``: ``tasks[{i}]``)."""
     st = get_suite(suite)
-    for i, t in enumerate(tasks or ()):
+    tasks = list(tasks or ())
+    for i, t in enumerate(tasks):
         if t not in st:
-            raise ConfigError.at(where.format(i=i), f"{t!r} is not in suite {suite}; choose from {list(st)}")
+            close = difflib.get_close_matches(t, list(st), n=1)
+            mean = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError.at(where.format(i=i), f"{t!r} is not in suite {suite}; {mean}choose from {list(st)}")
+        if t in tasks[:i]:
+            raise ConfigError.at(where.format(i=i), f"{t!r} is given twice; give each task once")
     return [st[t].alias for t in (tasks or st)]
 
 
