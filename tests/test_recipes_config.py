@@ -413,3 +413,32 @@ def test_msam_costs_one_pass_per_step_in_the_estimate():
     assert look["total_flops"] == per_token * (sam["tokens"] + 262144 * math.ceil(steps / 5))
     r = CliRunner().invoke(pretrain_main, [*args, "--optimizer", "sam", "train_module.optim.variant=msam", "--dry-run"])
     assert f"SAM steps: {steps:,d} of {steps:,d} (one forward/backward each: MSAM)" in r.output
+
+
+def test_the_dry_run_refuses_what_the_run_would_fail_on(tmp_path):
+    """User probe 6: `data_loader.global_batch_size=100` planned 0-sequence steps, and AdamW betas
+    [0.9, 1.5] or weight_decay -0.1 passed the dry run (torch refuses them when the optimizer is
+    built); a --data path that does not exist passed silently, or (tiny) was blamed on --data missing."""
+    base = ["--size", "20M", "--tokens-per-param", "200", "--dry-run"]
+    for args, message in [
+        (
+            ["data_loader.global_batch_size=100"],
+            "data_loader.global_batch_size = 100 tokens is not a whole number of 1024-token sequences",
+        ),
+        (["train_module.rank_microbatch_size=1000"], "train_module.rank_microbatch_size = 1000 tokens"),
+        (["train_module.optim.betas=[0.9, 1.5]"], "train_module.optim: Invalid beta parameter at index 1: 1.5"),
+        (
+            ["--optimizer", "sam", "train_module.optim.base.weight_decay=-0.1"],
+            "train_module.optim.base: Invalid weight_decay value: -0.1",
+        ),
+    ]:
+        r = CliRunner().invoke(pretrain_main, [*base, *args])
+        assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, (args, r.output)
+    nope = str(tmp_path / "nope")
+    r = CliRunner().invoke(pretrain_main, [*base, "--data", nope, "--json"])
+    assert r.exit_code == 0 and f"warning: --data/--val {nope} is not found here" in r.stderr
+    assert json.loads(r.stdout)["summary"]["steps"] > 0  # (the warning is not in the JSON)
+    r = CliRunner().invoke(
+        pretrain_main, ["--size", "tiny", "--steps", "5", "--lr", "1e-3", "--dry-run", "--data", nope]
+    )
+    assert r.exit_code == 1 and f"--data/--val {nope}: not found" in r.output

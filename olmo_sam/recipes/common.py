@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import re
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import click
+import torch
 import yaml
 from olmo_core.data import TokenizerConfig
 from olmo_core.exceptions import OLMoConfigurationError
@@ -183,6 +185,8 @@ class ResolvedData:
     val: List[str]
     #: the tokenizer recorded by prepared datasets among the inputs (None: raw files only)
     tokenizer: Optional[TokenizerConfig]
+    #: local entries that do not exist here (a dry run plans without them; a run refuses them)
+    missing: List[str] = field(default_factory=list)
 
 
 def resolve_data(
@@ -203,12 +207,15 @@ def resolve_data(
             "--mix-include selects lines of a mix file: give the mix file (.txt) with --data-mix"
         )
     tokenizers: Dict[str, TokenizerConfig] = {}
+    missing: List[str] = []
 
     def expand(items: Sequence[str], split: str) -> Tuple[List[str], List[str]]:
         files: List[str] = []
         vals: List[str] = []
         for item in items:
             p = Path(item)
+            if not is_url(item) and not p.exists():
+                missing.append(str(item))
             if not is_url(item) and p.is_dir():
                 meta = read_meta(p)
                 tokenizers[str(p)] = meta.tokenizer_config(p)
@@ -229,7 +236,7 @@ def resolve_data(
             "the data directories were tokenized with different tokenizers: "
             + ", ".join(f"{k}: vocab {t.vocab_size}" for k, t in tokenizers.items())
         )
-    return ResolvedData(train=train, val=val, tokenizer=next(iter(tokenizers.values()), None))
+    return ResolvedData(train=train, val=val, tokenizer=next(iter(tokenizers.values()), None), missing=missing)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,20 +295,47 @@ def _sam_steps(cfg: ExperimentConfig, steps: int, tokens: int) -> int:
     return math.ceil((steps - first + 1) / max(optim.interval, 1))
 
 
-def check_peak_lr(cfg: ExperimentConfig) -> int:
-    """Refuse a negative peak LR, or 0 with a warmup (OLMo-core's warmup asserts on it), of the
-    resolved config (flags and overrides together); returns the warmup in the schedule's units."""
+def check_resolved(cfg: ExperimentConfig) -> int:
+    """Refuse what the resolved config (flags and overrides together) would fail on only once the
+    run starts, or would run wrongly; returns the warmup in the schedule's units.
+
+    * the peak LR: negative, or 0 with a warmup (OLMo-core's warmup asserts on it);
+    * the batch: ``data_loader.global_batch_size`` and ``train_module.rank_microbatch_size`` count
+      tokens, whole sequences of ``dataset.sequence_length`` (a smaller value was 0 sequences);
+    * the optimizer: built on a one-weight module, so that torch's own checks of its settings
+      (betas in [0, 1), eps and weight_decay >= 0, ...) run now."""
     tm = cfg.train_module
     peak, sched = float(tm.optim.lr), tm.scheduler
     units, t_max, _ = _schedule_axis(cfg)
     warmup = 0
     if sched is not None:
         warmup = int(getattr(sched, "warmup", None) or round(t_max * (getattr(sched, "warmup_fraction", None) or 0)))
+    sam = isinstance(tm.optim, SAMConfig)
+    key = "train_module.optim" + (".base" if sam else "")
     if peak < 0 or (peak == 0 and warmup > 0) or math.isnan(peak):
-        key = "train_module.optim" + (".base" if isinstance(tm.optim, SAMConfig) else "") + ".lr"
         raise OLMoConfigurationError(
-            f"{key} = {peak:g}: the peak LR must be > 0, or 0 (a frozen run) with no warmup ({warmup} {units} here)"
+            f"{key}.lr = {peak:g}: the peak LR must be > 0, or 0 (a frozen run) with no warmup ({warmup} {units} here)"
         )
+    seq_len = cfg.dataset.sequence_length
+    for name, value in (
+        ("data_loader.global_batch_size", cfg.data_loader.global_batch_size),
+        ("train_module.rank_microbatch_size", tm.rank_microbatch_size),
+    ):
+        if value < seq_len or value % seq_len:
+            raise OLMoConfigurationError(
+                f"{name} = {value} tokens is not a whole number of {seq_len}-token sequences; give a multiple of "
+                f"{seq_len} (the recipes' --batch-size and --micro-batch-size count sequences)"
+            )
+    base = tm.optim.base if sam else tm.optim
+    quiet = logging.getLogger("olmo_core.optim.config")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # (its "Building ... optimizer" lines are for the run)
+    try:
+        base.build(torch.nn.Linear(1, 1), strict=False)
+    except (ValueError, TypeError) as e:
+        raise OLMoConfigurationError(f"{key}: {e} (torch's optimizer refuses it when the run starts)") from None
+    finally:
+        quiet.setLevel(level)
     return warmup
 
 
@@ -325,7 +359,7 @@ def run_summary(
     peak = float(tm.optim.lr)
     sched = tm.scheduler
     lr: Dict[str, Any] = {"peak": peak}
-    warmup = check_peak_lr(cfg)
+    warmup = check_resolved(cfg)
     units, t_max, per_step = _schedule_axis(cfg)
     if sched is not None:
         start = decay_start(sched, t_max)

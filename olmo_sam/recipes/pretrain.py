@@ -46,7 +46,7 @@ from .common import (
     RunSpec,
     apply_overrides,
     check_micro_batch,
-    check_peak_lr,
+    check_resolved,
     common_options,
     flag_error,
     format_tokens,
@@ -310,7 +310,7 @@ def build_pretrain(spec: PretrainSpec, overrides: Sequence[str] = ()) -> Tuple[E
     if spec.stop_at_step is not None:
         cfg.trainer.hard_stop = Duration.steps(spec.stop_at_step)
     cfg = apply_overrides(cfg, overrides)
-    check_peak_lr(cfg)
+    check_resolved(cfg)
     if spec.optimizer == "sam-anneal":
         overridden = any(o.split("=", 1)[0].strip(" -").startswith("train_module.scheduler") for o in overrides)
         schedule = "the train_module.scheduler override" if overridden else f"--schedule {spec.schedule}"
@@ -519,6 +519,10 @@ def main(
         ds = resolve_data(data, val, data_root=data_root, tokenizer_id=(tokenizer or dolma2_tokenizer()).identifier)
         if tokenizer is None:
             tokenizer = ds.tokenizer  # the data's own (tiny); paper sizes fall back to dolma2
+        if ds.missing and tokenizer is None and (size or "") in CPU_SIZES:  # (its vocabulary is the data's)
+            raise OLMoConfigurationError(f"--data/--val {', '.join(ds.missing)}: not found")
+        for path in ds.missing if dry_run else ():
+            click.echo(f"warning: --data/--val {path} is not found here (the run needs it)", err=True)
         if not ds.train:
             ds.train = ["<train token files>"]
         spec = PretrainSpec(
