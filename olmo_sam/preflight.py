@@ -15,17 +15,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Collection, Iterator, Mapping, Optional, Sequence
 
 import click
 from olmo_core.exceptions import OLMoConfigurationError
 
+from .config import ConfigError
 from .files import read_json
 from .seeds import MAX_SEED
 
@@ -325,3 +327,19 @@ def _message(e: BaseException) -> str:
     if getattr(e, "keep_lines", False):
         return str(e).rstrip()
     return " ".join(str(e).split())
+
+
+@contextlib.contextmanager
+def errors_by_flag(names: Collection[str], flag_of: Mapping[str, str] = {}) -> Iterator[None]:  # noqa: B006
+    """A bad value of one of the config fields ``names`` that a command's flags set is named by its
+    flag, as the user gave it (``--gammas[0]: ...``; ``flag_of``: a field whose flag is not
+    ``--<its name with dashes>``), not by the field (``gammas[0]``)."""
+    try:
+        yield
+    except ConfigError as e:
+        head = re.match(r"\w+", e.path or "")
+        if head is None or head.group(0) not in names:
+            raise
+        name = head.group(0)
+        flag = flag_of.get(name, "--" + name.replace("_", "-"))
+        raise ConfigError.at(flag + e.path[len(name) :], e.problem) from None

@@ -503,3 +503,24 @@ def test_library_notices_print_nothing_under_olmo_cores_log_setup():
     assert r.returncode == 0, r.stderr
     assert "transformer_engine" not in r.stdout + r.stderr and "kernels" not in r.stdout + r.stderr
     assert "WARNING\ta real bitsandbytes warning" in r.stdout  # the logger's other records pass
+
+
+def test_sweep_and_probe_flags_are_named_as_given(tmp_path, tiny_checkpoint, tiny_corpus):
+    """User probe 6: `sweep --methods ft --ewc-lambdas 5` ignored the grid; a bad run setting was
+    named by FTConfig's field (`micro_batch_size (7) must divide ...`, `lr: must be > 0`), not by
+    the flag; `probe hessian --fd-step` under the exact double backward was ignored yet recorded
+    (a later run 'changed: fd_step'); `--pair CK CK` printed kappa nan."""
+    sweep = ["sweep", "--base", "b", "--data", "d", "--out", str(tmp_path / "s"), "--dry-run"]
+    r = CliRunner().invoke(main, [*sweep, "--methods", "ft", "--ewc-lambdas", "5"])
+    assert r.exit_code == 2 and "--ewc-lambdas" in r.output and "the grid of method 'ewc'" in r.output, r.output
+    r = CliRunner().invoke(main, [*sweep, "--lrs", "1e-3", "--batch-size", "64", "--micro-batch-size", "7"])
+    assert r.exit_code == 1 and "--micro-batch-size: 7 must divide batch_size (64)" in r.output, r.output
+    r = CliRunner().invoke(main, [*sweep, "--lrs=-1e-3,1e-3"])
+    assert r.exit_code == 1 and "--lrs: must be a number > 0, got -0.001" in r.output, r.output
+    hessian = ["probe", "hessian", "--val", str(tiny_corpus.val), "--max-sequences", "2", "--n-sequences", "1"]
+    r = CliRunner().invoke(main, [*hessian, str(tiny_checkpoint), "--fd-step", "0.5", "--out", str(tmp_path / "h")])
+    assert r.exit_code == 2 and "--fd-step applies to --method finite_difference" in r.output, r.output
+    r = CliRunner().invoke(
+        main, [*hessian, "--pair", str(tiny_checkpoint), str(tiny_checkpoint), "--out", str(tmp_path / "p")]
+    )
+    assert r.exit_code == 1 and "the two checkpoints hold the same weights" in r.output, r.output

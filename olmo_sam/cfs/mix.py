@@ -133,7 +133,7 @@ def plan_mix(
     if steps < 1:
         raise OLMoConfigurationError(
             f"{task_tokens} task tokens give 0 steps of {global_batch_size} x {seq_len} tokens in "
-            f"{epochs} epochs; lower global_batch_size or seq_len"
+            f"{epochs} epochs; lower the batch size (--batch-size) or the sequence length (--seq-len)"
         )
     draws = lam * task_documents
     copies = math.floor(draws / pool)

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import click
 
 from .. import paper
-from ..preflight import FLOAT, POSITIVE_FLOAT, POSITIVE_INT, SEED, comma_list, out_dir_callback
+from ..preflight import FLOAT, POSITIVE_FLOAT, POSITIVE_INT, SEED, comma_list, errors_by_flag, out_dir_callback
 from ..seeds import DATA_SEED
 
+#: sweep flags that set a field of each run (the rest: --<field with dashes>)
+SWEEP_FLAGS = {
+    "lr": "--lrs",
+    "ewc_lambda": "--ewc-lambdas",
+    "l2_lambda": "--l2-lambdas",
+    "lora_rank": "--lora-ranks",
+    "replay_ratio": "--replay-ratios",
+    "wise_alphas": "--wise-alphas",
+}
 LR_HELP = "learning rates: a preset (table7 = [SAM-PT] Table 7, table3 = Table 3, table10 = EWC Table 10) or a comma-separated list"
 
 
@@ -309,23 +319,25 @@ def run_command(
     if common.get("token_budget") == "table3":
         common["token_budget"] = table3_budget(data)
     _setup_logging()
-    cfg = FTConfig.from_dict(
-        dict(
-            common,
-            base=base,
-            base_label=base_label,
-            data=data,
-            lr=lr,
-            method=method,
-            ewc_lambda=ewc_lambda,
-            l2_lambda=l2_lambda,
-            lora_rank=lora_rank,
-            replay_ratio=replay_ratio,
-            wise_alphas=wise_alphas,
+    with errors_by_flag({f.name for f in fields(FTConfig)}):
+        cfg = FTConfig.from_dict(
+            dict(
+                common,
+                base=base,
+                base_label=base_label,
+                data=data,
+                lr=lr,
+                method=method,
+                ewc_lambda=ewc_lambda,
+                l2_lambda=l2_lambda,
+                lora_rank=lora_rank,
+                replay_ratio=replay_ratio,
+                wise_alphas=wise_alphas,
+            )
         )
-    )
+        resolved = cfg.resolved()
     if store:  # (before the run: a store that contradicts it is refused first)
-        done = check_records(ResultStore(store), [cfg.resolved()])
+        done = check_records(ResultStore(store), [resolved])
     records = run_finetune(cfg, out, cache_dir=cache_dir, keep_checkpoint=keep_checkpoint, overwrite=overwrite)
     if store:
         ResultStore(store).extend(r for r in records if r.run_id not in done)
@@ -483,67 +495,85 @@ def sweep(
     """
     from .sweep import SweepSpec, check_records, check_shared_settings, expand, mix_sweeps, parse_lrs, run_sweep
 
+    for flag, grid, method in (
+        ("--ewc-lambdas", ewc_lambdas, "ewc"),
+        ("--l2-lambdas", l2_lambdas, "l2init"),
+        ("--lora-ranks", lora_ranks, "lora"),
+        ("--replay-ratios", replay_ratios, "replay"),
+        ("--wise-alphas", wise_alphas, "wiseft"),
+    ):  # (a grid of a method the sweep does not run was ignored)
+        if grid and method not in methods:
+            raise click.BadParameter(
+                f"the grid of method '{method}', which --methods {','.join(methods)} does not list; add the "
+                "method or drop the grid",
+                param_hint=flag,
+            )
     if "table10" in ewc_lambdas and len(ewc_lambdas) > 1:
         raise click.BadParameter("'table10' is the whole Table 10 grid; give it alone", param_hint="--ewc-lambdas")
     ewc = paper.EWC_LAMBDA_GRID if "table10" in ewc_lambdas else ewc_lambdas
-    spec = SweepSpec(
-        bases=list(bases),
-        base_labels=list(base_labels) or None,
-        datasets=list(datasets),
-        lrs=parse_lrs(lr_grid),
-        methods=list(methods),
-        ewc_lambdas=ewc or (paper.EWC_BEST_LAMBDA,),
-        l2_lambdas=l2_lambdas or (paper.L2_INIT_PENALTY,),
-        lora_ranks=lora_ranks or (paper.LORA_RANK,),
-        replay_ratios=replay_ratios or (paper.REPLAY_DEFAULT_RATIO,),
-        wise_alphas=wise_alphas or (paper.WISE_FT_ALPHA,),
-        common=_common(kwargs),
-    )
-    mix_map = {}
-    for m in mixes:
-        method, sep, path = m.partition("=")
-        if not sep or not path:
-            raise click.BadParameter(f"{m!r}: write METHOD=DIR, e.g. cfs=runs/mix", param_hint="--mix")
-        mix_map[method] = path
-    specs = [spec, *mix_sweeps(spec, mix_map)]
-    if dry_run:
-        check_shared_settings(out, spec.common, record=False)
-        from .engine import record_dataset
-        from .records import ResultStore
+    from .engine import FTConfig
 
-        configs = [c for sp in specs for c in expand(sp)]
-        done = check_records(ResultStore(Path(out) / "results.jsonl"), configs)
-        n_done = sum(set(c.expected_run_ids()) <= done for c in configs)
-        for c in configs:  # method and dataset as the records will carry them (a cfs/cs mix: its task)
-            state = "done" if set(c.expected_run_ids()) <= done else "pending"
-            method = c.record_method or c.method
-            click.echo(f"{state:8s} {c.run_id:36s} {c.base_label:16s} {record_dataset(c):20s} {method:7s} lr={c.lr:g}")
-        click.echo(f"{len(configs)} runs: {n_done} done, {len(configs) - n_done} pending")
-        return
-    _setup_logging()
-    results = [
-        run_sweep(
-            sp,
-            out,
-            jobs=jobs,
-            launcher=launcher,
-            nproc_per_node=nproc_per_node,
-            keep_checkpoints=keep_checkpoints,
-            progress=not no_progress,
-            engine=engine,
-            memory_budget_gb=batch_memory_gb,
-            shared_settings=spec.common,
+    with errors_by_flag({f.name for f in fields(FTConfig)}, SWEEP_FLAGS):
+        spec = SweepSpec(
+            bases=list(bases),
+            base_labels=list(base_labels) or None,
+            datasets=list(datasets),
+            lrs=parse_lrs(lr_grid),
+            methods=list(methods),
+            ewc_lambdas=ewc or (paper.EWC_BEST_LAMBDA,),
+            l2_lambdas=l2_lambdas or (paper.L2_INIT_PENALTY,),
+            lora_ranks=lora_ranks or (paper.LORA_RANK,),
+            replay_ratios=replay_ratios or (paper.REPLAY_DEFAULT_RATIO,),
+            wise_alphas=wise_alphas or (paper.WISE_FT_ALPHA,),
+            common=_common(kwargs),
         )
-        for sp in specs
-    ]
-    _records_table([r for res in results for r in res.records], f"sweep {out}")
-    failed = [f for res in results for f in res.failed]
-    click.echo(
-        f"{sum(r.total for r in results)} runs: {sum(r.already_done for r in results)} already done, "
-        f"{sum(r.harvested for r in results)} recovered, {sum(r.ran for r in results)} ran, {len(failed)} "
-        f"failed; results in {Path(out) / 'results.jsonl'}"
-    )
-    if failed:
-        for rid, logp, why in failed:
-            click.echo(f"  FAILED {rid} ({why}): {logp}", err=True)
-        raise SystemExit(1)
+        mix_map = {}
+        for m in mixes:
+            method, sep, path = m.partition("=")
+            if not sep or not path:
+                raise click.BadParameter(f"{m!r}: write METHOD=DIR, e.g. cfs=runs/mix", param_hint="--mix")
+            mix_map[method] = path
+        specs = [spec, *mix_sweeps(spec, mix_map)]
+        if dry_run:
+            check_shared_settings(out, spec.common, record=False)
+            from .engine import record_dataset
+            from .records import ResultStore
+
+            configs = [c for sp in specs for c in expand(sp)]
+            done = check_records(ResultStore(Path(out) / "results.jsonl"), configs)
+            n_done = sum(set(c.expected_run_ids()) <= done for c in configs)
+            for c in configs:  # method and dataset as the records will carry them (a cfs/cs mix: its task)
+                state = "done" if set(c.expected_run_ids()) <= done else "pending"
+                method = c.record_method or c.method
+                click.echo(
+                    f"{state:8s} {c.run_id:36s} {c.base_label:16s} {record_dataset(c):20s} {method:7s} lr={c.lr:g}"
+                )
+            click.echo(f"{len(configs)} runs: {n_done} done, {len(configs) - n_done} pending")
+            return
+        _setup_logging()
+        results = [
+            run_sweep(
+                sp,
+                out,
+                jobs=jobs,
+                launcher=launcher,
+                nproc_per_node=nproc_per_node,
+                keep_checkpoints=keep_checkpoints,
+                progress=not no_progress,
+                engine=engine,
+                memory_budget_gb=batch_memory_gb,
+                shared_settings=spec.common,
+            )
+            for sp in specs
+        ]
+        _records_table([r for res in results for r in res.records], f"sweep {out}")
+        failed = [f for res in results for f in res.failed]
+        click.echo(
+            f"{sum(r.total for r in results)} runs: {sum(r.already_done for r in results)} already done, "
+            f"{sum(r.harvested for r in results)} recovered, {sum(r.ran for r in results)} ran, {len(failed)} "
+            f"failed; results in {Path(out) / 'results.jsonl'}"
+        )
+        if failed:
+            for rid, logp, why in failed:
+                click.echo(f"  FAILED {rid} ({why}): {logp}", err=True)
+            raise SystemExit(1)

@@ -59,7 +59,7 @@ from ..checkpoints import (
     resolve_checkpoint,
     trainer_load_path,
 )
-from ..config import Checked, decode, setting
+from ..config import Checked, ConfigError, decode, setting
 from ..data.tokens import token_dtype_for_vocab
 from ..evals.lm_loss import lm_loss
 from ..locks import cached_file, file_lock
@@ -182,8 +182,8 @@ class FTConfig(Checked):
         """The checks that need no files (the study's plan step runs them before any compute);
         returns the method's own options with paper defaults (see :meth:`_method_options`)."""
         if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
-            raise OLMoConfigurationError(
-                f"micro_batch_size ({self.micro_batch_size}) must divide batch_size ({self.batch_size})"
+            raise ConfigError.at(
+                "micro_batch_size", f"{self.micro_batch_size} must divide batch_size ({self.batch_size})"
             )
         return self._method_options(strict)
 

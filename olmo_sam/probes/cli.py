@@ -6,18 +6,24 @@ The command names are the study file's probe stages and the flags are their keys
 
 from __future__ import annotations
 
-import contextlib
-import re
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator
+from typing import Any, Callable, Dict
 
 import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..config import ConfigError
-from ..preflight import DEVICE, FLOAT, NON_NEGATIVE_INT, POSITIVE_INT, SEED, comma_list, out_dir_callback
+from ..preflight import (
+    DEVICE,
+    FLOAT,
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    SEED,
+    comma_list,
+    errors_by_flag,
+    out_dir_callback,
+)
 
 __all__ = ["probe"]
 
@@ -81,21 +87,12 @@ def _common(fn: Callable) -> Callable:
 _FLAG_OF = {"batch_size": "--eval-batch-size", "val_max_sequences": "--max-sequences"}
 
 
-@contextlib.contextmanager
-def _flags(probe_name: str) -> Iterator[None]:
+def _flags(probe_name: str):
     """A bad option of the probe function is named by its flag (``--gammas[0]: ...``), as the
     user gave it, not by the function's keyword (``gammas[0]``)."""
     from .runners import PROBE_OPTIONS
 
-    try:
-        yield
-    except ConfigError as e:
-        head = re.match(r"\w+", e.path or "")
-        if head is None or head.group(0) not in {f.name for f in fields(PROBE_OPTIONS[probe_name])}:
-            raise
-        name = head.group(0)
-        flag = _FLAG_OF.get(name, "--" + name.replace("_", "-"))
-        raise ConfigError.at(flag + e.path[len(name) :], e.problem) from None
+    return errors_by_flag({f.name for f in fields(PROBE_OPTIONS[probe_name])}, _FLAG_OF)
 
 
 def _write(out_dir: str, name: str, result: Dict[str, Any], plot: Callable) -> None:
@@ -340,9 +337,9 @@ def noise_cmd(
 @click.option(
     "--fd-step",
     type=FLOAT,
-    default=1e-3,
-    show_default=True,
-    help="Relative finite-difference step (lambda_max is checked again at 1/8 of it).",
+    default=None,
+    help="With --method finite_difference: the relative step (lambda_max is checked again at 1/8 of it) "
+    "[default: 1e-3].",
 )
 @click.option(
     "--seed", type=SEED, default=0, show_default=True, help="Seed of the Hutchinson and power-iteration vectors."
@@ -374,6 +371,8 @@ def hessian_cmd(
 
     if not checkpoints and not pairs:
         raise click.UsageError("give CHECKPOINT arguments and/or --pair BASE FINETUNED")
+    if fd_step is not None and method != "finite_difference":
+        raise click.UsageError(f"--fd-step applies to --method finite_difference (this run's is {method})")
     with _flags("hessian"):
         result = hessian_probe(
             list(checkpoints),
@@ -386,7 +385,7 @@ def hessian_cmd(
             rtol=rtol,
             power_iters=power_iters,
             method=method,
-            fd_step=fd_step,
+            **({"fd_step": fd_step} if fd_step is not None else {}),
             seed=seed,
             val_max_sequences=max_sequences,
             batch_size=batch_size,

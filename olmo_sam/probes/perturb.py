@@ -58,8 +58,10 @@ def select_weights(
         and not any(fnmatch.fnmatchcase(n, pat) for pat in exclude)
     ]
     if not out:
+        vectors = " (1-D parameters such as norm gains and biases need --perturb-vectors)" if min_ndim > 1 else ""
         raise OLMoConfigurationError(
-            f"noise selection is empty (include={list(include)}, exclude={list(exclude)}, min_ndim={min_ndim})"
+            f"noise selection is empty (--include {list(include)}, --exclude {list(exclude)}, parameters of "
+            f"{min_ndim}+ dimensions){vectors}"
         )
     return out
 

@@ -498,7 +498,7 @@ def hessian_probe(
         "rtol": rtol,
         "power_iters": power_iters,
         "method": method,
-        "fd_step": fd_step,
+        "fd_step": fd_step if method == "finite_difference" else None,  # (a double backward takes no step)
         "seed": seed,
         "val_max_sequences": val_max_sequences,
     }
@@ -553,6 +553,11 @@ def hessian_probe(
             batch = fixed_batch(val_paths, s, base_ref.vocab_size, n_sequences, device)
             names = [n for n, p in base.named_parameters() if p.requires_grad]
             delta = parameter_delta(ft, base, names)
+            if all(not bool(d.any()) for d in delta):  # (kappa would be 0/0)
+                raise OLMoConfigurationError(
+                    f"pair {base_ref.path} -> {ft_ref.path}: the two checkpoints hold the same weights, so "
+                    "there is no fine-tuning direction; give the base and the model fine-tuned from it"
+                )
             with torch.no_grad():
                 observed_batch = float(lm_batch_loss(ft, batch))
             op = operator(base, batch)
