@@ -58,6 +58,8 @@ def test_the_stage_needs_plain_fine_tuning_and_checks_its_options(tmp_path):
         parse_study(dict(study, directional={"lr": -4e-4}))
     with pytest.raises(ConfigError, match=r"^directional.methd: unknown setting; did you mean 'method'\?"):
         parse_study(dict(study, directional={"methd": "double_backward"}))
+    with pytest.raises(ConfigError, match=r"^directional.fd_step: applies to method finite_difference"):
+        parse_study(dict(study, directional={"fd_step": 1e-4}))
     plan = build_plan(parse_study(study))
     jobs = [j for j in plan.jobs if j.stage == "directional"]
     assert len(jobs) == 4 and all(j.params["lr"] == 4e-4 for j in jobs)  # 2 arms x 2 seeds x 1 dataset

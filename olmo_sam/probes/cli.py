@@ -371,8 +371,6 @@ def hessian_cmd(
 
     if not checkpoints and not pairs:
         raise click.UsageError("give CHECKPOINT arguments and/or --pair BASE FINETUNED")
-    if fd_step is not None and method != "finite_difference":
-        raise click.UsageError(f"--fd-step applies to --method finite_difference (this run's is {method})")
     with _flags("hessian"):
         result = hessian_probe(
             list(checkpoints),
@@ -385,7 +383,7 @@ def hessian_cmd(
             rtol=rtol,
             power_iters=power_iters,
             method=method,
-            **({"fd_step": fd_step} if fd_step is not None else {}),
+            fd_step=fd_step,
             seed=seed,
             val_max_sequences=max_sequences,
             batch_size=batch_size,

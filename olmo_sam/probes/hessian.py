@@ -216,6 +216,10 @@ def _generator(seed: int, group=None) -> torch.Generator:
 # -------------------------------------------------------------------------------------------------
 
 
+#: the finite-difference products' default relative step (``h = FD_STEP * max(||theta||, 1) / ||v||``)
+FD_STEP = 1e-3
+
+
 class HessianVectorProduct:
     """``v -> H v`` for the Hessian of ``loss_fn()`` with respect to ``params`` at their current
     values.
@@ -240,7 +244,7 @@ class HessianVectorProduct:
         params: Sequence[torch.Tensor],
         *,
         method: str = "double_backward",
-        fd_step: float = 1e-3,
+        fd_step: float = FD_STEP,
         reuse_graph: bool = True,
         model: Optional[nn.Module] = None,
     ):

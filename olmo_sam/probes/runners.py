@@ -181,9 +181,17 @@ class HessianOptions(ProbeOptions):
     rtol: Optional[float] = setting(None, gt=0)
     power_iters: Optional[int] = setting(None, ge=0)
     method: Optional[str] = setting(None, choices=_hvp_methods)
+    #: finite_difference only (its default: 1e-3)
     fd_step: Optional[float] = setting(None, gt=0)
     seed: Optional[int] = setting(None, ge=0, le=MAX_SEED)
     val_max_sequences: Optional[int] = setting(None, ge=1)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.fd_step is not None and self.method != "finite_difference":
+            raise ConfigError.at(
+                "fd_step", f"applies to method finite_difference (the method here: {self.method or 'double_backward'})"
+            )
 
 
 #: each probe's options (their fields are the probe function's keyword options: a test keeps them equal)
@@ -445,7 +453,7 @@ def hessian_probe(
     rtol: Optional[float] = None,
     power_iters: int = 100,
     method: str = "double_backward",
-    fd_step: float = 1e-3,
+    fd_step: Optional[float] = None,
     seed: int = 0,
     val_max_sequences: Optional[int] = None,
     batch_size: int = 8,
@@ -462,6 +470,7 @@ def hessian_probe(
     full validation files (the paper's Figs 10-11 quantity).
     """
     from .hessian import (
+        FD_STEP,
         HessianVectorProduct,
         edge_of_stability,
         fixed_batch,
@@ -498,7 +507,7 @@ def hessian_probe(
         "rtol": rtol,
         "power_iters": power_iters,
         "method": method,
-        "fd_step": fd_step if method == "finite_difference" else None,  # (a double backward takes no step)
+        "fd_step": fd_step,
         "seed": seed,
         "val_max_sequences": val_max_sequences,
     }
@@ -511,7 +520,7 @@ def hessian_probe(
             lambda: lm_batch_loss(model, batch),
             params,
             method=method,
-            fd_step=fd_step,
+            fd_step=FD_STEP if fd_step is None else fd_step,
             model=model if method == "double_backward" else None,
         )
 

@@ -53,6 +53,12 @@ class DirectionalOptions(Checked):
     val_max_sequences: Optional[int] = setting(None, ge=1)
     device: Optional[str] = None
 
+    def __post_init__(self):
+        super().__post_init__()
+        from ...probes.runners import check_probe_options
+
+        check_probe_options("hessian", self.probe_options())  # (the probe's own rules: fd_step, ...)
+
     def probe_options(self) -> Dict[str, Any]:
         """What the job passes to the probe: the options given, ``lr`` left out."""
         return {k: v for k, v in given(self).items() if k != "lr"}
