@@ -524,3 +524,8 @@ def test_sweep_and_probe_flags_are_named_as_given(tmp_path, tiny_checkpoint, tin
         main, [*hessian, "--pair", str(tiny_checkpoint), str(tiny_checkpoint), "--out", str(tmp_path / "p")]
     )
     assert r.exit_code == 1 and "the two checkpoints hold the same weights" in r.output, r.output
+    val = str(tiny_corpus.val)
+    r = CliRunner().invoke(
+        main, ["probe", "noise", str(tiny_checkpoint), "--val", val, "--val", val, "--out", str(tmp_path / "n")]
+    )
+    assert r.exit_code == 1 and f"--val {val} is given twice" in r.output, r.output

@@ -150,6 +150,13 @@ def check_val_paths(val_paths: Sequence[str | Path]) -> List[str]:
     missing = [str(p) for p in val_paths if not Path(p).exists()]
     if missing:
         raise OLMoConfigurationError(f"validation file(s) not found: {missing}")
+    seen: Dict[Path, str] = {}
+    for p in val_paths:  # (a file given twice would count twice in L_PT)
+        if Path(p).resolve() in seen:
+            raise OLMoConfigurationError(
+                f"--val {p} is given twice (also as {seen[Path(p).resolve()]}); give each once"
+            )
+        seen[Path(p).resolve()] = str(p)
     return [str(p) for p in val_paths]
 
 
