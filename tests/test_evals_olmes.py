@@ -333,3 +333,26 @@ def test_run_olmes_suite_runs_each_quantization(tmp_path):
     assert qc["bnb_4bit_quant_type"] == "nf4"
     with pytest.raises(OLMoConfigurationError, match="not in suite"):
         o.run_olmes_suite(model, out_dir=tmp_path / "x", tasks=["nope"], olmes=exe)
+
+
+def test_olmes_limit_max_length_and_a_given_olmes_path(tmp_path):
+    """User probe 6: `--limit 2.7` (neither a count nor a fraction below 1) and `--model-arg
+    max_length=abc` reached OLMES; `--print --olmes /env/bin/olmes` on a machine without it printed
+    a command for 'olmes' on PATH instead of the path given."""
+    from click.testing import CliRunner
+
+    from olmo_sam.cli import main
+
+    with pytest.raises(OLMoConfigurationError, match=r"--limit 2.7: give a number of instances"):
+        o.build_olmes_command("/m/a", ["gsm8k::olmes"], output_dir="/o", limit=2.7)
+    assert o.build_olmes_command("/m/a", ["gsm8k::olmes"], output_dir="/o", limit=0.5)[-1] == "0.5"
+    with pytest.raises(OLMoConfigurationError, match=r"max_length='abc': give the context length"):
+        o.validate_model_args({"max_length": "abc"}, "hf")
+    assert o.validate_model_args({"max_length": 2048}, "hf") == {"max_length": 2048}
+    model = tmp_path / "m"
+    model.mkdir()
+    r = CliRunner().invoke(
+        main, ["eval", "olmes", str(model), "--print", "--task", "gsm8k", "--olmes", "/env/bin/olmes"]
+    )
+    assert r.exit_code == 0 and r.stdout.startswith("/env/bin/olmes "), r.output
+    assert "the command assumes --olmes /env/bin/olmes where it runs" in r.stderr

@@ -59,6 +59,11 @@ def test_wise_ft_end_points_are_exact(tiny_checkpoint, tmp_path):
     with pytest.raises(OLMoConfigurationError, match=r"holds the input .*: writing it would delete the input"):
         save_wise_ft(tiny_checkpoint, ft_dir, 0.5, tmp_path / "ft", overwrite=True)
     assert torch.equal(_state(ft_dir)[k], f_sd[k])
+    # (user probe 6) a bad alpha is refused before two checkpoints load; the same checkpoint twice is no interpolation
+    with pytest.raises(OLMoConfigurationError, match="alpha must be in"):
+        save_wise_ft("/no/such/base", "/no/such/ft", 1.5, tmp_path / "w15")
+    with pytest.raises(OLMoConfigurationError, match="--base and --ft are the same checkpoint"):
+        save_wise_ft(tiny_checkpoint, tiny_checkpoint, 0.5, tmp_path / "same")
 
 
 @pytest.mark.parametrize("ratio", [0.5, 1.0, 2.0])

@@ -135,12 +135,13 @@ def olmes_command(
         limit=limit,
         batch_size=batch_size,
         gpus=gpus,
-        olmes=exe or "olmes",
+        olmes=exe or olmes_path or "olmes",
     )
     if print_only:
         click.echo(o.format_command(cmd, exe))
         if exe is None:
-            click.echo("# OLMES not found here; the command assumes 'olmes' on PATH", err=True)
+            where = f"--olmes {olmes_path}" if olmes_path else "'olmes' on PATH"
+            click.echo(f"# OLMES not found here; the command assumes {where} where it runs", err=True)
         return
     click.echo(f"$ {o.format_command(cmd, exe)}", err=True)
     rc = o.run_olmes(cmd, exe, echo=lambda line: click.echo(line, nl=False))

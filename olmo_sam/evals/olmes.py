@@ -263,6 +263,8 @@ def validate_model_args(args: Mapping[str, Any], model_type: str) -> Dict[str, A
                 f"unknown OLMES model arg {key!r}{_suggest(key, OLMES_MODEL_ARG_KEYS)}; OLMES "
                 f"accepts only the keys of its MODEL_DEFAULTS: {sorted(OLMES_MODEL_ARG_KEYS)}"
             )
+        if key == "max_length" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise OLMoConfigurationError(f"model arg max_length={value!r}: give the context length in tokens (>= 1)")
         if key in ("load_in_4bit", "load_in_8bit") and value:
             raise OLMoConfigurationError(
                 f"model arg {key}=true loads bitsandbytes with its defaults (4-bit = FP4, not "
@@ -398,8 +400,10 @@ def build_olmes_command(
     if args:
         cmd += ["--model-args", json.dumps(args, sort_keys=True)]
     if limit is not None:
-        if limit <= 0:
-            raise OLMoConfigurationError(f"--limit must be positive, got {limit}")
+        if limit <= 0 or (limit > 1 and not float(limit).is_integer()):
+            raise OLMoConfigurationError(
+                f"--limit {limit:g}: give a number of instances (a whole number) or a fraction of each task below 1"
+            )
         cmd += ["--limit", str(int(limit)) if float(limit).is_integer() else str(limit)]
     if batch_size is not None:
         cmd += ["--batch-size", str(batch_size)]

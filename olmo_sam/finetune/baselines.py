@@ -73,6 +73,9 @@ def save_wise_ft(
     """Interpolate two checkpoints and save the result as ``{out_dir}/step0`` with
     :func:`save_transformer` (loadable by :func:`olmo_sam.checkpoints.load_transformer` and by the
     trainer's ``load_path``), atomically; ``out_dir`` must not exist unless ``overwrite``."""
+    _check_alpha(alpha)  # (before two checkpoints are loaded)
+    if Path(base).resolve() == Path(ft).resolve():
+        raise OLMoConfigurationError(f"--base and --ft are the same checkpoint ({base}): the result would be a copy")
     check_out_dir(out_dir, overwrite=overwrite, inputs=[base, ft])
     base_model, _ = load_transformer(base)
     ft_model, _ = load_transformer(ft)
