@@ -8,12 +8,14 @@ A checkpoint is an OLMo-core step directory (``{save_folder}/step{N}``) holding
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 from olmo_core.data import TokenizerConfig
@@ -157,6 +159,16 @@ def unreadable_checkpoint(path: Path, error: BaseException) -> OLMoConfiguration
     )
 
 
+@contextlib.contextmanager
+def _single_process_notice_off() -> Iterator[None]:
+    """torch.distributed.checkpoint warns "torch.distributed is disabled, unavailable or
+    uninitialized, assuming the intent is to load (save) in a single process" on every call without
+    a process group: the very case of these helpers, so not a warning to print."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
 def load_transformer(
     path: str | Path, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None
 ) -> tuple[Transformer, CheckpointInfo]:
@@ -169,7 +181,8 @@ def load_transformer(
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
     try:
-        load_model_and_optim_state(str(step_dir / "model_and_optim"), model)
+        with _single_process_notice_off():
+            load_model_and_optim_state(str(step_dir / "model_and_optim"), model)
     except (Exception, CheckpointException) as e:  # noqa: BLE001 - torch.distributed.checkpoint raises many kinds
         raise unreadable_checkpoint(step_dir / "model_and_optim", e) from None
     model = model.to(device=device)
@@ -184,6 +197,7 @@ def save_transformer(model: Transformer, out_dir: str | Path, config: Dict[str, 
     :func:`load_transformer` (and by OLMo-core's trainer via ``load_path``)."""
     step_dir = Path(out_dir) / f"step{step}"
     step_dir.mkdir(parents=True, exist_ok=True)
-    save_model_and_optim_state(str(step_dir / "model_and_optim"), model, save_overwrite=True)
+    with _single_process_notice_off():
+        save_model_and_optim_state(str(step_dir / "model_and_optim"), model, save_overwrite=True)
     atomic_write_text(step_dir / "config.json", json.dumps(config))
     return step_dir

@@ -147,3 +147,15 @@ def test_lora_trains_adapters_only_and_merges(tiny_checkpoint, tiny_corpus, tmp_
         vocab_size=VOCAB,
     )
     assert rec.l_ft < l_ft_base.loss  # the adapters learned the task
+
+
+def test_checkpoint_helpers_do_not_print_torchs_single_process_notice(tiny_checkpoint, tmp_path):
+    """`probe noise` and `wise-ft` printed torch's "torch.distributed is disabled ... assuming the
+    intent is to load in a single process" on every checkpoint: these helpers are that case."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, _ = load_transformer(tiny_checkpoint)
+        save_transformer(model, tmp_path / "copy", load_checkpoint_config(tiny_checkpoint))
+    assert not [w for w in caught if "torch.distributed is disabled" in str(w.message)]
