@@ -295,6 +295,13 @@ def _sam_steps(cfg: ExperimentConfig, steps: int, tokens: int) -> int:
     return math.ceil((steps - first + 1) / max(optim.interval, 1))
 
 
+def _one_weight() -> torch.nn.Module:
+    """A module with one zero weight, made without drawing from torch's random generator."""
+    module = torch.nn.Module()
+    module.weight = torch.nn.Parameter(torch.zeros(1))
+    return module
+
+
 def check_resolved(cfg: ExperimentConfig) -> int:
     """Refuse what the resolved config (flags and overrides together) would fail on only once the
     run starts, or would run wrongly; returns the warmup in the schedule's units.
@@ -331,7 +338,7 @@ def check_resolved(cfg: ExperimentConfig) -> int:
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # (its "Building ... optimizer" lines are for the run)
     try:
-        base.build(torch.nn.Linear(1, 1), strict=False)
+        base.build(_one_weight(), strict=False)
     except (ValueError, TypeError) as e:
         raise OLMoConfigurationError(f"{key}: {e} (torch's optimizer refuses it when the run starts)") from None
     finally:
