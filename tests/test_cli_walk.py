@@ -52,6 +52,9 @@ BASE_ARGS = {
     "probe hessian": ["checkpoint"],
     "midtrain": ["--steps", "2"],
 }
+#: a valid value for a required option whose range the default filler ("4") is outside of (the
+#: command would refuse that value before it reads the input under test)
+VALID = {"alpha": "0.5"}
 #: commands that forward their arguments to another parser (nothing to walk)
 PASS_THROUGH = {"bench cfs-generation", "bench hessian-probe"}
 MISSING = "no-such-input"
@@ -152,6 +155,8 @@ def _filler(p: click.Parameter, inputs) -> List[str]:
         value = str(inputs["a_file"] if file_ok else inputs["a_dir"])
     elif isinstance(p.type, click.Choice):
         value = str(p.type.choices[0])
+    elif p.name in VALID:
+        value = VALID[p.name]
     elif isinstance(p.type, (click.types.IntParamType, click.types.FloatParamType)):
         value = "4"
     else:

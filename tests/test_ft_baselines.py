@@ -61,7 +61,8 @@ def test_wise_ft_end_points_are_exact(tiny_checkpoint, tmp_path):
     assert torch.equal(_state(ft_dir)[k], f_sd[k])
     # (user probe 6) a bad alpha is refused before two checkpoints load; the same checkpoint twice is no interpolation
     with pytest.raises(OLMoConfigurationError, match="alpha must be in"):
-        save_wise_ft("/no/such/base", "/no/such/ft", 1.5, tmp_path / "w15")
+        save_wise_ft(tiny_checkpoint, ft_dir, 1.5, tmp_path / "w15")
+    assert not (tmp_path / "w15").exists()
     with pytest.raises(OLMoConfigurationError, match="--base and --ft are the same checkpoint"):
         save_wise_ft(tiny_checkpoint, tiny_checkpoint, 0.5, tmp_path / "same")
 
