@@ -529,3 +529,17 @@ def test_sweep_and_probe_flags_are_named_as_given(tmp_path, tiny_checkpoint, tin
         main, ["probe", "noise", str(tiny_checkpoint), "--val", val, "--val", val, "--out", str(tmp_path / "n")]
     )
     assert r.exit_code == 1 and f"--val {val} is given twice" in r.output, r.output
+
+
+def test_a_meta_json_given_for_its_dataset_and_a_negative_reference(tmp_path):
+    """User probe 6: `data info DIR/meta.json` said "no meta.json"; `eval compare --reference -5`
+    was accepted (the reference is a benchmark average, in [0, 100])."""
+    from olmo_sam.data.tokens import META_FILE, read_meta
+
+    (tmp_path / META_FILE).write_text("{}")
+    with pytest.raises(
+        OLMoConfigurationError, match=rf"meta.json is not a prepared token dataset .*did you mean {tmp_path}\?"
+    ):
+        read_meta(tmp_path / META_FILE)
+    r = CliRunner().invoke(main, ["eval", "compare", str(tmp_path / "a.json"), "--reference", "-5"])
+    assert r.exit_code == 2 and "--reference" in r.output and "-5" in r.output, r.output

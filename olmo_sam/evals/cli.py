@@ -9,7 +9,7 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..preflight import DEVICE, FLOAT, POSITIVE_INT, model_callback, out_dir_callback
+from ..preflight import DEVICE, FLOAT, POSITIVE_INT, FiniteFloatRange, model_callback, out_dir_callback
 from .hf_load import QUANT_KINDS
 
 __all__ = ["eval_group"]
@@ -239,7 +239,12 @@ def _kv(values, what) -> Dict[str, str]:
 @eval_group.command("compare")
 @click.argument("results", nargs=-1, metavar="BASE_RESULTS [OTHER_RESULTS]...")
 @click.option("--base-of", multiple=True, metavar="MODEL=BASE", help="A model's own base (default: the first).")
-@click.option("--reference", type=FLOAT, default=None, help="Also measure every drop from this average.")
+@click.option(
+    "--reference",
+    type=FiniteFloatRange(min=0, max=100),
+    default=None,
+    help="Also measure every drop from this average (a score in [0, 100]).",
+)
 @click.option(
     "--paper-reference",
     is_flag=True,
