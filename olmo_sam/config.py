@@ -38,6 +38,7 @@ __all__ = [
     "decode",
     "given",
     "unknown_setting",
+    "did_you_mean",
     "describe",
 ]
 
@@ -279,10 +280,14 @@ def given(config: Any) -> Dict[str, Any]:
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if getattr(config, f.name) is not None}
 
 
+def did_you_mean(word: str, options: Sequence[str]) -> str:
+    """``"did you mean 'x'? "`` for the option closest to ``word``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(word, sorted(options), n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
 def unknown_setting(key: str, names: Sequence[str], path: str) -> ConfigError:
-    close = difflib.get_close_matches(key, sorted(names), n=1)
-    mean = f"did you mean {close[0]!r}? " if close else ""
-    return ConfigError.at(path, f"unknown setting; {mean}allowed: {sorted(names)}")
+    return ConfigError.at(path, f"unknown setting; {did_you_mean(key, names)}allowed: {sorted(names)}")
 
 
 def check_settings(

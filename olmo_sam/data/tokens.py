@@ -112,9 +112,10 @@ def write_meta(root: str | Path, meta: TokenDataMeta) -> Path:
 def read_meta(root: str | Path) -> TokenDataMeta:
     path = Path(root) / META_FILE
     if not path.exists():
-        inside = sorted(str(p.parent) for p in Path(root).glob(f"*/{META_FILE}"))  # ('data demo --out D' -> D/tokens)
         if Path(root).name == META_FILE and Path(root).is_file():  # (the file itself was given)
             inside = [str(Path(root).parent)]
+        else:  # ('data demo --out D' -> D/tokens)
+            inside = sorted(str(p.parent) for p in Path(root).glob(f"*/{META_FILE}"))
         fix = f"did you mean {inside[0]}?" if inside else "prepare one with 'olmo-sam data tokenize'"
         raise OLMoConfigurationError(f"{root} is not a prepared token dataset (no {META_FILE}); {fix}")
     from ..files import read_json

@@ -9,7 +9,7 @@ import click
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..preflight import DEVICE, FLOAT, POSITIVE_INT, FiniteFloatRange, model_callback, out_dir_callback
+from ..preflight import DEVICE, FLOAT, POSITIVE_INT, FiniteFloatRange, errors_by_flag, model_callback, out_dir_callback
 from .hf_load import QUANT_KINDS
 
 __all__ = ["eval_group"]
@@ -187,11 +187,10 @@ def olmes_command(
 @click.option("--label", default=None, help="Model label in the results [default: MODEL_DIR name].")
 def offline_command(model_dir, tasks, limit, quant, batch_size, max_gen_toks, device, output_dir, label):
     """Evaluate MODEL_DIR on the offline suite (8 of the 10 tasks; no AGIEval, no MMLU-Pro)."""
-    from ..config import ConfigError
     from .offline import OFFLINE_MISSING, run_offline_suite
 
     out = output_dir or Path(model_dir) / ("offline-eval" + ("" if quant == "none" else f"-{quant}"))
-    try:
+    with errors_by_flag({"tasks"}, {"tasks": "--task"}):  # (--task[1], not the function's tasks[1])
         records = run_offline_suite(
             model_dir,
             tasks or None,
@@ -203,10 +202,6 @@ def offline_command(model_dir, tasks, limit, quant, batch_size, max_gen_toks, de
             max_gen_toks=max_gen_toks,
             device=device,
         )
-    except ConfigError as e:  # a bad task by its flag, as given (--task[1]), not by the function's keyword
-        if not (e.path or "").startswith("tasks"):
-            raise
-        raise ConfigError.at("--task" + e.path[len("tasks") :], e.problem) from None
     click.echo(_records_table(records))
     click.echo("missing offline: " + "; ".join(f"{k} ({v})" for k, v in OFFLINE_MISSING.items()))
     click.echo(f"records: {out / 'results.json'}")

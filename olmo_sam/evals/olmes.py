@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from olmo_core.exceptions import OLMoConfigurationError
 
 from .. import paper
-from ..config import Checked, ConfigError, setting
+from ..config import Checked, ConfigError, did_you_mean, setting
 from ..files import iter_jsonl, read_json
 from .hf_load import QUANT_KINDS
 from .records import BenchRecord
@@ -453,9 +453,9 @@ def suite_aliases(suite: str, tasks: Optional[Sequence[str]], where: str = "--ta
     tasks = list(tasks or ())
     for i, t in enumerate(tasks):
         if t not in st:
-            close = difflib.get_close_matches(t, list(st), n=1)
-            mean = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError.at(where.format(i=i), f"{t!r} is not in suite {suite}; {mean}choose from {list(st)}")
+            raise ConfigError.at(
+                where.format(i=i), f"{t!r} is not in suite {suite}; {did_you_mean(t, list(st))}choose from {list(st)}"
+            )
         if t in tasks[:i]:
             raise ConfigError.at(where.format(i=i), f"{t!r} is given twice; give each task once")
     return [st[t].alias for t in (tasks or st)]

@@ -19,7 +19,6 @@ SWEEP_FLAGS = {
     "l2_lambda": "--l2-lambdas",
     "lora_rank": "--lora-ranks",
     "replay_ratio": "--replay-ratios",
-    "wise_alphas": "--wise-alphas",
 }
 LR_HELP = "learning rates: a preset (table7 = [SAM-PT] Table 7, table3 = Table 3, table10 = EWC Table 10) or a comma-separated list"
 
@@ -335,10 +334,9 @@ def run_command(
                 wise_alphas=wise_alphas,
             )
         )
-        resolved = cfg.resolved()
-    if store:  # (before the run: a store that contradicts it is refused first)
-        done = check_records(ResultStore(store), [resolved])
-    records = run_finetune(cfg, out, cache_dir=cache_dir, keep_checkpoint=keep_checkpoint, overwrite=overwrite)
+        if store:  # (before the run: a store that contradicts it is refused first)
+            done = check_records(ResultStore(store), [cfg.resolved()])
+        records = run_finetune(cfg, out, cache_dir=cache_dir, keep_checkpoint=keep_checkpoint, overwrite=overwrite)
     if store:
         ResultStore(store).extend(r for r in records if r.run_id not in done)
     _records_table(records, f"fine-tuning run {Path(out)}")
@@ -493,20 +491,30 @@ def sweep(
     Results are appended to OUT/results.jsonl (one record per finished run); re-running the
     same command skips finished runs.
     """
-    from .sweep import SweepSpec, check_records, check_shared_settings, expand, mix_sweeps, parse_lrs, run_sweep
+    from .sweep import (
+        GRID_METHODS,
+        SweepSpec,
+        check_records,
+        check_shared_settings,
+        expand,
+        mix_sweeps,
+        parse_lrs,
+        run_sweep,
+    )
 
-    for flag, grid, method in (
-        ("--ewc-lambdas", ewc_lambdas, "ewc"),
-        ("--l2-lambdas", l2_lambdas, "l2init"),
-        ("--lora-ranks", lora_ranks, "lora"),
-        ("--replay-ratios", replay_ratios, "replay"),
-        ("--wise-alphas", wise_alphas, "wiseft"),
-    ):  # (a grid of a method the sweep does not run was ignored)
-        if grid and method not in methods:
+    grids = dict(
+        ewc_lambdas=ewc_lambdas,
+        l2_lambdas=l2_lambdas,
+        lora_ranks=lora_ranks,
+        replay_ratios=replay_ratios,
+        wise_alphas=wise_alphas,
+    )
+    for name, method in GRID_METHODS.items():  # (a grid of a method the sweep does not run was ignored)
+        if grids[name] and method not in methods:
             raise click.BadParameter(
                 f"the grid of method '{method}', which --methods {','.join(methods)} does not list; add the "
                 "method or drop the grid",
-                param_hint=flag,
+                param_hint="--" + name.replace("_", "-"),
             )
     if "table10" in ewc_lambdas and len(ewc_lambdas) > 1:
         raise click.BadParameter("'table10' is the whole Table 10 grid; give it alone", param_hint="--ewc-lambdas")

@@ -68,6 +68,15 @@ LR_GRIDS: Dict[str, Tuple[float, ...]] = {
     "table10": paper.EWC_LR_GRID,
 }
 SWEEP_METHODS = METHODS + ("wiseft",)
+#: each baseline grid of a sweep (``SweepSpec`` field, ``--<name>`` flag, ``finetune.grids`` key)
+#: -> the method it is the grid of
+GRID_METHODS = {
+    "ewc_lambdas": "ewc",
+    "l2_lambdas": "l2init",
+    "lora_ranks": "lora",
+    "replay_ratios": "replay",
+    "wise_alphas": "wiseft",
+}
 
 
 def parse_lrs(text: str) -> List[float]:

@@ -152,11 +152,10 @@ def check_val_paths(val_paths: Sequence[str | Path]) -> List[str]:
         raise OLMoConfigurationError(f"validation file(s) not found: {missing}")
     seen: Dict[Path, str] = {}
     for p in val_paths:  # (a file given twice would count twice in L_PT)
-        if Path(p).resolve() in seen:
-            raise OLMoConfigurationError(
-                f"--val {p} is given twice (also as {seen[Path(p).resolve()]}); give each once"
-            )
-        seen[Path(p).resolve()] = str(p)
+        key = Path(p).resolve()
+        if key in seen:
+            raise OLMoConfigurationError(f"--val {p} is given twice (also as {seen[key]}); give each once")
+        seen[key] = str(p)
     return [str(p) for p in val_paths]
 
 

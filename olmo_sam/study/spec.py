@@ -37,7 +37,7 @@ from ..config import Checked, ConfigError, Rule, check_settings, check_value, de
 from ..evals.offline import OfflineOptions
 from ..evals.olmes import OlmesOptions
 from ..files import parse_yaml, read_yaml
-from ..finetune.sweep import LR_GRIDS, MIX_METHODS, SWEEP_METHODS
+from ..finetune.sweep import GRID_METHODS, LR_GRIDS, MIX_METHODS, SWEEP_METHODS
 from ..probes.runners import HessianOptions, NoiseOptions, QuantizeOptions
 from ..seeds import DATA_SEED, INIT_SEED, MAX_SEED
 from .hypotheses import Hypothesis, check_references, parse_hypotheses
@@ -283,14 +283,6 @@ class FinetuneSpec(Checked):
             check_settings(FTConfig, {k: v for k, v in options.items() if (k, v) != ("token_budget", "table3")}, where)
 
 
-#: each ``finetune.grids`` key -> the method it is the grid of
-GRID_METHODS = {
-    "ewc_lambdas": "ewc",
-    "l2_lambdas": "l2init",
-    "lora_ranks": "lora",
-    "replay_ratios": "replay",
-    "wise_alphas": "wiseft",
-}
 #: SweepSpec's list fields that the study sets itself (the rest are ``finetune.grids``)
 SWEEP_AXES = ("bases", "datasets", "lrs", "methods", "base_labels")
 

@@ -18,13 +18,12 @@ the study (its driver imports the module, or an installed plugin names it in the
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-from ...config import ConfigError
+from ...config import ConfigError, did_you_mean
 from .analysis import AnalysisStage
 from .base import ReportSection, Stage, report_sections
 from .benchmarks import BenchmarksStage
@@ -244,6 +243,4 @@ def check_stage_names(names: Sequence[str], where: str) -> None:
     known = stage_names()
     bad = [s for s in names if s not in known]
     if bad:
-        close = difflib.get_close_matches(bad[0], known, n=1)
-        mean = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"{where}: unknown stage(s) {bad}; {mean}the stages are {known}")
+        raise ConfigError(f"{where}: unknown stage(s) {bad}; {did_you_mean(bad[0], known)}the stages are {known}")
