@@ -78,6 +78,21 @@ def check_out_dir(out: str | Path, *, overwrite: bool = False, inputs: Sequence[
 
 
 @contextlib.contextmanager
+def logger_at_least(name: str, level: int) -> Iterator[None]:
+    """The logger ``name`` passes only records of ``level`` and above inside the block (a library's
+    chatter that is not for this command's reader); its own level is restored after it."""
+    import logging
+
+    log = logging.getLogger(name)
+    previous = log.level
+    log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.setLevel(previous)
+
+
+@contextlib.contextmanager
 def atomic_dir(out: str | Path, *, overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> Iterator[Path]:
     """Yield a temporary directory beside ``out``; when the block succeeds it replaces ``out``
     (:func:`check_out_dir`: which must not exist unless ``overwrite``, nor hold one of the

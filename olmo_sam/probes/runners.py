@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .. import paper
 from ..config import Checked, ConfigError, decode, setting
 from ..evals.lm_loss import lm_loss
-from ..output import differences, plain, read_json_or_none, write_json
+from ..output import differences, logger_at_least, plain, read_json_or_none, write_json
 from ..preflight import device_problem
 from ..seeds import MAX_SEED
 from .common import (
@@ -92,10 +92,7 @@ class _Results:
 
 def _loss(model, ref: ModelRef, val_paths, seq_len, batch_size, max_sequences) -> Tuple[float, int]:
     # LLM.int8 casts fp32 activations to fp16 and logs it on every matmul: once is enough
-    bnb_log = logging.getLogger("bitsandbytes.autograd._functions")
-    level = bnb_log.level
-    bnb_log.setLevel(logging.ERROR)
-    try:
+    with logger_at_least("bitsandbytes.autograd._functions", logging.ERROR):
         r = lm_loss(
             model,
             val_paths,
@@ -104,8 +101,6 @@ def _loss(model, ref: ModelRef, val_paths, seq_len, batch_size, max_sequences) -
             batch_size=batch_size,
             max_sequences=max_sequences,
         )
-    finally:
-        bnb_log.setLevel(level)
     return r.loss, r.tokens
 
 

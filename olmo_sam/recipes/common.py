@@ -33,6 +33,7 @@ from ..files import check_overrides
 from ..models import param_counts
 from ..optim.sam import SAMConfig
 from ..optim.schedules import decay_start
+from ..output import logger_at_least
 from ..preflight import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, FiniteFloatRange, out_dir_callback
 from ..train.callbacks import SAMSwitchCallback
 
@@ -334,15 +335,11 @@ def check_resolved(cfg: ExperimentConfig) -> int:
                 f"{seq_len} (the recipes' --batch-size and --micro-batch-size count sequences)"
             )
     base = tm.optim.base if sam else tm.optim
-    quiet = logging.getLogger("olmo_core.optim.config")
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)  # (its "Building ... optimizer" lines are for the run)
-    try:
-        base.build(_one_weight(), strict=False)
+    try:  # (OLMo-core's "Building ... optimizer" lines are for the run)
+        with logger_at_least("olmo_core.optim.config", logging.WARNING):
+            base.build(_one_weight(), strict=False)
     except (ValueError, TypeError) as e:
         raise OLMoConfigurationError(f"{key}: {e} (torch's optimizer refuses it when the run starts)") from None
-    finally:
-        quiet.setLevel(level)
     return warmup
 
 
