@@ -30,34 +30,30 @@ from .base import PlanBuilder, ReportSection, Stage, data_of, unit_checkpoint
 __all__ = ["DirectionalOptions", "DirectionalStage"]
 
 
-def _hvp_methods():
-    from ...probes.hessian import HVP_METHODS
-
-    return HVP_METHODS
-
-
 @dataclass
 class DirectionalOptions(Checked):
     """``directional:``: which fine-tuning run gives the direction, and the Hessian probe's
-    options for it (``None``: :func:`~olmo_sam.probes.runners.hessian_probe`'s default)."""
+    options for it (``None``: :func:`~olmo_sam.probes.runners.hessian_probe`'s default). The
+    probe's options are checked by the probe's own options config
+    (:class:`~olmo_sam.probes.runners.HessianOptions`), once."""
 
     #: the fine-tuning LR whose run gives Delta: the grid's nearest (log scale)
     lr: float = setting(paper.HESSIAN_FT_LR, gt=0, hint=" (a learning rate of the fine-tuning grid)")
     #: sequences of the fixed validation batch the Hessian is taken on
-    n_sequences: Optional[int] = setting(None, ge=1)
-    method: Optional[str] = setting(None, choices=_hvp_methods)
-    fd_step: Optional[float] = setting(None, gt=0)
-    seq_len: Optional[int] = setting(None, ge=1)
-    batch_size: Optional[int] = setting(None, ge=1)
+    n_sequences: Optional[int] = None
+    method: Optional[str] = None
+    fd_step: Optional[float] = None
+    seq_len: Optional[int] = None
+    batch_size: Optional[int] = None
     #: validation sequences of the measured PT losses (default: ``pt_eval.max_sequences``)
-    val_max_sequences: Optional[int] = setting(None, ge=1)
+    val_max_sequences: Optional[int] = None
     device: Optional[str] = None
 
     def __post_init__(self):
         super().__post_init__()
         from ...probes.runners import check_probe_options
 
-        check_probe_options("hessian", self.probe_options())  # (the probe's own rules: fd_step, ...)
+        check_probe_options("hessian", self.probe_options())
 
     def probe_options(self) -> Dict[str, Any]:
         """What the job passes to the probe: the options given, ``lr`` left out."""
